@@ -1,0 +1,44 @@
+# Every target is idempotent and installs what it needs first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup system venv test lint typecheck unit demo up down bench clean
+
+setup: system venv
+
+system:
+	@bash integration/host-setup.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: system $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv lint typecheck
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/cloudstack-storpool demo
+
+up: venv
+	$(BIN)/cloudstack-storpool up
+
+down: venv
+	$(BIN)/cloudstack-storpool down
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

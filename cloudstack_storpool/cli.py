@@ -1,0 +1,32 @@
+"""The one console script. Each package owns its command group; this module only wires them."""
+
+from __future__ import annotations
+
+import click
+
+from cloudstack_storpool import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cloudstack-storpool")
+def cli() -> None:
+    """StorPool primary storage for Apache CloudStack: driver, KVM agent, heartbeat, settings."""
+
+
+def _register() -> None:
+    # Imported here so that `--help` of one group does not pay for importing every other one's
+    # heavy dependencies at module import time of this file.
+    from agent.cli import agent_group
+    from heartbeat.cli import heartbeat_group
+    from integration.cli import sim_group
+    from settings.cli import settings_group
+
+    for group in (sim_group, settings_group, agent_group, heartbeat_group):
+        cli.add_command(group)
+
+
+_register()
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,1 @@
+"""Stand-ins for StorPool and CloudStack, the local stack launcher and the end-to-end tests."""

@@ -1,0 +1,1 @@
+"""Pytest fixtures for this stand-in (loaded by the root conftest.py)."""

@@ -1,0 +1,1 @@
+"""Every plugin setting: its registry, typed reads with scope precedence, writes through CloudStack."""
