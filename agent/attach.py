@@ -1,0 +1,248 @@
+"""Attach StorPool volumes (rw) and snapshots (ro) to this host, and detach them again.
+
+Both directions go through VolumesReassignWait, so when the call returns the StorPool client
+on this host has applied the change; we then still wait for the device node to show a
+non-zero size, because udev creates the `storpool-byid` link a moment later. Detach of a
+device that something still holds open is retried, and forced only as the last resort: a
+forced detach under a running qemu is data loss for the guest.
+
+An in-process hold count makes concurrent commands on one object safe: the second user of
+an attached device does not attach again, and the device is detached only when the last
+user that caused the attach is done.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, SpNotFound
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["volume", "snapshot"]
+
+
+class SpConn(Protocol):
+    """The part of `cloudstack_storpool.spconn.StorPoolConn` the agent uses."""
+
+    def volume(self, name: str) -> Any: ...
+
+    def snapshot(self, name: str) -> Any: ...
+
+    def attachments(self) -> list[Any]: ...
+
+    def reassign_wait(self, items: list[dict[str, Any]], attach_timeout: int | None = None) -> Any: ...
+
+    def volume_update(self, name: str, *, size: int | None = None) -> Any: ...
+
+
+class AttachError(ProjectError):
+    code = "attach"
+
+
+@dataclass(frozen=True)
+class StorPoolObject:
+    kind: Kind
+    name: str
+    global_id: str
+    size: int
+
+    @property
+    def api_name(self) -> str:
+        return "~" + self.global_id
+
+
+@dataclass(frozen=True)
+class Attachment:
+    object: StorPoolObject
+    device: str
+    attached_here: bool  # True when this call made the attachment (and so must undo it)
+
+
+def lookup(conn: SpConn, name: str, kind: Kind | None = None) -> StorPoolObject:
+    """Find a volume or snapshot by name or `~globalId`; they share one namespace."""
+    kinds: tuple[Kind, ...] = (kind,) if kind else ("volume", "snapshot")
+    for k in kinds:
+        obj = conn.volume(name) if k == "volume" else conn.snapshot(name)
+        if obj is not None:
+            return StorPoolObject(kind=k, name=str(obj.name), global_id=str(obj.globalId), size=int(obj.size))
+    raise NotFound(f"StorPool {' or '.join(kinds)} {name!r} does not exist")
+
+
+def attachments_of(conn: SpConn, obj: StorPoolObject) -> list[Any]:
+    """Current attachments of one object (matched by global id: names can be empty or change)."""
+    out = []
+    for att in conn.attachments():
+        gid = getattr(att, "globalId", None)
+        if gid == obj.global_id or (gid is None and att.volume == obj.name):
+            out.append(att)
+    return out
+
+
+def device_size(path: str) -> int:
+    """Size of a block device or file; 0 when it does not exist (yet)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENXIO, errno.ENODEV):
+            return 0
+        raise
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def wait_for_device(path: str, *, min_size: int = 1, timeout: float = 30.0, interval: float = 0.05) -> int:
+    """Wait until `path` exists with at least `min_size` bytes; returns its size."""
+    deadline = time.monotonic() + timeout
+    while True:
+        size = device_size(path)
+        if size >= min_size:
+            return size
+        if time.monotonic() >= deadline:
+            state = "missing" if not os.path.exists(path) else f"{size} bytes, want {min_size}"
+            raise AttachError(f"device {path} not ready after {timeout:.0f} s ({state})")
+        time.sleep(interval)
+
+
+class _Holds:
+    """Per-process reference counts of devices this agent attached."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+        self._obj_locks: dict[str, threading.Lock] = {}
+
+    def object_lock(self, gid: str) -> threading.Lock:
+        with self._lock:
+            return self._obj_locks.setdefault(gid, threading.Lock())
+
+    def acquire(self, gid: str) -> int:
+        with self._lock:
+            self._count[gid] = self._count.get(gid, 0) + 1
+            return self._count[gid]
+
+    def release(self, gid: str) -> int:
+        with self._lock:
+            n = self._count.get(gid, 0) - 1
+            if n <= 0:
+                self._count.pop(gid, None)
+                return 0
+            self._count[gid] = n
+            return n
+
+    def held(self, gid: str) -> int:
+        with self._lock:
+            return self._count.get(gid, 0)
+
+
+HOLDS = _Holds()
+
+
+def attach(
+    conn: SpConn,
+    obj: StorPoolObject,
+    *,
+    client_id: int,
+    dev_root: str,
+    readonly: bool | None = None,
+    timeout: float = 60.0,
+) -> Attachment:
+    """Attach `obj` here (snapshots always ro; volumes rw unless `readonly`). Idempotent:
+    an object already attached to this client is only waited for, not re-attached."""
+    ro = True if obj.kind == "snapshot" else bool(readonly)
+    device = os.path.join(dev_root, "storpool-byid", obj.global_id)
+    mine = [a for a in attachments_of(conn, obj) if int(a.client) == client_id]
+    attached_here = False
+    if mine and (ro or str(mine[0].rights) == "rw"):
+        log.info("%s %s already attached to client %d", obj.kind, obj.api_name, client_id)
+    else:
+        item: dict[str, Any] = {obj.kind: obj.api_name, ("ro" if ro else "rw"): [client_id]}
+        conn.reassign_wait([item], attach_timeout=max(1, int(timeout)))
+        attached_here = not mine
+        log.info("attached %s %s to client %d (%s)", obj.kind, obj.api_name, client_id, "ro" if ro else "rw")
+    try:
+        wait_for_device(device, timeout=timeout)
+    except AttachError:
+        if attached_here:
+            detach(conn, obj, client_id=client_id)
+        raise
+    return Attachment(object=obj, device=device, attached_here=attached_here)
+
+
+def detach(
+    conn: SpConn,
+    obj: StorPoolObject,
+    *,
+    client_id: int,
+    retries: int = 10,
+    delay: float = 0.5,
+    force_at_end: bool = True,
+) -> bool:
+    """Detach `obj` from this client. Idempotent (not attached or gone is success).
+
+    A busy device (still open) is retried `retries` times `delay` apart; only then, and only
+    when `force_at_end`, is the detach forced. Returns True if a detach was issued.
+    """
+    for attempt in range(retries + 1):
+        try:
+            if not any(int(a.client) == client_id for a in attachments_of(conn, obj)):
+                return attempt > 0
+            conn.reassign_wait([{obj.kind: obj.api_name, "detach": [client_id]}])
+            log.info("detached %s %s from client %d", obj.kind, obj.api_name, client_id)
+            return True
+        except SpNotFound:
+            return attempt > 0
+        except SpBusy as exc:
+            log.warning("detach %s: busy (%s), attempt %d/%d", obj.api_name, exc.descr, attempt + 1, retries + 1)
+            if attempt < retries:
+                time.sleep(delay)
+    if not force_at_end:
+        raise SpBusy("busy", f"{obj.kind} {obj.api_name} still open on client {client_id}")
+    log.warning("forcing detach of %s %s from client %d", obj.kind, obj.api_name, client_id)
+    try:
+        conn.reassign_wait([{obj.kind: obj.api_name, "detach": [client_id], "force": True}])
+    except SpNotFound:
+        pass
+    return True
+
+
+@contextmanager
+def attached(
+    conn: SpConn,
+    name: str,
+    *,
+    client_id: int,
+    dev_root: str,
+    kind: Kind | None = None,
+    readonly: bool | None = None,
+    timeout: float = 60.0,
+    detach_retries: int = 10,
+) -> Iterator[Attachment]:
+    """Attach for the duration of a block; detach afterwards, even on failure, but only if
+    this process attached it (a device a VM is using stays attached)."""
+    obj = lookup(conn, name, kind)
+    lock = HOLDS.object_lock(obj.global_id)
+    with lock:
+        att = attach(conn, obj, client_id=client_id, dev_root=dev_root, readonly=readonly, timeout=timeout)
+        # An earlier holder in this process attached it: we share its attachment, and the
+        # last holder out detaches.
+        owner = att.attached_here or HOLDS.held(obj.global_id) > 0
+        if owner:
+            HOLDS.acquire(obj.global_id)
+    try:
+        yield att
+    finally:
+        if owner:
+            with lock:
+                if HOLDS.release(obj.global_id) == 0:
+                    detach(conn, obj, client_id=client_id, retries=detach_retries)

@@ -1,0 +1,138 @@
+"""Who this host is to StorPool, and where its devices and secondary storage live.
+
+On a real hypervisor everything comes from `/etc/storpool.conf` (the same file the StorPool
+client uses, so the agent can never disagree with it about `SP_OURID`); tests and the local
+stack pass explicit values instead. Secrets are only ever read from files or the environment:
+a token given as a command-line value would be visible to every user in the process list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloudstack_storpool.errors import ValidationError
+
+if TYPE_CHECKING:
+    from agent.attach import SpConn
+
+AGENT_TOKEN_ENV = "CLOUDSTACK_STORPOOL_AGENT_TOKEN"
+DEFAULT_MOUNT_ROOT = "/var/lib/cloudstack-storpool/secondary"
+DEFAULT_LIBVIRT_URI = "qemu:///system"
+MAX_CLIENT_ID = 4095
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The first line of a secret file; errors name the file, never its content."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError(what, f"cannot read {path}: {exc.strerror}") from exc
+    value = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not value:
+        raise ValidationError(what, f"{path} is empty")
+    return value
+
+
+def read_agent_token(token_file: str | None, env: dict[str, str] | None = None) -> str:
+    """The shared agent token: from `--token-file`, else `$CLOUDSTACK_STORPOOL_AGENT_TOKEN`."""
+    if token_file:
+        return read_secret_file(token_file, "token_file")
+    value = (env if env is not None else dict(os.environ)).get(AGENT_TOKEN_ENV, "").strip()
+    if not value:
+        raise ValidationError("token_file", f"no agent token: pass --token-file or set ${AGENT_TOKEN_ENV}")
+    return value
+
+
+def check_client_id(value: Any, field_name: str = "client_id") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLIENT_ID:
+        raise ValidationError(field_name, f"StorPool client id must be an integer 1..{MAX_CLIENT_ID}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything host-specific the commands need; one instance per agent process."""
+
+    client_id: int
+    dev_root: str = "/dev"
+    mount_root: str = DEFAULT_MOUNT_ROOT
+    # Local directories a request may name as secondary storage (besides nfs:// URLs, which
+    # are mounted under mount_root). Anything else is refused: the agent runs as root.
+    secondary_roots: tuple[str, ...] = ()
+    libvirt_uri: str = DEFAULT_LIBVIRT_URI
+    sp_config: str | None = None
+    sp_host: str | None = None
+    sp_port: int | None = None
+    sp_token: str | None = field(default=None, repr=False)
+
+    def device_path(self, global_id: str) -> str:
+        """Where the StorPool client exposes an attached object on this host."""
+        return os.path.join(self.dev_root, "storpool-byid", global_id)
+
+    def allowed_roots(self) -> tuple[str, ...]:
+        return (self.mount_root, *self.secondary_roots)
+
+    def connect(self) -> SpConn:
+        """A StorPool connection: explicit endpoint if given, else the host's storpool.conf."""
+        from cloudstack_storpool.spconn import StorPoolConn
+
+        if self.sp_host:
+            if not self.sp_token:
+                raise ValidationError("sp_token_file", "an explicit StorPool host needs a token file")
+            conn: SpConn = StorPoolConn(self.sp_host, self.sp_port or 81, self.sp_token)
+            return conn
+        return StorPoolConn.from_config(self.sp_config)
+
+
+def load_host_config(
+    *,
+    sp_config: str | None = None,
+    client_id: int | None = None,
+    sp_host: str | None = None,
+    sp_port: int | None = None,
+    sp_token_file: str | None = None,
+    dev_root: str = "/dev",
+    mount_root: str = DEFAULT_MOUNT_ROOT,
+    secondary_roots: tuple[str, ...] = (),
+    libvirt_uri: str = DEFAULT_LIBVIRT_URI,
+) -> HostConfig:
+    """Build the host config. Explicit values win; otherwise `SP_OURID` comes from storpool.conf."""
+    token = read_secret_file(sp_token_file, "sp_token_file") if sp_token_file else None
+    if sp_host and token is None:
+        token = os.environ.get("SP_AUTH_TOKEN") or None
+    if client_id is None:
+        client_id = _our_id_from_config(sp_config)
+    for i, root in enumerate(secondary_roots):
+        if not os.path.isabs(root):
+            raise ValidationError(f"secondary_roots[{i}]", f"{root!r} must be an absolute path")
+    return HostConfig(
+        client_id=check_client_id(client_id),
+        dev_root=dev_root,
+        mount_root=mount_root,
+        secondary_roots=tuple(os.path.realpath(r) for r in secondary_roots),
+        libvirt_uri=libvirt_uri,
+        sp_config=sp_config,
+        sp_host=sp_host,
+        sp_port=sp_port,
+        sp_token=token,
+    )
+
+
+def _our_id_from_config(path: str | None) -> int:
+    """SP_OURID exactly as the connection layer read it from storpool.conf (and .conf.d)."""
+    from cloudstack_storpool.spconn import StorPoolConn
+
+    where = path or "/etc/storpool.conf"
+    try:
+        our_id = getattr(StorPoolConn.from_config(path), "our_id", None)
+    except Exception as exc:
+        raise ValidationError("client_id", f"cannot read {where} and no --client-id given ({exc})") from exc
+    if our_id is None:
+        raise ValidationError("client_id", f"no SP_OURID in {where} and no --client-id given")
+    try:
+        return int(our_id)
+    except ValueError as exc:
+        raise ValidationError("client_id", f"SP_OURID {our_id!r} is not an integer") from exc

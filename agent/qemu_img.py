@@ -1,0 +1,312 @@
+"""The one module that runs qemu-img.
+
+Every copy between a StorPool device and secondary storage goes through `convert` here, so
+the rules that keep thin volumes thin (never write zero blocks), report progress, honour
+cancellation and deadlines, and surface qemu-img's own error text live in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cloudstack_storpool.errors import ProjectError
+
+ProgressFn = Callable[[float], None]
+
+FORMATS = ("raw", "qcow2")
+_PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
+# How long a terminated qemu-img gets to exit before it is killed: it flushes on SIGTERM.
+_TERM_GRACE = 5.0
+
+
+class QemuImgError(ProjectError):
+    """qemu-img failed; `message` is qemu-img's own stderr so operators see the real cause."""
+
+    code = "qemu-img"
+
+    def __init__(self, message: str, *, returncode: int | None = None, op: str = "") -> None:
+        super().__init__(f"qemu-img {op} failed: {message}" if op else message)
+        self.message = message
+        self.returncode = returncode
+        self.op = op
+
+
+class QemuImgCancelled(QemuImgError):
+    code = "cancelled"
+
+
+class QemuImgTimeout(QemuImgError):
+    code = "timeout"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing_file: str | None = None
+
+
+def qemu_img_binary() -> str:
+    found = shutil.which("qemu-img")
+    if found is None:
+        raise QemuImgError("qemu-img is not installed on this host (package qemu-utils)")
+    return found
+
+
+def version() -> str:
+    """qemu-img's version line; reported in host facts so mismatched hosts are easy to spot."""
+    out = subprocess.run([qemu_img_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.splitlines()[0].strip() if out.stdout else ""
+
+
+def _check_format(fmt: str, field: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"{field}: unsupported image format {fmt!r} (supported: {', '.join(FORMATS)})")
+
+
+def _run_simple(args: Sequence[str], op: str, timeout: float | None) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(
+            [qemu_img_binary(), *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise QemuImgTimeout(f"did not finish within {timeout} s", op=op) from exc
+    return proc
+
+
+def info(path: str, *, fmt: str | None = None, timeout: float | None = 120.0, force_share: bool = False) -> ImageInfo:
+    """Format and sizes of an image or device.
+
+    `fmt` None lets qemu-img probe; only do that for files from secondary storage, never for a
+    raw device whose guest-written content could look like a qcow2 header.
+    """
+    args = ["info", "--output=json"]
+    if fmt is not None:
+        _check_format(fmt, "format")
+        args += ["-f", fmt]
+    if force_share:
+        args.append("-U")
+    args.append(path)
+    proc = _run_simple(args, "info", timeout)
+    if proc.returncode != 0:
+        raise QemuImgError(_stderr_message(proc.stderr), returncode=proc.returncode, op="info")
+    data = json.loads(proc.stdout)
+    return ImageInfo(
+        format=str(data["format"]),
+        virtual_size=int(data["virtual-size"]),
+        actual_size=int(data.get("actual-size", 0)),
+        backing_file=data.get("backing-filename"),
+    )
+
+
+def compare(
+    a: str, b: str, *, fmt_a: str | None = None, fmt_b: str | None = None, strict: bool = False,
+    timeout: float | None = 600.0,
+) -> bool:
+    """True when both images read the same (qemu-img compare exit 0), False when they differ.
+
+    Without `strict`, an image that is longer but zero past the end of the other counts as
+    equal, which is what a volume rounded up to StorPool's granularity needs.
+    """
+    args = ["compare", "-U"]
+    if fmt_a:
+        args += ["-f", fmt_a]
+    if fmt_b:
+        args += ["-F", fmt_b]
+    if strict:
+        args.append("-s")
+    args += [a, b]
+    proc = _run_simple(args, "compare", timeout)
+    if proc.returncode == 0:
+        return True
+    if proc.returncode == 1:
+        return False
+    raise QemuImgError(_stderr_message(proc.stderr or proc.stdout), returncode=proc.returncode, op="compare")
+
+
+def create(path: str, fmt: str, size: int, *, timeout: float | None = 60.0) -> None:
+    _check_format(fmt, "format")
+    proc = _run_simple(["create", "-q", "-f", fmt, path, str(size)], "create", timeout)
+    if proc.returncode != 0:
+        raise QemuImgError(_stderr_message(proc.stderr), returncode=proc.returncode, op="create")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to write the target.
+
+    existing_target: write into an existing device or file (`-n`): qemu-img must not create
+      or truncate a StorPool device node.
+    target_is_zero: the caller knows the target reads as zeros (a freshly created thin
+      volume), so qemu-img skips zero areas entirely instead of writing zeros over them.
+    sparse_size: zero detection granularity (`-S`): data blocks that are all zero are not
+      written, so a thin volume stays thin.
+    compress: qcow2 compressed clusters (backups to secondary storage).
+    target_cache / source_cache: `none` (O_DIRECT) keeps a big copy from flushing the host's
+      page cache, which matters on a hypervisor; only for block devices.
+    parallel_writes: `-W`, out-of-order writes; only safe for raw targets.
+    """
+
+    existing_target: bool = False
+    target_is_zero: bool = False
+    sparse_size: str = "4k"
+    compress: bool = False
+    target_cache: str | None = None
+    source_cache: str | None = None
+    parallel_writes: bool = False
+    coroutines: int | None = None
+
+
+def build_convert_args(
+    src: str, dst: str, src_format: str, dst_format: str, opts: ConvertOptions
+) -> list[str]:
+    """The argument list for qemu-img convert; split out so the rules can be unit-tested."""
+    _check_format(src_format, "source_format")
+    _check_format(dst_format, "target_format")
+    if opts.compress and dst_format != "qcow2":
+        raise ValueError("compress: only qcow2 targets can be compressed")
+    if opts.target_is_zero and not opts.existing_target:
+        raise ValueError("target_is_zero: only meaningful when writing into an existing target")
+    args = ["convert", "-p", "-f", src_format, "-O", dst_format, "-S", opts.sparse_size]
+    if opts.existing_target:
+        args.append("-n")
+    if opts.target_is_zero:
+        args.append("--target-is-zero")
+    if opts.compress:
+        args.append("-c")
+    if opts.target_cache:
+        args += ["-t", opts.target_cache]
+    if opts.source_cache:
+        args += ["-T", opts.source_cache]
+    if opts.parallel_writes and dst_format == "raw" and not opts.compress:
+        args.append("-W")
+    if opts.coroutines:
+        args += ["-m", str(opts.coroutines)]
+    args += [src, dst]
+    return args
+
+
+def _stderr_message(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(lines) if lines else "no error message from qemu-img"
+
+
+def _pump_progress(stream: object, progress: ProgressFn | None) -> None:
+    """Read qemu-img's `-p` output: `(NN.NN/100%)` records separated by carriage returns."""
+    assert hasattr(stream, "read")
+    buf = ""
+    last = -1.0
+    while True:
+        chunk = stream.read(64)
+        if not chunk:
+            break
+        buf += chunk
+        *records, buf = re.split(r"[\r\n]", buf)
+        for rec in records:
+            m = _PROGRESS.search(rec)
+            if m is None:
+                continue
+            pct = float(m.group(1))
+            if pct != last and progress is not None:
+                last = pct
+                try:
+                    progress(pct)
+                except Exception:  # noqa: S110 - a broken callback must not break the copy
+                    pass
+
+
+def convert(
+    src: str,
+    dst: str,
+    *,
+    src_format: str,
+    dst_format: str,
+    options: ConvertOptions | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Copy `src` into `dst` with explicit formats (never probed: a raw guest disk could be
+    made to look like qcow2 and point qemu-img at host files).
+
+    Progress percentages go to `progress`; setting `cancel` or passing `timeout` stops
+    qemu-img (SIGTERM, then SIGKILL) and raises. On failure the error carries stderr.
+    """
+    opts = options or ConvertOptions()
+    args = [qemu_img_binary(), *build_convert_args(src, dst, src_format, dst_format, opts)]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=0,
+    )
+    err_chunks: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    t_out = threading.Thread(target=_pump_progress, args=(proc.stdout, progress), daemon=True)
+    stderr = proc.stderr
+    t_err = threading.Thread(target=lambda: err_chunks.append(stderr.read()), daemon=True)
+    t_out.start()
+    t_err.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stopped: type[QemuImgError] | None = None
+    try:
+        while proc.poll() is None:
+            if cancel is not None and cancel.is_set():
+                stopped = QemuImgCancelled
+            elif deadline is not None and time.monotonic() >= deadline:
+                stopped = QemuImgTimeout
+            if stopped is not None:
+                _stop(proc)
+                break
+            try:
+                proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        t_out.join(timeout=5)
+        t_err.join(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
+    if stopped is QemuImgCancelled:
+        raise QemuImgCancelled("cancelled", returncode=proc.returncode, op="convert")
+    if stopped is QemuImgTimeout:
+        raise QemuImgTimeout(f"did not finish within {timeout} s", returncode=proc.returncode, op="convert")
+    if proc.returncode != 0:
+        raise QemuImgError(_stderr_message("".join(err_chunks)), returncode=proc.returncode, op="convert")
+    if progress is not None:
+        progress(100.0)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=_TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def fsync_path(path: str) -> None:
+    """Make a finished copy durable before it is renamed into place or reported done."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

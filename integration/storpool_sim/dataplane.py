@@ -1,0 +1,299 @@
+"""The emulator's data plane: one file per volume or snapshot, exposed per client as a device.
+
+Real StorPool shares data between a snapshot and its children copy-on-write. Here every object
+owns a full file, and the sharing is left to the filesystem: on XFS/btrfs a clone is a reflink
+(`FICLONE`, no data copied, no space used until one side is written), elsewhere a sparse copy
+(only the allocated ranges found with SEEK_DATA/SEEK_HOLE, and no all-zero chunks). Because each
+file is self-contained, the model can drop a snapshot's file without rewriting its children.
+
+Attaching an object to a client id exposes it under `<dev-root>/<client>/storpool-byid/<gid>`
+and `<dev-root>/<client>/storpool/<name>` (symlinks), pointing at a loop device when loop
+devices can be used, else at the file itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FICLONE = 0x40049409
+"""`_IOW(0x94, 9, int)`: clone all of one file's extents into another (reflink)."""
+
+_CHUNK = 4 * 1024 * 1024
+_NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
+
+
+class DeviceOpenError(Exception):
+    """A device (or file) that is to be detached is held open by some process."""
+
+    def __init__(self, target: str, pids: list[int]) -> None:
+        super().__init__(f"{target} is held open by pid(s) {', '.join(map(str, pids))}")
+        self.target = target
+        self.pids = pids
+
+
+class DataPlaneError(Exception):
+    """A system call or tool of the data plane failed (losetup, the filesystem)."""
+
+
+def loop_supported() -> bool:
+    """Loop devices need root, the loop-control node and `losetup`; without them use plain files."""
+    return os.geteuid() == 0 and os.path.exists("/dev/loop-control") and shutil.which("losetup") is not None
+
+
+def reflink_file(src: Path, dst: Path) -> bool:
+    """Make `dst` a reflink clone of `src`; False (and `dst` left empty) when the fs cannot."""
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        try:
+            fcntl.ioctl(d.fileno(), FICLONE, s.fileno())
+            return True
+        except OSError as e:
+            if e.errno in _NO_REFLINK:
+                return False
+            raise
+
+
+def sparse_copy(src: Path, dst: Path) -> int:
+    """Copy only the data ranges of `src` (and skip zero chunks inside them); returns bytes written.
+
+    Writing zeros would allocate space a thin volume never used, which is exactly what the
+    emulated cluster must not do: a clone of a mostly empty 1 GiB volume must stay small.
+    """
+    written = 0
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            size = os.fstat(sfd).st_size
+            off = 0
+            while off < size:
+                try:
+                    data = os.lseek(sfd, off, os.SEEK_DATA)
+                except OSError as e:
+                    if e.errno == errno.ENXIO:
+                        break
+                    raise
+                hole = os.lseek(sfd, data, os.SEEK_HOLE)
+                pos = data
+                while pos < hole:
+                    chunk = os.pread(sfd, min(_CHUNK, hole - pos), pos)
+                    if not chunk:
+                        break
+                    if chunk.count(0) != len(chunk):
+                        os.pwrite(dfd, chunk, pos)
+                        written += len(chunk)
+                    pos += len(chunk)
+                off = hole
+            os.ftruncate(dfd, size)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    return written
+
+
+def pids_holding(target: str) -> list[int]:
+    """Processes with an open file descriptor on `target` (a device node or a file path).
+
+    This is how StorPool's "is open at" check is reproduced: a qemu process of a libvirt domain
+    holding the device shows up here exactly like it does to the real client.
+    """
+    found: list[int] = []
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") == target:
+                    found.append(int(pid))
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def _mounted(device: str) -> bool:
+    """A filesystem mounted from the device holds it as surely as an open fd does."""
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split(" ", 1)[0] == device for line in f)
+    except OSError:
+        return False
+
+
+@dataclass
+class Exposure:
+    """Where an attached object shows up on a client: the device (loop or file) and its links."""
+
+    device: str
+    is_loop: bool
+    readonly: bool
+
+
+class DataPlane:
+    """Files under `<data_dir>/objects` and their per-client exposure under `dev_root`."""
+
+    def __init__(self, data_dir: Path, dev_root: Path, use_loop: bool | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.dev_root = Path(dev_root)
+        self.objects_dir = self.data_dir / "objects"
+        self.objects_dir.mkdir(parents=True, exist_ok=True)
+        self.dev_root.mkdir(parents=True, exist_ok=True)
+        self.use_loop = loop_supported() if use_loop is None else use_loop
+        self._reflink: bool | None = None
+        self._lock = threading.Lock()
+        self.loops: set[str] = set()
+        """Every loop device this data plane set up and has not yet detached (for cleanup)."""
+
+    # ---- files -------------------------------------------------------------------------------
+    def path(self, gid: str) -> Path:
+        return self.objects_dir / f"{gid}.img"
+
+    def create(self, gid: str, size: int) -> None:
+        fd = os.open(self.path(gid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def clone(self, src_gid: str, dst_gid: str, size: int | None = None) -> str:
+        """Copy an object's content to a new object; returns "reflink" or "sparse"."""
+        return self._clone_path(self.path(src_gid), self.path(dst_gid), size)
+
+    def _clone_path(self, src: Path, dst: Path, size: int | None) -> str:
+        how = "sparse"
+        if self._reflink is not False and reflink_file(src, dst):
+            self._reflink = True
+            how = "reflink"
+        else:
+            self._reflink = False
+            sparse_copy(src, dst)
+        if size is not None and size != src.stat().st_size:
+            os.truncate(dst, size)
+        return how
+
+    def replace_content(self, src_gid: str, dst_gid: str, size: int) -> str:
+        """Revert: the destination's content becomes the source's (clone, then atomic rename)."""
+        tmp = self.objects_dir / f"{dst_gid}.revert"
+        how = self._clone_path(self.path(src_gid), tmp, size)
+        os.replace(tmp, self.path(dst_gid))
+        return how
+
+    def resize(self, gid: str, size: int, devices: list[str]) -> None:
+        os.truncate(self.path(gid), size)
+        for dev in devices:
+            if dev.startswith("/dev/loop"):
+                self._losetup("--set-capacity", dev)
+
+    def remove(self, gid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(gid).unlink()
+
+    def stored_bytes(self, gid: str) -> int:
+        """Bytes the object's file really occupies (shared reflinked extents count for each)."""
+        try:
+            return self.path(gid).stat().st_blocks * 512
+        except FileNotFoundError:
+            return 0
+
+    @property
+    def reflink(self) -> bool | None:
+        """Whether clones were reflinks (None until the first clone was made)."""
+        return self._reflink
+
+    # ---- devices -----------------------------------------------------------------------------
+    def _losetup(self, *args: str) -> str:
+        res = subprocess.run(["losetup", *args], capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise DataPlaneError(f"losetup {' '.join(args)}: {res.stderr.strip()}")
+        return res.stdout.strip()
+
+    def byid_link(self, client: int, gid: str) -> Path:
+        return self.dev_root / str(client) / "storpool-byid" / gid
+
+    def name_link(self, client: int, name: str) -> Path:
+        return self.dev_root / str(client) / "storpool" / name
+
+    @staticmethod
+    def _link(link: Path, target: str) -> None:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+
+    def attach(self, client: int, gid: str, name: str | None, readonly: bool) -> Exposure:
+        """Expose an object on a client; a loop device when possible, else the file itself."""
+        backing = str(self.path(gid))
+        if self.use_loop:
+            args = ["--find", "--show"] + (["--read-only"] if readonly else []) + [backing]
+            dev = self._losetup(*args)
+            with self._lock:
+                self.loops.add(dev)
+            exp = Exposure(dev, True, readonly)
+        else:
+            exp = Exposure(backing, False, readonly)
+        self.link(client, gid, name, exp.device)
+        return exp
+
+    def link(self, client: int, gid: str, name: str | None, device: str) -> None:
+        self._link(self.byid_link(client, gid), device)
+        if name is not None:
+            self._link(self.name_link(client, name), device)
+
+    def unlink_name(self, client: int, name: str | None) -> None:
+        if name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.name_link(client, name).unlink()
+
+    def holders(self, exp: Exposure) -> list[int]:
+        pids = pids_holding(exp.device)
+        if exp.is_loop and not pids and _mounted(exp.device):
+            pids = [0]
+        return pids
+
+    def detach(self, client: int, gid: str, name: str | None, exp: Exposure, force: bool) -> None:
+        """Remove the exposure; refuses while open unless forced (then the loop goes lazily)."""
+        if not force:
+            pids = self.holders(exp)
+            if pids:
+                raise DeviceOpenError(exp.device, pids)
+        with contextlib.suppress(FileNotFoundError):
+            self.byid_link(client, gid).unlink()
+        self.unlink_name(client, name)
+        if exp.is_loop:
+            self.release_loop(exp.device)
+
+    def release_loop(self, dev: str) -> None:
+        """`losetup -d` on a device still open only marks it autoclear: gone on last close."""
+        try:
+            self._losetup("--detach", dev)
+        except DataPlaneError as e:
+            log.warning("detaching %s: %s", dev, e)
+        with self._lock:
+            self.loops.discard(dev)
+
+    def close(self) -> None:
+        """Release every loop device this data plane created (the emulator is stopping)."""
+        with self._lock:
+            loops = sorted(self.loops)
+        for dev in loops:
+            self.release_loop(dev)

@@ -1,0 +1,278 @@
+"""The StorPool connection layer against a scripted StorPool endpoint over real HTTP.
+
+The official bindings speak `http.client`, which `responses` cannot intercept, so these tests
+run a tiny scripted server on loopback instead: each test says what the "cluster" answers,
+including answers that never come (the connection is closed after the request was read),
+and asserts what the layer sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from cloudstack_storpool.errors import SpBusy, SpExists, SpNotFound, SpTransient, SpUnreachable, StorPoolError, ValidationError
+from cloudstack_storpool.spconn import StorPoolConn
+
+TOKEN = "t0ps3cr3t-token"
+DROP = object()
+
+
+def summary(name: str, gid: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """A VolumeSummary with every field the bindings require."""
+    return {
+        "name": name, "globalId": gid, "parentName": "", "templateName": "ssd", "size": 1 << 30,
+        "replication": 3, "placeAll": "ssd", "placeTail": "ssd", "placeHead": "ssd", "visibleVolumeId": 7,
+        "objectsCount": 32, "creationTimestamp": 1700000000, "tags": tags or {}, "iops": "-", "bw": "-",
+        "id": 1, "parentVolumeId": 0, "originalParentVolumeId": 0, "templateId": 1, "flags": 0,
+        "firstNotParentObjectId": 0,
+    }
+
+
+def ok(**extra: Any) -> tuple[int, dict[str, Any]]:
+    return 200, {"generation": 5, "data": {"ok": True, "generation": 5, **extra}}
+
+
+def data(value: Any) -> tuple[int, dict[str, Any]]:
+    return 200, {"generation": 5, "data": value}
+
+
+def err(name: str, descr: str, transient: bool = False, status: int = 500) -> tuple[int, dict[str, Any]]:
+    e: dict[str, Any] = {"name": name, "descr": descr}
+    if transient:
+        e["transient"] = True
+    return status, {"error": e}
+
+
+class Script:
+    """Answers per query name, in order; the last answer repeats. Records every request."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[Any]] = {}
+        self.requests: list[tuple[str, str, Any]] = []
+
+    def on(self, query: str, *answers: Any) -> None:
+        self.answers[query] = list(answers)
+
+    def sent(self, query: str) -> list[Any]:
+        return [body for _, q, body in self.requests if q == query]
+
+    def next(self, query: str) -> Any:
+        queue = self.answers.get(query)
+        if not queue:
+            return err("objectDoesNotExist", f"no script for {query}", status=404)
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+@pytest.fixture
+def script() -> Iterator[tuple[Script, StorPoolConn]]:
+    sc = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def handle_any(self, method: str) -> None:
+            path = self.path
+            body: Any = None
+            if "?json=" in path:
+                path, arg = path.split("?json=", 1)
+                body = json.loads(unquote(arg))
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                body = json.loads(self.rfile.read(n))
+            query = path.removeprefix("/ctrl/1.0/").removeprefix("MultiCluster/").split("/")[0]
+            sc.requests.append((method, query, body))
+            assert self.headers["Authorization"] == f"Storpool v1:{TOKEN}"
+            answer = sc.next(query)
+            if answer is DROP:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            status, payload = answer
+            raw = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_GET(self) -> None:
+            self.handle_any("GET")
+
+        def do_POST(self) -> None:
+            self.handle_any("POST")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    conn = StorPoolConn("127.0.0.1", server.server_address[1], TOKEN, retries=3, sleep=lambda s: None, timeout=5)
+    try:
+        yield sc, conn
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_read_retried_on_transient_errors(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    busy = err("busy", "try later", transient=True)
+    sc.on("Volume", busy, busy, data([summary("v1", "a.b.c")]))
+    v = conn.volume("v1")
+    assert v is not None and v.globalId == "a.b.c"
+    assert len(sc.sent("Volume")) == 3
+    assert conn.calls["Volume"] == 3
+
+
+def test_read_gives_up_after_bounded_retries(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    sc.on("VolumesList", err("busy", "overloaded", transient=True))
+    with pytest.raises(SpTransient) as info:
+        conn.volumes()
+    assert info.value.name == "busy" and info.value.descr == "overloaded"
+    assert len(sc.sent("VolumesList")) == 4  # first try + 3 retries
+
+
+def test_error_mapping_keeps_storpool_name_and_description(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    sc.on("Volume", err("objectDoesNotExist", "volume v1 does not exist", status=404))
+    assert conn.volume("v1") is None
+    sc.on("VolumeCreate", err("objectExists", "volume v1 already exists"))
+    with pytest.raises(SpExists):
+        conn.volume_create(name="v1", size=1 << 20, template="ssd")
+    sc.on("VolumesReassign", err("invalidParam", "volume v1 is open at client 3"))
+    with pytest.raises(SpBusy) as busy:
+        conn.reassign([{"volume": "v1", "detach": [3]}])
+    assert "is open at" in busy.value.descr
+    sc.on("VolumeRevert", err("notAllowed", "volume is attached"))
+    with pytest.raises(StorPoolError) as other:
+        conn.volume_revert("v1", "snap1")
+    assert type(other.value) is StorPoolError
+    assert (other.value.name, other.value.descr) == ("notAllowed", "volume is attached")
+    assert len(sc.sent("VolumeRevert")) == 1  # not transient: not retried
+
+
+def test_token_is_redacted_from_errors_and_logs(script: tuple[Script, StorPoolConn], caplog: pytest.LogCaptureFixture) -> None:
+    sc, conn = script
+    caplog.set_level(logging.DEBUG)
+    sc.on("VolumeTemplateDescribe", err("authError", f"bad token {TOKEN} for you"))
+    with pytest.raises(StorPoolError) as info:
+        conn.template("ssd")
+    assert TOKEN not in str(info.value) and TOKEN not in info.value.descr
+    logging.getLogger("cloudstack_storpool.spconn").warning("echo %s", TOKEN)
+    assert caplog.records, "the layer logged nothing"
+    assert TOKEN not in caplog.text
+    assert TOKEN not in repr(conn)
+
+
+def test_lost_create_response_named_is_found_not_resent(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    sc.on("VolumeCreate", DROP)
+    sc.on("Volume", data([summary("tmpl-cache-fill", "x.y.z")]))
+    created = conn.volume_create(name="tmpl-cache-fill", size=1 << 20, template="ssd", tags={"cs": "temporary"})
+    assert created.recovered and created.global_id == "x.y.z"
+    assert len(sc.sent("VolumeCreate")) == 1
+
+
+def test_lost_create_response_anonymous_found_by_identity_tags(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    tags = {"uuid": "4a2b7c1e-0000-4000-8000-000000000001", "cs": "volume"}
+    sc.on("VolumeCreate", DROP)
+    sc.on("VolumesList", data([summary("other", "o.o.o", {"uuid": "else", "cs": "volume"}), summary("~q.r.s", "q.r.s", tags)]))
+    created = conn.volume_create(size=1 << 20, template="ssd", tags=tags)
+    assert created.recovered and created.ref == "~q.r.s"
+    assert created.path == "/dev/storpool-byid/q.r.s"
+    assert len(sc.sent("VolumeCreate")) == 1
+
+
+def test_lost_create_that_was_not_applied_is_sent_again(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    sc.on("VolumeCreate", DROP, ok(name="v2", globalId="n.e.w"))
+    sc.on("Volume", err("objectDoesNotExist", "no v2", status=404))
+    created = conn.volume_create(name="v2", size=1 << 20, template="ssd")
+    assert not created.recovered and created.global_id == "n.e.w"
+    assert len(sc.sent("VolumeCreate")) == 2
+
+
+def test_exists_after_ambiguous_retry_means_ours(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    # The lookup raced the create: absent at lookup, then the re-send says it exists.
+    sc.on("VolumeCreate", DROP, err("objectExists", "v3 exists"))
+    sc.on("Volume", err("objectDoesNotExist", "no v3", status=404), data([summary("v3", "t.h.r")]))
+    created = conn.volume_create(name="v3", size=1 << 20, template="ssd")
+    assert created.recovered and created.global_id == "t.h.r"
+
+
+def test_create_without_identity_is_never_resent(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    sc.on("VolumeCreate", DROP)
+    with pytest.raises(SpUnreachable):
+        conn.volume_create(size=1 << 20, template="ssd")
+    assert len(sc.sent("VolumeCreate")) == 1
+
+
+def test_lost_snapshot_response_found_by_tags(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    tags = {"uuid": "5b3c8d2f-0000-4000-8000-000000000002", "cs": "snapshot"}
+    snap = summary("v1@3", "s.n.p", tags) | {
+        "onVolume": "v1", "autoName": True, "bound": False, "deleted": False, "transient": False, "recoveringFromRemote": False,
+    }
+    sc.on("VolumeSnapshot", DROP)
+    sc.on("SnapshotsList", data([snap]))
+    created = conn.snapshot_create("v1", tags=tags)
+    assert created.recovered and created.ref == "~s.n.p"
+    assert len(sc.sent("VolumeSnapshot")) == 1
+
+
+def test_delete_sends_on_attached_and_missing_is_success(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    sc.on("VolumeDelete", ok())
+    assert conn.volume_delete("~a.b.c") is True
+    assert sc.sent("VolumeDelete") == [{"onAttached": "detachForce"}]
+    sc.on("VolumeDelete", err("objectDoesNotExist", "gone", status=404))
+    assert conn.volume_delete("~a.b.c") is False
+    with pytest.raises(SpNotFound):
+        conn.volume_delete("~a.b.c", missing_ok=False)
+
+
+def test_bad_input_is_refused_before_sending(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    cases: list[tuple[Any, str]] = [
+        (lambda: conn.volume_create(name="bad name", size=1 << 20, template="ssd"), "name"),
+        (lambda: conn.volume_create(name="v", size=1000, template="ssd"), "size"),
+        (lambda: conn.volume_create(name="v", size=-512, template="ssd"), "size"),
+        (lambda: conn.volume_create(name="v", size=512, template="a.b"), "template"),
+        (lambda: conn.volume_create(name="v", size=512, template="ssd", tags={"uuid": "a b"}), "tags.uuid"),
+        (lambda: conn.volume_create(name="v", size=512, template="ssd", iops=-1), "iops"),
+        (lambda: conn.volume_update("v", size=513), "size"),
+        (lambda: conn.snapshot_create("v", name="bad/name"), "name"),
+        (lambda: conn.volume_delete("v", on_attached="later"), "onAttached"),
+    ]
+    for call, field in cases:
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert info.value.field == field
+    assert sc.requests == []
+
+
+def test_unreachable_api_is_transient_not_absent() -> None:
+    conn = StorPoolConn("127.0.0.1", 1, TOKEN, retries=2, sleep=lambda s: None, timeout=2)
+    with pytest.raises(SpUnreachable):
+        conn.volume("v1")
+    assert conn.calls["Volume"] == 3
+
+
+def test_from_config_file(tmp_path: Any) -> None:
+    cfg = tmp_path / "storpool.conf"
+    cfg.write_text(f"SP_API_HTTP_HOST=127.0.0.9\nSP_API_HTTP_PORT=8181\nSP_AUTH_TOKEN={TOKEN}\nSP_OURID=7\n")
+    conn = StorPoolConn.from_config(cfg)
+    assert (conn.host, conn.port, conn.our_id) == ("127.0.0.9", 8181, 7)
+    (tmp_path / "empty.conf").write_text("SP_OURID=3\n")
+    with pytest.raises(ValidationError):
+        StorPoolConn.from_config(tmp_path / "empty.conf")
