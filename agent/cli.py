@@ -1,10 +1,165 @@
-"""Command group `cloudstack-storpool agent`."""
+"""Command group `cloudstack-storpool agent`: serve the HTTP API, or run one command locally.
+
+Secrets are read from files (`--token-file`, `--sp-token-file`) or the environment, never
+taken as option values, which every user on the host could read from the process list.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import click
+
+from cloudstack_storpool.errors import ProjectError, ValidationError
+
+
+def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--sp-config", default=None, metavar="PATH",
+                     help="StorPool client config (default /etc/storpool.conf)."),
+        click.option("--dev-root", default="/dev", show_default=True,
+                     help="Where StorPool devices appear (<dev-root>/storpool-byid/<globalId>)."),
+        click.option("--mount-root", default=None, metavar="DIR",
+                     help="Where nfs:// secondary stores are mounted."),
+        click.option("--secondary-root", "secondary_roots", multiple=True, metavar="DIR",
+                     help="A local directory allowed as secondary storage (repeatable)."),
+        click.option("--client-id", type=int, default=None, help="This host's SP_OURID (default: from the config)."),
+        click.option("--sp-host", default=None, help="StorPool API host (instead of the config file)."),
+        click.option("--sp-port", type=int, default=None, help="StorPool API port."),
+        click.option("--sp-token-file", default=None, metavar="PATH", help="File holding the StorPool API token."),
+        click.option("--libvirt-uri", default="qemu:///system", show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _host_config(kw: dict[str, Any]) -> Any:
+    from agent.hostconfig import DEFAULT_MOUNT_ROOT, load_host_config
+
+    return load_host_config(
+        sp_config=kw["sp_config"], client_id=kw["client_id"], sp_host=kw["sp_host"], sp_port=kw["sp_port"],
+        sp_token_file=kw["sp_token_file"], dev_root=kw["dev_root"],
+        mount_root=kw["mount_root"] or DEFAULT_MOUNT_ROOT, secondary_roots=tuple(kw["secondary_roots"]),
+        libvirt_uri=kw["libvirt_uri"],
+    )
+
+
+def _context_factory(host: Any) -> Callable[[], Any]:
+    from agent.commands import Context
+
+    def make() -> Context:
+        return Context(host=host, conn=host.connect())
+
+    return make
+
+
+def _fail(exc: ProjectError, as_json: bool) -> None:
+    from agent.jobs import error_json
+
+    if as_json:
+        click.echo(json.dumps({"error": error_json(exc)}))
+        sys.exit(1)
+    raise click.ClickException(str(exc))
 
 
 @click.group("agent")
 def agent_group() -> None:
     """KVM host agent: attach, copy, back up, resize, safe start."""
+
+
+@agent_group.command("serve")
+@click.option("--listen", default="127.0.0.1:8250", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--token-file", default=None, metavar="PATH",
+              help="File holding the shared agent token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
+@click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")
+@click.option("-v", "--verbose", is_flag=True)
+@_host_options
+def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: bool, **kw: Any) -> None:
+    """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
+    from agent.hostconfig import read_agent_token
+    from agent.server import AgentServer, parse_listen
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        token = read_agent_token(token_file)
+        host = _host_config(kw)
+        server = AgentServer(parse_listen(listen), token, _context_factory(host), max_copies=max_copies)
+    except ProjectError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def stop(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    click.echo(f"agent listening on {server.url} (client id {host.client_id})", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.jobs.cancel_all()
+        server.server_close()
+
+
+@agent_group.command("run")
+@click.argument("command")
+@click.option("--json-in", "json_in", required=True, type=click.File("r"), help="Arguments as JSON ('-' = stdin).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (or error) as JSON.")
+@click.option("-v", "--verbose", is_flag=True)
+@_host_options
+def run_cmd(command: str, json_in: Any, as_json: bool, verbose: bool, **kw: Any) -> None:
+    """Run one command on this host without the service (same commands, same validation)."""
+    from agent.commands import Context, RunControl, parse
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    try:
+        try:
+            args = json.load(json_in)
+        except ValueError as exc:
+            raise ValidationError("json_in", f"not valid JSON: {exc}") from None
+        cmd, req = parse(command, args)
+        host = _host_config(kw)
+        import time
+
+        def show(pct: float) -> None:
+            if not as_json:
+                click.echo(f"\r{pct:6.2f}%", nl=False, err=True)
+
+        ctl = RunControl(progress=show, deadline=time.monotonic() + req.timeout)
+        result = cmd.run(Context(host=host, conn=host.connect()), req, ctl)
+    except ProjectError as exc:
+        _fail(exc, as_json)
+        return
+    if not as_json and cmd.long_running:
+        click.echo("", err=True)
+    click.echo(json.dumps(result, indent=None if as_json else 2, sort_keys=True))
+
+
+@agent_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_host_options
+def status_cmd(as_json: bool, **kw: Any) -> None:
+    """Host facts: client id, StorPool reachability and versions."""
+    from agent.commands import Context, FactsRequest, RunControl, facts
+
+    try:
+        host = _host_config(kw)
+        out = facts(Context(host=host, conn=host.connect()), FactsRequest(), RunControl())
+    except ProjectError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        click.echo(json.dumps(out, sort_keys=True))
+        return
+    for k, v in sorted(out.items()):
+        click.echo(f"{k}: {v}")
+
+
+agent_group.add_command(status_cmd, "facts")

@@ -1,0 +1,498 @@
+"""The agent's commands: one function each, one typed request each.
+
+Requests are parsed from JSON and validated before anything is touched, with errors naming
+the field. Every command is idempotent: running it again after a success (or after a failure
+part-way) converges on the same end state and leaves nothing attached that it attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from agent import qemu_img, secondary
+from agent.attach import SpConn, attach, attached, attachments_of, lookup, wait_for_device
+from agent.hostconfig import HostConfig
+from agent.resize import libvirt_version, notify_resize
+from cloudstack_storpool import __version__, names
+from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(ProjectError):
+    code = "cancelled"
+
+
+class TimedOut(ProjectError):
+    code = "timeout"
+
+
+@dataclass
+class RunControl:
+    """What a running command is given besides its request: a way to report progress, a
+    cancel flag and a deadline (monotonic seconds) that every blocking step honours."""
+
+    progress: Callable[[float], None] = lambda _pct: None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimedOut("time limit reached")
+
+    def step_timeout(self, default: float) -> float:
+        rem = self.remaining()
+        return default if rem is None else max(1.0, min(default, rem))
+
+
+@dataclass(frozen=True)
+class Context:
+    host: HostConfig
+    conn: SpConn
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+R = TypeVar("R", bound="Request")
+
+
+def _field_type(value: Any, kind: str, fname: str) -> Any:
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ValidationError(fname, "must be a non-empty string")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ValidationError(fname, "must be true or false")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(fname, "must be an integer")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValidationError(fname, "must be a positive number")
+        value = float(value)
+    elif kind == "list[str]":
+        if not isinstance(value, list) or not value:
+            raise ValidationError(fname, "must be a non-empty list of strings")
+        for i, v in enumerate(value):
+            if not isinstance(v, str) or not v:
+                raise ValidationError(f"{fname}[{i}]", "must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """Base: `from_json` checks unknown fields, required fields and JSON types, then
+    `validate` applies each command's own rules."""
+
+    timeout: float = 3600.0
+
+    @classmethod
+    def from_json(cls: type[R], data: Any) -> R:
+        if not isinstance(data, Mapping):
+            raise ValidationError("args", "must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValidationError(str(key), f"unknown field (allowed: {', '.join(sorted(known))})")
+        kwargs: dict[str, Any] = {}
+        for name, f in known.items():
+            kind = str(f.type)
+            base = kind.removesuffix(" | None")
+            if name not in data:
+                continue  # defaults; required fields are checked by validate()
+            if data[name] is None:
+                if base == kind:
+                    raise ValidationError(name, "must not be null")
+                kwargs[name] = None
+                continue
+            kwargs[name] = _field_type(data[name], base, name)
+        req = cls(**kwargs)
+        req.validate()
+        return req
+
+    def validate(self) -> None:
+        if self.timeout <= 0:
+            raise ValidationError("timeout", "must be positive")
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _volume_ref(value: str, fname: str) -> str:
+    """A volume named as CloudStack stores it (device path) or as StorPool does."""
+    if value.startswith("/dev/"):
+        return names.path_to_name(value, fname)
+    return names.volume_name(value, fname)
+
+
+def _snapshot_ref(value: str, fname: str) -> str:
+    if value.startswith("/dev/"):
+        return names.path_to_name(value, fname)
+    return names.snapshot_name(value, fname)
+
+
+def _format(value: str | None, fname: str) -> None:
+    if value is not None and value not in qemu_img.FORMATS:
+        raise ValidationError(fname, f"must be one of {', '.join(qemu_img.FORMATS)}, got {value!r}")
+
+
+def _check_location(store: str, path: str) -> None:
+    if not (store.startswith("nfs://") or os.path.isabs(store)):
+        raise ValidationError("store", f"{store!r} must be an nfs:// URL or an absolute directory")
+    if store.startswith("nfs://"):
+        secondary.parse_nfs_url(store, "store")
+    secondary.check_relative(path, "path")
+
+
+@dataclass(frozen=True)
+class CopyToVolumeRequest(Request):
+    """An image on secondary storage (`store` + `path`) into an existing StorPool volume."""
+
+    store: str = ""
+    path: str = ""
+    volume: str = ""
+    source_format: str | None = None
+    # The caller guarantees the volume reads as zeros (freshly created): zero areas of the
+    # image are skipped instead of written, which is much faster on big sparse images.
+    target_is_zero: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("store", "path", "volume"):
+            if not getattr(self, name):
+                raise ValidationError(name, "is required")
+        _check_location(self.store, self.path)
+        _volume_ref(self.volume, "volume")
+        _format(self.source_format, "source_format")
+
+
+@dataclass(frozen=True)
+class CopyTemplateRequest(CopyToVolumeRequest):
+    """A template into the (fresh) volume that will become its cached snapshot."""
+
+    target_is_zero: bool = True
+
+
+@dataclass(frozen=True)
+class BackupSnapshotRequest(Request):
+    snapshot: str = ""
+    store: str = ""
+    path: str = ""
+    compress: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("snapshot", "store", "path"):
+            if not getattr(self, name):
+                raise ValidationError(name, "is required")
+        _snapshot_ref(self.snapshot, "snapshot")
+        _check_location(self.store, self.path)
+
+
+@dataclass(frozen=True)
+class CopyVolumeOutRequest(Request):
+    volume: str = ""
+    store: str = ""
+    path: str = ""
+    format: str = "qcow2"
+    compress: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("volume", "store", "path"):
+            if not getattr(self, name):
+                raise ValidationError(name, "is required")
+        _volume_ref(self.volume, "volume")
+        _check_location(self.store, self.path)
+        _format(self.format, "format")
+        if self.compress and self.format != "qcow2":
+            raise ValidationError("compress", "only qcow2 output can be compressed")
+
+
+@dataclass(frozen=True)
+class ResizeRequest(Request):
+    volume: str = ""
+    size: int = 0
+    vm: str | None = None
+    timeout: float = 120.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.volume:
+            raise ValidationError("volume", "is required")
+        _volume_ref(self.volume, "volume")
+        names.size(self.size, "size")
+
+
+@dataclass(frozen=True)
+class PrepareStartRequest(Request):
+    volumes: list[str] = field(default_factory=list)
+    attach: bool = True
+    timeout: float = 120.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.volumes:
+            raise ValidationError("volumes", "must be a non-empty list of volumes")
+        for i, v in enumerate(self.volumes):
+            _volume_ref(v, f"volumes[{i}]")
+
+
+@dataclass(frozen=True)
+class FactsRequest(Request):
+    timeout: float = 30.0
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _is_block(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _source_image(ctx: Context, req: CopyToVolumeRequest) -> tuple[str, qemu_img.ImageInfo]:
+    src = secondary.resolve(req.store, req.path, mount_root=ctx.host.mount_root,
+                            allowed_roots=ctx.host.allowed_roots())
+    if not os.path.isfile(src):
+        raise NotFound(f"path: {req.path!r} does not exist in {req.store}")
+    info = qemu_img.info(src, fmt=req.source_format)
+    if info.format not in qemu_img.FORMATS:
+        raise ValidationError("source_format", f"image is {info.format}; only raw and qcow2 are accepted")
+    if info.backing_file:
+        # A backing file would make qemu-img open another host path named inside the image.
+        raise ValidationError("path", "images with a backing file are refused")
+    return src, info
+
+
+def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> dict[str, Any]:
+    """Secondary-storage image -> StorPool volume (raw), growing the volume first if needed."""
+    src, info = _source_image(ctx, req)
+    ctl.check()
+    name = _volume_ref(req.volume, "volume")
+    obj = lookup(ctx.conn, name, "volume")
+    size = obj.size
+    if size < info.virtual_size:
+        size = _round_up(info.virtual_size, 512)
+        log.info("growing %s from %d to %d bytes for the image", obj.api_name, obj.size, size)
+        ctx.conn.volume_update(obj.api_name, size=size)
+    with attached(ctx.conn, obj.api_name, kind="volume", client_id=ctx.host.client_id,
+                  dev_root=ctx.host.dev_root, timeout=ctl.step_timeout(60.0)) as att:
+        wait_for_device(att.device, min_size=info.virtual_size, timeout=ctl.step_timeout(30.0))
+        ctl.check()
+        block = _is_block(att.device)
+        opts = qemu_img.ConvertOptions(
+            existing_target=True,
+            target_is_zero=req.target_is_zero,
+            target_cache="none" if block else None,
+            parallel_writes=True,
+        )
+        qemu_img.convert(src, att.device, src_format=info.format, dst_format="raw", options=opts,
+                         progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
+    return {
+        "volume": obj.api_name,
+        "global_id": obj.global_id,
+        "size": size,
+        "virtual_size": info.virtual_size,
+        "source_format": info.format,
+    }
+
+
+def copy_template(ctx: Context, req: CopyTemplateRequest, ctl: RunControl) -> dict[str, Any]:
+    """A template from secondary storage into a fresh StorPool volume (the cache fill)."""
+    return copy_to_volume(ctx, req, ctl)
+
+
+def _copy_out(ctx: Context, name: str, kind: str, store: str, path: str, fmt: str, compress: bool,
+              ctl: RunControl) -> dict[str, Any]:
+    """StorPool object -> file on secondary storage, never leaving a half-written file: the
+    copy goes to a temporary name in the same directory and is renamed when complete."""
+    dest = secondary.resolve(store, path, mount_root=ctx.host.mount_root, allowed_roots=ctx.host.allowed_roots())
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    readonly = True
+    with attached(ctx.conn, name, kind="snapshot" if kind == "snapshot" else "volume",
+                  client_id=ctx.host.client_id, dev_root=ctx.host.dev_root, readonly=readonly,
+                  timeout=ctl.step_timeout(60.0)) as att:
+        ctl.check()
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.part-{uuid.uuid4().hex[:12]}")
+        try:
+            opts = qemu_img.ConvertOptions(compress=compress,
+                                           source_cache="none" if _is_block(att.device) else None)
+            qemu_img.convert(att.device, tmp, src_format="raw", dst_format=fmt, options=opts,
+                             progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
+            qemu_img.fsync_path(tmp)
+            os.replace(tmp, dest)
+            _fsync_dir(os.path.dirname(dest))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    out = qemu_img.info(dest, fmt=fmt)
+    return {
+        kind: att.object.api_name,
+        "global_id": att.object.global_id,
+        "path": path,
+        "format": fmt,
+        "virtual_size": out.virtual_size,
+        "physical_size": os.path.getsize(dest),
+    }
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def backup_snapshot(ctx: Context, req: BackupSnapshotRequest, ctl: RunControl) -> dict[str, Any]:
+    """StorPool snapshot -> qcow2 on secondary storage (the non-bypass snapshot backup)."""
+    return _copy_out(ctx, _snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
+                     "qcow2", req.compress, ctl)
+
+
+def copy_volume_out(ctx: Context, req: CopyVolumeOutRequest, ctl: RunControl) -> dict[str, Any]:
+    """StorPool volume -> secondary storage (volume export, template from volume)."""
+    return _copy_out(ctx, _volume_ref(req.volume, "volume"), "volume", req.store, req.path,
+                     req.format, req.compress, ctl)
+
+
+def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
+    """Make a running VM see its grown volume. StorPool's size was already changed by the
+    driver; this waits until this host's device shows it, then calls libvirt block resize."""
+    obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
+    if obj.size < req.size:
+        raise ValidationError("size", f"volume {obj.api_name} is {obj.size} bytes in StorPool, not {req.size}")
+    result: dict[str, Any] = {"volume": obj.api_name, "size": req.size, "notified": False}
+    if req.vm is None:
+        result["reason"] = "no VM given"
+        return result
+    device = ctx.host.device_path(obj.global_id)
+    candidates = [device, os.path.join(ctx.host.dev_root, "storpool", obj.name)] if obj.name else [device]
+    if os.path.exists(device):
+        wait_for_device(device, min_size=req.size, timeout=ctl.step_timeout(30.0))
+    ctl.check()
+    res = notify_resize(ctx.host.libvirt_uri, req.vm, candidates, req.size)
+    result.update(notified=res.notified, domain=res.domain, disk=res.disk, capacity=res.capacity)
+    if res.reason:
+        result["reason"] = res.reason
+    return result
+
+
+def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> dict[str, Any]:
+    """Safe VM start: force-detach each volume from every other client, so two hosts can
+    never write one disk, then (optionally) attach it here read-write."""
+    out = []
+    cid = ctx.host.client_id
+    for i, ref in enumerate(req.volumes):
+        ctl.check()
+        obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
+        others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
+        if others:
+            log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
+            ctx.conn.reassign_wait([{"volume": obj.api_name, "detach": others, "force": True}])
+        entry: dict[str, Any] = {"volume": obj.api_name, "global_id": obj.global_id, "detached_from": others}
+        if req.attach:
+            att = attach(ctx.conn, obj, client_id=cid, dev_root=ctx.host.dev_root,
+                         timeout=ctl.step_timeout(60.0))
+            entry["device"] = att.device
+        out.append(entry)
+    return {"volumes": out}
+
+
+def facts(ctx: Context, req: FactsRequest, ctl: RunControl) -> dict[str, Any]:
+    """What the driver needs to know about this host; never fails, reports what it cannot reach."""
+    out: dict[str, Any] = {
+        "client_id": ctx.host.client_id,
+        "dev_root": ctx.host.dev_root,
+        "agent_version": __version__,
+    }
+    sp: dict[str, Any] = {"reachable": False}
+    try:
+        services = getattr(ctx.conn, "services", None)
+        if callable(services):
+            svc = services()
+            clients = getattr(svc, "clients", None) or {}
+            me = clients.get(ctx.host.client_id) or clients.get(str(ctx.host.client_id))
+            if me is None:
+                for c in clients.values():
+                    if int(getattr(c, "nodeId", getattr(c, "id", -1))) == ctx.host.client_id:
+                        me = c
+                        break
+            if me is not None:
+                sp["client_status"] = str(getattr(me, "status", ""))
+                sp["client_version"] = str(getattr(me, "version", ""))
+        else:
+            ctx.conn.attachments()
+        sp["reachable"] = True
+    except Exception as exc:
+        sp["error"] = str(exc)
+    out["storpool"] = sp
+    try:
+        out["qemu_img"] = qemu_img.version()
+    except Exception as exc:
+        out["qemu_img_error"] = str(exc)
+    try:
+        out["libvirt"] = libvirt_version(ctx.host.libvirt_uri)
+    except Exception as exc:
+        out["libvirt_error"] = str(exc)
+    return out
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    request: type[Request]
+    run: Callable[[Context, Any, RunControl], dict[str, Any]]
+    long_running: bool
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("copy_template", CopyTemplateRequest, copy_template, True),
+        Command("copy_to_volume", CopyToVolumeRequest, copy_to_volume, True),
+        Command("backup_snapshot", BackupSnapshotRequest, backup_snapshot, True),
+        Command("copy_volume_out", CopyVolumeOutRequest, copy_volume_out, True),
+        Command("resize", ResizeRequest, resize, False),
+        Command("prepare_start", PrepareStartRequest, prepare_start, False),
+        Command("facts", FactsRequest, facts, False),
+    )
+}
+
+
+def parse(command: str, args: Any) -> tuple[Command, Request]:
+    """Look up a command and validate its arguments; ValidationError names the bad field."""
+    cmd = COMMANDS.get(command)
+    if cmd is None:
+        raise ValidationError("command", f"unknown command {command!r} (known: {', '.join(sorted(COMMANDS))})")
+    return cmd, cmd.request.from_json(args if args is not None else {})
+
+
+def execute(ctx: Context, command: str, args: Any, ctl: RunControl | None = None) -> dict[str, Any]:
+    """Parse and run one command synchronously (the `agent run` path and the job body)."""
+    cmd, req = parse(command, args)
+    ctl = ctl or RunControl(deadline=time.monotonic() + req.timeout)
+    return cmd.run(ctx, req, ctl)

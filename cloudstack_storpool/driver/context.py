@@ -1,0 +1,55 @@
+"""What every driver operation needs, in one object: pools, StorPool connections, CloudStack,
+settings and the agents. The driver keeps no state of its own beyond caches of connections, so
+any number of driver processes can share one StorPool cluster.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec
+from cloudstack_storpool.spconn import StorPoolConn
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.driver.agents import AgentDirectory
+    from settings.store import Settings
+
+
+@dataclass
+class DriverContext:
+    pools: PoolsFile
+    cloudstack: CloudStackClient
+    settings: Settings
+    agents: AgentDirectory
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    conn_options: dict[str, Any] = field(default_factory=dict)
+    _conns: dict[tuple[str, int, str], StorPoolConn] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def pool(self, key: str) -> PoolSpec:
+        """A pool by CloudStack uuid or name; unknown pools are a ValidationError naming `pool`."""
+        return self.pools.get(key)
+
+    def conn(self, pool: PoolSpec | str) -> StorPoolConn:
+        """One connection per API endpoint and token, shared by all pools on that cluster."""
+        spec = self.pool(pool) if isinstance(pool, str) else pool
+        key = (spec.host, spec.port, spec.token.reveal())
+        with self._lock:
+            conn = self._conns.get(key)
+            if conn is None:
+                conn = self._conns[key] = StorPoolConn.from_pool(spec, **self.conn_options)
+            return conn
+
+    def api_calls(self) -> dict[str, int]:
+        """StorPool queries sent so far, summed over every connection (benchmarks, tests)."""
+        total: dict[str, int] = {}
+        for conn in self._conns.values():
+            for query, n in conn.calls.items():
+                total[query] = total.get(query, 0) + n
+        return total

@@ -1,0 +1,56 @@
+"""Deterministic StorPool names derived from CloudStack uuids.
+
+StorPool's namespace is cluster-wide and name creation is atomic, so a name derived from the
+CloudStack uuid makes every create idempotent (a retry meets `objectExists` and finds its own
+object) and turns a name into a lock (two management servers filling one template cache race
+on one VolumeCreate; exactly one wins). CloudStack itself stores `/dev/storpool-byid/<globalId>`,
+so these names may change (migration renames) without CloudStack noticing.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+
+from cloudstack_storpool.errors import ValidationError
+
+PREFIX = "cs"
+
+
+def check_uuid(value: str, field: str) -> str:
+    """CloudStack uuids are the identity of everything; refuse anything else early."""
+    try:
+        uuidlib.UUID(str(value))
+    except ValueError:
+        raise ValidationError(field, f"{value!r} is not a CloudStack uuid") from None
+    return str(value).lower()
+
+
+def volume(volume_uuid: str) -> str:
+    return f"{PREFIX}-vol-{check_uuid(volume_uuid, 'volume_uuid')}"
+
+
+def migrating(volume_uuid: str) -> str:
+    """The clone made while moving a volume to another pool; renamed to `volume()` at the end."""
+    return f"{PREFIX}-mig-{check_uuid(volume_uuid, 'volume_uuid')}"
+
+
+def snapshot(snapshot_uuid: str) -> str:
+    return f"{PREFIX}-snap-{check_uuid(snapshot_uuid, 'snapshot_uuid')}"
+
+
+def template_cache(template_uuid: str, pool_uuid: str) -> str:
+    """The cached template on one pool (a snapshot). Pools in one cluster each have their own."""
+    return f"{PREFIX}-tmpl-{check_uuid(template_uuid, 'template_uuid')}-{check_uuid(pool_uuid, 'pool_uuid')}"
+
+
+def template_fill(template_uuid: str, pool_uuid: str) -> str:
+    """The temporary volume a cache fill copies into; its existence is the fill lock."""
+    return f"{PREFIX}-fill-{check_uuid(template_uuid, 'template_uuid')}-{check_uuid(pool_uuid, 'pool_uuid')}"
+
+
+def vm_snapshot_member(vm_snapshot_uuid: str, volume_uuid: str) -> str:
+    return f"{PREFIX}-vms-{check_uuid(vm_snapshot_uuid, 'vm_snapshot_uuid')}-{check_uuid(volume_uuid, 'volume_uuid')}"
+
+
+def delay_delete(volume_uuid: str, stamp: int) -> str:
+    return f"{PREFIX}-deleted-{check_uuid(volume_uuid, 'volume_uuid')}-{stamp}"

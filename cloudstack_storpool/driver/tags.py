@@ -1,0 +1,40 @@
+"""The tags every StorPool object created by the plugin carries (REFERENCE.md, "Tags").
+
+StorPool is the source of truth: these tags are how an object is traced back to CloudStack
+(`uuid`, `cs`), to the VM using it (`cvm`, `disk`, `vc-policy`) and to its QoS tier (`qc`).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+UUID: Final = "uuid"
+KIND: Final = "cs"
+VM: Final = "cvm"
+DISK: Final = "disk"
+VC_POLICY: Final = "vc-policy"
+QOS_CLASS: Final = "qc"
+POOL: Final = "pool"
+STARTED: Final = "started"
+
+VOLUME: Final = "volume"
+SNAPSHOT: Final = "snapshot"
+TEMPLATE: Final = "template"
+GROUP: Final = "group"
+TEMPORARY: Final = "temporary"
+DELAY_DELETE: Final = "delayDelete"
+
+VM_TAGS: Final = (VM, DISK, VC_POLICY)
+"""Tags that describe the VM a volume is attached to: set on attach, cleared on detach/destroy."""
+
+
+def identity(uuid: str, kind: str, **extra: str | None) -> dict[str, str]:
+    """`uuid` + `cs` (+ extra tags whose value is not None)."""
+    out = {UUID: uuid, KIND: kind}
+    out.update({k.replace("_", "-"): v for k, v in extra.items() if v is not None})
+    return out
+
+
+def cleared(*keys: str) -> dict[str, str]:
+    """A tag update that removes `keys` (StorPool removes a tag written with an empty value)."""
+    return dict.fromkeys(keys, "")

@@ -1,0 +1,144 @@
+"""Fencing decisions: what StorPool's answers mean for a suspect host.
+
+Kept free of I/O so the decision table in docs/heartbeat.md is exactly this code and can be
+tested row by row. The one rule everything here serves: a host is fenced (its VMs restarted
+elsewhere) only on positive evidence that it is gone. "The API did not answer" or "the API
+answered something that does not add up" is not evidence, because a live host whose VMs are
+restarted elsewhere ends with two writers on one disk, which is far worse than a slow failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Verdict(StrEnum):
+    """What the storage heartbeat says about a host (per pool, or combined)."""
+
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict with the reason an operator reads in the status table and the logs."""
+
+    verdict: Verdict
+    reason: str
+
+
+# Client statuses as the bindings type them ('running' | 'down'); anything else is unexpected.
+RUNNING = "running"
+DOWN = "down"
+# The cluster's own status: without quorum the list of clients is not authoritative.
+CLUSTER_RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """One host's client as one ServicesList answer shows it.
+
+    `status` is None when no client of the cluster has the host's id as `id` or `nodeId`.
+    `conflict` is set when two clients claim the host and disagree: the answer is ambiguous.
+    """
+
+    status: str | None
+    conflict: bool = False
+
+
+def find_client(clients: Mapping[Any, Any], client_id: int) -> ClientView:
+    """The client of `client_id` in ServicesList's `clients` map.
+
+    REFERENCE.md matches on `nodeId`, the host loop on `SP_OURID` (the client id); on a normal
+    install both are the same number. An exact id wins; otherwise a client on that node counts.
+    """
+    by_id = None
+    for key, client in clients.items():
+        cid = getattr(client, "id", key)
+        if int(cid) == client_id:
+            by_id = client
+            break
+    if by_id is not None:
+        return ClientView(str(by_id.status))
+    on_node = {str(c.status) for c in clients.values() if getattr(c, "nodeId", None) == client_id}
+    if not on_node:
+        return ClientView(None)
+    if len(on_node) > 1:
+        return ClientView(None, conflict=True)
+    return ClientView(on_node.pop())
+
+
+def first_look(cluster_status: str, view: ClientView) -> Decision | None:
+    """The verdict from one ServicesList alone, or None when the host is a suspect.
+
+    Only a running client settles the question at once; a down or absent one must still show
+    no I/O (and still be down at the end of the window) before it can be called dead.
+    """
+    if view.conflict:
+        return Decision(Verdict.UNKNOWN, "two clients claim this host with different statuses")
+    if view.status == RUNNING:
+        return Decision(Verdict.ALIVE, "client running")
+    if cluster_status != CLUSTER_RUNNING:
+        # Without quorum the cluster's view of its clients is stale; a client "down" there
+        # says nothing about the host.
+        return Decision(Verdict.UNKNOWN, f"cluster status is {cluster_status!r}, not running")
+    if view.status not in (DOWN, None):
+        return Decision(Verdict.UNKNOWN, f"unexpected client status {view.status!r}")
+    return None
+
+
+@dataclass(frozen=True)
+class IoSample:
+    """One ClientActiveRequests answer: the number of live requests, or why there is none."""
+
+    requests: int | None
+    error: str = ""
+
+
+def suspect_decision(first: ClientView, samples: Sequence[IoSample], confirm: ClientView | None) -> Decision:
+    """Decide a host whose client looked down or absent.
+
+    Dead needs all of: every I/O sample answered and showed no request, and the re-read at the
+    end of the window still shows the client down/absent. A client that comes back in the window
+    is alive; anything that contradicts "down" (live I/O, an error, no confirmation) is Unknown.
+    """
+    what = "absent" if first.status is None else "down"
+    if confirm is None:
+        return Decision(Verdict.UNKNOWN, f"client {what}, but the confirming ServicesList failed")
+    if confirm.conflict:
+        return Decision(Verdict.UNKNOWN, "two clients claim this host with different statuses")
+    if confirm.status == RUNNING:
+        return Decision(Verdict.ALIVE, f"client was {what}, running again within the window")
+    if confirm.status not in (DOWN, None):
+        return Decision(Verdict.UNKNOWN, f"unexpected client status {confirm.status!r}")
+    if not samples:
+        return Decision(Verdict.UNKNOWN, f"client {what}, I/O not sampled")
+    failed = [s for s in samples if s.requests is None]
+    if failed:
+        return Decision(Verdict.UNKNOWN, f"client {what}, active requests unreadable: {failed[0].error}")
+    busy = max(s.requests or 0 for s in samples)
+    if busy:
+        return Decision(Verdict.UNKNOWN, f"client {what} but still doing I/O ({busy} active requests)")
+    return Decision(Verdict.DEAD, f"client {what}, no I/O in {len(samples)} samples")
+
+
+def combine(pool_verdicts: Sequence[Verdict], *, fence_on_any: bool) -> Verdict:
+    """The host's verdict over its pools, per `kvm.ha.fence.on.storage.heartbeat.failure`.
+
+    true  (fence_on_any): one Dead pool is enough; otherwise Alive if any pool is Alive.
+    false: the last pool checked decides, as CloudStack's KVM HA does.
+    Neither rule can make Dead out of Unknowns: Dead always comes from a pool that said Dead.
+    """
+    if not pool_verdicts:
+        return Verdict.UNKNOWN
+    if fence_on_any:
+        if Verdict.DEAD in pool_verdicts:
+            return Verdict.DEAD
+        if Verdict.ALIVE in pool_verdicts:
+            return Verdict.ALIVE
+        return Verdict.UNKNOWN
+    return pool_verdicts[-1]

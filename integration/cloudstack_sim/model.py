@@ -1,0 +1,894 @@
+"""The CloudStack simulator's world: topology, resources, configuration, events, async jobs.
+
+Moto-style: the model holds plain objects and the rules a real management server applies
+(scoped configuration with fallback to the global value, validation of configuration values,
+"entity does not exist" for unknown ids, template deletion refused while VMs use it). The
+wire (envelopes, signatures, paging, HTTP status) lives in server.py; tests change the world
+through the Python methods here.
+
+Everything is guarded by one re-entrant lock: the server answers from several threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from settings.registry import SettingType, all_settings
+
+_NAMESPACE = uuid.UUID("5b0c1a52-3f0e-4c1e-9d7a-6f1d2c3b4a59")
+
+GIB = 1024**3
+
+
+def seeded_id(kind: str, name: str) -> str:
+    """Deterministic ids for seeded objects, so that a demo's ids survive a restart."""
+    return str(uuid.uuid5(_NAMESPACE, f"{kind}:{name}"))
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def cs_time(moment: float | None = None) -> str:
+    """CloudStack's date format in responses, e.g. `2024-05-01T10:00:00+0000`."""
+    when = datetime.fromtimestamp(time.time() if moment is None else moment, tz=timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --- errors a command can end with (server.py turns them into envelopes) ---
+
+
+class ApiError(Exception):
+    """An error the real server would answer; `code` is both HTTP status and `errorcode`."""
+
+    code = 530
+    cserrorcode = 4250  # CloudRuntimeException
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class ParamError(ApiError):
+    """InvalidParameterValueException."""
+
+    code = 431
+    cserrorcode = 4350
+
+
+class MissingParam(ApiError):
+    """A required parameter was not sent (ServerApiException PARAM_ERROR)."""
+
+    code = 431
+    cserrorcode = 9999
+
+
+class Unsupported(ApiError):
+    code = 432
+    cserrorcode = 9999
+
+
+def no_entity(param: str, value: str) -> ParamError:
+    """What the real server says for an id it cannot translate (unknown or removed entity)."""
+    return ParamError(
+        f"Invalid parameter {param} value={value} due to incorrect long value format, or entity does "
+        "not exist or due to incorrect parameter annotation for the field in api cmd class."
+    )
+
+
+# --- resources ---
+
+
+@dataclass
+class Zone:
+    id: str
+    name: str
+
+
+@dataclass
+class Cluster:
+    id: str
+    name: str
+    zone_id: str
+
+
+@dataclass
+class Host:
+    id: str
+    name: str
+    ip_address: str
+    cluster_id: str
+    zone_id: str
+    state: str = "Up"
+    resource_state: str = "Enabled"
+    details: dict[str, str] = field(default_factory=dict)
+    ha_enabled: bool = True
+    ha_state: str = "Available"
+
+
+@dataclass
+class Template:
+    id: str
+    name: str
+    size: int
+    format: str = "QCOW2"
+    zone_id: str = ""
+    ready: bool = True
+    featured: bool = True
+    public: bool = True
+    account: str = "admin"
+    url: str = ""
+    created: str = ""
+
+
+@dataclass
+class DiskOffering:
+    id: str
+    name: str
+    disk_size_gb: int = 0
+    min_iops: int | None = None
+    max_iops: int | None = None
+    customized_iops: bool = False
+    customized: bool = False
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceOffering:
+    id: str
+    name: str
+    cpu_number: int = 1
+    cpu_speed: int = 1000
+    memory: int = 512
+    min_iops: int | None = None
+    max_iops: int | None = None
+    customized_iops: bool = False
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StoragePool:
+    id: str
+    name: str
+    zone_id: str
+    provider: str = "StorPool"
+    scope: str = "ZONE"
+    type: str = "SharedMountPoint"
+    path: str = "/dev/storpool"
+    capacity: int = 100 * 1024 * GIB
+    used: int = 0
+    state: str = "Up"
+    tags: str = ""
+
+
+@dataclass
+class VirtualMachine:
+    id: str
+    name: str
+    instance_name: str
+    zone_id: str
+    template_id: str
+    service_offering_id: str
+    state: str = "Stopped"
+    host_id: str | None = None
+    last_host_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    account: str = "admin"
+    created: str = ""
+
+
+@dataclass
+class Volume:
+    id: str
+    name: str
+    zone_id: str
+    size: int
+    type: str = "DATADISK"
+    path: str | None = None
+    storage_id: str | None = None
+    vm_id: str | None = None
+    device_id: int | None = None
+    disk_offering_id: str | None = None
+    min_iops: int | None = None
+    max_iops: int | None = None
+    state: str = "Ready"
+    account: str = "admin"
+    created: str = ""
+
+
+@dataclass
+class Snapshot:
+    id: str
+    name: str
+    volume_id: str
+    zone_id: str
+    state: str = "BackedUp"
+    snapshot_type: str = "MANUAL"
+    physical_size: int = 0
+    created: str = ""
+    account: str = "admin"
+
+
+@dataclass
+class VMSnapshot:
+    id: str
+    name: str
+    vm_id: str
+    zone_id: str
+    state: str = "Ready"
+    type: str = "Disk"
+    current: bool = True
+    parent_id: str | None = None
+    description: str = ""
+    created: str = ""
+    account: str = "admin"
+
+
+@dataclass
+class Event:
+    id: str
+    type: str
+    description: str
+    created: float
+    level: str = "INFO"
+    state: str = "Completed"
+    resource_id: str | None = None
+    resource_type: str | None = None
+    account: str = "admin"
+
+
+@dataclass
+class Alert:
+    id: str
+    type: int
+    name: str
+    description: str
+    zone_id: str | None
+    sent: float
+
+
+@dataclass
+class ConfigEntry:
+    """One CloudStack configuration key (a ConfigKey): one scope, a typed value."""
+
+    name: str
+    default: str | None
+    category: str = "Advanced"
+    description: str = ""
+    dynamic: bool = True
+    scope: str = "global"
+    type: str = "str"  # str / bool / int / float: how the server validates updates
+    value: str | None = None
+
+
+@dataclass
+class Job:
+    id: str
+    command: str
+    created: float
+    ready_at: float
+    status: int  # 0 pending, 1 done, 2 failed
+    result_code: int
+    result: dict[str, Any]
+    instance_type: str | None = None
+    instance_id: str | None = None
+
+
+@dataclass
+class Call:
+    """One request the server accepted (signature valid): for tests to assert on."""
+
+    command: str
+    params: dict[str, str]
+    method: str
+
+
+_SCOPE_KEYS = {
+    "zoneid": "zone",
+    "clusterid": "cluster",
+    "storageid": "storagepool",
+    "accountid": "account",
+    "domainid": "domain",
+}
+"""updateConfiguration / listConfigurations parameter -> the scope it names."""
+
+SCOPE_PARAMS = dict(_SCOPE_KEYS)
+
+_T = TypeVar("_T")
+
+_TABLES: dict[str, type] = {
+    "zones": Zone,
+    "clusters": Cluster,
+    "hosts": Host,
+    "templates": Template,
+    "disk_offerings": DiskOffering,
+    "service_offerings": ServiceOffering,
+    "storage_pools": StoragePool,
+    "vms": VirtualMachine,
+    "volumes": Volume,
+    "snapshots": Snapshot,
+    "vm_snapshots": VMSnapshot,
+    "events": Event,
+    "alerts": Alert,
+    "configs": ConfigEntry,
+}
+
+
+class CloudStackModel:
+    """The simulated management server's database and rules."""
+
+    def __init__(self, *, state_path: Path | None = None) -> None:
+        self.lock = threading.RLock()
+        self.state_path = state_path
+        self.zones: dict[str, Zone] = {}
+        self.clusters: dict[str, Cluster] = {}
+        self.hosts: dict[str, Host] = {}
+        self.templates: dict[str, Template] = {}
+        self.disk_offerings: dict[str, DiskOffering] = {}
+        self.service_offerings: dict[str, ServiceOffering] = {}
+        self.storage_pools: dict[str, StoragePool] = {}
+        self.vms: dict[str, VirtualMachine] = {}
+        self.volumes: dict[str, Volume] = {}
+        self.snapshots: dict[str, Snapshot] = {}
+        self.vm_snapshots: dict[str, VMSnapshot] = {}
+        self.events: dict[str, Event] = {}
+        self.alerts: dict[str, Alert] = {}
+        self.configs: dict[str, ConfigEntry] = {}
+        # (scope, scope id, name) -> value
+        self.scoped_values: dict[tuple[str, str, str], str] = {}
+        # Not persisted: runtime-only state.
+        self.jobs: dict[str, Job] = {}
+        self.calls: list[Call] = []
+        self.job_delay = 0.0
+        """Seconds an async job stays pending (jobstatus 0) before its result shows."""
+        self._job_failures: dict[str, list[str]] = {}
+        self._instance_counter = 2
+        self._seeding = False
+
+    # ------------------------------------------------------------------ helpers
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self.lock:
+            yield
+
+    def commands_seen(self) -> list[str]:
+        with self.lock:
+            return [c.command for c in self.calls]
+
+    def record_call(self, command: str, params: dict[str, str], method: str) -> None:
+        with self.lock:
+            self.calls.append(Call(command, dict(params), method))
+
+    def _oid(self, kind: str, name: str) -> str:
+        """Seeded objects get ids derived from their names; objects added later get fresh ones."""
+        return seeded_id(kind, name) if self._seeding else new_id()
+
+    def _need(self, table: dict[str, _T], param: str, value: str) -> _T:
+        try:
+            return table[value]
+        except KeyError:
+            raise no_entity(param, value) from None
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        with self.lock:
+            data: dict[str, Any] = {
+                name: [dataclasses.asdict(obj) for obj in getattr(self, name).values()] for name in _TABLES
+            }
+            data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
+            data["instance_counter"] = self._instance_counter
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.replace(self.state_path)
+
+    def load(self) -> bool:
+        """Load the state file if it exists; True when something was loaded."""
+        if self.state_path is None or not self.state_path.exists():
+            return False
+        data = json.loads(self.state_path.read_text())
+        with self.lock:
+            for name, cls in _TABLES.items():
+                table = getattr(self, name)
+                table.clear()
+                for item in data.get(name, []):
+                    obj = cls(**item)
+                    table[obj.name if name == "configs" else obj.id] = obj
+            self.scoped_values = {(s, i, n): v for s, i, n, v in data.get("scoped_values", [])}
+            self._instance_counter = int(data.get("instance_counter", 2))
+        return True
+
+    # ------------------------------------------------------------------ seed
+
+    def seed(self) -> None:
+        """The default world: one zone, one cluster, two KVM hosts on loopback, offerings, VMs."""
+        with self.lock:
+            self._seeding = True
+            try:
+                self._seed()
+            finally:
+                self._seeding = False
+
+    def _seed(self) -> None:
+        with self.lock:
+            zone = self.add_zone("zone1")
+            cluster = self.add_cluster("cluster1", zone.id)
+            kvm1 = self.add_host("kvm1", "127.0.0.1", sp_ourid=1, cluster_id=cluster.id)
+            kvm2 = self.add_host("kvm2", "127.0.0.1", sp_ourid=2, cluster_id=cluster.id)
+            pool = self.add_storage_pool("storpool-primary", zone.id)
+            tiny = self.add_template("tiny-linux", 64 * 1024 * 1024, fmt="QCOW2", zone_id=zone.id)
+            self.add_template("debian-12", 2 * GIB, fmt="QCOW2", zone_id=zone.id)
+            self.add_disk_offering("sp-small", disk_size_gb=10)
+            self.add_disk_offering("sp-iops-500", disk_size_gb=20, min_iops=100, max_iops=500)
+            self.add_disk_offering("sp-nvme-template", disk_size_gb=20, details={"SP_TEMPLATE": "nvme"})
+            self.add_disk_offering("sp-gold", disk_size_gb=20, details={"SP_QOSCLASS": "gold"})
+            self.add_disk_offering("sp-custom-iops", disk_size_gb=20, customized_iops=True)
+            small = self.add_service_offering("small", cpu_number=1, memory=512)
+            self.add_service_offering("medium-iops", cpu_number=2, memory=2048, max_iops=1000)
+            self.add_service_offering("hybrid-root", cpu_number=2, memory=2048,
+                                      details={"SP_TEMPLATE": "hybrid"})
+            self.add_vm("vm1", template_id=tiny.id, service_offering_id=small.id, host_id=kvm1.id,
+                        state="Running", storage_id=pool.id)
+            self.add_vm("vm2", template_id=tiny.id, service_offering_id=small.id, host_id=kvm2.id,
+                        state="Stopped", storage_id=pool.id)
+            self.add_vm("user-vm", template_id=tiny.id, service_offering_id=small.id, host_id=kvm2.id,
+                        state="Running", storage_id=pool.id, account="user1")
+            self.seed_settings()
+
+    def seed_settings(self, *, skip: tuple[str, ...] = ()) -> None:
+        """Register the plugin's settings (as an installed plugin would) plus a few real ones."""
+        with self.lock:
+            for setting in all_settings():
+                if setting.name in skip:
+                    continue
+                kind = {SettingType.BOOL: "bool", SettingType.INT: "int", SettingType.FLOAT: "float"}.get(
+                    setting.type, "str"
+                )
+                self.register_setting(
+                    setting.name, setting.default_text if setting.default is not None else None,
+                    scope=setting.scope.value, category=setting.category, description=setting.description,
+                    dynamic=setting.dynamic, type=kind,
+                )
+            for name, default, scope, kind in (
+                ("kvm.ha.activity.check.timeout", "60", "cluster", "int"),
+                ("kvm.ha.recover.failure.threshold", "1", "cluster", "int"),
+                ("default.page.size", "500", "global", "int"),
+                ("expunge.delay", "86400", "global", "int"),
+                ("storage.cleanup.enabled", "true", "global", "bool"),
+            ):
+                if name not in self.configs and name not in skip:
+                    self.register_setting(name, default, scope=scope, type=kind)
+
+    # ------------------------------------------------------------------ topology API for tests
+
+    def add_zone(self, name: str) -> Zone:
+        with self.lock:
+            zone = Zone(self._oid("zone", name), name)
+            self.zones[zone.id] = zone
+            return zone
+
+    def add_cluster(self, name: str, zone_id: str) -> Cluster:
+        with self.lock:
+            cluster = Cluster(self._oid("cluster", name), name, zone_id)
+            self.clusters[cluster.id] = cluster
+            return cluster
+
+    def _default(self, table: dict[str, _T]) -> _T:
+        return next(iter(table.values()))
+
+    def add_host(
+        self,
+        name: str,
+        ip_address: str = "127.0.0.1",
+        *,
+        sp_ourid: int | None = None,
+        cluster_id: str | None = None,
+        details: dict[str, str] | None = None,
+        state: str = "Up",
+    ) -> Host:
+        with self.lock:
+            cluster = self.clusters[cluster_id] if cluster_id else self._default(self.clusters)
+            all_details = dict(details or {})
+            if sp_ourid is not None:
+                all_details["SP_OURID"] = str(sp_ourid)
+            host = Host(self._oid("host", name), name, ip_address, cluster.id, cluster.zone_id,
+                        state=state, details=all_details)
+            self.hosts[host.id] = host
+            return host
+
+    def set_host_details(self, host_id: str, **details: str) -> Host:
+        with self.lock:
+            host = self.hosts[host_id]
+            host.details.update(details)
+            return host
+
+    def set_host_state(self, host_id: str, state: str) -> Host:
+        with self.lock:
+            self.hosts[host_id].state = state
+            return self.hosts[host_id]
+
+    def delete_host(self, host_id: str) -> None:
+        with self.lock:
+            del self.hosts[host_id]
+
+    def add_storage_pool(self, name: str, zone_id: str | None = None, **kw: Any) -> StoragePool:
+        with self.lock:
+            zone = zone_id or self._default(self.zones).id
+            pool = StoragePool(self._oid("pool", name), name, zone, **kw)
+            self.storage_pools[pool.id] = pool
+            return pool
+
+    def add_template(
+        self,
+        name: str,
+        size: int,
+        *,
+        fmt: str = "QCOW2",
+        zone_id: str | None = None,
+        template_id: str | None = None,
+        ready: bool = True,
+        url: str = "",
+    ) -> Template:
+        with self.lock:
+            zone = zone_id or self._default(self.zones).id
+            tid = template_id or self._oid("template", name)
+            tpl = Template(tid, name, size, format=fmt, zone_id=zone, ready=ready, url=url, created=cs_time())
+            self.templates[tpl.id] = tpl
+            self.add_event("TEMPLATE.CREATE", f"Successfully registered template {name}", tpl.id, "Template")
+            return tpl
+
+    def delete_template(self, template_id: str, *, forced: bool = False) -> None:
+        """CloudStack's rule: a template in use by a VM is deleted only when forced."""
+        with self.lock:
+            tpl = self._need(self.templates, "id", template_id)
+            users = [vm.name for vm in self.vms.values() if vm.template_id == template_id]
+            if users and not forced:
+                raise ParamError(
+                    f"Unable to delete template with id: {template_id} because VM instances: "
+                    f"[{', '.join(users)}] are using it."
+                )
+            del self.templates[template_id]
+            self.add_event("TEMPLATE.DELETE", f"Deleting template {tpl.name}", template_id, "Template")
+
+    def add_disk_offering(self, name: str, **kw: Any) -> DiskOffering:
+        with self.lock:
+            off = DiskOffering(self._oid("diskoffering", name), name, **kw)
+            self.disk_offerings[off.id] = off
+            return off
+
+    def add_service_offering(self, name: str, **kw: Any) -> ServiceOffering:
+        with self.lock:
+            off = ServiceOffering(self._oid("serviceoffering", name), name, **kw)
+            self.service_offerings[off.id] = off
+            return off
+
+    def add_vm(
+        self,
+        name: str,
+        *,
+        template_id: str | None = None,
+        service_offering_id: str | None = None,
+        host_id: str | None = None,
+        state: str = "Running",
+        storage_id: str | None = None,
+        root_size: int | None = None,
+        account: str = "admin",
+        tags: dict[str, str] | None = None,
+        vm_id: str | None = None,
+    ) -> VirtualMachine:
+        """A VM with its ROOT volume (on `storage_id`, else the first pool)."""
+        with self.lock:
+            tpl = self.templates[template_id] if template_id else self._default(self.templates)
+            off = (self.service_offerings[service_offering_id] if service_offering_id
+                   else self._default(self.service_offerings))
+            self._instance_counter += 1
+            vid = vm_id or self._oid("vm", name)
+            running = state == "Running"
+            vm = VirtualMachine(
+                vid, name, f"i-2-{self._instance_counter}-VM", tpl.zone_id, tpl.id, off.id,
+                state=state, host_id=host_id if running else None, last_host_id=host_id,
+                tags=dict(tags or {}), account=account, created=cs_time(),
+            )
+            self.vms[vm.id] = vm
+            pool = storage_id or (self._default(self.storage_pools).id if self.storage_pools else None)
+            self.add_volume(
+                f"ROOT-{self._instance_counter}", root_size or tpl.size, vm_id=vm.id, type="ROOT",
+                storage_id=pool, device_id=0, min_iops=off.min_iops, max_iops=off.max_iops, account=account,
+            )
+            self.add_event("VM.CREATE", f"Successfully created VM {name}", vm.id, "VirtualMachine")
+            return vm
+
+    def delete_vm(self, vm_id: str, *, expunge: bool = True) -> None:
+        """Destroy (and expunge) a VM: its ROOT volume goes, data volumes are detached."""
+        with self.lock:
+            vm = self.vms.pop(vm_id)
+            for vol in list(self.volumes.values()):
+                if vol.vm_id == vm_id:
+                    if vol.type == "ROOT" and expunge:
+                        del self.volumes[vol.id]
+                    else:
+                        vol.vm_id = None
+                        vol.device_id = None
+            self.add_event("VM.DESTROY", f"Destroyed VM {vm.name}", vm_id, "VirtualMachine")
+
+    def start_vm(self, vm_id: str, host_id: str | None = None) -> VirtualMachine:
+        with self.lock:
+            vm = self.vms[vm_id]
+            target = host_id or vm.last_host_id or self._default(self.hosts).id
+            vm.state, vm.host_id, vm.last_host_id = "Running", target, target
+            self.add_event("VM.START", f"Started VM {vm.name}", vm_id, "VirtualMachine")
+            return vm
+
+    def stop_vm(self, vm_id: str) -> VirtualMachine:
+        with self.lock:
+            vm = self.vms[vm_id]
+            if vm.host_id:
+                vm.last_host_id = vm.host_id
+            vm.state, vm.host_id = "Stopped", None
+            self.add_event("VM.STOP", f"Stopped VM {vm.name}", vm_id, "VirtualMachine")
+            return vm
+
+    def move_vm(self, vm_id: str, host_id: str) -> VirtualMachine:
+        """Live migration (running VM) or a new last host (stopped VM)."""
+        with self.lock:
+            vm = self.vms[vm_id]
+            self._need(self.hosts, "hostid", host_id)
+            if vm.state == "Running":
+                vm.host_id = host_id
+            vm.last_host_id = host_id
+            self.add_event("VM.MIGRATE", f"Migrated VM {vm.name}", vm_id, "VirtualMachine")
+            return vm
+
+    def set_vm_tags(self, vm_id: str, tags: dict[str, str]) -> VirtualMachine:
+        """Replace the VM's resource tags (an empty dict removes them all)."""
+        with self.lock:
+            vm = self.vms[vm_id]
+            vm.tags = dict(tags)
+            return vm
+
+    def set_vm_tag(self, vm_id: str, key: str, value: str | None) -> VirtualMachine:
+        with self.lock:
+            vm = self.vms[vm_id]
+            if value is None:
+                vm.tags.pop(key, None)
+            else:
+                vm.tags[key] = value
+            return vm
+
+    def add_volume(
+        self,
+        name: str,
+        size: int,
+        *,
+        vm_id: str | None = None,
+        type: str = "DATADISK",
+        storage_id: str | None = None,
+        device_id: int | None = None,
+        disk_offering_id: str | None = None,
+        min_iops: int | None = None,
+        max_iops: int | None = None,
+        path: str | None = None,
+        account: str = "admin",
+        volume_id: str | None = None,
+    ) -> Volume:
+        with self.lock:
+            zone = self.vms[vm_id].zone_id if vm_id else self._default(self.zones).id
+            if vm_id and device_id is None:
+                used = {v.device_id for v in self.volumes.values() if v.vm_id == vm_id}
+                device_id = next(i for i in range(1, 64) if i not in used and i != 3)
+            if disk_offering_id and max_iops is None:
+                off = self.disk_offerings[disk_offering_id]
+                min_iops, max_iops = off.min_iops, off.max_iops
+            vol = Volume(
+                volume_id or self._oid("volume", name), name, zone, size, type=type, path=path, storage_id=storage_id,
+                vm_id=vm_id, device_id=device_id, disk_offering_id=disk_offering_id,
+                min_iops=min_iops, max_iops=max_iops, account=account, created=cs_time(),
+            )
+            self.volumes[vol.id] = vol
+            return vol
+
+    def update_volume(self, volume_id: str, **changes: Any) -> Volume:
+        with self.lock:
+            vol = self.volumes[volume_id]
+            for key, value in changes.items():
+                if not hasattr(vol, key):
+                    raise AttributeError(key)
+                setattr(vol, key, value)
+            return vol
+
+    def delete_volume(self, volume_id: str) -> None:
+        with self.lock:
+            del self.volumes[volume_id]
+
+    def add_snapshot(self, volume_id: str, name: str | None = None, **kw: Any) -> Snapshot:
+        with self.lock:
+            vol = self.volumes[volume_id]
+            snap = Snapshot(new_id(), name or f"{vol.name}_snap", volume_id, vol.zone_id, created=cs_time(), **kw)
+            self.snapshots[snap.id] = snap
+            return snap
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self.lock:
+            del self.snapshots[snapshot_id]
+
+    def add_vm_snapshot(self, vm_id: str, name: str, **kw: Any) -> VMSnapshot:
+        with self.lock:
+            vm = self.vms[vm_id]
+            for other in self.vm_snapshots.values():
+                if other.vm_id == vm_id:
+                    other.current = False
+            snap = VMSnapshot(new_id(), name, vm_id, vm.zone_id, created=cs_time(), **kw)
+            self.vm_snapshots[snap.id] = snap
+            return snap
+
+    def delete_vm_snapshot(self, vm_snapshot_id: str) -> None:
+        with self.lock:
+            del self.vm_snapshots[vm_snapshot_id]
+
+    def add_event(
+        self,
+        type: str,
+        description: str,
+        resource_id: str | None = None,
+        resource_type: str | None = None,
+        *,
+        level: str = "INFO",
+        created: float | None = None,
+    ) -> Event:
+        with self.lock:
+            event = Event(new_id(), type, description, created if created is not None else time.time(),
+                          level=level, resource_id=resource_id, resource_type=resource_type)
+            self.events[event.id] = event
+            return event
+
+    # ------------------------------------------------------------------ configuration
+
+    def register_setting(
+        self,
+        name: str,
+        default: str | None,
+        *,
+        scope: str = "global",
+        category: str = "Advanced",
+        description: str = "",
+        dynamic: bool = True,
+        type: str = "str",
+    ) -> ConfigEntry:
+        with self.lock:
+            entry = ConfigEntry(name, default, category, description, dynamic, scope, type, value=default)
+            self.configs[name] = entry
+            return entry
+
+    def unregister_setting(self, name: str) -> None:
+        """As if the plugin defining `name` were not installed."""
+        with self.lock:
+            self.configs.pop(name, None)
+            for key in [k for k in self.scoped_values if k[2] == name]:
+                del self.scoped_values[key]
+
+    def _scope_id_known(self, scope: str, scope_id: str, param: str) -> None:
+        tables: dict[str, dict[str, Any]] = {
+            "zone": self.zones, "cluster": self.clusters, "storagepool": self.storage_pools,
+        }
+        table = tables.get(scope)
+        if table is not None and scope_id not in table:
+            raise no_entity(param, scope_id)
+
+    def config_value(self, name: str, scope: str = "global", scope_id: str | None = None) -> str | None:
+        """ConfigKey.valueIn(): the scope's own value, else the global value."""
+        with self.lock:
+            entry = self.configs[name]
+            if scope != "global" and scope_id is not None:
+                scoped = self.scoped_values.get((scope, scope_id, name))
+                if scoped is not None:
+                    return scoped
+            return entry.value
+
+    def set_configuration(
+        self, name: str, value: str, scope: str = "global", scope_id: str | None = None,
+        *, param: str | None = None,
+    ) -> ConfigEntry:
+        """updateConfiguration's rules: known name, matching scope, a value of the key's type."""
+        with self.lock:
+            entry = self.configs.get(name)
+            if entry is None:
+                raise ParamError(f"Config parameter with name {name} doesn't exist")
+            if scope != "global":
+                if entry.scope != scope:
+                    raise ParamError(f"Invalid scope id provided for the parameter {name}")
+                assert scope_id is not None
+                self._scope_id_known(scope, scope_id, param or "id")
+            _check_value(entry, value)
+            if scope == "global":
+                entry.value = value
+            else:
+                assert scope_id is not None
+                self.scoped_values[(scope, scope_id, name)] = value
+            self.add_event("CONFIGURATION.VALUE.EDIT", f"Value of {name} changed", None, "Configuration")
+            return entry
+
+    # ------------------------------------------------------------------ async jobs
+
+    def inject_job_failure(self, command: str, errortext: str) -> None:
+        """Make the next async job of `command` fail with `errortext` (errorcode 530)."""
+        with self.lock:
+            self._job_failures.setdefault(command.lower(), []).append(errortext)
+
+    def run_job(
+        self,
+        command: str,
+        work: Callable[[], dict[str, Any]],
+        *,
+        instance_type: str | None = None,
+        instance_id: str | None = None,
+    ) -> Job:
+        """Run `work` now, reveal its outcome through queryAsyncJobResult after job_delay."""
+        with self.lock:
+            now = time.time()
+            injected = self._job_failures.get(command.lower())
+            status, code, result = 1, 0, {}
+            if injected:
+                text = injected.pop(0)
+                status, code, result = 2, 530, {"errorcode": 530, "errortext": text}
+            else:
+                try:
+                    result = work()
+                except ApiError as exc:
+                    # Inside a job every exception surfaces as the job's failure (API dispatcher).
+                    status, code = 2, 530
+                    result = {"errorcode": 530, "cserrorcode": exc.cserrorcode, "errortext": exc.text}
+            job = Job(new_id(), command, now, now + self.job_delay, status, code, result,
+                      instance_type, instance_id)
+            self.jobs[job.id] = job
+            return job
+
+    def add_alert(self, alert_type: int, name: str, description: str, zone_id: str | None) -> Alert:
+        with self.lock:
+            alert = Alert(new_id(), alert_type, name, description, zone_id, time.time())
+            self.alerts[alert.id] = alert
+            self.add_event("ALERT.GENERATE", f"Generating alert of type {alert_type}; name {name}")
+            return alert
+
+
+_RESERVED_ALERT_TYPES = {
+    0: "ALERT.MEMORY", 1: "ALERT.CPU", 2: "ALERT.STORAGE", 3: "ALERT.STORAGE.ALLOCATED",
+    6: "ALERT.COMPUTE.HOST", 7: "ALERT.USERVM", 11: "ALERT.STORAGE.MISC", 13: "ALERT.MANAGEMENT",
+}
+"""A few of CloudStack's built-in alert types: a custom alert may not reuse them under another name."""
+
+
+def check_alert_type(alert_type: int, name: str) -> None:
+    builtin = _RESERVED_ALERT_TYPES.get(alert_type)
+    if builtin is not None and builtin.lower() != name.lower():
+        raise ParamError(f"There is a default alert having type {alert_type} and name {builtin}")
+
+
+def _check_value(entry: ConfigEntry, value: str) -> None:
+    """The server-side type check of updateConfiguration."""
+    if entry.type == "bool" and value.lower() not in ("true", "false"):
+        raise ParamError("Please enter either 'true' or 'false'.")
+    if entry.type == "int":
+        try:
+            int(value)
+        except ValueError:
+            raise ParamError(f"There was error in trying to parse value: {value}. Please enter a valid "
+                             "integer value for parameter " + entry.name) from None
+    if entry.type == "float":
+        try:
+            float(value)
+        except ValueError:
+            raise ParamError(f"There was error in trying to parse value: {value}. Please enter a valid "
+                             "float value for parameter " + entry.name) from None

@@ -1,0 +1,651 @@
+"""The CloudStack simulator's wire: `/client/api`, signatures, envelopes, paging, errors, jobs.
+
+What a client sees is what a real management server sends:
+
+- GET (query string) and POST (form body) both work; parameters are verified with
+  signature version 3 (see signing.py), anything else is HTTP 401 with errorcode 401;
+- answers are `{"<command lower-cased>response": {...}}`; a list is
+  `{"count": N, "<item>": [...]}` and an empty one `{}`; `count` is the total, not the page;
+- `page`/`pagesize`: pagesize at most 500 (default.page.size) unless -1, `pagesize` needs
+  `page`, pages start at 1;
+- errors: HTTP status = `errorcode` (431 bad parameter, 432 unknown command, 530 internal),
+  body with `errorcode`, `cserrorcode` and `errortext`;
+- async commands answer `{"jobid": ...}`; `queryAsyncJobResult` reports jobstatus 0/1/2.
+
+The secret keys live only in this process (never in the state file, never logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from integration.cloudstack_sim import model as m
+from integration.cloudstack_sim.signing import SignatureError, verify_request
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 500
+
+Params = Mapping[str, str]
+Item = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ListCommand:
+    item: str
+    produce: Callable[[m.CloudStackModel, Params], list[Item]]
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[m.CloudStackModel, Params], Item]
+    mutates: bool = False
+
+
+# ---------------------------------------------------------------------------- parameter helpers
+
+
+def _required(cmd: str, params: Params, *names: str) -> None:
+    for name in names:
+        if not params.get(name):
+            raise m.MissingParam(f"Unable to execute API command {cmd.lower()} due to missing parameter {name}")
+
+
+def _flag(params: Params, name: str) -> bool:
+    return params.get(name, "").lower() == "true"
+
+
+def _int(params: Params, name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise m.ParamError(f"Unable to execute API command due to invalid value. Invalid parameter {name} "
+                           f"value={raw} due to incorrect long value format, or entity does not exist or "
+                           "due to incorrect parameter annotation for the field in api cmd class.") from None
+
+
+def _check_ids(params: Params, checks: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+    """UUID parameters are translated before the command runs: unknown ones are 431."""
+    for name, table in checks:
+        value = params.get(name)
+        if value and value not in table:
+            raise m.no_entity(name, value)
+
+
+def _visible(params: Params, account: str) -> bool:
+    """Admins see other accounts' resources only with listall=true or account=..."""
+    if params.get("id"):
+        return True
+    if params.get("account"):
+        return account == params["account"]
+    return _flag(params, "listall") or account == "admin"
+
+
+def _opt(item: Item) -> Item:
+    """Gson leaves out nulls."""
+    return {k: v for k, v in item.items() if v is not None}
+
+
+def _tag_items(resource_type: str, resource_id: str, tags: Mapping[str, str], account: str) -> list[Item]:
+    return [
+        {"key": k, "value": v, "resourcetype": resource_type, "resourceid": resource_id,
+         "account": account, "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT"}
+        for k, v in sorted(tags.items())
+    ]
+
+
+# ---------------------------------------------------------------------------- renderers
+
+
+def _zone(model: m.CloudStackModel, z: m.Zone) -> Item:
+    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced",
+            "securitygroupsenabled": False, "localstorageenabled": False}
+
+
+def _cluster(model: m.CloudStackModel, c: m.Cluster) -> Item:
+    zone = model.zones.get(c.zone_id)
+    return {"id": c.id, "name": c.name, "zoneid": c.zone_id, "zonename": zone.name if zone else None,
+            "hypervisortype": "KVM", "clustertype": "CloudManaged", "allocationstate": "Enabled",
+            "managedstate": "Managed"}
+
+
+def _host(model: m.CloudStackModel, h: m.Host) -> Item:
+    cluster = model.clusters.get(h.cluster_id)
+    zone = model.zones.get(h.zone_id)
+    return _opt({
+        "id": h.id, "name": h.name, "ipaddress": h.ip_address, "clusterid": h.cluster_id,
+        "clustername": cluster.name if cluster else None, "zoneid": h.zone_id,
+        "zonename": zone.name if zone else None, "state": h.state, "resourcestate": h.resource_state,
+        "type": "Routing", "hypervisor": "KVM", "details": dict(h.details),
+        "hostha": {"haenable": h.ha_enabled, "hastate": h.ha_state, "haprovider": "kvmhaprovider"},
+    })
+
+
+def _pool(model: m.CloudStackModel, p: m.StoragePool) -> Item:
+    zone = model.zones.get(p.zone_id)
+    return {"id": p.id, "name": p.name, "zoneid": p.zone_id, "zonename": zone.name if zone else None,
+            "provider": p.provider, "scope": p.scope, "type": p.type, "path": p.path, "ipaddress": "localhost",
+            "state": p.state, "hypervisor": "KVM", "disksizetotal": p.capacity, "disksizeused": p.used,
+            "tags": p.tags, "overprovisionfactor": "2.0"}
+
+
+def _template(model: m.CloudStackModel, t: m.Template) -> Item:
+    zone = model.zones.get(t.zone_id)
+    return {"id": t.id, "name": t.name, "displaytext": t.name, "size": t.size, "format": t.format,
+            "isready": t.ready, "status": "Download Complete" if t.ready else "Downloading",
+            "zoneid": t.zone_id, "zonename": zone.name if zone else None, "templatetype": "USER",
+            "hypervisor": "KVM", "isfeatured": t.featured, "ispublic": t.public, "account": t.account,
+            "crossZones": False, "created": t.created, "ostypename": "Other Linux (64-bit)"}
+
+
+def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
+    host = model.hosts.get(v.host_id or "")
+    tpl = model.templates.get(v.template_id)
+    off = model.service_offerings.get(v.service_offering_id)
+    return _opt({
+        "id": v.id, "name": v.name, "displayname": v.name, "instancename": v.instance_name,
+        "state": v.state, "hostid": v.host_id, "hostname": host.name if host else None,
+        "lasthostid": v.last_host_id, "zoneid": v.zone_id, "templateid": v.template_id,
+        "templatename": tpl.name if tpl else None, "serviceofferingid": v.service_offering_id,
+        "serviceofferingname": off.name if off else None, "hypervisor": "KVM", "account": v.account,
+        "created": v.created, "tags": _tag_items("UserVm", v.id, v.tags, v.account),
+    })
+
+
+def _volume(model: m.CloudStackModel, v: m.Volume) -> Item:
+    pool = model.storage_pools.get(v.storage_id or "")
+    vm = model.vms.get(v.vm_id or "")
+    return _opt({
+        "id": v.id, "name": v.name, "zoneid": v.zone_id, "type": v.type, "size": v.size, "path": v.path,
+        "storageid": v.storage_id, "storage": pool.name if pool else None, "virtualmachineid": v.vm_id,
+        "vmname": vm.name if vm else None, "vmstate": vm.state if vm else None, "deviceid": v.device_id,
+        "diskofferingid": v.disk_offering_id, "miniops": v.min_iops, "maxiops": v.max_iops,
+        "state": v.state, "account": v.account, "created": v.created, "hypervisor": "KVM",
+    })
+
+
+def _snapshot(model: m.CloudStackModel, s: m.Snapshot) -> Item:
+    vol = model.volumes.get(s.volume_id)
+    return _opt({"id": s.id, "name": s.name, "volumeid": s.volume_id, "volumename": vol.name if vol else None,
+                 "volumetype": vol.type if vol else None, "zoneid": s.zone_id, "state": s.state,
+                 "snapshottype": s.snapshot_type, "intervaltype": s.snapshot_type, "created": s.created,
+                 "physicalsize": s.physical_size, "account": s.account})
+
+
+def _vm_snapshot(model: m.CloudStackModel, s: m.VMSnapshot) -> Item:
+    return _opt({"id": s.id, "name": s.name, "displayname": s.name, "virtualmachineid": s.vm_id,
+                 "zoneid": s.zone_id, "state": s.state, "type": s.type, "current": s.current,
+                 "parent": s.parent_id, "description": s.description, "created": s.created,
+                 "account": s.account})
+
+
+def _disk_offering(model: m.CloudStackModel, o: m.DiskOffering) -> Item:
+    return _opt({"id": o.id, "name": o.name, "displaytext": o.name, "disksize": o.disk_size_gb,
+                 "miniops": o.min_iops, "maxiops": o.max_iops, "iscustomizediops": o.customized_iops,
+                 "iscustomized": o.customized, "storagetype": "shared", "provisioningtype": "thin",
+                 "details": dict(o.details) if o.details else None})
+
+
+def _service_offering(model: m.CloudStackModel, o: m.ServiceOffering) -> Item:
+    return _opt({"id": o.id, "name": o.name, "displaytext": o.name, "cpunumber": o.cpu_number,
+                 "cpuspeed": o.cpu_speed, "memory": o.memory, "miniops": o.min_iops, "maxiops": o.max_iops,
+                 "iscustomizediops": o.customized_iops, "storagetype": "shared",
+                 "serviceofferingdetails": dict(o.details) if o.details else None})
+
+
+def _event(model: m.CloudStackModel, e: m.Event) -> Item:
+    return _opt({"id": e.id, "type": e.type, "level": e.level, "description": e.description,
+                 "state": e.state, "created": m.cs_time(e.created), "username": "admin",
+                 "account": e.account, "domain": "ROOT", "domainid": m.seeded_id("domain", "ROOT"),
+                 "resourceid": e.resource_id, "resourcetype": e.resource_type})
+
+
+def _config(entry: m.ConfigEntry, value: str | None, scope: str | None) -> Item:
+    return _opt({"name": entry.name, "value": value, "defaultvalue": entry.default,
+                 "category": entry.category, "description": entry.description,
+                 "isdynamic": entry.dynamic, "scope": scope, "component": "StorPool"
+                 if entry.name.startswith(("sp.", "storpool.")) else "management-server"})
+
+
+# ---------------------------------------------------------------------------- list commands
+
+
+def _filter(items: Iterable[Any], params: Params, **attr_by_param: str) -> list[Any]:
+    out = []
+    for obj in items:
+        keep = True
+        for param, attr in attr_by_param.items():
+            wanted = params.get(param)
+            if wanted and str(getattr(obj, attr)) != wanted:
+                keep = False
+                break
+        if keep:
+            out.append(obj)
+    return out
+
+
+def list_zones(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.zones)])
+    return [_zone(model, z) for z in _filter(model.zones.values(), p, id="id", name="name")]
+
+
+def list_clusters(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.clusters), ("zoneid", model.zones)])
+    found = _filter(model.clusters.values(), p, id="id", name="name", zoneid="zone_id")
+    return [_cluster(model, c) for c in found]
+
+
+def list_hosts(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.hosts), ("zoneid", model.zones), ("clusterid", model.clusters)])
+    if p.get("type") and p["type"].lower() != "routing":
+        return []
+    found = _filter(model.hosts.values(), p, id="id", name="name", zoneid="zone_id", clusterid="cluster_id",
+                    state="state")
+    return [_host(model, h) for h in found]
+
+
+def list_storage_pools(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.storage_pools), ("zoneid", model.zones)])
+    found = _filter(model.storage_pools.values(), p, id="id", name="name", zoneid="zone_id")
+    return [_pool(model, x) for x in found]
+
+
+_TEMPLATE_FILTERS = {"featured", "self", "selfexecutable", "sharedexecutable", "executable", "community", "all"}
+
+
+def list_templates(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _required("listTemplates", p, "templatefilter")
+    flt = p["templatefilter"]
+    if flt not in _TEMPLATE_FILTERS:
+        raise m.ParamError(f"Unable to execute API command listtemplates due to invalid value. Invalid "
+                           f"parameter templatefilter value={flt}")
+    _check_ids(p, [("id", model.templates), ("zoneid", model.zones)])
+    found = _filter(model.templates.values(), p, id="id", name="name", zoneid="zone_id")
+    if flt == "featured":
+        found = [t for t in found if t.featured]
+    elif flt in ("self", "selfexecutable"):
+        found = [t for t in found if t.account == "admin"]
+    elif flt in ("community", "executable"):
+        found = [t for t in found if t.public or t.account == "admin"]
+    if flt.endswith("executable"):
+        found = [t for t in found if t.ready]
+    return [_template(model, t) for t in found]
+
+
+def list_volumes(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.volumes), ("virtualmachineid", model.vms), ("storageid", model.storage_pools),
+                   ("zoneid", model.zones)])
+    found = _filter(model.volumes.values(), p, id="id", name="name", virtualmachineid="vm_id",
+                    storageid="storage_id", type="type", zoneid="zone_id")
+    return [_volume(model, v) for v in found if _visible(p, v.account)]
+
+
+def list_snapshots(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.snapshots), ("volumeid", model.volumes), ("zoneid", model.zones)])
+    found = _filter(model.snapshots.values(), p, id="id", name="name", volumeid="volume_id", zoneid="zone_id")
+    return [_snapshot(model, s) for s in found if _visible(p, s.account)]
+
+
+def list_vm_snapshots(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("vmsnapshotid", model.vm_snapshots), ("virtualmachineid", model.vms)])
+    found = _filter(model.vm_snapshots.values(), p, vmsnapshotid="id", name="name", virtualmachineid="vm_id",
+                    state="state")
+    return [_vm_snapshot(model, s) for s in found if _visible(p, s.account)]
+
+
+def _tag_filters(p: Params) -> dict[str, str]:
+    """`tags[0].key=k&tags[0].value=v` pairs, as the `cs` client spells a list of maps."""
+    keys: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for name, value in p.items():
+        if name.startswith("tags[") and "]." in name:
+            index, _, field = name[5:].partition("].")
+            (keys if field == "key" else values)[index] = value
+    return {keys[i]: values.get(i, "") for i in keys}
+
+
+def list_vms(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.vms), ("hostid", model.hosts), ("zoneid", model.zones)])
+    found = _filter(model.vms.values(), p, id="id", name="name", hostid="host_id", zoneid="zone_id",
+                    state="state")
+    wanted_tags = _tag_filters(p)
+    found = [v for v in found if all(v.tags.get(k) == val for k, val in wanted_tags.items())]
+    return [_vm(model, v) for v in found if _visible(p, v.account)]
+
+
+def list_disk_offerings(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.disk_offerings)])
+    return [_disk_offering(model, o) for o in _filter(model.disk_offerings.values(), p, id="id", name="name")]
+
+
+def list_service_offerings(model: m.CloudStackModel, p: Params) -> list[Item]:
+    _check_ids(p, [("id", model.service_offerings)])
+    found = _filter(model.service_offerings.values(), p, id="id", name="name")
+    return [_service_offering(model, o) for o in found]
+
+
+def _config_scope(p: Params) -> tuple[str, str | None, str | None]:
+    given = [(param, scope) for param, scope in m.SCOPE_PARAMS.items() if p.get(param)]
+    if len(given) > 1:
+        raise m.ParamError("cannot handle multiple IDs, provide only one ID corresponding to the scope")
+    if not given:
+        return "global", None, None
+    param, scope = given[0]
+    return scope, p[param], param
+
+
+def list_configurations(model: m.CloudStackModel, p: Params) -> list[Item]:
+    scope, scope_id, param = _config_scope(p)
+    if scope_id is not None and param is not None:
+        model._scope_id_known(scope, scope_id, param)
+    name = p.get("name", "").lower()
+    keyword = p.get("keyword", "").lower()
+    out = []
+    for entry in sorted(model.configs.values(), key=lambda e: e.name):
+        # `name` is a substring match (SQL LIKE %name%), as on the real server.
+        if name and name not in entry.name.lower():
+            continue
+        if keyword and keyword not in entry.name.lower():
+            continue
+        if p.get("category") and entry.category != p["category"]:
+            continue
+        if scope == "global":
+            out.append(_config(entry, entry.value, None))
+        elif entry.scope == scope:
+            out.append(_config(entry, model.config_value(entry.name, scope, scope_id), scope))
+    return out
+
+
+def _parse_date(raw: str) -> float:
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    raise m.ParamError(f"Unable to parse date {raw} for command listEvents, please pass dates in the format "
+                       "mentioned in the api documentation")
+
+
+def list_events(model: m.CloudStackModel, p: Params) -> list[Item]:
+    found = _filter(model.events.values(), p, id="id", type="type", level="level")
+    if p.get("startdate"):
+        start = _parse_date(p["startdate"])
+        found = [e for e in found if e.created >= start]
+    if p.get("enddate"):
+        end = _parse_date(p["enddate"])
+        found = [e for e in found if e.created <= end]
+    if p.get("keyword"):
+        kw = p["keyword"].lower()
+        found = [e for e in found if kw in e.description.lower() or kw in e.type.lower()]
+    found.sort(key=lambda e: e.created, reverse=True)
+    return [_event(model, e) for e in found]
+
+
+def list_tags(model: m.CloudStackModel, p: Params) -> list[Item]:
+    rtype = p.get("resourcetype", "")
+    out: list[Item] = []
+    if rtype in ("", "UserVm"):
+        for vm in model.vms.values():
+            if p.get("resourceid") and vm.id != p["resourceid"]:
+                continue
+            if not _visible(p, vm.account) and not p.get("resourceid"):
+                continue
+            out.extend(_tag_items("UserVm", vm.id, vm.tags, vm.account))
+    if p.get("key"):
+        out = [t for t in out if t["key"] == p["key"]]
+    if p.get("value"):
+        out = [t for t in out if t["value"] == p["value"]]
+    return out
+
+
+def list_alerts(model: m.CloudStackModel, p: Params) -> list[Item]:
+    found = _filter(model.alerts.values(), p, id="id", name="name", type="type")
+    found.sort(key=lambda a: a.sent, reverse=True)
+    return [{"id": a.id, "type": a.type, "name": a.name, "description": a.description,
+             "sent": m.cs_time(a.sent)} for a in found]
+
+
+LIST_COMMANDS: dict[str, ListCommand] = {
+    "listZones": ListCommand("zone", list_zones),
+    "listClusters": ListCommand("cluster", list_clusters),
+    "listHosts": ListCommand("host", list_hosts),
+    "listStoragePools": ListCommand("storagepool", list_storage_pools),
+    "listTemplates": ListCommand("template", list_templates),
+    "listVolumes": ListCommand("volume", list_volumes),
+    "listSnapshots": ListCommand("snapshot", list_snapshots),
+    "listVMSnapshot": ListCommand("vmSnapshot", list_vm_snapshots),
+    "listVirtualMachines": ListCommand("virtualmachine", list_vms),
+    "listDiskOfferings": ListCommand("diskoffering", list_disk_offerings),
+    "listServiceOfferings": ListCommand("serviceoffering", list_service_offerings),
+    "listConfigurations": ListCommand("configuration", list_configurations),
+    "listEvents": ListCommand("event", list_events),
+    "listTags": ListCommand("tag", list_tags),
+    "listAlerts": ListCommand("alert", list_alerts),
+}
+
+
+# ---------------------------------------------------------------------------- other commands
+
+
+def update_configuration(model: m.CloudStackModel, p: Params) -> Item:
+    _required("updateConfiguration", p, "name")
+    scope, scope_id, param = _config_scope(p)
+    entry = model.set_configuration(p["name"], p.get("value", ""), scope, scope_id, param=param)
+    value = model.config_value(entry.name, scope, scope_id)
+    return {"configuration": _config(entry, value, None if scope == "global" else scope)}
+
+
+_JOB_CLASSES = {
+    "deletetemplate": "org.apache.cloudstack.api.command.user.template.DeleteTemplateCmd",
+    "generatealert": "org.apache.cloudstack.api.command.admin.alert.GenerateAlertCmd",
+}
+
+
+def delete_template(model: m.CloudStackModel, p: Params) -> Item:
+    _required("deleteTemplate", p, "id")
+    _check_ids(p, [("id", model.templates), ("zoneid", model.zones)])
+    tid = p["id"]
+
+    def work() -> Item:
+        model.delete_template(tid, forced=_flag(p, "forced"))
+        return {"success": True}
+
+    job = model.run_job("deleteTemplate", work, instance_type="Template", instance_id=tid)
+    return {"jobid": job.id}
+
+
+def generate_alert(model: m.CloudStackModel, p: Params) -> Item:
+    _required("generateAlert", p, "type", "name", "description")
+    alert_type = _int(p, "type")
+    assert alert_type is not None
+    if not -32768 <= alert_type <= 32767:
+        raise m.ParamError(f"Unable to execute API command generatealert due to invalid value. Invalid "
+                           f"parameter type value={alert_type}")
+    _check_ids(p, [("zoneid", model.zones)])
+
+    def work() -> Item:
+        m.check_alert_type(alert_type, p["name"])
+        model.add_alert(alert_type, p["name"], p["description"], p.get("zoneid"))
+        return {"success": True}
+
+    return {"jobid": model.run_job("generateAlert", work).id}
+
+
+def query_async_job_result(model: m.CloudStackModel, p: Params) -> Item:
+    _required("queryAsyncJobResult", p, "jobid")
+    job = model.jobs.get(p["jobid"])
+    if job is None:
+        raise m.no_entity("jobid", p["jobid"])
+    import time
+
+    done = time.time() >= job.ready_at
+    out: Item = {
+        "jobid": job.id, "accountid": m.seeded_id("account", "admin"), "userid": m.seeded_id("user", "admin"),
+        "cmd": _JOB_CLASSES.get(job.command.lower(), job.command), "created": m.cs_time(job.created),
+        "jobprocstatus": 0, "jobstatus": job.status if done else 0, "jobresultcode": job.result_code if done else 0,
+        "jobresulttype": "object",
+    }
+    if job.instance_type:
+        out["jobinstancetype"] = job.instance_type
+        out["jobinstanceid"] = job.instance_id
+    if done:
+        out["jobresult"] = job.result
+        out["completed"] = m.cs_time(job.ready_at)
+    return out
+
+
+COMMANDS: dict[str, Command] = {
+    "updateConfiguration": Command(update_configuration, mutates=True),
+    "deleteTemplate": Command(delete_template, mutates=True),
+    "generateAlert": Command(generate_alert, mutates=True),
+    "queryAsyncJobResult": Command(query_async_job_result),
+}
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
+    page = _int(p, "page")
+    pagesize = _int(p, "pagesize")
+    if pagesize is not None and page is None:
+        raise m.ParamError('"page" parameter is required when "pagesize" is specified')
+    if pagesize is not None and pagesize != -1 and not 1 <= pagesize <= MAX_PAGE_SIZE:
+        raise m.ParamError(f"Page size can't exceed max allowed page size value: {MAX_PAGE_SIZE}")
+    if page is not None and page < 1:
+        raise m.ParamError("Invalid page value: the page number must be 1 or more")
+    total = len(items)
+    if page is None or pagesize == -1:
+        return items, total
+    size = pagesize or MAX_PAGE_SIZE
+    start = (page - 1) * size
+    return items[start : start + size], total
+
+
+def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[int, Item]:
+    """Run one command; returns (HTTP status, body inside the `<cmd>response` envelope)."""
+    try:
+        with model.lock:
+            if command in LIST_COMMANDS:
+                spec = LIST_COMMANDS[command]
+                items, total = _page(spec.produce(model, params), params)
+                if total == 0:
+                    return 200, {}
+                body: Item = {"count": total}
+                if items:
+                    body[spec.item] = items
+                return 200, body
+            if command in COMMANDS:
+                cmd = COMMANDS[command]
+                result = cmd.run(model, params)
+                if cmd.mutates:
+                    model.save()
+                return 200, result
+        raise m.Unsupported("The given command does not exist or it is not available for user")
+    except m.ApiError as exc:
+        return exc.code, {"uuidList": [], "errorcode": exc.code, "cserrorcode": exc.cserrorcode,
+                          "errortext": exc.text}
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+class SimHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], model: m.CloudStackModel, credentials: dict[str, str]) -> None:
+        super().__init__(address, _Handler)
+        self.model = model
+        self._credentials = dict(credentials)
+        self._cred_lock = threading.Lock()
+
+    def secret_for_key(self, api_key: str) -> str | None:
+        with self._cred_lock:
+            return self._credentials.get(api_key)
+
+    def add_credentials(self, key: str, secret: str) -> None:
+        with self._cred_lock:
+            self._credentials[key] = secret
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}/client/api"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SimHTTPServer
+    protocol_version = "HTTP/1.1"
+    server_version = "CloudStackSim/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The default logs the full request line: keep query strings (keys, signatures) out.
+        log.debug("%s %s", self.command, urlsplit(self.path).path)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _send(self, status: int, payload: Item | str, content_type: str = "application/json; charset=UTF-8") -> None:
+        data = (payload if isinstance(payload, str) else json.dumps(payload)).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        body = b""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            body = self.rfile.read(length)
+        if url.path.rstrip("/") != "/client/api":
+            self._send(404, "<html><body>Not Found</body></html>", "text/html")
+            return
+        pairs = parse_qsl(url.query, keep_blank_values=True)
+        if self.command == "POST" and body:
+            ctype = self.headers.get("Content-Type", "")
+            if ctype.startswith("application/x-www-form-urlencoded"):
+                pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+        params: dict[str, str] = {}
+        for name, value in pairs:
+            params.setdefault(name, value)  # the servlet's getParameterMap()[name][0]
+        command = params.get("command", "")
+        envelope = f"{command.lower()}response" if command else "errorresponse"
+        try:
+            verify_request(params, self.server.secret_for_key)
+        except SignatureError as exc:
+            log.info("refused %s: %s", command or "(no command)", exc)
+            self._send(401, {envelope: {"uuidList": [], "errorcode": 401,
+                                        "errortext": "unable to verify user credentials and/or request signature"}})
+            return
+        clean = {k: v for k, v in params.items() if k not in ("signature", "apiKey", "response",
+                                                              "signatureVersion", "expires", "command")}
+        model = self.server.model
+        model.record_call(command, clean, self.command)
+        status, result = dispatch(model, command, clean)
+        self._send(status, {envelope: result})
+
+
+def make_server(
+    model: m.CloudStackModel, credentials: dict[str, str], host: str = "127.0.0.1", port: int = 0
+) -> SimHTTPServer:
+    """Bind (port 0: a free port). Only loopback addresses: the simulator has no business elsewhere."""
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise ValueError(f"the simulator listens on loopback only, not {host}")
+    return SimHTTPServer((host, port), model, credentials)

@@ -1,0 +1,179 @@
+"""The local stack: StorPool emulator, CloudStack simulator, one agent per simulated KVM host,
+and a driver context wired to all three, on loopback, in one process.
+
+Tests, the demo and the benchmarks all start the same stack, so that what the demo shows is
+what the tests check. `cloudstack-storpool up` runs it as a long-lived process instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from agent.commands import Context
+from agent.hostconfig import HostConfig
+from agent.server import AgentServer
+from cloudstack_storpool.cloudstack import CloudStackClient
+from cloudstack_storpool.driver.agents import AgentDirectory
+from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.poolconfig import PoolsFile, load_pools
+from cloudstack_storpool.spconn import StorPoolConn
+from integration.cloudstack_sim.testing import SimHandle, run_simulator
+from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
+from integration.storpool_sim.testing import EmulatorHandle, run_emulator
+from integration.xfs import can_make_xfs, xfs_mount
+from settings.store import Settings
+
+log = logging.getLogger(__name__)
+
+STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"))
+POOLS = (("storpool-primary", "ssd"), ("storpool-hybrid", "hybrid"))
+
+
+@dataclass
+class AgentHandle:
+    host_id: str
+    host_name: str
+    client_id: int
+    server: AgentServer
+    thread: threading.Thread = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+class LocalStack:
+    """Start with `with LocalStack(root) as stack:`; everything stops and is released on exit."""
+
+    def __init__(self, root: Path, *, make_xfs: bool | None = None, settings_ttl: float = 0.5,
+                 xfs_size: int = 8 << 30) -> None:
+        self.root = Path(root)
+        self.make_xfs = can_make_xfs() if make_xfs is None else make_xfs
+        self.settings_ttl = settings_ttl
+        self.xfs_size = xfs_size
+        self.agent_token = secrets.token_urlsafe(24)
+        self._exit = ExitStack()
+        self.agents: dict[str, AgentHandle] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self._exit.close()
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data_base = self.root
+        if self.make_xfs:
+            data_base = self._exit.enter_context(xfs_mount(self.root / "xfs", self.xfs_size))
+        self.secondary = self.root / "secondary"
+        self.secondary.mkdir(exist_ok=True)
+        self.sp: EmulatorHandle = self._exit.enter_context(run_emulator(
+            data_base / "storpool", self.root / "dev", token=secrets.token_urlsafe(16),
+            clients=(1, 2, 3), templates=STACK_TEMPLATES,
+        ))
+        self.cs: SimHandle = self._exit.enter_context(run_simulator(state=self.root / "cloudstack.json"))
+        model = self.cs.model
+        zone = next(iter(model.zones.values()))
+        self.zone_id: str = zone.id
+        pools_toml = []
+        for name, template in POOLS:
+            sim_pool = next((p for p in model.storage_pools.values() if p.name == name), None)
+            if sim_pool is None:
+                sim_pool = model.add_storage_pool(name, zone.id)
+            pools_toml.append(
+                f'[[pool]]\nuuid = "{sim_pool.id}"\nname = "{name}"\nzone = "{zone.id}"\n'
+                f'url = "{self.sp.pool_url(template)}"\n'
+            )
+        self.pools_file = self.root / "pools.toml"
+        self.pools_file.write_text("\n".join(pools_toml))
+        self.pools_file.chmod(0o600)
+        for host in list(model.hosts.values()):
+            client_id = int(host.details.get("SP_OURID", "0") or 0)
+            if client_id:
+                self._start_agent(host.id, host.name, client_id)
+        self.cloudstack: CloudStackClient = self.cs.client()
+        self.settings = Settings(self.cloudstack, ttl=self.settings_ttl)
+        self.ctx = self.driver_context()
+
+    def _start_agent(self, host_id: str, host_name: str, client_id: int) -> None:
+        cfg = HostConfig(
+            client_id=client_id,
+            dev_root=str(self.sp.dev_root / str(client_id)),
+            mount_root=str(self.root / "mnt"),
+            secondary_roots=(str(self.secondary),),
+        )
+        conn = StorPoolConn(self.sp.host, self.sp.port, self.sp.token, our_id=client_id)
+        server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn))
+        thread = threading.Thread(target=server.serve_forever, name=f"agent-{host_name}", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            server.shutdown_all()
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+
+        self._exit.callback(stop)
+        self.cs.model.set_host_details(host_id, **{"agent.port": str(server.server_address[1])})
+        self.agents[host_id] = AgentHandle(host_id, host_name, client_id, server, thread)
+
+    def driver_context(self, **conn_options: Any) -> DriverContext:
+        """A fresh driver context (its own connections and caches), as a second process would have."""
+        return DriverContext(
+            pools=self.pools(),
+            cloudstack=self.cloudstack,
+            settings=self.settings,
+            agents=AgentDirectory(self.cloudstack, self.agent_token),
+            conn_options=conn_options,
+        )
+
+    def pools(self) -> PoolsFile:
+        return load_pools(self.pools_file)
+
+    # -- helpers for tests and the demo ---------------------------------------------------------
+
+    def agent_for_client(self, client_id: int) -> AgentHandle:
+        return next(a for a in self.agents.values() if a.client_id == client_id)
+
+    def template_image(self, template_id: str, size: int, writes: dict[int, bytes], fmt: str = "qcow2") -> Path:
+        """A template file on "secondary storage" with known content at known offsets."""
+        path = self.secondary / "template" / "tmpl" / "1" / template_id / f"{template_id}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = path.with_suffix(".raw.tmp")
+        with open(raw, "wb") as f:
+            f.truncate(size)
+            for offset, data in writes.items():
+                f.seek(offset)
+                f.write(data)
+        try:
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(path)],
+                           check=True, capture_output=True)
+        finally:
+            raw.unlink(missing_ok=True)
+        return path
+
+    def env(self) -> dict[str, str]:
+        """Environment for a second driver process built with `context_from_env` (no secrets on argv)."""
+        return {
+            "CSSP_POOLS_FILE": str(self.pools_file),
+            "CLOUDSTACK_ENDPOINT": self.cs.endpoint,
+            "CLOUDSTACK_KEY": self.cs.key,
+            "CLOUDSTACK_SECRET": self.cs.secret,
+            "CSSP_AGENT_TOKEN": self.agent_token,
+        }

@@ -1,0 +1,48 @@
+"""Fixtures for the emulator's own tests.
+
+`emu` runs with plain files (no loop devices, no root) so the API-level tests run on any
+developer box; the data-plane tests use `sp_emulator` (XFS + loop devices) instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from integration.storpool_sim.testing import EmulatorHandle, StrictApi, run_emulator
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[EmulatorHandle]:
+    with run_emulator(tmp_path / "data", tmp_path / "dev", use_loop=False) as handle:
+        yield handle
+
+
+@pytest.fixture
+def api(emu: EmulatorHandle) -> StrictApi:
+    return emu.strict_api()
+
+
+def raw(handle: EmulatorHandle, method: str, path: str, body: Any = None, *,
+        token: str | None = None, args: Any = None) -> tuple[int, Any]:
+    """One HTTP request as a hand-written client would send it; returns (status, decoded JSON)."""
+    conn = http.client.HTTPConnection(handle.host, handle.port, timeout=30)
+    headers = {}
+    tok = handle.token if token is None else token
+    if tok != "":
+        headers["Authorization"] = f"Storpool v1:{tok}"
+    if args is not None:
+        path += "?json=" + quote(json.dumps(args), safe="")
+    data = json.dumps(body) if body is not None else None
+    try:
+        conn.request(method, path, data, headers)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()

@@ -1,0 +1,154 @@
+"""The agent's HTTP API on loopback: authentication, validation, jobs, idempotency, client."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from agent.client import AgentClient, AgentError, AgentRequestError
+from agent.commands import Context
+from agent.hostconfig import HostConfig
+from agent.server import AgentServer, parse_listen, serve_in_thread
+from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.spconn import StorPoolConn
+
+TOKEN = "agent-test-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[AgentServer]:
+    # StorPool is deliberately unreachable: nothing here may need it.
+    host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
+                      secondary_roots=(str(tmp_path),))
+    dead_port = _free_port()
+
+    def ctx() -> Context:
+        return Context(host=host, conn=StorPoolConn("127.0.0.1", dead_port, "sp-tok", retries=0, timeout=2))
+
+    srv = AgentServer(("127.0.0.1", 0), TOKEN, ctx)
+    serve_in_thread(srv)
+    yield srv
+    srv.shutdown_all()
+
+
+def _post(srv: AgentServer, body: object, token: str | None = TOKEN) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return requests.post(srv.url + "/v1/jobs", json=body, headers=headers, timeout=10)
+
+
+def test_requests_without_or_with_a_wrong_token_are_refused(server: AgentServer) -> None:
+    for token in (None, "wrong", TOKEN + "x", ""):
+        r = _post(server, {"command": "facts", "args": {}}, token=token)
+        assert r.status_code == 401, token
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert TOKEN not in r.text
+    assert requests.get(server.url + "/v1/facts", timeout=10).status_code == 401
+    r = requests.get(server.url + "/v1/facts", headers={"Authorization": f"Basic {TOKEN}"}, timeout=10)
+    assert r.status_code == 401
+    assert server.jobs.list() == []
+    with pytest.raises(AgentError) as exc:
+        AgentClient(server.url, "nope").facts()
+    assert getattr(exc.value, "status", None) == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"command": "copy_template", "args": {"store": "/x", "path": "a.qcow2"}}, "volume"),
+        ({"command": "copy_template", "args": {"store": "/x", "path": "../a", "volume": "v"}}, "path"),
+        ({"command": "resize", "args": {"volume": "v", "size": 511}}, "size"),
+        ({"command": "explode", "args": {}}, "command"),
+        ({"args": {}}, "command"),
+        ({"command": "facts", "args": {}, "priority": 1}, "priority"),
+        ({"command": "facts", "args": {}, "idempotency_key": 5}, "idempotency_key"),
+        ([1, 2], "body"),
+    ],
+)
+def test_malformed_commands_get_400_naming_the_field(server: AgentServer, body: object, field: str) -> None:
+    r = _post(server, body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["field"] == field
+    assert field in err["message"]
+
+
+def test_bad_json_and_unknown_routes(server: AgentServer) -> None:
+    h = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    r = requests.post(server.url + "/v1/jobs", data=b"{not json", headers=h, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "body"
+    assert requests.get(server.url + "/v1/jobs/" + "0" * 32, headers=h, timeout=10).status_code == 404
+    assert requests.get(server.url + "/v2/x", headers=h, timeout=10).status_code == 404
+
+
+def test_job_lifecycle_and_idempotency_key(server: AgentServer) -> None:
+    r1 = _post(server, {"command": "facts", "args": {}, "idempotency_key": "k1"})
+    assert r1.status_code == 202
+    job_id = r1.json()["id"]
+    r2 = _post(server, {"command": "facts", "args": {}, "idempotency_key": "k1"})
+    assert r2.status_code == 200 and r2.json()["id"] == job_id
+    r3 = _post(server, {"command": "facts", "args": {"timeout": 5}, "idempotency_key": "k1"})
+    assert r3.status_code == 409 and r3.json()["error"]["field"] == "idempotency_key"
+    client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+    result = client.wait(job_id, timeout=30)
+    assert result["client_id"] == 1
+    assert result["storpool"]["reachable"] is False
+    assert "qemu-img" in result["qemu_img"]
+    assert len(server.jobs.list()) == 1
+
+
+def test_client_surfaces_a_failed_job_with_its_field(server: AgentServer, tmp_path: Path) -> None:
+    client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+    # Syntactically fine, but /etc is not a configured secondary root: the job fails, and the
+    # client raises with the agent's message and field.
+    with pytest.raises(AgentRequestError) as exc:
+        client.copy_template(store="/etc", path="passwd", volume="v1", timeout=30)
+    assert exc.value.field == "store"
+    assert "secondary-storage root" in exc.value.message
+    assert exc.value.job_id
+    with pytest.raises(AgentRequestError) as exc:
+        client.resize(volume="v1", size=100)
+    assert exc.value.status == 400 and exc.value.field == "size"
+
+
+def test_client_progress_and_facts(server: AgentServer) -> None:
+    client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+    seen: list[float] = []
+    out = client.run("facts", {}, progress=seen.append, timeout=30)
+    assert out["dev_root"].endswith("dev")
+    assert seen and seen[-1] == 100.0
+    assert client.facts()["client_id"] == 1
+    assert TOKEN not in repr(client)
+
+
+def test_client_unreachable_agent() -> None:
+    client = AgentClient(f"http://127.0.0.1:{_free_port()}", TOKEN, timeout=2, post_retries=0)
+    with pytest.raises(AgentRequestError) as exc:
+        client.facts()
+    assert exc.value.code == "unreachable"
+
+
+def test_cancel_of_a_finished_job_is_harmless(server: AgentServer) -> None:
+    job, _ = server.jobs.submit("facts", {})
+    assert job.done.wait(30)
+    client = AgentClient(server.url, TOKEN)
+    assert client.cancel(job.id)["state"] == "succeeded"
+    time.sleep(0)
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:8250") == ("127.0.0.1", 8250)
+    assert parse_listen("[::1]:80") == ("::1", 80)
+    for bad in ("8250", "host:", ":80", "h:99999"):
+        with pytest.raises(ValidationError):
+            parse_listen(bad)
