@@ -194,6 +194,6 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 def serve_in_thread(server: AgentServer) -> threading.Thread:
     """Run the server in a background thread (tests, the local stack launcher)."""
-    t = threading.Thread(target=server.serve_forever, name="agent-http", daemon=True)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="agent-http", daemon=True)
     t.start()
     return t

@@ -8,6 +8,7 @@ what the tests check. `cloudstack-storpool up` runs it as a long-lived process i
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import subprocess
 import threading
@@ -168,12 +169,23 @@ class LocalStack:
             raw.unlink(missing_ok=True)
         return path
 
-    def env(self) -> dict[str, str]:
-        """Environment for a second driver process built with `context_from_env` (no secrets on argv)."""
-        return {
-            "CSSP_POOLS_FILE": str(self.pools_file),
+    def write_secrets(self, path: Path) -> Path:
+        """An env file (mode 0600) with every credential of the stack, for scripts and the CLI.
+
+        Secrets go to a private file, never to argv or the terminal."""
+        lines = {
+            "SP_API_HTTP_HOST": self.sp.host,
+            "SP_API_HTTP_PORT": str(self.sp.port),
+            "SP_AUTH_TOKEN": self.sp.token,
             "CLOUDSTACK_ENDPOINT": self.cs.endpoint,
             "CLOUDSTACK_KEY": self.cs.key,
             "CLOUDSTACK_SECRET": self.cs.secret,
-            "CSSP_AGENT_TOKEN": self.agent_token,
+            "CLOUDSTACK_STORPOOL_AGENT_TOKEN": self.agent_token,
+            "CSSP_POOLS_FILE": str(self.pools_file),
         }
+        if getattr(self, "service_token", None):
+            lines["CSSP_SERVICE_TOKEN"] = self.service_token
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"{k}={v}\n" for k, v in lines.items())
+        return path
