@@ -135,7 +135,7 @@ def sign(params: Mapping[str, str], secret: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-class _CsClient(cs.CloudStack):  # type: ignore[misc]
+class _CsClient(cs.CloudStack):
     """`cs.CloudStack` with the server's encoding for the signature (see module docstring)."""
 
     def _sign(self, data: dict[str, str]) -> None:

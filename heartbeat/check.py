@@ -20,12 +20,12 @@ from cloudstack_storpool.errors import SpTransient, StorPoolError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import StorPoolConn
 from heartbeat.policy import (
+    ClientIndex,
     ClientView,
     Decision,
     IoSample,
     Verdict,
     combine,
-    find_client,
     first_look,
     suspect_decision,
 )
@@ -188,10 +188,11 @@ class HeartbeatChecker:
         decisions: dict[int, Decision] = {}
         suspects: dict[int, ClientView] = {}
         cluster_status = str(status.clusterStatus)
+        index = ClientIndex(status.clients)
         for host in hosts:
             if host.client_id in decisions or host.client_id in suspects:
                 continue
-            view = find_client(status.clients, host.client_id)
+            view = index.view(host.client_id)
             decision = first_look(cluster_status, view)
             if decision is None:
                 suspects[host.client_id] = view
@@ -230,10 +231,11 @@ class HeartbeatChecker:
                 samples[cid].append(self._sample(cluster, cid, view))
         confirm_status, _ = self._services(cluster)
         out = {}
+        confirm_index = ClientIndex(confirm_status.clients) if confirm_status is not None else None
         for cid, view in suspects.items():
             confirm: ClientView | None = None
-            if confirm_status is not None:
-                confirm = find_client(confirm_status.clients, cid)
+            if confirm_status is not None and confirm_index is not None:
+                confirm = confirm_index.view(cid)
                 if str(confirm_status.clusterStatus) != "running" and confirm.status != "running":
                     confirm = None
             out[cid] = suspect_decision(view, samples[cid], confirm)

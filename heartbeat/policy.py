@@ -50,26 +50,38 @@ class ClientView:
     conflict: bool = False
 
 
-def find_client(clients: Mapping[Any, Any], client_id: int) -> ClientView:
-    """The client of `client_id` in ServicesList's `clients` map.
+class ClientIndex:
+    """ServicesList's `clients` map indexed once, so a round over many hosts stays linear.
 
-    REFERENCE.md matches on `nodeId`, the host loop on `SP_OURID` (the client id); on a normal
-    install both are the same number. An exact id wins; otherwise a client on that node counts.
+    REFERENCE.md matches a host on `nodeId`, the host loop on `SP_OURID` (the client id); on a
+    normal install both are the same number. An exact id wins; otherwise a client on that node
+    counts, and two clients on one node that disagree make the answer ambiguous.
     """
-    by_id = None
-    for key, client in clients.items():
-        cid = getattr(client, "id", key)
-        if int(cid) == client_id:
-            by_id = client
-            break
-    if by_id is not None:
-        return ClientView(str(by_id.status))
-    on_node = {str(c.status) for c in clients.values() if getattr(c, "nodeId", None) == client_id}
-    if not on_node:
-        return ClientView(None)
-    if len(on_node) > 1:
-        return ClientView(None, conflict=True)
-    return ClientView(on_node.pop())
+
+    def __init__(self, clients: Mapping[Any, Any]) -> None:
+        self._by_id: dict[int, str] = {}
+        self._by_node: dict[int, set[str]] = {}
+        for key, client in clients.items():
+            status = str(client.status)
+            self._by_id[int(getattr(client, "id", key))] = status
+            node = getattr(client, "nodeId", None)
+            if node is not None:
+                self._by_node.setdefault(int(node), set()).add(status)
+
+    def view(self, client_id: int) -> ClientView:
+        if client_id in self._by_id:
+            return ClientView(self._by_id[client_id])
+        on_node = self._by_node.get(client_id)
+        if not on_node:
+            return ClientView(None)
+        if len(on_node) > 1:
+            return ClientView(None, conflict=True)
+        return ClientView(next(iter(on_node)))
+
+
+def find_client(clients: Mapping[Any, Any], client_id: int) -> ClientView:
+    """The client of `client_id` in ServicesList's `clients` map (see ClientIndex)."""
+    return ClientIndex(clients).view(client_id)
 
 
 def first_look(cluster_status: str, view: ClientView) -> Decision | None:

@@ -121,7 +121,7 @@ def get_cmd(name: str, zone: str | None, cluster: str | None, pool: str | None, 
     """The effective value of NAME (for the given scope object, if any)."""
     try:
         store = _settings()
-        setting, scope, scope_id = store.resolve_scope(name, pool=pool, cluster=cluster, zone=zone,
+        _setting, scope, scope_id = store.resolve_scope(name, pool=pool, cluster=cluster, zone=zone,
                                                       account=account, domain=domain)
         value = store.get(name, pool=pool, cluster=cluster, zone=zone, account=account, domain=domain)
     except (ValidationError, CloudStackError) as exc:

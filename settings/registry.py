@@ -16,12 +16,12 @@ import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from cloudstack_storpool.errors import ValidationError
 
 
-class SettingType(str, Enum):
+class SettingType(StrEnum):
     BOOL = "bool"
     INT = "int"
     FLOAT = "float"
@@ -30,7 +30,7 @@ class SettingType(str, Enum):
     CHOICE = "choice"
 
 
-class Scope(str, Enum):
+class Scope(StrEnum):
     """CloudStack's configuration scopes, spelled as listConfigurations answers them."""
 
     GLOBAL = "global"

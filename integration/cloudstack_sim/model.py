@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ def new_id() -> str:
 
 def cs_time(moment: float | None = None) -> str:
     """CloudStack's date format in responses, e.g. `2024-05-01T10:00:00+0000`."""
-    when = datetime.fromtimestamp(time.time() if moment is None else moment, tz=timezone.utc)
+    when = datetime.fromtimestamp(time.time() if moment is None else moment, tz=UTC)
     return when.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 

@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -370,7 +370,7 @@ def list_configurations(model: m.CloudStackModel, p: Params) -> list[Item]:
 def _parse_date(raw: str) -> float:
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
         try:
-            return datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc).timestamp()
+            return datetime.strptime(raw, fmt).replace(tzinfo=UTC).timestamp()
         except ValueError:
             continue
     raise m.ParamError(f"Unable to parse date {raw} for command listEvents, please pass dates in the format "

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import string
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _JAVA_UNRESERVED = frozenset(string.ascii_letters + string.digits + ".-*_")
 
@@ -90,7 +90,7 @@ def verify_request(
         expires = params.get("expires")
         if not expires:
             raise SignatureError("signatureVersion 3 without expires")
-        moment = now or datetime.now(timezone.utc)
+        moment = now or datetime.now(UTC)
         if moment > parse_expires(expires):
             raise SignatureError("request expired")
     expected = compute_signature(params, secret)

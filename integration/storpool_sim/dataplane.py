@@ -161,6 +161,8 @@ class DataPlane:
         self._lock = threading.Lock()
         self.loops: set[str] = set()
         """Every loop device this data plane set up and has not yet detached (for cleanup)."""
+        if self.use_loop:
+            self.release_stale_loops()
 
     # ---- files -------------------------------------------------------------------------------
     def path(self, gid: str) -> Path:
@@ -290,6 +292,22 @@ class DataPlane:
             log.warning("detaching %s: %s", dev, e)
         with self._lock:
             self.loops.discard(dev)
+
+    def release_stale_loops(self) -> list[str]:
+        """Loop devices over our files left by an emulator that was killed, not stopped.
+
+        Without this a crash-restart would expose each attachment twice (the orphan and the new
+        device), and the orphans would outlive every test.
+        """
+        out = self._losetup("--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE")
+        prefix = str(self.objects_dir.resolve()) + "/"
+        stale = []
+        for line in out.splitlines():
+            name, _, back = line.partition(" ")
+            if back.startswith(prefix):
+                stale.append(name)
+                self.release_loop(name)
+        return stale
 
     def close(self) -> None:
         """Release every loop device this data plane created (the emulator is stopping)."""

@@ -160,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256
+    """The stdlib default (5) resets connections under the bursts the concurrency tests make."""
     emulator: Emulator
 
 
@@ -201,7 +203,8 @@ class Emulator:
         return int(self._httpd.server_address[1])
 
     def start(self) -> Emulator:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="storpool-sim", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="storpool-sim",
+                                        daemon=True)
         self._thread.start()
         return self
 

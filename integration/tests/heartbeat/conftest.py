@@ -3,7 +3,6 @@ so these run on tmp_path without root (no XFS, no loop devices)."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -12,29 +11,7 @@ from typing import Any
 
 import pytest
 
-from cloudstack_storpool.poolconfig import PoolSpec, Secret, parse_pool_url
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
-
-
-def pool_of(sp: EmulatorHandle, name: str, template: str = "ssd") -> PoolSpec:
-    spec = parse_pool_url(sp.pool_url(template))
-    return PoolSpec(spec.host, spec.port, spec.token, spec.template, uuid=str(uuid.uuid4()), name=name)
-
-
-def dead_port() -> int:
-    """A loopback port nobody listens on (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def unreachable_pool(name: str = "gone") -> PoolSpec:
-    return PoolSpec("127.0.0.1", dead_port(), Secret("nope"), "ssd", uuid=str(uuid.uuid4()), name=name)
-
-
-def io_request(volume: str, n: int = 0) -> dict[str, Any]:
-    return {"requestId": f"9223372036854775{n:03d}", "requestIdx": n, "volume": volume, "address": 4096 * n,
-            "size": 4096, "op": "write", "msecActive": 120}
 
 
 @pytest.fixture

@@ -274,3 +274,39 @@ def test_error_names(api: StrictApi) -> None:
     with pytest.raises(ApiError) as e:
         api.snapshotCreate("v", {"name": "v"})
     assert _err(e) == "objectExists"
+
+
+def test_every_supported_query_is_answered_in_a_shape_the_bindings_accept(emu: EmulatorHandle) -> None:
+    """One pass over every query the emulator serves, each through its typed bindings method."""
+    from integration.storpool_sim.model import QUERIES
+
+    api = emu.strict_api()
+    api.volumeTemplateCreate({"name": "t1", "replication": 2, "placeAll": "hdd"})
+    api.volumeTemplateUpdate("t1", {"bw": 100, "propagate": True})
+    api.volumeCreate({"name": "v", "size": GiB, "template": "t1", "tags": {"cs": "volume"}})
+    api.volumeUpdate("v", {"sizeAdd": GiB})
+    snap = api.snapshotCreate("v", {"name": "s", "bind": False})
+    api.snapshotUpdate("s", {"tags": {"k": "v"}})
+    api.snapshotCreateGroup({"volumes": [{"volume": "v", "name": "g"}]})
+    api.volumeCreate({"name": "c", "parent": "s"})
+    api.volumeCreate({"name": "b", "baseOn": "v"})
+    api.volumesReassign([{"volume": "v", "rw": [1]}, {"snapshot": "s", "ro": [2]}])
+    api.volumesReassignWait({"reassign": [{"volume": "v", "detach": [1]}, {"snapshot": "s", "detach": "all"}]})
+    api.volumeRevert("v", {"toSnapshot": "s"})
+    reads = [
+        api.volumesList(), api.snapshotsList(), api.volumeList("v"), api.volumeDescribe("v"), api.volumeInfo("v"),
+        api.snapshotList("s"), api.snapshotDescribe("s"), api.snapshotInfo("s"), api.volumeListSnapshots("v"),
+        api.volumesSpace(), api.snapshotsSpace(), api.volumesStatus(), api.volumesQuickStatus(),
+        api.attachmentsList(), api.volumeTemplatesList(), api.volumeTemplateDescribe("t1"),
+        api.volumeTemplatesStatus(), api.placementGroupsList(), api.placementGroupDescribe("ssd"),
+        api.servicesList(), api.clientsConfigDump(), api.clientConfigWait(1), api.clientActiveRequests(1),
+    ]
+    assert all(r is not None for r in reads)
+    api.volumeFreeze("c")
+    api.snapshotDelete("c")
+    api.snapshotDeleteById(snap.snapshotGlobalId)
+    api.volumeDelete("b")
+    api.volumeDelete("v")
+    api.volumeTemplateDelete("t1")
+    assert set(emu.calls) == set(QUERIES)
+    assert api.volumesList() == []

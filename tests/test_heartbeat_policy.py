@@ -1,0 +1,75 @@
+"""The fencing decision table (docs/heartbeat.md), row by row; pure functions, no I/O."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from heartbeat.policy import ClientView, IoSample, Verdict, combine, find_client, first_look, suspect_decision
+
+A, D, U = Verdict.ALIVE, Verdict.DEAD, Verdict.UNKNOWN
+
+
+def client(cid: int, status: str, node: int | None = None) -> SimpleNamespace:
+    return SimpleNamespace(id=cid, nodeId=cid if node is None else node, status=status)
+
+
+@pytest.mark.parametrize(("pools", "fence_any", "last_decides"), [
+    ([A], A, A),
+    ([D], D, D),
+    ([U], U, U),
+    ([D, A], D, A),
+    ([A, D], D, D),
+    ([D, U], D, U),
+    ([U, D], D, D),
+    ([A, U], A, U),
+    ([U, A], A, A),
+    ([U, U], U, U),
+    ([], U, U),
+])
+def test_combine_table(pools: list[Verdict], fence_any: Verdict, last_decides: Verdict) -> None:
+    assert combine(pools, fence_on_any=True) is fence_any
+    assert combine(pools, fence_on_any=False) is last_decides
+
+
+@pytest.mark.parametrize("fence", [True, False])
+def test_unknowns_never_combine_into_dead(fence: bool) -> None:
+    for n in range(1, 4):
+        for combo in itertools.product([A, U], repeat=n):
+            assert combine(list(combo), fence_on_any=fence) is not D
+
+
+def test_find_client_by_id_then_by_node() -> None:
+    clients = {5: client(5, "running"), 6: client(6, "down", node=9)}
+    assert find_client(clients, 5) == ClientView("running")
+    assert find_client(clients, 9) == ClientView("down")
+    assert find_client(clients, 7) == ClientView(None)
+
+
+def test_find_client_conflicting_nodes_is_ambiguous() -> None:
+    clients = {10: client(10, "running", node=4), 11: client(11, "down", node=4)}
+    assert find_client(clients, 4).conflict
+
+
+def test_first_look() -> None:
+    assert first_look("running", ClientView("running")).verdict is A  # type: ignore[union-attr]
+    assert first_look("running", ClientView("down")) is None
+    assert first_look("running", ClientView(None)) is None
+    # Without quorum, "down" says nothing.
+    assert first_look("waiting", ClientView("down")).verdict is U  # type: ignore[union-attr]
+    assert first_look("running", ClientView(None, conflict=True)).verdict is U  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("samples", "confirm", "expected"), [
+    ([IoSample(0)] * 3, ClientView("down"), D),
+    ([IoSample(0)] * 3, ClientView(None), D),
+    ([IoSample(0), IoSample(2)], ClientView("down"), U),  # I/O while "down": inconsistent
+    ([IoSample(0), IoSample(None, "timeout")], ClientView("down"), U),
+    ([IoSample(0)] * 3, None, U),  # confirmation failed
+    ([IoSample(0)] * 3, ClientView("running"), A),  # came back
+    ([], ClientView("down"), U),
+])
+def test_suspect_decision(samples: list[IoSample], confirm: ClientView | None, expected: Verdict) -> None:
+    assert suspect_decision(ClientView("down"), samples, confirm).verdict is expected
