@@ -64,8 +64,8 @@ def run_case(root: Path) -> dict[str, object]:
             block = os.urandom(MiB)
             fd = os.open(sp.object_file(gid), os.O_WRONLY)
             try:
-                for k in range(DATA // MiB):
-                    os.pwrite(fd, block, k * (VOLUME_SIZE // (DATA // MiB)))
+                for n in range(DATA // MiB):
+                    os.pwrite(fd, block, n * (VOLUME_SIZE // (DATA // MiB)))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -84,8 +84,8 @@ def run_case(root: Path) -> dict[str, object]:
             os.sync()
             extra = _used(data_dir) - before
             how = "reflink" if sp.emulator.dataplane.reflink else "sparse"
-            for k, v in timings.items():
-                best[k] = min(best.get(k, v), v)
+            for key, secs in timings.items():
+                best[key] = min(best.get(key, secs), secs)
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"method": how, **{k: round(v, 6) for k, v in best.items()}, "extra_bytes": extra,
             "extra_mib": round(extra / MiB, 2)}

@@ -133,7 +133,7 @@ def get_cmd(name: str, zone: str | None, cluster: str | None, pool: str | None, 
         click.echo(f"{name} = {_show(value)}  ({where})")
 
 
-@settings_group.command("set")
+@settings_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("value")
 @_scope_options

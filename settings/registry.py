@@ -12,13 +12,13 @@ value. The registry records that one scope per setting.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.poolconfig import parse_pool_url
 
 
 class SettingType(StrEnum):
@@ -63,43 +63,17 @@ def between(low: float, high: float) -> Validator:
 
 
 def _check_endpoint(value: SettingValue) -> str | None:
-    """`sp.alternative.endpoint`: empty (unused) or the pool URL form `SP_API_HTTP=..;...`.
+    """`sp.alternative.endpoint`: empty (unused) or a pool URL, checked by the driver's own parser.
 
-    Uses the project's own pool URL parser when it is available, so that a value accepted here
-    is one the driver can use; otherwise a minimal structural check.
+    Sharing the parser means a value accepted here is one the driver can use.
     """
     text = str(value)
     if text == "":
         return None
     try:
-        poolconfig = importlib.import_module("cloudstack_storpool.poolconfig")
-    except ImportError:
-        poolconfig = None
-    parse = getattr(poolconfig, "parse_pool_url", None)
-    if parse is not None:
-        try:
-            parse(text)
-        except ValueError as exc:
-            return f"is not a valid pool endpoint ({exc})"
-        return None
-    return _minimal_endpoint_check(text)
-
-
-def _minimal_endpoint_check(text: str) -> str | None:
-    parts: dict[str, str] = {}
-    for chunk in text.split(";"):
-        if not chunk.strip():
-            continue
-        key, sep, val = chunk.partition("=")
-        if not sep:
-            return f"part {chunk!r} is not KEY=VALUE"
-        parts[key.strip()] = val.strip()
-    for required in ("SP_API_HTTP", "SP_AUTH_TOKEN", "SP_TEMPLATE"):
-        if not parts.get(required):
-            return f"needs {required}= (form SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;SP_TEMPLATE=name)"
-    host, _, port = parts["SP_API_HTTP"].rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return "SP_API_HTTP must be host:port"
+        parse_pool_url(text, "endpoint")
+    except ValidationError as exc:
+        return f"is not a valid pool endpoint ({exc})"
     return None
 
 

@@ -84,6 +84,7 @@ def test_float_setting() -> None:
 @pytest.mark.parametrize("value", [
     "",
     "SP_API_HTTP=10.0.0.1:81;SP_AUTH_TOKEN=abc;SP_TEMPLATE=nvme",
+    "SP_API_HTTP=10.0.0.1;SP_AUTH_TOKEN=abc;SP_TEMPLATE=nvme",  # port 81 by default
 ])
 def test_alternative_endpoint_accepts(value: str) -> None:
     assert get_setting("sp.alternative.endpoint").check(value) == value
@@ -92,7 +93,7 @@ def test_alternative_endpoint_accepts(value: str) -> None:
 @pytest.mark.parametrize("value", [
     "http://10.0.0.1:81",
     "SP_API_HTTP=10.0.0.1:81;SP_AUTH_TOKEN=abc",
-    "SP_API_HTTP=10.0.0.1;SP_AUTH_TOKEN=abc;SP_TEMPLATE=nvme",
+    "SP_API_HTTP=10.0.0.1:99999;SP_AUTH_TOKEN=abc;SP_TEMPLATE=nvme",
 ])
 def test_alternative_endpoint_refuses(value: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -101,5 +102,5 @@ def test_alternative_endpoint_refuses(value: str) -> None:
 
 
 def test_unknown_setting() -> None:
-    with pytest.raises(ValidationError, match="no.such: is not a setting"):
+    with pytest.raises(ValidationError, match=r"no\.such: is not a setting"):
         get_setting("no.such")

@@ -96,7 +96,8 @@ def test_own_write_invalidates_the_cache(cs_sim: SimHandle) -> None:
     ("sp.bypass.secondary.storage", "maybe", "true or false"),
     ("storpool.volumes.stats.interval", -1, ">= 0"),
     ("storpool.heartbeat.interval", "-10", ">= 1"),
-    ("sp.alternative.endpoint", "http://somewhere", "SP_API_HTTP"),
+    ("sp.alternative.endpoint", "http://somewhere", "not a valid pool endpoint"),
+    ("sp.alternative.endpoint", "SP_API_HTTP=h:81;SP_AUTH_TOKEN=t", "SP_TEMPLATE"),
     ("storpool.heartbeat.action", "panic", "one of"),
 ])
 def test_bad_values_are_refused_before_sending(cs_sim: SimHandle, name: str, value: object, rule: str) -> None:
@@ -110,7 +111,7 @@ def test_bad_values_are_refused_before_sending(cs_sim: SimHandle, name: str, val
 
 
 def test_wrong_scope_is_refused_before_sending(cs_sim: SimHandle) -> None:
-    zone, cluster, pool = ids(cs_sim)
+    zone, _, pool = ids(cs_sim)
     s = Settings(cs_sim.client())
     with pytest.raises(ValidationError, match="global only; it cannot be set per storagepool"):
         s.set("sp.bypass.secondary.storage", True, pool=pool)

@@ -191,6 +191,10 @@ class DataPlane:
             os.truncate(dst, size)
         return how
 
+    def make_readonly(self, gid: str) -> None:
+        """Snapshots are immutable: in plain-file mode (no loop device) the mode bits say so."""
+        os.chmod(self.path(gid), 0o444)
+
     def replace_content(self, src_gid: str, dst_gid: str, size: int) -> str:
         """Revert: the destination's content becomes the source's (clone, then atomic rename)."""
         tmp = self.objects_dir / f"{dst_gid}.revert"

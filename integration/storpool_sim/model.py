@@ -795,6 +795,7 @@ class Model:
                      target_delete_date=self._delete_date(p), created_from=vol.gid, created_from_vid=vol.vid)
         self._merge_tags(s, p.get("tags"))
         self.dp.clone(vol.gid, gid)
+        self.dp.make_readonly(gid)
         self.objects[gid] = s
         if name is not None:
             self.by_name[name] = gid
@@ -968,6 +969,7 @@ class Model:
             raise SpApiError("busy", f"Volume {o.display} is attached")
         o.snapshot = True
         o.on_volume = o.display
+        self.dp.make_readonly(o.gid)
         o.target_delete_date = self._delete_date(p)
         return self.ok()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cs
@@ -12,8 +12,8 @@ import requests
 
 from cloudstack_storpool import cloudstack as facade
 from integration.cloudstack_sim import signing
-from integration.cloudstack_sim.server import make_server
 from integration.cloudstack_sim.model import CloudStackModel
+from integration.cloudstack_sim.server import make_server
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 
 METHODS = ["get", "post"]
@@ -63,12 +63,12 @@ def test_tampered_request_is_401(cs_sim: SimHandle, method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_expired_request_is_401(cs_sim: SimHandle, method: str) -> None:
-    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    past = (datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
     with pytest.raises(cs.CloudStackApiException) as info:
         stock(cs_sim, method).listZones(signatureVersion="3", expires=past)
     assert info.value.response.status_code == 401
     # The same request with a future expiry goes through: it is the expiry that was refused.
-    future = (datetime.now(timezone.utc) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    future = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%S%z")
     assert stock(cs_sim, method).listZones(signatureVersion="3", expires=future)["count"] == 1
 
 
@@ -138,7 +138,7 @@ def test_envelopes(cs_sim: SimHandle) -> None:
 
 def _signed(sim: SimHandle, **params: str) -> dict[str, str]:
     params = {**params, "response": "json", "apiKey": sim.key, "signatureVersion": "3",
-              "expires": (datetime.now(timezone.utc) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "expires": (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S%z")}
     params["signature"] = signing.compute_signature(params, sim.secret)
     return params
 

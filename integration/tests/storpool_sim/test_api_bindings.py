@@ -307,6 +307,8 @@ def test_every_supported_query_is_answered_in_a_shape_the_bindings_accept(emu: E
     api.snapshotDeleteById(snap.snapshotGlobalId)
     api.volumeDelete("b")
     api.volumeDelete("v")
+    api.snapshotDelete("g")
+    assert api.snapshotsList() == []
     api.volumeTemplateDelete("t1")
     assert set(emu.calls) == set(QUERIES)
     assert api.volumesList() == []

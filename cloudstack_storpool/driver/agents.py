@@ -1,0 +1,139 @@
+"""Which KVM host agent does a piece of work, found through CloudStack.
+
+The driver never keeps a list of hosts: CloudStack knows which hosts exist, which are up, where
+each VM runs, and each host's StorPool client id (`SP_OURID` detail) and agent port
+(`agent.port` detail, else the `storpool.agent.port` setting). Asking CloudStack each time means
+a host added, moved or taken down is seen by the next operation, in every driver process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.errors import NotFound
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.cloudstack import CloudStackClient, Host
+    from cloudstack_storpool.poolconfig import PoolSpec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_AGENT_PORT = 8259
+
+
+class AgentDirectory:
+    """Agents of the KVM hosts CloudStack knows, one cached client per address.
+
+    `token` is the shared agent token; it is handed to the clients and never shown.
+    """
+
+    def __init__(
+        self,
+        cloudstack: CloudStackClient,
+        token: str,
+        *,
+        default_port: int = DEFAULT_AGENT_PORT,
+        timeout: float = 30.0,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self._cloudstack = cloudstack
+        self._token = str.__str__(token)
+        self.default_port = default_port
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self._clients: dict[tuple[str, int], AgentClient] = {}
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"AgentDirectory({self._cloudstack!r})"
+
+    # ------------------------------------------------------------------ clients
+
+    def for_address(self, ip_address: str, port: int) -> AgentClient:
+        """The (cached) client of the agent listening at ip:port."""
+        host = f"[{ip_address}]" if ":" in ip_address else ip_address
+        key = (host, port)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = AgentClient(
+                    f"http://{host}:{port}", self._token, timeout=self.timeout, poll_interval=self.poll_interval,
+                )
+            return client
+
+    def client(self, host: Host) -> AgentClient:
+        """The agent of one CloudStack host (its `agent.port` detail overrides the default port)."""
+        return self.for_address(host.ip_address, host.agent_port or self.default_port)
+
+    def for_host(self, host_id: str) -> AgentClient:
+        """The agent of a host by CloudStack id; NotFound when CloudStack does not know it."""
+        host = self._cloudstack.host(host_id)
+        if host is None:
+            raise NotFound(f"host: CloudStack has no host {host_id}")
+        return self.client(host)
+
+    def host_of_vm(self, vm_id: str) -> Host | None:
+        """Where commands about a VM's disks go: the host it runs on, else the one it last ran on
+        (None for a VM that never ran). NotFound for a VM CloudStack does not know."""
+        vm = self._cloudstack.vm(vm_id)
+        if vm is None:
+            raise NotFound(f"vm: CloudStack has no VM {vm_id}")
+        host_id = vm.placement_host_id
+        return self._cloudstack.host(host_id) if host_id else None
+
+    def for_vm(self, vm_id: str) -> AgentClient | None:
+        host = self.host_of_vm(vm_id)
+        return self.client(host) if host is not None else None
+
+    def hosts_for_pool(self, pool: PoolSpec) -> list[Host]:
+        """Up KVM hosts that are StorPool clients (have `SP_OURID`) in the pool's zone.
+
+        The list is rotated on each call so that copies (template fills) spread over hosts
+        instead of always landing on the first one.
+        """
+        hosts = [
+            h for h in self._cloudstack.hosts(zone_id=pool.zone or None)
+            if h.sp_client_id is not None and h.state == "Up" and (h.resource_state in (None, "Enabled"))
+        ]
+        hosts.sort(key=lambda h: h.id)
+        if not hosts:
+            return hosts
+        with self._lock:
+            start = self._next % len(hosts)
+            self._next += 1
+        return hosts[start:] + hosts[:start]
+
+    def for_pool(self, pool: PoolSpec) -> AgentClient:
+        """Any agent able to reach the pool (the first of the rotation)."""
+        hosts = self.hosts_for_pool(pool)
+        if not hosts:
+            raise NotFound(f"pool: no Up KVM host with a StorPool client id in zone {pool.zone or '(any)'}")
+        return self.client(hosts[0])
+
+    def run_on_pool(self, pool: PoolSpec, work: Callable[[AgentClient], T]) -> T:
+        """Run `work` on a host of the pool, moving to the next host while agents are unreachable.
+
+        Only "unreachable" moves on: a command the agent ran and failed is the answer, and
+        running it elsewhere would hide the failure.
+        """
+        hosts = self.hosts_for_pool(pool)
+        if not hosts:
+            raise NotFound(f"pool: no Up KVM host with a StorPool client id in zone {pool.zone or '(any)'}")
+        last: AgentRequestError | None = None
+        for host in hosts:
+            try:
+                return work(self.client(host))
+            except AgentRequestError as exc:
+                if exc.code != "unreachable":
+                    raise
+                log.warning("agent of host %s unreachable; trying the next host", host.name)
+                last = exc
+        assert last is not None
+        raise last
