@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent import secondary
-from agent.commands import COMMANDS, CopyTemplateRequest, parse
+from agent.commands import COMMANDS, CopyTemplateRequest, CopyToVolumeRequest, parse
 from agent.hostconfig import AGENT_TOKEN_ENV, load_host_config, read_agent_token
 from cloudstack_storpool.errors import ValidationError
 
@@ -35,7 +35,7 @@ def test_template_copy_defaults_to_zeroed_target() -> None:
     _, req = parse("copy_template", GOOD["copy_template"])
     assert isinstance(req, CopyTemplateRequest) and req.target_is_zero
     _, req2 = parse("copy_to_volume", GOOD["copy_to_volume"])
-    assert not getattr(req2, "target_is_zero")
+    assert isinstance(req2, CopyToVolumeRequest) and not req2.target_is_zero
 
 
 @pytest.mark.parametrize(

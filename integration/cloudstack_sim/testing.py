@@ -53,7 +53,9 @@ def run_simulator(
         model.save()
     the_secret = secret if secret is not None else secrets.token_urlsafe(24)
     server = make_server(model, {key: the_secret}, host=host, port=port)
-    thread = threading.Thread(target=server.serve_forever, name="cloudstack-sim", daemon=True)
+    # A short poll interval: shutdown() waits up to one interval, and tests start many simulators.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="cloudstack-sim",
+                              daemon=True)
     thread.start()
     try:
         yield SimHandle(server.endpoint, key, the_secret, model, server)

@@ -727,7 +727,10 @@ class Model:
 
     def q_client_active_requests(self, a: str | None, _b: JSON) -> JSON:
         c = self._client(a)
-        if self.clients[c].status != "running":
+        # A client that the cluster lists as down but whose I/O is still in flight (a storage
+        # network split seen only by the management) answers with its requests; one with none
+        # cannot be asked at all.
+        if self.clients[c].status != "running" and not self.clients[c].active_requests:
             raise SpApiError("busy", f"Client {c} is not running; cannot get its active requests")
         return {"clientId": c, "requests": [dict(r) for r in self.clients[c].active_requests]}
 

@@ -17,7 +17,7 @@ from agent.commands import RunControl, execute
 from agent.qemu_img import QemuImgError
 from agent.server import AgentServer, serve_in_thread
 from cloudstack_storpool.errors import SpBusy
-from integration.tests.agent.conftest import GiB, MiB, Lab, make_qcow2, read_at
+from integration.tests.agent.conftest import GiB, Lab, MiB, make_qcow2, read_at
 
 TOKEN = "integration-agent-token"
 

@@ -12,7 +12,7 @@ import pytest
 from agent.attach import device_size
 from agent.commands import execute
 from integration.needs import need, need_tool
-from integration.tests.agent.conftest import MiB, Lab
+from integration.tests.agent.conftest import Lab, MiB
 
 URI = "qemu:///system"
 
@@ -52,11 +52,26 @@ def _domain_xml(name: str, device: str, kind: str) -> str:
 </domain>"""
 
 
+def _guest_user_may_use_kvm() -> bool:
+    """libvirt runs qemu as libvirt-qemu (group kvm): /dev/kvm must be open to it."""
+    import grp
+    import stat
+
+    try:
+        st = os.stat("/dev/kvm")
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return False
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH) == stat.S_IROTH | stat.S_IWOTH:
+        return True
+    return st.st_gid == kvm_gid and st.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == stat.S_IRGRP | stat.S_IWGRP
+
+
 def _start(conn: Any, name: str, device: str) -> Any:
     """KVM when the guest user may use it, else TCG: the guest never runs code anyway."""
     import libvirt
 
-    kinds = ["kvm", "qemu"] if os.path.exists("/dev/kvm") else ["qemu"]
+    kinds = ["kvm", "qemu"] if _guest_user_may_use_kvm() else ["qemu"]
     for kind in kinds:
         try:
             return conn.createXML(_domain_xml(name, device, kind), libvirt.VIR_DOMAIN_START_PAUSED)
@@ -76,7 +91,6 @@ def vm_conn() -> Iterator[Any]:
 
 
 def test_resize_makes_a_running_vm_see_the_new_size(lab: Lab, vm_conn: Any) -> None:
-    import libvirt
 
     vol = lab.volume(64 * MiB)
     ctx = lab.ctx(1)

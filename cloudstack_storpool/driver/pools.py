@@ -1,0 +1,269 @@
+"""Pool lifecycle: register, describe, list contents, remove.
+
+Pools are configuration (the TOML pools file), not state. What a pool *holds* is found in
+StorPool: every object the driver creates carries the tag `pool=<pool uuid>` (volumes, snapshots,
+cached templates, fills, delay-delete backups), so several pools on one StorPool cluster, even on
+one template, can tell their objects apart, and a pool can refuse removal while it holds any.
+Objects made by the Java plugin (no `pool` tag) are not seen here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import tomllib
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cloudstack_storpool.driver import tags
+from cloudstack_storpool.errors import Conflict, StorPoolError, ValidationError
+from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, load_pools, parse_pool_url, parse_pools
+from cloudstack_storpool.spconn import StorPoolConn
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.driver.context import DriverContext
+
+
+def resolve(ctx: DriverContext, pool: PoolSpec | str) -> PoolSpec:
+    """A pool given as PoolSpec, CloudStack uuid or name; unknown -> ValidationError('pool')."""
+    return pool if isinstance(pool, PoolSpec) else ctx.pool(pool)
+
+
+def pool_tags(pool: PoolSpec) -> dict[str, str]:
+    """The tag that makes an object findable as belonging to `pool`."""
+    return {tags.POOL: pool.uuid} if pool.uuid else {}
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    uuid: str
+    name: str
+    zone: str
+    endpoint: str
+    template: str
+    capacity: int | None = None
+    """Estimated client-data capacity of the pool's template (StorPool's own estimate), bytes."""
+    free: int | None = None
+    used: int | None = None
+    """Bytes stored by this pool's objects (StorPool's `spaceUsed`, with replication)."""
+    volumes: int = 0
+    snapshots: int = 0
+    cached_templates: int = 0
+
+
+@dataclass(frozen=True)
+class PoolObject:
+    name: str
+    global_id: str
+    kind: str
+    """StorPool's kind: "volume" or "snapshot"."""
+    cs: str
+    """The object's `cs` tag (volume, snapshot, template, temporary, delayDelete, ...)."""
+    uuid: str | None
+
+
+@dataclass(frozen=True)
+class PoolContents:
+    pool: str
+    objects: list[PoolObject] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.objects
+
+
+def _info(pool: PoolSpec) -> PoolInfo:
+    return PoolInfo(uuid=pool.uuid, name=pool.name, zone=pool.zone, endpoint=pool.endpoint, template=pool.template)
+
+
+# ---------------------------------------------------------------------- contents and describe
+
+
+def contents(ctx: DriverContext, pool: PoolSpec | str) -> PoolContents:
+    """Every live StorPool object tagged with this pool (two list calls)."""
+    spec = resolve(ctx, pool)
+    conn = ctx.conn(spec)
+    want = pool_tags(spec)
+    found: list[PoolObject] = []
+    if want:
+        for v in conn.find_volumes(want):
+            found.append(PoolObject(v.name, v.globalId, "volume", v.tags.get(tags.KIND, ""), v.tags.get(tags.UUID)))
+        for s in conn.find_snapshots(want):
+            found.append(PoolObject(s.name, s.globalId, "snapshot", s.tags.get(tags.KIND, ""), s.tags.get(tags.UUID)))
+    return PoolContents(spec.uuid, found)
+
+
+def describe(ctx: DriverContext, pool: PoolSpec | str) -> PoolInfo:
+    """Capacity and free space of the pool's template, and what the pool holds."""
+    spec = resolve(ctx, pool)
+    conn = ctx.conn(spec)
+    status = next((t for t in conn.templates_status() if t.name == spec.template), None)
+    capacity = free = None
+    if status is not None:
+        stored = getattr(status, "stored", None)
+        capacity, free = getattr(stored, "capacity", None), getattr(stored, "free", None)
+    mine = pool_tags(spec)
+    used = 0
+    volumes = 0
+    for v in conn.volumes_space():
+        if mine and all((v.tags or {}).get(k) == val for k, val in mine.items()):
+            used += int(getattr(v, "spaceUsed", 0) or 0)
+            volumes += 1
+    snaps = conn.find_snapshots(mine) if mine else []
+    cached = sum(1 for s in snaps if s.tags.get(tags.KIND) == tags.TEMPLATE)
+    return PoolInfo(
+        uuid=spec.uuid, name=spec.name, zone=spec.zone, endpoint=spec.endpoint, template=spec.template,
+        capacity=capacity, free=free, used=used, volumes=volumes, snapshots=len(snaps) - cached,
+        cached_templates=cached,
+    )
+
+
+# ---------------------------------------------------------------------- the pools file
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One writer at a time (management servers sharing the file on one host)."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _toml_str(value: str) -> str:
+    out = value.replace("\\", "\\\\").replace('"', '\\"')
+    if any(ord(c) < 0x20 for c in out):
+        raise ValidationError("pool", "control characters are not allowed")
+    return f'"{out}"'
+
+
+def _entry(pool: PoolSpec) -> str:
+    lines = [
+        "[[pool]]",
+        f"uuid = {_toml_str(pool.uuid)}",
+        f"name = {_toml_str(pool.name)}",
+    ]
+    if pool.zone:
+        lines.append(f"zone = {_toml_str(pool.zone)}")
+    lines.append(f"url = {_toml_str(pool.url(redact=False))}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, rename: readers see the old file
+    or the new one, never half of one. Mode 0600: the file holds API tokens."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read(path: Path) -> tuple[str, PoolsFile]:
+    if not path.exists():
+        return "", PoolsFile(())
+    return path.read_text(), load_pools(path)
+
+
+def check_reachable(spec: PoolSpec, *, conn: StorPoolConn | None = None, field: str = "url") -> None:
+    """The API answers with this token and the template exists (VolumeTemplateDescribe)."""
+    conn = conn or StorPoolConn.from_pool(spec, retries=1, timeout=15.0)
+    try:
+        found = conn.template(spec.template)
+    except StorPoolError as exc:
+        if exc.name == "authError":
+            raise ValidationError(f"{field}.SP_AUTH_TOKEN", "the StorPool API refused the token") from None
+        if exc.code == "unreachable":
+            raise ValidationError(f"{field}.SP_API_HTTP", f"the StorPool API at {spec.endpoint} does not answer") from None
+        raise ValidationError(f"{field}.SP_API_HTTP", f"the StorPool API at {spec.endpoint} failed: {exc.name}") from None
+    if found is None:
+        raise ValidationError(f"{field}.SP_TEMPLATE", f"StorPool template {spec.template!r} does not exist")
+
+
+def register(
+    ctx: DriverContext | None,
+    pools_file: str | Path,
+    *,
+    name: str,
+    url: str,
+    uuid: str | None = None,
+    zone: str = "",
+) -> PoolInfo:
+    """Add a pool: validate the URL, check the API and template, refuse duplicates (uuid, name,
+    endpoint+template), append to the pools file atomically. `ctx.pools` is refreshed."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("name", "a pool needs a name")
+    pool_uuid = str(uuidlib.uuid4()) if uuid is None else uuid
+    try:
+        uuidlib.UUID(pool_uuid)
+    except ValueError:
+        raise ValidationError("uuid", f"{pool_uuid!r} is not a UUID") from None
+    spec = parse_pool_url(url, "url")
+    spec = PoolSpec(host=spec.host, port=spec.port, token=spec.token, template=spec.template,
+                    uuid=pool_uuid.lower(), name=name.strip(), zone=zone)
+    path = Path(pools_file)
+    # Cheap duplicate check first: no need to contact an API for a pool we refuse anyway.
+    _refuse_duplicates(_read(path)[1], spec)
+    check_reachable(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        text, current = _read(path)
+        _refuse_duplicates(current, spec)
+        new_text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + _entry(spec)
+        parse_pools(tomllib.loads(new_text), path.name)  # the file must stay loadable
+        _write_atomic(path, new_text)
+    if ctx is not None:
+        ctx.pools = load_pools(path)
+    return _info(spec)
+
+
+def _refuse_duplicates(current: PoolsFile, spec: PoolSpec) -> None:
+    for p in current.pools:
+        if p.uuid == spec.uuid:
+            raise ValidationError("uuid", f"pool {p.name!r} already has uuid {spec.uuid}")
+        if p.name == spec.name:
+            raise ValidationError("name", f"a pool named {spec.name!r} already exists")
+        if p.endpoint == spec.endpoint and p.template == spec.template:
+            raise ValidationError(
+                "url", f"pool {p.name!r} already uses template {spec.template!r} on {spec.endpoint}",
+            )
+
+
+def remove(ctx: DriverContext, pools_file: str | Path, pool: str) -> PoolInfo:
+    """Remove a pool from the file; refused (Conflict, listing them) while it holds objects."""
+    spec = resolve(ctx, pool)
+    held = contents(ctx, spec)
+    if not held.empty:
+        listed = ", ".join(f"{o.name} ({o.cs or o.kind})" for o in held.objects[:20])
+        more = f" and {len(held.objects) - 20} more" if len(held.objects) > 20 else ""
+        raise Conflict(f"pool {spec.name!r} still holds {len(held.objects)} StorPool objects: {listed}{more}")
+    path = Path(pools_file)
+    with _locked(path):
+        _text, current = _read(path)
+        rest = [p for p in current.pools if p.uuid != spec.uuid]
+        if len(rest) == len(current.pools):
+            raise ValidationError("pool", f"pool {spec.name!r} is not in {path}")
+        _write_atomic(path, "\n".join(_entry(p) for p in rest))
+    ctx.pools = load_pools(path)
+    return _info(spec)

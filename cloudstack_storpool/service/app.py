@@ -1,0 +1,388 @@
+"""The driver service's HTTP server: authentication, routing, error mapping, jobs.
+
+Same style as the agent (agent/server.py): stdlib ThreadingHTTPServer, JSON in and out, a
+bearer token compared in constant time and checked before the body is read, so an
+unauthenticated client cannot make the service parse anything. The routes are the operation
+table (operations.py) plus:
+
+  GET /openapi.json        the OpenAPI document of this very table
+  GET /v1/health           version and pools (a cheap liveness probe for the adapter)
+  GET /v1/jobs             jobs known to this process
+  GET /v1/jobs/{job_id}    one job: state, result or error
+
+Errors are `{"error": {"code", "message", "field"?}}` with the status of `error_response`.
+Messages of unexpected exceptions are never sent (they may quote anything); they are logged
+with a reference the client gets instead. Every message sent or logged passes through the
+redactor, which masks the tokens and secrets this process knows.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cloudstack_storpool import __version__
+from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.errors import (
+    AgentError,
+    CloudStackError,
+    Conflict,
+    NotFound,
+    SpBusy,
+    SpExists,
+    SpNotFound,
+    SpTransient,
+    StorPoolError,
+    ValidationError,
+)
+from cloudstack_storpool.service import schema
+from cloudstack_storpool.service.jobs import JobManager
+from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20
+_JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+RETRY_AFTER = "5"
+
+
+class Redactor:
+    """Masks known secrets in text that leaves the process (responses, logs)."""
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        # Longest first, so a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+
+def error_response(exc: BaseException) -> tuple[int, str, str | None]:
+    """(HTTP status, code, field) for an exception raised by an operation.
+
+    4xx: the request can be fixed (400), names a missing object (404), or meets a state that
+    forbids it (409). 5xx: something upstream failed, 502 when it answered with an error
+    (StorPool, CloudStack, an agent) and 503 when it may work on retry (StorPool transient or
+    unreachable). Anything else is a bug here: 500.
+    """
+    if isinstance(exc, ValidationError):
+        return 400, exc.code, exc.field
+    if isinstance(exc, (NotFound, SpNotFound)):
+        return 404, exc.code, None
+    if isinstance(exc, (Conflict, SpExists, SpBusy)):
+        return 409, exc.code, None
+    if isinstance(exc, SpTransient):
+        return 503, exc.code, None
+    if isinstance(exc, (AgentError, CloudStackError, StorPoolError)):
+        return 502, exc.code, None
+    return 500, "internal", None
+
+
+class ServiceServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], token: str, ctx: DriverContext, table: OperationTable, *,
+                 max_jobs: int = 8, job_retention: float = 3600.0, secrets: Iterable[str | None] = ()) -> None:
+        if not token:
+            raise ValueError("the service token must not be empty")
+        self.token = token.encode()
+        self.ctx = ctx
+        self.table = table
+        pool_tokens = [p.token.reveal() for p in ctx.pools.pools]
+        self.redact = Redactor([token, *pool_tokens, *secrets])
+        self.jobs = JobManager(self.error_json, max_running=max_jobs, retention=job_retention)
+        self._openapi: bytes | None = None
+        self._openapi_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        host = str(host)
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def authorized(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            # Still spend a comparison, so a missing header costs what a wrong one does.
+            hmac.compare_digest(b"", self.token)
+            return False
+        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.token)
+
+    def openapi(self) -> bytes:
+        with self._openapi_lock:
+            if self._openapi is None:
+                from cloudstack_storpool.service.openapi import document, dumps
+
+                self._openapi = dumps(document(self.table)).encode()
+            return self._openapi
+
+    def error_json(self, exc: BaseException, what: str) -> dict[str, Any]:
+        """The wire error for `exc`, logged on the way (unexpected ones with their traceback)."""
+        status, code, fld = error_response(exc)
+        if status == 500:
+            ref = uuid.uuid4().hex[:12]
+            log.error("%s failed (ref %s): %s", what, ref, self.redact(f"{type(exc).__name__}: {exc}"),
+                      exc_info=(type(exc), exc, exc.__traceback__) if log.isEnabledFor(logging.DEBUG) else None)
+            message = f"internal error (ref {ref}; details are in the service log)"
+        else:
+            message = self.redact(str(exc))
+            log.log(logging.WARNING if status >= 500 else logging.INFO, "%s: %s %s", what, status, message)
+        out: dict[str, Any] = {"code": code, "message": message}
+        if fld is not None:
+            out["field"] = self.redact(fld)
+        out["status"] = status
+        return out
+
+    def close(self, job_timeout: float = 30.0) -> None:
+        """Stop accepting, let running jobs finish (up to `job_timeout`), release the socket."""
+        self.shutdown()
+        if not self.jobs.wait_all(job_timeout):
+            log.warning("stopping with jobs still running; their callers must retry elsewhere")
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ServiceServer
+    protocol_version = "HTTP/1.1"
+    server_version = "cloudstack-storpool-service"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The request line and status only: headers carry the token and are never logged.
+        log.info("%s %s", self.address_string(), self.server.redact(format % args))
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if status != 204:
+            self.wfile.write(data)
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._send_bytes(status, json.dumps(body).encode(), headers)
+
+    def _error(self, status: int, code: str, message: str, fld: str | None = None,
+               headers: dict[str, str] | None = None) -> None:
+        err: dict[str, Any] = {"code": code, "message": message}
+        if fld is not None:
+            err["field"] = fld
+        if status == 503:
+            headers = {**(headers or {}), "Retry-After": RETRY_AFTER}
+        self._send(status, {"error": err}, headers)
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        err = self.server.error_json(exc, what)
+        status = err.pop("status")
+        self._error(status, err["code"], err["message"], err.get("field"))
+
+    # -- request plumbing ---------------------------------------------------------------------
+
+    def _auth(self) -> bool:
+        if self.server.authorized(self.headers.get("Authorization")):
+            return True
+        # The body is never read: close the connection rather than drain it.
+        self.close_connection = True
+        self._error(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return False
+
+    def _body(self) -> Any:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ValidationError("body", "chunked bodies are not accepted; send Content-Length")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return None
+        try:
+            n = int(length)
+        except ValueError:
+            self.close_connection = True
+            raise ValidationError("body", "bad Content-Length") from None
+        if n < 0 or n > MAX_BODY:
+            self.close_connection = True
+            raise ValidationError("body", f"must be at most {MAX_BODY} bytes")
+        raw = self.rfile.read(n)
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ValidationError("body", "not valid JSON") from None
+
+    def _dispatch(self, method: str) -> None:
+        if method == "HEAD":
+            # The client reads no body after HEAD; ending the connection keeps framing right.
+            self.close_connection = True
+        if not self._auth():
+            return
+        try:
+            parts = urlsplit(self.path)
+            path, query = parts.path, parse_qs(parts.query, keep_blank_values=True, max_num_fields=100)
+        except ValueError:
+            self._discard_body()
+            self._error(400, "invalid", "malformed request target", "path")
+            return
+        builtin = self._builtin(method, path)
+        if builtin:
+            return
+        op, path_args, allowed = self.server.table.resolve(method, path)
+        if op is None:
+            self._discard_body()
+            if allowed:
+                self._error(405, "method-not-allowed", f"{method} is not allowed here",
+                            headers={"Allow": ", ".join(allowed)})
+            else:
+                self._error(404, "not-found", "no such route")
+            return
+        try:
+            body = self._body() if op.accepts_body else self._discard_body()
+            args = op.parse(path_args, query, body)
+        except ValidationError as exc:
+            self._fail(exc, f"{op.name} request")
+            return
+        if op.job:
+            self._start_job(op, args, body)
+            return
+        try:
+            result = op.call(self.server.ctx, args)
+            out = schema.to_json(result) if op.result_type is not None else None
+        except Exception as exc:
+            self._fail(exc, op.name)
+            return
+        if op.result_type is None:
+            self._send_bytes(204, b"")
+        else:
+            self._send(200, out)
+
+    def _discard_body(self) -> None:
+        """Requests without a body may still carry one; read it so keep-alive stays in sync."""
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if self.headers.get("Transfer-Encoding") or n < 0 or n > MAX_BODY:
+            self.close_connection = True
+        elif n:
+            self.rfile.read(n)
+        return None
+
+    def _start_job(self, op: Operation, args: dict[str, Any], body: Any) -> None:
+        key = self.headers.get("Idempotency-Key")
+        if isinstance(body, dict) and body.get(IDEMPOTENCY_FIELD) is not None:
+            key = body[IDEMPOTENCY_FIELD]
+        ctx = self.server.ctx
+
+        def run() -> Any:
+            result = op.call(ctx, args)
+            return schema.to_json(result) if op.result_type is not None else None
+
+        try:
+            job, created = self.server.jobs.submit(op.name, schema.to_json(args), key, run)
+        except Exception as exc:
+            self._fail(exc, f"{op.name} job")
+            return
+        self._send(202 if created else 200, job.to_json(), {"Location": f"/v1/jobs/{job.id}"})
+
+    def _builtin(self, method: str, path: str) -> bool:
+        if path == "/openapi.json":
+            if method != "GET":
+                self._discard_body()
+                self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
+            else:
+                self._send_bytes(200, self.server.openapi())
+            return True
+        if path == "/v1/health":
+            if method != "GET":
+                self._discard_body()
+                self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
+            else:
+                pools = [{"uuid": p.uuid, "name": p.name, "endpoint": p.endpoint, "template": p.template}
+                         for p in self.server.ctx.pools.pools]
+                self._send(200, {"status": "ok", "version": __version__, "pools": pools})
+            return True
+        if path == "/v1/jobs" or _JOB_PATH.match(path):
+            if method != "GET":
+                self._discard_body()
+                self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
+                return True
+            if path == "/v1/jobs":
+                self._send(200, {"jobs": [j.to_json() for j in self.server.jobs.list()]})
+                return True
+            m = _JOB_PATH.match(path)
+            assert m is not None
+            job_id = m.group(1)
+            if not _JOB_ID.match(job_id):
+                self._error(400, "invalid", "a job id is 32 lower-case hex digits", "job_id")
+                return True
+            job = self.server.jobs.get(job_id)
+            if job is None:
+                self._error(404, "not-found", "no such job on this service process (job ids are per process)")
+            else:
+                self._send(200, job.to_json())
+            return True
+        return False
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (HEAD, OPTIONS, or made up) is authenticated and then answered 405
+        # or 404 by the router, instead of the stdlib's 501 with an HTML body.
+        if name.startswith("do_"):
+            method = name[3:]
+            return lambda: self._dispatch(method)
+        raise AttributeError(name)
+
+
+def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: int = 0, *,
+                table: OperationTable | None = None, max_jobs: int = 8,
+                secrets: Iterable[str | None] = ()) -> ServiceServer:
+    """A service over an already-built driver context (tests, the local stack, the CLI).
+
+    Not started: call `serve_forever()` (or `serve_in_thread`)."""
+    if table is None:
+        from cloudstack_storpool.service.operations import TABLE
+
+        table = TABLE
+    return ServiceServer((host, port), token, ctx, table, max_jobs=max_jobs, secrets=secrets)
+
+
+def serve_in_thread(server: ServiceServer) -> threading.Thread:
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="service-http", daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,248 @@
+"""An operation of the service: one driver function behind one HTTP method and path.
+
+`operation("POST /v1/volumes", volumes.create_volume)` is all it takes to publish a driver
+function: its parameters (after `ctx`) become the path placeholders, the query string (GET and
+DELETE) or the JSON body (POST, PUT, PATCH), each typed from the signature; its return type is
+the response. A function that takes a single request dataclass gets that dataclass's fields
+instead. The OpenAPI document is generated from the same objects (openapi.py), so what is
+documented is exactly what is validated and called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.service import schema
+
+Location = Literal["path", "query", "body"]
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+METHODS = frozenset({"GET", "DELETE", *BODY_METHODS})
+IDEMPOTENCY_FIELD = "idempotency_key"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str
+    type: Any
+    required: bool
+    default: Any
+    location: Location
+
+
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    name: str
+    """operationId, and the name jobs report."""
+    method: str
+    path: str
+    func: Callable[..., Any]
+    job: bool
+    """Runs in the background and answers 202 with a job to poll (may involve an agent copy)."""
+    params: tuple[Param, ...]
+    request_class: type | None
+    result_type: Any
+    summary: str
+    description: str
+    tag: str
+    pattern: re.Pattern[str] = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def status(self) -> int:
+        if self.job:
+            return 202
+        return 204 if self.result_type is None else 200
+
+    @property
+    def body_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.location == "body")
+
+    @property
+    def accepts_body(self) -> bool:
+        return self.method in BODY_METHODS
+
+    def match(self, path: str) -> dict[str, str] | None:
+        m = self.pattern.match(path)
+        return None if m is None else {k: unquote(v) for k, v in m.groupdict().items()}
+
+    def parse(self, path_args: Mapping[str, str], query: Mapping[str, list[str]], body: Any) -> dict[str, Any]:
+        """Typed arguments from one request, or ValidationError naming the first bad field."""
+        args: dict[str, Any] = {}
+        known_query = {p.name for p in self.params if p.location == "query"}
+        for key in query:
+            if key not in known_query:
+                allowed = ", ".join(sorted(known_query)) or "none"
+                raise ValidationError(key, f"unknown query parameter (allowed: {allowed})")
+        if self.accepts_body:
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                raise ValidationError("body", "must be a JSON object")
+            allowed_body = {p.name for p in self.body_params} | ({IDEMPOTENCY_FIELD} if self.job else set())
+            for key in body:
+                if key not in allowed_body:
+                    raise ValidationError(str(key), f"unknown field (allowed: {', '.join(sorted(allowed_body)) or 'none'})")
+        for p in self.params:
+            if p.location == "path":
+                args[p.name] = schema.parse_query(p.type, path_args[p.name], p.name)
+            elif p.location == "query":
+                values = query.get(p.name)
+                if values:
+                    if len(values) > 1:
+                        raise ValidationError(p.name, "given more than once")
+                    args[p.name] = schema.parse_query(p.type, values[0], p.name)
+                elif p.required:
+                    raise ValidationError(p.name, "is required")
+            else:
+                if p.name in body:
+                    args[p.name] = schema.parse(p.type, body[p.name], p.name)
+                elif p.required:
+                    raise ValidationError(p.name, "is required")
+        return args
+
+    def call(self, ctx: DriverContext, args: Mapping[str, Any]) -> Any:
+        if self.request_class is not None:
+            return self.func(ctx, self.request_class(**args))
+        return self.func(ctx, **args)
+
+
+def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: str | None = None,
+              exclude: tuple[str, ...] = (), tag: str | None = None) -> Operation:
+    """Publish `func(ctx, ...)` at `route` ("METHOD /path/{param}").
+
+    `exclude` hides parameters that have defaults and make no sense over HTTP (callbacks,
+    test hooks). Everything else is derived; an unsupported signature fails here, at import,
+    so a bad line in the table never reaches a client.
+    """
+    method, _, path = route.partition(" ")
+    method = method.upper()
+    if method not in METHODS or not path.startswith("/"):
+        raise ValueError(f"bad route {route!r}: expected 'METHOD /path'")
+    where = schema.callable_name(func)
+    hints = schema.resolve_hints(func, {"DriverContext": DriverContext})
+    sig = inspect.signature(func)
+    sig_params = list(sig.parameters.values())
+    if not sig_params or sig_params[0].name != "ctx":
+        raise TypeError(f"{where}: the first parameter must be `ctx: DriverContext`")
+    rest = [p for p in sig_params[1:] if p.name not in exclude]
+    for p in sig_params[1:]:
+        if p.name in exclude and p.default is inspect.Parameter.empty:
+            raise TypeError(f"{where}: cannot exclude {p.name!r}, it has no default")
+    placeholders = _PLACEHOLDER.findall(path)
+
+    request_class: type | None = None
+    fields: list[tuple[str, Any, bool, Any]]
+    if len(rest) == 1 and schema.is_dataclass_type(hints.get(rest[0].name)):
+        request_class = hints[rest[0].name]
+        fields = schema.dataclass_fields(request_class)
+    else:
+        fields = []
+        for p in rest:
+            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                raise TypeError(f"{where}: *args/**kwargs cannot be published")
+            if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise TypeError(f"{where}: positional-only parameter {p.name!r} cannot be published")
+            required = p.default is inspect.Parameter.empty
+            fields.append((p.name, hints.get(p.name, Any), required, None if required else p.default))
+
+    names = {f[0] for f in fields}
+    for ph in placeholders:
+        if ph not in names:
+            raise TypeError(f"{where}: route placeholder {{{ph}}} is not a parameter of the function")
+    params: list[Param] = []
+    for fname, tp, required, default in fields:
+        location: Location
+        if fname in placeholders:
+            location = "path"
+            if not schema.is_scalar(tp):
+                raise TypeError(f"{where}: path parameter {fname!r} must be a scalar")
+            required = True
+        elif method in BODY_METHODS:
+            location = "body"
+        else:
+            location = "query"
+            if not schema.is_scalar(tp):
+                raise TypeError(f"{where}: {fname!r} is not a scalar; publish {route!r} with POST instead")
+        params.append(Param(fname, tp, required, default, location))
+    if job and IDEMPOTENCY_FIELD in names:
+        raise TypeError(f"{where}: parameter name {IDEMPOTENCY_FIELD!r} is reserved for jobs")
+    result_type = hints.get("return", Any)
+    if isinstance(result_type, schema._Unresolved):
+        raise TypeError(f"{where}: cannot resolve the return annotation {result_type.text!r}")
+    if result_type is type(None):
+        result_type = None
+    # Fail now if any type cannot be expressed, rather than at the first request or in the doc.
+    probe = schema.SchemaBuilder()
+    for p in params:
+        probe.schema(p.type, p.name)
+    if result_type is not None:
+        probe.schema(result_type, "return")
+
+    doc = inspect.getdoc(func) or ""
+    summary, _, description = doc.partition("\n\n")
+    regex = "^" + _PLACEHOLDER.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
+    return Operation(
+        name=name or func.__name__,
+        method=method,
+        path=path,
+        func=func,
+        job=job,
+        params=tuple(params),
+        request_class=request_class,
+        result_type=result_type,
+        summary=" ".join(summary.split()) or (name or func.__name__).replace("_", " "),
+        description=description.strip(),
+        tag=tag or _default_tag(path),
+        pattern=re.compile(regex),
+    )
+
+
+def _default_tag(path: str) -> str:
+    """`/v1/volumes/{volume_uuid}/resize` -> `volumes`: operations group by resource."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    return parts[1] if len(parts) > 1 else (parts[0] if parts else "service")
+
+
+class OperationTable:
+    """The routing table: operations by name, and the lookup of (method, path)."""
+
+    def __init__(self, operations: tuple[Operation, ...]) -> None:
+        seen: dict[str, Operation] = {}
+        routes: set[tuple[str, str]] = set()
+        for op in operations:
+            if op.name in seen:
+                raise ValueError(f"two operations named {op.name!r}")
+            key = (op.method, _PLACEHOLDER.sub("{}", op.path))
+            if key in routes:
+                raise ValueError(f"two operations on {op.method} {op.path}")
+            routes.add(key)
+            seen[op.name] = op
+        self.operations = operations
+        self.by_name = seen
+
+    def resolve(self, method: str, path: str) -> tuple[Operation | None, dict[str, str], list[str]]:
+        """(operation, path arguments, allowed methods): no operation + methods = 405, none = 404.
+
+        A literal segment wins over a placeholder (`/v1/pools/stats` before `/v1/pools/{uuid}`)."""
+        allowed: list[str] = []
+        best: tuple[int, Operation, dict[str, str]] | None = None
+        for op in self.operations:
+            args = op.match(path)
+            if args is None:
+                continue
+            if op.method != method:
+                allowed.append(op.method)
+                continue
+            score = len(args)
+            if best is None or score < best[0]:
+                best = (score, op, args)
+        if best is None:
+            return None, {}, sorted(set(allowed))
+        return best[1], best[2], []
