@@ -94,7 +94,9 @@ class JobManager:
             raise ValidationError("idempotency_key", "must be a non-empty string of at most 200 characters")
         cmd, req = parse(command, args)
         args_dict = dict(args or {})
-        fp = _fingerprint(command, args_dict)
+        # Fingerprint the parsed request, so spelling a default out or leaving it away is the
+        # same request.
+        fp = _fingerprint(command, req.to_json())
         with self._lock:
             self._expire()
             if key is not None and key in self._by_key:

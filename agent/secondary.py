@@ -123,8 +123,9 @@ def resolve(store: str, path: str, *, mount_root: str, allowed_roots: tuple[str,
     base = ensure_mounted(store, mount_root, store_field) if store.startswith("nfs://") else store
     full = os.path.normpath(os.path.join(base, path))
     base_real = os.path.realpath(base)
-    # Symlinks inside the store must not lead out of it either.
-    parent_real = os.path.realpath(os.path.dirname(full))
-    if parent_real != base_real and not parent_real.startswith(base_real.rstrip("/") + "/"):
-        raise ValidationError(path_field, f"{path!r} leads outside the store")
+    # Symlinks inside the store (in a directory or as the file itself) must not lead out of it.
+    for candidate in (os.path.dirname(full), full):
+        real = os.path.realpath(candidate)
+        if real != base_real and not real.startswith(base_real.rstrip("/") + "/"):
+            raise ValidationError(path_field, f"{path!r} leads outside the store")
     return full

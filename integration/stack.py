@@ -61,6 +61,7 @@ class LocalStack:
         self.settings_ttl = settings_ttl
         self.xfs_size = xfs_size
         self.agent_token = secrets.token_urlsafe(24)
+        self.service_token: str | None = None
         self._exit = ExitStack()
         self.agents: dict[str, AgentHandle] = {}
 
@@ -183,7 +184,7 @@ class LocalStack:
             "CLOUDSTACK_STORPOOL_AGENT_TOKEN": self.agent_token,
             "CSSP_POOLS_FILE": str(self.pools_file),
         }
-        if getattr(self, "service_token", None):
+        if self.service_token:
             lines["CSSP_SERVICE_TOKEN"] = self.service_token
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -105,6 +105,10 @@ def test_local_store_must_be_under_an_allowed_root(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as exc:
         secondary.resolve("/etc", "passwd", mount_root=str(tmp_path / "mnt"), allowed_roots=(str(root),))
     assert exc.value.field == "store"
+    os.symlink("/etc/passwd", root / "t" / "link.qcow2")
+    with pytest.raises(ValidationError) as exc:
+        secondary.resolve(str(root), "t/link.qcow2", mount_root=str(tmp_path), allowed_roots=(str(root),))
+    assert exc.value.field == "path"
     os.symlink("/etc", root / "escape")
     with pytest.raises(ValidationError) as exc:
         secondary.resolve(str(root), "escape/passwd", mount_root=str(tmp_path), allowed_roots=(str(root),))

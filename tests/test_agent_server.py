@@ -152,3 +152,22 @@ def test_parse_listen() -> None:
     for bad in ("8250", "host:", ":80", "h:99999"):
         with pytest.raises(ValidationError):
             parse_listen(bad)
+
+
+def test_queued_copy_can_be_cancelled_over_http(server: AgentServer, tmp_path: Path) -> None:
+    # Occupy every copy slot so the job stays queued, then cancel it with DELETE.
+    slots = server.jobs._copy_slots
+    while slots.acquire(blocking=False):
+        pass
+    try:
+        client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+        job = client.start("copy_template", {"store": str(tmp_path), "path": "t.qcow2", "volume": "v1"})
+        assert client.job(job["id"])["state"] == "queued"
+        client.cancel(job["id"])
+        with pytest.raises(AgentRequestError) as exc:
+            client.wait(job["id"], timeout=10)
+        assert exc.value.code == "cancelled"
+        assert client.job(job["id"])["state"] == "cancelled"
+    finally:
+        for _ in range(2):
+            slots.release()

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.secondary import check_relative, parse_nfs_url
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, tags
+from cloudstack_storpool.driver import naming, tags, templates, volumes
 from cloudstack_storpool.errors import (
     AgentError,
     CloudStackError,
@@ -150,7 +150,8 @@ class TemplateFromSnapshot(Result):
     """The template's cached snapshot on this pool (`naming.template_cache`)."""
     global_id: str
     path: str
-    size: int
+    size: int | None
+    """Bytes, when known (from StorPool for an existing cache, else from the secondary copy)."""
     source: str
     """StorPool name of the snapshot or volume it was made from."""
     secondary: SecondaryCopy | None
@@ -415,7 +416,7 @@ def volume_from_snapshot(
     if iops is None:
         iops = _source_iops(ctx, snapshot_uuid)
     conn = ctx.conn(spec)
-    vol_tags = tags.identity(volume_uuid.lower(), tags.VOLUME, pool=spec.uuid or None)
+    vol_tags = volumes.volume_tags(naming.check_uuid(volume_uuid, "volume_uuid"), spec)
     tmpl = template or spec.template
     try:
         created = conn.volume_create(name=name, parent=snap, size=size, iops=iops, template=tmpl, tags=vol_tags)
@@ -486,11 +487,11 @@ def template_from_snapshot(
 ) -> TemplateFromSnapshot:
     """Make a template's cached snapshot on `pool` straight from a StorPool snapshot or volume.
 
-    Nothing is copied on StorPool: from a snapshot, a volume named as the cache is created as
-    its child and frozen into a snapshot (2 calls); from a volume, the cache is a snapshot of
-    it (1 call). So a VM from this template is one VolumeCreate even the first time. When
-    `secondary` is given, an agent also writes the template's qcow2 there (CloudStack keeps a
-    copy to deploy in other zones); if that fails the cache is removed again.
+    Nothing is copied on StorPool: Driver I's template cache (`templates.ensure_cached`) clones
+    the snapshot (`parent`) or the volume (`baseOn`) and snapshots the clone under the cache's
+    name, so a VM from this template is one VolumeCreate even the first time. When `secondary`
+    is given, an agent also writes the template's qcow2 there (CloudStack keeps that copy, e.g.
+    to deploy in other zones); if that fails the cache is removed again and the call fails.
     """
     if (snapshot_uuid is None) == (volume_uuid is None):
         raise ValidationError("snapshot_uuid", "give exactly one of snapshot_uuid and volume_uuid")
@@ -501,52 +502,33 @@ def template_from_snapshot(
     if secondary is not None:
         secondary.check()
     conn = ctx.conn(spec)
-    src_vol = storpool_volume(ctx, volume_uuid) if volume_uuid is not None else None
-    if src_vol is not None and src_vol.pool.uuid != spec.uuid and ctx.conn(src_vol.pool) is not conn:
-        raise ValidationError("volume_uuid", "the volume is on another StorPool cluster than the pool")
-    source = src_vol.name if src_vol is not None else naming.snapshot(str(snapshot_uuid))
-    cache_tags = tags.identity(template_uuid.lower(), tags.TEMPLATE, pool=spec.uuid)
-
-    recovered = False
-    existing = conn.snapshot(cache)
-    if existing is not None:
-        if (existing.tags or {}).get(tags.UUID) != template_uuid.lower():
-            raise Conflict(f"template_uuid: StorPool has a snapshot named {cache} that is not this template")
-        recovered = True
-    elif src_vol is not None:
-        conn.snapshot_create(source, name=cache, tags=cache_tags)
+    from_volume = from_snapshot = None
+    if volume_uuid is not None:
+        src_vol = storpool_volume(ctx, volume_uuid)
+        if ctx.conn(src_vol.pool) is not conn:
+            raise ValidationError("volume_uuid", "the volume is on another StorPool cluster than the pool")
+        source = from_volume = src_vol.name
     else:
-        _freeze_child(conn, source, cache, cache_tags, template_uuid)
-    made = existing if existing is not None else conn.snapshot(cache)
-    if made is None:
-        raise NotFound(f"template_uuid: the cached snapshot {cache} vanished right after it was made")
+        source = from_snapshot = naming.snapshot(str(snapshot_uuid))
+    cached = templates.cached(ctx, spec, template_uuid)
+    made_before = cached is not None
+    if cached is None:
+        try:
+            cached = templates.ensure_cached(ctx, spec, template_uuid, from_snapshot=from_snapshot,
+                                             from_volume=from_volume, known_missing=True)
+        except SpNotFound:
+            if from_snapshot is not None and conn.snapshot(from_snapshot) is None:
+                raise NotFound(f"snapshot_uuid: snapshot {from_snapshot} is not on StorPool") from None
+            raise
 
     copy = None
     if secondary is not None:
         try:
-            copy = backup_to_secondary(ctx, spec, cache, secondary)
+            copy = backup_to_secondary(ctx, spec, cached.name, secondary)
         except Exception as exc:
             problem = _cleanup(f"deleting cached template {cache}", lambda: _drop_snapshot(conn, cache))
             raise _fail(f"writing template {template_uuid} to secondary storage failed, the cached template "
                         f"was removed: {exc}", exc, [problem]) from exc
-    return TemplateFromSnapshot(template_uuid.lower(), spec.uuid, cache, made.globalId,
-                                names.BYID_PREFIX + made.globalId, int(made.size), source, copy, recovered)
-
-
-def _freeze_child(conn: StorPoolConn, snapshot: str, cache: str, cache_tags: dict[str, str], template_uuid: str) -> None:
-    """VolumeCreate(parent) named as the cache, then VolumeFreeze: the cache becomes a snapshot
-    whose data is the source's, with no temporary object to clean up afterwards. A volume
-    left by an attempt that died between the two calls is frozen now."""
-    try:
-        conn.volume_create(name=cache, parent=snapshot, tags=cache_tags)
-    except SpExists:
-        left = conn.volume(cache)
-        if left is None or (left.tags or {}).get(tags.UUID) != template_uuid.lower():
-            raise Conflict(f"template_uuid: StorPool has an object named {cache} that is not this template") from None
-    except SpNotFound:
-        raise NotFound(f"snapshot_uuid: snapshot {snapshot} is not on StorPool") from None
-    try:
-        conn.volume_freeze(cache)
-    except Exception as exc:
-        problem = _cleanup(f"deleting volume {cache}", lambda: conn.volume_delete(cache, missing_ok=True))
-        raise _fail(f"could not turn {cache} into the template's snapshot: {exc}", exc, [problem]) from exc
+    return TemplateFromSnapshot(template_uuid.lower(), spec.uuid, cached.name, cached.global_id,
+                                names.BYID_PREFIX + cached.global_id, cached.size or (copy.virtual_size if copy else None),
+                                source, copy, made_before)

@@ -27,6 +27,7 @@ import threading
 import uuid
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +45,7 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
+from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.jobs import JobManager
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
@@ -62,6 +64,9 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None]) -> None:
         # Longest first, so a secret containing another is masked whole.
         self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def add(self, secrets: Iterable[str | None]) -> None:
+        self._secrets = sorted({*self._secrets, *(s for s in secrets if s and len(s) >= 4)}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for s in self._secrets:
@@ -96,12 +101,16 @@ class ServiceServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], token: str, ctx: DriverContext, table: OperationTable, *,
-                 max_jobs: int = 8, job_retention: float = 3600.0, secrets: Iterable[str | None] = ()) -> None:
+                 pools_file: str | Path | None = None, max_jobs: int = 8, job_retention: float = 3600.0,
+                 secrets: Iterable[str | None] = ()) -> None:
         if not token:
             raise ValueError("the service token must not be empty")
         self.token = token.encode()
         self.ctx = ctx
         self.table = table
+        self.pools_file = Path(pools_file) if pools_file is not None else None
+        self.config: dict[str, Any] = {"pools_file": self.pools_file}
+        self._pools_stamp = self._stamp()
         pool_tokens = [p.token.reveal() for p in ctx.pools.pools]
         self.redact = Redactor([token, *pool_tokens, *secrets])
         self.jobs = JobManager(self.error_json, max_running=max_jobs, retention=job_retention)
@@ -123,6 +132,29 @@ class ServiceServer(ThreadingHTTPServer):
             hmac.compare_digest(b"", self.token)
             return False
         return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.token)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        if self.pools_file is None:
+            return None
+        try:
+            st = self.pools_file.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def refresh_pools(self) -> None:
+        """Reload the pools file when it changed: another service process (or `pools register`)
+        may have added or removed a pool. One stat per request; a bad file keeps the old pools."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._pools_stamp:
+            return
+        try:
+            self.ctx.pools = load_pools(self.pools_file)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            log.error("pools file changed but cannot be loaded, keeping the previous pools: %s", self.redact(str(exc)))
+        else:
+            self.redact.add(p.token.reveal() for p in self.ctx.pools.pools)
+        self._pools_stamp = stamp
 
     def openapi(self) -> bytes:
         with self._openapi_lock:
@@ -263,11 +295,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValidationError as exc:
             self._fail(exc, f"{op.name} request")
             return
+        self.server.refresh_pools()
         if op.job:
             self._start_job(op, args, body)
             return
         try:
-            result = op.call(self.server.ctx, args)
+            result = op.call(self.server.ctx, args, self.server.config)
             out = schema.to_json(result) if op.result_type is not None else None
         except Exception as exc:
             self._fail(exc, op.name)
@@ -295,8 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
             key = body[IDEMPOTENCY_FIELD]
         ctx = self.server.ctx
 
+        config = self.server.config
+
         def run() -> Any:
-            result = op.call(ctx, args)
+            result = op.call(ctx, args, config)
             return schema.to_json(result) if op.result_type is not None else None
 
         try:
@@ -370,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: int = 0, *,
-                table: OperationTable | None = None, max_jobs: int = 8,
+                table: OperationTable | None = None, pools_file: str | Path | None = None, max_jobs: int = 8,
                 secrets: Iterable[str | None] = ()) -> ServiceServer:
     """A service over an already-built driver context (tests, the local stack, the CLI).
 
@@ -379,7 +414,7 @@ def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: i
         from cloudstack_storpool.service.operations import TABLE
 
         table = TABLE
-    return ServiceServer((host, port), token, ctx, table, max_jobs=max_jobs, secrets=secrets)
+    return ServiceServer((host, port), token, ctx, table, pools_file=pools_file, max_jobs=max_jobs, secrets=secrets)
 
 
 def serve_in_thread(server: ServiceServer) -> threading.Thread:

@@ -16,8 +16,12 @@ Conventions (documented in docs/service.md):
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
+import functools
+import importlib
+import inspect
 import math
 import sys
 import types
@@ -46,6 +50,9 @@ def resolve_hints(obj: Any, extra: Mapping[str, Any] | None = None) -> dict[str,
     only under TYPE_CHECKING (`extra` supplies them, e.g. DriverContext)."""
     module = sys.modules.get(getattr(obj, "__module__", ""), None)
     globalns: dict[str, Any] = dict(vars(module)) if module is not None else {}
+    if module is not None:
+        for key, value in type_checking_imports(module).items():
+            globalns.setdefault(key, value)
     for key, value in (extra or {}).items():
         globalns.setdefault(key, value)
     raw: dict[str, Any] = {}
@@ -63,6 +70,34 @@ def resolve_hints(obj: Any, extra: Mapping[str, Any] | None = None) -> dict[str,
                 # Unresolvable names are only tolerated where the service never looks (ctx).
                 ann = _Unresolved(ann)
         out[name] = ann
+    return out
+
+
+@functools.cache
+def type_checking_imports(module: types.ModuleType) -> dict[str, Any]:
+    """Names a module imports only under `if TYPE_CHECKING:` (to avoid import cycles), imported
+    now: the modules are all loaded by the time the operation table is built."""
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, Any] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.If):
+            continue
+        test = node.test
+        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
+        if name != "TYPE_CHECKING":
+            continue
+        for stmt in node.body:
+            if isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
+                try:
+                    mod = importlib.import_module(stmt.module)
+                except ImportError:
+                    continue
+                for alias in stmt.names:
+                    if hasattr(mod, alias.name):
+                        out[alias.asname or alias.name] = getattr(mod, alias.name)
     return out
 
 

@@ -11,14 +11,19 @@ documented is exactly what is validated and called.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import operator
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import unquote
 
 from cloudstack_storpool.driver.context import DriverContext
-from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.errors import Conflict, ValidationError
+from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.service import schema
 
 Location = Literal["path", "query", "body"]
@@ -53,6 +58,8 @@ class Operation:
     description: str
     tag: str
     pattern: re.Pattern[str] = dataclasses.field(repr=False, compare=False)
+    bound: tuple[str, ...] = ()
+    """Parameters filled by the service from its configuration (see `operation(bind=...)`)."""
 
     @property
     def status(self) -> int:
@@ -107,18 +114,26 @@ class Operation:
                     raise ValidationError(p.name, "is required")
         return args
 
-    def call(self, ctx: DriverContext, args: Mapping[str, Any]) -> Any:
+    def call(self, ctx: DriverContext, args: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> Any:
+        """Run the driver function; `config` supplies the bound parameters."""
+        extra: dict[str, Any] = {}
+        for name in self.bound:
+            value = (config or {}).get(name)
+            if value is None:
+                raise Conflict(f"this service process has no {name} configured; {self.name} is unavailable")
+            extra[name] = value
         if self.request_class is not None:
-            return self.func(ctx, self.request_class(**args))
-        return self.func(ctx, **args)
+            return self.func(ctx, self.request_class(**args), **extra)
+        return self.func(ctx, **args, **extra)
 
 
 def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: str | None = None,
-              exclude: tuple[str, ...] = (), tag: str | None = None) -> Operation:
+              exclude: tuple[str, ...] = (), bind: tuple[str, ...] = (), tag: str | None = None) -> Operation:
     """Publish `func(ctx, ...)` at `route` ("METHOD /path/{param}").
 
     `exclude` hides parameters that have defaults and make no sense over HTTP (callbacks,
-    test hooks). Everything else is derived; an unsupported signature fails here, at import,
+    test hooks). `bind` names parameters the service fills from its own configuration (e.g.
+    `pools_file`), never from the request. Everything else is derived; an unsupported signature fails here, at import,
     so a bad line in the table never reaches a client.
     """
     method, _, path = route.partition(" ")
@@ -131,17 +146,20 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
     sig_params = list(sig.parameters.values())
     if not sig_params or sig_params[0].name != "ctx":
         raise TypeError(f"{where}: the first parameter must be `ctx: DriverContext`")
-    rest = [p for p in sig_params[1:] if p.name not in exclude]
+    rest = [p for p in sig_params[1:] if p.name not in exclude and p.name not in bind]
     for p in sig_params[1:]:
         if p.name in exclude and p.default is inspect.Parameter.empty:
             raise TypeError(f"{where}: cannot exclude {p.name!r}, it has no default")
+    for b in bind:
+        if b not in sig.parameters:
+            raise TypeError(f"{where}: bound parameter {b!r} is not a parameter of the function")
     placeholders = _PLACEHOLDER.findall(path)
 
     request_class: type | None = None
     fields: list[tuple[str, Any, bool, Any]]
     if len(rest) == 1 and schema.is_dataclass_type(hints.get(rest[0].name)):
         request_class = hints[rest[0].name]
-        fields = schema.dataclass_fields(request_class)
+        fields = [(n, _narrow(t), r, d) for n, t, r, d in schema.dataclass_fields(request_class)]
     else:
         fields = []
         for p in rest:
@@ -150,7 +168,7 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
             if p.kind is inspect.Parameter.POSITIONAL_ONLY:
                 raise TypeError(f"{where}: positional-only parameter {p.name!r} cannot be published")
             required = p.default is inspect.Parameter.empty
-            fields.append((p.name, hints.get(p.name, Any), required, None if required else p.default))
+            fields.append((p.name, _narrow(hints.get(p.name, Any)), required, None if required else p.default))
 
     names = {f[0] for f in fields}
     for ph in placeholders:
@@ -201,7 +219,22 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
         description=description.strip(),
         tag=tag or _default_tag(path),
         pattern=re.compile(regex),
+        bound=tuple(bind),
     )
+
+
+def _narrow(tp: Any) -> Any:
+    """`PoolSpec | str` -> `str`: over HTTP a pool is named by its uuid or name, never sent whole
+    (a PoolSpec carries the StorPool token)."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+    if PoolSpec in args:
+        rest = [a for a in args if a is not PoolSpec]
+        if not rest:
+            raise TypeError("a PoolSpec parameter cannot be published; take the pool's uuid or name")
+        return functools.reduce(operator.or_, rest)
+    if tp is PoolSpec:
+        raise TypeError("a PoolSpec parameter cannot be published; take the pool's uuid or name")
+    return tp
 
 
 def _default_tag(path: str) -> str:

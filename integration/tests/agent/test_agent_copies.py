@@ -250,3 +250,53 @@ def test_cli_run_and_status(lab: Lab, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert '"reachable": true' in r.stdout and '"client_id": 1' in r.stdout
     assert lab.sp.token not in r.stdout + r.stderr
+
+
+def test_serve_process_end_to_end(lab: Lab, tmp_path: Path) -> None:
+    """The real `agent serve` process: token from a file (never on the command line), a copy
+    through AgentClient, clean exit on SIGTERM."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent_tok, sp_tok = tmp_path / "agent.token", tmp_path / "sp.token"
+    agent_tok.write_text(TOKEN + "\n")
+    sp_tok.write_text(lab.sp.token)
+    exe = Path(__file__).resolve().parents[3] / ".venv" / "bin" / "cloudstack-storpool"
+    proc = subprocess.Popen(
+        [str(exe), "agent", "serve", "--listen", f"127.0.0.1:{port}", "--token-file", str(agent_tok),
+         "--client-id", "1", "--sp-host", lab.sp.host, "--sp-port", str(lab.sp.port),
+         "--sp-token-file", str(sp_tok), "--dev-root", lab.host(1).dev_root,
+         "--secondary-root", str(lab.secondary)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert TOKEN.encode() not in cmdline and lab.sp.token.encode() not in cmdline
+        client = AgentClient(f"http://127.0.0.1:{port}", TOKEN, poll_interval=0.05, timeout=5)
+        for _ in range(100):
+            try:
+                facts = client.facts()
+                break
+            except AgentRequestError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("agent did not come up")
+        assert facts["client_id"] == 1 and facts["storpool"]["reachable"] is True
+        src = make_qcow2(lab.secondary / "e2e.qcow2", 16 * MiB, [(0x6B, 2 * MiB, MiB)])
+        vol = lab.volume(16 * MiB)
+        client.copy_template(store=str(lab.secondary), path="e2e.qcow2", volume=vol, idempotency_key="fill-1",
+                             timeout=60)
+        assert qemu_img.compare(str(src), str(lab.backing(vol)), fmt_a="qcow2", fmt_b="raw")
+        # Same key again: the finished job is returned, nothing is copied twice.
+        job = client.start("copy_template", {"store": str(lab.secondary), "path": "e2e.qcow2", "volume": vol,
+                                             "timeout": 60}, idempotency_key="fill-1")
+        assert job["state"] == "succeeded"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert TOKEN not in out + err and lab.sp.token not in out + err

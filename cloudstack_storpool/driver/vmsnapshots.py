@@ -1,0 +1,189 @@
+"""VM snapshots (disks only): one crash-consistent instant across all of a VM's disks.
+
+StorPool's VolumesGroupSnapshot freezes every listed volume at one point in time, so a VM
+snapshot is one API call whatever the number of disks, and the guest's filesystems spread over
+several disks see the same instant after a revert. Memory is not snapshotted (StorPool holds
+disks only); a request for it is refused instead of silently dropping it.
+
+Members are named `naming.vm_snapshot_member(vm snapshot uuid, volume uuid)`: the name says
+which disk each member restores, and a retried request meets `objectExists` instead of taking
+a second group.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cloudstack_storpool import names
+from cloudstack_storpool.driver import naming, tags
+from cloudstack_storpool.driver.snapshots import (
+    Result,
+    SourceVolume,
+    on_storpool,
+    refuse_if_running,
+    restore_tags,
+    revert_volume,
+)
+from cloudstack_storpool.errors import Conflict, NotFound, SpExists, ValidationError
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.spconn import StorPoolConn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member(Result):
+    volume_uuid: str
+    volume: str
+    snapshot: str
+    global_id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class VMSnapshotInfo(Result):
+    uuid: str
+    vm_uuid: str
+    members: list[Member]
+    recovered: bool
+
+
+@dataclass(frozen=True)
+class VMSnapshotReverted(Result):
+    uuid: str
+    vm_uuid: str
+    volumes: list[str]
+    """CloudStack uuids of the disks restored."""
+
+
+@dataclass(frozen=True)
+class VMSnapshotDeleted(Result):
+    uuid: str
+    vm_uuid: str
+    deleted: list[str]
+    """StorPool names of the member snapshots that were removed (already gone ones are not listed)."""
+
+
+def _disks(ctx: DriverContext, vm_uuid: str) -> list[SourceVolume]:
+    """The VM's disks, all of which must be on StorPool pools of one cluster (one group call)."""
+    naming.check_uuid(vm_uuid, "vm_uuid")
+    volumes = sorted(ctx.cloudstack.volumes(vm_id=vm_uuid), key=lambda v: (v.device_id is None, v.device_id or 0))
+    if not volumes:
+        raise NotFound(f"vm_uuid: CloudStack lists no volumes for VM {vm_uuid}")
+    disks: list[SourceVolume] = []
+    for vol in volumes:
+        disk = on_storpool(ctx, vol)
+        if disk is None:
+            raise ValidationError(
+                "vm_uuid", f"disk {vol.name or vol.id} of VM {vm_uuid} is not on StorPool: a VM snapshot needs all of them there")
+        disks.append(disk)
+    conns = {id(ctx.conn(d.pool)) for d in disks}
+    if len(conns) > 1:
+        raise ValidationError("vm_uuid", f"the disks of VM {vm_uuid} are on more than one StorPool cluster")
+    return disks
+
+
+def _member(vm_snapshot_uuid: str, disk: SourceVolume, snapshot: str, global_id: str) -> Member:
+    return Member(disk.uuid, disk.name, snapshot, global_id, names.BYID_PREFIX + global_id)
+
+
+def take_vm_snapshot(
+    ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: str, memory: bool = False,
+) -> VMSnapshotInfo:
+    """One VolumesGroupSnapshot over every disk of the VM, tagged `uuid`, `cvm`, `cs=group`."""
+    if memory:
+        raise ValidationError("memory", "StorPool VM snapshots hold disks only; snapshots with memory are not supported")
+    key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
+    disks = _disks(ctx, vm_uuid)
+    conn = ctx.conn(disks[0].pool)
+    member_names = [naming.vm_snapshot_member(key, d.uuid) for d in disks]
+    group_tags = tags.identity(key, tags.GROUP, cvm=vm_uuid.lower())
+    try:
+        made = conn.group_snapshot([(d.name, n) for d, n in zip(disks, member_names, strict=True)], tags=group_tags)
+    except SpExists:
+        return VMSnapshotInfo(key, vm_uuid.lower(), _existing_members(conn, key, disks, member_names), True)
+    by_gid = {m.volume_global_id: m for m in made if m.volume_global_id}
+    by_name = {m.volume: m for m in made}
+    members = []
+    for disk, name in zip(disks, member_names, strict=True):
+        found = by_gid.get(disk.name.removeprefix("~")) or by_name.get(disk.name)
+        gid = found.snapshot_global_id if found is not None else ""
+        members.append(_member(key, disk, name, gid))
+    if any(not m.global_id for m in members):
+        # A lost response recovered by tags answers with the volumes' display names; look the
+        # members up by their own names instead of guessing.
+        members = _existing_members(conn, key, disks, member_names)
+    return VMSnapshotInfo(key, vm_uuid.lower(), members, False)
+
+
+def _existing_members(conn: StorPoolConn, key: str, disks: list[SourceVolume], member_names: list[str]) -> list[Member]:
+    """The members of a group taken before (a retry): all of them, each carrying our uuid."""
+    members = []
+    for disk, name in zip(disks, member_names, strict=True):
+        snap = conn.snapshot(name)
+        if snap is None or (snap.tags or {}).get(tags.UUID) != key:
+            raise Conflict(f"vm_snapshot_uuid: VM snapshot {key} exists only in part on StorPool ({name} is missing)")
+        members.append(_member(key, disk, name, snap.globalId))
+    return members
+
+
+def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: str) -> VMSnapshotReverted:
+    """Restore every disk of a stopped VM to the snapshot's instant, keeping iops and tags.
+
+    Every member is checked to exist before any disk is touched, so a snapshot missing a disk
+    leaves the VM as it was rather than half reverted.
+    """
+    key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
+    disks = _disks(ctx, vm_uuid)
+    refuse_if_running(ctx, vm_uuid, f"revert of VM snapshot {key}")
+    conn = ctx.conn(disks[0].pool)
+    plan = []
+    for disk in disks:
+        member = naming.vm_snapshot_member(key, disk.uuid)
+        snap = conn.snapshot(member)
+        if snap is None or (snap.tags or {}).get(tags.UUID) != key:
+            raise NotFound(f"vm_snapshot_uuid: VM snapshot {key} has no snapshot of disk {disk.cs.name or disk.uuid}")
+        summary = conn.volume(disk.name)
+        if summary is None:
+            raise NotFound(f"vm_uuid: disk {disk.cs.name or disk.uuid} ({disk.name}) is not on StorPool")
+        plan.append((disk, member, summary))
+    for disk, member, summary in plan:
+        revert_volume(conn, disk, member, summary)
+        log.info("reverted %s to %s (tags kept: %s)", disk.name, member, sorted(restore_tags(summary.tags)))
+    return VMSnapshotReverted(key, vm_uuid.lower(), [d.uuid for d, _, _ in plan])
+
+
+def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: str) -> VMSnapshotDeleted:
+    """Force-detach and delete every member; members already gone are fine.
+
+    Members are found by name from the VM's disks (no listing of the whole cluster). When the
+    VM or its disks are gone, the members are found by their `uuid`/`cs=group` tags on every
+    cluster the pools file names.
+    """
+    key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
+    naming.check_uuid(vm_uuid, "vm_uuid")
+    deleted: list[str] = []
+    disks = [d for v in ctx.cloudstack.volumes(vm_id=vm_uuid) if (d := on_storpool(ctx, v)) is not None]
+    if disks:
+        for disk in disks:
+            conn = ctx.conn(disk.pool)
+            member = naming.vm_snapshot_member(key, disk.uuid)
+            conn.detach_everywhere(member, snapshot=True)
+            if conn.snapshot_delete(member, missing_ok=True):
+                deleted.append(member)
+        return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)
+    seen: set[int] = set()
+    for pool in ctx.pools.pools:
+        conn = ctx.conn(pool)
+        if id(conn) in seen:
+            continue
+        seen.add(id(conn))
+        for snap in conn.find_snapshots({tags.UUID: key, tags.KIND: tags.GROUP}):
+            conn.detach_everywhere(snap.name, snapshot=True)
+            if conn.snapshot_delete(snap.name, missing_ok=True):
+                deleted.append(snap.name)
+    return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)

@@ -1,0 +1,358 @@
+"""Volumes: create (empty or from a cached template), delete, change of offering, and the
+attach/detach bookkeeping tags.
+
+Identity: a volume is named `naming.volume(<CloudStack uuid>)` and tagged `uuid`, `cs=volume`,
+`pool`; CloudStack stores its path `/dev/storpool-byid/<globalId>`, which survives renames
+(migration). Every operation accepts either; the path wins when both are given. A create
+retried with the same uuid returns the volume the first attempt made.
+
+Costs (StorPool calls, management side): empty volume 1; root volume from a cached template 1;
+delete 1 (2 with a delay-delete backup); attach/detach tags 1.
+
+Helpers other driver modules use: `ref`, `find`, `get`, `info`, `vm_tags_for`, `volume_tags`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cloudstack_storpool import names
+from cloudstack_storpool.driver import naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver.offerings import Placement
+from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
+from cloudstack_storpool.poolconfig import PoolSpec
+from cloudstack_storpool.spconn import Created
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.driver.templates import TemplateSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A StorPool volume as the driver reports it to CloudStack."""
+
+    uuid: str | None
+    pool: str
+    name: str
+    global_id: str
+    path: str
+    """What CloudStack stores: `/dev/storpool-byid/<globalId>`."""
+    size: int | None
+    """Bytes; None when created from a template without a size (the template's size)."""
+    template: str | None
+    iops: int | None
+    """The StorPool IOPS limit; None: no limit."""
+    qos_class: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    uuid: str
+    deleted: bool
+    """False when the volume was already gone (success for CloudStack)."""
+    backup: str | None = None
+    """The delay-delete snapshot kept for `storpool.delete.after.interval` seconds, if any."""
+
+
+# ---------------------------------------------------------------------- identity helpers
+
+
+def ref(*, volume_uuid: str | None = None, path: str | None = None) -> str:
+    """The StorPool API name of a CloudStack volume: from its path when known (`~globalId`,
+    stable across renames; legacy `/dev/storpool/<name>`), else from its uuid."""
+    if path:
+        return names.path_to_name(path, "path")
+    if volume_uuid:
+        return naming.volume(volume_uuid)
+    raise ValidationError("volume_uuid", "a volume uuid or path is required")
+
+
+def _limit(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def info(summary: Any, pool: PoolSpec) -> VolumeInfo:
+    """VolumeInfo of a StorPool volume summary (from Volume/VolumesList)."""
+    vtags = dict(summary.tags or {})
+    return VolumeInfo(
+        uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.globalId,
+        path=names.BYID_PREFIX + summary.globalId, size=int(summary.size),
+        template=getattr(summary, "templateName", None) or None, iops=_limit(getattr(summary, "iops", None)),
+        qos_class=vtags.get(tags.QOS_CLASS), tags=vtags,
+    )
+
+
+def find(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
+         path: str | None = None) -> Any | None:
+    """The StorPool summary of a CloudStack volume, or None when it does not exist."""
+    spec = pools.resolve(ctx, pool)
+    return ctx.conn(spec).volume(ref(volume_uuid=volume_uuid, path=path))
+
+
+def get(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
+        path: str | None = None) -> VolumeInfo:
+    """Like `find`, as VolumeInfo; NotFound when the volume does not exist."""
+    spec = pools.resolve(ctx, pool)
+    found = find(ctx, spec, volume_uuid=volume_uuid, path=path)
+    if found is None:
+        raise NotFound(f"volume: {path or volume_uuid} does not exist on pool {spec.name}")
+    return info(found, spec)
+
+
+def volume_tags(volume_uuid: str, pool: PoolSpec, placement: Placement | None = None,
+                kind: str = tags.VOLUME) -> dict[str, str]:
+    """Identity tags of a new volume: `uuid`, `cs`, `pool` (+ `qc`)."""
+    return tags.identity(volume_uuid, kind, pool=pool.uuid or None,
+                         qc=placement.qos_class if placement is not None else None)
+
+
+def vm_tags_for(ctx: DriverContext, vm_id: str, device_id: int | None) -> dict[str, str]:
+    """The tags a volume attached to `vm_id` as disk `device_id` carries: `cvm`, `disk` and
+    `vc-policy` (the VM's resource tag; empty value = removed)."""
+    vm = ctx.cloudstack.vm(vm_id)
+    if vm is None:
+        raise ValidationError("vm_id", f"CloudStack has no VM {vm_id}")
+    out = {tags.VM: vm.id, tags.DISK: "" if device_id is None else str(device_id),
+           tags.VC_POLICY: vm.tags.get(tags.VC_POLICY, "")}
+    return names.tags(out, "vm.tags")
+
+
+def _existing(ctx: DriverContext, spec: PoolSpec, name: str, volume_uuid: str) -> VolumeInfo:
+    """A create met `objectExists`: it is ours (a retry) only if it carries our uuid."""
+    found = ctx.conn(spec).volume(name)
+    if found is None:
+        raise Conflict(f"volume {name} existed a moment ago and is gone now (deleted concurrently?)")
+    if (found.tags or {}).get(tags.UUID) != volume_uuid:
+        raise Conflict(f"StorPool volume {name} exists but belongs to {found.tags.get(tags.UUID) or 'nobody'}")
+    log.info("volume %s already exists (a retried create): returning it", name)
+    return info(found, spec)
+
+
+def _created(created: Created, spec: PoolSpec, volume_uuid: str, size: int | None, placement: Placement,
+             vtags: dict[str, str]) -> VolumeInfo:
+    return VolumeInfo(
+        uuid=volume_uuid, pool=spec.uuid, name=created.name, global_id=created.global_id, path=created.path,
+        size=size, template=placement.template, iops=placement.iops, qos_class=placement.qos_class, tags=vtags,
+    )
+
+
+# ---------------------------------------------------------------------- create
+
+
+def create(
+    ctx: DriverContext,
+    pool: PoolSpec | str,
+    volume_uuid: str,
+    size: int,
+    *,
+    volume_type: str = offerings.DATADISK,
+    disk_offering_id: str | None = None,
+    service_offering_id: str | None = None,
+    iops: int | None = None,
+    encrypted: bool = False,
+) -> VolumeInfo:
+    """An empty volume: one VolumeCreate (template, iops and tags from the offerings)."""
+    spec = pools.resolve(ctx, pool)
+    name = naming.volume(volume_uuid)
+    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    names.size(size)
+    real_size = size + offerings.ENCRYPTION_OVERHEAD if encrypted else size
+    placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
+                                  service_offering_id=service_offering_id, custom_iops=iops, size=real_size)
+    vtags = volume_tags(uuid, spec, placement)
+    try:
+        created = ctx.conn(spec).volume_create(name=name, size=real_size, tags=vtags, **placement.create_args())
+    except SpExists:
+        return _existing(ctx, spec, name, uuid)
+    return _created(created, spec, uuid, real_size, placement, vtags)
+
+
+def create_from_template(
+    ctx: DriverContext,
+    pool: PoolSpec | str,
+    volume_uuid: str,
+    template_uuid: str,
+    *,
+    size: int | None = None,
+    source: TemplateSource | None = None,
+    volume_type: str = offerings.ROOT,
+    disk_offering_id: str | None = None,
+    service_offering_id: str | None = None,
+    iops: int | None = None,
+) -> VolumeInfo:
+    """A (root) volume from a template: one VolumeCreate with `parent` = the pool's cached
+    template. When the cache is missing (first use, or deleted out of band) it is filled from
+    `source` (the template's image on secondary storage) and the create is repeated."""
+    spec = pools.resolve(ctx, pool)
+    name = naming.volume(volume_uuid)
+    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    tuuid = naming.check_uuid(template_uuid, "template_uuid")
+    if size is not None:
+        names.size(size)
+    template = ctx.cloudstack.template(tuuid)
+    if template is None:
+        raise ValidationError("template_uuid", f"CloudStack has no template {tuuid}")
+    if size is not None and template.size and size < template.size:
+        raise ValidationError("size", f"{size} bytes is smaller than the template's virtual size {template.size}")
+    placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
+                                  service_offering_id=service_offering_id, custom_iops=iops,
+                                  size=size or template.size)
+    vtags = volume_tags(uuid, spec, placement)
+    cache = templates.cache_name(tuuid, spec)
+    conn = ctx.conn(spec)
+    for _attempt in range(3):
+        try:
+            created = conn.volume_create(name=name, parent=cache, size=size, tags=vtags, **placement.create_args())
+            return _created(created, spec, uuid, size, placement, vtags)
+        except SpExists:
+            return _existing(ctx, spec, name, uuid)
+        except SpNotFound as exc:
+            about_cache = cache in exc.descr
+            if not about_cache and placement.template in exc.descr:
+                raise ValidationError("template", f"StorPool refused the volume: {exc.descr}") from None
+            log.info("template %s is not cached on pool %s: filling", tuuid, spec.name)
+            templates.ensure_cached(ctx, spec, tuuid, source=source, size=template.size, known_missing=about_cache)
+    raise Conflict(f"the cached template {cache} keeps disappearing; giving up")
+
+
+# ---------------------------------------------------------------------- delete
+
+
+def _delete_after(ctx: DriverContext, spec: PoolSpec) -> int:
+    value = ctx.settings.get("storpool.delete.after.interval", pool=spec.uuid or None)
+    return int(value) if isinstance(value, int) and value > 0 else 0
+
+
+def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: str | None = None) -> DeleteResult:
+    """VolumeDelete `onAttached=detachForce`; a missing volume is success. With
+    `storpool.delete.after.interval` > 0 (pool scope) a snapshot tagged `cs=delayDelete` with
+    `deleteAfter` is taken first, so the data can be recovered for that long."""
+    spec = pools.resolve(ctx, pool)
+    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    target = ref(volume_uuid=uuid, path=path)
+    conn = ctx.conn(spec)
+    backup: str | None = None
+    keep = _delete_after(ctx, spec)
+    if keep:
+        try:
+            snap = conn.snapshot_create(
+                target, name=naming.delay_delete(uuid, int(ctx.clock())), delete_after=keep,
+                tags=tags.identity(uuid, tags.DELAY_DELETE, pool=spec.uuid or None),
+            )
+            backup = snap.name
+        except SpNotFound:
+            return DeleteResult(uuid, False)
+    deleted = conn.volume_delete(target, on_attached="detachForce")
+    return DeleteResult(uuid, deleted, backup)
+
+
+# ---------------------------------------------------------------------- change of offering
+
+
+def change_offering(
+    ctx: DriverContext,
+    pool: PoolSpec | str,
+    volume_uuid: str,
+    *,
+    path: str | None = None,
+    volume_type: str = offerings.DATADISK,
+    disk_offering_id: str | None = None,
+    service_offering_id: str | None = None,
+    iops: int | None = None,
+) -> VolumeInfo:
+    """Re-apply template, `qc` and iops of the (new) offerings to an existing volume."""
+    spec = pools.resolve(ctx, pool)
+    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    target = ref(volume_uuid=uuid, path=path)
+    placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
+                                  service_offering_id=service_offering_id, custom_iops=iops)
+    try:
+        offerings.apply(ctx, spec, target, placement)
+    except SpNotFound:
+        raise NotFound(f"volume: {path or uuid} does not exist on pool {spec.name}") from None
+    return get(ctx, spec, volume_uuid=uuid, path=path)
+
+
+# ---------------------------------------------------------------------- attach bookkeeping
+
+
+def _update_tags(ctx: DriverContext, spec: PoolSpec, target: str, new: dict[str, str], what: str) -> None:
+    try:
+        ctx.conn(spec).volume_update(target, tags=new)
+    except SpNotFound:
+        raise NotFound(f"volume: {what} does not exist on pool {spec.name}") from None
+
+
+def attached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, vm_id: str, device_id: int,
+             path: str | None = None) -> dict[str, str]:
+    """CloudStack attached the volume to `vm_id` as disk `device_id`: tag `cvm`, `disk` and the
+    VM's `vc-policy`. Returns the tags written."""
+    spec = pools.resolve(ctx, pool)
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise ValidationError("device_id", f"must be a non-negative integer, got {device_id!r}")
+    target = ref(volume_uuid=volume_uuid, path=path)
+    new = vm_tags_for(ctx, vm_id, device_id)
+    _update_tags(ctx, spec, target, new, path or volume_uuid)
+    return new
+
+
+def detached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: str | None = None) -> bool:
+    """CloudStack detached the volume: remove `cvm`, `disk`, `vc-policy`. False if it is gone."""
+    spec = pools.resolve(ctx, pool)
+    target = ref(volume_uuid=volume_uuid, path=path)
+    try:
+        ctx.conn(spec).volume_update(target, tags=tags.cleared(*tags.VM_TAGS))
+    except SpNotFound:
+        return False
+    return True
+
+
+def _clusters(ctx: DriverContext) -> list[PoolSpec]:
+    """One pool per StorPool API endpoint: a VM's volumes may be on any of them."""
+    seen: dict[tuple[str, int], PoolSpec] = {}
+    for p in ctx.pools.pools:
+        seen.setdefault((p.host, p.port), p)
+    return list(seen.values())
+
+
+def vm_volumes(ctx: DriverContext, vm_id: str) -> list[tuple[PoolSpec, Any]]:
+    """Every StorPool volume tagged as attached to `vm_id`, on every cluster."""
+    out: list[tuple[PoolSpec, Any]] = []
+    for spec in _clusters(ctx):
+        out.extend((spec, v) for v in ctx.conn(spec).find_volumes({tags.VM: vm_id}))
+    return out
+
+
+def vm_tags_changed(ctx: DriverContext, vm_id: str) -> list[str]:
+    """The VM's resource tags changed: propagate `vc-policy` to all of its volumes (set, changed
+    or removed). Returns the names of the volumes updated."""
+    vm = ctx.cloudstack.vm(vm_id)
+    if vm is None:
+        raise ValidationError("vm_id", f"CloudStack has no VM {vm_id}")
+    policy = names.tags({tags.VC_POLICY: vm.tags.get(tags.VC_POLICY, "")}, "vm.tags")[tags.VC_POLICY]
+    updated = []
+    for spec, v in vm_volumes(ctx, vm.id):
+        if (v.tags or {}).get(tags.VC_POLICY, "") != policy:
+            ctx.conn(spec).volume_update("~" + v.globalId, tags={tags.VC_POLICY: policy})
+            updated.append(v.name)
+    return updated
+
+
+def vm_destroyed(ctx: DriverContext, vm_id: str) -> list[str]:
+    """The VM is gone: its volumes (data disks that survive it) lose `cvm`, `disk`, `vc-policy`."""
+    if not isinstance(vm_id, str) or not vm_id:
+        raise ValidationError("vm_id", "is required")
+    cleared = []
+    for spec, v in vm_volumes(ctx, vm_id):
+        try:
+            ctx.conn(spec).volume_update("~" + v.globalId, tags=tags.cleared(*tags.VM_TAGS))
+        except SpNotFound:
+            continue
+        cleared.append(v.name)
+    return cleared

@@ -1,0 +1,74 @@
+"""The operation table: every driver function the service publishes, one line each.
+
+To publish a driver function, add one `operation("METHOD /path/{param}", module.function)` line.
+Parameters, validation, the response and the OpenAPI entry are all derived from the function's
+signature (spec.py). `job=True` for anything that may wait on a KVM host's copy (a template
+fill, a snapshot backup, a copy from secondary storage, a resize a running VM must see) or on
+many StorPool objects (GC), so the caller polls instead of holding a request open.
+
+Path placeholders are parameter names; GET and DELETE take the remaining parameters from the
+query string, POST from a JSON body. A pool is always named by its CloudStack uuid or name.
+"""
+
+from __future__ import annotations
+
+from cloudstack_storpool.driver import (
+    gc,
+    migration,
+    pools,
+    resize,
+    snapshots,
+    templates,
+    vmsnapshots,
+    volumes,
+)
+from cloudstack_storpool.service.spec import Operation, OperationTable, operation
+
+OPERATIONS: tuple[Operation, ...] = (
+    # -- pools ---------------------------------------------------------------------------------
+    operation("POST /v1/pools", pools.register, name="register_pool", bind=("pools_file",)),
+    operation("GET /v1/pools/{pool}", pools.describe, name="describe_pool"),
+    operation("GET /v1/pools/{pool}/contents", pools.contents, name="pool_contents"),
+    operation("DELETE /v1/pools/{pool}", pools.remove, name="remove_pool", bind=("pools_file",)),
+    # -- template cache ------------------------------------------------------------------------
+    operation("POST /v1/pools/{pool}/templates", templates.ensure_cached, name="cache_template", job=True,
+              exclude=("known_missing",)),
+    operation("GET /v1/pools/{pool}/templates", templates.list_cached, name="list_cached_templates"),
+    operation("GET /v1/pools/{pool}/templates/{template_uuid}", templates.cached, name="cached_template"),
+    operation("DELETE /v1/pools/{pool}/templates/{template_uuid}", templates.drop, name="drop_cached_template"),
+    operation("DELETE /v1/templates/{template_uuid}", gc.drop_template, name="template_deleted"),
+    # -- volumes -------------------------------------------------------------------------------
+    operation("POST /v1/volumes", volumes.create, name="create_volume"),
+    operation("POST /v1/volumes/from-template", volumes.create_from_template, name="create_volume_from_template",
+              job=True),
+    operation("POST /v1/volumes/from-snapshot", snapshots.volume_from_snapshot, name="create_volume_from_snapshot",
+              job=True),
+    operation("POST /v1/volumes/import", migration.import_volume, name="import_volume", job=True),
+    operation("GET /v1/volumes/{volume_uuid}", volumes.get, name="get_volume"),
+    operation("DELETE /v1/volumes/{volume_uuid}", volumes.delete, name="delete_volume"),
+    operation("POST /v1/volumes/{volume_uuid}/offering", volumes.change_offering, name="change_volume_offering"),
+    operation("POST /v1/volumes/{volume_uuid}/attached", volumes.attached, name="volume_attached"),
+    operation("POST /v1/volumes/{volume_uuid}/detached", volumes.detached, name="volume_detached"),
+    operation("POST /v1/volumes/{volume_uuid}/resize", resize.resize_volume, name="resize_volume", job=True),
+    operation("POST /v1/volumes/{volume_uuid}/revert", snapshots.revert_snapshot, name="revert_volume"),
+    operation("POST /v1/volumes/{volume_uuid}/migrate", migration.migrate, name="migrate_volume", job=True),
+    # -- VMs (bookkeeping) ---------------------------------------------------------------------
+    operation("POST /v1/vms/{vm_id}/tags-changed", volumes.vm_tags_changed, name="vm_tags_changed"),
+    operation("POST /v1/vms/{vm_id}/destroyed", volumes.vm_destroyed, name="vm_destroyed"),
+    # -- snapshots -----------------------------------------------------------------------------
+    operation("POST /v1/snapshots", snapshots.take_snapshot, name="take_snapshot", job=True),
+    operation("DELETE /v1/snapshots/{snapshot_uuid}", snapshots.delete_snapshot, name="delete_snapshot"),
+    operation("POST /v1/templates/from-snapshot", snapshots.template_from_snapshot,
+              name="create_template_from_snapshot", job=True),
+    # -- VM snapshots --------------------------------------------------------------------------
+    operation("POST /v1/vm-snapshots", vmsnapshots.take_vm_snapshot, name="take_vm_snapshot"),
+    operation("POST /v1/vm-snapshots/{vm_snapshot_uuid}/revert", vmsnapshots.revert_vm_snapshot,
+              name="revert_vm_snapshot"),
+    operation("DELETE /v1/vm-snapshots/{vm_snapshot_uuid}", vmsnapshots.delete_vm_snapshot,
+              name="delete_vm_snapshot"),
+    # -- garbage collection --------------------------------------------------------------------
+    operation("POST /v1/gc", gc.run, name="gc", job=True),
+    operation("GET /v1/gc/plan", gc.plan, name="gc_plan", exclude=("report",)),
+)
+
+TABLE = OperationTable(OPERATIONS)

@@ -1,0 +1,266 @@
+"""Volume snapshots, the bypass, volumes and templates from snapshots (Driver II), against the
+real StorPool emulator and CloudStack simulator with recording agents."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudstack_storpool.driver import naming, snapshots, tags, templates
+from cloudstack_storpool.driver.snapshots import SecondaryLocation
+from cloudstack_storpool.errors import AgentError, Conflict, NotFound, StorPoolError, ValidationError
+from integration.cloudstack_sim.testing import SimHandle
+from tests.test_driver2_harness import MiB, Env, make_env
+
+SEC = SecondaryLocation("/srv/secondary", "snapshots/2/1/s.qcow2")
+
+
+@pytest.fixture
+def env(tmp_path: Path, cs_sim: SimHandle) -> Iterator[Env]:
+    with make_env(tmp_path, cs_sim) as e:
+        yield e
+
+
+def new() -> str:
+    return str(uuid.uuid4())
+
+
+def vm1(env: Env) -> str:
+    return next(v.id for v in env.cs.model.vms.values() if v.name == "vm1")
+
+
+# ---------------------------------------------------------------------------- take
+
+
+def test_bypass_true_is_one_call_and_tags(env: Env) -> None:
+    env.set_bypass(True)
+    vid, _ = env.volume(vm_id=vm1(env))
+    sid = new()
+    before = dict(env.sp.calls)
+    info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    sent = {k: v - before.get(k, 0) for k, v in env.sp.calls.items() if v != before.get(k, 0)}
+    assert sent == {"VolumeSnapshot": 1}
+    assert info.bypassed and info.backup is None and not info.recovered
+    snap = env.conn.snapshot(naming.snapshot(sid))
+    assert snap is not None and info.path == f"/dev/storpool-byid/{snap.globalId}"
+    assert snap.tags == {tags.UUID: sid, tags.KIND: tags.SNAPSHOT, tags.VM: vm1(env), tags.POOL: env.pool.uuid}
+    assert env.agents.all_calls() == []
+
+
+def test_bypass_false_backs_up_through_an_agent(env: Env) -> None:
+    env.set_bypass(False)
+    vid, _ = env.volume()
+    sid = new()
+    info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=SEC)
+    assert not info.bypassed and info.backup is not None and info.backup.path == SEC.path
+    assert env.agents.pool_agent.calls == [
+        ("backup_snapshot", {"snapshot": naming.snapshot(sid), "store": SEC.store, "path": SEC.path})]
+    assert naming.snapshot(sid) in env.snapshot_names()  # kept on StorPool too
+
+
+def test_setting_is_read_at_each_snapshot(env: Env) -> None:
+    vid, _ = env.volume()
+    env.set_bypass(True)
+    assert snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC).bypassed
+    env.set_bypass(False)
+    assert not snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC).bypassed
+    assert len(env.agents.pool_agent.calls) == 1
+
+
+def test_failed_backup_deletes_the_snapshot(env: Env) -> None:
+    env.set_bypass(False)
+    vid, _ = env.volume()
+    sid = new()
+    env.agents.pool_agent.fail["backup_snapshot"] = "qemu-img convert: No space left on device"
+    with pytest.raises(AgentError, match="No space left.*|StorPool snapshot was removed") as err:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=SEC)
+    assert "removed" in str(err.value) and "No space left" in str(err.value)
+    assert naming.snapshot(sid) not in env.snapshot_names()
+
+
+def test_refusals_change_nothing(env: Env) -> None:
+    vid, _ = env.volume()
+    env.set_bypass(False)
+    before = env.snapshot_names()
+    with pytest.raises(ValidationError) as e1:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC, encrypted=True)
+    assert e1.value.field == "encrypted"
+    with pytest.raises(ValidationError) as e2:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new())
+    assert e2.value.field == "secondary"
+    with pytest.raises(ValidationError) as e3:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(),
+                                secondary=SecondaryLocation("/srv", "../../etc/passwd"))
+    assert e3.value.field == "secondary.path"
+    with pytest.raises(ValidationError) as e4:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid="not-a-uuid", secondary=SEC)
+    assert e4.value.field == "snapshot_uuid"
+    with pytest.raises(NotFound):
+        snapshots.take_snapshot(env.ctx, volume_uuid=new(), snapshot_uuid=new(), secondary=SEC)
+    assert env.snapshot_names() == before
+    assert env.agents.all_calls() == []
+    env.set_bypass(True)  # encrypted is fine when bypassed
+    assert snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), encrypted=True).bypassed
+
+
+def test_volume_on_another_pool_is_refused(env: Env) -> None:
+    other = env.cs.model.add_storage_pool("nfs-pool", provider="DefaultPrimary")
+    vol = env.cs.model.add_volume("nfs-vol", 8 * MiB, storage_id=other.id, path="abc")
+    with pytest.raises(ValidationError, match="not on a StorPool pool") as err:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vol.id, snapshot_uuid=new())
+    assert err.value.field == "volume_uuid"
+
+
+def test_take_twice_and_lost_response_make_one_snapshot(env: Env) -> None:
+    env.set_bypass(True)
+    vid, _ = env.volume()
+    sid = new()
+    first = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    again = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    assert again.recovered and again.global_id == first.global_id
+    sid2 = new()
+    env.sp.faults.drop_after_apply("VolumeSnapshot")
+    lost = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid2)
+    assert lost.recovered
+    mine = [s for s in env.conn.snapshots() if (s.tags or {}).get(tags.UUID) in (sid, sid2)]
+    assert len(mine) == 2
+
+
+def test_storpool_error_on_snapshot_leaves_nothing(env: Env) -> None:
+    env.set_bypass(False)
+    vid, _ = env.volume()
+    env.sp.faults.fail_next("VolumeSnapshot", error="insufficientResources")
+    with pytest.raises(StorPoolError):
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC)
+    assert env.snapshot_names() == set()
+    assert env.agents.all_calls() == []
+
+
+# ---------------------------------------------------------------------------- delete / revert
+
+
+def test_delete_detaches_and_missing_is_success(env: Env) -> None:
+    env.set_bypass(True)
+    vid, _ = env.volume()
+    sid = new()
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.conn.reassign([{"snapshot": naming.snapshot(sid), "ro": [2]}])
+    assert snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
+    assert naming.snapshot(sid) not in env.snapshot_names()
+    assert not snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
+
+
+def test_revert_restores_data_keeps_tags_and_iops(env: Env) -> None:
+    env.set_bypass(True)
+    vm = vm1(env)
+    vid, ref = env.volume(vm_id=vm, max_iops=700, device_id=1,
+                          extra_tags={"cvm": vm, "disk": "1", "vc_policy": "gold-policy"})
+    env.write(ref, 0, b"before")
+    sid = new()
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.write(ref, 0, b"after!")
+    with pytest.raises(Conflict, match="Running"):
+        snapshots.revert_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    assert env.read(ref, 0, 6) == b"after!"
+    env.cs.model.stop_vm(vm)
+    env.conn.reassign([{"volume": ref, "rw": [1]}])  # a stale attachment of the last host
+    env.conn.volume_update(ref, iops=5)  # whatever StorPool holds, CloudStack's max IOPS wins
+    res = snapshots.revert_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    assert env.read(ref, 0, 6) == b"before"
+    vol = env.conn.volume(ref)
+    assert vol.iops == 700 and res.iops == 700
+    assert {k: vol.tags[k] for k in ("cvm", "disk", "vc-policy")} == {"cvm": vm, "disk": "1", "vc-policy": "gold-policy"}
+    assert not [a for a in env.conn.attachments() if a.globalId == ref[1:]]
+
+
+# ---------------------------------------------------------------------------- from snapshots
+
+
+def test_volume_from_snapshot_is_one_create_no_copy(env: Env) -> None:
+    env.set_bypass(True)
+    vid, ref = env.volume(max_iops=300)
+    env.write(ref, MiB, b"snapshot content")
+    sid = env.cs.model.add_snapshot(vid).id  # CloudStack records the snapshot, then asks the driver
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.conn.volume_update(ref, iops=1)  # the source's max IOPS in CloudStack is what counts
+    nid = new()
+    before = dict(env.sp.calls)
+    out = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid)
+    sent = {k: v - before.get(k, 0) for k, v in env.sp.calls.items() if v != before.get(k, 0)}
+    assert sent == {"VolumeCreate": 1}
+    assert out.source == "storpool" and out.copied_bytes == 0 and env.agents.all_calls() == []
+    assert env.read("~" + out.global_id, MiB, 16) == b"snapshot content"
+    vol = env.conn.volume(naming.volume(nid))
+    assert vol.iops == 300 and vol.tags[tags.UUID] == nid and vol.tags[tags.KIND] == tags.VOLUME
+    again = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid)
+    assert again.recovered and again.global_id == out.global_id
+
+
+def test_volume_from_snapshot_gone_uses_secondary(env: Env) -> None:
+    env.set_bypass(True)
+    vid, _ = env.volume(size=12 * MiB)
+    sid = env.cs.model.add_snapshot(vid).id
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.conn.snapshot_delete(naming.snapshot(sid))
+    with pytest.raises(NotFound, match="no secondary copy"):
+        snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new())
+    nid = new()
+    out = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid,
+                                         secondary=SEC)
+    assert out.source == "secondary"
+    assert env.conn.volume(naming.volume(nid)).size == 12 * MiB  # the source volume's size, from CloudStack
+    assert env.agents.pool_agent.calls[-1][0] == "copy_to_volume"
+    assert env.agents.pool_agent.calls[-1][1]["volume"] == "~" + out.global_id
+    # A failed copy removes the empty volume it made.
+    env.agents.pool_agent.fail["copy_to_volume"] = "image is corrupt"
+    nid2 = new()
+    with pytest.raises(AgentError, match="corrupt"):
+        snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid2,
+                                       size=8 * MiB, secondary=SEC)
+    assert naming.volume(nid2) not in env.volume_names()
+
+
+def test_template_from_snapshot_is_found_by_the_cache(env: Env) -> None:
+    env.set_bypass(True)
+    vid, ref = env.volume()
+    env.write(ref, 0, b"golden image")
+    sid, tid = new(), new()
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    out = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid)
+    assert out.name == naming.template_cache(tid, env.pool.uuid) and out.secondary is None
+    assert env.agents.all_calls() == []  # no copy at all
+    hit = templates.cached(env.ctx, env.pool, tid)
+    assert hit is not None and hit.global_id == out.global_id
+    snap = env.conn.snapshot(out.name)
+    assert snap.tags[tags.UUID] == tid and snap.tags[tags.KIND] == tags.TEMPLATE and snap.tags[tags.POOL] == env.pool.uuid
+    assert env.read("~" + out.global_id, 0, 12) == b"golden image"
+    assert not [v for v in env.conn.volumes() if (v.tags or {}).get(tags.KIND) == tags.TEMPORARY]
+
+
+def test_template_from_snapshot_secondary_failure_removes_cache(env: Env) -> None:
+    env.set_bypass(True)
+    vid, _ = env.volume()
+    sid, tid = new(), new()
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.agents.pool_agent.fail["backup_snapshot"] = "secondary storage is read-only"
+    with pytest.raises(AgentError, match="read-only"):
+        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid,
+                                         secondary=SecondaryLocation("nfs://nfs.example/export", "template/t.qcow2"))
+    assert templates.cached(env.ctx, env.pool, tid) is None
+    assert env.volume_names() == {naming.volume(vid)}
+
+
+def test_template_from_volume_and_bad_arguments(env: Env) -> None:
+    vid, ref = env.volume()
+    env.write(ref, 0, b"volume data")
+    tid = new()
+    out = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, volume_uuid=vid,
+                                           secondary=SecondaryLocation("/srv/sec", "template/x.qcow2"))
+    assert out.secondary is not None and env.read("~" + out.global_id, 0, 11) == b"volume data"
+    with pytest.raises(ValidationError):
+        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new())
+    with pytest.raises(NotFound):
+        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new(), snapshot_uuid=new())
