@@ -74,7 +74,7 @@ def agent_group() -> None:
 
 
 @agent_group.command("serve")
-@click.option("--listen", default="127.0.0.1:8250", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--listen", default="127.0.0.1:8259", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--token-file", default=None, metavar="PATH",
               help="File holding the shared agent token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
 @click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")

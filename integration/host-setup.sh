@@ -28,6 +28,12 @@ getent group kvm >/dev/null || groupadd -r kvm
 getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd -r -g kvm -G libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 
+# Guests run as libvirt-qemu (group kvm). Without access to /dev/kvm, libvirt re-probes QEMU's
+# capabilities on every call (seconds each, ~36 s per domain start) and guests fall back to TCG.
+if [ -e /dev/kvm ]; then
+    chgrp kvm /dev/kvm && chmod 660 /dev/kvm
+fi
+
 mkdir -p /run/libvirt /var/log/libvirt/qemu /var/lib/libvirt/qemu /var/cache/libvirt
 pgrep -x virtlogd >/dev/null || virtlogd -d
 if ! pgrep -x libvirtd >/dev/null; then

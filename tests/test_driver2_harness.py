@@ -112,7 +112,7 @@ class Env:
             return f.read(length)
 
     def snapshot_names(self) -> set[str]:
-        return {s.name for s in self.conn.snapshots()}
+        return {s.name for s in self.conn.snapshots() if not s.deleted}
 
     def volume_names(self) -> set[str]:
         return {v.name for v in self.conn.volumes()}

@@ -37,12 +37,14 @@ log = logging.getLogger(__name__)
 IN_PLACE = "in-place"
 CLONE = "clone"
 COPY = "copy"
+DONE = "done"
 
 
 @dataclass(frozen=True)
 class MigrationResult:
     mode: str
-    """in-place (running VM), clone (baseOn + delete + rename) or copy (from another storage)."""
+    """in-place (running VM), clone (baseOn + delete + rename), copy (from another storage) or
+    done (a repeated request: the volume was already on the target pool)."""
     source_pool: str | None
     target_pool: str
     volume: VolumeInfo
@@ -102,6 +104,9 @@ def migrate(
     source = conn.volume(volumes.ref(volume_uuid=uuid, path=path))
     if source is None:
         return _resume(ctx, src, dst, uuid, path)
+    if dst.uuid and (source.tags or {}).get(tags.POOL) == dst.uuid and src.uuid != dst.uuid:
+        log.info("volume %s is already on pool %s (a repeated migration)", source.name, dst.name)
+        return MigrationResult(DONE, src.uuid, dst.uuid, volumes.info(source, dst))
     placement = _placement(ctx, dst, source, volume_type=volume_type, disk_offering_id=disk_offering_id,
                            service_offering_id=service_offering_id, iops=iops)
     carried = {**(source.tags or {}), tags.POOL: dst.uuid, tags.QOS_CLASS: placement.qos_class or ""}

@@ -38,7 +38,7 @@ from cloudstack_storpool.errors import (
 
 if TYPE_CHECKING:
     from agent.client import AgentClient
-    from cloudstack_storpool.cloudstack import Volume
+    from cloudstack_storpool.cloudstack import VirtualMachine, Volume
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec
     from cloudstack_storpool.spconn import StorPoolConn
@@ -344,14 +344,18 @@ def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str) -> Sna
     return SnapshotDeleted(snapshot_uuid.lower(), name, existed)
 
 
+STOPPED_STATES = ("Stopped", "Destroyed", "Expunging")
+
+
 def refuse_if_running(ctx: DriverContext, vm_id: str | None, what: str) -> None:
     """A revert rewrites the disks under the VM's feet: only a stopped VM (or none) is safe."""
-    if not vm_id:
-        return
-    vm = ctx.cloudstack.vm(vm_id)
-    if vm is None or vm.state in ("Stopped", "Destroyed", "Expunging"):
-        return
-    raise Conflict(f"{what}: VM {vm.name or vm.id} is {vm.state}; stop it first")
+    if vm_id:
+        refuse_running_vm(ctx.cloudstack.vm(vm_id), what)
+
+
+def refuse_running_vm(vm: VirtualMachine | None, what: str) -> None:
+    if vm is not None and vm.state not in STOPPED_STATES:
+        raise Conflict(f"{what}: VM {vm.name or vm.id} is {vm.state}; stop it first")
 
 
 def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str) -> Reverted:

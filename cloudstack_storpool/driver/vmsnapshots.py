@@ -22,13 +22,14 @@ from cloudstack_storpool.driver.snapshots import (
     Result,
     SourceVolume,
     on_storpool,
-    refuse_if_running,
+    refuse_running_vm,
     restore_tags,
     revert_volume,
 )
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, ValidationError
 
 if TYPE_CHECKING:
+    from cloudstack_storpool.cloudstack import VirtualMachine
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.spconn import StorPoolConn
 
@@ -68,9 +69,12 @@ class VMSnapshotDeleted(Result):
     """StorPool names of the member snapshots that were removed (already gone ones are not listed)."""
 
 
-def _disks(ctx: DriverContext, vm_uuid: str) -> list[SourceVolume]:
-    """The VM's disks, all of which must be on StorPool pools of one cluster (one group call)."""
+def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[SourceVolume]]:
+    """The VM and its disks, all of which must be on StorPool pools of one cluster (one group call)."""
     naming.check_uuid(vm_uuid, "vm_uuid")
+    vm = ctx.cloudstack.vm(vm_uuid)
+    if vm is None:
+        raise NotFound(f"vm_uuid: CloudStack has no VM {vm_uuid}")
     volumes = sorted(ctx.cloudstack.volumes(vm_id=vm_uuid), key=lambda v: (v.device_id is None, v.device_id or 0))
     if not volumes:
         raise NotFound(f"vm_uuid: CloudStack lists no volumes for VM {vm_uuid}")
@@ -84,7 +88,7 @@ def _disks(ctx: DriverContext, vm_uuid: str) -> list[SourceVolume]:
     conns = {id(ctx.conn(d.pool)) for d in disks}
     if len(conns) > 1:
         raise ValidationError("vm_uuid", f"the disks of VM {vm_uuid} are on more than one StorPool cluster")
-    return disks
+    return vm, disks
 
 
 def _member(vm_snapshot_uuid: str, disk: SourceVolume, snapshot: str, global_id: str) -> Member:
@@ -98,7 +102,7 @@ def take_vm_snapshot(
     if memory:
         raise ValidationError("memory", "StorPool VM snapshots hold disks only; snapshots with memory are not supported")
     key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
-    disks = _disks(ctx, vm_uuid)
+    _, disks = _disks(ctx, vm_uuid)
     conn = ctx.conn(disks[0].pool)
     member_names = [naming.vm_snapshot_member(key, d.uuid) for d in disks]
     group_tags = tags.identity(key, tags.GROUP, cvm=vm_uuid.lower())
@@ -138,8 +142,8 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     leaves the VM as it was rather than half reverted.
     """
     key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
-    disks = _disks(ctx, vm_uuid)
-    refuse_if_running(ctx, vm_uuid, f"revert of VM snapshot {key}")
+    vm, disks = _disks(ctx, vm_uuid)
+    refuse_running_vm(vm, f"revert of VM snapshot {key}")
     conn = ctx.conn(disks[0].pool)
     plan = []
     for disk in disks:
@@ -167,7 +171,9 @@ def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
     naming.check_uuid(vm_uuid, "vm_uuid")
     deleted: list[str] = []
-    disks = [d for v in ctx.cloudstack.volumes(vm_id=vm_uuid) if (d := on_storpool(ctx, v)) is not None]
+    disks: list[SourceVolume] = []
+    if ctx.cloudstack.vm(vm_uuid) is not None:  # listVolumes refuses the id of a VM that is gone
+        disks = [d for v in ctx.cloudstack.volumes(vm_id=vm_uuid) if (d := on_storpool(ctx, v)) is not None]
     if disks:
         for disk in disks:
             conn = ctx.conn(disk.pool)

@@ -24,6 +24,7 @@ import logging
 import re
 import socket
 import threading
+import traceback
 import uuid
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,7 +89,8 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
     if isinstance(exc, (NotFound, SpNotFound)):
         return 404, exc.code, None
     if isinstance(exc, (Conflict, SpExists, SpBusy)):
-        return 409, exc.code, None
+        fld = getattr(exc, "field", None)
+        return 409, exc.code, fld if isinstance(fld, str) else None
     if isinstance(exc, SpTransient):
         return 503, exc.code, None
     if isinstance(exc, (AgentError, CloudStackError, StorPoolError)):
@@ -169,8 +171,9 @@ class ServiceServer(ThreadingHTTPServer):
         status, code, fld = error_response(exc)
         if status == 500:
             ref = uuid.uuid4().hex[:12]
-            log.error("%s failed (ref %s): %s", what, ref, self.redact(f"{type(exc).__name__}: {exc}"),
-                      exc_info=(type(exc), exc, exc.__traceback__) if log.isEnabledFor(logging.DEBUG) else None)
+            # The traceback is formatted here rather than by logging, so it is redacted too.
+            detail = "".join(traceback.format_exception(exc)).rstrip()
+            log.error("%s failed (ref %s):\n%s", what, ref, self.redact(detail))
             message = f"internal error (ref {ref}; details are in the service log)"
         else:
             message = self.redact(str(exc))

@@ -31,6 +31,7 @@ from cloudstack_storpool.errors import Conflict, ValidationError
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
+IDEMPOTENCY_FIELD = "idempotency_key"
 MAX_KEY = 200
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
@@ -75,6 +76,12 @@ def check_key(key: Any) -> str | None:
     return key
 
 
+class KeyReused(Conflict):
+    """An idempotency key sent again with a different request: a client bug, never retried."""
+
+    field = IDEMPOTENCY_FIELD
+
+
 Runner = Callable[[], Any]
 """Runs the operation and returns its JSON result; raises on failure."""
 ErrorMapper = Callable[[BaseException, str], dict[str, Any]]
@@ -103,7 +110,7 @@ class JobManager:
                 old = self._jobs.get(self._by_key[key])
                 if old is not None:
                     if old.fingerprint != fp:
-                        raise Conflict(f"idempotency_key was already used for a different request (job {old.id})")
+                        raise KeyReused(f"idempotency_key was already used for a different request (job {old.id})")
                     if old.state in (*ACTIVE, "succeeded"):
                         return old, False
             if self._closing.is_set():

@@ -157,7 +157,7 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
 
     request_class: type | None = None
     fields: list[tuple[str, Any, bool, Any]]
-    if len(rest) == 1 and schema.is_dataclass_type(hints.get(rest[0].name)):
+    if len(rest) == 1 and schema.is_dataclass_type(_narrow(hints.get(rest[0].name, Any))):
         request_class = hints[rest[0].name]
         fields = [(n, _narrow(t), r, d) for n, t, r, d in schema.dataclass_fields(request_class)]
     else:

@@ -1,0 +1,114 @@
+"""Resize (Driver II): StorPool first, the VM's host next, rollback on failure."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudstack_storpool.driver import resize
+from cloudstack_storpool.driver.resize import ResizeFailed
+from cloudstack_storpool.errors import ValidationError
+from integration.cloudstack_sim.testing import SimHandle
+from tests.test_driver2_harness import Env, MiB, make_env
+
+
+@pytest.fixture
+def env(tmp_path: Path, cs_sim: SimHandle) -> Iterator[Env]:
+    with make_env(tmp_path, cs_sim) as e:
+        yield e
+
+
+def vm(env: Env, name: str) -> tuple[str, str, str]:
+    v = next(v for v in env.cs.model.vms.values() if v.name == name)
+    return v.id, v.instance_name, str(v.last_host_id)
+
+
+def test_grow_detached_volume_touches_no_agent(env: Env) -> None:
+    vid, ref = env.volume(8 * MiB)
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
+    assert env.conn.volume(ref).size == 16 * MiB
+    assert res.host_id is None and not res.notified and res.old_size == 8 * MiB
+    assert env.agents.all_calls() == []
+
+
+def test_running_vm_goes_to_its_host(env: Env) -> None:
+    vm_id, instance, host = vm(env, "vm1")
+    vid, ref = env.volume(8 * MiB, vm_id=vm_id)
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=24 * MiB)
+    assert res.host_id == host and res.notified
+    assert env.agents.by_host[host].calls == [("resize", {"volume": ref, "size": 24 * MiB, "vm": instance})]
+    other = [h for h in env.agents.by_host if h != host]
+    assert all(not env.agents.by_host[h].calls for h in other)
+
+
+def test_stopped_vm_goes_to_its_last_host(env: Env) -> None:
+    vm_id, _, last = vm(env, "vm2")
+    vid, _ = env.volume(8 * MiB, vm_id=vm_id)
+    env.cs.model.move_vm(vm_id, next(h for h in env.cs.model.hosts if h != last))
+    new_last = env.cs.model.vms[vm_id].last_host_id
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
+    assert res.host_id == new_last and list(env.agents.by_host) == [new_last]
+
+
+def test_refusals_before_anything_changes(env: Env) -> None:
+    vid, ref = env.volume(16 * MiB)
+    before = dict(env.sp.calls)
+    with pytest.raises(ValidationError) as e1:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=8 * MiB)
+    assert e1.value.field == "new_size" and "shrink" in e1.value.message
+    with pytest.raises(ValidationError) as e2:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB + 100)
+    assert e2.value.field == "new_size"
+    with pytest.raises(ValidationError) as e3:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=str(uuid.uuid4()))
+    assert e3.value.field == "disk_offering_id"
+    assert env.sp.calls.get("VolumeUpdate", 0) == before.get("VolumeUpdate", 0)
+    assert env.conn.volume(ref).size == 16 * MiB
+    resize.resize_volume(env.ctx, volume_uuid=vid, new_size=8 * MiB, shrink_ok=True)
+    assert env.conn.volume(ref).size == 8 * MiB
+
+
+def test_new_offering_applies_template_qc_and_iops(env: Env) -> None:
+    vid, ref = env.volume(8 * MiB, max_iops=100)
+    iops_off = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-iops-500")
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, disk_offering_id=iops_off.id)
+    vol = env.conn.volume(ref)
+    assert (vol.size, vol.iops, res.iops) == (16 * MiB, 500, 500)
+    gold = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-gold")
+    resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, disk_offering_id=gold.id)
+    assert env.conn.volume(ref).tags["qc"] == "gold"
+
+
+def test_agent_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
+    vm_id, _, host = vm(env, "vm1")
+    vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
+    env.agents.for_host(host).fail["resize"] = "libvirt: block resize failed"
+    gold = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-gold")
+    with pytest.raises(ResizeFailed) as err:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=gold.id)
+    assert err.value.rolled_back
+    assert "block resize failed" in str(err.value) and f"restored to {8 * MiB}" in str(err.value)
+    vol = env.conn.volume(ref)
+    assert (vol.size, vol.iops) == (8 * MiB, 100) and "qc" not in vol.tags
+
+
+def test_failed_rollback_is_reported(env: Env) -> None:
+    vm_id, _, host = vm(env, "vm1")
+    vid, _ = env.volume(8 * MiB, vm_id=vm_id)
+    env.agents.for_host(host).fail["resize"] = "agent exploded"
+    orig = env.conn.volume_update
+    calls = {"n": 0}
+
+    def flaky(name: str, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValidationError("size", "refused")
+        orig(name, **kw)  # type: ignore[arg-type]
+
+    env.conn.volume_update = flaky  # type: ignore[method-assign]
+    with pytest.raises(ResizeFailed) as err:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
+    assert not err.value.rolled_back and "FAILED" in str(err.value)

@@ -1,0 +1,186 @@
+"""Template cache fill: the lock, waiting, takeover of a dead fill, cleanup on failure."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloudstack_storpool.driver import templates, volumes
+from cloudstack_storpool.errors import AgentError, SpNotFound, ValidationError
+from tests.test_driver_support import POOL_A, Env, new_uuid, open_env
+
+SRC = templates.TemplateSource("/secondary", "template/tmpl/1/x/x.qcow2", "qcow2")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with open_env(tmp_path) as e:
+        yield e
+
+
+def leftovers(env: Env) -> list[str]:
+    return [str(o.name) for o in env.objects() if o.tags.get("cs") == "temporary"]
+
+
+def test_fill_makes_a_tagged_snapshot_and_removes_the_fill(env: Env) -> None:
+    t = env.cs.add_template(size=3 << 20)
+    env.agent.grow_to = 4 << 20  # the image's virtual size is bigger than CloudStack said
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC, size=t.size)
+    assert cached.filled and cached.name == templates.cache_name(t.id, env.pool)
+    snap = env.sp.api().snapshotList(cached.name)[0]
+    assert snap.tags == {"uuid": t.id, "cs": "template", "pool": POOL_A}
+    assert snap.size == 4 << 20
+    assert leftovers(env) == []
+    assert env.agent.copies[0]["volume"].startswith("/dev/storpool-byid/")
+    assert env.agent.copies[0]["idempotency_key"].startswith("fill-")
+    # Second call: found, nothing copied.
+    again = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert not again.filled and again.global_id == cached.global_id
+    assert len(env.agent.copies) == 1
+    assert [c.name for c in templates.list_cached(env.ctx, env.pool)] == [cached.name]
+    assert templates.list_cached(env.ctx, env.pool_b) == []
+
+
+def test_fill_failure_leaves_nothing(env: Env) -> None:
+    t = env.cs.add_template()
+    env.agent.fail = AgentError("qemu-img convert failed: broken image")
+    with pytest.raises(AgentError):
+        volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    assert env.objects() == []
+    # The next attempt (image fixed) succeeds.
+    env.agent.fail = None
+    volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    assert leftovers(env) == []
+
+
+def test_waiter_uses_the_cache_another_filler_makes(env: Env) -> None:
+    t = env.cs.add_template()
+    fill = templates.fill_name(t.id, env.pool)
+    other = env.sp.api()
+    other.volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
+                        "tags": {"uuid": t.id, "cs": "temporary", "pool": POOL_A, "started": str(int(env.clock.now))}})
+
+    def other_finishes() -> None:
+        if len(env.clock.slept) == 3:
+            other.snapshotCreate(fill, {"name": templates.cache_name(t.id, env.pool),
+                                        "tags": {"uuid": t.id, "cs": "template", "pool": POOL_A}})
+            other.volumeDelete(fill)
+
+    env.clock.on_sleep = other_finishes
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert not cached.filled
+    assert env.agent.copies == []
+    assert env.clock.slept[:3] == pytest.approx([0.1, 0.15, 0.225])
+
+
+def test_a_dead_fill_is_taken_over(env: Env) -> None:
+    t = env.cs.add_template()
+    fill = templates.fill_name(t.id, env.pool)
+    env.sp.api().volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
+                               "tags": {"uuid": t.id, "cs": "temporary", "started": str(int(env.clock.now) - 3601)}})
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert cached.filled and len(env.agent.copies) == 1
+    assert leftovers(env) == []
+
+
+def test_a_young_fill_is_waited_for_until_it_is_too_old(env: Env) -> None:
+    env.settings.values["storpool.template.fill.timeout"] = 60
+    t = env.cs.add_template()
+    fill = templates.fill_name(t.id, env.pool)
+    env.sp.api().volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
+                               "tags": {"uuid": t.id, "cs": "temporary", "started": str(int(env.clock.now))}})
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert cached.filled
+    assert 60 < sum(env.clock.slept) < 65
+    assert max(env.clock.slept) == templates.FILL_POLL_MAX
+
+
+def test_threads_race_one_fill(env: Env) -> None:
+    t = env.cs.add_template()
+    gate = threading.Event()
+    env.agent.hook = lambda: gate.wait(5)  # hold the copy until everyone has met the lock
+    env.ctx.sleep = lambda s: gate.set()  # a waiter exists: let the copy finish
+    results: list[object] = []
+
+    def make() -> None:
+        try:
+            results.append(volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC))
+        except Exception as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert all(isinstance(r, volumes.VolumeInfo) for r in results), results
+    assert len(env.agent.copies) == 1
+    assert leftovers(env) == []
+    cache = templates.cache_name(t.id, env.pool)
+    assert all(env.volume(r.name).parentName == cache for r in results if isinstance(r, volumes.VolumeInfo))
+
+
+def test_cache_deleted_out_of_band_is_refilled(env: Env) -> None:
+    t = env.cs.add_template()
+    first = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    env.sp.api().snapshotDelete(templates.cache_name(t.id, env.pool))
+    second = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    assert len(env.agent.copies) == 2
+    assert templates.cached(env.ctx, env.pool, t.id) is not None
+    # The first volume still reads its data (StorPool kept the deleted parent for it).
+    assert env.sp.object_file(first.global_id).read_bytes()[:8] == b"TEMPLATE"
+    assert env.sp.object_file(second.global_id).read_bytes()[:8] == b"TEMPLATE"
+
+
+def test_cache_per_pool(env: Env) -> None:
+    t = env.cs.add_template()
+    volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    volumes.create_from_template(env.ctx, env.pool_b, new_uuid(), t.id, source=SRC)
+    assert len(env.agent.copies) == 2
+    assert templates.drop(env.ctx, env.pool, t.id) is True
+    assert templates.drop(env.ctx, env.pool, t.id) is False
+    assert templates.cached(env.ctx, env.pool_b, t.id) is not None
+
+
+def test_cache_from_snapshot_and_volume_copies_nothing(env: Env) -> None:
+    vid = new_uuid()
+    vol = volumes.create(env.ctx, env.pool, vid, 1 << 20)
+    with open(env.sp.object_file(vol.global_id), "r+b") as f:
+        f.write(b"FROMVOL!")
+    from_volume = templates.cache_from_volume(env.ctx, env.pool, new_uuid(), vol.path and "~" + vol.global_id)
+    snap = env.sp.api().snapshotCreate("~" + vol.global_id, {"name": "user-snap"})
+    assert snap.snapshotGlobalId
+    from_snap = templates.cache_from_snapshot(env.ctx, env.pool, new_uuid(), "user-snap")
+    assert env.agent.copies == []
+    for c in (from_volume, from_snap):
+        assert env.sp.object_file(c.global_id).read_bytes()[:8] == b"FROMVOL!"
+    assert leftovers(env) == []
+    # The source volume is untouched and still writable.
+    assert env.volume(vol.name).name == vol.name
+
+
+def test_cache_from_missing_snapshot_fails_clean(env: Env) -> None:
+    with pytest.raises(SpNotFound):
+        templates.cache_from_snapshot(env.ctx, env.pool, new_uuid(), "no-such-snap")
+    assert env.objects() == []
+
+
+def test_bad_arguments(env: Env) -> None:
+    with pytest.raises(ValidationError) as exc:
+        templates.TemplateSource("/s", "/abs/path")
+    assert exc.value.field == "source.path"
+    with pytest.raises(ValidationError) as exc:
+        templates.TemplateSource("/s", "a/../../etc/passwd")
+    assert exc.value.field == "source.path"
+    with pytest.raises(ValidationError) as exc:
+        templates.TemplateSource("/s", "a.vhd", "vhd")
+    assert exc.value.field == "source.format"
+    with pytest.raises(ValidationError) as exc:
+        templates.ensure_cached(env.ctx, env.pool, "bad", source=SRC)
+    assert exc.value.field == "template_uuid"
+    with pytest.raises(ValidationError):
+        templates.ensure_cached(env.ctx, env.pool, new_uuid(), source=SRC, from_snapshot="x")
+    assert env.objects() == []
