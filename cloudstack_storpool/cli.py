@@ -19,10 +19,11 @@ def _register() -> None:
     from agent.cli import agent_group
     from heartbeat.cli import heartbeat_group
     from integration.cli import sim_group
+    from integration.demo import demo_cmd
     from integration.stack_cli import down_cmd, status_cmd, up_cmd
     from settings.cli import settings_group
 
-    for group in (sim_group, settings_group, agent_group, heartbeat_group, up_cmd, down_cmd, status_cmd):
+    for group in (sim_group, settings_group, agent_group, heartbeat_group, up_cmd, down_cmd, status_cmd, demo_cmd):
         cli.add_command(group)
 
 

@@ -134,7 +134,7 @@ UID = "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"
 
 
 def _routes(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    out = []
+    out: list[tuple[str, str]] = []
     for path, methods in doc["paths"].items():
         concrete = re.sub(r"\{[^}]+\}", UID.replace("-", "")[:32] if "job_id" in path else UID, path)
         out.extend((m.upper(), concrete) for m in methods)

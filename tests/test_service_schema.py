@@ -39,7 +39,7 @@ class Answer:
     size: int
     tags: dict[str, str] = field(default_factory=dict)
     color: Color = Color.RED
-    token: Secret = Secret("hidden-token")
+    token: Secret = field(default_factory=lambda: Secret("hidden-token"))
 
 
 def make(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, size: int, *,

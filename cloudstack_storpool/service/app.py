@@ -293,7 +293,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(404, "not-found", "no such route")
             return
         try:
-            body = self._body() if op.accepts_body else self._discard_body()
+            if op.accepts_body:
+                body = self._body()
+            else:
+                self._discard_body()
+                body = None
             args = op.parse(path_args, query, body)
         except ValidationError as exc:
             self._fail(exc, f"{op.name} request")
@@ -323,7 +327,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif n:
             self.rfile.read(n)
-        return None
 
     def _start_job(self, op: Operation, args: dict[str, Any], body: Any) -> None:
         key = self.headers.get("Idempotency-Key")

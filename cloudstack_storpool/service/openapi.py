@@ -27,7 +27,7 @@ ERROR_STATUSES = {
     "503": "StorPool is unreachable or answered a transient error; retry later (Retry-After)",
 }
 
-_ERROR_OBJECT = {
+_ERROR_OBJECT: dict[str, Any] = {
     "type": "object",
     "properties": {
         "code": {"type": "string", "description": "Stable machine-readable code (invalid, not-found, busy, ...)"},

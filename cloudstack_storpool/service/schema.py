@@ -227,7 +227,8 @@ class SchemaBuilder:
         for name, tp, req, default in fields:
             prop = dict(self.schema(tp, name))
             if not req and default is not None and _jsonable_default(default):
-                prop = {**prop, "default": to_json(default)} if "$ref" not in prop else {"allOf": [prop], "default": to_json(default)}
+                value = to_json(default)
+                prop = {**prop, "default": value} if "$ref" not in prop else {"allOf": [prop], "default": value}
             props[name] = prop
             if req:
                 required.append(name)

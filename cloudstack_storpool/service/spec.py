@@ -198,14 +198,16 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
         result_type = None
     # Fail now if any type cannot be expressed, rather than at the first request or in the doc.
     probe = schema.SchemaBuilder()
-    for p in params:
-        probe.schema(p.type, p.name)
+    for param in params:
+        probe.schema(param.type, param.name)
     if result_type is not None:
         probe.schema(result_type, "return")
 
     doc = inspect.getdoc(func) or ""
     summary, _, description = doc.partition("\n\n")
-    regex = "^" + _PLACEHOLDER.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "$"
+    regex = "^" + "".join(
+        f"(?P<{piece}>[^/]+)" if i % 2 else re.escape(piece) for i, piece in enumerate(_PLACEHOLDER.split(path))
+    ) + "$"
     return Operation(
         name=name or func.__name__,
         method=method,

@@ -11,6 +11,7 @@ import pytest
 
 from agent.attach import device_size
 from agent.commands import execute
+from integration.libvirt_domain import start_domain
 from integration.needs import need, need_tool
 from integration.tests.agent.conftest import Lab, MiB
 
@@ -30,55 +31,8 @@ def _libvirt() -> Any:
     return conn
 
 
-def _domain_xml(name: str, device: str, kind: str) -> str:
-    return f"""
-<domain type='{kind}'>
-  <name>{name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='block' device='disk'>
-      <driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>
-      <source dev='{device}'/>
-      <target dev='vdb' bus='virtio'/>
-      <serial>{name}</serial>
-    </disk>
-    <memballoon model='none'/>
-  </devices>
-</domain>"""
-
-
-def _guest_user_may_use_kvm() -> bool:
-    """libvirt runs qemu as libvirt-qemu (group kvm): /dev/kvm must be open to it."""
-    import grp
-    import stat
-
-    try:
-        st = os.stat("/dev/kvm")
-        kvm_gid = grp.getgrnam("kvm").gr_gid
-    except (OSError, KeyError):
-        return False
-    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH) == stat.S_IROTH | stat.S_IWOTH:
-        return True
-    return st.st_gid == kvm_gid and st.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == stat.S_IRGRP | stat.S_IWGRP
-
-
 def _start(conn: Any, name: str, device: str) -> Any:
-    """KVM when the guest user may use it, else TCG: the guest never runs code anyway."""
-    import libvirt
-
-    kinds = ["kvm", "qemu"] if _guest_user_may_use_kvm() else ["qemu"]
-    for kind in kinds:
-        try:
-            return conn.createXML(_domain_xml(name, device, kind), libvirt.VIR_DOMAIN_START_PAUSED)
-        except libvirt.libvirtError as exc:
-            if kind == kinds[-1] or "kvm" not in str(exc).lower():
-                raise
-    raise AssertionError("unreachable")
+    return start_domain(conn, name, device)
 
 
 @pytest.fixture

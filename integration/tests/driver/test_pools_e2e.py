@@ -1,0 +1,55 @@
+"""Pool lifecycle end to end: register against the stack's emulator, hold a cached template,
+removal refused until garbage collection has removed it."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cloudstack_storpool.driver import gc, pools, volumes
+from cloudstack_storpool.driver.templates import TemplateSource
+from cloudstack_storpool.errors import Conflict, ValidationError
+from cloudstack_storpool.poolconfig import load_pools
+from integration.stack import LocalStack
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+
+
+def new() -> str:
+    return str(uuid.uuid4())
+
+
+def test_register_use_and_remove_a_pool(stack: LocalStack, tmp_path: Path) -> None:
+    ctx = stack.ctx
+    path = stack.pools_file
+    with pytest.raises(ValidationError) as exc:  # same endpoint and template as storpool-primary
+        pools.register(ctx, path, name="again", url=stack.sp.pool_url("ssd"))
+    assert exc.value.field == "url"
+    # CloudStack creates the pool first (createStoragePool) and hands its uuid to the driver.
+    cs_pool = stack.cs.model.add_storage_pool("nvme-pool", stack.zone_id)
+    info = pools.register(ctx, path, name="nvme-pool", url=stack.sp.pool_url("nvme"), uuid=cs_pool.id,
+                          zone=stack.zone_id)
+    assert [p.name for p in load_pools(path).pools][-1] == "nvme-pool"
+    assert stack.sp.token not in str(info)
+
+    tpl = stack.cs.model.add_template(f"pool-{new()[:6]}", 8 * MiB)
+    image = stack.template_image(tpl.id, 8 * MiB, {0: b"nvme"})
+    src = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    vid = new()
+    root = volumes.create_from_template(ctx, "nvme-pool", vid, tpl.id, source=src)
+    assert root.template == "nvme"
+    d = pools.describe(ctx, "nvme-pool")
+    assert (d.volumes, d.cached_templates, d.snapshots) == (1, 1, 0)
+    assert d.capacity and d.free and d.used is not None
+
+    volumes.delete(ctx, "nvme-pool", vid)
+    with pytest.raises(Conflict, match="cs-tmpl-"):  # the cached template is still there
+        pools.remove(ctx, path, "nvme-pool")
+    stack.cs.model.delete_template(tpl.id)
+    assert gc.run(ctx).done
+    pools.remove(ctx, path, "nvme-pool")
+    assert [p.name for p in load_pools(path).pools] == ["storpool-primary", "storpool-hybrid"]
