@@ -285,7 +285,7 @@ def demo_cmd(root: Path | None, as_json: bool) -> None:
     click.echo(f"starting the local stack in {base} ...")
     t0 = time.perf_counter()
     with LocalStack(base) as stack:
-        click.echo(f"stack up in {time.perf_counter() - t0:.1f}s: StorPool emulator {stack.sp.url} "
+        click.echo(f"stack up in {time.perf_counter() - t0:.2f}s: StorPool emulator {stack.sp.url} "
                    f"(data on {'reflink XFS' if stack.make_xfs else 'sparse files'}), CloudStack {stack.cs.endpoint}, "
                    f"{len(stack.agents)} agents")
         demo = Demo(stack, click.echo)
