@@ -264,3 +264,18 @@ def test_template_from_volume_and_bad_arguments(env: Env) -> None:
         snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new())
     with pytest.raises(NotFound):
         snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new(), snapshot_uuid=new())
+
+
+def test_failed_undo_is_reported_with_the_cause(env: Env) -> None:
+    env.set_bypass(False)
+    vid, _ = env.volume()
+    sid = new()
+    env.agents.pool_agent.fail["backup_snapshot"] = "agent lost its NFS mount"
+    env.sp.faults.fail_next("SnapshotDelete", error="notAllowed")
+    with pytest.raises(AgentError) as err:
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=SEC)
+    text = str(err.value)
+    assert "NFS mount" in text and "undoing it failed too" in text and "notAllowed" in text
+    # Nothing hidden: the leftover is exactly the named snapshot, and deleting it later works.
+    assert naming.snapshot(sid) in env.snapshot_names()
+    assert snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed

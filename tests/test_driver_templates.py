@@ -184,3 +184,39 @@ def test_bad_arguments(env: Env) -> None:
     with pytest.raises(ValidationError):
         templates.ensure_cached(env.ctx, env.pool, new_uuid(), source=SRC, from_snapshot="x")
     assert env.objects() == []
+
+
+def test_lost_fill_create_answer_is_recovered_as_ours(env: Env) -> None:
+    t = env.cs.add_template()
+    env.sp.faults.drop_after_apply("VolumeCreate")  # the fill is made, its answer is lost
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert cached.filled and len(env.agent.copies) == 1
+    assert leftovers(env) == []
+
+
+def test_a_fill_found_by_name_that_is_not_ours_is_waited_for(env: Env) -> None:
+    t = env.cs.add_template()
+    fill = templates.fill_name(t.id, env.pool)
+    api = env.sp.api()
+    # Our create is lost before it is applied; meanwhile another driver creates the fill.
+    env.sp.faults.drop_before_apply("VolumeCreate")
+    real_volume = env.ctx.conn(env.pool).volume
+    calls = {"n": 0}
+
+    def volume(name: str) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            api.volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
+                              "tags": {"uuid": t.id, "cs": "temporary", "started": str(int(env.clock.now)),
+                                       "fill": "someone-else"}})
+        return real_volume(name)
+
+    env.ctx.conn(env.pool).volume = volume  # type: ignore[method-assign]
+
+    def other_finishes() -> None:
+        api.snapshotCreate(fill, {"name": templates.cache_name(t.id, env.pool), "tags": {"cs": "template"}})
+        api.volumeDelete(fill)
+
+    env.clock.on_sleep = other_finishes
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert not cached.filled and env.agent.copies == []

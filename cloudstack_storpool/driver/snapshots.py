@@ -234,23 +234,20 @@ def restore_tags(current: dict[str, str] | None) -> dict[str, str]:
     return dict(current or {})
 
 
-def _cleanup(what: str, action: Any) -> str | None:
-    """Run one undo step; returns a description of its failure instead of raising, so the
-    caller can report the original error with the cleanup problem attached."""
+def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callable[[], object]) -> ProjectError:
+    """Undo what this call made after step `failure` failed, and build the error to raise.
+
+    The error is of the same kind as the cause (an agent error stays an AgentError, a StorPool
+    error keeps its name) and says what failed, why, and whether the undo worked (`undone`
+    describes it when it did); an undo that fails too is reported, not raised over the cause.
+    """
     try:
-        action()
+        undo()
+        outcome = undone
     except Exception as exc:  # reported together with the original error
-        log.error("cleanup failed: %s: %s", what, exc)
-        return f"{what} failed: {exc}"
-    return None
-
-
-def _fail(message: str, cause: BaseException, problems: list[str | None]) -> ProjectError:
-    """The error to raise after undoing a failed step: same kind as the cause (an agent error
-    stays an AgentError, a StorPool error keeps its name), with a message saying what was done
-    and any cleanup step that failed."""
-    extra = [p for p in problems if p]
-    text = message + (" (cleanup: " + "; ".join(extra) + ")" if extra else "")
+        log.error("%s, and undoing it failed: %s", failure, exc)
+        outcome = f"undoing it failed too, so it is left behind: {exc}"
+    text = f"{failure}: {cause}; {outcome}"
     if isinstance(cause, StorPoolError):
         return type(cause)(cause.name, text, status=cause.status, query=cause.query)
     if isinstance(cause, ValidationError):
@@ -325,9 +322,8 @@ def take_snapshot(
         try:
             backup = backup_to_secondary(ctx, src.pool, name, secondary)
         except Exception as exc:
-            problem = _cleanup(f"deleting StorPool snapshot {name}", lambda: _drop_snapshot(conn, name))
-            raise _fail(f"backup of snapshot {snapshot_uuid} to secondary storage failed, the StorPool "
-                        f"snapshot was removed: {exc}", exc, [problem]) from exc
+            raise undo_and_fail(f"backup of snapshot {snapshot_uuid} to secondary storage failed", exc,
+                                f"the StorPool snapshot {name} was removed", lambda: _drop_snapshot(conn, name)) from exc
     return SnapshotInfo(snapshot_uuid.lower(), name, gid, names.BYID_PREFIX + gid, src.name, src.pool.uuid,
                         bypass, backup, recovered)
 
@@ -375,12 +371,15 @@ def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str)
     return Reverted(volume_uuid.lower(), src.name, snap, iops, kept)
 
 
-def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary: Any) -> tuple[int, dict[str, str]]:
-    """Detach, VolumeRevert, then re-apply iops (CloudStack's max IOPS when it has one, else
-    the limit the volume had) and tags. Shared by volume and VM-snapshot reverts."""
+def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary: Any, *,
+                  detach: bool = True) -> tuple[int, dict[str, str]]:
+    """Detach (unless the caller detached already), VolumeRevert, then re-apply iops
+    (CloudStack's max IOPS when it has one, else the limit the volume had) and tags. Shared by
+    volume and VM-snapshot reverts."""
     iops = src.cs.max_iops if src.cs.max_iops is not None else iops_of(summary)
     kept = restore_tags(summary.tags)
-    conn.detach_everywhere(src.name)
+    if detach:
+        conn.detach_everywhere(src.name)
     try:
         conn.volume_revert(src.name, snapshot)
     except SpNotFound:
@@ -445,9 +444,8 @@ def volume_from_snapshot(
         agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
             store=where.store, path=where.path, volume=created.ref, target_is_zero=True))
     except Exception as exc:
-        problem = _cleanup(f"deleting volume {name}", lambda: conn.volume_delete(name, missing_ok=True))
-        raise _fail(f"copy of the secondary copy {secondary.path} into volume {volume_uuid} failed, the volume "
-                    f"was removed: {exc}", exc, [problem]) from exc
+        raise undo_and_fail(f"copy of the secondary copy {secondary.path} into volume {volume_uuid} failed", exc,
+                            f"the new volume {name} was removed", lambda: conn.volume_delete(name, missing_ok=True)) from exc
     return VolumeFromSnapshot(volume_uuid.lower(), created.name, created.global_id, created.path, "secondary",
                               int(res.get("virtual_size", 0)), created.recovered, agent)
 
@@ -530,9 +528,8 @@ def template_from_snapshot(
         try:
             copy = backup_to_secondary(ctx, spec, cached.name, secondary)
         except Exception as exc:
-            problem = _cleanup(f"deleting cached template {cache}", lambda: _drop_snapshot(conn, cache))
-            raise _fail(f"writing template {template_uuid} to secondary storage failed, the cached template "
-                        f"was removed: {exc}", exc, [problem]) from exc
+            raise undo_and_fail(f"writing template {template_uuid} to secondary storage failed", exc,
+                                f"the cached template {cache} was removed", lambda: _drop_snapshot(conn, cache)) from exc
     return TemplateFromSnapshot(template_uuid.lower(), spec.uuid, cached.name, cached.global_id,
                                 names.BYID_PREFIX + cached.global_id, cached.size or (copy.virtual_size if copy else None),
                                 source, copy, made_before)

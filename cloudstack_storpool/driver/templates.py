@@ -23,6 +23,7 @@ deleted out of band, the next root volume simply fills it again.
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 SOURCE_FORMATS = ("raw", "qcow2")
 FILL_POLL_START = 0.1
 FILL_POLL_MAX = 2.0
+OWNER_TAG = "fill"
+"""A random value per fill attempt on the fill volume: after a lost VolumeCreate answer the
+volume found by name is ours only if it carries our value (it may be another driver's)."""
 
 
 @dataclass(frozen=True)
@@ -173,8 +177,12 @@ def ensure_cached(
             raise ValidationError(
                 "source", f"template {tuuid} is not cached on pool {spec.name} and no secondary-storage location was given",
             )
+        owner = secrets.token_hex(8)
         try:
-            created = _create_fill(ctx, spec, tuuid, fill, size, from_snapshot, from_volume)
+            created = _create_fill(ctx, spec, tuuid, fill, size, from_snapshot, from_volume, owner)
+            if created.recovered and not _is_ours(ctx, spec, created, owner):
+                # A lost answer, and the fill found by name is another driver's: wait for it.
+                raise SpExists("objectExists", f"{fill} belongs to another fill", query="VolumeCreate")
         except SpExists:
             # Another driver is filling. Wait for its snapshot; take over a fill that is too old.
             if timeout is None:
@@ -202,11 +210,17 @@ def _started(summary: Any) -> float:
         return float(getattr(summary, "creationTimestamp", 0) or 0)
 
 
+def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -> bool:
+    found = ctx.conn(spec).volume(created.ref)
+    return found is not None and (found.tags or {}).get(OWNER_TAG) == owner
+
+
 def _create_fill(
     ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, size: int | None,
-    from_snapshot: str | None, from_volume: str | None,
+    from_snapshot: str | None, from_volume: str | None, owner: str,
 ) -> Created:
     fill_tags = tags.identity(tuuid, tags.TEMPORARY, pool=spec.uuid or None, started=str(int(ctx.clock())))
+    fill_tags[OWNER_TAG] = owner
     conn = ctx.conn(spec)
     if from_snapshot is not None:
         return conn.volume_create(name=fill, parent=from_snapshot, template=spec.template, tags=fill_tags)

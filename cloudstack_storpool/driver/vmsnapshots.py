@@ -155,8 +155,10 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
         if summary is None:
             raise NotFound(f"vm_uuid: disk {disk.cs.name or disk.uuid} ({disk.name}) is not on StorPool")
         plan.append((disk, member, summary))
+    # One VolumesReassign detaches every disk (the VM is stopped: these are stale attachments).
+    conn.reassign([{"volume": d.name, "detach": "all", "force": True} for d, _, _ in plan])
     for disk, member, summary in plan:
-        revert_volume(conn, disk, member, summary)
+        revert_volume(conn, disk, member, summary, detach=False)
         log.info("reverted %s to %s (tags kept: %s)", disk.name, member, sorted(restore_tags(summary.tags)))
     return VMSnapshotReverted(key, vm_uuid.lower(), [d.uuid for d, _, _ in plan])
 

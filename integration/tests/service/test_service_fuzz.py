@@ -34,6 +34,7 @@ from integration.stack import LocalStack
 
 MAX_EXAMPLES = 30
 POOL_FIELDS = ("pool", "source_pool", "target_pool")
+FUZZ_POOL = "fuzz-pool"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -51,9 +52,16 @@ def _narrow(doc: dict[str, Any], pools: list[str], store: str, url: str) -> dict
                     props["store"] = {"enum": [store]}
                 if "url" in props:
                     props["url"] = {"enum": [url, "SP_API_HTTP=127.0.0.1:1;SP_AUTH_TOKEN=x;SP_TEMPLATE=nvme"]}
+                    props["name"] = {"enum": [FUZZ_POOL]}
             if node.get("in") in ("path", "query") and node.get("name") in POOL_FIELDS:
                 node["schema"] = {"enum": pools}
-            for value in node.values():
+            for key, value in node.items():
+                if key == "delete" and isinstance(value, dict) and value.get("operationId") == "remove_pool":
+                    # Removing the stack's (empty) pools would be legitimate, and would leave every
+                    # later operation nothing but "unknown pool": only the fuzz-made pool may go.
+                    for param in value.get("parameters", []):
+                        param["schema"] = {"enum": [FUZZ_POOL, "no-such-pool"]}
+                    continue
                 walk(value)
         elif isinstance(node, list):
             for value in node:

@@ -1,0 +1,132 @@
+"""Resize on the local stack: a disk of a running libvirt domain (StorPool size, the host's
+device and libvirt's capacity agree), a detached volume (no agent at all), and rollback when
+the host fails."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent.attach import device_size
+from cloudstack_storpool.driver import resize, volumes
+from cloudstack_storpool.driver.resize import ResizeFailed
+from integration.libvirt_domain import URI, open_libvirt, start_domain
+from integration.needs import need, need_tool
+from integration.stack import LocalStack
+
+MiB = 1 << 20
+
+
+def pool_id(stack: LocalStack) -> str:
+    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
+
+
+def agent_jobs(stack: LocalStack) -> int:
+    return sum(len(a.server.jobs.list()) for a in stack.agents.values())
+
+
+def running_vm(stack: LocalStack, client_id: int = 1) -> Any:
+    """A VM the simulator shows Running on the host with this StorPool client id, with an
+    instance name no other test (or engineer) uses at the same time."""
+    model = stack.cs.model
+    host = next(h for h in model.hosts.values() if h.details.get("SP_OURID") == str(client_id))
+    vm = model.add_vm(f"rs-{uuid.uuid4().hex[:6]}", host_id=host.id, state="Running", storage_id=pool_id(stack))
+    vm.instance_name = f"i-2-{uuid.uuid4().hex[:8]}-VM"
+    return vm
+
+
+def volume_of(stack: LocalStack, size: int, vm_id: str | None, iops: int | None = None) -> tuple[str, str]:
+    vid = str(uuid.uuid4())
+    info = volumes.create(stack.ctx, pool_id(stack), vid, size, iops=iops)
+    stack.cs.model.add_volume(f"data-{vid[:6]}", size, vm_id=vm_id, storage_id=pool_id(stack), path=info.path,
+                              volume_id=vid, max_iops=iops)
+    return vid, info.global_id
+
+
+@pytest.fixture
+def virt() -> Iterator[Any]:
+    need_tool("qemu-system-x86_64")
+    try:
+        conn = open_libvirt()
+    except Exception as exc:  # libvirt missing or libvirtd not running
+        need(False, f"a running libvirtd at {URI} ({exc})")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
+    vm = running_vm(stack)
+    vid, gid = volume_of(stack, 64 * MiB, vm.id)
+    conn = stack.ctx.conn(pool_id(stack))
+    conn.reassign_wait([{"volume": "~" + gid, "rw": [1]}])
+    device = str(stack.sp.device_path(1, gid))
+    dom = start_domain(virt, vm.instance_name, device)
+    try:
+        assert dom.blockInfo("vdb", 0)[0] == 64 * MiB
+        out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=192 * MiB)
+        assert out.notified and out.capacity == 192 * MiB
+        assert conn.volume("~" + gid).size == 192 * MiB
+        assert device_size(device) == 192 * MiB
+        assert dom.blockInfo("vdb", 0)[0] == 192 * MiB  # what `virsh domblkinfo` prints as Capacity
+    finally:
+        dom.destroy()
+        conn.reassign_wait([{"volume": "~" + gid, "detach": "all", "force": True}])
+
+
+def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
+    """The domain runs but has not got this disk (libvirt cannot resize it): StorPool goes back."""
+    vm = running_vm(stack)
+    vid, gid = volume_of(stack, 64 * MiB, vm.id, iops=300)
+    other_vid, other_gid = volume_of(stack, 32 * MiB, None)
+    conn = stack.ctx.conn(pool_id(stack))
+    conn.reassign_wait([{"volume": "~" + gid, "rw": [1]}, {"volume": "~" + other_gid, "rw": [1]}])
+    dom = start_domain(virt, vm.instance_name, str(stack.sp.device_path(1, other_gid)))
+    try:
+        iops_off = next(o for o in stack.cs.model.disk_offerings.values() if o.name == "sp-iops-500")
+        with pytest.raises(ResizeFailed) as err:
+            resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=128 * MiB, disk_offering_id=iops_off.id)
+        assert err.value.rolled_back and "has no disk backed by" in str(err.value)
+        summary = conn.volume("~" + gid)
+        assert summary.size == 64 * MiB and summary.iops == 300
+        assert device_size(str(stack.sp.device_path(1, gid))) == 64 * MiB
+    finally:
+        dom.destroy()
+        conn.reassign_wait([{"volume": "~" + g, "detach": "all", "force": True} for g in (gid, other_gid)])
+    del other_vid
+
+
+def test_detached_volume_touches_no_agent(stack: LocalStack) -> None:
+    vid, gid = volume_of(stack, 16 * MiB, None)
+    jobs = agent_jobs(stack)
+    out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB)
+    assert out.host_id is None and agent_jobs(stack) == jobs
+    assert stack.ctx.conn(pool_id(stack)).volume("~" + gid).size == 48 * MiB
+
+
+def test_unreachable_host_rolls_back(stack: LocalStack) -> None:
+    """The VM's host does not answer at all (agent down): the size goes back."""
+    vm = running_vm(stack, client_id=2)
+    vid, gid = volume_of(stack, 16 * MiB, vm.id)
+    stack.cs.model.set_host_details(vm.host_id, **{"agent.port": "1"})  # nothing listens there
+    stack.ctx.agents.for_address("127.0.0.1", 1).post_retries = 0
+    with pytest.raises(ResizeFailed, match="unreachable") as err:
+        resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB)
+    assert err.value.rolled_back and f"restored to {16 * MiB}" in str(err.value)
+    assert stack.ctx.conn(pool_id(stack)).volume("~" + gid).size == 16 * MiB
+
+
+def test_stopped_vm_goes_to_its_last_host(stack: LocalStack) -> None:
+    vm = running_vm(stack, client_id=2)
+    stack.cs.model.stop_vm(vm.id)
+    vid, gid = volume_of(stack, 16 * MiB, vm.id)
+    before = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
+    out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB)
+    assert out.host_id == vm.last_host_id and not out.notified
+    after = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
+    assert {h for h in after if after[h] != before[h]} == {vm.last_host_id}
+    assert stack.ctx.conn(pool_id(stack)).volume("~" + gid).size == 32 * MiB
