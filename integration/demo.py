@@ -87,6 +87,13 @@ class Demo:
             volumes.attached(self.stack.ctx, self.pool, vid, vm_id=vm_id, device_id=device_id)
         return vid, info.global_id
 
+    def summary(self, gid: str) -> Any:
+        """The volume as StorPool sees it (not as the driver reported it)."""
+        found = self.stack.ctx.conn(self.pool).volume("~" + gid)
+        if found is None:
+            raise CheckFailed(f"volume ~{gid} is missing from StorPool")
+        return found
+
     def set_bypass(self, value: bool) -> None:
         self.stack.cloudstack.update_configuration(BYPASS, "true" if value else "false")
         time.sleep(self.stack.settings_ttl + 0.1)
@@ -164,7 +171,7 @@ class Demo:
             res = resize.resize_volume(self.stack.ctx, volume_uuid=vid, new_size=128 * MiB)
             after = dom.blockInfo("vdb", 0)[0]
         conn.reassign_wait([{"volume": "~" + gid, "detach": [host.client_id], "force": True}])
-        sp_size = conn.volume("~" + gid).size
+        sp_size = self.summary(gid).size
         return [
             check(before == 64 * MiB, "running domain sees 64 MiB before"),
             check(res.notified and after == 128 * MiB, "libvirt domblkinfo capacity = 128 MiB right after the resize"),
@@ -172,11 +179,10 @@ class Demo:
         ]
 
     def iops(self) -> list[str]:
-        conn = self.stack.ctx.conn(self.pool)
         _, gid = self.volume(16 * MiB, disk_offering_id=self.offering("sp-iops-500"))
-        iops = conn.volume("~" + gid).iops
+        iops = self.summary(gid).iops
         _, gid2 = self.volume(16 * MiB, disk_offering_id=self.offering("sp-gold"))
-        tags = conn.volume("~" + gid2).tags or {}
+        tags = self.summary(gid2).tags or {}
         return [
             check(iops == 500, f"disk offering max IOPS 500 -> StorPool iops {iops}"),
             check(tags.get("qc") == "gold", "SP_QOSCLASS=gold -> tag qc=gold"),
@@ -207,8 +213,8 @@ class Demo:
                 {"uuid": vsid, "cs": "group"})) == 3, "taking it again does not make a second group"),
             check(all(self.read(gid, MiB, len(f"disk {i} before")) == f"disk {i} before".encode()
                       for i, (_, gid) in enumerate(disks)), "revert restores all 3 disks to the same instant"),
-            check(all((conn.volume("~" + gid).tags or {}).get("cvm") == vm.id
-                      and (conn.volume("~" + gid).tags or {}).get("vc-policy") == "gold-backup" for _, gid in disks),
+            check(all((self.summary(gid).tags or {}).get("cvm") == vm.id
+                      and (self.summary(gid).tags or {}).get("vc-policy") == "gold-backup" for _, gid in disks),
                   "tags cvm and vc-policy survive the revert"),
         ]
 
