@@ -17,13 +17,15 @@ def _register() -> None:
     # Imported here so that `--help` of one group does not pay for importing every other one's
     # heavy dependencies at module import time of this file.
     from agent.cli import agent_group
+    from cloudstack_storpool.ops_cli import gc_cmd, pool_group, template_group, volume_group
     from heartbeat.cli import heartbeat_group
     from integration.cli import sim_group
     from integration.demo import demo_cmd
     from integration.stack_cli import down_cmd, status_cmd, up_cmd
     from settings.cli import settings_group
 
-    for group in (sim_group, settings_group, agent_group, heartbeat_group, up_cmd, down_cmd, status_cmd, demo_cmd):
+    for group in (sim_group, settings_group, agent_group, heartbeat_group, up_cmd, down_cmd, status_cmd, demo_cmd,
+                  pool_group, template_group, volume_group, gc_cmd):
         cli.add_command(group)
 
 
