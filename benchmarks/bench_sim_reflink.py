@@ -11,39 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from integration.storpool_sim.testing import run_emulator
+from integration.xfs import can_make_xfs, xfs_mount
 
 MiB = 1 << 20
 VOLUME_SIZE = 1 << 30
 DATA = 256 * MiB
 REPEATS = 3
-
-
-@contextmanager
-def xfs_mount(size: int = 4 << 30) -> Iterator[Path]:
-    """A throw-away reflink XFS on a sparse loop file; unmounted (and loop freed) on exit."""
-    base = Path(tempfile.mkdtemp(prefix="bench-xfs-"))
-    image, mnt = base / "xfs.img", base / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size)
-    mounted = False
-    try:
-        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True, capture_output=True)
-        subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
-        mounted = True
-        yield mnt
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _used(path: Path) -> int:
@@ -92,10 +70,14 @@ def run_case(root: Path) -> dict[str, object]:
 
 
 def main() -> dict[str, object]:
-    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+    if not can_make_xfs():
         raise SystemExit("bench_sim_reflink needs root and mkfs.xfs (it mounts a loop XFS)")
-    with xfs_mount() as mnt:
-        reflink = run_case(mnt)
+    xfs_base = Path(tempfile.mkdtemp(prefix="bench-xfs-"))
+    try:
+        with xfs_mount(xfs_base, 4 << 30) as mnt:
+            reflink = run_case(mnt)
+    finally:
+        shutil.rmtree(xfs_base, ignore_errors=True)
     sparse_root = Path(tempfile.mkdtemp(prefix="bench-sparse-"))
     try:
         sparse = run_case(sparse_root)

@@ -83,12 +83,12 @@ def up_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(run_dir)
     if state is None:
-        log = open(run_dir / "stack.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from integration.stack_cli import serve_stack; "
-             "from pathlib import Path; serve_stack(Path(sys.argv[1]))", str(run_dir)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
+        with open(run_dir / "stack.log", "ab") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from integration.stack_cli import serve_stack; "
+                 "from pathlib import Path; serve_stack(Path(sys.argv[1]))", str(run_dir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while (state := read_state(run_dir)) is None:
             if proc.poll() is not None:

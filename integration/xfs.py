@@ -28,11 +28,13 @@ def xfs_mount(base: Path, size: int = 8 << 30) -> Iterator[Path]:
     mnt.mkdir(exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(size)
-    subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
+    mounted = False
     try:
+        subprocess.run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True, capture_output=True)
+        mounted = True
         yield mnt
     finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True, check=False).returncode != 0:
+        if mounted and subprocess.run(["umount", str(mnt)], capture_output=True, check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
         image.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import pytest
 from integration.needs import need, need_root, need_tool
 from integration.storpool_sim.dataplane import loop_supported
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
+from integration.xfs import xfs_mount
 
 XFS_IMAGE_SIZE = 4 * 1024**3
 
@@ -35,22 +36,10 @@ def xfs_dir() -> Iterator[Path]:
     need_tool("mkfs.xfs")
     need(loop_supported(), "loop devices (/dev/loop-control and losetup)")
     base = Path(tempfile.mkdtemp(prefix="spsim-xfs-"))
-    image, mnt = base / "xfs.img", base / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(XFS_IMAGE_SIZE)
-    mounted = False
     try:
-        _run("mkfs.xfs", "-q", "-m", "reflink=1", str(image))
-        # `-o loop` sets autoclear: the loop device is freed by the umount itself.
-        _run("mount", "-o", "loop", str(image), str(mnt))
-        mounted = True
-        yield mnt
+        with xfs_mount(base, XFS_IMAGE_SIZE) as mnt:
+            yield mnt
     finally:
-        if mounted:
-            res = subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
-            if res.returncode != 0:
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
