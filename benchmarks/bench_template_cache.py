@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from cloudstack_storpool.driver import gc, volumes
-from cloudstack_storpool.driver.templates import TemplateSource
 from integration.stack import LocalStack
 
 MiB = 1 << 20
@@ -75,7 +74,7 @@ def _run(stack: LocalStack) -> dict[str, object]:
     pool = next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
     tpl = stack.cs.model.add_template(f"bench-{uuid.uuid4().hex[:6]}", TEMPLATE_SIZE)
     image = stack.template_image(tpl.id, TEMPLATE_SIZE, _content())
-    src = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    src = stack.source_of(image)
 
     first_s, first_calls, _ = _measure(ctx, lambda: volumes.create_from_template(
         ctx, pool, str(uuid.uuid4()), tpl.id, source=src))

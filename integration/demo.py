@@ -22,7 +22,6 @@ import click
 
 from cloudstack_storpool.driver import gc, resize, snapshots, vmsnapshots, volumes
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
-from cloudstack_storpool.driver.templates import TemplateSource
 from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
 from integration.libvirt_domain import running_domain
 from integration.stack import LocalStack
@@ -111,7 +110,7 @@ class Demo:
         tmpl = next(t for t in model.templates.values() if t.name == "tiny-linux")
         self.template_id = tmpl.id
         image = self.stack.template_image(tmpl.id, tmpl.size, {0: b"MBR-of-tiny-linux", 40 * MiB: b"rootfs block"})
-        source = TemplateSource(str(self.stack.secondary), str(image.relative_to(self.stack.secondary)), "qcow2")
+        source = self.stack.source_of(image)
         copies0 = self.copies()
         first = volumes.create_from_template(self.stack.ctx, self.pool, self.new(), tmpl.id, source=source)
         creates0 = self.stack.sp.calls["VolumeCreate"]

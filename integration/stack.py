@@ -24,6 +24,7 @@ from agent.server import AgentServer
 from cloudstack_storpool.cloudstack import CloudStackClient
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.poolconfig import PoolsFile, load_pools
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
@@ -169,6 +170,10 @@ class LocalStack:
         finally:
             raw.unlink(missing_ok=True)
         return path
+
+    def source_of(self, image: Path, fmt: str = "qcow2") -> TemplateSource:
+        """How CloudStack would name `image` (a file under secondary storage) to the driver."""
+        return TemplateSource(str(self.secondary), str(image.relative_to(self.secondary)), fmt)
 
     def write_secrets(self, path: Path) -> Path:
         """An env file (mode 0600) with every credential of the stack, for scripts and the CLI.

@@ -91,6 +91,7 @@ def test_body_schema_and_parse_follow_the_signature() -> None:
 @pytest.mark.parametrize(("body", "field_name"), [
     ({"pool": "p", "volume_uuid": "nope", "size": 1}, "volume_uuid"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": True}, "size"),
+    ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1 << 63}, "size"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"}, "size"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1, "extra": 1}, "extra"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1, "kind": "x"}, "kind"),

@@ -16,14 +16,13 @@ name and renames on success).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent.secondary import check_relative, parse_nfs_url
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, tags, templates, volumes
+from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import (
     AgentError,
     CloudStackError,
@@ -58,27 +57,6 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
-
-
-@dataclass(frozen=True)
-class SecondaryLocation:
-    """Where on secondary storage a copy goes or comes from, as CloudStack hands it over: the
-    store (an `nfs://host/export` URL, or an absolute directory on the hosts) and a path
-    relative to it."""
-
-    store: str
-    path: str
-
-    def check(self, field: str = "secondary") -> SecondaryLocation:
-        """The same rules the agent applies, checked before anything changes on StorPool."""
-        if not isinstance(self.store, str) or not self.store:
-            raise ValidationError(f"{field}.store", "must be an nfs:// URL or an absolute directory")
-        if self.store.startswith("nfs://"):
-            parse_nfs_url(self.store, f"{field}.store")
-        elif not os.path.isabs(self.store):
-            raise ValidationError(f"{field}.store", f"{self.store!r} must be an nfs:// URL or an absolute directory")
-        check_relative(self.path, f"{field}.path")
-        return self
 
 
 @dataclass(frozen=True)

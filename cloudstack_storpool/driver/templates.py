@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
+from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created
@@ -38,35 +39,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMATS = ("raw", "qcow2")
 FILL_POLL_START = 0.1
 FILL_POLL_MAX = 2.0
 OWNER_TAG = "fill"
 """A random value per fill attempt on the fill volume: after a lost VolumeCreate answer the
 volume found by name is ours only if it carries our value (it may be another driver's)."""
-
-
-@dataclass(frozen=True)
-class TemplateSource:
-    """Where a template's image is on secondary storage, as CloudStack tells a KVM host:
-    the store (`nfs://host/export` or a local directory the agent accepts) and the install path
-    inside it."""
-
-    store: str
-    path: str
-    format: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.store, str) or not self.store:
-            raise ValidationError("source.store", "the secondary storage location is required")
-        if not isinstance(self.path, str) or not self.path or self.path.startswith("/") or ".." in self.path.split("/"):
-            raise ValidationError("source.path", f"{self.path!r} must be a relative path inside the store")
-        if self.format is not None and self.format.lower() not in SOURCE_FORMATS:
-            raise ValidationError("source.format", f"must be one of {', '.join(SOURCE_FORMATS)}, got {self.format!r}")
-
-    @property
-    def agent_format(self) -> str | None:
-        return self.format.lower() if self.format else None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ from cloudstack_storpool.poolconfig import Secret
 NoneType = type(None)
 
 UUID_SUFFIX = "_uuid"
+# Integers are 64-bit on the wire: the caller is CloudStack (Java `long`), StorPool sizes are
+# 64-bit, and a bigger number can only be a mistake that should be a 400 here, not a failure
+# deep in a connection layer.
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
 
 
 class UnsupportedType(TypeError):
@@ -191,7 +196,7 @@ class SchemaBuilder:
         if tp is bool:
             return {"type": "boolean"}
         if tp is int:
-            return {"type": "integer"}
+            return {"type": "integer", "format": "int64", "minimum": INT64_MIN, "maximum": INT64_MAX}
         if tp is float:
             return {"type": "number"}
         if isinstance(tp, type) and issubclass(tp, Secret):
@@ -305,6 +310,8 @@ def parse(tp: Any, value: Any, field_name: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValidationError(field_name, "must be an integer")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValidationError(field_name, "must fit in a signed 64-bit integer")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -9,7 +9,6 @@ import uuid
 import pytest
 
 from cloudstack_storpool.driver import gc, templates, volumes
-from cloudstack_storpool.driver.templates import TemplateSource
 from integration.cloudstack_sim.model import ApiError
 from integration.stack import LocalStack
 
@@ -31,7 +30,7 @@ def test_gc_follows_template_deletion_on_every_pool(stack: LocalStack) -> None:
     sources = {}
     for t in (gone, used):
         image = stack.template_image(t.id, 16 * MiB, {0: t.id.encode()})
-        sources[t.id] = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+        sources[t.id] = stack.source_of(image)
     model.add_vm(f"vm-{new()[:6]}", template_id=used.id, state="Stopped")
     clones = {}
     for t in (gone, used):

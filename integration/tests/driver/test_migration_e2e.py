@@ -58,7 +58,7 @@ def test_import_from_another_storage_copies_with_qemu_img(stack: LocalStack) -> 
     dst = pool(stack, "storpool-primary")
     image_id = new()
     image = stack.template_image(image_id, 24 * MiB, {0: b"nfs volume", 20 * MiB: b"tail"})
-    src = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    src = stack.source_of(image)
     vid = new()
     res = migration.import_volume(stack.ctx, dst, vid, src, size=24 * MiB)
     assert res.mode == migration.COPY

@@ -9,7 +9,6 @@ import uuid
 import pytest
 
 from cloudstack_storpool.driver import migration, naming, volumes
-from cloudstack_storpool.driver.templates import TemplateSource
 from integration.stack import LocalStack
 
 pytestmark = pytest.mark.slow
@@ -75,7 +74,7 @@ def test_iops_follow_the_offering_through_create_change_and_migration(stack: Loc
 def test_root_volume_iops_from_the_service_offering(stack: LocalStack) -> None:
     tpl = stack.cs.model.add_template(f"so-{new()[:6]}", 8 * MiB)
     image = stack.template_image(tpl.id, 8 * MiB, {0: b"root"})
-    src = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    src = stack.source_of(image)
     vid = new()
     info = volumes.create_from_template(stack.ctx, pool(stack), vid, tpl.id, source=src,
                                         service_offering_id=service_offering(stack, "medium-iops"))

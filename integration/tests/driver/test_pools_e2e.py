@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from cloudstack_storpool.driver import gc, pools, volumes
-from cloudstack_storpool.driver.templates import TemplateSource
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
 from integration.stack import LocalStack
@@ -38,7 +37,7 @@ def test_register_use_and_remove_a_pool(stack: LocalStack, tmp_path: Path) -> No
 
     tpl = stack.cs.model.add_template(f"pool-{new()[:6]}", 8 * MiB)
     image = stack.template_image(tpl.id, 8 * MiB, {0: b"nvme"})
-    src = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    src = stack.source_of(image)
     vid = new()
     root = volumes.create_from_template(ctx, "nvme-pool", vid, tpl.id, source=src)
     assert root.template == "nvme"

@@ -65,7 +65,7 @@ def new_template(stack: LocalStack, name: str = "e2e-template") -> tuple[str, Te
     """A template registered in the CloudStack simulator with its qcow2 on secondary storage."""
     tpl = stack.cs.model.add_template(f"{name}-{new()[:6]}", TEMPLATE_SIZE)
     image = stack.template_image(tpl.id, TEMPLATE_SIZE, CONTENT)
-    return tpl.id, TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    return tpl.id, stack.source_of(image)
 
 
 def copy_jobs(stack: LocalStack) -> list[Any]:

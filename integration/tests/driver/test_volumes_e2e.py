@@ -9,7 +9,6 @@ import uuid
 import pytest
 
 from cloudstack_storpool.driver import naming, volumes
-from cloudstack_storpool.driver.templates import TemplateSource
 from cloudstack_storpool.errors import ValidationError
 from integration.stack import LocalStack
 
@@ -73,7 +72,7 @@ def test_bad_input_is_refused_before_anything_is_created(stack: LocalStack) -> N
     p = pool(stack)
     tpl = model.add_template(f"bad-{new()[:6]}", 8 * MiB)
     image = stack.template_image(tpl.id, 8 * MiB, {0: b"x"})
-    src = TemplateSource(str(stack.secondary), str(image.relative_to(stack.secondary)), "qcow2")
+    src = stack.source_of(image)
     bad_name = model.add_disk_offering("bad-template-name", details={"SP_TEMPLATE": "ssd/../hdd"})
     objects = set(stack.sp.model.objects)
     calls = dict(stack.sp.calls)

@@ -71,6 +71,19 @@ def _narrow(doc: dict[str, Any], pools: list[str], store: str, url: str) -> dict
     return doc
 
 
+def _fuzz(strategy: st.SearchStrategy[Any], label: str, url: str, session: requests.Session,
+          statuses: Counter[tuple[str, int]]) -> None:
+    @given(case=strategy)
+    @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    def check(case: Any) -> None:
+        response = case.call(base_url=url, session=session, timeout=60)
+        statuses[(label, response.status_code)] += 1
+        case.validate_response(response, checks=CHECKS)
+
+    check()
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_fuzzing_the_openapi_finds_no_server_errors(stack: LocalStack, service: ServiceServer, service_token: str,
                                                     mode: GenerationMode) -> None:
@@ -87,17 +100,7 @@ def test_fuzzing_the_openapi_finds_no_server_errors(stack: LocalStack, service: 
     for result in schema.get_all_operations():
         operation = result.ok()
         tested.append(operation.label)
-        strategy: st.SearchStrategy[Any] = operation.as_strategy(generation_mode=mode)
-
-        @given(case=strategy)
-        @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-        def check(case: Any) -> None:
-            response = case.call(base_url=service.url, session=session, timeout=60)
-            statuses[(operation.label, response.status_code)] += 1
-            case.validate_response(response, checks=CHECKS)
-
-        check()
+        _fuzz(operation.as_strategy(generation_mode=mode), operation.label, service.url, session, statuses)
     assert len(tested) == sum(len(m) for m in doc["paths"].values())
     # The fuzzing went past the front door: every operation was called, and in positive mode a
     # good share of the operations answered with success somewhere.
