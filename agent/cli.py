@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from agent.hostconfig import DEFAULT_HEARTBEAT_STATUS
 from cloudstack_storpool.errors import ProjectError, ValidationError
 
 
@@ -33,6 +34,8 @@ def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sp-port", type=int, default=None, help="StorPool API port."),
         click.option("--sp-token-file", default=None, metavar="PATH", help="File holding the StorPool API token."),
         click.option("--libvirt-uri", default="qemu:///system", show_default=True),
+        click.option("--heartbeat-status-file", default=DEFAULT_HEARTBEAT_STATUS, show_default=True,
+                     help="The heartbeat loop's status file, served at GET /v1/heartbeat."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -46,7 +49,7 @@ def _host_config(kw: dict[str, Any]) -> Any:
         sp_config=kw["sp_config"], client_id=kw["client_id"], sp_host=kw["sp_host"], sp_port=kw["sp_port"],
         sp_token_file=kw["sp_token_file"], dev_root=kw["dev_root"],
         mount_root=kw["mount_root"] or DEFAULT_MOUNT_ROOT, secondary_roots=tuple(kw["secondary_roots"]),
-        libvirt_uri=kw["libvirt_uri"],
+        libvirt_uri=kw["libvirt_uri"], heartbeat_status_file=kw["heartbeat_status_file"],
     )
 
 

@@ -75,6 +75,11 @@ class AgentClient:
 
     # --- generic ---------------------------------------------------------------------------
 
+    def heartbeat(self) -> dict[str, Any] | None:
+        """This host's heartbeat loop status (`None` before its first round)."""
+        result: dict[str, Any] | None = self._request("GET", "/v1/heartbeat")[1].get("status")
+        return result
+
     def facts(self) -> dict[str, Any]:
         return dict(self._request("GET", "/v1/facts")[1])
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 AGENT_TOKEN_ENV = "CLOUDSTACK_STORPOOL_AGENT_TOKEN"
 DEFAULT_MOUNT_ROOT = "/var/lib/cloudstack-storpool/secondary"
 DEFAULT_LIBVIRT_URI = "qemu:///system"
+DEFAULT_HEARTBEAT_STATUS = "/run/cloudstack-storpool/heartbeat.json"
 MAX_CLIENT_ID = 4095
 
 
@@ -67,6 +68,8 @@ class HostConfig:
     sp_host: str | None = None
     sp_port: int | None = None
     sp_token: str | None = field(default=None, repr=False)
+    heartbeat_status_file: str = DEFAULT_HEARTBEAT_STATUS
+    """Written by `cloudstack-storpool heartbeat run` on this host; served at GET /v1/heartbeat."""
 
     def device_path(self, global_id: str) -> str:
         """Where the StorPool client exposes an attached object on this host."""
@@ -98,6 +101,7 @@ def load_host_config(
     mount_root: str = DEFAULT_MOUNT_ROOT,
     secondary_roots: tuple[str, ...] = (),
     libvirt_uri: str = DEFAULT_LIBVIRT_URI,
+    heartbeat_status_file: str = DEFAULT_HEARTBEAT_STATUS,
 ) -> HostConfig:
     """Build the host config. Explicit values win; otherwise `SP_OURID` comes from storpool.conf."""
     token = read_secret_file(sp_token_file, "sp_token_file") if sp_token_file else None
@@ -118,6 +122,7 @@ def load_host_config(
         sp_host=sp_host,
         sp_port=sp_port,
         sp_token=token,
+        heartbeat_status_file=heartbeat_status_file,
     )
 
 

@@ -5,6 +5,7 @@ time and checked before the body is read, so an unauthenticated client cannot ma
 parse anything. Routes:
 
   GET    /v1/facts          host facts (synchronous)
+  GET    /v1/heartbeat      the heartbeat loop's last status on this host (null before it ran)
   POST   /v1/jobs           {"command", "args", "idempotency_key"?} -> 202 job (200 if it existed)
   GET    /v1/jobs           all known jobs
   GET    /v1/jobs/<id>      state, progress, result, error
@@ -21,9 +22,11 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from agent.commands import Context, FactsRequest, RunControl, facts
+from agent.hostconfig import HostConfig
 from agent.jobs import JobManager, error_json
 from cloudstack_storpool.errors import Conflict, ValidationError
 
@@ -31,6 +34,17 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 _JOB_PATH = re.compile(r"^/v1/jobs/([0-9a-f]{32})$")
+
+
+def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:
+    """The heartbeat loop's last status on this host (None before its first round), so the
+    management side can see a host's own view of its storage heartbeat over the agent link."""
+    from heartbeat.hostloop import read_status
+
+    try:
+        return read_status(Path(host.heartbeat_status_file))
+    except (OSError, ValueError) as exc:
+        return {"result": "unknown", "reason": f"cannot read {host.heartbeat_status_file}: {exc}"}
 
 
 class AgentServer(ThreadingHTTPServer):
@@ -124,6 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, facts(ctx, FactsRequest(), RunControl()))
             except Exception as exc:
                 self._error(500, "internal", str(exc))
+            return
+        if path == "/v1/heartbeat":
+            self._send(200, {"status": heartbeat_status(self.server.context_factory().host)})
             return
         if path == "/v1/jobs":
             self._send(200, {"jobs": [j.to_json() for j in self.server.jobs.list()]})

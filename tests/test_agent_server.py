@@ -171,3 +171,20 @@ def test_queued_copy_can_be_cancelled_over_http(server: AgentServer, tmp_path: P
     finally:
         for _ in range(2):
             slots.release()
+
+
+def test_heartbeat_status_is_served_to_authenticated_callers_only(tmp_path: Path) -> None:
+    from heartbeat.hostloop import write_status
+
+    status_file = tmp_path / "hb.json"
+    host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), heartbeat_status_file=str(status_file))
+    srv = AgentServer(("127.0.0.1", 0), TOKEN, lambda: Context(host=host, conn=StorPoolConn("127.0.0.1", 1, "x")))
+    serve_in_thread(srv)
+    try:
+        client = AgentClient(srv.url, TOKEN)
+        assert client.heartbeat() is None  # the loop has not run yet
+        write_status(status_file, {"result": "fail", "reason": "client 1 down", "failures": 2})
+        assert client.heartbeat() == {"result": "fail", "reason": "client 1 down", "failures": 2}
+        assert requests.get(srv.url + "/v1/heartbeat", timeout=10).status_code == 401
+    finally:
+        srv.shutdown_all()
