@@ -106,7 +106,6 @@ def test_fuzzing_the_openapi_finds_no_server_errors(stack: LocalStack, service: 
     # good share of the operations answered with success somewhere.
     called = {label for label, _ in statuses}
     assert called == set(tested)
-    print(sorted(statuses.items()))
     if mode is GenerationMode.POSITIVE:
         succeeded = {label for label, status in statuses if status < 300}
         assert len(succeeded) >= len(tested) // 3, sorted(succeeded)
