@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -98,6 +99,7 @@ def test_fuzzing_the_openapi_finds_no_server_errors(stack: LocalStack, service: 
     tested: list[str] = []
     statuses: Counter[tuple[str, int]] = Counter()
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the service's own document is invalid: {result.err()}"
         operation = result.ok()
         tested.append(operation.label)
         _fuzz(operation.as_strategy(generation_mode=mode), operation.label, service.url, session, statuses)
