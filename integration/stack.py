@@ -146,6 +146,25 @@ class LocalStack:
             conn_options=conn_options,
         )
 
+    def start_service(self) -> str:
+        """The driver service over this stack's context, on a loopback port; returns its URL.
+
+        Its token is written by `write_secrets`, never printed."""
+        from cloudstack_storpool.service import make_server, serve_in_thread
+
+        self.service_token = secrets.token_urlsafe(24)
+        server = make_server(self.ctx, self.service_token, "127.0.0.1", 0, pools_file=self.pools_file,
+                             secrets=(self.sp.token, self.cs.secret, self.agent_token))
+        thread = serve_in_thread(server)
+
+        def stop() -> None:
+            server.close()
+            thread.join(timeout=10)
+
+        self._exit.callback(stop)
+        host, port = server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
     def pools(self) -> PoolsFile:
         return load_pools(self.pools_file)
 

@@ -1,0 +1,48 @@
+"""`cloudstack-storpool up` / `down`: the local stack as a background process, used for real."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from integration.needs import need_root, need_tool
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "cloudstack-storpool"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=180, check=False)
+
+
+def test_up_serves_every_part_and_down_releases_everything(tmp_path: Path) -> None:
+    need_root()
+    need_tool("mkfs.xfs")
+    run_dir = tmp_path / "run"
+    up = _cli("up", "--run-dir", str(run_dir), "--json")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads(up.stdout)
+        secrets = dict(line.split("=", 1) for line in Path(state["secrets_file"]).read_text().splitlines())
+        assert Path(state["secrets_file"]).stat().st_mode & 0o077 == 0
+        for key in ("SP_AUTH_TOKEN", "CLOUDSTACK_SECRET", "CLOUDSTACK_STORPOOL_AGENT_TOKEN", "CSSP_SERVICE_TOKEN"):
+            assert secrets[key] and secrets[key] not in up.stdout + up.stderr, key
+        token = secrets["CSSP_SERVICE_TOKEN"]
+        health = requests.get(state["service"] + "/v1/health", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert health.status_code == 200, health.text
+        assert requests.get(state["service"] + "/v1/health", timeout=10).status_code == 401
+        agent = requests.get(next(iter(state["agents"].values())) + "/v1/facts",
+                             headers={"Authorization": f"Bearer {secrets['CLOUDSTACK_STORPOOL_AGENT_TOKEN']}"}, timeout=10)
+        assert agent.status_code == 200 and agent.json()["client_id"] in (1, 2)
+        again = _cli("up", "--run-dir", str(run_dir), "--json")  # idempotent: the same stack
+        assert json.loads(again.stdout)["pid"] == state["pid"]
+        status = _cli("stack-status", "--run-dir", str(run_dir))
+        assert state["service"] in status.stdout
+    finally:
+        down = _cli("down", "--run-dir", str(run_dir))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "stopped" in down.stdout
+    assert str(run_dir) not in Path("/proc/mounts").read_text()
+    assert _cli("stack-status", "--run-dir", str(run_dir)).returncode != 0
