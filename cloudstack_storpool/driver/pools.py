@@ -98,6 +98,11 @@ def contents(ctx: DriverContext, pool: PoolSpec | str) -> PoolContents:
     return PoolContents(spec.uuid, found)
 
 
+def list_pools(ctx: DriverContext) -> list[PoolInfo]:
+    """The configured pools, from the pools file only (no StorPool call): cheap enough for a UI list."""
+    return [_info(p) for p in ctx.pools.pools]
+
+
 def describe(ctx: DriverContext, pool: PoolSpec | str) -> PoolInfo:
     """Capacity and free space of the pool's template, and what the pool holds."""
     spec = resolve(ctx, pool)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from cloudstack_storpool.driver import (
     gc,
+    hosts,
     migration,
     pools,
     resize,
@@ -26,6 +27,7 @@ from cloudstack_storpool.service.spec import Operation, OperationTable, operatio
 
 OPERATIONS: tuple[Operation, ...] = (
     # -- pools ---------------------------------------------------------------------------------
+    operation("GET /v1/pools", pools.list_pools, name="list_pools"),
     operation("POST /v1/pools", pools.register, name="register_pool", bind=("pools_file",)),
     operation("GET /v1/pools/{pool}", pools.describe, name="describe_pool"),
     operation("GET /v1/pools/{pool}/contents", pools.contents, name="pool_contents"),
@@ -68,6 +70,7 @@ OPERATIONS: tuple[Operation, ...] = (
               name="delete_vm_snapshot"),
     # -- garbage collection --------------------------------------------------------------------
     operation("POST /v1/gc", gc.run, name="gc", job=True),
+    operation("POST /v1/heartbeat/check", hosts.check_hosts, name="heartbeat_check"),
     operation("GET /v1/gc/plan", gc.plan, name="gc_plan", exclude=("report",)),
 )
 

@@ -1,0 +1,76 @@
+"""Host-HA questions asked of StorPool on behalf of CloudStack's KVM HA: is this host alive for
+storage, and is a VM on it still doing I/O?
+
+The decisions themselves live in `heartbeat/` (policy and the one-ServicesList-per-cluster
+check); this module only supplies what the driver knows: the pools, each host's StorPool client
+id from CloudStack, and `kvm.ha.fence.on.storage.heartbeat.failure` of the host's zone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cloudstack_storpool.cloudstack import Host
+from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.errors import NotFound, ValidationError
+from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+
+FENCE_SETTING = "kvm.ha.fence.on.storage.heartbeat.failure"
+
+
+@dataclass(frozen=True)
+class PoolHeartbeat:
+    pool: str
+    verdict: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostHeartbeat:
+    host_id: str
+    host: str
+    client_id: int
+    verdict: str
+    """alive, dead or unknown; "dead" only when StorPool answered and showed no sign of life."""
+    fence_on_any: bool
+    pools: list[PoolHeartbeat] = field(default_factory=list)
+
+
+def check_hosts(ctx: DriverContext, *, host_ids: list[str] | None = None, zone_id: str | None = None,
+                io_window: float = 2.0) -> list[HostHeartbeat]:
+    """One heartbeat round for the given hosts (default: every host with a StorPool client id in
+    `zone_id`, or everywhere). Costs one ServicesList per StorPool cluster, plus active-request
+    samples only for hosts whose client looks down."""
+    if io_window < 0 or io_window > 60:
+        raise ValidationError("io_window", f"must be between 0 and 60 seconds, got {io_window}")
+    if host_ids:
+        hosts = []
+        for hid in host_ids:
+            host = ctx.cloudstack.host(hid)
+            if host is None:
+                raise NotFound(f"host_ids: CloudStack has no host {hid}")
+            hosts.append(host)
+    else:
+        hosts = list(ctx.cloudstack.hosts(zone_id=zone_id))
+    targets: list[tuple[Host, HostTarget]] = []
+    for h in hosts:
+        if h.sp_client_id is None:
+            if host_ids:
+                raise ValidationError("host_ids", f"host {h.name} has no SP_OURID detail: its StorPool client is unknown")
+            continue
+        targets.append((h, HostTarget(h.name, h.sp_client_id, h.id)))
+    out: list[HostHeartbeat] = []
+    by_zone: dict[str, list[HostTarget]] = {}
+    for h, t in targets:
+        by_zone.setdefault(h.zone_id or "", []).append(t)
+    for zone, members in by_zone.items():
+        fence = bool(ctx.settings.get(FENCE_SETTING, zone=zone or None))
+        pools = [p for p in ctx.pools.pools if not p.zone or not zone or p.zone == zone]
+        checker = HeartbeatChecker(pools, CheckConfig(fence_on_any=fence, io_window=io_window))
+        for verdict in checker.check(members):
+            out.append(HostHeartbeat(
+                host_id=verdict.host.host_id, host=verdict.host.name, client_id=verdict.host.client_id,
+                verdict=verdict.verdict.value, fence_on_any=fence,
+                pools=[PoolHeartbeat(p.pool, p.verdict.value, p.reason) for p in verdict.pools],
+            ))
+    return out
