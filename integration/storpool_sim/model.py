@@ -12,6 +12,7 @@ snapshots atomic for free.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -602,6 +603,12 @@ class Model:
                 return fn(self, arg, body)
             except DataPlaneError as e:
                 raise SpApiError("internalError", str(e)) from None
+            except OSError as e:
+                # The emulated cluster ran out of room (or the file system cannot hold a volume
+                # that large): StorPool's own answer for that is insufficientResources.
+                if e.errno in (errno.EFBIG, errno.ENOSPC, errno.EDQUOT):
+                    raise SpApiError("insufficientResources", f"cannot allocate: {e.strerror}") from None
+                raise
 
     # ---- reads -------------------------------------------------------------------------------
     def q_volumes_list(self, _a: str | None, _b: JSON) -> JSON:
