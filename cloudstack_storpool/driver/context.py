@@ -5,6 +5,7 @@ any number of driver processes can share one StorPool cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +30,14 @@ class DriverContext:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     conn_options: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[float], None] | None = None
+    """Where agent copies report their percentage (a service job, a CLI progress bar)."""
     _conns: dict[tuple[str, int, str], StorPoolConn] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def with_progress(self, progress: Callable[[float], None] | None) -> DriverContext:
+        """The same context (same connections and caches) reporting copy progress to `progress`."""
+        return dataclasses.replace(self, progress=progress)
 
     def pool(self, key: str) -> PoolSpec:
         """A pool by CloudStack uuid or name; unknown pools are a ValidationError naming `pool`."""

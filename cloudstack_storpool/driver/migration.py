@@ -172,7 +172,7 @@ def import_volume(
         ctx.agents.run_on_pool(dst, lambda agent: agent.copy_to_volume(
             store=source.store, path=source.path, volume=created.path, source_format=source.agent_format,
             target_is_zero=True, timeout=float(timeout) if isinstance(timeout, int) else 7200.0,
-            idempotency_key=f"import-{created.global_id}",
+            idempotency_key=f"import-{created.global_id}", progress=ctx.progress,
         ))
     except BaseException:
         ctx.conn(dst).volume_delete("~" + created.global_id)

@@ -242,7 +242,8 @@ def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callabl
 def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation) -> SecondaryCopy:
     """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole)."""
     agent, res = on_any_host(
-        ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path))
+        ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
+                                           progress=ctx.progress))
     return SecondaryCopy(where.store, where.path, str(res.get("format", "qcow2")), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)
 
@@ -420,7 +421,7 @@ def volume_from_snapshot(
     try:
         where = secondary
         agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
-            store=where.store, path=where.path, volume=created.ref, target_is_zero=True))
+            store=where.store, path=where.path, volume=created.ref, target_is_zero=True, progress=ctx.progress))
     except Exception as exc:
         raise undo_and_fail(f"copy of the secondary copy {secondary.path} into volume {volume_uuid} failed", exc,
                             f"the new volume {name} was removed", lambda: conn.volume_delete(name, missing_ok=True)) from exc

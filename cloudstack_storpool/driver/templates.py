@@ -217,7 +217,7 @@ def _populate(
             timeout = _copy_timeout(ctx)
             ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
                 store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
-                timeout=timeout, idempotency_key=f"fill-{fill.global_id}",
+                timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
             ))
         try:
             snap = conn.snapshot_create(

@@ -48,7 +48,7 @@ from cloudstack_storpool.errors import (
 )
 from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service import schema
-from cloudstack_storpool.service.jobs import JobManager
+from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
 
 log = logging.getLogger(__name__)
@@ -336,8 +336,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         config = self.server.config
 
-        def run() -> Any:
-            result = op.call(ctx, args, config)
+        def run(job: Job) -> Any:
+            def progress(pct: float) -> None:
+                job.progress = round(pct, 2)
+
+            result = op.call(ctx.with_progress(progress), args, config)
             return schema.to_json(result) if op.result_type is not None else None
 
         try:

@@ -43,6 +43,8 @@ class Job:
     key: str | None
     fingerprint: str = field(repr=False)
     state: str = "queued"
+    progress: float | None = None
+    """Percent done of the agent copy the job is waiting for (None when it copies nothing)."""
     result: Any = None
     error: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
@@ -56,6 +58,7 @@ class Job:
             "operation": self.operation,
             "idempotency_key": self.key,
             "state": self.state,
+            "progress": self.progress,
             "result": self.result,
             "error": self.error,
             "created": self.created,
@@ -82,7 +85,8 @@ class KeyReused(Conflict):
     field = IDEMPOTENCY_FIELD
 
 
-Runner = Callable[[], Any]
+Runner = Callable[["Job"], Any]
+"""Does the job's work; may set `job.progress` as it goes."""
 """Runs the operation and returns its JSON result; raises on failure."""
 ErrorMapper = Callable[[BaseException, str], dict[str, Any]]
 """Turns an exception into the wire error object (the same mapping the synchronous path uses)."""
@@ -128,7 +132,7 @@ class JobManager:
             with self._slots:
                 job.started = time.time()
                 job.state = "running"
-                job.result = run()
+                job.result = run(job)
                 job.state = "succeeded"
         except BaseException as exc:
             job.error = self._error_json(exc, f"job {job.id} ({job.operation})")

@@ -58,14 +58,16 @@ def _job_schema(result: dict[str, Any], description: str) -> dict[str, Any]:
             "operation": {"type": "string"},
             "idempotency_key": {"type": ["string", "null"]},
             "state": {"enum": _JOB_STATES},
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 100,
+                         "description": "Percent done of the agent copy the job waits for; null when it copies nothing"},
             "result": nullable_result,
             "error": {"anyOf": [job_error, {"type": "null"}]},
             "created": {"type": "number"},
             "started": {"type": ["number", "null"]},
             "finished": {"type": ["number", "null"]},
         },
-        "required": ["id", "operation", "idempotency_key", "state", "result", "error", "created", "started",
-                     "finished"],
+        "required": ["id", "operation", "idempotency_key", "state", "progress", "result", "error", "created",
+                     "started", "finished"],
     }
 
 
