@@ -17,7 +17,14 @@ def _register() -> None:
     # Imported here so that `--help` of one group does not pay for importing every other one's
     # heavy dependencies at module import time of this file.
     from agent.cli import agent_group
-    from cloudstack_storpool.ops_cli import gc_cmd, pool_group, template_group, volume_group
+    from cloudstack_storpool.ops_cli import (
+        gc_cmd,
+        pool_group,
+        snapshot_group,
+        template_group,
+        vmsnapshot_group,
+        volume_group,
+    )
     from cloudstack_storpool.service_cli import serve_cmd
     from heartbeat.cli import heartbeat_group
     from integration.cli import sim_group
@@ -26,7 +33,7 @@ def _register() -> None:
     from settings.cli import settings_group
 
     for group in (sim_group, settings_group, agent_group, heartbeat_group, up_cmd, down_cmd, status_cmd, demo_cmd,
-                  pool_group, template_group, volume_group, gc_cmd, serve_cmd):
+                  pool_group, template_group, volume_group, gc_cmd, serve_cmd, snapshot_group, vmsnapshot_group):
         cli.add_command(group)
 
 

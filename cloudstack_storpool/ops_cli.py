@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,37 @@ def emit(result: Any, as_json: bool, columns: Sequence[str]) -> None:
         return
     rows = data if isinstance(data, list) else [data]
     click.echo(table(rows, columns))
+
+
+@contextmanager
+def progress_bar(ctx: Any, label: str, as_json: bool) -> Iterator[Any]:
+    """`ctx` reporting agent copy progress on stderr: a bar on a terminal, a line per 10% in a log
+    (nothing with --json: scripts read stdout)."""
+    if as_json:
+        yield ctx
+        return
+    if not sys.stderr.isatty():
+        shown = -10
+
+        def line(pct: float) -> None:
+            nonlocal shown
+            if pct >= shown + 10 or (pct >= 100 and shown < 100):
+                shown = int(pct // 10 * 10) if pct < 100 else 100
+                click.echo(f"{label}: {shown}%", err=True)
+
+        yield ctx.with_progress(line)
+        return
+    with click.progressbar(length=100, label=label, file=sys.stderr, show_percent=True) as bar:
+        done = 0
+
+        def advance(pct: float) -> None:
+            nonlocal done
+            target = round(min(max(pct, 0.0), 100.0))
+            if target > done:
+                bar.update(target - done)
+                done = target
+
+        yield ctx.with_progress(advance)
 
 
 def run(fn: Callable[[], Any], as_json: bool, columns: Sequence[str]) -> None:
@@ -204,3 +237,169 @@ def gc_cmd(dry_run: bool, temporary_age: int | None, pools_file: str | None, as_
         return [{**dataclasses.asdict(a), "done": a.name in report.done} for a in report.planned]
 
     run(go, as_json, ["kind", "pool", "name", "reason", "done"])
+
+
+VOLUME_COLUMNS = ["uuid", "name", "global_id", "size", "template", "iops", "path"]
+
+
+@volume_group.command("create")
+@click.argument("pool")
+@click.argument("volume_uuid")
+@click.option("--size", type=int, help="Bytes (a multiple of 512). Optional with --template.")
+@click.option("--template", "template_uuid", default=None, help="Create from this CloudStack template (cached on first use).")
+@click.option("--source-store", default=None, help="Secondary storage holding the template image (first use only).")
+@click.option("--source-path", default=None, help="The image's path inside the store.")
+@click.option("--disk-offering", default=None)
+@click.option("--service-offering", default=None)
+@click.option("--iops", type=int, default=None)
+@pools_opt
+@token_opt
+@json_opt
+def volume_create(pool: str, volume_uuid: str, size: int | None, template_uuid: str | None, source_store: str | None,
+                  source_path: str | None, disk_offering: str | None, service_offering: str | None, iops: int | None,
+                  pools_file: str | None, agent_token_file: str | None, as_json: bool) -> None:
+    """Create VOLUME_UUID on POOL: empty, or from a template (a copy only when it is not cached yet)."""
+    from cloudstack_storpool.driver import volumes
+    from cloudstack_storpool.driver.secondary import TemplateSource
+
+    def go() -> Any:
+        ctx = build_context(pools_file, agent_token_file)
+        if template_uuid is None:
+            if size is None:
+                raise ValidationError("size", "required for an empty volume")
+            return volumes.create(ctx, pool, volume_uuid, size, disk_offering_id=disk_offering,
+                                  service_offering_id=service_offering, iops=iops)
+        source = TemplateSource(source_store, source_path) if source_store and source_path else None
+        with progress_bar(ctx, "copying template", as_json) as pctx:
+            return volumes.create_from_template(pctx, pool, volume_uuid, template_uuid, size=size, source=source,
+                                                disk_offering_id=disk_offering, service_offering_id=service_offering,
+                                                iops=iops)
+
+    run(go, as_json, VOLUME_COLUMNS)
+
+
+@volume_group.command("delete")
+@click.argument("pool")
+@click.argument("volume_uuid")
+@pools_opt
+@json_opt
+def volume_delete(pool: str, volume_uuid: str, pools_file: str | None, as_json: bool) -> None:
+    """Delete VOLUME_UUID (force-detached; already gone counts as done)."""
+    from cloudstack_storpool.driver import volumes
+
+    run(lambda: volumes.delete(build_context(pools_file), pool, volume_uuid), as_json, ["uuid", "deleted", "backup"])
+
+
+@volume_group.command("resize")
+@click.argument("volume_uuid")
+@click.argument("new_size", type=int)
+@click.option("--shrink-ok", is_flag=True, help="Allow shrinking (data past the new end is lost).")
+@pools_opt
+@token_opt
+@json_opt
+def volume_resize(volume_uuid: str, new_size: int, shrink_ok: bool, pools_file: str | None, agent_token_file: str | None,
+                  as_json: bool) -> None:
+    """Resize VOLUME_UUID to NEW_SIZE bytes; a running VM sees it at once (rolled back on failure)."""
+    from cloudstack_storpool.driver import resize
+
+    run(lambda: resize.resize_volume(build_context(pools_file, agent_token_file), volume_uuid=volume_uuid,
+                                     new_size=new_size, shrink_ok=shrink_ok),
+        as_json, ["volume_uuid", "old_size", "new_size", "host_id", "notified", "capacity"])
+
+
+@click.group("snapshot")
+def snapshot_group() -> None:
+    """Volume snapshots: take (with or without a secondary copy), delete, revert, to a volume."""
+
+
+@snapshot_group.command("take")
+@click.argument("volume_uuid")
+@click.argument("snapshot_uuid")
+@click.option("--secondary-store", default=None, help="Where the qcow2 backup goes (needed unless bypassed).")
+@click.option("--secondary-path", default=None)
+@pools_opt
+@token_opt
+@json_opt
+def snapshot_take(volume_uuid: str, snapshot_uuid: str, secondary_store: str | None, secondary_path: str | None,
+                  pools_file: str | None, agent_token_file: str | None, as_json: bool) -> None:
+    """Snapshot VOLUME_UUID; backed up to secondary storage unless sp.bypass.secondary.storage is true."""
+    from cloudstack_storpool.driver import snapshots
+    from cloudstack_storpool.driver.secondary import SecondaryLocation
+
+    def go() -> Any:
+        ctx = build_context(pools_file, agent_token_file)
+        where = SecondaryLocation(secondary_store, secondary_path) if secondary_store and secondary_path else None
+        with progress_bar(ctx, "backing up", as_json) as pctx:
+            return snapshots.take_snapshot(pctx, volume_uuid=volume_uuid, snapshot_uuid=snapshot_uuid, secondary=where)
+
+    run(go, as_json, ["uuid", "name", "global_id", "bypassed", "path"])
+
+
+@snapshot_group.command("delete")
+@click.argument("pool")
+@click.argument("snapshot_uuid")
+@pools_opt
+@json_opt
+def snapshot_delete(pool: str, snapshot_uuid: str, pools_file: str | None, as_json: bool) -> None:
+    """Delete SNAPSHOT_UUID from StorPool (detached everywhere first)."""
+    from cloudstack_storpool.driver import snapshots
+
+    run(lambda: snapshots.delete_snapshot(build_context(pools_file), pool=pool, snapshot_uuid=snapshot_uuid),
+        as_json, ["uuid", "name", "existed"])
+
+
+@snapshot_group.command("revert")
+@click.argument("volume_uuid")
+@click.argument("snapshot_uuid")
+@pools_opt
+@json_opt
+def snapshot_revert(volume_uuid: str, snapshot_uuid: str, pools_file: str | None, as_json: bool) -> None:
+    """Revert VOLUME_UUID to SNAPSHOT_UUID (its VM must be stopped); tags and IOPS are kept."""
+    from cloudstack_storpool.driver import snapshots
+
+    run(lambda: snapshots.revert_snapshot(build_context(pools_file), volume_uuid=volume_uuid,
+                                          snapshot_uuid=snapshot_uuid), as_json, ["volume_uuid", "volume", "snapshot", "iops"])
+
+
+@click.group("vmsnapshot")
+def vmsnapshot_group() -> None:
+    """VM snapshots: one consistent StorPool group snapshot over all of a VM's disks."""
+
+
+@vmsnapshot_group.command("take")
+@click.argument("vm_uuid")
+@click.argument("vm_snapshot_uuid")
+@pools_opt
+@json_opt
+def vmsnapshot_take(vm_uuid: str, vm_snapshot_uuid: str, pools_file: str | None, as_json: bool) -> None:
+    """Take VM_SNAPSHOT_UUID of every disk of VM_UUID at one instant."""
+    from cloudstack_storpool.driver import vmsnapshots
+
+    run(lambda: vmsnapshots.take_vm_snapshot(build_context(pools_file), vm_uuid=vm_uuid,
+                                             vm_snapshot_uuid=vm_snapshot_uuid), as_json, ["uuid", "vm_uuid", "recovered"])
+
+
+@vmsnapshot_group.command("revert")
+@click.argument("vm_uuid")
+@click.argument("vm_snapshot_uuid")
+@pools_opt
+@json_opt
+def vmsnapshot_revert(vm_uuid: str, vm_snapshot_uuid: str, pools_file: str | None, as_json: bool) -> None:
+    """Revert every disk of VM_UUID (stopped) to VM_SNAPSHOT_UUID."""
+    from cloudstack_storpool.driver import vmsnapshots
+
+    run(lambda: vmsnapshots.revert_vm_snapshot(build_context(pools_file), vm_uuid=vm_uuid,
+                                               vm_snapshot_uuid=vm_snapshot_uuid), as_json, ["uuid", "vm_uuid", "volumes"])
+
+
+@vmsnapshot_group.command("delete")
+@click.argument("vm_uuid")
+@click.argument("vm_snapshot_uuid")
+@pools_opt
+@json_opt
+def vmsnapshot_delete(vm_uuid: str, vm_snapshot_uuid: str, pools_file: str | None, as_json: bool) -> None:
+    """Delete every member snapshot of VM_SNAPSHOT_UUID."""
+    from cloudstack_storpool.driver import vmsnapshots
+
+    run(lambda: vmsnapshots.delete_vm_snapshot(build_context(pools_file), vm_uuid=vm_uuid,
+                                               vm_snapshot_uuid=vm_snapshot_uuid), as_json, ["uuid", "vm_uuid", "deleted"])

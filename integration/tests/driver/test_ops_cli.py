@@ -51,3 +51,34 @@ def test_bad_input_names_the_field_and_exits_non_zero(stack: LocalStack) -> None
     res = CliRunner().invoke(cli, ["pool", "describe", "no-such-pool"], env=env(stack))
     assert res.exit_code == 1
     assert "pool" in res.output and "no-such-pool" in res.output
+
+
+def test_volume_from_template_shows_progress_then_snapshot_and_resize(stack: LocalStack) -> None:
+    runner = CliRunner()
+    e = env(stack)
+    tmpl = next(t for t in stack.cs.model.templates.values() if t.name == "tiny-linux")
+    image = stack.template_image(tmpl.id, tmpl.size, {0: b"hello"})
+    vid = str(uuid.uuid4())
+    res = runner.invoke(cli, ["volume", "create", "storpool-primary", vid, "--template", tmpl.id,
+                              "--source-store", str(stack.secondary),
+                              "--source-path", str(image.relative_to(stack.secondary))], env=e)
+    assert res.exit_code == 0, res.output
+    assert "copying template: 100%" in res.output
+    assert vid in res.output
+    gid = stack.ctx.conn("storpool-primary").volume(f"cs-vol-{vid}").globalId
+    stack.cs.model.add_volume("cli-vol", tmpl.size, storage_id=next(p.uuid for p in stack.pools().pools
+                                                                    if p.name == "storpool-primary"),
+                              path=f"/dev/storpool-byid/{gid}", volume_id=vid)
+    stack.cloudstack.update_configuration("sp.bypass.secondary.storage", "true")
+    stack.settings.invalidate()
+    sid = stack.cs.model.add_snapshot(vid).id
+    res = runner.invoke(cli, ["snapshot", "take", vid, sid, "--json"], env=e)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["bypassed"] is True
+    res = runner.invoke(cli, ["snapshot", "delete", "storpool-primary", sid, "--json"], env=e)
+    assert res.exit_code == 0 and json.loads(res.output)["existed"] is True
+    res = runner.invoke(cli, ["volume", "resize", vid, str(tmpl.size + (1 << 20)), "--json"], env=e)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["new_size"] == tmpl.size + (1 << 20)
+    res = runner.invoke(cli, ["volume", "resize", vid, "1024", "--json"], env=e)
+    assert res.exit_code == 1 and "shrink" in res.output.lower()
