@@ -240,15 +240,33 @@ class Demo:
         alive = {v.host.name: v.verdict.value for v in checker.check(hosts)}
         self.stack.sp.faults.client_down(2)
         down = {v.host.name: v.verdict.value for v in checker.check(hosts)}
+        own = self.host_view(2, "fail")
         self.stack.sp.faults.set_client_status(2, "running")
+        back = self.host_view(2, "ok")
         calls = checker.calls()
         return [
             check(set(alive.values()) == {"alive"}, f"all hosts alive: {alive}"),
             check(down.get("kvm2") == "dead" and down.get("kvm1") == "alive",
                   f"kvm2's StorPool client down, no I/O -> {down}"),
+            check(own.get("result") == "fail", f"kvm2's own heartbeat loop, read through its agent: {own.get('reason')}"),
+            check(back.get("result") == "ok", "after recovery the host's loop reports ok again"),
             check(calls > 0, f"{calls} StorPool calls for both rounds (one ServicesList per cluster per round, "
                              "active-request samples only for the host that looked down)"),
         ]
+
+    def host_view(self, client_id: int, want: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The heartbeat status a host's own loop wrote, as its agent serves it (polled until `want`)."""
+        from agent.client import AgentClient
+
+        agent = AgentClient(self.stack.agent_for_client(client_id).url, self.stack.agent_token)
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = agent.heartbeat() or {}
+            if status.get("result") == want:
+                break
+            time.sleep(0.2)
+        return status
 
     def run(self) -> bool:
         self.pool = next(p.uuid for p in self.stack.pools().pools if p.name == "storpool-primary")

@@ -27,6 +27,7 @@ from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.poolconfig import PoolsFile, load_pools
 from cloudstack_storpool.spconn import StorPoolConn
+from heartbeat.hostloop import HostLoop, LoopConfig
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -56,11 +57,12 @@ class LocalStack:
     """Start with `with LocalStack(root) as stack:`; everything stops and is released on exit."""
 
     def __init__(self, root: Path, *, make_xfs: bool | None = None, settings_ttl: float = 0.5,
-                 xfs_size: int = 8 << 30) -> None:
+                 xfs_size: int = 8 << 30, heartbeat_interval: float = 1.0) -> None:
         self.root = Path(root)
         self.make_xfs = can_make_xfs() if make_xfs is None else make_xfs
         self.settings_ttl = settings_ttl
         self.xfs_size = xfs_size
+        self.heartbeat_interval = heartbeat_interval
         self.agent_token = secrets.token_urlsafe(24)
         self.service_token: str | None = None
         self._exit = ExitStack()
@@ -114,12 +116,28 @@ class LocalStack:
         self.settings = Settings(self.cloudstack, ttl=self.settings_ttl)
         self.ctx = self.driver_context()
 
+    def _start_heartbeat(self, client_id: int, status_file: Path) -> None:
+        """The host's heartbeat loop, as `heartbeat run` would run it on a KVM host (action: log)."""
+        conn = StorPoolConn(self.sp.host, self.sp.port, self.sp.token, our_id=client_id, retries=0, timeout=5)
+        loop = HostLoop(conn, LoopConfig(client_id, interval=self.heartbeat_interval, status_file=status_file))
+        thread = threading.Thread(target=loop.run, name=f"heartbeat-{client_id}", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            loop.stop.set()
+            thread.join(timeout=10)
+
+        self._exit.callback(stop)
+
     def _start_agent(self, host_id: str, host_name: str, client_id: int) -> None:
+        status_file = self.root / f"heartbeat-{client_id}.json"
+        self._start_heartbeat(client_id, status_file)
         cfg = HostConfig(
             client_id=client_id,
             dev_root=str(self.sp.dev_root / str(client_id)),
             mount_root=str(self.root / "mnt"),
             secondary_roots=(str(self.secondary),),
+            heartbeat_status_file=str(status_file),
         )
         conn = StorPoolConn(self.sp.host, self.sp.port, self.sp.token, our_id=client_id)
         server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn))
