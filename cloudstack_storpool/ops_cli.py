@@ -31,22 +31,11 @@ def pools_path(value: str | None) -> str:
 
 def build_context(pools_file: str | None, agent_token_file: str | None = None) -> Any:
     """A driver context from the operator's configuration files and environment."""
-    from cloudstack_storpool.cloudstack import CloudStackClient
-    from cloudstack_storpool.driver.agents import AgentDirectory
+    from agent.hostconfig import read_agent_token
     from cloudstack_storpool.driver.context import DriverContext
-    from cloudstack_storpool.poolconfig import load_pools
-    from settings.store import Settings
 
-    pools = load_pools(pools_path(pools_file))
-    client = CloudStackClient.from_config()
-    if agent_token_file:
-        token = Path(agent_token_file).read_text().strip()
-    else:
-        token = os.environ.get(AGENT_TOKEN_ENV, "")
-    settings = Settings(client)
-    port = settings.get("storpool.agent.port")
-    return DriverContext(pools=pools, cloudstack=client, settings=settings,
-                         agents=AgentDirectory(client, token, default_port=int(port) if isinstance(port, int) else 8259))
+    token = read_agent_token(agent_token_file) if agent_token_file or os.environ.get(AGENT_TOKEN_ENV) else ""
+    return DriverContext.from_config(pools_path(pools_file), token)
 
 
 def _jsonable(value: Any) -> Any:

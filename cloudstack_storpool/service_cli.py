@@ -70,12 +70,8 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
               region: str | None, max_jobs: int, settings_ttl: float, verbose: bool) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from agent.hostconfig import read_agent_token
-    from cloudstack_storpool.cloudstack import CloudStackClient
-    from cloudstack_storpool.driver.agents import AgentDirectory
     from cloudstack_storpool.driver.context import DriverContext
-    from cloudstack_storpool.poolconfig import load_pools
     from cloudstack_storpool.service.app import make_server
-    from settings.store import Settings
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,11 +82,8 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
         pools_path = pools_file or os.environ.get(POOLS_FILE_ENV, "")
         if not pools_path:
             raise ValidationError("pools", f"no pools file: pass --pools or set ${POOLS_FILE_ENV}")
-        pools = load_pools(pools_path)
-        cloudstack = CloudStackClient.from_config(region)
-        ctx = DriverContext(pools=pools, cloudstack=cloudstack, settings=Settings(cloudstack, ttl=settings_ttl),
-                            agents=AgentDirectory(cloudstack, agent_token))
-        server = make_server(ctx, token, host, port, pools_file=pools_path, max_jobs=max_jobs,
+        ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl)
+        server = make_server(ctx, token, host, port, pools_file=pools_path, max_jobs=max_jobs, periodic_gc=True,
                              secrets=(agent_token, _cloudstack_secret(region)))
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
@@ -101,7 +94,7 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    click.echo(f"driver service listening on {server.url} ({len(pools.pools)} pools)", err=True)
+    click.echo(f"driver service listening on {server.url} ({len(ctx.pools.pools)} pools)", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

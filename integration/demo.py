@@ -307,7 +307,7 @@ def demo_cmd(root: Path | None, as_json: bool) -> None:
     base = root or Path(tempfile.mkdtemp(prefix="cloudstack-storpool-demo-"))
     click.echo(f"starting the local stack in {base} ...")
     t0 = time.perf_counter()
-    with LocalStack(base) as stack:
+    with LocalStack(base, heartbeat_interval=1.0) as stack:
         click.echo(f"stack up in {time.perf_counter() - t0:.2f}s: StorPool emulator {stack.sp.url} "
                    f"(data on {'reflink XFS' if stack.make_xfs else 'sparse files'}), CloudStack {stack.cs.endpoint}, "
                    f"{len(stack.agents)} agents")

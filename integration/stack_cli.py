@@ -55,7 +55,7 @@ def serve_stack(run_dir: Path) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    with LocalStack(run_dir / "stack") as stack:
+    with LocalStack(run_dir / "stack", heartbeat_interval=5.0) as stack:
         service_url = stack.start_service()
         state = {
             "pid": os.getpid(),

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec
@@ -34,6 +35,24 @@ class DriverContext:
     """Where agent copies report their percentage (a service job, a CLI progress bar)."""
     _conns: dict[tuple[str, int, str], StorPoolConn] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_config(cls, pools_file: str | Path, agent_token: str, *, region: str | None = None,
+                    settings_ttl: float = 30.0) -> DriverContext:
+        """The context of a deployed driver: the pools file, CloudStack credentials as the `cs`
+        client reads them (`cloudstack.ini` / `CLOUDSTACK_*`), agents on `storpool.agent.port`
+        unless a host says otherwise. Shared by `serve` and the operator commands."""
+        from cloudstack_storpool.cloudstack import CloudStackClient
+        from cloudstack_storpool.driver.agents import AgentDirectory
+        from cloudstack_storpool.poolconfig import load_pools
+        from settings.store import Settings
+
+        pools = load_pools(pools_file)
+        cloudstack = CloudStackClient.from_config(region)
+        settings = Settings(cloudstack, ttl=settings_ttl)
+        port = settings.get("storpool.agent.port")
+        agents = AgentDirectory(cloudstack, agent_token, default_port=port if isinstance(port, int) else 8259)
+        return cls(pools=pools, cloudstack=cloudstack, settings=settings, agents=agents)
 
     def with_progress(self, progress: Callable[[float], None] | None) -> DriverContext:
         """The same context (same connections and caches) reporting copy progress to `progress`."""

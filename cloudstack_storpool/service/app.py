@@ -49,6 +49,7 @@ from cloudstack_storpool.errors import (
 from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.jobs import Job, JobManager
+from cloudstack_storpool.service.periodic import PeriodicGc
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class ServiceServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], token: str, ctx: DriverContext, table: OperationTable, *,
                  pools_file: str | Path | None = None, max_jobs: int = 8, job_retention: float = 3600.0,
-                 secrets: Iterable[str | None] = ()) -> None:
+                 secrets: Iterable[str | None] = (), periodic_gc: bool = False) -> None:
         if not token:
             raise ValueError("the service token must not be empty")
         self.token = token.encode()
@@ -118,6 +119,7 @@ class ServiceServer(ThreadingHTTPServer):
         self.jobs = JobManager(self.error_json, max_running=max_jobs, retention=job_retention)
         self._openapi: bytes | None = None
         self._openapi_lock = threading.Lock()
+        self.gc = PeriodicGc(ctx).start() if periodic_gc else None
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -186,6 +188,8 @@ class ServiceServer(ThreadingHTTPServer):
 
     def close(self, job_timeout: float = 30.0) -> None:
         """Stop accepting, let running jobs finish (up to `job_timeout`), release the socket."""
+        if self.gc is not None:
+            self.gc.close()
         self.shutdown()
         if not self.jobs.wait_all(job_timeout):
             log.warning("stopping with jobs still running; their callers must retry elsewhere")
@@ -415,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: int = 0, *,
                 table: OperationTable | None = None, pools_file: str | Path | None = None, max_jobs: int = 8,
-                secrets: Iterable[str | None] = ()) -> ServiceServer:
+                secrets: Iterable[str | None] = (), periodic_gc: bool = False) -> ServiceServer:
     """A service over an already-built driver context (tests, the local stack, the CLI).
 
     Not started: call `serve_forever()` (or `serve_in_thread`)."""
@@ -423,7 +427,8 @@ def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: i
         from cloudstack_storpool.service.operations import TABLE
 
         table = TABLE
-    return ServiceServer((host, port), token, ctx, table, pools_file=pools_file, max_jobs=max_jobs, secrets=secrets)
+    return ServiceServer((host, port), token, ctx, table, pools_file=pools_file, max_jobs=max_jobs, secrets=secrets,
+                         periodic_gc=periodic_gc)
 
 
 def serve_in_thread(server: ServiceServer) -> threading.Thread:
