@@ -39,6 +39,33 @@ FUZZ_POOL = "fuzz-pool"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
+def _request_refs(doc: dict[str, Any]) -> set[str]:
+    """Component schemas reachable from request bodies (narrowing one only used in responses
+    would make the service's correct answers look wrong)."""
+    refs: set[str] = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                if name not in refs:
+                    refs.add(name)
+                    collect(doc["components"]["schemas"][name])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    for item in doc["paths"].values():
+        for op in item.values():
+            if isinstance(op, dict):
+                collect(op.get("requestBody"))
+                collect(op.get("parameters"))
+    return refs
+
+
 def _narrow(doc: dict[str, Any], pools: list[str], store: str, url: str) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
 
@@ -57,6 +84,8 @@ def _narrow(doc: dict[str, Any], pools: list[str], store: str, url: str) -> dict
             if node.get("in") in ("path", "query") and node.get("name") in POOL_FIELDS:
                 node["schema"] = {"enum": pools}
             for key, value in node.items():
+                if key == "responses":
+                    continue
                 if key == "delete" and isinstance(value, dict) and value.get("operationId") == "remove_pool":
                     # Removing the stack's (empty) pools would be legitimate, and would leave every
                     # later operation nothing but "unknown pool": only the fuzz-made pool may go.
@@ -68,7 +97,10 @@ def _narrow(doc: dict[str, Any], pools: list[str], store: str, url: str) -> dict
             for value in node:
                 walk(value)
 
-    walk(doc)
+    walk(doc["paths"])
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in _request_refs(doc):
+        walk(schemas[name])
     return doc
 
 
