@@ -57,7 +57,7 @@ def test_bypass_false_backs_up_through_an_agent(env: Env) -> None:
     info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=SEC)
     assert not info.bypassed and info.backup is not None and info.backup.path == SEC.path
     assert env.agents.pool_agent.calls == [
-        ("backup_snapshot", {"snapshot": naming.snapshot(sid), "store": SEC.store, "path": SEC.path})]
+        ("backup_snapshot", {"snapshot": naming.snapshot(sid), "store": SEC.store, "path": SEC.path, "progress": None})]
     assert naming.snapshot(sid) in env.snapshot_names()  # kept on StorPool too
 
 
