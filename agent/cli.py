@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -86,10 +85,11 @@ def agent_group() -> None:
 def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: bool, **kw: Any) -> None:
     """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
     from agent.hostconfig import read_agent_token
-    from agent.server import AgentServer, parse_listen
+    from agent.server import AgentServer
+    from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
+    from cloudstack_storpool.httpjson import parse_listen
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
     try:
         token = read_agent_token(token_file)
         host = _host_config(kw)
@@ -97,15 +97,8 @@ def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: boo
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
 
-    def stop(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    click.echo(f"agent listening on {server.url} (client id {host.client_id})", err=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(server, f"agent listening on {server.url} (client id {host.client_id})")
     finally:
         server.jobs.cancel_all()
         server.server_close()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.tokens import read_secret_file, read_token
 
 if TYPE_CHECKING:
     from agent.attach import SpConn
@@ -25,26 +25,9 @@ DEFAULT_HEARTBEAT_STATUS = "/run/cloudstack-storpool/heartbeat.json"
 MAX_CLIENT_ID = 4095
 
 
-def read_secret_file(path: str, what: str) -> str:
-    """The first line of a secret file; errors name the file, never its content."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValidationError(what, f"cannot read {path}: {exc.strerror}") from exc
-    value = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if not value:
-        raise ValidationError(what, f"{path} is empty")
-    return value
-
-
 def read_agent_token(token_file: str | None, env: dict[str, str] | None = None) -> str:
     """The shared agent token: from `--token-file`, else `$CLOUDSTACK_STORPOOL_AGENT_TOKEN`."""
-    if token_file:
-        return read_secret_file(token_file, "token_file")
-    value = (env if env is not None else dict(os.environ)).get(AGENT_TOKEN_ENV, "").strip()
-    if not value:
-        raise ValidationError("token_file", f"no agent token: pass --token-file or set ${AGENT_TOKEN_ENV}")
-    return value
+    return read_token(token_file, AGENT_TOKEN_ENV, "agent token", env)
 
 
 def check_client_id(value: Any, field_name: str = "client_id") -> int:

@@ -14,14 +14,10 @@ parse anything. Routes:
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
-import socket
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +25,12 @@ from agent.commands import Context, FactsRequest, RunControl, facts
 from agent.hostconfig import HostConfig
 from agent.jobs import JobManager, error_json
 from cloudstack_storpool.errors import Conflict, ValidationError
+from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
+
+__all__ = ["AgentServer", "heartbeat_status", "parse_listen", "serve_in_thread"]
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20
 _JOB_PATH = re.compile(r"^/v1/jobs/([0-9a-f]{32})$")
 
 
@@ -47,29 +45,14 @@ def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:
         return {"result": "unknown", "reason": f"cannot read {host.heartbeat_status_file}: {exc}"}
 
 
-class AgentServer(ThreadingHTTPServer):
-    daemon_threads = True
+class AgentServer(TokenServer):
+    role = "agent"
 
     def __init__(self, address: tuple[str, int], token: str, context_factory: Callable[[], Context],
                  *, max_copies: int = 2) -> None:
-        if not token:
-            raise ValueError("the agent token must not be empty")
-        self.token = token.encode()
+        super().__init__(address, token, _Handler)
         self.context_factory = context_factory
         self.jobs = JobManager(context_factory, max_copies=max_copies)
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def authorized(self, header: str | None) -> bool:
-        if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.token)
 
     def shutdown_all(self) -> None:
         self.shutdown()
@@ -77,52 +60,18 @@ class AgentServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: AgentServer
-    protocol_version = "HTTP/1.1"
     server_version = "cloudstack-storpool-agent"
 
     def log_message(self, format: str, *args: Any) -> None:
         # Request lines only (never headers: they hold the token).
         log.info("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, code: str, message: str, fld: str | None = None,
-               headers: dict[str, str] | None = None) -> None:
-        err: dict[str, Any] = {"code": code, "message": message}
-        if fld is not None:
-            err["field"] = fld
-        self._send(status, {"error": err}, headers)
-
-    def _auth(self) -> bool:
-        if self.server.authorized(self.headers.get("Authorization")):
-            return True
-        # The body (if any) is not read; close the connection instead of draining it.
-        self.close_connection = True
-        self._error(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-        return False
-
     def _body(self) -> Any:
-        length = self.headers.get("Content-Length")
-        if length is None:
+        raw = self._read_body()
+        if raw is None:
             raise ValidationError("body", "a JSON body with Content-Length is required")
-        try:
-            n = int(length)
-        except ValueError as exc:
-            raise ValidationError("body", "bad Content-Length") from exc
-        if n < 0 or n > MAX_BODY:
-            self.close_connection = True
-            raise ValidationError("body", f"must be at most {MAX_BODY} bytes")
-        raw = self.rfile.read(n)
         try:
             return json.loads(raw or b"null")
         except ValueError as exc:
@@ -196,21 +145,3 @@ class _Handler(BaseHTTPRequestHandler):
         if self._auth():
             self._error(405, "method-not-allowed", "PUT is not supported")
 
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 as `[::1]:PORT`)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValidationError("listen", f"{value!r} is not HOST:PORT")
-    host = host.strip("[]")
-    p = int(port)
-    if not 0 <= p <= 65535:
-        raise ValidationError("listen", f"port {p} is out of range")
-    return host, p
-
-
-def serve_in_thread(server: AgentServer) -> threading.Thread:
-    """Run the server in a background thread (tests, the local stack launcher)."""
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="agent-http", daemon=True)
-    t.start()
-    return t

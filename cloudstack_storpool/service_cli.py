@@ -10,15 +10,13 @@ the `cs` tool reads them).
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
-import signal
 import socket
-from typing import Any
 
 import click
 
 from cloudstack_storpool.errors import ProjectError, ValidationError
+from cloudstack_storpool.tokens import read_token
 
 SERVICE_TOKEN_ENV = "CSSP_SERVICE_TOKEN"
 POOLS_FILE_ENV = "CSSP_POOLS_FILE"
@@ -26,20 +24,13 @@ DEFAULT_LISTEN = "127.0.0.1:8260"
 
 
 def read_service_token(token_file: str | None, env: dict[str, str] | None = None) -> str:
-    from agent.hostconfig import read_secret_file
-
-    if token_file:
-        return read_secret_file(token_file, "token_file")
-    value = (env if env is not None else dict(os.environ)).get(SERVICE_TOKEN_ENV, "").strip()
-    if not value:
-        raise ValidationError("token_file", f"no service token: pass --token-file or set ${SERVICE_TOKEN_ENV}")
-    return value
+    return read_token(token_file, SERVICE_TOKEN_ENV, "service token", env)
 
 
 def loopback_address(listen: str) -> tuple[str, int]:
     """HOST:PORT that must be a loopback address: the API is plain HTTP with a bearer token and
     is meant for the management server on the same machine (put a TLS proxy in front otherwise)."""
-    from agent.server import parse_listen
+    from cloudstack_storpool.httpjson import parse_listen
 
     host, port = parse_listen(listen)
     try:
@@ -70,11 +61,11 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
               region: str | None, max_jobs: int, settings_ttl: float, verbose: bool) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from agent.hostconfig import read_agent_token
+    from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.service.app import make_server
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
     try:
         host, port = loopback_address(listen)
         token = read_service_token(token_file)
@@ -90,15 +81,8 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
 
-    def stop(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    click.echo(f"driver service listening on {server.url} ({len(ctx.pools.pools)} pools)", err=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(server, f"driver service listening on {server.url} ({len(ctx.pools.pools)} pools)")
     finally:
         server.server_close()
         if not server.jobs.wait_all(30.0):

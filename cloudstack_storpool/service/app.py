@@ -18,16 +18,13 @@ redactor, which masks the tokens and secrets this process knows.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
-import socket
 import threading
 import traceback
 import uuid
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,18 +43,20 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
+from cloudstack_storpool.httpjson import MAX_BODY, JsonHandler, TokenServer, serve_in_thread
+from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.periodic import PeriodicGc
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
 
+__all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_in_thread"]
+
 log = logging.getLogger(__name__)
 
-MAX_BODY = 1 << 20
 _JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-RETRY_AFTER = "5"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class Redactor:
@@ -99,16 +98,14 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
     return 500, "internal", None
 
 
-class ServiceServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ServiceServer(TokenServer):
+    role = "service"
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], token: str, ctx: DriverContext, table: OperationTable, *,
                  pools_file: str | Path | None = None, max_jobs: int = 8, job_retention: float = 3600.0,
                  secrets: Iterable[str | None] = (), periodic_gc: bool = False) -> None:
-        if not token:
-            raise ValueError("the service token must not be empty")
-        self.token = token.encode()
+        super().__init__(address, token, _Handler)
         self.ctx = ctx
         self.table = table
         self.pools_file = Path(pools_file) if pools_file is not None else None
@@ -120,22 +117,6 @@ class ServiceServer(ThreadingHTTPServer):
         self._openapi: bytes | None = None
         self._openapi_lock = threading.Lock()
         self.gc = PeriodicGc(ctx).start() if periodic_gc else None
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        host = str(host)
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-    def authorized(self, header: str | None) -> bool:
-        if not header or not header.startswith("Bearer "):
-            # Still spend a comparison, so a missing header costs what a wrong one does.
-            hmac.compare_digest(b"", self.token)
-            return False
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), self.token)
 
     def _stamp(self) -> tuple[int, int] | None:
         if self.pools_file is None:
@@ -196,9 +177,8 @@ class ServiceServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: ServiceServer
-    protocol_version = "HTTP/1.1"
     server_version = "cloudstack-storpool-service"
     sys_version = ""
 
@@ -206,65 +186,14 @@ class _Handler(BaseHTTPRequestHandler):
         # The request line and status only: headers carry the token and are never logged.
         log.info("%s %s", self.address_string(), self.server.redact(format % args))
 
-    # -- responses ----------------------------------------------------------------------------
-
-    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        if status != 204:
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if status != 204:
-            self.wfile.write(data)
-
-    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self._send_bytes(status, json.dumps(body).encode(), headers)
-
-    def _error(self, status: int, code: str, message: str, fld: str | None = None,
-               headers: dict[str, str] | None = None) -> None:
-        err: dict[str, Any] = {"code": code, "message": message}
-        if fld is not None:
-            err["field"] = fld
-        if status == 503:
-            headers = {**(headers or {}), "Retry-After": RETRY_AFTER}
-        self._send(status, {"error": err}, headers)
-
     def _fail(self, exc: BaseException, what: str) -> None:
         err = self.server.error_json(exc, what)
         status = err.pop("status")
         self._error(status, err["code"], err["message"], err.get("field"))
 
-    # -- request plumbing ---------------------------------------------------------------------
-
-    def _auth(self) -> bool:
-        if self.server.authorized(self.headers.get("Authorization")):
-            return True
-        # The body is never read: close the connection rather than drain it.
-        self.close_connection = True
-        self._error(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-        return False
-
     def _body(self) -> Any:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise ValidationError("body", "chunked bodies are not accepted; send Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None:
-            return None
-        try:
-            n = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise ValidationError("body", "bad Content-Length") from None
-        if n < 0 or n > MAX_BODY:
-            self.close_connection = True
-            raise ValidationError("body", f"must be at most {MAX_BODY} bytes")
-        raw = self.rfile.read(n)
-        if not raw.strip():
+        raw = self._read_body()
+        if raw is None or not raw.strip():
             return None
         try:
             return json.loads(raw)
@@ -341,10 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         config = self.server.config
 
         def run(job: Job) -> Any:
-            def progress(pct: float) -> None:
-                job.progress = round(pct, 2)
-
-            result = op.call(ctx.with_progress(progress), args, config)
+            result = op.call(ctx.with_progress(job.set_progress), args, config)
             return schema.to_json(result) if op.result_type is not None else None
 
         try:
@@ -429,9 +355,3 @@ def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: i
         table = TABLE
     return ServiceServer((host, port), token, ctx, table, pools_file=pools_file, max_jobs=max_jobs, secrets=secrets,
                          periodic_gc=periodic_gc)
-
-
-def serve_in_thread(server: ServiceServer) -> threading.Thread:
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="service-http", daemon=True)
-    t.start()
-    return t

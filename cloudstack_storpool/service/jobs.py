@@ -9,66 +9,39 @@ process. That is enough because the driver itself is idempotent (deterministic n
 after a restart, or against another service process, the caller retries the same request with
 the same idempotency key and the driver converges on the same objects.
 
-Idempotency keys: a key already known with the same request returns the existing job while it
-is queued, running or has succeeded; after a failure the same key starts afresh (a retry after
-a failure must really retry). A known key with a different request is a Conflict.
+The idempotency rules are the shared ones (cloudstack_storpool/jobs.py); this module adds the
+service's own: stricter key validation, errors mapped by the HTTP layer, a graceful stop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from cloudstack_storpool.errors import Conflict, ValidationError
+from cloudstack_storpool.jobs import (
+    ACTIVE,
+    IDEMPOTENCY_FIELD,
+    JOB_ID_PATTERN,
+    MAX_KEY,
+    JobManagerBase,
+    KeyReused,
+    fingerprint,
+)
+from cloudstack_storpool.jobs import Job as _Job
 
-log = logging.getLogger(__name__)
-
-ACTIVE = ("queued", "running")
-IDEMPOTENCY_FIELD = "idempotency_key"
-MAX_KEY = 200
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-
-
-@dataclass
-class Job:
-    id: str
-    operation: str
-    key: str | None
-    fingerprint: str = field(repr=False)
-    state: str = "queued"
-    progress: float | None = None
-    """Percent done of the agent copy the job is waiting for (None when it copies nothing)."""
-    result: Any = None
-    error: dict[str, Any] | None = None
-    created: float = field(default_factory=time.time)
-    started: float | None = None
-    finished: float | None = None
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "operation": self.operation,
-            "idempotency_key": self.key,
-            "state": self.state,
-            "progress": self.progress,
-            "result": self.result,
-            "error": self.error,
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-        }
+__all__ = ["ACTIVE", "IDEMPOTENCY_FIELD", "JOB_ID_PATTERN", "MAX_KEY", "ErrorMapper", "Job", "JobManager", "KeyReused",
+           "Runner", "check_key", "fingerprint"]
 
 
-def fingerprint(operation: str, args: Any) -> str:
-    return hashlib.sha256(json.dumps([operation, args], sort_keys=True, default=str).encode()).hexdigest()
+@dataclass(kw_only=True)
+class Job(_Job):
+    """`progress` is the percent done of the agent copy the job waits for (None when it copies nothing)."""
+
+    NAME_FIELD: ClassVar[str] = "operation"
 
 
 def check_key(key: Any) -> str | None:
@@ -79,76 +52,39 @@ def check_key(key: Any) -> str | None:
     return key
 
 
-class KeyReused(Conflict):
-    """An idempotency key sent again with a different request: a client bug, never retried."""
-
-    field = IDEMPOTENCY_FIELD
-
-
-Runner = Callable[["Job"], Any]
-"""Does the job's work; may set `job.progress` as it goes."""
-"""Runs the operation and returns its JSON result; raises on failure."""
+Runner = Callable[[Job], Any]
+"""Runs the operation and returns its JSON result; raises on failure. May set progress as it goes."""
 ErrorMapper = Callable[[BaseException, str], dict[str, Any]]
 """Turns an exception into the wire error object (the same mapping the synchronous path uses)."""
 
 
-class JobManager:
+class JobManager(JobManagerBase[Job]):
     def __init__(self, error_json: ErrorMapper, *, max_running: int = 8, retention: float = 3600.0) -> None:
+        super().__init__(retention=retention)
         self._error_json = error_json
-        self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self._by_key: dict[str, str] = {}
         # Each running job may hold an agent copy; the hosts, not this process, are the limit,
         # but an unbounded number of threads waiting on them helps nobody.
         self._slots = threading.BoundedSemaphore(max_running)
-        self._retention = retention
         self._closing = threading.Event()
 
     def submit(self, operation: str, args_json: Any, key: str | None, run: Runner) -> tuple[Job, bool]:
         """Start (or find) a job; returns (job, created)."""
         key = check_key(key)
         fp = fingerprint(operation, args_json)
-        with self._lock:
-            self._expire()
-            if key is not None and key in self._by_key:
-                old = self._jobs.get(self._by_key[key])
-                if old is not None:
-                    if old.fingerprint != fp:
-                        raise KeyReused(f"idempotency_key was already used for a different request (job {old.id})")
-                    if old.state in (*ACTIVE, "succeeded"):
-                        return old, False
+
+        def make(job_id: str) -> Job:
             if self._closing.is_set():
                 raise Conflict("the service is shutting down")
-            job = Job(id=uuid.uuid4().hex, operation=operation, key=key, fingerprint=fp)
-            self._jobs[job.id] = job
-            if key is not None:
-                self._by_key[key] = job.id
-        thread = threading.Thread(target=self._run, args=(job, run), name=f"job-{operation}-{job.id[:8]}", daemon=True)
-        thread.start()
-        return job, True
+            return Job(id=job_id, name=operation, key=key, fingerprint=fp)
 
-    def _run(self, job: Job, run: Runner) -> None:
-        try:
-            with self._slots:
-                job.started = time.time()
-                job.state = "running"
-                job.result = run(job)
-                job.state = "succeeded"
-        except BaseException as exc:
-            job.error = self._error_json(exc, f"job {job.id} ({job.operation})")
-            job.state = "failed"
-        finally:
-            job.finished = time.time()
-            job.done.set()
+        job, created = self._admit(key, fp, make)
+        if created:
+            self._start(job, lambda: run(job), self._slots)
+        return job, created
 
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
-
-    def list(self) -> list[Job]:
-        with self._lock:
-            self._expire()
-            return sorted(self._jobs.values(), key=lambda j: j.created)
+    def _failed(self, job: Job, exc: BaseException) -> None:
+        job.error = self._error_json(exc, f"job {job.id} ({job.name})")
+        job.state = "failed"
 
     def wait_all(self, timeout: float) -> bool:
         """Refuse new jobs and wait for the running ones (graceful stop); True if all finished."""
@@ -158,11 +94,3 @@ class JobManager:
             if not job.done.wait(max(0.0, deadline - time.monotonic())):
                 return False
         return True
-
-    def _expire(self) -> None:
-        limit = time.time() - self._retention
-        for jid, job in list(self._jobs.items()):
-            if job.finished is not None and job.finished < limit:
-                del self._jobs[jid]
-                if job.key is not None and self._by_key.get(job.key) == jid:
-                    del self._by_key[job.key]
