@@ -364,14 +364,16 @@ class VMSnapshot:
 
 
 @dataclass(frozen=True)
-class DiskOffering:
+class Offering:
+    """What disk and service offerings share: the IOPS range and the StorPool details
+    (`SP_TEMPLATE`, `SP_QOSCLASS`) that choose a volume's template and QoS class."""
+
     id: str
     name: str
     min_iops: int | None
     max_iops: int | None
     customized_iops: bool
     details: dict[str, str] = field(default_factory=dict)
-    disk_size_gb: int | None = None
 
     @property
     def sp_template(self) -> str | None:
@@ -381,42 +383,33 @@ class DiskOffering:
     def sp_qos_class(self) -> str | None:
         return self.details.get("SP_QOSCLASS") or None
 
-    @classmethod
-    def from_api(cls, item: Mapping[str, Any]) -> DiskOffering:
-        return cls(
-            id=str(item["id"]), name=str(item.get("name", "")), min_iops=_int(item, "miniops"),
-            max_iops=_int(item, "maxiops"), customized_iops=_bool(item, "iscustomizediops"),
-            details=_details(item, "details"), disk_size_gb=_int(item, "disksize"),
-        )
+    @staticmethod
+    def _common(item: Mapping[str, Any], details_key: str) -> dict[str, Any]:
+        return {
+            "id": str(item["id"]), "name": str(item.get("name", "")), "min_iops": _int(item, "miniops"),
+            "max_iops": _int(item, "maxiops"), "customized_iops": _bool(item, "iscustomizediops"),
+            "details": _details(item, details_key),
+        }
 
 
 @dataclass(frozen=True)
-class ServiceOffering:
-    id: str
-    name: str
-    min_iops: int | None
-    max_iops: int | None
-    customized_iops: bool
-    details: dict[str, str] = field(default_factory=dict)
+class DiskOffering(Offering):
+    disk_size_gb: int | None = None
+
+    @classmethod
+    def from_api(cls, item: Mapping[str, Any]) -> DiskOffering:
+        return cls(**cls._common(item, "details"), disk_size_gb=_int(item, "disksize"))
+
+
+@dataclass(frozen=True)
+class ServiceOffering(Offering):
     cpu_number: int | None = None
     memory: int | None = None
 
-    @property
-    def sp_template(self) -> str | None:
-        return self.details.get("SP_TEMPLATE") or None
-
-    @property
-    def sp_qos_class(self) -> str | None:
-        return self.details.get("SP_QOSCLASS") or None
-
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> ServiceOffering:
-        return cls(
-            id=str(item["id"]), name=str(item.get("name", "")), min_iops=_int(item, "miniops"),
-            max_iops=_int(item, "maxiops"), customized_iops=_bool(item, "iscustomizediops"),
-            details=_details(item, "serviceofferingdetails"), cpu_number=_int(item, "cpunumber"),
-            memory=_int(item, "memory"),
-        )
+        return cls(**cls._common(item, "serviceofferingdetails"), cpu_number=_int(item, "cpunumber"),
+                   memory=_int(item, "memory"))
 
 
 @dataclass(frozen=True)
