@@ -100,11 +100,13 @@ def parse_pool_url(url: str, field_name: str = "url") -> PoolSpec:
     if "://" in url:
         raise ValidationError(field_name, f"unknown URL scheme {url.split('://', 1)[0]!r} (expected storpool://)")
     parts: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in url.split(";"))):
+    for n, item in enumerate(filter(None, (p.strip() for p in url.split(";"))), 1):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
-            raise ValidationError(f"{field_name}.{key}", f"{item!r} is not KEY=VALUE")
+            # Never echo the item: a token typed without its key would end up in a log.
+            where = f"{field_name}.{key}" if key in URL_KEYS else field_name
+            raise ValidationError(where, f"item {n} is not KEY=VALUE")
         if key not in URL_KEYS:
             raise ValidationError(f"{field_name}.{key}", f"unknown key {key!r} (known: {', '.join(URL_KEYS)})")
         if key in parts:

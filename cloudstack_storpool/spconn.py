@@ -167,7 +167,12 @@ class StorPoolConn:
         except (spconfig.SPConfigException, OSError, ValueError) as exc:
             raise ValidationError("storpool.conf", f"cannot read the StorPool configuration: {exc}") from None
         our = cfg.get("SP_OURID")
-        kwargs.setdefault("our_id", int(our) if our else None)
+        if our:
+            if not str(our).isdigit() or not 1 <= int(our) <= 4095:
+                raise ValidationError("storpool.conf.SP_OURID", f"must be a client id 1..4095, got {our!r}")
+            kwargs.setdefault("our_id", int(our))
+        else:
+            kwargs.setdefault("our_id", None)
         return cls(host, port, token, **kwargs)
 
     # ---------------------------------------------------------------- error mapping and retries
@@ -532,6 +537,7 @@ class StorPoolConn:
 
     def group_snapshot(
         self, volumes: Iterable[tuple[str, str | None]], *, tags: Mapping[str, str],
+        member_tags: Iterable[Mapping[str, str]] | None = None,
     ) -> list[GroupMember]:
         """One VolumesGroupSnapshot: a single crash-consistent instant across all volumes.
 
@@ -547,7 +553,10 @@ class StorPoolConn:
         key = names.tags(tags)
         if not key.get("uuid"):
             raise ValidationError("tags.uuid", "a group snapshot must carry the uuid tag that identifies it")
-        body = {"volumes": [{**m, "tags": key} for m in members], "tags": key}
+        extras = [names.tags(t, "member_tags") for t in member_tags] if member_tags is not None else [{}] * len(members)
+        if len(extras) != len(members):
+            raise ValidationError("member_tags", f"{len(extras)} tag sets for {len(members)} volumes")
+        body = {"volumes": [{**m, "tags": {**key, **extra}} for m, extra in zip(members, extras, strict=True)], "tags": key}
 
         def find() -> list[GroupMember] | None:
             found = self.find_snapshots(key)

@@ -279,3 +279,20 @@ def test_failed_undo_is_reported_with_the_cause(env: Env) -> None:
     # Nothing hidden: the leftover is exactly the named snapshot, and deleting it later works.
     assert naming.snapshot(sid) in env.snapshot_names()
     assert snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
+
+
+def test_template_from_snapshot_secondary_failure_keeps_a_cache_it_did_not_make(env: Env) -> None:
+    """Review: the undo of a failed secondary copy removes only what this call made. A cache
+    that was already there (made by an earlier call, root volumes cloned from it) stays."""
+    env.set_bypass(True)
+    vid, ref = env.volume()
+    env.write(ref, 0, b"golden image")
+    sid, tid = new(), new()
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    first = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid)
+    env.agents.pool_agent.fail["backup_snapshot"] = "secondary storage is read-only"
+    with pytest.raises(AgentError, match="read-only"):
+        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid,
+                                         secondary=SecondaryLocation("nfs://nfs.example/export", "template/t.qcow2"))
+    kept = templates.cached(env.ctx, env.pool, tid)
+    assert kept is not None and kept.global_id == first.global_id

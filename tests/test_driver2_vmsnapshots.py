@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudstack_storpool.driver import naming, tags, vmsnapshots
+from cloudstack_storpool.driver import naming, pools, tags, vmsnapshots
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 from integration.cloudstack_sim.testing import SimHandle
 from tests.test_driver2_harness import Env, MiB, make_env
@@ -56,7 +56,10 @@ def test_take_is_one_group_call_with_tags(env: Env) -> None:
         snap = env.conn.snapshot(member.snapshot)
         assert member.snapshot == naming.vm_snapshot_member(sid, duuid)
         assert snap.globalId == member.global_id
-        assert snap.tags == {tags.UUID: sid, tags.KIND: tags.GROUP, tags.VM: vm}
+        assert snap.tags == {tags.UUID: sid, tags.KIND: tags.GROUP, tags.VM: vm, tags.POOL: env.pool.uuid}
+    # The pool knows it holds them, so it cannot be removed while they exist.
+    held = {o.global_id for o in pools.contents(env.ctx, env.pool).objects if o.kind == "snapshot"}
+    assert {m.global_id for m in info.members} <= held
 
 
 def test_take_twice_and_lost_response_make_one_group(env: Env) -> None:

@@ -220,3 +220,44 @@ def test_a_fill_found_by_name_that_is_not_ours_is_waited_for(env: Env) -> None:
     env.clock.on_sleep = other_finishes
     cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
     assert not cached.filled and env.agent.copies == []
+
+
+def test_a_fill_still_within_the_copy_timeout_is_not_taken_over(env: Env) -> None:
+    """Review: the takeover age must not be shorter than the copy the owner still waits for.
+    With the registry defaults (fill timeout 3600 s, copy timeout 7200 s) a fill whose copy has
+    run for 4000 s is alive: a second driver must wait for it, not delete it under the copy."""
+    env.settings.values["storpool.template.fill.timeout"] = 3600
+    env.settings.values["storpool.agent.copy.timeout"] = 7200
+    t = env.cs.add_template()
+    copying, release = threading.Event(), threading.Event()
+    owner_result: list[object] = []
+
+    def owner() -> None:
+        try:
+            owner_result.append(templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC))
+        except Exception as exc:
+            owner_result.append(exc)
+
+    owner_thread = threading.Thread(target=owner)
+
+    def hold_owner_copy() -> None:
+        if threading.current_thread() is owner_thread:
+            copying.set()
+            release.wait(10)
+
+    env.agent.hook = hold_owner_copy
+    def owner_finishes() -> None:  # the waiter waits once: meanwhile the owner's copy completes
+        release.set()
+        owner_thread.join(10)
+
+    env.clock.on_sleep = owner_finishes
+    owner_thread.start()
+    assert copying.wait(10)
+    env.clock.now += 4000  # the owner's copy has been running for 4000 s (< 7200 s copy timeout)
+    waiter = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    owner_thread.join(20)
+    assert len(owner_result) == 1 and isinstance(owner_result[0], templates.CachedTemplate), owner_result
+    assert owner_result[0].filled and not waiter.filled
+    assert waiter.global_id == owner_result[0].global_id
+    assert len(env.agent.copies) == 1
+    assert leftovers(env) == []

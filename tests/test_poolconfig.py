@@ -41,6 +41,7 @@ def test_storpool_scheme() -> None:
         ("SP_API_HTTP=h:81;SP_AUTH_TOKEN=t;SP_TEMPLATE=x;SP_COLOUR=red", "url.SP_COLOUR", "unknown key"),
         ("SP_API_HTTP=h:81;SP_AUTH_TOKEN=t;SP_TEMPLATE=x;SP_TEMPLATE=y", "url.SP_TEMPLATE", "twice"),
         ("SP_API_HTTP=h:81;SP_AUTH_TOKEN;SP_TEMPLATE=x", "url.SP_AUTH_TOKEN", "KEY=VALUE"),
+        ("SP_API_HTTP=h:81;s3cr3t-typed-alone;SP_TEMPLATE=x", "url", "item 2 is not KEY=VALUE"),
         ("http://h:81/x", "url", "unknown URL scheme"),
         ("storpool://h:81/x", "url.token", "missing 'token@'"),
         ("storpool://t@h:81", "url.template", "missing '/template'"),
@@ -55,6 +56,12 @@ def test_every_malformed_part_names_its_field(url: str, field: str, words: str) 
         parse_pool_url(url)
     assert info.value.field == field
     assert words in info.value.message
+
+
+def test_a_token_typed_without_its_key_is_not_echoed() -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_pool_url("SP_API_HTTP=h:81;s3cr3t-typed-alone;SP_TEMPLATE=x")
+    assert "s3cr3t" not in str(info.value) and "s3cr3t" not in info.value.field
 
 
 def test_token_never_printed() -> None:

@@ -273,6 +273,11 @@ def test_from_config_file(tmp_path: Any) -> None:
     cfg.write_text(f"SP_API_HTTP_HOST=127.0.0.9\nSP_API_HTTP_PORT=8181\nSP_AUTH_TOKEN={TOKEN}\nSP_OURID=7\n")
     conn = StorPoolConn.from_config(cfg)
     assert (conn.host, conn.port, conn.our_id) == ("127.0.0.9", 8181, 7)
+    for bad in ("0", "4096", "seven"):
+        (tmp_path / "bad.conf").write_text(f"SP_API_HTTP_HOST=h\nSP_AUTH_TOKEN=t\nSP_OURID={bad}\n")
+        with pytest.raises(ValidationError) as info:
+            StorPoolConn.from_config(tmp_path / "bad.conf")
+        assert info.value.field == "storpool.conf.SP_OURID"
     (tmp_path / "empty.conf").write_text("SP_OURID=3\n")
     with pytest.raises(ValidationError):
         StorPoolConn.from_config(tmp_path / "empty.conf")

@@ -507,6 +507,8 @@ def template_from_snapshot(
         try:
             copy = backup_to_secondary(ctx, spec, cached.name, secondary)
         except Exception as exc:
+            if made_before:
+                raise  # the cache was there before this call (root volumes may use it): not ours to undo
             raise undo_and_fail(f"writing template {template_uuid} to secondary storage failed", exc,
                                 f"the cached template {cache} was removed", lambda: _drop_snapshot(conn, cache)) from exc
     return TemplateFromSnapshot(template_uuid.lower(), spec.uuid, cached.name, cached.global_id,

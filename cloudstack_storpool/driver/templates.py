@@ -163,7 +163,9 @@ def ensure_cached(
         except SpExists:
             # Another driver is filling. Wait for its snapshot; take over a fill that is too old.
             if timeout is None:
-                timeout = _fill_timeout(ctx)
+                # The owner waits up to the copy timeout for its agent: a fill younger than that
+                # may still be copying, so it is never presumed dead before then.
+                timeout = max(_fill_timeout(ctx), int(_copy_timeout(ctx)))
             busy = conn.volume(fill)
             if busy is not None:
                 started = _started(busy)

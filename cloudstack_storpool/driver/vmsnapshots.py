@@ -107,7 +107,9 @@ def take_vm_snapshot(
     member_names = [naming.vm_snapshot_member(key, d.uuid) for d in disks]
     group_tags = tags.identity(key, tags.GROUP, cvm=vm_uuid.lower())
     try:
-        made = conn.group_snapshot([(d.name, n) for d, n in zip(disks, member_names, strict=True)], tags=group_tags)
+        # Each member also carries its disk's pool, so a pool holding VM snapshots cannot be removed.
+        made = conn.group_snapshot([(d.name, n) for d, n in zip(disks, member_names, strict=True)], tags=group_tags,
+                                   member_tags=[{tags.POOL: d.pool.uuid} if d.pool.uuid else {} for d in disks])
     except SpExists:
         return VMSnapshotInfo(key, vm_uuid.lower(), _existing_members(conn, key, disks, member_names), True)
     by_gid = {m.volume_global_id: m for m in made if m.volume_global_id}

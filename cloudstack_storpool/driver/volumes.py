@@ -348,6 +348,7 @@ def vm_destroyed(ctx: DriverContext, vm_id: str) -> list[str]:
     """The VM is gone: its volumes (data disks that survive it) lose `cvm`, `disk`, `vc-policy`."""
     if not isinstance(vm_id, str) or not vm_id:
         raise ValidationError("vm_id", "is required")
+    vm_id = naming.check_uuid(vm_id, "vm_id")  # the `cvm` tags hold CloudStack's (lower-case) uuid
     cleared = []
     for spec, v in vm_volumes(ctx, vm_id):
         try:
