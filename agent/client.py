@@ -115,8 +115,14 @@ class AgentClient:
                 misses = 0
             except AgentRequestError as exc:
                 misses += 1
-                if exc.code != "unreachable" or misses > 5:
+                if exc.code != "unreachable":
                     raise
+                if misses > 5:
+                    # The job was accepted and may still be running there: its outcome is
+                    # unknown, which is not "unreachable" (that would send the work to another
+                    # host while this one may still be writing).
+                    raise AgentRequestError(f"lost contact with agent {self.base_url} while job {job_id} ran",
+                                            code="lost", job_id=job_id) from exc
                 time.sleep(self.poll_interval)
                 continue
             pct = float(job.get("progress") or 0.0)
