@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from agent import qemu_img, secondary
-from agent.attach import SpConn, attach, attached, attachments_of, lookup, wait_for_device
+from agent.attach import Attachment, SpConn, attach, attached, attachments_of, detach, lookup, wait_for_device
 from agent.hostconfig import HostConfig
 from agent.resize import libvirt_version, notify_resize
 from cloudstack_storpool import __version__, names
@@ -83,9 +84,15 @@ def _field_type(value: Any, kind: str, fname: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValidationError(fname, "must be an integer")
     elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(fname, "must be a positive number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValidationError(fname, "must be a positive finite number") from None
+        # JSON as Python parses it may carry NaN and Infinity: a time limit must be a number.
+        if not math.isfinite(value) or value <= 0:
+            raise ValidationError(fname, "must be a positive finite number")
     elif kind == "list[str]":
         if not isinstance(value, list) or not value:
             raise ValidationError(fname, "must be a non-empty list of strings")
@@ -284,6 +291,9 @@ def _source_image(ctx: Context, req: CopyToVolumeRequest) -> tuple[str, qemu_img
     if info.backing_file:
         # A backing file would make qemu-img open another host path named inside the image.
         raise ValidationError("path", "images with a backing file are refused")
+    if info.data_file:
+        # So would an external data file: qemu-img would copy that host file into the volume.
+        raise ValidationError("path", "images with an external data file are refused")
     return src, info
 
 
@@ -406,19 +416,32 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
     never write one disk, then (optionally) attach it here read-write."""
     out = []
     cid = ctx.host.client_id
-    for i, ref in enumerate(req.volumes):
-        ctl.check()
-        obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
-        others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
-        if others:
-            log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
-            ctx.conn.reassign_wait([{"volume": obj.api_name, "detach": others, "force": True}])
-        entry: dict[str, Any] = {"volume": obj.api_name, "global_id": obj.global_id, "detached_from": others}
-        if req.attach:
-            att = attach(ctx.conn, obj, client_id=cid, dev_root=ctx.host.dev_root,
-                         timeout=ctl.step_timeout(60.0))
-            entry["device"] = att.device
-        out.append(entry)
+    made: list[Attachment] = []
+    try:
+        for i, ref in enumerate(req.volumes):
+            ctl.check()
+            obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
+            others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
+            if others:
+                log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
+                ctx.conn.reassign_wait([{"volume": obj.api_name, "detach": others, "force": True}])
+            entry: dict[str, Any] = {"volume": obj.api_name, "global_id": obj.global_id, "detached_from": others}
+            if req.attach:
+                att = attach(ctx.conn, obj, client_id=cid, dev_root=ctx.host.dev_root,
+                             timeout=ctl.step_timeout(60.0))
+                if att.attached_here:
+                    made.append(att)
+                entry["device"] = att.device
+            out.append(entry)
+    except BaseException:
+        # The VM will not start with part of its disks: undo the attachments this call made
+        # (never one that was already there), so no device is left attached on a failure.
+        for att in made:
+            try:
+                detach(ctx.conn, att.object, client_id=cid)
+            except Exception:
+                log.exception("safe start: cannot detach %s after a failure", att.object.api_name)
+        raise
     return {"volumes": out}
 
 

@@ -54,6 +54,8 @@ class ImageInfo:
     virtual_size: int
     actual_size: int
     backing_file: str | None = None
+    data_file: str | None = None
+    """A qcow2 external data file: another host path named inside the image."""
 
 
 def qemu_img_binary() -> str:
@@ -106,6 +108,7 @@ def info(path: str, *, fmt: str | None = None, timeout: float | None = 120.0, fo
         virtual_size=int(data["virtual-size"]),
         actual_size=int(data.get("actual-size", 0)),
         backing_file=data.get("backing-filename"),
+        data_file=((data.get("format-specific") or {}).get("data") or {}).get("data-file"),
     )
 
 

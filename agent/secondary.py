@@ -43,6 +43,9 @@ def parse_nfs_url(url: str, field: str = "store") -> NfsExport:
         raise ValidationError(field, f"{url!r} is not an nfs:// URL")
     if not parts.hostname:
         raise ValidationError(field, f"{url!r} has no host")
+    if parts.hostname.startswith("-"):
+        # `host:/export` is an argument of root's `mount`: it must never read as an option.
+        raise ValidationError(field, f"{url!r} has an invalid host")
     export = unquote(parts.path).rstrip("/") or "/"
     if not export.startswith("/") or ".." in export.split("/"):
         raise ValidationError(field, f"{url!r} has an invalid export path")

@@ -74,7 +74,7 @@ class _Handler(JsonHandler):
             raise ValidationError("body", "a JSON body with Content-Length is required")
         try:
             return json.loads(raw or b"null")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValidationError("body", f"not valid JSON: {exc}") from exc
 
     def do_GET(self) -> None:

@@ -211,6 +211,8 @@ class HostLoop:
             return Probe(Result.UNKNOWN, f"cluster status is {status.clusterStatus!r}")
         if view.status == RUNNING:
             return Probe(Result.OK, "client running")
+        if view.no_clients:
+            return Probe(Result.UNKNOWN, "ServicesList lists no clients at all")
         if view.status is None:
             return Probe(Result.FAIL, f"client {self.config.client_id} is not listed by the cluster")
         return Probe(Result.FAIL, f"client {self.config.client_id} is {view.status}")

@@ -48,6 +48,9 @@ class ClientView:
 
     status: str | None
     conflict: bool = False
+    no_clients: bool = False
+    """The answer lists no client at all: the bindings give exactly that for a ServicesList
+    without (or with an unparsable) `clients` field, so it says nothing about this host."""
 
 
 class ClientIndex:
@@ -69,6 +72,8 @@ class ClientIndex:
                 self._by_node.setdefault(int(node), set()).add(status)
 
     def view(self, client_id: int) -> ClientView:
+        if not self._by_id:
+            return ClientView(None, no_clients=True)
         if client_id in self._by_id:
             return ClientView(self._by_id[client_id])
         on_node = self._by_node.get(client_id)
@@ -94,6 +99,8 @@ def first_look(cluster_status: str, view: ClientView) -> Decision | None:
         return Decision(Verdict.UNKNOWN, "two clients claim this host with different statuses")
     if view.status == RUNNING:
         return Decision(Verdict.ALIVE, "client running")
+    if view.no_clients:
+        return Decision(Verdict.UNKNOWN, "ServicesList lists no clients at all")
     if cluster_status != CLUSTER_RUNNING:
         # Without quorum the cluster's view of its clients is stale; a client "down" there
         # says nothing about the host.
@@ -125,6 +132,8 @@ def suspect_decision(first: ClientView, samples: Sequence[IoSample], confirm: Cl
         return Decision(Verdict.UNKNOWN, "two clients claim this host with different statuses")
     if confirm.status == RUNNING:
         return Decision(Verdict.ALIVE, f"client was {what}, running again within the window")
+    if confirm.no_clients:
+        return Decision(Verdict.UNKNOWN, f"client {what}, but the confirming ServicesList lists no clients at all")
     if confirm.status not in (DOWN, None):
         return Decision(Verdict.UNKNOWN, f"unexpected client status {confirm.status!r}")
     if not samples:

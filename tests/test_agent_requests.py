@@ -146,3 +146,13 @@ def test_host_config_explicit_values_and_storpool_conf(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as exc:
         load_host_config(client_id=5000)
     assert exc.value.field == "client_id"
+
+
+@pytest.mark.parametrize("store", ["nfs://-oremount,exec/export", "nfs://--fstab=x/export", "nfs://-a/export"])
+def test_nfs_host_that_reads_as_a_mount_option_is_refused(store: str) -> None:
+    """The host becomes `host:/export` in root's `mount` argv: a leading '-' would be an option."""
+    with pytest.raises(ValidationError) as exc:
+        parse("copy_template", {**GOOD["copy_template"], "store": store})
+    assert exc.value.field == "store"
+    with pytest.raises(ValidationError):
+        secondary.mountpoint_for(store, "/mnt/root")

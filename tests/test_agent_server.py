@@ -188,3 +188,20 @@ def test_heartbeat_status_is_served_to_authenticated_callers_only(tmp_path: Path
         assert requests.get(srv.url + "/v1/heartbeat", timeout=10).status_code == 401
     finally:
         srv.shutdown_all()
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "body"),  # nested too deep for the JSON parser
+        (b'{"command": "facts", "args": {"timeout": 1' + b"0" * 400 + b"}}", "timeout"),  # beyond a float
+        (b'{"command": "facts", "args": {"timeout": NaN}}', "timeout"),
+        (b'{"command": "facts", "args": {"timeout": Infinity}}', "timeout"),
+    ],
+)
+def test_hostile_bodies_get_400_naming_the_field_not_500(server: AgentServer, raw: bytes, field: str) -> None:
+    h = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    r = requests.post(server.url + "/v1/jobs", data=raw, headers=h, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["field"] == field
+    assert server.jobs.list() == []

@@ -333,3 +333,17 @@ def test_health(small: ServiceServer) -> None:
     assert r.json()["pools"] == [{"uuid": "6a3e0c1e-58a6-4b0f-9f39-1b8e3c3f2a10", "name": "p1",
                                   "endpoint": "127.0.0.1:1", "template": "ssd"}]
     assert POOL_TOKEN not in r.text
+
+
+@pytest.mark.parametrize("spelling", [
+    "urn:" + UID.replace("-", ""),          # 36 characters, but not the 8-4-4-4-12 form
+    UID.replace("-", "") + "----",
+    "0b9c8f4e2-c33-4e0b-9e7a-1f6e2b9d1c11",  # dashes in the wrong places
+])
+def test_a_uuid_spelled_another_way_is_400_not_a_second_name(small: ServiceServer, spelling: str) -> None:
+    """The driver names StorPool objects after the uuid: a second spelling of one uuid would
+    address (or create) a second object for the same CloudStack volume."""
+    assert len(spelling) == 36
+    r = requests.get(f"{small.url}/v1/echo/{spelling}", headers=AUTH, timeout=5)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["field"] == "volume_uuid"

@@ -378,12 +378,14 @@ def parse_object(cls: type, value: Any, field_name: str) -> Any:
 
 def check_uuid(value: str, field_name: str) -> str:
     try:
-        uuidlib.UUID(value)
+        canonical = str(uuidlib.UUID(value))
     except ValueError:
         raise ValidationError(field_name, f"{value[:60]!r} is not a CloudStack uuid") from None
-    if len(value) != 36:
+    # UUID() also takes braces, "urn:" and misplaced or missing dashes; only one spelling
+    # may name an object, since the driver derives StorPool names from it.
+    if value.lower() != canonical:
         raise ValidationError(field_name, "must be a uuid in the 8-4-4-4-12 form")
-    return value.lower()
+    return canonical
 
 
 def parse_query(tp: Any, raw: str, field_name: str) -> Any:
