@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup system venv test lint typecheck unit demo up down bench clean
+.PHONY: setup system venv test lint typecheck demo up down bench clean
 
 setup: system venv
 
