@@ -87,6 +87,11 @@ def attachments_of(conn: SpConn, obj: StorPoolObject) -> list[Any]:
     return out
 
 
+def device_path(dev_root: str, global_id: str) -> str:
+    """Where the StorPool client exposes an attached object on a host (the udev by-id link)."""
+    return os.path.join(dev_root, "storpool-byid", global_id)
+
+
 def device_size(path: str) -> int:
     """Size of a block device or file; 0 when it does not exist (yet)."""
     try:
@@ -160,7 +165,7 @@ def attach(
     """Attach `obj` here (snapshots always ro; volumes rw unless `readonly`). Idempotent:
     an object already attached to this client is only waited for, not re-attached."""
     ro = True if obj.kind == "snapshot" else bool(readonly)
-    device = os.path.join(dev_root, "storpool-byid", obj.global_id)
+    device = device_path(dev_root, obj.global_id)
     mine = [a for a in attachments_of(conn, obj) if int(a.client) == client_id]
     attached_here = False
     if mine and (ro or str(mine[0].rights) == "rw"):
@@ -219,7 +224,7 @@ def detach(
 @contextmanager
 def attached(
     conn: SpConn,
-    name: str,
+    target: str | StorPoolObject,
     *,
     client_id: int,
     dev_root: str,
@@ -229,8 +234,12 @@ def attached(
     detach_retries: int = 10,
 ) -> Iterator[Attachment]:
     """Attach for the duration of a block; detach afterwards, even on failure, but only if
-    this process attached it (a device a VM is using stays attached)."""
-    obj = lookup(conn, name, kind)
+    this process attached it (a device a VM is using stays attached).
+
+    `target` is a name (looked up here) or an object the caller already looked up, so a
+    command that needed the object first does not ask StorPool for it twice.
+    """
+    obj = target if isinstance(target, StorPoolObject) else lookup(conn, target, kind)
     lock = HOLDS.object_lock(obj.global_id)
     with lock:
         att = attach(conn, obj, client_id=client_id, dev_root=dev_root, readonly=readonly, timeout=timeout)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from agent.hostconfig import DEFAULT_HEARTBEAT_STATUS
+from agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, DEFAULT_LIBVIRT_URI
 from cloudstack_storpool.errors import ProjectError, ValidationError
+from settings.registry import get_setting
+
+# The registry's `storpool.agent.port` is the port the driver dials: serve there by default.
+_DEFAULT_LISTEN = f"127.0.0.1:{get_setting('storpool.agent.port').default}"
 
 
 def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,7 +37,7 @@ def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sp-host", default=None, help="StorPool API host (instead of the config file)."),
         click.option("--sp-port", type=int, default=None, help="StorPool API port."),
         click.option("--sp-token-file", default=None, metavar="PATH", help="File holding the StorPool API token."),
-        click.option("--libvirt-uri", default="qemu:///system", show_default=True),
+        click.option("--libvirt-uri", default=DEFAULT_LIBVIRT_URI, show_default=True),
         click.option("--heartbeat-status-file", default=DEFAULT_HEARTBEAT_STATUS, show_default=True,
                      help="The heartbeat loop's status file, served at GET /v1/heartbeat."),
     ]
@@ -76,7 +81,7 @@ def agent_group() -> None:
 
 
 @agent_group.command("serve")
-@click.option("--listen", default="127.0.0.1:8259", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--listen", default=_DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
 @click.option("--token-file", default=None, metavar="PATH",
               help="File holding the shared agent token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
 @click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")
@@ -122,7 +127,6 @@ def run_cmd(command: str, json_in: Any, as_json: bool, verbose: bool, **kw: Any)
             raise ValidationError("json_in", f"not valid JSON: {exc}") from None
         cmd, req = parse(command, args)
         host = _host_config(kw)
-        import time
 
         def show(pct: float) -> None:
             if not as_json:

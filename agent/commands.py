@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from agent import qemu_img, secondary
-from agent.attach import Attachment, SpConn, attach, attached, attachments_of, detach, lookup, wait_for_device
+from agent.attach import Attachment, Kind, SpConn, attach, attached, attachments_of, detach, lookup, wait_for_device
 from agent.hostconfig import HostConfig
 from agent.resize import libvirt_version, notify_resize
 from cloudstack_storpool import __version__, names
@@ -137,6 +137,12 @@ class Request:
         if self.timeout <= 0:
             raise ValidationError("timeout", "must be positive")
 
+    def _require(self, *names: str) -> None:
+        """Fields without a usable default: their defaults ("") only mark them as not given."""
+        for name in names:
+            if not getattr(self, name):
+                raise ValidationError(name, "is required")
+
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -154,16 +160,9 @@ def _snapshot_ref(value: str, fname: str) -> str:
     return names.snapshot_name(value, fname)
 
 
-def _format(value: str | None, fname: str) -> None:
-    if value is not None and value not in qemu_img.FORMATS:
-        raise ValidationError(fname, f"must be one of {', '.join(qemu_img.FORMATS)}, got {value!r}")
-
-
 def _check_location(store: str, path: str) -> None:
-    if not (store.startswith("nfs://") or os.path.isabs(store)):
-        raise ValidationError("store", f"{store!r} must be an nfs:// URL or an absolute directory")
-    if store.startswith("nfs://"):
-        secondary.parse_nfs_url(store, "store")
+    """The form of a secondary-storage location; its roots are checked when it is resolved."""
+    secondary.check_store(store, None, "store")
     secondary.check_relative(path, "path")
 
 
@@ -181,12 +180,11 @@ class CopyToVolumeRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("store", "path", "volume"):
-            if not getattr(self, name):
-                raise ValidationError(name, "is required")
+        self._require("store", "path", "volume")
         _check_location(self.store, self.path)
         _volume_ref(self.volume, "volume")
-        _format(self.source_format, "source_format")
+        if self.source_format is not None:
+            qemu_img.check_format(self.source_format, "source_format")
 
 
 @dataclass(frozen=True)
@@ -205,9 +203,7 @@ class BackupSnapshotRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("snapshot", "store", "path"):
-            if not getattr(self, name):
-                raise ValidationError(name, "is required")
+        self._require("snapshot", "store", "path")
         _snapshot_ref(self.snapshot, "snapshot")
         _check_location(self.store, self.path)
 
@@ -222,12 +218,10 @@ class CopyVolumeOutRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("volume", "store", "path"):
-            if not getattr(self, name):
-                raise ValidationError(name, "is required")
+        self._require("volume", "store", "path")
         _volume_ref(self.volume, "volume")
         _check_location(self.store, self.path)
-        _format(self.format, "format")
+        qemu_img.check_format(self.format, "format")
         if self.compress and self.format != "qcow2":
             raise ValidationError("compress", "only qcow2 output can be compressed")
 
@@ -241,8 +235,7 @@ class ResizeRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        if not self.volume:
-            raise ValidationError("volume", "is required")
+        self._require("volume")
         _volume_ref(self.volume, "volume")
         names.size(self.size, "size")
 
@@ -308,8 +301,8 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
         size = _round_up(info.virtual_size, 512)
         log.info("growing %s from %d to %d bytes for the image", obj.api_name, obj.size, size)
         ctx.conn.volume_update(obj.api_name, size=size)
-    with attached(ctx.conn, obj.api_name, kind="volume", client_id=ctx.host.client_id,
-                  dev_root=ctx.host.dev_root, timeout=ctl.step_timeout(60.0)) as att:
+    with attached(ctx.conn, obj, client_id=ctx.host.client_id, dev_root=ctx.host.dev_root,
+                  timeout=ctl.step_timeout(60.0)) as att:
         wait_for_device(att.device, min_size=info.virtual_size, timeout=ctl.step_timeout(30.0))
         ctl.check()
         block = _is_block(att.device)
@@ -330,21 +323,14 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
     }
 
 
-def copy_template(ctx: Context, req: CopyTemplateRequest, ctl: RunControl) -> dict[str, Any]:
-    """A template from secondary storage into a fresh StorPool volume (the cache fill)."""
-    return copy_to_volume(ctx, req, ctl)
-
-
-def _copy_out(ctx: Context, name: str, kind: str, store: str, path: str, fmt: str, compress: bool,
+def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: str, compress: bool,
               ctl: RunControl) -> dict[str, Any]:
     """StorPool object -> file on secondary storage, never leaving a half-written file: the
     copy goes to a temporary name in the same directory and is renamed when complete."""
     dest = secondary.resolve(store, path, mount_root=ctx.host.mount_root, allowed_roots=ctx.host.allowed_roots())
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    readonly = True
-    with attached(ctx.conn, name, kind="snapshot" if kind == "snapshot" else "volume",
-                  client_id=ctx.host.client_id, dev_root=ctx.host.dev_root, readonly=readonly,
-                  timeout=ctl.step_timeout(60.0)) as att:
+    with attached(ctx.conn, name, kind=kind, client_id=ctx.host.client_id, dev_root=ctx.host.dev_root,
+                  readonly=True, timeout=ctl.step_timeout(60.0)) as att:
         ctl.check()
         tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.part-{uuid.uuid4().hex[:12]}")
         try:
@@ -354,7 +340,7 @@ def _copy_out(ctx: Context, name: str, kind: str, store: str, path: str, fmt: st
                              progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
             qemu_img.fsync_path(tmp)
             os.replace(tmp, dest)
-            _fsync_dir(os.path.dirname(dest))
+            qemu_img.fsync_path(os.path.dirname(dest))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -367,14 +353,6 @@ def _copy_out(ctx: Context, name: str, kind: str, store: str, path: str, fmt: st
         "virtual_size": out.virtual_size,
         "physical_size": os.path.getsize(dest),
     }
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def backup_snapshot(ctx: Context, req: BackupSnapshotRequest, ctl: RunControl) -> dict[str, Any]:
@@ -495,7 +473,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
-        Command("copy_template", CopyTemplateRequest, copy_template, True),
+        # A template fill is a copy into a volume; only its request's defaults differ.
+        Command("copy_template", CopyTemplateRequest, copy_to_volume, True),
         Command("copy_to_volume", CopyToVolumeRequest, copy_to_volume, True),
         Command("backup_snapshot", BackupSnapshotRequest, backup_snapshot, True),
         Command("copy_volume_out", CopyVolumeOutRequest, copy_volume_out, True),

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agent.attach import SpConn, device_path
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.tokens import read_secret_file, read_token
-
-if TYPE_CHECKING:
-    from agent.attach import SpConn
 
 AGENT_TOKEN_ENV = "CLOUDSTACK_STORPOOL_AGENT_TOKEN"
 DEFAULT_MOUNT_ROOT = "/var/lib/cloudstack-storpool/secondary"
@@ -56,7 +54,7 @@ class HostConfig:
 
     def device_path(self, global_id: str) -> str:
         """Where the StorPool client exposes an attached object on this host."""
-        return os.path.join(self.dev_root, "storpool-byid", global_id)
+        return device_path(self.dev_root, global_id)
 
     def allowed_roots(self) -> tuple[str, ...]:
         return (self.mount_root, *self.secondary_roots)
@@ -110,17 +108,15 @@ def load_host_config(
 
 
 def _our_id_from_config(path: str | None) -> int:
-    """SP_OURID exactly as the connection layer read it from storpool.conf (and .conf.d)."""
+    """SP_OURID exactly as the connection layer read (and range-checked) it from storpool.conf
+    (and .conf.d): an int, or None when the file has none."""
     from cloudstack_storpool.spconn import StorPoolConn
 
     where = path or "/etc/storpool.conf"
     try:
-        our_id = getattr(StorPoolConn.from_config(path), "our_id", None)
+        our_id = StorPoolConn.from_config(path).our_id
     except Exception as exc:
         raise ValidationError("client_id", f"cannot read {where} and no --client-id given ({exc})") from exc
     if our_id is None:
         raise ValidationError("client_id", f"no SP_OURID in {where} and no --client-id given")
-    try:
-        return int(our_id)
-    except ValueError as exc:
-        raise ValidationError("client_id", f"SP_OURID {our_id!r} is not an integer") from exc
+    return our_id

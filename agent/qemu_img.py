@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cloudstack_storpool.errors import ProjectError
+from cloudstack_storpool.errors import ProjectError, ValidationError
 
 ProgressFn = Callable[[float], None]
 
@@ -71,9 +71,10 @@ def version() -> str:
     return out.stdout.splitlines()[0].strip() if out.stdout else ""
 
 
-def _check_format(fmt: str, field: str) -> None:
+def check_format(fmt: str, field: str) -> None:
+    """The one rule for image formats, shared by request parsing and every qemu-img call."""
     if fmt not in FORMATS:
-        raise ValueError(f"{field}: unsupported image format {fmt!r} (supported: {', '.join(FORMATS)})")
+        raise ValidationError(field, f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def _run_simple(args: Sequence[str], op: str, timeout: float | None) -> subprocess.CompletedProcess[str]:
@@ -94,7 +95,7 @@ def info(path: str, *, fmt: str | None = None, timeout: float | None = 120.0, fo
     """
     args = ["info", "--output=json"]
     if fmt is not None:
-        _check_format(fmt, "format")
+        check_format(fmt, "format")
         args += ["-f", fmt]
     if force_share:
         args.append("-U")
@@ -138,7 +139,7 @@ def compare(
 
 
 def create(path: str, fmt: str, size: int, *, timeout: float | None = 60.0) -> None:
-    _check_format(fmt, "format")
+    check_format(fmt, "format")
     proc = _run_simple(["create", "-q", "-f", fmt, path, str(size)], "create", timeout)
     if proc.returncode != 0:
         raise QemuImgError(_stderr_message(proc.stderr), returncode=proc.returncode, op="create")
@@ -174,8 +175,8 @@ def build_convert_args(
     src: str, dst: str, src_format: str, dst_format: str, opts: ConvertOptions
 ) -> list[str]:
     """The argument list for qemu-img convert; split out so the rules can be unit-tested."""
-    _check_format(src_format, "source_format")
-    _check_format(dst_format, "target_format")
+    check_format(src_format, "source_format")
+    check_format(dst_format, "target_format")
     if opts.compress and dst_format != "qcow2":
         raise ValueError("compress: only qcow2 targets can be compressed")
     if opts.target_is_zero and not opts.existing_target:
@@ -307,7 +308,8 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def fsync_path(path: str) -> None:
-    """Make a finished copy durable before it is renamed into place or reported done."""
+    """Make a finished copy durable before it is renamed into place or reported done, and
+    (given its directory) the rename itself."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -101,8 +101,12 @@ def check_relative(path: str, field: str = "path") -> str:
     return path
 
 
-def check_store(store: str, allowed_roots: tuple[str, ...], field: str = "store") -> str:
-    """Validate a store without touching the network: nfs URL or an allowed local dir."""
+def check_store(store: str, allowed_roots: tuple[str, ...] | None, field: str = "store") -> str:
+    """Validate a store without touching the network: nfs URL or an allowed local dir.
+
+    `allowed_roots` None checks the form only: a request is parsed before (and without) the
+    host's configuration, and its local store is held to the roots when it is resolved.
+    """
     if not isinstance(store, str) or not store:
         raise ValidationError(field, "must be an nfs:// URL or an absolute directory")
     if store.startswith("nfs://"):
@@ -110,6 +114,8 @@ def check_store(store: str, allowed_roots: tuple[str, ...], field: str = "store"
         return store
     if not os.path.isabs(store):
         raise ValidationError(field, f"{store!r} must be an nfs:// URL or an absolute directory")
+    if allowed_roots is None:
+        return store
     real = os.path.realpath(store)
     for root in allowed_roots:
         root_real = os.path.realpath(root)

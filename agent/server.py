@@ -26,12 +26,13 @@ from agent.hostconfig import HostConfig
 from agent.jobs import JobManager, error_json
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
+from cloudstack_storpool.jobs import JOB_ID_PATTERN
 
 __all__ = ["AgentServer", "heartbeat_status", "parse_listen", "serve_in_thread"]
 
 log = logging.getLogger(__name__)
 
-_JOB_PATH = re.compile(r"^/v1/jobs/([0-9a-f]{32})$")
+_JOB_PATH = re.compile(rf"^/v1/jobs/({JOB_ID_PATTERN.strip('^$')})$")
 
 
 def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,8 @@ from cloudstack_storpool.errors import SpTransient, StorPoolError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import StorPoolConn
 from heartbeat.policy import (
+    CLUSTER_RUNNING,
+    RUNNING,
     ClientIndex,
     ClientView,
     Decision,
@@ -108,7 +110,8 @@ class Cluster:
     conn: StorPoolConn
 
 
-def _pool_label(pool: PoolSpec) -> str:
+def pool_label(pool: PoolSpec) -> str:
+    """How a pool is named in verdicts, and so in the status table's columns."""
     return pool.name or pool.uuid or pool.endpoint
 
 
@@ -162,7 +165,7 @@ class HeartbeatChecker:
             pool_verdicts = []
             for pool in self.pools:
                 decision = per_cluster[pool.endpoint][host.client_id]
-                pool_verdicts.append(PoolVerdict(_pool_label(pool), decision.verdict, decision.reason))
+                pool_verdicts.append(PoolVerdict(pool_label(pool), decision.verdict, decision.reason))
             combined = combine([p.verdict for p in pool_verdicts], fence_on_any=self.config.fence_on_any)
             results.append(HostVerdict(host, tuple(pool_verdicts), combined))
             if combined is Verdict.DEAD:
@@ -202,7 +205,15 @@ class HeartbeatChecker:
             decisions.update(self._judge_suspects(cluster, suspects))
         return decisions
 
-    def _sample(self, cluster: Cluster, client_id: int, view: ClientView) -> IoSample:
+    def _spaced(self, n: int, window: float) -> Iterator[int]:
+        """range(n), sleeping between steps so that `n` samples span `window` seconds."""
+        pause = window / (n - 1) if n > 1 else 0.0
+        for i in range(n):
+            if i:
+                self._sleep(pause)
+            yield i
+
+    def _sample(self, cluster: Cluster, client_id: int) -> IoSample:
         try:
             reply = cluster.conn.client_active_requests(client_id, retry=False)
         except SpTransient as exc:
@@ -219,25 +230,21 @@ class HeartbeatChecker:
 
     def _judge_suspects(self, cluster: Cluster, suspects: dict[int, ClientView]) -> dict[int, Decision]:
         samples: dict[int, list[IoSample]] = {cid: [] for cid in suspects}
-        n = self.config.io_samples
-        pause = self.config.io_window / (n - 1) if n > 1 else 0.0
-        for i in range(n):
-            if i:
-                self._sleep(pause)
-            for cid, view in suspects.items():
+        for _ in self._spaced(self.config.io_samples, self.config.io_window):
+            for cid in suspects:
                 # A client already seen busy or unreadable cannot become Dead in this round.
                 if samples[cid] and (samples[cid][-1].requests is None or samples[cid][-1].requests):
                     continue
-                samples[cid].append(self._sample(cluster, cid, view))
+                samples[cid].append(self._sample(cluster, cid))
         confirm_status, _ = self._services(cluster)
+        index = None if confirm_status is None else ClientIndex(confirm_status.clients)
+        quorate = confirm_status is not None and str(confirm_status.clusterStatus) == CLUSTER_RUNNING
         out = {}
-        confirm_index = ClientIndex(confirm_status.clients) if confirm_status is not None else None
         for cid, view in suspects.items():
-            confirm: ClientView | None = None
-            if confirm_status is not None and confirm_index is not None:
-                confirm = confirm_index.view(cid)
-                if str(confirm_status.clusterStatus) != "running" and confirm.status != "running":
-                    confirm = None
+            confirm = None if index is None else index.view(cid)
+            if confirm is not None and not quorate and confirm.status != RUNNING:
+                # Without quorum only a running client is news; "down" there confirms nothing.
+                confirm = None
             out[cid] = suspect_decision(view, samples[cid], confirm)
         return out
 
@@ -257,11 +264,8 @@ class HeartbeatChecker:
         spec = self.pools[0] if pool is None else self._pool(pool)
         cluster = next(c for c in self.clusters if c.endpoint == spec.endpoint)
         n = samples or self.config.io_samples
-        pause = (self.config.io_window if window is None else window) / (n - 1) if n > 1 else 0.0
         seen: set[str] = set()
-        for i in range(n):
-            if i:
-                self._sleep(pause)
+        for _ in self._spaced(n, self.config.io_window if window is None else window):
             try:
                 reply = cluster.conn.client_active_requests(host.client_id, retry=False)
             except StorPoolError as exc:

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from agent.hostconfig import MAX_CLIENT_ID
+from cloudstack_storpool.daemon import setup_logging
 from cloudstack_storpool.errors import ProjectError
 from heartbeat.hostloop import DEFAULT_STATUS_FILE, Action, HostLoop, LoopConfig, log_alert, read_status, sysrq_reboot
 
@@ -45,7 +47,7 @@ def _cloudstack(enabled: bool) -> Any:
 
 
 def parse_client_ids(text: str) -> list[int]:
-    """`1,2,5-8` -> [1, 2, 5, 6, 7, 8]; each 1..4095."""
+    """`1,2,5-8` -> [1, 2, 5, 6, 7, 8]; each 1..MAX_CLIENT_ID."""
     out: list[int] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, dash, hi = part.partition("-")
@@ -54,8 +56,8 @@ def parse_client_ids(text: str) -> list[int]:
         except ValueError:
             raise click.BadParameter(f"{part!r} is not a client id or a range a-b", param_hint="--client-ids") from None
         for cid in ids:
-            if not 1 <= cid <= 4095:
-                raise click.BadParameter(f"client id {cid} is outside 1..4095", param_hint="--client-ids")
+            if not 1 <= cid <= MAX_CLIENT_ID:
+                raise click.BadParameter(f"client id {cid} is outside 1..{MAX_CLIENT_ID}", param_hint="--client-ids")
             out.append(cid)
     if not out:
         raise click.BadParameter("no client ids given", param_hint="--client-ids")
@@ -70,7 +72,7 @@ def heartbeat_group() -> None:
 @heartbeat_group.command("run")
 @click.option("--storpool-conf", type=click.Path(dir_okay=False), default=None,
               help="StorPool client configuration (default /etc/storpool.conf); gives the API and SP_OURID.")
-@click.option("--client-id", type=click.IntRange(1, 4095), default=None, help="Override SP_OURID.")
+@click.option("--client-id", type=click.IntRange(1, MAX_CLIENT_ID), default=None, help="Override SP_OURID.")
 @click.option("--interval", type=click.FloatRange(min=0.001), default=None,
               help="Seconds between rounds (storpool.heartbeat.interval).")
 @click.option("--max-failures", type=click.IntRange(min=1), default=None,
@@ -93,8 +95,7 @@ def run_cmd(storpool_conf: str | None, client_id: int | None, interval: float | 
     """Run this host's heartbeat loop until SIGTERM."""
     from cloudstack_storpool.spconn import StorPoolConn
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose)
     try:
         cs_client = _cloudstack(use_cloudstack)
         ivl = float(_setting("storpool.heartbeat.interval", interval, cs_client, cluster_id=cluster_id))
@@ -159,7 +160,7 @@ def status_cmd(pools_file: str, client_ids: str | None, fence: bool | None, io_w
                api_timeout: float, zone_id: str | None, as_json: bool) -> None:
     """Heartbeat view of every host: per-pool verdict and the combined one."""
     from cloudstack_storpool.poolconfig import load_pools
-    from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, timed_check
+    from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, pool_label, timed_check
 
     try:
         pools = load_pools(pools_file).pools
@@ -191,5 +192,5 @@ def status_cmd(pools_file: str, client_ids: str | None, fence: bool | None, io_w
                "round": {"storpool_calls": stats.calls, "seconds": round(stats.seconds, 4), "verdicts": stats.verdicts}}
         click.echo(json.dumps(out, indent=2))
     else:
-        click.echo(render_table(rows, [p.name or p.uuid for p in pools]))
+        click.echo(render_table(rows, [pool_label(p) for p in pools]))
     sys.stdout.flush()

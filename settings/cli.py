@@ -32,6 +32,8 @@ def _settings() -> Any:
 
 
 def _scope_options(func: F) -> F:
+    """--zone/--cluster/--pool/--account/--domain. Click names them exactly as the keywords of
+    `Settings.get`/`set`, so a command takes them as `**scope_ids` and hands them on whole."""
     for flag, help_text in reversed((
         ("--zone", "zone id (zone-scoped settings)"),
         ("--cluster", "cluster id (cluster-scoped settings)"),
@@ -54,11 +56,7 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
 
 
 def _show(value: SettingValue | None) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return "(unset)" if value is None else Setting.render(value)
 
 
 def _describe(s: Setting) -> dict[str, Any]:
@@ -116,14 +114,12 @@ def list_cmd(offline: bool, as_json: bool) -> None:
 @click.argument("name")
 @_scope_options
 @_json_option
-def get_cmd(name: str, zone: str | None, cluster: str | None, pool: str | None, account: str | None,
-            domain: str | None, as_json: bool) -> None:
+def get_cmd(name: str, as_json: bool, **scope_ids: str | None) -> None:
     """The effective value of NAME (for the given scope object, if any)."""
     try:
         store = _settings()
-        _setting, scope, scope_id = store.resolve_scope(name, pool=pool, cluster=cluster, zone=zone,
-                                                      account=account, domain=domain)
-        value = store.get(name, pool=pool, cluster=cluster, zone=zone, account=account, domain=domain)
+        _setting, scope, scope_id = store.resolve_scope(name, **scope_ids)
+        value = store.get(name, **scope_ids)
     except (ValidationError, CloudStackError) as exc:
         raise _fail(exc) from None
     if as_json:
@@ -138,14 +134,13 @@ def get_cmd(name: str, zone: str | None, cluster: str | None, pool: str | None, 
 @click.argument("value")
 @_scope_options
 @_json_option
-def set_cmd(name: str, value: str, zone: str | None, cluster: str | None, pool: str | None,
-            account: str | None, domain: str | None, as_json: bool) -> None:
+def set_cmd(name: str, value: str, as_json: bool, **scope_ids: str | None) -> None:
     """Validate VALUE and write it (globally, or for one scope object)."""
     try:
         setting = get_setting(name)
         setting.check(value)  # refuse bad input before even reading credentials
         store = _settings()
-        stored = store.set(name, value, pool=pool, cluster=cluster, zone=zone, account=account, domain=domain)
+        stored = store.set(name, value, **scope_ids)
     except (ValidationError, CloudStackError) as exc:
         raise _fail(exc) from None
     if as_json:

@@ -118,16 +118,20 @@ class Setting:
             raise ValidationError(self.name, f"{raw!r} {rule}") from exc
         return raw
 
-    def render(self, value: SettingValue) -> str:
-        """A typed value to the string CloudStack stores."""
+    @staticmethod
+    def render(value: SettingValue) -> str:
+        """A typed value to the string CloudStack stores (needs no setting: the CLI shows
+        values the same way)."""
         if isinstance(value, bool):
             return "true" if value else "false"
         return str(value)
 
-    def check(self, value: SettingValue | str) -> str:
-        """Validate a value to be written; return its canonical string.
+    def validated(self, value: SettingValue | str) -> SettingValue:
+        """The value, typed, when it has this setting's type and passes its rule; else
+        ValidationError naming the setting.
 
-        Strings are parsed first, so the CLI and Python callers go through one rule.
+        Strings are parsed first, so the CLI, Python callers and values read back from
+        CloudStack all go through one rule (and a read parses its string only once).
         """
         typed = self.parse(value) if isinstance(value, str) else value
         assert typed is not None
@@ -143,7 +147,11 @@ class Setting:
             problem = self.validator(typed)
             if problem:
                 raise ValidationError(self.name, f"{value!r} {problem}")
-        return self.render(typed)
+        return typed
+
+    def check(self, value: SettingValue | str) -> str:
+        """Validate a value to be written; return its canonical string."""
+        return self.render(self.validated(value))
 
     @property
     def default_text(self) -> str:

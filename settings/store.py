@@ -142,8 +142,7 @@ class Settings:
         if raw is None or (raw.strip() == "" and setting.type not in (SettingType.STR, SettingType.ENDPOINT)):
             return setting.default
         try:
-            setting.check(raw)
-            return setting.parse(raw)
+            return setting.validated(raw)
         except ValidationError as exc:
             # A value written around this tool (UI, raw API): fail safe to the default, loudly.
             log.warning("ignoring CloudStack value of %s (%s); using default %r", setting.name, exc.message,
