@@ -34,12 +34,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
 from cloudstack_storpool.errors import StorPoolError
-from heartbeat.policy import RUNNING, find_client
+from heartbeat.policy import Verdict, find_client, first_look
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATUS_FILE = "/run/cloudstack-storpool/heartbeat.json"
+# The agent serves this file (GET /v1/heartbeat): one default path, the host config's.
+DEFAULT_STATUS_FILE = DEFAULT_HEARTBEAT_STATUS
 SYSRQ_TRIGGER = "/proc/sysrq-trigger"
 
 
@@ -76,8 +78,8 @@ class LoopConfig:
             raise ValueError("interval must be > 0")
         if self.max_failures < 1:
             raise ValueError("max_failures must be at least 1")
-        if not 1 <= self.client_id <= 4095:
-            raise ValueError(f"client id must be 1..4095, got {self.client_id}")
+        if not 1 <= self.client_id <= MAX_CLIENT_ID:
+            raise ValueError(f"client id must be 1..{MAX_CLIENT_ID}, got {self.client_id}")
 
 
 class ServicesSource(Protocol):
@@ -205,17 +207,17 @@ class HostLoop:
         except StorPoolError as exc:
             return Probe(Result.UNKNOWN, f"StorPool API: {exc.name}: {exc.descr}")
         view = find_client(status.clients, self.config.client_id)
-        if view.conflict:
-            return Probe(Result.UNKNOWN, "two clients claim this host with different statuses")
-        if str(status.clusterStatus) != "running" and view.status != RUNNING:
-            return Probe(Result.UNKNOWN, f"cluster status is {status.clusterStatus!r}")
-        if view.status == RUNNING:
-            return Probe(Result.OK, "client running")
-        if view.no_clients:
-            return Probe(Result.UNKNOWN, "ServicesList lists no clients at all")
-        if view.status is None:
-            return Probe(Result.FAIL, f"client {self.config.client_id} is not listed by the cluster")
-        return Probe(Result.FAIL, f"client {self.config.client_id} is {view.status}")
+        # The same first look as the management-side check: only a client the cluster (with
+        # quorum) lists as down, or does not list among others, is a failure; anything odd is
+        # "cannot tell", which never counts toward a reboot.
+        decision = first_look(str(status.clusterStatus), view)
+        if decision is None:
+            if view.status is None:
+                return Probe(Result.FAIL, f"client {self.config.client_id} is not listed by the cluster")
+            return Probe(Result.FAIL, f"client {self.config.client_id} is {view.status}")
+        if decision.verdict is Verdict.ALIVE:
+            return Probe(Result.OK, decision.reason)
+        return Probe(Result.UNKNOWN, decision.reason)
 
     def round(self) -> LoopState:
         """Probe, update the counters, maybe act, then write the status file."""
