@@ -31,10 +31,10 @@ import hashlib
 import hmac
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import cs
@@ -43,6 +43,8 @@ import requests
 from cloudstack_storpool.errors import CloudStackError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PAGE_SIZE = 500
 """What `cs` asks per page with fetch_list; the server's default.page.size maximum."""
@@ -83,22 +85,22 @@ class CloudStackParamError(CloudStackApiError):
     code = "invalid"
 
 
-class CloudStackJobError(CloudStackApiError):
-    """An async job ended in failure; `errortext` is the job's own."""
+class _AboutJob(CloudStackApiError):
+    """An error about one async job: `jobid` lets an operator look the job up in CloudStack."""
 
     def __init__(self, command: str, errortext: str, *, jobid: str | None = None, **kw: Any) -> None:
         super().__init__(command, errortext, **kw)
         self.jobid = jobid
 
 
-class CloudStackTimeout(CloudStackApiError):
+class CloudStackJobError(_AboutJob):
+    """An async job ended in failure; `errortext` is the job's own."""
+
+
+class CloudStackTimeout(_AboutJob):
     """An async job did not finish in time. It may still finish later: not a failure."""
 
     code = "timeout"
-
-    def __init__(self, command: str, errortext: str, *, jobid: str | None = None, **kw: Any) -> None:
-        super().__init__(command, errortext, **kw)
-        self.jobid = jobid
 
 
 class CloudStackUnreachable(CloudStackApiError):
@@ -188,6 +190,12 @@ def _details(item: Mapping[str, Any], key: str) -> dict[str, str]:
     return {}
 
 
+def _tag_map(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """CloudStack's resource tags (`[{"key": k, "value": v, ...}]`, in listTags and inside
+    listVirtualMachines items alike) as {k: v}."""
+    return {str(t["key"]): str(t.get("value", "")) for t in items if "key" in t}
+
+
 @dataclass(frozen=True)
 class Zone:
     id: str
@@ -265,7 +273,7 @@ class VirtualMachine:
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> VirtualMachine:
-        tags = {str(t["key"]): str(t.get("value", "")) for t in item.get("tags") or [] if "key" in t}
+        tags = _tag_map(item.get("tags") or [])
         return cls(
             id=str(item["id"]), name=str(item.get("name", "")), instance_name=str(item.get("instancename", "")),
             state=str(item.get("state", "")), host_id=_str(item, "hostid"), last_host_id=_str(item, "lasthostid"),
@@ -565,15 +573,16 @@ class CloudStackClient:
         result = self._call(command, fetch_list=True, **params)
         return list(result) if isinstance(result, list) else []
 
-    def _one(self, command: str, id_param: str, ident: str, **params: Any) -> dict[str, Any] | None:
-        """Look one object up by id; an id the server cannot resolve is None."""
+    def _one(self, parse: Callable[[Mapping[str, Any]], T], command: str, id_param: str, ident: str,
+             **params: Any) -> T | None:
+        """Look one object up by id and parse it; an id the server cannot resolve is None."""
         try:
             items = self._list(command, **{id_param: ident}, **params)
         except CloudStackParamError as exc:
             if _NOT_FOUND_MARK in exc.errortext and f"parameter {id_param} " in exc.errortext:
                 return None
             raise
-        return items[0] if items else None
+        return parse(items[0]) if items else None
 
     def _job(self, command: str, **params: Any) -> dict[str, Any]:
         result = self._call(command, fetch_result=True, **params)
@@ -585,15 +594,13 @@ class CloudStackClient:
         return [Zone.from_api(i) for i in self._list("listZones")]
 
     def zone(self, zone_id: str) -> Zone | None:
-        item = self._one("listZones", "id", zone_id)
-        return Zone.from_api(item) if item else None
+        return self._one(Zone.from_api, "listZones", "id", zone_id)
 
     def clusters(self, zone_id: str | None = None) -> list[Cluster]:
         return [Cluster.from_api(i) for i in self._list("listClusters", zoneid=zone_id)]
 
     def cluster(self, cluster_id: str) -> Cluster | None:
-        item = self._one("listClusters", "id", cluster_id)
-        return Cluster.from_api(item) if item else None
+        return self._one(Cluster.from_api, "listClusters", "id", cluster_id)
 
     def hosts(self, zone_id: str | None = None, cluster_id: str | None = None) -> list[Host]:
         """Hypervisor hosts only (type Routing): system VMs' and storage hosts are left out."""
@@ -601,15 +608,13 @@ class CloudStackClient:
         return [Host.from_api(i) for i in items]
 
     def host(self, host_id: str) -> Host | None:
-        item = self._one("listHosts", "id", host_id)
-        return Host.from_api(item) if item else None
+        return self._one(Host.from_api, "listHosts", "id", host_id)
 
     def storage_pools(self, zone_id: str | None = None) -> list[StoragePool]:
         return [StoragePool.from_api(i) for i in self._list("listStoragePools", zoneid=zone_id)]
 
     def storage_pool(self, pool_id: str) -> StoragePool | None:
-        item = self._one("listStoragePools", "id", pool_id)
-        return StoragePool.from_api(item) if item else None
+        return self._one(StoragePool.from_api, "listStoragePools", "id", pool_id)
 
     # ------------------------------------------------------------------ VMs, volumes, snapshots
 
@@ -628,36 +633,31 @@ class CloudStackClient:
         return [VirtualMachine.from_api(i) for i in items]
 
     def vm(self, vm_id: str) -> VirtualMachine | None:
-        item = self._one("listVirtualMachines", "id", vm_id, listall=True)
-        return VirtualMachine.from_api(item) if item else None
+        return self._one(VirtualMachine.from_api, "listVirtualMachines", "id", vm_id, listall=True)
 
     def volumes(self, vm_id: str | None = None, storage_id: str | None = None) -> list[Volume]:
         items = self._list("listVolumes", listall=True, virtualmachineid=vm_id, storageid=storage_id)
         return [Volume.from_api(i) for i in items]
 
     def volume(self, volume_id: str) -> Volume | None:
-        item = self._one("listVolumes", "id", volume_id, listall=True)
-        return Volume.from_api(item) if item else None
+        return self._one(Volume.from_api, "listVolumes", "id", volume_id, listall=True)
 
     def snapshots(self, volume_id: str | None = None) -> list[Snapshot]:
         return [Snapshot.from_api(i) for i in self._list("listSnapshots", listall=True, volumeid=volume_id)]
 
     def snapshot(self, snapshot_id: str) -> Snapshot | None:
-        item = self._one("listSnapshots", "id", snapshot_id, listall=True)
-        return Snapshot.from_api(item) if item else None
+        return self._one(Snapshot.from_api, "listSnapshots", "id", snapshot_id, listall=True)
 
     def vm_snapshots(self, vm_id: str | None = None) -> list[VMSnapshot]:
         items = self._list("listVMSnapshot", listall=True, virtualmachineid=vm_id)
         return [VMSnapshot.from_api(i) for i in items]
 
     def vm_snapshot(self, vm_snapshot_id: str) -> VMSnapshot | None:
-        item = self._one("listVMSnapshot", "vmsnapshotid", vm_snapshot_id, listall=True)
-        return VMSnapshot.from_api(item) if item else None
+        return self._one(VMSnapshot.from_api, "listVMSnapshot", "vmsnapshotid", vm_snapshot_id, listall=True)
 
     def tags(self, resource_type: str, resource_id: str) -> dict[str, str]:
         """Resource tags of one object, e.g. `tags("UserVm", vm_id)` -> {"vc-policy": "..."}."""
-        items = self._list("listTags", listall=True, resourcetype=resource_type, resourceid=resource_id)
-        return {str(t["key"]): str(t.get("value", "")) for t in items}
+        return _tag_map(self._list("listTags", listall=True, resourcetype=resource_type, resourceid=resource_id))
 
     # ------------------------------------------------------------------ templates, offerings
 
@@ -668,22 +668,19 @@ class CloudStackClient:
 
     def template(self, template_id: str) -> Template | None:
         """None once the template is deleted (what template-cache GC asks)."""
-        item = self._one("listTemplates", "id", template_id, templatefilter="all")
-        return Template.from_api(item) if item else None
+        return self._one(Template.from_api, "listTemplates", "id", template_id, templatefilter="all")
 
     def disk_offerings(self) -> list[DiskOffering]:
         return [DiskOffering.from_api(i) for i in self._list("listDiskOfferings")]
 
     def disk_offering(self, offering_id: str) -> DiskOffering | None:
-        item = self._one("listDiskOfferings", "id", offering_id)
-        return DiskOffering.from_api(item) if item else None
+        return self._one(DiskOffering.from_api, "listDiskOfferings", "id", offering_id)
 
     def service_offerings(self) -> list[ServiceOffering]:
         return [ServiceOffering.from_api(i) for i in self._list("listServiceOfferings")]
 
     def service_offering(self, offering_id: str) -> ServiceOffering | None:
-        item = self._one("listServiceOfferings", "id", offering_id)
-        return ServiceOffering.from_api(item) if item else None
+        return self._one(ServiceOffering.from_api, "listServiceOfferings", "id", offering_id)
 
     # ------------------------------------------------------------------ configuration
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import click
 
+from agent.hostconfig import AGENT_TOKEN_ENV
 from cloudstack_storpool.errors import ProjectError, ValidationError
+from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
 
-POOLS_ENV = "CSSP_POOLS_FILE"
 DEFAULT_POOLS = "/etc/cloudstack-storpool/pools.toml"
-AGENT_TOKEN_ENV = "CLOUDSTACK_STORPOOL_AGENT_TOKEN"
 
 
 def pools_path(value: str | None) -> str:
-    return value or os.environ.get(POOLS_ENV) or DEFAULT_POOLS
+    return value or os.environ.get(POOLS_FILE_ENV) or DEFAULT_POOLS
 
 
 def build_context(pools_file: str | None, agent_token_file: str | None = None) -> Any:
@@ -110,7 +110,7 @@ def run(fn: Callable[[], Any], as_json: bool, columns: Sequence[str]) -> None:
 
 
 pools_opt = click.option("--pools", "pools_file", default=None, metavar="FILE",
-                         help=f"Pools file (default ${POOLS_ENV} or {DEFAULT_POOLS}).")
+                         help=f"Pools file (default ${POOLS_FILE_ENV} or {DEFAULT_POOLS}).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 token_opt = click.option("--agent-token-file", default=None, metavar="FILE",
                          help=f"Agent token file (default ${AGENT_TOKEN_ENV}).")

@@ -18,6 +18,8 @@ from cloudstack_storpool import names
 from cloudstack_storpool.errors import ValidationError
 
 DEFAULT_PORT = 81
+POOLS_FILE_ENV = "CSSP_POOLS_FILE"
+"""Where `serve` and the operator commands find the pools file when no `--pools` is given."""
 URL_KEYS = ("SP_API_HTTP", "SP_AUTH_TOKEN", "SP_TEMPLATE")
 
 

@@ -16,10 +16,10 @@ import socket
 import click
 
 from cloudstack_storpool.errors import ProjectError, ValidationError
+from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
 from cloudstack_storpool.tokens import read_token
 
 SERVICE_TOKEN_ENV = "CSSP_SERVICE_TOKEN"
-POOLS_FILE_ENV = "CSSP_POOLS_FILE"
 DEFAULT_LISTEN = "127.0.0.1:8260"
 
 

@@ -110,7 +110,9 @@ class _CountingApi(spapi.Api):
         return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
 
 
-def _tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
+def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
+    """An object's tags carry all of `want`; an empty `want` matches nothing, so a lookup by
+    missing identity can never select every object of the cluster."""
     return bool(want) and all((have or {}).get(k) == v for k, v in want.items())
 
 
@@ -223,21 +225,25 @@ class StorPoolConn:
                 self._pause(attempt)
                 attempt += 1
 
-    def _create(self, query: str, send: Callable[[], T], find: Callable[[], T | None] | None) -> tuple[T, bool]:
+    def _call(self, query: str, fn: Callable[[], T], retry: bool) -> T:
+        return self._retrying(query, fn) if retry else self._once(query, fn)
+
+    def _create(self, query: str, send: Callable[[], T], find: Callable[[], T | None] | None) -> T:
         """Send a create; after an ambiguous failure, look before sending again.
 
-        Returns (result, recovered). Without `find` (no deterministic name and no identity tags)
-        an ambiguous failure is raised: re-sending could duplicate the object.
+        What `find` returns says itself that it was recovered (`Created.recovered`). Without
+        `find` (no deterministic name and no identity tags) an ambiguous failure is raised:
+        re-sending could duplicate the object.
         """
         attempt = 0
         while True:
             try:
-                return self._once(query, send), False
+                return self._once(query, send)
             except SpExists:
                 if attempt and find is not None:
                     found = find()
                     if found is not None:
-                        return found, True
+                        return found
                 raise
             except SpTransient as exc:
                 if find is None or attempt >= self._retries:
@@ -248,40 +254,58 @@ class StorPoolConn:
                 found = self._retrying(query + " lookup", find)
                 if found is not None:
                     log.info("StorPool %s: the lost create had been applied; using the existing object", query)
-                    return found, True
+                    return found
 
-    def raw(self, method: str, query: str, body: Any = None, *, retry: bool = False) -> Any:
-        """A query the bindings do not wrap the way we need (e.g. VolumeDelete's body)."""
-        def call() -> Any:
-            return self.api(method, True, query, body)
-        return self._retrying(query, call) if retry else self._once(query, call)
+    @staticmethod
+    def _finder(
+        name: str | None, body_tags: Mapping[str, str], identity: Iterable[str],
+        by_name: Callable[[str], Any | None], by_tags: Callable[[Mapping[str, str]], list[Any]],
+    ) -> Callable[[], Created | None] | None:
+        """How a create finds its own object after a lost answer: by its name when it has one,
+        else by all of its `identity` tags (None when it carries only some: too ambiguous)."""
+        if name:
+            def find_by_name() -> Created | None:
+                obj = by_name(name)
+                return Created(obj.name, obj.globalId, True) if obj is not None else None
+            return find_by_name
+        wanted = tuple(identity)
+        key = {k: body_tags[k] for k in wanted if k in body_tags}
+        if not key or len(key) != len(wanted):
+            return None
+
+        def find_by_tags() -> Created | None:
+            found = by_tags(key)
+            return Created("~" + found[0].globalId, found[0].globalId, True) if found else None
+        return find_by_tags
+
+    def _delete(self, query: str, what: str, name: str, call: Callable[[], Any], missing_ok: bool) -> bool:
+        """A retried delete for which "already gone" is success unless `missing_ok` is False."""
+        try:
+            self._retrying(query, call)
+        except SpNotFound:
+            if not missing_ok:
+                raise
+            return False
+        log.info("deleted %s %s", what, name)
+        return True
 
     # ---------------------------------------------------------------- reads
 
-    def volume(self, name: str) -> VolumeSummary | None:
-        names.volume_name(name)
+    def _first(self, query: str, fn: Callable[[], list[Any]]) -> Any | None:
+        """The object a by-name list query returns, None when it does not exist."""
         try:
-            found = self._retrying("Volume", lambda: self.api.volumeList(name))
+            found = self._retrying(query, fn)
         except SpNotFound:
             return None
         return found[0] if found else None
+
+    def volume(self, name: str) -> VolumeSummary | None:
+        names.volume_name(name)
+        return self._first("Volume", lambda: self.api.volumeList(name))
 
     def snapshot(self, name: str) -> SnapshotSummary | None:
         names.snapshot_name(name)
-        try:
-            found = self._retrying("Snapshot", lambda: self.api.snapshotList(name))
-        except SpNotFound:
-            return None
-        return found[0] if found else None
-
-    def volume_describe(self, name: str) -> Any:
-        return self._retrying("VolumeDescribe", lambda: self.api.volumeDescribe(names.volume_name(name)))
-
-    def volume_info(self, name: str) -> Any:
-        return self._retrying("VolumeGetInfo", lambda: self.api.volumeInfo(names.volume_name(name)))
-
-    def volume_snapshots(self, name: str) -> list[SnapshotSummary]:
-        return list(self._retrying("VolumeListSnapshots", lambda: self.api.volumeListSnapshots(names.volume_name(name))))
+        return self._first("Snapshot", lambda: self.api.snapshotList(name))
 
     def volumes(self) -> list[VolumeSummary]:
         return list(self._retrying("VolumesList", self.api.volumesList))
@@ -292,18 +316,12 @@ class StorPoolConn:
     def volumes_space(self) -> list[Any]:
         return list(self._retrying("VolumesSpace", self.api.volumesSpace))
 
-    def volumes_status(self) -> dict[str, Any]:
-        return dict(self._retrying("VolumesGetStatus", self.api.volumesStatus))
-
     def template(self, name: str) -> Any | None:
         names.template_name(name)
         try:
             return self._retrying("VolumeTemplateDescribe", lambda: self.api.volumeTemplateDescribe(name))
         except SpNotFound:
             return None
-
-    def templates(self) -> list[Any]:
-        return list(self._retrying("VolumeTemplatesList", self.api.volumeTemplatesList))
 
     def templates_status(self) -> list[Any]:
         return list(self._retrying("VolumeTemplatesStatus", self.api.volumeTemplatesStatus))
@@ -313,24 +331,17 @@ class StorPoolConn:
 
     def services(self, *, retry: bool = True) -> Any:
         """ServicesList. The heartbeat asks with retry=False: a slow answer is itself news."""
-        if retry:
-            return self._retrying("ServicesList", self.api.servicesList)
-        return self._once("ServicesList", self.api.servicesList)
-
-    def clients_config(self) -> list[Any]:
-        return list(self._retrying("ClientsConfigDump", self.api.clientsConfigDump))
+        return self._call("ServicesList", self.api.servicesList, retry)
 
     def client_active_requests(self, client_id: int, *, retry: bool = True) -> Any:
-        def call() -> Any:
-            return self.api.clientActiveRequests(client_id)
-        return self._retrying("ClientActiveRequests", call) if retry else self._once("ClientActiveRequests", call)
+        return self._call("ClientActiveRequests", lambda: self.api.clientActiveRequests(client_id), retry)
 
     def find_volumes(self, tags: Mapping[str, str]) -> list[VolumeSummary]:
         """Volumes carrying all of `tags` (the driver's identity lookup)."""
-        return [v for v in self.volumes() if _tags_match(v.tags, tags)]
+        return [v for v in self.volumes() if tags_match(v.tags, tags)]
 
     def find_snapshots(self, tags: Mapping[str, str]) -> list[SnapshotSummary]:
-        return [s for s in self.snapshots() if _tags_match(s.tags, tags) and not getattr(s, "deleted", False)]
+        return [s for s in self.snapshots() if tags_match(s.tags, tags) and not getattr(s, "deleted", False)]
 
     # ---------------------------------------------------------------- volumes
 
@@ -375,23 +386,14 @@ class StorPoolConn:
         if template is None and replication is None and parent is None and base_on is None:
             raise ValidationError("template", "a template (or replication) is required")
 
-        key = {k: body["tags"][k] for k in identity if k in body.get("tags", {})}
-        find: Callable[[], Created | None] | None = None
-        if name:
-            def find() -> Created | None:
-                v = self.volume(name)
-                return Created(v.name, v.globalId, True) if v is not None else None
-        elif len(key) == len(tuple(identity)) and key:
-            def find() -> Created | None:
-                found = self.find_volumes(key)
-                return Created("~" + found[0].globalId, found[0].globalId, True) if found else None
+        find = self._finder(name, body.get("tags", {}), identity, self.volume, self.find_volumes)
 
         def send() -> Created:
             res = self.api.volumeCreate(body)
             gid = res.globalId
             return Created(name or "~" + gid, gid)
 
-        created, _ = self._create("VolumeCreate", send, find)
+        created = self._create("VolumeCreate", send, find)
         log.info("created volume %s (%s)", created.name, created.global_id)
         return created
 
@@ -427,31 +429,22 @@ class StorPoolConn:
         if not body:
             return
         # A rename is not idempotent by name: never retry it.
-        call = self._once if rename else self._retrying
-        call("VolumeUpdate", lambda: self.api.volumeUpdate(name, body))
+        self._call("VolumeUpdate", lambda: self.api.volumeUpdate(name, body), retry=not rename)
 
     def volume_delete(self, name: str, *, on_attached: str = "detachForce", missing_ok: bool = True) -> bool:
         """Delete; returns False when it was already gone (success for CloudStack's purposes)."""
         names.volume_name(name)
         if on_attached not in ("fail", "detach", "detachForce"):
             raise ValidationError("onAttached", f"must be fail, detach or detachForce, got {on_attached!r}")
-        try:
-            self.raw("POST", f"VolumeDelete/{name}", {"onAttached": on_attached}, retry=True)
-        except SpNotFound:
-            if not missing_ok:
-                raise
-            return False
-        log.info("deleted volume %s", name)
-        return True
+        # The bindings' volumeDelete sends no body, and onAttached is needed: the query by hand.
+        query = f"VolumeDelete/{name}"
+        return self._delete(query, "volume", name, lambda: self.api("POST", True, query, {"onAttached": on_attached}),
+                            missing_ok)
 
     def volume_revert(self, name: str, to_snapshot: str) -> None:
         names.volume_name(name)
         body = {"toSnapshot": names.snapshot_name(to_snapshot, "toSnapshot")}
         self._retrying("VolumeRevert", lambda: self.api.volumeRevert(name, body))
-
-    def volume_freeze(self, name: str) -> None:
-        names.volume_name(name)
-        self._once("VolumeFreeze", lambda: self.api.volumeFreeze(name))
 
     # ---------------------------------------------------------------- snapshots
 
@@ -477,63 +470,20 @@ class StorPoolConn:
             if delete_after <= 0:
                 raise ValidationError("deleteAfter", f"must be positive seconds, got {delete_after}")
             body["deleteAfter"] = delete_after
-        key = {k: body["tags"][k] for k in identity if k in body.get("tags", {})}
-        find: Callable[[], Created | None] | None = None
-        if name:
-            def find() -> Created | None:
-                s = self.snapshot(name)
-                return Created(s.name, s.globalId, True) if s is not None else None
-        elif key and len(key) == len(tuple(identity)):
-            def find() -> Created | None:
-                found = self.find_snapshots(key)
-                return Created("~" + found[0].globalId, found[0].globalId, True) if found else None
+        find = self._finder(name, body.get("tags", {}), identity, self.snapshot, self.find_snapshots)
 
         def send() -> Created:
             res = self.api.snapshotCreate(volume, body)
             gid = res.snapshotGlobalId
             return Created(name or "~" + gid, gid)
 
-        created, _ = self._create("VolumeSnapshot", send, find)
+        created = self._create("VolumeSnapshot", send, find)
         log.info("snapshot %s of %s (%s)", created.name, volume, created.global_id)
         return created
 
-    def snapshot_update(
-        self,
-        name: str,
-        *,
-        tags: Mapping[str, str] | None = None,
-        bind: bool | None = None,
-        delete_after: int | None = None,
-        rename: str | None = None,
-        template: str | None = None,
-    ) -> None:
-        names.snapshot_name(name)
-        body: dict[str, Any] = {}
-        if tags is not None:
-            body["tags"] = names.tags(tags)
-        if bind is not None:
-            body["bind"] = bind
-        if delete_after is not None:
-            body["deleteAfter"] = delete_after
-        if rename is not None:
-            body["rename"] = names.snapshot_name(rename, "rename")
-        if template is not None:
-            body["template"] = names.template_name(template)
-        if not body:
-            return
-        call = self._once if rename else self._retrying
-        call("SnapshotUpdate", lambda: self.api.snapshotUpdate(name, body))
-
     def snapshot_delete(self, name: str, *, missing_ok: bool = True) -> bool:
         names.snapshot_name(name)
-        try:
-            self._retrying("SnapshotDelete", lambda: self.api.snapshotDelete(name))
-        except SpNotFound:
-            if not missing_ok:
-                raise
-            return False
-        log.info("deleted snapshot %s", name)
-        return True
+        return self._delete("SnapshotDelete", "snapshot", name, lambda: self.api.snapshotDelete(name), missing_ok)
 
     def group_snapshot(
         self, volumes: Iterable[tuple[str, str | None]], *, tags: Mapping[str, str],
@@ -571,8 +521,7 @@ class StorPoolConn:
                 for s in res.snapshots
             ]
 
-        result, _ = self._create("VolumesGroupSnapshot", send, find)
-        return result
+        return self._create("VolumesGroupSnapshot", send, find)
 
     # ---------------------------------------------------------------- attachments
 

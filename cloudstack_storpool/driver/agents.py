@@ -110,12 +110,15 @@ class AgentDirectory:
             self._next += 1
         return hosts[start:] + hosts[:start]
 
-    def for_pool(self, pool: PoolSpec) -> AgentClient:
-        """Any agent able to reach the pool (the first of the rotation)."""
+    def _hosts_or_fail(self, pool: PoolSpec) -> list[Host]:
         hosts = self.hosts_for_pool(pool)
         if not hosts:
             raise NotFound(f"pool: no Up KVM host with a StorPool client id in zone {pool.zone or '(any)'}")
-        return self.client(hosts[0])
+        return hosts
+
+    def for_pool(self, pool: PoolSpec) -> AgentClient:
+        """Any agent able to reach the pool (the first of the rotation)."""
+        return self.client(self._hosts_or_fail(pool)[0])
 
     def run_on_pool(self, pool: PoolSpec, work: Callable[[AgentClient], T]) -> T:
         """Run `work` on a host of the pool, moving to the next host while agents are unreachable.
@@ -123,11 +126,8 @@ class AgentDirectory:
         Only "unreachable" moves on: a command the agent ran and failed is the answer, and
         running it elsewhere would hide the failure.
         """
-        hosts = self.hosts_for_pool(pool)
-        if not hosts:
-            raise NotFound(f"pool: no Up KVM host with a StorPool client id in zone {pool.zone or '(any)'}")
         last: AgentRequestError | None = None
-        for host in hosts:
+        for host in self._hosts_or_fail(pool):
             try:
                 return work(self.client(host))
             except AgentRequestError as exc:

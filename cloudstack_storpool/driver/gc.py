@@ -19,12 +19,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudstack_storpool.driver import naming, tags, templates
+from cloudstack_storpool.driver import naming, pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
-    from cloudstack_storpool.poolconfig import PoolSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,6 @@ class GcReport:
     """Cached templates kept because CloudStack still has their template."""
 
 
-def _clusters(ctx: DriverContext) -> dict[tuple[str, int], list[PoolSpec]]:
-    out: dict[tuple[str, int], list[PoolSpec]] = {}
-    for p in ctx.pools.pools:
-        out.setdefault((p.host, p.port), []).append(p)
-    return out
-
-
 def _temporary_age(ctx: DriverContext, given: int | None) -> int:
     if given is not None:
         if isinstance(given, bool) or not isinstance(given, int) or given < 0:
@@ -72,12 +64,7 @@ def _temporary_age(ctx: DriverContext, given: int | None) -> int:
 
 
 def _age(ctx: DriverContext, obj: Any) -> float:
-    raw = (obj.tags or {}).get(tags.STARTED, "")
-    try:
-        born = float(raw)
-    except ValueError:
-        born = float(getattr(obj, "creationTimestamp", 0) or 0)
-    return ctx.clock() - born
+    return ctx.clock() - templates.started_at(obj)
 
 
 def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcReport | None = None) -> list[GcAction]:
@@ -96,7 +83,7 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
                 template_exists[tuuid] = None
         return template_exists[tuuid]
 
-    for specs in _clusters(ctx).values():
+    for specs in pools.by_cluster(ctx):
         by_uuid = {p.uuid: p for p in specs if p.uuid}
         conn = ctx.conn(specs[0])
         for s in conn.snapshots():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags, volumes
+from cloudstack_storpool.driver import naming, offerings, pools, tags, templates, volumes
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.driver.volumes import VolumeInfo
 from cloudstack_storpool.errors import NotFound, ProjectError, SpExists, ValidationError
@@ -50,10 +50,6 @@ class MigrationResult:
     volume: VolumeInfo
 
 
-def _same_cluster(a: PoolSpec, b: PoolSpec) -> bool:
-    return (a.host, a.port) == (b.host, b.port)
-
-
 def _vm_running(ctx: DriverContext, volume_uuid: str) -> bool:
     """Ask CloudStack whether the volume's VM is running (a detached volume is not)."""
     vol = ctx.cloudstack.volume(volume_uuid)
@@ -73,7 +69,7 @@ def _placement(
         return offerings.resolve(ctx, dst, volume_type=volume_type, disk_offering_id=disk_offering_id,
                                  service_offering_id=service_offering_id, custom_iops=iops, size=int(source.size))
     qc = (source.tags or {}).get(tags.QOS_CLASS) or None
-    return Placement(template=dst.template, qos_class=qc, iops=volumes._limit(getattr(source, "iops", None)))
+    return Placement(template=dst.template, qos_class=qc, iops=offerings.iops_of(source) or None)
 
 
 def migrate(
@@ -95,7 +91,7 @@ def migrate(
     uuid = naming.check_uuid(volume_uuid, "volume_uuid")
     offerings.check_volume_type(volume_type)
     offerings.check_iops(iops, "iops")
-    if not _same_cluster(src, dst):
+    if pools.cluster_key(src) != pools.cluster_key(dst):
         raise ValidationError("target_pool", f"{dst.name} is on another StorPool cluster than {src.name}; "
                                              "moving data between clusters is not supported")
     conn = ctx.conn(src)
@@ -167,11 +163,11 @@ def import_volume(
     dst = pools.resolve(ctx, target_pool)
     created = volumes.create(ctx, dst, volume_uuid, size, volume_type=volume_type,
                              disk_offering_id=disk_offering_id, service_offering_id=service_offering_id, iops=iops)
-    timeout = ctx.settings.get("storpool.agent.copy.timeout")
+    timeout = templates.copy_timeout(ctx)
     try:
         ctx.agents.run_on_pool(dst, lambda agent: agent.copy_to_volume(
             store=source.store, path=source.path, volume=created.path, source_format=source.agent_format,
-            target_is_zero=True, timeout=float(timeout) if isinstance(timeout, int) else 7200.0,
+            target_is_zero=True, timeout=timeout,
             idempotency_key=f"import-{created.global_id}", progress=ctx.progress,
         ))
     except BaseException:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import Conflict, StorPoolError, ValidationError
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, load_pools, parse_pool_url, parse_pools
-from cloudstack_storpool.spconn import StorPoolConn
+from cloudstack_storpool.spconn import StorPoolConn, tags_match
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -37,6 +37,25 @@ def resolve(ctx: DriverContext, pool: PoolSpec | str) -> PoolSpec:
 def pool_tags(pool: PoolSpec) -> dict[str, str]:
     """The tag that makes an object findable as belonging to `pool`."""
     return {tags.POOL: pool.uuid} if pool.uuid else {}
+
+
+def identity_tags(uuid: str, kind: str, pool: PoolSpec, **extra: str | None) -> dict[str, str]:
+    """`uuid`, `cs` and the pool's tag (when it has a uuid) of an object the driver creates."""
+    return tags.identity(uuid, kind, pool=pool.uuid or None, **extra)
+
+
+def cluster_key(pool: PoolSpec) -> tuple[str, int]:
+    """Pools with the same API endpoint are on one StorPool cluster: one namespace, one list."""
+    return pool.host, pool.port
+
+
+def by_cluster(ctx: DriverContext) -> list[list[PoolSpec]]:
+    """The configured pools grouped by StorPool cluster, so that cluster-wide lists and lookups
+    are made once per cluster rather than once per pool."""
+    out: dict[tuple[str, int], list[PoolSpec]] = {}
+    for p in ctx.pools.pools:
+        out.setdefault(cluster_key(p), []).append(p)
+    return list(out.values())
 
 
 @dataclass(frozen=True)
@@ -91,10 +110,9 @@ def contents(ctx: DriverContext, pool: PoolSpec | str) -> PoolContents:
     want = pool_tags(spec)
     found: list[PoolObject] = []
     if want:
-        for v in conn.find_volumes(want):
-            found.append(PoolObject(v.name, v.globalId, "volume", v.tags.get(tags.KIND, ""), v.tags.get(tags.UUID)))
-        for s in conn.find_snapshots(want):
-            found.append(PoolObject(s.name, s.globalId, "snapshot", s.tags.get(tags.KIND, ""), s.tags.get(tags.UUID)))
+        for kind, objs in (("volume", conn.find_volumes(want)), ("snapshot", conn.find_snapshots(want))):
+            found.extend(PoolObject(o.name, o.globalId, kind, o.tags.get(tags.KIND, ""), o.tags.get(tags.UUID))
+                         for o in objs)
     return PoolContents(spec.uuid, found)
 
 
@@ -116,7 +134,7 @@ def describe(ctx: DriverContext, pool: PoolSpec | str) -> PoolInfo:
     used = 0
     volumes = 0
     for v in conn.volumes_space():
-        if mine and all((v.tags or {}).get(k) == val for k, val in mine.items()):
+        if tags_match(v.tags, mine):
             used += int(getattr(v, "spaceUsed", 0) or 0)
             volumes += 1
     snaps = conn.find_snapshots(mine) if mine else []

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import offerings, tags
-from cloudstack_storpool.driver.snapshots import Result, iops_of, storpool_volume
+from cloudstack_storpool.driver.snapshots import Result, storpool_volume
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def resize_volume(
     current = conn.volume(src.name)
     if current is None:
         raise NotFound(f"volume_uuid: volume {src.name} is not on StorPool")
-    old_size, old_iops, old_template = int(current.size), iops_of(current), str(current.templateName or "")
+    old_size, old_iops, old_template = int(current.size), offerings.iops_of(current), str(current.templateName or "")
     old_qc = (current.tags or {}).get(tags.QOS_CLASS, "")
     shrinking = new_size < old_size
     if shrinking and not shrink_ok:

@@ -15,13 +15,14 @@ name and renames on success).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, tags, templates, volumes
+from cloudstack_storpool.driver import naming, offerings, pools, tags, templates, volumes
 from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import (
     AgentError,
@@ -172,8 +173,7 @@ def _on_storpool(ctx: DriverContext, vol: Volume, field: str) -> SourceVolume:
         pool = ctx.pool(vol.storage_id)
     except ValidationError:
         raise ValidationError(field, f"volume {vol.id} is not on a StorPool pool (pool {vol.storage_id})") from None
-    name = names.path_to_name(vol.path, f"{field}.path") if vol.path else naming.volume(vol.id)
-    return SourceVolume(vol, pool, name)
+    return SourceVolume(vol, pool, volumes.ref(volume_uuid=vol.id, path=vol.path, path_field=f"{field}.path"))
 
 
 def on_storpool(ctx: DriverContext, vol: Volume, field: str = "volume") -> SourceVolume | None:
@@ -196,12 +196,6 @@ def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient]
 
     result = ctx.agents.run_on_pool(pool, run)
     return used[-1], result
-
-
-def iops_of(summary: Any) -> int:
-    """StorPool shows "no limit" as `-`; the driver's value for it is 0."""
-    value = getattr(summary, "iops", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def restore_tags(current: dict[str, str] | None) -> dict[str, str]:
@@ -248,10 +242,11 @@ def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where
                          int(res.get("physical_size", 0)), agent)
 
 
-def _drop_snapshot(conn: StorPoolConn, name: str) -> None:
-    """Force-detach (an agent may have been cut off mid-copy) then delete; gone is fine."""
+def drop_snapshot(conn: StorPoolConn, name: str) -> bool:
+    """Force-detach (an agent may have been cut off mid-copy, a host may hold a stale
+    attachment) then delete; gone is fine. True when it existed."""
     conn.detach_everywhere(name, snapshot=True)
-    conn.snapshot_delete(name, missing_ok=True)
+    return conn.snapshot_delete(name, missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- take / delete / revert
@@ -283,7 +278,7 @@ def take_snapshot(
             raise ValidationError("secondary", f"a secondary-storage location is required while {BYPASS_SETTING} is false")
         secondary.check()
     conn = ctx.conn(src.pool)
-    snap_tags = tags.identity(snapshot_uuid.lower(), tags.SNAPSHOT, cvm=src.cs.vm_id, pool=src.pool.uuid or None)
+    snap_tags = pools.identity_tags(snapshot_uuid.lower(), tags.SNAPSHOT, src.pool, cvm=src.cs.vm_id)
     recovered = False
     try:
         created = conn.snapshot_create(src.name, name=name, tags=snap_tags)
@@ -292,7 +287,7 @@ def take_snapshot(
     except SpExists:
         # The same CloudStack snapshot asked again (a retried job): use it if it is ours.
         existing = conn.snapshot(name)
-        if existing is None or (existing.tags or {}).get(tags.UUID) != snapshot_uuid.lower():
+        if not tags.owned_by(existing, snapshot_uuid.lower()):
             raise Conflict(f"snapshot_uuid: StorPool already has an object named {name} that is not this snapshot") from None
         gid, recovered = existing.globalId, True
     backup = None
@@ -302,7 +297,7 @@ def take_snapshot(
             backup = backup_to_secondary(ctx, src.pool, name, secondary)
         except Exception as exc:
             raise undo_and_fail(f"backup of snapshot {snapshot_uuid} to secondary storage failed", exc,
-                                f"the StorPool snapshot {name} was removed", lambda: _drop_snapshot(conn, name)) from exc
+                                f"the StorPool snapshot {name} was removed", lambda: drop_snapshot(conn, name)) from exc
     return SnapshotInfo(snapshot_uuid.lower(), name, gid, names.BYID_PREFIX + gid, src.name, src.pool.uuid,
                         bypass, backup, recovered)
 
@@ -313,9 +308,7 @@ def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str) -> Sna
     The secondary copy, if any, is CloudStack's to remove (its storage cleanup owns it).
     """
     name = naming.snapshot(snapshot_uuid)
-    conn = ctx.conn(ctx.pool(pool))
-    conn.detach_everywhere(name, snapshot=True)
-    existed = conn.snapshot_delete(name, missing_ok=True)
+    existed = drop_snapshot(ctx.conn(ctx.pool(pool)), name)
     return SnapshotDeleted(snapshot_uuid.lower(), name, existed)
 
 
@@ -355,7 +348,7 @@ def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary:
     """Detach (unless the caller detached already), VolumeRevert, then re-apply iops
     (CloudStack's max IOPS when it has one, else the limit the volume had) and tags. Shared by
     volume and VM-snapshot reverts."""
-    iops = src.cs.max_iops if src.cs.max_iops is not None else iops_of(summary)
+    iops = src.cs.max_iops if src.cs.max_iops is not None else offerings.iops_of(summary)
     kept = restore_tags(summary.tags)
     if detach:
         conn.detach_everywhere(src.name)
@@ -395,8 +388,10 @@ def volume_from_snapshot(
         names.size(size, "size")
     if secondary is not None:
         secondary.check()
+    # Asked of CloudStack at most once, and only when iops or size must come from it.
+    source_volume = functools.cache(lambda: _source_volume_of(ctx, snapshot_uuid))
     if iops is None:
-        iops = _source_iops(ctx, snapshot_uuid)
+        iops = _source_iops(source_volume())
     conn = ctx.conn(spec)
     vol_tags = volumes.volume_tags(naming.check_uuid(volume_uuid, "volume_uuid"), spec)
     tmpl = template or spec.template
@@ -413,7 +408,7 @@ def volume_from_snapshot(
             raise NotFound(f"snapshot_uuid: snapshot {snap} is not on StorPool and no secondary copy was given") from None
         log.info("snapshot %s is gone from StorPool; restoring volume %s from %s", snap, name, secondary.path)
     if size is None:
-        size = _source_size(ctx, snapshot_uuid)
+        size = _source_size(source_volume())
     try:
         created = conn.volume_create(name=name, size=size, iops=iops, template=tmpl, tags=vol_tags)
     except SpExists:
@@ -431,7 +426,7 @@ def volume_from_snapshot(
 
 def _existing_volume(conn: StorPoolConn, name: str, volume_uuid: str, source: str) -> VolumeFromSnapshot:
     found = conn.volume(name)
-    if found is None or (found.tags or {}).get(tags.UUID) != volume_uuid.lower():
+    if not tags.owned_by(found, volume_uuid.lower()):
         raise Conflict(f"volume_uuid: StorPool already has an object named {name} that is not this volume")
     return VolumeFromSnapshot(volume_uuid.lower(), found.name, found.globalId, names.BYID_PREFIX + found.globalId,
                               source, 0, True)
@@ -444,14 +439,12 @@ def _source_volume_of(ctx: DriverContext, snapshot_uuid: str) -> Volume | None:
     return ctx.cloudstack.volume(cs_snap.volume_id)
 
 
-def _source_iops(ctx: DriverContext, snapshot_uuid: str) -> int | None:
+def _source_iops(vol: Volume | None) -> int | None:
     """The source volume's max IOPS; None (inherit the snapshot's) when CloudStack has no value."""
-    vol = _source_volume_of(ctx, snapshot_uuid)
     return vol.max_iops if vol is not None else None
 
 
-def _source_size(ctx: DriverContext, snapshot_uuid: str) -> int:
-    vol = _source_volume_of(ctx, snapshot_uuid)
+def _source_size(vol: Volume | None) -> int:
     if vol is None or vol.size <= 0:
         raise ValidationError("size", "needed: the snapshot's source volume is unknown to CloudStack")
     return names.size(vol.size, "size")
@@ -510,7 +503,7 @@ def template_from_snapshot(
             if made_before:
                 raise  # the cache was there before this call (root volumes may use it): not ours to undo
             raise undo_and_fail(f"writing template {template_uuid} to secondary storage failed", exc,
-                                f"the cached template {cache} was removed", lambda: _drop_snapshot(conn, cache)) from exc
+                                f"the cached template {cache} was removed", lambda: drop_snapshot(conn, cache)) from exc
     return TemplateFromSnapshot(template_uuid.lower(), spec.uuid, cached.name, cached.global_id,
                                 names.BYID_PREFIX + cached.global_id, cached.size or (copy.virtual_size if copy else None),
                                 source, copy, made_before)

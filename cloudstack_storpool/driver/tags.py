@@ -6,7 +6,7 @@ StorPool is the source of truth: these tags are how an object is traced back to 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, TypeGuard
 
 UUID: Final = "uuid"
 KIND: Final = "cs"
@@ -38,3 +38,9 @@ def identity(uuid: str, kind: str, **extra: str | None) -> dict[str, str]:
 def cleared(*keys: str) -> dict[str, str]:
     """A tag update that removes `keys` (StorPool removes a tag written with an empty value)."""
     return dict.fromkeys(keys, "")
+
+
+def owned_by(obj: Any | None, uuid: str) -> TypeGuard[Any]:
+    """`obj` (a StorPool summary, or None when absent) carries the `uuid` tag of this CloudStack
+    object: how a create that met `objectExists` tells its own earlier attempt from a stranger."""
+    return obj is not None and (obj.tags or {}).get(UUID) == uuid

@@ -98,7 +98,8 @@ def _fill_timeout(ctx: DriverContext) -> int:
     return int(value) if isinstance(value, int) else 3600
 
 
-def _copy_timeout(ctx: DriverContext) -> float:
+def copy_timeout(ctx: DriverContext) -> float:
+    """How long an agent copy may take (`storpool.agent.copy.timeout`): fills and imports alike."""
     value = ctx.settings.get("storpool.agent.copy.timeout")
     return float(value) if isinstance(value, int) else 7200.0
 
@@ -165,10 +166,10 @@ def ensure_cached(
             if timeout is None:
                 # The owner waits up to the copy timeout for its agent: a fill younger than that
                 # may still be copying, so it is never presumed dead before then.
-                timeout = max(_fill_timeout(ctx), int(_copy_timeout(ctx)))
+                timeout = max(_fill_timeout(ctx), int(copy_timeout(ctx)))
             busy = conn.volume(fill)
             if busy is not None:
-                started = _started(busy)
+                started = started_at(busy)
                 age = ctx.clock() - started
                 if started and age > timeout:
                     log.warning("template fill %s started %.0f s ago (limit %d s): taking it over", fill, age, timeout)
@@ -180,7 +181,9 @@ def ensure_cached(
         return _populate(ctx, spec, tuuid, cache, created, source)
 
 
-def _started(summary: Any) -> float:
+def started_at(summary: Any) -> float:
+    """When a temporary object (a fill) was made: its `started` tag, shared by the takeover
+    here and by garbage collection, so both judge a fill's age the same way."""
     raw = (summary.tags or {}).get(tags.STARTED, "")
     try:
         return float(raw)
@@ -198,7 +201,7 @@ def _create_fill(
     ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, size: int | None,
     from_snapshot: str | None, from_volume: str | None, owner: str,
 ) -> Created:
-    fill_tags = tags.identity(tuuid, tags.TEMPORARY, pool=spec.uuid or None, started=str(int(ctx.clock())))
+    fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=str(int(ctx.clock())))
     fill_tags[OWNER_TAG] = owner
     conn = ctx.conn(spec)
     if from_snapshot is not None:
@@ -216,14 +219,14 @@ def _populate(
     snap: Created | None = None
     try:
         if source is not None:
-            timeout = _copy_timeout(ctx)
+            timeout = copy_timeout(ctx)
             ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
                 store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
                 timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
             ))
         try:
             snap = conn.snapshot_create(
-                fill.ref, name=cache, tags=tags.identity(tuuid, tags.TEMPLATE, pool=spec.uuid or None),
+                fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec),
             )
         except SpExists:
             log.info("cache %s appeared while filling (a taken-over fill finished): using it", cache)

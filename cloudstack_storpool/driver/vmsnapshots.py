@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, tags
+from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.driver.snapshots import (
     Result,
     SourceVolume,
+    drop_snapshot,
     on_storpool,
     refuse_running_vm,
     restore_tags,
@@ -109,7 +110,7 @@ def take_vm_snapshot(
     try:
         # Each member also carries its disk's pool, so a pool holding VM snapshots cannot be removed.
         made = conn.group_snapshot([(d.name, n) for d, n in zip(disks, member_names, strict=True)], tags=group_tags,
-                                   member_tags=[{tags.POOL: d.pool.uuid} if d.pool.uuid else {} for d in disks])
+                                   member_tags=[pools.pool_tags(d.pool) for d in disks])
     except SpExists:
         return VMSnapshotInfo(key, vm_uuid.lower(), _existing_members(conn, key, disks, member_names), True)
     by_gid = {m.volume_global_id: m for m in made if m.volume_global_id}
@@ -131,7 +132,7 @@ def _existing_members(conn: StorPoolConn, key: str, disks: list[SourceVolume], m
     members = []
     for disk, name in zip(disks, member_names, strict=True):
         snap = conn.snapshot(name)
-        if snap is None or (snap.tags or {}).get(tags.UUID) != key:
+        if not tags.owned_by(snap, key):
             raise Conflict(f"vm_snapshot_uuid: VM snapshot {key} exists only in part on StorPool ({name} is missing)")
         members.append(_member(key, disk, name, snap.globalId))
     return members
@@ -150,8 +151,7 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     plan = []
     for disk in disks:
         member = naming.vm_snapshot_member(key, disk.uuid)
-        snap = conn.snapshot(member)
-        if snap is None or (snap.tags or {}).get(tags.UUID) != key:
+        if not tags.owned_by(conn.snapshot(member), key):
             raise NotFound(f"vm_snapshot_uuid: VM snapshot {key} has no snapshot of disk {disk.cs.name or disk.uuid}")
         summary = conn.volume(disk.name)
         if summary is None:
@@ -180,20 +180,13 @@ def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
         disks = [d for v in ctx.cloudstack.volumes(vm_id=vm_uuid) if (d := on_storpool(ctx, v)) is not None]
     if disks:
         for disk in disks:
-            conn = ctx.conn(disk.pool)
             member = naming.vm_snapshot_member(key, disk.uuid)
-            conn.detach_everywhere(member, snapshot=True)
-            if conn.snapshot_delete(member, missing_ok=True):
+            if drop_snapshot(ctx.conn(disk.pool), member):
                 deleted.append(member)
         return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)
-    seen: set[int] = set()
-    for pool in ctx.pools.pools:
+    for pool, *_ in pools.by_cluster(ctx):
         conn = ctx.conn(pool)
-        if id(conn) in seen:
-            continue
-        seen.add(id(conn))
         for snap in conn.find_snapshots({tags.UUID: key, tags.KIND: tags.GROUP}):
-            conn.detach_everywhere(snap.name, snapshot=True)
-            if conn.snapshot_delete(snap.name, missing_ok=True):
+            if drop_snapshot(conn, snap.name):
                 deleted.append(snap.name)
     return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)

@@ -63,18 +63,15 @@ class DeleteResult:
 # ---------------------------------------------------------------------- identity helpers
 
 
-def ref(*, volume_uuid: str | None = None, path: str | None = None) -> str:
+def ref(*, volume_uuid: str | None = None, path: str | None = None, path_field: str = "path") -> str:
     """The StorPool API name of a CloudStack volume: from its path when known (`~globalId`,
-    stable across renames; legacy `/dev/storpool/<name>`), else from its uuid."""
+    stable across renames; legacy `/dev/storpool/<name>`), else from its uuid. `path_field`
+    names the path in errors (it may come from CloudStack rather than from the request)."""
     if path:
-        return names.path_to_name(path, "path")
+        return names.path_to_name(path, path_field)
     if volume_uuid:
         return naming.volume(volume_uuid)
     raise ValidationError("volume_uuid", "a volume uuid or path is required")
-
-
-def _limit(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def info(summary: Any, pool: PoolSpec) -> VolumeInfo:
@@ -83,7 +80,7 @@ def info(summary: Any, pool: PoolSpec) -> VolumeInfo:
     return VolumeInfo(
         uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.globalId,
         path=names.BYID_PREFIX + summary.globalId, size=int(summary.size),
-        template=getattr(summary, "templateName", None) or None, iops=_limit(getattr(summary, "iops", None)),
+        template=getattr(summary, "templateName", None) or None, iops=offerings.iops_of(summary) or None,
         qos_class=vtags.get(tags.QOS_CLASS), tags=vtags,
     )
 
@@ -105,11 +102,9 @@ def get(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = N
     return info(found, spec)
 
 
-def volume_tags(volume_uuid: str, pool: PoolSpec, placement: Placement | None = None,
-                kind: str = tags.VOLUME) -> dict[str, str]:
+def volume_tags(volume_uuid: str, pool: PoolSpec, placement: Placement | None = None) -> dict[str, str]:
     """Identity tags of a new volume: `uuid`, `cs`, `pool` (+ `qc`)."""
-    return tags.identity(volume_uuid, kind, pool=pool.uuid or None,
-                         qc=placement.qos_class if placement is not None else None)
+    return pools.identity_tags(volume_uuid, tags.VOLUME, pool, qc=placement.qos_class if placement is not None else None)
 
 
 def vm_tags_for(ctx: DriverContext, vm_id: str, device_id: int | None) -> dict[str, str]:
@@ -128,7 +123,7 @@ def _existing(ctx: DriverContext, spec: PoolSpec, name: str, volume_uuid: str) -
     found = ctx.conn(spec).volume(name)
     if found is None:
         raise Conflict(f"volume {name} existed a moment ago and is gone now (deleted concurrently?)")
-    if (found.tags or {}).get(tags.UUID) != volume_uuid:
+    if not tags.owned_by(found, volume_uuid):
         raise Conflict(f"StorPool volume {name} exists but belongs to {found.tags.get(tags.UUID) or 'nobody'}")
     log.info("volume %s already exists (a retried create): returning it", name)
     return info(found, spec)
@@ -243,7 +238,7 @@ def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: 
         try:
             snap = conn.snapshot_create(
                 target, name=naming.delay_delete(uuid, int(ctx.clock())), delete_after=keep,
-                tags=tags.identity(uuid, tags.DELAY_DELETE, pool=spec.uuid or None),
+                tags=pools.identity_tags(uuid, tags.DELAY_DELETE, spec),
             )
             backup = snap.name
         except SpNotFound:
@@ -313,18 +308,10 @@ def detached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path
     return True
 
 
-def _clusters(ctx: DriverContext) -> list[PoolSpec]:
-    """One pool per StorPool API endpoint: a VM's volumes may be on any of them."""
-    seen: dict[tuple[str, int], PoolSpec] = {}
-    for p in ctx.pools.pools:
-        seen.setdefault((p.host, p.port), p)
-    return list(seen.values())
-
-
 def vm_volumes(ctx: DriverContext, vm_id: str) -> list[tuple[PoolSpec, Any]]:
-    """Every StorPool volume tagged as attached to `vm_id`, on every cluster."""
+    """Every StorPool volume tagged as attached to `vm_id`, on every cluster (one list each)."""
     out: list[tuple[PoolSpec, Any]] = []
-    for spec in _clusters(ctx):
+    for spec, *_ in pools.by_cluster(ctx):
         out.extend((spec, v) for v in ctx.conn(spec).find_volumes({tags.VM: vm_id}))
     return out
 

@@ -265,9 +265,7 @@ class _Handler(JsonHandler):
         key = self.headers.get("Idempotency-Key")
         if isinstance(body, dict) and body.get(IDEMPOTENCY_FIELD) is not None:
             key = body[IDEMPOTENCY_FIELD]
-        ctx = self.server.ctx
-
-        config = self.server.config
+        ctx, config = self.server.ctx, self.server.config
 
         def run(job: Job) -> Any:
             result = op.call(ctx.with_progress(job.set_progress), args, config)
@@ -280,27 +278,27 @@ class _Handler(JsonHandler):
             return
         self._send(202 if created else 200, job.to_json(), {"Location": f"/v1/jobs/{job.id}"})
 
+    def _not_get(self, method: str) -> bool:
+        """The built-in routes answer GET only: anything else gets 405 here (and True)."""
+        if method == "GET":
+            return False
+        self._discard_body()
+        self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
+        return True
+
     def _builtin(self, method: str, path: str) -> bool:
         if path == "/openapi.json":
-            if method != "GET":
-                self._discard_body()
-                self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
-            else:
+            if not self._not_get(method):
                 self._send_bytes(200, self.server.openapi())
             return True
         if path == "/v1/health":
-            if method != "GET":
-                self._discard_body()
-                self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
-            else:
+            if not self._not_get(method):
                 pools = [{"uuid": p.uuid, "name": p.name, "endpoint": p.endpoint, "template": p.template}
                          for p in self.server.ctx.pools.pools]
                 self._send(200, {"status": "ok", "version": __version__, "pools": pools})
             return True
         if path == "/v1/jobs" or _JOB_PATH.match(path):
-            if method != "GET":
-                self._discard_body()
-                self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
+            if self._not_get(method):
                 return True
             if path == "/v1/jobs":
                 self._send(200, {"jobs": [j.to_json() for j in self.server.jobs.list()]})
