@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 MiB = 1 << 20
@@ -61,34 +62,28 @@ def _drop_caches() -> None:
         pass
 
 
-def _time_plain_qemu_img(work: Path, qcow: Path) -> float:
-    target = work / f"plain-{uuid.uuid4().hex[:6]}.img"
+def _time_into_loop(work: Path, kind: str, command: Callable[[str], list[str]]) -> float:
+    """`command(device)` + sync, timed, writing into a fresh loop device over a sparse file."""
+    target = work / f"{kind}-{uuid.uuid4().hex[:6]}.img"
     _sparse(target, VIRTUAL)
     dev = _losetup(target)
     try:
         _drop_caches()
         t0 = time.perf_counter()
-        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow), dev], check=True)
+        subprocess.run(command(dev), check=True)
         subprocess.run(["sync"], check=True)
         return time.perf_counter() - t0
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
         target.unlink()
+
+
+def _time_plain_qemu_img(work: Path, qcow: Path) -> float:
+    return _time_into_loop(work, "plain", lambda dev: ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(qcow), dev])
 
 
 def _time_dd(work: Path, blob: Path) -> float:
-    target = work / f"dd-{uuid.uuid4().hex[:6]}.img"
-    _sparse(target, VIRTUAL)
-    dev = _losetup(target)
-    try:
-        _drop_caches()
-        t0 = time.perf_counter()
-        subprocess.run(["dd", f"if={blob}", f"of={dev}", "bs=4M", "oflag=direct", "status=none"], check=True)
-        subprocess.run(["sync"], check=True)
-        return time.perf_counter() - t0
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
-        target.unlink()
+    return _time_into_loop(work, "dd", lambda dev: ["dd", f"if={blob}", f"of={dev}", "bs=4M", "oflag=direct", "status=none"])
 
 
 def _time_agent(work: Path, qcow: Path) -> tuple[float, int]:

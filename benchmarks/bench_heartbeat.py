@@ -13,23 +13,16 @@ import json
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from cloudstack_storpool.poolconfig import PoolSpec, parse_pool_url
 from cloudstack_storpool.spconn import StorPoolConn
 from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, timed_check
 from heartbeat.hostloop import Action, HostLoop, LoopConfig, Result
-from integration.storpool_sim.testing import EmulatorHandle, run_emulator
+from integration.storpool_sim.testing import run_emulator
 
 HOSTS = 1000
 INTERVAL = 0.2
 MAX_FAILURES = 3
-
-
-def _pool(sp: EmulatorHandle, name: str) -> PoolSpec:
-    spec = parse_pool_url(sp.pool_url())
-    return PoolSpec(spec.host, spec.port, spec.token, spec.template, uuid=str(uuid.uuid4()), name=name)
 
 
 def _check_round(tmp: Path) -> dict[str, object]:
@@ -37,7 +30,8 @@ def _check_round(tmp: Path) -> dict[str, object]:
     with run_emulator(tmp / "a", tmp / "adev", clients=clients, use_loop=False) as a, \
             run_emulator(tmp / "b", tmp / "bdev", clients=clients, use_loop=False) as b:
         hosts = [HostTarget(f"kvm{i}", i) for i in clients]
-        checker = HeartbeatChecker([_pool(a, "a"), _pool(b, "b")], CheckConfig(fence_on_any=True, io_window=0.2, io_samples=3))
+        checker = HeartbeatChecker([a.pool_spec("a"), b.pool_spec("b")],
+                                   CheckConfig(fence_on_any=True, io_window=0.2, io_samples=3))
         _results, healthy = timed_check(checker, hosts)
         a.faults.client_down(500)
         _results, one_down = timed_check(checker, hosts)

@@ -12,13 +12,12 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from cloudstack_storpool.driver import gc, volumes
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
 TEMPLATE_SIZE = 1 << 30
@@ -71,24 +70,24 @@ def main() -> dict[str, object]:
 
 def _run(stack: LocalStack) -> dict[str, object]:
     ctx = stack.ctx
-    pool = next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
-    tpl = stack.cs.model.add_template(f"bench-{uuid.uuid4().hex[:6]}", TEMPLATE_SIZE)
+    pool = stack.pool_id("storpool-primary")
+    tpl = stack.cs.model.add_template(f"bench-{new_uuid()[:6]}", TEMPLATE_SIZE)
     image = stack.template_image(tpl.id, TEMPLATE_SIZE, _content())
     src = stack.source_of(image)
 
     first_s, first_calls, _ = _measure(ctx, lambda: volumes.create_from_template(
-        ctx, pool, str(uuid.uuid4()), tpl.id, source=src))
+        ctx, pool, new_uuid(), tpl.id, source=src))
     later_times: list[float] = []
     later_calls: Counter[str] = Counter()
     for _ in range(LATER):
         t, calls, _ = _measure(ctx, lambda: volumes.create_from_template(
-            ctx, pool, str(uuid.uuid4()), tpl.id, source=src))
+            ctx, pool, new_uuid(), tpl.id, source=src))
         later_times.append(t)
         later_calls += calls
     per_later = Counter({k: v // LATER for k, v in later_calls.items()})
-    copies = [j for a in stack.agents.values() for j in a.server.jobs.list() if j.command == "copy_template"]
+    copies = stack.agent_jobs("copy_template")
 
-    vid = str(uuid.uuid4())
+    vid = new_uuid()
     empty_s, empty_calls, _ = _measure(ctx, lambda: volumes.create(ctx, pool, vid, TEMPLATE_SIZE))
     vm = next(iter(stack.cs.model.vms))
     _, attach_calls, _ = _measure(ctx, lambda: volumes.attached(ctx, pool, vid, vm_id=vm, device_id=5))

@@ -12,7 +12,6 @@ import subprocess
 import tempfile
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,9 @@ from cloudstack_storpool.driver import gc, resize, snapshots, vmsnapshots, volum
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
 from integration.libvirt_domain import running_domain
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
-BYPASS = "sp.bypass.secondary.storage"
 
 
 class CheckFailed(AssertionError):
@@ -59,25 +57,12 @@ class Demo:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def new(self) -> str:
-        return str(uuid.uuid4())
-
-    def write(self, gid: str, offset: int, data: bytes) -> None:
-        with open(self.stack.sp.object_file(gid), "r+b") as f:
-            f.seek(offset)
-            f.write(data)
-
-    def read(self, gid: str, offset: int, length: int) -> bytes:
-        with open(self.stack.sp.object_file(gid), "rb") as f:
-            f.seek(offset)
-            return f.read(length)
-
     def copies(self) -> int:
-        return sum(1 for a in self.stack.agents.values() for j in a.server.jobs.list() if j.command.startswith("copy"))
+        return sum(1 for j in self.stack.agent_jobs() if j.command.startswith("copy"))
 
     def volume(self, size: int, *, vm_id: str | None = None, device_id: int | None = None,
                disk_offering_id: str | None = None) -> tuple[str, str]:
-        vid = self.new()
+        vid = new_uuid()
         info = volumes.create(self.stack.ctx, self.pool, vid, size, disk_offering_id=disk_offering_id)
         self.stack.cs.model.add_volume(f"demo-{vid[:8]}", size, vm_id=vm_id, device_id=device_id,
                                        storage_id=self.pool, path=info.path, volume_id=vid,
@@ -92,10 +77,6 @@ class Demo:
         if found is None:
             raise CheckFailed(f"volume ~{gid} is missing from StorPool")
         return found
-
-    def set_bypass(self, value: bool) -> None:
-        self.stack.cloudstack.update_configuration(BYPASS, "true" if value else "false")
-        time.sleep(self.stack.settings_ttl + 0.1)
 
     def vm(self, name: str) -> Any:
         return next(v for v in self.stack.cs.model.vms.values() if v.name == name)
@@ -112,23 +93,23 @@ class Demo:
         image = self.stack.template_image(tmpl.id, tmpl.size, {0: b"MBR-of-tiny-linux", 40 * MiB: b"rootfs block"})
         source = self.stack.source_of(image)
         copies0 = self.copies()
-        first = volumes.create_from_template(self.stack.ctx, self.pool, self.new(), tmpl.id, source=source)
+        first = volumes.create_from_template(self.stack.ctx, self.pool, new_uuid(), tmpl.id, source=source)
         creates0 = self.stack.sp.calls["VolumeCreate"]
-        made = [first] + [volumes.create_from_template(self.stack.ctx, self.pool, self.new(), tmpl.id, source=source)
+        made = [first] + [volumes.create_from_template(self.stack.ctx, self.pool, new_uuid(), tmpl.id, source=source)
                           for _ in range(19)]
         creates = self.stack.sp.calls["VolumeCreate"] - creates0
         return [
             check(self.copies() - copies0 == 1, "20 root volumes from one template: 1 agent copy"),
             check(creates == 19, f"after the first, 1 VolumeCreate per root volume ({creates} for 19)"),
-            check(all(self.read(v.global_id, 0, 17) == b"MBR-of-tiny-linux"
-                      and self.read(v.global_id, 40 * MiB, 12) == b"rootfs block" for v in made),
+            check(all(self.stack.sp.read_object(v.global_id, 0, 17) == b"MBR-of-tiny-linux"
+                      and self.stack.sp.read_object(v.global_id, 40 * MiB, 12) == b"rootfs block" for v in made),
                   "every root volume reads back the template's content"),
         ]
 
     def snapshot_bypass(self) -> list[str]:
         vid, gid = self.volume(32 * MiB)
-        self.write(gid, 5 * MiB, b"snapshot me")
-        self.set_bypass(False)
+        self.stack.sp.write_object(gid, 5 * MiB, b"snapshot me")
+        self.stack.set_bypass(False, wait=True)
         sid = self.stack.cs.model.add_snapshot(vid).id
         where = SecondaryLocation(str(self.stack.secondary), f"snapshots/{vid}/{sid}.qcow2")
         info = snapshots.take_snapshot(self.stack.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=where)
@@ -140,7 +121,7 @@ class Demo:
             check(backup.is_file() and not info.bypassed, "bypass=false: qcow2 backup written to secondary"),
             check(cmp.returncode == 0, "qemu-img compare: backup equals the StorPool snapshot"),
         ]
-        self.set_bypass(True)
+        self.stack.set_bypass(True, wait=True)
         sid2 = self.stack.cs.model.add_snapshot(vid).id
         where2 = SecondaryLocation(str(self.stack.secondary), f"snapshots/{vid}/{sid2}.qcow2")
         info2 = snapshots.take_snapshot(self.stack.ctx, volume_uuid=vid, snapshot_uuid=sid2, secondary=where2)
@@ -152,9 +133,10 @@ class Demo:
     def volume_from_snapshot(self) -> list[str]:
         _, sid, _ = self.snap
         copies0 = self.copies()
-        made = snapshots.volume_from_snapshot(self.stack.ctx, pool=self.pool, snapshot_uuid=sid, volume_uuid=self.new())
+        made = snapshots.volume_from_snapshot(self.stack.ctx, pool=self.pool, snapshot_uuid=sid, volume_uuid=new_uuid())
         return [
-            check(self.read(made.global_id, 5 * MiB, 11) == b"snapshot me", "new volume reads the snapshot's content"),
+            check(self.stack.sp.read_object(made.global_id, 5 * MiB, 11) == b"snapshot me",
+                  "new volume reads the snapshot's content"),
             check(self.copies() == copies0, "no agent copy: the volume is a StorPool child of the snapshot"),
         ]
 
@@ -197,20 +179,20 @@ class Demo:
         volumes.attached(self.stack.ctx, self.pool, root.id, vm_id=vm.id, device_id=0)
         disks = [(root.id, info.global_id)] + [self.volume(16 * MiB, vm_id=vm.id, device_id=i) for i in (1, 2)]
         for i, (_, gid) in enumerate(disks):
-            self.write(gid, MiB, f"disk {i} before".encode())
-        vsid = self.new()
+            self.stack.sp.write_object(gid, MiB, f"disk {i} before".encode())
+        vsid = new_uuid()
         taken = vmsnapshots.take_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)
         calls0 = self.stack.sp.calls["VolumesGroupSnapshot"]
         vmsnapshots.take_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)  # idempotent retake
         for i, (_, gid) in enumerate(disks):
-            self.write(gid, MiB, f"disk {i} AFTER!".encode())
+            self.stack.sp.write_object(gid, MiB, f"disk {i} AFTER!".encode())
         vmsnapshots.revert_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)
         conn = self.stack.ctx.conn(self.pool)
         return [
             check(len(taken.members) == 3, "one VolumesGroupSnapshot over 3 disks"),
             check(self.stack.sp.calls["VolumesGroupSnapshot"] - calls0 <= 1 and len(conn.find_snapshots(
                 {"uuid": vsid, "cs": "group"})) == 3, "taking it again does not make a second group"),
-            check(all(self.read(gid, MiB, len(f"disk {i} before")) == f"disk {i} before".encode()
+            check(all(self.stack.sp.read_object(gid, MiB, len(f"disk {i} before")) == f"disk {i} before".encode()
                       for i, (_, gid) in enumerate(disks)), "revert restores all 3 disks to the same instant"),
             check(all((self.summary(gid).tags or {}).get("cvm") == vm.id
                       and (self.summary(gid).tags or {}).get("vc-policy") == "gold-backup" for _, gid in disks),
@@ -269,7 +251,7 @@ class Demo:
         return status
 
     def run(self) -> bool:
-        self.pool = next(p.uuid for p in self.stack.pools().pools if p.name == "storpool-primary")
+        self.pool = self.stack.pool_id("storpool-primary")
         steps: list[tuple[str, Callable[[], list[str]]]] = [
             ("template cached once, then cloned", self.template_cache),
             ("snapshot with bypass off, then on", self.snapshot_bypass),

@@ -12,6 +12,8 @@ import os
 import secrets
 import subprocess
 import threading
+import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,14 @@ from integration.xfs import can_make_xfs, xfs_mount
 from settings.store import Settings
 
 log = logging.getLogger(__name__)
+
+BYPASS_SETTING = "sp.bypass.secondary.storage"
+
+
+def new_uuid() -> str:
+    """A fresh CloudStack-style uuid (volumes, snapshots, VM snapshots made by tests and the demo)."""
+    return str(uuid.uuid4())
+
 
 STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"))
 POOLS = (("storpool-primary", "ssd"), ("storpool-hybrid", "hybrid"))
@@ -195,6 +205,25 @@ class LocalStack:
     def agent_for_client(self, client_id: int) -> AgentHandle:
         return next(a for a in self.agents.values() if a.client_id == client_id)
 
+    def pool_id(self, name: str = "storpool-primary") -> str:
+        """The CloudStack uuid of one of the stack's pools (`POOLS`), by name."""
+        return next(p.uuid for p in self.pools().pools if p.name == name)
+
+    def agent_jobs(self, command: str | None = None) -> list[Any]:
+        """Every job the stack's agents accepted so far (only `command`'s, if given)."""
+        return [j for a in self.agents.values() for j in a.server.jobs.list() if command in (None, j.command)]
+
+    def secondary_files(self) -> set[str]:
+        """Every file on the stack's secondary storage, relative to its root."""
+        return {str(p.relative_to(self.secondary)) for p in self.secondary.rglob("*") if p.is_file()}
+
+    def set_bypass(self, value: bool, *, wait: bool = False) -> None:
+        """Flip the secondary-storage bypass as an operator would: updateConfiguration through the
+        CloudStack API. `wait` sleeps past the settings cache, so the driver sees the new value."""
+        self.cloudstack.update_configuration(BYPASS_SETTING, "true" if value else "false")
+        if wait:
+            time.sleep(self.settings_ttl + 0.1)
+
     def template_image(self, template_id: str, size: int, writes: dict[int, bytes], fmt: str = "qcow2") -> Path:
         """A template file on "secondary storage" with known content at known offsets."""
         path = self.secondary / "template" / "tmpl" / "1" / template_id / f"{template_id}.{fmt}"
@@ -216,6 +245,17 @@ class LocalStack:
         """How CloudStack would name `image` (a file under secondary storage) to the driver."""
         return TemplateSource(str(self.secondary), str(image.relative_to(self.secondary)), fmt)
 
+    def driver_env(self) -> dict[str, str]:
+        """The environment the driver's commands read: CloudStack credentials, the agents' token
+        and the pools file (the StorPool endpoints and tokens are in the pools file)."""
+        return {
+            "CLOUDSTACK_ENDPOINT": self.cs.endpoint,
+            "CLOUDSTACK_KEY": self.cs.key,
+            "CLOUDSTACK_SECRET": self.cs.secret,
+            "CLOUDSTACK_STORPOOL_AGENT_TOKEN": self.agent_token,
+            "CSSP_POOLS_FILE": str(self.pools_file),
+        }
+
     def write_secrets(self, path: Path) -> Path:
         """An env file (mode 0600) with every credential of the stack, for scripts and the CLI.
 
@@ -224,11 +264,7 @@ class LocalStack:
             "SP_API_HTTP_HOST": self.sp.host,
             "SP_API_HTTP_PORT": str(self.sp.port),
             "SP_AUTH_TOKEN": self.sp.token,
-            "CLOUDSTACK_ENDPOINT": self.cs.endpoint,
-            "CLOUDSTACK_KEY": self.cs.key,
-            "CLOUDSTACK_SECRET": self.cs.secret,
-            "CLOUDSTACK_STORPOOL_AGENT_TOKEN": self.agent_token,
-            "CSSP_POOLS_FILE": str(self.pools_file),
+            **self.driver_env(),
         }
         if self.service_token:
             lines["CSSP_SERVICE_TOKEN"] = self.service_token

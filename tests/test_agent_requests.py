@@ -27,7 +27,8 @@ GOOD: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_a_valid_example(command: str) -> None:
-    _, req = parse(command, GOOD[command])
+    cmd, req = parse(command, GOOD[command])
+    assert cmd is COMMANDS[command] and isinstance(req, cmd.request)
     assert req.timeout > 0
 
 

@@ -20,6 +20,7 @@ from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, Secret
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.cloudstack_sim.testing import SimHandle
+from integration.stack import new_uuid
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 from settings.store import Settings
 
@@ -90,7 +91,7 @@ class Env:
     def volume(self, size: int = 8 * MiB, *, vm_id: str | None = None, max_iops: int | None = None,
                device_id: int | None = None, extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
         """A StorPool volume registered in CloudStack; returns (CloudStack uuid, `~globalId`)."""
-        vid = str(uuid.uuid4())
+        vid = new_uuid()
         vtags = tags.identity(vid, tags.VOLUME, pool=self.pool.uuid, **(extra_tags or {}))
         created = self.conn.volume_create(name=naming.volume(vid), size=size, template="ssd", iops=max_iops,
                                           tags=vtags)
@@ -99,17 +100,13 @@ class Env:
         return vid, created.ref
 
     def write(self, ref: str, offset: int, data: bytes) -> None:
-        with open(self.sp.object_file(ref.removeprefix("~")), "r+b") as f:
-            f.seek(offset)
-            f.write(data)
+        self.sp.write_object(ref, offset, data)
 
     def read(self, ref: str, offset: int, length: int) -> bytes:
         gid = ref.removeprefix("~") if ref.startswith("~") else self.conn.snapshot(ref) or self.conn.volume(ref)
         if not isinstance(gid, str):
             gid = gid.globalId
-        with open(self.sp.object_file(gid), "rb") as f:
-            f.seek(offset)
-            return f.read(length)
+        return self.sp.read_object(gid, offset, length)
 
     def snapshot_names(self) -> set[str]:
         return {s.name for s in self.conn.snapshots() if not s.deleted}

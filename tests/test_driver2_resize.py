@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from cloudstack_storpool.driver import resize
 from cloudstack_storpool.driver.resize import ResizeFailed
 from cloudstack_storpool.errors import ValidationError
 from integration.cloudstack_sim.testing import SimHandle
-from tests.test_driver2_harness import Env, MiB, make_env
+from tests.test_driver2_harness import Env, MiB, make_env, new_uuid
 
 
 @pytest.fixture
@@ -63,7 +62,7 @@ def test_refusals_before_anything_changes(env: Env) -> None:
         resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB + 100)
     assert e2.value.field == "new_size"
     with pytest.raises(ValidationError) as e3:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=str(uuid.uuid4()))
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=new_uuid())
     assert e3.value.field == "disk_offering_id"
     assert env.sp.calls.get("VolumeUpdate", 0) == before.get("VolumeUpdate", 0)
     assert env.conn.volume(ref).size == 16 * MiB

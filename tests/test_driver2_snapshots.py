@@ -3,7 +3,6 @@ real StorPool emulator and CloudStack simulator with recording agents."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from cloudstack_storpool.driver import naming, snapshots, tags, templates
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import AgentError, Conflict, NotFound, StorPoolError, ValidationError
 from integration.cloudstack_sim.testing import SimHandle
-from tests.test_driver2_harness import Env, MiB, make_env
+from tests.test_driver2_harness import Env, MiB, make_env, new_uuid
 
 SEC = SecondaryLocation("/srv/secondary", "snapshots/2/1/s.qcow2")
 
@@ -22,10 +21,6 @@ SEC = SecondaryLocation("/srv/secondary", "snapshots/2/1/s.qcow2")
 def env(tmp_path: Path, cs_sim: SimHandle) -> Iterator[Env]:
     with make_env(tmp_path, cs_sim) as e:
         yield e
-
-
-def new() -> str:
-    return str(uuid.uuid4())
 
 
 def vm1(env: Env) -> str:
@@ -38,7 +33,7 @@ def vm1(env: Env) -> str:
 def test_bypass_true_is_one_call_and_tags(env: Env) -> None:
     env.set_bypass(True)
     vid, _ = env.volume(vm_id=vm1(env))
-    sid = new()
+    sid = new_uuid()
     before = dict(env.sp.calls)
     info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     sent = {k: v - before.get(k, 0) for k, v in env.sp.calls.items() if v != before.get(k, 0)}
@@ -53,7 +48,7 @@ def test_bypass_true_is_one_call_and_tags(env: Env) -> None:
 def test_bypass_false_backs_up_through_an_agent(env: Env) -> None:
     env.set_bypass(False)
     vid, _ = env.volume()
-    sid = new()
+    sid = new_uuid()
     info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=SEC)
     assert not info.bypassed and info.backup is not None and info.backup.path == SEC.path
     assert env.agents.pool_agent.calls == [
@@ -64,16 +59,16 @@ def test_bypass_false_backs_up_through_an_agent(env: Env) -> None:
 def test_setting_is_read_at_each_snapshot(env: Env) -> None:
     vid, _ = env.volume()
     env.set_bypass(True)
-    assert snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC).bypassed
+    assert snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=SEC).bypassed
     env.set_bypass(False)
-    assert not snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC).bypassed
+    assert not snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=SEC).bypassed
     assert len(env.agents.pool_agent.calls) == 1
 
 
 def test_failed_backup_deletes_the_snapshot(env: Env) -> None:
     env.set_bypass(False)
     vid, _ = env.volume()
-    sid = new()
+    sid = new_uuid()
     env.agents.pool_agent.fail["backup_snapshot"] = "qemu-img convert: No space left on device"
     with pytest.raises(AgentError, match="No space left") as err:
         snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=SEC)
@@ -86,42 +81,42 @@ def test_refusals_change_nothing(env: Env) -> None:
     env.set_bypass(False)
     before = env.snapshot_names()
     with pytest.raises(ValidationError) as e1:
-        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC, encrypted=True)
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=SEC, encrypted=True)
     assert e1.value.field == "encrypted"
     with pytest.raises(ValidationError) as e2:
-        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new())
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid())
     assert e2.value.field == "secondary"
     with pytest.raises(ValidationError) as e3:
-        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(),
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(),
                                 secondary=SecondaryLocation("/srv", "../../etc/passwd"))
     assert e3.value.field == "secondary.path"
     with pytest.raises(ValidationError) as e4:
         snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid="not-a-uuid", secondary=SEC)
     assert e4.value.field == "snapshot_uuid"
     with pytest.raises(NotFound):
-        snapshots.take_snapshot(env.ctx, volume_uuid=new(), snapshot_uuid=new(), secondary=SEC)
+        snapshots.take_snapshot(env.ctx, volume_uuid=new_uuid(), snapshot_uuid=new_uuid(), secondary=SEC)
     assert env.snapshot_names() == before
     assert env.agents.all_calls() == []
     env.set_bypass(True)  # encrypted is fine when bypassed
-    assert snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), encrypted=True).bypassed
+    assert snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), encrypted=True).bypassed
 
 
 def test_volume_on_another_pool_is_refused(env: Env) -> None:
     other = env.cs.model.add_storage_pool("nfs-pool", provider="DefaultPrimary")
     vol = env.cs.model.add_volume("nfs-vol", 8 * MiB, storage_id=other.id, path="abc")
     with pytest.raises(ValidationError, match="not on a StorPool pool") as err:
-        snapshots.take_snapshot(env.ctx, volume_uuid=vol.id, snapshot_uuid=new())
+        snapshots.take_snapshot(env.ctx, volume_uuid=vol.id, snapshot_uuid=new_uuid())
     assert err.value.field == "volume_uuid"
 
 
 def test_take_twice_and_lost_response_make_one_snapshot(env: Env) -> None:
     env.set_bypass(True)
     vid, _ = env.volume()
-    sid = new()
+    sid = new_uuid()
     first = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     again = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     assert again.recovered and again.global_id == first.global_id
-    sid2 = new()
+    sid2 = new_uuid()
     env.sp.faults.drop_after_apply("VolumeSnapshot")
     lost = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid2)
     assert lost.recovered
@@ -134,7 +129,7 @@ def test_storpool_error_on_snapshot_leaves_nothing(env: Env) -> None:
     vid, _ = env.volume()
     env.sp.faults.fail_next("VolumeSnapshot", error="insufficientResources")
     with pytest.raises(StorPoolError):
-        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=SEC)
+        snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=SEC)
     assert env.snapshot_names() == set()
     assert env.agents.all_calls() == []
 
@@ -145,7 +140,7 @@ def test_storpool_error_on_snapshot_leaves_nothing(env: Env) -> None:
 def test_delete_detaches_and_missing_is_success(env: Env) -> None:
     env.set_bypass(True)
     vid, _ = env.volume()
-    sid = new()
+    sid = new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     env.conn.reassign([{"snapshot": naming.snapshot(sid), "ro": [2]}])
     assert snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
@@ -159,7 +154,7 @@ def test_revert_restores_data_keeps_tags_and_iops(env: Env) -> None:
     vid, ref = env.volume(vm_id=vm, max_iops=700, device_id=1,
                           extra_tags={"cvm": vm, "disk": "1", "vc_policy": "gold-policy"})
     env.write(ref, 0, b"before")
-    sid = new()
+    sid = new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     env.write(ref, 0, b"after!")
     with pytest.raises(Conflict, match="Running"):
@@ -186,7 +181,7 @@ def test_volume_from_snapshot_is_one_create_no_copy(env: Env) -> None:
     sid = env.cs.model.add_snapshot(vid).id  # CloudStack records the snapshot, then asks the driver
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     env.conn.volume_update(ref, iops=1)  # the source's max IOPS in CloudStack is what counts
-    nid = new()
+    nid = new_uuid()
     before = dict(env.sp.calls)
     out = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid)
     sent = {k: v - before.get(k, 0) for k, v in env.sp.calls.items() if v != before.get(k, 0)}
@@ -206,8 +201,8 @@ def test_volume_from_snapshot_gone_uses_secondary(env: Env) -> None:
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     env.conn.snapshot_delete(naming.snapshot(sid))
     with pytest.raises(NotFound, match="no secondary copy"):
-        snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new())
-    nid = new()
+        snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new_uuid())
+    nid = new_uuid()
     out = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid,
                                          secondary=SEC)
     assert out.source == "secondary"
@@ -216,7 +211,7 @@ def test_volume_from_snapshot_gone_uses_secondary(env: Env) -> None:
     assert env.agents.pool_agent.calls[-1][1]["volume"] == "~" + out.global_id
     # A failed copy removes the empty volume it made.
     env.agents.pool_agent.fail["copy_to_volume"] = "image is corrupt"
-    nid2 = new()
+    nid2 = new_uuid()
     with pytest.raises(AgentError, match="corrupt"):
         snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid2,
                                        size=8 * MiB, secondary=SEC)
@@ -227,7 +222,7 @@ def test_template_from_snapshot_is_found_by_the_cache(env: Env) -> None:
     env.set_bypass(True)
     vid, ref = env.volume()
     env.write(ref, 0, b"golden image")
-    sid, tid = new(), new()
+    sid, tid = new_uuid(), new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     out = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid)
     assert out.name == naming.template_cache(tid, env.pool.uuid) and out.secondary is None
@@ -243,7 +238,7 @@ def test_template_from_snapshot_is_found_by_the_cache(env: Env) -> None:
 def test_template_from_snapshot_secondary_failure_removes_cache(env: Env) -> None:
     env.set_bypass(True)
     vid, _ = env.volume()
-    sid, tid = new(), new()
+    sid, tid = new_uuid(), new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     env.agents.pool_agent.fail["backup_snapshot"] = "secondary storage is read-only"
     with pytest.raises(AgentError, match="read-only"):
@@ -256,20 +251,20 @@ def test_template_from_snapshot_secondary_failure_removes_cache(env: Env) -> Non
 def test_template_from_volume_and_bad_arguments(env: Env) -> None:
     vid, ref = env.volume()
     env.write(ref, 0, b"volume data")
-    tid = new()
+    tid = new_uuid()
     out = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, volume_uuid=vid,
                                            secondary=SecondaryLocation("/srv/sec", "template/x.qcow2"))
     assert out.secondary is not None and env.read("~" + out.global_id, 0, 11) == b"volume data"
     with pytest.raises(ValidationError):
-        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new())
+        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new_uuid())
     with pytest.raises(NotFound):
-        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new(), snapshot_uuid=new())
+        snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=new_uuid(), snapshot_uuid=new_uuid())
 
 
 def test_failed_undo_is_reported_with_the_cause(env: Env) -> None:
     env.set_bypass(False)
     vid, _ = env.volume()
-    sid = new()
+    sid = new_uuid()
     env.agents.pool_agent.fail["backup_snapshot"] = "agent lost its NFS mount"
     env.sp.faults.fail_next("SnapshotDelete", error="notAllowed")
     with pytest.raises(AgentError) as err:
@@ -287,7 +282,7 @@ def test_template_from_snapshot_secondary_failure_keeps_a_cache_it_did_not_make(
     env.set_bypass(True)
     vid, ref = env.volume()
     env.write(ref, 0, b"golden image")
-    sid, tid = new(), new()
+    sid, tid = new_uuid(), new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     first = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid)
     env.agents.pool_agent.fail["backup_snapshot"] = "secondary storage is read-only"

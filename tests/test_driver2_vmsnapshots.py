@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,17 +10,13 @@ import pytest
 from cloudstack_storpool.driver import naming, pools, tags, vmsnapshots
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 from integration.cloudstack_sim.testing import SimHandle
-from tests.test_driver2_harness import Env, MiB, make_env
+from tests.test_driver2_harness import Env, MiB, make_env, new_uuid
 
 
 @pytest.fixture
 def env(tmp_path: Path, cs_sim: SimHandle) -> Iterator[Env]:
     with make_env(tmp_path, cs_sim) as e:
         yield e
-
-
-def new() -> str:
-    return str(uuid.uuid4())
 
 
 def live(env: Env) -> list[str]:
@@ -33,7 +28,7 @@ def vm_with_disks(env: Env, n: int = 3, *, running: bool = True) -> tuple[str, l
     """A VM whose every disk (ROOT included) is a StorPool volume; returns (vm id, [(uuid, ref)])."""
     m = env.cs.model
     host = next(iter(m.hosts.values())).id
-    vm = m.add_vm(f"vm-{new()[:6]}", host_id=host, state="Running" if running else "Stopped",
+    vm = m.add_vm(f"vm-{new_uuid()[:6]}", host_id=host, state="Running" if running else "Stopped",
                   storage_id=env.pool.uuid, tags={"vc-policy": "p1"})
     for vol in [v for v in m.volumes.values() if v.vm_id == vm.id]:
         m.delete_volume(vol.id)
@@ -46,7 +41,7 @@ def vm_with_disks(env: Env, n: int = 3, *, running: bool = True) -> tuple[str, l
 
 def test_take_is_one_group_call_with_tags(env: Env) -> None:
     vm, disks = vm_with_disks(env)
-    sid = new()
+    sid = new_uuid()
     before = dict(env.sp.calls)
     info = vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     sent = {k: v - before.get(k, 0) for k, v in env.sp.calls.items() if v != before.get(k, 0)}
@@ -64,11 +59,11 @@ def test_take_is_one_group_call_with_tags(env: Env) -> None:
 
 def test_take_twice_and_lost_response_make_one_group(env: Env) -> None:
     vm, _ = vm_with_disks(env, 2)
-    sid = new()
+    sid = new_uuid()
     first = vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     again = vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     assert again.recovered and again.members == first.members
-    sid2 = new()
+    sid2 = new_uuid()
     env.sp.faults.drop_after_apply("VolumesGroupSnapshot")
     lost = vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid2)
     assert all(m.global_id for m in lost.members)
@@ -79,12 +74,12 @@ def test_take_twice_and_lost_response_make_one_group(env: Env) -> None:
 def test_refused_with_memory_or_a_disk_elsewhere(env: Env) -> None:
     vm, _ = vm_with_disks(env, 1)
     with pytest.raises(ValidationError) as err:
-        vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=new(), memory=True)
+        vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=new_uuid(), memory=True)
     assert err.value.field == "memory"
     other = env.cs.model.add_storage_pool("nfs-pool", provider="DefaultPrimary")
     env.cs.model.add_volume("nfs-disk", 8 * MiB, vm_id=vm, storage_id=other.id, path="x")
     with pytest.raises(ValidationError, match="not on StorPool"):
-        vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=new())
+        vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=new_uuid())
     assert live(env) == []
 
 
@@ -92,7 +87,7 @@ def test_revert_restores_every_disk_and_keeps_tags_iops(env: Env) -> None:
     vm, disks = vm_with_disks(env)
     for i, (_, ref) in enumerate(disks):
         env.write(ref, 0, f"disk{i}-old".encode())
-    sid = new()
+    sid = new_uuid()
     vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     for i, (_, ref) in enumerate(disks):
         env.write(ref, 0, f"disk{i}-NEW".encode())
@@ -111,7 +106,7 @@ def test_revert_restores_every_disk_and_keeps_tags_iops(env: Env) -> None:
 
 def test_revert_with_a_member_missing_touches_nothing(env: Env) -> None:
     vm, disks = vm_with_disks(env, 2, running=False)
-    sid = new()
+    sid = new_uuid()
     vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     env.write(disks[0][1], 0, b"changed")
     env.conn.snapshot_delete(naming.vm_snapshot_member(sid, disks[1][0]))
@@ -122,13 +117,13 @@ def test_revert_with_a_member_missing_touches_nothing(env: Env) -> None:
 
 def test_delete_removes_every_member_even_without_the_vm(env: Env) -> None:
     vm, disks = vm_with_disks(env, 3)
-    sid = new()
+    sid = new_uuid()
     vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     env.conn.reassign([{"snapshot": naming.vm_snapshot_member(sid, disks[0][0]), "ro": [2]}])
     out = vmsnapshots.delete_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     assert len(out.deleted) == 3 and live(env) == []
     assert vmsnapshots.delete_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid).deleted == []
-    sid2 = new()
+    sid2 = new_uuid()
     vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid2)
     env.cs.model.delete_vm(vm)
     for vol in [v for v in env.cs.model.volumes.values() if v.id in {d for d, _ in disks}]:

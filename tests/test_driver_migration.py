@@ -24,8 +24,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 def make(env: Env, **kw: object) -> tuple[str, volumes.VolumeInfo]:
     vid = new_uuid()
     info = volumes.create(env.ctx, env.pool, vid, GIB, **kw)  # type: ignore[arg-type]
-    with open(env.sp.object_file(info.global_id), "r+b") as f:
-        f.write(b"MYDATA!!")
+    env.sp.write_object(info.global_id, 0, b"MYDATA!!")
     return vid, info
 
 
@@ -84,9 +83,12 @@ def test_interrupted_migration_is_finished_by_a_rerun(env: Env) -> None:
 
 def test_stale_clone_with_source_present_is_replaced(env: Env) -> None:
     vid, _info = make(env)
-    env.sp.api().volumeCreate({"name": naming.migrating(vid), "size": GIB, "template": "ssd"})
+    stale = env.sp.api().volumeCreate({"name": naming.migrating(vid), "size": GIB, "template": "ssd"}).globalId
     res = migration.migrate(env.ctx, vid, source_pool=env.pool, target_pool=env.pool_b, vm_running=False)
     assert env.sp.object_file(res.volume.global_id).read_bytes()[:8] == b"MYDATA!!"
+    # The stale clone is gone, not reused: one volume under the volume's own name is left.
+    assert res.volume.global_id != stale and res.volume.name == naming.volume(vid)
+    assert [o.name for o in env.objects() if not o.snapshot] == [naming.volume(vid)]
 
 
 def test_other_cluster_is_refused_before_anything(env: Env) -> None:

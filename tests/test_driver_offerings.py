@@ -55,8 +55,9 @@ def test_template_list_first_fit(env: Env) -> None:
 
 def test_single_template_costs_no_storpool_call(env: Env) -> None:
     do = env.cs.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
-    offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id)
+    resolved = offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id)
     assert env.calls() == {}
+    assert resolved.template == "nvme"
 
 
 def test_iops_precedence(env: Env) -> None:

@@ -9,7 +9,6 @@ typed objects; the end-to-end tests in integration/tests/driver use the real one
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cloudstack_storpool.cloudstack import (
 )
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, Secret
+from integration.stack import new_uuid
 from integration.storpool_sim.model import DEFAULT_TEMPLATES
 from integration.storpool_sim.model import Template as SpTemplate
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -35,10 +35,6 @@ TEMPLATES = (*DEFAULT_TEMPLATES, SpTemplate("nvme", 3, "nvme", "nvme", "nvme"),
 POOL_A = "0b6c4a52-0000-4000-8000-00000000000a"
 POOL_B = "0b6c4a52-0000-4000-8000-00000000000b"
 ZONE = "zone-1"
-
-
-def new_uuid() -> str:
-    return str(uuidlib.uuid4())
 
 
 class FakeCloudStack:
@@ -157,11 +153,8 @@ class FakeAgent:
         if self.grow_to is not None:
             api = self.emulator.api()
             api.volumeUpdate("~" + gid, {"size": self.grow_to})
-        path = self.emulator.object_file(gid)
-        with open(path, "r+b") as f:
-            for off, data in self.image.items():
-                f.seek(off)
-                f.write(data)
+        for off, data in self.image.items():
+            self.emulator.write_object(gid, off, data)
         return {"volume": "~" + gid, "global_id": gid}
 
     def copy_template(self, **kw: Any) -> dict[str, Any]:

@@ -148,8 +148,7 @@ def test_cache_per_pool(env: Env) -> None:
 def test_cache_from_snapshot_and_volume_copies_nothing(env: Env) -> None:
     vid = new_uuid()
     vol = volumes.create(env.ctx, env.pool, vid, 1 << 20)
-    with open(env.sp.object_file(vol.global_id), "r+b") as f:
-        f.write(b"FROMVOL!")
+    env.sp.write_object(vol.global_id, 0, b"FROMVOL!")
     from_volume = templates.cache_from_volume(env.ctx, env.pool, new_uuid(), "~" + vol.global_id)
     snap = env.sp.api().snapshotCreate("~" + vol.global_id, {"name": "user-snap"})
     assert snap.snapshotGlobalId

@@ -16,8 +16,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,11 +355,6 @@ class CloudStackModel:
         self._seeding = False
 
     # ------------------------------------------------------------------ helpers
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        with self.lock:
-            yield
 
     def commands_seen(self) -> list[str]:
         with self.lock:

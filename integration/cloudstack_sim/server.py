@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -568,16 +567,10 @@ class SimHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], model: m.CloudStackModel, credentials: dict[str, str]) -> None:
         super().__init__(address, _Handler)
         self.model = model
-        self._credentials = dict(credentials)
-        self._cred_lock = threading.Lock()
+        self._credentials = dict(credentials)  # fixed at start: read by every handler thread, never written
 
     def secret_for_key(self, api_key: str) -> str | None:
-        with self._cred_lock:
-            return self._credentials.get(api_key)
-
-    def add_credentials(self, key: str, secret: str) -> None:
-        with self._cred_lock:
-            self._credentials[key] = secret
+        return self._credentials.get(api_key)
 
     @property
     def endpoint(self) -> str:

@@ -360,17 +360,22 @@ class Model:
             o.iops, o.bw = tmpl.iops, tmpl.bw
             if tmpl.reuse_server is not None:
                 o.reuse_server = tmpl.reuse_server
-        if "replication" in p:
-            o.replication = int(p["replication"])
-        for key, attr in (("placeAll", "place_all"), ("placeTail", "place_tail"), ("placeHead", "place_head")):
-            if key in p:
-                setattr(o, attr, self._pg(p[key]))
-        if "iops" in p:
-            o.iops = _limit(p["iops"])
-        if "bw" in p:
-            o.bw = _limit(p["bw"])
+        self._placement_and_limits(o, p)
         if "reuseServer" in p:
             o.reuse_server = bool(p["reuseServer"])
+
+    def _placement_and_limits(self, target: SpObject | Template, p: dict[str, JSON]) -> None:
+        """The explicit policy fields volumes and templates share: placement groups (which must
+        exist), replication, iops and bandwidth limits."""
+        for key, attr in (("placeAll", "place_all"), ("placeTail", "place_tail"), ("placeHead", "place_head")):
+            if key in p:
+                setattr(target, attr, self._pg(p[key]))
+        if "replication" in p:
+            target.replication = int(p["replication"])
+        if "iops" in p:
+            target.iops = _limit(p["iops"])
+        if "bw" in p:
+            target.bw = _limit(p["bw"])
 
     @staticmethod
     def _merge_tags(o: SpObject, tags: dict[str, str] | None) -> None:
@@ -1074,15 +1079,7 @@ class Model:
         return self.ok()
 
     def _template_fields(self, t: Template, p: dict[str, JSON]) -> None:
-        for key, attr in (("placeAll", "place_all"), ("placeTail", "place_tail"), ("placeHead", "place_head")):
-            if key in p:
-                setattr(t, attr, self._pg(p[key]))
-        if "replication" in p:
-            t.replication = int(p["replication"])
-        if "iops" in p:
-            t.iops = _limit(p["iops"])
-        if "bw" in p:
-            t.bw = _limit(p["bw"])
+        self._placement_and_limits(t, p)
         if "size" in p:
             t.size = int(p["size"])
         if "parent" in p:

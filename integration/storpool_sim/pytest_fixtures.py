@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,10 +22,6 @@ from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 from integration.xfs import xfs_mount
 
 XFS_IMAGE_SIZE = 4 * 1024**3
-
-
-def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")

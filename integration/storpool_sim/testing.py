@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid as uuidlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 
 from storpool import spapi
 
+from cloudstack_storpool.poolconfig import PoolSpec, parse_pool_url
 from integration.storpool_sim.faults import FaultInjector
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Model, Template
 from integration.storpool_sim.server import Emulator
@@ -66,6 +68,11 @@ class EmulatorHandle:
         """The CloudStack pool URL form for this emulator."""
         return f"SP_API_HTTP={self.host}:{self.port};SP_AUTH_TOKEN={self.token};SP_TEMPLATE={template}"
 
+    def pool_spec(self, name: str, template: str = "ssd") -> PoolSpec:
+        """A driver pool (fresh uuid) over this emulator, as its CloudStack pool URL would configure it."""
+        spec = parse_pool_url(self.pool_url(template))
+        return PoolSpec(spec.host, spec.port, spec.token, spec.template, uuid=str(uuidlib.uuid4()), name=name)
+
     def config_env(self, client_id: int | None = None) -> dict[str, str]:
         """`/etc/storpool.conf` keys (as environment variables) pointing at this emulator."""
         env = {"SP_API_HTTP_HOST": self.host, "SP_API_HTTP_PORT": str(self.port), "SP_AUTH_TOKEN": self.token}
@@ -89,7 +96,20 @@ class EmulatorHandle:
         return self.dev_root / str(client_id) / "storpool" / name
 
     def object_file(self, global_id: str) -> Path:
-        return self.emulator.dataplane.path(global_id)
+        """The backing file of a volume or snapshot (`globalId`, with or without its `~`)."""
+        return self.emulator.dataplane.path(global_id.removeprefix("~"))
+
+    def write_object(self, global_id: str, offset: int, data: bytes) -> None:
+        """Write into an object's backing file, as a guest writing its disk would."""
+        with open(self.object_file(global_id), "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+
+    def read_object(self, global_id: str, offset: int, length: int) -> bytes:
+        """Read an object's content from its backing file, not through the driver."""
+        with open(self.object_file(global_id), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
 
 
 class StrictApi:

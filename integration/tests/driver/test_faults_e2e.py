@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,45 +18,23 @@ import requests
 from cloudstack_storpool.driver import naming, snapshots, templates, volumes
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import ProjectError
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
 Fault = Callable[[LocalStack], None]
 
 
-def new() -> str:
-    return str(uuid.uuid4())
-
-
-def pool_id(stack: LocalStack) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
-
-
-def set_bypass(stack: LocalStack, value: bool) -> None:
-    stack.cloudstack.update_configuration("sp.bypass.secondary.storage", "true" if value else "false")
-    time.sleep(stack.settings_ttl + 0.1)
-
-
 def make_volume(stack: LocalStack, size: int = 8 * MiB) -> tuple[str, str]:
-    vid = new()
-    info = volumes.create(stack.ctx, pool_id(stack), vid, size)
-    stack.cs.model.add_volume(f"vol-{vid[:6]}", size, storage_id=pool_id(stack), path=info.path, volume_id=vid)
-    with open(stack.sp.object_file(info.global_id), "r+b") as f:
-        f.write(os.urandom(size))  # incompressible: the qcow2 is as big as the volume
+    vid = new_uuid()
+    info = volumes.create(stack.ctx, stack.pool_id(), vid, size)
+    stack.cs.model.add_volume(f"vol-{vid[:6]}", size, storage_id=stack.pool_id(), path=info.path, volume_id=vid)
+    stack.sp.write_object(info.global_id, 0, os.urandom(size))  # incompressible: the qcow2 is as big as the volume
     return vid, info.global_id
 
 
 def live_objects(stack: LocalStack) -> set[str]:
-    conn = stack.ctx.conn(pool_id(stack))
+    conn = stack.ctx.conn(stack.pool_id())
     return {v.name for v in conn.volumes()} | {s.name for s in conn.snapshots() if not s.deleted}
-
-
-def secondary_files(stack: LocalStack) -> set[str]:
-    return {str(p.relative_to(stack.secondary)) for p in stack.secondary.rglob("*") if p.is_file()}
-
-
-def agent_jobs(stack: LocalStack) -> int:
-    return sum(len(a.server.jobs.list()) for a in stack.agents.values())
 
 
 class LossySession(requests.Session):
@@ -116,49 +92,49 @@ SNAPSHOT_FAULTS: dict[str, tuple[Fault, bool]] = {
 @pytest.mark.parametrize("case", sorted(SNAPSHOT_FAULTS))
 def test_snapshot_with_backup_under_faults(stack: LocalStack, case: str) -> None:
     fault, succeeds = SNAPSHOT_FAULTS[case]
-    set_bypass(stack, False)
+    stack.set_bypass(False, wait=True)
     vid, _ = make_volume(stack)
     before = live_objects(stack)
-    sid = new()
+    sid = new_uuid()
     where = SecondaryLocation(str(stack.secondary), f"snapshots/2/{sid}.qcow2")
     fault(stack)
     if succeeds:
         info = snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=where)
         assert live_objects(stack) == before | {naming.snapshot(sid)}
-        assert secondary_files(stack) == {where.path}
+        assert stack.secondary_files() == {where.path}
         assert info.backup is not None and info.backup.virtual_size == 8 * MiB
         if case == "agent-job-lost-response":
-            assert agent_jobs(stack) == 1
+            assert len(stack.agent_jobs()) == 1
     else:
         with pytest.raises(ProjectError):
             snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=where)
         assert live_objects(stack) == before
-        assert secondary_files(stack) == set()
-    assert stack.ctx.conn(pool_id(stack)).attachments() == []
+        assert stack.secondary_files() == set()
+    assert stack.ctx.conn(stack.pool_id()).attachments() == []
 
 
 def test_snapshot_backup_running_out_of_space(stack: LocalStack) -> None:
-    set_bypass(stack, False)
+    stack.set_bypass(False, wait=True)
     vid, _ = make_volume(stack)
     before = live_objects(stack)
     with tiny_store(stack) as sub:
         where = SecondaryLocation(str(stack.secondary), f"{sub}/snap.qcow2")
         with pytest.raises(ProjectError, match="removed") as err:
-            snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=new(), secondary=where)
+            snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=where)
         assert os.listdir(stack.secondary / sub) == []  # the partial qcow2 was removed
     assert "space" in str(err.value).lower()
     assert live_objects(stack) == before
-    assert stack.ctx.conn(pool_id(stack)).attachments() == []
+    assert stack.ctx.conn(stack.pool_id()).attachments() == []
 
 
 def test_snapshot_backup_refused_by_the_agent(stack: LocalStack, tmp_path: Path) -> None:
     """A store the agent does not accept (outside its secondary roots) fails after the
     snapshot was taken: the snapshot goes again."""
-    set_bypass(stack, False)
+    stack.set_bypass(False, wait=True)
     vid, _ = make_volume(stack)
     before = live_objects(stack)
     with pytest.raises(ProjectError, match="secondary-storage root"):
-        snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=new(),
+        snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(),
                                 secondary=SecondaryLocation(str(tmp_path), "x.qcow2"))
     assert live_objects(stack) == before and list(tmp_path.iterdir()) == []
 
@@ -182,44 +158,44 @@ TEMPLATE_FAULTS: dict[str, tuple[Fault, bool]] = {
 @pytest.mark.parametrize("case", sorted(TEMPLATE_FAULTS))
 def test_template_from_snapshot_under_faults(stack: LocalStack, case: str) -> None:
     fault, succeeds = TEMPLATE_FAULTS[case]
-    set_bypass(stack, True)
+    stack.set_bypass(True, wait=True)
     vid, _ = make_volume(stack)
-    sid = new()
+    sid = new_uuid()
     snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=sid)
     before = live_objects(stack)
-    tid = new()
-    cache = naming.template_cache(tid, pool_id(stack))
+    tid = new_uuid()
+    cache = naming.template_cache(tid, stack.pool_id())
     where = SecondaryLocation(str(stack.secondary), f"template/tmpl/2/{tid}/{tid}.qcow2")
     fault(stack)
     if succeeds:
-        out = snapshots.template_from_snapshot(stack.ctx, pool=pool_id(stack), template_uuid=tid, snapshot_uuid=sid,
+        out = snapshots.template_from_snapshot(stack.ctx, pool=stack.pool_id(), template_uuid=tid, snapshot_uuid=sid,
                                                secondary=where)
         assert live_objects(stack) == before | {cache}
-        assert secondary_files(stack) == {where.path}
+        assert stack.secondary_files() == {where.path}
         assert out.secondary is not None and out.secondary.virtual_size == 8 * MiB
         if case == "agent-job-lost-response":
-            assert agent_jobs(stack) == 1
+            assert len(stack.agent_jobs()) == 1
     else:
         with pytest.raises(ProjectError):
-            snapshots.template_from_snapshot(stack.ctx, pool=pool_id(stack), template_uuid=tid, snapshot_uuid=sid,
+            snapshots.template_from_snapshot(stack.ctx, pool=stack.pool_id(), template_uuid=tid, snapshot_uuid=sid,
                                              secondary=where)
         assert live_objects(stack) == before
-        assert templates.cached(stack.ctx, pool_id(stack), tid) is None
-        assert secondary_files(stack) == set()
-    assert stack.ctx.conn(pool_id(stack)).attachments() == []
+        assert templates.cached(stack.ctx, stack.pool_id(), tid) is None
+        assert stack.secondary_files() == set()
+    assert stack.ctx.conn(stack.pool_id()).attachments() == []
 
 
 def test_template_copy_running_out_of_space(stack: LocalStack) -> None:
-    set_bypass(stack, True)
+    stack.set_bypass(True, wait=True)
     vid, _ = make_volume(stack)
-    sid = new()
+    sid = new_uuid()
     snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=sid)
     before = live_objects(stack)
-    tid = new()
+    tid = new_uuid()
     with tiny_store(stack) as sub:
         with pytest.raises(ProjectError, match=r"cached template .* was removed"):
-            snapshots.template_from_snapshot(stack.ctx, pool=pool_id(stack), template_uuid=tid, snapshot_uuid=sid,
+            snapshots.template_from_snapshot(stack.ctx, pool=stack.pool_id(), template_uuid=tid, snapshot_uuid=sid,
                                              secondary=SecondaryLocation(str(stack.secondary), f"{sub}/t.qcow2"))
         assert os.listdir(stack.secondary / sub) == []
     assert live_objects(stack) == before
-    assert templates.cached(stack.ctx, pool_id(stack), tid) is None
+    assert templates.cached(stack.ctx, stack.pool_id(), tid) is None

@@ -4,38 +4,32 @@ changes nothing; volumes cloned from a collected cache keep their data."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from cloudstack_storpool.driver import gc, templates, volumes
 from integration.cloudstack_sim.model import ApiError
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 
 
-def new() -> str:
-    return str(uuid.uuid4())
-
-
 def test_gc_follows_template_deletion_on_every_pool(stack: LocalStack) -> None:
     model = stack.cs.model
     pools = [p.uuid for p in stack.pools().pools]
     assert len(pools) == 2
-    gone = model.add_template(f"gone-{new()[:6]}", 16 * MiB)
-    used = model.add_template(f"used-{new()[:6]}", 16 * MiB)
+    gone = model.add_template(f"gone-{new_uuid()[:6]}", 16 * MiB)
+    used = model.add_template(f"used-{new_uuid()[:6]}", 16 * MiB)
     sources = {}
     for t in (gone, used):
         image = stack.template_image(t.id, 16 * MiB, {0: t.id.encode()})
         sources[t.id] = stack.source_of(image)
-    model.add_vm(f"vm-{new()[:6]}", template_id=used.id, state="Stopped")
+    model.add_vm(f"vm-{new_uuid()[:6]}", template_id=used.id, state="Stopped")
     clones = {}
     for t in (gone, used):
         for pool in pools:
-            clones[(t.id, pool)] = volumes.create_from_template(stack.ctx, pool, new(), t.id, source=sources[t.id])
+            clones[(t.id, pool)] = volumes.create_from_template(stack.ctx, pool, new_uuid(), t.id, source=sources[t.id])
 
     model.delete_template(gone.id)
     with pytest.raises(ApiError):
@@ -57,7 +51,6 @@ def test_gc_follows_template_deletion_on_every_pool(stack: LocalStack) -> None:
     # The volumes made from the collected cache still read the template.
     for pool in pools:
         v = clones[(gone.id, pool)]
-        with open(stack.sp.object_file(v.global_id), "rb") as f:
-            assert f.read(36) == gone.id.encode()
+        assert stack.sp.read_object(v.global_id, 0, 36) == gone.id.encode()
     # Nothing left to do.
     assert gc.run(stack.ctx).planned == []

@@ -3,39 +3,27 @@ an image from another storage is copied in by a real agent with qemu-img."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from cloudstack_storpool.driver import migration, naming, volumes
 from cloudstack_storpool.driver.templates import TemplateSource
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
 
 
-def new() -> str:
-    return str(uuid.uuid4())
-
-
-def pool(stack: LocalStack, name: str) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == name)
-
-
 def test_running_in_place_then_stopped_by_clone(stack: LocalStack) -> None:
     model = stack.cs.model
-    src, dst = pool(stack, "storpool-primary"), pool(stack, "storpool-hybrid")
+    src, dst = stack.pool_id("storpool-primary"), stack.pool_id("storpool-hybrid")
     host = next(iter(model.hosts))
-    vm = model.add_vm(f"mig-{new()[:6]}", state="Running", host_id=host, tags={"vc-policy": "weekly"})
-    vid = new()
+    vm = model.add_vm(f"mig-{new_uuid()[:6]}", state="Running", host_id=host, tags={"vc-policy": "weekly"})
+    vid = new_uuid()
     info = volumes.create(stack.ctx, src, vid, 32 * MiB, iops=321)
     model.add_volume("data", 32 * MiB, vm_id=vm.id, volume_id=vid, storage_id=src, path=info.path)
     volumes.attached(stack.ctx, src, vid, vm_id=vm.id, device_id=1)
-    with open(stack.sp.object_file(info.global_id), "r+b") as f:
-        f.seek(5 * MiB)
-        f.write(b"survives migration")
+    stack.sp.write_object(info.global_id, 5 * MiB, b"survives migration")
 
     live = migration.migrate(stack.ctx, vid, source_pool=src, target_pool=dst, path=info.path)
     assert live.mode == migration.IN_PLACE and live.volume.path == info.path
@@ -48,30 +36,26 @@ def test_running_in_place_then_stopped_by_clone(stack: LocalStack) -> None:
     assert back.volume.name == naming.volume(vid)
     v = stack.sp.api().volumeList(naming.volume(vid))[0]
     assert (v.templateName, v.iops, v.tags["pool"], v.tags["cvm"], v.tags["disk"]) == ("ssd", 321, src, vm.id, "1")
-    with open(stack.sp.object_file(back.volume.global_id), "rb") as f:
-        f.seek(5 * MiB)
-        assert f.read(18) == b"survives migration"
+    assert stack.sp.read_object(back.volume.global_id, 5 * MiB, 18) == b"survives migration"
     assert not [o for o in stack.sp.model.objects.values() if o.name == naming.migrating(vid)]
 
 
 def test_import_from_another_storage_copies_with_qemu_img(stack: LocalStack) -> None:
-    dst = pool(stack, "storpool-primary")
-    image_id = new()
+    dst = stack.pool_id("storpool-primary")
+    image_id = new_uuid()
     image = stack.template_image(image_id, 24 * MiB, {0: b"nfs volume", 20 * MiB: b"tail"})
     src = stack.source_of(image)
-    vid = new()
+    vid = new_uuid()
     res = migration.import_volume(stack.ctx, dst, vid, src, size=24 * MiB)
     assert res.mode == migration.COPY
-    with open(stack.sp.object_file(res.volume.global_id), "rb") as f:
-        assert f.read(10) == b"nfs volume"
-        f.seek(20 * MiB)
-        assert f.read(4) == b"tail"
-    jobs = [j.command for a in stack.agents.values() for j in a.server.jobs.list()]
+    assert stack.sp.read_object(res.volume.global_id, 0, 10) == b"nfs volume"
+    assert stack.sp.read_object(res.volume.global_id, 20 * MiB, 4) == b"tail"
+    jobs = [j.command for j in stack.agent_jobs()]
     assert jobs == ["copy_to_volume"]
 
     # A broken image: the agent refuses, the half-made volume is deleted again.
     bad = TemplateSource(str(stack.secondary), "volumes/missing.qcow2", "qcow2")
     before = set(stack.sp.model.objects)
     with pytest.raises(Exception, match="does not exist"):
-        migration.import_volume(stack.ctx, dst, new(), bad, size=24 * MiB)
+        migration.import_volume(stack.ctx, dst, new_uuid(), bad, size=24 * MiB)
     assert set(stack.sp.model.objects) == before

@@ -3,62 +3,51 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 from click.testing import CliRunner
 
 from cloudstack_storpool.cli import cli
 from cloudstack_storpool.driver import volumes
-from integration.stack import LocalStack
-
-
-def env(stack: LocalStack) -> dict[str, str]:
-    return {
-        "CSSP_POOLS_FILE": str(stack.pools_file),
-        "CLOUDSTACK_ENDPOINT": stack.cs.endpoint,
-        "CLOUDSTACK_KEY": stack.cs.key,
-        "CLOUDSTACK_SECRET": stack.cs.secret,
-        "CLOUDSTACK_STORPOOL_AGENT_TOKEN": stack.agent_token,
-    }
+from integration.stack import LocalStack, new_uuid
 
 
 def test_pool_list_table_and_json_never_show_the_token(stack: LocalStack) -> None:
     runner = CliRunner()
-    res = runner.invoke(cli, ["pool", "list"], env=env(stack))
+    res = runner.invoke(cli, ["pool", "list"], env=stack.driver_env())
     assert res.exit_code == 0, res.output
     assert "storpool-primary" in res.output and "storpool-hybrid" in res.output
     assert stack.sp.token not in res.output
-    res = runner.invoke(cli, ["pool", "list", "--json"], env=env(stack))
+    res = runner.invoke(cli, ["pool", "list", "--json"], env=stack.driver_env())
     assert {p["template"] for p in json.loads(res.output)} == {"ssd", "hybrid"}
 
 
 def test_volume_list_describe_and_gc_dry_run(stack: LocalStack) -> None:
     runner = CliRunner()
-    vid = str(uuid.uuid4())
+    vid = new_uuid()
     volumes.create(stack.ctx, "storpool-primary", vid, 8 << 20)
-    res = runner.invoke(cli, ["volume", "list", "storpool-primary", "--json"], env=env(stack))
+    res = runner.invoke(cli, ["volume", "list", "storpool-primary", "--json"], env=stack.driver_env())
     assert res.exit_code == 0, res.output
     assert [o["uuid"] for o in json.loads(res.output)] == [vid]
-    res = runner.invoke(cli, ["pool", "describe", "storpool-primary", "--json"], env=env(stack))
+    res = runner.invoke(cli, ["pool", "describe", "storpool-primary", "--json"], env=stack.driver_env())
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["volumes"] == 1
-    res = runner.invoke(cli, ["gc", "--dry-run", "--json"], env=env(stack))
+    res = runner.invoke(cli, ["gc", "--dry-run", "--json"], env=stack.driver_env())
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == []
 
 
 def test_bad_input_names_the_field_and_exits_non_zero(stack: LocalStack) -> None:
-    res = CliRunner().invoke(cli, ["pool", "describe", "no-such-pool"], env=env(stack))
+    res = CliRunner().invoke(cli, ["pool", "describe", "no-such-pool"], env=stack.driver_env())
     assert res.exit_code == 1
     assert "pool" in res.output and "no-such-pool" in res.output
 
 
 def test_volume_from_template_shows_progress_then_snapshot_and_resize(stack: LocalStack) -> None:
     runner = CliRunner()
-    e = env(stack)
+    e = stack.driver_env()
     tmpl = next(t for t in stack.cs.model.templates.values() if t.name == "tiny-linux")
     image = stack.template_image(tmpl.id, tmpl.size, {0: b"hello"})
-    vid = str(uuid.uuid4())
+    vid = new_uuid()
     res = runner.invoke(cli, ["volume", "create", "storpool-primary", vid, "--template", tmpl.id,
                               "--source-store", str(stack.secondary),
                               "--source-path", str(image.relative_to(stack.secondary))], env=e)
@@ -66,10 +55,9 @@ def test_volume_from_template_shows_progress_then_snapshot_and_resize(stack: Loc
     assert "copying template: 100%" in res.output
     assert vid in res.output
     gid = stack.ctx.conn("storpool-primary").volume(f"cs-vol-{vid}").globalId
-    stack.cs.model.add_volume("cli-vol", tmpl.size, storage_id=next(p.uuid for p in stack.pools().pools
-                                                                    if p.name == "storpool-primary"),
+    stack.cs.model.add_volume("cli-vol", tmpl.size, storage_id=stack.pool_id(),
                               path=f"/dev/storpool-byid/{gid}", volume_id=vid)
-    stack.cloudstack.update_configuration("sp.bypass.secondary.storage", "true")
+    stack.set_bypass(True)
     stack.settings.invalidate()
     sid = stack.cs.model.add_snapshot(vid).id
     res = runner.invoke(cli, ["snapshot", "take", vid, sid, "--json"], env=e)

@@ -4,17 +4,16 @@ anyone calling GC, and the loop survives a failing cycle."""
 from __future__ import annotations
 
 import time
-import uuid
 
 from cloudstack_storpool.driver import volumes
 from cloudstack_storpool.service.periodic import PeriodicGc
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 
 def test_cache_of_a_deleted_template_goes_by_itself(stack: LocalStack) -> None:
     tmpl = next(t for t in stack.cs.model.templates.values() if t.name == "tiny-linux")
     image = stack.template_image(tmpl.id, tmpl.size, {0: b"x"})
-    volumes.create_from_template(stack.ctx, "storpool-primary", str(uuid.uuid4()), tmpl.id, source=stack.source_of(image))
+    volumes.create_from_template(stack.ctx, "storpool-primary", new_uuid(), tmpl.id, source=stack.source_of(image))
     conn = stack.ctx.conn("storpool-primary")
 
     def cached() -> int:
@@ -33,6 +32,7 @@ def test_cache_of_a_deleted_template_goes_by_itself(stack: LocalStack) -> None:
             time.sleep(0.1)
         assert cached() == 0
         assert periodic.runs >= 2
+        assert stack.sp.faults.take_error("SnapshotsList") is None, "no cycle met the injected failure"
     finally:
         periodic.close()
     assert not periodic._thread or not periodic._thread.is_alive()

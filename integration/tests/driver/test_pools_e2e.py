@@ -3,7 +3,6 @@ removal refused until garbage collection has removed it."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,11 @@ import pytest
 from cloudstack_storpool.driver import gc, pools, volumes
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
-
-
-def new() -> str:
-    return str(uuid.uuid4())
 
 
 def test_register_use_and_remove_a_pool(stack: LocalStack, tmp_path: Path) -> None:
@@ -35,10 +30,10 @@ def test_register_use_and_remove_a_pool(stack: LocalStack, tmp_path: Path) -> No
     assert [p.name for p in load_pools(path).pools][-1] == "nvme-pool"
     assert stack.sp.token not in str(info)
 
-    tpl = stack.cs.model.add_template(f"pool-{new()[:6]}", 8 * MiB)
+    tpl = stack.cs.model.add_template(f"pool-{new_uuid()[:6]}", 8 * MiB)
     image = stack.template_image(tpl.id, 8 * MiB, {0: b"nvme"})
     src = stack.source_of(image)
-    vid = new()
+    vid = new_uuid()
     root = volumes.create_from_template(ctx, "nvme-pool", vid, tpl.id, source=src)
     assert root.template == "nvme"
     d = pools.describe(ctx, "nvme-pool")

@@ -15,17 +15,9 @@ from cloudstack_storpool.driver import resize, volumes
 from cloudstack_storpool.driver.resize import ResizeFailed
 from integration.libvirt_domain import URI, open_libvirt, start_domain
 from integration.needs import need, need_tool
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
-
-
-def pool_id(stack: LocalStack) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
-
-
-def agent_jobs(stack: LocalStack) -> int:
-    return sum(len(a.server.jobs.list()) for a in stack.agents.values())
 
 
 def running_vm(stack: LocalStack, client_id: int = 1) -> Any:
@@ -33,15 +25,15 @@ def running_vm(stack: LocalStack, client_id: int = 1) -> Any:
     instance name no other test (or engineer) uses at the same time."""
     model = stack.cs.model
     host = next(h for h in model.hosts.values() if h.details.get("SP_OURID") == str(client_id))
-    vm = model.add_vm(f"rs-{uuid.uuid4().hex[:6]}", host_id=host.id, state="Running", storage_id=pool_id(stack))
+    vm = model.add_vm(f"rs-{uuid.uuid4().hex[:6]}", host_id=host.id, state="Running", storage_id=stack.pool_id())
     vm.instance_name = f"i-2-{uuid.uuid4().hex[:8]}-VM"
     return vm
 
 
 def volume_of(stack: LocalStack, size: int, vm_id: str | None, iops: int | None = None) -> tuple[str, str]:
-    vid = str(uuid.uuid4())
-    info = volumes.create(stack.ctx, pool_id(stack), vid, size, iops=iops)
-    stack.cs.model.add_volume(f"data-{vid[:6]}", size, vm_id=vm_id, storage_id=pool_id(stack), path=info.path,
+    vid = new_uuid()
+    info = volumes.create(stack.ctx, stack.pool_id(), vid, size, iops=iops)
+    stack.cs.model.add_volume(f"data-{vid[:6]}", size, vm_id=vm_id, storage_id=stack.pool_id(), path=info.path,
                               volume_id=vid, max_iops=iops)
     return vid, info.global_id
 
@@ -62,7 +54,7 @@ def virt() -> Iterator[Any]:
 def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
     vm = running_vm(stack)
     vid, gid = volume_of(stack, 64 * MiB, vm.id)
-    conn = stack.ctx.conn(pool_id(stack))
+    conn = stack.ctx.conn(stack.pool_id())
     conn.reassign_wait([{"volume": "~" + gid, "rw": [1]}])
     device = str(stack.sp.device_path(1, gid))
     dom = start_domain(virt, vm.instance_name, device)
@@ -83,7 +75,7 @@ def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
     vm = running_vm(stack)
     vid, gid = volume_of(stack, 64 * MiB, vm.id, iops=300)
     other_vid, other_gid = volume_of(stack, 32 * MiB, None)
-    conn = stack.ctx.conn(pool_id(stack))
+    conn = stack.ctx.conn(stack.pool_id())
     conn.reassign_wait([{"volume": "~" + gid, "rw": [1]}, {"volume": "~" + other_gid, "rw": [1]}])
     dom = start_domain(virt, vm.instance_name, str(stack.sp.device_path(1, other_gid)))
     try:
@@ -102,10 +94,10 @@ def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
 
 def test_detached_volume_touches_no_agent(stack: LocalStack) -> None:
     vid, gid = volume_of(stack, 16 * MiB, None)
-    jobs = agent_jobs(stack)
+    jobs = len(stack.agent_jobs())
     out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB)
-    assert out.host_id is None and agent_jobs(stack) == jobs
-    assert stack.ctx.conn(pool_id(stack)).volume("~" + gid).size == 48 * MiB
+    assert out.host_id is None and len(stack.agent_jobs()) == jobs
+    assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 48 * MiB
 
 
 def test_unreachable_host_rolls_back(stack: LocalStack) -> None:
@@ -117,7 +109,7 @@ def test_unreachable_host_rolls_back(stack: LocalStack) -> None:
     with pytest.raises(ResizeFailed, match="unreachable") as err:
         resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB)
     assert err.value.rolled_back and f"restored to {16 * MiB}" in str(err.value)
-    assert stack.ctx.conn(pool_id(stack)).volume("~" + gid).size == 16 * MiB
+    assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 16 * MiB
 
 
 def test_stopped_vm_goes_to_its_last_host(stack: LocalStack) -> None:
@@ -129,4 +121,4 @@ def test_stopped_vm_goes_to_its_last_host(stack: LocalStack) -> None:
     assert out.host_id == vm.last_host_id and not out.notified
     after = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
     assert {h for h in after if after[h] != before[h]} == {vm.last_host_id}
-    assert stack.ctx.conn(pool_id(stack)).volume("~" + gid).size == 32 * MiB
+    assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 32 * MiB

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from cloudstack_storpool.driver import templates, volumes
 from cloudstack_storpool.driver.templates import TemplateSource
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +26,6 @@ MiB = 1 << 20
 TEMPLATE_SIZE = 64 * MiB
 CONTENT = {0: b"\xebH\x90 boot sector of a template", 7 * MiB + 11: b"kernel", 63 * MiB: b"the end of the disk"}
 REPO = Path(__file__).resolve().parents[3]
-
-
-def new() -> str:
-    return str(uuid.uuid4())
-
-
-def primary(stack: LocalStack) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
-
-
-def hybrid(stack: LocalStack) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-hybrid")
 
 
 def expected_digest(size: int = TEMPLATE_SIZE, writes: dict[int, bytes] = CONTENT) -> str:
@@ -63,13 +50,9 @@ def file_digest(path: Path, size: int = TEMPLATE_SIZE) -> str:
 
 def new_template(stack: LocalStack, name: str = "e2e-template") -> tuple[str, TemplateSource]:
     """A template registered in the CloudStack simulator with its qcow2 on secondary storage."""
-    tpl = stack.cs.model.add_template(f"{name}-{new()[:6]}", TEMPLATE_SIZE)
+    tpl = stack.cs.model.add_template(f"{name}-{new_uuid()[:6]}", TEMPLATE_SIZE)
     image = stack.template_image(tpl.id, TEMPLATE_SIZE, CONTENT)
     return tpl.id, stack.source_of(image)
-
-
-def copy_jobs(stack: LocalStack) -> list[Any]:
-    return [j for a in stack.agents.values() for j in a.server.jobs.list() if j.command == "copy_template"]
 
 
 def temporary_objects(stack: LocalStack) -> list[str]:
@@ -91,23 +74,23 @@ def test_twenty_root_volumes_cost_one_copy_and_one_call_each(stack: LocalStack) 
     ctx = stack.ctx
     want = expected_digest()
 
-    first = volumes.create_from_template(ctx, primary(stack), new(), tid, source=src)
-    assert len(copy_jobs(stack)) == 1
+    first = volumes.create_from_template(ctx, stack.pool_id(), new_uuid(), tid, source=src)
+    assert len(stack.agent_jobs("copy_template")) == 1
     made = [first]
     for i in range(19):
         before_driver, before_wire = dict(ctx.api_calls()), dict(stack.sp.calls)
-        made.append(volumes.create_from_template(ctx, primary(stack), new(), tid, source=src))
+        made.append(volumes.create_from_template(ctx, stack.pool_id(), new_uuid(), tid, source=src))
         after_driver, after_wire = ctx.api_calls(), stack.sp.calls
         assert {k: after_driver[k] - before_driver.get(k, 0) for k in after_driver
                 if after_driver[k] != before_driver.get(k, 0)} == {"VolumeCreate": 1}, i
         assert {k: after_wire[k] - before_wire.get(k, 0) for k in after_wire
                 if after_wire[k] != before_wire.get(k, 0)} == {"VolumeCreate": 1}, i
 
-    jobs = copy_jobs(stack)
+    jobs = stack.agent_jobs("copy_template")
     assert len(jobs) == 1
     assert jobs[0].state == "succeeded"
     assert jobs[0].result["virtual_size"] == TEMPLATE_SIZE  # the only bytes ever written
-    cache = templates.cached(ctx, primary(stack), tid)
+    cache = templates.cached(ctx, stack.pool_id(), tid)
     assert cache is not None
     for v in made:
         summary = stack.sp.api().volumeList(v.name)[0]
@@ -148,13 +131,13 @@ SCRIPT = textwrap.dedent("""
 
 def test_threads_and_processes_race_for_one_fill(stack: LocalStack, tmp_path: Path) -> None:
     tid, src = new_template(stack, "race")
-    pool = primary(stack)
+    pool = stack.pool_id()
     secrets = stack.write_secrets(tmp_path / "stack.env")
     script = tmp_path / "driver_process.py"
     script.write_text(SCRIPT)
     procs = []
     for _ in range(2):
-        job = {"pool": pool, "template": tid, "volumes": [new(), new()],
+        job = {"pool": pool, "template": tid, "volumes": [new_uuid(), new_uuid()],
                "source": {"store": src.store, "path": src.path, "format": src.format}}
         p = subprocess.Popen([sys.executable, str(script), str(REPO), str(secrets), json.dumps(job)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -173,7 +156,7 @@ def test_threads_and_processes_race_for_one_fill(stack: LocalStack, tmp_path: Pa
         ctx = stack.driver_context()  # each thread its own connections, as separate servers would
         go.wait()
         try:
-            info: Any = volumes.create_from_template(ctx, pool, new(), tid, source=src)
+            info: Any = volumes.create_from_template(ctx, pool, new_uuid(), tid, source=src)
         except Exception as exc:
             info = exc
         with lock:
@@ -197,7 +180,7 @@ def test_threads_and_processes_race_for_one_fill(stack: LocalStack, tmp_path: Pa
         gids.extend(item["global_id"] for item in json.loads(out.strip().splitlines()[-1]))
 
     assert len(set(gids)) == 12
-    assert len(copy_jobs(stack)) == 1
+    assert len(stack.agent_jobs("copy_template")) == 1
     # It really was a race: besides 12 successful creates and 1 fill, many creates met a missing
     # cache and many fill attempts met the lock (both fail without creating anything).
     print("VolumeCreate calls on the wire:", stack.sp.calls["VolumeCreate"])
@@ -212,14 +195,14 @@ def test_threads_and_processes_race_for_one_fill(stack: LocalStack, tmp_path: Pa
 
 def test_cache_deleted_out_of_band_is_rebuilt(stack: LocalStack) -> None:
     tid, src = new_template(stack, "oob")
-    pool = primary(stack)
-    first = volumes.create_from_template(stack.ctx, pool, new(), tid, source=src)
+    pool = stack.pool_id()
+    first = volumes.create_from_template(stack.ctx, pool, new_uuid(), tid, source=src)
     cache = templates.cache_name(tid, stack.ctx.pool(pool))
     stack.sp.api().snapshotDelete(cache)  # an operator cleaning up by hand
     assert templates.cached(stack.ctx, pool, tid) is None
-    second = volumes.create_from_template(stack.ctx, pool, new(), tid, source=src)
+    second = volumes.create_from_template(stack.ctx, pool, new_uuid(), tid, source=src)
     assert templates.cached(stack.ctx, pool, tid) is not None
-    assert len(copy_jobs(stack)) == 2
+    assert len(stack.agent_jobs("copy_template")) == 2
     want = expected_digest()
     for v in (first, second):
         assert file_digest(stack.sp.object_file(v.global_id)) == want
@@ -228,23 +211,21 @@ def test_cache_deleted_out_of_band_is_rebuilt(stack: LocalStack) -> None:
 
 def test_each_pool_has_its_own_cache(stack: LocalStack) -> None:
     tid, src = new_template(stack, "two-pools")
-    a = volumes.create_from_template(stack.ctx, primary(stack), new(), tid, source=src)
-    b = volumes.create_from_template(stack.ctx, hybrid(stack), new(), tid, source=src)
-    assert len(copy_jobs(stack)) == 2
+    a = volumes.create_from_template(stack.ctx, stack.pool_id(), new_uuid(), tid, source=src)
+    b = volumes.create_from_template(stack.ctx, stack.pool_id("storpool-hybrid"), new_uuid(), tid, source=src)
+    assert len(stack.agent_jobs("copy_template")) == 2
     assert stack.sp.api().volumeList(a.name)[0].templateName == "ssd"
     assert stack.sp.api().volumeList(b.name)[0].templateName == "hybrid"
-    assert {c.template_uuid for c in templates.list_cached(stack.ctx, hybrid(stack))} == {tid}
+    assert {c.template_uuid for c in templates.list_cached(stack.ctx, stack.pool_id("storpool-hybrid"))} == {tid}
 
 
 def test_template_made_from_a_storpool_volume_is_cached_without_a_copy(stack: LocalStack) -> None:
-    pool = primary(stack)
-    vol = volumes.create(stack.ctx, pool, new(), 16 * MiB)
-    with open(stack.sp.object_file(vol.global_id), "r+b") as f:
-        f.write(b"golden image")
-    tpl = stack.cs.model.add_template(f"from-volume-{new()[:6]}", 16 * MiB)
+    pool = stack.pool_id()
+    vol = volumes.create(stack.ctx, pool, new_uuid(), 16 * MiB)
+    stack.sp.write_object(vol.global_id, 0, b"golden image")
+    tpl = stack.cs.model.add_template(f"from-volume-{new_uuid()[:6]}", 16 * MiB)
     cached = templates.cache_from_volume(stack.ctx, pool, tpl.id, "~" + vol.global_id)
-    root = volumes.create_from_template(stack.ctx, pool, new(), tpl.id)
-    assert copy_jobs(stack) == []
+    root = volumes.create_from_template(stack.ctx, pool, new_uuid(), tpl.id)
+    assert stack.agent_jobs("copy_template") == []
     assert cached.filled
-    with open(stack.sp.object_file(root.global_id), "rb") as f:
-        assert f.read(12) == b"golden image"
+    assert stack.sp.read_object(root.global_id, 0, 12) == b"golden image"

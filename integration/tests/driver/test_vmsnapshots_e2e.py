@@ -13,14 +13,10 @@ from pathlib import Path
 
 from cloudstack_storpool.driver import vmsnapshots, volumes
 from integration.needs import need_root
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
 BLOCK = 4096
-
-
-def pool_id(stack: LocalStack) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
 
 
 def sha(path: Path) -> str:
@@ -95,19 +91,19 @@ def test_vm_snapshot_of_three_busy_disks_reverts_to_one_instant(stack: LocalStac
     need_root()
     model = stack.cs.model
     kvm1 = next(h for h in model.hosts.values() if h.details.get("SP_OURID") == "1")
-    vm = model.add_vm(f"busy-{uuid.uuid4().hex[:6]}", host_id=kvm1.id, state="Running", storage_id=pool_id(stack),
+    vm = model.add_vm(f"busy-{uuid.uuid4().hex[:6]}", host_id=kvm1.id, state="Running", storage_id=stack.pool_id(),
                       tags={"vc-policy": "nightly-backup"})
     for vol in [v for v in model.volumes.values() if v.vm_id == vm.id]:
         model.delete_volume(vol.id)  # its disks are made below, on StorPool
     disks = []
     for device_id in range(3):
-        vid = str(uuid.uuid4())
-        info = volumes.create(stack.ctx, pool_id(stack), vid, 8 * MiB, iops=100 * (device_id + 1))
-        model.add_volume(f"disk-{device_id}", 8 * MiB, vm_id=vm.id, device_id=device_id, storage_id=pool_id(stack),
+        vid = new_uuid()
+        info = volumes.create(stack.ctx, stack.pool_id(), vid, 8 * MiB, iops=100 * (device_id + 1))
+        model.add_volume(f"disk-{device_id}", 8 * MiB, vm_id=vm.id, device_id=device_id, storage_id=stack.pool_id(),
                          path=info.path, volume_id=vid, max_iops=100 * (device_id + 1))
-        volumes.attached(stack.ctx, pool_id(stack), vid, vm_id=vm.id, device_id=device_id)
+        volumes.attached(stack.ctx, stack.pool_id(), vid, vm_id=vm.id, device_id=device_id)
         disks.append((vid, info.global_id))
-    conn = stack.ctx.conn(pool_id(stack))
+    conn = stack.ctx.conn(stack.pool_id())
     conn.reassign_wait([{"volume": "~" + gid, "rw": [1]} for _, gid in disks])
     devices = [str(stack.sp.device_path(1, gid)) for _, gid in disks]
     files = [stack.sp.object_file(gid) for _, gid in disks]
@@ -119,7 +115,7 @@ def test_vm_snapshot_of_three_busy_disks_reverts_to_one_instant(stack: LocalStac
         writers.quiesce()
         counts_at_snapshot = list(writers.writes)
         at_snapshot = [sha(f) for f in files]
-        vms_uuid = str(uuid.uuid4())
+        vms_uuid = new_uuid()
         taken = vmsnapshots.take_vm_snapshot(stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vms_uuid)
         writers.resume()
         time.sleep(0.3)

@@ -4,25 +4,16 @@ nothing created, delete with a delay-delete backup set through CloudStack's conf
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
 from cloudstack_storpool.driver import naming, volumes
 from cloudstack_storpool.errors import ValidationError
-from integration.stack import LocalStack
+from integration.stack import LocalStack, new_uuid
 
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
-
-
-def new() -> str:
-    return str(uuid.uuid4())
-
-
-def pool(stack: LocalStack) -> str:
-    return next(p.uuid for p in stack.pools().pools if p.name == "storpool-primary")
 
 
 def sp_tags(stack: LocalStack, vid: str) -> dict[str, str]:
@@ -31,9 +22,9 @@ def sp_tags(stack: LocalStack, vid: str) -> dict[str, str]:
 
 def test_vm_tags_follow_attach_detach_tag_changes_and_destroy(stack: LocalStack) -> None:
     model = stack.cs.model
-    p = pool(stack)
-    vm = model.add_vm(f"tagged-{new()[:6]}", state="Running", host_id=next(iter(model.hosts)))
-    data1, data2, later = new(), new(), new()
+    p = stack.pool_id()
+    vm = model.add_vm(f"tagged-{new_uuid()[:6]}", state="Running", host_id=next(iter(model.hosts)))
+    data1, data2, later = new_uuid(), new_uuid(), new_uuid()
     for vid in (data1, data2, later):
         volumes.create(stack.ctx, p, vid, 16 * MiB)
     base = {"uuid", "cs", "pool"}
@@ -69,22 +60,22 @@ def test_vm_tags_follow_attach_detach_tag_changes_and_destroy(stack: LocalStack)
 
 def test_bad_input_is_refused_before_anything_is_created(stack: LocalStack) -> None:
     model = stack.cs.model
-    p = pool(stack)
-    tpl = model.add_template(f"bad-{new()[:6]}", 8 * MiB)
+    p = stack.pool_id()
+    tpl = model.add_template(f"bad-{new_uuid()[:6]}", 8 * MiB)
     image = stack.template_image(tpl.id, 8 * MiB, {0: b"x"})
     src = stack.source_of(image)
     bad_name = model.add_disk_offering("bad-template-name", details={"SP_TEMPLATE": "ssd/../hdd"})
     objects = set(stack.sp.model.objects)
     calls = dict(stack.sp.calls)
     cases = [
-        (lambda: volumes.create(stack.ctx, p, new(), -512), "size"),
-        (lambda: volumes.create(stack.ctx, p, new(), 1000), "size"),
-        (lambda: volumes.create(stack.ctx, "no-such-pool", new(), 512), "pool"),
-        (lambda: volumes.create(stack.ctx, p, new(), 512, disk_offering_id=bad_name.id), "disk_offering.SP_TEMPLATE"),
-        (lambda: volumes.create_from_template(stack.ctx, p, new(), new(), source=src), "template_uuid"),
-        (lambda: volumes.create_from_template(stack.ctx, p, new(), tpl.id, size=4 * MiB, source=src), "size"),
-        (lambda: volumes.create_from_template(stack.ctx, p, new(), tpl.id, size=8 * MiB + 1, source=src), "size"),
-        (lambda: volumes.create_from_template(stack.ctx, p, new(), tpl.id, source=src,
+        (lambda: volumes.create(stack.ctx, p, new_uuid(), -512), "size"),
+        (lambda: volumes.create(stack.ctx, p, new_uuid(), 1000), "size"),
+        (lambda: volumes.create(stack.ctx, "no-such-pool", new_uuid(), 512), "pool"),
+        (lambda: volumes.create(stack.ctx, p, new_uuid(), 512, disk_offering_id=bad_name.id), "disk_offering.SP_TEMPLATE"),
+        (lambda: volumes.create_from_template(stack.ctx, p, new_uuid(), new_uuid(), source=src), "template_uuid"),
+        (lambda: volumes.create_from_template(stack.ctx, p, new_uuid(), tpl.id, size=4 * MiB, source=src), "size"),
+        (lambda: volumes.create_from_template(stack.ctx, p, new_uuid(), tpl.id, size=8 * MiB + 1, source=src), "size"),
+        (lambda: volumes.create_from_template(stack.ctx, p, new_uuid(), tpl.id, source=src,
                                               disk_offering_id=bad_name.id), "disk_offering.SP_TEMPLATE"),
         (lambda: volumes.create(stack.ctx, p, "../etc", 512), "volume_uuid"),
     ]
@@ -98,12 +89,11 @@ def test_bad_input_is_refused_before_anything_is_created(stack: LocalStack) -> N
 
 
 def test_delete_keeps_a_backup_when_configured_per_pool(stack: LocalStack) -> None:
-    p = pool(stack)
-    vid, plain = new(), new()
+    p = stack.pool_id()
+    vid, plain = new_uuid(), new_uuid()
     info = volumes.create(stack.ctx, p, vid, 16 * MiB)
     volumes.create(stack.ctx, p, plain, 16 * MiB)
-    with open(stack.sp.object_file(info.global_id), "r+b") as f:
-        f.write(b"precious")
+    stack.sp.write_object(info.global_id, 0, b"precious")
     stack.sp.api().volumesReassign([{"volume": info.name, "rw": [1]}])  # still attached somewhere
 
     res = volumes.delete(stack.ctx, p, plain)
@@ -115,8 +105,7 @@ def test_delete_keeps_a_backup_when_configured_per_pool(stack: LocalStack) -> No
     snap = stack.sp.api().snapshotList(res.backup)[0]
     assert snap.tags["cs"] == "delayDelete" and snap.tags["uuid"] == vid
     assert snap.targetDeleteDate > time.time() + 3000
-    with open(stack.sp.object_file(snap.globalId), "rb") as f:
-        assert f.read(8) == b"precious"
+    assert stack.sp.read_object(snap.globalId, 0, 8) == b"precious"
     assert stack.sp.model.by_name.get(info.name) is None
     # Deleting again is still a success.
     assert volumes.delete(stack.ctx, p, vid).deleted is False

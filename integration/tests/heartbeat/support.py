@@ -6,13 +6,12 @@ import socket
 import uuid
 from typing import Any
 
-from cloudstack_storpool.poolconfig import PoolSpec, Secret, parse_pool_url
+from cloudstack_storpool.poolconfig import PoolSpec, Secret
 from integration.storpool_sim.testing import EmulatorHandle
 
 
 def pool_of(sp: EmulatorHandle, name: str, template: str = "ssd") -> PoolSpec:
-    spec = parse_pool_url(sp.pool_url(template))
-    return PoolSpec(spec.host, spec.port, spec.token, spec.template, uuid=str(uuid.uuid4()), name=name)
+    return sp.pool_spec(name, template)
 
 
 def dead_port() -> int:

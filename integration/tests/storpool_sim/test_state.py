@@ -64,8 +64,7 @@ def test_restart_keeps_objects_tags_content_and_attachments(tmp_path: Path) -> N
     with run_emulator(data, dev, use_loop=False) as sp:
         api = sp.api()
         gid = api.volumeCreate({"name": "keep", "size": GiB, "template": "hdd", "tags": {"uuid": "u"}}).globalId
-        with open(sp.object_file(gid), "r+b") as f:
-            f.write(b"persisted")
+        sp.write_object(gid, 0, b"persisted")
         api.snapshotCreate("keep", {"name": "keep-s", "bind": True})
         api.volumesReassign([{"volume": "keep", "rw": [2]}])
         gen = api.volumesList() and sp.model.generation
