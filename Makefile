@@ -29,13 +29,13 @@ test: venv lint typecheck
 	$(BIN)/pytest -q
 
 demo: venv
-	$(BIN)/cloudstack-storpool demo
+	$(BIN)/python -m integration demo
 
 up: venv
-	$(BIN)/cloudstack-storpool up
+	$(BIN)/python -m integration up
 
 down: venv
-	$(BIN)/cloudstack-storpool down
+	$(BIN)/python -m integration down
 
 bench: venv
 	$(BIN)/python -m benchmarks

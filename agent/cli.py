@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
-from agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, DEFAULT_LIBVIRT_URI
+from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, DEFAULT_LIBVIRT_URI
 from cloudstack_storpool.errors import ProjectError, ValidationError
-from settings.registry import get_setting
+from cloudstack_storpool.settings.registry import get_setting
 
 # The registry's `storpool.agent.port` is the port the driver dials: serve there by default.
 _DEFAULT_LISTEN = f"127.0.0.1:{get_setting('storpool.agent.port').default}"
@@ -47,7 +47,7 @@ def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _host_config(kw: dict[str, Any]) -> Any:
-    from agent.hostconfig import DEFAULT_MOUNT_ROOT, load_host_config
+    from cloudstack_storpool.agent.hostconfig import DEFAULT_MOUNT_ROOT, load_host_config
 
     return load_host_config(
         sp_config=kw["sp_config"], client_id=kw["client_id"], sp_host=kw["sp_host"], sp_port=kw["sp_port"],
@@ -58,7 +58,7 @@ def _host_config(kw: dict[str, Any]) -> Any:
 
 
 def _context_factory(host: Any) -> Callable[[], Any]:
-    from agent.commands import Context
+    from cloudstack_storpool.agent.commands import Context
 
     def make() -> Context:
         return Context(host=host, conn=host.connect())
@@ -67,7 +67,7 @@ def _context_factory(host: Any) -> Callable[[], Any]:
 
 
 def _fail(exc: ProjectError, as_json: bool) -> None:
-    from agent.jobs import error_json
+    from cloudstack_storpool.agent.jobs import error_json
 
     if as_json:
         click.echo(json.dumps({"error": error_json(exc)}))
@@ -89,8 +89,8 @@ def agent_group() -> None:
 @_host_options
 def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: bool, **kw: Any) -> None:
     """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
-    from agent.hostconfig import read_agent_token
-    from agent.server import AgentServer
+    from cloudstack_storpool.agent.hostconfig import read_agent_token
+    from cloudstack_storpool.agent.server import AgentServer
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.httpjson import parse_listen
 
@@ -117,7 +117,7 @@ def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: boo
 @_host_options
 def run_cmd(command: str, json_in: Any, as_json: bool, verbose: bool, **kw: Any) -> None:
     """Run one command on this host without the service (same commands, same validation)."""
-    from agent.commands import Context, RunControl, parse
+    from cloudstack_storpool.agent.commands import Context, RunControl, parse
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     try:
@@ -147,7 +147,7 @@ def run_cmd(command: str, json_in: Any, as_json: bool, verbose: bool, **kw: Any)
 @_host_options
 def status_cmd(as_json: bool, **kw: Any) -> None:
     """Host facts: client id, StorPool reachability and versions."""
-    from agent.commands import Context, FactsRequest, RunControl, facts
+    from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
 
     try:
         host = _host_config(kw)

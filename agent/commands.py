@@ -19,11 +19,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from agent import qemu_img, secondary
-from agent.attach import Attachment, Kind, SpConn, attach, attached, attachments_of, detach, lookup, wait_for_device
-from agent.hostconfig import HostConfig
-from agent.resize import libvirt_version, notify_resize
 from cloudstack_storpool import __version__, names
+from cloudstack_storpool.agent import qemu_img, secondary
+from cloudstack_storpool.agent.attach import (
+    Attachment,
+    Kind,
+    SpConn,
+    attach,
+    attached,
+    attachments_of,
+    detach,
+    lookup,
+    wait_for_device,
+)
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.resize import libvirt_version, notify_resize
 from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
 
 log = logging.getLogger(__name__)

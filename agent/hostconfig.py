@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.attach import SpConn, device_path
+from cloudstack_storpool.agent.attach import SpConn, device_path
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.tokens import read_secret_file, read_token
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.commands import Context, FactsRequest, RunControl, facts
-from agent.hostconfig import HostConfig
-from agent.jobs import JobManager, error_json
+from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.jobs import JobManager, error_json
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
@@ -38,7 +38,7 @@ _JOB_PATH = re.compile(rf"^/v1/jobs/({JOB_ID_PATTERN.strip('^$')})$")
 def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:
     """The heartbeat loop's last status on this host (None before its first round), so the
     management side can see a host's own view of its storage heartbeat over the agent link."""
-    from heartbeat.hostloop import read_status
+    from cloudstack_storpool.heartbeat.hostloop import read_status
 
     try:
         return read_status(Path(host.heartbeat_status_file))

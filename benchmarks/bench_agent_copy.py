@@ -87,8 +87,8 @@ def _time_dd(work: Path, blob: Path) -> float:
 
 
 def _time_agent(work: Path, qcow: Path) -> tuple[float, int]:
-    from agent.commands import Context, execute
-    from agent.hostconfig import HostConfig
+    from cloudstack_storpool.agent.commands import Context, execute
+    from cloudstack_storpool.agent.hostconfig import HostConfig
     from cloudstack_storpool.spconn import StorPoolConn
     from integration.storpool_sim.testing import run_emulator
 

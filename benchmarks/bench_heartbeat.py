@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, timed_check
+from cloudstack_storpool.heartbeat.hostloop import Action, HostLoop, LoopConfig, Result
 from cloudstack_storpool.spconn import StorPoolConn
-from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, timed_check
-from heartbeat.hostloop import Action, HostLoop, LoopConfig, Result
 from integration.storpool_sim.testing import run_emulator
 
 HOSTS = 1000

@@ -16,7 +16,8 @@ def cli() -> None:
 def _register() -> None:
     # Imported here so that `--help` of one group does not pay for importing every other one's
     # heavy dependencies at module import time of this file.
-    from agent.cli import agent_group
+    from cloudstack_storpool.agent.cli import agent_group
+    from cloudstack_storpool.heartbeat.cli import heartbeat_group
     from cloudstack_storpool.ops_cli import (
         gc_cmd,
         pool_group,
@@ -26,14 +27,10 @@ def _register() -> None:
         volume_group,
     )
     from cloudstack_storpool.service_cli import serve_cmd
-    from heartbeat.cli import heartbeat_group
-    from integration.cli import sim_group
-    from integration.demo import demo_cmd
-    from integration.stack_cli import down_cmd, status_cmd, up_cmd
-    from settings.cli import settings_group
+    from cloudstack_storpool.settings.cli import settings_group
 
-    for group in (sim_group, settings_group, agent_group, heartbeat_group, up_cmd, down_cmd, status_cmd, demo_cmd,
-                  pool_group, template_group, volume_group, gc_cmd, serve_cmd, snapshot_group, vmsnapshot_group):
+    for group in (settings_group, agent_group, heartbeat_group, pool_group, template_group, volume_group, gc_cmd,
+                  serve_cmd, snapshot_group, vmsnapshot_group):
         cli.add_command(group)
 
 

@@ -60,7 +60,7 @@ def loopback_address(listen: str) -> tuple[str, int]:
 def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent_token_file: str | None,
               region: str | None, max_jobs: int, settings_ttl: float, verbose: bool) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
-    from agent.hostconfig import read_agent_token
+    from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.service.app import make_server

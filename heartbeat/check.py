@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudstack_storpool.errors import SpTransient, StorPoolError
-from cloudstack_storpool.poolconfig import PoolSpec
-from cloudstack_storpool.spconn import StorPoolConn
-from heartbeat.policy import (
+from cloudstack_storpool.heartbeat.policy import (
     CLUSTER_RUNNING,
     RUNNING,
     ClientIndex,
@@ -31,6 +29,8 @@ from heartbeat.policy import (
     first_look,
     suspect_decision,
 )
+from cloudstack_storpool.poolconfig import PoolSpec
+from cloudstack_storpool.spconn import StorPoolConn
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,25 @@ from typing import Any
 
 import click
 
-from agent.hostconfig import MAX_CLIENT_ID
+from cloudstack_storpool.agent.hostconfig import MAX_CLIENT_ID
 from cloudstack_storpool.daemon import setup_logging
 from cloudstack_storpool.errors import ProjectError
-from heartbeat.hostloop import DEFAULT_STATUS_FILE, Action, HostLoop, LoopConfig, log_alert, read_status, sysrq_reboot
+from cloudstack_storpool.heartbeat.hostloop import (
+    DEFAULT_STATUS_FILE,
+    Action,
+    HostLoop,
+    LoopConfig,
+    log_alert,
+    read_status,
+    sysrq_reboot,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _setting(name: str, flag: Any, cs_client: Any, **scope: str | None) -> Any:
     """Flag, else CloudStack's value for the scope, else the registry default (typed)."""
-    from settings.registry import get_setting
+    from cloudstack_storpool.settings.registry import get_setting
 
     if flag is not None:
         return flag
@@ -159,8 +167,8 @@ def render_table(rows: Sequence[dict[str, Any]], pool_names: Sequence[str]) -> s
 def status_cmd(pools_file: str, client_ids: str | None, fence: bool | None, io_window: float, io_samples: int,
                api_timeout: float, zone_id: str | None, as_json: bool) -> None:
     """Heartbeat view of every host: per-pool verdict and the combined one."""
+    from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, pool_label, timed_check
     from cloudstack_storpool.poolconfig import load_pools
-    from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget, pool_label, timed_check
 
     try:
         pools = load_pools(pools_file).pools

@@ -34,9 +34,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
+from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
 from cloudstack_storpool.errors import StorPoolError
-from heartbeat.policy import Verdict, find_client, first_look
+from cloudstack_storpool.heartbeat.policy import Verdict, find_client, first_look
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`cloudstack-storpool demo`: the whole mission, end to end, on the local stack.
+"""`python -m integration demo`: the whole mission, end to end, on the local stack.
 
 Each step does something an operator would do through CloudStack, then checks the result on
 the systems themselves (the emulator's backing files, qemu-img, libvirt, the simulator) rather
@@ -21,7 +21,7 @@ import click
 
 from cloudstack_storpool.driver import gc, resize, snapshots, vmsnapshots, volumes
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
-from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
 from integration.libvirt_domain import running_domain
 from integration.stack import LocalStack, new_uuid
 
@@ -238,7 +238,7 @@ class Demo:
 
     def host_view(self, client_id: int, want: str, timeout: float = 10.0) -> dict[str, Any]:
         """The heartbeat status a host's own loop wrote, as its agent serves it (polled until `want`)."""
-        from agent.client import AgentClient
+        from cloudstack_storpool.agent.client import AgentClient
 
         agent = AgentClient(self.stack.agent_for_client(client_id).url, self.stack.agent_token)
         deadline = time.monotonic() + timeout

@@ -2,7 +2,7 @@
 and a driver context wired to all three, on loopback, in one process.
 
 Tests, the demo and the benchmarks all start the same stack, so that what the demo shows is
-what the tests check. `cloudstack-storpool up` runs it as a long-lived process instead.
+what the tests check. `python -m integration up` runs it as a long-lived process instead.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent.commands import Context
-from agent.hostconfig import HostConfig
-from agent.server import AgentServer
+from cloudstack_storpool.agent.commands import Context
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.cloudstack import CloudStackClient
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.driver.secondary import TemplateSource
+from cloudstack_storpool.heartbeat.hostloop import HostLoop, LoopConfig
 from cloudstack_storpool.poolconfig import PoolsFile, load_pools
+from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
-from heartbeat.hostloop import HostLoop, LoopConfig
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 from integration.xfs import can_make_xfs, xfs_mount
-from settings.store import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`cloudstack-storpool up | down | stack-status`: the local stack as a background process.
+"""`python -m integration up | down | stack-status`: the local stack as a background process.
 
 `up` forks a detached process that holds a `LocalStack` (emulator, simulator, agents, driver
 service) and writes `<run-dir>/stack.json` with the endpoints once everything answers; `down`
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from integration import dev_env
 
 DEFAULT_RUN_DIR = Path(os.environ.get("CSSP_RUN_DIR", "/tmp/cloudstack-storpool-stack"))
 
@@ -87,7 +89,7 @@ def up_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
             proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from integration.stack_cli import serve_stack; "
                  "from pathlib import Path; serve_stack(Path(sys.argv[1]))", str(run_dir)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=dev_env(),
             )
         deadline = time.monotonic() + timeout
         while (state := read_state(run_dir)) is None:
@@ -126,7 +128,7 @@ def status_cmd(run_dir: Path, as_json: bool) -> None:
     """Show the local stack's endpoints."""
     state = read_state(run_dir)
     if state is None:
-        raise click.ClickException("the local stack is not running (start it with `cloudstack-storpool up`)")
+        raise click.ClickException("the local stack is not running (start it with `python -m integration up`)")
     _show(state, as_json)
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from cloudstack_storpool.errors import CloudStackError, ValidationError
-from settings.registry import REGISTRY, Scope, Setting, SettingValue, all_settings, get_setting
+from cloudstack_storpool.settings.registry import REGISTRY, Scope, Setting, SettingValue, all_settings, get_setting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +26,7 @@ def _client() -> Any:
 
 
 def _settings() -> Any:
-    from settings.store import Settings
+    from cloudstack_storpool.settings.store import Settings
 
     return Settings(_client(), ttl=0)
 

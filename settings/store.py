@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from cloudstack_storpool.cloudstack import CloudStackClient, Configuration
 from cloudstack_storpool.errors import ValidationError
-from settings.registry import REGISTRY, Scope, Setting, SettingType, SettingValue, get_setting
+from cloudstack_storpool.settings.registry import REGISTRY, Scope, Setting, SettingType, SettingValue, get_setting
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import qemu_img
-from agent.qemu_img import ConvertOptions, QemuImgCancelled, QemuImgError, QemuImgTimeout, build_convert_args
+from cloudstack_storpool.agent import qemu_img
+from cloudstack_storpool.agent.qemu_img import ConvertOptions, QemuImgCancelled, QemuImgError, QemuImgTimeout, build_convert_args
 from integration.needs import need_tool
 
 MiB = 1 << 20

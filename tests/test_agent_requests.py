@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent import secondary
-from agent.commands import COMMANDS, CopyTemplateRequest, CopyToVolumeRequest, parse
-from agent.hostconfig import AGENT_TOKEN_ENV, load_host_config, read_agent_token
+from cloudstack_storpool.agent import secondary
+from cloudstack_storpool.agent.commands import COMMANDS, CopyTemplateRequest, CopyToVolumeRequest, parse
+from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV, load_host_config, read_agent_token
 from cloudstack_storpool.errors import ValidationError
 
 GOOD: dict[str, dict[str, Any]] = {

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent.client import AgentClient, AgentError, AgentRequestError
-from agent.commands import Context
-from agent.hostconfig import HostConfig
-from agent.server import AgentServer, parse_listen, serve_in_thread
+from cloudstack_storpool.agent.client import AgentClient, AgentError, AgentRequestError
+from cloudstack_storpool.agent.commands import Context
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.server import AgentServer, parse_listen, serve_in_thread
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.spconn import StorPoolConn
 
@@ -174,7 +174,7 @@ def test_queued_copy_can_be_cancelled_over_http(server: AgentServer, tmp_path: P
 
 
 def test_heartbeat_status_is_served_to_authenticated_callers_only(tmp_path: Path) -> None:
-    from heartbeat.hostloop import write_status
+    from cloudstack_storpool.heartbeat.hostloop import write_status
 
     status_file = tmp_path / "hb.json"
     host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), heartbeat_status_file=str(status_file))

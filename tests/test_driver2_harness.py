@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.client import AgentRequestError
+from cloudstack_storpool.agent.client import AgentRequestError
 from cloudstack_storpool.driver import naming, tags
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, Secret
+from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.cloudstack_sim.testing import SimHandle
 from integration.stack import new_uuid
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
-from settings.store import Settings
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.client import AgentClient, AgentRequestError
-from agent.commands import Context
-from agent.hostconfig import HostConfig
-from agent.server import AgentServer, serve_in_thread
+from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.commands import Context
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.errors import NotFound
 from cloudstack_storpool.poolconfig import PoolSpec, Secret

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from cloudstack_storpool.heartbeat.hostloop import Action, HostLoop, LoopConfig, Result
 from cloudstack_storpool.spconn import StorPoolConn
-from heartbeat.hostloop import Action, HostLoop, LoopConfig, Result
 
 TOKEN = "odd-status-token"
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from heartbeat.policy import ClientView, IoSample, Verdict, combine, find_client, first_look, suspect_decision
+from cloudstack_storpool.heartbeat.policy import ClientView, IoSample, Verdict, combine, find_client, first_look, suspect_decision
 
 A, D, U = Verdict.ALIVE, Verdict.DEAD, Verdict.UNKNOWN
 

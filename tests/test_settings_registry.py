@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cloudstack_storpool.errors import ValidationError
-from settings.registry import REGISTRY, Scope, SettingType, get_setting
+from cloudstack_storpool.settings.registry import REGISTRY, Scope, SettingType, get_setting
 
 REFERENCE_TABLE = {
     "sp.bypass.secondary.storage": ("false", Scope.GLOBAL),

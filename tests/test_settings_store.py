@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.settings.cli import settings_group
+from cloudstack_storpool.settings.store import Settings
 from integration.cloudstack_sim.testing import SimHandle
-from settings.cli import settings_group
-from settings.store import Settings
 
 
 class FakeClock:

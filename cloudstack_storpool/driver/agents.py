@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
 from cloudstack_storpool.errors import NotFound
 
 if TYPE_CHECKING:

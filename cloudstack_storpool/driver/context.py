@@ -19,7 +19,7 @@ from cloudstack_storpool.spconn import StorPoolConn
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack import CloudStackClient
     from cloudstack_storpool.driver.agents import AgentDirectory
-    from settings.store import Settings
+    from cloudstack_storpool.settings.store import Settings
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DriverContext:
         from cloudstack_storpool.cloudstack import CloudStackClient
         from cloudstack_storpool.driver.agents import AgentDirectory
         from cloudstack_storpool.poolconfig import load_pools
-        from settings.store import Settings
+        from cloudstack_storpool.settings.store import Settings
 
         pools = load_pools(pools_file)
         cloudstack = CloudStackClient.from_config(region)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from cloudstack_storpool.cloudstack import Host
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import NotFound, ValidationError
-from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
 
 FENCE_SETTING = "kvm.ha.fence.on.storage.heartbeat.failure"
 

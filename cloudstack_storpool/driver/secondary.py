@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from agent.secondary import check_relative, parse_nfs_url
+from cloudstack_storpool.agent.secondary import check_relative, parse_nfs_url
 from cloudstack_storpool.errors import ValidationError
 
 SOURCE_FORMATS = ("raw", "qcow2")

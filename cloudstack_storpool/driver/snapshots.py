@@ -37,7 +37,7 @@ from cloudstack_storpool.errors import (
 )
 
 if TYPE_CHECKING:
-    from agent.client import AgentClient
+    from cloudstack_storpool.agent.client import AgentClient
     from cloudstack_storpool.cloudstack import VirtualMachine, Volume
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec

@@ -1,4 +1,4 @@
-"""`cloudstack-storpool sim cloudstack`: run the CloudStack API simulator.
+"""`python -m integration sim cloudstack`: run the CloudStack API simulator.
 
 The secret key is taken from `CLOUDSTACK_SIM_SECRET`, `--secret-file`, or `--secret` (the
 last is visible in the process list: prefer the others). Without any, a random secret is

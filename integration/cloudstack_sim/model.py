@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from settings.registry import SettingType, all_settings
+from cloudstack_storpool.settings.registry import SettingType, all_settings
 
 _NAMESPACE = uuid.UUID("5b0c1a52-3f0e-4c1e-9d7a-6f1d2c3b4a59")
 

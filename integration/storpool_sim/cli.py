@@ -1,4 +1,4 @@
-"""`cloudstack-storpool sim storpool`: run the StorPool API emulator until SIGTERM/SIGINT."""
+"""`python -m integration sim storpool`: run the StorPool API emulator until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
+from integration import dev_command, dev_env
 from integration.needs import need_root, need_tool
 
 
@@ -13,8 +13,7 @@ def test_demo_runs_every_step_and_passes(tmp_path: Path) -> None:
     need_root()
     need_tool("qemu-img")
     need_tool("mkfs.xfs")
-    script = Path(sys.executable).parent / "cloudstack-storpool"
-    res = subprocess.run([str(script), "demo", "--root", str(tmp_path / "demo")], capture_output=True, text=True,
+    res = subprocess.run(dev_command("demo", "--root", str(tmp_path / "demo")), capture_output=True, text=True, env=dev_env(),
                          timeout=600, check=False)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out

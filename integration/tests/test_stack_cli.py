@@ -1,20 +1,19 @@
-"""`cloudstack-storpool up` / `down`: the local stack as a background process, used for real."""
+"""`python -m integration up` / `down`: the local stack as a background process, used for real."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import requests
 
+from integration import dev_command, dev_env
 from integration.needs import need_root, need_tool
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).parent / "cloudstack-storpool"
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=180, check=False)
+    return subprocess.run(dev_command(*args), capture_output=True, text=True, timeout=180, check=False, env=dev_env())
 
 
 def test_up_serves_every_part_and_down_releases_everything(tmp_path: Path) -> None:

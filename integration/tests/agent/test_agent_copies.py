@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import qemu_img
-from agent.attach import attached, detach, lookup
-from agent.client import AgentClient, AgentRequestError
-from agent.commands import RunControl, execute
-from agent.qemu_img import QemuImgError
-from agent.server import AgentServer, serve_in_thread
+from cloudstack_storpool.agent import qemu_img
+from cloudstack_storpool.agent.attach import attached, detach, lookup
+from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.commands import RunControl, execute
+from cloudstack_storpool.agent.qemu_img import QemuImgError
+from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
 from cloudstack_storpool.errors import SpBusy
 from integration.tests.agent.conftest import GiB, Lab, MiB, make_qcow2, read_at
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands import RunControl, execute
+from cloudstack_storpool.agent.commands import RunControl, execute
 from cloudstack_storpool.errors import NotFound, ValidationError
 from integration.tests.agent.conftest import Lab, MiB, read_at
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.attach import device_size
-from agent.commands import execute
+from cloudstack_storpool.agent.attach import device_size
+from cloudstack_storpool.agent.commands import execute
 from integration.libvirt_domain import start_domain
 from integration.needs import need, need_tool
 from integration.tests.agent.conftest import Lab, MiB

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import cs
 import pytest
 from click.testing import CliRunner
 
+from integration import dev_command, dev_env
 from integration.cloudstack_sim.cli import cloudstack_cmd
 
 SECRET = "cli-test-secret-value"
@@ -19,10 +19,9 @@ SECRET = "cli-test-secret-value"
 
 def _start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", "from cloudstack_storpool.cli import main; main()", "sim", "cloudstack",
-         "--listen", "127.0.0.1:0", *args],
+        dev_command("sim", "cloudstack", "--listen", "127.0.0.1:0", *args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        env={**os.environ, **(env or {})},
+        env=dev_env({**os.environ, **(env or {})}),
     )
 
 
@@ -55,9 +54,8 @@ def test_random_secret_goes_to_a_private_file(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     env = {k: v for k, v in os.environ.items() if k != "CLOUDSTACK_SIM_SECRET"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from cloudstack_storpool.cli import main; main()", "sim", "cloudstack",
-         "--listen", "127.0.0.1:0", "--secret-file", str(secret_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+        dev_command("sim", "cloudstack", "--listen", "127.0.0.1:0", "--secret-file", str(secret_file)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=dev_env(env),
     )
     try:
         assert proc.stdout is not None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.attach import device_size
+from cloudstack_storpool.agent.attach import device_size
 from cloudstack_storpool.driver import resize, volumes
 from cloudstack_storpool.driver.resize import ResizeFailed
 from integration.libvirt_domain import URI, open_libvirt, start_domain

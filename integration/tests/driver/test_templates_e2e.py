@@ -111,7 +111,7 @@ SCRIPT = textwrap.dedent("""
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.driver.templates import TemplateSource
     from cloudstack_storpool.poolconfig import load_pools
-    from settings.store import Settings
+    from cloudstack_storpool.settings.store import Settings
 
     env = dict(line.split("=", 1) for line in Path(sys.argv[2]).read_text().splitlines() if line)
     job = json.loads(sys.argv[3])

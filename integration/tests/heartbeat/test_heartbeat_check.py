@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
-from heartbeat.policy import Verdict
+from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+from cloudstack_storpool.heartbeat.policy import Verdict
 from integration.storpool_sim.testing import EmulatorHandle
 from integration.tests.heartbeat.support import io_request, pool_of, unreachable_pool
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cloudstack_storpool.heartbeat.hostloop import Action, HostLoop, LoopConfig, Result, read_status
 from cloudstack_storpool.spconn import StorPoolConn
-from heartbeat.hostloop import Action, HostLoop, LoopConfig, Result, read_status
 from integration.storpool_sim.testing import EmulatorHandle
 from integration.tests.heartbeat.support import dead_port
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
-from heartbeat.hostloop import Action, Result
-from heartbeat.policy import Verdict
+from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+from cloudstack_storpool.heartbeat.hostloop import Action, Result
+from cloudstack_storpool.heartbeat.policy import Verdict
 from integration.storpool_sim.testing import EmulatorHandle
 from integration.tests.heartbeat.support import pool_of
 from integration.tests.heartbeat.test_heartbeat_hostloop import Hooks, conn_to, make_loop

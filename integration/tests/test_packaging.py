@@ -1,0 +1,75 @@
+"""The production wheel: one import package, no stand-ins, no tests; its CLI loads none of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+from pathlib import Path
+
+from integration import CHECKOUT
+
+STAND_INS = ("integration", "tests", "benchmarks", "agent", "heartbeat", "settings")
+
+
+def _build_wheel(out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+                    str(CHECKOUT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = out.glob("cloudstack_storpool-*.whl")
+    return wheel
+
+
+def test_wheel_installs_one_package_and_its_cli_runs_without_stand_ins(tmp_path: Path) -> None:
+    wheel = _build_wheel(tmp_path / "dist")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"cloudstack_storpool", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_") or "_sim" in n], names
+    assert "cloudstack_storpool/agent/server.py" in names and "cloudstack_storpool/heartbeat/policy.py" in names
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # The wheel's dependencies come from the development environment's site-packages (read as a plain
+    # path entry, so its editable finder for this checkout is not loaded); the package itself from the wheel.
+    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    probe = (
+        "import importlib.util, json, sys\n"
+        "import cloudstack_storpool.cli\n"
+        "from cloudstack_storpool.agent import server\n"
+        "from cloudstack_storpool.heartbeat import hostloop\n"
+        f"tops = {{m: importlib.util.find_spec(m) is not None for m in {STAND_INS!r}}}\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in tops)\n"
+        "print(json.dumps({'file': cloudstack_storpool.cli.__file__, 'tops': tops, 'loaded': loaded}))\n"
+    )
+    out = subprocess.run([str(py), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
+    seen = json.loads(out.stdout)
+    assert seen["file"].startswith(str(site)), seen
+    assert not any(seen["tops"].values()), seen
+    assert seen["loaded"] == []
+    for group in ("agent", "heartbeat"):
+        res = subprocess.run([str(py), "-m", "cloudstack_storpool", group, "--help"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=60, check=False)
+        assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr
+
+
+def test_production_cli_imports_no_stand_in_from_a_checkout() -> None:
+    """Run from the checkout itself (where `integration` is importable): the CLI still loads none of it."""
+    probe = (
+        "import sys\n"
+        "import cloudstack_storpool.cli\n"
+        "from cloudstack_storpool.cli import cli\n"
+        "from click.testing import CliRunner\n"
+        "for args in (['--help'], ['agent', 'serve', '--help'], ['heartbeat', 'run', '--help']):\n"
+        "    assert CliRunner().invoke(cli, args).exit_code == 0, args\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('integration', 'tests', 'storpool_sim')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=CHECKOUT)
+    assert out.stdout.strip() == "[]"
+    assert subprocess.run([sys.executable, "-c", "import integration"], cwd=CHECKOUT, check=False).returncode == 0
