@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -44,6 +45,13 @@ BYPASS_SETTING = "sp.bypass.secondary.storage"
 def new_uuid() -> str:
     """A fresh CloudStack-style uuid (volumes, snapshots, VM snapshots made by tests and the demo)."""
     return str(uuid.uuid4())
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for "unreachable" endpoints and fixed-port servers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"))

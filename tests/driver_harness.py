@@ -1,10 +1,13 @@
-"""Shared pieces of the driver unit tests (no tests here).
+"""The one harness of the driver unit tests (no tests here; test modules import `open_env`).
 
-StorPool is the real emulator on loopback (it starts in milliseconds and needs no root when
-nothing is attached), because the driver's correctness is about StorPool's rules (names are
-unique, tags, parents) and a hand-written fake would only agree with our own reading of them.
-CloudStack, settings and agents are small in-memory stand-ins built from the facade's own
-typed objects; the end-to-end tests in integration/tests/driver use the real ones.
+StorPool is the real emulator on loopback (sparse files, no loop devices: it starts in
+milliseconds and needs no root), because the driver's correctness is about StorPool's rules
+(names are unique, tags, parents) and a hand-written fake would only agree with our own reading
+of them. CloudStack is the real simulator, reached through the real facade and settings store.
+Only the KVM agents are stand-ins: a recording `FakeAgent` per host (and one the pool's work
+goes to) that writes a template's bytes into the emulator's object file as a real copy would,
+and fails a command on request. The end-to-end tests in integration/tests/driver use real
+agents on the local stack.
 """
 
 from __future__ import annotations
@@ -15,166 +18,103 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool.cloudstack import (
-    DiskOffering,
-    Host,
-    ServiceOffering,
-    Template,
-    VirtualMachine,
-    Volume,
-)
+from cloudstack_storpool.agent.client import AgentRequestError
+from cloudstack_storpool.cloudstack import DiskOffering, ServiceOffering, Template, VirtualMachine
+from cloudstack_storpool.driver import naming, tags
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, Secret
-from integration.stack import new_uuid
-from integration.storpool_sim.model import DEFAULT_TEMPLATES
+from cloudstack_storpool.settings.store import Settings
+from cloudstack_storpool.spconn import StorPoolConn
+from integration.cloudstack_sim.testing import SimHandle, run_simulator
+from integration.stack import STACK_TEMPLATES, new_uuid
 from integration.storpool_sim.model import Template as SpTemplate
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 
-TEMPLATES = (*DEFAULT_TEMPLATES, SpTemplate("nvme", 3, "nvme", "nvme", "nvme"),
-             SpTemplate("limited", 3, "ssd", "ssd", "ssd", iops=777))
-POOL_A = "0b6c4a52-0000-4000-8000-00000000000a"
-POOL_B = "0b6c4a52-0000-4000-8000-00000000000b"
-ZONE = "zone-1"
+__all__ = ["Env", "FakeAgent", "FakeAgents", "GiB", "MiB", "new_uuid", "open_env"]
 
-
-class FakeCloudStack:
-    """The facade's read methods over dicts of the facade's own dataclasses."""
-
-    def __init__(self) -> None:
-        self.vms: dict[str, VirtualMachine] = {}
-        self.hosts_: dict[str, Host] = {}
-        self.volumes: dict[str, Volume] = {}
-        self.templates_: dict[str, Template] = {}
-        self.disk_offerings: dict[str, DiskOffering] = {}
-        self.service_offerings: dict[str, ServiceOffering] = {}
-        self.template_calls = 0
-        self.fail_templates = False
-
-    # facade API
-    def vm(self, vm_id: str) -> VirtualMachine | None:
-        return self.vms.get(vm_id)
-
-    def host(self, host_id: str) -> Host | None:
-        return self.hosts_.get(host_id)
-
-    def hosts(self, zone_id: str | None = None, cluster_id: str | None = None) -> list[Host]:
-        return [h for h in self.hosts_.values() if zone_id is None or h.zone_id == zone_id]
-
-    def volume(self, volume_id: str) -> Volume | None:
-        return self.volumes.get(volume_id)
-
-    def template(self, template_id: str) -> Template | None:
-        self.template_calls += 1
-        if self.fail_templates:
-            from cloudstack_storpool.cloudstack import CloudStackUnreachable
-
-            raise CloudStackUnreachable("listTemplates", "cannot reach")
-        return self.templates_.get(template_id)
-
-    def disk_offering(self, offering_id: str) -> DiskOffering | None:
-        return self.disk_offerings.get(offering_id)
-
-    def service_offering(self, offering_id: str) -> ServiceOffering | None:
-        return self.service_offerings.get(offering_id)
-
-    # builders
-    def add_template(self, size: int = 1 << 20, tid: str | None = None) -> Template:
-        t = Template(tid or new_uuid(), "tmpl", size, "QCOW2", True)
-        self.templates_[t.id] = t
-        return t
-
-    def add_vm(self, tags: dict[str, str] | None = None, state: str = "Running", host_id: str | None = None,
-               last_host_id: str | None = None) -> VirtualMachine:
-        vm = VirtualMachine(new_uuid(), "vm", "i-2-1-VM", state, host_id, last_host_id, ZONE, dict(tags or {}))
-        self.vms[vm.id] = vm
-        return vm
-
-    def set_vm_tags(self, vm_id: str, tags: dict[str, str]) -> None:
-        old = self.vms[vm_id]
-        self.vms[vm_id] = VirtualMachine(old.id, old.name, old.instance_name, old.state, old.host_id,
-                                         old.last_host_id, old.zone_id, dict(tags))
-
-    def add_disk_offering(self, *, max_iops: int | None = None, details: dict[str, str] | None = None) -> DiskOffering:
-        o = DiskOffering(new_uuid(), "do", None, max_iops, False, dict(details or {}))
-        self.disk_offerings[o.id] = o
-        return o
-
-    def add_service_offering(self, *, max_iops: int | None = None,
-                             details: dict[str, str] | None = None) -> ServiceOffering:
-        o = ServiceOffering(new_uuid(), "so", None, max_iops, False, dict(details or {}))
-        self.service_offerings[o.id] = o
-        return o
-
-    def add_volume(self, vid: str, vm_id: str | None) -> Volume:
-        v = Volume(vid, "v", None, 1 << 30, None, None, None, vm_id, 1 if vm_id else None, None, "DATADISK")
-        self.volumes[vid] = v
-        return v
-
-    def add_host(self, name: str, *, client_id: int | None = 1, state: str = "Up", port: int = 8259) -> Host:
-        h = Host(new_uuid(), name, "127.0.0.1", "c1", ZONE, state,
-                 client_id, {"agent.port": str(port)}, "Enabled")
-        self.hosts_[h.id] = h
-        return h
-
-
-class FakeSettings:
-    def __init__(self, **values: Any) -> None:
-        self.values: dict[str, Any] = {
-            "storpool.template.fill.timeout": 3600,
-            "storpool.agent.copy.timeout": 60,
-            "storpool.delete.after.interval": 0,
-            "storpool.gc.temporary.age": 86400,
-            **values,
-        }
-        self.asked: list[tuple[str, dict[str, Any]]] = []
-
-    def get(self, name: str, **scope: Any) -> Any:
-        self.asked.append((name, scope))
-        return self.values[name]
+MiB = 1 << 20
+GiB = 1 << 30
+TEMPLATES = (*STACK_TEMPLATES, SpTemplate("limited", 3, "ssd", "ssd", "ssd", iops=777))
 
 
 @dataclass
 class FakeAgent:
-    """Stands in for an agent's copy: writes the "image" bytes into the emulator's object file."""
+    """Records every command. A copy writes `image` into the target volume's object, growing it
+    to `grow_to` first when set (an image bigger than CloudStack said); `hook` runs before the
+    copy (to hold it); `fail[command]` (a message or an exception) makes that command fail."""
 
+    base_url: str
     emulator: EmulatorHandle
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    fail: dict[str, str | Exception] = field(default_factory=dict)
+    result: dict[str, dict[str, Any]] = field(default_factory=dict)
     image: dict[int, bytes] = field(default_factory=lambda: {0: b"TEMPLATE"})
     grow_to: int | None = None
-    fail: Exception | None = None
     hook: Callable[[], None] | None = None
-    copies: list[dict[str, Any]] = field(default_factory=list)
 
-    def _write(self, volume: str) -> dict[str, Any]:
-        gid = volume.rsplit("/", 1)[-1]
+    def _run(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((command, args))
         if self.hook is not None:
             self.hook()
-        if self.fail is not None:
-            raise self.fail
+        failure = self.fail.get(command)
+        if isinstance(failure, Exception):
+            raise failure
+        if failure is not None:
+            raise AgentRequestError(failure, code="failed")
+        return dict(self.result.get(command, {}))
+
+    def _copy(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        answer = self._run(command, args)
+        gid = str(args["volume"]).rsplit("/", 1)[-1].removeprefix("~")
         if self.grow_to is not None:
-            api = self.emulator.api()
-            api.volumeUpdate("~" + gid, {"size": self.grow_to})
-        for off, data in self.image.items():
-            self.emulator.write_object(gid, off, data)
-        return {"volume": "~" + gid, "global_id": gid}
+            self.emulator.api().volumeUpdate("~" + gid, {"size": self.grow_to})
+        for offset, data in self.image.items():
+            self.emulator.write_object(gid, offset, data)
+        return answer or {"volume": "~" + gid, "global_id": gid, "virtual_size": self.grow_to or 4 * MiB}
 
-    def copy_template(self, **kw: Any) -> dict[str, Any]:
-        self.copies.append({"command": "copy_template", **kw})
-        return self._write(kw["volume"])
+    @property
+    def copies(self) -> list[dict[str, Any]]:
+        """The copy commands sent, each as its arguments plus `command`."""
+        return [{"command": c, **a} for c, a in self.calls if c.startswith("copy")]
 
-    def copy_to_volume(self, **kw: Any) -> dict[str, Any]:
-        self.copies.append({"command": "copy_to_volume", **kw})
-        return self._write(kw["volume"])
+    def copy_template(self, **args: Any) -> dict[str, Any]:
+        return self._copy("copy_template", args)
+
+    def copy_to_volume(self, **args: Any) -> dict[str, Any]:
+        return self._copy("copy_to_volume", args)
+
+    def backup_snapshot(self, **args: Any) -> dict[str, Any]:
+        return self._run("backup_snapshot", args) or {"format": "qcow2", "virtual_size": 1, "physical_size": 1}
+
+    def resize(self, **args: Any) -> dict[str, Any]:
+        return self._run("resize", args) or {"notified": bool(args.get("vm")), "capacity": args["size"]}
 
 
 class FakeAgents:
-    def __init__(self, agent: FakeAgent) -> None:
-        self.agent = agent
+    """Stands in for the driver's AgentDirectory: one FakeAgent per host id, plus the agent a
+    pool's work (`run_on_pool`) goes to."""
 
-    def run_on_pool(self, pool: PoolSpec, work: Callable[[Any], Any]) -> Any:
-        return work(self.agent)
+    def __init__(self, emulator: EmulatorHandle) -> None:
+        self.emulator = emulator
+        self.by_host: dict[str, FakeAgent] = {}
+        self.pool_agent = FakeAgent("http://pool-agent", emulator)
+
+    def for_host(self, host_id: str) -> FakeAgent:
+        return self.by_host.setdefault(host_id, FakeAgent(f"http://{host_id}", self.emulator))
+
+    def run_on_pool(self, pool: PoolSpec, work: Callable[[FakeAgent], Any]) -> Any:
+        return work(self.pool_agent)
+
+    def all_calls(self) -> list[tuple[str, dict[str, Any]]]:
+        out = list(self.pool_agent.calls)
+        for agent in self.by_host.values():
+            out += agent.calls
+        return out
 
 
 class Clock:
+    """The driver's clock and sleep: time moves only when the driver sleeps."""
+
     def __init__(self, now: float = 1_700_000_000.0) -> None:
         self.now = now
         self.slept: list[float] = []
@@ -194,47 +134,130 @@ class Clock:
 
 @dataclass
 class Env:
-    ctx: DriverContext
     sp: EmulatorHandle
-    cs: FakeCloudStack
-    settings: FakeSettings
-    agent: FakeAgent
+    cs: SimHandle
+    ctx: DriverContext
+    agents: FakeAgents
     clock: Clock
+
+    # -- the pools and StorPool ----------------------------------------------------------------
 
     @property
     def pool(self) -> PoolSpec:
+        """The simulator's `storpool-primary` (template ssd)."""
         return self.ctx.pools.pools[0]
 
     @property
     def pool_b(self) -> PoolSpec:
+        """A second pool on the same cluster (template hybrid)."""
         return self.ctx.pools.pools[1]
+
+    @property
+    def conn(self) -> StorPoolConn:
+        return self.ctx.conn(self.pool)
+
+    @property
+    def agent(self) -> FakeAgent:
+        return self.agents.pool_agent
 
     def objects(self) -> list[Any]:
         """Every live object in the emulator (volumes and snapshots)."""
         return [o for o in self.sp.model.objects.values() if not o.deleted]
 
-    def volume(self, name: str) -> Any:
+    def sp_volume(self, name: str) -> Any:
+        """A volume as the bindings read it from the emulator."""
         return self.sp.api().volumeList(name)[0]
 
     def calls(self) -> dict[str, int]:
         return dict(self.ctx.api_calls())
 
+    def volume(self, size: int = 8 * MiB, *, vm_id: str | None = None, max_iops: int | None = None,
+               device_id: int | None = None, extra_tags: dict[str, str] | None = None) -> tuple[str, str]:
+        """A StorPool volume registered in CloudStack; returns (CloudStack uuid, `~globalId`)."""
+        vid = new_uuid()
+        vtags = tags.identity(vid, tags.VOLUME, pool=self.pool.uuid, **(extra_tags or {}))
+        created = self.conn.volume_create(name=naming.volume(vid), size=size, template="ssd", iops=max_iops,
+                                          tags=vtags)
+        self.cs.model.add_volume(f"vol-{vid[:6]}", size, vm_id=vm_id, storage_id=self.pool.uuid, path=created.path,
+                                 volume_id=vid, max_iops=max_iops, device_id=device_id)
+        return vid, created.ref
 
-def pool_spec(sp: EmulatorHandle, template: str, puuid: str, name: str) -> PoolSpec:
-    return PoolSpec(host=sp.host, port=sp.port, token=Secret(sp.token), template=template, uuid=puuid, name=name,
-                    zone=ZONE)
+    def write(self, ref: str, offset: int, data: bytes) -> None:
+        self.sp.write_object(ref, offset, data)
+
+    def read(self, ref: str, offset: int, length: int) -> bytes:
+        if ref.startswith("~"):
+            return self.sp.read_object(ref.removeprefix("~"), offset, length)
+        found = self.conn.snapshot(ref) or self.conn.volume(ref)
+        assert found is not None, f"{ref} is not in StorPool"
+        return self.sp.read_object(found.globalId, offset, length)
+
+    def snapshot_names(self) -> set[str]:
+        return {s.name for s in self.conn.snapshots() if not s.deleted}
+
+    def volume_names(self) -> set[str]:
+        return {v.name for v in self.conn.volumes()}
+
+    # -- CloudStack (the simulator's model) -----------------------------------------------------
+
+    def set_bypass(self, value: bool) -> None:
+        self.ctx.settings.set("sp.bypass.secondary.storage", value)
+
+    def set_setting(self, name: str, value: Any, **scope: str) -> None:
+        """Through the real settings store, so a value the registry refuses fails here too."""
+        self.ctx.settings.set(name, value, **scope)
+
+    def add_template(self, size: int = MiB) -> Template:
+        t = self.cs.model.add_template(f"tmpl-{new_uuid()[:8]}", size, template_id=new_uuid())
+        found = self.ctx.cloudstack.template(t.id)
+        assert found is not None
+        return found
+
+    def add_vm(self, *, tags: dict[str, str] | None = None, state: str = "Running",
+               host_id: str | None = None) -> VirtualMachine:
+        vm = self.cs.model.add_vm(f"vm-{new_uuid()[:8]}", state=state, host_id=host_id, tags=tags,
+                                  storage_id=self.pool.uuid)
+        found = self.ctx.cloudstack.vm(vm.id)
+        assert found is not None
+        return found
+
+    def add_disk_offering(self, *, max_iops: int | None = None, details: dict[str, str] | None = None) -> DiskOffering:
+        o = self.cs.model.add_disk_offering(f"do-{new_uuid()[:8]}", max_iops=max_iops, details=dict(details or {}))
+        found = self.ctx.cloudstack.disk_offering(o.id)
+        assert found is not None
+        return found
+
+    def add_service_offering(self, *, max_iops: int | None = None,
+                             details: dict[str, str] | None = None) -> ServiceOffering:
+        o = self.cs.model.add_service_offering(f"so-{new_uuid()[:8]}", max_iops=max_iops,
+                                               details=dict(details or {}))
+        found = self.ctx.cloudstack.service_offering(o.id)
+        assert found is not None
+        return found
+
+    def add_volume(self, vid: str, vm_id: str | None, size: int = GiB) -> None:
+        """CloudStack's record of a data disk (the StorPool volume is the test's to make)."""
+        self.cs.model.add_volume(f"v-{vid[:8]}", size, vm_id=vm_id, storage_id=self.pool.uuid, volume_id=vid)
+
+
+def _pool(sp: EmulatorHandle, template: str, uuid: str, name: str, zone: str) -> PoolSpec:
+    return PoolSpec(host=sp.host, port=sp.port, token=Secret(sp.token), template=template, uuid=uuid, name=name,
+                    zone=zone)
 
 
 @contextmanager
 def open_env(tmp_path: Path) -> Iterator[Env]:
     """Use from a per-file fixture: `with open_env(tmp_path) as e: yield e`."""
-    with run_emulator(tmp_path / "sp", tmp_path / "dev", token="unit-token", templates=TEMPLATES,
-                      use_loop=False) as sp:
-        cs = FakeCloudStack()
-        settings = FakeSettings()
-        agent = FakeAgent(sp)
+    with run_emulator(tmp_path / "sp", tmp_path / "dev", token=f"tok-{new_uuid()}", templates=TEMPLATES,
+                      use_loop=False) as sp, run_simulator() as cs:
+        primary = next(p for p in cs.model.storage_pools.values() if p.name == "storpool-primary")
+        second = cs.model.add_storage_pool("storpool-b", primary.zone_id)
+        pools = PoolsFile((_pool(sp, "ssd", primary.id, primary.name, primary.zone_id),
+                           _pool(sp, "hybrid", second.id, second.name, second.zone_id)))
+        client = cs.client()
+        agents = FakeAgents(sp)
         clock = Clock()
-        pools = PoolsFile((pool_spec(sp, "ssd", POOL_A, "pool-a"), pool_spec(sp, "hybrid", POOL_B, "pool-b")))
-        ctx = DriverContext(pools=pools, cloudstack=cs, settings=settings, agents=FakeAgents(agent),  # type: ignore[arg-type]
+        ctx = DriverContext(pools=pools, cloudstack=client, settings=Settings(client, ttl=0),
+                            agents=agents,  # type: ignore[arg-type]
                             clock=clock, sleep=clock.sleep, conn_options={"retries": 1, "backoff": 0.0})
-        yield Env(ctx, sp, cs, settings, agent, clock)
+        yield Env(sp, cs, ctx, agents, clock)

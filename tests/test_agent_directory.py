@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,23 +15,19 @@ from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.errors import NotFound
 from cloudstack_storpool.poolconfig import PoolSpec, Secret
 from cloudstack_storpool.spconn import StorPoolConn
-from tests.test_driver_support import ZONE, FakeCloudStack
+from integration.cloudstack_sim.model import CloudStackModel, Host
+from integration.cloudstack_sim.testing import SimHandle, run_simulator
+from integration.stack import free_port
 
 TOKEN = "directory-test-token"
-POOL = PoolSpec(host="127.0.0.1", port=81, token=Secret("x"), template="ssd", uuid="p", name="p", zone=ZONE)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[AgentServer]:
     host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
                       secondary_roots=(str(tmp_path),))
-    dead = _free_port()
+    dead = free_port()
     srv = AgentServer(("127.0.0.1", 0), TOKEN, lambda: Context(
         host=host, conn=StorPoolConn("127.0.0.1", dead, "t", retries=0, timeout=1)))
     serve_in_thread(srv)
@@ -40,13 +35,34 @@ def agent(tmp_path: Path) -> Iterator[AgentServer]:
     srv.shutdown_all()
 
 
-def test_vm_goes_to_its_host_or_last_host() -> None:
-    cs = FakeCloudStack()
-    h1, h2 = cs.add_host("kvm1", port=9001), cs.add_host("kvm2", port=9002)
-    d = AgentDirectory(cs, TOKEN)  # type: ignore[arg-type]
-    running = cs.add_vm(host_id=h1.id, last_host_id=h1.id)
-    stopped = cs.add_vm(state="Stopped", last_host_id=h2.id)
-    never = cs.add_vm(state="Stopped")
+@pytest.fixture
+def world() -> Iterator[SimHandle]:
+    """An empty CloudStack (one zone, one cluster): the test adds exactly the hosts it means."""
+    with run_simulator(seed=False) as sim:
+        zone = sim.model.add_zone("zone1")
+        sim.model.add_cluster("cluster1", zone.id)
+        sim.model.add_template("tmpl", 1 << 20, zone_id=zone.id)
+        sim.model.add_service_offering("small")
+        yield sim
+
+
+def pool_in(sim: SimHandle) -> PoolSpec:
+    zone = next(iter(sim.model.zones))
+    return PoolSpec(host="127.0.0.1", port=81, token=Secret("x"), template="ssd", uuid="p", name="p", zone=zone)
+
+
+def add_host(model: CloudStackModel, name: str, *, port: int = 8259, client_id: int | None = 1,
+             state: str = "Up") -> Host:
+    return model.add_host(name, sp_ourid=client_id, details={"agent.port": str(port)}, state=state)
+
+
+def test_vm_goes_to_its_host_or_last_host(world: SimHandle) -> None:
+    model = world.model
+    h1, h2 = add_host(model, "kvm1", port=9001), add_host(model, "kvm2", port=9002)
+    d = AgentDirectory(world.client(), TOKEN)
+    running = model.add_vm("running", host_id=h1.id)
+    stopped = model.add_vm("stopped", state="Stopped", host_id=h2.id)  # last ran on kvm2
+    never = model.add_vm("never", state="Stopped")
     assert d.for_vm(running.id).base_url.endswith(":9001")  # type: ignore[union-attr]
     assert d.for_vm(stopped.id).base_url.endswith(":9002")  # type: ignore[union-attr]
     assert d.for_vm(never.id) is None
@@ -58,35 +74,35 @@ def test_vm_goes_to_its_host_or_last_host() -> None:
     assert TOKEN not in repr(d) and TOKEN not in repr(d.for_host(h1.id))
 
 
-def test_pool_hosts_are_up_storpool_clients_in_the_zone_rotated() -> None:
-    cs = FakeCloudStack()
-    a, b = cs.add_host("a", port=1), cs.add_host("b", port=2)
-    cs.add_host("down", state="Down")
-    cs.add_host("no-client", client_id=None)
-    d = AgentDirectory(cs, TOKEN)  # type: ignore[arg-type]
-    first = [h.name for h in d.hosts_for_pool(POOL)]
-    second = [h.name for h in d.hosts_for_pool(POOL)]
+def test_pool_hosts_are_up_storpool_clients_in_the_zone_rotated(world: SimHandle) -> None:
+    a, b = add_host(world.model, "a", port=1), add_host(world.model, "b", port=2)
+    add_host(world.model, "down", state="Down")
+    add_host(world.model, "no-client", client_id=None)
+    d = AgentDirectory(world.client(), TOKEN)
+    first = [h.name for h in d.hosts_for_pool(pool_in(world))]
+    second = [h.name for h in d.hosts_for_pool(pool_in(world))]
     assert sorted(first) == sorted([a.name, b.name]) and first != second
-    other_zone = PoolSpec(host="h", port=81, token=Secret("x"), template="t", uuid="q", name="q", zone="elsewhere")
+    empty = world.model.add_zone("zone-without-hosts").id
+    other_zone = PoolSpec(host="h", port=81, token=Secret("x"), template="t", uuid="q", name="q", zone=empty)
     with pytest.raises(NotFound):
         d.for_pool(other_zone)
 
 
-def test_run_on_pool_skips_unreachable_agents_only(agent: AgentServer) -> None:
-    cs = FakeCloudStack()
-    cs.add_host("dead", port=_free_port())
-    cs.add_host("live", port=agent.server_address[1])
-    d = AgentDirectory(cs, TOKEN, timeout=2)  # type: ignore[arg-type]
+def test_run_on_pool_skips_unreachable_agents_only(agent: AgentServer, world: SimHandle) -> None:
+    add_host(world.model, "dead", port=free_port())
+    add_host(world.model, "live", port=agent.server_address[1])
+    d = AgentDirectory(world.client(), TOKEN, timeout=2)
+    pool = pool_in(world)
 
     def facts(client: AgentClient) -> str:
         return str(client.facts()["client_id"])
 
     for _ in range(2):  # whichever host the rotation starts with
-        assert d.run_on_pool(POOL, facts) == "1"
+        assert d.run_on_pool(pool, facts) == "1"
 
     def failing(client: AgentClient) -> str:
         raise AgentRequestError("copy failed", code="internal")
 
     with pytest.raises(AgentRequestError) as exc:
-        d.run_on_pool(POOL, failing)
+        d.run_on_pool(pool, failing)
     assert exc.value.code == "internal"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +15,10 @@ from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.server import AgentServer, parse_listen, serve_in_thread
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.spconn import StorPoolConn
+from integration.stack import free_port
 
 TOKEN = "agent-test-token-0123456789"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -31,7 +26,7 @@ def server(tmp_path: Path) -> Iterator[AgentServer]:
     # StorPool is deliberately unreachable: nothing here may need it.
     host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
                       secondary_roots=(str(tmp_path),))
-    dead_port = _free_port()
+    dead_port = free_port()
 
     def ctx() -> Context:
         return Context(host=host, conn=StorPoolConn("127.0.0.1", dead_port, "sp-tok", retries=0, timeout=2))
@@ -132,7 +127,7 @@ def test_client_progress_and_facts(server: AgentServer) -> None:
 
 
 def test_client_unreachable_agent() -> None:
-    client = AgentClient(f"http://127.0.0.1:{_free_port()}", TOKEN, timeout=2, post_retries=0)
+    client = AgentClient(f"http://127.0.0.1:{free_port()}", TOKEN, timeout=2, post_retries=0)
     with pytest.raises(AgentRequestError) as exc:
         client.facts()
     assert exc.value.code == "unreachable"

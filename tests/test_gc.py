@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+import dataclasses
 
 import pytest
 
+from cloudstack_storpool.cloudstack import CloudStackClient
 from cloudstack_storpool.driver import gc, templates, volumes
 from cloudstack_storpool.errors import ValidationError
-from tests.test_driver_support import POOL_A, Env, new_uuid, open_env
+from integration.stack import free_port
+from tests.driver_harness import Env, new_uuid
 
 SRC = templates.TemplateSource("/secondary", "t.qcow2")
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with open_env(tmp_path) as e:
-        yield e
 
 
 def names_of(env: Env) -> set[str]:
@@ -25,11 +20,11 @@ def names_of(env: Env) -> set[str]:
 
 
 def test_deleted_template_caches_go_on_every_pool(env: Env) -> None:
-    gone, kept = env.cs.add_template(), env.cs.add_template()
+    gone, kept = env.add_template(), env.add_template()
     for t in (gone, kept):
         volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
         volumes.create_from_template(env.ctx, env.pool_b, new_uuid(), t.id, source=SRC)
-    del env.cs.templates_[gone.id]
+    env.cs.model.delete_template(gone.id)
     before = names_of(env)
 
     dry = gc.run(env.ctx, dry_run=True)
@@ -48,10 +43,10 @@ def test_deleted_template_caches_go_on_every_pool(env: Env) -> None:
 
 
 def test_cloudstack_unreachable_deletes_nothing(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
-    env.cs.fail_templates = True
-    report = gc.run(env.ctx)
+    unreachable = CloudStackClient(f"http://127.0.0.1:{free_port()}/client/api", "k", "s", timeout=2)
+    report = gc.run(dataclasses.replace(env.ctx, cloudstack=unreachable))
     assert report.planned == [] and report.done == []
     assert f"template:{t.id}" in report.errors
     assert templates.cached(env.ctx, env.pool, t.id) is not None
@@ -61,14 +56,14 @@ def test_old_temporary_objects_go_young_ones_stay(env: Env) -> None:
     api = env.sp.api()
     now = int(env.clock.now)
     api.volumeCreate({"name": "old-fill", "size": 1 << 20, "template": "ssd",
-                      "tags": {"uuid": new_uuid(), "cs": "temporary", "pool": POOL_A, "started": str(now - 90000)}})
+                      "tags": {"uuid": new_uuid(), "cs": "temporary", "pool": env.pool.uuid, "started": str(now - 90000)}})
     api.volumeCreate({"name": "young-fill", "size": 1 << 20, "template": "ssd",
-                      "tags": {"uuid": new_uuid(), "cs": "temporary", "pool": POOL_A, "started": str(now - 10)}})
+                      "tags": {"uuid": new_uuid(), "cs": "temporary", "pool": env.pool.uuid, "started": str(now - 10)}})
     api.volumeCreate({"name": "foreign", "size": 1 << 20, "template": "ssd",
                       "tags": {"cs": "temporary", "pool": new_uuid(), "started": "1"}})
     api.volumeCreate({"name": "old-snap-src", "size": 1 << 20, "template": "ssd"})
     api.snapshotCreate("old-snap-src", {"name": "old-tmp-snap",
-                                        "tags": {"cs": "temporary", "pool": POOL_A, "started": "5"}})
+                                        "tags": {"cs": "temporary", "pool": env.pool.uuid, "started": "5"}})
     report = gc.run(env.ctx)
     assert sorted(report.done) == ["old-fill", "old-tmp-snap"]
     assert names_of(env) >= {"young-fill", "foreign"}
@@ -80,10 +75,10 @@ def test_old_temporary_objects_go_young_ones_stay(env: Env) -> None:
 
 
 def test_drop_template_now(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
     with pytest.raises(ValidationError):
         gc.drop_template(env.ctx, t.id)
-    del env.cs.templates_[t.id]
-    assert gc.drop_template(env.ctx, t.id) == [POOL_A]
+    env.cs.model.delete_template(t.id)
+    assert gc.drop_template(env.ctx, t.id) == [env.pool.uuid]
     assert templates.cached(env.ctx, env.pool, t.id) is None

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloudstack_storpool.driver import migration, naming, templates, volumes
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, Secret
-from tests.test_driver_support import POOL_B, Env, new_uuid, open_env
+from tests.driver_harness import Env, new_uuid
 
 GIB = 4 << 20  # small: clones are sparse copies on tmp_path
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with open_env(tmp_path) as e:
-        yield e
 
 
 def make(env: Env, **kw: object) -> tuple[str, volumes.VolumeInfo]:
@@ -29,31 +20,31 @@ def make(env: Env, **kw: object) -> tuple[str, volumes.VolumeInfo]:
 
 
 def test_running_vm_moves_in_place(env: Env) -> None:
-    vm = env.cs.add_vm(tags={"vc-policy": "p1"})
+    vm = env.add_vm(tags={"vc-policy": "p1"})
     vid, info = make(env, iops=300)
-    env.cs.add_volume(vid, vm.id)
+    env.add_volume(vid, vm.id)
     volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=1)
     res = migration.migrate(env.ctx, vid, source_pool=env.pool, target_pool=env.pool_b, path=info.path)
     assert res.mode == migration.IN_PLACE
     assert res.volume.global_id == info.global_id and res.volume.path == info.path
-    v = env.volume(info.name)
+    v = env.sp_volume(info.name)
     assert (v.templateName, v.iops) == ("hybrid", 300)
-    assert v.tags == {"uuid": vid, "cs": "volume", "pool": POOL_B, "cvm": vm.id, "disk": "1", "vc-policy": "p1"}
+    assert v.tags == {"uuid": vid, "cs": "volume", "pool": env.pool_b.uuid, "cvm": vm.id, "disk": "1", "vc-policy": "p1"}
 
 
 def test_stopped_vm_clones_deletes_and_renames(env: Env) -> None:
-    do = env.cs.add_disk_offering(max_iops=900, details={"SP_QOSCLASS": "gold"})
-    vm = env.cs.add_vm(state="Stopped")
+    do = env.add_disk_offering(max_iops=900, details={"SP_QOSCLASS": "gold"})
+    vm = env.add_vm(state="Stopped")
     vid, info = make(env)
-    env.cs.add_volume(vid, vm.id)
+    env.add_volume(vid, vm.id)
     volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=2)
     res = migration.migrate(env.ctx, vid, source_pool=env.pool, target_pool=env.pool_b, disk_offering_id=do.id)
     assert res.mode == migration.CLONE
     assert res.volume.global_id != info.global_id
     assert res.volume.name == naming.volume(vid)
-    v = env.volume(naming.volume(vid))
+    v = env.sp_volume(naming.volume(vid))
     assert (v.templateName, v.iops) == ("hybrid", 900)
-    assert v.tags == {"uuid": vid, "cs": "volume", "pool": POOL_B, "cvm": vm.id, "disk": "2", "qc": "gold"}
+    assert v.tags == {"uuid": vid, "cs": "volume", "pool": env.pool_b.uuid, "cvm": vm.id, "disk": "2", "qc": "gold"}
     assert env.sp.object_file(res.volume.global_id).read_bytes()[:8] == b"MYDATA!!"
     assert info.global_id not in {o.gid for o in env.objects() if not o.snapshot}
     assert env.sp.api().volumesList() and naming.migrating(vid) not in {o.name for o in env.objects()}
@@ -70,7 +61,7 @@ def test_interrupted_migration_is_finished_by_a_rerun(env: Env) -> None:
     # As if an earlier run died after deleting the source: only the clone is left.
     api = env.sp.api()
     api.volumeCreate({"name": naming.migrating(vid), "baseOn": info.name, "template": "hybrid",
-                      "tags": {"uuid": vid, "cs": "volume", "pool": POOL_B}})
+                      "tags": {"uuid": vid, "cs": "volume", "pool": env.pool_b.uuid}})
     api.volumeDelete(info.name)
     res = migration.migrate(env.ctx, vid, source_pool=env.pool, target_pool=env.pool_b, vm_running=False)
     assert res.volume.name == naming.volume(vid)
@@ -109,7 +100,7 @@ def test_import_copies_in_and_cleans_up_on_failure(env: Env) -> None:
     assert res.mode == migration.COPY and res.volume.uuid == vid
     assert env.agent.copies[-1]["command"] == "copy_to_volume"
     assert env.sp.object_file(res.volume.global_id).read_bytes()[:8] == b"TEMPLATE"
-    env.agent.fail = AgentError("copy failed")
+    env.agent.fail["copy_to_volume"] = AgentError("copy failed")
     with pytest.raises(AgentError):
         migration.import_volume(env.ctx, env.pool, new_uuid(), src, size=GIB)
     assert [o.tags.get("uuid") for o in env.objects()] == [vid]

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloudstack_storpool.driver import offerings
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import ValidationError
-from tests.test_driver_support import Env, open_env
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with open_env(tmp_path) as e:
-        yield e
+from tests.driver_harness import Env
 
 
 def test_no_offering_uses_the_pool_template(env: Env) -> None:
@@ -26,15 +17,15 @@ def test_no_offering_uses_the_pool_template(env: Env) -> None:
 
 
 def test_qos_class_wins_over_sp_template(env: Env) -> None:
-    do = env.cs.add_disk_offering(details={"SP_QOSCLASS": "gold", "SP_TEMPLATE": "nvme"})
+    do = env.add_disk_offering(details={"SP_QOSCLASS": "gold", "SP_TEMPLATE": "nvme"})
     p = offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id)
     assert (p.template, p.qos_class) == ("ssd", "gold")
     assert p.tags() == {"qc": "gold"}
 
 
 def test_disk_offering_template_then_service_offering_for_root(env: Env) -> None:
-    do = env.cs.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
-    so = env.cs.add_service_offering(details={"SP_TEMPLATE": "hybrid"})
+    do = env.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
+    so = env.add_service_offering(details={"SP_TEMPLATE": "hybrid"})
     assert offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id, service_offering_id=so.id,
                              volume_type="ROOT").template == "nvme"
     assert offerings.resolve(env.ctx, env.pool, service_offering_id=so.id, volume_type="ROOT").template == "hybrid"
@@ -43,7 +34,7 @@ def test_disk_offering_template_then_service_offering_for_root(env: Env) -> None
 
 
 def test_template_list_first_fit(env: Env) -> None:
-    do = env.cs.add_disk_offering(details={"SP_TEMPLATE": "no-such-template, nvme ,hybrid"})
+    do = env.add_disk_offering(details={"SP_TEMPLATE": "no-such-template, nvme ,hybrid"})
     before = env.calls().get("VolumeTemplatesStatus", 0)
     p = offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id, size=1 << 30)
     assert p.template == "nvme"
@@ -54,15 +45,15 @@ def test_template_list_first_fit(env: Env) -> None:
 
 
 def test_single_template_costs_no_storpool_call(env: Env) -> None:
-    do = env.cs.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
+    do = env.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
     resolved = offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id)
     assert env.calls() == {}
     assert resolved.template == "nvme"
 
 
 def test_iops_precedence(env: Env) -> None:
-    do = env.cs.add_disk_offering(max_iops=500)
-    so = env.cs.add_service_offering(max_iops=1000)
+    do = env.add_disk_offering(max_iops=500)
+    so = env.add_service_offering(max_iops=1000)
     assert offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id).iops == 500
     assert offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id, custom_iops=42).iops == 42
     assert offerings.resolve(env.ctx, env.pool, service_offering_id=so.id, volume_type="ROOT").iops == 1000
@@ -79,7 +70,7 @@ def test_iops_precedence(env: Env) -> None:
     ],
 )
 def test_bad_offering_details_name_the_field(env: Env, details: dict[str, str], field: str) -> None:
-    do = env.cs.add_disk_offering(details=details)
+    do = env.add_disk_offering(details=details)
     with pytest.raises(ValidationError) as exc:
         offerings.resolve(env.ctx, env.pool, disk_offering_id=do.id)
     assert exc.value.field == field

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,7 @@ import pytest
 from cloudstack_storpool.driver import pools, volumes
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
-from tests.test_driver_support import Env, new_uuid, open_env
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with open_env(tmp_path) as e:
-        yield e
+from tests.driver_harness import Env, new_uuid
 
 
 def url(env: Env, template: str = "ssd", token: str | None = None) -> str:
@@ -71,7 +64,8 @@ def test_register_refuses_what_cannot_work(env: Env, tmp_path: Path, make_url: o
 
 def test_describe_and_remove(env: Env, tmp_path: Path) -> None:
     path = tmp_path / "pools.toml"
-    info = pools.register(env.ctx, path, name="p", url=url(env, "nvme"), uuid=new_uuid())
+    registered = env.cs.model.add_storage_pool("p")  # CloudStack knows the pool it asks us to add
+    info = pools.register(env.ctx, path, name="p", url=url(env, "nvme"), uuid=registered.id)
     vid = new_uuid()
     volumes.create(env.ctx, info.uuid, vid, 1 << 30)
     d = pools.describe(env.ctx, info.uuid)

@@ -3,24 +3,14 @@ real StorPool emulator and CloudStack simulator with recording agents."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloudstack_storpool.driver import naming, snapshots, tags, templates
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import AgentError, Conflict, NotFound, StorPoolError, ValidationError
-from integration.cloudstack_sim.testing import SimHandle
-from tests.test_driver2_harness import Env, MiB, make_env, new_uuid
+from tests.driver_harness import Env, MiB, new_uuid
 
 SEC = SecondaryLocation("/srv/secondary", "snapshots/2/1/s.qcow2")
-
-
-@pytest.fixture
-def env(tmp_path: Path, cs_sim: SimHandle) -> Iterator[Env]:
-    with make_env(tmp_path, cs_sim) as e:
-        yield e
 
 
 def vm1(env: Env) -> str:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cloudstack_storpool.driver import templates, volumes
 from cloudstack_storpool.errors import AgentError, SpNotFound, ValidationError
-from tests.test_driver_support import POOL_A, Env, new_uuid, open_env
+from tests.driver_harness import Env, new_uuid
 
 SRC = templates.TemplateSource("/secondary", "template/tmpl/1/x/x.qcow2", "qcow2")
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with open_env(tmp_path) as e:
-        yield e
 
 
 def leftovers(env: Env) -> list[str]:
@@ -26,12 +18,12 @@ def leftovers(env: Env) -> list[str]:
 
 
 def test_fill_makes_a_tagged_snapshot_and_removes_the_fill(env: Env) -> None:
-    t = env.cs.add_template(size=3 << 20)
+    t = env.add_template(size=3 << 20)
     env.agent.grow_to = 4 << 20  # the image's virtual size is bigger than CloudStack said
     cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC, size=t.size)
     assert cached.filled and cached.name == templates.cache_name(t.id, env.pool)
     snap = env.sp.api().snapshotList(cached.name)[0]
-    assert snap.tags == {"uuid": t.id, "cs": "template", "pool": POOL_A}
+    assert snap.tags == {"uuid": t.id, "cs": "template", "pool": env.pool.uuid}
     assert snap.size == 4 << 20
     assert leftovers(env) == []
     assert env.agent.copies[0]["volume"].startswith("/dev/storpool-byid/")
@@ -45,28 +37,28 @@ def test_fill_makes_a_tagged_snapshot_and_removes_the_fill(env: Env) -> None:
 
 
 def test_fill_failure_leaves_nothing(env: Env) -> None:
-    t = env.cs.add_template()
-    env.agent.fail = AgentError("qemu-img convert failed: broken image")
+    t = env.add_template()
+    env.agent.fail["copy_template"] = AgentError("qemu-img convert failed: broken image")
     with pytest.raises(AgentError):
         volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
     assert env.objects() == []
     # The next attempt (image fixed) succeeds.
-    env.agent.fail = None
+    env.agent.fail.clear()
     volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
     assert leftovers(env) == []
 
 
 def test_waiter_uses_the_cache_another_filler_makes(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     fill = templates.fill_name(t.id, env.pool)
     other = env.sp.api()
     other.volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
-                        "tags": {"uuid": t.id, "cs": "temporary", "pool": POOL_A, "started": str(int(env.clock.now))}})
+                        "tags": {"uuid": t.id, "cs": "temporary", "pool": env.pool.uuid, "started": str(int(env.clock.now))}})
 
     def other_finishes() -> None:
         if len(env.clock.slept) == 3:
             other.snapshotCreate(fill, {"name": templates.cache_name(t.id, env.pool),
-                                        "tags": {"uuid": t.id, "cs": "template", "pool": POOL_A}})
+                                        "tags": {"uuid": t.id, "cs": "template", "pool": env.pool.uuid}})
             other.volumeDelete(fill)
 
     env.clock.on_sleep = other_finishes
@@ -77,7 +69,7 @@ def test_waiter_uses_the_cache_another_filler_makes(env: Env) -> None:
 
 
 def test_a_dead_fill_is_taken_over(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     fill = templates.fill_name(t.id, env.pool)
     env.sp.api().volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
                                "tags": {"uuid": t.id, "cs": "temporary", "started": str(int(env.clock.now) - 3601)}})
@@ -87,8 +79,9 @@ def test_a_dead_fill_is_taken_over(env: Env) -> None:
 
 
 def test_a_young_fill_is_waited_for_until_it_is_too_old(env: Env) -> None:
-    env.settings.values["storpool.template.fill.timeout"] = 60
-    t = env.cs.add_template()
+    env.set_setting("storpool.template.fill.timeout", 60)
+    env.set_setting("storpool.agent.copy.timeout", 60)  # the takeover age is the longer of the two
+    t = env.add_template()
     fill = templates.fill_name(t.id, env.pool)
     env.sp.api().volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
                                "tags": {"uuid": t.id, "cs": "temporary", "started": str(int(env.clock.now))}})
@@ -99,7 +92,7 @@ def test_a_young_fill_is_waited_for_until_it_is_too_old(env: Env) -> None:
 
 
 def test_threads_race_one_fill(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     gate = threading.Event()
     env.agent.hook = lambda: gate.wait(5)  # hold the copy until everyone has met the lock
     env.ctx.sleep = lambda s: gate.set()  # a waiter exists: let the copy finish
@@ -120,11 +113,11 @@ def test_threads_race_one_fill(env: Env) -> None:
     assert len(env.agent.copies) == 1
     assert leftovers(env) == []
     cache = templates.cache_name(t.id, env.pool)
-    assert all(env.volume(r.name).parentName == cache for r in results if isinstance(r, volumes.VolumeInfo))
+    assert all(env.sp_volume(r.name).parentName == cache for r in results if isinstance(r, volumes.VolumeInfo))
 
 
 def test_cache_deleted_out_of_band_is_refilled(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     first = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
     env.sp.api().snapshotDelete(templates.cache_name(t.id, env.pool))
     second = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
@@ -136,7 +129,7 @@ def test_cache_deleted_out_of_band_is_refilled(env: Env) -> None:
 
 
 def test_cache_per_pool(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
     volumes.create_from_template(env.ctx, env.pool_b, new_uuid(), t.id, source=SRC)
     assert len(env.agent.copies) == 2
@@ -158,7 +151,7 @@ def test_cache_from_snapshot_and_volume_copies_nothing(env: Env) -> None:
         assert env.sp.object_file(c.global_id).read_bytes()[:8] == b"FROMVOL!"
     assert leftovers(env) == []
     # The source volume is untouched and still writable.
-    assert env.volume(vol.name).name == vol.name
+    assert env.sp_volume(vol.name).name == vol.name
 
 
 def test_cache_from_missing_snapshot_fails_clean(env: Env) -> None:
@@ -186,7 +179,7 @@ def test_bad_arguments(env: Env) -> None:
 
 
 def test_lost_fill_create_answer_is_recovered_as_ours(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     env.sp.faults.drop_after_apply("VolumeCreate")  # the fill is made, its answer is lost
     cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
     assert cached.filled and len(env.agent.copies) == 1
@@ -194,7 +187,7 @@ def test_lost_fill_create_answer_is_recovered_as_ours(env: Env) -> None:
 
 
 def test_a_fill_found_by_name_that_is_not_ours_is_waited_for(env: Env) -> None:
-    t = env.cs.add_template()
+    t = env.add_template()
     fill = templates.fill_name(t.id, env.pool)
     api = env.sp.api()
     # Our create is lost before it is applied; meanwhile another driver creates the fill.
@@ -225,9 +218,9 @@ def test_a_fill_still_within_the_copy_timeout_is_not_taken_over(env: Env) -> Non
     """Review: the takeover age must not be shorter than the copy the owner still waits for.
     With the registry defaults (fill timeout 3600 s, copy timeout 7200 s) a fill whose copy has
     run for 4000 s is alive: a second driver must wait for it, not delete it under the copy."""
-    env.settings.values["storpool.template.fill.timeout"] = 3600
-    env.settings.values["storpool.agent.copy.timeout"] = 7200
-    t = env.cs.add_template()
+    env.set_setting("storpool.template.fill.timeout", 3600)
+    env.set_setting("storpool.agent.copy.timeout", 7200)
+    t = env.add_template()
     copying, release = threading.Event(), threading.Event()
     owner_result: list[object] = []
 

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloudstack_storpool.driver import naming, pools, tags, vmsnapshots
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
-from integration.cloudstack_sim.testing import SimHandle
-from tests.test_driver2_harness import Env, MiB, make_env, new_uuid
-
-
-@pytest.fixture
-def env(tmp_path: Path, cs_sim: SimHandle) -> Iterator[Env]:
-    with make_env(tmp_path, cs_sim) as e:
-        yield e
+from tests.driver_harness import Env, MiB, new_uuid
 
 
 def live(env: Env) -> list[str]:

@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloudstack_storpool.driver import naming, templates, volumes
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
-from tests.test_driver_support import POOL_A, Env, new_uuid, open_env
+from tests.driver_harness import Env, new_uuid
 
 GIB = 1 << 30
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    with open_env(tmp_path) as e:
-        yield e
-
-
 def test_create_empty_volume_is_one_call_with_identity_tags(env: Env) -> None:
-    do = env.cs.add_disk_offering(max_iops=500, details={"SP_QOSCLASS": "gold"})
+    do = env.add_disk_offering(max_iops=500, details={"SP_QOSCLASS": "gold"})
     vid = new_uuid()
     info = volumes.create(env.ctx, env.pool, vid, GIB, disk_offering_id=do.id)
     assert env.calls() == {"VolumeCreate": 1}
     assert info.name == naming.volume(vid)
     assert info.path == "/dev/storpool-byid/" + info.global_id
-    v = env.volume(info.name)
+    v = env.sp_volume(info.name)
     assert v.size == GIB and v.iops == 500 and v.templateName == "ssd"
-    assert v.tags == {"uuid": vid, "cs": "volume", "pool": POOL_A, "qc": "gold"}
+    assert v.tags == {"uuid": vid, "cs": "volume", "pool": env.pool.uuid, "qc": "gold"}
 
 
 def test_encrypted_volume_gets_two_mib_more(env: Env) -> None:
     info = volumes.create(env.ctx, env.pool, new_uuid(), GIB, encrypted=True)
-    assert env.volume(info.name).size == GIB + (2 << 20)
+    assert env.sp_volume(info.name).size == GIB + (2 << 20)
 
 
 def test_create_retried_with_same_uuid_returns_the_same_volume(env: Env) -> None:
@@ -76,7 +67,7 @@ def test_bad_input_creates_nothing(env: Env, kwargs: dict[str, object], field: s
 
 
 def test_forbidden_template_name_in_offering_creates_nothing(env: Env) -> None:
-    do = env.cs.add_disk_offering(details={"SP_TEMPLATE": "ssd;rm"})
+    do = env.add_disk_offering(details={"SP_TEMPLATE": "ssd;rm"})
     with pytest.raises(ValidationError) as exc:
         volumes.create(env.ctx, env.pool, new_uuid(), GIB, disk_offering_id=do.id)
     assert exc.value.field == "disk_offering.SP_TEMPLATE"
@@ -87,7 +78,7 @@ def test_root_from_unknown_template_creates_nothing(env: Env) -> None:
     with pytest.raises(ValidationError) as exc:
         volumes.create_from_template(env.ctx, env.pool, new_uuid(), new_uuid())
     assert exc.value.field == "template_uuid"
-    t = env.cs.add_template(size=GIB)
+    t = env.add_template(size=GIB)
     with pytest.raises(ValidationError) as exc:
         volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, size=GIB // 2)
     assert exc.value.field == "size"
@@ -96,8 +87,8 @@ def test_root_from_unknown_template_creates_nothing(env: Env) -> None:
 
 
 def test_root_from_template_offering_template_missing_in_storpool(env: Env) -> None:
-    t = env.cs.add_template(size=1 << 20)
-    do = env.cs.add_disk_offering(details={"SP_TEMPLATE": "gone"})
+    t = env.add_template(size=1 << 20)
+    do = env.add_disk_offering(details={"SP_TEMPLATE": "gone"})
     with pytest.raises(ValidationError) as exc:
         volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, disk_offering_id=do.id,
                                      source=templates.TemplateSource("/sec", "t/1.qcow2"))
@@ -106,7 +97,7 @@ def test_root_from_template_offering_template_missing_in_storpool(env: Env) -> N
 
 
 def test_root_without_cache_and_without_source_is_refused(env: Env) -> None:
-    t = env.cs.add_template(size=1 << 20)
+    t = env.add_template(size=1 << 20)
     with pytest.raises(ValidationError) as exc:
         volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id)
     assert exc.value.field == "source"
@@ -114,9 +105,9 @@ def test_root_without_cache_and_without_source_is_refused(env: Env) -> None:
 
 
 def test_root_from_template_fills_once_then_one_call_each(env: Env) -> None:
-    t = env.cs.add_template(size=1 << 20)
+    t = env.add_template(size=1 << 20)
     src = templates.TemplateSource("/sec", "template/1.qcow2", "QCOW2")
-    so = env.cs.add_service_offering(max_iops=1000)
+    so = env.add_service_offering(max_iops=1000)
     first = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=src, service_offering_id=so.id)
     assert len(env.agent.copies) == 1
     assert env.agent.copies[0]["source_format"] == "qcow2"
@@ -127,11 +118,11 @@ def test_root_from_template_fills_once_then_one_call_each(env: Env) -> None:
     assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {"VolumeCreate": 1}
     assert len(env.agent.copies) == 1
     for info in (first, second):
-        v = env.volume(info.name)
+        v = env.sp_volume(info.name)
         assert v.parentName == templates.cache_name(t.id, env.pool)
         assert v.iops == 1000
         assert env.sp.object_file(info.global_id).read_bytes()[:8] == b"TEMPLATE"
-    assert env.volume(second.name).size == 4 << 20
+    assert env.sp_volume(second.name).size == 4 << 20
     # No fill volume left.
     assert [o.name for o in env.objects() if o.name and o.name.startswith("cs-fill-")] == []
 
@@ -147,27 +138,30 @@ def test_delete_missing_is_success_and_attached_is_forced(env: Env) -> None:
 
 
 def test_delete_with_delay_keeps_a_backup(env: Env) -> None:
-    env.settings.values["storpool.delete.after.interval"] = 600
+    env.set_setting("storpool.delete.after.interval", 600, pool=env.pool.uuid)  # this pool only
     vid = new_uuid()
     volumes.create(env.ctx, env.pool, vid, GIB)
     res = volumes.delete(env.ctx, env.pool, vid)
     assert res.deleted and res.backup == naming.delay_delete(vid, int(env.clock.now))
     snap = env.sp.api().snapshotList(res.backup)[0]
-    assert snap.tags == {"uuid": vid, "cs": "delayDelete", "pool": POOL_A}
+    assert snap.tags == {"uuid": vid, "cs": "delayDelete", "pool": env.pool.uuid}
     assert snap.targetDeleteDate > 0
-    assert ("storpool.delete.after.interval", {"pool": POOL_A}) in env.settings.asked
+    # The setting is read in the pool's scope: the other pool (global value 0) deletes at once.
+    other = new_uuid()
+    volumes.create(env.ctx, env.pool_b, other, GIB)
+    assert volumes.delete(env.ctx, env.pool_b, other).backup is None
     # Deleting a volume that is already gone takes no backup.
     assert volumes.delete(env.ctx, env.pool, vid) == volumes.DeleteResult(vid, False)
 
 
 def test_change_offering_reapplies_template_qc_and_iops(env: Env) -> None:
     vid = new_uuid()
-    iops500 = env.cs.add_disk_offering(max_iops=500, details={"SP_QOSCLASS": "gold"})
-    plain_nvme = env.cs.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
+    iops500 = env.add_disk_offering(max_iops=500, details={"SP_QOSCLASS": "gold"})
+    plain_nvme = env.add_disk_offering(details={"SP_TEMPLATE": "nvme"})
     volumes.create(env.ctx, env.pool, vid, GIB, disk_offering_id=iops500.id)
     info = volumes.change_offering(env.ctx, env.pool, vid, disk_offering_id=plain_nvme.id)
     assert (info.template, info.iops, info.qos_class) == ("nvme", None, None)
-    v = env.volume(naming.volume(vid))
+    v = env.sp_volume(naming.volume(vid))
     assert v.iops == "-" and "qc" not in v.tags
     info = volumes.change_offering(env.ctx, env.pool, vid, disk_offering_id=iops500.id)
     assert (info.template, info.iops, info.qos_class) == ("ssd", 500, "gold")
@@ -176,37 +170,37 @@ def test_change_offering_reapplies_template_qc_and_iops(env: Env) -> None:
 
 
 def test_attach_detach_and_vm_tag_propagation(env: Env) -> None:
-    vm = env.cs.add_vm(tags={"vc-policy": "gold-backup"})
+    vm = env.add_vm(tags={"vc-policy": "gold-backup"})
     vid, later = new_uuid(), new_uuid()
     info = volumes.create(env.ctx, env.pool, vid, GIB)
     volumes.create(env.ctx, env.pool_b, later, GIB)
     written = volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=1, path=info.path)
     assert written == {"cvm": vm.id, "disk": "1", "vc-policy": "gold-backup"}
-    assert env.volume(info.name).tags["vc-policy"] == "gold-backup"
+    assert env.sp_volume(info.name).tags["vc-policy"] == "gold-backup"
 
-    env.cs.set_vm_tags(vm.id, {"vc-policy": "silver"})
+    env.cs.model.set_vm_tags(vm.id, {"vc-policy": "silver"})
     assert volumes.vm_tags_changed(env.ctx, vm.id) == [info.name]
-    assert env.volume(info.name).tags["vc-policy"] == "silver"
+    assert env.sp_volume(info.name).tags["vc-policy"] == "silver"
     # A volume attached later gets the current VM tag.
     volumes.attached(env.ctx, env.pool_b, later, vm_id=vm.id, device_id=2)
-    assert env.volume(naming.volume(later)).tags["vc-policy"] == "silver"
+    assert env.sp_volume(naming.volume(later)).tags["vc-policy"] == "silver"
 
-    env.cs.set_vm_tags(vm.id, {})
+    env.cs.model.set_vm_tags(vm.id, {})
     assert sorted(volumes.vm_tags_changed(env.ctx, vm.id)) == sorted([info.name, naming.volume(later)])
-    assert "vc-policy" not in env.volume(info.name).tags
-    assert env.volume(info.name).tags["cvm"] == vm.id
+    assert "vc-policy" not in env.sp_volume(info.name).tags
+    assert env.sp_volume(info.name).tags["cvm"] == vm.id
 
     assert volumes.detached(env.ctx, env.pool, vid) is True
-    assert set(env.volume(info.name).tags) == {"uuid", "cs", "pool"}
+    assert set(env.sp_volume(info.name).tags) == {"uuid", "cs", "pool"}
     assert sorted(volumes.vm_destroyed(env.ctx, vm.id)) == [naming.volume(later)]
-    assert set(env.volume(naming.volume(later)).tags) == {"uuid", "cs", "pool"}
+    assert set(env.sp_volume(naming.volume(later)).tags) == {"uuid", "cs", "pool"}
     assert volumes.detached(env.ctx, env.pool, new_uuid()) is False
 
 
 def test_attach_bad_input(env: Env) -> None:
     vid = new_uuid()
     volumes.create(env.ctx, env.pool, vid, GIB)
-    vm = env.cs.add_vm(tags={"vc-policy": "has space"})
+    vm = env.add_vm(tags={"vc-policy": "has space"})
     with pytest.raises(ValidationError) as exc:
         volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=0)
     assert exc.value.field.startswith("vm.tags")
@@ -215,8 +209,8 @@ def test_attach_bad_input(env: Env) -> None:
     with pytest.raises(ValidationError):
         volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=-1)
     with pytest.raises(NotFound):
-        volumes.attached(env.ctx, env.pool, new_uuid(), vm_id=env.cs.add_vm().id, device_id=0)
-    assert set(env.volume(naming.volume(vid)).tags) == {"uuid", "cs", "pool"}
+        volumes.attached(env.ctx, env.pool, new_uuid(), vm_id=env.add_vm().id, device_id=0)
+    assert set(env.sp_volume(naming.volume(vid)).tags) == {"uuid", "cs", "pool"}
 
 
 def test_ref_and_get(env: Env) -> None:
@@ -236,7 +230,7 @@ def test_ref_and_get(env: Env) -> None:
 def test_vm_destroyed_refuses_a_bad_vm_id_and_reads_any_case(env: Env) -> None:
     """Review: a VM id that is not a CloudStack uuid is refused naming `vm_id` (it used to scan
     every cluster and answer "nothing to do"); an upper-case uuid finds the VM's volumes."""
-    vm = env.cs.add_vm()
+    vm = env.add_vm()
     vid = new_uuid()
     info = volumes.create(env.ctx, env.pool, vid, GIB)
     volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=1)
@@ -244,6 +238,6 @@ def test_vm_destroyed_refuses_a_bad_vm_id_and_reads_any_case(env: Env) -> None:
         with pytest.raises(ValidationError) as err:
             volumes.vm_destroyed(env.ctx, bad)
         assert err.value.field == "vm_id"
-    assert env.volume(info.name).tags["cvm"] == vm.id
+    assert env.sp_volume(info.name).tags["cvm"] == vm.id
     assert volumes.vm_destroyed(env.ctx, vm.id.upper()) == [info.name]
-    assert "cvm" not in env.volume(info.name).tags
+    assert "cvm" not in env.sp_volume(info.name).tags

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ from pathlib import Path
 
 import requests
 
-from integration.stack import LocalStack
+from integration.stack import LocalStack, free_port
 
 SERVE = "from cloudstack_storpool.service_cli import serve_cmd; serve_cmd()"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _secret_file(path: Path, value: str) -> str:
@@ -33,7 +27,7 @@ def _secret_file(path: Path, value: str) -> str:
 
 def test_serve_process_end_to_end(stack: LocalStack, tmp_path: Path) -> None:
     token = uuid.uuid4().hex
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CLOUDSTACK_ENDPOINT": stack.cs.endpoint, "CLOUDSTACK_KEY": stack.cs.key,
            "CLOUDSTACK_SECRET": stack.cs.secret, "CLOUDSTACK_REGION": "cloudstack"}
     argv = [sys.executable, "-c", SERVE, "--listen", f"127.0.0.1:{port}",

@@ -12,14 +12,11 @@ from pathlib import Path
 
 from storpool import spapi
 
+from integration.stack import free_port
+
 REPO = Path(__file__).resolve().parents[3]
 TOKEN = "cli-secret-token-4242"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
@@ -35,7 +32,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
 
 
 def test_cli_serves_until_sigterm_and_cleans_up(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "SP_AUTH_TOKEN": TOKEN}
     cmd = [sys.executable, "-c", "from integration.storpool_sim.cli import storpool_cmd; storpool_cmd()",
            "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"), "--dev-root",
