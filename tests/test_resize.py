@@ -1,4 +1,4 @@
-"""Resize (Driver II): StorPool first, the VM's host next, rollback on failure."""
+"""Resize: StorPool first, the VM's host next, rollback on failure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Volume snapshots, the bypass, volumes and templates from snapshots (Driver II), against the
+"""Volume snapshots, the bypass, volumes and templates from snapshots, against the
 real StorPool emulator and CloudStack simulator with recording agents."""
 
 from __future__ import annotations

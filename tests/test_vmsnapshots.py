@@ -1,4 +1,4 @@
-"""VM snapshots (Driver II): one group snapshot, revert of every disk, delete, idempotency."""
+"""VM snapshots: one group snapshot, revert of every disk, delete, idempotency."""
 
 from __future__ import annotations
 

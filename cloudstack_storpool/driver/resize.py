@@ -67,7 +67,7 @@ def resize_volume(
     custom_iops: int | None = None,
 ) -> Resized:
     """Resize to `new_size` bytes, applying the new offering's template / `qc` / iops when one is
-    given (Driver I's `offerings.resolve`; custom IOPS alone re-applies only the limit).
+    given (`offerings.resolve`, as volume creation does; custom IOPS alone re-applies only the limit).
 
     Shrinking must be allowed explicitly (`shrink_ok`): data past the new end is lost. Every
     refusal happens before StorPool is touched.

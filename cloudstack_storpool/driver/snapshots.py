@@ -137,7 +137,7 @@ class TemplateFromSnapshot(Result):
     recovered: bool
 
 
-# ---------------------------------------------------------------------------- helpers shared by the driver II modules
+# ------------------------------------------------------------ helpers shared by snapshots, VM snapshots and resize
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def on_storpool(ctx: DriverContext, vol: Volume, field: str = "volume") -> Sourc
 
 def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient], T]) -> tuple[str, T]:
     """Run a copy between StorPool and secondary storage on any Up host of the pool's zone
-    (Driver I's rotation, moving on while agents are unreachable); returns which agent ran it.
+    (the agent directory's rotation, moving on while agents are unreachable); returns which agent ran it.
     Any host will do: the object is attached there only for the copy."""
     used: list[str] = []
 
@@ -461,7 +461,7 @@ def template_from_snapshot(
 ) -> TemplateFromSnapshot:
     """Make a template's cached snapshot on `pool` straight from a StorPool snapshot or volume.
 
-    Nothing is copied on StorPool: Driver I's template cache (`templates.ensure_cached`) clones
+    Nothing is copied on StorPool: the template cache (`templates.ensure_cached`) clones
     the snapshot (`parent`) or the volume (`baseOn`) and snapshots the clone under the cache's
     name, so a VM from this template is one VolumeCreate even the first time. When `secondary`
     is given, an agent also writes the template's qcow2 there (CloudStack keeps that copy, e.g.
