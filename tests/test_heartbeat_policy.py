@@ -53,13 +53,18 @@ def test_find_client_conflicting_nodes_is_ambiguous() -> None:
     assert find_client(clients, 4).conflict
 
 
-def test_first_look() -> None:
-    assert first_look("running", ClientView("running")).verdict is A  # type: ignore[union-attr]
-    assert first_look("running", ClientView("down")) is None
-    assert first_look("running", ClientView(None)) is None
-    # Without quorum, "down" says nothing.
-    assert first_look("waiting", ClientView("down")).verdict is U  # type: ignore[union-attr]
-    assert first_look("running", ClientView(None, conflict=True)).verdict is U  # type: ignore[union-attr]
+@pytest.mark.parametrize(("cluster", "view", "expected"), [
+    ("running", ClientView("running"), A),
+    ("running", ClientView("down"), None),  # a suspect: I/O samples and a confirming look decide
+    ("running", ClientView(None), None),
+    ("waiting", ClientView("down"), U),  # without quorum, "down" says nothing
+    ("running", ClientView(None, conflict=True), U),
+    ("running", ClientView(None, no_clients=True), U),  # an answer without clients says nothing
+    ("running", ClientView("restarting"), U),  # a status the policy does not know
+])
+def test_first_look(cluster: str, view: ClientView, expected: Verdict | None) -> None:
+    decision = first_look(cluster, view)
+    assert (decision.verdict if decision is not None else None) is expected
 
 
 @pytest.mark.parametrize(("samples", "confirm", "expected"), [
@@ -70,6 +75,10 @@ def test_first_look() -> None:
     ([IoSample(0)] * 3, None, U),  # confirmation failed
     ([IoSample(0)] * 3, ClientView("running"), A),  # came back
     ([], ClientView("down"), U),
+    # The confirming look at the end of the window:
+    ([IoSample(0)] * 3, ClientView(None, no_clients=True), U),  # lists no clients: says nothing
+    ([IoSample(0)] * 3, ClientView("restarting"), U),  # a status it does not know
+    ([IoSample(0)] * 3, ClientView(None, conflict=True), U),  # two clients disagree
 ])
 def test_suspect_decision(samples: list[IoSample], confirm: ClientView | None, expected: Verdict) -> None:
     assert suspect_decision(ClientView("down"), samples, confirm).verdict is expected
