@@ -12,10 +12,11 @@ import subprocess
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -26,6 +27,7 @@ from integration.libvirt_domain import running_domain
 from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
+T = TypeVar("T")
 
 
 class CheckFailed(AssertionError):
@@ -72,11 +74,17 @@ class Demo:
         return vid, info.global_id
 
     def summary(self, gid: str) -> Any:
-        """The volume as StorPool sees it (not as the driver reported it)."""
-        found = self.stack.ctx.conn(self.pool).volume("~" + gid)
-        if found is None:
+        """The volume as StorPool's API shows it (not as the driver reported it)."""
+        found = self.stack.sp.api().volumeList("~" + gid)
+        if not found:
             raise CheckFailed(f"volume ~{gid} is missing from StorPool")
-        return found
+        return found[0]
+
+    def measured(self, work: Callable[[], T]) -> tuple[T, Counter[str]]:
+        """What `work` returned, and every StorPool query the driver sent for it, by name."""
+        before = Counter(self.stack.ctx.api_calls())
+        out = work()
+        return out, Counter(self.stack.ctx.api_calls()) - before
 
     def vm(self, name: str) -> Any:
         return next(v for v in self.stack.cs.model.vms.values() if v.name == name)
@@ -87,20 +95,25 @@ class Demo:
     # -- the steps ----------------------------------------------------------------------------
 
     def template_cache(self) -> list[str]:
-        model = self.stack.cs.model
-        tmpl = next(t for t in model.templates.values() if t.name == "tiny-linux")
+        # A template of its own (the seeded tiny-linux's size), so the step can run again on one stack.
+        size = next(t.size for t in self.stack.cs.model.templates.values() if t.name == "tiny-linux")
+        tmpl = self.stack.cs.model.add_template(f"tiny-linux-{new_uuid()[:8]}", size, template_id=new_uuid())
         self.template_id = tmpl.id
         image = self.stack.template_image(tmpl.id, tmpl.size, {0: b"MBR-of-tiny-linux", 40 * MiB: b"rootfs block"})
         source = self.stack.source_of(image)
         copies0 = self.copies()
-        first = volumes.create_from_template(self.stack.ctx, self.pool, new_uuid(), tmpl.id, source=source)
-        creates0 = self.stack.sp.calls["VolumeCreate"]
-        made = [first] + [volumes.create_from_template(self.stack.ctx, self.pool, new_uuid(), tmpl.id, source=source)
-                          for _ in range(19)]
-        creates = self.stack.sp.calls["VolumeCreate"] - creates0
+
+        def root_volume() -> volumes.VolumeInfo:
+            return volumes.create_from_template(self.stack.ctx, self.pool, new_uuid(), tmpl.id, source=source)
+
+        first = root_volume()
+        rest, calls = self.measured(lambda: [root_volume() for _ in range(19)])
+        made = [first, *rest]
         return [
             check(self.copies() - copies0 == 1, "20 root volumes from one template: 1 agent copy"),
-            check(creates == 19, f"after the first, 1 VolumeCreate per root volume ({creates} for 19)"),
+            check(calls == Counter({"VolumeCreate": 19}),
+                  f"after the first, each root volume is exactly 1 StorPool call, a VolumeCreate "
+                  f"(all StorPool calls for 19: {dict(calls)})"),
             check(all(self.stack.sp.read_object(v.global_id, 0, 17) == b"MBR-of-tiny-linux"
                       and self.stack.sp.read_object(v.global_id, 40 * MiB, 12) == b"rootfs block" for v in made),
                   "every root volume reads back the template's content"),
@@ -131,13 +144,16 @@ class Demo:
         return out
 
     def volume_from_snapshot(self) -> list[str]:
-        _, sid, _ = self.snap
+        _, sid, snap_gid = self.snap
         copies0 = self.copies()
         made = snapshots.volume_from_snapshot(self.stack.ctx, pool=self.pool, snapshot_uuid=sid, volume_uuid=new_uuid())
+        snap_name = self.stack.sp.api().snapshotList("~" + snap_gid)[0].name
+        parent = self.summary(made.global_id).parentName
         return [
             check(self.stack.sp.read_object(made.global_id, 5 * MiB, 11) == b"snapshot me",
                   "new volume reads the snapshot's content"),
-            check(self.copies() == copies0, "no agent copy: the volume is a StorPool child of the snapshot"),
+            check(self.copies() == copies0 and parent == snap_name,
+                  f"no agent copy: the volume is a StorPool child of the snapshot (parentName {parent})"),
         ]
 
     def resize_running(self) -> list[str]:
@@ -181,17 +197,31 @@ class Demo:
         for i, (_, gid) in enumerate(disks):
             self.stack.sp.write_object(gid, MiB, f"disk {i} before".encode())
         vsid = new_uuid()
-        taken = vmsnapshots.take_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)
-        calls0 = self.stack.sp.calls["VolumesGroupSnapshot"]
-        vmsnapshots.take_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)  # idempotent retake
+
+        def take() -> vmsnapshots.VMSnapshotInfo:
+            return vmsnapshots.take_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)
+
+        def group() -> list[str]:
+            """The disk of every snapshot StorPool holds tagged as this VM snapshot (a second
+            group would list each disk twice)."""
+            return sorted(s.onVolume for s in self.stack.sp.api().snapshotsList()
+                          if (s.tags or {}).get("uuid") == vsid and (s.tags or {}).get("cs") == "group")
+
+        disk_names = sorted(self.summary(gid).name for _, gid in disks)
+        taken, first = self.measured(take)
+        members_first = group()
+        again, retake = self.measured(take)  # idempotent retake
+        members_again = group()
         for i, (_, gid) in enumerate(disks):
             self.stack.sp.write_object(gid, MiB, f"disk {i} AFTER!".encode())
         vmsnapshots.revert_vm_snapshot(self.stack.ctx, vm_uuid=vm.id, vm_snapshot_uuid=vsid)
-        conn = self.stack.ctx.conn(self.pool)
         return [
-            check(len(taken.members) == 3, "one VolumesGroupSnapshot over 3 disks"),
-            check(self.stack.sp.calls["VolumesGroupSnapshot"] - calls0 <= 1 and len(conn.find_snapshots(
-                {"uuid": vsid, "cs": "group"})) == 3, "taking it again does not make a second group"),
+            check(first["VolumesGroupSnapshot"] == 1 and len(taken.members) == 3 and members_first == disk_names,
+                  f"one VolumesGroupSnapshot over 3 disks ({first['VolumesGroupSnapshot']} sent, "
+                  f"snapshots of {len(members_first)} disks)"),
+            check(retake["VolumesGroupSnapshot"] == 1 and again.recovered and members_again == members_first,
+                  "taking it again makes no second group (its one VolumesGroupSnapshot is refused: the members "
+                  f"exist; {len(members_again)} snapshots in the group)"),
             check(all(self.stack.sp.read_object(gid, MiB, len(f"disk {i} before")) == f"disk {i} before".encode()
                       for i, (_, gid) in enumerate(disks)), "revert restores all 3 disks to the same instant"),
             check(all((self.summary(gid).tags or {}).get("cvm") == vm.id
@@ -203,14 +233,14 @@ class Demo:
         conn = self.stack.ctx.conn(self.pool)
         cached = lambda: [s for s in conn.find_snapshots({"uuid": self.template_id, "cs": "template"})]  # noqa: E731
         before = len(cached())
-        dry = gc.run(self.stack.ctx, dry_run=True)
+        gc.run(self.stack.ctx)  # a real run, not a dry one
         kept = len(cached())
         self.stack.cs.model.delete_template(self.template_id, forced=True)
         dry2 = gc.run(self.stack.ctx, dry_run=True)
         still = len(cached())
         gc.run(self.stack.ctx)
         return [
-            check(before >= 1 and kept == before and not dry.done, "template in use: GC keeps its cache"),
+            check(before >= 1 and kept == before, "template in use: a real GC run keeps its cache"),
             check(bool(dry2.planned) and still == before, "dry run after deletion lists it, deletes nothing"),
             check(not cached(), "template deleted in CloudStack -> its cached snapshot is gone from StorPool"),
         ]
@@ -218,22 +248,34 @@ class Demo:
     def heartbeat(self) -> list[str]:
         hosts = [HostTarget(h.name, int(h.details["SP_OURID"]), h.id) for h in self.stack.cs.model.hosts.values()
                  if h.details.get("SP_OURID")]
-        checker = HeartbeatChecker(list(self.stack.pools().pools), CheckConfig(io_window=0.3, io_samples=2))
-        alive = {v.host.name: v.verdict.value for v in checker.check(hosts)}
+        pools = list(self.stack.pools().pools)
+        clusters = len({p.endpoint for p in pools})
+        checker = HeartbeatChecker(pools, CheckConfig(io_window=0.3, io_samples=2))
+
+        def round_() -> tuple[dict[str, str], Counter[str]]:
+            """One round's verdicts, and every StorPool query the checker sent for it."""
+            before = checker.query_counts()
+            verdicts = {v.host.name: v.verdict.value for v in checker.check(hosts)}
+            return verdicts, checker.query_counts() - before
+
+        alive, calls_alive = round_()
         self.stack.sp.faults.client_down(2)
-        down = {v.host.name: v.verdict.value for v in checker.check(hosts)}
+        down, calls_down = round_()
         own = self.host_view(2, "fail")
         self.stack.sp.faults.set_client_status(2, "running")
         back = self.host_view(2, "ok")
-        calls = checker.calls()
         return [
             check(set(alive.values()) == {"alive"}, f"all hosts alive: {alive}"),
             check(down.get("kvm2") == "dead" and down.get("kvm1") == "alive",
                   f"kvm2's StorPool client down, no I/O -> {down}"),
             check(own.get("result") == "fail", f"kvm2's own heartbeat loop, read through its agent: {own.get('reason')}"),
             check(back.get("result") == "ok", "after recovery the host's loop reports ok again"),
-            check(calls > 0, f"{calls} StorPool calls for both rounds (one ServicesList per cluster per round, "
-                             "active-request samples only for the host that looked down)"),
+            check(calls_alive == Counter({"ServicesList": clusters}),
+                  f"all alive: one ServicesList per cluster ({len(pools)} pools on {clusters} cluster), nothing else: "
+                  f"{dict(calls_alive)}"),
+            check(calls_down == Counter({"ServicesList": 2 * clusters, "ClientActiveRequests": 2}),
+                  "kvm2 down: one ServicesList per cluster plus one confirming look, 2 active-request samples "
+                  f"for kvm2 only: {dict(calls_down)}"),
         ]
 
     def host_view(self, client_id: int, want: str, timeout: float = 10.0) -> dict[str, Any]:
