@@ -39,8 +39,8 @@ class HostHeartbeat:
 def check_hosts(ctx: DriverContext, *, host_ids: list[str] | None = None, zone_id: str | None = None,
                 io_window: float = 2.0) -> list[HostHeartbeat]:
     """One heartbeat round for the given hosts (default: every host with a StorPool client id in
-    `zone_id`, or everywhere). Costs one ServicesList per StorPool cluster, plus active-request
-    samples only for hosts whose client looks down."""
+    `zone_id`, or everywhere). Costs one ServicesList per StorPool cluster; when a client looks
+    down, active-request samples for those hosts only and one confirming ServicesList."""
     if io_window < 0 or io_window > 60:
         raise ValidationError("io_window", f"must be between 0 and 60 seconds, got {io_window}")
     if host_ids:

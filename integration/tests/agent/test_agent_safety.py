@@ -1,4 +1,6 @@
-"""Review findings on the agent, against the StorPool emulator on loop devices with real qemu-img."""
+"""The agent refuses images that reach outside themselves (a qcow2 with an external data file)
+and a failed or cancelled copy detaches exactly what it attached; against the StorPool
+emulator on loop devices with real qemu-img."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review findings on the heartbeat: an answer that lists no client at all is "cannot tell".
+"""An answer that lists no client at all is "cannot tell" for the heartbeat.
 
 The bindings validate a ServicesList without a `clients` field (or with a `clients` map they
 cannot parse) into an empty map, silently. So an empty map is not evidence that this host's
