@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.server import AgentServer
 from integration.stack import LocalStack
+from tests.agent_support import serve_agent
 from tests.driver_harness import Env, open_env
 
 
@@ -21,6 +24,15 @@ def env(tmp_path: Path) -> Iterator[Env]:
     """The driver harness (tests/driver_harness.py): emulator, simulator, recording agents."""
     with open_env(tmp_path) as e:
         yield e
+
+
+@pytest.fixture
+def agent_server(tmp_path: Path) -> Iterator[AgentServer]:
+    """A real agent on loopback (tests/agent_support.py), client id 1, StorPool unreachable."""
+    host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
+                      secondary_roots=(str(tmp_path),))
+    with serve_agent(host) as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)

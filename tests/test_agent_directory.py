@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
-from cloudstack_storpool.agent.commands import Context
-from cloudstack_storpool.agent.hostconfig import HostConfig
-from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
+from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.errors import NotFound
 from cloudstack_storpool.poolconfig import PoolSpec, Secret
-from cloudstack_storpool.spconn import StorPoolConn
 from integration.cloudstack_sim.model import CloudStackModel, Host
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.stack import free_port
-
-TOKEN = "directory-test-token"
-
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[AgentServer]:
-    host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
-                      secondary_roots=(str(tmp_path),))
-    dead = free_port()
-    srv = AgentServer(("127.0.0.1", 0), TOKEN, lambda: Context(
-        host=host, conn=StorPoolConn("127.0.0.1", dead, "t", retries=0, timeout=1)))
-    serve_in_thread(srv)
-    yield srv
-    srv.shutdown_all()
+from tests.agent_support import TOKEN
 
 
 @pytest.fixture
@@ -88,9 +70,9 @@ def test_pool_hosts_are_up_storpool_clients_in_the_zone_rotated(world: SimHandle
         d.for_pool(other_zone)
 
 
-def test_run_on_pool_skips_unreachable_agents_only(agent: AgentServer, world: SimHandle) -> None:
+def test_run_on_pool_skips_unreachable_agents_only(agent_server: AgentServer, world: SimHandle) -> None:
     add_host(world.model, "dead", port=free_port())
-    add_host(world.model, "live", port=agent.server_address[1])
+    add_host(world.model, "live", port=agent_server.server_address[1])
     d = AgentDirectory(world.client(), TOKEN, timeout=2)
     pool = pool_in(world)
 

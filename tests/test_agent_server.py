@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from cloudstack_storpool.agent.client import AgentClient, AgentError, AgentRequestError
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
-from cloudstack_storpool.agent.server import AgentServer, parse_listen, serve_in_thread
+from cloudstack_storpool.agent.server import AgentServer, parse_listen
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.spconn import StorPoolConn
 from integration.stack import free_port
-
-TOKEN = "agent-test-token-0123456789"
-
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[AgentServer]:
-    # StorPool is deliberately unreachable: nothing here may need it.
-    host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
-                      secondary_roots=(str(tmp_path),))
-    dead_port = free_port()
-
-    def ctx() -> Context:
-        return Context(host=host, conn=StorPoolConn("127.0.0.1", dead_port, "sp-tok", retries=0, timeout=2))
-
-    srv = AgentServer(("127.0.0.1", 0), TOKEN, ctx)
-    serve_in_thread(srv)
-    yield srv
-    srv.shutdown_all()
+from tests.agent_support import TOKEN, serve_agent
 
 
 def _post(srv: AgentServer, body: object, token: str | None = TOKEN) -> requests.Response:
@@ -42,18 +21,18 @@ def _post(srv: AgentServer, body: object, token: str | None = TOKEN) -> requests
     return requests.post(srv.url + "/v1/jobs", json=body, headers=headers, timeout=10)
 
 
-def test_requests_without_or_with_a_wrong_token_are_refused(server: AgentServer) -> None:
+def test_requests_without_or_with_a_wrong_token_are_refused(agent_server: AgentServer) -> None:
     for token in (None, "wrong", TOKEN + "x", ""):
-        r = _post(server, {"command": "facts", "args": {}}, token=token)
+        r = _post(agent_server, {"command": "facts", "args": {}}, token=token)
         assert r.status_code == 401, token
         assert r.headers["WWW-Authenticate"] == "Bearer"
         assert TOKEN not in r.text
-    assert requests.get(server.url + "/v1/facts", timeout=10).status_code == 401
-    r = requests.get(server.url + "/v1/facts", headers={"Authorization": f"Basic {TOKEN}"}, timeout=10)
+    assert requests.get(agent_server.url + "/v1/facts", timeout=10).status_code == 401
+    r = requests.get(agent_server.url + "/v1/facts", headers={"Authorization": f"Basic {TOKEN}"}, timeout=10)
     assert r.status_code == 401
-    assert server.jobs.list() == []
+    assert agent_server.jobs.list() == []
     with pytest.raises(AgentError) as exc:
-        AgentClient(server.url, "nope").facts()
+        AgentClient(agent_server.url, "nope").facts()
     assert getattr(exc.value, "status", None) == 401
 
 
@@ -70,40 +49,40 @@ def test_requests_without_or_with_a_wrong_token_are_refused(server: AgentServer)
         ([1, 2], "body"),
     ],
 )
-def test_malformed_commands_get_400_naming_the_field(server: AgentServer, body: object, field: str) -> None:
-    r = _post(server, body)
+def test_malformed_commands_get_400_naming_the_field(agent_server: AgentServer, body: object, field: str) -> None:
+    r = _post(agent_server, body)
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["field"] == field
     assert field in err["message"]
 
 
-def test_bad_json_and_unknown_routes(server: AgentServer) -> None:
+def test_bad_json_and_unknown_routes(agent_server: AgentServer) -> None:
     h = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    r = requests.post(server.url + "/v1/jobs", data=b"{not json", headers=h, timeout=10)
+    r = requests.post(agent_server.url + "/v1/jobs", data=b"{not json", headers=h, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["field"] == "body"
-    assert requests.get(server.url + "/v1/jobs/" + "0" * 32, headers=h, timeout=10).status_code == 404
-    assert requests.get(server.url + "/v2/x", headers=h, timeout=10).status_code == 404
+    assert requests.get(agent_server.url + "/v1/jobs/" + "0" * 32, headers=h, timeout=10).status_code == 404
+    assert requests.get(agent_server.url + "/v2/x", headers=h, timeout=10).status_code == 404
 
 
-def test_job_lifecycle_and_idempotency_key(server: AgentServer) -> None:
-    r1 = _post(server, {"command": "facts", "args": {}, "idempotency_key": "k1"})
+def test_job_lifecycle_and_idempotency_key(agent_server: AgentServer) -> None:
+    r1 = _post(agent_server, {"command": "facts", "args": {}, "idempotency_key": "k1"})
     assert r1.status_code == 202
     job_id = r1.json()["id"]
-    r2 = _post(server, {"command": "facts", "args": {}, "idempotency_key": "k1"})
+    r2 = _post(agent_server, {"command": "facts", "args": {}, "idempotency_key": "k1"})
     assert r2.status_code == 200 and r2.json()["id"] == job_id
-    r3 = _post(server, {"command": "facts", "args": {"timeout": 5}, "idempotency_key": "k1"})
+    r3 = _post(agent_server, {"command": "facts", "args": {"timeout": 5}, "idempotency_key": "k1"})
     assert r3.status_code == 409 and r3.json()["error"]["field"] == "idempotency_key"
-    client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+    client = AgentClient(agent_server.url, TOKEN, poll_interval=0.05)
     result = client.wait(job_id, timeout=30)
     assert result["client_id"] == 1
     assert result["storpool"]["reachable"] is False
     assert "qemu-img" in result["qemu_img"]
-    assert len(server.jobs.list()) == 1
+    assert len(agent_server.jobs.list()) == 1
 
 
-def test_client_surfaces_a_failed_job_with_its_field(server: AgentServer, tmp_path: Path) -> None:
-    client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+def test_client_surfaces_a_failed_job_with_its_field(agent_server: AgentServer, tmp_path: Path) -> None:
+    client = AgentClient(agent_server.url, TOKEN, poll_interval=0.05)
     # Syntactically fine, but /etc is not a configured secondary root: the job fails, and the
     # client raises with the agent's message and field.
     with pytest.raises(AgentRequestError) as exc:
@@ -116,8 +95,8 @@ def test_client_surfaces_a_failed_job_with_its_field(server: AgentServer, tmp_pa
     assert exc.value.status == 400 and exc.value.field == "size"
 
 
-def test_client_progress_and_facts(server: AgentServer) -> None:
-    client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+def test_client_progress_and_facts(agent_server: AgentServer) -> None:
+    client = AgentClient(agent_server.url, TOKEN, poll_interval=0.05)
     seen: list[float] = []
     out = client.run("facts", {}, progress=seen.append, timeout=30)
     assert out["dev_root"].endswith("dev")
@@ -133,10 +112,10 @@ def test_client_unreachable_agent() -> None:
     assert exc.value.code == "unreachable"
 
 
-def test_cancel_of_a_finished_job_is_harmless(server: AgentServer) -> None:
-    job, _ = server.jobs.submit("facts", {})
+def test_cancel_of_a_finished_job_is_harmless(agent_server: AgentServer) -> None:
+    job, _ = agent_server.jobs.submit("facts", {})
     assert job.done.wait(30)
-    client = AgentClient(server.url, TOKEN)
+    client = AgentClient(agent_server.url, TOKEN)
     assert client.cancel(job.id)["state"] == "succeeded"
     time.sleep(0)
 
@@ -149,13 +128,13 @@ def test_parse_listen() -> None:
             parse_listen(bad)
 
 
-def test_queued_copy_can_be_cancelled_over_http(server: AgentServer, tmp_path: Path) -> None:
+def test_queued_copy_can_be_cancelled_over_http(agent_server: AgentServer, tmp_path: Path) -> None:
     # Occupy every copy slot so the job stays queued, then cancel it with DELETE.
-    slots = server.jobs._copy_slots
+    slots = agent_server.jobs._copy_slots
     while slots.acquire(blocking=False):
         pass
     try:
-        client = AgentClient(server.url, TOKEN, poll_interval=0.05)
+        client = AgentClient(agent_server.url, TOKEN, poll_interval=0.05)
         job = client.start("copy_template", {"store": str(tmp_path), "path": "t.qcow2", "volume": "v1"})
         assert client.job(job["id"])["state"] == "queued"
         client.cancel(job["id"])
@@ -173,16 +152,12 @@ def test_heartbeat_status_is_served_to_authenticated_callers_only(tmp_path: Path
 
     status_file = tmp_path / "hb.json"
     host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), heartbeat_status_file=str(status_file))
-    srv = AgentServer(("127.0.0.1", 0), TOKEN, lambda: Context(host=host, conn=StorPoolConn("127.0.0.1", 1, "x")))
-    serve_in_thread(srv)
-    try:
+    with serve_agent(host) as srv:
         client = AgentClient(srv.url, TOKEN)
         assert client.heartbeat() is None  # the loop has not run yet
         write_status(status_file, {"result": "fail", "reason": "client 1 down", "failures": 2})
         assert client.heartbeat() == {"result": "fail", "reason": "client 1 down", "failures": 2}
         assert requests.get(srv.url + "/v1/heartbeat", timeout=10).status_code == 401
-    finally:
-        srv.shutdown_all()
 
 
 @pytest.mark.parametrize(
@@ -194,9 +169,9 @@ def test_heartbeat_status_is_served_to_authenticated_callers_only(tmp_path: Path
         (b'{"command": "facts", "args": {"timeout": Infinity}}', "timeout"),
     ],
 )
-def test_hostile_bodies_get_400_naming_the_field_not_500(server: AgentServer, raw: bytes, field: str) -> None:
+def test_hostile_bodies_get_400_naming_the_field_not_500(agent_server: AgentServer, raw: bytes, field: str) -> None:
     h = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    r = requests.post(server.url + "/v1/jobs", data=raw, headers=h, timeout=10)
+    r = requests.post(agent_server.url + "/v1/jobs", data=raw, headers=h, timeout=10)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["field"] == field
-    assert server.jobs.list() == []
+    assert agent_server.jobs.list() == []

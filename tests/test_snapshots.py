@@ -208,12 +208,18 @@ def test_volume_from_snapshot_gone_uses_secondary(env: Env) -> None:
     assert naming.volume(nid2) not in env.volume_names()
 
 
-def test_template_from_snapshot_is_found_by_the_cache(env: Env) -> None:
+def golden_snapshot(env: Env) -> str:
+    """A snapshot (bypassed, StorPool only) of a volume holding "golden image"; its uuid."""
     env.set_bypass(True)
     vid, ref = env.volume()
     env.write(ref, 0, b"golden image")
-    sid, tid = new_uuid(), new_uuid()
+    sid = new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    return sid
+
+
+def test_template_from_snapshot_is_found_by_the_cache(env: Env) -> None:
+    sid, tid = golden_snapshot(env), new_uuid()
     out = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid)
     assert out.name == naming.template_cache(tid, env.pool.uuid) and out.secondary is None
     assert env.agents.all_calls() == []  # no copy at all
@@ -269,11 +275,7 @@ def test_failed_undo_is_reported_with_the_cause(env: Env) -> None:
 def test_template_from_snapshot_secondary_failure_keeps_a_cache_it_did_not_make(env: Env) -> None:
     """Review: the undo of a failed secondary copy removes only what this call made. A cache
     that was already there (made by an earlier call, root volumes cloned from it) stays."""
-    env.set_bypass(True)
-    vid, ref = env.volume()
-    env.write(ref, 0, b"golden image")
-    sid, tid = new_uuid(), new_uuid()
-    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    sid, tid = golden_snapshot(env), new_uuid()
     first = snapshots.template_from_snapshot(env.ctx, pool=env.pool.uuid, template_uuid=tid, snapshot_uuid=sid)
     env.agents.pool_agent.fail["backup_snapshot"] = "secondary storage is read-only"
     with pytest.raises(AgentError, match="read-only"):

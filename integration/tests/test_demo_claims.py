@@ -13,6 +13,7 @@ snapshot (only agent copies were counted), a ServicesList per pool rather than p
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,8 +40,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         yield Demo(stack, lambda _: None, pool=stack.pool_id("storpool-primary"))
 
 
-def breaks(step: Callable[[], list[str]], claim: str) -> None:
-    """`step` fails, and the check that failed is the one printing `claim`."""
+def breaks(monkeypatch: pytest.MonkeyPatch, target: object, name: str, broken: object,
+           step: Callable[[], list[str]], claim: str) -> None:
+    """With `target.name` replaced by `broken`, `step` fails, and the check that failed is the
+    one printing `claim`."""
+    monkeypatch.setattr(target, name, broken)
     with pytest.raises(CheckFailed) as failed:
         step()
     assert claim in str(failed.value)
@@ -55,8 +59,8 @@ def test_root_volumes_count_every_storpool_call(demo: Demo, monkeypatch: pytest.
         ctx.conn(pool).volume(made.name)  # one StorPool call more than the VolumeCreate
         return made
 
-    monkeypatch.setattr(volumes, "create_from_template", with_read_back)
-    breaks(demo.template_cache, "each root volume is exactly 1 StorPool call")
+    breaks(monkeypatch, volumes, "create_from_template", with_read_back,
+           demo.template_cache, "each root volume is exactly 1 StorPool call")
 
 
 def test_volume_from_snapshot_must_be_its_child(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,8 +79,8 @@ def test_volume_from_snapshot_must_be_its_child(demo: Demo, monkeypatch: pytest.
         shutil.copyfile(sp.object_file(source.globalId), sp.object_file(made.global_id))
         return made
 
-    monkeypatch.setattr(StorPoolConn, "volume_create", copy_instead_of_child)
-    breaks(demo.volume_from_snapshot, "the volume is a StorPool child of the snapshot")
+    breaks(monkeypatch, StorPoolConn, "volume_create", copy_instead_of_child,
+           demo.volume_from_snapshot, "the volume is a StorPool child of the snapshot")
 
 
 def test_vm_snapshot_counts_the_first_group_call(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,14 +90,12 @@ def test_vm_snapshot_counts_the_first_group_call(demo: Demo, monkeypatch: pytest
     def twice(self: StorPoolConn, members: Iterable[tuple[str, str | None]], **kw: Any) -> Any:
         members = list(members)
         made = group_snapshot(self, members, **kw)
-        try:
+        with contextlib.suppress(SpExists):  # a second group call, refused: the members exist
             group_snapshot(self, members, **kw)
-        except SpExists:
-            pass
         return made
 
-    monkeypatch.setattr(StorPoolConn, "group_snapshot", twice)
-    breaks(demo.vm_snapshot, "one VolumesGroupSnapshot over 3 disks")
+    breaks(monkeypatch, StorPoolConn, "group_snapshot", twice,
+           demo.vm_snapshot, "one VolumesGroupSnapshot over 3 disks")
 
 
 def test_gc_keeping_a_used_template_is_a_real_run(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,8 +103,8 @@ def test_gc_keeping_a_used_template_is_a_real_run(demo: Demo, monkeypatch: pytes
     demo.template_gc()
     demo.template_cache()
     # A GC that takes every template for deleted in CloudStack: a dry run deletes nothing either way.
-    monkeypatch.setattr(demo.stack.ctx.cloudstack, "template", lambda template_id: None)
-    breaks(demo.template_gc, "template in use: a real GC run keeps its cache")
+    breaks(monkeypatch, demo.stack.ctx.cloudstack, "template", lambda template_id: None,
+           demo.template_gc, "template in use: a real GC run keeps its cache")
 
 
 def test_heartbeat_counts_services_list_per_cluster(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,5 +114,5 @@ def test_heartbeat_counts_services_list_per_cluster(demo: Demo, monkeypatch: pyt
                      timeout: float) -> list[heartbeat_check.Cluster]:
         return [heartbeat_check.Cluster(p.endpoint, [p], factory(p, timeout)) for p in pools]
 
-    monkeypatch.setattr(heartbeat_check, "group_clusters", one_per_pool)
-    breaks(demo.heartbeat, "all alive: one ServicesList per cluster")
+    breaks(monkeypatch, heartbeat_check, "group_clusters", one_per_pool,
+           demo.heartbeat, "all alive: one ServicesList per cluster")
