@@ -83,16 +83,16 @@ class FakeCloudStack:
         self.templates_[t.id] = t
         return t
 
-    def add_vm(self, tags: dict[str, str] | None = None, state: str = "Running", host_id: str | None = None,
-               last_host_id: str | None = None) -> VirtualMachine:
-        vm = VirtualMachine(new_uuid(), "vm", "i-2-1-VM", state, host_id, last_host_id, ZONE, dict(tags or {}))
+    def add_vm(self, tags: dict[str, str] | None = None, state: str = "Running",
+               host_id: str | None = None) -> VirtualMachine:
+        vm = VirtualMachine(new_uuid(), "vm", "i-2-1-VM", state, host_id, ZONE, dict(tags or {}))
         self.vms[vm.id] = vm
         return vm
 
     def set_vm_tags(self, vm_id: str, tags: dict[str, str]) -> None:
         old = self.vms[vm_id]
         self.vms[vm_id] = VirtualMachine(old.id, old.name, old.instance_name, old.state, old.host_id,
-                                         old.last_host_id, old.zone_id, dict(tags))
+                                         old.zone_id, dict(tags))
 
     def add_disk_offering(self, *, max_iops: int | None = None, details: dict[str, str] | None = None) -> DiskOffering:
         o = DiskOffering(new_uuid(), "do", None, max_iops, False, dict(details or {}))
