@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -248,3 +249,11 @@ def test_vms_have_hostid_only_while_running_and_no_lasthostid(cs_sim: SimHandle)
     assert all("lasthostid" not in v for v in vms.values())
     assert vms["vm1"]["state"] == "Running" and vms["vm1"]["hostid"]
     assert vms["vm2"]["state"] == "Stopped" and "hostid" not in vms["vm2"]
+
+
+def test_the_simulator_does_not_take_its_keys_from_the_project() -> None:
+    """The configuration table comes from configuration.json (CloudStack's keys), never from the
+    project's registry: otherwise a key the project invented would exist here and nowhere else."""
+    sim_dir = Path(__file__).resolve().parents[2] / "cloudstack_sim"
+    for source in sim_dir.glob("*.py"):
+        assert "cloudstack_storpool.settings" not in source.read_text(), source.name
