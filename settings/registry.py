@@ -85,6 +85,8 @@ Validator = Callable[[SettingValue], str | None]
 _JAVA_RANGES = {SettingType.INT: (-(2**31), 2**31 - 1), SettingType.LONG: (-(2**63), 2**63 - 1)}
 _JAVA_INTEGER = re.compile(r"[+-]?[0-9]+")
 """What Integer.parseInt / Long.parseLong accept (Python's int() also takes `1_000` and spaces)."""
+_JAVA_DOUBLE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+"""A decimal Double.parseDouble accepts (Python's float() also takes `1_0.5`, `inf`, `nan`)."""
 
 
 def at_least(minimum: float) -> Validator:
@@ -161,10 +163,9 @@ class Setting:
                 raise ValidationError(self.name, f"{raw!r} is outside the range of a Java {self.type.value}")
             return number
         if self.type is SettingType.FLOAT:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValidationError(self.name, f"{raw!r} must be a number") from None
+            if not _JAVA_DOUBLE.fullmatch(text):
+                raise ValidationError(self.name, f"{raw!r} must be a number")
+            value = float(text)
             if not math.isfinite(value):
                 raise ValidationError(self.name, f"{raw!r} must be a finite number")
             return value
