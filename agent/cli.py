@@ -17,10 +17,14 @@ import click
 
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, DEFAULT_LIBVIRT_URI
 from cloudstack_storpool.errors import ProjectError, ValidationError
-from cloudstack_storpool.settings.registry import get_setting
+from cloudstack_storpool.settings.cli import settings_file_option
 
-# The registry's `storpool.agent.port` is the port the driver dials: serve there by default.
-_DEFAULT_LISTEN = f"127.0.0.1:{get_setting('storpool.agent.port').default}"
+
+def _default_listen(settings_file: str | None) -> str:
+    """Loopback on `storpool.agent.port` of this machine's settings file: the port the driver dials."""
+    from cloudstack_storpool.settings.localfile import SettingsFile
+
+    return f"127.0.0.1:{SettingsFile(settings_file).get('storpool.agent.port')}"
 
 
 def _host_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -81,13 +85,15 @@ def agent_group() -> None:
 
 
 @agent_group.command("serve")
-@click.option("--listen", default=_DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
+@click.option("--listen", default=None, help="HOST:PORT to listen on (default 127.0.0.1:<storpool.agent.port>).")
 @click.option("--token-file", default=None, metavar="PATH",
               help="File holding the shared agent token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
 @click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")
 @click.option("-v", "--verbose", is_flag=True)
+@settings_file_option
 @_host_options
-def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: bool, **kw: Any) -> None:
+def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, verbose: bool, settings_file: str | None,
+              **kw: Any) -> None:
     """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
@@ -98,7 +104,8 @@ def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: boo
     try:
         token = read_agent_token(token_file)
         host = _host_config(kw)
-        server = AgentServer(parse_listen(listen), token, _context_factory(host), max_copies=max_copies)
+        address = parse_listen(listen or _default_listen(settings_file))
+        server = AgentServer(address, token, _context_factory(host), max_copies=max_copies)
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
 

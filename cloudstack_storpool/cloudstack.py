@@ -259,7 +259,8 @@ class VirtualMachine:
     instance_name: str
     state: str
     host_id: str | None
-    last_host_id: str | None
+    """`hostid`: CloudStack gives it only while the VM is on a host (running, starting,
+    migrating); its responses carry no last host."""
     zone_id: str | None
     tags: dict[str, str] = field(default_factory=dict)
     template_id: str | None = None
@@ -268,15 +269,16 @@ class VirtualMachine:
 
     @property
     def placement_host_id(self) -> str | None:
-        """Where commands for this VM go: the host it runs on, else the one it last ran on."""
-        return self.host_id or self.last_host_id
+        """Where commands for this VM go: the host it is on; None for a stopped VM (its disks
+        are then handled through StorPool alone, as the Java plugin does)."""
+        return self.host_id
 
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> VirtualMachine:
         tags = _tag_map(item.get("tags") or [])
         return cls(
             id=str(item["id"]), name=str(item.get("name", "")), instance_name=str(item.get("instancename", "")),
-            state=str(item.get("state", "")), host_id=_str(item, "hostid"), last_host_id=_str(item, "lasthostid"),
+            state=str(item.get("state", "")), host_id=_str(item, "hostid"),
             zone_id=_str(item, "zoneid"), tags=tags, template_id=_str(item, "templateid"),
             service_offering_id=_str(item, "serviceofferingid"), account=_str(item, "account"),
         )

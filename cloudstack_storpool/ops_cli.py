@@ -311,7 +311,8 @@ def snapshot_group() -> None:
 @json_opt
 def snapshot_take(volume_uuid: str, snapshot_uuid: str, secondary_store: str | None, secondary_path: str | None,
                   pools_file: str | None, agent_token_file: str | None, as_json: bool) -> None:
-    """Snapshot VOLUME_UUID; backed up to secondary storage unless sp.bypass.secondary.storage is true."""
+    """Snapshot VOLUME_UUID; backed up to secondary storage unless sp.bypass.secondary.storage is true or
+    snapshot.backup.to.secondary is false (DECIDED_BY says which)."""
     from cloudstack_storpool.driver import snapshots
     from cloudstack_storpool.driver.secondary import SecondaryLocation
 
@@ -321,7 +322,7 @@ def snapshot_take(volume_uuid: str, snapshot_uuid: str, secondary_store: str | N
         with progress_bar(ctx, "backing up", as_json) as pctx:
             return snapshots.take_snapshot(pctx, volume_uuid=volume_uuid, snapshot_uuid=snapshot_uuid, secondary=where)
 
-    run(go, as_json, ["uuid", "name", "global_id", "bypassed", "path"])
+    run(go, as_json, ["uuid", "name", "global_id", "bypassed", "decided_by", "path"])
 
 
 @snapshot_group.command("delete")

@@ -17,6 +17,7 @@ import click
 
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
+from cloudstack_storpool.settings.cli import settings_file_option
 from cloudstack_storpool.tokens import read_token
 
 SERVICE_TOKEN_ENV = "CSSP_SERVICE_TOKEN"
@@ -54,11 +55,13 @@ def loopback_address(listen: str) -> tuple[str, int]:
 @click.option("--region", default=None, help="cloudstack.ini section to read CloudStack credentials from.")
 @click.option("--max-jobs", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Background jobs that may run at once in this process.")
-@click.option("--settings-ttl", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="Seconds a setting read from CloudStack is cached.")
+@click.option("--settings-ttl", type=click.FloatRange(0), default=None,
+              help="Seconds a setting read from CloudStack is cached (default: storpool.settings.cache.seconds).")
+@settings_file_option
 @click.option("-v", "--verbose", is_flag=True)
 def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent_token_file: str | None,
-              region: str | None, max_jobs: int, settings_ttl: float, verbose: bool) -> None:
+              region: str | None, max_jobs: int, settings_ttl: float | None, settings_file: str | None,
+              verbose: bool) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
@@ -73,7 +76,8 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
         pools_path = pools_file or os.environ.get(POOLS_FILE_ENV, "")
         if not pools_path:
             raise ValidationError("pools", f"no pools file: pass --pools or set ${POOLS_FILE_ENV}")
-        ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl)
+        ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl,
+                                        settings_file=settings_file)
         server = make_server(ctx, token, host, port, pools_file=pools_path, max_jobs=max_jobs, periodic_gc=True,
                              secrets=(agent_token, _cloudstack_secret(region)))
     except ProjectError as exc:

@@ -28,22 +28,23 @@ from cloudstack_storpool.heartbeat.hostloop import (
     read_status,
     sysrq_reboot,
 )
+from cloudstack_storpool.settings.cli import settings_file_option
 
 log = logging.getLogger(__name__)
 
 
-def _setting(name: str, flag: Any, cs_client: Any, **scope: str | None) -> Any:
-    """Flag, else CloudStack's value for the scope, else the registry default (typed)."""
-    from cloudstack_storpool.settings.registry import get_setting
+def _settings(cs_client: Any, settings_file: str | None) -> Any:
+    """The one settings store: the heartbeat's own settings from this machine's settings file,
+    CloudStack's keys from CloudStack when a client is given (else their defaults)."""
+    from cloudstack_storpool.settings.localfile import SettingsFile
+    from cloudstack_storpool.settings.store import Settings
 
-    if flag is not None:
-        return flag
-    setting = get_setting(name)
-    if cs_client is not None:
-        found = cs_client.configuration(name, **{k: v for k, v in scope.items() if v})
-        if found is not None and found.value not in (None, ""):
-            return setting.parse(found.value)
-    return setting.default
+    return Settings(cs_client, file=SettingsFile(settings_file), ttl=0)
+
+
+def _setting(name: str, flag: Any, store: Any, **scope: str | None) -> Any:
+    """The command-line flag, else the store's typed value."""
+    return flag if flag is not None else store.get(name, **scope)
 
 
 def _cloudstack(enabled: bool) -> Any:
@@ -91,14 +92,14 @@ def heartbeat_group() -> None:
 @click.option("--allow-reboot", is_flag=True,
               help="Arm the real reboot (sysrq 'b'). Without it, action 'reboot' only logs.")
 @click.option("--cloudstack", "use_cloudstack", is_flag=True,
-              help="Read unset settings from CloudStack and send alerts there (CLOUDSTACK_* / cloudstack.ini).")
-@click.option("--cluster-id", default=None, help="CloudStack cluster uuid of this host (scope of the settings).")
+              help="Send alerts to CloudStack (CLOUDSTACK_* / cloudstack.ini).")
+@settings_file_option
 @click.option("--api-timeout", type=click.FloatRange(min=0.1), default=None,
               help="StorPool API timeout per call (default: the interval, at most 10 s).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
 def run_cmd(storpool_conf: str | None, client_id: int | None, interval: float | None, max_failures: int | None,
-            action: str | None, status_file: str, allow_reboot: bool, use_cloudstack: bool, cluster_id: str | None,
+            action: str | None, status_file: str, allow_reboot: bool, use_cloudstack: bool, settings_file: str | None,
             api_timeout: float | None, rounds: int | None, verbose: bool) -> None:
     """Run this host's heartbeat loop until SIGTERM."""
     from cloudstack_storpool.spconn import StorPoolConn
@@ -106,9 +107,10 @@ def run_cmd(storpool_conf: str | None, client_id: int | None, interval: float | 
     setup_logging(verbose)
     try:
         cs_client = _cloudstack(use_cloudstack)
-        ivl = float(_setting("storpool.heartbeat.interval", interval, cs_client, cluster_id=cluster_id))
-        n = int(_setting("storpool.heartbeat.max.failures", max_failures, cs_client, cluster_id=cluster_id))
-        act = Action(_setting("storpool.heartbeat.action", action, cs_client, cluster_id=cluster_id))
+        store = _settings(None, settings_file)  # the loop's settings are this machine's: no CloudStack read
+        ivl = float(_setting("storpool.heartbeat.interval", interval, store))
+        n = int(_setting("storpool.heartbeat.max.failures", max_failures, store))
+        act = Action(_setting("storpool.heartbeat.action", action, store))
         conn = StorPoolConn.from_config(storpool_conf, timeout=api_timeout or min(ivl, 10.0), retries=0)
         cid = client_id or conn.our_id
         if cid is None:
@@ -187,7 +189,8 @@ def status_cmd(pools_file: str, client_ids: str | None, fence: bool | None, io_w
                     hosts.append(HostTarget(h.name, int(h.sp_client_id), str(h.id)))
             if skipped:
                 click.echo(f"warning: no SP_OURID detail, not checked: {', '.join(skipped)}", err=True)
-        fence_on_any = bool(_setting("kvm.ha.fence.on.storage.heartbeat.failure", fence, cs_client, zone_id=zone_id))
+        store = _settings(cs_client, None)
+        fence_on_any = bool(_setting("kvm.ha.fence.on.storage.heartbeat.failure", fence, store, zone=zone_id))
         config = CheckConfig(fence_on_any=fence_on_any, io_window=io_window, io_samples=io_samples,
                              api_timeout=api_timeout)
         checker = HeartbeatChecker(pools, config)

@@ -139,7 +139,8 @@ class Demo:
         where2 = SecondaryLocation(str(self.stack.secondary), f"snapshots/{vid}/{sid2}.qcow2")
         info2 = snapshots.take_snapshot(self.stack.ctx, volume_uuid=vid, snapshot_uuid=sid2, secondary=where2)
         out.append(check(info2.bypassed and not (self.stack.secondary / where2.path).exists(),
-                         "bypass=true (flipped via updateConfiguration): nothing written to secondary"))
+                         "bypass=true (flipped via updateConfiguration): nothing written to secondary "
+                         f"(decided by {info2.decided_by})"))
         self.snap = (vid, sid, info.global_id)
         return out
 

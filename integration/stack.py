@@ -30,6 +30,7 @@ from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.heartbeat.hostloop import HostLoop, LoopConfig
 from cloudstack_storpool.poolconfig import PoolsFile, load_pools
+from cloudstack_storpool.settings.localfile import SETTINGS_FILE_ENV, SettingsFile
 from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
@@ -131,7 +132,9 @@ class LocalStack:
             if client_id:
                 self._start_agent(host.id, host.name, client_id)
         self.cloudstack: CloudStackClient = self.cs.client()
-        self.settings = Settings(self.cloudstack, ttl=self.settings_ttl)
+        # The project's own settings live in a settings file, as on a real machine.
+        self.settings_file = self.root / "settings.toml"
+        self.settings = Settings(self.cloudstack, file=SettingsFile(self.settings_file), ttl=self.settings_ttl)
         self.ctx = self.driver_context()
 
     def _start_heartbeat(self, client_id: int, status_file: Path) -> None:
@@ -255,8 +258,9 @@ class LocalStack:
 
     def driver_env(self) -> dict[str, str]:
         """The environment the driver's commands read: CloudStack credentials, the agents' token
-        and the pools file (the StorPool endpoints and tokens are in the pools file)."""
+        the pools file (the StorPool endpoints and tokens are in the pools file) and the settings file."""
         return {
+            SETTINGS_FILE_ENV: str(self.settings_file),
             "CLOUDSTACK_ENDPOINT": self.cs.endpoint,
             "CLOUDSTACK_KEY": self.cs.key,
             "CLOUDSTACK_SECRET": self.cs.secret,

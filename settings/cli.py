@@ -1,5 +1,8 @@
 """Command group `cloudstack-storpool settings`.
 
+CloudStack keys are read and written through CloudStack's API; the project's own settings in
+the settings file (`--settings-file` / `$CLOUDSTACK_STORPOOL_SETTINGS`), never in CloudStack.
+
 CloudStack credentials come from `CLOUDSTACK_ENDPOINT` / `CLOUDSTACK_KEY` / `CLOUDSTACK_SECRET`
 or `cloudstack.ini` (as for the `cs` tool), never from the command line: a secret in argv is
 visible to every user of the machine.
@@ -14,9 +17,16 @@ from typing import Any, TypeVar
 import click
 
 from cloudstack_storpool.errors import CloudStackError, ValidationError
-from cloudstack_storpool.settings.registry import REGISTRY, Scope, Setting, SettingValue, all_settings, get_setting
+from cloudstack_storpool.settings.localfile import DEFAULT_SETTINGS_FILE, SETTINGS_FILE_ENV, SettingsFile
+from cloudstack_storpool.settings.registry import Home, Scope, Setting, SettingValue, all_settings, get_setting
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+settings_file_option = click.option(
+    "--settings-file", metavar="PATH", default=None, envvar=SETTINGS_FILE_ENV, show_envvar=True,
+    help=f"The project's settings file (default {DEFAULT_SETTINGS_FILE}).",
+)
+"""The one spelling of the settings-file option, shared by every command that reads settings."""
 
 
 def _client() -> Any:
@@ -25,10 +35,12 @@ def _client() -> Any:
     return CloudStackClient.from_config()
 
 
-def _settings() -> Any:
+def _settings(settings_file: str | None, *, cloudstack: bool = True) -> Any:
+    """The store; CloudStack credentials are read only when a CloudStack key is involved (a KVM
+    host that only has the settings file needs none)."""
     from cloudstack_storpool.settings.store import Settings
 
-    return Settings(_client(), ttl=0)
+    return Settings(_client() if cloudstack else None, file=SettingsFile(settings_file), ttl=0)
 
 
 def _scope_options(func: F) -> F:
@@ -61,8 +73,8 @@ def _show(value: SettingValue | None) -> str:
 
 def _describe(s: Setting) -> dict[str, Any]:
     return {"name": s.name, "type": s.type.value, "default": s.default, "scope": s.scope.value,
-            "dynamic": s.dynamic, "plugin": s.plugin, "choices": list(s.choices) or None,
-            "description": s.description}
+            "dynamic": s.dynamic, "lives_in": s.home.value, "origin": s.origin.value, "category": s.category,
+            "choices": list(s.choices) or None, "description": s.description}
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -73,103 +85,132 @@ def _fail(exc: Exception) -> click.ClickException:
 
 @click.group("settings")
 def settings_group() -> None:
-    """Read and write the plugin's settings through the CloudStack API."""
+    """Read and write settings: CloudStack's keys through its API, the project's own in the settings file."""
 
 
 @settings_group.command("list")
-@click.option("--offline", is_flag=True, help="only the registry; do not ask CloudStack")
+@click.option("--offline", is_flag=True, help="do not ask CloudStack (CloudStack keys show no value)")
+@settings_file_option
 @_json_option
-def list_cmd(offline: bool, as_json: bool) -> None:
-    """Every setting: type, default, scope and (unless --offline) its global value in CloudStack."""
+def list_cmd(offline: bool, settings_file: str | None, as_json: bool) -> None:
+    """Every setting: where it lives (cloudstack / file), type, default, scope and its value."""
     values: dict[str, str | None] = {}
     known: set[str] = set()
-    if not offline:
-        try:
+    local = SettingsFile(settings_file)
+    try:
+        in_file = local.values()
+        if not offline:
             for conf in _client().configurations():
                 values[conf.name] = conf.value
                 known.add(conf.name)
-        except CloudStackError as exc:
-            raise _fail(exc) from None
+    except (CloudStackError, ValidationError) as exc:
+        raise _fail(exc) from None
     items = []
     for s in all_settings():
         item = _describe(s)
-        if not offline:
-            item["value"] = values.get(s.name)
+        if s.home is Home.FILE:
+            item["value"] = in_file.get(s.name, s.default)
+            item["known"] = True
+            item["where"] = str(local.path) if s.name in in_file else f"{local.path} (default)"
+        elif not offline:
+            item["value"] = s.parse(values.get(s.name)) if s.name in known and values.get(s.name) else None
             item["known"] = s.name in known
+            item["where"] = "cloudstack"
         items.append(item)
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    headers = ["NAME", "TYPE", "DEFAULT", "SCOPE"] + ([] if offline else ["VALUE"])
+    headers = ["NAME", "LIVES IN", "TYPE", "DEFAULT", "SCOPE", "VALUE"]
     rows = []
     for item in items:
-        row = [item["name"], item["type"], _show(item["default"]), item["scope"]]
-        if not offline:
-            row.append(_show(item["value"]) if item["known"] else "(unknown to CloudStack)")
-        rows.append(row)
+        if "value" not in item:
+            value = "-"
+        elif not item["known"]:
+            value = "(unknown to CloudStack)"
+        else:
+            value = _show(item["value"])
+        rows.append([item["name"], item["lives_in"], item["type"], _show(item["default"]), item["scope"], value])
     click.echo(_table(rows, headers))
+    click.echo(f"\nfile settings: {local.path}")
 
 
 @settings_group.command("get")
 @click.argument("name")
 @_scope_options
+@settings_file_option
 @_json_option
-def get_cmd(name: str, as_json: bool, **scope_ids: str | None) -> None:
+def get_cmd(name: str, settings_file: str | None, as_json: bool, **scope_ids: str | None) -> None:
     """The effective value of NAME (for the given scope object, if any)."""
     try:
-        store = _settings()
+        setting = get_setting(name)
+        store = _settings(settings_file, cloudstack=setting.home is Home.CLOUDSTACK)
         _setting, scope, scope_id = store.resolve_scope(name, **scope_ids)
         value = store.get(name, **scope_ids)
     except (ValidationError, CloudStackError) as exc:
         raise _fail(exc) from None
+    where = str(store.file.path) if setting.home is Home.FILE else "cloudstack"
     if as_json:
-        click.echo(json.dumps({"name": name, "value": value, "scope": scope.value, "scope_id": scope_id}))
-    else:
-        where = "global" if scope is Scope.GLOBAL else f"{scope.value} {scope_id}"
+        click.echo(json.dumps({"name": name, "value": value, "scope": scope.value, "scope_id": scope_id,
+                               "lives_in": setting.home.value, "where": where}))
+    elif setting.home is Home.FILE:
         click.echo(f"{name} = {_show(value)}  ({where})")
+    else:
+        scope_text = "global" if scope is Scope.GLOBAL else f"{scope.value} {scope_id}"
+        click.echo(f"{name} = {_show(value)}  ({scope_text})")
 
 
 @settings_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("name")
 @click.argument("value")
 @_scope_options
+@settings_file_option
 @_json_option
-def set_cmd(name: str, value: str, as_json: bool, **scope_ids: str | None) -> None:
-    """Validate VALUE and write it (globally, or for one scope object)."""
+def set_cmd(name: str, value: str, settings_file: str | None, as_json: bool, **scope_ids: str | None) -> None:
+    """Validate VALUE and write it where NAME lives: CloudStack (globally or for one scope
+    object) or the settings file."""
     try:
         setting = get_setting(name)
         setting.check(value)  # refuse bad input before even reading credentials
-        store = _settings()
+        store = _settings(settings_file, cloudstack=setting.home is Home.CLOUDSTACK)
         stored = store.set(name, value, **scope_ids)
-    except (ValidationError, CloudStackError) as exc:
+    except (ValidationError, CloudStackError, OSError) as exc:
         raise _fail(exc) from None
+    where = str(store.file.path) if setting.home is Home.FILE else "cloudstack"
     if as_json:
-        click.echo(json.dumps({"name": name, "value": stored, "dynamic": setting.dynamic}))
+        click.echo(json.dumps({"name": name, "value": stored, "dynamic": setting.dynamic,
+                               "lives_in": setting.home.value, "where": where}))
         return
-    click.echo(f"{name} = {_show(stored)}")
+    click.echo(f"{name} = {_show(stored)}  ({where})")
     if not setting.dynamic:
         click.echo("note: this setting is read at start-up; restart the services to apply it")
 
 
 @settings_group.command("check")
+@settings_file_option
 @_json_option
-def check_cmd(as_json: bool) -> None:
-    """Report settings CloudStack does not know or holds bad values for (exit 1 if any)."""
+def check_cmd(settings_file: str | None, as_json: bool) -> None:
+    """Report CloudStack keys CloudStack does not know, bad values (CloudStack's or the file's),
+    and which settings are the project's own (exit 1 on a missing key or a bad value)."""
     try:
-        report = _settings().check()
-    except CloudStackError as exc:
+        report = _settings(settings_file).check()
+    except (CloudStackError, ValidationError) as exc:
         raise _fail(exc) from None
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "missing": list(report.missing), "invalid": report.invalid,
-                               "default_differs": {k: list(v) for k, v in report.default_differs.items()}}))
+                               "default_differs": {k: list(v) for k, v in report.default_differs.items()},
+                               "in_file": list(report.in_file), "file": report.file}))
     else:
         for name in report.missing:
-            click.echo(f"missing: {name} (CloudStack does not know this setting)")
+            click.echo(f"missing: {name} (CloudStack does not know this key: is the StorPool plugin installed "
+                       "and recent enough?)")
         for name, problem in report.invalid.items():
             click.echo(f"invalid: {name}: {problem}")
         for name, (theirs, ours) in report.default_differs.items():
             click.echo(f"note: {name} default is {theirs!r} in CloudStack, {ours!r} here")
+        for name in report.in_file:
+            click.echo(f"file: {name} is not a CloudStack setting; it lives in {report.file}")
         if report.ok:
-            click.echo(f"ok: all {len(REGISTRY)} settings known to CloudStack")
+            count = sum(1 for _ in all_settings(Home.CLOUDSTACK))
+            click.echo(f"ok: all {count} CloudStack settings known to CloudStack; settings file valid")
     if not report.ok:
         raise SystemExit(1)

@@ -1,37 +1,55 @@
-"""Every setting the plugin reads, in one table: name, type, default, scope, rule.
+"""Every setting the project reads, in one table: name, type, default, scope, where it lives.
 
-One table, because the three readers of a setting (the driver, the heartbeat, the operator
-with `cloudstack-storpool settings`) must agree on its type and default; a default repeated in
-two places drifts. Values travel through CloudStack's configuration table as strings, so each
-setting knows how to parse a string and how to render a value back.
+One table, because the readers of a setting (the driver, the agent, the heartbeat, the
+operator with `cloudstack-storpool settings`) must agree on its type and default; a default
+repeated in two places drifts.
 
-CloudStack gives each configuration key exactly one scope (global, zone, cluster, storage pool,
-account); a scoped key read for a scope object that has no value of its own answers the global
-value. The registry records that one scope per setting.
+A setting lives in one of two places (`Home`):
+
+- **cloudstack**: a key of CloudStack's configuration table, defined by the Java StorPool plugin
+  (`StorPoolConfigurationManager`, `StorPoolAbandonObjectsCollector`, ...) or by CloudStack
+  itself (`snapshot.backup.to.secondary`, the `kvm.ha.*` keys). These entries copy CloudStack's
+  ConfigKey exactly: Java type, default text, scope, dynamic flag, category. CloudStack has no
+  API that creates a key, so the project can read and update these, never add one.
+- **file**: the project's own settings (agent port, heartbeat loop, GC, timeouts). CloudStack
+  does not have them and refuses `updateConfiguration` of a name it does not know, so they
+  live in the settings file on each machine (settings/localfile.py).
+
+Both are parsed and validated by the same `Setting.validated`, so a value is checked the same
+way whether it comes from CloudStack, the file or a command line.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import parse_pool_url
 
 
 class SettingType(StrEnum):
-    BOOL = "bool"
-    INT = "int"
-    FLOAT = "float"
-    STR = "str"
-    ENDPOINT = "endpoint"
-    CHOICE = "choice"
+    """The Java class of a ConfigKey (CloudStack validates `updateConfiguration` by it)."""
+
+    BOOL = "Boolean"
+    INT = "Integer"
+    LONG = "Long"
+    FLOAT = "Double"
+    STR = "String"
+
+    @property
+    def java_class(self) -> str:
+        """As CloudStack prints it in "Value [x] is not a valid [class java.lang.Boolean]."."""
+        return f"class java.lang.{self.value}"
 
 
 class Scope(StrEnum):
-    """CloudStack's configuration scopes, spelled as listConfigurations answers them."""
+    """CloudStack's configuration scopes, spelled as listConfigurations answers them, plus the
+    project's own `machine`: a setting of the settings file, one value per machine."""
 
     GLOBAL = "global"
     ZONE = "zone"
@@ -39,11 +57,36 @@ class Scope(StrEnum):
     STORAGEPOOL = "storagepool"
     ACCOUNT = "account"
     DOMAIN = "domain"
+    MACHINE = "machine"
+
+
+class Origin(StrEnum):
+    """Who defines the setting."""
+
+    PLUGIN = "storpool-plugin"
+    """A ConfigKey of CloudStack's StorPool plugin."""
+    CLOUDSTACK = "cloudstack"
+    """A ConfigKey of CloudStack itself that the project reads."""
+    PROJECT = "project"
+    """The project's own; lives in the settings file."""
+
+
+class Home(StrEnum):
+    """Where the value is read and written."""
+
+    CLOUDSTACK = "cloudstack"
+    FILE = "file"
 
 
 SettingValue = bool | int | float | str
 Validator = Callable[[SettingValue], str | None]
 """Returns None when the value is acceptable, else the rule it breaks (for the error message)."""
+
+_JAVA_RANGES = {SettingType.INT: (-(2**31), 2**31 - 1), SettingType.LONG: (-(2**63), 2**63 - 1)}
+_JAVA_INTEGER = re.compile(r"[+-]?[0-9]+")
+"""What Integer.parseInt / Long.parseLong accept (Python's int() also takes `1_000` and spaces)."""
+_JAVA_DOUBLE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+"""A decimal Double.parseDouble accepts (Python's float() also takes `1_0.5`, `inf`, `nan`)."""
 
 
 def at_least(minimum: float) -> Validator:
@@ -82,41 +125,51 @@ class Setting:
     name: str
     type: SettingType
     default: SettingValue | None
+    """Typed default; None where CloudStack's ConfigKey has a null default."""
     scope: Scope
     description: str
-    dynamic: bool = True
-    category: str = "Storage"
+    dynamic: bool
+    origin: Origin
+    category: str = "Advanced"
     choices: tuple[str, ...] = ()
     validator: Validator | None = field(default=None, compare=False)
-    plugin: bool = True
-    """False for CloudStack's own settings the project reads (e.g. `kvm.ha.*`)."""
     unit: str = ""
 
-    def parse(self, raw: str | None) -> SettingValue | None:
-        """A string from CloudStack (or a command line) to a typed value; None stays None.
+    @property
+    def home(self) -> Home:
+        return Home.FILE if self.origin is Origin.PROJECT else Home.CLOUDSTACK
 
-        Raises ValidationError naming this setting when the string is not of its type.
+    def parse(self, raw: str | None) -> SettingValue | None:
+        """A string (CloudStack, the file, a command line) to a typed value; None stays None.
+
+        The rules are CloudStack's (ConfigurationValueValidator): surrounding blanks are trimmed,
+        Booleans are `true`/`false` in any case, Integers and Longs are decimal within Java's
+        range, Doubles are finite. Raises ValidationError naming this setting.
         """
         if raw is None:
             return None
         text = raw.strip()
-        try:
-            if self.type is SettingType.BOOL:
-                lowered = text.lower()
-                if lowered not in ("true", "false"):
-                    raise ValueError("must be true or false")
-                return lowered == "true"
-            if self.type is SettingType.INT:
-                return int(text, 10)
-            if self.type is SettingType.FLOAT:
-                number = float(text)
-                if not math.isfinite(number):
-                    raise ValueError("must be a finite number")
-                return number
-        except ValueError as exc:
-            rule = str(exc) if "must" in str(exc) else f"must be {self.type.value}"
-            raise ValidationError(self.name, f"{raw!r} {rule}") from exc
-        return raw
+        if self.type is SettingType.BOOL:
+            lowered = text.lower()
+            if lowered not in ("true", "false"):
+                raise ValidationError(self.name, f"{raw!r} must be true or false")
+            return lowered == "true"
+        if self.type in _JAVA_RANGES:
+            low, high = _JAVA_RANGES[self.type]
+            if not _JAVA_INTEGER.fullmatch(text):
+                raise ValidationError(self.name, f"{raw!r} must be an integer")
+            number = int(text, 10)
+            if not low <= number <= high:
+                raise ValidationError(self.name, f"{raw!r} is outside the range of a Java {self.type.value}")
+            return number
+        if self.type is SettingType.FLOAT:
+            if not _JAVA_DOUBLE.fullmatch(text):
+                raise ValidationError(self.name, f"{raw!r} must be a number")
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValidationError(self.name, f"{raw!r} must be a finite number")
+            return value
+        return text
 
     @staticmethod
     def render(value: SettingValue) -> str:
@@ -130,18 +183,24 @@ class Setting:
         """The value, typed, when it has this setting's type and passes its rule; else
         ValidationError naming the setting.
 
-        Strings are parsed first, so the CLI, Python callers and values read back from
-        CloudStack all go through one rule (and a read parses its string only once).
+        Strings are parsed first, so the CLI, Python callers, the settings file and values read
+        back from CloudStack all go through one rule (and a read parses its string only once).
         """
         typed = self.parse(value) if isinstance(value, str) else value
         assert typed is not None
         if self.type is SettingType.BOOL and not isinstance(typed, bool):
             raise ValidationError(self.name, f"{value!r} must be true or false")
-        if self.type is SettingType.INT and (isinstance(typed, bool) or not isinstance(typed, int)):
-            raise ValidationError(self.name, f"{value!r} must be an integer")
+        if self.type in _JAVA_RANGES:
+            if isinstance(typed, bool) or not isinstance(typed, int):
+                raise ValidationError(self.name, f"{value!r} must be an integer")
+            low, high = _JAVA_RANGES[self.type]
+            if not low <= typed <= high:
+                raise ValidationError(self.name, f"{value!r} is outside the range of a Java {self.type.value}")
         if self.type is SettingType.FLOAT and (isinstance(typed, bool) or not isinstance(typed, int | float)):
             raise ValidationError(self.name, f"{value!r} must be a number")
-        if self.type is SettingType.CHOICE and typed not in self.choices:
+        if self.type is SettingType.STR and not isinstance(typed, str):
+            raise ValidationError(self.name, f"{value!r} must be a string")
+        if self.choices and typed not in self.choices:
             raise ValidationError(self.name, f"{value!r} must be one of {', '.join(self.choices)}")
         if self.validator is not None:
             problem = self.validator(typed)
@@ -154,144 +213,114 @@ class Setting:
         return self.render(self.validated(value))
 
     @property
-    def default_text(self) -> str:
-        return "" if self.default is None else self.render(self.default)
+    def default_text(self) -> str | None:
+        """The default as CloudStack's `defaultvalue` shows it (None: no default)."""
+        return None if self.default is None else self.render(self.default)
 
+
+def _plugin(name: str, type: SettingType, default: SettingValue | None, scope: Scope, dynamic: bool,
+            description: str, **kw: Any) -> Setting:
+    return Setting(name, type, default, scope, description, dynamic, Origin.PLUGIN, **kw)
+
+
+def _cloudstack(name: str, type: SettingType, default: SettingValue | None, scope: Scope, dynamic: bool,
+                description: str, **kw: Any) -> Setting:
+    return Setting(name, type, default, scope, description, dynamic, Origin.CLOUDSTACK, **kw)
+
+
+def _own(name: str, type: SettingType, default: SettingValue, description: str, *, dynamic: bool = True,
+         **kw: Any) -> Setting:
+    return Setting(name, type, default, Scope.MACHINE, description, dynamic, Origin.PROJECT,
+                   category="cloudstack-storpool", **kw)
+
+
+BOOL, INT, LONG, DOUBLE, STR = SettingType.BOOL, SettingType.INT, SettingType.LONG, SettingType.FLOAT, SettingType.STR
 
 _SETTINGS: tuple[Setting, ...] = (
-    # --- defined by the StorPool plugin (REFERENCE section 3) ---
-    Setting(
-        "sp.bypass.secondary.storage", SettingType.BOOL, False, Scope.GLOBAL,
-        "Keep volume snapshots only on StorPool (primary); when false each snapshot is also "
-        "backed up to secondary storage as qcow2.",
-    ),
-    Setting(
-        "sp.cluster.id", SettingType.STR, None, Scope.CLUSTER,
-        "StorPool cluster id of this CloudStack cluster (multi-cluster setups); empty: none.",
-    ),
-    Setting(
-        "sp.enable.alternative.endpoint", SettingType.BOOL, False, Scope.STORAGEPOOL,
-        "Use sp.alternative.endpoint instead of the pool URL's API endpoint for this pool.",
-    ),
-    Setting(
-        "sp.alternative.endpoint", SettingType.ENDPOINT, "", Scope.STORAGEPOOL,
-        "Alternative StorPool API endpoint for the pool: SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
-        "SP_TEMPLATE=template.",
-        validator=_check_endpoint,
-    ),
-    Setting(
-        "storpool.volumes.stats.interval", SettingType.INT, 3600, Scope.GLOBAL,
-        "Seconds between collections of per-volume space statistics; 0 disables.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.storage.stats.interval", SettingType.INT, 3600, Scope.GLOBAL,
-        "Seconds between collections of pool capacity statistics; 0 disables.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.delete.after.interval", SettingType.INT, 0, Scope.STORAGEPOOL,
-        "Seconds a deleted volume stays recoverable (a cs=delayDelete snapshot with deleteAfter "
-        "is taken before deleting); 0: delete at once.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.list.snapshots.delete.after.interval", SettingType.INT, 360, Scope.GLOBAL,
-        "Seconds between runs of the delay-delete snapshot sync.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.volume.tags.checkup", SettingType.INT, 86400, Scope.GLOBAL,
-        "Seconds between scans for StorPool volumes CloudStack no longer knows.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.snapshot.tags.checkup", SettingType.INT, 86400, Scope.GLOBAL,
-        "Seconds between scans for StorPool snapshots CloudStack no longer knows.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "kvm.ha.fence.on.storage.heartbeat.failure", SettingType.BOOL, False, Scope.ZONE,
-        "True: one StorPool pool failing the heartbeat is enough to declare a host dead; false: "
-        "every pool is checked and the last one decides.",
-        category="Advanced",
-    ),
-    # --- the project's own ---
-    Setting(
-        "storpool.agent.port", SettingType.INT, 8259, Scope.GLOBAL,
-        "TCP port of the KVM host agent on every host (a host's `agent.port` detail overrides it).",
-        dynamic=False, validator=between(1, 65535),
-    ),
-    Setting(
-        "storpool.agent.timeout", SettingType.INT, 60, Scope.GLOBAL,
-        "Seconds the driver waits for a short agent command (attach, detach, resize).",
-        validator=at_least(1), unit="s",
-    ),
-    Setting(
-        "storpool.agent.copy.timeout", SettingType.INT, 7200, Scope.GLOBAL,
-        "Seconds the driver waits for a copy on a host (qemu-img convert to or from secondary).",
-        validator=at_least(1), unit="s",
-    ),
-    Setting(
-        "storpool.heartbeat.interval", SettingType.INT, 10, Scope.CLUSTER,
-        "Seconds between storage heartbeat checks on each host.",
-        validator=at_least(1), unit="s",
-    ),
-    Setting(
-        "storpool.heartbeat.max.failures", SettingType.INT, 3, Scope.CLUSTER,
-        "Consecutive failed heartbeat checks before the heartbeat action is taken.",
-        validator=at_least(1),
-    ),
-    Setting(
-        "storpool.heartbeat.action", SettingType.CHOICE, "log", Scope.CLUSTER,
-        "What a host does when its own storage heartbeat fails past max.failures: none, log, "
-        "alert (a CloudStack alert through generateAlert), reboot (hard reboot, the Java "
-        "plugin's behaviour).",
-        choices=("none", "log", "alert", "reboot"),
-    ),
-    Setting(
-        "storpool.settings.cache.seconds", SettingType.INT, 30, Scope.GLOBAL,
-        "Seconds a setting read from CloudStack is reused before it is read again.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.template.fill.timeout", SettingType.INT, 3600, Scope.GLOBAL,
-        "Seconds after which a template fill that made no progress is taken over by another "
-        "management server.",
-        validator=at_least(60), unit="s",
-    ),
-    Setting(
-        "storpool.gc.interval", SettingType.INT, 3600, Scope.GLOBAL,
-        "Seconds between garbage collection runs (cached templates of deleted templates, "
-        "temporary objects); 0 disables.",
-        validator=at_least(0), unit="s",
-    ),
-    Setting(
-        "storpool.gc.temporary.age", SettingType.INT, 86400, Scope.GLOBAL,
-        "Seconds after which an object tagged cs=temporary is considered abandoned and removed.",
-        validator=at_least(60), unit="s",
-    ),
-    # --- CloudStack's own KVM HA settings, read by the heartbeat ---
-    Setting(
-        "kvm.ha.activity.check.interval", SettingType.INT, 60, Scope.CLUSTER,
-        "CloudStack: seconds between VM activity checks on a suspect host.",
-        category="Advanced", plugin=False, validator=at_least(1), unit="s",
-    ),
-    Setting(
-        "kvm.ha.activity.check.max.attempts", SettingType.INT, 10, Scope.CLUSTER,
-        "CloudStack: activity checks before a suspect host is decided on.",
-        category="Advanced", plugin=False, validator=at_least(1),
-    ),
-    Setting(
-        "kvm.ha.activity.check.failure.ratio", SettingType.FLOAT, 0.7, Scope.CLUSTER,
-        "CloudStack: share of failed activity checks that marks a host as dead.",
-        category="Advanced", plugin=False, validator=between(0, 1),
-    ),
-    Setting(
-        "kvm.ha.degraded.max.period", SettingType.INT, 300, Scope.CLUSTER,
-        "CloudStack: seconds a host may stay Degraded before HA recovers it.",
-        category="Advanced", plugin=False, validator=at_least(1), unit="s",
-    ),
+    # --- ConfigKeys of CloudStack's StorPool plugin (REFERENCE section 5), category Advanced ---
+    _plugin("sp.bypass.secondary.storage", BOOL, False, Scope.GLOBAL, True,
+            "Keep volume snapshots only on StorPool (primary). Read together with CloudStack's "
+            "snapshot.backup.to.secondary: either one asking for primary only decides."),
+    _plugin("sp.cluster.id", STR, "n/a", Scope.CLUSTER, True,
+            "StorPool cluster id (SP_CLUSTER_ID) of this CloudStack cluster, for multi-cluster setups; "
+            "`n/a`: none."),
+    _plugin("sp.enable.alternative.endpoint", BOOL, False, Scope.STORAGEPOOL, True,
+            "Use sp.alternative.endpoint for this pool's StorPool API calls."),
+    _plugin("sp.alternative.endpoint", STR, "", Scope.STORAGEPOOL, True,
+            "Alternative StorPool API endpoint for the pool: SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
+            "SP_TEMPLATE=template.", validator=_check_endpoint),
+    _plugin("sp.cluster.location", STR, None, Scope.STORAGEPOOL, True,
+            "StorPool location (multi-cluster) the pool's volumes are created in."),
+    _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
+            "StorPool API endpoint of the CloudStack cluster's StorPool cluster (multi-cluster)."),
+    _plugin("storpool.volumes.stats.interval", INT, 3600, Scope.GLOBAL, False,
+            "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s"),
+    _plugin("storpool.storage.stats.interval", INT, 3600, Scope.GLOBAL, False,
+            "Seconds between collections of template (pool) space statistics.", validator=at_least(0), unit="s"),
+    _plugin("storpool.delete.after.interval", INT, 0, Scope.STORAGEPOOL, False,
+            "Seconds a deleted volume stays recoverable (a snapshot with deleteAfter is kept); 0: delete "
+            "at once.", validator=at_least(0), unit="s"),
+    _plugin("storpool.list.snapshots.delete.after.interval", INT, 360, Scope.GLOBAL, False,
+            "Seconds between runs of the delay-delete snapshot sync.", validator=at_least(0), unit="s"),
+    _plugin("storpool.volume.tags.checkup", INT, 86400, Scope.GLOBAL, False,
+            "Seconds between scans for StorPool volumes CloudStack no longer knows.",
+            validator=at_least(0), unit="s"),
+    _plugin("storpool.snapshot.tags.checkup", INT, 86400, Scope.GLOBAL, False,
+            "Seconds between scans for StorPool snapshots CloudStack no longer knows.",
+            validator=at_least(0), unit="s"),
+    _plugin("storpool.snapshot.recovery.from.remote.check", INT, 300, Scope.GLOBAL, False,
+            "Seconds between checks of snapshots being recovered from a remote StorPool location.",
+            validator=at_least(0), unit="s"),
+    # --- CloudStack's own keys the project reads ---
+    _cloudstack("kvm.ha.fence.on.storage.heartbeat.failure", BOOL, False, Scope.ZONE, False,
+                "True: one StorPool pool failing the heartbeat is enough to declare a host dead; false: "
+                "every pool is checked and the last one decides (HighAvailabilityManager)."),
+    _cloudstack("snapshot.backup.to.secondary", BOOL, True, Scope.GLOBAL, False,
+                "CloudStack: back each primary-storage snapshot up to secondary storage; false keeps KVM "
+                "snapshots on primary only (SnapshotInfo).", category="Snapshots"),
+    _cloudstack("kvm.ha.activity.check.interval", LONG, 60, Scope.CLUSTER, True,
+                "CloudStack: seconds between VM activity checks on a suspect host (KVMHAConfig).",
+                validator=at_least(1), unit="s"),
+    _cloudstack("kvm.ha.activity.check.max.attempts", LONG, 10, Scope.CLUSTER, True,
+                "CloudStack: activity checks before a suspect host is decided on (KVMHAConfig).",
+                validator=at_least(1)),
+    _cloudstack("kvm.ha.activity.check.failure.ratio", DOUBLE, 0.7, Scope.CLUSTER, True,
+                "CloudStack: share of failed activity checks that marks a host as dead (KVMHAConfig).",
+                validator=between(0, 1)),
+    _cloudstack("kvm.ha.degraded.max.period", LONG, 300, Scope.CLUSTER, True,
+                "CloudStack: seconds a host may stay Degraded before HA recovers it (KVMHAConfig).",
+                validator=at_least(1), unit="s"),
+    # --- the project's own: the settings file on each machine ---
+    _own("storpool.agent.port", INT, 8259,
+         "TCP port of the KVM host agent: the port the agent listens on and the driver dials (a host's "
+         "`agent.port` detail overrides it for that host).", dynamic=False, validator=between(1, 65535)),
+    _own("storpool.agent.timeout", INT, 60,
+         "Seconds the driver waits for a short agent command (attach, detach, resize).",
+         validator=at_least(1), unit="s"),
+    _own("storpool.agent.copy.timeout", INT, 7200,
+         "Seconds the driver waits for a copy on a host (qemu-img convert to or from secondary).",
+         validator=at_least(1), unit="s"),
+    _own("storpool.heartbeat.interval", INT, 10,
+         "Seconds between this host's storage heartbeat checks.", dynamic=False, validator=at_least(1), unit="s"),
+    _own("storpool.heartbeat.max.failures", INT, 3,
+         "Consecutive failed heartbeat checks before the heartbeat action is taken.", dynamic=False,
+         validator=at_least(1)),
+    _own("storpool.heartbeat.action", STR, "log",
+         "What this host does when its own storage heartbeat fails past max.failures: none, log, alert "
+         "(a CloudStack alert through generateAlert), reboot (hard reboot, the Java plugin's behaviour).",
+         dynamic=False, choices=("none", "log", "alert", "reboot")),
+    _own("storpool.settings.cache.seconds", INT, 30,
+         "Seconds a value read from CloudStack's configuration is reused before it is read again.",
+         dynamic=False, validator=at_least(0), unit="s"),
+    _own("storpool.template.fill.timeout", INT, 3600,
+         "Seconds after which a template fill that made no progress is taken over by another management "
+         "server.", validator=at_least(60), unit="s"),
+    _own("storpool.gc.interval", INT, 3600,
+         "Seconds between garbage collection runs (cached templates of deleted templates, temporary "
+         "objects); 0 disables.", validator=at_least(0), unit="s"),
+    _own("storpool.gc.temporary.age", INT, 86400,
+         "Seconds after which an object tagged cs=temporary is considered abandoned and removed.",
+         validator=at_least(60), unit="s"),
 )
 
 REGISTRY: dict[str, Setting] = {s.name: s for s in _SETTINGS}
@@ -302,8 +331,9 @@ def get_setting(name: str) -> Setting:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValidationError(name, "is not a setting this plugin knows (see `settings list`)") from None
+        raise ValidationError(name, "is not a setting this project knows (see `settings list`)") from None
 
 
-def all_settings() -> Iterator[Setting]:
-    return iter(_SETTINGS)
+def all_settings(home: Home | None = None) -> Iterator[Setting]:
+    """Every setting, or those living in `home`."""
+    return (s for s in _SETTINGS if home is None or s.home is home)

@@ -1,4 +1,9 @@
-"""Typed reads and validated writes of the plugin's settings, through CloudStack.
+"""Typed reads and validated writes of every setting, in CloudStack or in the settings file.
+
+A setting's registry entry says where it lives (`Home`): CloudStack keys are read through
+listConfigurations and written through updateConfiguration; the project's own settings are read
+from and written to the settings file (localfile.py) and never reach CloudStack: not a read, not
+a write. Callers just ask `get(name)`.
 
 Reads are cached for a short time because the driver asks for the same few settings on every
 operation and each read is an HTTP round trip to the management server; a change made in
@@ -24,7 +29,8 @@ from dataclasses import dataclass, field
 
 from cloudstack_storpool.cloudstack import CloudStackClient, Configuration
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.settings.registry import REGISTRY, Scope, Setting, SettingType, SettingValue, get_setting
+from cloudstack_storpool.settings.localfile import SettingsFile
+from cloudstack_storpool.settings.registry import Home, Scope, Setting, SettingType, SettingValue, all_settings, get_setting
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,15 @@ class CheckReport:
     """What `check()` found comparing the registry with CloudStack's configuration table."""
 
     missing: tuple[str, ...]
-    """Registry settings CloudStack does not know (the plugin is not installed or too old)."""
+    """CloudStack keys CloudStack does not know (the plugin is not installed or too old)."""
     invalid: dict[str, str] = field(default_factory=dict)
-    """Settings whose current CloudStack value breaks the registry's rule -> the problem."""
-    default_differs: dict[str, tuple[str | None, str]] = field(default_factory=dict)
-    """Settings whose CloudStack default differs from the registry's: name -> (theirs, ours)."""
+    """Settings whose current value (CloudStack's, or the file's) breaks the rule -> the problem."""
+    default_differs: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    """CloudStack keys whose CloudStack default differs from the registry's: name -> (theirs, ours)."""
+    in_file: tuple[str, ...] = ()
+    """The project's own settings: not CloudStack's, they live in the settings file."""
+    file: str = ""
+    """The settings file they were read from."""
 
     @property
     def ok(self) -> bool:
@@ -49,7 +59,7 @@ class CheckReport:
 
 def _scope_kwargs(scope: Scope, scope_id: str | None) -> dict[str, str]:
     """The facade's keyword for a scope id."""
-    if scope_id is None or scope is Scope.GLOBAL:
+    if scope_id is None or scope in (Scope.GLOBAL, Scope.MACHINE):
         return {}
     keyword = {
         Scope.ZONE: "zone_id",
@@ -62,16 +72,22 @@ def _scope_kwargs(scope: Scope, scope_id: str | None) -> dict[str, str]:
 
 
 class Settings:
-    """The plugin's settings as seen through CloudStack, typed and briefly cached."""
+    """Every setting, typed: CloudStack's briefly cached, the file's re-read when it changes.
+
+    `client` may be None where no CloudStack is configured (a KVM host running only the
+    heartbeat): CloudStack keys then read as their defaults, and writing one is refused.
+    """
 
     def __init__(
         self,
-        client: CloudStackClient,
+        client: CloudStackClient | None,
         *,
+        file: SettingsFile | None = None,
         ttl: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self.file = file if file is not None else SettingsFile()
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[_CacheKey, tuple[float, SettingValue | None]] = {}
@@ -97,8 +113,10 @@ class Settings:
         account: str | None = None,
         domain: str | None = None,
     ) -> tuple[Setting, Scope, str | None]:
-        """Which (scope, id) a read of `name` with these ids asks CloudStack about."""
+        """Which (scope, id) a read of `name` with these ids asks about (file settings: machine)."""
         setting = get_setting(name)
+        if setting.home is Home.FILE:
+            return setting, Scope.MACHINE, None
         ids = self._ids(pool, cluster, zone, account, domain)
         if setting.scope is not Scope.GLOBAL and setting.scope in ids:
             return setting, setting.scope, ids[setting.scope]
@@ -122,6 +140,10 @@ class Settings:
         setting, scope, scope_id = self.resolve_scope(
             name, pool=pool, cluster=cluster, zone=zone, account=account, domain=domain
         )
+        if setting.home is Home.FILE:
+            return self.file.get(name)
+        if self._client is None:
+            return setting.default
         key: _CacheKey = (name, scope, scope_id)
         now = self._clock()
         with self._lock:
@@ -139,7 +161,7 @@ class Settings:
             log.warning("CloudStack does not know setting %s; using its default %r", setting.name, setting.default)
             return setting.default
         raw = conf.value
-        if raw is None or (raw.strip() == "" and setting.type not in (SettingType.STR, SettingType.ENDPOINT)):
+        if raw is None or (raw.strip() == "" and setting.type is not SettingType.STR):
             return setting.default
         try:
             return setting.validated(raw)
@@ -171,13 +193,21 @@ class Settings:
         account: str | None = None,
         domain: str | None = None,
     ) -> SettingValue | None:
-        """Validate, then write through updateConfiguration; returns the value CloudStack now holds.
+        """Validate, then write: a CloudStack key through updateConfiguration (returns the value
+        CloudStack now holds), a file setting into the settings file (CloudStack is not called).
 
         With no scope id the global value is set (the fallback of every scope object). A scope
-        id must match the setting's scope. Nothing is sent when validation fails.
+        id must match the setting's scope. Nothing is written when validation fails.
         """
         setting = get_setting(name)
         ids = self._ids(pool, cluster, zone, account, domain)
+        if setting.home is Home.FILE:
+            if ids:
+                raise ValidationError(name, f"lives in this machine's settings file ({self.file.path}); it has no "
+                                            "CloudStack scope")
+            return self.file.set(name, value)
+        if self._client is None:
+            raise ValidationError(name, "is a CloudStack setting and no CloudStack connection is configured")
         if len(ids) > 1:
             raise ValidationError(name, "give at most one scope (--zone, --cluster, --pool, --account, --domain)")
         scope, scope_id = next(iter(ids.items())) if ids else (Scope.GLOBAL, None)
@@ -192,21 +222,29 @@ class Settings:
     # ------------------------------------------------------------------ health
 
     def check(self) -> CheckReport:
-        """Compare the registry with CloudStack (one listing of the configuration table)."""
+        """Compare the registry with CloudStack (one listing of the configuration table) and
+        validate the settings file."""
+        if self._client is None:
+            raise ValidationError("cloudstack", "no CloudStack connection is configured")
         known = {c.name: c for c in self._client.configurations()}
         missing: list[str] = []
         invalid: dict[str, str] = {}
-        differs: dict[str, tuple[str | None, str]] = {}
-        for setting in REGISTRY.values():
+        differs: dict[str, tuple[str | None, str | None]] = {}
+        try:
+            self.file.parse()
+        except ValidationError as exc:
+            invalid[exc.field] = exc.message
+        for setting in all_settings(Home.CLOUDSTACK):
             conf = known.get(setting.name)
             if conf is None:
                 missing.append(setting.name)
                 continue
             if conf.value not in (None, ""):
                 try:
-                    setting.check(conf.value)
+                    setting.validated(conf.value)
                 except ValidationError as exc:
                     invalid[setting.name] = exc.message
-            if setting.default is not None and (conf.default or "") != setting.default_text:
+            if conf.default != setting.default_text:
                 differs[setting.name] = (conf.default, setting.default_text)
-        return CheckReport(tuple(missing), invalid, differs)
+        own = tuple(s.name for s in all_settings(Home.FILE))
+        return CheckReport(tuple(missing), invalid, differs, own, str(self.file.path))

@@ -175,3 +175,14 @@ def test_hostile_bodies_get_400_naming_the_field_not_500(agent_server: AgentServ
     assert r.status_code == 400, r.text
     assert r.json()["error"]["field"] == field
     assert agent_server.jobs.list() == []
+
+
+def test_agent_listens_on_the_settings_files_port(tmp_path: Path) -> None:
+    """`agent serve` without --listen serves on storpool.agent.port of this machine's settings file:
+    the port the driver dials."""
+    from cloudstack_storpool.agent.cli import _default_listen
+
+    settings = tmp_path / "settings.toml"
+    assert _default_listen(str(settings)) == "127.0.0.1:8259"  # no file: the default
+    settings.write_text("storpool.agent.port = 9123\n")
+    assert _default_listen(str(settings)) == "127.0.0.1:9123"

@@ -38,8 +38,8 @@ def test_vms_placement_tags_and_accounts(cs_sim: SimHandle) -> None:
     assert {v.name for v in vms} == {"vm1", "vm2", "user-vm"}  # listall: other accounts too
     vm1, vm2 = by_name(vms, "vm1"), by_name(vms, "vm2")
     assert vm1.state == "Running" and vm1.host_id and vm1.instance_name.startswith("i-")
-    assert vm2.state == "Stopped" and vm2.host_id is None and vm2.last_host_id
-    assert vm2.placement_host_id == vm2.last_host_id
+    assert vm2.state == "Stopped" and vm2.host_id is None and vm2.placement_host_id is None
+    assert vm1.placement_host_id == vm1.host_id
     kvm2 = by_name(client.hosts(), "kvm2")
     cs_sim.model.move_vm(vm1.id, kvm2.id)
     cs_sim.model.set_vm_tag(vm1.id, "vc-policy", "gold-policy")
@@ -50,7 +50,7 @@ def test_vms_placement_tags_and_accounts(cs_sim: SimHandle) -> None:
     assert {v.name for v in client.vms(host_id=kvm2.id)} == {"vm1", "user-vm"}
     cs_sim.model.stop_vm(vm1.id)
     stopped = client.vm(vm1.id)
-    assert stopped is not None and stopped.host_id is None and stopped.last_host_id == kvm2.id
+    assert stopped is not None and stopped.host_id is None and stopped.placement_host_id is None
     cs_sim.model.delete_vm(vm1.id)
     assert client.vm(vm1.id) is None
 
@@ -118,10 +118,10 @@ def test_snapshots_and_vm_snapshots(cs_sim: SimHandle) -> None:
 def test_configuration_exact_name_and_scopes(cs_sim: SimHandle) -> None:
     client = cs_sim.client()
     # listConfigurations' name is a substring filter; configuration() picks the exact one.
-    assert len(client.configurations("storpool.heartbeat")) >= 3
-    conf = client.configuration("storpool.heartbeat.interval")
-    assert conf is not None and conf.value == "10" and conf.default == "10" and conf.is_dynamic
-    assert client.configuration("storpool.heartbeat") is None
+    assert len(client.configurations("kvm.ha.activity.check")) >= 3
+    conf = client.configuration("kvm.ha.activity.check.interval")
+    assert conf is not None and conf.value == "60" and conf.default == "60" and conf.is_dynamic
+    assert client.configuration("kvm.ha.activity.check") is None
     pool = client.storage_pools()[0]
     client.update_configuration("storpool.delete.after.interval", "600", storage_id=pool.id)
     scoped = client.configuration("storpool.delete.after.interval", storage_id=pool.id)

@@ -12,7 +12,7 @@ from tests.driver_harness import Env, MiB, new_uuid
 
 def vm(env: Env, name: str) -> tuple[str, str, str]:
     v = next(v for v in env.cs.model.vms.values() if v.name == name)
-    return v.id, v.instance_name, str(v.last_host_id)
+    return v.id, v.instance_name, str(v.host_id)
 
 
 def test_grow_detached_volume_touches_no_agent(env: Env) -> None:
@@ -33,13 +33,13 @@ def test_running_vm_goes_to_its_host(env: Env) -> None:
     assert all(not env.agents.by_host[h].calls for h in other)
 
 
-def test_stopped_vm_goes_to_its_last_host(env: Env) -> None:
-    vm_id, _, last = vm(env, "vm2")
-    vid, _ = env.volume(8 * MiB, vm_id=vm_id)
-    env.cs.model.move_vm(vm_id, next(h for h in env.cs.model.hosts if h != last))
-    new_last = env.cs.model.vms[vm_id].last_host_id
+def test_stopped_vm_is_resized_on_storpool_only(env: Env) -> None:
+    """A stopped VM is on no host (CloudStack tells no last host): no agent, as in the Java plugin."""
+    vm_id, _, _ = vm(env, "vm2")
+    vid, ref = env.volume(8 * MiB, vm_id=vm_id)
     res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
-    assert res.host_id == new_last and list(env.agents.by_host) == [new_last]
+    assert env.conn.volume(ref).size == 16 * MiB
+    assert res.host_id is None and not res.notified and env.agents.all_calls() == []
 
 
 def test_refusals_before_anything_changes(env: Env) -> None:

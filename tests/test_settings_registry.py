@@ -1,47 +1,82 @@
-"""The settings registry: every documented setting, its type, default, scope and rule."""
+"""The settings registry: CloudStack's keys exactly as CloudStack defines them, the project's own
+in the settings file, one parse/validate path for both."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.settings.registry import REGISTRY, Scope, SettingType, get_setting
+from cloudstack_storpool.settings.registry import REGISTRY, Home, Origin, Scope, SettingType, all_settings, get_setting
 
-REFERENCE_TABLE = {
-    "sp.bypass.secondary.storage": ("false", Scope.GLOBAL),
-    "sp.cluster.id": (None, Scope.CLUSTER),
-    "sp.enable.alternative.endpoint": ("false", Scope.STORAGEPOOL),
-    "sp.alternative.endpoint": ("", Scope.STORAGEPOOL),
-    "storpool.volumes.stats.interval": ("3600", Scope.GLOBAL),
-    "storpool.storage.stats.interval": ("3600", Scope.GLOBAL),
-    "storpool.delete.after.interval": ("0", Scope.STORAGEPOOL),
-    "storpool.list.snapshots.delete.after.interval": ("360", Scope.GLOBAL),
-    "storpool.volume.tags.checkup": ("86400", Scope.GLOBAL),
-    "storpool.snapshot.tags.checkup": ("86400", Scope.GLOBAL),
-    "kvm.ha.fence.on.storage.heartbeat.failure": ("false", Scope.ZONE),
+ROOT = Path(__file__).resolve().parent.parent
+
+# REFERENCE.md section 5: the plugin's ConfigKeys exactly (type, default, scope, dynamic), category Advanced.
+SECTION_5 = {
+    "sp.bypass.secondary.storage": (SettingType.BOOL, "false", Scope.GLOBAL, True),
+    "sp.cluster.id": (SettingType.STR, "n/a", Scope.CLUSTER, True),
+    "sp.enable.alternative.endpoint": (SettingType.BOOL, "false", Scope.STORAGEPOOL, True),
+    "sp.alternative.endpoint": (SettingType.STR, "", Scope.STORAGEPOOL, True),
+    "sp.cluster.location": (SettingType.STR, None, Scope.STORAGEPOOL, True),
+    "sp.cluster.endpoint": (SettingType.STR, None, Scope.CLUSTER, True),
+    "storpool.volumes.stats.interval": (SettingType.INT, "3600", Scope.GLOBAL, False),
+    "storpool.storage.stats.interval": (SettingType.INT, "3600", Scope.GLOBAL, False),
+    "storpool.delete.after.interval": (SettingType.INT, "0", Scope.STORAGEPOOL, False),
+    "storpool.list.snapshots.delete.after.interval": (SettingType.INT, "360", Scope.GLOBAL, False),
+    "storpool.volume.tags.checkup": (SettingType.INT, "86400", Scope.GLOBAL, False),
+    "storpool.snapshot.tags.checkup": (SettingType.INT, "86400", Scope.GLOBAL, False),
+    "storpool.snapshot.recovery.from.remote.check": (SettingType.INT, "300", Scope.GLOBAL, False),
+    "kvm.ha.fence.on.storage.heartbeat.failure": (SettingType.BOOL, "false", Scope.ZONE, False),
 }
 
 
-@pytest.mark.parametrize("name", sorted(REFERENCE_TABLE))
-def test_reference_settings_present_with_their_defaults_and_scopes(name: str) -> None:
-    default, scope = REFERENCE_TABLE[name]
-    setting = REGISTRY[name]
-    assert setting.scope is scope
-    assert (setting.default_text if setting.default is not None else None) == default
+@pytest.mark.parametrize("name", sorted(SECTION_5))
+def test_section_5_keys_exactly(name: str) -> None:
+    java_type, default, scope, dynamic = SECTION_5[name]
+    s = REGISTRY[name]
+    assert (s.type, s.default_text, s.scope, s.dynamic, s.category) == (java_type, default, scope, dynamic, "Advanced")
+    assert s.home is Home.CLOUDSTACK
+
+
+def test_cloudstack_keys_match_the_simulators_independent_table() -> None:
+    """The simulator's configuration.json is written from CloudStack's source, not from the
+    registry: every CloudStack key of the registry must be there with the same definition."""
+    table = {k["name"]: k for k in json.loads(
+        (ROOT / "integration" / "cloudstack_sim" / "configuration.json").read_text())["keys"]}
+    for s in all_settings(Home.CLOUDSTACK):
+        key = table[s.name]
+        assert (key["type"], key["default"], key["scope"], key["dynamic"], key["category"]) == (
+            s.type.value, s.default_text, s.scope.value, s.dynamic, s.category), s.name
+
+
+def test_snapshot_backup_key_is_cloudstacks() -> None:
+    s = get_setting("snapshot.backup.to.secondary")
+    assert (s.origin, s.type, s.default, s.scope, s.dynamic, s.category) == (
+        Origin.CLOUDSTACK, SettingType.BOOL, True, Scope.GLOBAL, False, "Snapshots")
+
+
+def test_project_settings_live_in_the_file() -> None:
+    own = {s.name for s in all_settings(Home.FILE)}
+    assert own == {
+        "storpool.agent.port", "storpool.agent.timeout", "storpool.agent.copy.timeout", "storpool.heartbeat.interval",
+        "storpool.heartbeat.max.failures", "storpool.heartbeat.action", "storpool.settings.cache.seconds",
+        "storpool.template.fill.timeout", "storpool.gc.interval", "storpool.gc.temporary.age",
+    }
+    assert all(REGISTRY[n].scope is Scope.MACHINE and REGISTRY[n].origin is Origin.PROJECT for n in own)
 
 
 def test_every_setting_is_documented() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "settings.md").read_text()
+    doc = (ROOT / "docs" / "settings.md").read_text()
     for name, setting in REGISTRY.items():
         assert f"`{name}`" in doc, name
         assert setting.description
 
 
-def test_bool_parsing_is_strict() -> None:
+def test_bool_parsing_follows_cloudstack() -> None:
     s = get_setting("sp.bypass.secondary.storage")
-    assert s.parse("TRUE") is True and s.parse("false") is False
+    assert s.parse("TRUE") is True and s.parse(" false ") is False
     with pytest.raises(ValidationError) as info:
         s.check("maybe")
     assert info.value.field == "sp.bypass.secondary.storage"
@@ -50,12 +85,32 @@ def test_bool_parsing_is_strict() -> None:
         s.check(1)  # an int is not a bool
 
 
+@pytest.mark.parametrize(("value", "ok"), [
+    ("2147483647", True), ("-2147483648", True), ("+5", True), ("2147483648", False), ("1_000", False),
+    ("1e3", False), ("", False),
+])
+def test_integer_is_a_java_int(value: str, ok: bool) -> None:
+    s = get_setting("storpool.snapshot.recovery.from.remote.check")
+    if ok:
+        s.parse(value)
+    else:
+        with pytest.raises(ValidationError):
+            s.parse(value)
+
+
+def test_long_range() -> None:
+    s = get_setting("kvm.ha.degraded.max.period")
+    assert s.parse("9223372036854775807") == 2**63 - 1
+    with pytest.raises(ValidationError, match="range of a Java Long"):
+        s.parse("9223372036854775808")
+
+
 def test_intervals_refuse_negatives_and_non_numbers() -> None:
     s = get_setting("storpool.volumes.stats.interval")
     assert s.check("0") == "0" and s.check(60) == "60"
     with pytest.raises(ValidationError, match=r"storpool.volumes.stats.interval: '-5' must be >= 0"):
         s.check("-5")
-    with pytest.raises(ValidationError, match="must be int"):
+    with pytest.raises(ValidationError, match="must be an integer"):
         s.check("ten")
     with pytest.raises(ValidationError):
         s.check(True)
@@ -63,7 +118,7 @@ def test_intervals_refuse_negatives_and_non_numbers() -> None:
 
 def test_choice_and_port_rules() -> None:
     action = get_setting("storpool.heartbeat.action")
-    assert action.type is SettingType.CHOICE and action.default == "log"
+    assert action.choices and action.default == "log"
     assert action.check("reboot") == "reboot"
     with pytest.raises(ValidationError, match="one of none, log, alert, reboot"):
         action.check("explode")

@@ -46,6 +46,27 @@ def test_bypass_false_backs_up_through_an_agent(env: Env) -> None:
     assert naming.snapshot(sid) in env.snapshot_names()  # kept on StorPool too
 
 
+@pytest.mark.parametrize(("sp_bypass", "backup_to_secondary", "bypassed", "decided_by"), [
+    ("false", "true", False, "snapshot.backup.to.secondary"),  # the defaults: backed up
+    ("true", "true", True, "sp.bypass.secondary.storage"),  # the plugin's key asks for StorPool only
+    ("false", "false", True, "snapshot.backup.to.secondary"),  # CloudStack's key asks for primary only
+    ("true", "false", True, "sp.bypass.secondary.storage"),  # both do: the plugin's key is reported
+])
+def test_either_key_keeps_the_snapshot_on_storpool(env: Env, sp_bypass: str, backup_to_secondary: str,
+                                                   bypassed: bool, decided_by: str) -> None:
+    """`sp.bypass.secondary.storage` (true = StorPool only) and CloudStack's
+    `snapshot.backup.to.secondary` (false = primary only): either one asking decides."""
+    client = env.cs.client()
+    client.update_configuration("sp.bypass.secondary.storage", sp_bypass)
+    client.update_configuration("snapshot.backup.to.secondary", backup_to_secondary)
+    vid, _ = env.volume()
+    info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=SEC)
+    assert (info.bypassed, info.decided_by) == (bypassed, decided_by)
+    assert info.to_json()["decided_by"] == decided_by
+    assert (info.backup is None) == bypassed
+    assert len(env.agents.pool_agent.calls) == (0 if bypassed else 1)
+
+
 def test_setting_is_read_at_each_snapshot(env: Env) -> None:
     vid, _ = env.volume()
     env.set_bypass(True)

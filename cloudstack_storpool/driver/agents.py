@@ -80,8 +80,9 @@ class AgentDirectory:
         return self.client(host)
 
     def host_of_vm(self, vm_id: str) -> Host | None:
-        """Where commands about a VM's disks go: the host it runs on, else the one it last ran on
-        (None for a VM that never ran). NotFound for a VM CloudStack does not know."""
+        """Where commands about a VM's disks go: the host it is on (None for a stopped VM: CloudStack
+        tells no last host, and a stopped VM's disks need no host). NotFound for a VM CloudStack
+        does not know."""
         vm = self._cloudstack.vm(vm_id)
         if vm is None:
             raise NotFound(f"vm: CloudStack has no VM {vm_id}")

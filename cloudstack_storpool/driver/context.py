@@ -38,18 +38,23 @@ class DriverContext:
 
     @classmethod
     def from_config(cls, pools_file: str | Path, agent_token: str, *, region: str | None = None,
-                    settings_ttl: float = 30.0) -> DriverContext:
+                    settings_ttl: float | None = None, settings_file: str | Path | None = None) -> DriverContext:
         """The context of a deployed driver: the pools file, CloudStack credentials as the `cs`
-        client reads them (`cloudstack.ini` / `CLOUDSTACK_*`), agents on `storpool.agent.port`
-        unless a host says otherwise. Shared by `serve` and the operator commands."""
+        client reads them (`cloudstack.ini` / `CLOUDSTACK_*`), the project's settings file, agents
+        on `storpool.agent.port` unless a host says otherwise. CloudStack values are cached for
+        `settings_ttl` seconds (default: the file's `storpool.settings.cache.seconds`). Shared by
+        `serve` and the operator commands."""
         from cloudstack_storpool.cloudstack import CloudStackClient
         from cloudstack_storpool.driver.agents import AgentDirectory
         from cloudstack_storpool.poolconfig import load_pools
+        from cloudstack_storpool.settings.localfile import SettingsFile
         from cloudstack_storpool.settings.store import Settings
 
         pools = load_pools(pools_file)
+        local = SettingsFile(settings_file)
+        ttl = settings_ttl if settings_ttl is not None else float(local.get("storpool.settings.cache.seconds"))
         cloudstack = CloudStackClient.from_config(region)
-        settings = Settings(cloudstack, ttl=settings_ttl)
+        settings = Settings(cloudstack, file=local, ttl=ttl)
         port = settings.get("storpool.agent.port")
         agents = AgentDirectory(cloudstack, agent_token, default_port=port if isinstance(port, int) else 8259)
         return cls(pools=pools, cloudstack=cloudstack, settings=settings, agents=agents)

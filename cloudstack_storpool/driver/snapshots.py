@@ -2,9 +2,9 @@
 
 A StorPool snapshot is a metadata operation (no data copied), so the driver always takes one
 and keeps it: later volumes and templates are children of it and cost one API call. Whether a
-qcow2 copy also goes to CloudStack's secondary storage is decided per snapshot by
-`sp.bypass.secondary.storage`, read through the settings cache at the moment of the snapshot,
-so an operator's change applies to the next snapshot without a restart.
+qcow2 copy also goes to CloudStack's secondary storage is decided per snapshot by two keys,
+read through the settings cache at the moment of the snapshot (an operator's change applies to
+the next snapshot without a restart), see `bypass_decision`.
 
 Every object made here has a deterministic name derived from CloudStack uuids, so a retried
 request finds what the first attempt made instead of making a second one, and every failure
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BYPASS_SETTING = "sp.bypass.secondary.storage"
+BACKUP_SETTING = "snapshot.backup.to.secondary"
 
 T = TypeVar("T")
 
@@ -85,7 +86,9 @@ class SnapshotInfo(Result):
     """StorPool API name of the volume it was taken of."""
     pool: str
     bypassed: bool
-    """True: kept on StorPool only (`sp.bypass.secondary.storage` was true)."""
+    """True: kept on StorPool only, no copy on secondary storage."""
+    decided_by: str
+    """The setting that decided `bypassed` (see `bypass_decision`)."""
     backup: SecondaryCopy | None
     recovered: bool
     """A retry found the snapshot taken by an earlier attempt instead of taking a second one."""
@@ -252,6 +255,30 @@ def drop_snapshot(conn: StorPoolConn, name: str) -> bool:
 # ---------------------------------------------------------------------------- take / delete / revert
 
 
+@dataclass(frozen=True)
+class BypassDecision:
+    bypassed: bool
+    decided_by: str
+
+
+def bypass_decision(ctx: DriverContext, pool_uuid: str | None) -> BypassDecision:
+    """Keep the snapshot on StorPool only, or also back it up to secondary storage?
+
+    Two keys say it, in opposite senses: the StorPool plugin's `sp.bypass.secondary.storage`
+    (true = StorPool only; what older Java plugins read) and CloudStack's own
+    `snapshot.backup.to.secondary` (false = primary only; what current CloudStack reads). Either
+    one asking for StorPool only decides, the plugin's key first: an operator who set either
+    gets what they asked for, whichever CloudStack version they learnt it from. Only when both
+    ask for a backup (the defaults) is the snapshot copied; CloudStack's key is then reported as
+    the deciding one, being the one a current management server acts on.
+    """
+    if ctx.settings.get(BYPASS_SETTING, pool=pool_uuid):
+        return BypassDecision(True, BYPASS_SETTING)
+    backup = ctx.settings.get(BACKUP_SETTING, pool=pool_uuid)
+    return BypassDecision(not backup, BACKUP_SETTING)
+
+
+
 def take_snapshot(
     ctx: DriverContext,
     *,
@@ -268,14 +295,16 @@ def take_snapshot(
     """
     name = naming.snapshot(snapshot_uuid)
     src = storpool_volume(ctx, volume_uuid)
-    bypass = bool(ctx.settings.get(BYPASS_SETTING, pool=src.pool.uuid or None))
+    decision = bypass_decision(ctx, src.pool.uuid or None)
+    bypass = decision.bypassed
     if not bypass:
+        keep_on_primary = f"{BYPASS_SETTING}=true or {BACKUP_SETTING}=false"
         if encrypted:
             raise ValidationError(
-                "encrypted", f"snapshots of encrypted volumes need {BYPASS_SETTING}=true (kept on StorPool only)"
+                "encrypted", f"snapshots of encrypted volumes must stay on StorPool only ({keep_on_primary})"
             )
         if secondary is None:
-            raise ValidationError("secondary", f"a secondary-storage location is required while {BYPASS_SETTING} is false")
+            raise ValidationError("secondary", f"a secondary-storage location is required unless {keep_on_primary}")
         secondary.check()
     conn = ctx.conn(src.pool)
     snap_tags = pools.identity_tags(snapshot_uuid.lower(), tags.SNAPSHOT, src.pool, cvm=src.cs.vm_id)
@@ -299,7 +328,7 @@ def take_snapshot(
             raise undo_and_fail(f"backup of snapshot {snapshot_uuid} to secondary storage failed", exc,
                                 f"the StorPool snapshot {name} was removed", lambda: drop_snapshot(conn, name)) from exc
     return SnapshotInfo(snapshot_uuid.lower(), name, gid, names.BYID_PREFIX + gid, src.name, src.pool.uuid,
-                        bypass, backup, recovered)
+                        bypass, decision.decided_by, backup, recovered)
 
 
 def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str) -> SnapshotDeleted:

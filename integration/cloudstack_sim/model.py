@@ -1,8 +1,11 @@
 """The CloudStack simulator's world: topology, resources, configuration, events, async jobs.
 
 Moto-style: the model holds plain objects and the rules a real management server applies
-(scoped configuration with fallback to the global value, validation of configuration values,
-"entity does not exist" for unknown ids, template deletion refused while VMs use it). The
+(scoped configuration with fallback to the global value, updateConfiguration's validation
+(ConfigurationManagerImpl), "entity does not exist" for unknown ids, template deletion refused
+while VMs use it). The configuration table is seeded from `configuration.json`, a data file of
+CloudStack's own keys, never from the project's settings registry: the simulator must be able to
+say "doesn't exist" to a key the project invented. The
 wire (envelopes, signatures, paging, HTTP status) lives in server.py; tests change the world
 through the Python methods here.
 
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import threading
 import time
 import uuid
@@ -22,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cloudstack_storpool.settings.registry import SettingType, all_settings
+CONFIGURATION_FILE = Path(__file__).with_name("configuration.json")
+"""CloudStack's configuration keys the plugin touches (name, Java type, default, scope...)."""
 
 _NAMESPACE = uuid.UUID("5b0c1a52-3f0e-4c1e-9d7a-6f1d2c3b4a59")
 
@@ -72,14 +78,23 @@ class MissingParam(ApiError):
     cserrorcode = 9999
 
 
+class InvalidValue(ApiError):
+    """A parameter the API layer could not translate (ServerApiException PARAM_ERROR, raised by
+    ParamProcessWorker before the command runs): an unknown uuid, a malformed number. The server
+    prefixes the text with "Unable to execute API command <cmd> due to invalid value."."""
+
+    code = 431
+    cserrorcode = 9999
+
+
 class Unsupported(ApiError):
     code = 432
     cserrorcode = 9999
 
 
-def no_entity(param: str, value: str) -> ParamError:
+def no_entity(param: str, value: str) -> InvalidValue:
     """What the real server says for an id it cannot translate (unknown or removed entity)."""
-    return ParamError(
+    return InvalidValue(
         f"Invalid parameter {param} value={value} due to incorrect long value format, or entity does "
         "not exist or due to incorrect parameter annotation for the field in api cmd class."
     )
@@ -266,8 +281,10 @@ class ConfigEntry:
     description: str = ""
     dynamic: bool = True
     scope: str = "global"
-    type: str = "str"  # str / bool / int / float: how the server validates updates
+    type: str = "String"
+    """The ConfigKey's Java class (Boolean, Integer, Long, Double, String): how updates are validated."""
     value: str | None = None
+    component: str = "management-server"
 
 
 @dataclass
@@ -353,6 +370,15 @@ class CloudStackModel:
         self._job_failures: dict[str, list[str]] = {}
         self._instance_counter = 2
         self._seeding = False
+        self.domains: dict[str, str] = {seeded_id("domain", "ROOT"): "ROOT"}
+        """Domain uuid -> name (the simulator has only ROOT)."""
+
+    def account_ids(self) -> dict[str, str]:
+        """Account uuid -> name, for every account that owns something (and admin)."""
+        with self.lock:
+            names = {"admin"} | {o.account for table in (self.vms, self.volumes, self.snapshots, self.templates)
+                                 for o in table.values()}
+            return {seeded_id("account", n): n for n in names}
 
     # ------------------------------------------------------------------ helpers
 
@@ -399,6 +425,8 @@ class CloudStackModel:
                 table = getattr(self, name)
                 table.clear()
                 for item in data.get(name, []):
+                    if name == "configs":
+                        item["type"] = _LEGACY_TYPES.get(item.get("type", ""), item.get("type", "String"))
                     obj = cls(**item)
                     table[obj.name if name == "configs" else obj.id] = obj
             self.scoped_values = {(s, i, n): v for s, i, n, v in data.get("scoped_values", [])}
@@ -443,28 +471,18 @@ class CloudStackModel:
             self.seed_settings()
 
     def seed_settings(self, *, skip: tuple[str, ...] = ()) -> None:
-        """Register the plugin's settings (as an installed plugin would) plus a few real ones."""
+        """Register CloudStack's keys from `configuration.json` (as a management server with the
+        StorPool plugin installed has them); `skip` leaves some out (an older plugin)."""
+        keys = json.loads(CONFIGURATION_FILE.read_text())["keys"]
         with self.lock:
-            for setting in all_settings():
-                if setting.name in skip:
+            for key in keys:
+                if key["name"] in skip:
                     continue
-                kind = {SettingType.BOOL: "bool", SettingType.INT: "int", SettingType.FLOAT: "float"}.get(
-                    setting.type, "str"
-                )
                 self.register_setting(
-                    setting.name, setting.default_text if setting.default is not None else None,
-                    scope=setting.scope.value, category=setting.category, description=setting.description,
-                    dynamic=setting.dynamic, type=kind,
+                    key["name"], key["default"], scope=key["scope"], category=key["category"],
+                    description=key["description"], dynamic=key["dynamic"], type=key["type"],
+                    component=key["component"],
                 )
-            for name, default, scope, kind in (
-                ("kvm.ha.activity.check.timeout", "60", "cluster", "int"),
-                ("kvm.ha.recover.failure.threshold", "1", "cluster", "int"),
-                ("default.page.size", "500", "global", "int"),
-                ("expunge.delay", "86400", "global", "int"),
-                ("storage.cleanup.enabled", "true", "global", "bool"),
-            ):
-                if name not in self.configs and name not in skip:
-                    self.register_setting(name, default, scope=scope, type=kind)
 
     # ------------------------------------------------------------------ topology API for tests
 
@@ -759,10 +777,14 @@ class CloudStackModel:
         category: str = "Advanced",
         description: str = "",
         dynamic: bool = True,
-        type: str = "str",
+        type: str = "String",
+        component: str = "management-server",
     ) -> ConfigEntry:
+        if type not in _JAVA_TYPES:
+            raise ValueError(f"{name}: {type!r} is not a ConfigKey type ({', '.join(_JAVA_TYPES)})")
         with self.lock:
-            entry = ConfigEntry(name, default, category, description, dynamic, scope, type, value=default)
+            entry = ConfigEntry(name, default, category, description, dynamic, scope, type, value=default,
+                                component=component)
             self.configs[name] = entry
             return entry
 
@@ -774,8 +796,10 @@ class CloudStackModel:
                 del self.scoped_values[key]
 
     def _scope_id_known(self, scope: str, scope_id: str, param: str) -> None:
-        tables: dict[str, dict[str, Any]] = {
+        """The API layer translates every scope uuid before the command runs."""
+        tables: dict[str, Any] = {
             "zone": self.zones, "cluster": self.clusters, "storagepool": self.storage_pools,
+            "account": self.account_ids(), "domain": self.domains,
         }
         table = tables.get(scope)
         if table is not None and scope_id not in table:
@@ -792,25 +816,40 @@ class CloudStackModel:
             return entry.value
 
     def set_configuration(
-        self, name: str, value: str, scope: str = "global", scope_id: str | None = None,
+        self, name: str, value: str | None, scope: str = "global", scope_id: str | None = None,
         *, param: str | None = None,
     ) -> ConfigEntry:
-        """updateConfiguration's rules: known name, matching scope, a value of the key's type."""
+        """updateConfiguration's rules (ConfigurationManagerImpl), in CloudStack's order.
+
+        Unknown name: "... doesn't exist". No value: nothing changes. The value is trimmed; empty
+        or "null" means no value (NULL globally, "" for a scope object). A scope other than the
+        key's own is refused; the value must parse as the key's Java type (Booleans in any case,
+        stored lower-case; Integer/Long within Java's range; finite Doubles).
+        """
         with self.lock:
             entry = self.configs.get(name)
             if entry is None:
                 raise ParamError(f"Config parameter with name {name} doesn't exist")
+            if value is None:
+                return entry
             if scope != "global":
-                if entry.scope != scope:
-                    raise ParamError(f"Invalid scope id provided for the parameter {name}")
                 assert scope_id is not None
                 self._scope_id_known(scope, scope_id, param or "id")
-            _check_value(entry, value)
+            text: str | None = value.strip()
+            if text == "" or text == "null":
+                text = None if scope == "global" else ""
+            if scope != "global" and entry.scope != scope:
+                raise ParamError(f"Invalid scope id provided for the parameter {name}")
+            if text is not None and text != "":
+                if not _valid_java_value(text, entry.type):
+                    raise ParamError(f"Value [{text}] is not a valid [class java.lang.{entry.type}].")
+                if entry.type == "Boolean":
+                    text = text.lower()
             if scope == "global":
-                entry.value = value
+                entry.value = text
             else:
                 assert scope_id is not None
-                self.scoped_values[(scope, scope_id, name)] = value
+                self.scoped_values[(scope, scope_id, name)] = text or ""
             self.add_event("CONFIGURATION.VALUE.EDIT", f"Value of {name} changed", None, "Configuration")
             return entry
 
@@ -829,7 +868,11 @@ class CloudStackModel:
         instance_type: str | None = None,
         instance_id: str | None = None,
     ) -> Job:
-        """Run `work` now, reveal its outcome through queryAsyncJobResult after job_delay."""
+        """Run `work` now, reveal its outcome through queryAsyncJobResult after job_delay.
+
+        A failure is reported as ApiAsyncJobDispatcher does: an ExceptionResponse with the error
+        code (431 for a bad parameter, 530 otherwise) and text, and no cserrorcode.
+        """
         with self.lock:
             now = time.time()
             injected = self._job_failures.get(command.lower())
@@ -841,9 +884,8 @@ class CloudStackModel:
                 try:
                     result = work()
                 except ApiError as exc:
-                    # Inside a job every exception surfaces as the job's failure (API dispatcher).
-                    status, code = 2, 530
-                    result = {"errorcode": 530, "cserrorcode": exc.cserrorcode, "errortext": exc.text}
+                    status, code = 2, 431 if exc.code == 431 else 530
+                    result = {"errorcode": code, "errortext": exc.text}
             job = Job(new_id(), command, now, now + self.job_delay, status, code, result,
                       instance_type, instance_id)
             self.jobs[job.id] = job
@@ -870,19 +912,22 @@ def check_alert_type(alert_type: int, name: str) -> None:
         raise ParamError(f"There is a default alert having type {alert_type} and name {builtin}")
 
 
-def _check_value(entry: ConfigEntry, value: str) -> None:
-    """The server-side type check of updateConfiguration."""
-    if entry.type == "bool" and value.lower() not in ("true", "false"):
-        raise ParamError("Please enter either 'true' or 'false'.")
-    if entry.type == "int":
-        try:
-            int(value)
-        except ValueError:
-            raise ParamError(f"There was error in trying to parse value: {value}. Please enter a valid "
-                             "integer value for parameter " + entry.name) from None
-    if entry.type == "float":
-        try:
-            float(value)
-        except ValueError:
-            raise ParamError(f"There was error in trying to parse value: {value}. Please enter a valid "
-                             "float value for parameter " + entry.name) from None
+_JAVA_TYPES = ("Boolean", "Integer", "Long", "Double", "String")
+_LEGACY_TYPES = {"bool": "Boolean", "int": "Integer", "float": "Double", "str": "String"}
+"""Type names of state files written before the table followed CloudStack's Java types."""
+_JAVA_INTEGER = re.compile(r"[+-]?[0-9]+")
+_JAVA_DOUBLE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[fFdD]?")
+_RANGES = {"Integer": (-(2**31), 2**31 - 1), "Long": (-(2**63), 2**63 - 1)}
+
+
+def _valid_java_value(text: str, java_type: str) -> bool:
+    """ConfigurationValueValidator.validateValueType: Boolean.parseBoolean's words, Integer.parseInt /
+    Long.parseLong (decimal, in range), Double.parseDouble except infinities (and NaN)."""
+    if java_type == "Boolean":
+        return text.lower() in ("true", "false")
+    if java_type in _RANGES:
+        low, high = _RANGES[java_type]
+        return bool(_JAVA_INTEGER.fullmatch(text)) and low <= int(text) <= high
+    if java_type == "Double":
+        return bool(_JAVA_DOUBLE.fullmatch(text)) and math.isfinite(float(text.rstrip("fFdD")))
+    return True

@@ -1,16 +1,24 @@
 """The CloudStack simulator's wire: `/client/api`, signatures, envelopes, paging, errors, jobs.
 
-What a client sees is what a real management server sends:
+What a client sees is what a real management server sends (ApiServlet, ApiServer,
+ParamProcessWorker, BaseListCmd, ApiAsyncJobDispatcher in CloudStack main):
 
-- GET (query string) and POST (form body) both work; parameters are verified with
-  signature version 3 (see signing.py), anything else is HTTP 401 with errorcode 401;
+- GET (query string) and POST (form body) both work; a key given twice counts with its last
+  value; parameters are verified with signature version 3 (see signing.py), whose control
+  parameters (`apiKey`, `signature`, `signatureVersion`, `expires`) are matched in any case;
+  a failed check is HTTP 401 with errorcode 401;
+- a command the server does not have is 401 too, in the `errorresponse` envelope (ApiServer
+  refuses it while verifying the request);
 - answers are `{"<command lower-cased>response": {...}}`; a list is
   `{"count": N, "<item>": [...]}` and an empty one `{}`; `count` is the total, not the page;
-- `page`/`pagesize`: pagesize at most 500 (default.page.size) unless -1, `pagesize` needs
-  `page`, pages start at 1;
-- errors: HTTP status = `errorcode` (431 bad parameter, 432 unknown command, 530 internal),
-  body with `errorcode`, `cserrorcode` and `errortext`;
-- async commands answer `{"jobid": ...}`; `queryAsyncJobResult` reports jobstatus 0/1/2.
+- paging (BaseListCmd): no paging parameters means at most default.page.size (500) items;
+  `pagesize` needs `page` and `page` needs `pagesize` (431), except `pagesize=-1` alone, which
+  lists everything (`page` with it is 431); `page` <= 0 is the first page;
+- errors: HTTP status = `errorcode` (431 bad parameter, 530 internal), body with `errorcode`,
+  `cserrorcode` and `errortext`; a uuid that names nothing is 431 / cserrorcode 9999
+  "Unable to execute API command <cmd> due to invalid value. Invalid parameter ...";
+- async commands answer `{"jobid": ...}`; `queryAsyncJobResult` reports jobstatus 0/1/2; a failed
+  job's result has `errorcode` (431 for a bad parameter) and `errortext`, no `cserrorcode`.
 
 The secret keys live only in this process (never in the state file, never logged).
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,15 +72,15 @@ def _flag(params: Params, name: str) -> bool:
 
 
 def _int(params: Params, name: str) -> int | None:
+    """An INTEGER parameter, as ParamProcessWorker parses it (Integer.parseInt)."""
     raw = params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise m.ParamError(f"Unable to execute API command due to invalid value. Invalid parameter {name} "
-                           f"value={raw} due to incorrect long value format, or entity does not exist or "
-                           "due to incorrect parameter annotation for the field in api cmd class.") from None
+    if not re.fullmatch(r"[+-]?[0-9]+", raw) or not -(2**31) <= int(raw) <= 2**31 - 1:
+        raise m.InvalidValue(f"Invalid parameter {name} value={raw} due to incorrect long value format, or entity "
+                             "does not exist or due to incorrect parameter annotation for the field in api cmd "
+                             "class.")
+    return int(raw)
 
 
 def _check_ids(params: Params, checks: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -152,10 +161,11 @@ def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
     host = model.hosts.get(v.host_id or "")
     tpl = model.templates.get(v.template_id)
     off = model.service_offerings.get(v.service_offering_id)
+    # UserVmResponse has hostid/hostname (while the VM runs) and no last host.
     return _opt({
         "id": v.id, "name": v.name, "displayname": v.name, "instancename": v.instance_name,
         "state": v.state, "hostid": v.host_id, "hostname": host.name if host else None,
-        "lasthostid": v.last_host_id, "zoneid": v.zone_id, "templateid": v.template_id,
+        "zoneid": v.zone_id, "templateid": v.template_id,
         "templatename": tpl.name if tpl else None, "serviceofferingid": v.service_offering_id,
         "serviceofferingname": off.name if off else None, "hypervisor": "KVM", "account": v.account,
         "created": v.created, "tags": _tag_items("UserVm", v.id, v.tags, v.account),
@@ -213,8 +223,7 @@ def _event(model: m.CloudStackModel, e: m.Event) -> Item:
 def _config(entry: m.ConfigEntry, value: str | None, scope: str | None) -> Item:
     return _opt({"name": entry.name, "value": value, "defaultvalue": entry.default,
                  "category": entry.category, "description": entry.description,
-                 "isdynamic": entry.dynamic, "scope": scope, "component": "StorPool"
-                 if entry.name.startswith(("sp.", "storpool.")) else "management-server"})
+                 "isdynamic": entry.dynamic, "scope": scope, "component": entry.component})
 
 
 # ---------------------------------------------------------------------------- list commands
@@ -439,8 +448,11 @@ LIST_COMMANDS: dict[str, ListCommand] = {
 
 def update_configuration(model: m.CloudStackModel, p: Params) -> Item:
     _required("updateConfiguration", p, "name")
+    for id_param, id_scope in m.SCOPE_PARAMS.items():  # uuids are translated before the command runs
+        if p.get(id_param):
+            model._scope_id_known(id_scope, p[id_param], id_param)
     scope, scope_id, param = _config_scope(p)
-    entry = model.set_configuration(p["name"], p.get("value", ""), scope, scope_id, param=param)
+    entry = model.set_configuration(p["name"], p.get("value"), scope, scope_id, param=param)
     value = model.config_value(entry.name, scope, scope_id)
     return {"configuration": _config(entry, value, None if scope == "global" else scope)}
 
@@ -516,19 +528,22 @@ COMMANDS: dict[str, Command] = {
 
 
 def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
+    """ParamProcessWorker's and BaseListCmd's paging rules."""
     page = _int(p, "page")
     pagesize = _int(p, "pagesize")
-    if pagesize is not None and page is None:
-        raise m.ParamError('"page" parameter is required when "pagesize" is specified')
-    if pagesize is not None and pagesize != -1 and not 1 <= pagesize <= MAX_PAGE_SIZE:
+    if page is None and pagesize is not None and pagesize != -1:
+        raise m.MissingParam('"page" parameter is required when "pagesize" is specified')
+    if pagesize is None and page is not None:
+        raise m.MissingParam('"pagesize" parameter is required when "page" is specified')
+    if pagesize is not None and pagesize > MAX_PAGE_SIZE:
         raise m.ParamError(f"Page size can't exceed max allowed page size value: {MAX_PAGE_SIZE}")
-    if page is not None and page < 1:
-        raise m.ParamError("Invalid page value: the page number must be 1 or more")
+    if pagesize == -1 and page is not None:
+        raise m.ParamError("Can't specify page parameter when pagesize is -1 (Unlimited)")
     total = len(items)
-    if page is None or pagesize == -1:
+    if pagesize == -1:
         return items, total
-    size = pagesize or MAX_PAGE_SIZE
-    start = (page - 1) * size
+    size = MAX_PAGE_SIZE if pagesize is None else max(pagesize, 0)
+    start = size * (page - 1) if page is not None and page > 0 else 0
     return items[start : start + size], total
 
 
@@ -551,13 +566,19 @@ def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[in
                 if cmd.mutates:
                     model.save()
                 return 200, result
-        raise m.Unsupported("The given command does not exist or it is not available for user")
+        raise m.Unsupported(f"The given command {command} does not exist or it is not available for user")
     except m.ApiError as exc:
-        return exc.code, {"uuidList": [], "errorcode": exc.code, "cserrorcode": exc.cserrorcode,
-                          "errortext": exc.text}
+        text = exc.text
+        if isinstance(exc, m.InvalidValue):
+            text = f"Unable to execute API command {command.lower()} due to invalid value. {text}"
+        return exc.code, {"uuidList": [], "errorcode": exc.code, "cserrorcode": exc.cserrorcode, "errortext": text}
 
 
 # ---------------------------------------------------------------------------- HTTP
+
+
+_CONTROL_PARAMS = frozenset({"signature", "apikey", "response", "signatureversion", "expires", "command"})
+"""Parameters of the request itself, not of the command (matched in any case)."""
 
 
 class SimHTTPServer(ThreadingHTTPServer):
@@ -615,20 +636,20 @@ class _Handler(BaseHTTPRequestHandler):
             ctype = self.headers.get("Content-Type", "")
             if ctype.startswith("application/x-www-form-urlencoded"):
                 pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-        params: dict[str, str] = {}
-        for name, value in pairs:
-            params.setdefault(name, value)  # the servlet's getParameterMap()[name][0]
+        params = dict(pairs)  # a key given twice: its last value counts (ApiServlet)
         command = params.get("command", "")
-        envelope = f"{command.lower()}response" if command else "errorresponse"
+        known = command in LIST_COMMANDS or command in COMMANDS
+        envelope = f"{command.lower()}response" if known else "errorresponse"
         try:
+            if not known:  # ApiServer.verifyRequest refuses it before looking at the signature
+                raise SignatureError(f"unknown command {command!r}")
             verify_request(params, self.server.secret_for_key)
         except SignatureError as exc:
             log.info("refused %s: %s", command or "(no command)", exc)
             self._send(401, {envelope: {"uuidList": [], "errorcode": 401,
                                         "errortext": "unable to verify user credentials and/or request signature"}})
             return
-        clean = {k: v for k, v in params.items() if k not in ("signature", "apiKey", "response",
-                                                              "signatureVersion", "expires", "command")}
+        clean = {k: v for k, v in params.items() if k.lower() not in _CONTROL_PARAMS}
         model = self.server.model
         model.record_call(command, clean, self.command)
         status, result = dispatch(model, command, clean)

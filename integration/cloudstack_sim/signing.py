@@ -14,7 +14,10 @@ version 3):
 - `name=value` pairs joined with `&`, the whole string lower-cased, HMAC-SHA1 with the user's
   secret key, base64;
 - with `signatureVersion=3`, `expires` is required and the request is refused once it has
-  passed.
+  passed; it is read in the DateUtil formats (`yyyy-MM-dd'T'HH:mm:ssZ`, with or without
+  milliseconds);
+- the control parameters `apiKey`, `signature`, `signatureVersion` and `expires` are found
+  whatever their case (ApiServer compares them with equalsIgnoreCase).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from datetime import UTC, datetime
 _JAVA_UNRESERVED = frozenset(string.ascii_letters + string.digits + ".-*_")
 
 EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+EXPIRES_FORMATS = (EXPIRES_FORMAT, "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 class SignatureError(Exception):
@@ -61,11 +65,21 @@ def compute_signature(params: Mapping[str, str], secret: str) -> str:
 
 
 def parse_expires(value: str) -> datetime:
-    """CloudStack's `yyyy-MM-dd'T'HH:mm:ssZ` (e.g. `2024-05-01T10:00:00+0000`)."""
-    try:
-        return datetime.strptime(value, EXPIRES_FORMAT)
-    except ValueError as exc:
-        raise SignatureError(f"malformed expires {value!r}") from exc
+    """DateUtil's `yyyy-MM-dd'T'HH:mm:ssZ` (e.g. `2024-05-01T10:00:00+0000`), also with
+    milliseconds (`2024-05-01T10:00:00.123+0000`)."""
+    for fmt in EXPIRES_FORMATS:
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    raise SignatureError(f"malformed expires {value!r}")
+
+
+def _control(params: Mapping[str, str], name: str) -> str | None:
+    """A control parameter whatever its case (the last one given, if several)."""
+    wanted = name.lower()
+    found = [value for key, value in params.items() if key.lower() == wanted]
+    return found[-1] if found else None
 
 
 def verify_request(
@@ -78,16 +92,16 @@ def verify_request(
 
     Raises SignatureError for every way the real server would answer 401.
     """
-    api_key = params.get("apiKey") or params.get("apikey")
-    signature = params.get("signature")
+    api_key = _control(params, "apiKey")
+    signature = _control(params, "signature")
     if not api_key or not signature:
         raise SignatureError("apiKey or signature missing")
     secret = secret_for_key(api_key)
     if secret is None:
         raise SignatureError("unknown apiKey")
-    version = params.get("signatureVersion")
+    version = _control(params, "signatureVersion")
     if version == "3":
-        expires = params.get("expires")
+        expires = _control(params, "expires")
         if not expires:
             raise SignatureError("signatureVersion 3 without expires")
         moment = now or datetime.now(UTC)

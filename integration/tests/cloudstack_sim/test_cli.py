@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,13 +42,14 @@ def test_serves_with_secret_from_env_and_never_prints_it(tmp_path: Path) -> None
         endpoint = first.split(" ", 1)[1]
         assert proc.stdout.readline().strip() == "key: k1"
         api = cs.CloudStack(endpoint, "k1", SECRET, method="post")
-        api.updateConfiguration(name="storpool.heartbeat.action", value="alert")
+        api.updateConfiguration(name="sp.bypass.secondary.storage", value="true")
     finally:
         rest = _stop(proc)
     assert proc.returncode == 0
     assert SECRET not in rest
     assert SECRET not in state.read_text()
-    assert '"alert"' in state.read_text()
+    saved = json.loads(state.read_text())
+    assert next(c for c in saved["configs"] if c["name"] == "sp.bypass.secondary.storage")["value"] == "true"
 
 
 def test_random_secret_goes_to_a_private_file(tmp_path: Path) -> None:

@@ -153,12 +153,12 @@ def test_errors_carry_codes_and_text(cs_sim: SimHandle) -> None:
     assert info.value.error["cserrorcode"] == 9999
     with pytest.raises(cs.CloudStackApiException) as info:
         c.noSuchCommand()
-    assert info.value.response.status_code == 432
+    assert info.value.response.status_code == 401
     with pytest.raises(cs.CloudStackApiException) as info:
         c.listHosts(id="1f0e0d9c-0000-4000-8000-000000000000")
     assert info.value.response.status_code == 431
     assert "entity does not exist" in info.value.error["errortext"]
-    assert info.value.error["cserrorcode"] == 4350
+    assert info.value.error["cserrorcode"] == 9999
     with pytest.raises(cs.CloudStackApiException) as info:
         c.updateConfiguration(name="no.such.setting", value="1")
     assert info.value.response.status_code == 431
@@ -180,14 +180,15 @@ def test_configuration_rules(cs_sim: SimHandle) -> None:
         c.updateConfiguration(name="sp.bypass.secondary.storage", value="true", zoneid=zone)
     assert "Invalid scope id" in info.value.error["errortext"]
     # name is a substring filter, as on the real server
-    names = [i["name"] for i in c.listConfigurations(name="heartbeat")["configuration"]]
-    assert "storpool.heartbeat.interval" in names and "storpool.heartbeat.action" in names
+    names = [i["name"] for i in c.listConfigurations(name="tags.checkup")["configuration"]]
+    assert names == ["storpool.snapshot.tags.checkup", "storpool.volume.tags.checkup"]
     # a scoped listing lists that scope's settings only, with the global value as fallback
     zoned = c.listConfigurations(zoneid=zone)["configuration"]
     assert {i["name"] for i in zoned} == {"kvm.ha.fence.on.storage.heartbeat.failure"}
     assert zoned[0]["scope"] == "zone" and zoned[0]["value"] == "false"
     glob = c.listConfigurations(name="kvm.ha.fence.on.storage.heartbeat.failure")["configuration"][0]
-    assert "scope" not in glob and glob["defaultvalue"] == "false" and glob["isdynamic"] is True
+    assert "scope" not in glob and glob["defaultvalue"] == "false" and glob["isdynamic"] is False
+    assert glob["category"] == "Advanced" and glob["component"] == "HighAvailabilityManager"
 
 
 # ---------------------------------------------------------------- paging
@@ -218,7 +219,10 @@ def test_paging_beyond_500(cs_sim: SimHandle) -> None:
     with pytest.raises(cs.CloudStackApiException) as info:
         c.listTemplates(templatefilter="all", pagesize=10)
     assert "page" in info.value.error["errortext"]
-    assert len(c.listTemplates(templatefilter="all", page=1, pagesize=-1)["template"]) == total
+    assert len(c.listTemplates(templatefilter="all", pagesize=-1)["template"]) == total
+    # no paging parameters: at most default.page.size items, count still the total
+    unpaged = c.listTemplates(templatefilter="all")
+    assert unpaged["count"] == total and len(unpaged["template"]) == 500
 
 
 # ---------------------------------------------------------------- async jobs
@@ -250,7 +254,7 @@ def test_failed_async_job_surfaces_its_error_text(cs_sim: SimHandle, method: str
     with pytest.raises(facade.CloudStackJobError) as info:
         client.delete_template(tiny.id)  # VMs use it
     assert "are using it" in info.value.errortext
-    assert info.value.errorcode == 530
+    assert info.value.errorcode == 431  # InvalidParameterValueException inside the job
     assert info.value.jobid
     assert "are using it" in str(info.value)
     assert client.template(tiny.id) is not None
@@ -291,13 +295,13 @@ def test_state_file_persists_the_world(tmp_path: Path) -> None:
     state = tmp_path / "cs.json"
     with run_simulator(state=state) as sim:
         client = sim.client()
-        client.update_configuration("storpool.heartbeat.action", "alert")
+        client.update_configuration("storpool.volume.tags.checkup", "3600")
         tpl = sim.model.add_template("kept", 1024)
         sim.model.save()
     assert sim.secret not in state.read_text()
     with run_simulator(state=state) as again:
         client = again.client()
-        assert client.configuration("storpool.heartbeat.action").value == "alert"  # type: ignore[union-attr]
+        assert client.configuration("storpool.volume.tags.checkup").value == "3600"  # type: ignore[union-attr]
         assert client.template(tpl.id) is not None
         assert json.loads(state.read_text())["templates"]
 

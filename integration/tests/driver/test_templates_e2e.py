@@ -111,12 +111,14 @@ SCRIPT = textwrap.dedent("""
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.driver.templates import TemplateSource
     from cloudstack_storpool.poolconfig import load_pools
+    from cloudstack_storpool.settings.localfile import SettingsFile
     from cloudstack_storpool.settings.store import Settings
 
     env = dict(line.split("=", 1) for line in Path(sys.argv[2]).read_text().splitlines() if line)
     job = json.loads(sys.argv[3])
     cs = CloudStackClient(env["CLOUDSTACK_ENDPOINT"], env["CLOUDSTACK_KEY"], env["CLOUDSTACK_SECRET"])
-    ctx = DriverContext(pools=load_pools(env["CSSP_POOLS_FILE"]), cloudstack=cs, settings=Settings(cs),
+    settings = Settings(cs, file=SettingsFile(env["CLOUDSTACK_STORPOOL_SETTINGS"]))
+    ctx = DriverContext(pools=load_pools(env["CSSP_POOLS_FILE"]), cloudstack=cs, settings=settings,
                         agents=AgentDirectory(cs, env["CLOUDSTACK_STORPOOL_AGENT_TOKEN"]))
     src = TemplateSource(**job["source"])
     print("ready", flush=True)

@@ -70,3 +70,20 @@ def test_status_bad_client_ids(sp: EmulatorHandle, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["heartbeat", "status", "--pools", str(pools_file(tmp_path, sp)),
                                       "--client-ids", "1,5000"])
     assert result.exit_code == 2 and "outside 1..4095" in result.output
+
+
+def test_run_reads_the_hosts_settings_file(sp: EmulatorHandle, tmp_path: Path) -> None:
+    """The loop's settings come from this host's settings file (no CloudStack involved): a bad
+    value there stops it with an error naming the key; a good file runs it."""
+    conf = tmp_path / "storpool.conf"
+    conf.write_text("".join(f"{k}={v}\n" for k, v in sp.config_env(client_id=1).items()))
+    settings = tmp_path / "settings.toml"
+    settings.write_text('storpool.heartbeat.action = "explode"\n')
+    args = ["heartbeat", "run", "--storpool-conf", str(conf), "--settings-file", str(settings),
+            "--status-file", str(tmp_path / "hb.json"), "--rounds", "1"]
+    bad = CliRunner().invoke(cli, args)
+    assert bad.exit_code == 1 and "storpool.heartbeat.action" in bad.output and "one of" in bad.output
+    settings.write_text('storpool.heartbeat.action = "none"\nstorpool.heartbeat.interval = 1\n')
+    good = CliRunner().invoke(cli, args)
+    assert good.exit_code == 0, good.output
+    assert json.loads((tmp_path / "hb.json").read_text())["result"] == "ok"
