@@ -13,14 +13,18 @@ from typing import Any, TypeVar
 
 import click
 
-from cloudstack_storpool.errors import CloudStackError, ValidationError
+from cloudstack_storpool.errors import CloudStackConfigError, CloudStackError, CloudStackNoAnswer, ValidationError
 from cloudstack_storpool.settings.registry import REGISTRY, Scope, Setting, SettingValue, all_settings, get_setting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_FAILED = (ValidationError, CloudStackConfigError, CloudStackError, CloudStackNoAnswer)
+"""What a settings command reports as a one-line error: bad input, no credentials, CloudStack
+refusing, and CloudStack not answering (kept apart in errors.py, all the same to a CLI user)."""
+
 
 def _client() -> Any:
-    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
 
     return CloudStackClient.from_config()
 
@@ -88,7 +92,7 @@ def list_cmd(offline: bool, as_json: bool) -> None:
             for conf in _client().configurations():
                 values[conf.name] = conf.value
                 known.add(conf.name)
-        except CloudStackError as exc:
+        except _FAILED as exc:
             raise _fail(exc) from None
     items = []
     for s in all_settings():
@@ -120,7 +124,7 @@ def get_cmd(name: str, as_json: bool, **scope_ids: str | None) -> None:
         store = _settings()
         _setting, scope, scope_id = store.resolve_scope(name, **scope_ids)
         value = store.get(name, **scope_ids)
-    except (ValidationError, CloudStackError) as exc:
+    except _FAILED as exc:
         raise _fail(exc) from None
     if as_json:
         click.echo(json.dumps({"name": name, "value": value, "scope": scope.value, "scope_id": scope_id}))
@@ -141,7 +145,7 @@ def set_cmd(name: str, value: str, as_json: bool, **scope_ids: str | None) -> No
         setting.check(value)  # refuse bad input before even reading credentials
         store = _settings()
         stored = store.set(name, value, **scope_ids)
-    except (ValidationError, CloudStackError) as exc:
+    except _FAILED as exc:
         raise _fail(exc) from None
     if as_json:
         click.echo(json.dumps({"name": name, "value": stored, "dynamic": setting.dynamic}))
@@ -157,7 +161,7 @@ def check_cmd(as_json: bool) -> None:
     """Report settings CloudStack does not know or holds bad values for (exit 1 if any)."""
     try:
         report = _settings().check()
-    except CloudStackError as exc:
+    except _FAILED as exc:
         raise _fail(exc) from None
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "missing": list(report.missing), "invalid": report.invalid,

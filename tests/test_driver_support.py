@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool.cloudstack import (
+from cloudstack_storpool.cloudstack.records import (
     DiskOffering,
     Host,
     ServiceOffering,
@@ -66,7 +66,7 @@ class FakeCloudStack:
     def template(self, template_id: str) -> Template | None:
         self.template_calls += 1
         if self.fail_templates:
-            from cloudstack_storpool.cloudstack import CloudStackUnreachable
+            from cloudstack_storpool.errors import CloudStackUnreachable
 
             raise CloudStackUnreachable("listTemplates", "cannot reach")
         return self.templates_.get(template_id)

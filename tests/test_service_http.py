@@ -22,7 +22,10 @@ import requests
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import (
     AgentError,
+    CloudStackConfigError,
     CloudStackError,
+    CloudStackTimeout,
+    CloudStackUnreachable,
     Conflict,
     NotFound,
     SpBusy,
@@ -64,12 +67,16 @@ RAISE: dict[str, BaseException] = {
     "unreachable": SpUnreachable("unreachable", "connection refused"),
     "agent": AgentError("qemu-img failed"),
     "cloudstack": CloudStackError("listVolumes", "boom", errorcode=530),
+    "cs-unreachable": CloudStackUnreachable("listVolumes", "cannot reach http://cs:8080/client/api"),
+    "cs-timeout": CloudStackTimeout("generateAlert", "async job 7 did not finish in time", jobid="7"),
+    "cs-config": CloudStackConfigError("no CloudStack endpoint configured"),
     "storpool": StorPoolError("insufficientResources", "no space"),
     "bug": KeyError(f"internal detail {POOL_TOKEN}"),
     "leaky": Conflict(f"conflict mentioning {POOL_TOKEN} and {TOKEN}"),
 }
 STATUS = {"validation": 400, "notfound": 404, "spnotfound": 404, "conflict": 409, "exists": 409, "busy": 409,
-          "transient": 503, "unreachable": 503, "agent": 502, "cloudstack": 502, "storpool": 502, "bug": 500,
+          "transient": 503, "unreachable": 503, "agent": 502, "cloudstack": 502,
+          "cs-unreachable": 503, "cs-timeout": 503, "cs-config": 502, "storpool": 502, "bug": 500,
           "leaky": 409}
 
 GATE = threading.Event()

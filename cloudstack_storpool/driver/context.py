@@ -17,7 +17,7 @@ from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec
 from cloudstack_storpool.spconn import StorPoolConn
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
     from cloudstack_storpool.driver.agents import AgentDirectory
     from cloudstack_storpool.settings.store import Settings
 
@@ -42,7 +42,7 @@ class DriverContext:
         """The context of a deployed driver: the pools file, CloudStack credentials as the `cs`
         client reads them (`cloudstack.ini` / `CLOUDSTACK_*`), agents on `storpool.agent.port`
         unless a host says otherwise. Shared by `serve` and the operator commands."""
-        from cloudstack_storpool.cloudstack import CloudStackClient
+        from cloudstack_storpool.cloudstack.client import CloudStackClient
         from cloudstack_storpool.driver.agents import AgentDirectory
         from cloudstack_storpool.poolconfig import load_pools
         from cloudstack_storpool.settings.store import Settings

@@ -27,6 +27,7 @@ from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import (
     AgentError,
     CloudStackError,
+    CloudStackNoAnswer,
     Conflict,
     NotFound,
     ProjectError,
@@ -38,7 +39,7 @@ from cloudstack_storpool.errors import (
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agent.client import AgentClient
-    from cloudstack_storpool.cloudstack import VirtualMachine, Volume
+    from cloudstack_storpool.cloudstack.records import VirtualMachine, Volume
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec
     from cloudstack_storpool.spconn import StorPoolConn
@@ -226,6 +227,8 @@ def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callabl
         return ValidationError(cause.field, text)
     if isinstance(cause, CloudStackError):
         return CloudStackError(cause.command, text, errorcode=cause.errorcode)
+    if isinstance(cause, CloudStackNoAnswer):
+        return CloudStackNoAnswer(cause.command, text)
     if isinstance(cause, AgentError):
         return AgentError(text)
     if isinstance(cause, (NotFound, Conflict)):

@@ -30,7 +30,7 @@ from cloudstack_storpool.driver.snapshots import (
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, ValidationError
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.cloudstack import VirtualMachine
+    from cloudstack_storpool.cloudstack.records import VirtualMachine
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.spconn import StorPoolConn
 

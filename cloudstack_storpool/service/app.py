@@ -33,7 +33,9 @@ from cloudstack_storpool import __version__
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import (
     AgentError,
+    CloudStackConfigError,
     CloudStackError,
+    CloudStackNoAnswer,
     Conflict,
     NotFound,
     SpBusy,
@@ -81,8 +83,9 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
 
     4xx: the request can be fixed (400), names a missing object (404), or meets a state that
     forbids it (409). 5xx: something upstream failed, 502 when it answered with an error
-    (StorPool, CloudStack, an agent) and 503 when it may work on retry (StorPool transient or
-    unreachable). Anything else is a bug here: 500.
+    (StorPool, CloudStack, an agent) or CloudStack is not configured, and 503 when it may work on
+    retry (StorPool transient or unreachable, CloudStack unreachable or its async job still
+    running). Anything else is a bug here: 500.
     """
     if isinstance(exc, ValidationError):
         return 400, exc.code, exc.field
@@ -91,9 +94,9 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
     if isinstance(exc, (Conflict, SpExists, SpBusy)):
         fld = getattr(exc, "field", None)
         return 409, exc.code, fld if isinstance(fld, str) else None
-    if isinstance(exc, SpTransient):
+    if isinstance(exc, (SpTransient, CloudStackNoAnswer)):
         return 503, exc.code, None
-    if isinstance(exc, (AgentError, CloudStackError, StorPoolError)):
+    if isinstance(exc, (AgentError, CloudStackError, CloudStackConfigError, StorPoolError)):
         return 502, exc.code, None
     return 500, "internal", None
 

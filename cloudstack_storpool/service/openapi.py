@@ -24,7 +24,8 @@ ERROR_STATUSES = {
     "409": "Conflict with the current state (object exists, busy, in use, idempotency key reused)",
     "500": "Internal error; the message carries a reference to the service log",
     "502": "StorPool, CloudStack or a KVM host agent answered with an error",
-    "503": "StorPool is unreachable or answered a transient error; retry later (Retry-After)",
+    "503": "StorPool or CloudStack did not answer, or StorPool answered a transient error; retry later "
+           "(Retry-After)",
 }
 
 _ERROR_OBJECT: dict[str, Any] = {
