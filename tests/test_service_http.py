@@ -181,8 +181,11 @@ def test_401_comes_before_the_body_is_read(small: ServiceServer) -> None:
 
 
 def test_sync_operation_round_trip(small: ServiceServer) -> None:
-    r = requests.get(f"{small.url}/v1/echo/{UID.upper()}", params={"size": "7"}, headers=AUTH, timeout=5)
+    r = requests.get(f"{small.url}/v1/echo/{UID}", params={"size": "7"}, headers=AUTH, timeout=5)
     assert r.status_code == 200 and r.json() == {"volume_uuid": UID, "size": 7}
+    # One spelling per uuid: the driver derives StorPool names from it.
+    r = requests.get(f"{small.url}/v1/echo/{UID.upper()}", params={"size": "7"}, headers=AUTH, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "volume_uuid"
     r = requests.post(f"{small.url}/v1/echo/{UID}", json={"size": 9}, headers=AUTH, timeout=5)
     assert r.json() == {"volume_uuid": UID, "size": 9}
     r = requests.delete(f"{small.url}/v1/echo/{UID}", headers=AUTH, timeout=5)

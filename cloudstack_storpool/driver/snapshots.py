@@ -36,6 +36,7 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agent.client import AgentClient
@@ -160,7 +161,7 @@ def storpool_volume(ctx: DriverContext, volume_uuid: str, field: str = "volume_u
     CloudStack stores `/dev/storpool-byid/<globalId>` as the path, which survives renames
     (migration); volumes without a path yet are addressed by their deterministic name.
     """
-    naming.check_uuid(volume_uuid, field)
+    check_uuid(volume_uuid, field)
     vol = ctx.cloudstack.volume(volume_uuid)
     if vol is None:
         raise NotFound(f"{field}: CloudStack has no volume {volume_uuid}")
@@ -396,7 +397,7 @@ def volume_from_snapshot(
     if iops is None:
         iops = _source_iops(source_volume())
     conn = ctx.conn(spec)
-    vol_tags = volumes.volume_tags(naming.check_uuid(volume_uuid, "volume_uuid"), spec)
+    vol_tags = volumes.volume_tags(check_uuid(volume_uuid, "volume_uuid"), spec)
     tmpl = template or spec.template
     try:
         created = conn.volume_create(name=name, parent=snap, size=size, iops=iops, template=tmpl, tags=vol_tags)

@@ -48,10 +48,10 @@ from cloudstack_storpool.errors import (
 from cloudstack_storpool.httpjson import MAX_BODY, JsonHandler, TokenServer, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.poolconfig import load_pools
-from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.periodic import PeriodicGc
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
+from cloudstack_storpool.typedjson import to_json
 
 __all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_in_thread"]
 
@@ -244,7 +244,7 @@ class _Handler(JsonHandler):
             return
         try:
             result = op.call(self.server.ctx, args, self.server.config)
-            out = schema.to_json(result) if op.result_type is not None else None
+            out = to_json(result) if op.result_type is not None else None
         except Exception as exc:
             self._fail(exc, op.name)
             return
@@ -272,10 +272,10 @@ class _Handler(JsonHandler):
 
         def run(job: Job) -> Any:
             result = op.call(ctx.with_progress(job.set_progress), args, config)
-            return schema.to_json(result) if op.result_type is not None else None
+            return to_json(result) if op.result_type is not None else None
 
         try:
-            job, created = self.server.jobs.submit(op.name, schema.to_json(args), key, run)
+            job, created = self.server.jobs.submit(op.name, to_json(args), key, run)
         except Exception as exc:
             self._fail(exc, f"{op.name} job")
             return

@@ -105,8 +105,7 @@ def _operation(op: Operation, builder: SchemaBuilder, schemas: dict[str, Any]) -
     if parameters:
         out["parameters"] = parameters
     if op.accepts_body and (op.body_params or op.job):
-        fields = [(p.name, p.type, p.required, p.default) for p in op.body_params]
-        body = builder.object_schema(fields)
+        body = builder.object_schema(op.body_fields)
         if op.job:
             body["properties"][IDEMPOTENCY_FIELD] = {"type": "string", "minLength": 1, "maxLength": MAX_KEY}
         out["requestBody"] = {"required": bool(body.get("required")),
