@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import cs
 
@@ -43,13 +43,19 @@ STORPOOL_ALERT_TYPE = 2501
 """Alert type of the alerts this project raises (generateAlert needs a type outside the built-in ones)."""
 
 
-def _scope_params(
-    zone_id: str | None, cluster_id: str | None, storage_id: str | None, account_id: str | None,
-    domain_id: str | None,
-) -> dict[str, str]:
-    given = {"zoneid": zone_id, "clusterid": cluster_id, "storageid": storage_id, "accountid": account_id,
-             "domainid": domain_id}
-    return {k: v for k, v in given.items() if v}
+class ScopeIds(TypedDict, total=False):
+    """The scope object a setting is read or written for (none: the global value)."""
+
+    zone_id: str | None
+    cluster_id: str | None
+    storage_id: str | None
+    account_id: str | None
+    domain_id: str | None
+
+
+def _scope_params(scope: ScopeIds) -> dict[str, str]:
+    """`zone_id=...` -> the API's `zoneid=...`; ids that are None or "" are left out."""
+    return {key.replace("_", ""): value for key, value in scope.items() if isinstance(value, str) and value}
 
 
 class CloudStackClient:
@@ -225,53 +231,22 @@ class CloudStackClient:
 
     # ------------------------------------------------------------------ configuration
 
-    def configurations(
-        self,
-        name: str | None = None,
-        *,
-        category: str | None = None,
-        zone_id: str | None = None,
-        cluster_id: str | None = None,
-        storage_id: str | None = None,
-        account_id: str | None = None,
-        domain_id: str | None = None,
-    ) -> list[Configuration]:
+    def configurations(self, name: str | None = None, *, category: str | None = None,
+                       **scope: Unpack[ScopeIds]) -> list[Configuration]:
         """listConfigurations. `name` is CloudStack's substring match: use `configuration()` for one.
 
         With a scope id, only settings of that scope are listed, each with its value in that
         scope (the global value when the scope object has none of its own).
         """
-        scope = _scope_params(zone_id, cluster_id, storage_id, account_id, domain_id)
-        return self._list(Configuration, "listConfigurations", name=name, category=category, **scope)
+        return self._list(Configuration, "listConfigurations", name=name, category=category,
+                          **_scope_params(scope))
 
-    def configuration(
-        self,
-        name: str,
-        *,
-        zone_id: str | None = None,
-        cluster_id: str | None = None,
-        storage_id: str | None = None,
-        account_id: str | None = None,
-        domain_id: str | None = None,
-    ) -> Configuration | None:
+    def configuration(self, name: str, **scope: Unpack[ScopeIds]) -> Configuration | None:
         """The setting called exactly `name` (None when CloudStack does not know it)."""
-        found = self.configurations(name, zone_id=zone_id, cluster_id=cluster_id, storage_id=storage_id,
-                                    account_id=account_id, domain_id=domain_id)
-        return next((c for c in found if c.name == name), None)
+        return next((c for c in self.configurations(name, **scope) if c.name == name), None)
 
-    def update_configuration(
-        self,
-        name: str,
-        value: str,
-        *,
-        zone_id: str | None = None,
-        cluster_id: str | None = None,
-        storage_id: str | None = None,
-        account_id: str | None = None,
-        domain_id: str | None = None,
-    ) -> Configuration:
-        scope = _scope_params(zone_id, cluster_id, storage_id, account_id, domain_id)
-        result = self._call("updateConfiguration", name=name, value=value, **scope)
+    def update_configuration(self, name: str, value: str, **scope: Unpack[ScopeIds]) -> Configuration:
+        result = self._call("updateConfiguration", name=name, value=value, **_scope_params(scope))
         item = result.get("configuration", result) if isinstance(result, Mapping) else {}
         return Configuration.from_api(item)
 
