@@ -32,6 +32,18 @@ from cloudstack_storpool.typedjson import (
 )
 from cloudstack_storpool.uuids import PATTERN as UUID_PATTERN
 
+_SCALARS: dict[Any, dict[str, Any]] = {
+    bool: {"type": "boolean"},
+    int: {"type": "integer", "format": "int64", "minimum": INT64_MIN, "maximum": INT64_MAX},
+    float: {"type": "number"},
+}
+
+
+def _string(field_name: str) -> dict[str, Any]:
+    if field_name.endswith(UUID_SUFFIX):
+        return {"type": "string", "format": "uuid", "pattern": UUID_PATTERN}
+    return {"type": "string"}
+
 
 class SchemaBuilder:
     """Builds JSON Schemas (OpenAPI 3.1 dialect) and collects named dataclass components."""
@@ -50,6 +62,7 @@ class SchemaBuilder:
         return name
 
     def schema(self, tp: Any, field_name: str = "") -> dict[str, Any]:
+        """The schema of a value of type `tp` (checked by `typedjson.parse` under the same name)."""
         tp = strip_annotated(tp)
         if isinstance(tp, Unresolved):
             raise UnsupportedType(f"{field_name}: cannot resolve annotation {tp.text!r}")
@@ -59,51 +72,55 @@ class SchemaBuilder:
             return {"type": "null"}
         args = union_args(tp)
         if args is not None:
-            non_null = [a for a in args if a is not NoneType]
-            nullable = len(non_null) != len(args)
-            if len(non_null) == 1:
-                inner = self.schema(non_null[0], field_name)
-                return _nullable(inner) if nullable else inner
-            alts = [self.schema(a, field_name) for a in non_null]
-            if nullable:
-                alts.append({"type": "null"})
-            return {"anyOf": alts}
-        origin = typing.get_origin(tp)
-        if origin is typing.Literal:
-            values = list(typing.get_args(tp))
-            return {"enum": values}
-        if tp is bool:
-            return {"type": "boolean"}
-        if tp is int:
-            return {"type": "integer", "format": "int64", "minimum": INT64_MIN, "maximum": INT64_MAX}
-        if tp is float:
-            return {"type": "number"}
+            return self._union(args, field_name)
+        if typing.get_origin(tp) is typing.Literal:
+            return {"enum": list(typing.get_args(tp))}
+        if tp is str:
+            return _string(field_name)
+        if tp in _SCALARS:
+            return dict(_SCALARS[tp])
         if isinstance(tp, type) and issubclass(tp, Secret):
             return {"type": "string", "writeOnly": True}
-        if tp is str:
-            if field_name.endswith(UUID_SUFFIX):
-                return {"type": "string", "format": "uuid", "pattern": UUID_PATTERN}
-            return {"type": "string"}
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
             return {"enum": [m.value for m in tp]}
         if is_dataclass_type(tp):
-            name = self.component_name(tp)
-            if name not in self.components:
-                self.components[name] = {}  # placeholder: recursive dataclasses terminate
-                self.components[name] = self.object_schema(dataclass_fields(tp), describe(tp))
-            return {"$ref": f"#/components/schemas/{name}"}
+            return self._component(tp)
         if is_sequence_type(tp):
-            items = typing.get_args(tp)
-            if origin is tuple and items and (len(items) != 2 or items[1] is not Ellipsis):
-                raise UnsupportedType(f"{field_name}: fixed-length tuples are not supported ({tp!r})")
-            item_schema = self.schema(items[0], field_name) if items else {}
-            return {"type": "array", "items": item_schema}
+            return self._array(tp, field_name)
         if is_mapping_type(tp):
-            kv = typing.get_args(tp)
-            if kv and kv[0] is not str:
-                raise UnsupportedType(f"{field_name}: mapping keys must be str ({tp!r})")
-            return {"type": "object", "additionalProperties": self.schema(kv[1], field_name) if kv else True}
+            return self._map(tp, field_name)
         raise UnsupportedType(f"{field_name}: type {tp!r} cannot be carried in JSON")
+
+    def _union(self, args: tuple[Any, ...], field_name: str) -> dict[str, Any]:
+        non_null = [a for a in args if a is not NoneType]
+        nullable = len(non_null) != len(args)
+        if len(non_null) == 1:
+            inner = self.schema(non_null[0], field_name)
+            return _nullable(inner) if nullable else inner
+        alts = [self.schema(a, field_name) for a in non_null]
+        if nullable:
+            alts.append({"type": "null"})
+        return {"anyOf": alts}
+
+    def _component(self, cls: type) -> dict[str, Any]:
+        """A dataclass, once in `components` and by reference wherever it is used."""
+        name = self.component_name(cls)
+        if name not in self.components:
+            self.components[name] = {}  # placeholder: recursive dataclasses terminate
+            self.components[name] = self.object_schema(dataclass_fields(cls), describe(cls))
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _array(self, tp: Any, field_name: str) -> dict[str, Any]:
+        items = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple and items and (len(items) != 2 or items[1] is not Ellipsis):
+            raise UnsupportedType(f"{field_name}: fixed-length tuples are not supported ({tp!r})")
+        return {"type": "array", "items": self.schema(items[0], field_name) if items else {}}
+
+    def _map(self, tp: Any, field_name: str) -> dict[str, Any]:
+        kv = typing.get_args(tp)
+        if kv and kv[0] is not str:
+            raise UnsupportedType(f"{field_name}: mapping keys must be str ({tp!r})")
+        return {"type": "object", "additionalProperties": self.schema(kv[1], field_name) if kv else True}
 
     def object_schema(self, fields: Sequence[FieldSpec], doc: str | None = None) -> dict[str, Any]:
         props: dict[str, Any] = {}
