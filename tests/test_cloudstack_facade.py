@@ -246,3 +246,22 @@ def test_records_are_built_from_their_field_tables() -> None:
     assert vol.size == 0 and vol.min_iops == 100 and vol.path is None
     with pytest.raises(ValueError, match="Zone without 'id'"):
         Zone.from_api({"name": "zone1"})
+
+
+@pytest.mark.parametrize(("cause", "status"), [
+    (CloudStackParamError("listVolumes", "bad id", errorcode=431), 502),
+    (CloudStackUnreachable("listVolumes", "cannot reach http://cs/client/api"), 503),
+    (CloudStackTimeout("generateAlert", "async job 7 did not finish in time", jobid="7"), 503),
+])
+def test_callers_keep_answered_and_unanswered_apart(cause: Exception, status: int) -> None:
+    """An error rebuilt after an undo keeps its kind, so the service still tells "retry" (503)
+    from "CloudStack said no" (502)."""
+    from cloudstack_storpool.driver.snapshots import undo_and_fail
+    from cloudstack_storpool.service.app import error_response
+
+    undone: list[bool] = []
+    rebuilt = undo_and_fail("taking the snapshot failed", cause, "the snapshot was removed",
+                            lambda: undone.append(True))
+    assert undone == [True] and "the snapshot was removed" in str(rebuilt)
+    assert isinstance(rebuilt, CloudStackNoAnswer) == isinstance(cause, CloudStackNoAnswer)
+    assert error_response(rebuilt)[0] == error_response(cause)[0] == status

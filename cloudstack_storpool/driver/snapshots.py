@@ -228,8 +228,8 @@ def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callabl
         return ValidationError(cause.field, text)
     if isinstance(cause, CloudStackError):
         return CloudStackError(cause.command, text, errorcode=cause.errorcode)
-    if isinstance(cause, CloudStackNoAnswer):
-        return CloudStackNoAnswer(cause.command, text)
+    if isinstance(cause, CloudStackNoAnswer):  # still "no answer": the caller may retry
+        return type(cause)(cause.command, text)
     if isinstance(cause, AgentError):
         return AgentError(text)
     if isinstance(cause, (NotFound, Conflict)):
