@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cloudstack_storpool import __version__, names
@@ -35,6 +34,7 @@ from cloudstack_storpool.agent.attach import (
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.resize import libvirt_version, notify_resize
 from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
+from cloudstack_storpool.typedjson import parse_object
 
 log = logging.getLogger(__name__)
 
@@ -83,78 +83,24 @@ class Context:
 R = TypeVar("R", bound="Request")
 
 
-def _field_type(value: Any, kind: str, fname: str) -> Any:
-    if kind == "str":
-        if not isinstance(value, str) or not value:
-            raise ValidationError(fname, "must be a non-empty string")
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise ValidationError(fname, "must be true or false")
-    elif kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError(fname, "must be an integer")
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValidationError(fname, "must be a positive number")
-        try:
-            value = float(value)
-        except OverflowError:
-            raise ValidationError(fname, "must be a positive finite number") from None
-        # JSON as Python parses it may carry NaN and Infinity: a time limit must be a number.
-        if not math.isfinite(value) or value <= 0:
-            raise ValidationError(fname, "must be a positive finite number")
-    elif kind == "list[str]":
-        if not isinstance(value, list) or not value:
-            raise ValidationError(fname, "must be a non-empty list of strings")
-        for i, v in enumerate(value):
-            if not isinstance(v, str) or not v:
-                raise ValidationError(f"{fname}[{i}]", "must be a non-empty string")
-    return value
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Request:
-    """Base: `from_json` checks unknown fields, required fields and JSON types, then
-    `validate` applies each command's own rules."""
+    """Base of the commands' requests. `from_json` is the project's one request parser
+    (`typedjson.parse_fields`: unknown fields, required fields, JSON types, each error naming
+    its field); then `validate` applies each command's own rules. A field without a default
+    is required."""
 
     timeout: float = 3600.0
 
     @classmethod
     def from_json(cls: type[R], data: Any) -> R:
-        if not isinstance(data, Mapping):
-            raise ValidationError("args", "must be a JSON object")
-        known = {f.name: f for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ValidationError(str(key), f"unknown field (allowed: {', '.join(sorted(known))})")
-        kwargs: dict[str, Any] = {}
-        for name, f in known.items():
-            kind = str(f.type)
-            base = kind.removesuffix(" | None")
-            if name not in data:
-                continue  # defaults; required fields are checked by validate()
-            if data[name] is None:
-                if base == kind:
-                    raise ValidationError(name, "must not be null")
-                kwargs[name] = None
-                continue
-            kwargs[name] = _field_type(data[name], base, name)
-        req = cls(**kwargs)
+        req: R = parse_object(cls, data, what="args")
         req.validate()
         return req
 
     def validate(self) -> None:
         if self.timeout <= 0:
             raise ValidationError("timeout", "must be positive")
-
-    def _require(self, *names: str) -> None:
-        """Fields without a usable default: their defaults ("") only mark them as not given."""
-        for name in names:
-            if not getattr(self, name):
-                raise ValidationError(name, "is required")
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _volume_ref(value: str, fname: str) -> str:
@@ -176,13 +122,13 @@ def _check_location(store: str, path: str) -> None:
     secondary.check_relative(path, "path")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CopyToVolumeRequest(Request):
     """An image on secondary storage (`store` + `path`) into an existing StorPool volume."""
 
-    store: str = ""
-    path: str = ""
-    volume: str = ""
+    store: str
+    path: str
+    volume: str
     source_format: str | None = None
     # The caller guarantees the volume reads as zeros (freshly created): zero areas of the
     # image are skipped instead of written, which is much faster on big sparse images.
@@ -190,45 +136,42 @@ class CopyToVolumeRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        self._require("store", "path", "volume")
         _check_location(self.store, self.path)
         _volume_ref(self.volume, "volume")
         if self.source_format is not None:
             qemu_img.check_format(self.source_format, "source_format")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CopyTemplateRequest(CopyToVolumeRequest):
     """A template into the (fresh) volume that will become its cached snapshot."""
 
     target_is_zero: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackupSnapshotRequest(Request):
-    snapshot: str = ""
-    store: str = ""
-    path: str = ""
+    snapshot: str
+    store: str
+    path: str
     compress: bool = False
 
     def validate(self) -> None:
         super().validate()
-        self._require("snapshot", "store", "path")
         _snapshot_ref(self.snapshot, "snapshot")
         _check_location(self.store, self.path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CopyVolumeOutRequest(Request):
-    volume: str = ""
-    store: str = ""
-    path: str = ""
+    volume: str
+    store: str
+    path: str
     format: str = "qcow2"
     compress: bool = False
 
     def validate(self) -> None:
         super().validate()
-        self._require("volume", "store", "path")
         _volume_ref(self.volume, "volume")
         _check_location(self.store, self.path)
         qemu_img.check_format(self.format, "format")
@@ -236,23 +179,22 @@ class CopyVolumeOutRequest(Request):
             raise ValidationError("compress", "only qcow2 output can be compressed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ResizeRequest(Request):
-    volume: str = ""
-    size: int = 0
+    volume: str
+    size: int
     vm: str | None = None
     timeout: float = 120.0
 
     def validate(self) -> None:
         super().validate()
-        self._require("volume")
         _volume_ref(self.volume, "volume")
         names.size(self.size, "size")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrepareStartRequest(Request):
-    volumes: list[str] = field(default_factory=list)
+    volumes: list[str]
     attach: bool = True
     timeout: float = 120.0
 
@@ -264,7 +206,7 @@ class PrepareStartRequest(Request):
             _volume_ref(v, f"volumes[{i}]")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FactsRequest(Request):
     timeout: float = 30.0
 

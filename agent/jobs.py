@@ -25,6 +25,7 @@ from cloudstack_storpool.agent.commands import Cancelled, Context, RunControl, p
 from cloudstack_storpool.errors import Conflict, ProjectError, ValidationError
 from cloudstack_storpool.jobs import ACTIVE, MAX_KEY, JobManagerBase, fingerprint
 from cloudstack_storpool.jobs import Job as _Job
+from cloudstack_storpool.typedjson import to_json
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class JobManager(JobManagerBase[Job]):
         cmd, req = parse(command, args)
         # Fingerprint the parsed request, so spelling a default out or leaving it away is the
         # same request.
-        fp = fingerprint(command, req.to_json())
+        fp = fingerprint(command, to_json(req))
         job, created = self._admit(key, fp, lambda job_id: Job(id=job_id, name=command, key=key, fingerprint=fp))
         if not created:
             return job, False

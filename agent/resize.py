@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from cloudstack_storpool.errors import NotFound, ProjectError
+from cloudstack_storpool.uuids import is_uuid
 
 
 class ResizeError(ProjectError):
@@ -74,7 +75,7 @@ def notify_resize(uri: str, vm: str, devices: list[str], size: int) -> ResizeRes
     conn = libvirt.open(uri)
     try:
         try:
-            dom = conn.lookupByUUIDString(vm) if _looks_like_uuid(vm) else conn.lookupByName(vm)
+            dom = conn.lookupByUUIDString(vm) if is_uuid(vm) else conn.lookupByName(vm)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return ResizeResult(notified=False, reason=f"domain {vm} is not on this host")
@@ -92,11 +93,6 @@ def notify_resize(uri: str, vm: str, devices: list[str], size: int) -> ResizeRes
         return ResizeResult(notified=True, domain=dom.name(), disk=match.target, capacity=capacity)
     finally:
         conn.close()
-
-
-def _looks_like_uuid(s: str) -> bool:
-    parts = s.split("-")
-    return len(parts) == 5 and all(p and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts)
 
 
 def libvirt_version(uri: str) -> str:

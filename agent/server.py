@@ -18,6 +18,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,23 @@ from cloudstack_storpool.agent.jobs import JobManager, error_json
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
+from cloudstack_storpool.typedjson import parse_object
 
 __all__ = ["AgentServer", "heartbeat_status", "parse_listen", "serve_in_thread"]
 
 log = logging.getLogger(__name__)
 
 _JOB_PATH = re.compile(rf"^/v1/jobs/({JOB_ID_PATTERN.strip('^$')})$")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """The body of `POST /v1/jobs`, parsed by the project's one request parser; `args` is then
+    parsed as the command's own request (`commands.parse`)."""
+
+    command: str
+    args: Any = None
+    idempotency_key: str | None = None
 
 
 def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:
@@ -109,17 +121,9 @@ class _Handler(JsonHandler):
             self._error(404, "not-found", f"no such resource: {self.path}")
             return
         try:
-            body = self._body()
-            if not isinstance(body, dict):
-                raise ValidationError("body", "must be a JSON object")
-            command = body.get("command")
-            if not isinstance(command, str) or not command:
-                raise ValidationError("command", "is required")
-            unknown = set(body) - {"command", "args", "idempotency_key"}
-            if unknown:
-                raise ValidationError(sorted(unknown)[0], "unknown field (allowed: command, args, idempotency_key)")
-            key = body.get("idempotency_key", self.headers.get("Idempotency-Key"))
-            job, created = self.server.jobs.submit(command, body.get("args"), key)
+            req: JobRequest = parse_object(JobRequest, self._body())
+            key = req.idempotency_key if req.idempotency_key is not None else self.headers.get("Idempotency-Key")
+            job, created = self.server.jobs.submit(req.command, req.args, key)
         except ValidationError as exc:
             self._error(400, exc.code, str(exc), exc.field)
             return

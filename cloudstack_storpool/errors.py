@@ -81,15 +81,76 @@ class SpUnreachable(SpTransient):
 
 
 class CloudStackError(ProjectError):
-    """An error answered by the CloudStack API; `errortext` is CloudStack's own message."""
+    """CloudStack answered, with an error. `errortext` is CloudStack's own message, verbatim;
+    `errorcode` the HTTP-like code (401, 431, 530, ...), `cserrorcode` CloudStack's own number.
+
+    Deliberately not the base of `CloudStackNoAnswer`: "CloudStack said no" is final for the
+    request, "CloudStack did not answer" may work on retry; a caller that means both names both.
+    """
 
     code = "cloudstack"
 
-    def __init__(self, command: str, errortext: str, *, errorcode: int | None = None) -> None:
+    def __init__(
+        self, command: str, errortext: str, *, errorcode: int | None = None, cserrorcode: int | None = None
+    ) -> None:
         super().__init__(f"CloudStack {command} failed ({errorcode}): {errortext}")
         self.command = command
         self.errortext = errortext
         self.errorcode = errorcode
+        self.cserrorcode = cserrorcode
+
+
+class CloudStackAuthError(CloudStackError):
+    """401: wrong key or secret, a clock too far off (expired signature), or a bad signature."""
+
+    code = "unauthorized"
+
+
+class CloudStackParamError(CloudStackError):
+    """431: CloudStack refused a parameter (unknown id, bad value, unknown setting name)."""
+
+    code = "invalid"
+
+
+class CloudStackJobError(CloudStackError):
+    """An async job ended in failure; `errortext` is the job's own, `jobid` lets an operator
+    look the job up in CloudStack."""
+
+    def __init__(self, command: str, errortext: str, *, jobid: str | None = None, **codes: int | None) -> None:
+        super().__init__(command, errortext, **codes)
+        self.jobid = jobid
+
+
+class CloudStackNoAnswer(ProjectError):
+    """CloudStack gave no answer to act on: retrying later may succeed. Never read as "object
+    absent" nor as a refusal."""
+
+    code = "unreachable"
+
+    def __init__(self, command: str, message: str) -> None:
+        super().__init__(f"CloudStack {command}: {message}")
+        self.command = command
+        self.errortext = message
+
+
+class CloudStackUnreachable(CloudStackNoAnswer):
+    """No HTTP answer at all (refused, reset, timed out)."""
+
+
+class CloudStackTimeout(CloudStackNoAnswer):
+    """An async job did not finish in time. It may still finish later: not a failure."""
+
+    code = "timeout"
+
+    def __init__(self, command: str, message: str, *, jobid: str | None = None) -> None:
+        super().__init__(command, message)
+        self.jobid = jobid
+
+
+class CloudStackConfigError(ProjectError):
+    """No usable CloudStack endpoint/credentials in the environment or cloudstack.ini."""
+
+    code = "config"
 
 
 class AgentError(ProjectError):

@@ -8,7 +8,6 @@ into CloudStack's "add primary storage" dialog and needs to know what to fix.
 from __future__ import annotations
 
 import tomllib
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from urllib.parse import unquote
 
 from cloudstack_storpool import names
 from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.uuids import check_uuid
 
 DEFAULT_PORT = 81
 POOLS_FILE_ENV = "CSSP_POOLS_FILE"
@@ -145,10 +145,7 @@ def pool_from_entry(entry: dict[str, Any], where: str) -> PoolSpec:
     for key in ("uuid", "name", "url"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise ValidationError(f"{where}.{key}", "required, a non-empty string")
-    try:
-        uuidlib.UUID(entry["uuid"])
-    except ValueError:
-        raise ValidationError(f"{where}.uuid", f"{entry['uuid']!r} is not a UUID") from None
+    check_uuid(entry["uuid"], f"{where}.uuid")
     spec = parse_pool_url(entry["url"], f"{where}.url")
     zone = entry.get("zone", "")
     if not isinstance(zone, str):

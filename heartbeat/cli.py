@@ -50,7 +50,7 @@ def _setting(name: str, flag: Any, store: Any, **scope: str | None) -> Any:
 def _cloudstack(enabled: bool) -> Any:
     if not enabled:
         return None
-    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
 
     return CloudStackClient.from_config()
 

@@ -24,7 +24,7 @@ from typing import Any
 from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.server import AgentServer
-from cloudstack_storpool.cloudstack import CloudStackClient
+from cloudstack_storpool.cloudstack.client import CloudStackClient
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.driver.secondary import TemplateSource

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cloudstack_storpool.errors import CloudStackError, ValidationError
+from cloudstack_storpool.errors import CloudStackConfigError, CloudStackError, CloudStackNoAnswer, ValidationError
 from cloudstack_storpool.settings.localfile import DEFAULT_SETTINGS_FILE, SETTINGS_FILE_ENV, SettingsFile
 from cloudstack_storpool.settings.registry import Home, Scope, Setting, SettingValue, all_settings, get_setting
 
@@ -28,9 +28,13 @@ settings_file_option = click.option(
 )
 """The one spelling of the settings-file option, shared by every command that reads settings."""
 
+_FAILED = (ValidationError, CloudStackConfigError, CloudStackError, CloudStackNoAnswer)
+"""What a settings command reports as a one-line error: bad input, no credentials, CloudStack
+refusing, and CloudStack not answering (kept apart in errors.py, all the same to a CLI user)."""
+
 
 def _client() -> Any:
-    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
 
     return CloudStackClient.from_config()
 
@@ -103,7 +107,7 @@ def list_cmd(offline: bool, settings_file: str | None, as_json: bool) -> None:
             for conf in _client().configurations():
                 values[conf.name] = conf.value
                 known.add(conf.name)
-    except (CloudStackError, ValidationError) as exc:
+    except _FAILED as exc:
         raise _fail(exc) from None
     items = []
     for s in all_settings():
@@ -146,7 +150,7 @@ def get_cmd(name: str, settings_file: str | None, as_json: bool, **scope_ids: st
         store = _settings(settings_file, cloudstack=setting.home is Home.CLOUDSTACK)
         _setting, scope, scope_id = store.resolve_scope(name, **scope_ids)
         value = store.get(name, **scope_ids)
-    except (ValidationError, CloudStackError) as exc:
+    except _FAILED as exc:
         raise _fail(exc) from None
     where = str(store.file.path) if setting.home is Home.FILE else "cloudstack"
     if as_json:
@@ -173,7 +177,7 @@ def set_cmd(name: str, value: str, settings_file: str | None, as_json: bool, **s
         setting.check(value)  # refuse bad input before even reading credentials
         store = _settings(settings_file, cloudstack=setting.home is Home.CLOUDSTACK)
         stored = store.set(name, value, **scope_ids)
-    except (ValidationError, CloudStackError, OSError) as exc:
+    except (*_FAILED, OSError) as exc:
         raise _fail(exc) from None
     where = str(store.file.path) if setting.home is Home.FILE else "cloudstack"
     if as_json:
@@ -193,7 +197,7 @@ def check_cmd(settings_file: str | None, as_json: bool) -> None:
     and which settings are the project's own (exit 1 on a missing key or a bad value)."""
     try:
         report = _settings(settings_file).check()
-    except (CloudStackError, ValidationError) as exc:
+    except _FAILED as exc:
         raise _fail(exc) from None
     if as_json:
         click.echo(json.dumps({"ok": report.ok, "missing": list(report.missing), "invalid": report.invalid,

@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cloudstack_storpool.cloudstack import CloudStackClient, Configuration
+from cloudstack_storpool.cloudstack.client import CloudStackClient
+from cloudstack_storpool.cloudstack.records import Configuration
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.settings.localfile import SettingsFile
 from cloudstack_storpool.settings.registry import Home, Scope, Setting, SettingType, SettingValue, all_settings, get_setting

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudstack_storpool.agent.client import AgentRequestError
-from cloudstack_storpool.cloudstack import DiskOffering, ServiceOffering, Template, VirtualMachine
+from cloudstack_storpool.cloudstack.records import DiskOffering, ServiceOffering, Template, VirtualMachine
 from cloudstack_storpool.driver import naming, tags
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, Secret

@@ -6,9 +6,28 @@ import socket
 
 import pytest
 
-from cloudstack_storpool import cloudstack as facade
-from cloudstack_storpool.cloudstack import CloudStackClient
-from cloudstack_storpool.errors import CloudStackError, ProjectError
+from cloudstack_storpool.cloudstack.client import CloudStackClient
+from cloudstack_storpool.cloudstack.records import (
+    Configuration,
+    DiskOffering,
+    Host,
+    ServiceOffering,
+    VirtualMachine,
+    Volume,
+    Zone,
+)
+from cloudstack_storpool.cloudstack.signing import server_encode, sign
+from cloudstack_storpool.errors import (
+    CloudStackAuthError,
+    CloudStackConfigError,
+    CloudStackError,
+    CloudStackJobError,
+    CloudStackNoAnswer,
+    CloudStackParamError,
+    CloudStackTimeout,
+    CloudStackUnreachable,
+    ProjectError,
+)
 from integration.cloudstack_sim.testing import SimHandle
 
 
@@ -127,7 +146,7 @@ def test_configuration_exact_name_and_scopes(cs_sim: SimHandle) -> None:
     scoped = client.configuration("storpool.delete.after.interval", storage_id=pool.id)
     assert scoped is not None and scoped.value == "600" and scoped.scope == "storagepool"
     assert client.configuration("storpool.delete.after.interval").value == "0"  # type: ignore[union-attr]
-    with pytest.raises(facade.CloudStackParamError) as info:
+    with pytest.raises(CloudStackParamError) as info:
         client.update_configuration("no.such.thing", "1")
     assert info.value.errorcode == 431 and info.value.cserrorcode == 4350
     assert "no.such.thing" in info.value.errortext
@@ -147,7 +166,7 @@ def test_zones_clusters_pools(cs_sim: SimHandle) -> None:
 
 def test_wrong_secret_is_auth_error_without_the_secret(cs_sim: SimHandle) -> None:
     client = CloudStackClient(cs_sim.endpoint, cs_sim.key, "a-wrong-secret-value")
-    with pytest.raises(facade.CloudStackAuthError) as info:
+    with pytest.raises(CloudStackAuthError) as info:
         client.zones()
     assert info.value.errorcode == 401
     assert "a-wrong-secret-value" not in str(info.value) and "a-wrong-secret-value" not in repr(client)
@@ -158,7 +177,7 @@ def test_unreachable_is_its_own_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     client = CloudStackClient(f"http://127.0.0.1:{port}/client/api", "k", "very-secret-thing", timeout=2)
-    with pytest.raises(facade.CloudStackUnreachable) as info:
+    with pytest.raises(CloudStackUnreachable) as info:
         client.zones()
     assert "very-secret-thing" not in str(info.value)
     assert "signature" not in str(info.value)
@@ -184,15 +203,66 @@ def test_from_config_without_anything_is_a_config_error(monkeypatch: pytest.Monk
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("CLOUDSTACK_ENDPOINT", "CLOUDSTACK_KEY", "CLOUDSTACK_SECRET", "CLOUDSTACK_CONFIG"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(facade.CloudStackConfigError, match="CLOUDSTACK_ENDPOINT"):
+    with pytest.raises(CloudStackConfigError, match="CLOUDSTACK_ENDPOINT"):
         CloudStackClient.from_config()
 
 
 def test_sign_encodes_like_the_server() -> None:
-    assert facade.server_encode("a~b c+d*") == "a%7Eb%20c%2Bd*"
-    assert facade.sign({"b": "x", "a": "~"}, "s") == facade.sign({"a": "~", "b": "x", "signature": "z"}, "s")
+    assert server_encode("a~b c+d*") == "a%7Eb%20c%2Bd*"
+    assert sign({"b": "x", "a": "~"}, "s") == sign({"a": "~", "b": "x", "signature": "z"}, "s")
 
 
 def test_method_is_checked() -> None:
     with pytest.raises(ValueError, match="get or post"):
         CloudStackClient("http://127.0.0.1:1/client/api", "k", "s", method="put")
+
+
+def test_no_answer_is_not_an_answered_error() -> None:
+    """A caller catching "CloudStack said no" must not swallow "CloudStack did not answer"."""
+    assert not issubclass(CloudStackUnreachable, CloudStackError)
+    assert not issubclass(CloudStackTimeout, CloudStackError)
+    assert not issubclass(CloudStackConfigError, CloudStackError)
+    assert issubclass(CloudStackUnreachable, CloudStackNoAnswer) and issubclass(CloudStackTimeout, CloudStackNoAnswer)
+    assert issubclass(CloudStackJobError, CloudStackError) and issubclass(CloudStackParamError, CloudStackError)
+
+
+def test_records_are_built_from_their_field_tables() -> None:
+    host = Host.from_api({
+        "id": "h1", "name": "kvm1", "ipaddress": "10.0.0.1", "state": "Up", "resourcestate": "Enabled",
+        "details": {"SP_OURID": " 7 ", "agent.port": "18259"}, "hostha": {"hastate": "Available"},
+    })
+    assert (host.sp_client_id, host.agent_port, host.ha_state, host.cluster_id) == (7, 18259, "Available", None)
+    assert Host.from_api({"id": "h2", "hostha": "not an object"}).ha_state is None
+    vm = VirtualMachine.from_api({"id": "v", "tags": [{"key": "cvm", "value": "x"}, {"value": "no key"}],
+                                  "hostid": "h1"})
+    assert vm.tags == {"cvm": "x"} and vm.placement_host_id == "h1"
+    assert VirtualMachine.from_api({"id": "v", "lasthostid": "h1", "hostid": ""}).placement_host_id is None
+    # Disk and service offerings read their StorPool details from differently named fields.
+    assert DiskOffering.from_api({"id": "d", "details": {"SP_TEMPLATE": "ssd"}}).sp_template == "ssd"
+    svc = ServiceOffering.from_api({"id": "s", "serviceofferingdetails": {"SP_QOSCLASS": "gold"}, "memory": "512"})
+    assert svc.sp_qos_class == "gold" and svc.memory == 512 and svc.details == {"SP_QOSCLASS": "gold"}
+    conf = Configuration.from_api({"name": "x", "value": "", "isdynamic": "true"})
+    assert conf.value == "" and conf.default is None and conf.is_dynamic
+    vol = Volume.from_api({"id": "vol", "size": "bad", "miniops": "100"})
+    assert vol.size == 0 and vol.min_iops == 100 and vol.path is None
+    with pytest.raises(ValueError, match="Zone without 'id'"):
+        Zone.from_api({"name": "zone1"})
+
+
+@pytest.mark.parametrize(("cause", "status"), [
+    (CloudStackParamError("listVolumes", "bad id", errorcode=431), 502),
+    (CloudStackUnreachable("listVolumes", "cannot reach http://cs/client/api"), 503),
+    (CloudStackTimeout("generateAlert", "async job 7 did not finish in time", jobid="7"), 503),
+])
+def test_callers_keep_answered_and_unanswered_apart(cause: Exception, status: int) -> None:
+    """An error rebuilt after an undo keeps its kind, so the service still tells "retry" (503)
+    from "CloudStack said no" (502)."""
+    from cloudstack_storpool.driver.snapshots import undo_and_fail
+    from cloudstack_storpool.service.app import error_response
+
+    undone: list[bool] = []
+    rebuilt = undo_and_fail("taking the snapshot failed", cause, "the snapshot was removed",
+                            lambda: undone.append(True))
+    assert undone == [True] and "the snapshot was removed" in str(rebuilt)
+    assert isinstance(rebuilt, CloudStackNoAnswer) == isinstance(cause, CloudStackNoAnswer)
+    assert error_response(rebuilt)[0] == error_response(cause)[0] == status

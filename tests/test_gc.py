@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from cloudstack_storpool.cloudstack import CloudStackClient
+from cloudstack_storpool.cloudstack.client import CloudStackClient
 from cloudstack_storpool.driver import gc, templates, volumes
 from cloudstack_storpool.errors import ValidationError
 from integration.stack import free_port

@@ -22,7 +22,10 @@ import requests
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import (
     AgentError,
+    CloudStackConfigError,
     CloudStackError,
+    CloudStackTimeout,
+    CloudStackUnreachable,
     Conflict,
     NotFound,
     SpBusy,
@@ -64,12 +67,16 @@ RAISE: dict[str, BaseException] = {
     "unreachable": SpUnreachable("unreachable", "connection refused"),
     "agent": AgentError("qemu-img failed"),
     "cloudstack": CloudStackError("listVolumes", "boom", errorcode=530),
+    "cs-unreachable": CloudStackUnreachable("listVolumes", "cannot reach http://cs:8080/client/api"),
+    "cs-timeout": CloudStackTimeout("generateAlert", "async job 7 did not finish in time", jobid="7"),
+    "cs-config": CloudStackConfigError("no CloudStack endpoint configured"),
     "storpool": StorPoolError("insufficientResources", "no space"),
     "bug": KeyError(f"internal detail {POOL_TOKEN}"),
     "leaky": Conflict(f"conflict mentioning {POOL_TOKEN} and {TOKEN}"),
 }
 STATUS = {"validation": 400, "notfound": 404, "spnotfound": 404, "conflict": 409, "exists": 409, "busy": 409,
-          "transient": 503, "unreachable": 503, "agent": 502, "cloudstack": 502, "storpool": 502, "bug": 500,
+          "transient": 503, "unreachable": 503, "agent": 502, "cloudstack": 502,
+          "cs-unreachable": 503, "cs-timeout": 503, "cs-config": 502, "storpool": 502, "bug": 500,
           "leaky": 409}
 
 GATE = threading.Event()
@@ -174,8 +181,11 @@ def test_401_comes_before_the_body_is_read(small: ServiceServer) -> None:
 
 
 def test_sync_operation_round_trip(small: ServiceServer) -> None:
-    r = requests.get(f"{small.url}/v1/echo/{UID.upper()}", params={"size": "7"}, headers=AUTH, timeout=5)
+    r = requests.get(f"{small.url}/v1/echo/{UID}", params={"size": "7"}, headers=AUTH, timeout=5)
     assert r.status_code == 200 and r.json() == {"volume_uuid": UID, "size": 7}
+    # One spelling per uuid: the driver derives StorPool names from it.
+    r = requests.get(f"{small.url}/v1/echo/{UID.upper()}", params={"size": "7"}, headers=AUTH, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "volume_uuid"
     r = requests.post(f"{small.url}/v1/echo/{UID}", json={"size": 9}, headers=AUTH, timeout=5)
     assert r.json() == {"volume_uuid": UID, "size": 9}
     r = requests.delete(f"{small.url}/v1/echo/{UID}", headers=AUTH, timeout=5)

@@ -8,11 +8,13 @@ from typing import Any, Literal
 
 import pytest
 
+from cloudstack_storpool import uuids
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec, Secret
 from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.spec import OperationTable, operation
+from cloudstack_storpool.typedjson import to_json
 
 
 class Color(enum.Enum):
@@ -72,17 +74,17 @@ def test_body_schema_and_parse_follow_the_signature() -> None:
         ("kind", "body", False), ("ratio", "body", False), ("names", "body", False), ("color", "body", False)]
     b = schema.SchemaBuilder()
     assert b.schema(op.params[0].type, "pool") == {"type": "string"}  # PoolSpec narrowed away
-    assert b.schema(str, "volume_uuid") == {"type": "string", "format": "uuid"}
+    assert b.schema(str, "volume_uuid") == {"type": "string", "format": "uuid", "pattern": uuids.PATTERN}
     assert b.schema(op.params[3].type, "where") == {"anyOf": [{"$ref": "#/components/schemas/Where"},
                                                               {"type": "null"}]}
     assert b.components["Where"]["required"] == ["store", "path"]
     assert b.components["Where"]["description"] == "Where a copy goes."
     assert b.schema(op.params[4].type, "kind") == {"enum": ["root", "data"]}
     assert op.summary == "Make a thing." and op.description == "Longer description."
-    uid = "0B9C8F4E-2C33-4E0B-9E7A-1F6E2B9D1C11"
+    uid = "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"
     args = op.parse({}, {}, {"pool": "p", "volume_uuid": uid, "size": 5, "where": {"store": "/s", "path": "a/b"},
                              "kind": "root", "ratio": 2, "names": ["x"], "color": "red"})
-    assert args["volume_uuid"] == uid.lower()
+    assert args["volume_uuid"] == uid
     assert args["where"] == Where("/s", "a/b")
     assert args["ratio"] == 2.0 and isinstance(args["ratio"], float)
     assert args["color"] is Color.RED
@@ -90,6 +92,10 @@ def test_body_schema_and_parse_follow_the_signature() -> None:
 
 @pytest.mark.parametrize(("body", "field_name"), [
     ({"pool": "p", "volume_uuid": "nope", "size": 1}, "volume_uuid"),
+    ({"pool": "p", "volume_uuid": "0B9C8F4E-2C33-4E0B-9E7A-1F6E2B9D1C11", "size": 1}, "volume_uuid"),
+    ({"pool": "p", "volume_uuid": "0b9c8f4e2c334e0b9e7a1f6e2b9d1c11", "size": 1}, "volume_uuid"),
+    ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1 << 70}, "size"),
+    ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1, "ratio": 10 ** 400}, "ratio"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": True}, "size"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1 << 63}, "size"),
     ({"pool": "p", "volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"}, "size"),
@@ -152,10 +158,10 @@ def test_request_dataclass_and_none_result() -> None:
 
 
 def test_results_to_json_mask_secrets_and_convert_enums() -> None:
-    out = schema.to_json(Answer("u", 1, {"a": "b"}))
+    out = to_json(Answer("u", 1, {"a": "b"}))
     assert out == {"volume_uuid": "u", "size": 1, "tags": {"a": "b"}, "color": "red", "token": "***"}
-    assert schema.to_json(frozenset({"b", "a"})) == ["a", "b"]
-    assert schema.to_json((1, None, 2.5)) == [1, None, 2.5]
+    assert to_json(frozenset({"b", "a"})) == ["a", "b"]
+    assert to_json((1, None, 2.5)) == [1, None, 2.5]
 
 
 def test_unpublishable_signatures_fail_when_the_table_is_built() -> None:

@@ -17,7 +17,8 @@ from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
 from cloudstack_storpool.errors import NotFound
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.cloudstack import CloudStackClient, Host
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
+    from cloudstack_storpool.cloudstack.records import Host
     from cloudstack_storpool.poolconfig import PoolSpec
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec
 from cloudstack_storpool.spconn import StorPoolConn
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
     from cloudstack_storpool.driver.agents import AgentDirectory
     from cloudstack_storpool.settings.store import Settings
 
@@ -44,7 +44,7 @@ class DriverContext:
         on `storpool.agent.port` unless a host says otherwise. CloudStack values are cached for
         `settings_ttl` seconds (default: the file's `storpool.settings.cache.seconds`). Shared by
         `serve` and the operator commands."""
-        from cloudstack_storpool.cloudstack import CloudStackClient
+        from cloudstack_storpool.cloudstack.client import CloudStackClient
         from cloudstack_storpool.driver.agents import AgentDirectory
         from cloudstack_storpool.poolconfig import load_pools
         from cloudstack_storpool.settings.localfile import SettingsFile

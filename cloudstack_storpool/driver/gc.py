@@ -19,8 +19,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudstack_storpool.driver import naming, pools, tags, templates
+from cloudstack_storpool.driver import pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
+from cloudstack_storpool.uuids import check_uuid, is_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -94,9 +95,7 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
             kind = stags.get(tags.KIND)
             if kind == tags.TEMPLATE:
                 tuuid = stags.get(tags.UUID, "")
-                try:
-                    naming.check_uuid(tuuid, "uuid")
-                except ValidationError:
+                if not is_uuid(tuuid):
                     continue
                 exists = still_in_cloudstack(tuuid)
                 if exists is None:
@@ -145,7 +144,7 @@ def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: int | None 
 def drop_template(ctx: DriverContext, template_uuid: str) -> list[str]:
     """A template was deleted in CloudStack: delete its caches on every pool now (without
     waiting for the periodic run). Returns the pools whose cache was deleted."""
-    tuuid = naming.check_uuid(template_uuid, "template_uuid")
+    tuuid = check_uuid(template_uuid, "template_uuid")
     if ctx.cloudstack.template(tuuid) is not None:
         raise ValidationError("template_uuid", f"CloudStack still has template {tuuid}; its caches are in use")
     dropped = []

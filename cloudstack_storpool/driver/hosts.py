@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cloudstack_storpool.cloudstack import Host
+from cloudstack_storpool.cloudstack.records import Host
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import NotFound, ValidationError
 from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget

@@ -26,6 +26,7 @@ from cloudstack_storpool.driver import naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.driver.volumes import VolumeInfo
 from cloudstack_storpool.errors import NotFound, ProjectError, SpExists, ValidationError
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -88,7 +89,7 @@ def migrate(
     """Move a volume from one StorPool pool to another (see the module docstring)."""
     src = pools.resolve(ctx, source_pool)
     dst = pools.resolve(ctx, target_pool)
-    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    uuid = check_uuid(volume_uuid, "volume_uuid")
     offerings.check_volume_type(volume_type)
     offerings.check_iops(iops, "iops")
     if pools.cluster_key(src) != pools.cluster_key(dst):

@@ -9,20 +9,9 @@ so these names may change (migration renames) without CloudStack noticing.
 
 from __future__ import annotations
 
-import uuid as uuidlib
-
-from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.uuids import check_uuid
 
 PREFIX = "cs"
-
-
-def check_uuid(value: str, field: str) -> str:
-    """CloudStack uuids are the identity of everything; refuse anything else early."""
-    try:
-        uuidlib.UUID(str(value))
-    except ValueError:
-        raise ValidationError(field, f"{value!r} is not a CloudStack uuid") from None
-    return str(value).lower()
 
 
 def volume(volume_uuid: str) -> str:

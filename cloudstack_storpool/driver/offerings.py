@@ -26,7 +26,7 @@ from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import ValidationError
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.cloudstack import DiskOffering, ServiceOffering
+    from cloudstack_storpool.cloudstack.records import DiskOffering, ServiceOffering
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec
 

@@ -24,6 +24,7 @@ from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import Conflict, StorPoolError, ValidationError
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, load_pools, parse_pool_url, parse_pools
 from cloudstack_storpool.spconn import StorPoolConn, tags_match
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -237,14 +238,10 @@ def register(
     endpoint+template), append to the pools file atomically. `ctx.pools` is refreshed."""
     if not isinstance(name, str) or not name.strip():
         raise ValidationError("name", "a pool needs a name")
-    pool_uuid = str(uuidlib.uuid4()) if uuid is None else uuid
-    try:
-        uuidlib.UUID(pool_uuid)
-    except ValueError:
-        raise ValidationError("uuid", f"{pool_uuid!r} is not a UUID") from None
+    pool_uuid = str(uuidlib.uuid4()) if uuid is None else check_uuid(uuid, "uuid")
     spec = parse_pool_url(url, "url")
     spec = PoolSpec(host=spec.host, port=spec.port, token=spec.token, template=spec.template,
-                    uuid=pool_uuid.lower(), name=name.strip(), zone=zone)
+                    uuid=pool_uuid, name=name.strip(), zone=zone)
     path = Path(pools_file)
     # Cheap duplicate check first: no need to contact an API for a pool we refuse anyway.
     _refuse_duplicates(_read(path)[1], spec)

@@ -27,6 +27,7 @@ from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import (
     AgentError,
     CloudStackError,
+    CloudStackNoAnswer,
     Conflict,
     NotFound,
     ProjectError,
@@ -35,10 +36,11 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agent.client import AgentClient
-    from cloudstack_storpool.cloudstack import VirtualMachine, Volume
+    from cloudstack_storpool.cloudstack.records import VirtualMachine, Volume
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec
     from cloudstack_storpool.spconn import StorPoolConn
@@ -162,7 +164,7 @@ def storpool_volume(ctx: DriverContext, volume_uuid: str, field: str = "volume_u
     CloudStack stores `/dev/storpool-byid/<globalId>` as the path, which survives renames
     (migration); volumes without a path yet are addressed by their deterministic name.
     """
-    naming.check_uuid(volume_uuid, field)
+    check_uuid(volume_uuid, field)
     vol = ctx.cloudstack.volume(volume_uuid)
     if vol is None:
         raise NotFound(f"{field}: CloudStack has no volume {volume_uuid}")
@@ -229,6 +231,8 @@ def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callabl
         return ValidationError(cause.field, text)
     if isinstance(cause, CloudStackError):
         return CloudStackError(cause.command, text, errorcode=cause.errorcode)
+    if isinstance(cause, CloudStackNoAnswer):  # still "no answer": the caller may retry
+        return type(cause)(cause.command, text)
     if isinstance(cause, AgentError):
         return AgentError(text)
     if isinstance(cause, (NotFound, Conflict)):
@@ -422,7 +426,7 @@ def volume_from_snapshot(
     if iops is None:
         iops = _source_iops(source_volume())
     conn = ctx.conn(spec)
-    vol_tags = volumes.volume_tags(naming.check_uuid(volume_uuid, "volume_uuid"), spec)
+    vol_tags = volumes.volume_tags(check_uuid(volume_uuid, "volume_uuid"), spec)
     tmpl = template or spec.template
     try:
         created = conn.volume_create(name=name, parent=snap, size=size, iops=iops, template=tmpl, tags=vol_tags)

@@ -33,6 +33,7 @@ from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -128,7 +129,7 @@ def ensure_cached(
     has just seen the cache missing.
     """
     spec = pools.resolve(ctx, pool)
-    tuuid = naming.check_uuid(template_uuid, "template_uuid")
+    tuuid = check_uuid(template_uuid, "template_uuid")
     given = [x for x in (source, from_snapshot, from_volume) if x is not None]
     if len(given) > 1:
         raise ValidationError("source", "give only one of source, from_snapshot, from_volume")

@@ -28,9 +28,10 @@ from cloudstack_storpool.driver.snapshots import (
     revert_volume,
 )
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, ValidationError
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.cloudstack import VirtualMachine
+    from cloudstack_storpool.cloudstack.records import VirtualMachine
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.spconn import StorPoolConn
 
@@ -72,7 +73,7 @@ class VMSnapshotDeleted(Result):
 
 def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[SourceVolume]]:
     """The VM and its disks, all of which must be on StorPool pools of one cluster (one group call)."""
-    naming.check_uuid(vm_uuid, "vm_uuid")
+    check_uuid(vm_uuid, "vm_uuid")
     vm = ctx.cloudstack.vm(vm_uuid)
     if vm is None:
         raise NotFound(f"vm_uuid: CloudStack has no VM {vm_uuid}")
@@ -102,7 +103,7 @@ def take_vm_snapshot(
     """One VolumesGroupSnapshot over every disk of the VM, tagged `uuid`, `cvm`, `cs=group`."""
     if memory:
         raise ValidationError("memory", "StorPool VM snapshots hold disks only; snapshots with memory are not supported")
-    key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
+    key = check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
     _, disks = _disks(ctx, vm_uuid)
     conn = ctx.conn(disks[0].pool)
     member_names = [naming.vm_snapshot_member(key, d.uuid) for d in disks]
@@ -144,7 +145,7 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     Every member is checked to exist before any disk is touched, so a snapshot missing a disk
     leaves the VM as it was rather than half reverted.
     """
-    key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
+    key = check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
     vm, disks = _disks(ctx, vm_uuid)
     refuse_running_vm(vm, f"revert of VM snapshot {key}")
     conn = ctx.conn(disks[0].pool)
@@ -172,8 +173,8 @@ def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     VM or its disks are gone, the members are found by their `uuid`/`cs=group` tags on every
     cluster the pools file names.
     """
-    key = naming.check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
-    naming.check_uuid(vm_uuid, "vm_uuid")
+    key = check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
+    check_uuid(vm_uuid, "vm_uuid")
     deleted: list[str] = []
     disks: list[SourceVolume] = []
     if ctx.cloudstack.vm(vm_uuid) is not None:  # listVolumes refuses the id of a VM that is gone

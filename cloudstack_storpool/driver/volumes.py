@@ -24,6 +24,7 @@ from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created
+from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -155,7 +156,7 @@ def create(
     """An empty volume: one VolumeCreate (template, iops and tags from the offerings)."""
     spec = pools.resolve(ctx, pool)
     name = naming.volume(volume_uuid)
-    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    uuid = check_uuid(volume_uuid, "volume_uuid")
     names.size(size)
     real_size = size + offerings.ENCRYPTION_OVERHEAD if encrypted else size
     placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
@@ -186,8 +187,8 @@ def create_from_template(
     `source` (the template's image on secondary storage) and the create is repeated."""
     spec = pools.resolve(ctx, pool)
     name = naming.volume(volume_uuid)
-    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
-    tuuid = naming.check_uuid(template_uuid, "template_uuid")
+    uuid = check_uuid(volume_uuid, "volume_uuid")
+    tuuid = check_uuid(template_uuid, "template_uuid")
     if size is not None:
         names.size(size)
     template = ctx.cloudstack.template(tuuid)
@@ -229,7 +230,7 @@ def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: 
     `storpool.delete.after.interval` > 0 (pool scope) a snapshot tagged `cs=delayDelete` with
     `deleteAfter` is taken first, so the data can be recovered for that long."""
     spec = pools.resolve(ctx, pool)
-    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    uuid = check_uuid(volume_uuid, "volume_uuid")
     target = ref(volume_uuid=uuid, path=path)
     conn = ctx.conn(spec)
     backup: str | None = None
@@ -263,7 +264,7 @@ def change_offering(
 ) -> VolumeInfo:
     """Re-apply template, `qc` and iops of the (new) offerings to an existing volume."""
     spec = pools.resolve(ctx, pool)
-    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    uuid = check_uuid(volume_uuid, "volume_uuid")
     target = ref(volume_uuid=uuid, path=path)
     placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
                                   service_offering_id=service_offering_id, custom_iops=iops)
@@ -335,7 +336,7 @@ def vm_destroyed(ctx: DriverContext, vm_id: str) -> list[str]:
     """The VM is gone: its volumes (data disks that survive it) lose `cvm`, `disk`, `vc-policy`."""
     if not isinstance(vm_id, str) or not vm_id:
         raise ValidationError("vm_id", "is required")
-    vm_id = naming.check_uuid(vm_id, "vm_id")  # the `cvm` tags hold CloudStack's (lower-case) uuid
+    vm_id = check_uuid(vm_id, "vm_id")  # the `cvm` tags hold CloudStack's (canonical) uuid
     cleared = []
     for spec, v in vm_volumes(ctx, vm_id):
         try:

@@ -33,7 +33,9 @@ from cloudstack_storpool import __version__
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import (
     AgentError,
+    CloudStackConfigError,
     CloudStackError,
+    CloudStackNoAnswer,
     Conflict,
     NotFound,
     SpBusy,
@@ -46,10 +48,10 @@ from cloudstack_storpool.errors import (
 from cloudstack_storpool.httpjson import MAX_BODY, JsonHandler, TokenServer, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.poolconfig import load_pools
-from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.periodic import PeriodicGc
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
+from cloudstack_storpool.typedjson import to_json
 
 __all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_in_thread"]
 
@@ -81,8 +83,9 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
 
     4xx: the request can be fixed (400), names a missing object (404), or meets a state that
     forbids it (409). 5xx: something upstream failed, 502 when it answered with an error
-    (StorPool, CloudStack, an agent) and 503 when it may work on retry (StorPool transient or
-    unreachable). Anything else is a bug here: 500.
+    (StorPool, CloudStack, an agent) or CloudStack is not configured, and 503 when it may work on
+    retry (StorPool transient or unreachable, CloudStack unreachable or its async job still
+    running). Anything else is a bug here: 500.
     """
     if isinstance(exc, ValidationError):
         return 400, exc.code, exc.field
@@ -91,9 +94,9 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
     if isinstance(exc, (Conflict, SpExists, SpBusy)):
         fld = getattr(exc, "field", None)
         return 409, exc.code, fld if isinstance(fld, str) else None
-    if isinstance(exc, SpTransient):
+    if isinstance(exc, (SpTransient, CloudStackNoAnswer)):
         return 503, exc.code, None
-    if isinstance(exc, (AgentError, CloudStackError, StorPoolError)):
+    if isinstance(exc, (AgentError, CloudStackError, CloudStackConfigError, StorPoolError)):
         return 502, exc.code, None
     return 500, "internal", None
 
@@ -241,7 +244,7 @@ class _Handler(JsonHandler):
             return
         try:
             result = op.call(self.server.ctx, args, self.server.config)
-            out = schema.to_json(result) if op.result_type is not None else None
+            out = to_json(result) if op.result_type is not None else None
         except Exception as exc:
             self._fail(exc, op.name)
             return
@@ -269,10 +272,10 @@ class _Handler(JsonHandler):
 
         def run(job: Job) -> Any:
             result = op.call(ctx.with_progress(job.set_progress), args, config)
-            return schema.to_json(result) if op.result_type is not None else None
+            return to_json(result) if op.result_type is not None else None
 
         try:
-            job, created = self.server.jobs.submit(op.name, schema.to_json(args), key, run)
+            job, created = self.server.jobs.submit(op.name, to_json(args), key, run)
         except Exception as exc:
             self._fail(exc, f"{op.name} job")
             return

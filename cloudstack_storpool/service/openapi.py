@@ -24,7 +24,8 @@ ERROR_STATUSES = {
     "409": "Conflict with the current state (object exists, busy, in use, idempotency key reused)",
     "500": "Internal error; the message carries a reference to the service log",
     "502": "StorPool, CloudStack or a KVM host agent answered with an error",
-    "503": "StorPool is unreachable or answered a transient error; retry later (Retry-After)",
+    "503": "StorPool or CloudStack did not answer, or StorPool answered a transient error; retry later "
+           "(Retry-After)",
 }
 
 _ERROR_OBJECT: dict[str, Any] = {
@@ -104,8 +105,7 @@ def _operation(op: Operation, builder: SchemaBuilder, schemas: dict[str, Any]) -
     if parameters:
         out["parameters"] = parameters
     if op.accepts_body and (op.body_params or op.job):
-        fields = [(p.name, p.type, p.required, p.default) for p in op.body_params]
-        body = builder.object_schema(fields)
+        body = builder.object_schema(op.body_fields)
         if op.job:
             body["properties"][IDEMPOTENCY_FIELD] = {"type": "string", "minLength": 1, "maxLength": MAX_KEY}
         out["requestBody"] = {"required": bool(body.get("required")),

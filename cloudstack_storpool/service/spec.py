@@ -24,7 +24,17 @@ from urllib.parse import unquote
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
-from cloudstack_storpool.service import schema
+from cloudstack_storpool.service.schema import SchemaBuilder
+from cloudstack_storpool.typedjson import (
+    FieldSpec,
+    Unresolved,
+    dataclass_fields,
+    is_dataclass_type,
+    is_scalar,
+    parse_fields,
+    parse_query,
+    resolve_hints,
+)
 
 Location = Literal["path", "query", "body"]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -72,6 +82,11 @@ class Operation:
         return tuple(p for p in self.params if p.location == "body")
 
     @property
+    def body_fields(self) -> tuple[FieldSpec, ...]:
+        """The body parameters as the request parser and the schema builder take them."""
+        return tuple(FieldSpec(p.name, p.type, p.required, p.default) for p in self.body_params)
+
+    @property
     def accepts_body(self) -> bool:
         return self.method in BODY_METHODS
 
@@ -81,37 +96,30 @@ class Operation:
 
     def parse(self, path_args: Mapping[str, str], query: Mapping[str, list[str]], body: Any) -> dict[str, Any]:
         """Typed arguments from one request, or ValidationError naming the first bad field."""
-        args: dict[str, Any] = {}
-        known_query = {p.name for p in self.params if p.location == "query"}
-        for key in query:
-            if key not in known_query:
-                allowed = ", ".join(sorted(known_query)) or "none"
-                raise ValidationError(key, f"unknown query parameter (allowed: {allowed})")
+        args = {p.name: parse_query(p.type, path_args[p.name], p.name) for p in self.params if p.location == "path"}
+        args.update(self._query_args(query))
         if self.accepts_body:
-            if body is None:
-                body = {}
-            if not isinstance(body, dict):
-                raise ValidationError("body", "must be a JSON object")
-            allowed_body = {p.name for p in self.body_params} | ({IDEMPOTENCY_FIELD} if self.job else set())
-            for key in body:
-                if key not in allowed_body:
-                    raise ValidationError(str(key), f"unknown field (allowed: {', '.join(sorted(allowed_body)) or 'none'})")
-        for p in self.params:
-            if p.location == "path":
-                args[p.name] = schema.parse_query(p.type, path_args[p.name], p.name)
-            elif p.location == "query":
-                values = query.get(p.name)
-                if values:
-                    if len(values) > 1:
-                        raise ValidationError(p.name, "given more than once")
-                    args[p.name] = schema.parse_query(p.type, values[0], p.name)
-                elif p.required:
+            extra = {IDEMPOTENCY_FIELD} if self.job else set()
+            args.update(parse_fields(self.body_fields, {} if body is None else body, what="body",
+                                     also_allowed=extra))
+        return args
+
+    def _query_args(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        """The query string: only known parameters, each at most once."""
+        params = {p.name: p for p in self.params if p.location == "query"}
+        for key in query:
+            if key not in params:
+                raise ValidationError(key, f"unknown query parameter (allowed: {', '.join(sorted(params)) or 'none'})")
+        args: dict[str, Any] = {}
+        for p in params.values():
+            values = query.get(p.name)
+            if not values:
+                if p.required:
                     raise ValidationError(p.name, "is required")
-            else:
-                if p.name in body:
-                    args[p.name] = schema.parse(p.type, body[p.name], p.name)
-                elif p.required:
-                    raise ValidationError(p.name, "is required")
+                continue
+            if len(values) > 1:
+                raise ValidationError(p.name, "given more than once")
+            args[p.name] = parse_query(p.type, values[0], p.name)
         return args
 
     def call(self, ctx: DriverContext, args: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> Any:
@@ -133,96 +141,114 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
 
     `exclude` hides parameters that have defaults and make no sense over HTTP (callbacks,
     test hooks). `bind` names parameters the service fills from its own configuration (e.g.
-    `pools_file`), never from the request. Everything else is derived; an unsupported signature fails here, at import,
-    so a bad line in the table never reaches a client.
+    `pools_file`), never from the request. Everything else is derived; an unsupported signature
+    fails here, at import, so a bad line in the table never reaches a client.
     """
+    method, path = _split_route(route)
+    where = f"{func.__module__}.{getattr(func, '__qualname__', repr(func))}"
+    hints = resolve_hints(func, {"DriverContext": DriverContext})
+    request_class, fields = _published_fields(func, hints, where, exclude, bind)
+    params = _place(fields, path, method, where)
+    if job and IDEMPOTENCY_FIELD in {p.name for p in params}:
+        raise TypeError(f"{where}: parameter name {IDEMPOTENCY_FIELD!r} is reserved for jobs")
+    result_type = _result_type(hints, where)
+    _check_expressible(params, result_type)
+    op_name = name or func.__name__
+    summary, _, description = (inspect.getdoc(func) or "").partition("\n\n")
+    return Operation(
+        name=op_name, method=method, path=path, func=func, job=job, params=params,
+        request_class=request_class, result_type=result_type,
+        summary=" ".join(summary.split()) or op_name.replace("_", " "), description=description.strip(),
+        tag=tag or _default_tag(path), pattern=_route_pattern(path), bound=tuple(bind),
+    )
+
+
+def _split_route(route: str) -> tuple[str, str]:
+    """"POST /v1/x" -> ("POST", "/v1/x")."""
     method, _, path = route.partition(" ")
     method = method.upper()
     if method not in METHODS or not path.startswith("/"):
         raise ValueError(f"bad route {route!r}: expected 'METHOD /path'")
-    where = schema.callable_name(func)
-    hints = schema.resolve_hints(func, {"DriverContext": DriverContext})
+    return method, path
+
+
+def _published_fields(func: Callable[..., Any], hints: Mapping[str, Any], where: str, exclude: tuple[str, ...],
+                      bind: tuple[str, ...]) -> tuple[type | None, list[FieldSpec]]:
+    """(request dataclass or None, the fields a request supplies): the parameters after `ctx`,
+    or the fields of the one request dataclass the function takes instead."""
     sig = inspect.signature(func)
     sig_params = list(sig.parameters.values())
     if not sig_params or sig_params[0].name != "ctx":
         raise TypeError(f"{where}: the first parameter must be `ctx: DriverContext`")
-    rest = [p for p in sig_params[1:] if p.name not in exclude and p.name not in bind]
     for p in sig_params[1:]:
         if p.name in exclude and p.default is inspect.Parameter.empty:
             raise TypeError(f"{where}: cannot exclude {p.name!r}, it has no default")
     for b in bind:
         if b not in sig.parameters:
             raise TypeError(f"{where}: bound parameter {b!r} is not a parameter of the function")
+    rest = [p for p in sig_params[1:] if p.name not in exclude and p.name not in bind]
+    if len(rest) == 1 and is_dataclass_type(_narrow(hints.get(rest[0].name, Any))):
+        request_class: type = hints[rest[0].name]
+        return request_class, [f._replace(type=_narrow(f.type)) for f in dataclass_fields(request_class)]
+    fields = []
+    for p in rest:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(f"{where}: *args/**kwargs cannot be published")
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f"{where}: positional-only parameter {p.name!r} cannot be published")
+        required = p.default is inspect.Parameter.empty
+        fields.append(FieldSpec(p.name, _narrow(hints.get(p.name, Any)), required, None if required else p.default))
+    return None, fields
+
+
+def _place(fields: list[FieldSpec], path: str, method: str, where: str) -> tuple[Param, ...]:
+    """Where each field comes from: a path placeholder, else the body (POST, PUT, PATCH) or the
+    query string (GET, DELETE), which carries scalars only."""
     placeholders = _PLACEHOLDER.findall(path)
-
-    request_class: type | None = None
-    fields: list[tuple[str, Any, bool, Any]]
-    if len(rest) == 1 and schema.is_dataclass_type(_narrow(hints.get(rest[0].name, Any))):
-        request_class = hints[rest[0].name]
-        fields = [(n, _narrow(t), r, d) for n, t, r, d in schema.dataclass_fields(request_class)]
-    else:
-        fields = []
-        for p in rest:
-            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-                raise TypeError(f"{where}: *args/**kwargs cannot be published")
-            if p.kind is inspect.Parameter.POSITIONAL_ONLY:
-                raise TypeError(f"{where}: positional-only parameter {p.name!r} cannot be published")
-            required = p.default is inspect.Parameter.empty
-            fields.append((p.name, _narrow(hints.get(p.name, Any)), required, None if required else p.default))
-
-    names = {f[0] for f in fields}
+    names = {f.name for f in fields}
     for ph in placeholders:
         if ph not in names:
             raise TypeError(f"{where}: route placeholder {{{ph}}} is not a parameter of the function")
     params: list[Param] = []
-    for fname, tp, required, default in fields:
+    for f in fields:
         location: Location
-        if fname in placeholders:
-            location = "path"
-            if not schema.is_scalar(tp):
-                raise TypeError(f"{where}: path parameter {fname!r} must be a scalar")
-            required = True
+        required = f.required
+        if f.name in placeholders:
+            location, required = "path", True
+            if not is_scalar(f.type):
+                raise TypeError(f"{where}: path parameter {f.name!r} must be a scalar")
         elif method in BODY_METHODS:
             location = "body"
         else:
             location = "query"
-            if not schema.is_scalar(tp):
-                raise TypeError(f"{where}: {fname!r} is not a scalar; publish {route!r} with POST instead")
-        params.append(Param(fname, tp, required, default, location))
-    if job and IDEMPOTENCY_FIELD in names:
-        raise TypeError(f"{where}: parameter name {IDEMPOTENCY_FIELD!r} is reserved for jobs")
+            if not is_scalar(f.type):
+                raise TypeError(f"{where}: {f.name!r} is not a scalar; publish {method} {path} with POST instead")
+        params.append(Param(f.name, f.type, required, f.default, location))
+    return tuple(params)
+
+
+def _result_type(hints: Mapping[str, Any], where: str) -> Any:
+    """The response's type; None for a function that returns nothing (204)."""
     result_type = hints.get("return", Any)
-    if isinstance(result_type, schema._Unresolved):
+    if isinstance(result_type, Unresolved):
         raise TypeError(f"{where}: cannot resolve the return annotation {result_type.text!r}")
-    if result_type is type(None):
-        result_type = None
-    # Fail now if any type cannot be expressed, rather than at the first request or in the doc.
-    probe = schema.SchemaBuilder()
+    return None if result_type is type(None) else result_type
+
+
+def _check_expressible(params: tuple[Param, ...], result_type: Any) -> None:
+    """Fail now if any type cannot be expressed, rather than at the first request or in the doc."""
+    probe = SchemaBuilder()
     for param in params:
         probe.schema(param.type, param.name)
     if result_type is not None:
         probe.schema(result_type, "return")
 
-    doc = inspect.getdoc(func) or ""
-    summary, _, description = doc.partition("\n\n")
-    regex = "^" + "".join(
-        f"(?P<{piece}>[^/]+)" if i % 2 else re.escape(piece) for i, piece in enumerate(_PLACEHOLDER.split(path))
-    ) + "$"
-    return Operation(
-        name=name or func.__name__,
-        method=method,
-        path=path,
-        func=func,
-        job=job,
-        params=tuple(params),
-        request_class=request_class,
-        result_type=result_type,
-        summary=" ".join(summary.split()) or (name or func.__name__).replace("_", " "),
-        description=description.strip(),
-        tag=tag or _default_tag(path),
-        pattern=re.compile(regex),
-        bound=tuple(bind),
-    )
+
+def _route_pattern(path: str) -> re.Pattern[str]:
+    """`/v1/volumes/{volume_uuid}` -> a regex capturing `volume_uuid` from one path segment."""
+    pieces = _PLACEHOLDER.split(path)
+    regex = "".join(f"(?P<{piece}>[^/]+)" if i % 2 else re.escape(piece) for i, piece in enumerate(pieces))
+    return re.compile(f"^{regex}$")
 
 
 def _narrow(tp: Any) -> Any:

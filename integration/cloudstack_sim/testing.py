@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool.cloudstack import CloudStackClient
+from cloudstack_storpool.cloudstack.client import CloudStackClient
 from integration.cloudstack_sim.model import CloudStackModel
 from integration.cloudstack_sim.server import SimHTTPServer, make_server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,19 +16,32 @@ from integration import CHECKOUT
 STAND_INS = ("integration", "tests", "benchmarks", "agent", "heartbeat", "settings")
 
 
-def _build_wheel(out: Path) -> Path:
+def _build_wheel(tmp: Path) -> Path:
+    """Build from a copy of the tracked files: setuptools reuses a checkout's `build/` and would
+    ship modules deleted since the last build."""
+    src = tmp / "src"
+    tracked = subprocess.run(["git", "-C", str(CHECKOUT), "ls-files", "-z"], check=True, capture_output=True,
+                             text=True).stdout.split("\0")
+    for rel in filter(None, tracked):
+        origin, copy = CHECKOUT / rel, src / rel
+        if not origin.is_symlink() and not origin.exists():
+            continue  # deleted in the work tree, not yet committed
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(origin, copy, follow_symlinks=False)
+    out = tmp / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(CHECKOUT)], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     (wheel,) = out.glob("cloudstack_storpool-*.whl")
     return wheel
 
 
 def test_wheel_installs_one_package_and_its_cli_runs_without_stand_ins(tmp_path: Path) -> None:
-    wheel = _build_wheel(tmp_path / "dist")
+    wheel = _build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"cloudstack_storpool", wheel.name.split("-py3")[0] + ".dist-info"}
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_") or "_sim" in n], names
     assert "cloudstack_storpool/agent/server.py" in names and "cloudstack_storpool/heartbeat/policy.py" in names
+    assert "cloudstack_storpool/cloudstack/client.py" in names and "cloudstack_storpool/typedjson.py" in names
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)

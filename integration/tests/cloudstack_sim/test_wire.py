@@ -10,7 +10,9 @@ import cs
 import pytest
 import requests
 
-from cloudstack_storpool import cloudstack as facade
+from cloudstack_storpool.cloudstack.client import STORPOOL_ALERT_TYPE
+from cloudstack_storpool.cloudstack.signing import server_encode
+from cloudstack_storpool.errors import CloudStackJobError, CloudStackParamError, CloudStackTimeout
 from integration.cloudstack_sim import signing
 from integration.cloudstack_sim.model import CloudStackModel
 from integration.cloudstack_sim.server import make_server
@@ -119,7 +121,7 @@ def test_server_encoder_matches_java_rules() -> None:
     # The facade's encoder must agree with the simulator's on every printable ASCII character.
     for code in range(32, 127):
         ch = chr(code) + "x"
-        assert facade.server_encode(ch) == signing.java_url_encode(ch).replace("+", "%20"), ch
+        assert server_encode(ch) == signing.java_url_encode(ch).replace("+", "%20"), ch
 
 
 # ---------------------------------------------------------------- envelopes and errors
@@ -251,7 +253,7 @@ def test_async_job_pending_then_done(cs_sim: SimHandle) -> None:
 def test_failed_async_job_surfaces_its_error_text(cs_sim: SimHandle, method: str) -> None:
     client = cs_sim.client(method=method)
     tiny = next(t for t in client.templates() if t.name == "tiny-linux")
-    with pytest.raises(facade.CloudStackJobError) as info:
+    with pytest.raises(CloudStackJobError) as info:
         client.delete_template(tiny.id)  # VMs use it
     assert "are using it" in info.value.errortext
     assert info.value.errorcode == 431  # InvalidParameterValueException inside the job
@@ -259,14 +261,14 @@ def test_failed_async_job_surfaces_its_error_text(cs_sim: SimHandle, method: str
     assert "are using it" in str(info.value)
     assert client.template(tiny.id) is not None
     cs_sim.model.inject_job_failure("generateAlert", "mail relay down")
-    with pytest.raises(facade.CloudStackJobError, match="mail relay down"):
+    with pytest.raises(CloudStackJobError, match="mail relay down"):
         client.generate_alert("storpool heartbeat", "host kvm1 failed")
 
 
 def test_async_job_timeout(cs_sim: SimHandle) -> None:
     cs_sim.model.job_delay = 30
     client = cs_sim.client(job_timeout=1, poll_interval=0.1)
-    with pytest.raises(facade.CloudStackTimeout) as info:
+    with pytest.raises(CloudStackTimeout) as info:
         client.generate_alert("x", "y")
     assert info.value.jobid in cs_sim.model.jobs
 
@@ -275,10 +277,10 @@ def test_generate_alert(cs_sim: SimHandle) -> None:
     client = cs_sim.client()
     client.generate_alert("STORPOOL.HEARTBEAT", "host kvm1: storage heartbeat failed 3 times")
     [alert] = cs_sim.model.alerts.values()
-    assert alert.type == facade.STORPOOL_ALERT_TYPE and "kvm1" in alert.description
-    with pytest.raises(facade.CloudStackJobError, match="default alert having type 2"):
+    assert alert.type == STORPOOL_ALERT_TYPE and "kvm1" in alert.description
+    with pytest.raises(CloudStackJobError, match="default alert having type 2"):
         client.generate_alert("other", "x", alert_type=2)
-    with pytest.raises(facade.CloudStackParamError, match="missing parameter description"):
+    with pytest.raises(CloudStackParamError, match="missing parameter description"):
         client.generate_alert("x", "")
 
 

@@ -105,7 +105,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from cloudstack_storpool.cloudstack import CloudStackClient
+    from cloudstack_storpool.cloudstack.client import CloudStackClient
     from cloudstack_storpool.driver import volumes
     from cloudstack_storpool.driver.agents import AgentDirectory
     from cloudstack_storpool.driver.context import DriverContext
