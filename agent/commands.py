@@ -157,14 +157,14 @@ class Request:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _volume_ref(value: str, fname: str) -> str:
+def volume_ref(value: str, fname: str) -> str:
     """A volume named as CloudStack stores it (device path) or as StorPool does."""
     if value.startswith("/dev/"):
         return names.path_to_name(value, fname)
     return names.volume_name(value, fname)
 
 
-def _snapshot_ref(value: str, fname: str) -> str:
+def snapshot_ref(value: str, fname: str) -> str:
     if value.startswith("/dev/"):
         return names.path_to_name(value, fname)
     return names.snapshot_name(value, fname)
@@ -192,7 +192,7 @@ class CopyToVolumeRequest(Request):
         super().validate()
         self._require("store", "path", "volume")
         _check_location(self.store, self.path)
-        _volume_ref(self.volume, "volume")
+        volume_ref(self.volume, "volume")
         if self.source_format is not None:
             qemu_img.check_format(self.source_format, "source_format")
 
@@ -214,7 +214,7 @@ class BackupSnapshotRequest(Request):
     def validate(self) -> None:
         super().validate()
         self._require("snapshot", "store", "path")
-        _snapshot_ref(self.snapshot, "snapshot")
+        snapshot_ref(self.snapshot, "snapshot")
         _check_location(self.store, self.path)
 
 
@@ -229,7 +229,7 @@ class CopyVolumeOutRequest(Request):
     def validate(self) -> None:
         super().validate()
         self._require("volume", "store", "path")
-        _volume_ref(self.volume, "volume")
+        volume_ref(self.volume, "volume")
         _check_location(self.store, self.path)
         qemu_img.check_format(self.format, "format")
         if self.compress and self.format != "qcow2":
@@ -246,7 +246,7 @@ class ResizeRequest(Request):
     def validate(self) -> None:
         super().validate()
         self._require("volume")
-        _volume_ref(self.volume, "volume")
+        volume_ref(self.volume, "volume")
         names.size(self.size, "size")
 
 
@@ -261,7 +261,7 @@ class PrepareStartRequest(Request):
         if not self.volumes:
             raise ValidationError("volumes", "must be a non-empty list of volumes")
         for i, v in enumerate(self.volumes):
-            _volume_ref(v, f"volumes[{i}]")
+            volume_ref(v, f"volumes[{i}]")
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
     """Secondary-storage image -> StorPool volume (raw), growing the volume first if needed."""
     src, info = _source_image(ctx, req)
     ctl.check()
-    name = _volume_ref(req.volume, "volume")
+    name = volume_ref(req.volume, "volume")
     obj = lookup(ctx.conn, name, "volume")
     size = obj.size
     if size < info.virtual_size:
@@ -367,20 +367,20 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
 
 def backup_snapshot(ctx: Context, req: BackupSnapshotRequest, ctl: RunControl) -> dict[str, Any]:
     """StorPool snapshot -> qcow2 on secondary storage (the non-bypass snapshot backup)."""
-    return _copy_out(ctx, _snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
+    return _copy_out(ctx, snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
                      "qcow2", req.compress, ctl)
 
 
 def copy_volume_out(ctx: Context, req: CopyVolumeOutRequest, ctl: RunControl) -> dict[str, Any]:
     """StorPool volume -> secondary storage (volume export, template from volume)."""
-    return _copy_out(ctx, _volume_ref(req.volume, "volume"), "volume", req.store, req.path,
+    return _copy_out(ctx, volume_ref(req.volume, "volume"), "volume", req.store, req.path,
                      req.format, req.compress, ctl)
 
 
 def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     """Make a running VM see its grown volume. StorPool's size was already changed by the
     driver; this waits until this host's device shows it, then calls libvirt block resize."""
-    obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
+    obj = lookup(ctx.conn, volume_ref(req.volume, "volume"), "volume")
     if obj.size < req.size:
         raise ValidationError("size", f"volume {obj.api_name} is {obj.size} bytes in StorPool, not {req.size}")
     result: dict[str, Any] = {"volume": obj.api_name, "size": req.size, "notified": False}
@@ -408,7 +408,7 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
     try:
         for i, ref in enumerate(req.volumes):
             ctl.check()
-            obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
+            obj = lookup(ctx.conn, volume_ref(ref, f"volumes[{i}]"), "volume")
             others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
             if others:
                 log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
@@ -439,6 +439,8 @@ def facts(ctx: Context, req: FactsRequest, ctl: RunControl) -> dict[str, Any]:
         "client_id": ctx.host.client_id,
         "dev_root": ctx.host.dev_root,
         "agent_version": __version__,
+        "cluster_id": ctx.host.storpool_cluster_id(),
+        "block_service_running": ctx.host.block_service_running(),
     }
     sp: dict[str, Any] = {"reachable": False}
     try:
@@ -493,6 +495,11 @@ COMMANDS: dict[str, Command] = {
         Command("facts", FactsRequest, facts, False),
     )
 }
+
+# Host-side disk commands live in their own modules (they build on the request machinery above).
+from cloudstack_storpool.agent import disks, luks  # noqa: E402
+
+COMMANDS.update({c.name: c for c in (*disks.COMMANDS, *luks.COMMANDS)})
 
 
 def parse(command: str, args: Any) -> tuple[Command, Request]:
