@@ -20,7 +20,7 @@ from typing import Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.attach import attach, attachments_of, detach, lookup
-from cloudstack_storpool.agent.commands import Command, Context, Request, RunControl, volume_ref
+from cloudstack_storpool.agent.request import Command, Context, Request, RunControl, volume_ref
 from cloudstack_storpool.errors import NotFound, ValidationError
 
 log = logging.getLogger(__name__)

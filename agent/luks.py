@@ -22,7 +22,7 @@ from typing import Any
 
 from cloudstack_storpool.agent import qemu_img
 from cloudstack_storpool.agent.attach import attached, lookup, wait_for_device
-from cloudstack_storpool.agent.commands import Command, Context, Request, RunControl, snapshot_ref, volume_ref
+from cloudstack_storpool.agent.request import Command, Context, Request, RunControl, snapshot_ref, volume_ref
 from cloudstack_storpool.errors import ValidationError
 
 log = logging.getLogger(__name__)
