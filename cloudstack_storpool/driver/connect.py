@@ -15,8 +15,10 @@ host whose qemu still runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
@@ -24,6 +26,7 @@ from cloudstack_storpool.driver.snapshots import Result, SourceVolume, on_storpo
 from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
 
 if TYPE_CHECKING:
+    from cloudstack_storpool.cloudstack import Host
     from cloudstack_storpool.driver.context import DriverContext
 
 log = logging.getLogger(__name__)
@@ -63,21 +66,25 @@ def storpool_path(path: str, fname: str = "path") -> str:
     return names.path_to_name(path, fname)
 
 
-def agent_of(ctx: DriverContext, host_id: str, fname: str = "host_id") -> AgentClient:
+def host_and_agent(ctx: DriverContext, host_id: str, fname: str = "host_id") -> tuple[Host, AgentClient]:
+    """A CloudStack host and its agent; NotFound naming `fname` for a host CloudStack does not know."""
     if not isinstance(host_id, str) or not host_id:
         raise ValidationError(fname, "is required")
     host = ctx.cloudstack.host(host_id)
     if host is None:
         raise NotFound(f"{fname}: CloudStack has no host {host_id}")
-    return ctx.agents.client(host)
+    return host, ctx.agents.client(host)
 
 
-def on_host(what: str, fname: str, call: object) -> dict[str, object]:
-    """Run an agent call; a refusal naming no field of ours is re-raised naming `fname`."""
-    assert callable(call)
+def agent_of(ctx: DriverContext, host_id: str, fname: str = "host_id") -> AgentClient:
+    return host_and_agent(ctx, host_id, fname)[1]
+
+
+def on_host(what: str, fname: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run an agent call; the agent's refusals come back naming the caller's field `fname`
+    (the agent knows the volume by its StorPool name, the caller by a path or a VM)."""
     try:
-        result: dict[str, object] = call()
-        return result
+        return call()
     except AgentRequestError as exc:
         if exc.code == "not-found":
             raise NotFound(f"{fname}: {exc.message}") from None
@@ -93,7 +100,6 @@ def connect_physical_disk(ctx: DriverContext, *, host_id: str, path: str) -> Dis
     agent = agent_of(ctx, host_id)
     res = on_host(f"connect {path} on host {host_id}", "path", lambda: agent.connect(volume=name))
     others = res.get("also_attached_to") or []
-    assert isinstance(others, list)
     return DiskConnection(host_id, path, str(res["volume"]), str(res["device"]), [int(c) for c in others])
 
 
@@ -129,17 +135,12 @@ def vm_disks(ctx: DriverContext, vm_id: str, fname: str = "vm_id") -> list[Sourc
     return out
 
 
-def _on_each(ctx: DriverContext, vm_id: str, host_id: str, fname: str, what: str, connect: bool) -> VmDisks:
+def _disconnect_all(ctx: DriverContext, vm_id: str, host_id: str, fname: str) -> VmDisks:
     disks = vm_disks(ctx, vm_id)
     agent = agent_of(ctx, host_id, fname)
-    done: list[str] = []
     for d in disks:
-        if connect:
-            on_host(f"{what} {d.name} on host {host_id}", "vm_id", lambda d=d: agent.connect(volume=d.name))
-        else:
-            on_host(f"{what} {d.name} on host {host_id}", "vm_id", lambda d=d: agent.disconnect(volume=d.name))
-        done.append(d.name)
-    return VmDisks(vm_id, host_id, done)
+        on_host(f"disconnect {d.name} on host {host_id}", "vm_id", partial(agent.disconnect, volume=d.name))
+    return VmDisks(vm_id, host_id, [d.name for d in disks])
 
 
 def prepare_migration(ctx: DriverContext, *, vm_id: str, dest_host_id: str) -> VmDisks:
@@ -151,7 +152,7 @@ def prepare_migration(ctx: DriverContext, *, vm_id: str, dest_host_id: str) -> V
     done: list[str] = []
     try:
         for d in disks:
-            on_host(f"connect {d.name} on host {dest_host_id}", "vm_id", lambda d=d: agent.connect(volume=d.name))
+            on_host(f"connect {d.name} on host {dest_host_id}", "vm_id", partial(agent.connect, volume=d.name))
             done.append(d.name)
     except BaseException:
         for name in done:
@@ -172,9 +173,9 @@ def finish_migration(ctx: DriverContext, *, vm_id: str, source_host_id: str, des
     agent_of(ctx, source_host_id, "source_host_id")
     agent_of(ctx, dest_host_id, "dest_host_id")
     loser, fname = (source_host_id, "source_host_id") if succeeded else (dest_host_id, "dest_host_id")
-    return _on_each(ctx, vm_id, loser, fname, "disconnect", connect=False)
+    return _disconnect_all(ctx, vm_id, loser, fname)
 
 
 def vm_stopped(ctx: DriverContext, *, vm_id: str, host_id: str) -> VmDisks:
     """The VM stopped on `host_id`: its disks are disconnected from that host."""
-    return _on_each(ctx, vm_id, host_id, "host_id", "disconnect", connect=False)
+    return _disconnect_all(ctx, vm_id, host_id, "host_id")

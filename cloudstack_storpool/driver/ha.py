@@ -38,6 +38,5 @@ def hand_over(ctx: DriverContext, *, vm_id: str, host_id: str) -> HandedOver:
     res = on_host(f"hand-over of VM {vm_id} to host {host_id}", "vm_id",
                   lambda: agent.prepare_start(volumes=[d.name for d in disks]))
     entries = res.get("volumes") or []
-    assert isinstance(entries, list)
     detached = {str(e["volume"]): [int(c) for c in e.get("detached_from") or []] for e in entries}
     return HandedOver(vm_id, host_id, [d.name for d in disks], detached)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool.agent.hostconfig import check_client_id
-from cloudstack_storpool.driver.connect import agent_of
+from cloudstack_storpool.driver.connect import host_and_agent
 from cloudstack_storpool.driver.snapshots import Result
 from cloudstack_storpool.errors import AgentError, ValidationError
 
@@ -41,9 +41,7 @@ class HostConnected(Result):
 
 def host_connected(ctx: DriverContext, *, host_id: str) -> HostConnected:
     """Ask the host's agent who it is to StorPool; refuse a client id another host has."""
-    agent = agent_of(ctx, host_id)
-    host = ctx.cloudstack.host(host_id)
-    assert host is not None
+    host, agent = host_and_agent(ctx, host_id)
     try:
         facts = agent.facts()
     except AgentError as exc:
@@ -56,9 +54,8 @@ def host_connected(ctx: DriverContext, *, host_id: str) -> HostConnected:
                                                "its own SP_OURID")
     if host.sp_client_id is not None and host.sp_client_id != client_id:
         log.warning("host %s changed StorPool client id from %d to %d", host.name, host.sp_client_id, client_id)
-    storpool = facts.get("storpool") if isinstance(facts.get("storpool"), dict) else {}
-    assert isinstance(storpool, dict)
-    status = storpool.get("client_status")
+    storpool = facts.get("storpool")
+    status = storpool.get("client_status") if isinstance(storpool, dict) else None
     cluster = facts.get("cluster_id")
     if not facts.get("block_service_running"):
         log.warning("host %s: the StorPool block service is not running", host.name)
