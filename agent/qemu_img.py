@@ -372,18 +372,29 @@ def _unlock_failed(stderr: str) -> bool:
     return "invalid password" in text or "cannot unlock" in text
 
 
+# qemu-img times its PBKDF2 rounds with the thread's CPU clock, which the kernel advances in
+# scheduler ticks; on a busy host the first timing can read 0 ms and qemu-img gives up with this
+# message (nothing has been written yet). Another attempt measures again.
+_PBKDF_TIMING = "unable to get accurate cpu usage"
+_FORMAT_ATTEMPTS = 5
+
+
 def luks_format(path: str, payload_size: int, passphrase: str, *, timeout: float | None = 120.0) -> None:
     """Write a LUKS header at the start of `path` for a payload of `payload_size` bytes."""
-    with _secret(passphrase, "sec0") as (obj, fd):
-        args = [qemu_img_binary(), "create", "-q", "--object", obj, "-f", "luks", "-o", "key-secret=sec0",
-                path, str(payload_size)]
-        try:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False,
-                                  pass_fds=(fd,))
-        except subprocess.TimeoutExpired as exc:
-            raise QemuImgTimeout(f"did not finish within {timeout} s", op="create") from exc
-    if proc.returncode != 0:
-        raise QemuImgError(_stderr_message(proc.stderr), returncode=proc.returncode, op="create")
+    for attempt in range(_FORMAT_ATTEMPTS):
+        with _secret(passphrase, "sec0") as (obj, fd):
+            args = [qemu_img_binary(), "create", "-q", "--object", obj, "-f", "luks", "-o", "key-secret=sec0",
+                    path, str(payload_size)]
+            try:
+                proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False,
+                                      pass_fds=(fd,))
+            except subprocess.TimeoutExpired as exc:
+                raise QemuImgTimeout(f"did not finish within {timeout} s", op="create") from exc
+        if proc.returncode == 0:
+            return
+        if _PBKDF_TIMING not in proc.stderr.lower() or attempt == _FORMAT_ATTEMPTS - 1:
+            break
+    raise QemuImgError(_stderr_message(proc.stderr), returncode=proc.returncode, op="create")
 
 
 def luks_check(path: str, passphrase: str, *, timeout: float | None = 60.0) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import threading
 import uuid
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from cloudstack_storpool.agent.commands import execute
 from cloudstack_storpool.errors import NotFound, SpBusy, ValidationError
 from integration.tests.agent.conftest import Lab, MiB, qemu_io_write, read_at
+from integration.tests.argv_watch import ArgvWatch
 
 PASS = "correct-horse-" + uuid.uuid4().hex
 MARK = b"PLAINTEXT-MARKER-0123456789abcdef"
@@ -86,47 +86,12 @@ def _decrypt(tmp_path: Path, image: Path, passphrase: str, fmt: str = "raw") -> 
     return out.read_bytes()
 
 
-class _ArgvWatch:
-    """Polls every process's command line while a test runs, for a secret."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
-        self.seen: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        cmd = f.read()
-                except OSError:
-                    continue
-                if self.secret in cmd:
-                    self.seen.append(cmd.decode(errors="replace"))
-                if b"qemu-img" in cmd:
-                    self.seen_qemu = True
-            self.stop.wait(0.005)
-
-    def __enter__(self) -> _ArgvWatch:
-        self.seen_qemu = False
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def test_encrypted_data_disk_root_from_snapshot_clone_and_backup(lab: Lab, tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     size = 16 * MiB
     data = lab.volume(size + 2 * MiB)
-    with _ArgvWatch(PASS) as watch:
+    with ArgvWatch(PASS) as watch:
         out = execute(lab.ctx(1), "encrypt_volume", {"volume": data, "passphrase": PASS})
     assert watch.seen_qemu, "the watch never saw qemu-img run"
     assert watch.seen == [], "the passphrase showed in a process list"

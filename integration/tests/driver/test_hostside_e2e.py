@@ -22,6 +22,7 @@ from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 from integration.libvirt_domain import start_domain
 from integration.needs import need
 from integration.stack import LocalStack, new_uuid
+from integration.tests.argv_watch import ArgvWatch
 
 MiB = 1 << 20
 
@@ -296,11 +297,13 @@ def test_encrypted_root_from_a_template_through_the_service(stack: LocalStack, c
     passphrase = "cs-root-" + uuid.uuid4().hex
     url = stack.start_service()
     assert stack.service_token
-    resp = requests.post(f"{url}/v1/volumes/{vid}/encryption", headers=_auth(stack.service_token), timeout=30,
-                         json={"passphrase": passphrase, "source_path": f"/dev/storpool-byid/{cache.global_id}"})
-    assert resp.status_code == 202, resp.text
-    job = _job(url, stack.service_token, resp.json()["id"])
-    assert job["state"] == "succeeded", job
+    with ArgvWatch(passphrase) as watch:
+        resp = requests.post(f"{url}/v1/volumes/{vid}/encryption", headers=_auth(stack.service_token), timeout=30,
+                             json={"passphrase": passphrase, "source_path": f"/dev/storpool-byid/{cache.global_id}"})
+        assert resp.status_code == 202, resp.text
+        job = _job(url, stack.service_token, resp.json()["id"])
+    assert watch.seen_qemu and watch.seen == []
+    assert job["state"] == "succeeded", job["error"]
     assert job["result"]["copied_from"] == "~" + cache.global_id and passphrase not in json.dumps(job)
     backing = stack.sp.object_file(info.global_id)
     assert b"TEMPLATE-CONTENT" not in backing.read_bytes()
@@ -331,7 +334,7 @@ def test_download_volume_through_the_service_with_progress(stack: LocalStack) ->
                          json={"store": str(stack.secondary), "path": "volumes/dl/root.qcow2"})
     assert resp.status_code == 202, resp.text
     job = _job(url, stack.service_token, resp.json()["id"])
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", job["error"]
     assert job["progress"] == 100 and job["result"]["format"] == "qcow2"
     assert job["result"]["virtual_size"] == 24 * MiB
     out = stack.secondary / "volumes" / "dl" / "root.qcow2"
