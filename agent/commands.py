@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
+import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from cloudstack_storpool import __version__, names
-from cloudstack_storpool.agent import disks, luks, qemu_img, secondary
+from cloudstack_storpool.agent import qemu_img, secondary
 from cloudstack_storpool.agent.attach import (
     Attachment,
     Kind,
+    SpConn,
     StorPoolObject,
     attach,
     attached,
@@ -29,18 +33,142 @@ from cloudstack_storpool.agent.attach import (
     lookup,
     wait_for_device,
 )
-from cloudstack_storpool.agent.request import (
-    Command,
-    Context,
-    Request,
-    RunControl,
-    snapshot_ref,
-    volume_ref,
-)
+from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.resize import libvirt_version, notify_resize
-from cloudstack_storpool.errors import NotFound, SpBusy, ValidationError
+from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, ValidationError
 
 log = logging.getLogger(__name__)
+
+
+class Cancelled(ProjectError):
+    code = "cancelled"
+
+
+class TimedOut(ProjectError):
+    code = "timeout"
+
+
+@dataclass
+class RunControl:
+    """What a running command is given besides its request: a way to report progress, a
+    cancel flag and a deadline (monotonic seconds) that every blocking step honours."""
+
+    progress: Callable[[float], None] = lambda _pct: None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimedOut("time limit reached")
+
+    def step_timeout(self, default: float) -> float:
+        rem = self.remaining()
+        return default if rem is None else max(1.0, min(default, rem))
+
+
+@dataclass(frozen=True)
+class Context:
+    host: HostConfig
+    conn: SpConn
+
+
+# --- request parsing -------------------------------------------------------------------------
+
+R = TypeVar("R", bound="Request")
+
+
+def _field_type(value: Any, kind: str, fname: str) -> Any:
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ValidationError(fname, "must be a non-empty string")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise ValidationError(fname, "must be true or false")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(fname, "must be an integer")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(fname, "must be a positive number")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValidationError(fname, "must be a positive finite number") from None
+        # JSON as Python parses it may carry NaN and Infinity: a time limit must be a number.
+        if not math.isfinite(value) or value <= 0:
+            raise ValidationError(fname, "must be a positive finite number")
+    elif kind == "list[str]":
+        if not isinstance(value, list) or not value:
+            raise ValidationError(fname, "must be a non-empty list of strings")
+        for i, v in enumerate(value):
+            if not isinstance(v, str) or not v:
+                raise ValidationError(f"{fname}[{i}]", "must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """Base: `from_json` checks unknown fields, required fields and JSON types, then
+    `validate` applies each command's own rules."""
+
+    timeout: float = 3600.0
+
+    @classmethod
+    def from_json(cls: type[R], data: Any) -> R:
+        if not isinstance(data, Mapping):
+            raise ValidationError("args", "must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValidationError(str(key), f"unknown field (allowed: {', '.join(sorted(known))})")
+        kwargs: dict[str, Any] = {}
+        for name, f in known.items():
+            kind = str(f.type)
+            base = kind.removesuffix(" | None")
+            if name not in data:
+                continue  # defaults; required fields are checked by validate()
+            if data[name] is None:
+                if base == kind:
+                    raise ValidationError(name, "must not be null")
+                kwargs[name] = None
+                continue
+            kwargs[name] = _field_type(data[name], base, name)
+        req = cls(**kwargs)
+        req.validate()
+        return req
+
+    def validate(self) -> None:
+        if self.timeout <= 0:
+            raise ValidationError("timeout", "must be positive")
+
+    def _require(self, *names: str) -> None:
+        """Fields without a usable default: their defaults ("") only mark them as not given."""
+        for name in names:
+            if not getattr(self, name):
+                raise ValidationError(name, "is required")
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _volume_ref(value: str, fname: str) -> str:
+    """A volume named as CloudStack stores it (device path) or as StorPool does."""
+    if value.startswith("/dev/"):
+        return names.path_to_name(value, fname)
+    return names.volume_name(value, fname)
+
+
+def _snapshot_ref(value: str, fname: str) -> str:
+    if value.startswith("/dev/"):
+        return names.path_to_name(value, fname)
+    return names.snapshot_name(value, fname)
 
 
 def _check_location(store: str, path: str) -> None:
@@ -65,7 +193,7 @@ class CopyToVolumeRequest(Request):
         super().validate()
         self._require("store", "path", "volume")
         _check_location(self.store, self.path)
-        volume_ref(self.volume, "volume")
+        _volume_ref(self.volume, "volume")
         if self.source_format is not None:
             qemu_img.check_format(self.source_format, "source_format")
 
@@ -87,7 +215,7 @@ class BackupSnapshotRequest(Request):
     def validate(self) -> None:
         super().validate()
         self._require("snapshot", "store", "path")
-        snapshot_ref(self.snapshot, "snapshot")
+        _snapshot_ref(self.snapshot, "snapshot")
         _check_location(self.store, self.path)
 
 
@@ -102,7 +230,7 @@ class CopyVolumeOutRequest(Request):
     def validate(self) -> None:
         super().validate()
         self._require("volume", "store", "path")
-        volume_ref(self.volume, "volume")
+        _volume_ref(self.volume, "volume")
         _check_location(self.store, self.path)
         qemu_img.check_format(self.format, "format")
         if self.compress and self.format != "qcow2":
@@ -119,7 +247,7 @@ class ResizeRequest(Request):
     def validate(self) -> None:
         super().validate()
         self._require("volume")
-        volume_ref(self.volume, "volume")
+        _volume_ref(self.volume, "volume")
         names.size(self.size, "size")
 
 
@@ -134,7 +262,7 @@ class PrepareStartRequest(Request):
         if not self.volumes:
             raise ValidationError("volumes", "must be a non-empty list of volumes")
         for i, v in enumerate(self.volumes):
-            volume_ref(v, f"volumes[{i}]")
+            _volume_ref(v, f"volumes[{i}]")
 
 
 @dataclass(frozen=True)
@@ -177,7 +305,7 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
     """Secondary-storage image -> StorPool volume (raw), growing the volume first if needed."""
     src, info = _source_image(ctx, req)
     ctl.check()
-    name = volume_ref(req.volume, "volume")
+    name = _volume_ref(req.volume, "volume")
     obj = lookup(ctx.conn, name, "volume")
     size = obj.size
     if size < info.virtual_size:
@@ -240,20 +368,20 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
 
 def backup_snapshot(ctx: Context, req: BackupSnapshotRequest, ctl: RunControl) -> dict[str, Any]:
     """StorPool snapshot -> qcow2 on secondary storage (the non-bypass snapshot backup)."""
-    return _copy_out(ctx, snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
+    return _copy_out(ctx, _snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
                      "qcow2", req.compress, ctl)
 
 
 def copy_volume_out(ctx: Context, req: CopyVolumeOutRequest, ctl: RunControl) -> dict[str, Any]:
     """StorPool volume -> secondary storage (volume export, template from volume)."""
-    return _copy_out(ctx, volume_ref(req.volume, "volume"), "volume", req.store, req.path,
+    return _copy_out(ctx, _volume_ref(req.volume, "volume"), "volume", req.store, req.path,
                      req.format, req.compress, ctl)
 
 
 def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     """Make a running VM see its grown volume. StorPool's size was already changed by the
     driver; this waits until this host's device shows it, then calls libvirt block resize."""
-    obj = lookup(ctx.conn, volume_ref(req.volume, "volume"), "volume")
+    obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
     if obj.size < req.size:
         raise ValidationError("size", f"volume {obj.api_name} is {obj.size} bytes in StorPool, not {req.size}")
     result: dict[str, Any] = {"volume": obj.api_name, "size": req.size, "notified": False}
@@ -295,7 +423,7 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
     try:
         for i, ref in enumerate(req.volumes):
             ctl.check()
-            obj = lookup(ctx.conn, volume_ref(ref, f"volumes[{i}]"), "volume")
+            obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
             others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
             if others:
                 log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
@@ -361,9 +489,14 @@ def facts(ctx: Context, req: FactsRequest, ctl: RunControl) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Command:
+    name: str
+    request: type[Request]
+    run: Callable[[Context, Any, RunControl], dict[str, Any]]
+    long_running: bool
 
 
-# Host-side disk commands live in their own modules (they build on agent/request.py).
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -378,7 +511,10 @@ COMMANDS: dict[str, Command] = {
     )
 }
 
-COMMANDS.update({c.name: c for c in (*disks.COMMANDS, *luks.COMMANDS)})
+
+# The host-side disk commands (connect / disconnect, encrypt_volume) live in their own modules,
+# which build on the request machinery above and add themselves to COMMANDS.
+from cloudstack_storpool.agent import disks, luks  # noqa: E402, F401
 
 
 def parse(command: str, args: Any) -> tuple[Command, Request]:

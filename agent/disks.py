@@ -20,7 +20,8 @@ from typing import Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.attach import attach, attachments_of, detach, lookup
-from cloudstack_storpool.agent.request import Command, Context, Request, RunControl, volume_ref
+from cloudstack_storpool.agent.commands import COMMANDS, Command, Context, Request, RunControl
+from cloudstack_storpool.agent.commands import _volume_ref as volume_ref
 from cloudstack_storpool.errors import NotFound, ValidationError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class ConnectRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        self._require("volume")
+        if not self.volume:
+            raise ValidationError("volume", "is required")
         volume_ref(self.volume, "volume")
 
 
@@ -50,7 +52,8 @@ class DisconnectRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        self._require("volume")
+        if not self.volume:
+            raise ValidationError("volume", "is required")
         volume_ref(self.volume, "volume")
         if not 0 <= self.retries <= MAX_DETACH_RETRIES:
             raise ValidationError("retries", f"must be between 0 and {MAX_DETACH_RETRIES}")
@@ -88,7 +91,7 @@ def is_storpool_path(path: str) -> bool:
     return True
 
 
-COMMANDS: tuple[Command, ...] = (
+COMMANDS.update({c.name: c for c in (
     Command("connect", ConnectRequest, connect, False),
     Command("disconnect", DisconnectRequest, disconnect, False),
-)
+)})

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from cloudstack_storpool.agent.commands import Context, RunControl, parse
-from cloudstack_storpool.agent.request import Cancelled
+from cloudstack_storpool.agent.commands import Cancelled, Context, RunControl, parse
 from cloudstack_storpool.errors import Conflict, ProjectError, ValidationError
 from cloudstack_storpool.jobs import ACTIVE, MAX_KEY, JobManagerBase, fingerprint
 from cloudstack_storpool.jobs import Job as _Job

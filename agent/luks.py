@@ -22,7 +22,9 @@ from typing import Any
 
 from cloudstack_storpool.agent import qemu_img
 from cloudstack_storpool.agent.attach import attached, lookup, wait_for_device
-from cloudstack_storpool.agent.request import Command, Context, Request, RunControl, snapshot_ref, volume_ref
+from cloudstack_storpool.agent.commands import COMMANDS, Command, Context, Request, RunControl
+from cloudstack_storpool.agent.commands import _snapshot_ref as snapshot_ref
+from cloudstack_storpool.agent.commands import _volume_ref as volume_ref
 from cloudstack_storpool.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ class EncryptRequest(Request):
 
     def validate(self) -> None:
         super().validate()
-        self._require("volume", "passphrase")
+        for name in ("volume", "passphrase"):
+            if not getattr(self, name):
+                raise ValidationError(name, "is required")
         volume_ref(self.volume, "volume")
         check_passphrase(self.passphrase)
         if self.source is not None:
@@ -100,4 +104,4 @@ def encrypt_volume(ctx: Context, req: EncryptRequest, ctl: RunControl) -> dict[s
             "payload_size": payload, "formatted": formatted, "copied_from": src.api_name if copied and src else None}
 
 
-COMMANDS: tuple[Command, ...] = (Command("encrypt_volume", EncryptRequest, encrypt_volume, True),)
+COMMANDS["encrypt_volume"] = Command("encrypt_volume", EncryptRequest, encrypt_volume, True)
