@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.agent.attach import attach, attachments_of, detach, lookup
+from cloudstack_storpool.agent.attach import attach, attachments_of, detach, lookup, wait_for_device
 from cloudstack_storpool.agent.commands import COMMANDS, Command, Context, Request, RunControl
 from cloudstack_storpool.agent.commands import _volume_ref as volume_ref
 from cloudstack_storpool.errors import NotFound, ValidationError
@@ -64,6 +64,9 @@ def connect(ctx: Context, req: ConnectRequest, ctl: RunControl) -> dict[str, Any
     obj = lookup(ctx.conn, volume_ref(req.volume, "volume"), "volume")
     att = attach(ctx.conn, obj, client_id=ctx.host.client_id, dev_root=ctx.host.dev_root,
                  timeout=ctl.step_timeout(60.0))
+    # Usable means the whole disk: a device node that shows fewer bytes than the volume has
+    # would make qemu see a smaller disk than CloudStack gave the guest.
+    wait_for_device(att.device, min_size=obj.size, timeout=ctl.step_timeout(30.0))
     others = sorted(int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != ctx.host.client_id)
     return {"volume": obj.api_name, "global_id": obj.global_id, "device": att.device,
             "attached_here": att.attached_here, "also_attached_to": others}
