@@ -190,3 +190,18 @@ class AgentClient:
                       idempotency_key: str | None = None) -> dict[str, Any]:
         args = {"volumes": list(volumes), "attach": attach}
         return self.run("prepare_start", args, idempotency_key=idempotency_key, timeout=timeout)
+
+    def connect(self, *, volume: str, timeout: float | None = None,
+                idempotency_key: str | None = None) -> dict[str, Any]:
+        return self.run("connect", {"volume": volume}, idempotency_key=idempotency_key, timeout=timeout)
+
+    def disconnect(self, *, volume: str, force: bool = True, timeout: float | None = None,
+                   idempotency_key: str | None = None) -> dict[str, Any]:
+        args = {"volume": volume, "force": force}
+        return self.run("disconnect", args, idempotency_key=idempotency_key, timeout=timeout)
+
+    def encrypt_volume(self, *, volume: str, passphrase: str, source: str | None = None,
+                       timeout: float | None = None, idempotency_key: str | None = None,
+                       progress: ProgressFn | None = None) -> dict[str, Any]:
+        args = {"volume": volume, "passphrase": passphrase, "source": source}
+        return self.run("encrypt_volume", args, idempotency_key=idempotency_key, timeout=timeout, progress=progress)

@@ -24,6 +24,7 @@ from cloudstack_storpool.agent.attach import (
     Attachment,
     Kind,
     SpConn,
+    StorPoolObject,
     attach,
     attached,
     attachments_of,
@@ -33,7 +34,7 @@ from cloudstack_storpool.agent.attach import (
 )
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.resize import libvirt_version, notify_resize
-from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
+from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, ValidationError
 from cloudstack_storpool.typedjson import parse_object
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,20 @@ def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     return result
 
 
+def _detach_others(ctx: Context, obj: StorPoolObject, others: list[int]) -> None:
+    """Force-detach from other clients. A client that is down (a fenced host: the HA case) cannot
+    confirm; StorPool has still taken the volume from it, which is what counts, so a missing
+    confirmation is accepted once the attachment list shows the volume gone from there."""
+    try:
+        ctx.conn.reassign_wait([{"volume": obj.api_name, "detach": others, "force": True}])
+    except SpBusy:
+        still = sorted({int(a.client) for a in attachments_of(ctx.conn, obj)} & set(others))
+        if still:
+            raise
+        log.warning("safe start: clients %s did not confirm the detach of %s (down?); StorPool no longer "
+                    "attaches it there", others, obj.api_name)
+
+
 def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> dict[str, Any]:
     """Safe VM start: force-detach each volume from every other client, so two hosts can
     never write one disk, then (optionally) attach it here read-write."""
@@ -354,7 +369,7 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
             others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
             if others:
                 log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
-                ctx.conn.reassign_wait([{"volume": obj.api_name, "detach": others, "force": True}])
+                _detach_others(ctx, obj, others)
             entry: dict[str, Any] = {"volume": obj.api_name, "global_id": obj.global_id, "detached_from": others}
             if req.attach:
                 att = attach(ctx.conn, obj, client_id=cid, dev_root=ctx.host.dev_root,
@@ -381,6 +396,8 @@ def facts(ctx: Context, req: FactsRequest, ctl: RunControl) -> dict[str, Any]:
         "client_id": ctx.host.client_id,
         "dev_root": ctx.host.dev_root,
         "agent_version": __version__,
+        "cluster_id": ctx.host.storpool_cluster_id(),
+        "block_service_running": ctx.host.block_service_running(),
     }
     sp: dict[str, Any] = {"reachable": False}
     try:
@@ -435,6 +452,11 @@ COMMANDS: dict[str, Command] = {
         Command("facts", FactsRequest, facts, False),
     )
 }
+
+
+# The host-side disk commands (connect / disconnect, encrypt_volume) live in their own modules,
+# which build on the request machinery above and add themselves to COMMANDS.
+from cloudstack_storpool.agent import disks, luks  # noqa: E402, F401
 
 
 def parse(command: str, args: Any) -> tuple[Command, Request]:

@@ -51,6 +51,41 @@ class HostConfig:
     sp_token: str | None = field(default=None, repr=False)
     heartbeat_status_file: str = DEFAULT_HEARTBEAT_STATUS
     """Written by `cloudstack-storpool heartbeat run` on this host; served at GET /v1/heartbeat."""
+    cluster_id: str | None = None
+    """StorPool cluster id (`SP_CLUSTER_ID`); None: read from storpool.conf when asked."""
+    proc_root: str = "/proc"
+
+    def storpool_cluster_id(self) -> str | None:
+        """`SP_CLUSTER_ID` as the StorPool client on this host has it (None when not set)."""
+        if self.cluster_id is not None:
+            return self.cluster_id
+        from storpool import spconfig
+
+        config_cls: type[spconfig.SPConfig] = spconfig.SPConfig
+        if self.sp_config is not None:
+            config_cls = type("_SPConfigAt", (spconfig.SPConfig,), {
+                "PATH_CONFIG": self.sp_config, "PATH_CONFIG_DIR": self.sp_config + ".d"})
+        try:
+            value = config_cls(missing_ok=True).get("SP_CLUSTER_ID", "")
+        except (spconfig.SPConfigException, OSError, ValueError):
+            return None
+        return str(value) or None
+
+    def block_service_running(self) -> bool:
+        """Whether StorPool's block service (`storpool_block`, the client that exposes the
+        devices) runs on this host: without it no volume can be attached here."""
+        try:
+            pids = [p for p in os.listdir(self.proc_root) if p.isdigit()]
+        except OSError:
+            return False
+        for pid in pids:
+            try:
+                with open(os.path.join(self.proc_root, pid, "comm")) as f:
+                    if f.read().strip().startswith("storpool_block"):
+                        return True
+            except OSError:
+                continue
+        return False
 
     def device_path(self, global_id: str) -> str:
         """Where the StorPool client exposes an attached object on this host."""

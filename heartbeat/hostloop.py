@@ -35,7 +35,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
-from cloudstack_storpool.errors import StorPoolError
+from cloudstack_storpool.errors import SpTransient, StorPoolError
+from cloudstack_storpool.heartbeat.check import NOT_RUNNING_ERRORS
 from cloudstack_storpool.heartbeat.policy import Verdict, find_client, first_look
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ class LoopState:
     last_action: str = ""
     acted: bool = False
     """The action already ran for the current failure streak (one action per streak)."""
+    idle: bool | None = None
+    """After a fail round: True when StorPool shows no I/O in flight for this client, False when it
+    does, None when it could not tell (or the round was not a fail). `kvmspheartbeat.sh` reboots
+    only on a fresh fail that is idle."""
 
     def as_dict(self, config: LoopConfig) -> dict[str, Any]:
         return {
@@ -123,6 +128,7 @@ class LoopState:
             "max_failures": config.max_failures,
             "action": config.action.value,
             "last_action": self.last_action,
+            "idle": self.idle,
         }
 
 
@@ -219,6 +225,19 @@ class HostLoop:
             return Probe(Result.OK, decision.reason)
         return Probe(Result.UNKNOWN, decision.reason)
 
+    def idle(self) -> bool | None:
+        """One look at the client's active requests, read as the management-side check reads
+        them: "not running, cannot list" from the API is idle; an API that cannot be asked says
+        nothing (None)."""
+        sample = getattr(self.conn, "client_active_requests", None)
+        if sample is None:
+            return None
+        try:
+            reply = sample(self.config.client_id, retry=False)
+        except StorPoolError as exc:
+            return True if exc.name in NOT_RUNNING_ERRORS and not isinstance(exc, SpTransient) else None
+        return not (reply.requests or [])
+
     def round(self) -> LoopState:
         """Probe, update the counters, maybe act, then write the status file."""
         probe = self.probe()
@@ -226,6 +245,7 @@ class HostLoop:
         st.rounds += 1
         st.time = self._clock()
         st.result, st.reason = probe.result, probe.reason
+        st.idle = self.idle() if probe.result is Result.FAIL else None
         if probe.result is Result.OK:
             if st.consecutive_failures >= self.config.max_failures:
                 log.warning("heartbeat: recovered after %d failed rounds", st.consecutive_failures)

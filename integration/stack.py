@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +268,60 @@ class LocalStack:
             "CLOUDSTACK_STORPOOL_AGENT_TOKEN": self.agent_token,
             "CSSP_POOLS_FILE": str(self.pools_file),
         }
+
+    # -- what CloudStack's orchestration does around a VM's disks (the host-side operations) -----
+
+    def connect_hosts(self) -> None:
+        """Every host with an agent joins as CloudStack's StorPool host listener makes it: the
+        driver asks the agent who it is and the listener keeps the client id in `host.parent`."""
+        from cloudstack_storpool.driver.hostconnect import host_connected
+
+        for host_id in self.agents:
+            self.cs.model.host_connected(host_id, host_connected(self.ctx, host_id=host_id).parent)
+
+    def start_vm(self, vm_id: str, host_id: str) -> None:
+        """VM start: the disks are handed to the host (and taken from every other), then it runs."""
+        from cloudstack_storpool.driver.ha import hand_over
+
+        hand_over(self.ctx, vm_id=vm_id, host_id=host_id)
+        self.cs.model.start_vm(vm_id, host_id)
+
+    def stop_vm(self, vm_id: str) -> None:
+        """VM stop: it stops, then its disks are disconnected from the host it ran on."""
+        from cloudstack_storpool.driver.connect import vm_stopped
+
+        host_id = self.cs.model.vms[vm_id].host_id
+        self.cs.model.stop_vm(vm_id)
+        if host_id:
+            vm_stopped(self.ctx, vm_id=vm_id, host_id=host_id)
+
+    def live_migrate(self, vm_id: str, dest_host_id: str, hypervisor_move: Callable[[], None]) -> None:
+        """Live migration: the destination connects the disks, the hypervisors move the guest
+        (`hypervisor_move`), then the source lets go; if the move fails the destination does."""
+        from cloudstack_storpool.driver.connect import finish_migration, prepare_migration
+
+        source = self.cs.model.vms[vm_id].host_id
+        assert source is not None, "only a running VM migrates live"
+        prepare_migration(self.ctx, vm_id=vm_id, dest_host_id=dest_host_id)
+        try:
+            hypervisor_move()
+        except BaseException:
+            finish_migration(self.ctx, vm_id=vm_id, source_host_id=source, dest_host_id=dest_host_id, succeeded=False)
+            raise
+        finish_migration(self.ctx, vm_id=vm_id, source_host_id=source, dest_host_id=dest_host_id, succeeded=True)
+        self.cs.model.move_vm(vm_id, dest_host_id)
+
+    def ha_restart(self, vm_id: str, new_host_id: str) -> None:
+        """HA: the VM's host was fenced (or lost); the VM restarts on `new_host_id` after its
+        disks are force-detached from every other host and attached there."""
+        from cloudstack_storpool.driver.ha import hand_over
+
+        vm = self.cs.model.vms[vm_id]
+        old = vm.host_id
+        hand_over(self.ctx, vm_id=vm_id, host_id=new_host_id)
+        if old:
+            self.cs.model.stop_vm(vm_id)
+        self.cs.model.start_vm(vm_id, new_host_id)
 
     def write_secrets(self, path: Path) -> Path:
         """An env file (mode 0600) with every credential of the stack, for scripts and the CLI.

@@ -136,3 +136,50 @@ def test_convert_args_rules() -> None:
 
 def test_version_names_qemu() -> None:
     assert "qemu-img" in qemu_img.version()
+
+
+# --- LUKS ------------------------------------------------------------------------------------------
+
+PASS = "plain-file-luks-passphrase"
+
+
+def test_luks_format_check_and_copy_on_a_file(tmp_path: Path) -> None:
+    img = tmp_path / "enc.img"
+    img.write_bytes(bytes(10 * MiB))
+    qemu_img.luks_format(str(img), 8 * MiB, PASS)
+    assert qemu_img.is_luks(str(img)) and qemu_img.info(str(img)).format == "luks"
+    qemu_img.luks_check(str(img), PASS)
+    with pytest.raises(qemu_img.WrongPassphrase) as exc:
+        qemu_img.luks_check(str(img), PASS + "x")
+    assert PASS not in str(exc.value)
+    src = tmp_path / "src.raw"
+    _raw_with_data(src, 8 * MiB, {MiB: b"luks payload"})
+    qemu_img.luks_convert(str(src), str(img), PASS)
+    assert b"luks payload" not in img.read_bytes()
+    with pytest.raises(qemu_img.WrongPassphrase):
+        qemu_img.luks_convert(str(src), str(img), "another-passphrase")
+
+
+def test_luks_format_measures_again_when_qemu_cannot_time_pbkdf(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """qemu-img's PBKDF2 timing can read 0 ms on a busy host; the format is tried again."""
+    real = qemu_img.qemu_img_binary()
+    count = tmp_path / "calls"
+    fake = tmp_path / "qemu-img"
+    fake.write_text(f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}
+if [ "$n" -lt 2 ]; then echo "qemu-img: x: Unable to get accurate CPU usage" >&2; exit 1; fi
+exec {real} "$@"
+""")
+    fake.chmod(0o755)
+    monkeypatch.setattr(qemu_img, "qemu_img_binary", lambda: str(fake))
+    img = tmp_path / "enc.img"
+    img.write_bytes(bytes(4 * MiB))
+    qemu_img.luks_format(str(img), 2 * MiB, PASS)
+    assert count.read_text().strip() == "3" and qemu_img.is_luks(str(img))
+    # Any other failure is not retried.
+    count.write_text("5")
+    fake.write_text(f"#!/bin/sh\necho $(( $(cat {count}) + 1 )) > {count}\necho 'qemu-img: no space' >&2\nexit 1\n")
+    with pytest.raises(QemuImgError, match="no space"):
+        qemu_img.luks_format(str(img), 2 * MiB, PASS)
+    assert count.read_text().strip() == "6"

@@ -12,6 +12,7 @@ from cloudstack_storpool.agent import secondary
 from cloudstack_storpool.agent.commands import COMMANDS, CopyTemplateRequest, CopyToVolumeRequest, parse
 from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV, load_host_config, read_agent_token
 from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.typedjson import to_json
 
 GOOD: dict[str, dict[str, Any]] = {
     "copy_template": {"store": "/sec", "path": "template/1/t.qcow2", "volume": "~a.b.c"},
@@ -22,6 +23,9 @@ GOOD: dict[str, dict[str, Any]] = {
     "resize": {"volume": "~a.b.c", "size": 2 << 30, "vm": "i-2-3-VM"},
     "prepare_start": {"volumes": ["~a.b.c", "/dev/storpool/legacy"]},
     "facts": {},
+    "connect": {"volume": "/dev/storpool-byid/a.b.c"},
+    "disconnect": {"volume": "~a.b.c", "retries": 3, "force": False},
+    "encrypt_volume": {"volume": "~a.b.c", "passphrase": "correct horse battery", "source": "~d.e.f"},
 }
 
 
@@ -58,6 +62,11 @@ def test_template_copy_defaults_to_zeroed_target() -> None:
         ("resize", {"size": "big"}, "size"),
         ("resize", {"volume": "/dev/sda"}, "volume"),
         ("prepare_start", {"volumes": []}, "volumes"),
+        ("connect", {"volume": "/dev/sda"}, "volume"),
+        ("disconnect", {"retries": 1000}, "retries"),
+        ("encrypt_volume", {"passphrase": "short"}, "passphrase"),
+        ("encrypt_volume", {"passphrase": "has\nnewline"}, "passphrase"),
+        ("encrypt_volume", {"source": "/etc/passwd"}, "source"),
         ("prepare_start", {"volumes": ["ok", 3]}, "volumes[1]"),
         ("prepare_start", {"volumes": ["ok", "no way"]}, "volumes[1]"),
     ],
@@ -157,3 +166,12 @@ def test_nfs_host_that_reads_as_a_mount_option_is_refused(store: str) -> None:
     assert exc.value.field == "store"
     with pytest.raises(ValidationError):
         secondary.mountpoint_for(store, "/mnt/root")
+
+
+def test_a_passphrase_stays_out_of_the_request_repr_and_fingerprint_text() -> None:
+    _, req = parse("encrypt_volume", GOOD["encrypt_volume"])
+    assert "correct horse" not in repr(req)
+    assert "correct horse" not in str(to_json(req))
+    with pytest.raises(ValidationError) as exc:
+        parse("encrypt_volume", {**GOOD["encrypt_volume"], "passphrase": "x\x01yyyyyyyyy"})
+    assert "yyyyyyyy" not in str(exc.value)

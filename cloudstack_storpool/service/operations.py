@@ -13,7 +13,12 @@ query string, POST from a JSON body. A pool is always named by its CloudStack uu
 from __future__ import annotations
 
 from cloudstack_storpool.driver import (
+    connect,
+    encryption,
+    extract,
     gc,
+    ha,
+    hostconnect,
     hosts,
     migration,
     pools,
@@ -68,6 +73,20 @@ OPERATIONS: tuple[Operation, ...] = (
               name="revert_vm_snapshot"),
     operation("DELETE /v1/vm-snapshots/{vm_snapshot_uuid}", vmsnapshots.delete_vm_snapshot,
               name="delete_vm_snapshot"),
+    # -- KVM hosts: disks, migration, HA hand-over, host connect (driver/connect.py, ha.py, ...) --
+    operation("POST /v1/hosts/{host_id}/connected", hostconnect.host_connected, name="host_connected"),
+    operation("POST /v1/hosts/{host_id}/disks/connect", connect.connect_physical_disk, name="connect_physical_disk"),
+    operation("POST /v1/hosts/{host_id}/disks/disconnect", connect.disconnect_physical_disk,
+              name="disconnect_physical_disk"),
+    operation("POST /v1/hosts/{host_id}/disks/disconnect-by-path", connect.disconnect_physical_disk_by_path,
+              name="disconnect_physical_disk_by_path"),
+    operation("POST /v1/vms/{vm_id}/hand-over", ha.hand_over, name="hand_over_vm"),
+    operation("POST /v1/vms/{vm_id}/stopped", connect.vm_stopped, name="vm_stopped"),
+    operation("POST /v1/vms/{vm_id}/migration/prepare", connect.prepare_migration, name="prepare_migration"),
+    operation("POST /v1/vms/{vm_id}/migration/finish", connect.finish_migration, name="finish_migration"),
+    operation("POST /v1/volumes/{volume_uuid}/encryption", encryption.set_volume_encryption,
+              name="set_volume_encryption", job=True),
+    operation("POST /v1/volumes/{volume_uuid}/extract", extract.extract_volume, name="extract_volume", job=True),
     # -- garbage collection --------------------------------------------------------------------
     operation("POST /v1/gc", gc.run, name="gc", job=True),
     operation("POST /v1/heartbeat/check", hosts.check_hosts, name="heartbeat_check"),

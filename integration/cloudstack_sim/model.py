@@ -128,6 +128,9 @@ class Host:
     details: dict[str, str] = field(default_factory=dict)
     ha_enabled: bool = True
     ha_state: str = "Available"
+    parent: str | None = None
+    """`host.parent` in CloudStack's database: where the StorPool host listener keeps the host's
+    StorPool client id (no API writes it; see `host_connected`)."""
 
 
 @dataclass
@@ -525,6 +528,15 @@ class CloudStackModel:
         with self.lock:
             host = self.hosts[host_id]
             host.details.update(details)
+            return host
+
+    def host_connected(self, host_id: str, parent: str) -> Host:
+        """What CloudStack's StorPool host listener does with the driver's answer when a host
+        connects: it writes the client id into `host.parent` through the host DAO (there is no
+        API for it)."""
+        with self.lock:
+            host = self.hosts[host_id]
+            host.parent = parent
             return host
 
     def set_host_state(self, host_id: str, state: str) -> Host:

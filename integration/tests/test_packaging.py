@@ -42,6 +42,9 @@ def test_wheel_installs_one_package_and_its_cli_runs_without_stand_ins(tmp_path:
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_") or "_sim" in n], names
     assert "cloudstack_storpool/agent/server.py" in names and "cloudstack_storpool/heartbeat/policy.py" in names
     assert "cloudstack_storpool/cloudstack/client.py" in names and "cloudstack_storpool/typedjson.py" in names
+    # The kvmspheartbeat.sh drop-in ships executable, to be copied over CloudStack's script.
+    dropin = zipfile.ZipFile(wheel).getinfo("cloudstack_storpool/heartbeat/kvmspheartbeat.sh")
+    assert (dropin.external_attr >> 16) & 0o111, oct(dropin.external_attr >> 16)
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)

@@ -6,10 +6,12 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from integration.needs import need_tool
+from integration.libvirt_domain import URI, open_libvirt
+from integration.needs import need, need_tool
 from integration.stack import LocalStack
 
 
@@ -24,3 +26,17 @@ def stack(xfs_dir: Path) -> Iterator[LocalStack]:
             yield s
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def virt() -> Iterator[Any]:
+    """A connection to the machine's libvirtd (qemu:///system): real domains for the tests."""
+    need_tool("qemu-system-x86_64")
+    try:
+        conn = open_libvirt()
+    except Exception as exc:  # libvirt missing or libvirtd not running
+        need(False, f"a running libvirtd at {URI} ({exc})")
+    try:
+        yield conn
+    finally:
+        conn.close()

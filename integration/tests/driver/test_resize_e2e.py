@@ -5,7 +5,6 @@ the host fails."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,8 +12,7 @@ import pytest
 from cloudstack_storpool.agent.attach import device_size
 from cloudstack_storpool.driver import resize, volumes
 from cloudstack_storpool.driver.resize import ResizeFailed
-from integration.libvirt_domain import URI, open_libvirt, start_domain
-from integration.needs import need, need_tool
+from integration.libvirt_domain import start_domain
 from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
@@ -38,17 +36,6 @@ def volume_of(stack: LocalStack, size: int, vm_id: str | None, iops: int | None 
     return vid, info.global_id
 
 
-@pytest.fixture
-def virt() -> Iterator[Any]:
-    need_tool("qemu-system-x86_64")
-    try:
-        conn = open_libvirt()
-    except Exception as exc:  # libvirt missing or libvirtd not running
-        need(False, f"a running libvirtd at {URI} ({exc})")
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
