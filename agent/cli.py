@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, DEFAULT_LIBVIRT_URI
+from cloudstack_storpool.daemon import log_format_opt
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.settings.registry import get_setting
 
@@ -86,17 +87,20 @@ def agent_group() -> None:
               help="File holding the shared agent token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
 @click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")
 @click.option("-v", "--verbose", is_flag=True)
+@log_format_opt
 @_host_options
-def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: bool, **kw: Any) -> None:
+def serve_cmd(listen: str, token_file: str | None, max_copies: int, verbose: bool, log_format: str, **kw: Any) -> None:
     """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.httpjson import parse_listen
+    from cloudstack_storpool.logs import register_secret
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     try:
         token = read_agent_token(token_file)
+        register_secret(token)
         host = _host_config(kw)
         server = AgentServer(parse_listen(listen), token, _context_factory(host), max_copies=max_copies)
     except ProjectError as exc:

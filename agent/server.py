@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloudstack_storpool import metrics
 from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.jobs import JobManager, error_json
@@ -44,6 +45,11 @@ def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:
         return read_status(Path(host.heartbeat_status_file))
     except (OSError, ValueError) as exc:
         return {"result": "unknown", "reason": f"cannot read {host.heartbeat_status_file}: {exc}"}
+
+
+def _verdict(status: dict[str, Any]) -> str:
+    """The host loop's last result as a heartbeat verdict (ok: alive, fail: dead, else unknown)."""
+    return {"ok": "alive", "fail": "dead"}.get(str(status.get("result")), "unknown")
 
 
 class AgentServer(TokenServer):
@@ -82,6 +88,12 @@ class _Handler(JsonHandler):
         if not self._auth():
             return
         path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            status = heartbeat_status(self.server.context_factory().host)
+            if status is not None:
+                metrics.heartbeat_verdict(str(status.get("client_id", "self")), _verdict(status), count=False)
+            metrics.send(self)
+            return
         if path == "/v1/facts":
             try:
                 ctx = self.server.context_factory()

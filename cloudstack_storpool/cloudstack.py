@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +41,7 @@ from urllib.parse import quote
 import cs
 import requests
 
+from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.errors import CloudStackError
 
 log = logging.getLogger(__name__)
@@ -519,6 +521,7 @@ class CloudStackClient:
         self.key = key
         self.method = method.lower()
         self.job_timeout = job_timeout
+        logs.register_secret(secret)
         self._cs = _CsClient(
             endpoint, key, secret, timeout=max(1, math.ceil(timeout)), method=self.method, verify=verify,
             job_timeout=max(1, math.ceil(job_timeout)), poll_interval=poll_interval,
@@ -557,17 +560,21 @@ class CloudStackClient:
     def _call(self, command: str, **params: Any) -> Any:
         """Run one command; every failure leaves as a project exception."""
         params = {k: v for k, v in params.items() if v is not None}
+        start, err = time.monotonic(), None
         try:
             return getattr(self._cs, command)(**params)
         except cs.CloudStackApiException as exc:
-            raise _api_error(command, exc) from None
+            err = _api_error(command, exc)
+            raise err from None
         except cs.CloudStackException as exc:
-            raise _client_error(command, exc) from None
+            err = _client_error(command, exc)
+            raise err from None
         except requests.RequestException as exc:
             # str(exc) carries the request URL (key and signature): name the endpoint only.
-            raise CloudStackUnreachable(
-                command, f"cannot reach {self.endpoint}: {type(exc).__name__}"
-            ) from None
+            err = CloudStackUnreachable(command, f"cannot reach {self.endpoint}: {type(exc).__name__}")
+            raise err from None
+        finally:
+            metrics.cloudstack_call(command, time.monotonic() - start, err)
 
     def _list(self, command: str, **params: Any) -> list[dict[str, Any]]:
         result = self._call(command, fetch_list=True, **params)

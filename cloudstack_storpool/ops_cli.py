@@ -172,6 +172,21 @@ def pool_describe(pool: str, pools_file: str | None, as_json: bool) -> None:
         ["name", "template", "capacity", "free", "used", "volumes", "snapshots", "cached_templates"])
 
 
+POOL_STATS_COLUMNS = ["name", "template", "total", "used", "free", "provisioned", "stored", "volumes"]
+
+
+@pool_group.command("stats")
+@click.argument("pool", required=False)
+@pools_opt
+@json_opt
+def pool_stats(pool: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Capacity of every pool (or POOL): total, used, free, provisioned, stored. One StorPool
+    call per cluster for capacity and one for volumes."""
+    from cloudstack_storpool.driver import stats
+
+    run(lambda: stats.pool_stats(build_context(pools_file), pool), as_json, POOL_STATS_COLUMNS)
+
+
 @pool_group.command("register")
 @click.option("--name", required=True)
 @click.option("--uuid", "pool_uuid", required=True, help="The storage pool's CloudStack uuid.")
@@ -232,6 +247,53 @@ def volume_list(pool: str, pools_file: str | None, as_json: bool) -> None:
 
     run(lambda: pools.contents(build_context(pools_file), pool).objects, as_json,
         ["kind", "cs", "uuid", "name", "global_id"])
+
+
+@volume_group.command("stats")
+@click.argument("pool", required=False)
+@click.option("--volume", "volume_uuid", default=None, help="Only this CloudStack volume.")
+@pools_opt
+@json_opt
+def volume_stats(pool: str | None, volume_uuid: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Allocated and stored bytes and the IOPS limit of the volumes of POOL (default: every pool)."""
+    from cloudstack_storpool.driver import stats
+
+    run(lambda: stats.volume_stats(build_context(pools_file), pool, volume_uuid), as_json,
+        ["uuid", "name", "allocated", "stored", "iops", "template"])
+
+
+@volume_group.command("deleted")
+@click.argument("pool", required=False)
+@pools_opt
+@json_opt
+def volume_deleted(pool: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Deleted volumes that can still be restored (their delay-delete backups), newest first."""
+    from cloudstack_storpool.driver import recovery
+
+    def go() -> list[dict[str, Any]]:
+        return [{**dataclasses.asdict(d), "deleted": _when(d.deleted_at), "expires": _when(d.expires_at)}
+                for d in recovery.deleted(build_context(pools_file), pool)]
+
+    run(go, as_json, ["uuid", "backup", "size", "deleted", "expires"])
+
+
+@volume_group.command("restore")
+@click.argument("pool")
+@click.argument("volume_uuid")
+@click.option("--backup", default=None, help="Restore from this backup (from `volume deleted`) instead of the newest.")
+@pools_opt
+@json_opt
+def volume_restore(pool: str, volume_uuid: str, backup: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Bring deleted VOLUME_UUID back with the content it had when deleted (a new path: its globalId changes)."""
+    from cloudstack_storpool.driver import recovery
+
+    run(lambda: recovery.restore(build_context(pools_file), pool, volume_uuid, backup=backup), as_json, VOLUME_COLUMNS)
+
+
+def _when(stamp: int | None) -> str | None:
+    import time
+
+    return None if stamp is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(stamp))
 
 
 @click.command("gc")

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from storpool import spapi, spconfig
 from storpool.spcatch import InvalidArgumentError
 
-from cloudstack_storpool import names
+from cloudstack_storpool import logs, metrics, names
 from cloudstack_storpool.errors import (
     SpBusy,
     SpExists,
@@ -106,8 +106,23 @@ class _CountingApi(spapi.Api):
         self._counter = counter
 
     def __call__(self, method: str, multiCluster: bool, query: str, json: Any = None, clusterName: Any = None) -> Any:
-        self._counter[query.split("/", 1)[0]] += 1
-        return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+        name = query.split("/", 1)[0]
+        self._counter[name] += 1
+        start, err = time.monotonic(), None
+        try:
+            return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+        except BaseException as exc:
+            err = self._classify(exc)
+            raise
+        finally:
+            metrics.storpool_call(name, time.monotonic() - start, err)
+
+    @staticmethod
+    def _classify(exc: BaseException) -> BaseException:
+        """The project's view of a failed query, for its metric outcome (not-found is a refusal)."""
+        if isinstance(exc, spapi.ApiError) and str(exc.name) in ("objectDoesNotExist", "objectExists"):
+            return SpNotFound(str(exc.name), "") if str(exc.name) == "objectDoesNotExist" else SpExists(str(exc.name), "")
+        return exc
 
 
 def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
@@ -141,6 +156,7 @@ class StorPoolConn:
         self._retries, self._backoff, self._max_backoff, self._sleep = retries, backoff, max_backoff, sleep
         if raw_token:
             _redactor.secrets.add(raw_token)
+            logs.register_secret(raw_token)
         self.api = _CountingApi(
             host=host, port=port, auth=raw_token, timeout=timeout,
             transientRetries=0, multiCluster=multicluster, counter=self.calls,
