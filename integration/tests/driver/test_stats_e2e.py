@@ -1,0 +1,97 @@
+"""Pool and volume statistics against the emulator: stored bytes match what was written (the
+emulator reads them off its reflinked data files), one StorPool call per cluster per collection,
+and `pool stats` agrees with `pool describe`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from cloudstack_storpool.cli import cli
+from cloudstack_storpool.driver import pools, stats, volumes
+from integration.stack import LocalStack, new_uuid
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+BLOCK = 4096
+
+
+def _calls_of(stack: LocalStack, fn: object) -> dict[str, int]:
+    before = dict(stack.sp.calls)
+    fn()  # type: ignore[operator]
+    return {q: n - before.get(q, 0) for q, n in stack.sp.calls.items() if n != before.get(q, 0)}
+
+
+def test_stored_bytes_follow_the_data_written_and_collections_cost_one_call(stack: LocalStack) -> None:
+    ctx = stack.ctx
+    a, b, clone = new_uuid(), new_uuid(), new_uuid()
+    va = volumes.create(ctx, "storpool-primary", a, 64 * MiB, iops=500)
+    vb = volumes.create(ctx, "storpool-hybrid", b, 32 * MiB)
+    stack.sp.write_object(va.global_id, 0, os.urandom(4 * MiB))
+    stack.sp.write_object(va.global_id, 32 * MiB, os.urandom(BLOCK))
+    stack.sp.write_object(vb.global_id, 8 * MiB, os.urandom(MiB))
+    stack.cs.model.add_volume("stats-a", 64 * MiB, storage_id=stack.pool_id(), path=va.path, volume_id=a)
+    snap = new_uuid()
+    # A clone of A's snapshot stores only what is written to it afterwards.
+    taken = ctx.conn("storpool-primary").snapshot_create(va.name, tags={"uuid": snap, "cs": "snapshot"})
+    made = ctx.conn("storpool-primary").volume_create(name=f"cs-vol-{clone}", parent=taken.ref, template="ssd",
+                                                      tags=pools.identity_tags(clone, "volume", ctx.pool("storpool-primary")))
+    stack.sp.write_object(made.global_id, 48 * MiB, os.urandom(512 * 1024))
+
+    cache = stats.StatsCache()
+    assert _calls_of(stack, lambda: cache.refresh_volumes(ctx)) == {"VolumesSpace": 1}
+    assert _calls_of(stack, lambda: cache.refresh_capacity(ctx)) == {"VolumeTemplatesStatus": 1}
+    # Served from the cache: no call at all.
+    assert _calls_of(stack, lambda: stats.pool_stats(ctx, cache=cache)) == {}
+
+    by_uuid = {r.uuid: r for r in stats.volume_stats(ctx, cache=cache)}
+    assert by_uuid[a].stored == 0, "after the snapshot, A's data belongs to the snapshot"
+    assert by_uuid[a].space_used == 4 * MiB + BLOCK
+    assert by_uuid[a].allocated == 64 * MiB and by_uuid[a].iops == 500 and by_uuid[a].pool == stack.pool_id()
+    assert by_uuid[b].stored == MiB and by_uuid[b].iops is None
+    assert by_uuid[b].pool == stack.pool_id("storpool-hybrid")
+    assert by_uuid[clone].stored == 512 * 1024
+    assert by_uuid[clone].space_used == 4 * MiB + BLOCK + 512 * 1024
+    assert [r.uuid for r in stats.volume_stats(ctx, volume_uuid=b.upper())] == [b]
+
+    rows = {r.name: r for r in stats.pool_stats(ctx, cache=cache)}
+    primary, hybrid = rows["storpool-primary"], rows["storpool-hybrid"]
+    assert primary.volumes == 2 and primary.provisioned == 128 * MiB and primary.stored == 512 * 1024
+    assert hybrid.volumes == 1 and hybrid.stored == MiB
+    for row in rows.values():
+        assert row.total is not None and row.free is not None and row.used == row.total - row.free
+        described = pools.describe(ctx, row.uuid)
+        assert (described.capacity, described.free, described.volumes, described.used) == (
+            row.total, row.free, row.volumes, row.stored)
+
+
+def test_volumes_space_passes_the_bindings_types(stack: LocalStack) -> None:
+    v = volumes.create(stack.ctx, "storpool-primary", new_uuid(), 8 * MiB)
+    stack.sp.write_object(v.global_id, 0, b"x" * BLOCK)
+    rows = stack.sp.strict_api().volumesSpace()
+    mine = next(r for r in rows if r.globalId == v.global_id)
+    assert mine.storedSize == BLOCK and mine.spaceUsed == BLOCK
+    assert stack.sp.strict_api().volumesStatus()[v.name].storedSize == BLOCK
+    stack.sp.strict_api().volumeTemplatesStatus()
+
+
+def test_pool_and_volume_stats_commands(stack: LocalStack) -> None:
+    vid = new_uuid()
+    v = volumes.create(stack.ctx, "storpool-primary", vid, 10 << 30)
+    stack.sp.write_object(v.global_id, 0, os.urandom(2 * MiB))
+    runner, env = CliRunner(), stack.driver_env()
+    res = runner.invoke(cli, ["volume", "stats", "storpool-primary"], env=env)
+    assert res.exit_code == 0, res.output
+    assert "10.0 GiB" in res.output and "2.0 MiB" in res.output
+    res = runner.invoke(cli, ["volume", "stats", "--json", "--volume", vid], env=env)
+    assert json.loads(res.output)[0]["stored"] == 2 * MiB
+    res = runner.invoke(cli, ["pool", "stats", "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    got = {r["name"]: r for r in json.loads(res.output)}
+    assert got["storpool-primary"]["provisioned"] == 10 << 30 and got["storpool-primary"]["stored"] == 2 * MiB
+    res = runner.invoke(cli, ["pool", "stats", "storpool-primary"], env=env)
+    assert res.exit_code == 0 and "GiB" in res.output and "storpool-hybrid" not in res.output
