@@ -73,8 +73,8 @@ def _run(stack: LocalStack) -> dict[str, object]:
     vol_s, vol_calls, rows = _calls(ctx, lambda: stats.collect_volumes(ctx))
     cap_s, cap_calls, _ = _calls(ctx, lambda: stats.collect_capacity(ctx))
     cache = stats.StatsCache()
-    cache.refresh_volumes(ctx)
-    cache.refresh_capacity(ctx)
+    cache.refresh(ctx, "volumes")
+    cache.refresh(ctx, "capacity")
     served_s, served_calls, pool_rows = _calls(ctx, lambda: stats.pool_stats(ctx, cache=cache))
     conn = ctx.conn(ctx.pools.pools[0])
     sample = [r.name for r in rows[:SAMPLE]]

@@ -21,9 +21,10 @@ StorPool. Without a cache (operator commands) every call collects afresh.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, offerings, pools, tags
@@ -31,9 +32,6 @@ from cloudstack_storpool.poolconfig import PoolSpec
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class PoolCapacity:
@@ -160,38 +158,39 @@ class StatsCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._capacity: tuple[float, list[PoolCapacity]] | None = None
-        self._volumes: tuple[float, list[VolumeStats]] | None = None
-        self.collections = {"capacity": 0, "volumes": 0}
+        self._held: dict[str, tuple[float, list[Any]]] = {}
+        self.collections: Counter[str] = Counter()
 
-    def refresh_capacity(self, ctx: DriverContext) -> list[PoolCapacity]:
-        rows = collect_capacity(ctx)
+    def refresh(self, ctx: DriverContext, kind: str) -> list[PoolStats]:
+        """Collect `kind` ("capacity" or "volumes") now; returns the pool statistics it updates
+        (what the service's periodic task reports to the metrics)."""
+        rows = _COLLECT[kind](ctx)
         with self._lock:
-            self._capacity = (ctx.clock(), rows)
-            self.collections["capacity"] += 1
-        return rows
+            self._held[kind] = (ctx.clock(), rows)
+            self.collections[kind] += 1
+            cap_at, capacity = self._held.get("capacity", (0.0, []))
+            vol_at, volumes = self._held.get("volumes", (0.0, []))
+        # Only what is held: refreshing one kind never collects the other.
+        return combine(ctx, capacity, volumes, min(cap_at, vol_at))
 
-    def refresh_volumes(self, ctx: DriverContext) -> list[VolumeStats]:
-        rows = collect_volumes(ctx)
+    def _get(self, ctx: DriverContext, kind: str) -> tuple[float, list[Any]]:
+        """The cached collection of `kind`; collected now if there is none yet."""
         with self._lock:
-            self._volumes = (ctx.clock(), rows)
-            self.collections["volumes"] += 1
-        return rows
-
-    @staticmethod
-    def _get(held: tuple[float, list[T]] | None, refresh: Callable[[], list[T]],
-             clock: Callable[[], float]) -> tuple[float, list[T]]:
-        if held is not None:
-            return held
-        rows = refresh()
-        return clock(), rows
+            held = self._held.get(kind)
+        if held is None:
+            rows = _COLLECT[kind](ctx)
+            with self._lock:
+                held = self._held.setdefault(kind, (ctx.clock(), rows))
+        return held
 
     def capacity(self, ctx: DriverContext) -> tuple[float, list[PoolCapacity]]:
-        """The cached capacity collection; collected now if there is none yet."""
-        return self._get(self._capacity, lambda: self.refresh_capacity(ctx), ctx.clock)
+        return self._get(ctx, "capacity")
 
     def volumes(self, ctx: DriverContext) -> tuple[float, list[VolumeStats]]:
-        return self._get(self._volumes, lambda: self.refresh_volumes(ctx), ctx.clock)
+        return self._get(ctx, "volumes")
+
+
+_COLLECT: dict[str, Callable[[DriverContext], list[Any]]] = {"capacity": collect_capacity, "volumes": collect_volumes}
 
 
 # ---------------------------------------------------------------------- what is published
@@ -212,17 +211,21 @@ def pool_stats(ctx: DriverContext, pool: str | None = None, *, cache: StatsCache
 
 
 def volume_stats(ctx: DriverContext, pool: str | None = None, volume_uuid: str | None = None, *,
-                 cache: StatsCache | None = None) -> list[VolumeStats]:
+                 path: str | None = None, cache: StatsCache | None = None) -> list[VolumeStats]:
     """Allocated and stored bytes and the IOPS limit of the volumes of `pool` (default: every
-    pool), or of one CloudStack volume."""
+    pool), or of one CloudStack volume: by uuid, or by the path CloudStack stores
+    (`/dev/storpool-byid/<globalId>`), which is what CloudStack's volume-stats call hands over."""
     spec = pools.resolve(ctx, pool) if pool else None
     uuid = naming.check_uuid(volume_uuid, "volume_uuid") if volume_uuid else None
+    wanted = names.path_to_name(path, "path") if path else None
     rows = collect_volumes(ctx) if cache is None else cache.volumes(ctx)[1]
     if spec is not None:
         rows = [r for r in rows if r.pool == spec.uuid]
-    elif uuid is None:
+    elif uuid is None and wanted is None:
         rows = [r for r in rows if r.pool is not None]
     if uuid is not None:
         rows = [r for r in rows if r.uuid == uuid]
+    if wanted is not None:
+        rows = [r for r in rows if wanted in ("~" + r.global_id, r.name)]
     return rows
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cloudstack_storpool.driver import gc, recovery, stats
@@ -112,8 +113,10 @@ def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery
     """Every periodic task of a service process, not started."""
     return [
         PeriodicGc(ctx, on_result=on_result),
-        PeriodicTask(ctx, "capacity", "storpool.storage.stats.interval", cache.refresh_capacity, on_result=on_result),
-        PeriodicTask(ctx, "volumes", "storpool.volumes.stats.interval", cache.refresh_volumes, on_result=on_result),
+        PeriodicTask(ctx, "capacity", "storpool.storage.stats.interval", partial(cache.refresh, kind="capacity"),
+                     on_result=on_result),
+        PeriodicTask(ctx, "volumes", "storpool.volumes.stats.interval", partial(cache.refresh, kind="volumes"),
+                     on_result=on_result),
         PeriodicTask(ctx, "delay-delete", "storpool.list.snapshots.delete.after.interval", tracker.sync,
                      on_result=on_result),
     ]

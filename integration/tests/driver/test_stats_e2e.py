@@ -9,6 +9,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloudstack_storpool.cli import cli
 from cloudstack_storpool.driver import pools, stats, volumes
@@ -43,8 +44,8 @@ def test_stored_bytes_follow_the_data_written_and_collections_cost_one_call(stac
     stack.sp.write_object(made.global_id, 48 * MiB, os.urandom(512 * 1024))
 
     cache = stats.StatsCache()
-    assert _calls_of(stack, lambda: cache.refresh_volumes(ctx)) == {"VolumesSpace": 1}
-    assert _calls_of(stack, lambda: cache.refresh_capacity(ctx)) == {"VolumeTemplatesStatus": 1}
+    assert _calls_of(stack, lambda: cache.refresh(ctx, "volumes")) == {"VolumesSpace": 1}
+    assert _calls_of(stack, lambda: cache.refresh(ctx, "capacity")) == {"VolumeTemplatesStatus": 1}
     # Served from the cache: no call at all.
     assert _calls_of(stack, lambda: stats.pool_stats(ctx, cache=cache)) == {}
 
@@ -95,3 +96,47 @@ def test_pool_and_volume_stats_commands(stack: LocalStack) -> None:
     assert got["storpool-primary"]["provisioned"] == 10 << 30 and got["storpool-primary"]["stored"] == 2 * MiB
     res = runner.invoke(cli, ["pool", "stats", "storpool-primary"], env=env)
     assert res.exit_code == 0 and "GiB" in res.output and "storpool-hybrid" not in res.output
+
+
+def test_service_serves_from_its_cache_and_the_collectors_refresh_it(stack: LocalStack) -> None:
+    import time
+
+    import requests
+
+    from cloudstack_storpool import metrics
+    from cloudstack_storpool.driver.recovery import ExpiryTracker
+    from cloudstack_storpool.service.periodic import service_tasks
+
+    vid = new_uuid()
+    v = volumes.create(stack.ctx, "storpool-primary", vid, 8 * MiB)
+    url = stack.start_service()
+    auth = {"Authorization": f"Bearer {stack.service_token}"}
+    first = _calls_of(stack, lambda: requests.get(f"{url}/v1/stats/pools", headers=auth, timeout=10).raise_for_status())
+    assert first == {"VolumeTemplatesStatus": 1, "VolumesSpace": 1}, "nothing cached yet: one collection of each"
+    stack.sp.write_object(v.global_id, 0, os.urandom(MiB))
+    served: list[list[dict[str, object]]] = []
+    assert _calls_of(stack, lambda: served.append(requests.get(
+        f"{url}/v1/stats/volumes", params={"path": v.path}, headers=auth, timeout=10).json())) == {}
+    assert [r["uuid"] for r in served[0]] == [vid]
+    assert served[0][0]["stored"] == 0, "served from the cache, made before the write"
+
+    # The collectors, on their settings' intervals (here: every 0.2 s), refresh what is served.
+    cache = stats.StatsCache()
+    tasks = [t for t in service_tasks(stack.ctx, cache, ExpiryTracker(), metrics.record_result)
+             if t.name in ("capacity", "volumes")]
+    for t in tasks:
+        t._interval = lambda: 0.2
+        t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while min(cache.collections["capacity"], cache.collections["volumes"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for t in tasks:
+            t.close()
+    assert min(cache.collections["capacity"], cache.collections["volumes"]) >= 2
+    assert [r.stored for r in stats.volume_stats(stack.ctx, path=v.path, cache=cache)] == [MiB]
+    scraped = requests.get(f"{url}/metrics", headers=auth, timeout=10).text
+    gauge = {frozenset(smp.labels.items()): smp.value for fam in text_string_to_metric_families(scraped)
+             for smp in fam.samples if smp.name == "cssp_pool_bytes"}
+    assert gauge[frozenset({"pool": stack.pool_id(), "kind": "stored"}.items())] == MiB
