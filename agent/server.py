@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool import metrics
+from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.jobs import JobManager, error_json
@@ -131,7 +131,9 @@ class _Handler(JsonHandler):
             if unknown:
                 raise ValidationError(sorted(unknown)[0], "unknown field (allowed: command, args, idempotency_key)")
             key = body.get("idempotency_key", self.headers.get("Idempotency-Key"))
-            job, created = self.server.jobs.submit(command, body.get("args"), key)
+            job, created = self.server.jobs.submit(
+                command, body.get("args"), key, subject=logs.incoming_header(self.headers.get(logs.SUBJECT_HEADER)),
+                caller=logs.incoming_header(self.headers.get(logs.CALLER_HEADER)))
         except ValidationError as exc:
             self._error(400, exc.code, str(exc), exc.field)
             return

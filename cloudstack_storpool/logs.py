@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -74,6 +75,27 @@ def context(job: str | None = None, subject: str | None = None) -> Iterator[None
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+SUBJECT_HEADER = "X-CloudStack-Uuid"
+CALLER_HEADER = "X-Request-Id"
+_HEADER_VALUE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def outgoing_headers() -> dict[str, str]:
+    """What the driver tells an agent about the operation a request belongs to, so that the
+    agent's lines carry the same CloudStack uuid and name the caller's job."""
+    out = {}
+    if SUBJECT.get():
+        out[SUBJECT_HEADER] = str(SUBJECT.get())
+    if JOB.get():
+        out[CALLER_HEADER] = str(JOB.get())
+    return out
+
+
+def incoming_header(value: str | None) -> str | None:
+    """A correlation header's value if it is a plain id (anything else is ignored, never logged)."""
+    return value if value is not None and _HEADER_VALUE.match(value) else None
 
 
 class ContextFilter(logging.Filter):

@@ -92,3 +92,31 @@ def test_secrets_masked_in_messages_and_tracebacks() -> None:
     assert secret not in buf.getvalue() and "***" in out[0]["message"] and "***" in out[1]["exc"]
     assert out[0]["job"] == "job-1" and out[0]["uuid"] == "11111111-2222-3333-4444-555555555555"
     assert out[2]["job"] is None and out[2]["uuid"] is None
+
+
+def test_agent_lines_carry_the_callers_uuid_and_name_its_job(stack: LocalStack) -> None:
+    from cloudstack_storpool.driver import volumes
+    from integration.stack import new_uuid
+
+    tmpl = next(t for t in stack.cs.model.templates.values() if t.name == "tiny-linux")
+    image = stack.template_image(tmpl.id, tmpl.size, {0: b"x"})
+    buf = StringIO()
+    handler = logs.handler("json", buf)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    vid = new_uuid()
+    try:
+        with logs.context("req-caller1", vid):
+            volumes.create_from_template(stack.ctx, "storpool-primary", vid, tmpl.id, source=stack.source_of(image))
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    (job,) = stack.agent_jobs("copy_template")
+    assert job.subject == vid
+    lines = [json.loads(x) for x in buf.getvalue().splitlines()]
+    agent_lines = [x for x in lines if x["logger"].startswith("cloudstack_storpool.agent")]
+    started = [x for x in agent_lines if x["message"] == "copy_template started for req-caller1"]
+    assert started and started[0]["job"] == job.id and started[0]["uuid"] == vid
+    assert all(x["uuid"] == vid for x in agent_lines if x["job"] == job.id)

@@ -90,3 +90,18 @@ def test_agent_metrics_show_copies_and_bytes(stack: LocalStack) -> None:
         assert value(after, "cssp_agent_copies_in_flight") == 0
     # One process runs every agent here (one registry): each scrape shows the same one copy.
     assert ran == len(agents) and copied == len(agents) * tmpl.size
+
+
+def test_agent_metrics_show_its_hosts_heartbeat(stack: LocalStack) -> None:
+    from pathlib import Path
+
+    from cloudstack_storpool.heartbeat.hostloop import write_status
+
+    agent = next(iter(stack.agents.values()))
+    status_file = Path(stack.root) / f"heartbeat-{agent.client_id}.json"
+    host = str(agent.client_id)
+    for result, verdict in (("unknown", "unknown"), ("ok", "alive"), ("fail", "dead")):
+        write_status(status_file, {"result": result, "client_id": agent.client_id, "reason": "test"})
+        got = scrape(agent.url, stack.agent_token)
+        assert value(got, "cssp_heartbeat_verdict", host=host, verdict=verdict) == 1
+        assert sum(value(got, "cssp_heartbeat_verdict", host=host, verdict=v) for v in ("alive", "dead", "unknown")) == 1
