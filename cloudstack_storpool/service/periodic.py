@@ -22,6 +22,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from cloudstack_storpool import logs
 from cloudstack_storpool.driver import gc, recovery, stats
 from cloudstack_storpool.driver.context import DriverContext
 
@@ -57,7 +58,8 @@ class PeriodicTask:
     def once(self) -> Any:
         """One cycle; a failure is logged and retried next cycle, never fatal to the service."""
         try:
-            result = self._work(self.ctx)
+            with logs.context(f"{self.name}-{self.runs + self.failures + 1}"):
+                result = self._work(self.ctx)
         except Exception as exc:
             self.failures += 1
             log.warning("periodic %s failed (will retry): %s", self.name, exc)

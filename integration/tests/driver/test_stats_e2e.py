@@ -82,9 +82,12 @@ def test_volumes_space_passes_the_bindings_types(stack: LocalStack) -> None:
 
 def test_pool_and_volume_stats_commands(stack: LocalStack) -> None:
     vid = new_uuid()
-    v = volumes.create(stack.ctx, "storpool-primary", vid, 10 << 30)
-    stack.sp.write_object(v.global_id, 0, os.urandom(2 * MiB))
     runner, env = CliRunner(), stack.driver_env()
+    res = runner.invoke(cli, ["volume", "create", "storpool-primary", vid, "--size", "10G", "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["size"] == 10 << 30
+    v = volumes.get(stack.ctx, "storpool-primary", volume_uuid=vid)
+    stack.sp.write_object(v.global_id, 0, os.urandom(2 * MiB))
     res = runner.invoke(cli, ["volume", "stats", "storpool-primary"], env=env)
     assert res.exit_code == 0, res.output
     assert "10.0 GiB" in res.output and "2.0 MiB" in res.output
