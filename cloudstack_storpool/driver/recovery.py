@@ -14,6 +14,7 @@ be recovered. A backup expiring while the service is down is not reported (nothi
 that: it was going to expire).
 
 Costs: listing 1 SnapshotsList per cluster; restore 2 (SnapshotsList, VolumeCreate).
+A volume that exists under the uuid makes the create fail (`objectExists`): the restore is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, offerings, pools, stats, tags, volumes
-from cloudstack_storpool.errors import Conflict, NotFound, SpExists
+from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound
 from cloudstack_storpool.poolconfig import PoolSpec
 
 if TYPE_CHECKING:
@@ -65,20 +66,24 @@ def _entry(s: Any, pool: str | None) -> DeletedVolume:
     )
 
 
-def deleted(ctx: DriverContext, pool: str | None = None) -> list[DeletedVolume]:
-    """The deleted volumes of `pool` (default: every pool) that can still be restored, newest first:
-    one SnapshotsList per cluster."""
-    spec = pools.resolve(ctx, pool) if pool else None
-    out: list[DeletedVolume] = []
+def _backups(ctx: DriverContext, spec: PoolSpec | None) -> list[tuple[DeletedVolume, Any]]:
+    """(entry, StorPool summary) of every restorable backup of `spec` (default: every pool)."""
+    out: list[tuple[DeletedVolume, Any]] = []
     for group in pools.by_cluster(ctx):
         if spec is not None and spec not in group:
             continue
         for s in ctx.conn(group[0]).find_snapshots({tags.KIND: tags.DELAY_DELETE}):
             owner = stats.owner(s, group)
             if owner is not None and (spec is None or owner == spec.uuid):
-                out.append(_entry(s, owner))
-    out.sort(key=lambda d: (d.deleted_at or 0, d.global_id), reverse=True)
+                out.append((_entry(s, owner), s))
+    out.sort(key=lambda pair: (pair[0].deleted_at or 0, pair[0].global_id), reverse=True)
     return out
+
+
+def deleted(ctx: DriverContext, pool: str | None = None) -> list[DeletedVolume]:
+    """The deleted volumes of `pool` (default: every pool) that can still be restored, newest first:
+    one SnapshotsList per cluster."""
+    return [d for d, _s in _backups(ctx, pools.resolve(ctx, pool) if pool else None)]
 
 
 def restore(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *,
@@ -88,30 +93,26 @@ def restore(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *,
     that uuid exists (Conflict) or when no backup is left (NotFound)."""
     spec = pools.resolve(ctx, pool)
     uuid = naming.check_uuid(volume_uuid, "volume_uuid")
-    candidates = [d for d in deleted(ctx, spec.uuid) if d.uuid == uuid]
     if backup is not None:
         names.snapshot_name(backup, "backup")
-        candidates = [d for d in candidates if backup in (d.backup, "~" + d.global_id)]
+    candidates = [(d, s) for d, s in _backups(ctx, spec)
+                  if d.uuid == uuid and (backup is None or backup in (d.backup, "~" + d.global_id))]
     if not candidates:
         raise NotFound(f"volume: no restorable backup of {uuid} on pool {spec.name} (expired, or never kept)")
-    chosen = candidates[0]
-    conn = ctx.conn(spec)
-    name = naming.volume(uuid)
-    if conn.volume(name) is not None:
-        raise Conflict(f"volume {uuid} exists on pool {spec.name}; delete it first or restore under another uuid")
-    snap = conn.snapshot("~" + chosen.global_id)
-    if snap is None:
-        raise NotFound(f"volume: the backup of {uuid} expired a moment ago")
+    chosen, snap = candidates[0]
     template = getattr(snap, "templateName", None) or spec.template
     iops = offerings.iops_of(snap) or None
     vtags = pools.identity_tags(uuid, tags.VOLUME, spec, qc=(snap.tags or {}).get(tags.QOS_CLASS))
     try:
-        created = conn.volume_create(name=name, parent="~" + chosen.global_id, template=template, iops=iops, tags=vtags)
+        created = ctx.conn(spec).volume_create(name=naming.volume(uuid), parent="~" + chosen.global_id,
+                                               template=template, iops=iops, tags=vtags)
     except SpExists:
-        raise Conflict(f"volume {uuid} was created on pool {spec.name} meanwhile") from None
+        raise Conflict(f"volume {uuid} exists on pool {spec.name}; delete it first") from None
+    except SpNotFound:
+        raise NotFound(f"volume: the backup of {uuid} expired a moment ago") from None
     log.info("restored volume %s from its backup %s as %s", uuid, chosen.backup, created.global_id)
     return volumes.VolumeInfo(uuid=uuid, pool=spec.uuid, name=created.name, global_id=created.global_id,
-                              path=created.path, size=int(snap.size), template=template, iops=iops,
+                              path=created.path, size=chosen.size, template=template, iops=iops,
                               qos_class=vtags.get(tags.QOS_CLASS), tags=vtags)
 
 
