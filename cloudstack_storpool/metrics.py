@@ -70,6 +70,8 @@ def outcome(exc: BaseException | None) -> str:
         return "ok"
     if isinstance(exc, ValidationError | NotFound | Conflict | SpNotFound | SpExists):
         return "refused"
+    if getattr(exc, "code", None) == "invalid":  # e.g. CloudStack's 431
+        return "refused"
     return "failed"
 
 
@@ -91,13 +93,13 @@ def operation(side: str, name: str) -> Iterator[None]:
         OPERATIONS.labels(side, name, outcome(err)).inc()
 
 
-def storpool_call(query: str, seconds: float, err: BaseException | None) -> None:
-    STORPOOL_CALLS.labels(query, outcome(err) if err is not None else "ok").inc()
+def storpool_call(query: str, seconds: float, result: str) -> None:
+    STORPOOL_CALLS.labels(query, result).inc()
     STORPOOL_SECONDS.labels(query).observe(seconds)
 
 
 def cloudstack_call(command: str, seconds: float, err: BaseException | None) -> None:
-    CLOUDSTACK_CALLS.labels(command, outcome(err) if err is not None else "ok").inc()
+    CLOUDSTACK_CALLS.labels(command, outcome(err)).inc()
     CLOUDSTACK_SECONDS.labels(command).observe(seconds)
 
 

@@ -108,21 +108,18 @@ class _CountingApi(spapi.Api):
     def __call__(self, method: str, multiCluster: bool, query: str, json: Any = None, clusterName: Any = None) -> Any:
         name = query.split("/", 1)[0]
         self._counter[name] += 1
-        start, err = time.monotonic(), None
+        start, outcome = time.monotonic(), "failed"
         try:
-            return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
-        except BaseException as exc:
-            err = self._classify(exc)
+            result = super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+            outcome = "ok"
+            return result
+        except spapi.ApiError as exc:
+            # A missing or existing object is an answer the caller expected to handle.
+            if str(exc.name) in ("objectDoesNotExist", "objectExists"):
+                outcome = "refused"
             raise
         finally:
-            metrics.storpool_call(name, time.monotonic() - start, err)
-
-    @staticmethod
-    def _classify(exc: BaseException) -> BaseException:
-        """The project's view of a failed query, for its metric outcome (not-found is a refusal)."""
-        if isinstance(exc, spapi.ApiError) and str(exc.name) in ("objectDoesNotExist", "objectExists"):
-            return SpNotFound(str(exc.name), "") if str(exc.name) == "objectDoesNotExist" else SpExists(str(exc.name), "")
-        return exc
+            metrics.storpool_call(name, time.monotonic() - start, outcome)
 
 
 def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:

@@ -105,3 +105,31 @@ def test_agent_metrics_show_its_hosts_heartbeat(stack: LocalStack) -> None:
         got = scrape(agent.url, stack.agent_token)
         assert value(got, "cssp_heartbeat_verdict", host=host, verdict=verdict) == 1
         assert sum(value(got, "cssp_heartbeat_verdict", host=host, verdict=v) for v in ("alive", "dead", "unknown")) == 1
+
+
+def test_gc_results_and_failures_are_counted(stack: LocalStack) -> None:
+    import time
+
+    from cloudstack_storpool import metrics
+    from cloudstack_storpool.driver import pools
+    from cloudstack_storpool.service.periodic import PeriodicGc
+
+    spec = stack.ctx.pool("storpool-primary")
+    for _ in range(2):
+        stack.ctx.conn(spec).volume_create(
+            size=MiB, template=spec.template,
+            tags=pools.identity_tags(new_uuid(), "temporary", spec, started=str(int(time.time()) - 10 * 86400)))
+    task = PeriodicGc(stack.ctx, interval=lambda: 0.0, on_result=metrics.record_result)
+
+    def sample(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    failed, ok = (sample("cssp_periodic_runs_total", task="gc", outcome=o) for o in ("failed", "ok"))
+    deleted = sample("cssp_gc_deleted_total")
+    stack.sp.faults.fail_next("SnapshotsList", 1, error="notAllowed")
+    assert task.once() is None
+    assert sample("cssp_periodic_runs_total", task="gc", outcome="failed") == failed + 1
+    report = task.once()
+    assert report is not None and len(report.done) == 2
+    assert sample("cssp_periodic_runs_total", task="gc", outcome="ok") == ok + 1
+    assert sample("cssp_gc_deleted_total") == deleted + 2
