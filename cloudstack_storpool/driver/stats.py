@@ -174,13 +174,14 @@ class StatsCache:
         return combine(ctx, capacity, volumes, min(cap_at, vol_at))
 
     def _get(self, ctx: DriverContext, kind: str) -> tuple[float, list[Any]]:
-        """The cached collection of `kind`; collected now if there is none yet."""
+        """The cached collection of `kind`; collected now if there is none yet, or if what is
+        held is stale: its collector is off (interval 0) or has not refreshed it for two intervals."""
         with self._lock:
             held = self._held.get(kind)
-        if held is None:
+        if held is None or _stale(ctx, kind, held[0]):
             rows = _COLLECT[kind](ctx)
             with self._lock:
-                held = self._held.setdefault(kind, (ctx.clock(), rows))
+                held = self._held[kind] = (ctx.clock(), rows)
         return held
 
     def capacity(self, ctx: DriverContext) -> tuple[float, list[PoolCapacity]]:
@@ -191,6 +192,15 @@ class StatsCache:
 
 
 _COLLECT: dict[str, Callable[[DriverContext], list[Any]]] = {"capacity": collect_capacity, "volumes": collect_volumes}
+INTERVALS = {"capacity": "storpool.storage.stats.interval", "volumes": "storpool.volumes.stats.interval"}
+"""The setting that paces each collection (the service's periodic tasks read the same)."""
+
+
+def _stale(ctx: DriverContext, kind: str, at: float) -> bool:
+    every = ctx.settings.get(INTERVALS[kind])
+    if not isinstance(every, int) or every <= 0:
+        return True
+    return ctx.clock() - at > 2 * every
 
 
 # ---------------------------------------------------------------------- what is published

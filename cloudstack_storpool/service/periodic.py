@@ -115,10 +115,8 @@ def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery
     """Every periodic task of a service process, not started."""
     return [
         PeriodicGc(ctx, on_result=on_result),
-        PeriodicTask(ctx, "capacity", "storpool.storage.stats.interval", partial(cache.refresh, kind="capacity"),
-                     on_result=on_result),
-        PeriodicTask(ctx, "volumes", "storpool.volumes.stats.interval", partial(cache.refresh, kind="volumes"),
-                     on_result=on_result),
+        *(PeriodicTask(ctx, kind, setting, partial(cache.refresh, kind=kind), on_result=on_result)
+          for kind, setting in stats.INTERVALS.items()),
         PeriodicTask(ctx, "delay-delete", "storpool.list.snapshots.delete.after.interval", tracker.sync,
                      on_result=on_result),
     ]

@@ -143,3 +143,16 @@ def test_service_serves_from_its_cache_and_the_collectors_refresh_it(stack: Loca
     gauge = {frozenset(smp.labels.items()): smp.value for fam in text_string_to_metric_families(scraped)
              for smp in fam.samples if smp.name == "cssp_pool_bytes"}
     assert gauge[frozenset({"pool": stack.pool_id(), "kind": "stored"}.items())] == MiB
+
+
+def test_cache_is_bypassed_when_its_collector_is_off(stack: LocalStack) -> None:
+    import time
+
+    ctx = stack.ctx
+    cache = stats.StatsCache()
+    cache.refresh(ctx, "capacity")
+    cache.refresh(ctx, "volumes")
+    assert _calls_of(stack, lambda: stats.pool_stats(ctx, cache=cache)) == {}
+    stack.settings.set("storpool.storage.stats.interval", 0)
+    time.sleep(stack.settings_ttl + 0.1)
+    assert _calls_of(stack, lambda: stats.pool_stats(ctx, cache=cache)) == {"VolumeTemplatesStatus": 1}
