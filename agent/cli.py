@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, DEFAULT_LIBVIRT_URI
+from cloudstack_storpool.daemon import log_format_opt
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.settings.cli import settings_file_option
 
@@ -91,18 +92,21 @@ def agent_group() -> None:
 @click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")
 @click.option("-v", "--verbose", is_flag=True)
 @settings_file_option
+@log_format_opt
 @_host_options
 def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, verbose: bool, settings_file: str | None,
-              **kw: Any) -> None:
+              log_format: str, **kw: Any) -> None:
     """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.httpjson import parse_listen
+    from cloudstack_storpool.logs import register_secret
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     try:
         token = read_agent_token(token_file)
+        register_secret(token)
         host = _host_config(kw)
         address = parse_listen(listen or _default_listen(settings_file))
         server = AgentServer(address, token, _context_factory(host), max_copies=max_copies)

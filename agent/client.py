@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from cloudstack_storpool import logs
 from cloudstack_storpool.errors import AgentError
 
 __all__ = ["AgentClient", "AgentError", "AgentRequestError"]
@@ -55,7 +56,7 @@ class AgentClient:
         try:
             resp = self._session.request(
                 method, self.base_url + path, json=body, timeout=self.timeout,
-                headers={"Authorization": f"Bearer {self._token}"},
+                headers={"Authorization": f"Bearer {self._token}", **logs.outgoing_headers()},
             )
         except requests.RequestException as exc:
             raise AgentRequestError(f"agent {self.base_url} unreachable: {type(exc).__name__}",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.agent.commands import Cancelled, Context, RunControl, parse
 from cloudstack_storpool.errors import Conflict, ProjectError, ValidationError
 from cloudstack_storpool.jobs import ACTIVE, MAX_KEY, JobManagerBase, fingerprint
@@ -66,7 +67,8 @@ class JobManager(JobManagerBase[Job]):
         # Copies are I/O heavy; a hypervisor should not run more than a few at once.
         self._copy_slots = threading.BoundedSemaphore(max_copies)
 
-    def submit(self, command: str, args: Any, key: str | None = None) -> tuple[Job, bool]:
+    def submit(self, command: str, args: Any, key: str | None = None, *, subject: str | None = None,
+               caller: str | None = None) -> tuple[Job, bool]:
         """Validate and start a job; returns (job, created). Raises ValidationError / Conflict."""
         if key is not None and (not isinstance(key, str) or not key or len(key) > MAX_KEY):
             raise ValidationError("idempotency_key", f"must be a non-empty string of at most {MAX_KEY} characters")
@@ -74,13 +76,25 @@ class JobManager(JobManagerBase[Job]):
         # Fingerprint the parsed request, so spelling a default out or leaving it away is the
         # same request.
         fp = fingerprint(command, to_json(req))
-        job, created = self._admit(key, fp, lambda job_id: Job(id=job_id, name=command, key=key, fingerprint=fp))
+        subject = subject or logs.subject_of(args if isinstance(args, dict) else None)
+        job, created = self._admit(key, fp, lambda job_id: Job(id=job_id, name=command, key=key, fingerprint=fp,
+                                                               subject=subject))
         if not created:
             return job, False
 
         def work() -> Any:
             job.control.deadline = time.monotonic() + req.timeout
-            result = cmd.run(self._context_factory(), req, job.control)
+            log.info("%s started%s", command, f" for {caller}" if caller else "")
+            with metrics.operation("agent", command):
+                if cmd.long_running:
+                    metrics.COPIES_IN_FLIGHT.inc()
+                try:
+                    result = cmd.run(self._context_factory(), req, job.control)
+                finally:
+                    if cmd.long_running:
+                        metrics.COPIES_IN_FLIGHT.dec()
+            if cmd.long_running and isinstance(result.get("virtual_size"), int):
+                metrics.COPIED_BYTES.inc(result["virtual_size"])
             job.progress = 100.0
             return result
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.jobs import JobManager, error_json
@@ -56,6 +57,11 @@ def heartbeat_status(host: HostConfig) -> dict[str, Any] | None:
         return read_status(Path(host.heartbeat_status_file))
     except (OSError, ValueError) as exc:
         return {"result": "unknown", "reason": f"cannot read {host.heartbeat_status_file}: {exc}"}
+
+
+def _verdict(status: dict[str, Any]) -> str:
+    """The host loop's last result as a heartbeat verdict (ok: alive, fail: dead, else unknown)."""
+    return {"ok": "alive", "fail": "dead"}.get(str(status.get("result")), "unknown")
 
 
 class AgentServer(TokenServer):
@@ -94,6 +100,12 @@ class _Handler(JsonHandler):
         if not self._auth():
             return
         path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            status = heartbeat_status(self.server.context_factory().host)
+            if status is not None:
+                metrics.heartbeat_verdict(str(status.get("client_id", "self")), _verdict(status), count=False)
+            metrics.send(self)
+            return
         if path == "/v1/facts":
             try:
                 ctx = self.server.context_factory()
@@ -123,7 +135,9 @@ class _Handler(JsonHandler):
         try:
             req: JobRequest = parse_object(JobRequest, self._body())
             key = req.idempotency_key if req.idempotency_key is not None else self.headers.get("Idempotency-Key")
-            job, created = self.server.jobs.submit(req.command, req.args, key)
+            job, created = self.server.jobs.submit(
+                req.command, req.args, key, subject=logs.incoming_header(self.headers.get(logs.SUBJECT_HEADER)),
+                caller=logs.incoming_header(self.headers.get(logs.CALLER_HEADER)))
         except ValidationError as exc:
             self._error(400, exc.code, str(exc), exc.field)
             return

@@ -1,22 +1,27 @@
-"""What every long-running `serve` command (the agent's, the driver service's) does around its
-server: one log format, and SIGTERM treated like Ctrl-C so that a service manager's stop
+"""What every long-running command (`serve`, `agent serve`, `heartbeat run`) does around its
+work: one choice of log format (text or JSON lines), and SIGTERM treated like Ctrl-C so that a service manager's stop
 unwinds through the caller's cleanup (cancel or wait for jobs, release the socket) instead of
 killing the process mid-job.
 """
 
 from __future__ import annotations
 
-import logging
 import signal
 from socketserver import BaseServer
 from types import FrameType
 
 import click
 
+from cloudstack_storpool import logs
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log_format_opt = click.option(
+    "--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
+    help="text, or json: one JSON object a line (ts, level, logger, message, job, uuid).")
+
+
+def setup_logging(verbose: bool, log_format: str = "text") -> None:
+    """Every line carries the job and CloudStack uuid it belongs to, and no secret (logs.py)."""
+    logs.setup(verbose, log_format)
 
 
 def _interrupt(_sig: int, _frame: FrameType | None) -> None:

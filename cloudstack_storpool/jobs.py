@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+from cloudstack_storpool import logs
 from cloudstack_storpool.errors import Conflict
 
 ACTIVE = ("queued", "running")
@@ -51,6 +52,8 @@ class Job:
     started: float | None = None
     finished: float | None = None
     done: threading.Event = field(default_factory=threading.Event, repr=False)
+    subject: str | None = field(default=None, repr=False)
+    """The CloudStack uuid the job concerns: with its id, on every log line it writes (logs.py)."""
 
     def set_progress(self, pct: float) -> None:
         """The progress callback handed to the work: the work knows nothing of jobs."""
@@ -123,6 +126,10 @@ class JobManagerBase(ABC, Generic[J]):
         thread.start()
 
     def _run(self, job: J, work: Callable[[], Any], slot: threading.BoundedSemaphore | None) -> None:
+        with logs.context(job.id, job.subject):
+            self._run_in_context(job, work, slot)
+
+    def _run_in_context(self, job: J, work: Callable[[], Any], slot: threading.BoundedSemaphore | None) -> None:
         try:
             if slot is not None:
                 self._wait_for(job, slot)

@@ -21,6 +21,7 @@ import click
 from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
+from cloudstack_storpool.sizes import format_size, parse_size
 
 DEFAULT_POOLS = "/etc/cloudstack-storpool/pools.toml"
 
@@ -46,11 +47,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+SIZE_COLUMNS = frozenset({"size", "capacity", "free", "used", "total", "provisioned", "allocated", "stored",
+                          "old_size", "new_size"})
+"""Columns holding bytes: tables show them in binary units (`--json` keeps bytes)."""
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    return format_size(value) if column in SIZE_COLUMNS else str(value)
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain aligned table: what an operator reads in a terminal or pastes into a ticket."""
     if not rows:
         return "(none)"
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -112,6 +124,19 @@ def run(fn: Callable[[], Any], as_json: bool, columns: Sequence[str]) -> None:
 pools_opt = click.option("--pools", "pools_file", default=None, metavar="FILE",
                          help=f"Pools file (default ${POOLS_FILE_ENV} or {DEFAULT_POOLS}).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+class SizeParam(click.ParamType):
+    """`10G`, `512M`, `10GiB` or bytes (sizes.parse_size), refused with the option's name."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return parse_size(value, param.name if param is not None and param.name else "size")
+        except ValidationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeParam()
 token_opt = click.option("--agent-token-file", default=None, metavar="FILE",
                          help=f"Agent token file (default ${AGENT_TOKEN_ENV}).")
 
@@ -145,6 +170,21 @@ def pool_describe(pool: str, pools_file: str | None, as_json: bool) -> None:
 
     run(lambda: pools.describe(build_context(pools_file), pool), as_json,
         ["name", "template", "capacity", "free", "used", "volumes", "snapshots", "cached_templates"])
+
+
+POOL_STATS_COLUMNS = ["name", "template", "total", "used", "free", "provisioned", "stored", "volumes"]
+
+
+@pool_group.command("stats")
+@click.argument("pool", required=False)
+@pools_opt
+@json_opt
+def pool_stats(pool: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Capacity of every pool (or POOL): total, used, free, provisioned, stored. One StorPool
+    call per cluster for capacity and one for volumes."""
+    from cloudstack_storpool.driver import stats
+
+    run(lambda: stats.pool_stats(build_context(pools_file), pool), as_json, POOL_STATS_COLUMNS)
 
 
 @pool_group.command("register")
@@ -209,6 +249,53 @@ def volume_list(pool: str, pools_file: str | None, as_json: bool) -> None:
         ["kind", "cs", "uuid", "name", "global_id"])
 
 
+@volume_group.command("stats")
+@click.argument("pool", required=False)
+@click.option("--volume", "volume_uuid", default=None, help="Only this CloudStack volume.")
+@pools_opt
+@json_opt
+def volume_stats(pool: str | None, volume_uuid: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Allocated and stored bytes and the IOPS limit of the volumes of POOL (default: every pool)."""
+    from cloudstack_storpool.driver import stats
+
+    run(lambda: stats.volume_stats(build_context(pools_file), pool, volume_uuid), as_json,
+        ["uuid", "name", "allocated", "stored", "iops", "template"])
+
+
+@volume_group.command("deleted")
+@click.argument("pool", required=False)
+@pools_opt
+@json_opt
+def volume_deleted(pool: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Deleted volumes that can still be restored (their delay-delete backups), newest first."""
+    from cloudstack_storpool.driver import recovery
+
+    def go() -> list[dict[str, Any]]:
+        return [{**dataclasses.asdict(d), "deleted": _when(d.deleted_at), "expires": _when(d.expires_at)}
+                for d in recovery.deleted(build_context(pools_file), pool)]
+
+    run(go, as_json, ["uuid", "backup", "size", "deleted", "expires"])
+
+
+@volume_group.command("restore")
+@click.argument("pool")
+@click.argument("volume_uuid")
+@click.option("--backup", default=None, help="Restore from this backup (from `volume deleted`) instead of the newest.")
+@pools_opt
+@json_opt
+def volume_restore(pool: str, volume_uuid: str, backup: str | None, pools_file: str | None, as_json: bool) -> None:
+    """Bring deleted VOLUME_UUID back with the content it had when deleted (a new path: its globalId changes)."""
+    from cloudstack_storpool.driver import recovery
+
+    run(lambda: recovery.restore(build_context(pools_file), pool, volume_uuid, backup=backup), as_json, VOLUME_COLUMNS)
+
+
+def _when(stamp: int | None) -> str | None:
+    import time
+
+    return None if stamp is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(stamp))
+
+
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
 @click.option("--temporary-age", type=int, default=None, help="Seconds after which a temporary object is an orphan.")
@@ -234,7 +321,7 @@ VOLUME_COLUMNS = ["uuid", "name", "global_id", "size", "template", "iops", "path
 @volume_group.command("create")
 @click.argument("pool")
 @click.argument("volume_uuid")
-@click.option("--size", type=int, help="Bytes (a multiple of 512). Optional with --template.")
+@click.option("--size", type=SIZE, help="10G, 512M, 10GiB or bytes (a multiple of 512). Optional with --template.")
 @click.option("--template", "template_uuid", default=None, help="Create from this CloudStack template (cached on first use).")
 @click.option("--source-store", default=None, help="Secondary storage holding the template image (first use only).")
 @click.option("--source-path", default=None, help="The image's path inside the store.")
@@ -281,14 +368,14 @@ def volume_delete(pool: str, volume_uuid: str, pools_file: str | None, as_json: 
 
 @volume_group.command("resize")
 @click.argument("volume_uuid")
-@click.argument("new_size", type=int)
+@click.argument("new_size", type=SIZE)
 @click.option("--shrink-ok", is_flag=True, help="Allow shrinking (data past the new end is lost).")
 @pools_opt
 @token_opt
 @json_opt
 def volume_resize(volume_uuid: str, new_size: int, shrink_ok: bool, pools_file: str | None, agent_token_file: str | None,
                   as_json: bool) -> None:
-    """Resize VOLUME_UUID to NEW_SIZE bytes; a running VM sees it at once (rolled back on failure)."""
+    """Resize VOLUME_UUID to NEW_SIZE (10G, 10GiB or bytes); a running VM sees it at once (rolled back on failure)."""
     from cloudstack_storpool.driver import resize
 
     run(lambda: resize.resize_volume(build_context(pools_file, agent_token_file), volume_uuid=volume_uuid,

@@ -15,6 +15,7 @@ import socket
 
 import click
 
+from cloudstack_storpool.daemon import log_format_opt
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
 from cloudstack_storpool.settings.cli import settings_file_option
@@ -59,16 +60,17 @@ def loopback_address(listen: str) -> tuple[str, int]:
               help="Seconds a setting read from CloudStack is cached (default: storpool.settings.cache.seconds).")
 @settings_file_option
 @click.option("-v", "--verbose", is_flag=True)
+@log_format_opt
 def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent_token_file: str | None,
               region: str | None, max_jobs: int, settings_ttl: float | None, settings_file: str | None,
-              verbose: bool) -> None:
+              verbose: bool, log_format: str) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.service.app import make_server
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     try:
         host, port = loopback_address(listen)
         token = read_service_token(token_file)

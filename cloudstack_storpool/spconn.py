@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from storpool import spapi, spconfig
 from storpool.spcatch import InvalidArgumentError
 
-from cloudstack_storpool import names
+from cloudstack_storpool import logs, metrics, names
 from cloudstack_storpool.errors import (
     SpBusy,
     SpExists,
@@ -106,8 +106,20 @@ class _CountingApi(spapi.Api):
         self._counter = counter
 
     def __call__(self, method: str, multiCluster: bool, query: str, json: Any = None, clusterName: Any = None) -> Any:
-        self._counter[query.split("/", 1)[0]] += 1
-        return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+        name = query.split("/", 1)[0]
+        self._counter[name] += 1
+        start, outcome = time.monotonic(), "failed"
+        try:
+            result = super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+            outcome = "ok"
+            return result
+        except spapi.ApiError as exc:
+            # A missing or existing object is an answer the caller expected to handle.
+            if str(exc.name) in ("objectDoesNotExist", "objectExists"):
+                outcome = "refused"
+            raise
+        finally:
+            metrics.storpool_call(name, time.monotonic() - start, outcome)
 
 
 def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
@@ -141,6 +153,7 @@ class StorPoolConn:
         self._retries, self._backoff, self._max_backoff, self._sleep = retries, backoff, max_backoff, sleep
         if raw_token:
             _redactor.secrets.add(raw_token)
+            logs.register_secret(raw_token)
         self.api = _CountingApi(
             host=host, port=port, auth=raw_token, timeout=timeout,
             transientRetries=0, multiCluster=multicluster, counter=self.calls,

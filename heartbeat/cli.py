@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from cloudstack_storpool.agent.hostconfig import MAX_CLIENT_ID
-from cloudstack_storpool.daemon import setup_logging
+from cloudstack_storpool.daemon import log_format_opt, setup_logging
 from cloudstack_storpool.errors import ProjectError
 from cloudstack_storpool.heartbeat.hostloop import (
     DEFAULT_STATUS_FILE,
@@ -98,13 +98,14 @@ def heartbeat_group() -> None:
               help="StorPool API timeout per call (default: the interval, at most 10 s).")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
+@log_format_opt
 def run_cmd(storpool_conf: str | None, client_id: int | None, interval: float | None, max_failures: int | None,
             action: str | None, status_file: str, allow_reboot: bool, use_cloudstack: bool, settings_file: str | None,
-            api_timeout: float | None, rounds: int | None, verbose: bool) -> None:
+            api_timeout: float | None, rounds: int | None, verbose: bool, log_format: str) -> None:
     """Run this host's heartbeat loop until SIGTERM."""
     from cloudstack_storpool.spconn import StorPoolConn
 
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
     try:
         cs_client = _cloudstack(use_cloudstack)
         store = _settings(None, settings_file)  # the loop's settings are this machine's: no CloudStack read

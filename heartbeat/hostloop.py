@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from cloudstack_storpool import logs
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
 from cloudstack_storpool.errors import SpTransient, StorPoolError
 from cloudstack_storpool.heartbeat.check import NOT_RUNNING_ERRORS
@@ -240,6 +241,10 @@ class HostLoop:
 
     def round(self) -> LoopState:
         """Probe, update the counters, maybe act, then write the status file."""
+        with logs.context(f"heartbeat-{self.state.rounds + 1}"):
+            return self._round()
+
+    def _round(self) -> LoopState:
         probe = self.probe()
         st = self.state
         st.rounds += 1

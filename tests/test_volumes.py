@@ -142,7 +142,7 @@ def test_delete_with_delay_keeps_a_backup(env: Env) -> None:
     vid = new_uuid()
     volumes.create(env.ctx, env.pool, vid, GIB)
     res = volumes.delete(env.ctx, env.pool, vid)
-    assert res.deleted and res.backup == naming.delay_delete(vid, int(env.clock.now))
+    assert res.deleted and res.backup == naming.delay_delete(vid, int(env.clock.now * 1000))
     snap = env.sp.api().snapshotList(res.backup)[0]
     assert snap.tags == {"uuid": vid, "cs": "delayDelete", "pool": env.pool.uuid}
     assert snap.targetDeleteDate > 0

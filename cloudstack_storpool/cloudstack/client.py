@@ -11,12 +11,14 @@ that becomes None.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import cs
 
+from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.cloudstack import failures
 from cloudstack_storpool.cloudstack.fields import Record, tag_map
 from cloudstack_storpool.cloudstack.records import (
@@ -79,6 +81,7 @@ class CloudStackClient:
         self.key = key
         self.method = method.lower()
         self.job_timeout = job_timeout
+        logs.register_secret(secret)
         self._cs = SigningClient(
             endpoint, key, secret, timeout=max(1, math.ceil(timeout)), method=self.method, verify=verify,
             job_timeout=max(1, math.ceil(job_timeout)), poll_interval=poll_interval,
@@ -116,10 +119,14 @@ class CloudStackClient:
     def _call(self, command: str, **params: Any) -> Any:
         """Run one command; every failure leaves as a project exception."""
         params = {k: v for k, v in params.items() if v is not None}
+        start, err = time.monotonic(), None
         try:
             return getattr(self._cs, command)(**params)
         except failures.TRANSLATED as exc:
-            raise failures.translate(command, exc, self.endpoint) from None
+            err = failures.translate(command, exc, self.endpoint)
+            raise err from None
+        finally:
+            metrics.cloudstack_call(command, time.monotonic() - start, err)
 
     def _list(self, record: type[R], command: str, **params: Any) -> list[R]:
         result = self._call(command, fetch_list=True, **params)

@@ -42,4 +42,5 @@ def vm_snapshot_member(vm_snapshot_uuid: str, volume_uuid: str) -> str:
 
 
 def delay_delete(volume_uuid: str, stamp: int) -> str:
+    """`stamp` in milliseconds: a volume restored and deleted again within a second needs a second name."""
     return f"{PREFIX}-deleted-{check_uuid(volume_uuid, 'volume_uuid')}-{stamp}"

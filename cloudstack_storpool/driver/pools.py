@@ -70,7 +70,7 @@ class PoolInfo:
     """Estimated client-data capacity of the pool's template (StorPool's own estimate), bytes."""
     free: int | None = None
     used: int | None = None
-    """Bytes stored by this pool's objects (StorPool's `spaceUsed`, with replication)."""
+    """Bytes of client data written to this pool's volumes (StorPool's `storedSize`, without replication)."""
     volumes: int = 0
     snapshots: int = 0
     cached_templates: int = 0
@@ -136,7 +136,7 @@ def describe(ctx: DriverContext, pool: PoolSpec | str) -> PoolInfo:
     volumes = 0
     for v in conn.volumes_space():
         if tags_match(v.tags, mine):
-            used += int(getattr(v, "spaceUsed", 0) or 0)
+            used += int(getattr(v, "storedSize", 0) or 0)
             volumes += 1
     snaps = conn.find_snapshots(mine) if mine else []
     cached = sum(1 for s in snaps if s.tags.get(tags.KIND) == tags.TEMPLATE)

@@ -238,7 +238,7 @@ def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: 
     if keep:
         try:
             snap = conn.snapshot_create(
-                target, name=naming.delay_delete(uuid, int(ctx.clock())), delete_after=keep,
+                target, name=naming.delay_delete(uuid, int(ctx.clock() * 1000)), delete_after=keep,
                 tags=pools.identity_tags(uuid, tags.DELAY_DELETE, spec),
             )
             backup = snap.name

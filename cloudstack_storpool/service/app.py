@@ -9,6 +9,7 @@ table (operations.py) plus:
   GET /v1/health           version and pools (a cheap liveness probe for the adapter)
   GET /v1/jobs             jobs known to this process
   GET /v1/jobs/{job_id}    one job: state, result or error
+  GET /metrics             Prometheus metrics (metrics.py), behind the same token
 
 Errors are `{"error": {"code", "message", "field"?}}` with the status of `error_response`.
 Messages of unexpected exceptions are never sent (they may quote anything); they are logged
@@ -29,8 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cloudstack_storpool import __version__
+from cloudstack_storpool import __version__, logs, metrics
 from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.driver.recovery import ExpiryTracker
+from cloudstack_storpool.driver.stats import StatsCache
 from cloudstack_storpool.errors import (
     AgentError,
     CloudStackConfigError,
@@ -49,7 +52,7 @@ from cloudstack_storpool.httpjson import MAX_BODY, JsonHandler, TokenServer, ser
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service.jobs import Job, JobManager
-from cloudstack_storpool.service.periodic import PeriodicGc
+from cloudstack_storpool.service.periodic import PeriodicTask, service_tasks
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
 from cloudstack_storpool.typedjson import to_json
 
@@ -116,10 +119,19 @@ class ServiceServer(TokenServer):
         self._pools_stamp = self._stamp()
         pool_tokens = [p.token.reveal() for p in ctx.pools.pools]
         self.redact = Redactor([token, *pool_tokens, *secrets])
+        logs.register_secret(token, *pool_tokens, *secrets)
         self.jobs = JobManager(self.error_json, max_running=max_jobs, retention=job_retention)
         self._openapi: bytes | None = None
         self._openapi_lock = threading.Lock()
-        self.gc = PeriodicGc(ctx).start() if periodic_gc else None
+        # The periodic tasks (GC, the two stats collections, the delay-delete sync) fill what
+        # the stats and deleted-volume operations serve; `periodic_gc` runs them all.
+        self.stats = StatsCache()
+        self.expiry = ExpiryTracker()
+        self.config["cache"] = self.stats
+        self.config["tracker"] = self.expiry
+        self.periodic: list[PeriodicTask] = (
+            [t.start() for t in service_tasks(ctx, self.stats, self.expiry, metrics.record_result)] if periodic_gc else []
+        )
 
     def _stamp(self) -> tuple[int, int] | None:
         if self.pools_file is None:
@@ -142,6 +154,7 @@ class ServiceServer(TokenServer):
             log.error("pools file changed but cannot be loaded, keeping the previous pools: %s", self.redact(str(exc)))
         else:
             self.redact.add(p.token.reveal() for p in self.ctx.pools.pools)
+            logs.register_secret(*(p.token.reveal() for p in self.ctx.pools.pools))
         self._pools_stamp = stamp
 
     def openapi(self) -> bytes:
@@ -172,8 +185,8 @@ class ServiceServer(TokenServer):
 
     def close(self, job_timeout: float = 30.0) -> None:
         """Stop accepting, let running jobs finish (up to `job_timeout`), release the socket."""
-        if self.gc is not None:
-            self.gc.close()
+        for task in self.periodic:
+            task.close()
         self.shutdown()
         if not self.jobs.wait_all(job_timeout):
             log.warning("stopping with jobs still running; their callers must retry elsewhere")
@@ -243,8 +256,11 @@ class _Handler(JsonHandler):
             self._start_job(op, args, body)
             return
         try:
-            result = op.call(self.server.ctx, args, self.server.config)
-            out = to_json(result) if op.result_type is not None else None
+            with logs.context(f"req-{uuid.uuid4().hex[:12]}", logs.subject_of(args)), \
+                    metrics.operation("service", op.name):
+                result = op.call(self.server.ctx, args, self.server.config)
+                metrics.record_result(op.name, result)
+                out = to_json(result) if op.result_type is not None else None
         except Exception as exc:
             self._fail(exc, op.name)
             return
@@ -271,11 +287,13 @@ class _Handler(JsonHandler):
         ctx, config = self.server.ctx, self.server.config
 
         def run(job: Job) -> Any:
-            result = op.call(ctx.with_progress(job.set_progress), args, config)
-            return to_json(result) if op.result_type is not None else None
+            with metrics.operation("service", op.name):
+                result = op.call(ctx.with_progress(job.set_progress), args, config)
+                metrics.record_result(op.name, result)
+                return to_json(result) if op.result_type is not None else None
 
         try:
-            job, created = self.server.jobs.submit(op.name, to_json(args), key, run)
+            job, created = self.server.jobs.submit(op.name, to_json(args), key, run, logs.subject_of(args))
         except Exception as exc:
             self._fail(exc, f"{op.name} job")
             return
@@ -290,6 +308,10 @@ class _Handler(JsonHandler):
         return True
 
     def _builtin(self, method: str, path: str) -> bool:
+        if path == "/metrics":
+            if not self._not_get(method):
+                metrics.send(self)
+            return True
         if path == "/openapi.json":
             if not self._not_get(method):
                 self._send_bytes(200, self.server.openapi())

@@ -67,7 +67,8 @@ class JobManager(JobManagerBase[Job]):
         self._slots = threading.BoundedSemaphore(max_running)
         self._closing = threading.Event()
 
-    def submit(self, operation: str, args_json: Any, key: str | None, run: Runner) -> tuple[Job, bool]:
+    def submit(self, operation: str, args_json: Any, key: str | None, run: Runner,
+               subject: str | None = None) -> tuple[Job, bool]:
         """Start (or find) a job; returns (job, created)."""
         key = check_key(key)
         fp = fingerprint(operation, args_json)
@@ -75,7 +76,7 @@ class JobManager(JobManagerBase[Job]):
         def make(job_id: str) -> Job:
             if self._closing.is_set():
                 raise Conflict("the service is shutting down")
-            return Job(id=job_id, name=operation, key=key, fingerprint=fp)
+            return Job(id=job_id, name=operation, key=key, fingerprint=fp, subject=subject)
 
         job, created = self._admit(key, fp, make)
         if created:

@@ -22,8 +22,10 @@ from cloudstack_storpool.driver import (
     hosts,
     migration,
     pools,
+    recovery,
     resize,
     snapshots,
+    stats,
     templates,
     vmsnapshots,
     volumes,
@@ -91,6 +93,13 @@ OPERATIONS: tuple[Operation, ...] = (
     operation("POST /v1/gc", gc.run, name="gc", job=True),
     operation("POST /v1/heartbeat/check", hosts.check_hosts, name="heartbeat_check"),
     operation("GET /v1/gc/plan", gc.plan, name="gc_plan", exclude=("report",)),
+    # -- statistics (served from the periodic collections) -------------------------------------
+    operation("GET /v1/stats/pools", stats.pool_stats, name="pool_stats", bind=("cache",)),
+    operation("GET /v1/stats/volumes", stats.volume_stats, name="volume_stats", bind=("cache",)),
+    # -- deleted volumes (delay-delete backups) ------------------------------------------------
+    operation("GET /v1/deleted-volumes", recovery.deleted, name="list_deleted_volumes"),
+    operation("GET /v1/deleted-volumes/expired", recovery.expired, name="expired_deleted_volumes", bind=("tracker",)),
+    operation("POST /v1/deleted-volumes/{volume_uuid}/restore", recovery.restore, name="restore_volume"),
 )
 
 TABLE = OperationTable(OPERATIONS)

@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 
 FICLONE = 0x40049409
 """`_IOW(0x94, 9, int)`: clone all of one file's extents into another (reflink)."""
+
+FS_IOC_FIEMAP = 0xC020660B
+"""`_IOWR('f', 11, struct fiemap)`: a file's extent map (logical -> physical)."""
+_FIEMAP_HEAD = struct.Struct("=QQIIII")
+_FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")
+_FIEMAP_LAST = 0x1
+_FIEMAP_BATCH = 256
 
 _CHUNK = 4 * 1024 * 1024
 _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
@@ -61,6 +69,54 @@ def reflink_file(src: Path, dst: Path) -> bool:
             if e.errno in _NO_REFLINK:
                 return False
             raise
+
+
+def physical_extents(path: Path) -> list[tuple[int, int]] | None:
+    """(physical start, length) of every extent of `path`, merged and sorted; None when the
+    filesystem has no FIEMAP. Two reflinked files list the same physical ranges for what they share."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    with open(path, "rb") as f:
+        while True:
+            buf = bytearray(_FIEMAP_HEAD.size + _FIEMAP_BATCH * _FIEMAP_EXTENT.size)
+            _FIEMAP_HEAD.pack_into(buf, 0, start, (1 << 64) - 1 - start, 1, 0, _FIEMAP_BATCH, 0)
+            try:
+                fcntl.ioctl(f.fileno(), FS_IOC_FIEMAP, buf)
+            except OSError:
+                return None
+            mapped = _FIEMAP_HEAD.unpack_from(buf, 0)[3]
+            last = False
+            for i in range(mapped):
+                logical, physical, length, _r1, _r2, flags, *_ = _FIEMAP_EXTENT.unpack_from(
+                    buf, _FIEMAP_HEAD.size + i * _FIEMAP_EXTENT.size)
+                out.append((physical, length))
+                start = logical + length
+                last = bool(flags & _FIEMAP_LAST)
+            if mapped == 0 or last:
+                break
+    out.sort()
+    merged: list[tuple[int, int]] = []
+    for p, n in out:
+        if merged and p <= merged[-1][0] + merged[-1][1]:
+            mp, mn = merged[-1]
+            merged[-1] = (mp, max(mn, p + n - mp))
+        else:
+            merged.append((p, n))
+    return merged
+
+
+def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
+    """Bytes of physical ranges `a` that also lie in `b` (both merged and sorted)."""
+    total, j = 0, 0
+    for p, n in a:
+        end = p + n
+        while j < len(b) and b[j][0] + b[j][1] <= p:
+            j += 1
+        k = j
+        while k < len(b) and b[k][0] < end:
+            total += min(end, b[k][0] + b[k][1]) - max(p, b[k][0])
+            k += 1
+    return total
 
 
 def sparse_copy(src: Path, dst: Path) -> int:
@@ -212,12 +268,23 @@ class DataPlane:
         with contextlib.suppress(FileNotFoundError):
             self.path(gid).unlink()
 
-    def stored_bytes(self, gid: str) -> int:
-        """Bytes the object's file really occupies (shared reflinked extents count for each)."""
+    def stored_bytes(self, gid: str, parent_gid: str | None = None) -> int:
+        """Bytes written to the object itself, as StorPool's `storedSize` counts them: what it
+        shares with its parent (reflinked extents, the data it reads through the parent) is the
+        parent's. Without reflinks (a sparse copy) or FIEMAP the whole file counts."""
         try:
-            return self.path(gid).stat().st_blocks * 512
+            allocated = self.path(gid).stat().st_blocks * 512
         except FileNotFoundError:
             return 0
+        if parent_gid is None or not allocated:
+            return allocated
+        try:
+            mine, parents = physical_extents(self.path(gid)), physical_extents(self.path(parent_gid))
+        except FileNotFoundError:
+            return allocated
+        if mine is None or parents is None:
+            return allocated
+        return max(0, sum(n for _p, n in mine) - _overlap(mine, parents))
 
     @property
     def reflink(self) -> bool | None:

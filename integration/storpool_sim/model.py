@@ -341,7 +341,18 @@ class Model:
         return name
 
     def stored(self, o: SpObject) -> int:
-        return min(self.dp.stored_bytes(o.gid), o.size)
+        """`storedSize`: client data written to `o` itself (never more than its size)."""
+        return min(self.dp.stored_bytes(o.gid, o.parent if o.parent in self.objects else None), o.size)
+
+    def space_used(self, o: SpObject) -> int:
+        """`spaceUsed`: client data readable through `o`, its parents' included (no replication)."""
+        total, seen = 0, set()
+        cur: SpObject | None = o
+        while cur is not None and cur.gid not in seen:
+            seen.add(cur.gid)
+            total += self.stored(cur)
+            cur = self.objects.get(cur.parent) if cur.parent else None
+        return total
 
     def used_raw(self) -> int:
         return sum(self.stored(o) * o.replication for o in self.objects.values())
@@ -534,7 +545,7 @@ class Model:
     def space(self, o: SpObject) -> dict[str, JSON]:
         d = self.summary(o)
         stored = self.stored(o)
-        d.update(storedSize=stored, spaceUsed=stored * o.replication)
+        d.update(storedSize=stored, spaceUsed=self.space_used(o))
         return d
 
     def _attachment_name(self, o: SpObject) -> str:

@@ -3,9 +3,13 @@ so these run on tmp_path without root (no XFS, no loop devices)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +39,36 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., EmulatorHandle]]:
 @pytest.fixture
 def sp(spawn: Callable[..., EmulatorHandle]) -> EmulatorHandle:
     return spawn()
+
+
+class HeartbeatProcess:
+    """A `heartbeat run` process for client 3 of `sp`; `err` is its stderr once it stopped."""
+
+    def __init__(self, proc: subprocess.Popen[str], status_file: Path) -> None:
+        self.proc = proc
+        self.status_file = status_file
+        self.err = ""
+
+
+@contextmanager
+def heartbeat_process(sp: EmulatorHandle, tmp_path: Path, *args: str) -> Iterator[HeartbeatProcess]:
+    """Run `heartbeat run` (interval 0.05 s, `args` added) until the block ends, then SIGTERM it and
+    check it stopped cleanly (exit 0)."""
+    conf = tmp_path / "storpool.conf"
+    conf.write_text("".join(f"{k}={v}\n" for k, v in sp.config_env(client_id=3).items()))
+    status_file = tmp_path / "hb.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SP_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from cloudstack_storpool.cli import main; main()", "heartbeat", "run",
+         "--storpool-conf", str(conf), "--interval", "0.05", "--status-file", str(status_file), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    handle = HeartbeatProcess(proc, status_file)
+    try:
+        yield handle
+        proc.send_signal(signal.SIGTERM)
+        _out, handle.err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, handle.err

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +12,7 @@ import pytest
 from cloudstack_storpool.heartbeat.hostloop import Action, HostLoop, LoopConfig, Result, read_status
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.storpool_sim.testing import EmulatorHandle
+from integration.tests.heartbeat.conftest import heartbeat_process
 from integration.tests.heartbeat.support import dead_port
 
 TINY = 0.01
@@ -186,27 +183,11 @@ def test_run_stops_on_stop_event_between_rounds(sp: EmulatorHandle, tmp_path: Pa
 
 
 def test_cli_run_exits_cleanly_on_sigterm(sp: EmulatorHandle, tmp_path: Path) -> None:
-    conf = tmp_path / "storpool.conf"
-    conf.write_text("".join(f"{k}={v}\n" for k, v in sp.config_env(client_id=3).items()))
-    status_file = tmp_path / "hb.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SP_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from cloudstack_storpool.cli import main; main()", "heartbeat", "run",
-         "--storpool-conf", str(conf), "--interval", "0.05", "--status-file", str(status_file),
-         "--action", "reboot"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with heartbeat_process(sp, tmp_path, "--action", "reboot") as hb:
         deadline = time.monotonic() + 20
-        while not status_file.exists() and time.monotonic() < deadline:
+        while not hb.status_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert status_file.exists(), proc.stderr.read() if proc.poll() is not None else "no status file"
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    assert "stopping" in err and sp.token not in err
-    status = read_status(status_file)
+        assert hb.status_file.exists(), hb.proc.stderr.read() if hb.proc.poll() is not None else "no status file"
+    assert "stopping" in hb.err and sp.token not in hb.err
+    status = read_status(hb.status_file)
     assert status is not None and status["result"] == "ok" and status["client_id"] == 3

@@ -1,0 +1,145 @@
+"""Deleted volumes that can come back: list and restore delay-delete backups, report expiries.
+
+With `storpool.delete.after.interval` > 0 (pool scope), deleting a volume first snapshots it with
+StorPool's `deleteAfter` and tags `uuid=<volume uuid>, cs=delayDelete` (volumes.delete, as the
+Java plugin does). StorPool itself deletes the snapshot when the time is up; until then this
+module lists it and can restore the volume from it: one VolumeCreate with the backup as parent,
+so nothing is copied and the restored volume reads exactly the data it held when deleted. The
+restored volume gets its old name and tags back but a new globalId (so a new path).
+
+StorPool is the only record: there is no table of deleted volumes here. The service's periodic
+sync (`storpool.list.snapshots.delete.after.interval`) lists the backups once per cluster and
+reports those that were there on its previous run and are gone now: the volume can no longer
+be recovered. A backup expiring while the service is down is not reported (nothing is lost by
+that: it was going to expire).
+
+Costs: listing 1 SnapshotsList per cluster; restore 2 (SnapshotsList, VolumeCreate).
+A volume that exists under the uuid makes the create fail (`objectExists`): the restore is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cloudstack_storpool import names
+from cloudstack_storpool.driver import naming, offerings, pools, stats, tags, volumes
+from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound
+from cloudstack_storpool.poolconfig import PoolSpec
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.driver.context import DriverContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeletedVolume:
+    uuid: str | None
+    """The deleted volume's CloudStack uuid."""
+    pool: str | None
+    backup: str
+    """The delay-delete snapshot's API name (`~globalId` when anonymous)."""
+    global_id: str
+    size: int
+    deleted_at: int | None
+    """When the backup was taken (UNIX time)."""
+    expires_at: int | None
+    """When StorPool deletes the backup (`targetDeleteDate`); None: never."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    listed: list[DeletedVolume] = field(default_factory=list)
+    expired: list[DeletedVolume] = field(default_factory=list)
+    """Backups seen by the previous sync and gone now: their volumes cannot come back."""
+
+
+def _entry(s: Any, pool: str | None) -> DeletedVolume:
+    return DeletedVolume(
+        uuid=(s.tags or {}).get(tags.UUID), pool=pool, backup=s.name if not s.name.startswith("~") else "~" + s.globalId,
+        global_id=s.globalId, size=int(s.size), deleted_at=getattr(s, "creationTimestamp", None) or None,
+        expires_at=getattr(s, "targetDeleteDate", None) or None,
+    )
+
+
+def _backups(ctx: DriverContext, spec: PoolSpec | None) -> list[tuple[DeletedVolume, Any]]:
+    """(entry, StorPool summary) of every restorable backup of `spec` (default: every pool)."""
+    out: list[tuple[DeletedVolume, Any]] = []
+    for group in pools.by_cluster(ctx):
+        if spec is not None and spec not in group:
+            continue
+        for s in ctx.conn(group[0]).find_snapshots({tags.KIND: tags.DELAY_DELETE}):
+            owner = stats.owner(s, group)
+            if owner is not None and (spec is None or owner == spec.uuid):
+                out.append((_entry(s, owner), s))
+    out.sort(key=lambda pair: (pair[0].deleted_at or 0, pair[0].global_id), reverse=True)
+    return out
+
+
+def deleted(ctx: DriverContext, pool: str | None = None) -> list[DeletedVolume]:
+    """The deleted volumes of `pool` (default: every pool) that can still be restored, newest first:
+    one SnapshotsList per cluster."""
+    return [d for d, _s in _backups(ctx, pools.resolve(ctx, pool) if pool else None)]
+
+
+def restore(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *,
+            backup: str | None = None) -> volumes.VolumeInfo:
+    """Bring a deleted volume back from its newest backup (or from `backup`, a name or
+    `~globalId` from `deleted`), with the content it had when deleted. Refused while a volume with
+    that uuid exists (Conflict) or when no backup is left (NotFound)."""
+    spec = pools.resolve(ctx, pool)
+    uuid = naming.check_uuid(volume_uuid, "volume_uuid")
+    if backup is not None:
+        names.snapshot_name(backup, "backup")
+    candidates = [(d, s) for d, s in _backups(ctx, spec)
+                  if d.uuid == uuid and (backup is None or backup in (d.backup, "~" + d.global_id))]
+    if not candidates:
+        raise NotFound(f"volume: no restorable backup of {uuid} on pool {spec.name} (expired, or never kept)")
+    chosen, snap = candidates[0]
+    template = getattr(snap, "templateName", None) or spec.template
+    iops = offerings.iops_of(snap) or None
+    vtags = pools.identity_tags(uuid, tags.VOLUME, spec, qc=(snap.tags or {}).get(tags.QOS_CLASS))
+    try:
+        created = ctx.conn(spec).volume_create(name=naming.volume(uuid), parent="~" + chosen.global_id,
+                                               template=template, iops=iops, tags=vtags)
+    except SpExists:
+        raise Conflict(f"volume {uuid} exists on pool {spec.name}; delete it first") from None
+    except SpNotFound:
+        raise NotFound(f"volume: the backup of {uuid} expired a moment ago") from None
+    log.info("restored volume %s from its backup %s as %s", uuid, chosen.backup, created.global_id)
+    return volumes.VolumeInfo(uuid=uuid, pool=spec.uuid, name=created.name, global_id=created.global_id,
+                              path=created.path, size=chosen.size, template=template, iops=iops,
+                              qos_class=vtags.get(tags.QOS_CLASS), tags=vtags)
+
+
+class ExpiryTracker:
+    """Remembers the backups one sync saw, so that the next can tell which expired."""
+
+    KEEP = 1000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, DeletedVolume] | None = None
+        self.expired: deque[DeletedVolume] = deque(maxlen=self.KEEP)
+        """The last `KEEP` expiries this process saw, oldest first."""
+
+    def sync(self, ctx: DriverContext) -> SyncReport:
+        listed = deleted(ctx)
+        now = {d.global_id: d for d in listed}
+        with self._lock:
+            before, self._seen = self._seen, now
+            expired = [d for gid, d in (before or {}).items() if gid not in now]
+            self.expired.extend(expired)
+        for d in expired:
+            log.info("delay-delete backup %s of volume %s expired: the volume can no longer be restored",
+                     d.backup, d.uuid)
+        return SyncReport(listed, expired)
+
+
+def expired(ctx: DriverContext, *, tracker: ExpiryTracker) -> list[DeletedVolume]:
+    """The deleted volumes whose backups this service process saw expire (newest last)."""
+    return list(tracker.expired)

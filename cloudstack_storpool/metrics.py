@@ -1,0 +1,145 @@
+"""Prometheus metrics of the driver service and the KVM agents (`GET /metrics`).
+
+Built on `prometheus_client` (the exposition format is its business, not ours). One registry per
+process: the service and an agent are separate processes in production, so each scrape shows one
+side; the `side` label still tells them apart where one process runs both (the local stack).
+
+The endpoint sits behind the same bearer token as the rest of each API (Prometheus:
+`authorization: {type: Bearer, credentials_file: ...}`); an unauthenticated scrape is 401 and
+reads nothing. The metric table with example alerts is in docs/operations.md ("Monitoring").
+
+The hooks are few and at the funnels: every StorPool query passes `_CountingApi` (spconn.py),
+every CloudStack command `CloudStackClient._call`, every service operation the service's
+dispatcher, every agent command the agent's job runner, every periodic task its result callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_OP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+OPERATIONS = Counter("cssp_operations_total", "Operations run, by side (service, agent), name and outcome "
+                     "(ok, refused: the request or the state forbids it, failed)",
+                     ["side", "operation", "outcome"], registry=REGISTRY)
+OPERATION_SECONDS = Histogram("cssp_operation_duration_seconds", "Duration of operations",
+                              ["side", "operation"], buckets=_OP_BUCKETS, registry=REGISTRY)
+IN_FLIGHT = Gauge("cssp_operations_in_flight", "Operations running now", ["side", "operation"], registry=REGISTRY)
+STORPOOL_CALLS = Counter("cssp_storpool_calls_total", "StorPool API queries sent, by query and outcome",
+                         ["query", "outcome"], registry=REGISTRY)
+STORPOOL_SECONDS = Histogram("cssp_storpool_call_duration_seconds", "StorPool API query latency", ["query"],
+                             buckets=_CALL_BUCKETS, registry=REGISTRY)
+CLOUDSTACK_CALLS = Counter("cssp_cloudstack_calls_total", "CloudStack API commands sent, by command and outcome",
+                           ["command", "outcome"], registry=REGISTRY)
+CLOUDSTACK_SECONDS = Histogram("cssp_cloudstack_call_duration_seconds", "CloudStack API command latency "
+                               "(async commands include the wait for their job)", ["command"],
+                               buckets=_CALL_BUCKETS, registry=REGISTRY)
+COPIES_IN_FLIGHT = Gauge("cssp_agent_copies_in_flight", "qemu-img copies running on this host", registry=REGISTRY)
+COPIED_BYTES = Counter("cssp_agent_copied_bytes_total", "Bytes (image virtual size) of the copies this host "
+                       "completed", registry=REGISTRY)
+HEARTBEAT_VERDICTS = Counter("cssp_heartbeat_verdicts_total", "Storage heartbeat verdicts given, by host and "
+                             "verdict (alive, dead, unknown)", ["host", "verdict"], registry=REGISTRY)
+HEARTBEAT_VERDICT = Gauge("cssp_heartbeat_verdict", "1 for a host's latest verdict, 0 for the others",
+                          ["host", "verdict"], registry=REGISTRY)
+PERIODIC_RUNS = Counter("cssp_periodic_runs_total", "Runs of the service's periodic tasks (gc, capacity, "
+                        "volumes, delay-delete) by outcome", ["task", "outcome"], registry=REGISTRY)
+GC_DELETED = Counter("cssp_gc_deleted_total", "Objects garbage collection deleted", registry=REGISTRY)
+GC_ERRORS = Counter("cssp_gc_errors_total", "Objects garbage collection failed to delete", registry=REGISTRY)
+DELAY_DELETE_EXPIRED = Counter("cssp_delay_delete_expired_total", "Deleted volumes whose backup expired",
+                               registry=REGISTRY)
+POOL_BYTES = Gauge("cssp_pool_bytes", "Pool capacity from the last collection, by kind (total, used, free, "
+                   "provisioned, stored)", ["pool", "kind"], registry=REGISTRY)
+
+VERDICTS = ("alive", "dead", "unknown")
+
+
+def outcome(exc: BaseException | None) -> str:
+    """ok; refused (bad input, missing object, conflicting state: the caller can fix it); failed."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ValidationError | NotFound | Conflict | SpNotFound | SpExists):
+        return "refused"
+    if getattr(exc, "code", None) == "invalid":  # e.g. CloudStack's 431
+        return "refused"
+    return "failed"
+
+
+@contextmanager
+def operation(side: str, name: str) -> Iterator[None]:
+    """Count, time and track one operation of the service or of an agent."""
+    gauge = IN_FLIGHT.labels(side, name)
+    gauge.inc()
+    start = time.monotonic()
+    err: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        err = exc
+        raise
+    finally:
+        gauge.dec()
+        OPERATION_SECONDS.labels(side, name).observe(time.monotonic() - start)
+        OPERATIONS.labels(side, name, outcome(err)).inc()
+
+
+def storpool_call(query: str, seconds: float, result: str) -> None:
+    STORPOOL_CALLS.labels(query, result).inc()
+    STORPOOL_SECONDS.labels(query).observe(seconds)
+
+
+def cloudstack_call(command: str, seconds: float, err: BaseException | None) -> None:
+    CLOUDSTACK_CALLS.labels(command, outcome(err)).inc()
+    CLOUDSTACK_SECONDS.labels(command).observe(seconds)
+
+
+def heartbeat_verdict(host: str, verdict: str, *, count: bool = True) -> None:
+    """A verdict about `host`; `count` False when a verdict is only being re-read (the agent reads
+    its host loop's status file at each scrape)."""
+    verdict = verdict if verdict in VERDICTS else "unknown"
+    if count:
+        HEARTBEAT_VERDICTS.labels(host, verdict).inc()
+    for v in VERDICTS:
+        HEARTBEAT_VERDICT.labels(host, v).set(1 if v == verdict else 0)
+
+
+def record_result(name: str, result: Any) -> None:
+    """What a periodic task or an operation returned, in the metrics it feeds (by its type)."""
+    from cloudstack_storpool.driver import gc, hosts, recovery, stats
+
+    if name in ("gc", "capacity", "volumes", "delay-delete"):
+        PERIODIC_RUNS.labels(name, "failed" if isinstance(result, BaseException) else "ok").inc()
+    if isinstance(result, gc.GcReport):
+        GC_DELETED.inc(len(result.done))
+        GC_ERRORS.inc(len(result.errors))
+    elif isinstance(result, recovery.SyncReport):
+        DELAY_DELETE_EXPIRED.inc(len(result.expired))
+    elif isinstance(result, list) and result and isinstance(result[0], hosts.HostHeartbeat):
+        for h in result:
+            heartbeat_verdict(h.host_id, h.verdict)
+    elif isinstance(result, list) and result and isinstance(result[0], stats.PoolStats):
+        for p in result:
+            for kind in ("total", "used", "free", "provisioned", "stored"):
+                value = getattr(p, kind)
+                if value is not None:
+                    POOL_BYTES.labels(p.uuid, kind).set(value)
+
+
+def send(handler: BaseHTTPRequestHandler) -> None:
+    """Answer a (authenticated) GET /metrics with the registry in the text exposition format."""
+    body = generate_latest(REGISTRY)
+    handler.send_response(200)
+    handler.send_header("Content-Type", CONTENT_TYPE_LATEST)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
