@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudstack_storpool.driver import naming, templates, volumes
+from cloudstack_storpool.driver import identity, naming, templates, volumes
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 from tests.test_driver_support import POOL_A, Env, new_uuid, open_env
 
@@ -222,15 +222,15 @@ def test_attach_bad_input(env: Env) -> None:
 def test_ref_and_get(env: Env) -> None:
     vid = new_uuid()
     info = volumes.create(env.ctx, env.pool, vid, GIB)
-    assert volumes.ref(volume_uuid=vid) == naming.volume(vid)
-    assert volumes.ref(volume_uuid=vid, path=info.path) == "~" + info.global_id
-    assert volumes.ref(path="/dev/storpool/legacy-name") == "legacy-name"
+    assert identity.ref(volume_uuid=vid) == naming.volume(vid)
+    assert identity.ref(volume_uuid=vid, path=info.path) == "~" + info.global_id
+    assert identity.ref(path="/dev/storpool/legacy-name") == "legacy-name"
     with pytest.raises(ValidationError):
-        volumes.ref()
-    assert volumes.get(env.ctx, env.pool, path=info.path).uuid == vid
-    assert volumes.find(env.ctx, env.pool, volume_uuid=new_uuid()) is None
+        identity.ref()
+    assert identity.get(env.ctx, env.pool, path=info.path).uuid == vid
+    assert identity.find(env.ctx, env.pool, volume_uuid=new_uuid()) is None
     with pytest.raises(NotFound):
-        volumes.get(env.ctx, env.pool, volume_uuid=new_uuid())
+        identity.get(env.ctx, env.pool, volume_uuid=new_uuid())
 
 
 def test_vm_destroyed_refuses_a_bad_vm_id_and_reads_any_case(env: Env) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import offerings, tags
-from cloudstack_storpool.driver.snapshots import Result, storpool_volume
+from cloudstack_storpool.driver.identity import locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class ResizeFailed(AgentError):
 
 
 @dataclass(frozen=True)
-class Resized(Result):
+class Resized:
     volume_uuid: str
     volume: str
     old_size: int
@@ -67,13 +67,13 @@ def resize_volume(
     custom_iops: int | None = None,
 ) -> Resized:
     """Resize to `new_size` bytes, applying the new offering's template / `qc` / iops when one is
-    given (Driver I's `offerings.resolve`; custom IOPS alone re-applies only the limit).
+    given (`offerings.resolve`; custom IOPS alone re-applies only the limit).
 
     Shrinking must be allowed explicitly (`shrink_ok`): data past the new end is lost. Every
     refusal happens before StorPool is touched.
     """
     names.size(new_size, "new_size")
-    src = storpool_volume(ctx, volume_uuid)
+    src = locate(ctx, volume_uuid)
     conn = ctx.conn(src.pool)
     current = conn.volume(src.name)
     if current is None:

@@ -32,7 +32,7 @@ from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
-from cloudstack_storpool.spconn import Created
+from cloudstack_storpool.spconn import Created, StorPoolConn
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -129,56 +129,93 @@ def ensure_cached(
     """
     spec = pools.resolve(ctx, pool)
     tuuid = naming.check_uuid(template_uuid, "template_uuid")
-    given = [x for x in (source, from_snapshot, from_volume) if x is not None]
-    if len(given) > 1:
-        raise ValidationError("source", "give only one of source, from_snapshot, from_volume")
-    if from_snapshot is not None:
-        names.snapshot_name(from_snapshot, "from_snapshot")
-    if from_volume is not None:
-        names.volume_name(from_volume, "from_volume")
-    if size is not None:
-        names.size(_round_up(size), "size")
+    how = _FillFrom.checked(source, size, from_snapshot, from_volume)
     conn = ctx.conn(spec)
     cache = cache_name(tuuid, spec)
-    fill = fill_name(tuuid, spec)
-
-    pause = FILL_POLL_START
-    timeout: int | None = None
-    first = True
+    wait = _Wait(ctx, conn, fill_name(tuuid, spec))
+    look = not known_missing
     while True:
-        if not (first and known_missing):
-            snap = conn.snapshot(cache)
-            if snap is not None:
-                return _cached_from(snap, tuuid, spec)
-        first = False
-        if not given:
+        if look:
+            found = conn.snapshot(cache)
+            if found is not None:
+                return _cached_from(found, tuuid, spec)
+        look = True
+        if how.nothing:
             raise ValidationError(
                 "source", f"template {tuuid} is not cached on pool {spec.name} and no secondary-storage location was given",
             )
-        owner = secrets.token_hex(8)
-        try:
-            created = _create_fill(ctx, spec, tuuid, fill, size, from_snapshot, from_volume, owner)
-            if created.recovered and not _is_ours(ctx, spec, created, owner):
-                # A lost answer, and the fill found by name is another driver's: wait for it.
-                raise SpExists("objectExists", f"{fill} belongs to another fill", query="VolumeCreate")
-        except SpExists:
-            # Another driver is filling. Wait for its snapshot; take over a fill that is too old.
-            if timeout is None:
-                # The owner waits up to the copy timeout for its agent: a fill younger than that
-                # may still be copying, so it is never presumed dead before then.
-                timeout = max(_fill_timeout(ctx), int(copy_timeout(ctx)))
-            busy = conn.volume(fill)
-            if busy is not None:
-                started = started_at(busy)
-                age = ctx.clock() - started
-                if started and age > timeout:
-                    log.warning("template fill %s started %.0f s ago (limit %d s): taking it over", fill, age, timeout)
-                    conn.volume_delete("~" + busy.globalId)
-                    continue
-                ctx.sleep(pause)
-                pause = min(pause * 1.5, FILL_POLL_MAX)
+        fill = _lock(ctx, spec, tuuid, how)
+        if fill is None:
+            wait.for_other_fill()
             continue
-        return _populate(ctx, spec, tuuid, cache, created, source)
+        return _populate(ctx, spec, tuuid, cache, fill, source)
+
+
+@dataclass(frozen=True)
+class _FillFrom:
+    """How a cache is filled: copied from secondary storage (`source`), or cloned from a
+    StorPool snapshot or volume; checked before anything is created."""
+
+    source: TemplateSource | None
+    size: int | None
+    snapshot: str | None
+    volume: str | None
+
+    @classmethod
+    def checked(cls, source: TemplateSource | None, size: int | None, snapshot: str | None,
+                volume: str | None) -> _FillFrom:
+        if sum(x is not None for x in (source, snapshot, volume)) > 1:
+            raise ValidationError("source", "give only one of source, from_snapshot, from_volume")
+        if snapshot is not None:
+            names.snapshot_name(snapshot, "from_snapshot")
+        if volume is not None:
+            names.volume_name(volume, "from_volume")
+        if size is not None:
+            names.size(_round_up(size), "size")
+        return cls(source, size, snapshot, volume)
+
+    @property
+    def nothing(self) -> bool:
+        return self.source is None and self.snapshot is None and self.volume is None
+
+
+def _lock(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom) -> Created | None:
+    """Create the fill volume, which is the fill lock; None when another driver holds it."""
+    owner = secrets.token_hex(8)
+    try:
+        created = _create_fill(ctx, spec, tuuid, fill_name(tuuid, spec), how, owner)
+    except SpExists:
+        return None
+    if created.recovered and not _is_ours(ctx, spec, created, owner):
+        return None  # a lost answer, and the fill found by name is another driver's
+    return created
+
+
+class _Wait:
+    """Waiting for another driver's fill: poll with a growing pause, and take over a fill
+    that is too old to be alive."""
+
+    def __init__(self, ctx: DriverContext, conn: StorPoolConn, fill: str) -> None:
+        self.ctx, self.conn, self.fill = ctx, conn, fill
+        self.pause = FILL_POLL_START
+        self.timeout: int | None = None
+
+    def for_other_fill(self) -> None:
+        """Return when it is worth looking for the cache (or trying the lock) again."""
+        if self.timeout is None:
+            # The owner waits up to the copy timeout for its agent: a fill younger than that
+            # may still be copying, so it is never presumed dead before then.
+            self.timeout = max(_fill_timeout(self.ctx), int(copy_timeout(self.ctx)))
+        busy = self.conn.volume(self.fill)
+        if busy is None:
+            return  # finished or failed meanwhile
+        age = self.ctx.clock() - started_at(busy)
+        if started_at(busy) and age > self.timeout:
+            log.warning("template fill %s started %.0f s ago (limit %d s): taking it over", self.fill, age, self.timeout)
+            self.conn.volume_delete("~" + busy.globalId)
+            return
+        self.ctx.sleep(self.pause)
+        self.pause = min(self.pause * 1.5, FILL_POLL_MAX)
 
 
 def started_at(summary: Any) -> float:
@@ -197,18 +234,15 @@ def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -
     return found is not None and (found.tags or {}).get(OWNER_TAG) == owner
 
 
-def _create_fill(
-    ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, size: int | None,
-    from_snapshot: str | None, from_volume: str | None, owner: str,
-) -> Created:
+def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, how: _FillFrom, owner: str) -> Created:
     fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=str(int(ctx.clock())))
     fill_tags[OWNER_TAG] = owner
     conn = ctx.conn(spec)
-    if from_snapshot is not None:
-        return conn.volume_create(name=fill, parent=from_snapshot, template=spec.template, tags=fill_tags)
-    if from_volume is not None:
-        return conn.volume_create(name=fill, base_on=from_volume, template=spec.template, tags=fill_tags)
-    return conn.volume_create(name=fill, size=_round_up(size or 512), template=spec.template, tags=fill_tags)
+    if how.snapshot is not None:
+        return conn.volume_create(name=fill, parent=how.snapshot, template=spec.template, tags=fill_tags)
+    if how.volume is not None:
+        return conn.volume_create(name=fill, base_on=how.volume, template=spec.template, tags=fill_tags)
+    return conn.volume_create(name=fill, size=_round_up(how.size or 512), template=spec.template, tags=fill_tags)
 
 
 def _populate(

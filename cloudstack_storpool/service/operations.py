@@ -15,6 +15,7 @@ from __future__ import annotations
 from cloudstack_storpool.driver import (
     gc,
     hosts,
+    identity,
     migration,
     pools,
     resize,
@@ -46,7 +47,7 @@ OPERATIONS: tuple[Operation, ...] = (
     operation("POST /v1/volumes/from-snapshot", snapshots.volume_from_snapshot, name="create_volume_from_snapshot",
               job=True),
     operation("POST /v1/volumes/import", migration.import_volume, name="import_volume", job=True),
-    operation("GET /v1/volumes/{volume_uuid}", volumes.get, name="get_volume"),
+    operation("GET /v1/volumes/{volume_uuid}", identity.get, name="get_volume"),
     operation("DELETE /v1/volumes/{volume_uuid}", volumes.delete, name="delete_volume"),
     operation("POST /v1/volumes/{volume_uuid}/offering", volumes.change_offering, name="change_volume_offering"),
     operation("POST /v1/volumes/{volume_uuid}/attached", volumes.attached, name="volume_attached"),
