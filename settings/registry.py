@@ -255,10 +255,10 @@ _SETTINGS: tuple[Setting, ...] = (
         validator=at_least(0), unit="s",
     ),
     Setting(
-        "storpool.template.fill.timeout", SettingType.INT, 3600, Scope.GLOBAL,
-        "Seconds after which a template fill that made no progress is taken over by another "
-        "management server.",
-        validator=at_least(60), unit="s",
+        "storpool.template.fill.timeout", SettingType.INT, 60, Scope.GLOBAL,
+        "Seconds a template fill may go without refreshing its liveness stamp (its owner does so "
+        "every quarter of this while it copies) before another management server takes it over.",
+        validator=at_least(5), unit="s",
     ),
     Setting(
         "storpool.gc.interval", SettingType.INT, 3600, Scope.GLOBAL,

@@ -120,7 +120,7 @@ class FakeCloudStack:
 class FakeSettings:
     def __init__(self, **values: Any) -> None:
         self.values: dict[str, Any] = {
-            "storpool.template.fill.timeout": 3600,
+            "storpool.template.fill.timeout": 60,
             "storpool.agent.copy.timeout": 60,
             "storpool.delete.after.interval": 0,
             "storpool.gc.temporary.age": 86400,

@@ -4,9 +4,9 @@
   pool. "No longer has" means CloudStack *answered* that the template does not exist; if
   CloudStack cannot be asked, nothing is deleted. Volumes cloned from a cache keep their data:
   StorPool keeps a deleted snapshot until its last child is gone.
-* Temporary objects (`cs=temporary`: template fills, migration leftovers) older than
-  `storpool.gc.temporary.age` seconds, by their `started` tag or StorPool's creation time: a
-  live fill is younger than that and is left alone.
+* Temporary objects (`cs=temporary`: template fills, migration leftovers) whose last sign of
+  life (`alive` tag, else `started`, else StorPool's creation time) is older than
+  `storpool.gc.temporary.age` seconds: a live fill refreshes `alive` and is left alone.
 
 Only objects tagged with one of the configured pools are considered, so two installations
 sharing a StorPool cluster never collect each other's objects. `run(dry_run=True)` returns the
@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudstack_storpool.driver import naming, pools, tags, templates
+from cloudstack_storpool.driver import liveness, naming, pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def _temporary_age(ctx: DriverContext, given: int | None) -> int:
 
 
 def _age(ctx: DriverContext, obj: Any) -> float:
-    return ctx.clock() - templates.started_at(obj)
+    return ctx.clock() - liveness.last_sign_of_life(obj)
 
 
 def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcReport | None = None) -> list[GcAction]:

@@ -4,9 +4,9 @@ A root volume is one VolumeCreate with `parent` = the cached snapshot (no data c
 first use on a pool fills the cache:
 
 1. VolumeCreate `naming.template_fill(t, pool)` (tags `uuid`=template, `cs=temporary`, `pool`,
-   `started`=epoch seconds). StorPool names are unique cluster-wide, so this create *is* the lock:
-   exactly one driver (thread, process, management server) wins; the others get `objectExists`
-   and wait for the cache snapshot to appear.
+   `started` and `alive`=epoch seconds). StorPool names are unique cluster-wide, so this create
+   *is* the lock: exactly one driver (thread, process, management server) wins; the others get
+   `objectExists` and wait for the cache snapshot to appear.
 2. A KVM host's agent copies the template from secondary storage into it (`qemu-img convert`,
    growing the volume to the image's virtual size). Templates made from a StorPool snapshot or
    volume skip the copy: the fill volume is a clone of the snapshot (`parent`) or of the volume
@@ -14,10 +14,13 @@ first use on a pool fills the cache:
 3. VolumeSnapshot named `naming.template_cache(t, pool)` (tags `uuid`, `cs=template`, `pool`).
 4. VolumeDelete of the fill volume.
 
-Any failure deletes the fill volume (by `~globalId`: after a takeover the *name* may already
-belong to someone else's fill). A fill older than `storpool.template.fill.timeout` is presumed
-dead (its driver crashed): a waiter deletes it and fills itself. If the cached snapshot is
-deleted out of band, the next root volume simply fills it again.
+From the create to the delete the owner refreshes the fill's `alive` tag (`liveness.py`) every
+quarter of `storpool.template.fill.timeout`. A waiter that has watched that stamp stay
+unchanged for longer than the timeout presumes the owner dead (a crashed or killed driver),
+deletes the fill and fills itself; a live owner is never taken over, however long its copy
+takes (its agent call is bounded by `storpool.agent.copy.timeout`). Any failure deletes the
+fill volume (by `~globalId`: after a takeover the *name* may already belong to someone else's
+fill). If the cached snapshot is deleted out of band, the next root volume simply fills it again.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, pools, tags
+from cloudstack_storpool.driver import liveness, naming, pools, tags
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
@@ -93,9 +96,10 @@ def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> bool:
 # ---------------------------------------------------------------------- filling
 
 
-def _fill_timeout(ctx: DriverContext) -> int:
+def fill_timeout(ctx: DriverContext) -> int:
+    """Seconds a fill may go without refreshing its `alive` stamp before it is taken over."""
     value = ctx.settings.get("storpool.template.fill.timeout")
-    return int(value) if isinstance(value, int) else 3600
+    return int(value) if isinstance(value, int) else 60
 
 
 def copy_timeout(ctx: DriverContext) -> float:
@@ -192,41 +196,28 @@ def _lock(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom) -> Cre
 
 
 class _Wait:
-    """Waiting for another driver's fill: poll with a growing pause, and take over a fill
-    that is too old to be alive."""
+    """Waiting for another driver's fill: poll with a growing pause, and take over a fill whose
+    liveness stamp has stopped changing."""
 
     def __init__(self, ctx: DriverContext, conn: StorPoolConn, fill: str) -> None:
         self.ctx, self.conn, self.fill = ctx, conn, fill
         self.pause = FILL_POLL_START
-        self.timeout: int | None = None
+        self.watch: liveness.Watch | None = None
 
     def for_other_fill(self) -> None:
         """Return when it is worth looking for the cache (or trying the lock) again."""
-        if self.timeout is None:
-            # The owner waits up to the copy timeout for its agent: a fill younger than that
-            # may still be copying, so it is never presumed dead before then.
-            self.timeout = max(_fill_timeout(self.ctx), int(copy_timeout(self.ctx)))
+        if self.watch is None:
+            self.watch = liveness.Watch(fill_timeout(self.ctx), self.ctx.clock)
         busy = self.conn.volume(self.fill)
         if busy is None:
             return  # finished or failed meanwhile
-        age = self.ctx.clock() - started_at(busy)
-        if started_at(busy) and age > self.timeout:
-            log.warning("template fill %s started %.0f s ago (limit %d s): taking it over", self.fill, age, self.timeout)
+        if self.watch.dead(busy):
+            log.warning("template fill %s has shown no sign of life for %.0f s (limit %.0f s): taking it over",
+                        self.fill, self.watch.unchanged_for, self.watch.limit)
             self.conn.volume_delete("~" + busy.globalId)
             return
         self.ctx.sleep(self.pause)
         self.pause = min(self.pause * 1.5, FILL_POLL_MAX)
-
-
-def started_at(summary: Any) -> float:
-    """When a temporary object (a fill) was made: its `started` tag, shared by the takeover
-    here and by garbage collection, so both judge a fill's age the same way."""
-    raw = (summary.tags or {}).get(tags.STARTED, "")
-    try:
-        return float(raw)
-    except ValueError:
-        # No stamp: use StorPool's own creation time, so a fill is never immortal.
-        return float(getattr(summary, "creationTimestamp", 0) or 0)
 
 
 def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -> bool:
@@ -235,7 +226,8 @@ def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -
 
 
 def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, how: _FillFrom, owner: str) -> Created:
-    fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=str(int(ctx.clock())))
+    stamp = liveness.first_stamp(ctx.clock)
+    fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=stamp, alive=stamp)
     fill_tags[OWNER_TAG] = owner
     conn = ctx.conn(spec)
     if how.snapshot is not None:
@@ -248,22 +240,12 @@ def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, how:
 def _populate(
     ctx: DriverContext, spec: PoolSpec, tuuid: str, cache: str, fill: Created, source: TemplateSource | None,
 ) -> CachedTemplate:
-    """Copy (when from secondary), snapshot, delete the fill; the fill never outlives a failure."""
+    """Copy (when from secondary) and snapshot while stamping the fill alive, then delete the
+    fill; the fill never outlives a failure."""
     conn = ctx.conn(spec)
-    snap: Created | None = None
     try:
-        if source is not None:
-            timeout = copy_timeout(ctx)
-            ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
-                store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
-                timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
-            ))
-        try:
-            snap = conn.snapshot_create(
-                fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec),
-            )
-        except SpExists:
-            log.info("cache %s appeared while filling (a taken-over fill finished): using it", cache)
+        with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock):
+            snap = _copy_and_snapshot(ctx, spec, tuuid, cache, fill, source)
     finally:
         try:
             conn.volume_delete(fill.ref)
@@ -277,6 +259,24 @@ def _populate(
         return _cached_from(found, tuuid, spec)
     log.info("cached template %s on pool %s as %s", tuuid, spec.name, snap.name)
     return CachedTemplate(tuuid, spec.uuid, cache, snap.global_id, None, True)
+
+
+def _copy_and_snapshot(
+    ctx: DriverContext, spec: PoolSpec, tuuid: str, cache: str, fill: Created, source: TemplateSource | None,
+) -> Created | None:
+    """The agent's copy into the fill (from secondary only), then the cache snapshot; None when
+    the cache appeared meanwhile (a taken-over fill finished after all)."""
+    if source is not None:
+        timeout = copy_timeout(ctx)
+        ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
+            store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
+            timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
+        ))
+    try:
+        return ctx.conn(spec).snapshot_create(fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec))
+    except SpExists:
+        log.info("cache %s appeared while filling (a taken-over fill finished): using it", cache)
+        return None
 
 
 def cache_from_snapshot(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, snapshot: str) -> CachedTemplate:
