@@ -272,3 +272,28 @@ def test_a_fill_found_by_name_that_is_not_ours_is_waited_for(env: Env) -> None:
     env.clock.on_sleep = other_finishes
     cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
     assert not cached.filled and env.agent.copies == []
+
+
+def test_a_fill_finished_between_our_miss_and_our_lock_is_not_copied_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: a root volume sees the cache missing (its VolumeCreate fails), another filler
+    then finishes the whole fill and releases the lock, and only then does this caller take the
+    lock. Having just seen the cache missing, it must still look once more after the lock
+    instead of copying the template a second time. The hook runs the other fill exactly inside
+    that window, so the race happens on every run."""
+    t = env.cs.add_template()
+    real_ensure_cached = templates.ensure_cached
+    other: list[templates.CachedTemplate] = []
+
+    def other_filler_finishes_first(*args: object, **kwargs: object) -> templates.CachedTemplate:
+        if not other:
+            other.append(real_ensure_cached(env.ctx, env.pool, t.id, source=SRC))
+        return real_ensure_cached(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(templates, "ensure_cached", other_filler_finishes_first)
+    made = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    assert other and other[0].filled
+    assert len(env.agent.copies) == 1
+    assert env.volume(made.name).parentName == other[0].name
+    assert leftovers(env) == []

@@ -6,7 +6,9 @@ first use on a pool fills the cache:
 1. VolumeCreate `naming.template_fill(t, pool)` (tags `uuid`=template, `cs=temporary`, `pool`,
    `started` and `alive`=epoch seconds). StorPool names are unique cluster-wide, so this create
    *is* the lock: exactly one driver (thread, process, management server) wins; the others get
-   `objectExists` and wait for the cache snapshot to appear.
+   `objectExists` and wait for the cache snapshot to appear. The winner looks for the cache
+   once more (another filler may have finished and released the lock since its last look)
+   and, finding it, deletes its fill unused.
 2. A KVM host's agent copies the template from secondary storage into it (`qemu-img convert`,
    growing the volume to the image's virtual size). Templates made from a StorPool snapshot or
    volume skip the copy: the fill volume is a clone of the snapshot (`parent`) or of the volume
@@ -152,7 +154,21 @@ def ensure_cached(
         if fill is None:
             wait.for_other_fill()
             continue
+        done = _filled_meanwhile(conn, cache, fill)
+        if done is not None:
+            return _cached_from(done, tuuid, spec)
         return _populate(ctx, spec, tuuid, cache, fill, source)
+
+
+def _filled_meanwhile(conn: StorPoolConn, cache: str, fill: Created) -> Any | None:
+    """The cache, when another filler finished (and released the lock) between our last look
+    and our lock: our fill is deleted unused. Without this look a caller that had just seen the
+    cache missing would copy the template a second time (one Snapshot read per fill)."""
+    found = conn.snapshot(cache)
+    if found is not None:
+        log.info("cache %s was filled while we took the lock: not copying again", cache)
+        conn.volume_delete(fill.ref)
+    return found
 
 
 @dataclass(frozen=True)
