@@ -7,20 +7,18 @@ part-way) converges on the same end state and leaves nothing attached that it at
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from cloudstack_storpool import __version__, names
-from cloudstack_storpool.agent import qemu_img, secondary
+from cloudstack_storpool.agent import partials, qemu_img, secondary
 from cloudstack_storpool.agent.attach import (
     Attachment,
     Kind,
@@ -339,21 +337,18 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
     copy goes to a temporary name in the same directory and is renamed when complete."""
     dest = secondary.resolve(store, path, mount_root=ctx.host.mount_root, allowed_roots=ctx.host.allowed_roots())
     os.makedirs(os.path.dirname(dest), exist_ok=True)
+    # A retry of this target after a crash: the earlier attempt's partial file goes first.
+    partials.remove_own(os.path.dirname(dest), ctx.host.client_id, os.path.basename(dest))
     with attached(ctx.conn, name, kind=kind, client_id=ctx.host.client_id, dev_root=ctx.host.dev_root,
-                  readonly=True, timeout=ctl.step_timeout(60.0)) as att:
+                  readonly=True, timeout=ctl.step_timeout(60.0)) as att, \
+            partials.partial(dest, ctx.host.client_id) as tmp:
         ctl.check()
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.part-{uuid.uuid4().hex[:12]}")
-        try:
-            opts = qemu_img.ConvertOptions(compress=compress,
-                                           source_cache="none" if _is_block(att.device) else None)
-            qemu_img.convert(att.device, tmp, src_format="raw", dst_format=fmt, options=opts,
-                             progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
-            qemu_img.fsync_path(tmp)
-            os.replace(tmp, dest)
-            qemu_img.fsync_path(os.path.dirname(dest))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        opts = qemu_img.ConvertOptions(compress=compress, source_cache="none" if _is_block(att.device) else None)
+        qemu_img.convert(att.device, tmp, src_format="raw", dst_format=fmt, options=opts,
+                         progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
+        qemu_img.fsync_path(tmp)
+        os.replace(tmp, dest)
+        qemu_img.fsync_path(os.path.dirname(dest))
     out = qemu_img.info(dest, fmt=fmt)
     return {
         kind: att.object.api_name,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cloudstack_storpool.driver import templates
-from integration.service_process import ServiceProcess
+from integration.processes import driver_service
 from integration.stack import LocalStack, new_uuid
 from integration.tests.driver.test_templates_e2e import new_template, temporary_objects
 
@@ -53,7 +53,7 @@ def test_kill_9_mid_fill_then_restart_takes_the_fill_over(stack: LocalStack) -> 
         return {"pool": pool, "volume_uuid": vid, "template_uuid": tid, "source": source,
                 "idempotency_key": f"root-{vid}"}
 
-    with ServiceProcess(stack) as svc:
+    with driver_service(stack) as svc:
         stack.sp.faults.add_latency("VolumesReassignWait", HELD)  # the agent's copy hangs at its attach
         accepted = svc.post("/v1/volumes/from-template", body(first))
         assert accepted.status_code == 202, accepted.text
