@@ -31,7 +31,7 @@ from cloudstack_storpool.agent.attach import (
     wait_for_device,
 )
 from cloudstack_storpool.agent.hostconfig import HostConfig
-from cloudstack_storpool.agent.resize import libvirt_version, notify_resize
+from cloudstack_storpool.agent.resize import libvirt_version, not_applied, notify_resize
 from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,18 @@ def copy_volume_out(ctx: Context, req: CopyVolumeOutRequest, ctl: RunControl) ->
 
 def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     """Make a running VM see its grown volume. StorPool's size was already changed by the
-    driver; this waits until this host's device shows it, then calls libvirt block resize."""
+    driver; this waits until this host's device shows it, then calls libvirt block resize.
+
+    Every error this command raises happened before the guest's disk changed (the last step
+    that can fail is the block resize itself), and says so (`applied: false`): the driver
+    rolls StorPool back only on that confirmation."""
+    try:
+        return _resize(ctx, req, ctl)
+    except ProjectError as exc:
+        raise not_applied(exc) from None
+
+
+def _resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
     if obj.size < req.size:
         raise ValidationError("size", f"volume {obj.api_name} is {obj.size} bytes in StorPool, not {req.size}")
