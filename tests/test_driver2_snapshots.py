@@ -194,6 +194,36 @@ def test_volume_from_snapshot_is_one_create_no_copy(env: Env) -> None:
     assert again.recovered and again.global_id == out.global_id
 
 
+def test_volume_from_snapshot_takes_the_offering_like_any_create(env: Env) -> None:
+    """Issue 13: the offering (template, `qc`, iops) was ignored for volumes from snapshots."""
+    env.set_bypass(True)
+    vid, _ = env.volume(max_iops=300)
+    sid = env.cs.model.add_snapshot(vid).id
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.cs.model.add_disk_offering("sp-hybrid-template", disk_size_gb=20, details={"SP_TEMPLATE": "hybrid"})
+    offering = {o.name: o.id for o in env.cs.model.disk_offerings.values()}
+    made = {}
+    for name in ("sp-iops-500", "sp-hybrid-template", "sp-gold"):
+        nid = new_uuid()
+        made[name] = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid,
+                                                    disk_offering_id=offering[name])
+        assert made[name].source == "storpool"
+    iops = env.conn.volume(made["sp-iops-500"].name)
+    assert (iops.iops, made["sp-iops-500"].iops) == (500, 500)
+    hybrid = env.conn.volume(made["sp-hybrid-template"].name)
+    assert hybrid.templateName == "hybrid" == made["sp-hybrid-template"].template
+    assert hybrid.iops == 300  # no limit in the offering: the source volume's max IOPS
+    gold = env.conn.volume(made["sp-gold"].name)
+    assert gold.tags[tags.QOS_CLASS] == "gold" == made["sp-gold"].qos_class
+    custom = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new_uuid(),
+                                            disk_offering_id=offering["sp-iops-500"], iops=700)
+    assert env.conn.volume(custom.name).iops == 700  # custom IOPS win, as for any create
+    with pytest.raises(ValidationError) as bad:
+        snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new_uuid(),
+                                       disk_offering_id=new_uuid())
+    assert bad.value.field == "disk_offering_id"
+
+
 def test_volume_from_snapshot_gone_uses_secondary(env: Env) -> None:
     env.set_bypass(True)
     vid, _ = env.volume(size=12 * MiB)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import identity, naming, pools, tags, templates
+from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, revert_volume
 from cloudstack_storpool.driver.secondary import SecondaryLocation
@@ -103,6 +103,11 @@ class VolumeFromSnapshot:
     """`storpool` (a child of the snapshot, nothing copied) or `secondary` (copied by an agent)."""
     copied_bytes: int
     recovered: bool
+    template: str
+    """The StorPool template it was placed on (from the offerings, else the pool's)."""
+    iops: int | None
+    """The IOPS limit written (None: the snapshot's is inherited)."""
+    qos_class: str | None
     agent: str | None = None
     """The agent that copied the data in (secondary source only)."""
 
@@ -238,16 +243,20 @@ def volume_from_snapshot(
     snapshot_uuid: str,
     volume_uuid: str,
     size: int | None = None,
+    volume_type: str = offerings.DATADISK,
+    disk_offering_id: str | None = None,
+    service_offering_id: str | None = None,
     iops: int | None = None,
-    template: str | None = None,
     secondary: SecondaryLocation | None = None,
 ) -> VolumeFromSnapshot:
-    """A new volume with the snapshot's content.
+    """A new volume with the snapshot's content, placed like any create.
 
-    On StorPool: one VolumeCreate with `parent` (nothing copied). `iops` defaults to the source
-    volume's max IOPS in CloudStack (else the snapshot's limit is inherited); `template` to
-    the pool's. If the StorPool snapshot is gone and `secondary` names its backup, an empty
-    volume is created and an agent copies the backup in; a failed copy deletes that volume.
+    On StorPool: one VolumeCreate with `parent` (nothing copied). Template, `qc` and iops come
+    from the offerings and the custom `iops` exactly as for `volumes.create`
+    (`offerings.resolve`); when neither sets an IOPS limit, the source volume's max IOPS in
+    CloudStack applies (else the snapshot's limit is inherited). If the StorPool snapshot is
+    gone and `secondary` names its backup, an empty volume is created and an agent copies the
+    backup in; a failed copy deletes that volume.
     """
     spec = ctx.pool(pool)
     uuid = naming.check_uuid(volume_uuid, "volume_uuid")
@@ -256,10 +265,13 @@ def volume_from_snapshot(
         names.size(size, "size")
     if secondary is not None:
         secondary.check()
+    placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
+                                  service_offering_id=service_offering_id, custom_iops=iops, size=size)
     # Asked of CloudStack at most once, and only when iops or size must come from it.
     source_volume = functools.cache(lambda: _source_volume_of(ctx, snapshot_uuid))
-    new = _NewVolume(ctx.conn(spec), uuid, naming.volume(uuid), identity.volume_tags(uuid, spec),
-                     template or spec.template, iops if iops is not None else _source_iops(source_volume()))
+    limit = placement.iops if placement.iops is not None else _source_iops(source_volume())
+    new = _NewVolume(ctx.conn(spec), uuid, naming.volume(uuid), identity.volume_tags(uuid, spec, placement),
+                     placement.template, limit, placement.qos_class)
     made = _clone_snapshot(new, snap, size, secondary)
     if made is not None:
         return made
@@ -278,6 +290,7 @@ class _NewVolume:
     tags: dict[str, str]
     template: str
     iops: int | None
+    qos_class: str | None
 
     def create(self, source: str, *, size: int | None, parent: str | None = None) -> VolumeFromSnapshot | Created:
         """One VolumeCreate; a volume this request made before is returned as recovered."""
@@ -286,8 +299,12 @@ class _NewVolume:
                                            template=self.template, tags=self.tags)
         except SpExists:
             found = identity.existing_volume(self.conn, self.name, self.uuid)
-            return VolumeFromSnapshot(self.uuid, found.name, found.globalId, names.BYID_PREFIX + found.globalId,
-                                      source, 0, True)
+            return self.result(found.name, found.globalId, source, 0, True)
+
+    def result(self, name: str, global_id: str, source: str, copied: int, recovered: bool,
+               agent: str | None = None) -> VolumeFromSnapshot:
+        return VolumeFromSnapshot(self.uuid, name, global_id, names.BYID_PREFIX + global_id, source, copied,
+                                  recovered, self.template, self.iops, self.qos_class, agent)
 
 
 def _clone_snapshot(new: _NewVolume, snap: str, size: int | None,
@@ -304,7 +321,7 @@ def _clone_snapshot(new: _NewVolume, snap: str, size: int | None,
         return None
     if isinstance(made, VolumeFromSnapshot):
         return made
-    return VolumeFromSnapshot(new.uuid, made.name, made.global_id, made.path, "storpool", 0, made.recovered)
+    return new.result(made.name, made.global_id, "storpool", 0, made.recovered)
 
 
 def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume, where: SecondaryLocation,
@@ -320,8 +337,7 @@ def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume,
         raise undo_and_fail(f"copy of the secondary copy {where.path} into volume {new.uuid} failed", exc,
                             f"the new volume {new.name} was removed",
                             lambda: new.conn.volume_delete(made.ref, missing_ok=True)) from exc
-    return VolumeFromSnapshot(new.uuid, made.name, made.global_id, made.path, "secondary",
-                              int(res.get("virtual_size", 0)), made.recovered, agent)
+    return new.result(made.name, made.global_id, "secondary", int(res.get("virtual_size", 0)), made.recovered, agent)
 
 
 def _source_volume_of(ctx: DriverContext, snapshot_uuid: str) -> Volume | None:

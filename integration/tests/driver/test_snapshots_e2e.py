@@ -18,7 +18,7 @@ MiB = 1 << 20
 
 def make_volume(stack: LocalStack, size: int = 32 * MiB, *, vm_id: str | None = None,
                 device_id: int | None = None) -> tuple[str, str]:
-    """A volume made by Driver I and registered in CloudStack; returns (uuid, StorPool gid)."""
+    """A volume made by the driver and registered in CloudStack; returns (uuid, StorPool gid)."""
     vid = new_uuid()
     info = volumes.create(stack.ctx, stack.pool_id(), vid, size)
     stack.cs.model.add_volume(f"vol-{vid[:6]}", size, vm_id=vm_id, device_id=device_id, storage_id=stack.pool_id(),
