@@ -48,6 +48,7 @@ class FakeCloudStack:
         self.disk_offerings: dict[str, DiskOffering] = {}
         self.service_offerings: dict[str, ServiceOffering] = {}
         self.template_calls = 0
+        self.template_lists = 0
         self.fail_templates = False
 
     # facade API
@@ -65,11 +66,19 @@ class FakeCloudStack:
 
     def template(self, template_id: str) -> Template | None:
         self.template_calls += 1
+        self._refuse_if_failing()
+        return self.templates_.get(template_id)
+
+    def templates(self, filter: str = "all", zone_id: str | None = None) -> list[Template]:
+        self.template_lists += 1
+        self._refuse_if_failing()
+        return list(self.templates_.values())
+
+    def _refuse_if_failing(self) -> None:
         if self.fail_templates:
             from cloudstack_storpool.cloudstack import CloudStackUnreachable
 
             raise CloudStackUnreachable("listTemplates", "cannot reach")
-        return self.templates_.get(template_id)
 
     def disk_offering(self, offering_id: str) -> DiskOffering | None:
         return self.disk_offerings.get(offering_id)
