@@ -111,9 +111,10 @@ def driver_service(stack: LocalStack, *, settings_ttl: float = 0.5) -> ServerPro
 
 
 def agent(*, client_id: int, sp_host: str, sp_port: int, sp_token_file: str, dev_root: str, mount_root: str,
-          secondary_root: str, status_file: str) -> ServerProcess:
-    """`cloudstack-storpool agent serve` for one simulated KVM host."""
-    token = secrets.token_urlsafe(24)
+          secondary_root: str, status_file: str, token: str | None = None) -> ServerProcess:
+    """`cloudstack-storpool agent serve` for one simulated KVM host (a fresh token unless given:
+    a stack's driver dials its agents with the stack's)."""
+    token = token or secrets.token_urlsafe(24)
     argv = [sys.executable, "-m", "cloudstack_storpool", "agent", "serve", "--listen", "127.0.0.1:0",
             "--client-id", str(client_id), "--sp-host", sp_host, "--sp-port", str(sp_port),
             "--sp-token-file", sp_token_file, "--dev-root", dev_root, "--mount-root", mount_root,
