@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.driver.templates import TemplateSource
     from cloudstack_storpool.poolconfig import PoolSpec
+    from cloudstack_storpool.spconn import Created, StorPoolConn
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,6 @@ def migrate(
         raise ValidationError("target_pool", f"{dst.name} is on another StorPool cluster than {src.name}; "
                                              "moving data between clusters is not supported")
     conn = ctx.conn(src)
-    final_name = naming.volume(uuid)
-    clone_name = naming.migrating(uuid)
     source = conn.volume(identity.ref(volume_uuid=uuid, path=path))
     if source is None:
         return _resume(ctx, src, dst, uuid, path)
@@ -107,12 +106,19 @@ def migrate(
                            service_offering_id=service_offering_id, iops=iops)
     carried = {**(source.tags or {}), tags.POOL: dst.uuid, tags.QOS_CLASS: placement.qos_class or ""}
     running = _vm_running(ctx, uuid) if vm_running is None else vm_running
-
     if running:
         conn.volume_update("~" + source.globalId, template=placement.template,
                            iops=offerings.explicit_iops(ctx, dst, placement), tags=carried)
         return MigrationResult(IN_PLACE, src.uuid, dst.uuid, identity.get(ctx, dst, path=names.BYID_PREFIX + source.globalId))
+    clone = _clone_then_swap(ctx, conn, dst, uuid, source, placement, carried)
+    return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=clone.path))
 
+
+def _clone_then_swap(ctx: DriverContext, conn: StorPoolConn, dst: PoolSpec, uuid: str, source: Any,
+                     placement: Placement, carried: dict[str, str]) -> Created:
+    """A stopped or detached volume: `baseOn` clone named `naming.migrating(uuid)` (replacing one
+    an interrupted attempt left), delete the source, rename the clone to the volume's name."""
+    clone_name = naming.migrating(uuid)
     stale = conn.volume(clone_name)
     if stale is not None:
         log.warning("removing %s left by an interrupted migration (the source is still there)", clone_name)
@@ -125,8 +131,8 @@ def migrate(
     except ProjectError:
         conn.volume_delete(clone.ref)
         raise
-    conn.volume_update(clone.ref, rename=final_name)
-    return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=clone.path))
+    conn.volume_update(clone.ref, rename=naming.volume(uuid))
+    return clone
 
 
 def _resume(ctx: DriverContext, src: PoolSpec, dst: PoolSpec, uuid: str, path: str | None) -> MigrationResult:
