@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -97,6 +98,7 @@ def agent_group() -> None:
 def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, verbose: bool, settings_file: str | None,
               log_format: str, **kw: Any) -> None:
     """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
+    from cloudstack_storpool.agent import partials
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
@@ -113,6 +115,10 @@ def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, verbo
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
 
+    # Partial copies an earlier run left (killed mid-copy) are removed in the background, so a
+    # large secondary storage does not delay serving; new copies never touch them.
+    threading.Thread(target=partials.sweep, args=(host.secondary_roots, host.mount_root, host.client_id),
+                     name="partials-sweep", daemon=True).start()
     try:
         serve_until_stopped(server, f"agent listening on {server.url} (client id {host.client_id})")
     finally:

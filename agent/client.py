@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from cloudstack_storpool import logs
 from cloudstack_storpool.errors import AgentError
@@ -28,13 +29,15 @@ class AgentRequestError(AgentError):
     HTTP status (None when the job itself failed)."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str = "agent",
-                 field: str | None = None, job_id: str | None = None) -> None:
+                 field: str | None = None, job_id: str | None = None, applied: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.field = field
         self.job_id = job_id
+        self.applied = applied
+        """False when the agent confirmed the command changed nothing; None: not known."""
 
 
 class AgentClient:
@@ -59,8 +62,8 @@ class AgentClient:
                 headers={"Authorization": f"Bearer {self._token}", **logs.outgoing_headers()},
             )
         except requests.RequestException as exc:
-            raise AgentRequestError(f"agent {self.base_url} unreachable: {type(exc).__name__}",
-                                    code="unreachable") from exc
+            raise AgentRequestError(f"agent {self.base_url} unreachable: {type(exc).__name__}", code="unreachable",
+                                    applied=False if _never_connected(exc) else None) from exc
         try:
             data = resp.json()
         except ValueError:
@@ -88,12 +91,16 @@ class AgentClient:
         """Start (or find, by idempotency key) a job; returns its JSON."""
         key = idempotency_key or uuid.uuid4().hex
         body = {"command": command, "args": args, "idempotency_key": key}
+        maybe_sent = False
         for attempt in range(self.post_retries + 1):
             try:
                 return dict(self._request("POST", "/v1/jobs", body)[1])
             except AgentRequestError as exc:
                 # Same key: re-sending can only find the job the lost answer was about.
+                maybe_sent = maybe_sent or exc.applied is not False
                 if exc.code != "unreachable" or attempt == self.post_retries:
+                    if maybe_sent:
+                        exc.applied = None  # an earlier attempt may have started the job
                     raise
                 time.sleep(min(2.0**attempt, 5.0))
         raise AssertionError("unreachable")
@@ -136,7 +143,8 @@ class AgentClient:
             if state in ("failed", "cancelled"):
                 err = job.get("error") or {}
                 raise AgentRequestError(str(err.get("message") or state), code=str(err.get("code") or state),
-                                        field=err.get("field"), job_id=job_id)
+                                        field=err.get("field"), job_id=job_id,
+                                        applied=False if err.get("applied") is False else None)
             if deadline is not None and time.monotonic() >= deadline:
                 with contextlib.suppress(AgentRequestError):
                     self.cancel(job_id)
@@ -206,3 +214,11 @@ class AgentClient:
                        progress: ProgressFn | None = None) -> dict[str, Any]:
         args = {"volume": volume, "passphrase": passphrase, "source": source}
         return self.run("encrypt_volume", args, idempotency_key=idempotency_key, timeout=timeout, progress=progress)
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """No connection was ever made (refused, no route, connect timeout): the agent cannot have
+    received the request. A reset or a read timeout after sending proves nothing."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)

@@ -7,19 +7,17 @@ part-way) converges on the same end state and leaves nothing attached that it at
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cloudstack_storpool import __version__, names
-from cloudstack_storpool.agent import qemu_img, secondary
+from cloudstack_storpool.agent import partials, qemu_img, secondary
 from cloudstack_storpool.agent.attach import (
     Attachment,
     Kind,
@@ -33,7 +31,7 @@ from cloudstack_storpool.agent.attach import (
     wait_for_device,
 )
 from cloudstack_storpool.agent.hostconfig import HostConfig
-from cloudstack_storpool.agent.resize import libvirt_version, notify_resize
+from cloudstack_storpool.agent.resize import libvirt_version, not_applied, notify_resize
 from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, ValidationError
 from cloudstack_storpool.typedjson import parse_object
 
@@ -282,21 +280,18 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
     copy goes to a temporary name in the same directory and is renamed when complete."""
     dest = secondary.resolve(store, path, mount_root=ctx.host.mount_root, allowed_roots=ctx.host.allowed_roots())
     os.makedirs(os.path.dirname(dest), exist_ok=True)
+    # A retry of this target after a crash: the earlier attempt's partial file goes first.
+    partials.remove_own(os.path.dirname(dest), ctx.host.client_id, os.path.basename(dest))
     with attached(ctx.conn, name, kind=kind, client_id=ctx.host.client_id, dev_root=ctx.host.dev_root,
-                  readonly=True, timeout=ctl.step_timeout(60.0)) as att:
+                  readonly=True, timeout=ctl.step_timeout(60.0)) as att, \
+            partials.partial(dest, ctx.host.client_id) as tmp:
         ctl.check()
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.part-{uuid.uuid4().hex[:12]}")
-        try:
-            opts = qemu_img.ConvertOptions(compress=compress,
-                                           source_cache="none" if _is_block(att.device) else None)
-            qemu_img.convert(att.device, tmp, src_format="raw", dst_format=fmt, options=opts,
-                             progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
-            qemu_img.fsync_path(tmp)
-            os.replace(tmp, dest)
-            qemu_img.fsync_path(os.path.dirname(dest))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        opts = qemu_img.ConvertOptions(compress=compress, source_cache="none" if _is_block(att.device) else None)
+        qemu_img.convert(att.device, tmp, src_format="raw", dst_format=fmt, options=opts,
+                         progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
+        qemu_img.fsync_path(tmp)
+        os.replace(tmp, dest)
+        qemu_img.fsync_path(os.path.dirname(dest))
     out = qemu_img.info(dest, fmt=fmt)
     return {
         kind: att.object.api_name,
@@ -322,7 +317,18 @@ def copy_volume_out(ctx: Context, req: CopyVolumeOutRequest, ctl: RunControl) ->
 
 def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     """Make a running VM see its grown volume. StorPool's size was already changed by the
-    driver; this waits until this host's device shows it, then calls libvirt block resize."""
+    driver; this waits until this host's device shows it, then calls libvirt block resize.
+
+    Every error this command raises happened before the guest's disk changed (the last step
+    that can fail is the block resize itself), and says so (`applied: false`): the driver
+    rolls StorPool back only on that confirmation."""
+    try:
+        return _resize(ctx, req, ctl)
+    except ProjectError as exc:
+        raise not_applied(exc) from None
+
+
+def _resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
     if obj.size < req.size:
         raise ValidationError("size", f"volume {obj.api_name} is {obj.size} bytes in StorPool, not {req.size}")

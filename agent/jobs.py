@@ -53,6 +53,8 @@ def error_json(exc: BaseException) -> dict[str, Any]:
     out: dict[str, Any] = {"code": getattr(exc, "code", "internal"), "message": str(exc)}
     if isinstance(exc, ValidationError):
         out["field"] = exc.field
+    if getattr(exc, "applied", None) is False:
+        out["applied"] = False  # the command confirms it changed nothing (agent/resize.py)
     if not isinstance(exc, ProjectError):
         out["code"] = "internal"
         out["message"] = f"{type(exc).__name__}: {exc}"

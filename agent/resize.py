@@ -8,16 +8,29 @@ driver knows the volume, not how libvirt named the disk.
 
 from __future__ import annotations
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cloudstack_storpool.errors import NotFound, ProjectError
 from cloudstack_storpool.uuids import is_uuid
 
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=ProjectError)
+
 
 class ResizeError(ProjectError):
     code = "resize"
+
+
+def not_applied(exc: E) -> E:
+    """Mark an error as confirmed to have left the guest's disk as it was (`applied: false` in
+    the agent's error answer): what the driver needs before it shrinks StorPool back."""
+    exc.applied = False  # type: ignore[attr-defined]
+    return exc
 
 
 @dataclass(frozen=True)
@@ -87,9 +100,15 @@ def notify_resize(uri: str, vm: str, devices: list[str], size: int) -> ResizeRes
             raise NotFound(f"domain {dom.name()} has no disk backed by {', '.join(devices)}")
         try:
             dom.blockResize(match.target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-            capacity = int(dom.blockInfo(match.target, 0)[0])
         except libvirt.libvirtError as exc:
             raise ResizeError(f"block resize of {dom.name()}/{match.target}: {exc.get_error_message()}") from exc
+        # Applied from here on: a failure to read the new capacity back is not a failed resize.
+        try:
+            capacity: int | None = int(dom.blockInfo(match.target, 0)[0])
+        except libvirt.libvirtError as exc:
+            capacity = None
+            log.warning("%s/%s was resized; reading its capacity back failed: %s", dom.name(), match.target,
+                        exc.get_error_message())
         return ResizeResult(notified=True, domain=dom.name(), disk=match.target, capacity=capacity)
     finally:
         conn.close()

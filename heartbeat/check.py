@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudstack_storpool.errors import SpTransient, StorPoolError
+from cloudstack_storpool.heartbeat.answers import UNREADABLE, Services, read_services
 from cloudstack_storpool.heartbeat.policy import (
     CLUSTER_RUNNING,
     RUNNING,
-    ClientIndex,
     ClientView,
     Decision,
     IoSample,
@@ -185,27 +185,24 @@ class HeartbeatChecker:
     def check_host(self, host: HostTarget) -> HostVerdict:
         return self.check([host])[0]
 
-    def _services(self, cluster: Cluster) -> tuple[Any | None, str]:
-        try:
-            return cluster.conn.services(retry=False), ""
-        except StorPoolError as exc:
-            log.info("heartbeat: ServicesList on %s failed: %s", cluster.endpoint, exc)
-            return None, f"StorPool API: {exc.name}: {exc.descr}"
+    def _services(self, cluster: Cluster) -> Services | str:
+        services = read_services(cluster.conn)
+        if isinstance(services, str):
+            log.info("heartbeat: ServicesList on %s: %s", cluster.endpoint, services)
+        return services
 
     def _cluster_round(self, cluster: Cluster, hosts: Sequence[HostTarget]) -> dict[int, Decision]:
-        status, error = self._services(cluster)
-        if status is None:
-            unknown = Decision(Verdict.UNKNOWN, error)
+        services = self._services(cluster)
+        if isinstance(services, str):
+            unknown = Decision(Verdict.UNKNOWN, services)
             return {h.client_id: unknown for h in hosts}
         decisions: dict[int, Decision] = {}
         suspects: dict[int, ClientView] = {}
-        cluster_status = str(status.clusterStatus)
-        index = ClientIndex(status.clients)
         for host in hosts:
             if host.client_id in decisions or host.client_id in suspects:
                 continue
-            view = index.view(host.client_id)
-            decision = first_look(cluster_status, view)
+            view = services.clients.view(host.client_id)
+            decision = first_look(services.cluster_status, view)
             if decision is None:
                 suspects[host.client_id] = view
             else:
@@ -235,7 +232,12 @@ class HeartbeatChecker:
                 # gave, seen from a second query. There is no I/O it can show.
                 return IoSample(0, f"{exc.name}: {exc.descr}")
             return IoSample(None, f"{exc.name}: {exc.descr}")
-        return IoSample(len(reply.requests or []))
+        except UNREADABLE as exc:
+            return IoSample(None, f"unreadable ClientActiveRequests answer ({type(exc).__name__}: {exc})")
+        requests = getattr(reply, "requests", None)
+        if not isinstance(requests, list):  # missing counts as unreadable, never as "no I/O"
+            return IoSample(None, f"unreadable ClientActiveRequests answer: 'requests' is {type(requests).__name__}")
+        return IoSample(len(requests))
 
     def _judge_suspects(self, cluster: Cluster, suspects: dict[int, ClientView]) -> dict[int, Decision]:
         samples: dict[int, list[IoSample]] = {cid: [] for cid in suspects}
@@ -245,9 +247,9 @@ class HeartbeatChecker:
                 if samples[cid] and (samples[cid][-1].requests is None or samples[cid][-1].requests):
                     continue
                 samples[cid].append(self._sample(cluster, cid))
-        confirm_status, _ = self._services(cluster)
-        index = None if confirm_status is None else ClientIndex(confirm_status.clients)
-        quorate = confirm_status is not None and str(confirm_status.clusterStatus) == CLUSTER_RUNNING
+        confirmed = self._services(cluster)
+        index = None if isinstance(confirmed, str) else confirmed.clients
+        quorate = not isinstance(confirmed, str) and confirmed.cluster_status == CLUSTER_RUNNING
         out = {}
         for cid, view in suspects.items():
             confirm = None if index is None else index.view(cid)

@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from cloudstack_storpool import logs
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
 from cloudstack_storpool.errors import SpTransient, StorPoolError
+from cloudstack_storpool.heartbeat.answers import ServicesSource, read_services
 from cloudstack_storpool.heartbeat.check import NOT_RUNNING_ERRORS
-from cloudstack_storpool.heartbeat.policy import Verdict, find_client, first_look
+from cloudstack_storpool.heartbeat.policy import Verdict, first_look
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,6 @@ class LoopConfig:
             raise ValueError("max_failures must be at least 1")
         if not 1 <= self.client_id <= MAX_CLIENT_ID:
             raise ValueError(f"client id must be 1..{MAX_CLIENT_ID}, got {self.client_id}")
-
-
-class ServicesSource(Protocol):
-    """What the loop needs of `StorPoolConn` (the real one in production and tests)."""
-
-    def services(self, *, retry: bool = True) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -209,15 +204,14 @@ class HostLoop:
 
     def probe(self) -> Probe:
         """One look at ServicesList; no retries inside: the next round is the retry."""
-        try:
-            status = self.conn.services(retry=False)
-        except StorPoolError as exc:
-            return Probe(Result.UNKNOWN, f"StorPool API: {exc.name}: {exc.descr}")
-        view = find_client(status.clients, self.config.client_id)
+        services = read_services(self.conn)
+        if isinstance(services, str):
+            return Probe(Result.UNKNOWN, services)
+        view = services.clients.view(self.config.client_id)
         # The same first look as the management-side check: only a client the cluster (with
         # quorum) lists as down, or does not list among others, is a failure; anything odd is
         # "cannot tell", which never counts toward a reboot.
-        decision = first_look(str(status.clusterStatus), view)
+        decision = first_look(services.cluster_status, view)
         if decision is None:
             if view.status is None:
                 return Probe(Result.FAIL, f"client {self.config.client_id} is not listed by the cluster")
@@ -239,13 +233,22 @@ class HostLoop:
             return True if exc.name in NOT_RUNNING_ERRORS and not isinstance(exc, SpTransient) else None
         return not (reply.requests or [])
 
+    def _safe_probe(self) -> Probe:
+        """A probe that cannot stop the round: a bug in it is a round that cannot tell, and the
+        status file still gets this round's time and reason instead of keeping an old `ok`."""
+        try:
+            return self.probe()
+        except Exception as exc:
+            log.exception("heartbeat: probe failed")
+            return Probe(Result.UNKNOWN, f"heartbeat probe failed: {type(exc).__name__}: {exc}")
+
     def round(self) -> LoopState:
         """Probe, update the counters, maybe act, then write the status file."""
         with logs.context(f"heartbeat-{self.state.rounds + 1}"):
             return self._round()
 
     def _round(self) -> LoopState:
-        probe = self.probe()
+        probe = self._safe_probe()
         st = self.state
         st.rounds += 1
         st.time = self._clock()

@@ -53,23 +53,48 @@ class ClientView:
     without (or with an unparsable) `clients` field, so it says nothing about this host."""
 
 
+class Unreadable(ValueError):
+    """A ServicesList answer that does not hold what it must; the text says what is wrong."""
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class ClientIndex:
     """ServicesList's `clients` map indexed once, so a round over many hosts stays linear.
 
     REFERENCE.md matches a host on `nodeId`, the host loop on `SP_OURID` (the client id); on a
     normal install both are the same number. An exact id wins; otherwise a client on that node
     counts, and two clients on one node that disagree make the answer ambiguous.
+
+    An entry without an integer id or a textual status, or a `nodeId` that is not an integer,
+    makes the whole answer unreadable (`Unreadable`): which client such an entry describes,
+    or what it says, is a guess, and no verdict is built on a guess.
     """
 
     def __init__(self, clients: Mapping[Any, Any]) -> None:
         self._by_id: dict[int, str] = {}
         self._by_node: dict[int, set[str]] = {}
         for key, client in clients.items():
-            status = str(client.status)
-            self._by_id[int(getattr(client, "id", key))] = status
+            cid, status = _int(getattr(client, "id", None)), getattr(client, "status", None)
+            if cid is None:
+                raise Unreadable(f"client entry {key!r} has no integer id")
+            if not isinstance(status, str):
+                raise Unreadable(f"client {cid} has no status")
+            self._by_id[cid] = status
             node = getattr(client, "nodeId", None)
             if node is not None:
-                self._by_node.setdefault(int(node), set()).add(status)
+                if _int(node) is None:
+                    raise Unreadable(f"client {cid} has a nodeId that is not an integer: {node!r}")
+                self._by_node.setdefault(node, set()).add(status)
+
+    @classmethod
+    def of(cls, clients: Any) -> ClientIndex:
+        """The index of a `clients` field as the bindings hand it over (None for `null` or a list)."""
+        if not isinstance(clients, Mapping):
+            raise Unreadable(f"'clients' is {type(clients).__name__}, not a map of clients")
+        return cls(clients)
 
     def view(self, client_id: int) -> ClientView:
         if not self._by_id:
@@ -84,9 +109,9 @@ class ClientIndex:
         return ClientView(next(iter(on_node)))
 
 
-def find_client(clients: Mapping[Any, Any], client_id: int) -> ClientView:
+def find_client(clients: Any, client_id: int) -> ClientView:
     """The client of `client_id` in ServicesList's `clients` map (see ClientIndex)."""
-    return ClientIndex(clients).view(client_id)
+    return ClientIndex.of(clients).view(client_id)
 
 
 def first_look(cluster_status: str, view: ClientView) -> Decision | None:

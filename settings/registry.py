@@ -312,9 +312,10 @@ _SETTINGS: tuple[Setting, ...] = (
     _own("storpool.settings.cache.seconds", INT, 30,
          "Seconds a value read from CloudStack's configuration is reused before it is read again.",
          dynamic=False, validator=at_least(0), unit="s"),
-    _own("storpool.template.fill.timeout", INT, 3600,
-         "Seconds after which a template fill that made no progress is taken over by another management "
-         "server.", validator=at_least(60), unit="s"),
+    _own("storpool.template.fill.timeout", INT, 60,
+         "Seconds a template fill may go without refreshing its liveness stamp (its owner does so every "
+         "quarter of this while it copies) before another management server takes it over.",
+         validator=at_least(5), unit="s"),
     _own("storpool.gc.interval", INT, 3600,
          "Seconds between garbage collection runs (cached templates of deleted templates, temporary "
          "objects); 0 disables.", validator=at_least(0), unit="s"),

@@ -54,6 +54,7 @@ def test_contact_lost_after_the_job_started_is_not_unreachable(vanishing_agent: 
     assert accepted.is_set()
     assert info.value.code == "lost"
     assert info.value.job_id == "a" * 32
+    assert info.value.applied is None  # the job may have done its work: nobody can vouch for it
 
 
 def test_an_agent_that_never_answered_is_unreachable() -> None:
@@ -61,3 +62,27 @@ def test_an_agent_that_never_answered_is_unreachable() -> None:
     with pytest.raises(AgentRequestError) as info:
         client.run("facts", {})
     assert info.value.code == "unreachable"
+    assert info.value.applied is False  # nothing ever connected: the command cannot have run
+
+
+def test_a_post_whose_answer_was_lost_is_not_vouched_for() -> None:
+    """The agent read the request and dropped the connection: it may have started the job."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.close_connection = True
+            self.connection.shutdown(2)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        client = AgentClient(f"http://127.0.0.1:{server.server_address[1]}", "token", timeout=2, post_retries=1)
+        with pytest.raises(AgentRequestError) as info:
+            client.run("facts", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.value.code == "unreachable" and info.value.applied is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -48,7 +50,7 @@ def test_cloudstack_unreachable_deletes_nothing(env: Env) -> None:
     unreachable = CloudStackClient(f"http://127.0.0.1:{free_port()}/client/api", "k", "s", timeout=2)
     report = gc.run(dataclasses.replace(env.ctx, cloudstack=unreachable))
     assert report.planned == [] and report.done == []
-    assert f"template:{t.id}" in report.errors
+    assert "cannot reach" in report.errors["templates"]
     assert templates.cached(env.ctx, env.pool, t.id) is not None
 
 
@@ -82,3 +84,36 @@ def test_drop_template_now(env: Env) -> None:
     env.cs.model.delete_template(t.id)
     assert gc.drop_template(env.ctx, t.id) == [env.pool.uuid]
     assert templates.cached(env.ctx, env.pool, t.id) is None
+
+
+def test_cloudstack_is_asked_once_per_run_not_once_per_cache(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: GC asked CloudStack about every cached template (10,000 calls at 10k caches).
+    Now one listing per run; only a cache whose template is not listed is confirmed by id."""
+    kept = [env.add_template() for _ in range(12)]
+    gone = [env.add_template() for _ in range(3)]
+    for t in kept + gone:
+        templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    for t in gone:
+        env.cs.model.delete_template(t.id)
+    asked: Counter[str] = Counter()
+    client = env.ctx.cloudstack
+
+    def spy(name: str) -> Any:
+        real = getattr(client, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            asked[name] += 1
+            return real(*args, **kwargs)
+        return counted
+
+    for method in ("templates", "template"):
+        monkeypatch.setattr(client, method, spy(method))
+    before = env.calls()
+    report = gc.run(env.ctx, dry_run=True)
+    assert asked["templates"] == 1
+    assert asked["template"] == len(gone)  # the by-id confirmation of each cache to delete
+    assert report.kept_templates == len(kept)
+    assert sorted(a.uuid or "" for a in report.planned) == sorted(t.id for t in gone)
+    sent = {k: v - before.get(k, 0) for k, v in env.calls().items() if v != before.get(k, 0)}
+    assert sent == {"SnapshotsList": 1, "VolumesList": 1}  # both pools share one cluster
+

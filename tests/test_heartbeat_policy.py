@@ -7,7 +7,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from cloudstack_storpool.heartbeat.policy import ClientView, IoSample, Verdict, combine, find_client, first_look, suspect_decision
+from cloudstack_storpool.heartbeat.policy import (
+    ClientView,
+    IoSample,
+    Unreadable,
+    Verdict,
+    combine,
+    find_client,
+    first_look,
+    suspect_decision,
+)
 
 A, D, U = Verdict.ALIVE, Verdict.DEAD, Verdict.UNKNOWN
 
@@ -82,3 +91,16 @@ def test_first_look(cluster: str, view: ClientView, expected: Verdict | None) ->
 ])
 def test_suspect_decision(samples: list[IoSample], confirm: ClientView | None, expected: Verdict) -> None:
     assert suspect_decision(ClientView("down"), samples, confirm).verdict is expected
+
+
+@pytest.mark.parametrize(("clients", "why"), [
+    (None, "'clients' is NoneType"),
+    ([client(4, "running")], "'clients' is list"),
+    ({"4": SimpleNamespace(id=None, nodeId=4, status="running")}, "has no integer id"),
+    ({"4": SimpleNamespace(id="4", nodeId=4, status="running")}, "has no integer id"),
+    ({"4": SimpleNamespace(id=4, nodeId=4, status=None)}, "has no status"),
+    ({"4": SimpleNamespace(id=4, nodeId="x", status="running")}, "nodeId that is not an integer"),
+])
+def test_a_malformed_clients_table_is_unreadable_not_a_guess(clients: object, why: str) -> None:
+    with pytest.raises(Unreadable, match=why):
+        find_client(clients, 4)

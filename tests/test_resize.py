@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cloudstack_storpool.agent.client import AgentRequestError
 from cloudstack_storpool.driver import resize
 from cloudstack_storpool.driver.resize import ResizeFailed
 from cloudstack_storpool.errors import ValidationError
@@ -71,10 +72,20 @@ def test_new_offering_applies_template_qc_and_iops(env: Env) -> None:
     assert env.conn.volume(ref).tags["qc"] == "gold"
 
 
-def test_agent_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
+def _agent_fails(env: Env, host: str, error: AgentRequestError) -> None:
+    def resize(**args: object) -> dict[str, object]:
+        raise error
+
+    env.agents.for_host(host).resize = resize  # type: ignore[method-assign]
+
+
+NOT_APPLIED = AgentRequestError("libvirt: block resize failed", code="resize", applied=False)
+
+
+def test_agent_confirmed_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
     vm_id, _, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
-    env.agents.for_host(host).fail["resize"] = "libvirt: block resize failed"
+    _agent_fails(env, host, NOT_APPLIED)
     gold = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-gold")
     with pytest.raises(ResizeFailed) as err:
         resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=gold.id)
@@ -84,10 +95,31 @@ def test_agent_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
     assert (vol.size, vol.iops) == (8 * MiB, 100) and "qc" not in vol.tags
 
 
+@pytest.mark.parametrize("error", [
+    AgentRequestError("lost contact with agent while job 1 ran", code="lost", job_id="1"),
+    AgentRequestError("agent unreachable: ReadTimeout", code="unreachable"),
+    AgentRequestError("job 1 did not finish within 60 s", code="timeout", job_id="1"),
+    AgentRequestError("libvirt: block resize failed", code="failed"),  # no confirmation in the answer
+], ids=["lost", "unreachable", "timeout", "unconfirmed"])
+def test_unconfirmed_failure_leaves_the_volume_grown(env: Env, error: AgentRequestError) -> None:
+    """Issue 13: the host may already have grown the disk under the running guest; shrinking
+    StorPool beneath it is worse than leaving it grown."""
+    vm_id, _, host = vm(env, "vm1")
+    vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
+    _agent_fails(env, host, error)
+    updates_before = env.sp.calls.get("VolumeUpdate", 0)
+    with pytest.raises(ResizeFailed) as err:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB)
+    assert not err.value.rolled_back
+    assert f"left at {32 * MiB} bytes" in str(err.value)
+    assert env.conn.volume(ref).size == 32 * MiB
+    assert env.sp.calls.get("VolumeUpdate", 0) == updates_before + 1  # the resize only, no shrink back
+
+
 def test_failed_rollback_is_reported(env: Env) -> None:
     vm_id, _, host = vm(env, "vm1")
     vid, _ = env.volume(8 * MiB, vm_id=vm_id)
-    env.agents.for_host(host).fail["resize"] = "agent exploded"
+    _agent_fails(env, host, NOT_APPLIED)
     orig = env.conn.volume_update
     calls = {"n": 0}
 

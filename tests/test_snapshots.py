@@ -8,6 +8,7 @@ import pytest
 from cloudstack_storpool.driver import naming, snapshots, tags, templates
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import AgentError, Conflict, NotFound, StorPoolError, ValidationError
+from cloudstack_storpool.typedjson import to_json
 from tests.driver_harness import Env, MiB, new_uuid
 
 SEC = SecondaryLocation("/srv/secondary", "snapshots/2/1/s.qcow2")
@@ -62,9 +63,9 @@ def test_either_key_keeps_the_snapshot_on_storpool(env: Env, sp_bypass: str, bac
     vid, _ = env.volume()
     info = snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=new_uuid(), secondary=SEC)
     assert (info.bypassed, info.decided_by) == (bypassed, decided_by)
-    assert info.to_json()["decided_by"] == decided_by
+    assert to_json(info)["decided_by"] == decided_by
     assert (info.backup is None) == bypassed
-    assert len(env.agents.pool_agent.calls) == (0 if bypassed else 1)
+    assert [c for c, _ in env.agent.calls].count("backup_snapshot") == (0 if bypassed else 1)
 
 
 def test_setting_is_read_at_each_snapshot(env: Env) -> None:
@@ -203,6 +204,36 @@ def test_volume_from_snapshot_is_one_create_no_copy(env: Env) -> None:
     assert vol.iops == 300 and vol.tags[tags.UUID] == nid and vol.tags[tags.KIND] == tags.VOLUME
     again = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid)
     assert again.recovered and again.global_id == out.global_id
+
+
+def test_volume_from_snapshot_takes_the_offering_like_any_create(env: Env) -> None:
+    """Issue 13: the offering (template, `qc`, iops) was ignored for volumes from snapshots."""
+    env.set_bypass(True)
+    vid, _ = env.volume(max_iops=300)
+    sid = env.cs.model.add_snapshot(vid).id
+    snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
+    env.cs.model.add_disk_offering("sp-hybrid-template", disk_size_gb=20, details={"SP_TEMPLATE": "hybrid"})
+    offering = {o.name: o.id for o in env.cs.model.disk_offerings.values()}
+    made = {}
+    for name in ("sp-iops-500", "sp-hybrid-template", "sp-gold"):
+        nid = new_uuid()
+        made[name] = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=nid,
+                                                    disk_offering_id=offering[name])
+        assert made[name].source == "storpool"
+    iops = env.conn.volume(made["sp-iops-500"].name)
+    assert (iops.iops, made["sp-iops-500"].iops) == (500, 500)
+    hybrid = env.conn.volume(made["sp-hybrid-template"].name)
+    assert hybrid.templateName == "hybrid" == made["sp-hybrid-template"].template
+    assert hybrid.iops == 300  # no limit in the offering: the source volume's max IOPS
+    gold = env.conn.volume(made["sp-gold"].name)
+    assert gold.tags[tags.QOS_CLASS] == "gold" == made["sp-gold"].qos_class
+    custom = snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new_uuid(),
+                                            disk_offering_id=offering["sp-iops-500"], iops=700)
+    assert env.conn.volume(custom.name).iops == 700  # custom IOPS win, as for any create
+    with pytest.raises(ValidationError) as bad:
+        snapshots.volume_from_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid, volume_uuid=new_uuid(),
+                                       disk_offering_id=new_uuid())
+    assert bad.value.field == "disk_offering_id"
 
 
 def test_volume_from_snapshot_gone_uses_secondary(env: Env) -> None:

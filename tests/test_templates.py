@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -78,17 +79,68 @@ def test_a_dead_fill_is_taken_over(env: Env) -> None:
     assert leftovers(env) == []
 
 
-def test_a_young_fill_is_waited_for_until_it_is_too_old(env: Env) -> None:
+def test_a_fresh_fill_without_signs_of_life_is_taken_over_after_the_limit(env: Env) -> None:
+    """Issue 13: a fill judged by age blocked its template for max(fill timeout, copy timeout)
+    = 7200 s after its driver died. Judged by liveness, a fill whose stamp stops changing is
+    taken over one limit (here 60 s) after the waiter first saw it, whatever the copy timeout."""
     env.set_setting("storpool.template.fill.timeout", 60)
-    env.set_setting("storpool.agent.copy.timeout", 60)  # the takeover age is the longer of the two
+    env.set_setting("storpool.agent.copy.timeout", 7200)
     t = env.add_template()
     fill = templates.fill_name(t.id, env.pool)
+    now = str(int(env.clock.now))
     env.sp.api().volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
-                               "tags": {"uuid": t.id, "cs": "temporary", "started": str(int(env.clock.now))}})
+                               "tags": {"uuid": t.id, "cs": "temporary", "started": now, "alive": now}})
     cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
-    assert cached.filled
+    assert cached.filled and len(env.agent.copies) == 1
     assert 60 < sum(env.clock.slept) < 65
     assert max(env.clock.slept) == templates.FILL_POLL_MAX
+    assert leftovers(env) == []
+
+
+def test_a_fill_whose_owner_stamps_it_is_never_taken_over(env: Env) -> None:
+    """The owner refreshes `alive` on StorPool while its copy runs; a waiter watching for
+    several limits sees it change and waits instead of deleting the fill under the copy."""
+    env.set_setting("storpool.template.fill.timeout", 5)  # the owner stamps every 1.25 s
+    env.ctx.clock, env.ctx.sleep = time.time, time.sleep
+    t = env.add_template()
+    fill = templates.fill_name(t.id, env.pool)
+    copying, release = threading.Event(), threading.Event()
+    owner_result: list[object] = []
+    waiter_result: list[object] = []
+
+    def owner() -> None:
+        try:
+            owner_result.append(templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC))
+        except Exception as exc:
+            owner_result.append(exc)
+
+    owner_thread = threading.Thread(target=owner)
+    waiter = threading.Thread(target=lambda: waiter_result.append(
+        templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)))
+
+    def hold_owner_copy() -> None:
+        if threading.current_thread() is owner_thread:
+            copying.set()
+            release.wait(30)
+
+    env.agent.hook = hold_owner_copy
+    owner_thread.start()
+    assert copying.wait(10)
+    waiter.start()
+    stamps = []
+    for _ in range(3):  # two limits of copying, the stamp read once per limit
+        stamps.append(env.sp_volume(fill).tags["alive"])
+        time.sleep(5)
+    release.set()
+    owner_thread.join(20)
+    waiter.join(20)
+    assert len(set(stamps)) == len(stamps), stamps  # the stamp moved between every look
+    assert len(owner_result) == 1 and isinstance(owner_result[0], templates.CachedTemplate), owner_result
+    assert owner_result[0].filled
+    assert len(waiter_result) == 1 and isinstance(waiter_result[0], templates.CachedTemplate), waiter_result
+    assert not waiter_result[0].filled
+    assert len(env.agent.copies) == 1
+    assert leftovers(env) == []
 
 
 def test_threads_race_one_fill(env: Env) -> None:
@@ -214,42 +266,26 @@ def test_a_fill_found_by_name_that_is_not_ours_is_waited_for(env: Env) -> None:
     assert not cached.filled and env.agent.copies == []
 
 
-def test_a_fill_still_within_the_copy_timeout_is_not_taken_over(env: Env) -> None:
-    """Review: the takeover age must not be shorter than the copy the owner still waits for.
-    With the registry defaults (fill timeout 3600 s, copy timeout 7200 s) a fill whose copy has
-    run for 4000 s is alive: a second driver must wait for it, not delete it under the copy."""
-    env.set_setting("storpool.template.fill.timeout", 3600)
-    env.set_setting("storpool.agent.copy.timeout", 7200)
+def test_a_fill_finished_between_our_miss_and_our_lock_is_not_copied_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13: a root volume sees the cache missing (its VolumeCreate fails), another filler
+    then finishes the whole fill and releases the lock, and only then does this caller take the
+    lock. Having just seen the cache missing, it must still look once more after the lock
+    instead of copying the template a second time. The hook runs the other fill exactly inside
+    that window, so the race happens on every run."""
     t = env.add_template()
-    copying, release = threading.Event(), threading.Event()
-    owner_result: list[object] = []
+    real_ensure_cached = templates.ensure_cached
+    other: list[templates.CachedTemplate] = []
 
-    def owner() -> None:
-        try:
-            owner_result.append(templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC))
-        except Exception as exc:
-            owner_result.append(exc)
+    def other_filler_finishes_first(*args: object, **kwargs: object) -> templates.CachedTemplate:
+        if not other:
+            other.append(real_ensure_cached(env.ctx, env.pool, t.id, source=SRC))
+        return real_ensure_cached(*args, **kwargs)  # type: ignore[arg-type]
 
-    owner_thread = threading.Thread(target=owner)
-
-    def hold_owner_copy() -> None:
-        if threading.current_thread() is owner_thread:
-            copying.set()
-            release.wait(10)
-
-    env.agent.hook = hold_owner_copy
-    def owner_finishes() -> None:  # the waiter waits once: meanwhile the owner's copy completes
-        release.set()
-        owner_thread.join(10)
-
-    env.clock.on_sleep = owner_finishes
-    owner_thread.start()
-    assert copying.wait(10)
-    env.clock.now += 4000  # the owner's copy has been running for 4000 s (< 7200 s copy timeout)
-    waiter = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
-    owner_thread.join(20)
-    assert len(owner_result) == 1 and isinstance(owner_result[0], templates.CachedTemplate), owner_result
-    assert owner_result[0].filled and not waiter.filled
-    assert waiter.global_id == owner_result[0].global_id
+    monkeypatch.setattr(templates, "ensure_cached", other_filler_finishes_first)
+    made = volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+    assert other and other[0].filled
     assert len(env.agent.copies) == 1
+    assert env.sp_volume(made.name).parentName == other[0].name
     assert leftovers(env) == []

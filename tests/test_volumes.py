@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudstack_storpool.driver import naming, templates, volumes
+from cloudstack_storpool.driver import identity, naming, templates, volumes
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 from tests.driver_harness import Env, new_uuid
 
@@ -216,15 +216,15 @@ def test_attach_bad_input(env: Env) -> None:
 def test_ref_and_get(env: Env) -> None:
     vid = new_uuid()
     info = volumes.create(env.ctx, env.pool, vid, GIB)
-    assert volumes.ref(volume_uuid=vid) == naming.volume(vid)
-    assert volumes.ref(volume_uuid=vid, path=info.path) == "~" + info.global_id
-    assert volumes.ref(path="/dev/storpool/legacy-name") == "legacy-name"
+    assert identity.ref(volume_uuid=vid) == naming.volume(vid)
+    assert identity.ref(volume_uuid=vid, path=info.path) == "~" + info.global_id
+    assert identity.ref(path="/dev/storpool/legacy-name") == "legacy-name"
     with pytest.raises(ValidationError):
-        volumes.ref()
-    assert volumes.get(env.ctx, env.pool, path=info.path).uuid == vid
-    assert volumes.find(env.ctx, env.pool, volume_uuid=new_uuid()) is None
+        identity.ref()
+    assert identity.get(env.ctx, env.pool, path=info.path).uuid == vid
+    assert identity.find(env.ctx, env.pool, volume_uuid=new_uuid()) is None
     with pytest.raises(NotFound):
-        volumes.get(env.ctx, env.pool, volume_uuid=new_uuid())
+        identity.get(env.ctx, env.pool, volume_uuid=new_uuid())
 
 
 def test_vm_destroyed_refuses_a_bad_vm_id(env: Env) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
-from cloudstack_storpool.driver.snapshots import Result, SourceVolume, on_storpool
+from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
 from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DiskConnection(Result):
+class DiskConnection:
     host_id: str
     path: str
     volume: str
@@ -43,7 +43,7 @@ class DiskConnection(Result):
 
 
 @dataclass(frozen=True)
-class DiskDisconnection(Result):
+class DiskDisconnection:
     host_id: str
     path: str
     handled: bool
@@ -52,7 +52,7 @@ class DiskDisconnection(Result):
 
 
 @dataclass(frozen=True)
-class VmDisks(Result):
+class VmDisks:
     vm_id: str
     host_id: str
     volumes: list[str]
@@ -121,7 +121,7 @@ def disconnect_physical_disk_by_path(ctx: DriverContext, *, host_id: str, path: 
     return disconnect_physical_disk(ctx, host_id=host_id, path=path)
 
 
-def vm_disks(ctx: DriverContext, vm_id: str, fname: str = "vm_id") -> list[SourceVolume]:
+def vm_disks(ctx: DriverContext, vm_id: str, fname: str = "vm_id") -> list[LocatedVolume]:
     """The VM's volumes that live on our pools (others belong to other adaptors)."""
     if not isinstance(vm_id, str) or not vm_id:
         raise ValidationError(fname, "is required")

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 from cloudstack_storpool.agent.client import AgentRequestError
 from cloudstack_storpool.agent.luks import check_passphrase
 from cloudstack_storpool.driver.connect import storpool_path
-from cloudstack_storpool.driver.snapshots import Result, on_any_host, refuse_if_running, storpool_volume
+from cloudstack_storpool.driver.identity import locate
+from cloudstack_storpool.driver.revert import refuse_running
+from cloudstack_storpool.driver.snapshots import on_any_host
 from cloudstack_storpool.errors import NotFound, ValidationError
 from cloudstack_storpool.poolconfig import Secret
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Encrypted(Result):
+class Encrypted:
     volume_uuid: str
     volume: str
     encrypt_format: str
@@ -41,8 +43,8 @@ def set_volume_encryption(ctx: DriverContext, *, volume_uuid: str, passphrase: S
     snapshot, `/dev/storpool-byid/<globalId>`), copy it into the encrypted payload."""
     check_passphrase(passphrase)
     source = storpool_path(source_path, "source_path") if source_path is not None else None
-    src = storpool_volume(ctx, volume_uuid)
-    refuse_if_running(ctx, src.cs.vm_id, f"encryption of volume {volume_uuid}")
+    src = locate(ctx, volume_uuid)
+    refuse_running(ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None, f"encryption of volume {volume_uuid}")
     try:
         agent, res = on_any_host(ctx, src.pool, lambda c: c.encrypt_volume(
             volume=src.name, passphrase=passphrase, source=source, progress=ctx.progress))

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool.agent import qemu_img
+from cloudstack_storpool.driver.identity import locate
+from cloudstack_storpool.driver.revert import refuse_running
 from cloudstack_storpool.driver.secondary import SecondaryLocation
-from cloudstack_storpool.driver.snapshots import SecondaryCopy, on_any_host, refuse_if_running, storpool_volume
+from cloudstack_storpool.driver.snapshots import SecondaryCopy, on_any_host
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -23,8 +25,8 @@ def extract_volume(ctx: DriverContext, *, volume_uuid: str, store: str, path: st
     """Copy the volume to `path` on the secondary store `store` (qcow2, or raw)."""
     where = SecondaryLocation(store, path).check("secondary")
     qemu_img.check_format(format, "format")
-    src = storpool_volume(ctx, volume_uuid)
-    refuse_if_running(ctx, src.cs.vm_id, f"download of volume {volume_uuid}")
+    src = locate(ctx, volume_uuid)
+    refuse_running(ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None, f"download of volume {volume_uuid}")
     agent, res = on_any_host(ctx, src.pool, lambda c: c.copy_volume_out(
         volume=src.name, store=where.store, path=where.path, format=format, progress=ctx.progress))
     return SecondaryCopy(where.store, where.path, str(res.get("format", format)), int(res.get("virtual_size", 0)),

@@ -1,12 +1,14 @@
 """Garbage collection of what CloudStack no longer needs (the Java plugin only logs these).
 
 * Cached templates (`cs=template`) whose template CloudStack no longer has: deleted on every
-  pool. "No longer has" means CloudStack *answered* that the template does not exist; if
-  CloudStack cannot be asked, nothing is deleted. Volumes cloned from a cache keep their data:
+  pool. CloudStack is asked once per run (one paged listTemplates, then a set lookup per
+  cache); a cache whose template is not listed is confirmed by id, so "no longer has" means
+  CloudStack *answered* that the template does not exist. If CloudStack cannot be asked,
+  nothing is deleted. Volumes cloned from a cache keep their data:
   StorPool keeps a deleted snapshot until its last child is gone.
-* Temporary objects (`cs=temporary`: template fills, migration leftovers) older than
-  `storpool.gc.temporary.age` seconds, by their `started` tag or StorPool's creation time: a
-  live fill is younger than that and is left alone.
+* Temporary objects (`cs=temporary`: template fills, migration leftovers) whose last sign of
+  life (`alive` tag, else `started`, else StorPool's creation time) is older than
+  `storpool.gc.temporary.age` seconds: a live fill refreshes `alive` and is left alone.
 
 Only objects tagged with one of the configured pools are considered, so two installations
 sharing a StorPool cluster never collect each other's objects. `run(dry_run=True)` returns the
@@ -19,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudstack_storpool.driver import pools, tags, templates
+from cloudstack_storpool.driver import liveness, pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.uuids import check_uuid, is_uuid
 
@@ -65,58 +67,87 @@ def _temporary_age(ctx: DriverContext, given: int | None) -> int:
 
 
 def _age(ctx: DriverContext, obj: Any) -> float:
-    return ctx.clock() - templates.started_at(obj)
+    return ctx.clock() - liveness.last_sign_of_life(obj)
+
+
+class _TemplatesInCloudStack:
+    """Whether CloudStack still has a template, asked once per run: one paged listTemplates
+    gives every template it lists, and only a cache whose template is *not* listed is asked
+    about by id, so a template the listing does not show (another filter's, a project's)
+    is never taken for deleted. None: CloudStack could not be asked (nothing is deleted)."""
+
+    def __init__(self, ctx: DriverContext, report: GcReport) -> None:
+        self.ctx, self.report = ctx, report
+        self._listed: set[str] | None = None
+        self._asked: dict[str, bool | None] = {}
+        self._failed = False
+
+    def exists(self, tuuid: str) -> bool | None:
+        if self._listed is None and not self._failed:
+            try:
+                self._listed = {t.id.lower() for t in self.ctx.cloudstack.templates()}
+            except ProjectError as exc:
+                self._failed = True
+                self.report.errors["templates"] = f"cannot list CloudStack's templates: {exc}"
+        if self._failed:
+            return None
+        assert self._listed is not None
+        if tuuid in self._listed:
+            return True
+        if tuuid not in self._asked:
+            try:
+                self._asked[tuuid] = self.ctx.cloudstack.template(tuuid) is not None
+            except ProjectError as exc:
+                self.report.errors[f"template:{tuuid}"] = f"cannot ask CloudStack: {exc}"
+                self._asked[tuuid] = None
+        return self._asked[tuuid]
 
 
 def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcReport | None = None) -> list[GcAction]:
-    """What a collection would delete now (reads only)."""
+    """What a collection would delete now (reads only): per StorPool cluster one SnapshotsList
+    and one VolumesList, and one paged listTemplates for the whole run."""
     max_age = _temporary_age(ctx, temporary_age)
     report = report if report is not None else GcReport(dry_run=True)
+    in_cloudstack = _TemplatesInCloudStack(ctx, report)
     actions: list[GcAction] = []
-    template_exists: dict[str, bool | None] = {}
-
-    def still_in_cloudstack(tuuid: str) -> bool | None:
-        if tuuid not in template_exists:
-            try:
-                template_exists[tuuid] = ctx.cloudstack.template(tuuid) is not None
-            except ProjectError as exc:
-                report.errors[f"template:{tuuid}"] = f"cannot ask CloudStack: {exc}"
-                template_exists[tuuid] = None
-        return template_exists[tuuid]
-
     for specs in pools.by_cluster(ctx):
         by_uuid = {p.uuid: p for p in specs if p.uuid}
         conn = ctx.conn(specs[0])
         for s in conn.snapshots():
-            stags = s.tags or {}
-            pool = by_uuid.get(stags.get(tags.POOL, ""))
+            pool = by_uuid.get((s.tags or {}).get(tags.POOL, ""))
             if pool is None or getattr(s, "deleted", False):
                 continue
-            kind = stags.get(tags.KIND)
-            if kind == tags.TEMPLATE:
-                tuuid = stags.get(tags.UUID, "")
-                if not is_uuid(tuuid):
-                    continue
-                exists = still_in_cloudstack(tuuid)
-                if exists is None:
-                    continue
-                if exists:
-                    report.kept_templates += 1
-                    continue
-                actions.append(GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.globalId, tuuid,
-                                        "template deleted in CloudStack"))
-            elif kind == tags.TEMPORARY and _age(ctx, s) > max_age:
-                actions.append(GcAction(TEMPORARY_SNAPSHOT, pool.uuid, s.name, s.globalId, stags.get(tags.UUID),
-                                        f"temporary for more than {max_age} s"))
+            action = _snapshot_action(ctx, s, pool, max_age, in_cloudstack, report)
+            if action is not None:
+                actions.append(action)
         for v in conn.volumes():
             vtags = v.tags or {}
             pool = by_uuid.get(vtags.get(tags.POOL, ""))
-            if pool is None or vtags.get(tags.KIND) != tags.TEMPORARY:
-                continue
-            if _age(ctx, v) > max_age:
+            if pool is not None and vtags.get(tags.KIND) == tags.TEMPORARY and _age(ctx, v) > max_age:
                 actions.append(GcAction(TEMPORARY_VOLUME, pool.uuid, v.name, v.globalId, vtags.get(tags.UUID),
                                         f"temporary for more than {max_age} s"))
     return actions
+
+
+def _snapshot_action(ctx: DriverContext, s: Any, pool: Any, max_age: int, in_cloudstack: _TemplatesInCloudStack,
+                     report: GcReport) -> GcAction | None:
+    """A cached template of a deleted template, or an old temporary snapshot; else None."""
+    stags = s.tags or {}
+    kind = stags.get(tags.KIND)
+    if kind == tags.TEMPORARY and _age(ctx, s) > max_age:
+        return GcAction(TEMPORARY_SNAPSHOT, pool.uuid, s.name, s.globalId, stags.get(tags.UUID),
+                        f"temporary for more than {max_age} s")
+    if kind != tags.TEMPLATE:
+        return None
+    tuuid = stags.get(tags.UUID, "")
+    if not is_uuid(tuuid):
+        return None
+    exists = in_cloudstack.exists(tuuid)
+    if exists:
+        report.kept_templates += 1
+    if exists is not False:
+        return None
+    return GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.globalId, tuuid, "template deleted in CloudStack")
 
 
 def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: int | None = None) -> GcReport:

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool.driver.connect import agent_of, on_host, vm_disks
-from cloudstack_storpool.driver.snapshots import Result
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
 
 
 @dataclass(frozen=True)
-class HandedOver(Result):
+class HandedOver:
     vm_id: str
     host_id: str
     volumes: list[str]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from cloudstack_storpool.agent.hostconfig import check_client_id
 from cloudstack_storpool.driver.connect import host_and_agent
-from cloudstack_storpool.driver.snapshots import Result
 from cloudstack_storpool.errors import AgentError, ValidationError
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class HostConnected(Result):
+class HostConnected:
     host_id: str
     host: str
     client_id: int

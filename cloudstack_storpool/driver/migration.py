@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags, templates, volumes
+from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates, volumes
+from cloudstack_storpool.driver.identity import VolumeInfo
 from cloudstack_storpool.driver.offerings import Placement
-from cloudstack_storpool.driver.volumes import VolumeInfo
 from cloudstack_storpool.errors import NotFound, ProjectError, SpExists, ValidationError
 from cloudstack_storpool.uuids import check_uuid
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.driver.templates import TemplateSource
     from cloudstack_storpool.poolconfig import PoolSpec
+    from cloudstack_storpool.spconn import Created, StorPoolConn
 
 log = logging.getLogger(__name__)
 
@@ -96,24 +97,29 @@ def migrate(
         raise ValidationError("target_pool", f"{dst.name} is on another StorPool cluster than {src.name}; "
                                              "moving data between clusters is not supported")
     conn = ctx.conn(src)
-    final_name = naming.volume(uuid)
-    clone_name = naming.migrating(uuid)
-    source = conn.volume(volumes.ref(volume_uuid=uuid, path=path))
+    source = conn.volume(identity.ref(volume_uuid=uuid, path=path))
     if source is None:
         return _resume(ctx, src, dst, uuid, path)
     if dst.uuid and (source.tags or {}).get(tags.POOL) == dst.uuid and src.uuid != dst.uuid:
         log.info("volume %s is already on pool %s (a repeated migration)", source.name, dst.name)
-        return MigrationResult(DONE, src.uuid, dst.uuid, volumes.info(source, dst))
+        return MigrationResult(DONE, src.uuid, dst.uuid, identity.info(source, dst))
     placement = _placement(ctx, dst, source, volume_type=volume_type, disk_offering_id=disk_offering_id,
                            service_offering_id=service_offering_id, iops=iops)
     carried = {**(source.tags or {}), tags.POOL: dst.uuid, tags.QOS_CLASS: placement.qos_class or ""}
     running = _vm_running(ctx, uuid) if vm_running is None else vm_running
-
     if running:
         conn.volume_update("~" + source.globalId, template=placement.template,
                            iops=offerings.explicit_iops(ctx, dst, placement), tags=carried)
-        return MigrationResult(IN_PLACE, src.uuid, dst.uuid, volumes.get(ctx, dst, path=names.BYID_PREFIX + source.globalId))
+        return MigrationResult(IN_PLACE, src.uuid, dst.uuid, identity.get(ctx, dst, path=names.BYID_PREFIX + source.globalId))
+    clone = _clone_then_swap(ctx, conn, dst, uuid, source, placement, carried)
+    return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=clone.path))
 
+
+def _clone_then_swap(ctx: DriverContext, conn: StorPoolConn, dst: PoolSpec, uuid: str, source: Any,
+                     placement: Placement, carried: dict[str, str]) -> Created:
+    """A stopped or detached volume: `baseOn` clone named `naming.migrating(uuid)` (replacing one
+    an interrupted attempt left), delete the source, rename the clone to the volume's name."""
+    clone_name = naming.migrating(uuid)
     stale = conn.volume(clone_name)
     if stale is not None:
         log.warning("removing %s left by an interrupted migration (the source is still there)", clone_name)
@@ -126,8 +132,8 @@ def migrate(
     except ProjectError:
         conn.volume_delete(clone.ref)
         raise
-    conn.volume_update(clone.ref, rename=final_name)
-    return MigrationResult(CLONE, src.uuid, dst.uuid, volumes.get(ctx, dst, path=clone.path))
+    conn.volume_update(clone.ref, rename=naming.volume(uuid))
+    return clone
 
 
 def _resume(ctx: DriverContext, src: PoolSpec, dst: PoolSpec, uuid: str, path: str | None) -> MigrationResult:
@@ -140,10 +146,10 @@ def _resume(ctx: DriverContext, src: PoolSpec, dst: PoolSpec, uuid: str, path: s
         except SpExists:
             raise ValidationError("volume_uuid", f"both {naming.migrating(uuid)} and {naming.volume(uuid)} exist; "
                                                  "resolve by hand") from None
-        return MigrationResult(CLONE, src.uuid, dst.uuid, volumes.get(ctx, dst, path=names.BYID_PREFIX + clone.globalId))
+        return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=names.BYID_PREFIX + clone.globalId))
     done = conn.volume(naming.volume(uuid))
     if done is not None and (done.tags or {}).get(tags.POOL) == dst.uuid:
-        return MigrationResult(CLONE, src.uuid, dst.uuid, volumes.info(done, dst))
+        return MigrationResult(CLONE, src.uuid, dst.uuid, identity.info(done, dst))
     raise NotFound(f"volume: {path or uuid} does not exist on pool {src.name}")
 
 
@@ -174,4 +180,4 @@ def import_volume(
     except BaseException:
         ctx.conn(dst).volume_delete("~" + created.global_id)
         raise
-    return MigrationResult(COPY, None, dst.uuid, volumes.get(ctx, dst, path=created.path))
+    return MigrationResult(COPY, None, dst.uuid, identity.get(ctx, dst, path=created.path))

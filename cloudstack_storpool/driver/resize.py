@@ -6,9 +6,13 @@ size now rather than after a restart. Where the VM runs is asked from CloudStack
 of the resize (running: its host; stopped: the host it last ran on, which attaches the volume
 if needed; no VM: no host at all).
 
-A resize that StorPool accepted but the host could not apply would leave CloudStack, StorPool
-and the guest disagreeing, so any failure after the VolumeUpdate puts StorPool's size, iops,
-template and `qc` tag back as they were and says so in the error.
+When the host fails after StorPool accepted the new size, what happens next depends on what
+the host can vouch for. If its agent confirms the guest's disk was not changed (every error of
+its `resize` command does: the block resize is its last step that can fail), StorPool's size,
+iops, template and `qc` are put back as they were. Otherwise (contact lost, the agent gone,
+an answer without that confirmation) libvirt may already have grown the disk under the running
+guest, and shrinking StorPool beneath it would be worse than leaving it grown: the error says
+the volume is left at the new size and nothing is undone.
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
+from cloudstack_storpool.agent.client import AgentRequestError
 from cloudstack_storpool.driver import offerings, tags
-from cloudstack_storpool.driver.snapshots import Result, storpool_volume
+from cloudstack_storpool.driver.identity import LocatedVolume, locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.spconn import StorPoolConn
 
 log = logging.getLogger(__name__)
 
 
 class ResizeFailed(AgentError):
     """The host could not apply the resize. `rolled_back` tells whether StorPool is back at the
-    old size and limits (False means an operator must look: the message says what is left)."""
+    old size and limits (False: it is left at the new size, the message says why)."""
 
     code = "resize"
 
@@ -40,7 +46,7 @@ class ResizeFailed(AgentError):
 
 
 @dataclass(frozen=True)
-class Resized(Result):
+class Resized:
     volume_uuid: str
     volume: str
     old_size: int
@@ -73,63 +79,97 @@ def resize_volume(
     refusal happens before StorPool is touched.
     """
     names.size(new_size, "new_size")
-    src = storpool_volume(ctx, volume_uuid)
+    src = locate(ctx, volume_uuid)
     conn = ctx.conn(src.pool)
-    current = conn.volume(src.name)
-    if current is None:
-        raise NotFound(f"volume_uuid: volume {src.name} is not on StorPool")
-    old_size, old_iops, old_template = int(current.size), offerings.iops_of(current), str(current.templateName or "")
-    old_qc = (current.tags or {}).get(tags.QOS_CLASS, "")
-    shrinking = new_size < old_size
+    before = _Before.read(conn, src.name)
+    shrinking = new_size < before.size
     if shrinking and not shrink_ok:
-        raise ValidationError("new_size", f"{new_size} is smaller than the volume's {old_size} bytes; "
+        raise ValidationError("new_size", f"{new_size} is smaller than the volume's {before.size} bytes; "
                                           "shrinking loses data and must be allowed with shrink_ok")
+    update = _offering_update(ctx, src, new_size, disk_offering_id, service_offering_id, custom_iops)
+    # Where the VM runs is asked before anything changes: a CloudStack failure here costs nothing.
+    host_id, vm_name = _placement(ctx, src)
+    agent = ctx.agents.for_host(host_id) if host_id is not None else None
+    conn.volume_update(src.name, size=new_size, shrink_ok=shrinking, **update)
+    notified, capacity = False, None
+    if agent is not None:
+        try:
+            res = agent.resize(volume=src.name, size=new_size, vm=vm_name)
+            notified, capacity = bool(res.get("notified")), res.get("capacity")
+        except Exception as exc:
+            what = f"resize of {src.name} to {new_size} bytes failed on host {host_id}: {exc}"
+            if not _confirmed_not_applied(exc):
+                raise _left_as_asked(what, new_size) from exc
+            raise _roll_back(conn, src.name, what, before, new_size, update) from exc
+    return Resized(volume_uuid.lower(), src.name, before.size, new_size, update.get("iops"), update.get("template"),
+                   host_id, notified, int(capacity) if isinstance(capacity, int) else None)
 
-    update: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class _Before:
+    """What a rollback restores: StorPool's size, limit, template and `qc` before the resize."""
+
+    size: int
+    iops: int
+    template: str
+    qc: str
+
+    @classmethod
+    def read(cls, conn: StorPoolConn, name: str) -> _Before:
+        current = conn.volume(name)
+        if current is None:
+            raise NotFound(f"volume_uuid: volume {name} is not on StorPool")
+        return cls(int(current.size), offerings.iops_of(current), str(current.templateName or ""),
+                   (current.tags or {}).get(tags.QOS_CLASS, ""))
+
+
+def _offering_update(ctx: DriverContext, src: LocatedVolume, new_size: int, disk_offering_id: str | None,
+                     service_offering_id: str | None, custom_iops: int | None) -> dict[str, Any]:
+    """The template / iops / `qc` a new offering (or custom IOPS alone) asks for; {} for neither."""
     if disk_offering_id is not None or service_offering_id is not None:
         placement = offerings.resolve(
             ctx, src.pool, volume_type=src.cs.type or offerings.DATADISK, disk_offering_id=disk_offering_id,
             service_offering_id=service_offering_id, custom_iops=custom_iops, size=new_size)
-        update = {"template": placement.template, "iops": offerings.explicit_iops(ctx, src.pool, placement),
-                  "tags": placement.tags()}
-    elif custom_iops is not None:
-        update = {"iops": offerings.check_iops(custom_iops, "custom_iops") or 0}
-
-    # Where the VM runs is asked before anything changes: a CloudStack failure here costs nothing.
-    host_id: str | None = None
-    vm_name: str | None = None
-    if src.cs.vm_id:
-        vm = ctx.cloudstack.vm(src.cs.vm_id)
-        if vm is not None:
-            host_id, vm_name = vm.placement_host_id, vm.instance_name or None
-
-    conn.volume_update(src.name, size=new_size, shrink_ok=shrinking, **update)
-    notified, capacity = False, None
-    if host_id is not None:
-        try:
-            agent = ctx.agents.for_host(host_id)
-            res = agent.resize(volume=src.name, size=new_size, vm=vm_name)
-            notified, capacity = bool(res.get("notified")), res.get("capacity")
-        except Exception as exc:
-            raise _roll_back(ctx, src.name, conn, exc, host_id, old_size=old_size, new_size=new_size,
-                             iops=old_iops, template=old_template if "template" in update else None,
-                             qc=old_qc if "tags" in update else None) from exc
-    return Resized(volume_uuid.lower(), src.name, old_size, new_size, update.get("iops"), update.get("template"),
-                   host_id, notified, int(capacity) if isinstance(capacity, int) else None)
+        return {"template": placement.template, "iops": offerings.explicit_iops(ctx, src.pool, placement),
+                "tags": placement.tags()}
+    if custom_iops is not None:
+        return {"iops": offerings.check_iops(custom_iops, "custom_iops") or 0}
+    return {}
 
 
-def _roll_back(
-    ctx: DriverContext, name: str, conn: Any, cause: Exception, host_id: str, *, old_size: int, new_size: int,
-    iops: int, template: str | None, qc: str | None,
-) -> ResizeFailed:
-    what = f"resize of {name} to {new_size} bytes failed on host {host_id}: {cause}"
+def _placement(ctx: DriverContext, src: LocatedVolume) -> tuple[str | None, str | None]:
+    """The host to tell (running: its host; stopped: its last host) and the domain's name."""
+    if not src.cs.vm_id:
+        return None, None
+    vm = ctx.cloudstack.vm(src.cs.vm_id)
+    if vm is None:
+        return None, None
+    return vm.placement_host_id, vm.instance_name or None
+
+
+def _confirmed_not_applied(exc: BaseException) -> bool:
+    """The agent answered that the guest's disk was not changed. Nothing else counts: an agent
+    that could not be reached may have been reached, and a lost contact may have grown the disk."""
+    return isinstance(exc, AgentRequestError) and exc.applied is False
+
+
+def _left_as_asked(what: str, new_size: int) -> ResizeFailed:
+    log.error("%s; the host may have applied it, so StorPool is left at %d bytes", what, new_size)
+    return ResizeFailed(f"{what}; the host did not confirm it left the disk unchanged, so the volume is left at "
+                        f"{new_size} bytes on StorPool (not shrunk back under a guest that may already see it); "
+                        "retry the resize, or check the VM's disk size", rolled_back=False)
+
+
+def _roll_back(conn: StorPoolConn, name: str, what: str, before: _Before, new_size: int,
+               update: dict[str, Any]) -> ResizeFailed:
     try:
-        conn.volume_update(name, size=old_size, shrink_ok=old_size < new_size, iops=iops, template=template,
-                           tags={tags.QOS_CLASS: qc} if qc is not None else None)
+        conn.volume_update(name, size=before.size, shrink_ok=before.size < new_size, iops=before.iops,
+                           template=before.template if "template" in update else None,
+                           tags={tags.QOS_CLASS: before.qc} if "tags" in update else None)
     except Exception as undo:
         log.error("%s; rolling StorPool back failed: %s", what, undo)
-        return ResizeFailed(f"{what}; rolling StorPool back to {old_size} bytes FAILED too ({undo}): "
+        return ResizeFailed(f"{what}; rolling StorPool back to {before.size} bytes FAILED too ({undo}): "
                             f"the volume is now {new_size} bytes on StorPool", rolled_back=False)
     log.warning("%s; StorPool size and limits restored", what)
-    return ResizeFailed(f"{what}; StorPool size restored to {old_size} bytes and iops to {iops or 'no limit'}",
-                        rolled_back=True)
+    return ResizeFailed(f"{what}; the host confirmed it changed nothing, so StorPool's size was restored to "
+                        f"{before.size} bytes and iops to {before.iops or 'no limit'}", rolled_back=True)

@@ -18,32 +18,24 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags, templates, volumes
+from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver.removal import drop_snapshot
+from cloudstack_storpool.driver.revert import refuse_running, revert_volume
 from cloudstack_storpool.driver.secondary import SecondaryLocation
-from cloudstack_storpool.errors import (
-    AgentError,
-    CloudStackError,
-    CloudStackNoAnswer,
-    Conflict,
-    NotFound,
-    ProjectError,
-    SpExists,
-    SpNotFound,
-    StorPoolError,
-    ValidationError,
-)
+from cloudstack_storpool.driver.undo import undo_and_fail
+from cloudstack_storpool.errors import NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agent.client import AgentClient
-    from cloudstack_storpool.cloudstack.records import VirtualMachine, Volume
+    from cloudstack_storpool.cloudstack.records import Volume
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec
-    from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.spconn import Created, StorPoolConn
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +48,8 @@ T = TypeVar("T")
 # ---------------------------------------------------------------------------- results
 
 
-class Result:
-    """JSON-able results: the service returns `to_json()` as the response body."""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-
 @dataclass(frozen=True)
-class SecondaryCopy(Result):
+class SecondaryCopy:
     """A qcow2 an agent wrote to secondary storage."""
 
     store: str
@@ -77,7 +62,7 @@ class SecondaryCopy(Result):
 
 
 @dataclass(frozen=True)
-class SnapshotInfo(Result):
+class SnapshotInfo:
     uuid: str
     name: str
     """StorPool name (`naming.snapshot(uuid)`)."""
@@ -97,14 +82,14 @@ class SnapshotInfo(Result):
 
 
 @dataclass(frozen=True)
-class SnapshotDeleted(Result):
+class SnapshotDeleted:
     uuid: str
     name: str
     existed: bool
 
 
 @dataclass(frozen=True)
-class Reverted(Result):
+class Reverted:
     volume_uuid: str
     volume: str
     snapshot: str
@@ -113,7 +98,7 @@ class Reverted(Result):
 
 
 @dataclass(frozen=True)
-class VolumeFromSnapshot(Result):
+class VolumeFromSnapshot:
     uuid: str
     name: str
     global_id: str
@@ -122,12 +107,17 @@ class VolumeFromSnapshot(Result):
     """`storpool` (a child of the snapshot, nothing copied) or `secondary` (copied by an agent)."""
     copied_bytes: int
     recovered: bool
+    template: str
+    """The StorPool template it was placed on (from the offerings, else the pool's)."""
+    iops: int | None
+    """The IOPS limit written (None: the snapshot's is inherited)."""
+    qos_class: str | None
     agent: str | None = None
     """The agent that copied the data in (secondary source only)."""
 
 
 @dataclass(frozen=True)
-class TemplateFromSnapshot(Result):
+class TemplateFromSnapshot:
     template_uuid: str
     pool: str
     name: str
@@ -142,56 +132,12 @@ class TemplateFromSnapshot(Result):
     recovered: bool
 
 
-# ------------------------------------------------------------ helpers shared by snapshots, VM snapshots and resize
-
-
-@dataclass(frozen=True)
-class SourceVolume:
-    """A CloudStack volume on a StorPool pool, with the StorPool name to address it by."""
-
-    cs: Volume
-    pool: PoolSpec
-    name: str
-
-    @property
-    def uuid(self) -> str:
-        return self.cs.id
-
-
-def storpool_volume(ctx: DriverContext, volume_uuid: str, field: str = "volume_uuid") -> SourceVolume:
-    """Look a CloudStack volume up and make sure it lives on one of our pools.
-
-    CloudStack stores `/dev/storpool-byid/<globalId>` as the path, which survives renames
-    (migration); volumes without a path yet are addressed by their deterministic name.
-    """
-    check_uuid(volume_uuid, field)
-    vol = ctx.cloudstack.volume(volume_uuid)
-    if vol is None:
-        raise NotFound(f"{field}: CloudStack has no volume {volume_uuid}")
-    return _on_storpool(ctx, vol, field)
-
-
-def _on_storpool(ctx: DriverContext, vol: Volume, field: str) -> SourceVolume:
-    if not vol.storage_id:
-        raise ValidationError(field, f"volume {vol.id} is not on a primary storage pool")
-    try:
-        pool = ctx.pool(vol.storage_id)
-    except ValidationError:
-        raise ValidationError(field, f"volume {vol.id} is not on a StorPool pool (pool {vol.storage_id})") from None
-    return SourceVolume(vol, pool, volumes.ref(volume_uuid=vol.id, path=vol.path, path_field=f"{field}.path"))
-
-
-def on_storpool(ctx: DriverContext, vol: Volume, field: str = "volume") -> SourceVolume | None:
-    """The volume's StorPool handle, or None when it is on some other kind of pool."""
-    try:
-        return _on_storpool(ctx, vol, field)
-    except ValidationError:
-        return None
+# ---------------------------------------------------------------------------- helpers
 
 
 def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient], T]) -> tuple[str, T]:
     """Run a copy between StorPool and secondary storage on any Up host of the pool's zone
-    (the agent directory's rotation, moving on while agents are unreachable); returns which agent ran it.
+    (the agents' rotation, moving on while agents are unreachable); returns which agent ran it.
     Any host will do: the object is attached there only for the copy."""
     used: list[str] = []
 
@@ -203,43 +149,6 @@ def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient]
     return used[-1], result
 
 
-def restore_tags(current: dict[str, str] | None) -> dict[str, str]:
-    """The tags to write back after a revert: everything the volume carried (cvm, disk,
-    vc-policy, qc, identity). StorPool keeps tags on revert today; writing them back costs
-    nothing in the same VolumeUpdate that re-applies iops and guards against the day it
-    does not."""
-    return dict(current or {})
-
-
-def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callable[[], object]) -> ProjectError:
-    """Undo what this call made after step `failure` failed, and build the error to raise.
-
-    The error is of the same kind as the cause (an agent error stays an AgentError, a StorPool
-    error keeps its name) and says what failed, why, and whether the undo worked (`undone`
-    describes it when it did); an undo that fails too is reported, not raised over the cause.
-    """
-    try:
-        undo()
-        outcome = undone
-    except Exception as exc:  # reported together with the original error
-        log.error("%s, and undoing it failed: %s", failure, exc)
-        outcome = f"undoing it failed too, so it is left behind: {exc}"
-    text = f"{failure}: {cause}; {outcome}"
-    if isinstance(cause, StorPoolError):
-        return type(cause)(cause.name, text, status=cause.status, query=cause.query)
-    if isinstance(cause, ValidationError):
-        return ValidationError(cause.field, text)
-    if isinstance(cause, CloudStackError):
-        return CloudStackError(cause.command, text, errorcode=cause.errorcode)
-    if isinstance(cause, CloudStackNoAnswer):  # still "no answer": the caller may retry
-        return type(cause)(cause.command, text)
-    if isinstance(cause, AgentError):
-        return AgentError(text)
-    if isinstance(cause, (NotFound, Conflict)):
-        return type(cause)(text)
-    return ProjectError(text)
-
-
 def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation) -> SecondaryCopy:
     """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole)."""
     agent, res = on_any_host(
@@ -247,13 +156,6 @@ def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where
                                            progress=ctx.progress))
     return SecondaryCopy(where.store, where.path, str(res.get("format", "qcow2")), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)
-
-
-def drop_snapshot(conn: StorPoolConn, name: str) -> bool:
-    """Force-detach (an agent may have been cut off mid-copy, a host may hold a stale
-    attachment) then delete; gone is fine. True when it existed."""
-    conn.detach_everywhere(name, snapshot=True)
-    return conn.snapshot_delete(name, missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- take / delete / revert
@@ -282,7 +184,6 @@ def bypass_decision(ctx: DriverContext, pool_uuid: str | None) -> BypassDecision
     return BypassDecision(not backup, BACKUP_SETTING)
 
 
-
 def take_snapshot(
     ctx: DriverContext,
     *,
@@ -298,7 +199,7 @@ def take_snapshot(
     ciphertext CloudStack cannot read back, so they are refused unless the bypass is on.
     """
     name = naming.snapshot(snapshot_uuid)
-    src = storpool_volume(ctx, volume_uuid)
+    src = identity.locate(ctx, volume_uuid)
     decision = bypass_decision(ctx, src.pool.uuid or None)
     bypass = decision.bypassed
     if not bypass:
@@ -319,9 +220,7 @@ def take_snapshot(
         gid = created.global_id
     except SpExists:
         # The same CloudStack snapshot asked again (a retried job): use it if it is ours.
-        existing = conn.snapshot(name)
-        if not tags.owned_by(existing, snapshot_uuid.lower()):
-            raise Conflict(f"snapshot_uuid: StorPool already has an object named {name} that is not this snapshot") from None
+        existing = identity.ours(conn.snapshot(name), snapshot_uuid.lower(), f"snapshot {name}", "snapshot_uuid")
         gid, recovered = existing.globalId, True
     backup = None
     if not bypass:
@@ -345,20 +244,6 @@ def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str) -> Sna
     return SnapshotDeleted(snapshot_uuid.lower(), name, existed)
 
 
-STOPPED_STATES = ("Stopped", "Destroyed", "Expunging")
-
-
-def refuse_if_running(ctx: DriverContext, vm_id: str | None, what: str) -> None:
-    """A revert rewrites the disks under the VM's feet: only a stopped VM (or none) is safe."""
-    if vm_id:
-        refuse_running_vm(ctx.cloudstack.vm(vm_id), what)
-
-
-def refuse_running_vm(vm: VirtualMachine | None, what: str) -> None:
-    if vm is not None and vm.state not in STOPPED_STATES:
-        raise Conflict(f"{what}: VM {vm.name or vm.id} is {vm.state}; stop it first")
-
-
 def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str) -> Reverted:
     """Roll a volume back to one of its snapshots, keeping its iops limit and tags.
 
@@ -366,31 +251,15 @@ def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str)
     attached is a stale attachment of a host that ran it last.
     """
     snap = naming.snapshot(snapshot_uuid)
-    src = storpool_volume(ctx, volume_uuid)
-    refuse_if_running(ctx, src.cs.vm_id, f"revert of volume {volume_uuid}")
+    src = identity.locate(ctx, volume_uuid)
+    if src.cs.vm_id:
+        refuse_running(ctx.cloudstack.vm(src.cs.vm_id), f"revert of volume {volume_uuid}")
     conn = ctx.conn(src.pool)
     summary = conn.volume(src.name)
     if summary is None:
         raise NotFound(f"volume_uuid: volume {src.name} is not on StorPool")
     iops, kept = revert_volume(conn, src, snap, summary)
     return Reverted(volume_uuid.lower(), src.name, snap, iops, kept)
-
-
-def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary: Any, *,
-                  detach: bool = True) -> tuple[int, dict[str, str]]:
-    """Detach (unless the caller detached already), VolumeRevert, then re-apply iops
-    (CloudStack's max IOPS when it has one, else the limit the volume had) and tags. Shared by
-    volume and VM-snapshot reverts."""
-    iops = src.cs.max_iops if src.cs.max_iops is not None else offerings.iops_of(summary)
-    kept = restore_tags(summary.tags)
-    if detach:
-        conn.detach_everywhere(src.name)
-    try:
-        conn.volume_revert(src.name, snapshot)
-    except SpNotFound:
-        raise NotFound(f"snapshot: {snapshot} is not on StorPool") from None
-    conn.volume_update(src.name, iops=iops, tags=kept or None)
-    return iops, kept
 
 
 # ---------------------------------------------------------------------------- from snapshots
@@ -403,66 +272,101 @@ def volume_from_snapshot(
     snapshot_uuid: str,
     volume_uuid: str,
     size: int | None = None,
+    volume_type: str = offerings.DATADISK,
+    disk_offering_id: str | None = None,
+    service_offering_id: str | None = None,
     iops: int | None = None,
-    template: str | None = None,
     secondary: SecondaryLocation | None = None,
 ) -> VolumeFromSnapshot:
-    """A new volume with the snapshot's content.
+    """A new volume with the snapshot's content, placed like any create.
 
-    On StorPool: one VolumeCreate with `parent` (nothing copied). `iops` defaults to the source
-    volume's max IOPS in CloudStack (else the snapshot's limit is inherited); `template` to
-    the pool's. If the StorPool snapshot is gone and `secondary` names its backup, an empty
-    volume is created and an agent copies the backup in; a failed copy deletes that volume.
+    On StorPool: one VolumeCreate with `parent` (nothing copied). Template, `qc` and iops come
+    from the offerings and the custom `iops` exactly as for `volumes.create`
+    (`offerings.resolve`); when neither sets an IOPS limit, the source volume's max IOPS in
+    CloudStack applies (else the snapshot's limit is inherited). If the StorPool snapshot is
+    gone and `secondary` names its backup, an empty volume is created and an agent copies the
+    backup in; a failed copy deletes that volume.
     """
     spec = ctx.pool(pool)
-    name = naming.volume(volume_uuid)
+    uuid = check_uuid(volume_uuid, "volume_uuid")
     snap = naming.snapshot(snapshot_uuid)
     if size is not None:
         names.size(size, "size")
     if secondary is not None:
         secondary.check()
+    placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
+                                  service_offering_id=service_offering_id, custom_iops=iops, size=size)
     # Asked of CloudStack at most once, and only when iops or size must come from it.
     source_volume = functools.cache(lambda: _source_volume_of(ctx, snapshot_uuid))
-    if iops is None:
-        iops = _source_iops(source_volume())
-    conn = ctx.conn(spec)
-    vol_tags = volumes.volume_tags(check_uuid(volume_uuid, "volume_uuid"), spec)
-    tmpl = template or spec.template
+    limit = placement.iops if placement.iops is not None else _source_iops(source_volume())
+    new = _NewVolume(ctx.conn(spec), uuid, naming.volume(uuid), identity.volume_tags(uuid, spec, placement),
+                     placement.template, limit, placement.qos_class)
+    made = _clone_snapshot(new, snap, size, secondary)
+    if made is not None:
+        return made
+    assert secondary is not None
+    log.info("snapshot %s is gone from StorPool; restoring volume %s from %s", snap, new.name, secondary.path)
+    return _restore_from_secondary(ctx, spec, new, secondary, size if size is not None else _source_size(source_volume()))
+
+
+@dataclass(frozen=True)
+class _NewVolume:
+    """The volume `volume_from_snapshot` makes, whichever way its data comes."""
+
+    conn: StorPoolConn
+    uuid: str
+    name: str
+    tags: dict[str, str]
+    template: str
+    iops: int | None
+    qos_class: str | None
+
+    def create(self, source: str, *, size: int | None, parent: str | None = None) -> VolumeFromSnapshot | Created:
+        """One VolumeCreate; a volume this request made before is returned as recovered."""
+        try:
+            return self.conn.volume_create(name=self.name, parent=parent, size=size, iops=self.iops,
+                                           template=self.template, tags=self.tags)
+        except SpExists:
+            found = identity.existing_volume(self.conn, self.name, self.uuid)
+            return self.result(found.name, found.globalId, source, 0, True)
+
+    def result(self, name: str, global_id: str, source: str, copied: int, recovered: bool,
+               agent: str | None = None) -> VolumeFromSnapshot:
+        return VolumeFromSnapshot(self.uuid, name, global_id, names.BYID_PREFIX + global_id, source, copied,
+                                  recovered, self.template, self.iops, self.qos_class, agent)
+
+
+def _clone_snapshot(new: _NewVolume, snap: str, size: int | None,
+                    secondary: SecondaryLocation | None) -> VolumeFromSnapshot | None:
+    """The volume as a child of the StorPool snapshot; None when the snapshot is gone and its
+    secondary copy can stand in."""
     try:
-        created = conn.volume_create(name=name, parent=snap, size=size, iops=iops, template=tmpl, tags=vol_tags)
-        return VolumeFromSnapshot(volume_uuid.lower(), created.name, created.global_id, created.path, "storpool", 0,
-                                  created.recovered)
-    except SpExists:
-        return _existing_volume(conn, name, volume_uuid, "storpool")
+        made = new.create("storpool", size=size, parent=snap)
     except SpNotFound:
-        if conn.snapshot(snap) is not None:
+        if new.conn.snapshot(snap) is not None:
             raise  # something else is missing (the template): not a case for the secondary copy
         if secondary is None:
             raise NotFound(f"snapshot_uuid: snapshot {snap} is not on StorPool and no secondary copy was given") from None
-        log.info("snapshot %s is gone from StorPool; restoring volume %s from %s", snap, name, secondary.path)
-    if size is None:
-        size = _source_size(source_volume())
+        return None
+    if isinstance(made, VolumeFromSnapshot):
+        return made
+    return new.result(made.name, made.global_id, "storpool", 0, made.recovered)
+
+
+def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume, where: SecondaryLocation,
+                            size: int) -> VolumeFromSnapshot:
+    """An empty volume, then an agent copies the snapshot's backup in; a failed copy removes it."""
+    made = new.create("secondary", size=size)
+    if isinstance(made, VolumeFromSnapshot):
+        return made
     try:
-        created = conn.volume_create(name=name, size=size, iops=iops, template=tmpl, tags=vol_tags)
-    except SpExists:
-        return _existing_volume(conn, name, volume_uuid, "secondary")
-    try:
-        where = secondary
         agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
-            store=where.store, path=where.path, volume=created.ref, target_is_zero=True, progress=ctx.progress))
+            store=where.store, path=where.path, volume=made.ref, target_is_zero=True, progress=ctx.progress))
     except Exception as exc:
-        raise undo_and_fail(f"copy of the secondary copy {secondary.path} into volume {volume_uuid} failed", exc,
-                            f"the new volume {name} was removed", lambda: conn.volume_delete(name, missing_ok=True)) from exc
-    return VolumeFromSnapshot(volume_uuid.lower(), created.name, created.global_id, created.path, "secondary",
-                              int(res.get("virtual_size", 0)), created.recovered, agent)
-
-
-def _existing_volume(conn: StorPoolConn, name: str, volume_uuid: str, source: str) -> VolumeFromSnapshot:
-    found = conn.volume(name)
-    if not tags.owned_by(found, volume_uuid.lower()):
-        raise Conflict(f"volume_uuid: StorPool already has an object named {name} that is not this volume")
-    return VolumeFromSnapshot(volume_uuid.lower(), found.name, found.globalId, names.BYID_PREFIX + found.globalId,
-                              source, 0, True)
+        raise undo_and_fail(f"copy of the secondary copy {where.path} into volume {new.uuid} failed", exc,
+                            f"the new volume {new.name} was removed",
+                            lambda: new.conn.volume_delete(made.ref, missing_ok=True)) from exc
+    return new.result(made.name, made.global_id, "secondary", int(res.get("virtual_size", 0)), made.recovered, agent)
 
 
 def _source_volume_of(ctx: DriverContext, snapshot_uuid: str) -> Volume | None:
@@ -494,49 +398,53 @@ def template_from_snapshot(
 ) -> TemplateFromSnapshot:
     """Make a template's cached snapshot on `pool` straight from a StorPool snapshot or volume.
 
-    Nothing is copied on StorPool: the template cache (`templates.ensure_cached`) clones
-    the snapshot (`parent`) or the volume (`baseOn`) and snapshots the clone under the cache's
+    Nothing is copied on StorPool: the template cache (`templates.ensure_cached`) clones the
+    snapshot (`parent`) or the volume (`baseOn`) and snapshots the clone under the cache's
     name, so a VM from this template is one VolumeCreate even the first time. When `secondary`
     is given, an agent also writes the template's qcow2 there (CloudStack keeps that copy, e.g.
-    to deploy in other zones); if that fails the cache is removed again and the call fails.
+    to deploy in other zones); if that fails the cache is removed again (when this call made
+    it) and the call fails.
     """
     if (snapshot_uuid is None) == (volume_uuid is None):
         raise ValidationError("snapshot_uuid", "give exactly one of snapshot_uuid and volume_uuid")
     spec = ctx.pool(pool)
     if not spec.uuid:
         raise ValidationError("pool", "the pool has no CloudStack uuid: the template cache is named after it")
-    cache = naming.template_cache(template_uuid, spec.uuid)
     if secondary is not None:
         secondary.check()
-    conn = ctx.conn(spec)
-    from_volume = from_snapshot = None
-    if volume_uuid is not None:
-        src_vol = storpool_volume(ctx, volume_uuid)
-        if ctx.conn(src_vol.pool) is not conn:
-            raise ValidationError("volume_uuid", "the volume is on another StorPool cluster than the pool")
-        source = from_volume = src_vol.name
-    else:
-        source = from_snapshot = naming.snapshot(str(snapshot_uuid))
-    cached = templates.cached(ctx, spec, template_uuid)
-    made_before = cached is not None
-    if cached is None:
-        try:
-            cached = templates.ensure_cached(ctx, spec, template_uuid, from_snapshot=from_snapshot,
-                                             from_volume=from_volume, known_missing=True)
-        except SpNotFound:
-            if from_snapshot is not None and conn.snapshot(from_snapshot) is None:
-                raise NotFound(f"snapshot_uuid: snapshot {from_snapshot} is not on StorPool") from None
-            raise
-
-    copy = None
-    if secondary is not None:
-        try:
-            copy = backup_to_secondary(ctx, spec, cached.name, secondary)
-        except Exception as exc:
-            if made_before:
-                raise  # the cache was there before this call (root volumes may use it): not ours to undo
-            raise undo_and_fail(f"writing template {template_uuid} to secondary storage failed", exc,
-                                f"the cached template {cache} was removed", lambda: drop_snapshot(conn, cache)) from exc
+    from_volume = _template_source_volume(ctx, spec, volume_uuid)
+    from_snapshot = naming.snapshot(str(snapshot_uuid)) if snapshot_uuid is not None else None
+    try:
+        cached = templates.ensure_cached(ctx, spec, template_uuid, from_snapshot=from_snapshot, from_volume=from_volume)
+    except SpNotFound:
+        if from_snapshot is not None and ctx.conn(spec).snapshot(from_snapshot) is None:
+            raise NotFound(f"snapshot_uuid: snapshot {from_snapshot} is not on StorPool") from None
+        raise
+    copy = _template_to_secondary(ctx, spec, cached, secondary) if secondary is not None else None
     return TemplateFromSnapshot(template_uuid.lower(), spec.uuid, cached.name, cached.global_id,
                                 names.BYID_PREFIX + cached.global_id, cached.size or (copy.virtual_size if copy else None),
-                                source, copy, made_before)
+                                str(from_volume or from_snapshot), copy, not cached.filled)
+
+
+def _template_source_volume(ctx: DriverContext, spec: PoolSpec, volume_uuid: str | None) -> str | None:
+    """The StorPool name of the volume a template is made from; it must be on the pool's cluster."""
+    if volume_uuid is None:
+        return None
+    src = identity.locate(ctx, volume_uuid)
+    if ctx.conn(src.pool) is not ctx.conn(spec):
+        raise ValidationError("volume_uuid", "the volume is on another StorPool cluster than the pool")
+    return src.name
+
+
+def _template_to_secondary(ctx: DriverContext, spec: PoolSpec, cached: templates.CachedTemplate,
+                           where: SecondaryLocation) -> SecondaryCopy:
+    """The template's qcow2 on secondary storage; a failure removes a cache this call made
+    (one that was there before may already have root volumes: not ours to undo)."""
+    try:
+        return backup_to_secondary(ctx, spec, cached.name, where)
+    except Exception as exc:
+        if not cached.filled:
+            raise
+        raise undo_and_fail(f"writing template {cached.template_uuid} to secondary storage failed", exc,
+                            f"the cached template {cached.name} was removed",
+                            lambda: drop_snapshot(ctx.conn(spec), cached.name)) from exc

@@ -16,6 +16,8 @@ VC_POLICY: Final = "vc-policy"
 QOS_CLASS: Final = "qc"
 POOL: Final = "pool"
 STARTED: Final = "started"
+ALIVE: Final = "alive"
+"""Epoch seconds its owner last proved it is still working on an object (`liveness.py`)."""
 
 VOLUME: Final = "volume"
 SNAPSHOT: Final = "snapshot"

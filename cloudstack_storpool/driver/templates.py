@@ -4,9 +4,11 @@ A root volume is one VolumeCreate with `parent` = the cached snapshot (no data c
 first use on a pool fills the cache:
 
 1. VolumeCreate `naming.template_fill(t, pool)` (tags `uuid`=template, `cs=temporary`, `pool`,
-   `started`=epoch seconds). StorPool names are unique cluster-wide, so this create *is* the lock:
-   exactly one driver (thread, process, management server) wins; the others get `objectExists`
-   and wait for the cache snapshot to appear.
+   `started` and `alive`=epoch seconds). StorPool names are unique cluster-wide, so this create
+   *is* the lock: exactly one driver (thread, process, management server) wins; the others get
+   `objectExists` and wait for the cache snapshot to appear. The winner looks for the cache
+   once more (another filler may have finished and released the lock since its last look)
+   and, finding it, deletes its fill unused.
 2. A KVM host's agent copies the template from secondary storage into it (`qemu-img convert`,
    growing the volume to the image's virtual size). Templates made from a StorPool snapshot or
    volume skip the copy: the fill volume is a clone of the snapshot (`parent`) or of the volume
@@ -14,10 +16,13 @@ first use on a pool fills the cache:
 3. VolumeSnapshot named `naming.template_cache(t, pool)` (tags `uuid`, `cs=template`, `pool`).
 4. VolumeDelete of the fill volume.
 
-Any failure deletes the fill volume (by `~globalId`: after a takeover the *name* may already
-belong to someone else's fill). A fill older than `storpool.template.fill.timeout` is presumed
-dead (its driver crashed): a waiter deletes it and fills itself. If the cached snapshot is
-deleted out of band, the next root volume simply fills it again.
+From the create to the delete the owner refreshes the fill's `alive` tag (`liveness.py`) every
+quarter of `storpool.template.fill.timeout`. A waiter that has watched that stamp stay
+unchanged for longer than the timeout presumes the owner dead (a crashed or killed driver),
+deletes the fill and fills itself; a live owner is never taken over, however long its copy
+takes (its agent call is bounded by `storpool.agent.copy.timeout`). Any failure deletes the
+fill volume (by `~globalId`: after a takeover the *name* may already belong to someone else's
+fill). If the cached snapshot is deleted out of band, the next root volume simply fills it again.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, pools, tags
+from cloudstack_storpool.driver import liveness, naming, pools, tags
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
-from cloudstack_storpool.spconn import Created
+from cloudstack_storpool.spconn import Created, StorPoolConn
 from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
@@ -94,9 +99,10 @@ def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> bool:
 # ---------------------------------------------------------------------- filling
 
 
-def _fill_timeout(ctx: DriverContext) -> int:
+def fill_timeout(ctx: DriverContext) -> int:
+    """Seconds a fill may go without refreshing its `alive` stamp before it is taken over."""
     value = ctx.settings.get("storpool.template.fill.timeout")
-    return int(value) if isinstance(value, int) else 3600
+    return int(value) if isinstance(value, int) else 60
 
 
 def copy_timeout(ctx: DriverContext) -> float:
@@ -130,67 +136,105 @@ def ensure_cached(
     """
     spec = pools.resolve(ctx, pool)
     tuuid = check_uuid(template_uuid, "template_uuid")
-    given = [x for x in (source, from_snapshot, from_volume) if x is not None]
-    if len(given) > 1:
-        raise ValidationError("source", "give only one of source, from_snapshot, from_volume")
-    if from_snapshot is not None:
-        names.snapshot_name(from_snapshot, "from_snapshot")
-    if from_volume is not None:
-        names.volume_name(from_volume, "from_volume")
-    if size is not None:
-        names.size(_round_up(size), "size")
+    how = _FillFrom.checked(source, size, from_snapshot, from_volume)
     conn = ctx.conn(spec)
     cache = cache_name(tuuid, spec)
-    fill = fill_name(tuuid, spec)
-
-    pause = FILL_POLL_START
-    timeout: int | None = None
-    first = True
+    wait = _Wait(ctx, conn, fill_name(tuuid, spec))
+    look = not known_missing
     while True:
-        if not (first and known_missing):
-            snap = conn.snapshot(cache)
-            if snap is not None:
-                return _cached_from(snap, tuuid, spec)
-        first = False
-        if not given:
+        if look:
+            found = conn.snapshot(cache)
+            if found is not None:
+                return _cached_from(found, tuuid, spec)
+        look = True
+        if how.nothing:
             raise ValidationError(
                 "source", f"template {tuuid} is not cached on pool {spec.name} and no secondary-storage location was given",
             )
-        owner = secrets.token_hex(8)
-        try:
-            created = _create_fill(ctx, spec, tuuid, fill, size, from_snapshot, from_volume, owner)
-            if created.recovered and not _is_ours(ctx, spec, created, owner):
-                # A lost answer, and the fill found by name is another driver's: wait for it.
-                raise SpExists("objectExists", f"{fill} belongs to another fill", query="VolumeCreate")
-        except SpExists:
-            # Another driver is filling. Wait for its snapshot; take over a fill that is too old.
-            if timeout is None:
-                # The owner waits up to the copy timeout for its agent: a fill younger than that
-                # may still be copying, so it is never presumed dead before then.
-                timeout = max(_fill_timeout(ctx), int(copy_timeout(ctx)))
-            busy = conn.volume(fill)
-            if busy is not None:
-                started = started_at(busy)
-                age = ctx.clock() - started
-                if started and age > timeout:
-                    log.warning("template fill %s started %.0f s ago (limit %d s): taking it over", fill, age, timeout)
-                    conn.volume_delete("~" + busy.globalId)
-                    continue
-                ctx.sleep(pause)
-                pause = min(pause * 1.5, FILL_POLL_MAX)
+        fill = _lock(ctx, spec, tuuid, how)
+        if fill is None:
+            wait.for_other_fill()
             continue
-        return _populate(ctx, spec, tuuid, cache, created, source)
+        done = _filled_meanwhile(conn, cache, fill)
+        if done is not None:
+            return _cached_from(done, tuuid, spec)
+        return _populate(ctx, spec, tuuid, cache, fill, source)
 
 
-def started_at(summary: Any) -> float:
-    """When a temporary object (a fill) was made: its `started` tag, shared by the takeover
-    here and by garbage collection, so both judge a fill's age the same way."""
-    raw = (summary.tags or {}).get(tags.STARTED, "")
+def _filled_meanwhile(conn: StorPoolConn, cache: str, fill: Created) -> Any | None:
+    """The cache, when another filler finished (and released the lock) between our last look
+    and our lock: our fill is deleted unused. Without this look a caller that had just seen the
+    cache missing would copy the template a second time (one Snapshot read per fill)."""
+    found = conn.snapshot(cache)
+    if found is not None:
+        log.info("cache %s was filled while we took the lock: not copying again", cache)
+        conn.volume_delete(fill.ref)
+    return found
+
+
+@dataclass(frozen=True)
+class _FillFrom:
+    """How a cache is filled: copied from secondary storage (`source`), or cloned from a
+    StorPool snapshot or volume; checked before anything is created."""
+
+    source: TemplateSource | None
+    size: int | None
+    snapshot: str | None
+    volume: str | None
+
+    @classmethod
+    def checked(cls, source: TemplateSource | None, size: int | None, snapshot: str | None,
+                volume: str | None) -> _FillFrom:
+        if sum(x is not None for x in (source, snapshot, volume)) > 1:
+            raise ValidationError("source", "give only one of source, from_snapshot, from_volume")
+        if snapshot is not None:
+            names.snapshot_name(snapshot, "from_snapshot")
+        if volume is not None:
+            names.volume_name(volume, "from_volume")
+        if size is not None:
+            names.size(_round_up(size), "size")
+        return cls(source, size, snapshot, volume)
+
+    @property
+    def nothing(self) -> bool:
+        return self.source is None and self.snapshot is None and self.volume is None
+
+
+def _lock(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom) -> Created | None:
+    """Create the fill volume, which is the fill lock; None when another driver holds it."""
+    owner = secrets.token_hex(8)
     try:
-        return float(raw)
-    except ValueError:
-        # No stamp: use StorPool's own creation time, so a fill is never immortal.
-        return float(getattr(summary, "creationTimestamp", 0) or 0)
+        created = _create_fill(ctx, spec, tuuid, fill_name(tuuid, spec), how, owner)
+    except SpExists:
+        return None
+    if created.recovered and not _is_ours(ctx, spec, created, owner):
+        return None  # a lost answer, and the fill found by name is another driver's
+    return created
+
+
+class _Wait:
+    """Waiting for another driver's fill: poll with a growing pause, and take over a fill whose
+    liveness stamp has stopped changing."""
+
+    def __init__(self, ctx: DriverContext, conn: StorPoolConn, fill: str) -> None:
+        self.ctx, self.conn, self.fill = ctx, conn, fill
+        self.pause = FILL_POLL_START
+        self.watch: liveness.Watch | None = None
+
+    def for_other_fill(self) -> None:
+        """Return when it is worth looking for the cache (or trying the lock) again."""
+        if self.watch is None:
+            self.watch = liveness.Watch(fill_timeout(self.ctx), self.ctx.clock)
+        busy = self.conn.volume(self.fill)
+        if busy is None:
+            return  # finished or failed meanwhile
+        if self.watch.dead(busy):
+            log.warning("template fill %s has shown no sign of life for %.0f s (limit %.0f s): taking it over",
+                        self.fill, self.watch.unchanged_for, self.watch.limit)
+            self.conn.volume_delete("~" + busy.globalId)
+            return
+        self.ctx.sleep(self.pause)
+        self.pause = min(self.pause * 1.5, FILL_POLL_MAX)
 
 
 def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -> bool:
@@ -198,39 +242,27 @@ def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -
     return found is not None and (found.tags or {}).get(OWNER_TAG) == owner
 
 
-def _create_fill(
-    ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, size: int | None,
-    from_snapshot: str | None, from_volume: str | None, owner: str,
-) -> Created:
-    fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=str(int(ctx.clock())))
+def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, how: _FillFrom, owner: str) -> Created:
+    stamp = liveness.first_stamp(ctx.clock)
+    fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=stamp, alive=stamp)
     fill_tags[OWNER_TAG] = owner
     conn = ctx.conn(spec)
-    if from_snapshot is not None:
-        return conn.volume_create(name=fill, parent=from_snapshot, template=spec.template, tags=fill_tags)
-    if from_volume is not None:
-        return conn.volume_create(name=fill, base_on=from_volume, template=spec.template, tags=fill_tags)
-    return conn.volume_create(name=fill, size=_round_up(size or 512), template=spec.template, tags=fill_tags)
+    if how.snapshot is not None:
+        return conn.volume_create(name=fill, parent=how.snapshot, template=spec.template, tags=fill_tags)
+    if how.volume is not None:
+        return conn.volume_create(name=fill, base_on=how.volume, template=spec.template, tags=fill_tags)
+    return conn.volume_create(name=fill, size=_round_up(how.size or 512), template=spec.template, tags=fill_tags)
 
 
 def _populate(
     ctx: DriverContext, spec: PoolSpec, tuuid: str, cache: str, fill: Created, source: TemplateSource | None,
 ) -> CachedTemplate:
-    """Copy (when from secondary), snapshot, delete the fill; the fill never outlives a failure."""
+    """Copy (when from secondary) and snapshot while stamping the fill alive, then delete the
+    fill; the fill never outlives a failure."""
     conn = ctx.conn(spec)
-    snap: Created | None = None
     try:
-        if source is not None:
-            timeout = copy_timeout(ctx)
-            ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
-                store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
-                timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
-            ))
-        try:
-            snap = conn.snapshot_create(
-                fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec),
-            )
-        except SpExists:
-            log.info("cache %s appeared while filling (a taken-over fill finished): using it", cache)
+        with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock):
+            snap = _copy_and_snapshot(ctx, spec, tuuid, cache, fill, source)
     finally:
         try:
             conn.volume_delete(fill.ref)
@@ -244,6 +276,24 @@ def _populate(
         return _cached_from(found, tuuid, spec)
     log.info("cached template %s on pool %s as %s", tuuid, spec.name, snap.name)
     return CachedTemplate(tuuid, spec.uuid, cache, snap.global_id, None, True)
+
+
+def _copy_and_snapshot(
+    ctx: DriverContext, spec: PoolSpec, tuuid: str, cache: str, fill: Created, source: TemplateSource | None,
+) -> Created | None:
+    """The agent's copy into the fill (from secondary only), then the cache snapshot; None when
+    the cache appeared meanwhile (a taken-over fill finished after all)."""
+    if source is not None:
+        timeout = copy_timeout(ctx)
+        ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
+            store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
+            timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
+        ))
+    try:
+        return ctx.conn(spec).snapshot_create(fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec))
+    except SpExists:
+        log.info("cache %s appeared while filling (a taken-over fill finished): using it", cache)
+        return None
 
 
 def cache_from_snapshot(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, snapshot: str) -> CachedTemplate:

@@ -18,15 +18,9 @@ from typing import TYPE_CHECKING
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
-from cloudstack_storpool.driver.snapshots import (
-    Result,
-    SourceVolume,
-    drop_snapshot,
-    on_storpool,
-    refuse_running_vm,
-    restore_tags,
-    revert_volume,
-)
+from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
+from cloudstack_storpool.driver.removal import drop_snapshot
+from cloudstack_storpool.driver.revert import refuse_running, restore_tags, revert_volume
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, ValidationError
 from cloudstack_storpool.uuids import check_uuid
 
@@ -39,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Member(Result):
+class Member:
     volume_uuid: str
     volume: str
     snapshot: str
@@ -48,7 +42,7 @@ class Member(Result):
 
 
 @dataclass(frozen=True)
-class VMSnapshotInfo(Result):
+class VMSnapshotInfo:
     uuid: str
     vm_uuid: str
     members: list[Member]
@@ -56,7 +50,7 @@ class VMSnapshotInfo(Result):
 
 
 @dataclass(frozen=True)
-class VMSnapshotReverted(Result):
+class VMSnapshotReverted:
     uuid: str
     vm_uuid: str
     volumes: list[str]
@@ -64,14 +58,14 @@ class VMSnapshotReverted(Result):
 
 
 @dataclass(frozen=True)
-class VMSnapshotDeleted(Result):
+class VMSnapshotDeleted:
     uuid: str
     vm_uuid: str
     deleted: list[str]
     """StorPool names of the member snapshots that were removed (already gone ones are not listed)."""
 
 
-def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[SourceVolume]]:
+def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[LocatedVolume]]:
     """The VM and its disks, all of which must be on StorPool pools of one cluster (one group call)."""
     check_uuid(vm_uuid, "vm_uuid")
     vm = ctx.cloudstack.vm(vm_uuid)
@@ -80,7 +74,7 @@ def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[Sourc
     volumes = sorted(ctx.cloudstack.volumes(vm_id=vm_uuid), key=lambda v: (v.device_id is None, v.device_id or 0))
     if not volumes:
         raise NotFound(f"vm_uuid: CloudStack lists no volumes for VM {vm_uuid}")
-    disks: list[SourceVolume] = []
+    disks: list[LocatedVolume] = []
     for vol in volumes:
         disk = on_storpool(ctx, vol)
         if disk is None:
@@ -93,7 +87,7 @@ def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[Sourc
     return vm, disks
 
 
-def _member(vm_snapshot_uuid: str, disk: SourceVolume, snapshot: str, global_id: str) -> Member:
+def _member(vm_snapshot_uuid: str, disk: LocatedVolume, snapshot: str, global_id: str) -> Member:
     return Member(disk.uuid, disk.name, snapshot, global_id, names.BYID_PREFIX + global_id)
 
 
@@ -128,7 +122,7 @@ def take_vm_snapshot(
     return VMSnapshotInfo(key, vm_uuid.lower(), members, False)
 
 
-def _existing_members(conn: StorPoolConn, key: str, disks: list[SourceVolume], member_names: list[str]) -> list[Member]:
+def _existing_members(conn: StorPoolConn, key: str, disks: list[LocatedVolume], member_names: list[str]) -> list[Member]:
     """The members of a group taken before (a retry): all of them, each carrying our uuid."""
     members = []
     for disk, name in zip(disks, member_names, strict=True):
@@ -147,7 +141,7 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     """
     key = check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
     vm, disks = _disks(ctx, vm_uuid)
-    refuse_running_vm(vm, f"revert of VM snapshot {key}")
+    refuse_running(vm, f"revert of VM snapshot {key}")
     conn = ctx.conn(disks[0].pool)
     plan = []
     for disk in disks:
@@ -176,7 +170,7 @@ def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     key = check_uuid(vm_snapshot_uuid, "vm_snapshot_uuid")
     check_uuid(vm_uuid, "vm_uuid")
     deleted: list[str] = []
-    disks: list[SourceVolume] = []
+    disks: list[LocatedVolume] = []
     if ctx.cloudstack.vm(vm_uuid) is not None:  # listVolumes refuses the id of a VM that is gone
         disks = [d for v in ctx.cloudstack.volumes(vm_id=vm_uuid) if (d := on_storpool(ctx, v)) is not None]
     if disks:

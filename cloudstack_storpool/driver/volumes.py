@@ -1,25 +1,24 @@
 """Volumes: create (empty or from a cached template), delete, change of offering, and the
 attach/detach bookkeeping tags.
 
-Identity: a volume is named `naming.volume(<CloudStack uuid>)` and tagged `uuid`, `cs=volume`,
-`pool`; CloudStack stores its path `/dev/storpool-byid/<globalId>`, which survives renames
-(migration). Every operation accepts either; the path wins when both are given. A create
-retried with the same uuid returns the volume the first attempt made.
+Identity (`identity.py`): a volume is named `naming.volume(<CloudStack uuid>)` and tagged
+`uuid`, `cs=volume`, `pool`; CloudStack stores its path `/dev/storpool-byid/<globalId>`, which
+survives renames (migration). Every operation accepts either; the path wins when both are
+given. A create retried with the same uuid returns the volume the first attempt made.
 
 Costs (StorPool calls, management side): empty volume 1; root volume from a cached template 1;
 delete 1 (2 with a delay-delete backup); attach/detach tags 1.
-
-Helpers other driver modules use: `ref`, `find`, `get`, `info`, `vm_tags_for`, `volume_tags`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver.identity import VolumeInfo, ref, volume_tags
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
@@ -34,25 +33,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class VolumeInfo:
-    """A StorPool volume as the driver reports it to CloudStack."""
-
-    uuid: str | None
-    pool: str
-    name: str
-    global_id: str
-    path: str
-    """What CloudStack stores: `/dev/storpool-byid/<globalId>`."""
-    size: int | None
-    """Bytes; None when created from a template without a size (the template's size)."""
-    template: str | None
-    iops: int | None
-    """The StorPool IOPS limit; None: no limit."""
-    qos_class: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class DeleteResult:
     uuid: str
     deleted: bool
@@ -61,51 +41,7 @@ class DeleteResult:
     """The delay-delete snapshot kept for `storpool.delete.after.interval` seconds, if any."""
 
 
-# ---------------------------------------------------------------------- identity helpers
-
-
-def ref(*, volume_uuid: str | None = None, path: str | None = None, path_field: str = "path") -> str:
-    """The StorPool API name of a CloudStack volume: from its path when known (`~globalId`,
-    stable across renames; legacy `/dev/storpool/<name>`), else from its uuid. `path_field`
-    names the path in errors (it may come from CloudStack rather than from the request)."""
-    if path:
-        return names.path_to_name(path, path_field)
-    if volume_uuid:
-        return naming.volume(volume_uuid)
-    raise ValidationError("volume_uuid", "a volume uuid or path is required")
-
-
-def info(summary: Any, pool: PoolSpec) -> VolumeInfo:
-    """VolumeInfo of a StorPool volume summary (from Volume/VolumesList)."""
-    vtags = dict(summary.tags or {})
-    return VolumeInfo(
-        uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.globalId,
-        path=names.BYID_PREFIX + summary.globalId, size=int(summary.size),
-        template=getattr(summary, "templateName", None) or None, iops=offerings.iops_of(summary) or None,
-        qos_class=vtags.get(tags.QOS_CLASS), tags=vtags,
-    )
-
-
-def find(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
-         path: str | None = None) -> Any | None:
-    """The StorPool summary of a CloudStack volume, or None when it does not exist."""
-    spec = pools.resolve(ctx, pool)
-    return ctx.conn(spec).volume(ref(volume_uuid=volume_uuid, path=path))
-
-
-def get(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
-        path: str | None = None) -> VolumeInfo:
-    """Like `find`, as VolumeInfo; NotFound when the volume does not exist."""
-    spec = pools.resolve(ctx, pool)
-    found = find(ctx, spec, volume_uuid=volume_uuid, path=path)
-    if found is None:
-        raise NotFound(f"volume: {path or volume_uuid} does not exist on pool {spec.name}")
-    return info(found, spec)
-
-
-def volume_tags(volume_uuid: str, pool: PoolSpec, placement: Placement | None = None) -> dict[str, str]:
-    """Identity tags of a new volume: `uuid`, `cs`, `pool` (+ `qc`)."""
-    return pools.identity_tags(volume_uuid, tags.VOLUME, pool, qc=placement.qos_class if placement is not None else None)
+# ---------------------------------------------------------------------- helpers
 
 
 def vm_tags_for(ctx: DriverContext, vm_id: str, device_id: int | None) -> dict[str, str]:
@@ -121,13 +57,9 @@ def vm_tags_for(ctx: DriverContext, vm_id: str, device_id: int | None) -> dict[s
 
 def _existing(ctx: DriverContext, spec: PoolSpec, name: str, volume_uuid: str) -> VolumeInfo:
     """A create met `objectExists`: it is ours (a retry) only if it carries our uuid."""
-    found = ctx.conn(spec).volume(name)
-    if found is None:
-        raise Conflict(f"volume {name} existed a moment ago and is gone now (deleted concurrently?)")
-    if not tags.owned_by(found, volume_uuid):
-        raise Conflict(f"StorPool volume {name} exists but belongs to {found.tags.get(tags.UUID) or 'nobody'}")
+    found = identity.existing_volume(ctx.conn(spec), name, volume_uuid)
     log.info("volume %s already exists (a retried create): returning it", name)
-    return info(found, spec)
+    return identity.info(found, spec)
 
 
 def _created(created: Created, spec: PoolSpec, volume_uuid: str, size: int | None, placement: Placement,
@@ -272,7 +204,7 @@ def change_offering(
         offerings.apply(ctx, spec, target, placement)
     except SpNotFound:
         raise NotFound(f"volume: {path or uuid} does not exist on pool {spec.name}") from None
-    return get(ctx, spec, volume_uuid=uuid, path=path)
+    return identity.get(ctx, spec, volume_uuid=uuid, path=path)
 
 
 # ---------------------------------------------------------------------- attach bookkeeping

@@ -25,6 +25,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration import leftovers
+
 log = logging.getLogger(__name__)
 
 FICLONE = 0x40049409
@@ -370,14 +372,9 @@ class DataPlane:
         Without this a crash-restart would expose each attachment twice (the orphan and the new
         device), and the orphans would outlive every test.
         """
-        out = self._losetup("--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE")
-        prefix = str(self.objects_dir.resolve()) + "/"
-        stale = []
-        for line in out.splitlines():
-            name, _, back = line.partition(" ")
-            if back.startswith(prefix):
-                stale.append(name)
-                self.release_loop(name)
+        stale = leftovers.loops_under(self.objects_dir)
+        for name in stale:
+            self.release_loop(name)
         return stale
 
     def close(self) -> None:

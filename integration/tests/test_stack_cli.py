@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import requests
 
-from integration import dev_command, dev_env
+from integration import dev_command, dev_env, leftovers
 from integration.needs import need_root, need_tool
 
 
@@ -45,3 +48,48 @@ def test_up_serves_every_part_and_down_releases_everything(tmp_path: Path) -> No
     assert "stopped" in down.stdout
     assert str(run_dir) not in Path("/proc/mounts").read_text()
     assert _cli("stack-status", "--run-dir", str(run_dir)).returncode != 0
+
+
+def _kill_9(state: dict[str, object]) -> None:
+    pid = int(str(state["pid"]))
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    return leftovers.mounts_under(run_dir) + leftovers.loops_under(run_dir)
+
+
+def test_up_after_a_killed_up_recovers_and_down_cleans_a_killed_run(tmp_path: Path) -> None:
+    """Issue 13: kill -9 of the stack process left its XFS mount and loop devices; the next `up`
+    failed on its own stale mount, and `down` said "not running" and left them."""
+    need_root()
+    need_tool("mkfs.xfs")
+    run_dir = tmp_path / "run"
+    try:
+        first = _cli("up", "--run-dir", str(run_dir), "--json")
+        assert first.returncode == 0, first.stdout + first.stderr
+        _kill_9(json.loads(first.stdout))
+        assert _leftovers(run_dir), "a killed stack leaves its mount behind"
+
+        second = _cli("up", "--run-dir", str(run_dir), "--json")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "recovered from a crashed run" in second.stderr
+        state = json.loads(second.stdout)
+        token = dict(line.split("=", 1) for line in Path(state["secrets_file"]).read_text().splitlines())
+        health = requests.get(state["service"] + "/v1/health",
+                              headers={"Authorization": f"Bearer {token['CSSP_SERVICE_TOKEN']}"}, timeout=10)
+        assert health.status_code == 200, health.text
+
+        _kill_9(state)
+        down = _cli("down", "--run-dir", str(run_dir))
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert "released what a crashed run left" in down.stdout and "mount" in down.stdout
+        assert _leftovers(run_dir) == []
+        assert _cli("down", "--run-dir", str(run_dir)).stdout.strip() == "the local stack is not running"
+    finally:
+        _cli("down", "--run-dir", str(run_dir))
+    assert _leftovers(run_dir) == []

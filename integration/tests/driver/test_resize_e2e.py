@@ -4,7 +4,10 @@ the host fails."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from cloudstack_storpool.agent.attach import device_size
 from cloudstack_storpool.driver import resize, volumes
 from cloudstack_storpool.driver.resize import ResizeFailed
+from integration import processes
 from integration.libvirt_domain import start_domain
 from integration.stack import LocalStack, new_uuid
 
@@ -111,3 +115,40 @@ def test_stopped_vm_is_resized_on_storpool_only(stack: LocalStack) -> None:
     after = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
     assert after == before
     assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 32 * MiB
+
+
+def test_contact_lost_mid_resize_leaves_the_volume_grown(stack: LocalStack, tmp_path: Path) -> None:
+    """Issue 13: the agent took the resize job, then died (kill -9) before answering: libvirt
+    may already have grown the disk, so StorPool is not shrunk back under the guest."""
+    vm = running_vm(stack, client_id=2)
+    vid, gid = volume_of(stack, 16 * MiB, vm.id)
+    token_file = tmp_path / "sp.token"
+    token_file.write_text(stack.sp.token)
+    token_file.chmod(0o600)
+    agent = processes.agent(client_id=2, sp_host=stack.sp.host, sp_port=stack.sp.port, sp_token_file=str(token_file),
+                            dev_root=str(stack.sp.dev_root / "2"), mount_root=str(tmp_path / "mnt"),
+                            secondary_root=str(stack.secondary), status_file=str(tmp_path / "hb.json"),
+                            token=stack.agent_token)
+    outcome: list[BaseException] = []
+    with agent:
+        stack.cs.model.set_host_details(vm.host_id, **{"agent.port": agent.url.rsplit(":", 1)[1]})
+        stack.sp.faults.add_latency("Volume", 3.0)  # the agent's job hangs at its first StorPool read
+
+        def run() -> None:
+            try:
+                resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not any("POST /v1/jobs" in line for line in agent.output):
+            assert time.monotonic() < deadline, "the agent never took the job"
+            time.sleep(0.02)
+        agent.kill()
+        stack.sp.faults.add_latency("Volume", 0)
+        worker.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], ResizeFailed), outcome
+    assert not outcome[0].rolled_back and f"left at {48 * MiB} bytes" in str(outcome[0])
+    assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 48 * MiB

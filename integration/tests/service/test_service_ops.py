@@ -103,3 +103,27 @@ def test_pool_registered_through_one_service_is_seen_by_another(
     gone = requests.delete(f"{b.url}/v1/pools/svc-nvme", headers=h, timeout=30)
     assert gone.status_code == 200
     assert requests.get(f"{a.url}/v1/pools/svc-nvme", headers=h, timeout=30).status_code == 400
+
+
+def test_volume_from_snapshot_through_the_service_takes_the_offering(
+    stack: LocalStack, service: ServiceServer, service_token: str,
+) -> None:
+    """The service schema carries the offering of a volume made from a snapshot (issue 13)."""
+    from integration.tests.driver.test_snapshots_e2e import make_volume
+
+    stack.set_bypass(True, wait=True)
+    vid, _ = make_volume(stack)
+    sid = stack.cs.model.add_snapshot(vid).id
+    taken = requests.post(f"{service.url}/v1/snapshots", headers=_auth(service_token), timeout=30,
+                          json={"volume_uuid": vid, "snapshot_uuid": sid})
+    assert _wait(service, service_token, taken.json()["id"])["state"] == "succeeded"
+    gold = next(o.id for o in stack.cs.model.disk_offerings.values() if o.name == "sp-gold")
+    made = requests.post(f"{service.url}/v1/volumes/from-snapshot", headers=_auth(service_token), timeout=30,
+                         json={"pool": stack.pool_id(), "snapshot_uuid": sid, "volume_uuid": str(uuid.uuid4()),
+                               "disk_offering_id": gold, "iops": 900})
+    assert made.status_code == 202, made.text
+    job = _wait(service, service_token, made.json()["id"])
+    assert job["state"] == "succeeded", job["error"]
+    vol = stack.ctx.conn(stack.pool_id()).volume(job["result"]["name"])
+    assert vol.tags["qc"] == "gold" and vol.iops == 900
+    assert (job["result"]["qos_class"], job["result"]["iops"]) == ("gold", 900)
