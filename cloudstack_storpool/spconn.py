@@ -22,15 +22,15 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from storpool import spapi, spconfig
 from storpool.spcatch import InvalidArgumentError
 
-from cloudstack_storpool import names
+from cloudstack_storpool import names, sprecords
 from cloudstack_storpool.errors import (
     SpBusy,
     SpExists,
@@ -41,14 +41,30 @@ from cloudstack_storpool.errors import (
     ValidationError,
 )
 from cloudstack_storpool.poolconfig import PoolSpec, Secret
+from cloudstack_storpool.sprecords import Kind, Mode, SpAttachment, SpSnapshot, SpTemplate, SpVolume
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Typed objects of the official bindings (attribute access: .name, .globalId, .tags, ...).
-VolumeSummary = Any
-SnapshotSummary = Any
+
+
+class Addressable(Protocol):
+    """Anything the layer can attach or detach: a record, or a `Ref` built from a name."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def ref(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An object known only by its API name (`~globalId` or a name) and kind."""
+
+    kind: Kind
+    ref: str
 
 
 @dataclass(frozen=True)
@@ -266,7 +282,7 @@ class StorPoolConn:
         if name:
             def find_by_name() -> Created | None:
                 obj = by_name(name)
-                return Created(obj.name, obj.globalId, True) if obj is not None else None
+                return Created(obj.name, obj.global_id, True) if obj is not None else None
             return find_by_name
         wanted = tuple(identity)
         key = {k: body_tags[k] for k in wanted if k in body_tags}
@@ -275,7 +291,7 @@ class StorPoolConn:
 
         def find_by_tags() -> Created | None:
             found = by_tags(key)
-            return Created("~" + found[0].globalId, found[0].globalId, True) if found else None
+            return Created(found[0].ref, found[0].global_id, True) if found else None
         return find_by_tags
 
     def _delete(self, query: str, what: str, name: str, call: Callable[[], Any], missing_ok: bool) -> bool:
@@ -299,35 +315,38 @@ class StorPoolConn:
             return None
         return found[0] if found else None
 
-    def volume(self, name: str) -> VolumeSummary | None:
+    def volume(self, name: str) -> SpVolume | None:
         names.volume_name(name)
-        return self._first("Volume", lambda: self.api.volumeList(name))
+        found = self._first("Volume", lambda: self.api.volumeList(name))
+        return sprecords.volume(found) if found is not None else None
 
-    def snapshot(self, name: str) -> SnapshotSummary | None:
+    def snapshot(self, name: str) -> SpSnapshot | None:
         names.snapshot_name(name)
-        return self._first("Snapshot", lambda: self.api.snapshotList(name))
+        found = self._first("Snapshot", lambda: self.api.snapshotList(name))
+        return sprecords.snapshot(found) if found is not None else None
 
-    def volumes(self) -> list[VolumeSummary]:
-        return list(self._retrying("VolumesList", self.api.volumesList))
+    def volumes(self) -> list[SpVolume]:
+        return [sprecords.volume(v) for v in self._retrying("VolumesList", self.api.volumesList)]
 
-    def snapshots(self) -> list[SnapshotSummary]:
-        return list(self._retrying("SnapshotsList", self.api.snapshotsList))
+    def snapshots(self) -> list[SpSnapshot]:
+        return [sprecords.snapshot(s) for s in self._retrying("SnapshotsList", self.api.snapshotsList)]
 
     def volumes_space(self) -> list[Any]:
         return list(self._retrying("VolumesSpace", self.api.volumesSpace))
 
-    def template(self, name: str) -> Any | None:
+    def template(self, name: str) -> SpTemplate | None:
         names.template_name(name)
         try:
-            return self._retrying("VolumeTemplateDescribe", lambda: self.api.volumeTemplateDescribe(name))
+            found = self._retrying("VolumeTemplateDescribe", lambda: self.api.volumeTemplateDescribe(name))
         except SpNotFound:
             return None
+        return sprecords.template(found)
 
     def templates_status(self) -> list[Any]:
         return list(self._retrying("VolumeTemplatesStatus", self.api.volumeTemplatesStatus))
 
-    def attachments(self) -> list[Any]:
-        return list(self._retrying("AttachmentsList", self.api.attachmentsList))
+    def attachments(self) -> list[SpAttachment]:
+        return [sprecords.attachment(a) for a in self._retrying("AttachmentsList", self.api.attachmentsList)]
 
     def services(self, *, retry: bool = True) -> Any:
         """ServicesList. The heartbeat asks with retry=False: a slow answer is itself news."""
@@ -336,12 +355,12 @@ class StorPoolConn:
     def client_active_requests(self, client_id: int, *, retry: bool = True) -> Any:
         return self._call("ClientActiveRequests", lambda: self.api.clientActiveRequests(client_id), retry)
 
-    def find_volumes(self, tags: Mapping[str, str]) -> list[VolumeSummary]:
+    def find_volumes(self, tags: Mapping[str, str]) -> list[SpVolume]:
         """Volumes carrying all of `tags` (the driver's identity lookup)."""
         return [v for v in self.volumes() if tags_match(v.tags, tags)]
 
-    def find_snapshots(self, tags: Mapping[str, str]) -> list[SnapshotSummary]:
-        return [s for s in self.snapshots() if tags_match(s.tags, tags) and not getattr(s, "deleted", False)]
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[SpSnapshot]:
+        return [s for s in self.snapshots() if tags_match(s.tags, tags) and not s.deleted]
 
     # ---------------------------------------------------------------- volumes
 
@@ -512,7 +531,7 @@ class StorPoolConn:
             found = self.find_snapshots(key)
             if len(found) < len(members):
                 return None
-            return [GroupMember(s.onVolume or "", "", "~" + s.globalId, s.globalId) for s in found]
+            return [GroupMember(s.on_volume, "", s.ref, s.global_id) for s in found]
 
         def send() -> list[GroupMember]:
             res = self.api.snapshotCreateGroup(body)
@@ -525,22 +544,50 @@ class StorPoolConn:
 
     # ---------------------------------------------------------------- attachments
 
-    def reassign(self, items: list[dict[str, Any]]) -> None:
-        self._retrying("VolumesReassign", lambda: self.api.volumesReassign(items))
-
-    def reassign_wait(self, items: list[dict[str, Any]], attach_timeout: int | None = None) -> None:
-        body: dict[str, Any] = {"reassign": items}
-        if attach_timeout is not None:
-            body["attachTimeout"] = attach_timeout
+    def attach(self, obj: Addressable, client: int, mode: Mode = "rw", *, timeout: int | None = None) -> None:
+        """Attach to one client; returns once that client applied it (VolumesReassignWait), so
+        the caller may wait for the device at once. Snapshots attach read-only only."""
+        if mode not in ("rw", "ro"):
+            raise ValidationError("mode", f"must be rw or ro, got {mode!r}")
+        if obj.kind == "snapshot" and mode == "rw":
+            raise ValidationError("mode", "a snapshot attaches read-only only")
+        body: dict[str, Any] = {"reassign": [{obj.kind: obj.ref, mode: [_client(client)]}]}
+        if timeout is not None:
+            body["attachTimeout"] = max(1, int(timeout))
         self._retrying("VolumesReassignWait", lambda: self.api.volumesReassignWait(body))
 
-    def detach_everywhere(self, name: str, *, snapshot: bool = False, force: bool = True) -> None:
-        """Detach an object from every client; nothing to do when it is attached nowhere."""
-        key = "snapshot" if snapshot else "volume"
+    def detach(
+        self, objs: Addressable | Sequence[Addressable], client: int | Sequence[int] | Literal["all"] = "all", *,
+        force: bool = False,
+    ) -> bool:
+        """Detach objects from some clients or from every client, in one request.
+
+        From named clients (the agent) it waits until they applied it, as an attach does; from
+        all clients (the management side, before a revert or a delete) it does not: a client
+        that is down must not hold the operation up, and StorPool refuses the revert or delete
+        itself while anything is still attached. Returns False when an object is gone (nothing
+        to detach: for the caller's purposes a success).
+        """
+        items = [objs] if not isinstance(objs, Sequence) else list(objs)
+        if not items:
+            return True
+        who: list[int] | str = "all" if client == "all" else (
+            [_client(client)] if isinstance(client, int) else [_client(c) for c in client])
+        body = [{o.kind: o.ref, "detach": who, **({"force": True} if force else {})} for o in items]
         try:
-            self.reassign([{key: name, "detach": "all", "force": force}])
+            if who == "all":
+                self._retrying("VolumesReassign", lambda: self.api.volumesReassign(body))
+            else:
+                self._retrying("VolumesReassignWait", lambda: self.api.volumesReassignWait({"reassign": body}))
         except SpNotFound:
-            return
+            return False
+        return True
+
+
+def _client(client: int) -> int:
+    if isinstance(client, bool) or not isinstance(client, int) or not 1 <= client <= 4095:
+        raise ValidationError("client", f"must be a StorPool client id 1..4095, got {client!r}")
+    return client
 
 
 def _limit(value: int, field: str) -> int:

@@ -105,7 +105,7 @@ class Env:
     def read(self, ref: str, offset: int, length: int) -> bytes:
         gid = ref.removeprefix("~") if ref.startswith("~") else self.conn.snapshot(ref) or self.conn.volume(ref)
         if not isinstance(gid, str):
-            gid = gid.globalId
+            gid = gid.global_id
         return self.sp.read_object(gid, offset, length)
 
     def snapshot_names(self) -> set[str]:

@@ -11,6 +11,7 @@ import pytest
 from cloudstack_storpool.driver import naming, snapshots, tags, templates
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import AgentError, Conflict, NotFound, StorPoolError, ValidationError
+from cloudstack_storpool.spconn import Ref
 from integration.cloudstack_sim.testing import SimHandle
 from tests.test_driver2_harness import Env, MiB, make_env, new_uuid
 
@@ -40,7 +41,7 @@ def test_bypass_true_is_one_call_and_tags(env: Env) -> None:
     assert sent == {"VolumeSnapshot": 1}
     assert info.bypassed and info.backup is None and not info.recovered
     snap = env.conn.snapshot(naming.snapshot(sid))
-    assert snap is not None and info.path == f"/dev/storpool-byid/{snap.globalId}"
+    assert snap is not None and info.path == f"/dev/storpool-byid/{snap.global_id}"
     assert snap.tags == {tags.UUID: sid, tags.KIND: tags.SNAPSHOT, tags.VM: vm1(env), tags.POOL: env.pool.uuid}
     assert env.agents.all_calls() == []
 
@@ -142,7 +143,7 @@ def test_delete_detaches_and_missing_is_success(env: Env) -> None:
     vid, _ = env.volume()
     sid = new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
-    env.conn.reassign([{"snapshot": naming.snapshot(sid), "ro": [2]}])
+    env.conn.attach(Ref("snapshot", naming.snapshot(sid)), 2, "ro")
     assert snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
     assert naming.snapshot(sid) not in env.snapshot_names()
     assert not snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
@@ -161,14 +162,14 @@ def test_revert_restores_data_keeps_tags_and_iops(env: Env) -> None:
         snapshots.revert_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     assert env.read(ref, 0, 6) == b"after!"
     env.cs.model.stop_vm(vm)
-    env.conn.reassign([{"volume": ref, "rw": [1]}])  # a stale attachment of the last host
+    env.conn.attach(Ref("volume", ref), 1, "rw")  # a stale attachment of the last host
     env.conn.volume_update(ref, iops=5)  # whatever StorPool holds, CloudStack's max IOPS wins
     res = snapshots.revert_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     assert env.read(ref, 0, 6) == b"before"
     vol = env.conn.volume(ref)
     assert vol.iops == 700 and res.iops == 700
     assert {k: vol.tags[k] for k in ("cvm", "disk", "vc-policy")} == {"cvm": vm, "disk": "1", "vc-policy": "gold-policy"}
-    assert not [a for a in env.conn.attachments() if a.globalId == ref[1:]]
+    assert not [a for a in env.conn.attachments() if a.global_id == ref[1:]]
 
 
 # ---------------------------------------------------------------------------- from snapshots

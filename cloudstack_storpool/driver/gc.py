@@ -87,7 +87,7 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
         by_uuid = {p.uuid: p for p in specs if p.uuid}
         conn = ctx.conn(specs[0])
         for s in conn.snapshots():
-            stags = s.tags or {}
+            stags = s.tags
             pool = by_uuid.get(stags.get(tags.POOL, ""))
             if pool is None or getattr(s, "deleted", False):
                 continue
@@ -104,18 +104,18 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
                 if exists:
                     report.kept_templates += 1
                     continue
-                actions.append(GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.globalId, tuuid,
+                actions.append(GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.global_id, tuuid,
                                         "template deleted in CloudStack"))
             elif kind == tags.TEMPORARY and _age(ctx, s) > max_age:
-                actions.append(GcAction(TEMPORARY_SNAPSHOT, pool.uuid, s.name, s.globalId, stags.get(tags.UUID),
+                actions.append(GcAction(TEMPORARY_SNAPSHOT, pool.uuid, s.name, s.global_id, stags.get(tags.UUID),
                                         f"temporary for more than {max_age} s"))
         for v in conn.volumes():
-            vtags = v.tags or {}
+            vtags = v.tags
             pool = by_uuid.get(vtags.get(tags.POOL, ""))
             if pool is None or vtags.get(tags.KIND) != tags.TEMPORARY:
                 continue
             if _age(ctx, v) > max_age:
-                actions.append(GcAction(TEMPORARY_VOLUME, pool.uuid, v.name, v.globalId, vtags.get(tags.UUID),
+                actions.append(GcAction(TEMPORARY_VOLUME, pool.uuid, v.name, v.global_id, vtags.get(tags.UUID),
                                         f"temporary for more than {max_age} s"))
     return actions
 

@@ -111,7 +111,7 @@ def contents(ctx: DriverContext, pool: PoolSpec | str) -> PoolContents:
     found: list[PoolObject] = []
     if want:
         for kind, objs in (("volume", conn.find_volumes(want)), ("snapshot", conn.find_snapshots(want))):
-            found.extend(PoolObject(o.name, o.globalId, kind, o.tags.get(tags.KIND, ""), o.tags.get(tags.UUID))
+            found.extend(PoolObject(o.name, o.global_id, kind, o.tags.get(tags.KIND, ""), o.tags.get(tags.UUID))
                          for o in objs)
     return PoolContents(spec.uuid, found)
 

@@ -78,8 +78,8 @@ def resize_volume(
     current = conn.volume(src.name)
     if current is None:
         raise NotFound(f"volume_uuid: volume {src.name} is not on StorPool")
-    old_size, old_iops, old_template = int(current.size), offerings.iops_of(current), str(current.templateName or "")
-    old_qc = (current.tags or {}).get(tags.QOS_CLASS, "")
+    old_size, old_iops, old_template = int(current.size), current.iops, current.template
+    old_qc = current.tags.get(tags.QOS_CLASS, "")
     shrinking = new_size < old_size
     if shrinking and not shrink_ok:
         raise ValidationError("new_size", f"{new_size} is smaller than the volume's {old_size} bytes; "

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags, templates, volumes
+from cloudstack_storpool.driver import naming, pools, tags, templates, volumes
 from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import (
     AgentError,
@@ -35,6 +35,7 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
+from cloudstack_storpool.spconn import Ref
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agent.client import AgentClient
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec
     from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.sprecords import SpVolume
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient]
     return used[-1], result
 
 
-def restore_tags(current: dict[str, str] | None) -> dict[str, str]:
+def restore_tags(current: Mapping[str, str] | None) -> dict[str, str]:
     """The tags to write back after a revert: everything the volume carried (cvm, disk,
     vc-policy, qc, identity). StorPool keeps tags on revert today; writing them back costs
     nothing in the same VolumeUpdate that re-applies iops and guards against the day it
@@ -245,7 +247,7 @@ def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where
 def drop_snapshot(conn: StorPoolConn, name: str) -> bool:
     """Force-detach (an agent may have been cut off mid-copy, a host may hold a stale
     attachment) then delete; gone is fine. True when it existed."""
-    conn.detach_everywhere(name, snapshot=True)
+    conn.detach(Ref("snapshot", name), force=True)
     return conn.snapshot_delete(name, missing_ok=True)
 
 
@@ -289,7 +291,7 @@ def take_snapshot(
         existing = conn.snapshot(name)
         if not tags.owned_by(existing, snapshot_uuid.lower()):
             raise Conflict(f"snapshot_uuid: StorPool already has an object named {name} that is not this snapshot") from None
-        gid, recovered = existing.globalId, True
+        gid, recovered = existing.global_id, True
     backup = None
     if not bypass:
         assert secondary is not None
@@ -343,15 +345,15 @@ def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str)
     return Reverted(volume_uuid.lower(), src.name, snap, iops, kept)
 
 
-def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary: Any, *,
+def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary: SpVolume, *,
                   detach: bool = True) -> tuple[int, dict[str, str]]:
     """Detach (unless the caller detached already), VolumeRevert, then re-apply iops
     (CloudStack's max IOPS when it has one, else the limit the volume had) and tags. Shared by
     volume and VM-snapshot reverts."""
-    iops = src.cs.max_iops if src.cs.max_iops is not None else offerings.iops_of(summary)
+    iops = src.cs.max_iops if src.cs.max_iops is not None else summary.iops
     kept = restore_tags(summary.tags)
     if detach:
-        conn.detach_everywhere(src.name)
+        conn.detach(summary, force=True)
     try:
         conn.volume_revert(src.name, snapshot)
     except SpNotFound:
@@ -428,7 +430,7 @@ def _existing_volume(conn: StorPoolConn, name: str, volume_uuid: str, source: st
     found = conn.volume(name)
     if not tags.owned_by(found, volume_uuid.lower()):
         raise Conflict(f"volume_uuid: StorPool already has an object named {name} that is not this volume")
-    return VolumeFromSnapshot(volume_uuid.lower(), found.name, found.globalId, names.BYID_PREFIX + found.globalId,
+    return VolumeFromSnapshot(volume_uuid.lower(), found.name, found.global_id, found.path,
                               source, 0, True)
 
 

@@ -66,7 +66,7 @@ def fill_name(template_uuid: str, pool: PoolSpec) -> str:
 
 
 def _cached_from(summary: Any, template_uuid: str, pool: PoolSpec, filled: bool = False) -> CachedTemplate:
-    return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.globalId, int(summary.size), filled)
+    return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.global_id, int(summary.size), filled)
 
 
 def cached(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> CachedTemplate | None:
@@ -173,7 +173,7 @@ def ensure_cached(
                 age = ctx.clock() - started
                 if started and age > timeout:
                     log.warning("template fill %s started %.0f s ago (limit %d s): taking it over", fill, age, timeout)
-                    conn.volume_delete("~" + busy.globalId)
+                    conn.volume_delete(busy.ref)
                     continue
                 ctx.sleep(pause)
                 pause = min(pause * 1.5, FILL_POLL_MAX)
@@ -184,17 +184,17 @@ def ensure_cached(
 def started_at(summary: Any) -> float:
     """When a temporary object (a fill) was made: its `started` tag, shared by the takeover
     here and by garbage collection, so both judge a fill's age the same way."""
-    raw = (summary.tags or {}).get(tags.STARTED, "")
+    raw = summary.tags.get(tags.STARTED, "")
     try:
         return float(raw)
     except ValueError:
         # No stamp: use StorPool's own creation time, so a fill is never immortal.
-        return float(getattr(summary, "creationTimestamp", 0) or 0)
+        return summary.created
 
 
 def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -> bool:
     found = ctx.conn(spec).volume(created.ref)
-    return found is not None and (found.tags or {}).get(OWNER_TAG) == owner
+    return found is not None and found.tags.get(OWNER_TAG) == owner
 
 
 def _create_fill(

@@ -134,7 +134,7 @@ def _existing_members(conn: StorPoolConn, key: str, disks: list[SourceVolume], m
         snap = conn.snapshot(name)
         if not tags.owned_by(snap, key):
             raise Conflict(f"vm_snapshot_uuid: VM snapshot {key} exists only in part on StorPool ({name} is missing)")
-        members.append(_member(key, disk, name, snap.globalId))
+        members.append(_member(key, disk, name, snap.global_id))
     return members
 
 
@@ -158,7 +158,7 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
             raise NotFound(f"vm_uuid: disk {disk.cs.name or disk.uuid} ({disk.name}) is not on StorPool")
         plan.append((disk, member, summary))
     # One VolumesReassign detaches every disk (the VM is stopped: these are stale attachments).
-    conn.reassign([{"volume": d.name, "detach": "all", "force": True} for d, _, _ in plan])
+    conn.detach([summary for _, _, summary in plan], force=True)
     for disk, member, summary in plan:
         revert_volume(conn, disk, member, summary, detach=False)
         log.info("reverted %s to %s (tags kept: %s)", disk.name, member, sorted(restore_tags(summary.tags)))

@@ -24,6 +24,7 @@ from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created
+from cloudstack_storpool.sprecords import SpVolume
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -74,13 +75,13 @@ def ref(*, volume_uuid: str | None = None, path: str | None = None, path_field: 
     raise ValidationError("volume_uuid", "a volume uuid or path is required")
 
 
-def info(summary: Any, pool: PoolSpec) -> VolumeInfo:
+def info(summary: SpVolume, pool: PoolSpec) -> VolumeInfo:
     """VolumeInfo of a StorPool volume summary (from Volume/VolumesList)."""
-    vtags = dict(summary.tags or {})
+    vtags = dict(summary.tags)
     return VolumeInfo(
-        uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.globalId,
-        path=names.BYID_PREFIX + summary.globalId, size=int(summary.size),
-        template=getattr(summary, "templateName", None) or None, iops=offerings.iops_of(summary) or None,
+        uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.global_id,
+        path=summary.path, size=int(summary.size),
+        template=summary.template or None, iops=summary.iops or None,
         qos_class=vtags.get(tags.QOS_CLASS), tags=vtags,
     )
 
@@ -325,8 +326,8 @@ def vm_tags_changed(ctx: DriverContext, vm_id: str) -> list[str]:
     policy = names.tags({tags.VC_POLICY: vm.tags.get(tags.VC_POLICY, "")}, "vm.tags")[tags.VC_POLICY]
     updated = []
     for spec, v in vm_volumes(ctx, vm.id):
-        if (v.tags or {}).get(tags.VC_POLICY, "") != policy:
-            ctx.conn(spec).volume_update("~" + v.globalId, tags={tags.VC_POLICY: policy})
+        if v.tags.get(tags.VC_POLICY, "") != policy:
+            ctx.conn(spec).volume_update(v.ref, tags={tags.VC_POLICY: policy})
             updated.append(v.name)
     return updated
 
@@ -339,7 +340,7 @@ def vm_destroyed(ctx: DriverContext, vm_id: str) -> list[str]:
     cleared = []
     for spec, v in vm_volumes(ctx, vm_id):
         try:
-            ctx.conn(spec).volume_update("~" + v.globalId, tags=tags.cleared(*tags.VM_TAGS))
+            ctx.conn(spec).volume_update(v.ref, tags=tags.cleared(*tags.VM_TAGS))
         except SpNotFound:
             continue
         cleared.append(v.name)
