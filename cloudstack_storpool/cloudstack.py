@@ -19,9 +19,10 @@ a renamed response field is fixed here once. It wraps the `cs` client (paging wi
   know. The real server answers such a lookup with error 431 ("entity does not exist"), not
   with an empty list; the facade turns exactly that into None.
 
-Host identity convention (this project's): a KVM host's StorPool client id (`SP_OURID`) is
-kept in the host's CloudStack details (`listHosts` item `details`, key `SP_OURID`); a detail
-`agent.port` overrides the agent port for that host.
+Host identity: a KVM host's StorPool client id (`SP_OURID`) is where the Java plugin's host
+listener stores it, the host's `parent` (from the ModifyStoragePool answer's `clientNodeId`),
+else in the host's details (`listHosts` item `details`, key `SP_OURID`); a detail `agent.port`
+overrides the agent port for that host.
 """
 
 from __future__ import annotations
@@ -218,6 +219,12 @@ class Cluster:
         return cls(str(item["id"]), str(item.get("name", "")), _str(item, "zoneid"), _str(item, "hypervisortype"))
 
 
+def _client_id(raw: Any) -> int | None:
+    """A StorPool client id (1..4095), or None for anything else (a `parent` that is a host id)."""
+    text = str(raw).strip() if raw is not None else ""
+    return int(text) if text.isdigit() and 1 <= int(text) <= 4095 else None
+
+
 @dataclass(frozen=True)
 class Host:
     id: str
@@ -227,7 +234,7 @@ class Host:
     zone_id: str | None
     state: str
     sp_client_id: int | None
-    """StorPool client id (`SP_OURID`) from the host's details (the project's convention)."""
+    """StorPool client id: the host's `parent` (the Java plugin's place), else its `SP_OURID` detail."""
     details: dict[str, str] = field(default_factory=dict)
     resource_state: str | None = None
     ha_state: str | None = None
@@ -241,13 +248,12 @@ class Host:
     @classmethod
     def from_api(cls, item: Mapping[str, Any]) -> Host:
         details = _details(item, "details")
-        ourid = details.get("SP_OURID", "").strip()
         hostha = item.get("hostha") if isinstance(item.get("hostha"), Mapping) else {}
         assert isinstance(hostha, Mapping)
         return cls(
             id=str(item["id"]), name=str(item.get("name", "")), ip_address=str(item.get("ipaddress", "")),
             cluster_id=_str(item, "clusterid"), zone_id=_str(item, "zoneid"), state=str(item.get("state", "")),
-            sp_client_id=int(ourid) if ourid.isdigit() else None, details=details,
+            sp_client_id=_client_id(item.get("parent")) or _client_id(details.get("SP_OURID")), details=details,
             resource_state=_str(item, "resourcestate"), ha_state=_str(hostha, "hastate"),
         )
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from storpool import spapi, spconfig
+from storpool import spapi
 from storpool.spcatch import InvalidArgumentError
 
 from cloudstack_storpool import names, sprecords
@@ -40,7 +40,7 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
-from cloudstack_storpool.poolconfig import PoolSpec, Secret
+from cloudstack_storpool.poolconfig import PoolSpec, Secret, read_storpool_conf
 from cloudstack_storpool.sprecords import Kind, Mode, SpAttachment, SpSnapshot, SpTemplate, SpVolume
 
 log = logging.getLogger(__name__)
@@ -172,26 +172,9 @@ class StorPoolConn:
     @classmethod
     def from_config(cls, path: str | Path | None = None, *, section: str | None = None, **kwargs: Any) -> StorPoolConn:
         """From `/etc/storpool.conf` (+ `.conf.d/`), or another file for tests and agents."""
-        config_cls: type[spconfig.SPConfig] = spconfig.SPConfig
-        if path is not None:
-            config_cls = type("_SPConfigAt", (spconfig.SPConfig,), {
-                "PATH_CONFIG": str(path), "PATH_CONFIG_DIR": str(path) + ".d",
-            })
-        try:
-            cfg = config_cls(section=section, missing_ok=False)
-            host, port, token = cfg["SP_API_HTTP_HOST"], int(cfg.get("SP_API_HTTP_PORT", "81")), cfg["SP_AUTH_TOKEN"]
-        except KeyError as exc:
-            raise ValidationError(f"storpool.conf.{exc.args[0]}", "missing from the StorPool configuration") from None
-        except (spconfig.SPConfigException, OSError, ValueError) as exc:
-            raise ValidationError("storpool.conf", f"cannot read the StorPool configuration: {exc}") from None
-        our = cfg.get("SP_OURID")
-        if our:
-            if not str(our).isdigit() or not 1 <= int(our) <= 4095:
-                raise ValidationError("storpool.conf.SP_OURID", f"must be a client id 1..4095, got {our!r}")
-            kwargs.setdefault("our_id", int(our))
-        else:
-            kwargs.setdefault("our_id", None)
-        return cls(host, port, token, **kwargs)
+        conf = read_storpool_conf(path, section=section)
+        kwargs.setdefault("our_id", conf.our_id)
+        return cls(conf.host, conf.port, conf.token, **kwargs)
 
     # ---------------------------------------------------------------- error mapping and retries
 
@@ -331,8 +314,8 @@ class StorPoolConn:
     def snapshots(self) -> list[SpSnapshot]:
         return [sprecords.snapshot(s) for s in self._retrying("SnapshotsList", self.api.snapshotsList)]
 
-    def volumes_space(self) -> list[Any]:
-        return list(self._retrying("VolumesSpace", self.api.volumesSpace))
+    def volumes_space(self) -> list[SpVolume]:
+        return [sprecords.volume(v) for v in self._retrying("VolumesSpace", self.api.volumesSpace)]
 
     def template(self, name: str) -> SpTemplate | None:
         names.template_name(name)
@@ -499,6 +482,19 @@ class StorPoolConn:
         created = self._create("VolumeSnapshot", send, find)
         log.info("snapshot %s of %s (%s)", created.name, volume, created.global_id)
         return created
+
+    def snapshot_update(self, name: str, *, tags: Mapping[str, str] | None = None, rename: str | None = None) -> None:
+        """SnapshotUpdate of tags and/or the name (a rename keeps the global id)."""
+        names.snapshot_name(name)
+        body: dict[str, Any] = {}
+        if tags is not None:
+            body["tags"] = names.tags(tags)
+        if rename is not None:
+            body["rename"] = names.snapshot_name(rename, "rename")
+        if not body:
+            return
+        # A rename is not idempotent by name: never retry it.
+        self._call("SnapshotUpdate", lambda: self.api.snapshotUpdate(name, body), retry=not rename)
 
     def snapshot_delete(self, name: str, *, missing_ok: bool = True) -> bool:
         names.snapshot_name(name)

@@ -44,6 +44,8 @@ class SpVolume:
     bw: int = 0
     tags: Mapping[str, str] = field(default_factory=dict)
     created: float = 0.0
+    space_used: int = 0
+    """Bytes this object's data takes (VolumesSpace only; 0 from other listings)."""
     kind: Kind = "volume"
 
     @property
@@ -101,6 +103,7 @@ def _common(obj: Any) -> dict[str, Any]:
         "iops": _limit(getattr(obj, "iops", None)), "bw": _limit(getattr(obj, "bw", None)),
         "tags": _tags(getattr(obj, "tags", None)),
         "created": float(getattr(obj, "creationTimestamp", 0) or 0),
+        "space_used": int(getattr(obj, "spaceUsed", 0) or 0),
     }
 
 

@@ -91,7 +91,7 @@ def test_pools_file(tmp_path) -> None:
     ("doc", "field", "words"),
     [
         ({"pool": [{"uuid": UUID1, "name": "a"}]}, "pools.pool[0].url", "required"),
-        ({"pool": [{"uuid": "not-a-uuid", "name": "a", "url": GOOD}]}, "pools.pool[0].uuid", "not a UUID"),
+        ({"pool": [{"uuid": "not-a-uuid", "name": "a", "url": GOOD}]}, "pools.pool[0].uuid", "not a pool id"),
         ({"pool": [{"uuid": UUID1, "name": "a", "url": GOOD, "colour": 1}]}, "pools.pool[0].colour", "unknown key"),
         ({"pool": [{"uuid": UUID1, "name": "a", "url": "SP_API_HTTP=h"}]}, "pools.pool[0].url.SP_AUTH_TOKEN", "missing"),
         (

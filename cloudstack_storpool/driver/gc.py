@@ -84,12 +84,11 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
         return template_exists[tuuid]
 
     for specs in pools.by_cluster(ctx):
-        by_uuid = {p.uuid: p for p in specs if p.uuid}
         conn = ctx.conn(specs[0])
         for s in conn.snapshots():
             stags = s.tags
-            pool = by_uuid.get(stags.get(tags.POOL, ""))
-            if pool is None or getattr(s, "deleted", False):
+            pool = pools.owner(specs, s)
+            if pool is None or s.deleted:
                 continue
             kind = stags.get(tags.KIND)
             if kind == tags.TEMPLATE:
@@ -111,7 +110,7 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
                                         f"temporary for more than {max_age} s"))
         for v in conn.volumes():
             vtags = v.tags
-            pool = by_uuid.get(vtags.get(tags.POOL, ""))
+            pool = pools.owner(specs, v)
             if pool is None or vtags.get(tags.KIND) != tags.TEMPORARY:
                 continue
             if _age(ctx, v) > max_age:

@@ -99,12 +99,12 @@ def migrate(
     source = conn.volume(volumes.ref(volume_uuid=uuid, path=path))
     if source is None:
         return _resume(ctx, src, dst, uuid, path)
-    if dst.uuid and source.tags.get(tags.POOL) == dst.uuid and src.uuid != dst.uuid:
+    if dst.uuid and source.tags.get(tags.POOL) == dst.key and src.uuid != dst.uuid:
         log.info("volume %s is already on pool %s (a repeated migration)", source.name, dst.name)
         return MigrationResult(DONE, src.uuid, dst.uuid, volumes.info(source, dst))
     placement = _placement(ctx, dst, source, volume_type=volume_type, disk_offering_id=disk_offering_id,
                            service_offering_id=service_offering_id, iops=iops)
-    carried = {**source.tags, tags.POOL: dst.uuid, tags.QOS_CLASS: placement.qos_class or ""}
+    carried = {**source.tags, tags.POOL: dst.key, tags.QOS_CLASS: placement.qos_class or ""}
     running = _vm_running(ctx, uuid) if vm_running is None else vm_running
 
     if running:
@@ -140,7 +140,7 @@ def _resume(ctx: DriverContext, src: PoolSpec, dst: PoolSpec, uuid: str, path: s
                                                  "resolve by hand") from None
         return MigrationResult(CLONE, src.uuid, dst.uuid, volumes.get(ctx, dst, path=clone.path))
     done = conn.volume(naming.volume(uuid))
-    if done is not None and done.tags.get(tags.POOL) == dst.uuid:
+    if done is not None and done.tags.get(tags.POOL) == dst.key:
         return MigrationResult(CLONE, src.uuid, dst.uuid, volumes.info(done, dst))
     raise NotFound(f"volume: {path or uuid} does not exist on pool {src.name}")
 

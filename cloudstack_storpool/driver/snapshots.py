@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, pools, tags, templates, volumes
+from cloudstack_storpool.driver import locate, naming, pools, tags, templates, volumes
 from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import (
     AgentError,
@@ -304,13 +304,20 @@ def take_snapshot(
                         bypass, backup, recovered)
 
 
-def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str) -> SnapshotDeleted:
+def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str, path: str | None = None) -> SnapshotDeleted:
     """Force-detach everywhere, then delete. Already gone is success (the state asked for).
 
-    The secondary copy, if any, is CloudStack's to remove (its storage cleanup owns it).
+    `path` is what CloudStack stored for the snapshot (`/dev/storpool-byid/<globalId>`); without
+    it the project's name is tried, then the Java plugin's snapshot of that uuid. The secondary
+    copy, if any, is CloudStack's to remove (its storage cleanup owns it).
     """
-    name = naming.snapshot(snapshot_uuid)
-    existed = drop_snapshot(ctx.conn(ctx.pool(pool)), name)
+    conn = ctx.conn(ctx.pool(pool))
+    name = names.path_to_name(path) if path else naming.snapshot(snapshot_uuid)
+    existed = drop_snapshot(conn, name)
+    if not existed and not path:
+        java = locate.java_snapshot(conn, snapshot_uuid)
+        if java is not None:
+            name, existed = java.ref, drop_snapshot(conn, java.ref)
     return SnapshotDeleted(snapshot_uuid.lower(), name, existed)
 
 
@@ -328,20 +335,27 @@ def refuse_running_vm(vm: VirtualMachine | None, what: str) -> None:
         raise Conflict(f"{what}: VM {vm.name or vm.id} is {vm.state}; stop it first")
 
 
-def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str) -> Reverted:
+def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str, path: str | None = None) -> Reverted:
     """Roll a volume back to one of its snapshots, keeping its iops limit and tags.
 
-    Force-detaching first is safe because the VM is checked to be stopped: what is left
-    attached is a stale attachment of a host that ran it last.
+    `path` is the snapshot's path as CloudStack stored it (else the project's name, then the
+    Java plugin's snapshot of that uuid). Force-detaching first is safe because the VM is
+    checked to be stopped: what is left attached is a stale attachment of a host that ran it last.
     """
-    snap = naming.snapshot(snapshot_uuid)
     src = storpool_volume(ctx, volume_uuid)
     refuse_if_running(ctx, src.cs.vm_id, f"revert of volume {volume_uuid}")
     conn = ctx.conn(src.pool)
     summary = conn.volume(src.name)
     if summary is None:
         raise NotFound(f"volume_uuid: volume {src.name} is not on StorPool")
-    iops, kept = revert_volume(conn, src, snap, summary)
+
+    def revert(snap: str) -> tuple[str, int, dict[str, str]]:
+        return (snap, *revert_volume(conn, src, snap, summary))
+
+    try:
+        snap, iops, kept = locate.on_snapshot(conn, snapshot_uuid, path, revert)
+    except SpNotFound:
+        raise NotFound(f"snapshot_uuid: snapshot {snapshot_uuid} is not on StorPool") from None
     return Reverted(volume_uuid.lower(), src.name, snap, iops, kept)
 
 
@@ -349,15 +363,12 @@ def revert_volume(conn: StorPoolConn, src: SourceVolume, snapshot: str, summary:
                   detach: bool = True) -> tuple[int, dict[str, str]]:
     """Detach (unless the caller detached already), VolumeRevert, then re-apply iops
     (CloudStack's max IOPS when it has one, else the limit the volume had) and tags. Shared by
-    volume and VM-snapshot reverts."""
+    volume and VM-snapshot reverts. SpNotFound when the snapshot is not there."""
     iops = src.cs.max_iops if src.cs.max_iops is not None else summary.iops
     kept = restore_tags(summary.tags)
     if detach:
         conn.detach(summary, force=True)
-    try:
-        conn.volume_revert(src.name, snapshot)
-    except SpNotFound:
-        raise NotFound(f"snapshot: {snapshot} is not on StorPool") from None
+    conn.volume_revert(src.name, snapshot)
     conn.volume_update(src.name, iops=iops, tags=kept or None)
     return iops, kept
 
@@ -375,17 +386,19 @@ def volume_from_snapshot(
     iops: int | None = None,
     template: str | None = None,
     secondary: SecondaryLocation | None = None,
+    path: str | None = None,
 ) -> VolumeFromSnapshot:
     """A new volume with the snapshot's content.
 
     On StorPool: one VolumeCreate with `parent` (nothing copied). `iops` defaults to the source
     volume's max IOPS in CloudStack (else the snapshot's limit is inherited); `template` to
-    the pool's. If the StorPool snapshot is gone and `secondary` names its backup, an empty
+    the pool's. `path` is the snapshot's path as CloudStack stored it (else the project's name,
+    then the Java plugin's snapshot of that uuid). If the StorPool snapshot is gone and `secondary` names its backup, an empty
     volume is created and an agent copies the backup in; a failed copy deletes that volume.
     """
     spec = ctx.pool(pool)
     name = naming.volume(volume_uuid)
-    snap = naming.snapshot(snapshot_uuid)
+    snap = names.path_to_name(path) if path else naming.snapshot(snapshot_uuid)
     if size is not None:
         names.size(size, "size")
     if secondary is not None:
@@ -398,7 +411,8 @@ def volume_from_snapshot(
     vol_tags = volumes.volume_tags(naming.check_uuid(volume_uuid, "volume_uuid"), spec)
     tmpl = template or spec.template
     try:
-        created = conn.volume_create(name=name, parent=snap, size=size, iops=iops, template=tmpl, tags=vol_tags)
+        created = locate.on_snapshot(conn, snapshot_uuid, path, lambda parent: conn.volume_create(
+            name=name, parent=parent, size=size, iops=iops, template=tmpl, tags=vol_tags))
         return VolumeFromSnapshot(volume_uuid.lower(), created.name, created.global_id, created.path, "storpool", 0,
                                   created.recovered)
     except SpExists:
@@ -460,6 +474,7 @@ def template_from_snapshot(
     snapshot_uuid: str | None = None,
     volume_uuid: str | None = None,
     secondary: SecondaryLocation | None = None,
+    snapshot_path: str | None = None,
 ) -> TemplateFromSnapshot:
     """Make a template's cached snapshot on `pool` straight from a StorPool snapshot or volume.
 
@@ -474,7 +489,7 @@ def template_from_snapshot(
     spec = ctx.pool(pool)
     if not spec.uuid:
         raise ValidationError("pool", "the pool has no CloudStack uuid: the template cache is named after it")
-    cache = naming.template_cache(template_uuid, spec.uuid)
+    cache = templates.cache_name(template_uuid, spec)
     if secondary is not None:
         secondary.check()
     conn = ctx.conn(spec)
@@ -485,7 +500,7 @@ def template_from_snapshot(
             raise ValidationError("volume_uuid", "the volume is on another StorPool cluster than the pool")
         source = from_volume = src_vol.name
     else:
-        source = from_snapshot = naming.snapshot(str(snapshot_uuid))
+        source = from_snapshot = locate.snapshot_name(conn, str(snapshot_uuid), snapshot_path, "snapshot_path")
     cached = templates.cached(ctx, spec, template_uuid)
     made_before = cached is not None
     if cached is None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, pools, tags
+from cloudstack_storpool.driver import locate, naming, pools, tags
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
@@ -36,6 +36,8 @@ from cloudstack_storpool.spconn import Created
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.sprecords import SpSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,36 +60,47 @@ class CachedTemplate:
 
 
 def cache_name(template_uuid: str, pool: PoolSpec) -> str:
-    return naming.template_cache(template_uuid, pool.uuid)
+    return naming.template_cache(template_uuid, pool.key)
 
 
 def fill_name(template_uuid: str, pool: PoolSpec) -> str:
-    return naming.template_fill(template_uuid, pool.uuid)
+    return naming.template_fill(template_uuid, pool.key)
 
 
 def _cached_from(summary: Any, template_uuid: str, pool: PoolSpec, filled: bool = False) -> CachedTemplate:
     return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.global_id, int(summary.size), filled)
 
 
+def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: str) -> SpSnapshot | None:
+    """The project's cache by its name (one Snapshot read); else, on a pool the Java plugin
+    initialised, the cache the Java plugin made (it is used as is: no second copy)."""
+    return conn.snapshot(cache_name(template_uuid, spec)) or locate.java_template_cache(conn, spec, template_uuid)
+
+
 def cached(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> CachedTemplate | None:
-    """The cached snapshot of a template on a pool, if there is one (one Snapshot read)."""
+    """The cached snapshot of a template on a pool, if there is one."""
     spec = pools.resolve(ctx, pool)
-    snap = ctx.conn(spec).snapshot(cache_name(template_uuid, spec))
+    snap = _find(ctx.conn(spec), spec, template_uuid)
     return _cached_from(snap, template_uuid, spec) if snap is not None else None
 
 
 def list_cached(ctx: DriverContext, pool: PoolSpec | str) -> list[CachedTemplate]:
-    """Every cached template of a pool (found by tags `cs=template`, `pool`)."""
+    """Every cached template of a pool (tag `cs=template`; the pool's tag, or Java-made)."""
     spec = pools.resolve(ctx, pool)
-    found = ctx.conn(spec).find_snapshots({tags.KIND: tags.TEMPLATE, **pools.pool_tags(spec)})
+    found = [s for s in ctx.conn(spec).find_snapshots({tags.KIND: tags.TEMPLATE}) if pools.owns(spec, s)]
     return [_cached_from(s, s.tags.get(tags.UUID, ""), spec) for s in found]
 
 
 def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> bool:
-    """Delete a template's cache on a pool; False when there was none. Volumes cloned from it
-    keep their data (StorPool keeps a deleted snapshot until its last child is gone)."""
+    """Delete a template's cache on a pool (the project's or the Java plugin's); False when
+    there was none. Volumes cloned from it keep their data (StorPool keeps a deleted snapshot
+    until its last child is gone)."""
     spec = pools.resolve(ctx, pool)
-    return ctx.conn(spec).snapshot_delete(cache_name(template_uuid, spec))
+    conn = ctx.conn(spec)
+    if conn.snapshot_delete(cache_name(template_uuid, spec)):
+        return True
+    java = locate.java_template_cache(conn, spec, template_uuid)
+    return java is not None and conn.snapshot_delete(java.ref)
 
 
 # ---------------------------------------------------------------------- filling
@@ -147,7 +160,7 @@ def ensure_cached(
     first = True
     while True:
         if not (first and known_missing):
-            snap = conn.snapshot(cache)
+            snap = _find(conn, spec, tuuid)
             if snap is not None:
                 return _cached_from(snap, tuuid, spec)
         first = False

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver import locate, naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
@@ -200,20 +200,26 @@ def create_from_template(
                                   service_offering_id=service_offering_id, custom_iops=iops,
                                   size=size or template.size)
     vtags = volume_tags(uuid, spec, placement)
-    cache = templates.cache_name(tuuid, spec)
+    cache = parent = templates.cache_name(tuuid, spec)
     conn = ctx.conn(spec)
     for _attempt in range(3):
         try:
-            created = conn.volume_create(name=name, parent=cache, size=size, tags=vtags, **placement.create_args())
+            created = conn.volume_create(name=name, parent=parent, size=size, tags=vtags, **placement.create_args())
             return _created(created, spec, uuid, size, placement, vtags)
         except SpExists:
             return _existing(ctx, spec, name, uuid)
         except SpNotFound as exc:
-            about_cache = cache in exc.descr
+            about_cache = parent in exc.descr
             if not about_cache and placement.template in exc.descr:
                 raise ValidationError("template", f"StorPool refused the volume: {exc.descr}") from None
+            java = locate.java_template_cache(conn, spec, tuuid) if about_cache and parent == cache else None
+            if java is not None:
+                log.info("template %s is cached on pool %s by the Java plugin (%s): using it", tuuid, spec.name, java.ref)
+                parent = java.ref
+                continue
             log.info("template %s is not cached on pool %s: filling", tuuid, spec.name)
-            templates.ensure_cached(ctx, spec, tuuid, source=source, size=template.size, known_missing=about_cache)
+            parent = templates.ensure_cached(ctx, spec, tuuid, source=source, size=template.size,
+                                             known_missing=about_cache).name
     raise Conflict(f"the cached template {cache} keeps disappearing; giving up")
 
 

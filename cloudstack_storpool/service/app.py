@@ -46,9 +46,8 @@ from cloudstack_storpool.errors import (
 from cloudstack_storpool.httpjson import MAX_BODY, JsonHandler, TokenServer, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.poolconfig import load_pools
-from cloudstack_storpool.service import schema
+from cloudstack_storpool.service import periodic, schema
 from cloudstack_storpool.service.jobs import Job, JobManager
-from cloudstack_storpool.service.periodic import PeriodicGc
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
 
 __all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_in_thread"]
@@ -116,7 +115,7 @@ class ServiceServer(TokenServer):
         self.jobs = JobManager(self.error_json, max_running=max_jobs, retention=job_retention)
         self._openapi: bytes | None = None
         self._openapi_lock = threading.Lock()
-        self.gc = PeriodicGc(ctx).start() if periodic_gc else None
+        self.background = periodic.start_all(ctx) if periodic_gc else []
 
     def _stamp(self) -> tuple[int, int] | None:
         if self.pools_file is None:
@@ -169,8 +168,8 @@ class ServiceServer(TokenServer):
 
     def close(self, job_timeout: float = 30.0) -> None:
         """Stop accepting, let running jobs finish (up to `job_timeout`), release the socket."""
-        if self.gc is not None:
-            self.gc.close()
+        for job in self.background:
+            job.close()
         self.shutdown()
         if not self.jobs.wait_all(job_timeout):
             log.warning("stopping with jobs still running; their callers must retry elsewhere")
