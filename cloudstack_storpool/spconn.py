@@ -20,6 +20,7 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -114,16 +115,64 @@ _redactor = _RedactFilter()
 log.addFilter(_redactor)
 
 
-class _CountingApi(spapi.Api):
-    """The bindings' Api, counting queries on their way to the wire."""
+Endpoint = tuple[str, int, str]
+"""host, port, token of one StorPool API address."""
 
-    def __init__(self, *args: Any, counter: Counter[str], **kwargs: Any) -> None:
+
+class _CountingApi(spapi.Api):
+    """The bindings' Api, counting queries on their way to the wire, and moving to the pool's
+    alternative endpoint when the current one does not answer.
+
+    `alternative` is asked only then (no cost while the primary answers; the operator's setting
+    is read at the moment it matters). The call that met the silence is re-sent to the other
+    endpoint only when it cannot have been applied: the connection was refused, or it was a
+    read. Any other call fails as it did (the caller's create lookups and retries decide), and
+    the next call goes to the other endpoint. Each switch is logged.
+    """
+
+    def __init__(self, *args: Any, counter: Counter[str], alternative: Callable[[], Endpoint | None] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._counter = counter
+        self._alternative = alternative
+        self._primary: Endpoint = (str(kwargs["host"]), int(kwargs["port"]), "Storpool v1:" + str(kwargs["auth"]))
+        self._current = self._primary
+        self._on_primary = True
+        self._switch_lock = threading.Lock()
 
     def __call__(self, method: str, multiCluster: bool, query: str, json: Any = None, clusterName: Any = None) -> Any:
         self._counter[query.split("/", 1)[0]] += 1
+        try:
+            return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+        except (OSError, http.client.HTTPException) as exc:
+            if not self._switch(exc):
+                raise
+            if not (isinstance(exc, ConnectionRefusedError) or method == "GET"):
+                raise
+        self._counter[query.split("/", 1)[0]] += 1
         return super().__call__(method, multiCluster, query, json, clusterName=clusterName)
+
+    def _switch(self, exc: BaseException) -> bool:
+        """Point at the other endpoint; False when there is none to go to."""
+        if self._alternative is None:
+            return False
+        with self._switch_lock:
+            if self._on_primary:
+                alt = self._alternative()
+                if alt is None:
+                    return False
+                host, port, token = alt
+                _redactor.secrets.add(token)
+                target: Endpoint = (host, port, "Storpool v1:" + token)
+            else:
+                target = self._primary
+            log.warning("StorPool API %s:%s does not answer (%s): switching to the %s endpoint %s:%s",
+                        self._current[0], self._current[1], type(exc).__name__,
+                        "alternative" if self._on_primary else "primary", target[0], target[1])
+            # The bindings' own attributes: where their next request goes.
+            self.__dict__.update(_host=target[0], _port=target[1], _authHeader={"Authorization": target[2]})
+            self._current, self._on_primary = target, not self._on_primary
+            return True
 
 
 def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
@@ -148,6 +197,7 @@ class StorPoolConn:
         max_backoff: float = 8.0,
         sleep: Callable[[float], None] = time.sleep,
         our_id: int | None = None,
+        alternative: Callable[[], Endpoint | None] | None = None,
     ) -> None:
         raw_token = token.reveal() if isinstance(token, Secret) else str.__str__(token)
         self.host, self.port = host, port
@@ -159,7 +209,7 @@ class StorPoolConn:
             _redactor.secrets.add(raw_token)
         self.api = _CountingApi(
             host=host, port=port, auth=raw_token, timeout=timeout,
-            transientRetries=0, multiCluster=multicluster, counter=self.calls,
+            transientRetries=0, multiCluster=multicluster, counter=self.calls, alternative=alternative,
         )
 
     def __repr__(self) -> str:

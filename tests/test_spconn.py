@@ -324,3 +324,40 @@ def test_attach_and_detach_are_one_interface(script: tuple[Script, StorPoolConn]
                 lambda: conn.detach(snap, 4096)):
         with pytest.raises(ValidationError):
             bad()
+
+
+def test_alternative_endpoint_takes_over_when_the_primary_does_not_answer(
+    script: tuple[Script, StorPoolConn], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused connection (nothing sent) is re-sent to the alternative; the switch is logged once."""
+    sc, good = script
+    asked: list[int] = []
+
+    def alternative() -> tuple[str, int, str]:
+        asked.append(1)
+        return good.host, good.port, TOKEN
+
+    conn = StorPoolConn("127.0.0.1", 1, TOKEN, retries=0, sleep=lambda s: None, timeout=5, alternative=alternative)
+    sc.on("Volume", data([summary("v1", "a.b.c")]))
+    sc.on("VolumeCreate", ok(name="v2", globalId="n.e.w"))
+    with caplog.at_level(logging.WARNING, logger="cloudstack_storpool.spconn"):
+        v = conn.volume("v1")
+        created = conn.volume_create(name="v2", size=1 << 20, template="ssd")
+    assert v is not None and v.global_id == "a.b.c" and created.global_id == "n.e.w"
+    assert len(asked) == 1 and len(sc.sent("VolumeCreate")) == 1
+    assert [r.getMessage() for r in caplog.records if "switching" in r.getMessage()] == [
+        f"StorPool API 127.0.0.1:1 does not answer (ConnectionRefusedError): switching to the alternative "
+        f"endpoint {good.host}:{good.port}"]
+
+
+def test_a_write_whose_answer_was_lost_is_not_resent_to_the_alternative(script: tuple[Script, StorPoolConn]) -> None:
+    """It may have been applied: the caller decides; the next call goes to the other endpoint."""
+    sc, good = script
+    conn = StorPoolConn(good.host, good.port, TOKEN, retries=0, sleep=lambda s: None, timeout=5,
+                        alternative=lambda: (good.host, good.port, TOKEN))
+    sc.on("VolumeUpdate", DROP, ok())
+    with pytest.raises(SpUnreachable):
+        conn.volume_update("v1", size=1 << 21)
+    assert len(sc.sent("VolumeUpdate")) == 1
+    conn.volume_update("v1", size=1 << 21)
+    assert len(sc.sent("VolumeUpdate")) == 2

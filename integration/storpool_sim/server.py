@@ -193,6 +193,8 @@ class Emulator:
         self._httpd = _Server((host, port), _Handler)
         self._httpd.emulator = self
         self._thread: threading.Thread | None = None
+        self._listening = True
+        self._extra: list[tuple[_Server, threading.Thread]] = []
 
     @property
     def host(self) -> str:
@@ -211,11 +213,33 @@ class Emulator:
     def serve_forever(self) -> None:
         self._httpd.serve_forever()
 
-    def stop(self) -> None:
-        """Stop answering, then release devices and write the final state."""
+    def add_endpoint(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Another API address of this cluster (StorPool's API runs on several management nodes):
+        what `sp.alternative.endpoint` points at. Same cluster, same token."""
+        httpd = _Server((host, port), _Handler)
+        httpd.emulator = self
+        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="storpool-sim-alt", daemon=True)
+        thread.start()
+        self._extra.append((httpd, thread))
+        return str(httpd.server_address[0]), int(httpd.server_address[1])
+
+    def stop_listening(self) -> None:
+        """The primary API address stops answering (its management node is down); the cluster,
+        its devices and any other endpoint stay."""
+        if not self._listening:
+            return
+        self._listening = False
         if self._thread is not None:
             self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def stop(self) -> None:
+        """Stop answering, then release devices and write the final state."""
+        self.stop_listening()
+        for httpd, thread in self._extra:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=10)
         self.model.close()
