@@ -42,7 +42,7 @@ from cloudstack_storpool.errors import (
     ValidationError,
 )
 from cloudstack_storpool.poolconfig import PoolSpec, Secret, read_storpool_conf
-from cloudstack_storpool.sprecords import Kind, Mode, SpAttachment, SpSnapshot, SpTemplate, SpVolume
+from cloudstack_storpool.sprecords import ByGlobalId, Kind, Mode, SpAttachment, SpSnapshot, SpTemplate, SpVolume
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,13 @@ class Ref:
 
 
 @dataclass(frozen=True)
-class Created:
+class Created(ByGlobalId):
     """What a create returns: the API name to use from now on, and whether a lost response was
     recovered by finding the object instead of creating it again."""
 
     name: str
     global_id: str
     recovered: bool = False
-
-    @property
-    def ref(self) -> str:
-        """`~globalId`: survives renames, which is why CloudStack stores it as the path."""
-        return "~" + self.global_id
-
-    @property
-    def path(self) -> str:
-        return names.BYID_PREFIX + self.global_id
 
 
 @dataclass(frozen=True)
@@ -474,14 +465,8 @@ class StorPoolConn:
             body["iops"] = _limit(iops, "iops")
         if bw is not None:
             body["bw"] = _limit(bw, "bw")
-        if tags is not None:
-            body["tags"] = names.tags(tags)
-        if rename is not None:
-            body["rename"] = names.volume_name(rename, "rename")
-        if not body:
-            return
-        # A rename is not idempotent by name: never retry it.
-        self._call("VolumeUpdate", lambda: self.api.volumeUpdate(name, body), retry=not rename)
+        self._update("VolumeUpdate", self.api.volumeUpdate, name, body, tags,
+                     names.volume_name(rename, "rename") if rename is not None else None)
 
     def volume_delete(self, name: str, *, on_attached: str = "detachForce", missing_ok: bool = True) -> bool:
         """Delete; returns False when it was already gone (success for CloudStack's purposes)."""
@@ -536,15 +521,19 @@ class StorPoolConn:
     def snapshot_update(self, name: str, *, tags: Mapping[str, str] | None = None, rename: str | None = None) -> None:
         """SnapshotUpdate of tags and/or the name (a rename keeps the global id)."""
         names.snapshot_name(name)
-        body: dict[str, Any] = {}
+        self._update("SnapshotUpdate", self.api.snapshotUpdate, name, {}, tags,
+                     names.snapshot_name(rename, "rename") if rename is not None else None)
+
+    def _update(self, query: str, send: Callable[[str, dict[str, Any]], Any], name: str, body: dict[str, Any],
+                tags: Mapping[str, str] | None, rename: str | None) -> None:
+        """An update with absolute values (a retry cannot double-apply them), plus tags and a
+        new name; a rename is not idempotent by name, so an update with one is never retried."""
         if tags is not None:
             body["tags"] = names.tags(tags)
         if rename is not None:
-            body["rename"] = names.snapshot_name(rename, "rename")
-        if not body:
-            return
-        # A rename is not idempotent by name: never retry it.
-        self._call("SnapshotUpdate", lambda: self.api.snapshotUpdate(name, body), retry=not rename)
+            body["rename"] = rename
+        if body:
+            self._call(query, lambda: send(name, body), retry=rename is None)
 
     def snapshot_delete(self, name: str, *, missing_ok: bool = True) -> bool:
         names.snapshot_name(name)

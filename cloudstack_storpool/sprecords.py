@@ -31,8 +31,24 @@ def _tags(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (value or {}).items()}
 
 
+class ByGlobalId:
+    """How the project addresses an object that has a global id."""
+
+    global_id: str
+
+    @property
+    def ref(self) -> str:
+        """`~globalId`: survives renames and works for anonymous objects (the Java plugin's)."""
+        return "~" + self.global_id
+
+    @property
+    def path(self) -> str:
+        """What CloudStack stores as the object's path."""
+        return names.BYID_PREFIX + self.global_id
+
+
 @dataclass(frozen=True)
-class SpVolume:
+class SpVolume(ByGlobalId):
     """A StorPool volume as the project needs it."""
 
     name: str
@@ -47,16 +63,6 @@ class SpVolume:
     space_used: int = 0
     """Bytes this object's data takes (VolumesSpace only; 0 from other listings)."""
     kind: Kind = "volume"
-
-    @property
-    def ref(self) -> str:
-        """`~globalId`: how the project addresses the object (survives renames, works anonymous)."""
-        return "~" + self.global_id
-
-    @property
-    def path(self) -> str:
-        """What CloudStack stores as the object's path."""
-        return names.BYID_PREFIX + self.global_id
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class SpTemplate:
 
 
 @dataclass(frozen=True)
-class SpAttachment:
+class SpAttachment(ByGlobalId):
     """One object attached to one client."""
 
     name: str
@@ -89,10 +95,6 @@ class SpAttachment:
     kind: Kind
     client: int
     rights: Mode
-
-    @property
-    def ref(self) -> str:
-        return "~" + self.global_id
 
 
 def _common(obj: Any) -> dict[str, Any]:

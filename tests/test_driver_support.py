@@ -124,6 +124,7 @@ class FakeSettings:
             "storpool.agent.copy.timeout": 60,
             "storpool.delete.after.interval": 0,
             "storpool.gc.temporary.age": 86400,
+            "sp.enable.alternative.endpoint": False,
             **values,
         }
         self.asked: list[tuple[str, dict[str, Any]]] = []
