@@ -8,6 +8,7 @@ Every object here was made by replaying the Java plugin's own request bodies: an
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -183,3 +184,53 @@ def test_java_volume_migrates_to_a_project_pool(stack: LocalStack, java: JavaClo
     assert moved.iops == 500 and moved.tags["cvm"] == java.vm_id
     assert _read(stack, moved.ref) == b"after--snapshots"
     assert conn.volume(data) is None
+
+
+def test_backup_and_template_from_a_java_snapshot_run_on_hosts_found_by_parent(
+    stack: LocalStack, java: JavaCloud,
+) -> None:
+    """Agent work on the Java pool: the only client ids are in the hosts' `parent`."""
+    from cloudstack_storpool.driver.secondary import SecondaryLocation
+
+    stack.set_bypass(False, wait=True)
+    sid = new_uuid()
+    stack.cs.model.add_snapshot(java.data_volume, "backed-up")
+    where = SecondaryLocation(str(stack.secondary), f"snapshots/{java.data_volume}/{sid}.qcow2")
+    info = snapshots.take_snapshot(stack.ctx, volume_uuid=java.data_volume, snapshot_uuid=sid, secondary=where)
+    assert info.backup is not None and (stack.secondary / where.path).exists()
+    assert info.backup.agent in {a.url for a in stack.agents.values()}
+
+    # A template from the Java snapshot, found by the path CloudStack stored: no data copied on StorPool.
+    tid = stack.cs.model.add_template("from-java-snap", 16 * MiB, zone_id=stack.zone_id).id
+    made = snapshots.template_from_snapshot(stack.ctx, pool=java.pool_id, template_uuid=tid,
+                                            snapshot_uuid=java.snapshot, snapshot_path=java.paths[java.snapshot])
+    assert made.source == java.ref(java.snapshot)
+    assert _read(stack, "~" + made.global_id)[:15] == b"before-snapshot"
+
+
+def test_a_java_pool_is_not_removed_while_it_holds_java_objects(stack: LocalStack, java: JavaCloud) -> None:
+    from cloudstack_storpool.errors import Conflict
+
+    held = pools.contents(stack.ctx, java.pool_id).objects
+    assert len(held) == 7  # root, data, orphan; the cached template, the snapshot, two VM-snapshot members
+    with pytest.raises(Conflict) as refused:
+        pools.remove(stack.ctx, stack.pools_file, java.pool_id)
+    assert "holds 7 StorPool objects" in str(refused.value) and java.template_cache in str(refused.value)
+    assert load_pools(stack.pools_file).get(java.pool_id).uuid == java.pool_id
+
+
+def test_the_service_audit_reports_abandoned_objects_and_deletes_nothing(
+    stack: LocalStack, java: JavaCloud, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Java plugin's abandoned-object collector, on its two settings' periods (one run each here)."""
+    from cloudstack_storpool.service.periodic import PeriodicAudit
+
+    stack.cs.model.delete_snapshot(java.snapshot)  # CloudStack forgot it; StorPool still has it
+    calls0 = dict(stack.sp.calls)
+    with caplog.at_level(logging.WARNING, logger="cloudstack_storpool.service.periodic"):
+        vols = PeriodicAudit(stack.ctx, "volume").once()
+        snaps = PeriodicAudit(stack.ctx, "snapshot").once()
+    assert [o.ref for o in vols] == [java.orphan_volume]
+    assert [o.ref for o in snaps] == [java.ref(java.snapshot)]
+    assert java.orphan_volume in caplog.text and java.ref(java.snapshot) in caplog.text
+    assert not {"VolumeUpdate", "SnapshotUpdate", "VolumeDelete", "SnapshotDelete"} & set(_calls(stack, calls0))
