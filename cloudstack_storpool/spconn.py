@@ -401,9 +401,12 @@ class StorPoolConn:
         replication: int | None = None,
         tags: Mapping[str, str] | None = None,
         identity: Iterable[str] = ("uuid", "cs"),
+        cluster: str | None = None,
     ) -> Created:
         """VolumeCreate. `identity` names the tags that identify an anonymous volume after a
-        lost response (CloudStack uuid and kind, by default)."""
+        lost response (CloudStack uuid and kind, by default). `cluster` (a StorPool cluster of
+        the multi-cluster location) creates it there (`RemoteCommand/<cluster>/`) instead of in
+        the cluster of this endpoint; afterwards it is addressed like any other, by `~globalId`."""
         # Anonymous volumes omit the name (the bindings refuse ""); they are addressed by ~globalId.
         body: dict[str, Any] = {"name": names.volume_name(name)} if name else {}
         if size is not None:
@@ -432,7 +435,7 @@ class StorPoolConn:
         find = self._finder(name, body.get("tags", {}), identity, self.volume, self.find_volumes)
 
         def send() -> Created:
-            res = self.api.volumeCreate(body)
+            res = self.api.volumeCreate(body, clusterName=cluster)
             gid = res.globalId
             return Created(name or "~" + gid, gid)
 

@@ -152,8 +152,13 @@ def create(
     service_offering_id: str | None = None,
     iops: int | None = None,
     encrypted: bool = False,
+    cluster_id: str | None = None,
 ) -> VolumeInfo:
-    """An empty volume: one VolumeCreate (template, iops and tags from the offerings)."""
+    """An empty volume: one VolumeCreate (template, iops and tags from the offerings).
+
+    `cluster_id` is the CloudStack cluster the volume is for (its VM's hosts): when that
+    cluster's `sp.cluster.id` names a StorPool cluster, the volume is made there, through the
+    pool's endpoint (StorPool's multi-cluster API), so its VM's hosts have it locally."""
     spec = pools.resolve(ctx, pool)
     name = naming.volume(volume_uuid)
     uuid = naming.check_uuid(volume_uuid, "volume_uuid")
@@ -163,10 +168,21 @@ def create(
                                   service_offering_id=service_offering_id, custom_iops=iops, size=real_size)
     vtags = volume_tags(uuid, spec, placement)
     try:
-        created = ctx.conn(spec).volume_create(name=name, size=real_size, tags=vtags, **placement.create_args())
+        created = ctx.conn(spec).volume_create(name=name, size=real_size, tags=vtags, cluster=storpool_cluster(ctx, cluster_id),
+                                               **placement.create_args())
     except SpExists:
         return _existing(ctx, spec, name, uuid)
     return _created(created, spec, uuid, real_size, placement, vtags)
+
+
+def storpool_cluster(ctx: DriverContext, cluster_id: str | None) -> str | None:
+    """The StorPool cluster of a CloudStack cluster (`sp.cluster.id`, cluster scope); None when
+    unset (the Java plugin's default is "n/a"): the pool endpoint's own cluster."""
+    if not cluster_id:
+        return None
+    value = ctx.settings.get("sp.cluster.id", cluster=cluster_id)
+    text = str(value).strip() if value is not None else ""
+    return None if text in ("", "n/a") else text
 
 
 def create_from_template(

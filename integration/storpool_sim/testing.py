@@ -174,10 +174,13 @@ def run_emulator(
     templates: Iterable[Template] = DEFAULT_TEMPLATES,
     capacity: int = 1 << 40,
     clock: Callable[[], float] | None = None,
+    cluster_name: str = "sim",
+    cluster_id: str = "b",
 ) -> Iterator[EmulatorHandle]:
     """Start an emulator on a loopback port; on exit stop it and release its devices."""
     emu = Emulator(Path(data_dir), Path(dev_root), token=token, clients=list(clients), templates=list(templates),
-                   capacity=capacity, use_loop=use_loop, host=host, port=port, clock=clock or time.time)
+                   capacity=capacity, use_loop=use_loop, host=host, port=port, clock=clock or time.time,
+                   cluster_name=cluster_name, cluster_id=cluster_id)
     emu.start()
     try:
         yield EmulatorHandle(emu, Path(data_dir), Path(dev_root))
