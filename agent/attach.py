@@ -23,23 +23,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, SpNotFound
+from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy
+from cloudstack_storpool.sprecords import Kind, Mode, SpAttachment, SpObject, SpSnapshot, SpVolume
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["volume", "snapshot"]
-
 
 class SpConn(Protocol):
     """The part of `cloudstack_storpool.spconn.StorPoolConn` the agent uses."""
 
-    def volume(self, name: str) -> Any: ...
+    def volume(self, name: str) -> SpVolume | None: ...
 
-    def snapshot(self, name: str) -> Any: ...
+    def snapshot(self, name: str) -> SpSnapshot | None: ...
 
-    def attachments(self) -> list[Any]: ...
+    def attachments(self) -> list[SpAttachment]: ...
 
-    def reassign_wait(self, items: list[dict[str, Any]], attach_timeout: int | None = None) -> Any: ...
+    def attach(self, obj: SpObject, client: int, mode: Mode = "rw", *, timeout: int | None = None) -> None: ...
+
+    def detach(self, objs: SpObject, client: int | list[int] | Literal["all"] = "all", *, force: bool = False) -> bool: ...
 
     def volume_update(self, name: str, *, size: int | None = None) -> Any: ...
 
@@ -48,16 +48,8 @@ class AttachError(ProjectError):
     code = "attach"
 
 
-@dataclass(frozen=True)
-class StorPoolObject:
-    kind: Kind
-    name: str
-    global_id: str
-    size: int
-
-    @property
-    def api_name(self) -> str:
-        return "~" + self.global_id
+# The connection layer's record of a volume or snapshot (`kind`, `ref`, `global_id`, `size`).
+StorPoolObject = SpObject
 
 
 @dataclass(frozen=True)
@@ -73,18 +65,14 @@ def lookup(conn: SpConn, name: str, kind: Kind | None = None) -> StorPoolObject:
     for k in kinds:
         obj = conn.volume(name) if k == "volume" else conn.snapshot(name)
         if obj is not None:
-            return StorPoolObject(kind=k, name=str(obj.name), global_id=str(obj.globalId), size=int(obj.size))
+            return obj
     raise NotFound(f"StorPool {' or '.join(kinds)} {name!r} does not exist")
 
 
-def attachments_of(conn: SpConn, obj: StorPoolObject) -> list[Any]:
+def attachments_of(conn: SpConn, obj: StorPoolObject) -> list[SpAttachment]:
     """Current attachments of one object (matched by global id: names can be empty or change)."""
-    out = []
-    for att in conn.attachments():
-        gid = getattr(att, "globalId", None)
-        if gid == obj.global_id or (gid is None and att.volume == obj.name):
-            out.append(att)
-    return out
+    return [a for a in conn.attachments()
+            if a.global_id == obj.global_id or (not a.global_id and a.name == obj.name)]
 
 
 def device_path(dev_root: str, global_id: str) -> str:
@@ -166,15 +154,14 @@ def attach(
     an object already attached to this client is only waited for, not re-attached."""
     ro = True if obj.kind == "snapshot" else bool(readonly)
     device = device_path(dev_root, obj.global_id)
-    mine = [a for a in attachments_of(conn, obj) if int(a.client) == client_id]
+    mine = [a for a in attachments_of(conn, obj) if a.client == client_id]
     attached_here = False
-    if mine and (ro or str(mine[0].rights) == "rw"):
-        log.info("%s %s already attached to client %d", obj.kind, obj.api_name, client_id)
+    if mine and (ro or mine[0].rights == "rw"):
+        log.info("%s %s already attached to client %d", obj.kind, obj.ref, client_id)
     else:
-        item: dict[str, Any] = {obj.kind: obj.api_name, ("ro" if ro else "rw"): [client_id]}
-        conn.reassign_wait([item], attach_timeout=max(1, int(timeout)))
+        conn.attach(obj, client_id, "ro" if ro else "rw", timeout=max(1, int(timeout)))
         attached_here = not mine
-        log.info("attached %s %s to client %d (%s)", obj.kind, obj.api_name, client_id, "ro" if ro else "rw")
+        log.info("attached %s %s to client %d (%s)", obj.kind, obj.ref, client_id, "ro" if ro else "rw")
     try:
         wait_for_device(device, timeout=timeout)
     except AttachError:
@@ -200,24 +187,20 @@ def detach(
     """
     for attempt in range(retries + 1):
         try:
-            if not any(int(a.client) == client_id for a in attachments_of(conn, obj)):
+            if not any(a.client == client_id for a in attachments_of(conn, obj)):
                 return attempt > 0
-            conn.reassign_wait([{obj.kind: obj.api_name, "detach": [client_id]}])
-            log.info("detached %s %s from client %d", obj.kind, obj.api_name, client_id)
+            if not conn.detach(obj, client_id):
+                return attempt > 0
+            log.info("detached %s %s from client %d", obj.kind, obj.ref, client_id)
             return True
-        except SpNotFound:
-            return attempt > 0
         except SpBusy as exc:
-            log.warning("detach %s: busy (%s), attempt %d/%d", obj.api_name, exc.descr, attempt + 1, retries + 1)
+            log.warning("detach %s: busy (%s), attempt %d/%d", obj.ref, exc.descr, attempt + 1, retries + 1)
             if attempt < retries:
                 time.sleep(delay)
     if not force_at_end:
-        raise SpBusy("busy", f"{obj.kind} {obj.api_name} still open on client {client_id}")
-    log.warning("forcing detach of %s %s from client %d", obj.kind, obj.api_name, client_id)
-    try:
-        conn.reassign_wait([{obj.kind: obj.api_name, "detach": [client_id], "force": True}])
-    except SpNotFound:
-        pass
+        raise SpBusy("busy", f"{obj.kind} {obj.ref} still open on client {client_id}")
+    log.warning("forcing detach of %s %s from client %d", obj.kind, obj.ref, client_id)
+    conn.detach(obj, client_id, force=True)
     return True
 
 

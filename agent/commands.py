@@ -250,8 +250,8 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
     size = obj.size
     if size < info.virtual_size:
         size = _round_up(info.virtual_size, 512)
-        log.info("growing %s from %d to %d bytes for the image", obj.api_name, obj.size, size)
-        ctx.conn.volume_update(obj.api_name, size=size)
+        log.info("growing %s from %d to %d bytes for the image", obj.ref, obj.size, size)
+        ctx.conn.volume_update(obj.ref, size=size)
     with attached(ctx.conn, obj, client_id=ctx.host.client_id, dev_root=ctx.host.dev_root,
                   timeout=ctl.step_timeout(60.0)) as att:
         wait_for_device(att.device, min_size=info.virtual_size, timeout=ctl.step_timeout(30.0))
@@ -266,7 +266,7 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
         qemu_img.convert(src, att.device, src_format=info.format, dst_format="raw", options=opts,
                          progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
     return {
-        "volume": obj.api_name,
+        "volume": obj.ref,
         "global_id": obj.global_id,
         "size": size,
         "virtual_size": info.virtual_size,
@@ -294,7 +294,7 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
         qemu_img.fsync_path(os.path.dirname(dest))
     out = qemu_img.info(dest, fmt=fmt)
     return {
-        kind: att.object.api_name,
+        kind: att.object.ref,
         "global_id": att.object.global_id,
         "path": path,
         "format": fmt,
@@ -331,8 +331,8 @@ def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
 def _resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
     obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
     if obj.size < req.size:
-        raise ValidationError("size", f"volume {obj.api_name} is {obj.size} bytes in StorPool, not {req.size}")
-    result: dict[str, Any] = {"volume": obj.api_name, "size": req.size, "notified": False}
+        raise ValidationError("size", f"volume {obj.ref} is {obj.size} bytes in StorPool, not {req.size}")
+    result: dict[str, Any] = {"volume": obj.ref, "size": req.size, "notified": False}
     if req.vm is None:
         result["reason"] = "no VM given"
         return result
@@ -353,13 +353,13 @@ def _detach_others(ctx: Context, obj: StorPoolObject, others: list[int]) -> None
     confirm; StorPool has still taken the volume from it, which is what counts, so a missing
     confirmation is accepted once the attachment list shows the volume gone from there."""
     try:
-        ctx.conn.reassign_wait([{"volume": obj.api_name, "detach": others, "force": True}])
+        ctx.conn.detach(obj, others, force=True)
     except SpBusy:
         still = sorted({int(a.client) for a in attachments_of(ctx.conn, obj)} & set(others))
         if still:
             raise
         log.warning("safe start: clients %s did not confirm the detach of %s (down?); StorPool no longer "
-                    "attaches it there", others, obj.api_name)
+                    "attaches it there", others, obj.ref)
 
 
 def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> dict[str, Any]:
@@ -372,11 +372,11 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
         for i, ref in enumerate(req.volumes):
             ctl.check()
             obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
-            others = sorted({int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != cid})
+            others = sorted({a.client for a in attachments_of(ctx.conn, obj) if a.client != cid})
             if others:
-                log.warning("safe start: force-detaching %s from clients %s", obj.api_name, others)
+                log.warning("safe start: force-detaching %s from clients %s", obj.ref, others)
                 _detach_others(ctx, obj, others)
-            entry: dict[str, Any] = {"volume": obj.api_name, "global_id": obj.global_id, "detached_from": others}
+            entry: dict[str, Any] = {"volume": obj.ref, "global_id": obj.global_id, "detached_from": others}
             if req.attach:
                 att = attach(ctx.conn, obj, client_id=cid, dev_root=ctx.host.dev_root,
                              timeout=ctl.step_timeout(60.0))
@@ -391,7 +391,7 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
             try:
                 detach(ctx.conn, att.object, client_id=cid)
             except Exception:
-                log.exception("safe start: cannot detach %s after a failure", att.object.api_name)
+                log.exception("safe start: cannot detach %s after a failure", att.object.ref)
         raise
     return {"volumes": out}
 

@@ -64,7 +64,7 @@ def connect(ctx: Context, req: ConnectRequest, ctl: RunControl) -> dict[str, Any
     # would make qemu see a smaller disk than CloudStack gave the guest.
     wait_for_device(att.device, min_size=obj.size, timeout=ctl.step_timeout(30.0))
     others = sorted(int(a.client) for a in attachments_of(ctx.conn, obj) if int(a.client) != ctx.host.client_id)
-    return {"volume": obj.api_name, "global_id": obj.global_id, "device": att.device,
+    return {"volume": obj.ref, "global_id": obj.global_id, "device": att.device,
             "attached_here": att.attached_here, "also_attached_to": others}
 
 
@@ -78,7 +78,7 @@ def disconnect(ctx: Context, req: DisconnectRequest, ctl: RunControl) -> dict[st
         return {"volume": name, "detached": False, "reason": "no such volume"}
     issued = detach(ctx.conn, obj, client_id=ctx.host.client_id, retries=req.retries, delay=req.delay,
                     force_at_end=req.force)
-    return {"volume": obj.api_name, "global_id": obj.global_id, "detached": issued}
+    return {"volume": obj.ref, "global_id": obj.global_id, "detached": issued}
 
 
 def is_storpool_path(path: str) -> bool:

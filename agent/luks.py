@@ -64,10 +64,10 @@ def encrypt_volume(ctx: Context, req: EncryptRequest, ctl: RunControl) -> dict[s
     src = lookup(ctx.conn, snapshot_ref(req.source, "source")) if req.source is not None else None
     payload = obj.size - qemu_img.LUKS_OVERHEAD
     if payload < 512 * 1024:
-        raise ValidationError("volume", f"{obj.api_name} is {obj.size} bytes: too small for a LUKS header")
+        raise ValidationError("volume", f"{obj.ref} is {obj.size} bytes: too small for a LUKS header")
     if src is not None and src.size > payload:
-        raise ValidationError("source", f"{src.api_name} ({src.size} bytes) does not fit the encrypted payload "
-                                        f"of {obj.api_name} ({payload} bytes)")
+        raise ValidationError("source", f"{src.ref} ({src.size} bytes) does not fit the encrypted payload "
+                                        f"of {obj.ref} ({payload} bytes)")
     host = ctx.host
     with attached(ctx.conn, obj, client_id=host.client_id, dev_root=host.dev_root,
                   timeout=ctl.step_timeout(60.0)) as att:
@@ -77,7 +77,7 @@ def encrypt_volume(ctx: Context, req: EncryptRequest, ctl: RunControl) -> dict[s
             try:
                 qemu_img.luks_check(att.device, req.passphrase)
             except qemu_img.WrongPassphrase:
-                raise ValidationError("passphrase", f"does not open the LUKS header already on {obj.api_name}; "
+                raise ValidationError("passphrase", f"does not open the LUKS header already on {obj.ref}; "
                                                     "nothing was changed") from None
         else:
             ctl.check()
@@ -91,10 +91,10 @@ def encrypt_volume(ctx: Context, req: EncryptRequest, ctl: RunControl) -> dict[s
                 qemu_img.luks_convert(satt.device, att.device, req.passphrase, progress=ctl.progress,
                                       cancel=ctl.cancel, timeout=ctl.remaining())
                 copied = True
-    log.info("volume %s encrypted (LUKS%s%s)", obj.api_name, ", formatted" if formatted else "",
-             f", {src.api_name} copied in" if src else "")
-    return {"volume": obj.api_name, "global_id": obj.global_id, "encrypt_format": "LUKS",
-            "payload_size": payload, "formatted": formatted, "copied_from": src.api_name if copied and src else None}
+    log.info("volume %s encrypted (LUKS%s%s)", obj.ref, ", formatted" if formatted else "",
+             f", {src.ref} copied in" if src else "")
+    return {"volume": obj.ref, "global_id": obj.global_id, "encrypt_format": "LUKS",
+            "payload_size": payload, "formatted": formatted, "copied_from": src.ref if copied and src else None}
 
 
 COMMANDS["encrypt_volume"] = Command("encrypt_volume", EncryptRequest, encrypt_volume, True)

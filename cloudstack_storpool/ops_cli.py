@@ -187,6 +187,31 @@ def pool_stats(pool: str | None, pools_file: str | None, as_json: bool) -> None:
     run(lambda: stats.pool_stats(build_context(pools_file), pool), as_json, POOL_STATS_COLUMNS)
 
 
+@pool_group.command("adopt")
+@click.argument("pool")
+@click.option("--dry-run", is_flag=True, help="Change nothing; list what would be done.")
+@click.option("--delete-orphans", is_flag=True,
+              help="Also delete the objects no live CloudStack object accounts for (never without this flag).")
+@pools_opt
+@json_opt
+def pool_adopt(pool: str, dry_run: bool, delete_orphans: bool, pools_file: str | None, as_json: bool) -> None:
+    """Make POOL's objects made by the Java plugin first-class (tag `pool`, the project's snapshot
+    names) and list every object no live CloudStack object accounts for (orphans are only
+    listed unless --delete-orphans)."""
+    from cloudstack_storpool.driver import adopt
+
+    def go() -> Any:
+        report = adopt.adopt(build_context(pools_file), pool, dry_run=dry_run, delete_orphans=delete_orphans)
+        if as_json:
+            return report
+        done = set(report.done)
+        return [{**dataclasses.asdict(a), "state": "error: " + report.errors[a.ref] if a.ref in report.errors
+                 else "done" if a.ref in done else "planned" if a.action == adopt.TAG or delete_orphans else "report"}
+                for a in report.actions]
+
+    run(go, as_json, ["action", "kind", "ref", "cs", "uuid", "rename", "reason", "state"])
+
+
 @pool_group.command("register")
 @click.option("--name", required=True)
 @click.option("--uuid", "pool_uuid", required=True, help="The storage pool's CloudStack uuid.")

@@ -7,20 +7,27 @@ into CloudStack's "add primary storage" dialog and needs to know what to fix.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from storpool import spconfig
+
 from cloudstack_storpool import names
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import is_uuid
 
 DEFAULT_PORT = 81
 POOLS_FILE_ENV = "CSSP_POOLS_FILE"
 """Where `serve` and the operator commands find the pools file when no `--pools` is given."""
 URL_KEYS = ("SP_API_HTTP", "SP_AUTH_TOKEN", "SP_TEMPLATE")
+STORPOOL_CONF_ENV = "CSSP_STORPOOL_CONF"
+"""Where the management server's StorPool configuration is when not `/etc/storpool.conf`: a pool
+URL that is a template name alone takes its endpoint and token from there (as the Java plugin's
+`storpool_confget` does)."""
 
 
 class Secret(str):
@@ -40,6 +47,25 @@ class Secret(str):
         return str.__str__(self)
 
 
+def check_pool_id(value: str, field_name: str = "uuid") -> str:
+    """A CloudStack storage pool id: a uuid, or the Java plugin's `<SP_TEMPLATE>;<uuid>` (its
+    LifeCycle.initialize rewrites the pool's uuid to that form). The uuid part is checked by the
+    project's one uuid rule (`uuids.check_uuid`: canonical lower case, as CloudStack writes it)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field_name, "a pool id is required")
+    template, sep, rest = value.partition(";")
+    if not is_uuid(rest if sep else value):
+        raise ValidationError(field_name, f"{value[:80]!r} is not a pool id (a uuid, or <template>;<uuid>)")
+    if sep:
+        names.template_name(template, field_name)
+    return value
+
+
+def pool_key(pool_id: str) -> str:
+    """The uuid part of a pool id: what names and the `pool` tag carry (`;` is valid in neither)."""
+    return pool_id.rpartition(";")[2]
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """One StorPool primary storage pool as CloudStack knows it."""
@@ -55,6 +81,11 @@ class PoolSpec:
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def key(self) -> str:
+        """The pool's uuid without a Java `<template>;` prefix: the `pool` tag and name part."""
+        return pool_key(self.uuid)
 
     def url(self, *, redact: bool = True) -> str:
         """The pool URL in the `SP_API_HTTP=...` form; the token is masked unless asked not to."""
@@ -92,11 +123,52 @@ def _token(value: str, field_name: str) -> Secret:
     return Secret(value)
 
 
+@dataclass(frozen=True)
+class StorPoolConf:
+    """What a StorPool configuration file says about the API (and this host's client id)."""
+
+    host: str
+    port: int
+    token: Secret = field(repr=False)
+    our_id: int | None = None
+
+
+def read_storpool_conf(path: str | Path | None = None, *, section: str | None = None) -> StorPoolConf:
+    """`/etc/storpool.conf` (+ `.conf.d/`), or another file, read by the bindings' own reader
+    (`storpool.spconfig`: the host's section, environment overrides)."""
+    config_cls: type[spconfig.SPConfig] = spconfig.SPConfig
+    if path is not None:
+        config_cls = type("_SPConfigAt", (spconfig.SPConfig,), {
+            "PATH_CONFIG": str(path), "PATH_CONFIG_DIR": str(path) + ".d",
+        })
+    try:
+        cfg = config_cls(section=section, missing_ok=False)
+        host, port_s, token = cfg["SP_API_HTTP_HOST"], cfg.get("SP_API_HTTP_PORT", "81"), cfg["SP_AUTH_TOKEN"]
+    except KeyError as exc:
+        raise ValidationError(f"storpool.conf.{exc.args[0]}", "missing from the StorPool configuration") from None
+    except (spconfig.SPConfigException, OSError) as exc:
+        raise ValidationError("storpool.conf", f"cannot read the StorPool configuration: {exc}") from None
+    if not str(port_s).isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValidationError("storpool.conf.SP_API_HTTP_PORT", f"must be a port 1..65535, got {port_s!r}")
+    our = cfg.get("SP_OURID")
+    our_id = None
+    if our:
+        if not str(our).isdigit() or not 1 <= int(our) <= 4095:
+            raise ValidationError("storpool.conf.SP_OURID", f"must be a client id 1..4095, got {our!r}")
+        our_id = int(our)
+    return StorPoolConf(str(host), int(port_s), _token(str(token), "storpool.conf.SP_AUTH_TOKEN"), our_id)
+
+
 def parse_pool_url(url: str, field_name: str = "url") -> PoolSpec:
-    """Parse `SP_API_HTTP=h:p;SP_AUTH_TOKEN=t;SP_TEMPLATE=x` or `storpool://t@h:p/x`."""
+    """Parse `SP_API_HTTP=h:p;SP_AUTH_TOKEN=t;SP_TEMPLATE=x`, `storpool://t@h:p/x`, or a template
+    name alone (endpoint and token from the management server's StorPool configuration)."""
     if not isinstance(url, str) or not url.strip():
         raise ValidationError(field_name, "pool URL is empty")
     url = url.strip()
+    if not any(c in url for c in ";=:/@"):
+        template = names.template_name(url, field_name)
+        conf = read_storpool_conf(os.environ.get(STORPOOL_CONF_ENV) or None)
+        return PoolSpec(host=conf.host, port=conf.port, token=conf.token, template=template)
     if url.startswith("storpool://"):
         return _parse_storpool_scheme(url[len("storpool://"):], field_name)
     if "://" in url:
@@ -145,14 +217,14 @@ def pool_from_entry(entry: dict[str, Any], where: str) -> PoolSpec:
     for key in ("uuid", "name", "url"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             raise ValidationError(f"{where}.{key}", "required, a non-empty string")
-    check_uuid(entry["uuid"], f"{where}.uuid")
+    pool_id = check_pool_id(entry["uuid"], f"{where}.uuid")
     spec = parse_pool_url(entry["url"], f"{where}.url")
     zone = entry.get("zone", "")
     if not isinstance(zone, str):
         raise ValidationError(f"{where}.zone", "must be a string")
     return PoolSpec(
         host=spec.host, port=spec.port, token=spec.token, template=spec.template,
-        uuid=entry["uuid"], name=entry["name"], zone=zone,
+        uuid=pool_id, name=entry["name"], zone=zone,
     )
 
 
@@ -161,9 +233,9 @@ class PoolsFile:
     pools: tuple[PoolSpec, ...]
 
     def get(self, key: str) -> PoolSpec:
-        """A pool by CloudStack uuid or name."""
+        """A pool by CloudStack id (also its uuid part, for a Java `<template>;<uuid>` id) or name."""
         for pool in self.pools:
-            if key in (pool.uuid, pool.name):
+            if key in (pool.uuid, pool.name) or (pool.key != pool.uuid and key.lower() == pool.key):
                 return pool
         raise ValidationError("pool", f"unknown pool {key!r} (known: {', '.join(p.name for p in self.pools) or 'none'})")
 

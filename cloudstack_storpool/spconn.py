@@ -20,17 +20,18 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
-from storpool import spapi, spconfig
+from storpool import spapi
 from storpool.spcatch import InvalidArgumentError
 
-from cloudstack_storpool import logs, metrics, names
+from cloudstack_storpool import logs, metrics, names, sprecords
 from cloudstack_storpool.errors import (
     SpBusy,
     SpExists,
@@ -40,34 +41,41 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
-from cloudstack_storpool.poolconfig import PoolSpec, Secret
+from cloudstack_storpool.poolconfig import PoolSpec, Secret, read_storpool_conf
+from cloudstack_storpool.sprecords import ByGlobalId, Kind, Mode, SpAttachment, SpSnapshot, SpTemplate, SpVolume
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Typed objects of the official bindings (attribute access: .name, .globalId, .tags, ...).
-VolumeSummary = Any
-SnapshotSummary = Any
+
+
+class Addressable(Protocol):
+    """Anything the layer can attach or detach: a record, or a `Ref` built from a name."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def ref(self) -> str: ...
 
 
 @dataclass(frozen=True)
-class Created:
+class Ref:
+    """An object known only by its API name (`~globalId` or a name) and kind."""
+
+    kind: Kind
+    ref: str
+
+
+@dataclass(frozen=True)
+class Created(ByGlobalId):
     """What a create returns: the API name to use from now on, and whether a lost response was
     recovered by finding the object instead of creating it again."""
 
     name: str
     global_id: str
     recovered: bool = False
-
-    @property
-    def ref(self) -> str:
-        """`~globalId`: survives renames, which is why CloudStack stores it as the path."""
-        return "~" + self.global_id
-
-    @property
-    def path(self) -> str:
-        return names.BYID_PREFIX + self.global_id
 
 
 @dataclass(frozen=True)
@@ -98,15 +106,44 @@ _redactor = _RedactFilter()
 log.addFilter(_redactor)
 
 
-class _CountingApi(spapi.Api):
-    """The bindings' Api, counting queries on their way to the wire."""
+Endpoint = tuple[str, int, str]
+"""host, port, token of one StorPool API address."""
 
-    def __init__(self, *args: Any, counter: Counter[str], **kwargs: Any) -> None:
+
+class _CountingApi(spapi.Api):
+    """The bindings' Api, counting queries on their way to the wire, and moving to the pool's
+    alternative endpoint when the current one does not answer.
+
+    `alternative` is asked only then (no cost while the primary answers; the operator's setting
+    is read at the moment it matters). The call that met the silence is re-sent to the other
+    endpoint only when it cannot have been applied: the connection was refused, or it was a
+    read. Any other call fails as it did (the caller's create lookups and retries decide), and
+    the next call goes to the other endpoint. Each switch is logged.
+    """
+
+    def __init__(self, *args: Any, counter: Counter[str], alternative: Callable[[], Endpoint | None] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._counter = counter
+        self._alternative = alternative
+        self._primary: Endpoint = (str(kwargs["host"]), int(kwargs["port"]), "Storpool v1:" + str(kwargs["auth"]))
+        self._current = self._primary
+        self._on_primary = True
+        self._switch_lock = threading.Lock()
 
     def __call__(self, method: str, multiCluster: bool, query: str, json: Any = None, clusterName: Any = None) -> Any:
         name = query.split("/", 1)[0]
+        try:
+            return self._measured(name, method, multiCluster, query, json, clusterName)
+        except (OSError, http.client.HTTPException) as exc:
+            if not self._switch(exc):
+                raise
+            if not (isinstance(exc, ConnectionRefusedError) or method == "GET"):
+                raise
+        return self._measured(name, method, multiCluster, query, json, clusterName)
+
+    def _measured(self, name: str, method: str, multiCluster: bool, query: str, json: Any, clusterName: Any) -> Any:
+        """One call on the wire, counted and timed (metrics by query and outcome)."""
         self._counter[name] += 1
         start, outcome = time.monotonic(), "failed"
         try:
@@ -120,6 +157,28 @@ class _CountingApi(spapi.Api):
             raise
         finally:
             metrics.storpool_call(name, time.monotonic() - start, outcome)
+
+    def _switch(self, exc: BaseException) -> bool:
+        """Point at the other endpoint; False when there is none to go to."""
+        if self._alternative is None:
+            return False
+        with self._switch_lock:
+            if self._on_primary:
+                alt = self._alternative()
+                if alt is None:
+                    return False
+                host, port, token = alt
+                _redactor.secrets.add(token)
+                target: Endpoint = (host, port, "Storpool v1:" + token)
+            else:
+                target = self._primary
+            log.warning("StorPool API %s:%s does not answer (%s): switching to the %s endpoint %s:%s",
+                        self._current[0], self._current[1], type(exc).__name__,
+                        "alternative" if self._on_primary else "primary", target[0], target[1])
+            # The bindings' own attributes: where their next request goes.
+            self.__dict__.update(_host=target[0], _port=target[1], _authHeader={"Authorization": target[2]})
+            self._current, self._on_primary = target, not self._on_primary
+            return True
 
 
 def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
@@ -144,6 +203,7 @@ class StorPoolConn:
         max_backoff: float = 8.0,
         sleep: Callable[[float], None] = time.sleep,
         our_id: int | None = None,
+        alternative: Callable[[], Endpoint | None] | None = None,
     ) -> None:
         raw_token = token.reveal() if isinstance(token, Secret) else str.__str__(token)
         self.host, self.port = host, port
@@ -156,7 +216,7 @@ class StorPoolConn:
             logs.register_secret(raw_token)
         self.api = _CountingApi(
             host=host, port=port, auth=raw_token, timeout=timeout,
-            transientRetries=0, multiCluster=multicluster, counter=self.calls,
+            transientRetries=0, multiCluster=multicluster, counter=self.calls, alternative=alternative,
         )
 
     def __repr__(self) -> str:
@@ -169,26 +229,9 @@ class StorPoolConn:
     @classmethod
     def from_config(cls, path: str | Path | None = None, *, section: str | None = None, **kwargs: Any) -> StorPoolConn:
         """From `/etc/storpool.conf` (+ `.conf.d/`), or another file for tests and agents."""
-        config_cls: type[spconfig.SPConfig] = spconfig.SPConfig
-        if path is not None:
-            config_cls = type("_SPConfigAt", (spconfig.SPConfig,), {
-                "PATH_CONFIG": str(path), "PATH_CONFIG_DIR": str(path) + ".d",
-            })
-        try:
-            cfg = config_cls(section=section, missing_ok=False)
-            host, port, token = cfg["SP_API_HTTP_HOST"], int(cfg.get("SP_API_HTTP_PORT", "81")), cfg["SP_AUTH_TOKEN"]
-        except KeyError as exc:
-            raise ValidationError(f"storpool.conf.{exc.args[0]}", "missing from the StorPool configuration") from None
-        except (spconfig.SPConfigException, OSError, ValueError) as exc:
-            raise ValidationError("storpool.conf", f"cannot read the StorPool configuration: {exc}") from None
-        our = cfg.get("SP_OURID")
-        if our:
-            if not str(our).isdigit() or not 1 <= int(our) <= 4095:
-                raise ValidationError("storpool.conf.SP_OURID", f"must be a client id 1..4095, got {our!r}")
-            kwargs.setdefault("our_id", int(our))
-        else:
-            kwargs.setdefault("our_id", None)
-        return cls(host, port, token, **kwargs)
+        conf = read_storpool_conf(path, section=section)
+        kwargs.setdefault("our_id", conf.our_id)
+        return cls(conf.host, conf.port, conf.token, **kwargs)
 
     # ---------------------------------------------------------------- error mapping and retries
 
@@ -279,7 +322,7 @@ class StorPoolConn:
         if name:
             def find_by_name() -> Created | None:
                 obj = by_name(name)
-                return Created(obj.name, obj.globalId, True) if obj is not None else None
+                return Created(obj.name, obj.global_id, True) if obj is not None else None
             return find_by_name
         wanted = tuple(identity)
         key = {k: body_tags[k] for k in wanted if k in body_tags}
@@ -288,7 +331,7 @@ class StorPoolConn:
 
         def find_by_tags() -> Created | None:
             found = by_tags(key)
-            return Created("~" + found[0].globalId, found[0].globalId, True) if found else None
+            return Created(found[0].ref, found[0].global_id, True) if found else None
         return find_by_tags
 
     def _delete(self, query: str, what: str, name: str, call: Callable[[], Any], missing_ok: bool) -> bool:
@@ -312,35 +355,38 @@ class StorPoolConn:
             return None
         return found[0] if found else None
 
-    def volume(self, name: str) -> VolumeSummary | None:
+    def volume(self, name: str) -> SpVolume | None:
         names.volume_name(name)
-        return self._first("Volume", lambda: self.api.volumeList(name))
+        found = self._first("Volume", lambda: self.api.volumeList(name))
+        return sprecords.volume(found) if found is not None else None
 
-    def snapshot(self, name: str) -> SnapshotSummary | None:
+    def snapshot(self, name: str) -> SpSnapshot | None:
         names.snapshot_name(name)
-        return self._first("Snapshot", lambda: self.api.snapshotList(name))
+        found = self._first("Snapshot", lambda: self.api.snapshotList(name))
+        return sprecords.snapshot(found) if found is not None else None
 
-    def volumes(self) -> list[VolumeSummary]:
-        return list(self._retrying("VolumesList", self.api.volumesList))
+    def volumes(self) -> list[SpVolume]:
+        return [sprecords.volume(v) for v in self._retrying("VolumesList", self.api.volumesList)]
 
-    def snapshots(self) -> list[SnapshotSummary]:
-        return list(self._retrying("SnapshotsList", self.api.snapshotsList))
+    def snapshots(self) -> list[SpSnapshot]:
+        return [sprecords.snapshot(s) for s in self._retrying("SnapshotsList", self.api.snapshotsList)]
 
-    def volumes_space(self) -> list[Any]:
-        return list(self._retrying("VolumesSpace", self.api.volumesSpace))
+    def volumes_space(self) -> list[SpVolume]:
+        return [sprecords.volume(v) for v in self._retrying("VolumesSpace", self.api.volumesSpace)]
 
-    def template(self, name: str) -> Any | None:
+    def template(self, name: str) -> SpTemplate | None:
         names.template_name(name)
         try:
-            return self._retrying("VolumeTemplateDescribe", lambda: self.api.volumeTemplateDescribe(name))
+            found = self._retrying("VolumeTemplateDescribe", lambda: self.api.volumeTemplateDescribe(name))
         except SpNotFound:
             return None
+        return sprecords.template(found)
 
     def templates_status(self) -> list[Any]:
         return list(self._retrying("VolumeTemplatesStatus", self.api.volumeTemplatesStatus))
 
-    def attachments(self) -> list[Any]:
-        return list(self._retrying("AttachmentsList", self.api.attachmentsList))
+    def attachments(self) -> list[SpAttachment]:
+        return [sprecords.attachment(a) for a in self._retrying("AttachmentsList", self.api.attachmentsList)]
 
     def services(self, *, retry: bool = True) -> Any:
         """ServicesList. The heartbeat asks with retry=False: a slow answer is itself news."""
@@ -349,12 +395,12 @@ class StorPoolConn:
     def client_active_requests(self, client_id: int, *, retry: bool = True) -> Any:
         return self._call("ClientActiveRequests", lambda: self.api.clientActiveRequests(client_id), retry)
 
-    def find_volumes(self, tags: Mapping[str, str]) -> list[VolumeSummary]:
+    def find_volumes(self, tags: Mapping[str, str]) -> list[SpVolume]:
         """Volumes carrying all of `tags` (the driver's identity lookup)."""
         return [v for v in self.volumes() if tags_match(v.tags, tags)]
 
-    def find_snapshots(self, tags: Mapping[str, str]) -> list[SnapshotSummary]:
-        return [s for s in self.snapshots() if tags_match(s.tags, tags) and not getattr(s, "deleted", False)]
+    def find_snapshots(self, tags: Mapping[str, str]) -> list[SpSnapshot]:
+        return [s for s in self.snapshots() if tags_match(s.tags, tags) and not s.deleted]
 
     # ---------------------------------------------------------------- volumes
 
@@ -371,9 +417,12 @@ class StorPoolConn:
         replication: int | None = None,
         tags: Mapping[str, str] | None = None,
         identity: Iterable[str] = ("uuid", "cs"),
+        cluster: str | None = None,
     ) -> Created:
         """VolumeCreate. `identity` names the tags that identify an anonymous volume after a
-        lost response (CloudStack uuid and kind, by default)."""
+        lost response (CloudStack uuid and kind, by default). `cluster` (a StorPool cluster of
+        the multi-cluster location) creates it there (`RemoteCommand/<cluster>/`) instead of in
+        the cluster of this endpoint; afterwards it is addressed like any other, by `~globalId`."""
         # Anonymous volumes omit the name (the bindings refuse ""); they are addressed by ~globalId.
         body: dict[str, Any] = {"name": names.volume_name(name)} if name else {}
         if size is not None:
@@ -402,7 +451,7 @@ class StorPoolConn:
         find = self._finder(name, body.get("tags", {}), identity, self.volume, self.find_volumes)
 
         def send() -> Created:
-            res = self.api.volumeCreate(body)
+            res = self.api.volumeCreate(body, clusterName=cluster)
             gid = res.globalId
             return Created(name or "~" + gid, gid)
 
@@ -435,14 +484,8 @@ class StorPoolConn:
             body["iops"] = _limit(iops, "iops")
         if bw is not None:
             body["bw"] = _limit(bw, "bw")
-        if tags is not None:
-            body["tags"] = names.tags(tags)
-        if rename is not None:
-            body["rename"] = names.volume_name(rename, "rename")
-        if not body:
-            return
-        # A rename is not idempotent by name: never retry it.
-        self._call("VolumeUpdate", lambda: self.api.volumeUpdate(name, body), retry=not rename)
+        self._update("VolumeUpdate", self.api.volumeUpdate, name, body, tags,
+                     names.volume_name(rename, "rename") if rename is not None else None)
 
     def volume_delete(self, name: str, *, on_attached: str = "detachForce", missing_ok: bool = True) -> bool:
         """Delete; returns False when it was already gone (success for CloudStack's purposes)."""
@@ -494,6 +537,23 @@ class StorPoolConn:
         log.info("snapshot %s of %s (%s)", created.name, volume, created.global_id)
         return created
 
+    def snapshot_update(self, name: str, *, tags: Mapping[str, str] | None = None, rename: str | None = None) -> None:
+        """SnapshotUpdate of tags and/or the name (a rename keeps the global id)."""
+        names.snapshot_name(name)
+        self._update("SnapshotUpdate", self.api.snapshotUpdate, name, {}, tags,
+                     names.snapshot_name(rename, "rename") if rename is not None else None)
+
+    def _update(self, query: str, send: Callable[[str, dict[str, Any]], Any], name: str, body: dict[str, Any],
+                tags: Mapping[str, str] | None, rename: str | None) -> None:
+        """An update with absolute values (a retry cannot double-apply them), plus tags and a
+        new name; a rename is not idempotent by name, so an update with one is never retried."""
+        if tags is not None:
+            body["tags"] = names.tags(tags)
+        if rename is not None:
+            body["rename"] = rename
+        if body:
+            self._call(query, lambda: send(name, body), retry=rename is None)
+
     def snapshot_delete(self, name: str, *, missing_ok: bool = True) -> bool:
         names.snapshot_name(name)
         return self._delete("SnapshotDelete", "snapshot", name, lambda: self.api.snapshotDelete(name), missing_ok)
@@ -525,7 +585,7 @@ class StorPoolConn:
             found = self.find_snapshots(key)
             if len(found) < len(members):
                 return None
-            return [GroupMember(s.onVolume or "", "", "~" + s.globalId, s.globalId) for s in found]
+            return [GroupMember(s.on_volume, "", s.ref, s.global_id) for s in found]
 
         def send() -> list[GroupMember]:
             res = self.api.snapshotCreateGroup(body)
@@ -538,22 +598,50 @@ class StorPoolConn:
 
     # ---------------------------------------------------------------- attachments
 
-    def reassign(self, items: list[dict[str, Any]]) -> None:
-        self._retrying("VolumesReassign", lambda: self.api.volumesReassign(items))
-
-    def reassign_wait(self, items: list[dict[str, Any]], attach_timeout: int | None = None) -> None:
-        body: dict[str, Any] = {"reassign": items}
-        if attach_timeout is not None:
-            body["attachTimeout"] = attach_timeout
+    def attach(self, obj: Addressable, client: int, mode: Mode = "rw", *, timeout: int | None = None) -> None:
+        """Attach to one client; returns once that client applied it (VolumesReassignWait), so
+        the caller may wait for the device at once. Snapshots attach read-only only."""
+        if mode not in ("rw", "ro"):
+            raise ValidationError("mode", f"must be rw or ro, got {mode!r}")
+        if obj.kind == "snapshot" and mode == "rw":
+            raise ValidationError("mode", "a snapshot attaches read-only only")
+        body: dict[str, Any] = {"reassign": [{obj.kind: obj.ref, mode: [_client(client)]}]}
+        if timeout is not None:
+            body["attachTimeout"] = max(1, int(timeout))
         self._retrying("VolumesReassignWait", lambda: self.api.volumesReassignWait(body))
 
-    def detach_everywhere(self, name: str, *, snapshot: bool = False, force: bool = True) -> None:
-        """Detach an object from every client; nothing to do when it is attached nowhere."""
-        key = "snapshot" if snapshot else "volume"
+    def detach(
+        self, objs: Addressable | Sequence[Addressable], client: int | Sequence[int] | Literal["all"] = "all", *,
+        force: bool = False,
+    ) -> bool:
+        """Detach objects from some clients or from every client, in one request.
+
+        From named clients (the agent) it waits until they applied it, as an attach does; from
+        all clients (the management side, before a revert or a delete) it does not: a client
+        that is down must not hold the operation up, and StorPool refuses the revert or delete
+        itself while anything is still attached. Returns False when an object is gone (nothing
+        to detach: for the caller's purposes a success).
+        """
+        items = [objs] if not isinstance(objs, Sequence) else list(objs)
+        if not items:
+            return True
+        who: list[int] | str = "all" if client == "all" else (
+            [_client(client)] if isinstance(client, int) else [_client(c) for c in client])
+        body = [{o.kind: o.ref, "detach": who, **({"force": True} if force else {})} for o in items]
         try:
-            self.reassign([{key: name, "detach": "all", "force": force}])
+            if who == "all":
+                self._retrying("VolumesReassign", lambda: self.api.volumesReassign(body))
+            else:
+                self._retrying("VolumesReassignWait", lambda: self.api.volumesReassignWait({"reassign": body}))
         except SpNotFound:
-            return
+            return False
+        return True
+
+
+def _client(client: int) -> int:
+    if isinstance(client, bool) or not isinstance(client, int) or not 1 <= client <= 4095:
+        raise ValidationError("client", f"must be a StorPool client id 1..4095, got {client!r}")
+    return client
 
 
 def _limit(value: int, field: str) -> int:

@@ -189,7 +189,8 @@ def status_cmd(pools_file: str, client_ids: str | None, fence: bool | None, io_w
                 else:
                     hosts.append(HostTarget(h.name, int(h.sp_client_id), str(h.id)))
             if skipped:
-                click.echo(f"warning: no SP_OURID detail, not checked: {', '.join(skipped)}", err=True)
+                click.echo("warning: no StorPool client id (host parent or SP_OURID detail), not checked: "
+                           + ", ".join(skipped), err=True)
         store = _settings(cs_client, None)
         fence_on_any = bool(_setting("kvm.ha.fence.on.storage.heartbeat.failure", fence, store, zone=zone_id))
         config = CheckConfig(fence_on_any=fence_on_any, io_window=io_window, io_samples=io_samples,

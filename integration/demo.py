@@ -23,6 +23,7 @@ import click
 from cloudstack_storpool.driver import gc, resize, snapshots, vmsnapshots, volumes
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+from cloudstack_storpool.spconn import Ref
 from integration.libvirt_domain import running_domain
 from integration.stack import LocalStack, new_uuid
 
@@ -162,13 +163,13 @@ class Demo:
         host = self.stack.agents[vm.host_id]
         vid, gid = self.volume(64 * MiB, vm_id=vm.id, device_id=1)
         conn = self.stack.ctx.conn(self.pool)
-        conn.reassign_wait([{"volume": "~" + gid, "rw": [host.client_id]}])
+        conn.attach(Ref("volume", "~" + gid), host.client_id, "rw")
         device = self.stack.sp.device_path(host.client_id, gid)
         with running_domain(vm.instance_name, str(device)) as dom:
             before = dom.blockInfo("vdb", 0)[0]
             res = resize.resize_volume(self.stack.ctx, volume_uuid=vid, new_size=128 * MiB)
             after = dom.blockInfo("vdb", 0)[0]
-        conn.reassign_wait([{"volume": "~" + gid, "detach": [host.client_id], "force": True}])
+        conn.detach(Ref("volume", "~" + gid), host.client_id, force=True)
         sp_size = self.summary(gid).size
         return [
             check(before == 64 * MiB, "running domain sees 64 MiB before"),

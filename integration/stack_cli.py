@@ -81,8 +81,9 @@ def recover(run_dir: Path) -> list[str]:
     return done
 
 
-def serve_stack(run_dir: Path) -> None:
-    """The body of the background process: start, publish endpoints, wait for SIGTERM."""
+def serve_stack(run_dir: Path, java_cloud: bool = False) -> None:
+    """The body of the background process: start, publish endpoints, wait for SIGTERM.
+    `java_cloud` first fills the stack with a cloud the Java plugin built (integration/javacloud.py)."""
     stopping = False
 
     def stop(_sig: int, _frame: Any) -> None:
@@ -92,15 +93,17 @@ def serve_stack(run_dir: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        _run(run_dir, lambda: stopping)
+        _run(run_dir, lambda: stopping, java_cloud)
     finally:
         _pid_file(run_dir).unlink(missing_ok=True)
 
 
-def _run(run_dir: Path, stopping: Callable[[], bool]) -> None:
+def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool) -> None:
+    from integration import javacloud
     from integration.stack import LocalStack
 
     with LocalStack(run_dir / "stack", heartbeat_interval=5.0) as stack:
+        java = javacloud.build(stack) if java_cloud else None
         service_url = stack.start_service()
         state = {
             "pid": os.getpid(),
@@ -111,6 +114,9 @@ def _run(run_dir: Path, stopping: Callable[[], bool]) -> None:
             "pools_file": str(stack.pools_file),
             "secrets_file": str(stack.write_secrets(run_dir / "secrets.env")),
         }
+        if java is not None:
+            state["java_cloud"] = {"pool": java.pool_id, "vm": java.vm_id, "template": java.template_id,
+                                   "snapshot": java.snapshot, "vm_snapshot": java.vm_snapshot, "paths": java.paths}
         tmp = _state_file(run_dir).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(_state_file(run_dir))
@@ -123,7 +129,9 @@ def _run(run_dir: Path, stopping: Callable[[], bool]) -> None:
 @click.option("--run-dir", type=click.Path(path_type=Path), default=DEFAULT_RUN_DIR, show_default=True)
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the stack to answer.")
 @click.option("--json", "as_json", is_flag=True)
-def up_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
+@click.option("--java-cloud", is_flag=True,
+              help="Fill the stack with a cloud the Java plugin built (anonymous objects, Java pool id), to try a takeover.")
+def up_cmd(run_dir: Path, timeout: float, as_json: bool, java_cloud: bool) -> None:
     """Start the local stack (StorPool emulator, CloudStack simulator, agents, driver service)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(run_dir)
@@ -137,7 +145,8 @@ def up_cmd(run_dir: Path, timeout: float, as_json: bool) -> None:
         with open(run_dir / "stack.log", "ab") as log:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from integration.stack_cli import serve_stack; "
-                 "from pathlib import Path; serve_stack(Path(sys.argv[1]))", str(run_dir.resolve())],
+                 "from pathlib import Path; serve_stack(Path(sys.argv[1]), sys.argv[2] == '1')", str(run_dir.resolve()),
+                 "1" if java_cloud else "0"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=dev_env(),
             )
         _pid_file(run_dir).write_text(f"{proc.pid}\n")

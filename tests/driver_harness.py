@@ -190,7 +190,7 @@ class Env:
             return self.sp.read_object(ref.removeprefix("~"), offset, length)
         found = self.conn.snapshot(ref) or self.conn.volume(ref)
         assert found is not None, f"{ref} is not in StorPool"
-        return self.sp.read_object(found.globalId, offset, length)
+        return self.sp.read_object(found.global_id, offset, length)
 
     def snapshot_names(self) -> set[str]:
         return {s.name for s in self.conn.snapshots() if not s.deleted}

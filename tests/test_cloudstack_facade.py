@@ -51,6 +51,16 @@ def test_hosts_carry_storpool_client_id_and_agent_port(cs_sim: SimHandle) -> Non
     assert client.host("6a1c7d56-0000-4000-8000-000000000000") is None
 
 
+def test_client_id_from_the_host_parent_first(cs_sim: SimHandle) -> None:
+    """Where the Java plugin's host listener keeps it (`parent`), then the `SP_OURID` detail."""
+    client = cs_sim.client()
+    java = cs_sim.model.add_host("kvm-java", sp_ourid=None, parent="17")
+    both = cs_sim.model.add_host("kvm-both", sp_ourid=5, parent="9")
+    odd = cs_sim.model.add_host("kvm-odd", sp_ourid=6, parent="0")  # not a client id: the detail decides
+    assert {h.name: h.sp_client_id for h in client.hosts() if h.id in (java.id, both.id, odd.id)} == {
+        "kvm-java": 17, "kvm-both": 9, "kvm-odd": 6}
+
+
 def test_vms_placement_tags_and_accounts(cs_sim: SimHandle) -> None:
     client = cs_sim.client()
     vms = client.vms()

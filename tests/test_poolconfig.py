@@ -1,7 +1,15 @@
 import pytest
 
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.poolconfig import PoolSpec, Secret, load_pools, parse_pool_url, parse_pools
+from cloudstack_storpool.poolconfig import (
+    STORPOOL_CONF_ENV,
+    PoolSpec,
+    Secret,
+    check_pool_id,
+    load_pools,
+    parse_pool_url,
+    parse_pools,
+)
 
 GOOD = "SP_API_HTTP=10.0.0.5:8181;SP_AUTH_TOKEN=s3cr3t;SP_TEMPLATE=ssd-r3"
 UUID1 = "8b3c9f2e-8a53-4f0e-9a39-0d3c5b2e6a11"
@@ -91,7 +99,7 @@ def test_pools_file(tmp_path) -> None:
     ("doc", "field", "words"),
     [
         ({"pool": [{"uuid": UUID1, "name": "a"}]}, "pools.pool[0].url", "required"),
-        ({"pool": [{"uuid": "not-a-uuid", "name": "a", "url": GOOD}]}, "pools.pool[0].uuid", "not a CloudStack uuid"),
+        ({"pool": [{"uuid": "not-a-uuid", "name": "a", "url": GOOD}]}, "pools.pool[0].uuid", "not a pool id"),
         ({"pool": [{"uuid": UUID1, "name": "a", "url": GOOD, "colour": 1}]}, "pools.pool[0].colour", "unknown key"),
         ({"pool": [{"uuid": UUID1, "name": "a", "url": "SP_API_HTTP=h"}]}, "pools.pool[0].url.SP_AUTH_TOKEN", "missing"),
         (
@@ -119,3 +127,38 @@ def test_pools_file_errors(tmp_path) -> None:
     bad.write_text("[[pool]\n")
     with pytest.raises(ValidationError, match="not valid TOML"):
         load_pools(bad)
+
+
+def test_java_pool_ids_are_pool_ids() -> None:
+    """The Java plugin rewrites a pool's uuid to `<SP_TEMPLATE>;<uuid>`; names and tags use the uuid
+    part, which follows the project's one uuid rule (canonical lower case, as Java's UUID writes it)."""
+    assert check_pool_id(f"ssd-r3;{UUID1}") == f"ssd-r3;{UUID1}"
+    assert check_pool_id(UUID1) == UUID1
+    for bad in ("ssd;not-a-uuid", "bad name;" + UUID1, ";" + UUID1, "x", f"ssd-r3;{UUID1.upper()}", UUID1.upper()):
+        with pytest.raises(ValidationError) as info:
+            check_pool_id(bad, "pool.uuid")
+        assert info.value.field == "pool.uuid"
+    pools = parse_pools({"pool": [{"uuid": f"ssd-r3;{UUID1}", "name": "java", "url": GOOD},
+                                  {"uuid": UUID2, "name": "own", "url": GOOD.replace("ssd-r3", "hybrid")}]})
+    java = pools.get(f"ssd-r3;{UUID1}")
+    assert java.key == UUID1 and pools.get(UUID1) is java and pools.get("java") is java
+    assert pools.get(UUID2).key == UUID2
+
+
+def test_template_only_url_reads_the_storpool_configuration(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The Java plugin's URL form `<template>`: endpoint and token from the management server's
+    storpool.conf, read by the bindings' own reader."""
+    for key in ("SP_API_HTTP_HOST", "SP_API_HTTP_PORT", "SP_AUTH_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    conf = tmp_path / "storpool.conf"
+    conf.write_text("SP_API_HTTP_HOST=10.1.2.3\nSP_API_HTTP_PORT=8080\nSP_AUTH_TOKEN=c0nfT0k\n")
+    monkeypatch.setenv(STORPOOL_CONF_ENV, str(conf))
+    p = parse_pool_url("nvme")
+    assert (p.host, p.port, p.template, p.token.reveal()) == ("10.1.2.3", 8080, "nvme", "c0nfT0k")
+    conf.write_text("SP_API_HTTP_HOST=10.1.2.3\n")
+    with pytest.raises(ValidationError) as info:
+        parse_pool_url("nvme")
+    assert info.value.field == "storpool.conf.SP_AUTH_TOKEN" and "c0nfT0k" not in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        parse_pool_url("bad.template")
+    assert info.value.field == "url"

@@ -8,6 +8,7 @@ import pytest
 from cloudstack_storpool.driver import naming, snapshots, tags, templates
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import AgentError, Conflict, NotFound, StorPoolError, ValidationError
+from cloudstack_storpool.spconn import Ref
 from cloudstack_storpool.typedjson import to_json
 from tests.driver_harness import Env, MiB, new_uuid
 
@@ -31,7 +32,7 @@ def test_bypass_true_is_one_call_and_tags(env: Env) -> None:
     assert sent == {"VolumeSnapshot": 1}
     assert info.bypassed and info.backup is None and not info.recovered
     snap = env.conn.snapshot(naming.snapshot(sid))
-    assert snap is not None and info.path == f"/dev/storpool-byid/{snap.globalId}"
+    assert snap is not None and info.path == f"/dev/storpool-byid/{snap.global_id}"
     assert snap.tags == {tags.UUID: sid, tags.KIND: tags.SNAPSHOT, tags.VM: vm1(env), tags.POOL: env.pool.uuid}
     assert env.agents.all_calls() == []
 
@@ -154,7 +155,7 @@ def test_delete_detaches_and_missing_is_success(env: Env) -> None:
     vid, _ = env.volume()
     sid = new_uuid()
     snapshots.take_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
-    env.conn.reassign([{"snapshot": naming.snapshot(sid), "ro": [2]}])
+    env.conn.attach(Ref("snapshot", naming.snapshot(sid)), 2, "ro")
     assert snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
     assert naming.snapshot(sid) not in env.snapshot_names()
     assert not snapshots.delete_snapshot(env.ctx, pool=env.pool.uuid, snapshot_uuid=sid).existed
@@ -173,14 +174,14 @@ def test_revert_restores_data_keeps_tags_and_iops(env: Env) -> None:
         snapshots.revert_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     assert env.read(ref, 0, 6) == b"after!"
     env.cs.model.stop_vm(vm)
-    env.conn.reassign([{"volume": ref, "rw": [1]}])  # a stale attachment of the last host
+    env.conn.attach(Ref("volume", ref), 1, "rw")  # a stale attachment of the last host
     env.conn.volume_update(ref, iops=5)  # whatever StorPool holds, CloudStack's max IOPS wins
     res = snapshots.revert_snapshot(env.ctx, volume_uuid=vid, snapshot_uuid=sid)
     assert env.read(ref, 0, 6) == b"before"
     vol = env.conn.volume(ref)
     assert vol.iops == 700 and res.iops == 700
     assert {k: vol.tags[k] for k in ("cvm", "disk", "vc-policy")} == {"cvm": vm, "disk": "1", "vc-policy": "gold-policy"}
-    assert not [a for a in env.conn.attachments() if a.globalId == ref[1:]]
+    assert not [a for a in env.conn.attachments() if a.global_id == ref[1:]]
 
 
 # ---------------------------------------------------------------------------- from snapshots
@@ -223,7 +224,7 @@ def test_volume_from_snapshot_takes_the_offering_like_any_create(env: Env) -> No
     iops = env.conn.volume(made["sp-iops-500"].name)
     assert (iops.iops, made["sp-iops-500"].iops) == (500, 500)
     hybrid = env.conn.volume(made["sp-hybrid-template"].name)
-    assert hybrid.templateName == "hybrid" == made["sp-hybrid-template"].template
+    assert hybrid.template == "hybrid" == made["sp-hybrid-template"].template
     assert hybrid.iops == 300  # no limit in the offering: the source volume's max IOPS
     gold = env.conn.volume(made["sp-gold"].name)
     assert gold.tags[tags.QOS_CLASS] == "gold" == made["sp-gold"].qos_class

@@ -6,6 +6,7 @@ import pytest
 
 from cloudstack_storpool.driver import naming, pools, tags, vmsnapshots
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
+from cloudstack_storpool.spconn import Ref
 from tests.driver_harness import Env, MiB, new_uuid
 
 
@@ -40,7 +41,7 @@ def test_take_is_one_group_call_with_tags(env: Env) -> None:
     for member, (duuid, _) in zip(info.members, disks, strict=True):
         snap = env.conn.snapshot(member.snapshot)
         assert member.snapshot == naming.vm_snapshot_member(sid, duuid)
-        assert snap.globalId == member.global_id
+        assert snap.global_id == member.global_id
         assert snap.tags == {tags.UUID: sid, tags.KIND: tags.GROUP, tags.VM: vm, tags.POOL: env.pool.uuid}
     # The pool knows it holds them, so it cannot be removed while they exist.
     held = {o.global_id for o in pools.contents(env.ctx, env.pool).objects if o.kind == "snapshot"}
@@ -109,7 +110,7 @@ def test_delete_removes_every_member_even_without_the_vm(env: Env) -> None:
     vm, disks = vm_with_disks(env, 3)
     sid = new_uuid()
     vmsnapshots.take_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
-    env.conn.reassign([{"snapshot": naming.vm_snapshot_member(sid, disks[0][0]), "ro": [2]}])
+    env.conn.attach(Ref("snapshot", naming.vm_snapshot_member(sid, disks[0][0])), 2, "ro")
     out = vmsnapshots.delete_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid)
     assert len(out.deleted) == 3 and live(env) == []
     assert vmsnapshots.delete_vm_snapshot(env.ctx, vm_uuid=vm, vm_snapshot_uuid=sid).deleted == []

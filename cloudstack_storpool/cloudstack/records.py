@@ -28,9 +28,14 @@ from cloudstack_storpool.cloudstack.fields import (
 )
 
 
+def _client_id(raw: Any) -> int | None:
+    """A StorPool client id (1..4095), or None for anything else (a `parent` that is a host id)."""
+    text = str(raw).strip() if raw is not None else ""
+    return int(text) if text.isdigit() and 1 <= int(text) <= 4095 else None
+
+
 def _sp_ourid(details: Any) -> int | None:
-    raw = str_map(details).get("SP_OURID", "").strip()
-    return int(raw) if raw.isdigit() else None
+    return _client_id(str_map(details).get("SP_OURID"))
 
 
 class Zone(Record):
@@ -52,11 +57,18 @@ class Host(Record):
     cluster_id: str | None = api("clusterid")
     zone_id: str | None = api("zoneid")
     state: str = api("state", text)
-    sp_client_id: int | None = api("details", _sp_ourid)
-    """StorPool client id (`SP_OURID`) from the host's details (the project's convention)."""
+    detail_client_id: int | None = api("details", _sp_ourid)
+    """An `SP_OURID` host detail (the project's older convention)."""
     details: dict[str, str] = api("details", str_map, default_factory=dict)
     resource_state: str | None = api("resourcestate", default=None)
     ha_state: str | None = api("hostha.hastate", default=None)
+    parent_client_id: int | None = api("parent", _client_id, default=None)
+    """Where the Java plugin's host listener stores the StorPool client id (`clientNodeId`)."""
+
+    @property
+    def sp_client_id(self) -> int | None:
+        """StorPool client id: the host's `parent` (the Java plugin's place), else its `SP_OURID` detail."""
+        return self.parent_client_id or self.detail_client_id
 
     @property
     def agent_port(self) -> int | None:

@@ -6,6 +6,7 @@ any number of driver processes can share one StorPool cluster.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,8 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec
+from cloudstack_storpool.errors import ProjectError
+from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, parse_pool_url
 from cloudstack_storpool.spconn import StorPoolConn
+
+log = logging.getLogger(__name__)
+
+ALT_ENABLED = "sp.enable.alternative.endpoint"
+ALT_ENDPOINT = "sp.alternative.endpoint"
 
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.client import CloudStackClient
@@ -68,14 +75,32 @@ class DriverContext:
         return self.pools.get(key)
 
     def conn(self, pool: PoolSpec | str) -> StorPoolConn:
-        """One connection per API endpoint and token, shared by all pools on that cluster."""
+        """One connection per API endpoint and token, shared by all pools on that cluster.
+
+        When the endpoint does not answer, the connection moves to the pool's alternative
+        endpoint if `sp.enable.alternative.endpoint` is true for it (read at that moment)."""
         spec = self.pool(pool) if isinstance(pool, str) else pool
         key = (spec.host, spec.port, spec.token.reveal())
         with self._lock:
             conn = self._conns.get(key)
             if conn is None:
-                conn = self._conns[key] = StorPoolConn.from_pool(spec, **self.conn_options)
+                conn = self._conns[key] = StorPoolConn.from_pool(
+                    spec, alternative=lambda: self.alternative_endpoint(spec), **self.conn_options)
             return conn
+
+    def alternative_endpoint(self, spec: PoolSpec) -> tuple[str, int, str] | None:
+        """`sp.alternative.endpoint` of the pool when `sp.enable.alternative.endpoint` is true."""
+        if not spec.uuid:
+            return None
+        try:
+            if self.settings.get(ALT_ENABLED, pool=spec.uuid) is not True:
+                return None
+            url = self.settings.get(ALT_ENDPOINT, pool=spec.uuid)
+            alt = parse_pool_url(str(url or ""), ALT_ENDPOINT)
+        except ProjectError as exc:
+            log.warning("pool %s: no alternative StorPool endpoint (%s)", spec.name or spec.uuid, exc)
+            return None
+        return alt.host, alt.port, alt.token.reveal()
 
     def api_calls(self) -> dict[str, int]:
         """StorPool queries sent so far, summed over every connection (benchmarks, tests)."""

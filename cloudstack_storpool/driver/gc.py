@@ -111,20 +111,19 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
     in_cloudstack = _TemplatesInCloudStack(ctx, report)
     actions: list[GcAction] = []
     for specs in pools.by_cluster(ctx):
-        by_uuid = {p.uuid: p for p in specs if p.uuid}
         conn = ctx.conn(specs[0])
         for s in conn.snapshots():
-            pool = by_uuid.get((s.tags or {}).get(tags.POOL, ""))
-            if pool is None or getattr(s, "deleted", False):
+            pool = pools.owner(specs, s)
+            if pool is None or s.deleted:
                 continue
             action = _snapshot_action(ctx, s, pool, max_age, in_cloudstack, report)
             if action is not None:
                 actions.append(action)
         for v in conn.volumes():
-            vtags = v.tags or {}
-            pool = by_uuid.get(vtags.get(tags.POOL, ""))
+            vtags = v.tags
+            pool = pools.owner(specs, v)
             if pool is not None and vtags.get(tags.KIND) == tags.TEMPORARY and _age(ctx, v) > max_age:
-                actions.append(GcAction(TEMPORARY_VOLUME, pool.uuid, v.name, v.globalId, vtags.get(tags.UUID),
+                actions.append(GcAction(TEMPORARY_VOLUME, pool.uuid, v.name, v.global_id, vtags.get(tags.UUID),
                                         f"temporary for more than {max_age} s"))
     return actions
 
@@ -135,7 +134,7 @@ def _snapshot_action(ctx: DriverContext, s: Any, pool: Any, max_age: int, in_clo
     stags = s.tags or {}
     kind = stags.get(tags.KIND)
     if kind == tags.TEMPORARY and _age(ctx, s) > max_age:
-        return GcAction(TEMPORARY_SNAPSHOT, pool.uuid, s.name, s.globalId, stags.get(tags.UUID),
+        return GcAction(TEMPORARY_SNAPSHOT, pool.uuid, s.name, s.global_id, stags.get(tags.UUID),
                         f"temporary for more than {max_age} s")
     if kind != tags.TEMPLATE:
         return None
@@ -147,7 +146,7 @@ def _snapshot_action(ctx: DriverContext, s: Any, pool: Any, max_age: int, in_clo
         report.kept_templates += 1
     if exists is not False:
         return None
-    return GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.globalId, tuuid, "template deleted in CloudStack")
+    return GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.global_id, tuuid, "template deleted in CloudStack")
 
 
 def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: int | None = None) -> GcReport:

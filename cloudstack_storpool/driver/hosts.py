@@ -56,7 +56,7 @@ def check_hosts(ctx: DriverContext, *, host_ids: list[str] | None = None, zone_i
     for h in hosts:
         if h.sp_client_id is None:
             if host_ids:
-                raise ValidationError("host_ids", f"host {h.name} has no SP_OURID detail: its StorPool client is unknown")
+                raise ValidationError("host_ids", f"host {h.name} has no StorPool client id (host parent or SP_OURID detail)")
             continue
         targets.append((h, HostTarget(h.name, h.sp_client_id, h.id)))
     out: list[HostHeartbeat] = []

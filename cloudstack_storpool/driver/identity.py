@@ -11,10 +11,10 @@ volumes, snapshots, resize, VM snapshots and migration cannot disagree about the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags
+from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 
 if TYPE_CHECKING:
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from cloudstack_storpool.driver.offerings import Placement
     from cloudstack_storpool.poolconfig import PoolSpec
     from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.sprecords import SpVolume
+
+V = TypeVar("V", bound="SpVolume")
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,19 @@ def _located(ctx: DriverContext, vol: Volume, field: str) -> LocatedVolume:
     return LocatedVolume(vol, pool, ref(volume_uuid=vol.id, path=vol.path, path_field=f"{field}.path"))
 
 
-def info(summary: Any, pool: PoolSpec) -> VolumeInfo:
+def info(summary: SpVolume, pool: PoolSpec) -> VolumeInfo:
     """VolumeInfo of a StorPool volume summary (from Volume/VolumesList)."""
-    vtags = dict(summary.tags or {})
+    vtags = dict(summary.tags)
     return VolumeInfo(
-        uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.globalId,
-        path=names.BYID_PREFIX + summary.globalId, size=int(summary.size),
-        template=getattr(summary, "templateName", None) or None, iops=offerings.iops_of(summary) or None,
+        uuid=vtags.get(tags.UUID), pool=pool.uuid, name=summary.name, global_id=summary.global_id,
+        path=summary.path, size=summary.size,
+        template=summary.template or None, iops=summary.iops or None,
         qos_class=vtags.get(tags.QOS_CLASS), tags=vtags,
     )
 
 
 def find(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
-         path: str | None = None) -> Any | None:
+         path: str | None = None) -> SpVolume | None:
     """The StorPool summary of a CloudStack volume, or None when it does not exist."""
     spec = pools.resolve(ctx, pool)
     return ctx.conn(spec).volume(ref(volume_uuid=volume_uuid, path=path))
@@ -128,17 +131,17 @@ def volume_tags(volume_uuid: str, pool: PoolSpec, placement: Placement | None = 
     return pools.identity_tags(volume_uuid, tags.VOLUME, pool, qc=placement.qos_class if placement is not None else None)
 
 
-def ours(found: Any | None, uuid: str, what: str, field: str) -> Any:
+def ours(found: V | None, uuid: str, what: str, field: str) -> V:
     """An object a create met under its deterministic name (`what`): returned when it carries
     our `uuid` tag (an earlier attempt of this very request), a Conflict naming `field` otherwise."""
     if found is None:
         raise Conflict(f"{field}: {what} existed a moment ago and is gone now (deleted concurrently?)")
     if not tags.owned_by(found, uuid):
-        owner = (found.tags or {}).get(tags.UUID) or "nobody"
+        owner = found.tags.get(tags.UUID) or "nobody"
         raise Conflict(f"{field}: StorPool already has {what}, and it belongs to {owner}")
     return found
 
 
-def existing_volume(conn: StorPoolConn, name: str, volume_uuid: str) -> Any:
+def existing_volume(conn: StorPoolConn, name: str, volume_uuid: str) -> SpVolume:
     """The volume a create of `volume_uuid` met as `objectExists`, if it is ours (one Volume read)."""
     return ours(conn.volume(name), volume_uuid, f"volume {name}", "volume_uuid")

@@ -19,13 +19,14 @@ import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import ProjectError
 
 if TYPE_CHECKING:
     from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.sprecords import SpVolume
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,17 @@ def first_stamp(clock: Callable[[], float]) -> str:
     return str(int(clock()))
 
 
-def last_sign_of_life(summary: Any) -> float:
+def last_sign_of_life(summary: SpVolume) -> float:
     """Epoch seconds of an object's last stamp: `alive`, else `started`, else StorPool's own
     creation time (so an object without stamps is never immortal). For age-based judgements
     on a scale where clock skew does not matter (garbage collection after a day)."""
-    found = summary.tags or {}
+    found = summary.tags
     for key in (tags.ALIVE, tags.STARTED):
         try:
             return float(found.get(key, ""))
         except ValueError:
             continue
-    return float(getattr(summary, "creationTimestamp", 0) or 0)
+    return summary.created
 
 
 class Heartbeat:
@@ -96,9 +97,9 @@ class Watch:
         self._seen: tuple[str, str] | None = None
         self._since = 0.0
 
-    def dead(self, summary: Any) -> bool:
-        stamp = (summary.tags or {}).get(tags.ALIVE) or (summary.tags or {}).get(tags.STARTED, "")
-        seen = (str(summary.globalId), stamp)
+    def dead(self, summary: SpVolume) -> bool:
+        stamp = summary.tags.get(tags.ALIVE) or summary.tags.get(tags.STARTED, "")
+        seen = (summary.global_id, stamp)
         now = self.clock()
         if seen != self._seen:
             self._seen, self._since = seen, now

@@ -21,7 +21,6 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cloudstack_storpool import names
 from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates, volumes
 from cloudstack_storpool.driver.identity import VolumeInfo
 from cloudstack_storpool.driver.offerings import Placement
@@ -70,8 +69,8 @@ def _placement(
     if disk_offering_id or service_offering_id or iops is not None:
         return offerings.resolve(ctx, dst, volume_type=volume_type, disk_offering_id=disk_offering_id,
                                  service_offering_id=service_offering_id, custom_iops=iops, size=int(source.size))
-    qc = (source.tags or {}).get(tags.QOS_CLASS) or None
-    return Placement(template=dst.template, qos_class=qc, iops=offerings.iops_of(source) or None)
+    qc = source.tags.get(tags.QOS_CLASS) or None
+    return Placement(template=dst.template, qos_class=qc, iops=source.iops or None)
 
 
 def migrate(
@@ -100,17 +99,17 @@ def migrate(
     source = conn.volume(identity.ref(volume_uuid=uuid, path=path))
     if source is None:
         return _resume(ctx, src, dst, uuid, path)
-    if dst.uuid and (source.tags or {}).get(tags.POOL) == dst.uuid and src.uuid != dst.uuid:
+    if dst.uuid and source.tags.get(tags.POOL) == dst.key and src.uuid != dst.uuid:
         log.info("volume %s is already on pool %s (a repeated migration)", source.name, dst.name)
         return MigrationResult(DONE, src.uuid, dst.uuid, identity.info(source, dst))
     placement = _placement(ctx, dst, source, volume_type=volume_type, disk_offering_id=disk_offering_id,
                            service_offering_id=service_offering_id, iops=iops)
-    carried = {**(source.tags or {}), tags.POOL: dst.uuid, tags.QOS_CLASS: placement.qos_class or ""}
+    carried = {**source.tags, tags.POOL: dst.key, tags.QOS_CLASS: placement.qos_class or ""}
     running = _vm_running(ctx, uuid) if vm_running is None else vm_running
     if running:
-        conn.volume_update("~" + source.globalId, template=placement.template,
+        conn.volume_update(source.ref, template=placement.template,
                            iops=offerings.explicit_iops(ctx, dst, placement), tags=carried)
-        return MigrationResult(IN_PLACE, src.uuid, dst.uuid, identity.get(ctx, dst, path=names.BYID_PREFIX + source.globalId))
+        return MigrationResult(IN_PLACE, src.uuid, dst.uuid, identity.get(ctx, dst, path=source.path))
     clone = _clone_then_swap(ctx, conn, dst, uuid, source, placement, carried)
     return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=clone.path))
 
@@ -123,12 +122,12 @@ def _clone_then_swap(ctx: DriverContext, conn: StorPoolConn, dst: PoolSpec, uuid
     stale = conn.volume(clone_name)
     if stale is not None:
         log.warning("removing %s left by an interrupted migration (the source is still there)", clone_name)
-        conn.volume_delete("~" + stale.globalId)
+        conn.volume_delete(stale.ref)
     create_tags = {k: v for k, v in carried.items() if v}
-    clone = conn.volume_create(name=clone_name, base_on="~" + source.globalId, template=placement.template,
+    clone = conn.volume_create(name=clone_name, base_on=source.ref, template=placement.template,
                                iops=offerings.explicit_iops(ctx, dst, placement), tags=create_tags)
     try:
-        conn.volume_delete("~" + source.globalId, on_attached="detachForce")
+        conn.volume_delete(source.ref, on_attached="detachForce")
     except ProjectError:
         conn.volume_delete(clone.ref)
         raise
@@ -142,13 +141,13 @@ def _resume(ctx: DriverContext, src: PoolSpec, dst: PoolSpec, uuid: str, path: s
     clone = conn.volume(naming.migrating(uuid))
     if clone is not None:
         try:
-            conn.volume_update("~" + clone.globalId, rename=naming.volume(uuid))
+            conn.volume_update(clone.ref, rename=naming.volume(uuid))
         except SpExists:
             raise ValidationError("volume_uuid", f"both {naming.migrating(uuid)} and {naming.volume(uuid)} exist; "
                                                  "resolve by hand") from None
-        return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=names.BYID_PREFIX + clone.globalId))
+        return MigrationResult(CLONE, src.uuid, dst.uuid, identity.get(ctx, dst, path=clone.path))
     done = conn.volume(naming.volume(uuid))
-    if done is not None and (done.tags or {}).get(tags.POOL) == dst.uuid:
+    if done is not None and done.tags.get(tags.POOL) == dst.key:
         return MigrationResult(CLONE, src.uuid, dst.uuid, identity.info(done, dst))
     raise NotFound(f"volume: {path or uuid} does not exist on pool {src.name}")
 

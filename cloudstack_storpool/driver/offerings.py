@@ -168,13 +168,6 @@ def resolve(
                      candidates=candidates if len(candidates) > 1 else ())
 
 
-def iops_of(obj: Any) -> int:
-    """The IOPS limit of a StorPool volume, snapshot or template summary; 0 for "no limit"
-    (StorPool shows it as `-`, which the bindings hand over as a string)."""
-    value = getattr(obj, "iops", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def explicit_iops(ctx: DriverContext, pool: PoolSpec, placement: Placement) -> int:
     """The `iops` to write on an existing volume: the offering's, else its template's, else 0.
 
@@ -182,7 +175,8 @@ def explicit_iops(ctx: DriverContext, pool: PoolSpec, placement: Placement) -> i
     """
     if placement.iops:
         return placement.iops
-    return iops_of(ctx.conn(pool).template(placement.template))
+    found = ctx.conn(pool).template(placement.template)
+    return found.iops if found is not None else 0
 
 
 def apply(ctx: DriverContext, pool: PoolSpec, name: str, placement: Placement) -> None:

@@ -4,7 +4,11 @@ Pools are configuration (the TOML pools file), not state. What a pool *holds* is
 StorPool: every object the driver creates carries the tag `pool=<pool uuid>` (volumes, snapshots,
 cached templates, fills, delay-delete backups), so several pools on one StorPool cluster, even on
 one template, can tell their objects apart, and a pool can refuse removal while it holds any.
-Objects made by the Java plugin (no `pool` tag) are not seen here.
+
+Objects the Java plugin made carry no `pool` tag. The Java plugin allows one pool per API
+endpoint and template (so does the pools file), and creates every object in its pool's
+template: an untagged object made by a CloudStack plugin (it has a `cs` tag) belongs to the pool
+whose template it lives in (`owner`). `pool adopt` then gives it the tag.
 """
 
 from __future__ import annotations
@@ -15,16 +19,16 @@ import os
 import tempfile
 import tomllib
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import Conflict, StorPoolError, ValidationError
-from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, load_pools, parse_pool_url, parse_pools
-from cloudstack_storpool.spconn import StorPoolConn, tags_match
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, check_pool_id, load_pools, parse_pool_url, parse_pools
+from cloudstack_storpool.spconn import StorPoolConn
+from cloudstack_storpool.sprecords import SpVolume
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -37,12 +41,28 @@ def resolve(ctx: DriverContext, pool: PoolSpec | str) -> PoolSpec:
 
 def pool_tags(pool: PoolSpec) -> dict[str, str]:
     """The tag that makes an object findable as belonging to `pool`."""
-    return {tags.POOL: pool.uuid} if pool.uuid else {}
+    return {tags.POOL: pool.key} if pool.uuid else {}
 
 
 def identity_tags(uuid: str, kind: str, pool: PoolSpec, **extra: str | None) -> dict[str, str]:
     """`uuid`, `cs` and the pool's tag (when it has a uuid) of an object the driver creates."""
-    return tags.identity(uuid, kind, pool=pool.uuid or None, **extra)
+    return tags.identity(uuid, kind, pool=pool.key or None, **extra)
+
+
+def owner(specs: Iterable[PoolSpec], obj: SpVolume) -> PoolSpec | None:
+    """Which of `specs` (pools of one StorPool cluster) holds `obj`: the one its `pool` tag
+    names, else, for an untagged object a CloudStack plugin made (the Java plugin's), the one
+    whose template it lives in."""
+    tagged = obj.tags.get(tags.POOL)
+    if tagged:
+        return next((p for p in specs if p.uuid and p.key == tagged), None)
+    if not obj.tags.get(tags.KIND) or not obj.template:
+        return None
+    return next((p for p in specs if p.template == obj.template), None)
+
+
+def owns(spec: PoolSpec, obj: SpVolume) -> bool:
+    return owner((spec,), obj) is spec
 
 
 def cluster_key(pool: PoolSpec) -> tuple[str, int]:
@@ -105,16 +125,12 @@ def _info(pool: PoolSpec) -> PoolInfo:
 
 
 def contents(ctx: DriverContext, pool: PoolSpec | str) -> PoolContents:
-    """Every live StorPool object tagged with this pool (two list calls)."""
+    """Every live StorPool object of this pool, tagged or Java-made (two list calls)."""
     spec = resolve(ctx, pool)
     conn = ctx.conn(spec)
-    want = pool_tags(spec)
-    found: list[PoolObject] = []
-    if want:
-        for kind, objs in (("volume", conn.find_volumes(want)), ("snapshot", conn.find_snapshots(want))):
-            found.extend(PoolObject(o.name, o.globalId, kind, o.tags.get(tags.KIND, ""), o.tags.get(tags.UUID))
-                         for o in objs)
-    return PoolContents(spec.uuid, found)
+    objs: list[SpVolume] = [*conn.volumes(), *(s for s in conn.snapshots() if not s.deleted)]
+    return PoolContents(spec.uuid, [PoolObject(o.name, o.global_id, o.kind, o.tags.get(tags.KIND, ""),
+                                               o.tags.get(tags.UUID)) for o in objs if owns(spec, o)])
 
 
 def list_pools(ctx: DriverContext) -> list[PoolInfo]:
@@ -131,14 +147,13 @@ def describe(ctx: DriverContext, pool: PoolSpec | str) -> PoolInfo:
     if status is not None:
         stored = getattr(status, "stored", None)
         capacity, free = getattr(stored, "capacity", None), getattr(stored, "free", None)
-    mine = pool_tags(spec)
     used = 0
     volumes = 0
     for v in conn.volumes_space():
-        if tags_match(v.tags, mine):
-            used += int(getattr(v, "storedSize", 0) or 0)
+        if owns(spec, v):
+            used += v.stored
             volumes += 1
-    snaps = conn.find_snapshots(mine) if mine else []
+    snaps = [s for s in conn.snapshots() if not s.deleted and owns(spec, s)]
     cached = sum(1 for s in snaps if s.tags.get(tags.KIND) == tags.TEMPLATE)
     return PoolInfo(
         uuid=spec.uuid, name=spec.name, zone=spec.zone, endpoint=spec.endpoint, template=spec.template,
@@ -238,7 +253,7 @@ def register(
     endpoint+template), append to the pools file atomically. `ctx.pools` is refreshed."""
     if not isinstance(name, str) or not name.strip():
         raise ValidationError("name", "a pool needs a name")
-    pool_uuid = str(uuidlib.uuid4()) if uuid is None else check_uuid(uuid, "uuid")
+    pool_uuid = str(uuidlib.uuid4()) if uuid is None else check_pool_id(uuid, "uuid")
     spec = parse_pool_url(url, "url")
     spec = PoolSpec(host=spec.host, port=spec.port, token=spec.token, template=spec.template,
                     uuid=pool_uuid, name=name.strip(), zone=zone)

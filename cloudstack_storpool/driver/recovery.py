@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, stats, tags, volumes
+from cloudstack_storpool.driver import naming, pools, stats, tags, volumes
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound
 from cloudstack_storpool.poolconfig import PoolSpec
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.sprecords import SpSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,10 @@ class SyncReport:
     """Backups seen by the previous sync and gone now: their volumes cannot come back."""
 
 
-def _entry(s: Any, pool: str | None) -> DeletedVolume:
+def _entry(s: SpSnapshot, pool: str | None) -> DeletedVolume:
     return DeletedVolume(
-        uuid=(s.tags or {}).get(tags.UUID), pool=pool, backup=s.name if not s.name.startswith("~") else "~" + s.globalId,
-        global_id=s.globalId, size=int(s.size), deleted_at=getattr(s, "creationTimestamp", None) or None,
-        expires_at=getattr(s, "targetDeleteDate", None) or None,
+        uuid=s.tags.get(tags.UUID), pool=pool, backup=s.name if s.name and not s.name.startswith("~") else s.ref,
+        global_id=s.global_id, size=s.size, deleted_at=int(s.created) or None, expires_at=int(s.delete_at) or None,
     )
 
 
@@ -100,9 +100,9 @@ def restore(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *,
     if not candidates:
         raise NotFound(f"volume: no restorable backup of {uuid} on pool {spec.name} (expired, or never kept)")
     chosen, snap = candidates[0]
-    template = getattr(snap, "templateName", None) or spec.template
-    iops = offerings.iops_of(snap) or None
-    vtags = pools.identity_tags(uuid, tags.VOLUME, spec, qc=(snap.tags or {}).get(tags.QOS_CLASS))
+    template = snap.template or spec.template
+    iops = snap.iops or None
+    vtags = pools.identity_tags(uuid, tags.VOLUME, spec, qc=snap.tags.get(tags.QOS_CLASS))
     try:
         created = ctx.conn(spec).volume_create(name=naming.volume(uuid), parent="~" + chosen.global_id,
                                                template=template, iops=iops, tags=vtags)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cloudstack_storpool.spconn import Ref
+
 if TYPE_CHECKING:
     from cloudstack_storpool.spconn import StorPoolConn
 
 
 def drop_snapshot(conn: StorPoolConn, name: str) -> bool:
     """Force-detach from every host, then delete; already gone is fine. True when it existed."""
-    conn.detach_everywhere(name, snapshot=True)
+    conn.detach(Ref("snapshot", name), force=True)
     return conn.snapshot_delete(name, missing_ok=True)

@@ -119,8 +119,7 @@ class _Before:
         current = conn.volume(name)
         if current is None:
             raise NotFound(f"volume_uuid: volume {name} is not on StorPool")
-        return cls(int(current.size), offerings.iops_of(current), str(current.templateName or ""),
-                   (current.tags or {}).get(tags.QOS_CLASS, ""))
+        return cls(current.size, current.iops, current.template, current.tags.get(tags.QOS_CLASS, ""))
 
 
 def _offering_update(ctx: DriverContext, src: LocatedVolume, new_size: int, disk_offering_id: str | None,

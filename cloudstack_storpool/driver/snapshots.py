@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, revert_volume
 from cloudstack_storpool.driver.secondary import SecondaryLocation
@@ -221,7 +221,7 @@ def take_snapshot(
     except SpExists:
         # The same CloudStack snapshot asked again (a retried job): use it if it is ours.
         existing = identity.ours(conn.snapshot(name), snapshot_uuid.lower(), f"snapshot {name}", "snapshot_uuid")
-        gid, recovered = existing.globalId, True
+        gid, recovered = existing.global_id, True
     backup = None
     if not bypass:
         assert secondary is not None
@@ -234,23 +234,30 @@ def take_snapshot(
                         bypass, decision.decided_by, backup, recovered)
 
 
-def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str) -> SnapshotDeleted:
+def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str, path: str | None = None) -> SnapshotDeleted:
     """Force-detach everywhere, then delete. Already gone is success (the state asked for).
 
-    The secondary copy, if any, is CloudStack's to remove (its storage cleanup owns it).
+    `path` is what CloudStack stored for the snapshot (`/dev/storpool-byid/<globalId>`); without
+    it the project's name is tried, then the Java plugin's snapshot of that uuid. The secondary
+    copy, if any, is CloudStack's to remove (its storage cleanup owns it).
     """
-    name = naming.snapshot(snapshot_uuid)
-    existed = drop_snapshot(ctx.conn(ctx.pool(pool)), name)
+    conn = ctx.conn(ctx.pool(pool))
+    name = names.path_to_name(path) if path else naming.snapshot(snapshot_uuid)
+    existed = drop_snapshot(conn, name)
+    if not existed and not path:
+        java = locate.java_snapshot(conn, snapshot_uuid)
+        if java is not None:
+            name, existed = java.ref, drop_snapshot(conn, java.ref)
     return SnapshotDeleted(snapshot_uuid.lower(), name, existed)
 
 
-def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str) -> Reverted:
+def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str, path: str | None = None) -> Reverted:
     """Roll a volume back to one of its snapshots, keeping its iops limit and tags.
 
-    Force-detaching first is safe because the VM is checked to be stopped: what is left
-    attached is a stale attachment of a host that ran it last.
+    `path` is the snapshot's path as CloudStack stored it (else the project's name, then the
+    Java plugin's snapshot of that uuid). Force-detaching first is safe because the VM is
+    checked to be stopped: what is left attached is a stale attachment of a host that ran it last.
     """
-    snap = naming.snapshot(snapshot_uuid)
     src = identity.locate(ctx, volume_uuid)
     if src.cs.vm_id:
         refuse_running(ctx.cloudstack.vm(src.cs.vm_id), f"revert of volume {volume_uuid}")
@@ -258,7 +265,14 @@ def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str)
     summary = conn.volume(src.name)
     if summary is None:
         raise NotFound(f"volume_uuid: volume {src.name} is not on StorPool")
-    iops, kept = revert_volume(conn, src, snap, summary)
+
+    def revert(snap: str) -> tuple[str, int, dict[str, str]]:
+        return (snap, *revert_volume(conn, src, snap, summary))
+
+    try:
+        snap, iops, kept = locate.on_snapshot(conn, snapshot_uuid, path, revert)
+    except SpNotFound:
+        raise NotFound(f"snapshot_uuid: snapshot {snapshot_uuid} is not on StorPool") from None
     return Reverted(volume_uuid.lower(), src.name, snap, iops, kept)
 
 
@@ -277,6 +291,7 @@ def volume_from_snapshot(
     service_offering_id: str | None = None,
     iops: int | None = None,
     secondary: SecondaryLocation | None = None,
+    path: str | None = None,
 ) -> VolumeFromSnapshot:
     """A new volume with the snapshot's content, placed like any create.
 
@@ -285,11 +300,11 @@ def volume_from_snapshot(
     (`offerings.resolve`); when neither sets an IOPS limit, the source volume's max IOPS in
     CloudStack applies (else the snapshot's limit is inherited). If the StorPool snapshot is
     gone and `secondary` names its backup, an empty volume is created and an agent copies the
-    backup in; a failed copy deletes that volume.
+    backup in; a failed copy deletes that volume. `path` is the snapshot's path as CloudStack
+    stored it (else the project's name, then the Java plugin's snapshot of that uuid).
     """
     spec = ctx.pool(pool)
     uuid = check_uuid(volume_uuid, "volume_uuid")
-    snap = naming.snapshot(snapshot_uuid)
     if size is not None:
         names.size(size, "size")
     if secondary is not None:
@@ -301,11 +316,11 @@ def volume_from_snapshot(
     limit = placement.iops if placement.iops is not None else _source_iops(source_volume())
     new = _NewVolume(ctx.conn(spec), uuid, naming.volume(uuid), identity.volume_tags(uuid, spec, placement),
                      placement.template, limit, placement.qos_class)
-    made = _clone_snapshot(new, snap, size, secondary)
+    made = _clone_snapshot(new, snapshot_uuid, path, size, secondary)
     if made is not None:
         return made
     assert secondary is not None
-    log.info("snapshot %s is gone from StorPool; restoring volume %s from %s", snap, new.name, secondary.path)
+    log.info("snapshot %s is gone from StorPool; restoring volume %s from %s", snapshot_uuid, new.name, secondary.path)
     return _restore_from_secondary(ctx, spec, new, secondary, size if size is not None else _source_size(source_volume()))
 
 
@@ -328,7 +343,7 @@ class _NewVolume:
                                            template=self.template, tags=self.tags)
         except SpExists:
             found = identity.existing_volume(self.conn, self.name, self.uuid)
-            return self.result(found.name, found.globalId, source, 0, True)
+            return self.result(found.name, found.global_id, source, 0, True)
 
     def result(self, name: str, global_id: str, source: str, copied: int, recovered: bool,
                agent: str | None = None) -> VolumeFromSnapshot:
@@ -336,12 +351,15 @@ class _NewVolume:
                                   recovered, self.template, self.iops, self.qos_class, agent)
 
 
-def _clone_snapshot(new: _NewVolume, snap: str, size: int | None,
+def _clone_snapshot(new: _NewVolume, snapshot_uuid: str, path: str | None, size: int | None,
                     secondary: SecondaryLocation | None) -> VolumeFromSnapshot | None:
-    """The volume as a child of the StorPool snapshot; None when the snapshot is gone and its
-    secondary copy can stand in."""
+    """The volume as a child of the StorPool snapshot (found by `path`, the project's name or
+    the Java plugin's tags); None when the snapshot is gone and its secondary copy can stand in."""
+    snap = names.path_to_name(path) if path else naming.snapshot(snapshot_uuid)
     try:
-        made = new.create("storpool", size=size, parent=snap)
+        # The project's own snapshot costs no extra call; a Java-made one is looked up only on a miss.
+        made = locate.on_snapshot(new.conn, snapshot_uuid, path,
+                                  lambda parent: new.create("storpool", size=size, parent=parent))
     except SpNotFound:
         if new.conn.snapshot(snap) is not None:
             raise  # something else is missing (the template): not a case for the secondary copy
@@ -395,6 +413,7 @@ def template_from_snapshot(
     snapshot_uuid: str | None = None,
     volume_uuid: str | None = None,
     secondary: SecondaryLocation | None = None,
+    snapshot_path: str | None = None,
 ) -> TemplateFromSnapshot:
     """Make a template's cached snapshot on `pool` straight from a StorPool snapshot or volume.
 
@@ -413,7 +432,8 @@ def template_from_snapshot(
     if secondary is not None:
         secondary.check()
     from_volume = _template_source_volume(ctx, spec, volume_uuid)
-    from_snapshot = naming.snapshot(str(snapshot_uuid)) if snapshot_uuid is not None else None
+    from_snapshot = (locate.snapshot_name(ctx.conn(spec), str(snapshot_uuid), snapshot_path, "snapshot_path")
+                     if snapshot_uuid is not None else None)
     try:
         cached = templates.ensure_cached(ctx, spec, template_uuid, from_snapshot=from_snapshot, from_volume=from_volume)
     except SpNotFound:

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, offerings, pools, tags
+from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.poolconfig import PoolSpec
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.sprecords import SpVolume
 
 @dataclass(frozen=True)
 class PoolCapacity:
@@ -95,25 +96,19 @@ def collect_capacity(ctx: DriverContext) -> list[PoolCapacity]:
     return out
 
 
-def owner(v: Any, group: list[PoolSpec]) -> str | None:
-    """The pool a StorPool object belongs to: its `pool` tag, else the only pool of the cluster on its
-    template (objects the Java plugin made carry no `pool` tag)."""
-    tagged = (v.tags or {}).get(tags.POOL)
-    if tagged:
-        return tagged if any(p.uuid == tagged for p in group) else None
-    template = getattr(v, "templateName", None)
-    on_template = [p for p in group if p.template == template]
-    return on_template[0].uuid if len(on_template) == 1 else None
+def owner(v: SpVolume, group: list[PoolSpec]) -> str | None:
+    """The uuid of the pool a StorPool object belongs to (`pools.owner`: its `pool` tag, else the
+    pool whose template holds an untagged plugin-made object)."""
+    found = pools.owner(group, v)
+    return found.uuid if found is not None else None
 
 
-def volume_stats_of(v: Any, pool: str | None) -> VolumeStats:
+def volume_stats_of(v: SpVolume, pool: str | None) -> VolumeStats:
     """VolumeStats of one VolumesSpace row."""
-    vtags = v.tags or {}
     return VolumeStats(
-        uuid=vtags.get(tags.UUID), pool=pool, name=v.name, global_id=v.globalId, path=names.BYID_PREFIX + v.globalId,
-        allocated=int(v.size), stored=int(getattr(v, "storedSize", 0) or 0),
-        space_used=int(getattr(v, "spaceUsed", 0) or 0), iops=offerings.iops_of(v) or None,
-        template=getattr(v, "templateName", None) or None,
+        uuid=v.tags.get(tags.UUID), pool=pool, name=v.name, global_id=v.global_id, path=v.path,
+        allocated=v.size, stored=v.stored, space_used=v.space_used, iops=v.iops or None,
+        template=v.template or None,
     )
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import liveness, naming, pools, tags
+from cloudstack_storpool.driver import liveness, locate, naming, pools, tags
 from cloudstack_storpool.driver.secondary import TemplateSource
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
@@ -42,6 +42,8 @@ from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.sprecords import SpSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,36 +66,47 @@ class CachedTemplate:
 
 
 def cache_name(template_uuid: str, pool: PoolSpec) -> str:
-    return naming.template_cache(template_uuid, pool.uuid)
+    return naming.template_cache(template_uuid, pool.key)
 
 
 def fill_name(template_uuid: str, pool: PoolSpec) -> str:
-    return naming.template_fill(template_uuid, pool.uuid)
+    return naming.template_fill(template_uuid, pool.key)
 
 
 def _cached_from(summary: Any, template_uuid: str, pool: PoolSpec, filled: bool = False) -> CachedTemplate:
-    return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.globalId, int(summary.size), filled)
+    return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.global_id, int(summary.size), filled)
+
+
+def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: str) -> SpSnapshot | None:
+    """The project's cache by its name (one Snapshot read); else, on a pool the Java plugin
+    initialised, the cache the Java plugin made (it is used as is: no second copy)."""
+    return conn.snapshot(cache_name(template_uuid, spec)) or locate.java_template_cache(conn, spec, template_uuid)
 
 
 def cached(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> CachedTemplate | None:
-    """The cached snapshot of a template on a pool, if there is one (one Snapshot read)."""
+    """The cached snapshot of a template on a pool, if there is one."""
     spec = pools.resolve(ctx, pool)
-    snap = ctx.conn(spec).snapshot(cache_name(template_uuid, spec))
+    snap = _find(ctx.conn(spec), spec, template_uuid)
     return _cached_from(snap, template_uuid, spec) if snap is not None else None
 
 
 def list_cached(ctx: DriverContext, pool: PoolSpec | str) -> list[CachedTemplate]:
-    """Every cached template of a pool (found by tags `cs=template`, `pool`)."""
+    """Every cached template of a pool (tag `cs=template`; the pool's tag, or Java-made)."""
     spec = pools.resolve(ctx, pool)
-    found = ctx.conn(spec).find_snapshots({tags.KIND: tags.TEMPLATE, **pools.pool_tags(spec)})
+    found = [s for s in ctx.conn(spec).find_snapshots({tags.KIND: tags.TEMPLATE}) if pools.owns(spec, s)]
     return [_cached_from(s, s.tags.get(tags.UUID, ""), spec) for s in found]
 
 
 def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> bool:
-    """Delete a template's cache on a pool; False when there was none. Volumes cloned from it
-    keep their data (StorPool keeps a deleted snapshot until its last child is gone)."""
+    """Delete a template's cache on a pool (the project's or the Java plugin's); False when
+    there was none. Volumes cloned from it keep their data (StorPool keeps a deleted snapshot
+    until its last child is gone)."""
     spec = pools.resolve(ctx, pool)
-    return ctx.conn(spec).snapshot_delete(cache_name(template_uuid, spec))
+    conn = ctx.conn(spec)
+    if conn.snapshot_delete(cache_name(template_uuid, spec)):
+        return True
+    java = locate.java_template_cache(conn, spec, template_uuid)
+    return java is not None and conn.snapshot_delete(java.ref)
 
 
 # ---------------------------------------------------------------------- filling
@@ -143,7 +156,7 @@ def ensure_cached(
     look = not known_missing
     while True:
         if look:
-            found = conn.snapshot(cache)
+            found = _find(conn, spec, tuuid)
             if found is not None:
                 return _cached_from(found, tuuid, spec)
         look = True
@@ -231,7 +244,7 @@ class _Wait:
         if self.watch.dead(busy):
             log.warning("template fill %s has shown no sign of life for %.0f s (limit %.0f s): taking it over",
                         self.fill, self.watch.unchanged_for, self.watch.limit)
-            self.conn.volume_delete("~" + busy.globalId)
+            self.conn.volume_delete(busy.ref)
             return
         self.ctx.sleep(self.pause)
         self.pause = min(self.pause * 1.5, FILL_POLL_MAX)
@@ -239,7 +252,7 @@ class _Wait:
 
 def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -> bool:
     found = ctx.conn(spec).volume(created.ref)
-    return found is not None and (found.tags or {}).get(OWNER_TAG) == owner
+    return found is not None and found.tags.get(OWNER_TAG) == owner
 
 
 def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, how: _FillFrom, owner: str) -> Created:

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import naming, pools, tags
+from cloudstack_storpool.driver import locate, naming, pools, tags
 from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, restore_tags, revert_volume
-from cloudstack_storpool.errors import Conflict, NotFound, SpExists, ValidationError
+from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.records import VirtualMachine
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.spconn import StorPoolConn
+    from cloudstack_storpool.sprecords import SpSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _existing_members(conn: StorPoolConn, key: str, disks: list[LocatedVolume], 
         snap = conn.snapshot(name)
         if not tags.owned_by(snap, key):
             raise Conflict(f"vm_snapshot_uuid: VM snapshot {key} exists only in part on StorPool ({name} is missing)")
-        members.append(_member(key, disk, name, snap.globalId))
+        members.append(_member(key, disk, name, snap.global_id))
     return members
 
 
@@ -144,18 +145,27 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     refuse_running(vm, f"revert of VM snapshot {key}")
     conn = ctx.conn(disks[0].pool)
     plan = []
+    java: list[SpSnapshot] | None = None
     for disk in disks:
         member = naming.vm_snapshot_member(key, disk.uuid)
         if not tags.owned_by(conn.snapshot(member), key):
-            raise NotFound(f"vm_snapshot_uuid: VM snapshot {key} has no snapshot of disk {disk.cs.name or disk.uuid}")
+            # Not the project's: a group the Java plugin took (anonymous members, one list).
+            java = locate.group_members(conn, key) if java is None else java
+            found = locate.member_of(java, disk.name)
+            if found is None:
+                raise NotFound(f"vm_snapshot_uuid: VM snapshot {key} has no snapshot of disk {disk.cs.name or disk.uuid}")
+            member = found.ref
         summary = conn.volume(disk.name)
         if summary is None:
             raise NotFound(f"vm_uuid: disk {disk.cs.name or disk.uuid} ({disk.name}) is not on StorPool")
         plan.append((disk, member, summary))
     # One VolumesReassign detaches every disk (the VM is stopped: these are stale attachments).
-    conn.reassign([{"volume": d.name, "detach": "all", "force": True} for d, _, _ in plan])
+    conn.detach([summary for _, _, summary in plan], force=True)
     for disk, member, summary in plan:
-        revert_volume(conn, disk, member, summary, detach=False)
+        try:
+            revert_volume(conn, disk, member, summary, detach=False)
+        except SpNotFound:
+            raise NotFound(f"vm_snapshot_uuid: member {member} of VM snapshot {key} vanished during the revert") from None
         log.info("reverted %s to %s (tags kept: %s)", disk.name, member, sorted(restore_tags(summary.tags)))
     return VMSnapshotReverted(key, vm_uuid.lower(), [d.uuid for d, _, _ in plan])
 
@@ -178,10 +188,12 @@ def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
             member = naming.vm_snapshot_member(key, disk.uuid)
             if drop_snapshot(ctx.conn(disk.pool), member):
                 deleted.append(member)
-        return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)
+        if len(deleted) == len(disks):
+            return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)
+        # Some member had no project name: the Java plugin's anonymous members, found by tags below.
     for pool, *_ in pools.by_cluster(ctx):
         conn = ctx.conn(pool)
-        for snap in conn.find_snapshots({tags.UUID: key, tags.KIND: tags.GROUP}):
-            if drop_snapshot(conn, snap.name):
-                deleted.append(snap.name)
+        for snap in locate.group_members(conn, key):
+            if drop_snapshot(conn, snap.ref):
+                deleted.append(snap.ref)
     return VMSnapshotDeleted(key, vm_uuid.lower(), deleted)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.identity import VolumeInfo, ref, volume_tags
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
@@ -84,8 +84,13 @@ def create(
     service_offering_id: str | None = None,
     iops: int | None = None,
     encrypted: bool = False,
+    cluster_id: str | None = None,
 ) -> VolumeInfo:
-    """An empty volume: one VolumeCreate (template, iops and tags from the offerings)."""
+    """An empty volume: one VolumeCreate (template, iops and tags from the offerings).
+
+    `cluster_id` is the CloudStack cluster the volume is for (its VM's hosts): when that
+    cluster's `sp.cluster.id` names a StorPool cluster, the volume is made there, through the
+    pool's endpoint (StorPool's multi-cluster API), so its VM's hosts have it locally."""
     spec = pools.resolve(ctx, pool)
     name = naming.volume(volume_uuid)
     uuid = check_uuid(volume_uuid, "volume_uuid")
@@ -95,10 +100,21 @@ def create(
                                   service_offering_id=service_offering_id, custom_iops=iops, size=real_size)
     vtags = volume_tags(uuid, spec, placement)
     try:
-        created = ctx.conn(spec).volume_create(name=name, size=real_size, tags=vtags, **placement.create_args())
+        created = ctx.conn(spec).volume_create(name=name, size=real_size, tags=vtags, cluster=storpool_cluster(ctx, cluster_id),
+                                               **placement.create_args())
     except SpExists:
         return _existing(ctx, spec, name, uuid)
     return _created(created, spec, uuid, real_size, placement, vtags)
+
+
+def storpool_cluster(ctx: DriverContext, cluster_id: str | None) -> str | None:
+    """The StorPool cluster of a CloudStack cluster (`sp.cluster.id`, cluster scope); None when
+    unset (the Java plugin's default is "n/a"): the pool endpoint's own cluster."""
+    if not cluster_id:
+        return None
+    value = ctx.settings.get("sp.cluster.id", cluster=cluster_id)
+    text = str(value).strip() if value is not None else ""
+    return None if text in ("", "n/a") else text
 
 
 def create_from_template(
@@ -132,20 +148,26 @@ def create_from_template(
                                   service_offering_id=service_offering_id, custom_iops=iops,
                                   size=size or template.size)
     vtags = volume_tags(uuid, spec, placement)
-    cache = templates.cache_name(tuuid, spec)
+    cache = parent = templates.cache_name(tuuid, spec)
     conn = ctx.conn(spec)
     for _attempt in range(3):
         try:
-            created = conn.volume_create(name=name, parent=cache, size=size, tags=vtags, **placement.create_args())
+            created = conn.volume_create(name=name, parent=parent, size=size, tags=vtags, **placement.create_args())
             return _created(created, spec, uuid, size, placement, vtags)
         except SpExists:
             return _existing(ctx, spec, name, uuid)
         except SpNotFound as exc:
-            about_cache = cache in exc.descr
+            about_cache = parent in exc.descr
             if not about_cache and placement.template in exc.descr:
                 raise ValidationError("template", f"StorPool refused the volume: {exc.descr}") from None
+            java = locate.java_template_cache(conn, spec, tuuid) if about_cache and parent == cache else None
+            if java is not None:
+                log.info("template %s is cached on pool %s by the Java plugin (%s): using it", tuuid, spec.name, java.ref)
+                parent = java.ref
+                continue
             log.info("template %s is not cached on pool %s: filling", tuuid, spec.name)
-            templates.ensure_cached(ctx, spec, tuuid, source=source, size=template.size, known_missing=about_cache)
+            parent = templates.ensure_cached(ctx, spec, tuuid, source=source, size=template.size,
+                                             known_missing=about_cache).name
     raise Conflict(f"the cached template {cache} keeps disappearing; giving up")
 
 
@@ -258,8 +280,8 @@ def vm_tags_changed(ctx: DriverContext, vm_id: str) -> list[str]:
     policy = names.tags({tags.VC_POLICY: vm.tags.get(tags.VC_POLICY, "")}, "vm.tags")[tags.VC_POLICY]
     updated = []
     for spec, v in vm_volumes(ctx, vm.id):
-        if (v.tags or {}).get(tags.VC_POLICY, "") != policy:
-            ctx.conn(spec).volume_update("~" + v.globalId, tags={tags.VC_POLICY: policy})
+        if v.tags.get(tags.VC_POLICY, "") != policy:
+            ctx.conn(spec).volume_update(v.ref, tags={tags.VC_POLICY: policy})
             updated.append(v.name)
     return updated
 
@@ -272,7 +294,7 @@ def vm_destroyed(ctx: DriverContext, vm_id: str) -> list[str]:
     cleared = []
     for spec, v in vm_volumes(ctx, vm_id):
         try:
-            ctx.conn(spec).volume_update("~" + v.globalId, tags=tags.cleared(*tags.VM_TAGS))
+            ctx.conn(spec).volume_update(v.ref, tags=tags.cleared(*tags.VM_TAGS))
         except SpNotFound:
             continue
         cleared.append(v.name)

@@ -13,6 +13,7 @@ query string, POST from a JSON body. A pool is always named by its CloudStack uu
 from __future__ import annotations
 
 from cloudstack_storpool.driver import (
+    adopt,
     connect,
     encryption,
     extract,
@@ -40,6 +41,7 @@ OPERATIONS: tuple[Operation, ...] = (
     operation("GET /v1/pools/{pool}", pools.describe, name="describe_pool"),
     operation("GET /v1/pools/{pool}/contents", pools.contents, name="pool_contents"),
     operation("DELETE /v1/pools/{pool}", pools.remove, name="remove_pool", bind=("pools_file",)),
+    operation("POST /v1/pools/{pool}/adopt", adopt.adopt, name="adopt_pool", job=True, exclude=("kinds",)),
     # -- template cache ------------------------------------------------------------------------
     operation("POST /v1/pools/{pool}/templates", templates.ensure_cached, name="cache_template", job=True,
               exclude=("known_missing",)),

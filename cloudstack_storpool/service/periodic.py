@@ -1,5 +1,6 @@
 """Periodic work of the driver service: template-cache garbage collection, the two statistics
-collections and the delay-delete sync.
+collections, the delay-delete sync, and the audit of objects no live CloudStack object
+accounts for.
 
 Each task runs every `<setting>` seconds, the setting read again each cycle so that an
 operator's change through CloudStack applies without a restart (0 pauses the task). Several
@@ -12,6 +13,7 @@ only reads, so the worst case is a wasted list call, never a wrong deletion.
 | `capacity` | `storpool.storage.stats.interval` | one VolumeTemplatesStatus per cluster into the stats cache |
 | `volumes` | `storpool.volumes.stats.interval` | one VolumesSpace per cluster into the stats cache |
 | `delay-delete` | `storpool.list.snapshots.delete.after.interval` | reports the deleted volumes whose backups expired |
+| `volume-audit`, `snapshot-audit` | `storpool.volume.tags.checkup`, `...snapshot...` | orphans logged (`adopt` dry run) |
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from functools import partial
 from typing import Any
 
 from cloudstack_storpool import logs
-from cloudstack_storpool.driver import gc, recovery, stats
+from cloudstack_storpool.driver import adopt, gc, recovery, stats
 from cloudstack_storpool.driver.context import DriverContext
 
 log = logging.getLogger(__name__)
 
 INTERVAL_SETTING = "storpool.gc.interval"
+AUDIT_SETTINGS = {"volume": "storpool.volume.tags.checkup", "snapshot": "storpool.snapshot.tags.checkup"}
 IDLE_RECHECK = 60.0
 """While a task is disabled (interval 0), how often to look at its setting again."""
 
@@ -50,6 +53,9 @@ class PeriodicTask:
         self.failures = 0
         self.last: Any = None
         self._thread: threading.Thread | None = None
+
+    def work(self) -> Any:
+        raise NotImplementedError
 
     def _setting(self) -> float:
         value = self.ctx.settings.get(self.setting)
@@ -110,6 +116,21 @@ class PeriodicGc(PeriodicTask):
         super().__init__(ctx, "gc", INTERVAL_SETTING, _gc_cycle, interval=interval, on_result=on_result)
 
 
+def _audit(kind: str) -> Callable[[DriverContext], list[adopt.AdoptAction]]:
+    """Report (never delete) the pools' objects of one kind that CloudStack does not account for."""
+
+    def work(ctx: DriverContext) -> list[adopt.AdoptAction]:
+        orphans = []
+        for pool in ctx.pools.pools:
+            report = adopt.adopt(ctx, pool, dry_run=True, kinds=(kind,))
+            for o in report.orphans:
+                log.warning("abandoned StorPool %s %s on pool %s (cs=%s, uuid=%s): %s", o.kind, o.ref, pool.name,
+                            o.cs, o.uuid, o.reason)
+            orphans.extend(report.orphans)
+        return orphans
+    return work
+
+
 def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery.ExpiryTracker,
                   on_result: Callable[[str, Any], None] | None = None) -> list[PeriodicTask]:
     """Every periodic task of a service process, not started."""
@@ -119,4 +140,6 @@ def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery
           for kind, setting in stats.INTERVALS.items()),
         PeriodicTask(ctx, "delay-delete", "storpool.list.snapshots.delete.after.interval", tracker.sync,
                      on_result=on_result),
+        *(PeriodicTask(ctx, f"{kind}-audit", setting, _audit(kind), on_result=on_result)
+          for kind, setting in AUDIT_SETTINGS.items()),
     ]

@@ -234,6 +234,8 @@ class Snapshot:
     physical_size: int = 0
     created: str = ""
     account: str = "admin"
+    details: dict[str, str] = field(default_factory=dict)
+    """snapshot_details (not in the API): the Java plugin keeps the StorPool path under the snapshot's uuid."""
 
 
 @dataclass
@@ -249,6 +251,8 @@ class VMSnapshot:
     description: str = ""
     created: str = ""
     account: str = "admin"
+    details: dict[str, str] = field(default_factory=dict)
+    """vm_snapshot_details (not in the API): per disk (volume uuid) the member's StorPool path."""
 
 
 @dataclass
@@ -513,6 +517,7 @@ class CloudStackModel:
         cluster_id: str | None = None,
         details: dict[str, str] | None = None,
         state: str = "Up",
+        parent: str | None = None,
     ) -> Host:
         with self.lock:
             cluster = self.clusters[cluster_id] if cluster_id else self._default(self.clusters)
@@ -520,7 +525,7 @@ class CloudStackModel:
             if sp_ourid is not None:
                 all_details["SP_OURID"] = str(sp_ourid)
             host = Host(self._oid("host", name), name, ip_address, cluster.id, cluster.zone_id,
-                        state=state, details=all_details)
+                        state=state, details=all_details, parent=parent)
             self.hosts[host.id] = host
             return host
 
@@ -548,10 +553,12 @@ class CloudStackModel:
         with self.lock:
             del self.hosts[host_id]
 
-    def add_storage_pool(self, name: str, zone_id: str | None = None, **kw: Any) -> StoragePool:
+    def add_storage_pool(self, name: str, zone_id: str | None = None, *, pool_id: str | None = None,
+                         **kw: Any) -> StoragePool:
+        """`pool_id` as CloudStack stores it; the Java plugin's pools have `<SP_TEMPLATE>;<uuid>`."""
         with self.lock:
             zone = zone_id or self._default(self.zones).id
-            pool = StoragePool(self._oid("pool", name), name, zone, **kw)
+            pool = StoragePool(pool_id or self._oid("pool", name), name, zone, **kw)
             self.storage_pools[pool.id] = pool
             return pool
 

@@ -135,7 +135,7 @@ def _host(model: m.CloudStackModel, h: m.Host) -> Item:
         "id": h.id, "name": h.name, "ipaddress": h.ip_address, "clusterid": h.cluster_id,
         "clustername": cluster.name if cluster else None, "zoneid": h.zone_id,
         "zonename": zone.name if zone else None, "state": h.state, "resourcestate": h.resource_state,
-        "type": "Routing", "hypervisor": "KVM", "details": dict(h.details),
+        "type": "Routing", "hypervisor": "KVM", "details": dict(h.details), "parent": h.parent,
         "hostha": {"haenable": h.ha_enabled, "hastate": h.ha_state, "haprovider": "kvmhaprovider"},
     })
 

@@ -163,12 +163,22 @@ def _show_limit(v: int | None) -> JSON:
     return "-" if v is None else v
 
 
+def _anonymous(body: JSON) -> JSON:
+    """`"name": ""` asks for an anonymous object (addressed by `~globalId` only), as the Java
+    plugin creates every volume and snapshot: the same as leaving the name out."""
+    if isinstance(body, dict) and body.get("name") == "":
+        return {k: v for k, v in body.items() if k != "name"}
+    return body
+
+
 def _parse(spec: Any, body: JSON, what: str) -> dict[str, JSON]:
-    """Validate a request body with the bindings' request type; unknown fields are refused."""
+    """Validate a request body with the bindings' request type; unknown fields are refused.
+    A field sent as JSON null is a field not sent (the Java plugin's maps carry nulls)."""
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise SpApiError("invalidParam", f"{what}: the request body must be a JSON object")
+    body = {k: v for k, v in body.items() if v is not None}
     unknown = sorted(set(body) - set(spec.__jsonAttrDefs__))
     if unknown:
         raise SpApiError("invalidParam", f"{what}: unknown field(s) {', '.join(unknown)}")
@@ -759,9 +769,7 @@ class Model:
 
     # ---- volume mutations ---------------------------------------------------------------------
     def q_volume_create(self, _a: str | None, body: JSON) -> JSON:
-        if isinstance(body, dict) and body.get("name") == "":
-            body = {k: v for k, v in body.items() if k != "name"}
-        p = _parse(sp.VolumeCreateDesc, body, "VolumeCreate")
+        p = _parse(sp.VolumeCreateDesc, _anonymous(body), "VolumeCreate")
         name: str | None = p.get("name")
         if name is not None:
             self._check_name_free(name)
@@ -829,7 +837,7 @@ class Model:
         return s
 
     def q_volume_snapshot(self, a: str | None, body: JSON) -> JSON:
-        p = _parse(sp.VolumeSnapshotDesc, body, "VolumeSnapshot")
+        p = _parse(sp.VolumeSnapshotDesc, _anonymous(body), "VolumeSnapshot")
         vol = self.lookup(str(a), "volume")
         name = p.get("name")
         if name is not None:
@@ -842,6 +850,8 @@ class Model:
         return self.ok(**extra)
 
     def q_group_snapshot(self, _a: str | None, body: JSON) -> JSON:
+        if isinstance(body, dict) and isinstance(body.get("volumes"), list):
+            body = {**body, "volumes": [_anonymous(v) for v in body["volumes"]]}
         p = _parse(sp.GroupSnapshotsSpec, body, "VolumesGroupSnapshot")
         specs = p.get("volumes", [])
         if not specs:

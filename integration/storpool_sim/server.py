@@ -1,8 +1,11 @@
 """The wire of the emulator: routing, authentication, envelopes, errors, faults.
 
 Paths: `/ctrl/1.0/<Query>[/<arg>]`, with optional `MultiCluster/`, `MultiCluster/AllClusters/`
-or `RemoteCommand/<cluster>/[MultiCluster/]` prefixes (one cluster is emulated, so all of them
-reach the same model). GET arguments come as `?json=<quoted JSON>`, POST bodies as JSON.
+or `RemoteCommand/<cluster>/[MultiCluster/]` prefixes. One emulator is one cluster; emulators
+joined with `Emulator.join` form a multi-cluster location behind each one's endpoint:
+`RemoteCommand/<name or id>/` reaches the named cluster, and a `MultiCluster/` request about one
+object (`~<location>.<cluster>.<n>`, or a name) reaches the cluster that holds it; everything else
+is served by the local cluster. GET arguments come as `?json=<quoted JSON>`, POST bodies as JSON.
 Answers: `{"generation": N, "data": ...}` or `{"error": {"name", "descr", "transient"?}}` with a
 non-200 status. Admin endpoints under `/_sim/` (same token): `POST /_sim/faults`,
 `GET /_sim/calls`.
@@ -32,15 +35,16 @@ log = logging.getLogger(__name__)
 PREFIX = "/ctrl/1.0/"
 
 
-def parse_path(path: str) -> tuple[str, str | None]:
-    """`/ctrl/1.0/MultiCluster/VolumeDescribe/~a.b.c` -> ("VolumeDescribe", "~a.b.c")."""
+def parse_path(path: str) -> tuple[str, str | None, str | None]:
+    """`/ctrl/1.0/RemoteCommand/east/MultiCluster/VolumeDescribe/~a.b.c` -> ("VolumeDescribe", "~a.b.c", "east")."""
     if not path.startswith(PREFIX):
         raise SpApiError("unknownQuery", f"Unknown path {path}")
     parts = [unquote(p) for p in path[len(PREFIX):].split("/")]
+    remote = None
     if parts and parts[0] == "RemoteCommand":
         if len(parts) < 3:
             raise SpApiError("unknownQuery", f"Unknown path {path}")
-        parts = parts[2:]
+        remote, parts = parts[1], parts[2:]
     if parts and parts[0] == "MultiCluster":
         parts = parts[1:]
         if parts and parts[0] == "AllClusters":
@@ -48,7 +52,7 @@ def parse_path(path: str) -> tuple[str, str | None]:
     if not parts or not parts[0]:
         raise SpApiError("unknownQuery", f"Unknown path {path}")
     arg = "/".join(parts[1:]) or None
-    return parts[0], arg
+    return parts[0], arg, remote
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -99,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._admin(method, split.path, raw)
             return
         try:
-            query, arg = parse_path(split.path)
+            query, arg, remote = parse_path(split.path)
             body: Any = None
             if method == "GET":
                 qs = parse_qs(split.query)
@@ -114,6 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
             err = SpApiError("invalidParam", f"Invalid JSON: {e}")
             self._send(err.status, err.envelope())
             return
+        emu = emu.route(remote, arg)
         with emu.calls_lock:
             emu.calls[query] += 1
         faults = emu.faults
@@ -181,18 +186,24 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.time,
+        cluster_name: str = "sim",
+        cluster_id: str = "b",
     ) -> None:
         if not token:
             raise ValueError("an API token is required")
         self.token = token
         self.dataplane = DataPlane(Path(data_dir), Path(dev_root), use_loop)
-        self.model = Model(self.dataplane, clients=clients, templates=templates, capacity=capacity, clock=clock)
+        self.model = Model(self.dataplane, clients=clients, templates=templates, capacity=capacity, clock=clock,
+                           cluster_name=cluster_name, cluster_id=cluster_id)
+        self.peers: dict[str, Emulator] = {}
         self.faults = FaultInjector(self.model)
         self.calls: Counter[str] = Counter()
         self.calls_lock = threading.Lock()
         self._httpd = _Server((host, port), _Handler)
         self._httpd.emulator = self
         self._thread: threading.Thread | None = None
+        self._listening = True
+        self._extra: list[tuple[_Server, threading.Thread]] = []
 
     @property
     def host(self) -> str:
@@ -211,11 +222,57 @@ class Emulator:
     def serve_forever(self) -> None:
         self._httpd.serve_forever()
 
-    def stop(self) -> None:
-        """Stop answering, then release devices and write the final state."""
+    @property
+    def cluster_key(self) -> str:
+        """`<location>.<cluster>`: the prefix of this cluster's global ids (its SP_CLUSTER_ID)."""
+        return f"{self.model.location_id}.{self.model.cluster_id}"
+
+    def join(self, other: Emulator) -> None:
+        """Put two clusters in one multi-cluster location: each one's endpoint reaches both."""
+        group = {self.model.cluster_name: self, other.model.cluster_name: other, **self.peers, **other.peers}
+        for emu in group.values():
+            emu.peers = {name: e for name, e in group.items() if e is not emu}
+
+    def route(self, remote: str | None, arg: str | None) -> Emulator:
+        """The cluster a request is for: the named remote one; else the one holding the object
+        the request is about; else this one."""
+        if remote is not None:
+            return next((e for e in self.peers.values() if remote in (e.model.cluster_name, e.cluster_key)), self)
+        if not self.peers or not arg:
+            return self
+        if arg.startswith("~"):
+            return next((e for e in self.peers.values() if arg[1:].startswith(e.cluster_key + ".")), self)
+        if arg in self.model.by_name:
+            return self
+        return next((e for e in self.peers.values() if arg in e.model.by_name), self)
+
+    def add_endpoint(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Another API address of this cluster (StorPool's API runs on several management nodes):
+        what `sp.alternative.endpoint` points at. Same cluster, same token."""
+        httpd = _Server((host, port), _Handler)
+        httpd.emulator = self
+        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="storpool-sim-alt", daemon=True)
+        thread.start()
+        self._extra.append((httpd, thread))
+        return str(httpd.server_address[0]), int(httpd.server_address[1])
+
+    def stop_listening(self) -> None:
+        """The primary API address stops answering (its management node is down); the cluster,
+        its devices and any other endpoint stay."""
+        if not self._listening:
+            return
+        self._listening = False
         if self._thread is not None:
             self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+    def stop(self) -> None:
+        """Stop answering, then release devices and write the final state."""
+        self.stop_listening()
+        for httpd, thread in self._extra:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=10)
         self.model.close()

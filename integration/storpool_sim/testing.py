@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import functools
+import http.client
+import json
 import time
 import uuid as uuidlib
 from collections import Counter
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from storpool import spapi
 
@@ -84,6 +87,25 @@ class EmulatorHandle:
         """Official bindings client; no transient retries by default so faults surface at once."""
         return spapi.Api(self.host, self.port, auth=self.token, multiCluster=multi_cluster,
                          transientRetries=transient_retries, timeout=timeout)
+
+    def raw(self, method: str, path: str, body: Any = None, *, token: str | None = None,
+            args: Any = None) -> tuple[int, Any]:
+        """One HTTP request as a hand-written client (the Java plugin) sends it: `body` as raw
+        JSON, no bindings in between; returns (status, decoded JSON)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = {}
+        tok = self.token if token is None else token
+        if tok != "":
+            headers["Authorization"] = f"Storpool v1:{tok}"
+        if args is not None:
+            path += "?json=" + quote(json.dumps(args), safe="")
+        data = json.dumps(body) if body is not None else None
+        try:
+            conn.request(method, path, data, headers)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
 
     def strict_api(self, **kwargs: Any) -> StrictApi:
         """Like `api()` but any response the bindings' types reject raises instead of passing."""
@@ -152,10 +174,13 @@ def run_emulator(
     templates: Iterable[Template] = DEFAULT_TEMPLATES,
     capacity: int = 1 << 40,
     clock: Callable[[], float] | None = None,
+    cluster_name: str = "sim",
+    cluster_id: str = "b",
 ) -> Iterator[EmulatorHandle]:
     """Start an emulator on a loopback port; on exit stop it and release its devices."""
     emu = Emulator(Path(data_dir), Path(dev_root), token=token, clients=list(clients), templates=list(templates),
-                   capacity=capacity, use_loop=use_loop, host=host, port=port, clock=clock or time.time)
+                   capacity=capacity, use_loop=use_loop, host=host, port=port, clock=clock or time.time,
+                   cluster_name=cluster_name, cluster_id=cluster_id)
     emu.start()
     try:
         yield EmulatorHandle(emu, Path(data_dir), Path(dev_root))

@@ -48,7 +48,7 @@ class Lab:
 
     def attached_clients(self, ref: str) -> list[tuple[int, str]]:
         gid = self.gid(ref)
-        return sorted((int(a.client), str(a.rights)) for a in self.conn.attachments() if a.globalId == gid)
+        return sorted((a.client, a.rights) for a in self.conn.attachments() if a.global_id == gid)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from cloudstack_storpool.agent.commands import RunControl, execute
 from cloudstack_storpool.agent.qemu_img import QemuImgError
 from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
 from cloudstack_storpool.errors import SpBusy
+from cloudstack_storpool.spconn import Ref
 from integration.tests.agent.conftest import GiB, Lab, MiB, make_qcow2, read_at
 
 TOKEN = "integration-agent-token"
@@ -182,7 +183,7 @@ def test_attached_is_idempotent_and_keeps_foreign_attachments(lab: Lab) -> None:
         assert lab.attached_clients(vol) == [(1, "rw")]  # inner exit did not detach
     assert lab.attached_clients(vol) == []
     # Attached by someone else (e.g. a running VM): used, never detached.
-    lab.conn.reassign_wait([{"volume": vol, "rw": [1]}])
+    lab.conn.attach(Ref("volume", vol), 1, "rw")
     with pytest.raises(RuntimeError), attached(lab.conn, vol, client_id=1, dev_root=host.dev_root):
         raise RuntimeError("boom")
     assert lab.attached_clients(vol) == [(1, "rw")]
@@ -212,7 +213,7 @@ def test_detach_retries_while_open_and_forces_only_at_the_end(lab: Lab) -> None:
     host = lab.host(1)
     vol = lab.volume(8 * MiB)
     obj = lookup(lab.conn, vol)
-    lab.conn.reassign_wait([{"volume": vol, "rw": [1]}])
+    lab.conn.attach(Ref("volume", vol), 1, "rw")
     fd = os.open(host.device_path(obj.global_id), os.O_RDONLY)
     try:
         with pytest.raises(SpBusy):

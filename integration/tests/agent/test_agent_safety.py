@@ -11,6 +11,7 @@ import pytest
 
 from cloudstack_storpool.agent.commands import RunControl, execute
 from cloudstack_storpool.errors import NotFound, ValidationError
+from cloudstack_storpool.spconn import Ref
 from integration.tests.agent.conftest import Lab, MiB, read_at
 
 SECRET = b"HOST-ONLY-SECRET-0123456789"
@@ -77,8 +78,8 @@ def test_cancelled_safe_start_detaches_what_it_attached(lab: Lab) -> None:
 
 def test_failed_safe_start_keeps_attachments_it_did_not_make(lab: Lab) -> None:
     vol = lab.volume(8 * MiB)
-    lab.conn.reassign_wait([{"volume": vol, "rw": [1]}])  # a running VM's disk
+    lab.conn.attach(Ref("volume", vol), 1, "rw")  # a running VM's disk
     with pytest.raises(NotFound):
         execute(lab.ctx(1), "prepare_start", {"volumes": [vol, "no-such-volume"]})
     assert lab.attached_clients(vol) == [(1, "rw")]
-    lab.conn.reassign_wait([{"volume": vol, "detach": "all"}])
+    lab.conn.detach(Ref("volume", vol))

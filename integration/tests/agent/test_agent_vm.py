@@ -11,6 +11,7 @@ import pytest
 
 from cloudstack_storpool.agent.attach import device_size
 from cloudstack_storpool.agent.commands import execute
+from cloudstack_storpool.spconn import Ref
 from integration.libvirt_domain import start_domain
 from integration.needs import need, need_tool
 from integration.tests.agent.conftest import Lab, MiB
@@ -76,7 +77,7 @@ def test_resize_makes_a_running_vm_see_the_new_size(lab: Lab, vm_conn: Any) -> N
     finally:
         dom.destroy()
     execute(ctx, "resize", {"volume": vol, "size": 192 * MiB, "vm": name})  # gone: no error
-    lab.conn.reassign_wait([{"volume": vol, "detach": [1]}])
+    lab.conn.detach(Ref("volume", vol), 1)
 
 
 def test_resize_refuses_a_size_storpool_does_not_have(lab: Lab) -> None:
@@ -89,7 +90,8 @@ def test_resize_refuses_a_size_storpool_does_not_have(lab: Lab) -> None:
 def test_safe_start_detaches_the_volume_from_every_other_client(lab: Lab) -> None:
     vol = lab.volume(32 * MiB)
     other = lab.volume(32 * MiB)
-    lab.conn.reassign_wait([{"volume": vol, "rw": [2]}, {"volume": other, "ro": [3]}])
+    lab.conn.attach(Ref("volume", vol), 2, "rw")
+    lab.conn.attach(Ref("volume", other), 3, "ro")
     assert lab.attached_clients(vol) == [(2, "rw")]
     # Client 2 even holds its device open (a qemu that did not die): the detach is forced.
     fd = os.open(lab.host(2).device_path(lab.gid(vol)), os.O_RDONLY)
@@ -107,4 +109,4 @@ def test_safe_start_detaches_the_volume_from_every_other_client(lab: Lab) -> Non
     only_detach = execute(lab.ctx(2), "prepare_start", {"volumes": [vol], "attach": False})
     assert only_detach["volumes"][0]["detached_from"] == [1]
     assert lab.attached_clients(vol) == []
-    lab.conn.reassign_wait([{"volume": other, "detach": "all"}])
+    lab.conn.detach(Ref("volume", other))

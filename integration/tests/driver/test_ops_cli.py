@@ -54,7 +54,7 @@ def test_volume_from_template_shows_progress_then_snapshot_and_resize(stack: Loc
     assert res.exit_code == 0, res.output
     assert "copying template: 100%" in res.output
     assert vid in res.output
-    gid = stack.ctx.conn("storpool-primary").volume(f"cs-vol-{vid}").globalId
+    gid = stack.ctx.conn("storpool-primary").volume(f"cs-vol-{vid}").global_id
     stack.cs.model.add_volume("cli-vol", tmpl.size, storage_id=stack.pool_id(),
                               path=f"/dev/storpool-byid/{gid}", volume_id=vid)
     stack.set_bypass(True)

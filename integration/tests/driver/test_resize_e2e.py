@@ -15,6 +15,7 @@ import pytest
 from cloudstack_storpool.agent.attach import device_size
 from cloudstack_storpool.driver import resize, volumes
 from cloudstack_storpool.driver.resize import ResizeFailed
+from cloudstack_storpool.spconn import Ref
 from integration import processes
 from integration.libvirt_domain import start_domain
 from integration.stack import LocalStack, new_uuid
@@ -46,7 +47,7 @@ def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
     vm = running_vm(stack)
     vid, gid = volume_of(stack, 64 * MiB, vm.id)
     conn = stack.ctx.conn(stack.pool_id())
-    conn.reassign_wait([{"volume": "~" + gid, "rw": [1]}])
+    conn.attach(Ref("volume", "~" + gid), 1, "rw")
     device = str(stack.sp.device_path(1, gid))
     dom = start_domain(virt, vm.instance_name, device)
     try:
@@ -58,7 +59,7 @@ def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
         assert dom.blockInfo("vdb", 0)[0] == 192 * MiB  # what `virsh domblkinfo` prints as Capacity
     finally:
         dom.destroy()
-        conn.reassign_wait([{"volume": "~" + gid, "detach": "all", "force": True}])
+        conn.detach(Ref("volume", "~" + gid), force=True)
 
 
 def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
@@ -67,7 +68,8 @@ def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
     vid, gid = volume_of(stack, 64 * MiB, vm.id, iops=300)
     other_vid, other_gid = volume_of(stack, 32 * MiB, None)
     conn = stack.ctx.conn(stack.pool_id())
-    conn.reassign_wait([{"volume": "~" + gid, "rw": [1]}, {"volume": "~" + other_gid, "rw": [1]}])
+    for g in (gid, other_gid):
+        conn.attach(Ref("volume", "~" + g), 1, "rw")
     dom = start_domain(virt, vm.instance_name, str(stack.sp.device_path(1, other_gid)))
     try:
         iops_off = next(o for o in stack.cs.model.disk_offerings.values() if o.name == "sp-iops-500")
@@ -79,7 +81,7 @@ def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
         assert device_size(str(stack.sp.device_path(1, gid))) == 64 * MiB
     finally:
         dom.destroy()
-        conn.reassign_wait([{"volume": "~" + g, "detach": "all", "force": True} for g in (gid, other_gid)])
+        conn.detach([Ref("volume", "~" + g) for g in (gid, other_gid)], force=True)
     del other_vid
 
 

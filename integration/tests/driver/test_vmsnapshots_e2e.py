@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from cloudstack_storpool.driver import vmsnapshots, volumes
+from cloudstack_storpool.spconn import Ref
 from integration.needs import need_root
 from integration.stack import LocalStack, new_uuid
 
@@ -104,7 +105,8 @@ def test_vm_snapshot_of_three_busy_disks_reverts_to_one_instant(stack: LocalStac
         volumes.attached(stack.ctx, stack.pool_id(), vid, vm_id=vm.id, device_id=device_id)
         disks.append((vid, info.global_id))
     conn = stack.ctx.conn(stack.pool_id())
-    conn.reassign_wait([{"volume": "~" + gid, "rw": [1]} for _, gid in disks])
+    for _, gid in disks:
+        conn.attach(Ref("volume", "~" + gid), 1, "rw")
     devices = [str(stack.sp.device_path(1, gid)) for _, gid in disks]
     files = [stack.sp.object_file(gid) for _, gid in disks]
 

@@ -6,12 +6,9 @@ developer box; the data-plane tests use `sp_emulator` (XFS + loop devices) inste
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
@@ -32,17 +29,4 @@ def api(emu: EmulatorHandle) -> StrictApi:
 def raw(handle: EmulatorHandle, method: str, path: str, body: Any = None, *,
         token: str | None = None, args: Any = None) -> tuple[int, Any]:
     """One HTTP request as a hand-written client would send it; returns (status, decoded JSON)."""
-    conn = http.client.HTTPConnection(handle.host, handle.port, timeout=30)
-    headers = {}
-    tok = handle.token if token is None else token
-    if tok != "":
-        headers["Authorization"] = f"Storpool v1:{tok}"
-    if args is not None:
-        path += "?json=" + quote(json.dumps(args), safe="")
-    data = json.dumps(body) if body is not None else None
-    try:
-        conn.request(method, path, data, headers)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
+    return handle.raw(method, path, body, token=token, args=args)

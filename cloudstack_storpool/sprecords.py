@@ -1,0 +1,143 @@
+"""The records the StorPool connection layer hands the rest of the project.
+
+Why records and not the bindings' objects: the bindings mirror the wire, quirks included
+(`globalId` in camel case, an IOPS limit that is an int or the string `"-"`, a parent or a
+template that is `""` when there is none, tags that may be absent). Each quirk read in one
+place here means no caller ever tests `isinstance(iops, int)` or spells `globalId` again, and
+a test can build a record without a server.
+
+A record addresses its object by `ref` (`~<globalId>`): names can be empty (objects the Java
+plugin made are anonymous) or change (renames), the global id cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cloudstack_storpool import names
+
+Kind = Literal["volume", "snapshot"]
+Mode = Literal["rw", "ro"]
+
+
+def _limit(value: Any) -> int:
+    """StorPool's IOPS/bandwidth limit: an int, or `"-"`/0 for none. 0 means no limit here."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _tags(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+class ByGlobalId:
+    """How the project addresses an object that has a global id."""
+
+    global_id: str
+
+    @property
+    def ref(self) -> str:
+        """`~globalId`: survives renames and works for anonymous objects (the Java plugin's)."""
+        return "~" + self.global_id
+
+    @property
+    def path(self) -> str:
+        """What CloudStack stores as the object's path."""
+        return names.BYID_PREFIX + self.global_id
+
+
+@dataclass(frozen=True)
+class SpVolume(ByGlobalId):
+    """A StorPool volume as the project needs it."""
+
+    name: str
+    global_id: str
+    size: int
+    template: str = ""
+    parent: str = ""
+    iops: int = 0  # 0: no limit
+    bw: int = 0
+    tags: Mapping[str, str] = field(default_factory=dict)
+    created: float = 0.0
+    space_used: int = 0
+    """Client data readable through it, its parents' included (`spaceUsed`; VolumesSpace only,
+    0 from other listings)."""
+    stored: int = 0
+    """Client data written to this object itself, without replication (`storedSize`;
+    VolumesSpace only)."""
+    kind: Kind = "volume"
+
+
+@dataclass(frozen=True)
+class SpSnapshot(SpVolume):
+    """A StorPool snapshot: a volume record plus what only snapshots have."""
+
+    on_volume: str = ""
+    deleted: bool = False
+    transient: bool = False
+    delete_at: float = 0.0
+    """When StorPool deletes it by itself (`targetDeleteDate`, from a delay-delete); 0: never."""
+    kind: Kind = "snapshot"
+
+
+SpObject = SpVolume  # a volume or a snapshot (SpSnapshot is a subclass); `kind` says which
+
+
+@dataclass(frozen=True)
+class SpTemplate:
+    name: str
+    iops: int = 0  # 0: no limit
+    bw: int = 0
+    replication: int = 0  # 0: not set on the template
+
+
+@dataclass(frozen=True)
+class SpAttachment(ByGlobalId):
+    """One object attached to one client."""
+
+    name: str
+    global_id: str
+    kind: Kind
+    client: int
+    rights: Mode
+
+
+def _common(obj: Any) -> dict[str, Any]:
+    return {
+        "name": str(obj.name), "global_id": str(obj.globalId), "size": int(obj.size),
+        "template": str(getattr(obj, "templateName", "") or ""),
+        "parent": str(getattr(obj, "parentName", "") or ""),
+        "iops": _limit(getattr(obj, "iops", None)), "bw": _limit(getattr(obj, "bw", None)),
+        "tags": _tags(getattr(obj, "tags", None)),
+        "created": float(getattr(obj, "creationTimestamp", 0) or 0),
+        "space_used": int(getattr(obj, "spaceUsed", 0) or 0),
+        "stored": int(getattr(obj, "storedSize", 0) or 0),
+    }
+
+
+def volume(obj: Any) -> SpVolume:
+    """From the bindings' VolumeSummary (or any of its subclasses)."""
+    return SpVolume(**_common(obj))
+
+
+def snapshot(obj: Any) -> SpSnapshot:
+    """From the bindings' SnapshotSummary."""
+    return SpSnapshot(**_common(obj), on_volume=str(getattr(obj, "onVolume", "") or ""),
+                      deleted=bool(getattr(obj, "deleted", False)), transient=bool(getattr(obj, "transient", False)),
+                      delete_at=float(getattr(obj, "targetDeleteDate", 0) or 0))
+
+
+def template(obj: Any) -> SpTemplate:
+    replication = getattr(obj, "replication", None)
+    return SpTemplate(name=str(obj.name), iops=_limit(getattr(obj, "iops", None)), bw=_limit(getattr(obj, "bw", None)),
+                      replication=replication if isinstance(replication, int) else 0)
+
+
+def attachment(obj: Any) -> SpAttachment:
+    """From the bindings' AttachmentDesc. An attachment without a global id (old servers) is
+    named by its volume; `~name` is not a valid ref then, so callers match by `global_id` or `name`."""
+    gid = getattr(obj, "globalId", None)
+    return SpAttachment(name=str(obj.volume), global_id=str(gid or ""),
+                        kind="snapshot" if bool(obj.snapshot) else "volume", client=int(obj.client),
+                        rights="rw" if str(obj.rights) == "rw" else "ro")
