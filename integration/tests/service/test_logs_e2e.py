@@ -18,13 +18,13 @@ from pathlib import Path
 import requests
 
 from cloudstack_storpool import logs
-from integration.stack import LocalStack
-from integration.tests.service.test_service_cli import SERVE, _free_port, _secret_file
+from integration.stack import LocalStack, free_port
+from integration.tests.service.test_service_cli import SERVE, _secret_file
 
 
 def test_json_lines_carry_job_and_uuid_and_never_a_secret(stack: LocalStack, tmp_path: Path) -> None:
     token = uuid.uuid4().hex
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CLOUDSTACK_ENDPOINT": stack.cs.endpoint, "CLOUDSTACK_KEY": stack.cs.key,
            "CLOUDSTACK_SECRET": stack.cs.secret, "CLOUDSTACK_REGION": "cloudstack"}
     argv = [sys.executable, "-c", SERVE, "--listen", f"127.0.0.1:{port}", "--log-format", "json",
