@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import signal
-from socketserver import BaseServer
 from types import FrameType
+from typing import Protocol
 
 import click
 
@@ -19,11 +19,15 @@ def setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class Serving(Protocol):
+    def serve_forever(self, poll_interval: float = ...) -> None: ...
+
+
 def _interrupt(_sig: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def serve_until_stopped(server: BaseServer, banner: str) -> None:
+def serve_until_stopped(server: Serving, banner: str) -> None:
     """Print `banner` and serve until SIGTERM or SIGINT; returns normally on either, so the
     caller's `finally` does the cleanup."""
     signal.signal(signal.SIGTERM, _interrupt)
