@@ -51,6 +51,9 @@ def loopback_address(listen: str) -> tuple[str, int]:
               help=f"The pools file (TOML, [[pool]] tables; else ${POOLS_FILE_ENV}).")
 @click.option("--agent-token-file", default=None, metavar="PATH",
               help="File holding the KVM agents' shared token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
+@click.option("--agent-ca-file", default=None, metavar="PATH",
+              help="CA file that signed the agents' TLS certificates, e.g. CloudStack's CA "
+                   "(else $CLOUDSTACK_STORPOOL_AGENT_CA).")
 @click.option("--region", default=None, help="cloudstack.ini section to read CloudStack credentials from.")
 @click.option("--max-jobs", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Background jobs that may run at once in this process.")
@@ -58,7 +61,7 @@ def loopback_address(listen: str) -> tuple[str, int]:
               help="Seconds a setting read from CloudStack is cached.")
 @click.option("-v", "--verbose", is_flag=True)
 def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent_token_file: str | None,
-              region: str | None, max_jobs: int, settings_ttl: float, verbose: bool) -> None:
+              agent_ca_file: str | None, region: str | None, max_jobs: int, settings_ttl: float, verbose: bool) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
@@ -73,7 +76,8 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
         pools_path = pools_file or os.environ.get(POOLS_FILE_ENV, "")
         if not pools_path:
             raise ValidationError("pools", f"no pools file: pass --pools or set ${POOLS_FILE_ENV}")
-        ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl)
+        ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl,
+                                        agent_ca=agent_ca_file)
         server = make_server(ctx, token, host, port, pools_file=pools_path, max_jobs=max_jobs, periodic_gc=True,
                              secrets=(agent_token, _cloudstack_secret(region)))
     except ProjectError as exc:

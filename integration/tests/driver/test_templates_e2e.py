@@ -117,7 +117,8 @@ SCRIPT = textwrap.dedent("""
     job = json.loads(sys.argv[3])
     cs = CloudStackClient(env["CLOUDSTACK_ENDPOINT"], env["CLOUDSTACK_KEY"], env["CLOUDSTACK_SECRET"])
     ctx = DriverContext(pools=load_pools(env["CSSP_POOLS_FILE"]), cloudstack=cs, settings=Settings(cs),
-                        agents=AgentDirectory(cs, env["CLOUDSTACK_STORPOOL_AGENT_TOKEN"]))
+                        agents=AgentDirectory(cs, env["CLOUDSTACK_STORPOOL_AGENT_TOKEN"],
+                                              ca_file=env["CLOUDSTACK_STORPOOL_AGENT_CA"]))
     src = TemplateSource(**job["source"])
     print("ready", flush=True)
     sys.stdin.readline()
