@@ -281,3 +281,37 @@ def test_from_config_file(tmp_path: Any) -> None:
     (tmp_path / "empty.conf").write_text("SP_OURID=3\n")
     with pytest.raises(ValidationError):
         StorPoolConn.from_config(tmp_path / "empty.conf")
+
+
+def test_a_create_and_its_lookups_share_one_retry_budget(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    busy = err("busy", "overloaded", transient=True)
+    sc.on("VolumeCreate", busy)
+    sc.on("Volume", busy)
+    with pytest.raises(SpTransient):
+        conn.volume_create(name="v3", size=1 << 20, template="ssd")
+    # Before: 4 creates, each followed by a lookup retried 4 times (16 calls). Now every try
+    # after the first spends the one budget of 3 retries.
+    assert len(sc.sent("VolumeCreate")) + len(sc.sent("Volume")) == 1 + 3
+    # The budget is per operation: the next call has a fresh one.
+    sc.on("VolumesList", busy, data([]))
+    assert conn.volumes() == []
+
+
+def test_the_retry_budget_bounds_the_time_spent(script: tuple[Script, StorPoolConn]) -> None:
+    sc, base = script
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    conn = StorPoolConn(base.host, base.port, TOKEN, retries=50, sleep=sleep, clock=lambda: now[0], timeout=5)
+    busy = err("busy", "overloaded", transient=True)
+    sc.on("VolumeCreate", busy)
+    sc.on("Volume", busy)
+    with pytest.raises(SpTransient):
+        conn.volume_create(name="v4", size=1 << 20, template="ssd")
+    assert sum(slept) <= 10.0
+    assert sum(slept) + 8.0 > 10.0  # it stopped because the next pause would not fit
