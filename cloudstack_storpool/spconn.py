@@ -326,10 +326,23 @@ class StorPoolConn:
         return find_by_tags
 
     def _delete(self, query: str, what: str, name: str, call: Callable[[], Any], missing_ok: bool) -> bool:
-        """A retried delete for which "already gone" is success unless `missing_ok` is False."""
+        """A retried delete for which "already gone" is success unless `missing_ok` is False.
+
+        True when this call removed the object. After an ambiguous failure (the answer lost), a
+        retry that finds the object gone means the lost request did remove it: that is reported
+        as deleted, not as "was already gone"."""
+        sent = [0]
+
+        def counted() -> Any:
+            sent[0] += 1
+            return call()
+
         try:
-            self._retrying(query, call)
+            self._retrying(query, counted)
         except SpNotFound:
+            if sent[0] > 1:
+                log.info("deleted %s %s (the answer to an earlier try was lost)", what, name)
+                return True
             if not missing_ok:
                 raise
             return False

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from cloudstack_storpool.bounds import JAVA_INT_MAX
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import parse_pool_url
 
@@ -42,6 +43,8 @@ class Scope(StrEnum):
 
 
 SettingValue = bool | int | float | str
+
+JAVA_INT_MIN = -JAVA_INT_MAX - 1
 Validator = Callable[[SettingValue], str | None]
 """Returns None when the value is acceptable, else the rule it breaks (for the error message)."""
 
@@ -139,6 +142,9 @@ class Setting:
             raise ValidationError(self.name, f"{value!r} must be true or false")
         if self.type is SettingType.INT and (isinstance(typed, bool) or not isinstance(typed, int)):
             raise ValidationError(self.name, f"{value!r} must be an integer")
+        if self.type is SettingType.INT and isinstance(typed, int) and not JAVA_INT_MIN <= typed <= JAVA_INT_MAX:
+            # CloudStack reads these as a Java int: a larger value would fail (or wrap) there.
+            raise ValidationError(self.name, f"{value!r} must be within {JAVA_INT_MIN}..{JAVA_INT_MAX} (a Java int)")
         if self.type is SettingType.FLOAT and (isinstance(typed, bool) or not isinstance(typed, int | float)):
             raise ValidationError(self.name, f"{value!r} must be a number")
         if self.type is SettingType.CHOICE and typed not in self.choices:

@@ -315,3 +315,13 @@ def test_the_retry_budget_bounds_the_time_spent(script: tuple[Script, StorPoolCo
         conn.volume_create(name="v4", size=1 << 20, template="ssd")
     assert sum(slept) <= 10.0
     assert sum(slept) + 8.0 > 10.0  # it stopped because the next pause would not fit
+
+
+def test_a_delete_whose_answer_was_lost_reports_that_it_deleted(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    # The first VolumeDelete is applied but its answer is lost; the retry finds nothing.
+    sc.on("VolumeDelete", DROP, err("objectDoesNotExist", "gone", status=404))
+    assert conn.volume_delete("~a.b.c") is True
+    assert len(sc.sent("VolumeDelete")) == 2
+    sc.on("SnapshotDelete", DROP, err("objectDoesNotExist", "gone", status=404))
+    assert conn.snapshot_delete("snap1", missing_ok=False) is True

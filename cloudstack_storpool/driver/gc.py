@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cloudstack_storpool.bounds import Seconds
 from cloudstack_storpool.driver import naming, pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
 
@@ -67,7 +68,7 @@ def _age(ctx: DriverContext, obj: Any) -> float:
     return ctx.clock() - templates.started_at(obj)
 
 
-def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcReport | None = None) -> list[GcAction]:
+def plan(ctx: DriverContext, *, temporary_age: Seconds | None = None, report: GcReport | None = None) -> list[GcAction]:
     """What a collection would delete now (reads only)."""
     max_age = _temporary_age(ctx, temporary_age)
     report = report if report is not None else GcReport(dry_run=True)
@@ -120,7 +121,7 @@ def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcRepo
     return actions
 
 
-def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: int | None = None) -> GcReport:
+def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: Seconds | None = None) -> GcReport:
     """Plan, then (unless `dry_run`) delete. One failure does not stop the others."""
     report = GcReport(dry_run=dry_run)
     report.planned = plan(ctx, temporary_age=temporary_age, report=report)

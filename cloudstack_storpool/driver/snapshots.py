@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudstack_storpool import names
+from cloudstack_storpool.bounds import Iops
 from cloudstack_storpool.driver import naming, offerings, pools, tags, templates, volumes
-from cloudstack_storpool.driver.secondary import SecondaryLocation
+from cloudstack_storpool.driver.secondary import SecondaryLocation, agent_refusals
 from cloudstack_storpool.errors import (
     AgentError,
     CloudStackError,
@@ -235,9 +236,10 @@ def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callabl
 
 def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation) -> SecondaryCopy:
     """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole)."""
-    agent, res = on_any_host(
-        ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
-                                           progress=ctx.progress))
+    with agent_refusals("secondary"):
+        agent, res = on_any_host(
+            ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
+                                               progress=ctx.progress))
     return SecondaryCopy(where.store, where.path, str(res.get("format", "qcow2")), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)
 
@@ -370,7 +372,7 @@ def volume_from_snapshot(
     snapshot_uuid: str,
     volume_uuid: str,
     size: int | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
     template: str | None = None,
     secondary: SecondaryLocation | None = None,
 ) -> VolumeFromSnapshot:
@@ -415,8 +417,9 @@ def volume_from_snapshot(
         return _existing_volume(conn, name, volume_uuid, "secondary")
     try:
         where = secondary
-        agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
-            store=where.store, path=where.path, volume=created.ref, target_is_zero=True, progress=ctx.progress))
+        with agent_refusals("secondary"):
+            agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
+                store=where.store, path=where.path, volume=created.ref, target_is_zero=True, progress=ctx.progress))
     except Exception as exc:
         raise undo_and_fail(f"copy of the secondary copy {secondary.path} into volume {volume_uuid} failed", exc,
                             f"the new volume {name} was removed", lambda: conn.volume_delete(name, missing_ok=True)) from exc

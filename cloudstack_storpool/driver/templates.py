@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
-from cloudstack_storpool.driver.secondary import TemplateSource
+from cloudstack_storpool.driver.secondary import TemplateSource, agent_refusals
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created
@@ -220,10 +220,11 @@ def _populate(
     try:
         if source is not None:
             timeout = copy_timeout(ctx)
-            ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
-                store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
-                timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
-            ))
+            with agent_refusals("source"):
+                ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
+                    store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
+                    timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
+                ))
         try:
             snap = conn.snapshot_create(
                 fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec),

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from cloudstack_storpool.bounds import Range
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import Secret
 
@@ -171,6 +172,9 @@ class SchemaBuilder:
         return name
 
     def schema(self, tp: Any, field_name: str = "") -> dict[str, Any]:
+        bounds = _range_of(tp)
+        if bounds is not None and _strip_annotated(tp) is int:
+            return {"type": "integer", "format": "int64", "minimum": bounds.lo, "maximum": bounds.hi}
         tp = _strip_annotated(tp)
         if isinstance(tp, _Unresolved):
             raise UnsupportedType(f"{field_name}: cannot resolve annotation {tp.text!r}")
@@ -270,8 +274,23 @@ def _jsonable_default(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- JSON -> Python
 
+def _range_of(tp: Any) -> Range | None:
+    """The `Range` an `Annotated[int, Range(...)]` carries (bounds.py), if any."""
+    if typing.get_origin(tp) is typing.Annotated:
+        return next((m for m in typing.get_args(tp)[1:] if isinstance(m, Range)), None)
+    return None
+
+
 def parse(tp: Any, value: Any, field_name: str) -> Any:
     """A JSON value checked against `tp` and converted to it; ValidationError names the field."""
+    out = _parse_unbounded(tp, value, field_name)
+    bounds = _range_of(tp)
+    if bounds is not None and isinstance(out, int):
+        bounds.check(out, field_name)
+    return out
+
+
+def _parse_unbounded(tp: Any, value: Any, field_name: str) -> Any:
     tp = _strip_annotated(tp)
     if tp is Any or tp is object:
         return value
@@ -390,13 +409,12 @@ def check_uuid(value: str, field_name: str) -> str:
 
 def parse_query(tp: Any, raw: str, field_name: str) -> Any:
     """A query-string value: scalars only, converted from text before the usual checks."""
-    tp = _strip_annotated(tp)
-    args = _union_args(tp)
+    args = _union_args(_strip_annotated(tp))
     candidates = [a for a in args if a is not NoneType] if args is not None else [tp]
     last: ValidationError | None = None
     for cand in candidates:
         try:
-            return parse(cand, _from_text(cand, raw, field_name), field_name)
+            return parse(cand, _from_text(_strip_annotated(cand), raw, field_name), field_name)
         except ValidationError as exc:
             last = exc
     assert last is not None
