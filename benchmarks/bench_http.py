@@ -115,37 +115,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_http(url: str, headers: dict[str, str]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(url, headers=headers, timeout=2)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not start") from None
+            time.sleep(0.2)
+
+
 @contextmanager
-def _service_processes(stack: LocalStack, n: int) -> Iterator[tuple[list[str], str]]:
-    """`n` driver-service processes (`cloudstack-storpool serve`) over the stack."""
-    token = secrets.token_urlsafe(24)
-    token_file = stack.root / "bench-service-token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    env = {**os.environ, **stack.driver_env()}
-    procs: list[subprocess.Popen[bytes]] = []
-    urls = []
+def _processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[None]:
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in commands]
     try:
-        for _ in range(n):
-            port = _free_port()
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "cloudstack_storpool", "serve", "--listen", f"127.0.0.1:{port}",
-                 "--token-file", str(token_file), "--settings-ttl", "30"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            urls.append(f"http://127.0.0.1:{port}")
-        for url in urls:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if requests.get(url + "/v1/health", headers={"Authorization": f"Bearer {token}"},
-                                    timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"service at {url} did not start")
-                time.sleep(0.2)
-        yield urls, token
+        yield
     finally:
         for p in procs:
             p.terminate()
@@ -156,6 +142,38 @@ def _service_processes(stack: LocalStack, n: int) -> Iterator[tuple[list[str], s
                 p.kill()
 
 
+@contextmanager
+def _emulator_process(work: Path) -> Iterator[tuple[str, int, str]]:
+    """The StorPool emulator in a process of its own (host, port, token), as a real cluster
+    would be: neither path shares its interpreter with the clients."""
+    token = secrets.token_urlsafe(16)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "integration", "sim", "storpool", "--listen", f"127.0.0.1:{port}",
+           "--data-dir", str(work / "sp-data"), "--dev-root", str(work / "sp-dev"), "--no-loop",
+           "--capacity", str(1 << 50)]
+    with _processes([cmd], {**os.environ, "SP_AUTH_TOKEN": token}):
+        _wait_http(f"http://127.0.0.1:{port}/ctrl/1.0/ServicesList", {"Authorization": f"Storpool v1:{token}"})
+        yield "127.0.0.1", port, token
+
+
+@contextmanager
+def _service_processes(stack: LocalStack, pools_file: Path, n: int) -> Iterator[tuple[list[str], str]]:
+    """`n` driver-service processes (`cloudstack-storpool serve`) over the stack's CloudStack."""
+    token = secrets.token_urlsafe(24)
+    token_file = stack.root / "bench-service-token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    env = {**os.environ, **stack.driver_env(), "CSSP_POOLS_FILE": str(pools_file)}
+    ports = [_free_port() for _ in range(n)]
+    commands = [[sys.executable, "-m", "cloudstack_storpool", "serve", "--listen", f"127.0.0.1:{port}",
+                 "--token-file", str(token_file), "--settings-ttl", "30"] for port in ports]
+    with _processes(commands, env):
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url in urls:
+            _wait_http(url + "/v1/health", {"Authorization": f"Bearer {token}"})
+        yield urls, token
+
+
 def _timed(jobs: list[Any], fn: Callable[[Any], bool]) -> tuple[float, int]:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -164,41 +182,46 @@ def _timed(jobs: list[Any], fn: Callable[[Any], bool]) -> tuple[float, int]:
 
 
 def throughput(stack: LocalStack) -> dict[str, Any]:
-    pool = stack.pools().get(stack.pool_id("storpool-primary"))
     local = threading.local()
+    with _emulator_process(stack.root / "bench-emulator") as (host, port, sp_token):
+        pool = stack.pools().get(stack.pool_id("storpool-primary"))
+        pools_file = stack.root / "bench-pools.toml"
+        pools_file.write_text(f'[[pool]]\nuuid = "{pool.uuid}"\nname = "{pool.name}"\nzone = "{pool.zone}"\n'
+                              f'url = "SP_API_HTTP={host}:{port};SP_AUTH_TOKEN={sp_token};SP_TEMPLATE=ssd"\n')
+        pools_file.chmod(0o600)
 
-    def conn() -> StorPoolConn:
-        c: StorPoolConn | None = getattr(local, "conn", None)
-        if c is None:
-            c = local.conn = StorPoolConn.from_pool(pool)
-        return c
+        def conn() -> StorPoolConn:
+            c: StorPoolConn | None = getattr(local, "conn", None)
+            if c is None:
+                c = local.conn = StorPoolConn(host, port, sp_token)
+            return c
 
-    names = [f"bench-direct-{i}" for i in range(VOLUMES)]
-    t_create, e1 = _timed(names, lambda n: bool(conn().volume_create(name=n, size=SIZE, template=pool.template)))
-    t_delete, e2 = _timed(names, lambda n: conn().volume_delete(n))
-    direct_ops = 2 * VOLUMES / (t_create + t_delete)
+        names = [f"bench-direct-{i}" for i in range(VOLUMES)]
+        t_create, e1 = _timed(names, lambda n: bool(conn().volume_create(name=n, size=SIZE, template="ssd")))
+        t_delete, e2 = _timed(names, lambda n: conn().volume_delete(n))
+        direct_ops = 2 * VOLUMES / (t_create + t_delete)
 
-    with _service_processes(stack, 2) as (urls, token):
-        def session() -> requests.Session:
-            s: requests.Session | None = getattr(local, "session", None)
-            if s is None:
-                s = local.session = requests.Session()
-                s.headers["Authorization"] = f"Bearer {token}"
-            return s
+        with _service_processes(stack, pools_file, 2) as (urls, token):
+            def session() -> requests.Session:
+                s: requests.Session | None = getattr(local, "session", None)
+                if s is None:
+                    s = local.session = requests.Session()
+                    s.headers["Authorization"] = f"Bearer {token}"
+                return s
 
-        uuids = [(str(uuid.uuid4()), i % 2) for i in range(VOLUMES)]
+            uuids = [(str(uuid.uuid4()), i % 2) for i in range(VOLUMES)]
 
-        def create(job: tuple[str, int]) -> bool:
-            r = session().post(f"{urls[job[1]]}/v1/volumes", timeout=60,
-                               json={"pool": pool.uuid, "volume_uuid": job[0], "size": SIZE})
-            return r.status_code == 200
+            def create(job: tuple[str, int]) -> bool:
+                r = session().post(f"{urls[job[1]]}/v1/volumes", timeout=60,
+                                   json={"pool": pool.uuid, "volume_uuid": job[0], "size": SIZE})
+                return r.status_code == 200
 
-        def delete(job: tuple[str, int]) -> bool:
-            r = session().delete(f"{urls[job[1]]}/v1/volumes/{job[0]}", params={"pool": pool.uuid}, timeout=60)
-            return r.status_code == 200 and bool(r.json().get("deleted"))
+            def delete(job: tuple[str, int]) -> bool:
+                r = session().delete(f"{urls[job[1]]}/v1/volumes/{job[0]}", params={"pool": pool.uuid}, timeout=60)
+                return r.status_code == 200 and bool(r.json().get("deleted"))
 
-        s_create, e3 = _timed(uuids, create)
-        s_delete, e4 = _timed(uuids, delete)
+            s_create, e3 = _timed(uuids, create)
+            s_delete, e4 = _timed(uuids, delete)
     service_ops = 2 * VOLUMES / (s_create + s_delete)
     return {
         "clients": CLIENTS,
@@ -209,6 +232,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
         "errors_direct": e1 + e2,
         "errors_service": e3 + e4,
         "goal": "ratio >= 0.8 with 0 errors",
+        "note": "emulator, services and clients in separate processes on one machine (cores shared)",
     }
 
 
