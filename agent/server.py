@@ -143,5 +143,3 @@ class _Handler(JsonHandler):
             self._error(404, "not-found", f"no such resource: {self.path}")
             return
         self._send(200, job.to_json())
-
-

@@ -2,8 +2,8 @@
 
 Same plumbing as the agent (httpjson.py: bounded workers, read deadlines, a connection cap, one
 write per reply), JSON in and out, a bearer token compared in constant time and checked before
-the body is read, so an unauthenticated client cannot make the service parse anything. The routes are the operation
-table (operations.py) plus:
+the body is read, so an unauthenticated client cannot make the service parse anything. The
+routes are the operation table (operations.py) plus:
 
   GET /openapi.json        the OpenAPI document of this very table
   GET /v1/health           version and pools (a cheap liveness probe for the adapter)
