@@ -11,9 +11,9 @@ Both face the same threats, so they share one implementation of the defences:
   the connection or from the first byte of the next keep-alive request), the body
   (`body_timeout`, total, not per read), an idle keep-alive connection (`idle_timeout`), and a
   write to a client that stopped reading (`write_timeout`).
-* Connections are capped (`max_connections`); at the cap the idle connection waiting longest
-  is closed to make room, so an authenticated caller still gets in while a flood of idle
-  connections is held.
+* Connections are capped (`max_connections`); at the cap an idle connection is closed to make
+  room (one that never authenticated first, the longest idle of those), so an authenticated
+  caller still gets in, and keeps its keep-alive connection, while a flood is held.
 * The token is compared in constant time and checked before the body is read, for every
   method (unknown methods included); a body is refused unread when it is too big or chunked,
   and the connection is then closed rather than drained. A body a route did not read is
@@ -143,7 +143,7 @@ class _Writer:
 class _Conn:
     """One client connection: owned by the event loop while idle, by one worker while served."""
 
-    __slots__ = ("addr", "expires", "handler", "handshaking", "reader", "since", "sock")
+    __slots__ = ("addr", "expires", "handler", "handshaking", "reader", "since", "sock", "trusted")
 
     def __init__(self, sock: socket.socket, addr: Any, now: float, header_timeout: float, tls: bool) -> None:
         self.sock = sock
@@ -153,6 +153,8 @@ class _Conn:
         self.reader = _Reader(sock)
         self.handler: JsonHandler | None = None
         self.handshaking = tls
+        self.trusted = False
+        """It carried the right token at least once: evicted only after every untrusted one."""
 
 
 class TokenServer:
@@ -306,10 +308,11 @@ class TokenServer:
                 self._handshake(sel, conn)
 
     def _evict(self, sel: selectors.BaseSelector) -> bool:
-        """Make room by closing the connection idle the longest; False when none is idle."""
+        """Make room by closing an idle connection: one that never authenticated first, the one
+        idle the longest among those; False when none is idle."""
         if not self._idle:
             return False
-        victim = min(self._idle.values(), key=lambda c: c.since)
+        victim = min(self._idle.values(), key=lambda c: (c.trusted, c.since))
         self._drop(sel, victim)
         return True
 
@@ -420,6 +423,7 @@ class TokenServer:
             while True:
                 conn.reader.deadline = time.monotonic() + self.header_timeout
                 h.handle_one_request()
+                conn.trusted = conn.trusted or h._authed
                 if h.close_connection or self._stop:
                     break
                 if not conn.reader.has_head():

@@ -314,3 +314,21 @@ def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("127.1.2.3") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("::")
     assert not is_loopback("example.com")
+
+
+def test_at_the_cap_unauthenticated_connections_go_before_an_authenticated_one(server: tuple[TokenServer, str]) -> None:
+    srv, path = server
+    srv.max_connections = 16
+    trusted = _connect(srv)
+    trusted.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode())
+    buf = bytearray()
+    assert _read_response(trusted, buf)[0] == 200
+    flood = [_connect(srv) for _ in range(100)]  # each one past the cap evicts an idle one
+    try:
+        # The authenticated keep-alive connection, idle the longest, is still served.
+        trusted.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode())
+        assert _read_response(trusted, buf)[0] == 200
+    finally:
+        for s in flood:
+            s.close()
+        trusted.close()
