@@ -332,3 +332,14 @@ def test_at_the_cap_unauthenticated_connections_go_before_an_authenticated_one(s
         for s in flood:
             s.close()
         trusted.close()
+
+
+def test_a_request_head_is_bounded_in_bytes_not_only_in_lines(server: tuple[TokenServer, str]) -> None:
+    srv, path = server
+    s = _connect(srv)
+    # 90 headers of 4 KiB: under the stdlib's 100-line limit, 360 KiB in all.
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + b"".join(
+        f"X-Pad-{i}: {'a' * 4096}\r\n".encode() for i in range(90)) + b"\r\n")
+    status, headers, _body = _read_response(s, bytearray())
+    assert status == 431 and headers["content-type"] == "application/json"
+    assert _closed_by_peer(s, 5)
