@@ -91,16 +91,23 @@ def agent_group() -> None:
 @click.option("--token-file", default=None, metavar="PATH",
               help="File holding the shared agent token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
 @click.option("--max-copies", type=int, default=2, show_default=True, help="Copies that may run at once.")
+@click.option("--tls-cert", default=None, metavar="PATH",
+              help="PEM certificate to serve TLS with (on a CloudStack KVM host: /etc/cloudstack/agent/cloud.crt).")
+@click.option("--tls-key", default=None, metavar="PATH",
+              help="Its private key (on a CloudStack KVM host: /etc/cloudstack/agent/cloud.key).")
+@click.option("--insecure-http", is_flag=True,
+              help="Serve plain HTTP on a non-loopback address (warned at every start; trusted networks only).")
 @click.option("-v", "--verbose", is_flag=True)
 @settings_file_option
 @log_format_opt
 @_host_options
-def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, verbose: bool, settings_file: str | None,
-              log_format: str, **kw: Any) -> None:
-    """Serve the agent's HTTP JSON API until SIGTERM/SIGINT."""
+def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, tls_cert: str | None, tls_key: str | None,
+              insecure_http: bool, verbose: bool, settings_file: str | None, log_format: str, **kw: Any) -> None:
+    """Serve the agent's HTTP JSON API (TLS off loopback) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent import partials
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
+    from cloudstack_storpool.agent.tls import serving_context
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.httpjson import parse_listen
     from cloudstack_storpool.logs import register_secret
@@ -111,9 +118,12 @@ def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, verbo
         register_secret(token)
         host = _host_config(kw)
         address = parse_listen(listen or _default_listen(settings_file))
-        server = AgentServer(address, token, _context_factory(host), max_copies=max_copies)
+        tls = serving_context(address[0], tls_cert, tls_key, insecure_http=insecure_http)
+        server = AgentServer(address, token, _context_factory(host), max_copies=max_copies, tls=tls)
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
 
     # Partial copies an earlier run left (killed mid-copy) are removed in the background, so a
     # large secondary storage does not delay serving; new copies never touch them.

@@ -3,6 +3,10 @@ waiting for it, with progress reported to a callback.
 
 Each call carries an idempotency key (generated when the caller gives none) and re-sends the
 same key when a POST's answer is lost, so a retry never starts a second copy.
+
+An `https://` agent is verified against `ca_file` (and the address dialled); a certificate
+that fails is a "tls" error, never "unreachable", so the work does not move to another host
+as if this one were down and the operator sees why.
 """
 
 from __future__ import annotations
@@ -42,13 +46,17 @@ class AgentRequestError(AgentError):
 
 class AgentClient:
     def __init__(self, base_url: str, token: str, timeout: float = 30.0, *, poll_interval: float = 0.5,
-                 post_retries: int = 3, session: requests.Session | None = None) -> None:
+                 post_retries: int = 3, session: requests.Session | None = None, ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        if self.base_url.startswith("https://") and not ca_file:
+            raise ValueError("an https agent needs the CA file that signed its certificate")
         self._token = token
         self.timeout = timeout
         self.poll_interval = poll_interval
         self.post_retries = post_retries
         self._session = session or requests.Session()
+        # Passed with every request: a session-wide `verify` loses to $REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = ca_file or True
 
     def __repr__(self) -> str:  # never the token
         return f"AgentClient({self.base_url!r})"
@@ -58,9 +66,13 @@ class AgentClient:
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         try:
             resp = self._session.request(
-                method, self.base_url + path, json=body, timeout=self.timeout,
+                method, self.base_url + path, json=body, timeout=self.timeout, verify=self._verify,
                 headers={"Authorization": f"Bearer {self._token}", **logs.outgoing_headers()},
             )
+        except requests.exceptions.SSLError as exc:
+            reason = exc.args[0] if exc.args else exc
+            reason = getattr(reason, "reason", reason)
+            raise AgentRequestError(f"agent {self.base_url}: TLS verification failed: {reason}", code="tls") from exc
         except requests.RequestException as exc:
             raise AgentRequestError(f"agent {self.base_url} unreachable: {type(exc).__name__}", code="unreachable",
                                     applied=False if _never_connected(exc) else None) from exc

@@ -1,8 +1,9 @@
 """The agent's HTTP JSON API (`cloudstack-storpool agent serve`).
 
-Every request must carry `Authorization: Bearer <token>`; the token is compared in constant
-time and checked before the body is read, so an unauthenticated client cannot make the agent
-parse anything. Routes:
+Served over TLS (`tls.py`) except on loopback or behind `--insecure-http`. Every request, of
+any method, must carry `Authorization: Bearer <token>`; the token is compared in constant time
+and checked before the body is read, so an unauthenticated client cannot make the agent parse
+anything. Other methods are 405, unknown paths 404, both in JSON. Routes:
 
   GET    /v1/facts          host facts (synchronous)
   GET    /v1/heartbeat      the heartbeat loop's last status on this host (null before it ran)
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,8 @@ class AgentServer(TokenServer):
     role = "agent"
 
     def __init__(self, address: tuple[str, int], token: str, context_factory: Callable[[], Context],
-                 *, max_copies: int = 2) -> None:
-        super().__init__(address, token, _Handler)
+                 *, max_copies: int = 2, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(address, token, _Handler, tls=tls)
         self.context_factory = context_factory
         self.jobs = JobManager(context_factory, max_copies=max_copies)
 
@@ -159,8 +161,3 @@ class _Handler(JsonHandler):
             self._error(404, "not-found", f"no such resource: {self.path}")
             return
         self._send(200, job.to_json())
-
-    def do_PUT(self) -> None:
-        if self._auth():
-            self._error(405, "method-not-allowed", "PUT is not supported")
-

@@ -7,8 +7,8 @@ killing the process mid-job.
 from __future__ import annotations
 
 import signal
-from socketserver import BaseServer
 from types import FrameType
+from typing import Protocol
 
 import click
 
@@ -24,11 +24,15 @@ def setup_logging(verbose: bool, log_format: str = "text") -> None:
     logs.setup(verbose, log_format)
 
 
+class Serving(Protocol):
+    def serve_forever(self, poll_interval: float = ...) -> None: ...
+
+
 def _interrupt(_sig: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def serve_until_stopped(server: BaseServer, banner: str) -> None:
+def serve_until_stopped(server: Serving, banner: str) -> None:
     """Print `banner` and serve until SIGTERM or SIGINT; returns normally on either, so the
     caller's `finally` does the cleanup."""
     signal.signal(signal.SIGTERM, _interrupt)

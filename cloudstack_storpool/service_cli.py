@@ -53,6 +53,9 @@ def loopback_address(listen: str) -> tuple[str, int]:
               help=f"The pools file (TOML, [[pool]] tables; else ${POOLS_FILE_ENV}).")
 @click.option("--agent-token-file", default=None, metavar="PATH",
               help="File holding the KVM agents' shared token (else $CLOUDSTACK_STORPOOL_AGENT_TOKEN).")
+@click.option("--agent-ca-file", default=None, metavar="PATH",
+              help="CA file that signed the agents' TLS certificates, e.g. CloudStack's CA "
+                   "(else $CLOUDSTACK_STORPOOL_AGENT_CA).")
 @click.option("--region", default=None, help="cloudstack.ini section to read CloudStack credentials from.")
 @click.option("--max-jobs", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Background jobs that may run at once in this process.")
@@ -62,8 +65,8 @@ def loopback_address(listen: str) -> tuple[str, int]:
 @click.option("-v", "--verbose", is_flag=True)
 @log_format_opt
 def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent_token_file: str | None,
-              region: str | None, max_jobs: int, settings_ttl: float | None, settings_file: str | None,
-              verbose: bool, log_format: str) -> None:
+              agent_ca_file: str | None, region: str | None, max_jobs: int, settings_ttl: float | None,
+              settings_file: str | None, verbose: bool, log_format: str) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
@@ -79,7 +82,7 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
         if not pools_path:
             raise ValidationError("pools", f"no pools file: pass --pools or set ${POOLS_FILE_ENV}")
         ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl,
-                                        settings_file=settings_file)
+                                        settings_file=settings_file, agent_ca=agent_ca_file)
         server = make_server(ctx, token, host, port, pools_file=pools_path, max_jobs=max_jobs, periodic_gc=True,
                              secrets=(agent_token, _cloudstack_secret(region)))
     except ProjectError as exc:

@@ -4,7 +4,11 @@ Why one module: the official bindings retry transient errors for every call, inc
 creates, and a retried create whose first response was lost makes a second object. Here the
 bindings are built with `transientRetries=0` and this layer owns the policy instead:
 
-* reads are retried on transient errors with bounded exponential backoff;
+* reads are retried on transient errors with bounded exponential backoff, from one retry
+  budget per operation: at most `retries` retries and `retry_budget` seconds (10 s by
+  default) for the outermost call, shared by every call it makes (a create's lookups after a
+  lost answer spend the create's budget, not a fresh one each), so a caller hears of a
+  persistent failure within the budget rather than after retries multiplied by retries;
 * idempotent mutations (absolute updates, deletes that accept "already gone") are retried too;
 * creates are never blindly re-sent: after an ambiguous failure the object is looked up by its
   deterministic name, or by its CloudStack identity tags, and only re-sent if it is absent.
@@ -17,13 +21,14 @@ line and exception text.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -187,6 +192,23 @@ def tags_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> bool:
     return bool(want) and all((have or {}).get(k) == v for k, v in want.items())
 
 
+@dataclass
+class _Budget:
+    """What retrying may still spend in one operation (see the module docstring)."""
+
+    deadline: float
+    retries_left: int
+
+    def take(self, delay: float, now: float) -> bool:
+        if self.retries_left <= 0 or now + delay > self.deadline:
+            return False
+        self.retries_left -= 1
+        return True
+
+
+DEFAULT_RETRY_BUDGET = 10.0
+
+
 class StorPoolConn:
     """A connection to one StorPool API endpoint, with the project's error and retry policy."""
 
@@ -204,6 +226,8 @@ class StorPoolConn:
         sleep: Callable[[float], None] = time.sleep,
         our_id: int | None = None,
         alternative: Callable[[], Endpoint | None] | None = None,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         raw_token = token.reveal() if isinstance(token, Secret) else str.__str__(token)
         self.host, self.port = host, port
@@ -211,6 +235,8 @@ class StorPoolConn:
         self.calls: Counter[str] = Counter()
         self._token = raw_token
         self._retries, self._backoff, self._max_backoff, self._sleep = retries, backoff, max_backoff, sleep
+        self._retry_budget, self._clock = retry_budget, clock
+        self._scope = threading.local()
         if raw_token:
             _redactor.secrets.add(raw_token)
             logs.register_secret(raw_token)
@@ -265,21 +291,39 @@ class StorPoolConn:
             log.debug("StorPool %s failed: %s", query, mapped)
             raise mapped from None
 
-    def _pause(self, attempt: int) -> None:
-        self._sleep(min(self._backoff * (2 ** attempt), self._max_backoff))
+    @contextlib.contextmanager
+    def _budget(self) -> Iterator[_Budget]:
+        """The budget of the operation this thread is in; the outermost call opens it."""
+        current: _Budget | None = getattr(self._scope, "budget", None)
+        if current is not None:
+            yield current
+            return
+        self._scope.budget = _Budget(self._clock() + self._retry_budget, self._retries)
+        try:
+            yield self._scope.budget
+        finally:
+            self._scope.budget = None
+
+    def _may_retry(self, budget: _Budget, attempt: int) -> bool:
+        """Sleep before the next try when the budget allows it; False when it is spent."""
+        delay = min(self._backoff * (2 ** attempt), self._max_backoff)
+        if not budget.take(delay, self._clock()):
+            return False
+        self._sleep(delay)
+        return True
 
     def _retrying(self, query: str, fn: Callable[[], T]) -> T:
         """Run a call that is safe to repeat (a read, or an idempotent mutation)."""
-        attempt = 0
-        while True:
-            try:
-                return self._once(query, fn)
-            except SpTransient as exc:
-                if attempt >= self._retries:
-                    raise
-                log.info("StorPool %s: %s; retry %d/%d", query, exc.descr, attempt + 1, self._retries)
-                self._pause(attempt)
-                attempt += 1
+        with self._budget() as budget:
+            attempt = 0
+            while True:
+                try:
+                    return self._once(query, fn)
+                except SpTransient as exc:
+                    log.info("StorPool %s: %s; retry %d", query, exc.descr, attempt + 1)
+                    if not self._may_retry(budget, attempt):
+                        raise
+                    attempt += 1
 
     def _call(self, query: str, fn: Callable[[], T], retry: bool) -> T:
         return self._retrying(query, fn) if retry else self._once(query, fn)
@@ -291,26 +335,28 @@ class StorPoolConn:
         `find` (no deterministic name and no identity tags) an ambiguous failure is raised:
         re-sending could duplicate the object.
         """
-        attempt = 0
-        while True:
-            try:
-                return self._once(query, send)
-            except SpExists:
-                if attempt and find is not None:
-                    found = find()
-                    if found is not None:
-                        return found
-                raise
-            except SpTransient as exc:
-                if find is None or attempt >= self._retries:
+        with self._budget() as budget:
+            attempt = 0
+            while True:
+                try:
+                    return self._once(query, send)
+                except SpExists:
+                    if attempt and find is not None:
+                        found = find()
+                        if found is not None:
+                            return found
                     raise
-                log.warning("StorPool %s: ambiguous failure (%s); looking the object up before re-sending", query, exc.descr)
-                self._pause(attempt)
-                attempt += 1
-                found = self._retrying(query + " lookup", find)
-                if found is not None:
-                    log.info("StorPool %s: the lost create had been applied; using the existing object", query)
-                    return found
+                except SpTransient as exc:
+                    if find is None or not self._may_retry(budget, attempt):
+                        raise
+                    log.warning("StorPool %s: ambiguous failure (%s); looking the object up before re-sending", query,
+                                exc.descr)
+                    attempt += 1
+                    # The lookup spends this create's budget: no retries within retries.
+                    found = self._retrying(query + " lookup", find)
+                    if found is not None:
+                        log.info("StorPool %s: the lost create had been applied; using the existing object", query)
+                        return found
 
     @staticmethod
     def _finder(
@@ -335,10 +381,23 @@ class StorPoolConn:
         return find_by_tags
 
     def _delete(self, query: str, what: str, name: str, call: Callable[[], Any], missing_ok: bool) -> bool:
-        """A retried delete for which "already gone" is success unless `missing_ok` is False."""
+        """A retried delete for which "already gone" is success unless `missing_ok` is False.
+
+        True when this call removed the object. After an ambiguous failure (the answer lost), a
+        retry that finds the object gone means the lost request did remove it: that is reported
+        as deleted, not as "was already gone"."""
+        sent = [0]
+
+        def counted() -> Any:
+            sent[0] += 1
+            return call()
+
         try:
-            self._retrying(query, call)
+            self._retrying(query, counted)
         except SpNotFound:
+            if sent[0] > 1:
+                log.info("deleted %s %s (the answer to an earlier try was lost)", what, name)
+                return True
             if not missing_ok:
                 raise
             return False

@@ -32,6 +32,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
+from cloudstack_storpool.bounds import INT64_MAX, Range
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import Secret
 from cloudstack_storpool.uuids import check_uuid
@@ -43,7 +44,6 @@ UUID_SUFFIX = "_uuid"
 # 64-bit, and a bigger number can only be a mistake that should be refused here, not a failure
 # deep in a connection layer.
 INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
 
 _SEQUENCES = (list, tuple, set, frozenset, Sequence, AbstractSet)
 _SETS = (set, frozenset, AbstractSet)
@@ -215,8 +215,24 @@ def parse_object(cls: type, value: Any, field_name: str = "", *, what: str = "bo
     return cls(**parse_fields(dataclass_fields(cls), value, prefix=field_name, what=what))
 
 
+def range_of(tp: Any) -> Range | None:
+    """The `Range` an `Annotated[int, Range(...)]` carries (bounds.py), if any."""
+    if typing.get_origin(tp) is typing.Annotated:
+        return next((m for m in typing.get_args(tp)[1:] if isinstance(m, Range)), None)
+    return None
+
+
 def parse(tp: Any, value: Any, field_name: str) -> Any:
-    """A JSON value checked against `tp` and converted to it; ValidationError names the field."""
+    """A JSON value checked against `tp` (and the `Range` it may carry) and converted to it;
+    ValidationError names the field."""
+    out = _parse_unbounded(tp, value, field_name)
+    bounds = range_of(tp)
+    if bounds is not None and isinstance(out, int):
+        bounds.check(out, field_name)
+    return out
+
+
+def _parse_unbounded(tp: Any, value: Any, field_name: str) -> Any:
     tp = strip_annotated(tp)
     if tp is Any or tp is object:
         return value
@@ -355,14 +371,14 @@ def _parse_mapping(tp: Any, value: Any, field_name: str) -> dict[str, Any]:
 
 
 def parse_query(tp: Any, raw: str, field_name: str) -> Any:
-    """A query-string or path value: scalars only, converted from text before the usual checks."""
-    tp = strip_annotated(tp)
-    args = union_args(tp)
+    """A query-string or path value: scalars only, converted from text before the usual checks.
+    Each candidate keeps its `Annotated` range, so a bound applies to query values too."""
+    args = union_args(strip_annotated(tp))
     candidates = [a for a in args if a is not NoneType] if args is not None else [tp]
     last: ValidationError | None = None
     for cand in candidates:
         try:
-            return parse(cand, _from_text(cand, raw, field_name), field_name)
+            return parse(cand, _from_text(strip_annotated(cand), raw, field_name), field_name)
         except ValidationError as exc:
             last = exc
     assert last is not None

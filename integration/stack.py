@@ -25,6 +25,7 @@ from typing import Any
 from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.server import AgentServer
+from cloudstack_storpool.agent.tls import AGENT_CA_ENV, server_context
 from cloudstack_storpool.cloudstack.client import CloudStackClient
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext
@@ -34,6 +35,7 @@ from cloudstack_storpool.poolconfig import PoolsFile, load_pools
 from cloudstack_storpool.settings.localfile import SETTINGS_FILE_ENV, SettingsFile
 from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
+from integration.certs import TestCA
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -128,6 +130,10 @@ class LocalStack:
         self.pools_file = self.root / "pools.toml"
         self.pools_file.write_text("\n".join(pools_toml))
         self.pools_file.chmod(0o600)
+        # The agents serve TLS as on a real host, with a certificate from the stack's own CA
+        # (CloudStack's CA in a real cloud), which the driver verifies.
+        self.ca = TestCA(self.root / "tls")
+        self.agent_cert = self.ca.issue("agent")
         for host in list(model.hosts.values()):
             client_id = int(host.details.get("SP_OURID", "0") or 0)
             if client_id:
@@ -166,7 +172,8 @@ class LocalStack:
             heartbeat_status_file=str(status_file),
         )
         conn = StorPoolConn(self.sp.host, self.sp.port, self.sp.token, our_id=client_id)
-        server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn))
+        server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn),
+                             tls=server_context(str(self.agent_cert.cert), str(self.agent_cert.key)))
         thread = threading.Thread(target=server.serve_forever, name=f"agent-{host_name}", daemon=True)
         thread.start()
 
@@ -186,7 +193,7 @@ class LocalStack:
             pools=self.pools(),
             cloudstack=self.cloudstack,
             settings=self.settings,
-            agents=AgentDirectory(self.cloudstack, self.agent_token),
+            agents=AgentDirectory(self.cloudstack, self.agent_token, ca_file=str(self.ca.ca_file)),
             conn_options=conn_options,
         )
 
@@ -266,6 +273,7 @@ class LocalStack:
             "CLOUDSTACK_KEY": self.cs.key,
             "CLOUDSTACK_SECRET": self.cs.secret,
             "CLOUDSTACK_STORPOOL_AGENT_TOKEN": self.agent_token,
+            AGENT_CA_ENV: str(self.ca.ca_file),
             "CSSP_POOLS_FILE": str(self.pools_file),
         }
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cloudstack_storpool.bounds import JAVA_INT_MAX
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import parse_pool_url
 
@@ -79,6 +80,8 @@ class Home(StrEnum):
 
 
 SettingValue = bool | int | float | str
+
+JAVA_INT_MIN = -JAVA_INT_MAX - 1
 Validator = Callable[[SettingValue], str | None]
 """Returns None when the value is acceptable, else the rule it breaks (for the error message)."""
 

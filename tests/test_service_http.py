@@ -357,3 +357,37 @@ def test_a_uuid_spelled_another_way_is_400_not_a_second_name(small: ServiceServe
     r = requests.get(f"{small.url}/v1/echo/{spelling}", headers=AUTH, timeout=5)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["field"] == "volume_uuid"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("POST", f"/v1/volumes/{UID}/resize", {"new_size": -512}, "new_size"),
+    ("POST", f"/v1/volumes/{UID}/resize", {"new_size": 1 << 30, "custom_iops": 1 << 62}, "custom_iops"),
+    ("POST", "/v1/gc", {"temporary_age": -1}, "temporary_age"),
+    ("POST", "/v1/gc", {"temporary_age": 1 << 40}, "temporary_age"),
+    ("POST", "/v1/volumes", {"pool": "p1", "volume_uuid": UID, "size": 1 << 30, "iops": 1 << 62}, "iops"),
+])
+def test_job_routes_refuse_out_of_range_numbers_before_a_job_starts(real: ServiceServer, method: str, path: str,
+                                                                   body: dict[str, Any], field: str) -> None:
+    r = requests.request(method, real.url + path, json=body, headers=AUTH, timeout=5)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["field"] == field
+    assert real.jobs.list() == []
+
+
+def test_gc_plan_query_is_range_checked(real: ServiceServer) -> None:
+    r = requests.get(real.url + "/v1/gc/plan", params={"temporary_age": "-5"}, headers=AUTH, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "temporary_age"
+
+
+def test_an_agents_refusal_of_a_location_is_400_naming_the_request_field() -> None:
+    from cloudstack_storpool.agent.client import AgentRequestError
+    from cloudstack_storpool.driver.secondary import agent_refusals
+    from cloudstack_storpool.service.app import error_response
+
+    with pytest.raises(ValidationError) as exc, agent_refusals("source"):
+        raise AgentRequestError("store: /elsewhere is not under a secondary root", code="invalid", field="store")
+    assert error_response(exc.value) == (400, "invalid", "source.store")
+    # Anything else the agent says stays an upstream failure.
+    with pytest.raises(AgentRequestError) as other, agent_refusals("source"):
+        raise AgentRequestError("qemu-img failed", code="internal")
+    assert error_response(other.value)[0] == 502

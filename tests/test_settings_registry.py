@@ -159,3 +159,13 @@ def test_alternative_endpoint_refuses(value: str) -> None:
 def test_unknown_setting() -> None:
     with pytest.raises(ValidationError, match=r"no\.such: is not a setting"):
         get_setting("no.such")
+
+
+@pytest.mark.parametrize("value", [1 << 31, "2147483648", -(1 << 31) - 1, "99999999999999999999"])
+def test_int_settings_beyond_a_java_int_are_refused_naming_the_setting(value: int | str) -> None:
+    setting = get_setting("storpool.volume.tags.checkup")
+    with pytest.raises(ValidationError) as exc:
+        setting.validated(value)
+    assert exc.value.field == "storpool.volume.tags.checkup"
+    assert "outside the range of a Java Integer" in str(exc.value)
+    assert setting.validated((1 << 31) - 1) == (1 << 31) - 1

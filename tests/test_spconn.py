@@ -374,3 +374,47 @@ def test_a_write_whose_answer_was_lost_is_not_resent_to_the_alternative(script: 
     assert len(sc.sent("VolumeUpdate")) == 1
     conn.volume_update("v1", size=1 << 21)
     assert len(sc.sent("VolumeUpdate")) == 2
+
+
+def test_a_create_and_its_lookups_share_one_retry_budget(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    busy = err("busy", "overloaded", transient=True)
+    sc.on("VolumeCreate", busy)
+    sc.on("Volume", busy)
+    with pytest.raises(SpTransient):
+        conn.volume_create(name="v3", size=1 << 20, template="ssd")
+    # Before: 4 creates, each followed by a lookup retried 4 times (16 calls). Now every try
+    # after the first spends the one budget of 3 retries.
+    assert len(sc.sent("VolumeCreate")) + len(sc.sent("Volume")) == 1 + 3
+    # The budget is per operation: the next call has a fresh one.
+    sc.on("VolumesList", busy, data([]))
+    assert conn.volumes() == []
+
+
+def test_the_retry_budget_bounds_the_time_spent(script: tuple[Script, StorPoolConn]) -> None:
+    sc, base = script
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    conn = StorPoolConn(base.host, base.port, TOKEN, retries=50, sleep=sleep, clock=lambda: now[0], timeout=5)
+    busy = err("busy", "overloaded", transient=True)
+    sc.on("VolumeCreate", busy)
+    sc.on("Volume", busy)
+    with pytest.raises(SpTransient):
+        conn.volume_create(name="v4", size=1 << 20, template="ssd")
+    assert sum(slept) <= 10.0
+    assert sum(slept) + 8.0 > 10.0  # it stopped because the next pause would not fit
+
+
+def test_a_delete_whose_answer_was_lost_reports_that_it_deleted(script: tuple[Script, StorPoolConn]) -> None:
+    sc, conn = script
+    # The first VolumeDelete is applied but its answer is lost; the retry finds nothing.
+    sc.on("VolumeDelete", DROP, err("objectDoesNotExist", "gone", status=404))
+    assert conn.volume_delete("~a.b.c") is True
+    assert len(sc.sent("VolumeDelete")) == 2
+    sc.on("SnapshotDelete", DROP, err("objectDoesNotExist", "gone", status=404))
+    assert conn.snapshot_delete("snap1", missing_ok=False) is True

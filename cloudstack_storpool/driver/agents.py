@@ -4,6 +4,11 @@ The driver never keeps a list of hosts: CloudStack knows which hosts exist, whic
 each VM runs, and each host's StorPool client id (`SP_OURID` detail) and agent port
 (`agent.port` detail, else the `storpool.agent.port` setting). Asking CloudStack each time means
 a host added, moved or taken down is seen by the next operation, in every driver process.
+
+Agents are dialled over TLS, verified against `ca_file` (CloudStack's CA when the agents serve
+the certificates CloudStack issued them). Without a CA file only loopback agents are dialled
+in plain HTTP, unless `insecure_http` says the network is trusted: the token is never sent in
+clear to another machine by accident.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.tls import AGENT_CA_ENV
 from cloudstack_storpool.errors import NotFound
+from cloudstack_storpool.httpjson import is_loopback
 
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.client import CloudStackClient
@@ -42,12 +49,16 @@ class AgentDirectory:
         default_port: int = DEFAULT_AGENT_PORT,
         timeout: float = 30.0,
         poll_interval: float = 0.1,
+        ca_file: str | None = None,
+        insecure_http: bool = False,
     ) -> None:
         self._cloudstack = cloudstack
         self._token = str.__str__(token)
         self.default_port = default_port
         self.timeout = timeout
         self.poll_interval = poll_interval
+        self.ca_file = ca_file
+        self.insecure_http = insecure_http
         self._clients: dict[tuple[str, int], AgentClient] = {}
         self._lock = threading.Lock()
         self._next = 0
@@ -65,9 +76,19 @@ class AgentDirectory:
             client = self._clients.get(key)
             if client is None:
                 client = self._clients[key] = AgentClient(
-                    f"http://{host}:{port}", self._token, timeout=self.timeout, poll_interval=self.poll_interval,
+                    f"{self._scheme(ip_address)}://{host}:{port}", self._token, timeout=self.timeout,
+                    poll_interval=self.poll_interval, ca_file=self.ca_file,
                 )
             return client
+
+    def _scheme(self, ip_address: str) -> str:
+        if self.ca_file:
+            return "https"
+        if self.insecure_http or is_loopback(ip_address):
+            return "http"
+        raise AgentRequestError(
+            f"agent at {ip_address}: no CA file to verify its TLS certificate (set ${AGENT_CA_ENV}); "
+            "plain HTTP is used only for loopback agents", code="tls")
 
     def client(self, host: Host) -> AgentClient:
         """The agent of one CloudStack host (its `agent.port` detail overrides the default port)."""

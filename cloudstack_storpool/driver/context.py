@@ -45,12 +45,17 @@ class DriverContext:
 
     @classmethod
     def from_config(cls, pools_file: str | Path, agent_token: str, *, region: str | None = None,
-                    settings_ttl: float | None = None, settings_file: str | Path | None = None) -> DriverContext:
+                    settings_ttl: float | None = None, settings_file: str | Path | None = None,
+                    agent_ca: str | None = None) -> DriverContext:
         """The context of a deployed driver: the pools file, CloudStack credentials as the `cs`
         client reads them (`cloudstack.ini` / `CLOUDSTACK_*`), the project's settings file, agents
-        on `storpool.agent.port` unless a host says otherwise. CloudStack values are cached for
-        `settings_ttl` seconds (default: the file's `storpool.settings.cache.seconds`). Shared by
-        `serve` and the operator commands."""
+        on `storpool.agent.port` unless a host says otherwise, verified against `agent_ca` (else
+        $CLOUDSTACK_STORPOOL_AGENT_CA; $CLOUDSTACK_STORPOOL_AGENT_INSECURE_HTTP=1 allows plain HTTP
+        to agents off loopback). CloudStack values are cached for `settings_ttl` seconds (default:
+        the file's `storpool.settings.cache.seconds`). Shared by `serve` and the operator commands."""
+        import os
+
+        from cloudstack_storpool.agent.tls import AGENT_CA_ENV, AGENT_INSECURE_ENV
         from cloudstack_storpool.cloudstack.client import CloudStackClient
         from cloudstack_storpool.driver.agents import AgentDirectory
         from cloudstack_storpool.poolconfig import load_pools
@@ -63,7 +68,9 @@ class DriverContext:
         cloudstack = CloudStackClient.from_config(region)
         settings = Settings(cloudstack, file=local, ttl=ttl)
         port = settings.get("storpool.agent.port")
-        agents = AgentDirectory(cloudstack, agent_token, default_port=port if isinstance(port, int) else 8259)
+        agents = AgentDirectory(cloudstack, agent_token, default_port=port if isinstance(port, int) else 8259,
+                                ca_file=agent_ca or os.environ.get(AGENT_CA_ENV) or None,
+                                insecure_http=os.environ.get(AGENT_INSECURE_ENV) == "1")
         return cls(pools=pools, cloudstack=cloudstack, settings=settings, agents=agents)
 
     def with_progress(self, progress: Callable[[float], None] | None) -> DriverContext:

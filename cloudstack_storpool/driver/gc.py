@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cloudstack_storpool.bounds import Seconds
 from cloudstack_storpool.driver import liveness, pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.uuids import check_uuid, is_uuid
@@ -103,7 +104,7 @@ class _TemplatesInCloudStack:
         return self._asked[tuuid]
 
 
-def plan(ctx: DriverContext, *, temporary_age: int | None = None, report: GcReport | None = None) -> list[GcAction]:
+def plan(ctx: DriverContext, *, temporary_age: Seconds | None = None, report: GcReport | None = None) -> list[GcAction]:
     """What a collection would delete now (reads only): per StorPool cluster one SnapshotsList
     and one VolumesList, and one paged listTemplates for the whole run."""
     max_age = _temporary_age(ctx, temporary_age)
@@ -149,7 +150,7 @@ def _snapshot_action(ctx: DriverContext, s: Any, pool: Any, max_age: int, in_clo
     return GcAction(CACHED_TEMPLATE, pool.uuid, s.name, s.global_id, tuuid, "template deleted in CloudStack")
 
 
-def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: int | None = None) -> GcReport:
+def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: Seconds | None = None) -> GcReport:
     """Plan, then (unless `dry_run`) delete. One failure does not stop the others."""
     report = GcReport(dry_run=dry_run)
     report.planned = plan(ctx, temporary_age=temporary_age, report=report)

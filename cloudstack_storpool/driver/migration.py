@@ -21,9 +21,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cloudstack_storpool.bounds import Iops
 from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates, volumes
 from cloudstack_storpool.driver.identity import VolumeInfo
 from cloudstack_storpool.driver.offerings import Placement
+from cloudstack_storpool.driver.secondary import agent_refusals
 from cloudstack_storpool.errors import NotFound, ProjectError, SpExists, ValidationError
 from cloudstack_storpool.uuids import check_uuid
 
@@ -84,7 +86,7 @@ def migrate(
     volume_type: str = offerings.DATADISK,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
 ) -> MigrationResult:
     """Move a volume from one StorPool pool to another (see the module docstring)."""
     src = pools.resolve(ctx, source_pool)
@@ -162,7 +164,7 @@ def import_volume(
     volume_type: str = offerings.DATADISK,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
 ) -> MigrationResult:
     """From a non-StorPool pool (an image CloudStack put on secondary storage): create the
     volume, then an agent copies the image into it. A failed copy deletes the volume again."""
@@ -171,11 +173,12 @@ def import_volume(
                              disk_offering_id=disk_offering_id, service_offering_id=service_offering_id, iops=iops)
     timeout = templates.copy_timeout(ctx)
     try:
-        ctx.agents.run_on_pool(dst, lambda agent: agent.copy_to_volume(
-            store=source.store, path=source.path, volume=created.path, source_format=source.agent_format,
-            target_is_zero=True, timeout=timeout,
-            idempotency_key=f"import-{created.global_id}", progress=ctx.progress,
-        ))
+        with agent_refusals("source"):
+            ctx.agents.run_on_pool(dst, lambda agent: agent.copy_to_volume(
+                store=source.store, path=source.path, volume=created.path, source_format=source.agent_format,
+                target_is_zero=True, timeout=timeout,
+                idempotency_key=f"import-{created.global_id}", progress=ctx.progress,
+            ))
     except BaseException:
         ctx.conn(dst).volume_delete("~" + created.global_id)
         raise

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
+from cloudstack_storpool.bounds import STORPOOL_MAX_IOPS
 from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import ValidationError
 
@@ -72,6 +73,8 @@ def check_iops(value: int | None, field: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValidationError(field, f"must be a non-negative integer (0 = no limit), got {value!r}")
+    if value > STORPOOL_MAX_IOPS:
+        raise ValidationError(field, f"must be at most {STORPOOL_MAX_IOPS} (StorPool's largest IOPS limit), got {value}")
     return value or None
 
 

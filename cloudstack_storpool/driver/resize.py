@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.client import AgentRequestError
+from cloudstack_storpool.bounds import Bytes, Iops
 from cloudstack_storpool.driver import offerings, tags
 from cloudstack_storpool.driver.identity import LocatedVolume, locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
@@ -66,11 +67,11 @@ def resize_volume(
     ctx: DriverContext,
     *,
     volume_uuid: str,
-    new_size: int,
+    new_size: Bytes,
     shrink_ok: bool = False,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    custom_iops: int | None = None,
+    custom_iops: Iops | None = None,
 ) -> Resized:
     """Resize to `new_size` bytes, applying the new offering's template / `qc` / iops when one is
     given (`offerings.resolve`, as volume creation does; custom IOPS alone re-applies only the limit).

@@ -6,9 +6,12 @@ back from secondary), checked with the agent's own rules before anything changes
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cloudstack_storpool.agent.client import AgentRequestError
 from cloudstack_storpool.agent.secondary import check_relative, parse_nfs_url
 from cloudstack_storpool.errors import ValidationError
 
@@ -35,6 +38,23 @@ class SecondaryLocation:
         check_relative(self.path, f"{field}.path")
         return self
 
+
+
+_AGENT_FIELDS = {"store": "store", "path": "path", "source_format": "format", "format": "format"}
+
+
+@contextlib.contextmanager
+def agent_refusals(prefix: str) -> Iterator[None]:
+    """An agent's refusal of a location (a store outside its secondary roots, a path it will
+    not write) is the caller's bad input: a ValidationError naming the request's field
+    (`source.store`), not an upstream failure."""
+    try:
+        yield
+    except AgentRequestError as exc:
+        name = _AGENT_FIELDS.get(exc.field or "")
+        if exc.code != "invalid" or name is None:
+            raise
+        raise ValidationError(f"{prefix}.{name}", f"refused by the host's agent: {exc.message}") from exc
 
 
 @dataclass(frozen=True)

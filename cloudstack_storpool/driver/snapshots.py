@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
+from cloudstack_storpool.bounds import Iops
 from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, revert_volume
-from cloudstack_storpool.driver.secondary import SecondaryLocation
+from cloudstack_storpool.driver.secondary import SecondaryLocation, agent_refusals
 from cloudstack_storpool.driver.undo import undo_and_fail
 from cloudstack_storpool.errors import NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.uuids import check_uuid
@@ -151,9 +152,10 @@ def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient]
 
 def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation) -> SecondaryCopy:
     """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole)."""
-    agent, res = on_any_host(
-        ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
-                                           progress=ctx.progress))
+    with agent_refusals("secondary"):
+        agent, res = on_any_host(
+            ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
+                                               progress=ctx.progress))
     return SecondaryCopy(where.store, where.path, str(res.get("format", "qcow2")), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)
 
@@ -289,7 +291,7 @@ def volume_from_snapshot(
     volume_type: str = offerings.DATADISK,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
     secondary: SecondaryLocation | None = None,
     path: str | None = None,
 ) -> VolumeFromSnapshot:
@@ -378,8 +380,9 @@ def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume,
     if isinstance(made, VolumeFromSnapshot):
         return made
     try:
-        agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
-            store=where.store, path=where.path, volume=made.ref, target_is_zero=True, progress=ctx.progress))
+        with agent_refusals("secondary"):
+            agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
+                store=where.store, path=where.path, volume=made.ref, target_is_zero=True, progress=ctx.progress))
     except Exception as exc:
         raise undo_and_fail(f"copy of the secondary copy {where.path} into volume {new.uuid} failed", exc,
                             f"the new volume {new.name} was removed",

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import liveness, locate, naming, pools, tags
-from cloudstack_storpool.driver.secondary import TemplateSource
+from cloudstack_storpool.driver.secondary import TemplateSource, agent_refusals
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created, StorPoolConn
@@ -298,10 +298,11 @@ def _copy_and_snapshot(
     the cache appeared meanwhile (a taken-over fill finished after all)."""
     if source is not None:
         timeout = copy_timeout(ctx)
-        ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
-            store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
-            timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
-        ))
+        with agent_refusals("source"):
+            ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
+                store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
+                timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
+            ))
     try:
         return ctx.conn(spec).snapshot_create(fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec))
     except SpExists:

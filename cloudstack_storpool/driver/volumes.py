@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
+from cloudstack_storpool.bounds import Iops
 from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, tags, templates
 from cloudstack_storpool.driver.identity import VolumeInfo, ref, volume_tags
 from cloudstack_storpool.driver.offerings import Placement
@@ -82,7 +83,7 @@ def create(
     volume_type: str = offerings.DATADISK,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
     encrypted: bool = False,
     cluster_id: str | None = None,
 ) -> VolumeInfo:
@@ -128,7 +129,7 @@ def create_from_template(
     volume_type: str = offerings.ROOT,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
 ) -> VolumeInfo:
     """A (root) volume from a template: one VolumeCreate with `parent` = the pool's cached
     template. When the cache is missing (first use, or deleted out of band) it is filled from
@@ -214,7 +215,7 @@ def change_offering(
     volume_type: str = offerings.DATADISK,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
-    iops: int | None = None,
+    iops: Iops | None = None,
 ) -> VolumeInfo:
     """Re-apply template, `qc` and iops of the (new) offerings to an existing volume."""
     spec = pools.resolve(ctx, pool)

@@ -1,9 +1,9 @@
 """The driver service's HTTP server: authentication, routing, error mapping, jobs.
 
-Same style as the agent (agent/server.py): stdlib ThreadingHTTPServer, JSON in and out, a
-bearer token compared in constant time and checked before the body is read, so an
-unauthenticated client cannot make the service parse anything. The routes are the operation
-table (operations.py) plus:
+Same plumbing as the agent (httpjson.py: bounded workers, read deadlines, a connection cap, one
+write per reply), JSON in and out, a bearer token compared in constant time and checked before
+the body is read, so an unauthenticated client cannot make the service parse anything. The
+routes are the operation table (operations.py) plus:
 
   GET /openapi.json        the OpenAPI document of this very table
   GET /v1/health           version and pools (a cheap liveness probe for the adapter)
@@ -48,7 +48,7 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
-from cloudstack_storpool.httpjson import MAX_BODY, JsonHandler, TokenServer, serve_in_thread
+from cloudstack_storpool.httpjson import JsonHandler, TokenServer, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service.jobs import Job, JobManager
@@ -106,7 +106,8 @@ def error_response(exc: BaseException) -> tuple[int, str, str | None]:
 
 class ServiceServer(TokenServer):
     role = "service"
-    request_queue_size = 128
+    workers = 32
+    """Synchronous operations run on the worker that answers them, so more than the agent's."""
 
     def __init__(self, address: tuple[str, int], token: str, ctx: DriverContext, table: OperationTable, *,
                  pools_file: str | Path | None = None, max_jobs: int = 8, job_retention: float = 3600.0,
@@ -217,16 +218,12 @@ class _Handler(JsonHandler):
             raise ValidationError("body", "not valid JSON") from None
 
     def _dispatch(self, method: str) -> None:
-        if method == "HEAD":
-            # The client reads no body after HEAD; ending the connection keeps framing right.
-            self.close_connection = True
         if not self._auth():
             return
         try:
             parts = urlsplit(self.path)
             path, query = parts.path, parse_qs(parts.query, keep_blank_values=True, max_num_fields=100)
         except ValueError:
-            self._discard_body()
             self._error(400, "invalid", "malformed request target", "path")
             return
         builtin = self._builtin(method, path)
@@ -234,7 +231,6 @@ class _Handler(JsonHandler):
             return
         op, path_args, allowed = self.server.table.resolve(method, path)
         if op is None:
-            self._discard_body()
             if allowed:
                 self._error(405, "method-not-allowed", f"{method} is not allowed here",
                             headers={"Allow": ", ".join(allowed)})
@@ -242,11 +238,7 @@ class _Handler(JsonHandler):
                 self._error(404, "not-found", "no such route")
             return
         try:
-            if op.accepts_body:
-                body = self._body()
-            else:
-                self._discard_body()
-                body = None
+            body = self._body() if op.accepts_body else None
             args = op.parse(path_args, query, body)
         except ValidationError as exc:
             self._fail(exc, f"{op.name} request")
@@ -268,17 +260,6 @@ class _Handler(JsonHandler):
             self._send_bytes(204, b"")
         else:
             self._send(200, out)
-
-    def _discard_body(self) -> None:
-        """Requests without a body may still carry one; read it so keep-alive stays in sync."""
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            n = -1
-        if self.headers.get("Transfer-Encoding") or n < 0 or n > MAX_BODY:
-            self.close_connection = True
-        elif n:
-            self.rfile.read(n)
 
     def _start_job(self, op: Operation, args: dict[str, Any], body: Any) -> None:
         key = self.headers.get("Idempotency-Key")
@@ -303,7 +284,6 @@ class _Handler(JsonHandler):
         """The built-in routes answer GET only: anything else gets 405 here (and True)."""
         if method == "GET":
             return False
-        self._discard_body()
         self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
         return True
 
@@ -358,8 +338,8 @@ class _Handler(JsonHandler):
         self._dispatch("DELETE")
 
     def __getattr__(self, name: str) -> Any:
-        # Any other method (HEAD, OPTIONS, or made up) is authenticated and then answered 405
-        # or 404 by the router, instead of the stdlib's 501 with an HTML body.
+        # Any other method (HEAD, OPTIONS, or made up) goes to the router too, which answers
+        # 405 or 404 after the token check.
         if name.startswith("do_"):
             method = name[3:]
             return lambda: self._dispatch(method)

@@ -26,6 +26,7 @@ from cloudstack_storpool.typedjson import (
     is_dataclass_type,
     is_mapping_type,
     is_sequence_type,
+    range_of,
     strip_annotated,
     to_json,
     union_args,
@@ -63,6 +64,9 @@ class SchemaBuilder:
 
     def schema(self, tp: Any, field_name: str = "") -> dict[str, Any]:
         """The schema of a value of type `tp` (checked by `typedjson.parse` under the same name)."""
+        bounds = range_of(tp)
+        if bounds is not None and strip_annotated(tp) is int:
+            return {"type": "integer", "format": "int64", "minimum": bounds.lo, "maximum": bounds.hi}
         tp = strip_annotated(tp)
         if isinstance(tp, Unresolved):
             raise UnsupportedType(f"{field_name}: cannot resolve annotation {tp.text!r}")

@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from cloudstack_storpool.httpjson import end_headers_with
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.signing import SignatureError, verify_request
 
@@ -603,6 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: SimHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "CloudStackSim/1.0"
+    disable_nagle_algorithm = True  # with one write per reply: no delayed-ACK stall on keep-alive
 
     def log_message(self, format: str, *args: Any) -> None:
         # The default logs the full request line: keep query strings (keys, signatures) out.
@@ -619,8 +621,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        end_headers_with(self, data)
 
     def _handle(self) -> None:
         url = urlsplit(self.path)

@@ -8,14 +8,19 @@ accepted and a field they do not know is refused, as the real API refuses unknow
 One lock (`Model.lock`) guards everything, including the data-plane work of a mutation: clones
 are reflinks where possible, so holding it is cheap, and it makes name uniqueness and group
 snapshots atomic for free.
+
+A change costs the same at 100 objects as at 10,000: objects report their own changes (so a
+change is journaled by what it touched, `journal.py`), children and dated snapshots are indexed
+rather than searched for, and the raw space used is kept as a running sum. Data changes only
+through an attached device, so an object's stored bytes are read when it appears, when its
+size or replication changes and when it is detached; objects attached at the time of a
+capacity check or a space view are read again then.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import os
 import re
 import threading
 import time
@@ -28,6 +33,7 @@ from storpool.spapi import clear_none
 from storpool.spcatch import InvalidArgumentError
 
 from integration.storpool_sim.dataplane import DataPlane, DataPlaneError, Exposure
+from integration.storpool_sim.journal import StateStore, load_state
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,14 @@ class SpObject:
     target_delete_date: int | None = None
     created_from: str | None = None
     created_from_vid: int | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Once the model adopted the object, every change is reported to it (journal, indexes).
+        watch = self.__dict__.get("_watch")
+        old = self.__dict__.get(name)
+        object.__setattr__(self, name, value)
+        if watch is not None:
+            watch(self, name, old)
 
     @property
     def display(self) -> str:
@@ -238,16 +252,69 @@ class Model:
             sp.ClientId.handleVal(c)
             self.clients[int(c)] = ClientState(start_time=self.started)
         self.attachments: dict[str, dict[int, Attachment]] = {}
+        self.kids: dict[str, set[str]] = {}
+        """Parent gid -> the gids of its children."""
+        self.dated: set[str] = set()
+        """Objects with a `target_delete_date` (what `expire` looks at)."""
+        self.raw_used = 0
+        """Sum over objects of stored bytes x replication (see `_account`)."""
+        self._raw: dict[str, int] = {}
+        self._stored: dict[str, int] = {}
+        self._touched: set[str] = set()
+        self._removed: set[str] = set()
         self.state_file = self.dp.data_dir / "state.json"
-        if self.state_file.exists():
-            self._load()
+        state = load_state(self.dp.data_dir) if persist else None
+        if state is not None:
+            self._load(state)
+        self._store = StateStore(self.dp.data_dir) if persist else None
+        if self._store is not None and (state is None or self._store.records):
+            self._store.compact(self._state())
+        self._touched.clear()
+        self._removed.clear()
         self._restore_devices()
 
+    def _adopt(self, o: SpObject) -> None:
+        """`o` joins the cluster: indexed, watched, journaled."""
+        self.objects[o.gid] = o
+        if o.parent:
+            self.kids.setdefault(o.parent, set()).add(o.gid)
+        if o.target_delete_date is not None:
+            self.dated.add(o.gid)
+        self._account(o, restat=True)
+        self._touched.add(o.gid)
+        object.__setattr__(o, "_watch", self._changed)
+
+    def _account(self, o: SpObject, *, restat: bool = False) -> None:
+        """Bring `o`'s share of `raw_used` up to date (reading its file when `restat`)."""
+        if restat or o.gid not in self._stored:
+            parent = o.parent if o.parent in self.objects else None
+            self._stored[o.gid] = self.dp.stored_bytes(o.gid, parent)
+        share = min(self._stored[o.gid], o.size) * o.replication
+        self.raw_used += share - self._raw.get(o.gid, 0)
+        self._raw[o.gid] = share
+
+    def _refresh_attached(self) -> None:
+        """Attached objects may have been written since: read them again (attachments, not n)."""
+        for gid in self.attachments:
+            o = self.objects.get(gid)
+            if o is not None:
+                self._account(o, restat=True)
+
+    def _changed(self, o: SpObject, attr: str, old: Any) -> None:
+        self._touched.add(o.gid)
+        if attr == "parent":
+            if old:
+                self.kids.get(old, set()).discard(o.gid)
+            if o.parent:
+                self.kids.setdefault(o.parent, set()).add(o.gid)
+        elif attr == "target_delete_date":
+            (self.dated.add if o.target_delete_date is not None else self.dated.discard)(o.gid)
+        elif attr in ("size", "replication") and o.gid in self._raw:
+            self._account(o, restat=attr == "size")
+
     # ---- persistence -------------------------------------------------------------------------
-    def _save(self) -> None:
-        if not self.persist:
-            return
-        state = {
+    def _state(self) -> dict[str, Any]:
+        return {
             "generation": self.generation,
             "nextVid": self.next_vid,
             "objects": [asdict(o) for o in self.objects.values()],
@@ -258,17 +325,37 @@ class Model:
                 for gid, per in self.attachments.items()
             },
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-        os.replace(tmp, self.state_file)
 
-    def _load(self) -> None:
-        state = json.loads(self.state_file.read_text())
+    def _save(self) -> None:
+        """Journal what this change touched (the whole state only at compaction)."""
+        if self._store is None:
+            self._touched.clear()
+            self._removed.clear()
+            return
+        touched = self._touched
+        record = {
+            "generation": self.generation,
+            "nextVid": self.next_vid,
+            "put": [asdict(self.objects[g]) for g in sorted(touched) if g in self.objects],
+            "del": sorted(g for g in self._removed if g not in self.objects),
+            "attachments": {
+                g: {str(c): {"rights": a.rights, "pos": a.pos} for c, a in self.attachments.get(g, {}).items()}
+                for g in sorted(touched | self._removed)
+            },
+            "templates": [asdict(t) for t in self.templates.values()],
+            "placementGroups": {k: sorted(v) for k, v in self.placement_groups.items()},
+        }
+        self._touched, self._removed = set(), set()
+        self._store.append(record)
+        if self._store.due(len(self.objects)):
+            self._store.compact(self._state())
+
+    def _load(self, state: dict[str, Any]) -> None:
         self.generation = int(state["generation"])
         self.next_vid = int(state["nextVid"])
         for od in state["objects"]:
             o = SpObject(**od)
-            self.objects[o.gid] = o
+            self._adopt(o)
             if o.name is not None and not o.deleted:
                 self.by_name[o.name] = o.gid
         self.templates = {td["name"]: Template(**td) for td in state["templates"]}
@@ -295,6 +382,9 @@ class Model:
                         self.dp.detach(c, gid, o.name if o else None, a.exposure, force=True)
                         a.exposure = None
             self._save()
+            if self._store is not None:
+                self._store.compact(self._state())
+                self._store.close()
             self.dp.close()
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -333,7 +423,8 @@ class Model:
         return o
 
     def children(self, o: SpObject) -> list[SpObject]:
-        return [x for x in self.objects.values() if x.parent == o.gid]
+        found = (self.objects.get(g) for g in self.kids.get(o.gid, ()))
+        return sorted((x for x in found if x is not None and x.parent == o.gid), key=lambda x: x.vid)
 
     def _check_name_free(self, name: str) -> None:
         if name in self.by_name:
@@ -351,8 +442,11 @@ class Model:
         return name
 
     def stored(self, o: SpObject) -> int:
-        """`storedSize`: client data written to `o` itself (never more than its size)."""
-        return min(self.dp.stored_bytes(o.gid, o.parent if o.parent in self.objects else None), o.size)
+        """`storedSize`: client data written to `o` itself (never more than its size), as of its
+        last reading (see the module docstring)."""
+        if o.gid not in self._stored:
+            self._account(o, restat=True)
+        return min(self._stored[o.gid], o.size)
 
     def space_used(self, o: SpObject) -> int:
         """`spaceUsed`: client data readable through `o`, its parents' included (no replication)."""
@@ -365,7 +459,8 @@ class Model:
         return total
 
     def used_raw(self) -> int:
-        return sum(self.stored(o) * o.replication for o in self.objects.values())
+        self._refresh_attached()
+        return self.raw_used
 
     def _check_space(self) -> None:
         if self.used_raw() >= self.capacity:
@@ -408,7 +503,7 @@ class Model:
                 o.tags.pop(k, None)
             else:
                 o.tags[k] = v
-
+        o.tags = o.tags  # in place above: report the change
     def _delete_date(self, p: dict[str, JSON]) -> int | None:
         if "deleteAfter" in p:
             return self.now() + int(p["deleteAfter"])
@@ -427,6 +522,14 @@ class Model:
         """Drop an object; a deleted or bound parent left without children goes with it."""
         self.dp.remove(o.gid)
         self.objects.pop(o.gid, None)
+        self.raw_used -= self._raw.pop(o.gid, 0)
+        self._stored.pop(o.gid, None)
+        object.__setattr__(o, "_watch", None)
+        if o.parent:
+            self.kids.get(o.parent, set()).discard(o.gid)
+        self.kids.pop(o.gid, None)
+        self.dated.discard(o.gid)
+        self._removed.add(o.gid)
         if o.name is not None and self.by_name.get(o.name) == o.gid:
             del self.by_name[o.name]
         self.attachments.pop(o.gid, None)
@@ -450,10 +553,11 @@ class Model:
     def expire(self) -> None:
         """Delete snapshots whose `targetDeleteDate` has passed (attached ones wait)."""
         now = self.now()
+        dated = (self.objects.get(g) for g in sorted(self.dated))
         due = [
             o
-            for o in self.objects.values()
-            if o.snapshot and not o.deleted and o.target_delete_date is not None
+            for o in dated
+            if o is not None and o.snapshot and not o.deleted and o.target_delete_date is not None
             and o.target_delete_date <= now and not self.attached(o)
         ]
         if not due:
@@ -674,12 +778,15 @@ class Model:
         return chain
 
     def q_volumes_space(self, _a: str | None, _b: JSON) -> JSON:
+        self._refresh_attached()
         return [self.space(o) for o in self._sorted(False)]
 
     def q_snapshots_space(self, _a: str | None, _b: JSON) -> JSON:
+        self._refresh_attached()
         return [self.space(o) for o in self._sorted(True)]
 
     def q_volumes_status(self, _a: str | None, _b: JSON) -> JSON:
+        self._refresh_attached()
         return {o.display: self.status(o) for o in sorted(self.objects.values(), key=lambda o: o.vid)}
 
     def q_attachments(self, _a: str | None, _b: JSON) -> JSON:
@@ -706,6 +813,7 @@ class Model:
         return self.template_desc(self._template(str(a)))
 
     def q_templates_status(self, _a: str | None, _b: JSON) -> JSON:
+        self._refresh_attached()
         return [self.template_status(t) for t in sorted(self.templates.values(), key=lambda t: t.name)]
 
     def q_placement_groups(self, _a: str | None, _b: JSON) -> JSON:
@@ -808,7 +916,7 @@ class Model:
             o.parent = parent.gid
         else:
             self.dp.create(gid, size)
-        self.objects[gid] = o
+        self._adopt(o)
         if name is not None:
             self.by_name[name] = gid
         return self.ok(name=o.display, globalId=gid, **extra)
@@ -830,7 +938,7 @@ class Model:
         self._merge_tags(s, p.get("tags"))
         self.dp.clone(vol.gid, gid)
         self.dp.make_readonly(gid)
-        self.objects[gid] = s
+        self._adopt(s)
         if name is not None:
             self.by_name[name] = gid
         vol.parent = gid
@@ -942,6 +1050,8 @@ class Model:
             if att.exposure is not None:
                 self.dp.detach(c, o.gid, o.name, att.exposure, force=True)
         self.attachments.pop(o.gid, None)
+        self._touched.add(o.gid)
+        self._account(o, restat=True)
 
     def q_volume_delete(self, a: str | None, body: JSON) -> JSON:
         if body is None:
@@ -1057,6 +1167,7 @@ class Model:
         touched = set()
         for o, c, new_rights, _force in changes:
             touched.add(c)
+            self._touched.add(o.gid)
             per = self.attachments.setdefault(o.gid, {})
             att = per.pop(c, None)
             if att is not None and att.exposure is not None:
@@ -1068,6 +1179,7 @@ class Model:
                 per[c] = Attachment(new_rights, pos, exp)
             if not per:
                 self.attachments.pop(o.gid, None)
+            self._account(o, restat=True)
         for o, _p in plan:
             if o.gid in self.objects:
                 self._collect(o)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from cloudstack_storpool.httpjson import end_headers_with
 from integration.storpool_sim.dataplane import DataPlane
 from integration.storpool_sim.faults import FaultInjector
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Model, SpApiError, Template
@@ -58,6 +59,7 @@ def parse_path(path: str) -> tuple[str, str | None, str | None]:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # with one write per reply: no delayed-ACK stall on keep-alive
 
     def log_message(self, format: str, *args: Any) -> None:
         """Request lines go to debug logging; the token is in a header, never in the line."""
@@ -74,8 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        end_headers_with(self, body)
 
     def _drop(self) -> None:
         """Close the socket without an answer: the client sees a reset/empty reply."""

@@ -35,7 +35,9 @@ def test_up_serves_every_part_and_down_releases_everything(tmp_path: Path) -> No
         health = requests.get(state["service"] + "/v1/health", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert health.status_code == 200, health.text
         assert requests.get(state["service"] + "/v1/health", timeout=10).status_code == 401
-        agent = requests.get(next(iter(state["agents"].values())) + "/v1/facts",
+        agent_url = next(iter(state["agents"].values()))
+        assert agent_url.startswith("https://")  # the stack's agents serve TLS, verified with its CA
+        agent = requests.get(agent_url + "/v1/facts", verify=secrets["CLOUDSTACK_STORPOOL_AGENT_CA"],
                              headers={"Authorization": f"Bearer {secrets['CLOUDSTACK_STORPOOL_AGENT_TOKEN']}"}, timeout=10)
         assert agent.status_code == 200 and agent.json()["client_id"] in (1, 2)
         again = _cli("up", "--run-dir", str(run_dir), "--json")  # idempotent: the same stack

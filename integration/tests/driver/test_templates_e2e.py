@@ -119,7 +119,8 @@ SCRIPT = textwrap.dedent("""
     cs = CloudStackClient(env["CLOUDSTACK_ENDPOINT"], env["CLOUDSTACK_KEY"], env["CLOUDSTACK_SECRET"])
     settings = Settings(cs, file=SettingsFile(env["CLOUDSTACK_STORPOOL_SETTINGS"]))
     ctx = DriverContext(pools=load_pools(env["CSSP_POOLS_FILE"]), cloudstack=cs, settings=settings,
-                        agents=AgentDirectory(cs, env["CLOUDSTACK_STORPOOL_AGENT_TOKEN"]))
+                        agents=AgentDirectory(cs, env["CLOUDSTACK_STORPOOL_AGENT_TOKEN"],
+                                              ca_file=env["CLOUDSTACK_STORPOOL_AGENT_CA"]))
     src = TemplateSource(**job["source"])
     print("ready", flush=True)
     sys.stdin.readline()

@@ -70,7 +70,9 @@ def test_insufficient_resources_when_full(tmp_path: Path) -> None:
     with run_emulator(tmp_path / "d", tmp_path / "v", use_loop=False, capacity=4 * MiB) as sp:
         api = sp.api()
         gid = api.volumeCreate({"name": "v", "size": GiB, "template": "ssd"}).globalId
-        with open(sp.object_file(gid), "r+b") as f:
+        # Data reaches StorPool through an attached device, as on a real host.
+        api.volumesReassign([{"volume": "v", "rw": [1]}])
+        with open(sp.device_path(1, gid), "r+b") as f:
             f.write(os.urandom(2 * MiB))
             f.flush()
             os.fsync(f.fileno())

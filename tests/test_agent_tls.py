@@ -1,0 +1,163 @@
+"""The agent link over TLS with a CA made by the test: the driver's client verifies the agent's
+certificate (CA, validity, name); the agent refuses plain HTTP off loopback unless told."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.commands import Context
+from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
+from cloudstack_storpool.agent.tls import INSECURE_WARNING, server_context, serving_context
+from cloudstack_storpool.driver.agents import AgentDirectory
+from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.spconn import StorPoolConn
+from integration.certs import Issued, TestCA
+
+
+class _OneHost:
+    """The CloudStack lookups AgentDirectory makes, for one host (no other dependency)."""
+
+    def __init__(self, ip_address: str, port: int) -> None:
+        self.h = SimpleNamespace(id="h1", name="kvm1", ip_address=ip_address, agent_port=port)
+
+    def host(self, host_id: str) -> Any:
+        return self.h if host_id == self.h.id else None
+
+TOKEN = "tls-test-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+def cas(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, TestCA]:
+    return TestCA(tmp_path_factory.mktemp("ca")), TestCA(tmp_path_factory.mktemp("other-ca"), "another CA")
+
+
+def _serve(tmp_path: Path, issued: Issued) -> AgentServer:
+    host = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
+                      secondary_roots=(str(tmp_path),))
+    srv = AgentServer(("127.0.0.1", 0), TOKEN, lambda: Context(
+        host=host, conn=StorPoolConn("127.0.0.1", 1, "t", retries=0, timeout=1)),
+        tls=server_context(str(issued.cert), str(issued.key)))
+    serve_in_thread(srv)
+    return srv
+
+
+@pytest.fixture
+def agent(tmp_path: Path, cas: tuple[TestCA, TestCA]) -> Iterator[AgentServer]:
+    srv = _serve(tmp_path, cas[0].issue("good"))
+    yield srv
+    srv.shutdown_all()
+
+
+def test_the_driver_talks_to_an_agent_whose_certificate_its_ca_signed(agent: AgentServer,
+                                                                       cas: tuple[TestCA, TestCA]) -> None:
+    assert agent.url.startswith("https://127.0.0.1:")
+    client = AgentClient(agent.url, TOKEN, ca_file=str(cas[0].ca_file), poll_interval=0.05)
+    assert client.facts()["client_id"] == 1
+    job = client.start("facts", {})
+    assert client.wait(str(job["id"]), timeout=30)["client_id"] == 1
+    # Through the directory, as the driver dials a CloudStack host.
+    cs = _OneHost("127.0.0.1", agent.server_address[1])
+    d = AgentDirectory(cs, TOKEN, ca_file=str(cas[0].ca_file))  # type: ignore[arg-type]
+    assert d.for_host("h1").base_url.startswith("https://")
+    assert d.for_host("h1").facts()["client_id"] == 1
+
+
+@pytest.mark.parametrize("case", ["other-ca", "expired", "not-yet-valid", "other-name"])
+def test_the_driver_refuses_an_agent_certificate_that_does_not_verify(tmp_path: Path, cas: tuple[TestCA, TestCA],
+                                                                      case: str) -> None:
+    ca, other = cas
+    now = dt.datetime.now(dt.UTC)
+    issued = {
+        "other-ca": lambda: other.issue("foreign"),
+        "expired": lambda: ca.issue("expired", not_before=now - dt.timedelta(days=10),
+                                    not_after=now - dt.timedelta(days=1)),
+        "not-yet-valid": lambda: ca.issue("future", not_before=now + dt.timedelta(days=1)),
+        "other-name": lambda: ca.issue("elsewhere", ("10.9.8.7", "kvm-elsewhere.example")),
+    }[case]()
+    srv = _serve(tmp_path, issued)
+    try:
+        client = AgentClient(srv.url, TOKEN, ca_file=str(ca.ca_file), timeout=5)
+        with pytest.raises(AgentRequestError) as exc:
+            client.facts()
+        assert exc.value.code == "tls"
+        assert "certificate" in str(exc.value).lower()
+        assert TOKEN not in str(exc.value)
+        assert srv.jobs.list() == []
+    finally:
+        srv.shutdown_all()
+
+
+def test_plain_http_to_a_tls_agent_gets_nothing_and_the_agent_keeps_serving(agent: AgentServer,
+                                                                            cas: tuple[TestCA, TestCA]) -> None:
+    plain = agent.url.replace("https://", "http://")
+    with pytest.raises(requests.RequestException):
+        requests.get(plain + "/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    # A client that opens TLS and never completes the handshake costs no worker either.
+    stalled = [socket.create_connection(agent.server_address[:2]) for _ in range(40)]
+    try:
+        client = AgentClient(agent.url, TOKEN, ca_file=str(cas[0].ca_file), timeout=5)
+        assert client.facts()["client_id"] == 1
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_an_https_client_needs_a_ca_file() -> None:
+    with pytest.raises(ValueError, match="CA file"):
+        AgentClient("https://127.0.0.1:1", TOKEN)
+
+
+def test_the_driver_sends_no_token_in_clear_to_an_agent_off_loopback() -> None:
+    cs = _OneHost("10.1.2.3", 8259)
+    d = AgentDirectory(cs, TOKEN)  # type: ignore[arg-type]
+    with pytest.raises(AgentRequestError) as exc:
+        d.for_host("h1")
+    assert exc.value.code == "tls" and "CLOUDSTACK_STORPOOL_AGENT_CA" in str(exc.value)
+    d = AgentDirectory(cs, TOKEN, insecure_http=True)  # type: ignore[arg-type]
+    assert d.for_host("h1").base_url == "http://10.1.2.3:8259"
+
+
+def test_serving_rules(cas: tuple[TestCA, TestCA], caplog: pytest.LogCaptureFixture) -> None:
+    good = cas[0].issue("rules")
+    assert serving_context("127.0.0.1", None, None, insecure_http=False) is None
+    assert serving_context("::1", None, None, insecure_http=False) is None
+    with pytest.raises(ValidationError) as exc:
+        serving_context("0.0.0.0", None, None, insecure_http=False)
+    assert exc.value.field == "listen"
+    with pytest.raises(ValidationError) as exc:
+        serving_context("10.0.0.5", str(good.cert), None, insecure_http=False)
+    assert exc.value.field == "tls_key"
+    with pytest.raises(ValidationError) as exc:
+        serving_context("10.0.0.5", str(good.cert), str(good.key), insecure_http=True)
+    assert exc.value.field == "insecure_http"
+    with pytest.raises(ValidationError) as exc:
+        serving_context("10.0.0.5", str(good.cert), str(cas[1].directory / "ca.key"), insecure_http=False)
+    assert exc.value.field == "tls_cert"
+    assert serving_context("0.0.0.0", str(good.cert), str(good.key), insecure_http=False) is not None
+    with caplog.at_level(logging.WARNING):
+        assert serving_context("0.0.0.0", None, None, insecure_http=True) is None
+    assert INSECURE_WARNING in caplog.text
+
+
+def test_agent_serve_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
+    from cloudstack_storpool.agent.cli import agent_group
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    result = CliRunner().invoke(agent_group, ["serve", "--listen", "0.0.0.0:0", "--token-file", str(token),
+                                              "--client-id", "1", "--sp-host", "127.0.0.1", "--sp-port", "1"])
+    assert result.exit_code != 0
+    assert "--insecure-http" in result.output and "loopback" in result.output
