@@ -32,6 +32,7 @@ from cloudstack_storpool.heartbeat.hostloop import HostLoop, LoopConfig
 from cloudstack_storpool.poolconfig import PoolsFile, load_pools
 from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
+from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -112,6 +113,7 @@ class LocalStack:
         ))
         self.cs: SimHandle = self._exit.enter_context(run_simulator(state=self.root / "cloudstack.json"))
         model = self.cs.model
+        model.image_store = str(self.secondary)  # the zone's image store, as the hosts mount it
         zone = next(iter(model.zones.values()))
         self.zone_id: str = zone.id
         pools_toml = []
@@ -188,6 +190,7 @@ class LocalStack:
 
     def start_service(self) -> str:
         """The driver service over this stack's context, on a loopback port; returns its URL.
+        The simulator is told about it, so users' storage commands reach the plugin.
 
         Its token is written by `write_secrets`, never printed."""
         from cloudstack_storpool.service import make_server, serve_in_thread
@@ -203,7 +206,10 @@ class LocalStack:
 
         self._exit.callback(stop)
         host, port = server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        url = f"http://{host!s}:{port}"
+        # The simulator plays CloudStack: its storage commands call the plugin through this service.
+        self.cs.model.plugin = StoragePlugin(url, self.service_token, self.agent_token)
+        return url
 
     def pools(self) -> PoolsFile:
         return load_pools(self.pools_file)

@@ -20,9 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cloudstack_storpool.settings.registry import SettingType, all_settings
+
+if TYPE_CHECKING:
+    from integration.cloudstack_sim.plugin_calls import StoragePlugin
 
 _NAMESPACE = uuid.UUID("5b0c1a52-3f0e-4c1e-9d7a-6f1d2c3b4a59")
 
@@ -128,6 +131,10 @@ class Template:
     account: str = "admin"
     url: str = ""
     created: str = ""
+    install_path: str = ""
+    """Where the image sits on the image store (secondary storage), relative to its root."""
+    pools: list[str] = field(default_factory=list)
+    """Pools holding a copy (CloudStack's template_spool_ref)."""
 
 
 @dataclass
@@ -168,6 +175,7 @@ class StoragePool:
     used: int = 0
     state: str = "Up"
     tags: str = ""
+    url: str = ""
 
 
 @dataclass
@@ -203,6 +211,8 @@ class Volume:
     state: str = "Ready"
     account: str = "admin"
     created: str = ""
+    template_id: str | None = None
+    """The template a ROOT volume was made from."""
 
 
 @dataclass
@@ -216,6 +226,10 @@ class Snapshot:
     physical_size: int = 0
     created: str = ""
     account: str = "admin"
+    path: str | None = None
+    """Where the primary-storage driver keeps it (what the plugin returned)."""
+    backup_path: str | None = None
+    """Its copy on the image store, relative to the store's root; None: kept on primary only."""
 
 
 @dataclass
@@ -353,6 +367,10 @@ class CloudStackModel:
         self._job_failures: dict[str, list[str]] = {}
         self._instance_counter = 2
         self._seeding = False
+        # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
+        self.plugin: StoragePlugin | None = None
+        self.image_store: str | None = None
+        """The image store's root as the KVM hosts see it (secondary storage)."""
 
     # ------------------------------------------------------------------ helpers
 

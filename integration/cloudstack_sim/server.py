@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from integration.cloudstack_sim import model as m
+from integration.cloudstack_sim import storage_commands
 from integration.cloudstack_sim.signing import SignatureError, verify_request
 
 log = logging.getLogger(__name__)
@@ -512,6 +513,10 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+STORAGE_COMMANDS = storage_commands.HANDLERS
+"""Users' storage commands (storage_commands.py): they call the storage plugin."""
+
+
 # ---------------------------------------------------------------------------- dispatch
 
 
@@ -535,6 +540,12 @@ def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
 def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[int, Item]:
     """Run one command; returns (HTTP status, body inside the `<cmd>response` envelope)."""
     try:
+        storage = STORAGE_COMMANDS.get(command)
+        if storage is not None:
+            # Outside the lock: the plugin these commands call asks this API while it works.
+            result = storage(model, params)
+            model.save()
+            return 200, result
         with model.lock:
             if command in LIST_COMMANDS:
                 spec = LIST_COMMANDS[command]
