@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import cs
+import pytest
 
 from integration.stack import LocalStack
-from integration.tests.workflows.support import BYID, deploy, sp_volume, template, volumes_of, with_image
+from integration.tests.workflows.support import BYID, deploy, offering, one, sp_volume, template, volumes_of, with_image
 
 
 def test_two_vms_from_one_template_copy_it_once(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
@@ -29,3 +30,93 @@ def test_two_vms_from_one_template_copy_it_once(stack: LocalStack, cloud: cs.Clo
         host_client = stack.agents[vm["hostid"]].client_id
         attached = {int(a.client) for a in sp.attachmentsList() if a.volume == v.name}
         assert attached == {host_client}
+
+
+def test_vm_snapshot_take_revert_delete(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "app-snap")
+    cloud.createVolume(name="app-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                       virtualmachineid=vm["id"])
+    disks = [sp_volume(sp, v["path"]) for v in volumes_of(cloud, vm["id"])]
+    for d in disks:
+        stack.sp.write_object(d.globalId, 0, b"before")
+    vms = cloud.createVMSnapshot(virtualmachineid=vm["id"], name="pre-upgrade")["vmsnapshot"]
+    assert vms["state"] == "Ready" and vms["type"] == "Disk"
+    members = [s for s in sp.snapshotsList() if s.tags.get("uuid") == vms["id"]]
+    assert len(members) == len(disks) == 2 and all(s.tags.get("cvm") == vm["id"] for s in members)
+    for d in disks:
+        stack.sp.write_object(d.globalId, 0, b"after!")
+
+    with pytest.raises(cs.CloudStackApiException) as refused:
+        cloud.revertToVMSnapshot(vmsnapshotid=vms["id"])  # running: a disk-only snapshot needs it stopped
+    assert refused.value.error["errorcode"] == 431
+    cloud.stopVirtualMachine(id=vm["id"])
+    cloud.revertToVMSnapshot(vmsnapshotid=vms["id"])
+    for v in volumes_of(cloud, vm["id"]):
+        assert stack.sp.read_object(sp_volume(sp, v["path"]).globalId, 0, 6) == b"before"
+
+    cloud.deleteVMSnapshot(vmsnapshotid=vms["id"])
+    assert cloud.listVMSnapshot(virtualmachineid=vm["id"]) == {}
+    assert all(s.deleted for s in sp.snapshotsList() if s.tags.get("uuid") == vms["id"])
+
+
+def test_stop_start_and_live_migrate(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    hosts = cloud.listHosts(type="Routing")["host"]
+    first, second = hosts[0]["id"], hosts[1]["id"]
+    vm = deploy(cloud, tpl, "mover", hostid=first)
+    disk = sp_volume(sp, volumes_of(cloud, vm["id"])[0]["path"])
+
+    def attached() -> set[int]:
+        return {int(a.client) for a in sp.attachmentsList() if a.volume == disk.name}
+
+    assert vm["hostid"] == first and attached() == {stack.agents[first].client_id}
+    moved = cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=second)["virtualmachine"]
+    assert moved["hostid"] == second and moved["state"] == "Running"
+    stopped = cloud.stopVirtualMachine(id=vm["id"])["virtualmachine"]
+    assert stopped["state"] == "Stopped" and "hostid" not in stopped
+    # A start on another host takes the disk over: attached there only, never on two hosts.
+    started = cloud.startVirtualMachine(id=vm["id"], hostid=first)["virtualmachine"]
+    assert started["state"] == "Running" and started["hostid"] == first
+    assert attached() == {stack.agents[first].client_id}
+    assert cloud.rebootVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
+
+
+def test_destroy_with_expunge_then_delete_the_template(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    base = template(cloud)
+    with_image(stack, base)
+    vm = deploy(cloud, base, "short-lived")
+    root = volumes_of(cloud, vm["id"])[0]
+    data = cloud.createVolume(name="keeps", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                              virtualmachineid=vm["id"])["volume"]
+    cloud.stopVirtualMachine(id=vm["id"])
+    tpl = cloud.createTemplate(name="short-tpl", displaytext="t", ostypeid="1", volumeid=root["id"])["template"]
+    cache = [s.name for s in sp.snapshotsList() if s.tags.get("uuid") == tpl["id"]]
+    assert len(cache) == 1
+
+    cloud.destroyVirtualMachine(id=vm["id"], expunge=True)
+    assert cloud.listVirtualMachines(id=None, name="short-lived") == {}
+    assert sp_volume(sp, root["path"]) is None  # the ROOT volume is gone with the VM
+    left = sp_volume(sp, data["path"])  # the data disk outlives it, untagged
+    assert left is not None and not left.tags.get("cvm")
+    assert one(cloud, "listVolumes", "volume", id=data["id"]).get("virtualmachineid") is None
+
+    # Deleting the template: CloudStack's storage cleanup evicts it from the pool.
+    cloud.deleteTemplate(id=tpl["id"])
+    assert not [s for s in sp.snapshotsList() if s.name in cache and not s.deleted]
+    assert not [p for p in stack.secondary_files() if tpl["id"] in p]
+
+
+def test_vm_tag_becomes_vc_policy(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "tagged")
+    cloud.createVolume(name="tagged-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                       virtualmachineid=vm["id"])
+    paths = [v["path"] for v in volumes_of(cloud, vm["id"])]
+    cloud.createTags(resourceids=vm["id"], resourcetype="UserVm", tags=[{"key": "vc-policy", "value": "gold"}])
+    assert all(sp_volume(sp, p).tags.get("vc-policy") == "gold" for p in paths)
+    cloud.deleteTags(resourceids=vm["id"], resourcetype="UserVm", tags=[{"key": "vc-policy"}])
+    assert all(not sp_volume(sp, p).tags.get("vc-policy") for p in paths)
