@@ -101,8 +101,13 @@ def _async(model: m.CloudStackModel, command: str, work: Callable[[], Item], *, 
         try:
             result = work()
         except m.ApiError as exc:
-            status, code = 2, exc.code if exc.code in (431, 530) else 530
-            result = {"errorcode": code, "cserrorcode": exc.cserrorcode, "errortext": exc.text}
+            # ApiAsyncJobDispatcher: a bad parameter ends the job with 431 and no cserrorcode;
+            # anything else (a plugin failure included) with 530.
+            status = 2
+            if isinstance(exc, m.ParamError | m.MissingParam):
+                code, result = 431, {"errorcode": 431, "errortext": exc.text}
+            else:
+                code, result = 530, {"errorcode": 530, "cserrorcode": exc.cserrorcode, "errortext": exc.text}
         except Exception as exc:
             log.exception("%s job failed", command)
             status, code = 2, 530
@@ -298,8 +303,8 @@ def delete_tags(model: m.CloudStackModel, p: Params) -> Item:
 
 def _tags(model: m.CloudStackModel, p: Params, cmd: str, *, remove: bool) -> Item:
     _required(cmd, p, "resourceids", "resourcetype")
-    if not remove:
-        _required(cmd, p, "tags")  if not _tags_param(p) else None
+    if not remove and not _tags_param(p):
+        raise m.MissingParam(f"Unable to execute API command {cmd.lower()} due to missing parameter tags")
     if p["resourcetype"].lower() not in ("uservm", "virtualmachine"):
         raise m.ParamError(f"Tags on {p['resourcetype']} are not served by this simulator (UserVm only)")
     vm_ids = [x.strip() for x in p["resourceids"].split(",") if x.strip()]
