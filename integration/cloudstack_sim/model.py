@@ -403,9 +403,10 @@ class CloudStackModel:
             }
             data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
             data["instance_counter"] = self._instance_counter
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(self.state_path)
+            # Written under the lock too: async jobs save from their own threads.
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            tmp.replace(self.state_path)
 
     def load(self) -> bool:
         """Load the state file if it exists; True when something was loaded."""
