@@ -255,6 +255,19 @@ class LocalStack:
             raw.unlink(missing_ok=True)
         return path
 
+    def publish_template_images(self) -> list[str]:
+        """Put every registered template's image on the image store where CloudStack keeps it
+        (template/tmpl/1/<id>/<id>.<format>), as after its download: for `up`, so that a
+        user's deployVirtualMachine works. Returns the templates that got one."""
+        done = []
+        for tpl in list(self.cs.model.templates.values()):
+            fmt = tpl.format.lower()
+            if (self.secondary / "template" / "tmpl" / "1" / tpl.id / f"{tpl.id}.{fmt}").exists():
+                continue
+            self.template_image(tpl.id, tpl.size, {0: f"{tpl.name} boot sector".encode()}, fmt)
+            done.append(tpl.name)
+        return done
+
     def source_of(self, image: Path, fmt: str = "qcow2") -> TemplateSource:
         """How CloudStack would name `image` (a file under secondary storage) to the driver."""
         return TemplateSource(str(self.secondary), str(image.relative_to(self.secondary)), fmt)

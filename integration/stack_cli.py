@@ -59,6 +59,7 @@ def serve_stack(run_dir: Path) -> None:
     signal.signal(signal.SIGINT, stop)
     with LocalStack(run_dir / "stack", heartbeat_interval=5.0) as stack:
         service_url = stack.start_service()
+        stack.publish_template_images()  # deployVirtualMachine by hand needs the images
         state = {
             "pid": os.getpid(),
             "storpool": f"http://{stack.sp.host}:{stack.sp.port}",
