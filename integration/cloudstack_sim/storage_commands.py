@@ -39,9 +39,7 @@ def _wire() -> ModuleType:
 
 
 def _required(cmd: str, p: Params, *names: str) -> None:
-    for name in names:
-        if not p.get(name):
-            raise m.MissingParam(f"Unable to execute API command {cmd.lower()} due to missing parameter {name}")
+    _wire()._required(cmd, p, *names)
 
 
 def _need(table: Mapping[str, Any], p: Params, name: str) -> Any:
@@ -57,31 +55,18 @@ def _opt_need(table: Mapping[str, Any], p: Params, name: str) -> Any:
 
 
 def _long(p: Params, name: str) -> int | None:
-    raw = p.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise m.ParamError(f"Unable to execute API command due to invalid value. Invalid parameter {name} "
-                           f"value={raw} due to incorrect long value format, or entity does not exist or "
-                           "due to incorrect parameter annotation for the field in api cmd class.") from None
+    value: int | None = _wire()._int(p, name)
+    return value
 
 
 def _flag(p: Params, name: str, default: bool = False) -> bool:
-    raw = p.get(name)
-    return default if raw is None or raw == "" else raw.lower() == "true"
+    return default if not p.get(name) else bool(_wire()._flag(p, name))
 
 
 def _tags_param(p: Params) -> dict[str, str]:
     """`tags[0].key=k&tags[0].value=v`, as the `cs` client spells a list of maps."""
-    keys: dict[str, str] = {}
-    values: dict[str, str] = {}
-    for name, value in p.items():
-        if name.startswith("tags[") and "]." in name:
-            index, _, fld = name[5:].partition("].")
-            (keys if fld.lower() == "key" else values)[index] = value
-    return {keys[i]: values.get(i, "") for i in keys}
+    found: dict[str, str] = _wire()._tag_filters(p)
+    return found
 
 
 # ---------------------------------------------------------------------------- async jobs
@@ -122,6 +107,17 @@ def _async(model: m.CloudStackModel, command: str, work: Callable[[], Item], *, 
     if instance_id:
         out["id"] = instance_id
     return out
+
+
+def _job(model: m.CloudStackModel, command: str, instance_type: str, instance_id: str, action: Callable[[], object],
+         answer: Callable[[], Item]) -> Item:
+    """The common shape: one orchestrator action on one record, then that record as the answer."""
+
+    def work() -> Item:
+        action()
+        return answer()
+
+    return _async(model, command, work, instance_type=instance_type, instance_id=instance_id)
 
 
 def _vm_item(model: m.CloudStackModel, vm_id: str) -> Item:
@@ -208,23 +204,15 @@ def start_vm(model: m.CloudStackModel, p: Params) -> Item:
     host = _opt_need(model.hosts, p, "hostid")
     if vm.state == "Running":
         raise m.ParamError(f"VM {vm.name} is already running")
-
-    def work() -> Item:
-        orch.start_vm(model, vm.id, host.id if host else None)
-        return _vm_item(model, vm.id)
-
-    return _async(model, "startVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
+    return _job(model, "startVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.start_vm(model, vm.id, host.id if host else None), lambda: _vm_item(model, vm.id))
 
 
 def stop_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("stopVirtualMachine", p, "id")
     vm = _vm_param(model, p)
-
-    def work() -> Item:
-        orch.stop_vm(model, vm.id)
-        return _vm_item(model, vm.id)
-
-    return _async(model, "stopVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
+    return _job(model, "stopVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.stop_vm(model, vm.id), lambda: _vm_item(model, vm.id))
 
 
 def reboot_vm(model: m.CloudStackModel, p: Params) -> Item:
@@ -282,12 +270,8 @@ def expunge_vm(model: m.CloudStackModel, p: Params) -> Item:
     vm = _vm_param(model, p)
     if vm.state != "Destroyed":
         raise m.ParamError(f"Please specify a VM that is in Destroyed state; {vm.name} is {vm.state}")
-
-    def work() -> Item:
-        orch.destroy_vm(model, vm.id, expunge=True)
-        return _success()
-
-    return _async(model, "expungeVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
+    return _job(model, "expungeVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.destroy_vm(model, vm.id, expunge=True), _success)
 
 
 # ---------------------------------------------------------------------------- tags
@@ -383,12 +367,8 @@ def attach_volume(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("Please specify a volume with the valid type: DATADISK")
     if vm.state not in ("Running", "Stopped"):
         raise m.ParamError(f"Please specify a VM that is either running or stopped; {vm.name} is {vm.state}")
-
-    def work() -> Item:
-        orch.attach_volume(model, vol.id, vm.id, device)
-        return _volume_item(model, vol.id)
-
-    return _async(model, "attachVolume", work, instance_type="Volume", instance_id=vol.id)
+    return _job(model, "attachVolume", "Volume", vol.id,
+                lambda: orch.attach_volume(model, vol.id, vm.id, device), lambda: _volume_item(model, vol.id))
 
 
 def detach_volume(model: m.CloudStackModel, p: Params) -> Item:
@@ -406,12 +386,8 @@ def detach_volume(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("Please specify a volume that is attached to a VM.")
     if vol.type == "ROOT":
         raise m.ParamError("Please specify a data volume.")
-
-    def work() -> Item:
-        orch.detach_volume(model, vol.id)
-        return _volume_item(model, vol.id)
-
-    return _async(model, "detachVolume", work, instance_type="Volume", instance_id=vol.id)
+    return _job(model, "detachVolume", "Volume", vol.id,
+                lambda: orch.detach_volume(model, vol.id), lambda: _volume_item(model, vol.id))
 
 
 def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
@@ -462,12 +438,8 @@ def migrate_volume(model: m.CloudStackModel, p: Params) -> Item:
     vm = model.vms.get(vol.vm_id or "")
     if vm is not None and vm.state == "Running" and not _flag(p, "livemigrate"):
         raise m.ParamError("Volume needs to be detached from VM, or pass livemigrate=true")
-
-    def work() -> Item:
-        orch.migrate_volume(model, vol.id, pool.id)
-        return _volume_item(model, vol.id)
-
-    return _async(model, "migrateVolume", work, instance_type="Volume", instance_id=vol.id)
+    return _job(model, "migrateVolume", "Volume", vol.id,
+                lambda: orch.migrate_volume(model, vol.id, pool.id), lambda: _volume_item(model, vol.id))
 
 
 def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
@@ -501,12 +473,7 @@ def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
 def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     _required("deleteSnapshot", p, "id")
     snap = _need(model.snapshots, p, "id")
-
-    def work() -> Item:
-        orch.delete_snapshot(model, snap.id)
-        return _success()
-
-    return _async(model, "deleteSnapshot", work, instance_type="Snapshot", instance_id=snap.id)
+    return _job(model, "deleteSnapshot", "Snapshot", snap.id, lambda: orch.delete_snapshot(model, snap.id), _success)
 
 
 def revert_snapshot(model: m.CloudStackModel, p: Params) -> Item:
@@ -599,23 +566,14 @@ def revert_to_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     if snap.type == "Disk" and vm.state == "Running":
         raise m.ParamError("VM Snapshot reverting failed due to vm is not in the state as Shutdown or Running, "
                            "and a disk-only snapshot needs the VM stopped")
-
-    def work() -> Item:
-        orch.revert_vm_snapshot(model, snap.id)
-        return _vm_item(model, vm.id)
-
-    return _async(model, "revertToVMSnapshot", work, instance_type="VMSnapshot", instance_id=snap.id)
+    return _job(model, "revertToVMSnapshot", "VMSnapshot", snap.id,
+                lambda: orch.revert_vm_snapshot(model, snap.id), lambda: _vm_item(model, vm.id))
 
 
 def delete_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     _required("deleteVMSnapshot", p, "vmsnapshotid")
     snap = _need(model.vm_snapshots, p, "vmsnapshotid")
-
-    def work() -> Item:
-        orch.delete_vm_snapshot(model, snap.id)
-        return _success()
-
-    return _async(model, "deleteVMSnapshot", work, instance_type="VMSnapshot", instance_id=snap.id)
+    return _job(model, "deleteVMSnapshot", "VMSnapshot", snap.id, lambda: orch.delete_vm_snapshot(model, snap.id), _success)
 
 
 HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {

@@ -42,6 +42,16 @@ def deploy(cloud: cs.CloudStack, tpl: dict[str, Any], name: str, **extra: Any) -
     return dict(res["virtualmachine"])
 
 
+def vm_with_data_disk(stack: LocalStack, cloud: cs.CloudStack, name: str) -> dict[str, Any]:
+    """A running VM from the seeded template with one `sp-small` data disk attached."""
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, name)
+    cloud.createVolume(name=f"{name}-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                       virtualmachineid=vm["id"])
+    return vm
+
+
 def volumes_of(cloud: cs.CloudStack, vm_id: str) -> list[dict[str, Any]]:
     return sorted(cloud.listVolumes(virtualmachineid=vm_id).get("volume", []), key=lambda v: v.get("deviceid", 0))
 

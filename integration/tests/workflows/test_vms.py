@@ -8,7 +8,17 @@ import cs
 import pytest
 
 from integration.stack import LocalStack
-from integration.tests.workflows.support import BYID, deploy, offering, one, sp_volume, template, volumes_of, with_image
+from integration.tests.workflows.support import (
+    BYID,
+    deploy,
+    offering,
+    one,
+    sp_volume,
+    template,
+    vm_with_data_disk,
+    volumes_of,
+    with_image,
+)
 
 
 def test_two_vms_from_one_template_copy_it_once(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
@@ -33,11 +43,7 @@ def test_two_vms_from_one_template_copy_it_once(stack: LocalStack, cloud: cs.Clo
 
 
 def test_vm_snapshot_take_revert_delete(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
-    tpl = template(cloud)
-    with_image(stack, tpl)
-    vm = deploy(cloud, tpl, "app-snap")
-    cloud.createVolume(name="app-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
-                       virtualmachineid=vm["id"])
+    vm = vm_with_data_disk(stack, cloud, "app-snap")
     disks = [sp_volume(sp, v["path"]) for v in volumes_of(cloud, vm["id"])]
     for d in disks:
         stack.sp.write_object(d.globalId, 0, b"before")
@@ -110,11 +116,7 @@ def test_destroy_with_expunge_then_delete_the_template(stack: LocalStack, cloud:
 
 
 def test_vm_tag_becomes_vc_policy(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
-    tpl = template(cloud)
-    with_image(stack, tpl)
-    vm = deploy(cloud, tpl, "tagged")
-    cloud.createVolume(name="tagged-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
-                       virtualmachineid=vm["id"])
+    vm = vm_with_data_disk(stack, cloud, "tagged")
     paths = [v["path"] for v in volumes_of(cloud, vm["id"])]
     cloud.createTags(resourceids=vm["id"], resourcetype="UserVm", tags=[{"key": "vc-policy", "value": "gold"}])
     assert all(sp_volume(sp, p).tags.get("vc-policy") == "gold" for p in paths)
