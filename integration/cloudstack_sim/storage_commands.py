@@ -120,14 +120,23 @@ def _job(model: m.CloudStackModel, command: str, instance_type: str, instance_id
     return _async(model, command, work, instance_type=instance_type, instance_id=instance_id)
 
 
+def _render(model: m.CloudStackModel, key: str, renderer: str, table: Mapping[str, Any],
+            obj_id: str) -> Callable[[], Item]:
+    """The answer of a job: the record as it is when the job ends, rendered by server.py."""
+
+    def answer() -> Item:
+        with model.lock:
+            return {key: getattr(_wire(), renderer)(model, table[obj_id])}
+
+    return answer
+
+
 def _vm_item(model: m.CloudStackModel, vm_id: str) -> Item:
-    with model.lock:
-        return {"virtualmachine": _wire()._vm(model, model.vms[vm_id])}
+    return _render(model, "virtualmachine", "_vm", model.vms, vm_id)()
 
 
 def _volume_item(model: m.CloudStackModel, volume_id: str) -> Item:
-    with model.lock:
-        return {"volume": _wire()._volume(model, model.volumes[volume_id])}
+    return _render(model, "volume", "_volume", model.volumes, volume_id)()
 
 
 def _success() -> Item:
@@ -193,14 +202,10 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
     return _async(model, "deployVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
 
 
-def _vm_param(model: m.CloudStackModel, p: Params, name: str = "id") -> m.VirtualMachine:
-    vm: m.VirtualMachine = _need(model.vms, p, name)
-    return vm
-
 
 def start_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("startVirtualMachine", p, "id")
-    vm = _vm_param(model, p)
+    vm = _need(model.vms, p, "id")
     host = _opt_need(model.hosts, p, "hostid")
     if vm.state == "Running":
         raise m.ParamError(f"VM {vm.name} is already running")
@@ -210,14 +215,14 @@ def start_vm(model: m.CloudStackModel, p: Params) -> Item:
 
 def stop_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("stopVirtualMachine", p, "id")
-    vm = _vm_param(model, p)
+    vm = _need(model.vms, p, "id")
     return _job(model, "stopVirtualMachine", "VirtualMachine", vm.id,
                 lambda: orch.stop_vm(model, vm.id), lambda: _vm_item(model, vm.id))
 
 
 def reboot_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("rebootVirtualMachine", p, "id")
-    vm = _vm_param(model, p)
+    vm = _need(model.vms, p, "id")
     if vm.state != "Running":
         raise m.ParamError(f"Unable to reboot VM {vm.name}: it is {vm.state}")
 
@@ -232,7 +237,7 @@ def reboot_vm(model: m.CloudStackModel, p: Params) -> Item:
 
 def migrate_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("migrateVirtualMachine", p, "virtualmachineid")
-    vm = _vm_param(model, p, "virtualmachineid")
+    vm = _need(model.vms, p, "virtualmachineid")
     host = _opt_need(model.hosts, p, "hostid")
     if vm.state == "Running" and host is None:
         raise m.ParamError("hostid is required to migrate a running VM")
@@ -253,7 +258,7 @@ def migrate_vm(model: m.CloudStackModel, p: Params) -> Item:
 
 def destroy_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("destroyVirtualMachine", p, "id")
-    vm = _vm_param(model, p)
+    vm = _need(model.vms, p, "id")
     expunge = _flag(p, "expunge")
 
     def work() -> Item:
@@ -267,7 +272,7 @@ def destroy_vm(model: m.CloudStackModel, p: Params) -> Item:
 
 def expunge_vm(model: m.CloudStackModel, p: Params) -> Item:
     _required("expungeVirtualMachine", p, "id")
-    vm = _vm_param(model, p)
+    vm = _need(model.vms, p, "id")
     if vm.state != "Destroyed":
         raise m.ParamError(f"Please specify a VM that is in Destroyed state; {vm.name} is {vm.state}")
     return _job(model, "expungeVirtualMachine", "VirtualMachine", vm.id,
@@ -351,15 +356,11 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
     return _async(model, "createVolume", work, instance_type="Volume", instance_id=vol.id)
 
 
-def _volume_param(model: m.CloudStackModel, p: Params, name: str = "id") -> m.Volume:
-    vol: m.Volume = _need(model.volumes, p, name)
-    return vol
-
 
 def attach_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("attachVolume", p, "id", "virtualmachineid")
-    vol = _volume_param(model, p)
-    vm = _vm_param(model, p, "virtualmachineid")
+    vol = _need(model.volumes, p, "id")
+    vm = _need(model.vms, p, "virtualmachineid")
     device = _long(p, "deviceid")
     if vol.vm_id:
         raise m.ParamError(f"Please specify a volume that is not attached to any VM; {vol.name} is attached")
@@ -373,10 +374,10 @@ def attach_volume(model: m.CloudStackModel, p: Params) -> Item:
 
 def detach_volume(model: m.CloudStackModel, p: Params) -> Item:
     if p.get("id"):
-        vol = _volume_param(model, p)
+        vol = _need(model.volumes, p, "id")
     else:
         _required("detachVolume", p, "virtualmachineid", "deviceid")
-        vm = _vm_param(model, p, "virtualmachineid")
+        vm = _need(model.vms, p, "virtualmachineid")
         device = _long(p, "deviceid")
         found = [v for v in model.volumes.values() if v.vm_id == vm.id and v.device_id == device]
         if not found:
@@ -392,7 +393,7 @@ def detach_volume(model: m.CloudStackModel, p: Params) -> Item:
 
 def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("resizeVolume", p, "id")
-    vol = _volume_param(model, p)
+    vol = _need(model.volumes, p, "id")
     offering = _opt_need(model.disk_offerings, p, "diskofferingid")
     size_gb = _long(p, "size")
     new_size = size_gb * GIB if size_gb else (offering.disk_size_gb * GIB if offering and offering.disk_size_gb
@@ -411,7 +412,7 @@ def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
 
 def change_offering_for_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("changeOfferingForVolume", p, "id", "diskofferingid")
-    vol = _volume_param(model, p)
+    vol = _need(model.volumes, p, "id")
     offering = _need(model.disk_offerings, p, "diskofferingid")
     size_gb = _long(p, "size")
     new_size = size_gb * GIB if size_gb else (offering.disk_size_gb * GIB or vol.size)
@@ -429,7 +430,7 @@ def change_offering_for_volume(model: m.CloudStackModel, p: Params) -> Item:
 
 def migrate_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("migrateVolume", p, "volumeid", "storageid")
-    vol = _volume_param(model, p, "volumeid")
+    vol = _need(model.volumes, p, "volumeid")
     pool = _need(model.storage_pools, p, "storageid")
     if vol.storage_id == pool.id:
         raise m.ParamError(f"Volume {vol.name} is already on pool {pool.name}")
@@ -445,7 +446,7 @@ def migrate_volume(model: m.CloudStackModel, p: Params) -> Item:
 def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
     """Synchronous, as DeleteVolumeCmd is (a BaseCmd, not an async one)."""
     _required("deleteVolume", p, "id")
-    vol = _volume_param(model, p)
+    vol = _need(model.volumes, p, "id")
     if vol.vm_id:
         raise m.ParamError("Please specify a volume that is not attached to any VM.")
     orch.delete_volume(model, vol.id)
@@ -457,17 +458,13 @@ def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
 
 def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     _required("createSnapshot", p, "volumeid")
-    vol = _volume_param(model, p, "volumeid")
+    vol = _need(model.volumes, p, "volumeid")
     if vol.state != "Ready" or not vol.path:
         raise m.ParamError(f"VolumeId: {vol.id} is not in Ready state but {vol.state}. Cannot take snapshot.")
     snap = orch.allocate_snapshot(model, vol.id, p.get("name"))
 
-    def work() -> Item:
-        orch.take_snapshot(model, snap.id)
-        with model.lock:
-            return {"snapshot": _wire()._snapshot(model, model.snapshots[snap.id])}
-
-    return _async(model, "createSnapshot", work, instance_type="Snapshot", instance_id=snap.id)
+    return _job(model, "createSnapshot", "Snapshot", snap.id, lambda: orch.take_snapshot(model, snap.id),
+                _render(model, "snapshot", "_snapshot", model.snapshots, snap.id))
 
 
 def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
@@ -486,12 +483,8 @@ def revert_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     if vm is not None and vm.state != "Stopped":
         raise m.ParamError(f"The VM the specified disk is attached to is not in the shutdown state; it is {vm.state}")
 
-    def work() -> Item:
-        orch.revert_snapshot(model, snap.id)
-        with model.lock:
-            return {"snapshot": _wire()._snapshot(model, model.snapshots[snap.id])}
-
-    return _async(model, "revertSnapshot", work, instance_type="Snapshot", instance_id=snap.id)
+    return _job(model, "revertSnapshot", "Snapshot", snap.id, lambda: orch.revert_snapshot(model, snap.id),
+                _render(model, "snapshot", "_snapshot", model.snapshots, snap.id))
 
 
 # ---------------------------------------------------------------------------- templates
@@ -511,13 +504,10 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
                                "first to create a template")
     tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume)
 
-    def work() -> Item:
-        orch.create_template(model, tpl.id, snapshot_id=snapshot.id if snapshot else None,
-                             volume_id=volume.id if volume else None)
-        with model.lock:
-            return {"template": _wire()._template(model, model.templates[tpl.id])}
-
-    return _async(model, "createTemplate", work, instance_type="Template", instance_id=tpl.id)
+    snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
+    return _job(model, "createTemplate", "Template", tpl.id,
+                lambda: orch.create_template(model, tpl.id, snapshot_id=snapshot_id, volume_id=volume_id),
+                _render(model, "template", "_template", model.templates, tpl.id))
 
 
 def delete_template(model: m.CloudStackModel, p: Params) -> Item:
@@ -541,7 +531,7 @@ def delete_template(model: m.CloudStackModel, p: Params) -> Item:
 
 def create_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     _required("createVMSnapshot", p, "virtualmachineid")
-    vm = _vm_param(model, p, "virtualmachineid")
+    vm = _need(model.vms, p, "virtualmachineid")
     if vm.state not in ("Running", "Stopped"):
         raise m.ParamError(f"Creating VM snapshot failed due to VM:{vm.id} is not in the running or Stopped state")
     memory = _flag(p, "snapshotmemory")
@@ -549,12 +539,8 @@ def create_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("Can not snapshot memory when VM is not in Running state")
     snap = orch.allocate_vm_snapshot(model, vm.id, p.get("name"), p.get("description", ""), memory=memory)
 
-    def work() -> Item:
-        orch.take_vm_snapshot(model, snap.id)
-        with model.lock:
-            return {"vmsnapshot": _wire()._vm_snapshot(model, model.vm_snapshots[snap.id])}
-
-    return _async(model, "createVMSnapshot", work, instance_type="VMSnapshot", instance_id=snap.id)
+    return _job(model, "createVMSnapshot", "VMSnapshot", snap.id, lambda: orch.take_vm_snapshot(model, snap.id),
+                _render(model, "vmsnapshot", "_vm_snapshot", model.vm_snapshots, snap.id))
 
 
 def revert_to_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
