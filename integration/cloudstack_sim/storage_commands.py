@@ -356,7 +356,6 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
     return _async(model, "createVolume", work, instance_type="Volume", instance_id=vol.id)
 
 
-
 def attach_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("attachVolume", p, "id", "virtualmachineid")
     vol = _need(model.volumes, p, "id")
@@ -391,16 +390,22 @@ def detach_volume(model: m.CloudStackModel, p: Params) -> Item:
                 lambda: orch.detach_volume(model, vol.id), lambda: _volume_item(model, vol.id))
 
 
+def _new_size(vol: m.Volume, offering: m.DiskOffering | None, p: Params) -> int:
+    """VolumeApiServiceImpl's size rule: `size` (GB), else the new offering's size, else the
+    current one; a smaller size must be signed off with `shrinkok=true`."""
+    size_gb = _long(p, "size")
+    new_size = size_gb * GIB if size_gb else ((offering.disk_size_gb if offering else 0) * GIB or vol.size)
+    if new_size < vol.size and not _flag(p, "shrinkok"):
+        raise m.ParamError(f"Going from existing size of {vol.size} to size of {new_size} would shrink the volume."
+                           "Need to sign off by supplying the shrinkok parameter with value of true.")
+    return new_size
+
+
 def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("resizeVolume", p, "id")
     vol = _need(model.volumes, p, "id")
     offering = _opt_need(model.disk_offerings, p, "diskofferingid")
-    size_gb = _long(p, "size")
-    new_size = size_gb * GIB if size_gb else (offering.disk_size_gb * GIB if offering and offering.disk_size_gb
-                                              else vol.size)
-    if new_size < vol.size and not _flag(p, "shrinkok"):
-        raise m.ParamError(f"Going from existing size of {vol.size} to size of {new_size} would shrink the volume."
-                           "Need to sign off by supplying the shrinkok parameter with value of true.")
+    new_size = _new_size(vol, offering, p)
 
     def work() -> Item:
         orch.resize_volume(model, vol.id, new_size, offering=offering, shrink_ok=_flag(p, "shrinkok"),
@@ -414,11 +419,7 @@ def change_offering_for_volume(model: m.CloudStackModel, p: Params) -> Item:
     _required("changeOfferingForVolume", p, "id", "diskofferingid")
     vol = _need(model.volumes, p, "id")
     offering = _need(model.disk_offerings, p, "diskofferingid")
-    size_gb = _long(p, "size")
-    new_size = size_gb * GIB if size_gb else (offering.disk_size_gb * GIB or vol.size)
-    if new_size < vol.size and not _flag(p, "shrinkok"):
-        raise m.ParamError(f"Going from existing size of {vol.size} to size of {new_size} would shrink the volume."
-                           "Need to sign off by supplying the shrinkok parameter with value of true.")
+    new_size = _new_size(vol, offering, p)
 
     def work() -> Item:
         orch.change_volume_offering(model, vol.id, offering, new_size, shrink_ok=_flag(p, "shrinkok"),
