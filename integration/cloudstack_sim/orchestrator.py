@@ -237,6 +237,13 @@ def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
             model.stop_vm(vm_id)
 
 
+def reboot_vm(model: m.CloudStackModel, vm_id: str) -> None:
+    """VirtualMachineManagerImpl.orchestrateReboot: RebootCommand inside the hypervisor; the
+    disks stay connected, storage is not called."""
+    with model.lock:
+        model.add_event("VM.REBOOT", f"Rebooted VM {model.vms[vm_id].name}", vm_id, "VirtualMachine")
+
+
 def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
     """VirtualMachineManagerImpl.migrate: PrepareForMigrationCommand on the target connects the
     disks, MigrateCommand moves the domain, the source disconnects them. No plugin call on this
@@ -397,12 +404,13 @@ def resize_volume(model: m.CloudStackModel, volume_id: str, new_size: int, *, of
         model.add_event("VOLUME.RESIZE", f"Volume {vol.name} resized to {new_size}", vol.id, "Volume")
 
 
-def change_volume_offering(model: m.CloudStackModel, volume_id: str, offering: m.DiskOffering, new_size: int, *,
+def change_volume_offering(model: m.CloudStackModel, volume_id: str, new_size: int, *, offering: m.DiskOffering | None,
                            shrink_ok: bool, min_iops: int | None, max_iops: int | None) -> None:
     """VolumeApiServiceImpl.changeDiskOfferingForVolume: a new size goes the resize way with the
     new offering in the payload (`resize_volume`); the same size re-applies the offering's
     StorPool template, `qc` and IOPS in place (`change_volume_offering`): StorPool pools suit
     every offering, so no migration is needed."""
+    assert offering is not None  # required by the command
     with model.lock:
         vol = model.volumes[volume_id]
     if new_size != vol.size:

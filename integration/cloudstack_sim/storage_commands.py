@@ -194,13 +194,11 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
                           data_size=data_gb * GIB if data_gb else None)
     start = _flag(p, "startvm", True)
 
-    def work() -> Item:
-        if start:
+    def action() -> None:
+        if start:  # startvm=false: records only, the volumes are created on the first start
             orch.start_vm(model, vm.id, host.id if host else None)
-        return _vm_item(model, vm.id)
 
-    return _async(model, "deployVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
-
+    return _job(model, "deployVirtualMachine", "VirtualMachine", vm.id, action, lambda: _vm_item(model, vm.id))
 
 
 def start_vm(model: m.CloudStackModel, p: Params) -> Item:
@@ -225,14 +223,8 @@ def reboot_vm(model: m.CloudStackModel, p: Params) -> Item:
     vm = _need(model.vms, p, "id")
     if vm.state != "Running":
         raise m.ParamError(f"Unable to reboot VM {vm.name}: it is {vm.state}")
-
-    def work() -> Item:
-        # A reboot happens inside the hypervisor: the disks stay connected, storage is not called.
-        with model.lock:
-            model.add_event("VM.REBOOT", f"Rebooted VM {vm.name}", vm.id, "VirtualMachine")
-        return _vm_item(model, vm.id)
-
-    return _async(model, "rebootVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
+    return _job(model, "rebootVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.reboot_vm(model, vm.id), lambda: _vm_item(model, vm.id))
 
 
 def migrate_vm(model: m.CloudStackModel, p: Params) -> Item:
@@ -401,32 +393,25 @@ def _new_size(vol: m.Volume, offering: m.DiskOffering | None, p: Params) -> int:
     return new_size
 
 
-def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
-    _required("resizeVolume", p, "id")
+def _resize_job(model: m.CloudStackModel, p: Params, command: str, action: Callable[..., None], *,
+                offering_required: bool) -> Item:
+    """resizeVolume and changeOfferingForVolume: the same parameters and size rule."""
+    _required(command, p, "id", *(("diskofferingid",) if offering_required else ()))
     vol = _need(model.volumes, p, "id")
-    offering = _opt_need(model.disk_offerings, p, "diskofferingid")
+    offering = (_need if offering_required else _opt_need)(model.disk_offerings, p, "diskofferingid")
     new_size = _new_size(vol, offering, p)
+    return _job(model, command, "Volume", vol.id,
+                lambda: action(model, vol.id, new_size, offering=offering, shrink_ok=_flag(p, "shrinkok"),
+                               min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops")),
+                lambda: _volume_item(model, vol.id))
 
-    def work() -> Item:
-        orch.resize_volume(model, vol.id, new_size, offering=offering, shrink_ok=_flag(p, "shrinkok"),
-                           min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"))
-        return _volume_item(model, vol.id)
 
-    return _async(model, "resizeVolume", work, instance_type="Volume", instance_id=vol.id)
+def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
+    return _resize_job(model, p, "resizeVolume", orch.resize_volume, offering_required=False)
 
 
 def change_offering_for_volume(model: m.CloudStackModel, p: Params) -> Item:
-    _required("changeOfferingForVolume", p, "id", "diskofferingid")
-    vol = _need(model.volumes, p, "id")
-    offering = _need(model.disk_offerings, p, "diskofferingid")
-    new_size = _new_size(vol, offering, p)
-
-    def work() -> Item:
-        orch.change_volume_offering(model, vol.id, offering, new_size, shrink_ok=_flag(p, "shrinkok"),
-                                    min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"))
-        return _volume_item(model, vol.id)
-
-    return _async(model, "changeOfferingForVolume", work, instance_type="Volume", instance_id=vol.id)
+    return _resize_job(model, p, "changeOfferingForVolume", orch.change_volume_offering, offering_required=True)
 
 
 def migrate_volume(model: m.CloudStackModel, p: Params) -> Item:
