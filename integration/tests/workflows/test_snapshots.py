@@ -124,3 +124,20 @@ def test_revert_a_volume_to_its_snapshot(stack: LocalStack, cloud: cs.CloudStack
     after = sp_volume(sp, data_disk["path"])
     assert stack.sp.read_object(after.globalId, 5 * MiB, 13) == b"first version"
     assert after.tags["cvm"] == data_disk["virtualmachineid"]  # the VM's tags survive the revert
+
+
+def test_volume_from_a_snapshot_gone_from_storpool_comes_from_its_backup(stack: LocalStack, cloud: cs.CloudStack,
+                                                                        sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "db-3")
+    root = volumes_of(cloud, vm["id"])[0]
+    stack.sp.write_object(sp_volume(sp, root["path"]).globalId, 7 * MiB, b"backed up")
+    set_bypass(stack, cloud, False)
+    snap = cloud.createSnapshot(volumeid=root["id"])["snapshot"]
+    # Removed on StorPool behind CloudStack's back: only the image-store copy is left.
+    sp.snapshotDelete(next(s.name for s in sp.snapshotsList() if s.tags.get("uuid") == snap["id"]))
+    copies = len(stack.agent_jobs("copy_to_volume"))
+    vol = cloud.createVolume(name="from-backup", snapshotid=snap["id"])["volume"]
+    assert len(stack.agent_jobs("copy_to_volume")) == copies + 1
+    assert stack.sp.read_object(sp_volume(sp, vol["path"]).globalId, 7 * MiB, 9) == b"backed up"

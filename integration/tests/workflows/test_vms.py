@@ -122,3 +122,15 @@ def test_vm_tag_becomes_vc_policy(stack: LocalStack, cloud: cs.CloudStack, sp: A
     assert all(sp_volume(sp, p).tags.get("vc-policy") == "gold" for p in paths)
     cloud.deleteTags(resourceids=vm["id"], resourcetype="UserVm", tags=[{"key": "vc-policy"}])
     assert all(not sp_volume(sp, p).tags.get("vc-policy") for p in paths)
+
+
+def test_a_failed_deploy_reports_the_plugins_error(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    tpl = template(cloud, "debian-12")  # registered, but its image is missing from the image store
+    with pytest.raises(cs.CloudStackApiException) as failed:
+        deploy(cloud, tpl, "no-image")
+    err = failed.value.error
+    assert err["errorcode"] == 530 and err["errortext"].startswith("cache_template failed")
+    vm = one(cloud, "listVirtualMachines", "virtualmachine", name="no-image")
+    assert vm["state"] == "Error"
+    # Nothing is left on StorPool by the failed fill.
+    assert not [v for v in sp.volumesList() if v.tags.get("uuid") == tpl["id"]]
