@@ -123,3 +123,20 @@ def test_a_plugin_failure_fails_the_job_with_its_text(cloud: cs.CloudStack, sp: 
     assert "not on StorPool" in err["errortext"]
     # CloudStack's record is unchanged.
     assert one(cloud, "listVolumes", "volume", id=vol["id"])["size"] == 10 * GiB
+
+
+def test_live_volume_migration_of_a_running_vms_disk(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                     vm: dict[str, Any]) -> None:
+    vol = cloud.createVolume(name="data-6", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                             virtualmachineid=vm["id"])["volume"]
+    target = one(cloud, "listStoragePools", "storagepool", name="storpool-hybrid")
+    with pytest.raises(cs.CloudStackApiException) as refused:
+        cloud.migrateVolume(volumeid=vol["id"], storageid=target["id"])  # attached to a running VM
+    assert refused.value.error["errorcode"] == 431
+    moved = cloud.migrateVolume(volumeid=vol["id"], storageid=target["id"], livemigrate=True)["volume"]
+    # In place: the same StorPool volume, still attached to the VM's host, now on the target's template.
+    assert moved["path"] == vol["path"] and moved["storageid"] == target["id"]
+    on_sp = sp_volume(sp, moved["path"])
+    assert on_sp.templateName == "hybrid" and on_sp.tags["cvm"] == vm["id"]
+    client = stack.agents[vm["hostid"]].client_id
+    assert {int(a.client) for a in sp.attachmentsList() if a.volume == on_sp.name} == {client}
