@@ -134,3 +134,31 @@ def test_a_failed_deploy_reports_the_plugins_error(stack: LocalStack, cloud: cs.
     assert vm["state"] == "Error"
     # Nothing is left on StorPool by the failed fill.
     assert not [v for v in sp.volumesList() if v.tags.get("uuid") == tpl["id"]]
+
+
+def test_volumes_are_made_on_first_start_and_go_on_expunge(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "later", startvm=False)
+    assert vm["state"] == "Stopped"
+    root = volumes_of(cloud, vm["id"])[0]
+    assert root["state"] == "Allocated" and "path" not in root  # nothing on StorPool yet
+    before = len(sp.volumesList())
+    cloud.startVirtualMachine(id=vm["id"])
+    root = volumes_of(cloud, vm["id"])[0]
+    assert root["state"] == "Ready" and sp_volume(sp, root["path"]) is not None
+    assert len(sp.volumesList()) == before + 1
+
+    # Stopped, its disks move to another pool with the VM (migrateVirtualMachine storageid=...).
+    cloud.stopVirtualMachine(id=vm["id"])
+    target = one(cloud, "listStoragePools", "storagepool", name="storpool-hybrid")
+    cloud.migrateVirtualMachine(virtualmachineid=vm["id"], storageid=target["id"])
+    root = volumes_of(cloud, vm["id"])[0]
+    assert root["storageid"] == target["id"] and sp_volume(sp, root["path"]).templateName == "hybrid"
+
+    destroyed = cloud.destroyVirtualMachine(id=vm["id"])["virtualmachine"]
+    assert destroyed["state"] == "Destroyed"
+    assert sp_volume(sp, root["path"]) is not None  # recoverable until expunged
+    cloud.expungeVirtualMachine(id=vm["id"])
+    assert sp_volume(sp, root["path"]) is None
+    assert cloud.listVirtualMachines(name="later") == {}
