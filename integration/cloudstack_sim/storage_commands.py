@@ -86,17 +86,14 @@ def _async(model: m.CloudStackModel, command: str, work: Callable[[], Item], *, 
         try:
             result = work()
         except m.ApiError as exc:
-            # ApiAsyncJobDispatcher: a bad parameter ends the job with 431 and no cserrorcode;
-            # anything else (a plugin failure included) with 530.
-            status = 2
-            if isinstance(exc, m.ParamError | m.MissingParam):
-                code, result = 431, {"errorcode": 431, "errortext": exc.text}
-            else:
-                code, result = 530, {"errorcode": 530, "cserrorcode": exc.cserrorcode, "errortext": exc.text}
+            # ApiAsyncJobDispatcher: an ExceptionResponse with 431 for a bad parameter, 530 for
+            # anything else (a plugin failure included), and no cserrorcode.
+            status, code = 2, 431 if exc.code == 431 else 530
+            result = {"errorcode": code, "errortext": exc.text}
         except Exception as exc:
             log.exception("%s job failed", command)
             status, code = 2, 530
-            result = {"errorcode": 530, "cserrorcode": 4250, "errortext": f"{command} failed: {type(exc).__name__}"}
+            result = {"errorcode": 530, "errortext": f"{command} failed: {type(exc).__name__}"}
         with model.lock:
             job.status, job.result_code, job.result = status, code, result
             job.ready_at = time.time() + model.job_delay
