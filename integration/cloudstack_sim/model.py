@@ -362,15 +362,15 @@ class CloudStackModel:
         # Not persisted: runtime-only state.
         self.jobs: dict[str, Job] = {}
         self.calls: list[Call] = []
+        # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
+        self.plugin: StoragePlugin | None = None
+        self.image_store: str | None = None
+        """The image store's root as the KVM hosts see it (secondary storage)."""
         self.job_delay = 0.0
         """Seconds an async job stays pending (jobstatus 0) before its result shows."""
         self._job_failures: dict[str, list[str]] = {}
         self._instance_counter = 2
         self._seeding = False
-        # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
-        self.plugin: StoragePlugin | None = None
-        self.image_store: str | None = None
-        """The image store's root as the KVM hosts see it (secondary storage)."""
 
     # ------------------------------------------------------------------ helpers
 

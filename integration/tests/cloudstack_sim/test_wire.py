@@ -250,7 +250,7 @@ def test_failed_async_job_surfaces_its_error_text(cs_sim: SimHandle, method: str
     with pytest.raises(facade.CloudStackJobError) as info:
         client.delete_template(tiny.id)  # VMs use it
     assert "are using it" in info.value.errortext
-    assert info.value.errorcode == 431  # a bad parameter inside a job (REFERENCE section 5)
+    assert info.value.errorcode == 431  # InvalidParameterValueException inside the job
     assert info.value.jobid
     assert "are using it" in str(info.value)
     assert client.template(tiny.id) is not None
