@@ -514,7 +514,9 @@ COMMANDS: dict[str, Command] = {
 
 
 STORAGE_COMMANDS = storage_commands.HANDLERS
-"""Users' storage commands (storage_commands.py): they call the storage plugin."""
+"""Users' storage commands (storage_commands.py): they call the storage plugin. Known commands
+like any other; `dispatch` runs them before taking the model's lock."""
+COMMANDS.update({name: Command(run, mutates=True) for name, run in STORAGE_COMMANDS.items()})
 
 
 # ---------------------------------------------------------------------------- dispatch
