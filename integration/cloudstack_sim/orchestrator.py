@@ -146,7 +146,8 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
     1. no template_spool_ref for this pool -> createBaseImageAsync -> driver.copyAsync(template
        on the image store -> the pool): `cache_template` (source = its image-store path);
     2. createVolumeFromBaseImageAsync -> driver.copyAsync(template on the pool -> volume):
-       `create_volume_from_template` (ROOT, the VM's service offering, size = rootdisksize)."""
+       `create_volume_from_template` (ROOT, the VM's service offering, which carries its
+       IOPS and StorPool template, size = rootdisksize)."""
     plugin = _plugin(model)
     pool = _pool_for(model, None, vm.zone_id)
     with model.lock:
@@ -162,8 +163,7 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
                 tpl.pools.append(pool.id)
     size = vol.size if vol.size > tpl.size else None
     result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
-                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id,
-                         iops=vol.max_iops if vol.max_iops else None)
+                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id)
     _created(model, vol.id, pool.id, result)
     with model.lock:
         if not vol.size or vol.size < tpl.size:

@@ -162,3 +162,14 @@ def test_volumes_are_made_on_first_start_and_go_on_expunge(stack: LocalStack, cl
     cloud.expungeVirtualMachine(id=vm["id"])
     assert sp_volume(sp, root["path"]) is None
     assert cloud.listVirtualMachines(name="later") == {}
+
+
+def test_the_service_offering_shapes_the_root_volume(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    fast = cloud.deployVirtualMachine(zoneid=tpl["zoneid"], templateid=tpl["id"], name="fast",
+                                      serviceofferingid=offering(cloud, "medium-iops", disk=False))["virtualmachine"]
+    hybrid = cloud.deployVirtualMachine(zoneid=tpl["zoneid"], templateid=tpl["id"], name="hybrid",
+                                        serviceofferingid=offering(cloud, "hybrid-root", disk=False))["virtualmachine"]
+    assert sp_volume(sp, volumes_of(cloud, fast["id"])[0]["path"]).iops == 1000
+    assert sp_volume(sp, volumes_of(cloud, hybrid["id"])[0]["path"]).templateName == "hybrid"
