@@ -230,6 +230,10 @@ class Snapshot:
     """Where the primary-storage driver keeps it (what the plugin returned)."""
     backup_path: str | None = None
     """Its copy on the image store, relative to the store's root; None: kept on primary only."""
+    storage_id: str | None = None
+    """The primary storage pool holding it (it outlives its volume there)."""
+    size: int = 0
+    """The volume's virtual size when it was taken (a snapshot outlives its volume)."""
 
 
 @dataclass

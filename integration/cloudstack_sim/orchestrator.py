@@ -306,10 +306,11 @@ def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offeri
     """VolumeApiServiceImpl.allocVolume: a record in state Allocated; no driver call."""
     with model.lock:
         if snapshot is not None:
-            src = model.volumes[snapshot.volume_id]
-            size = size or src.size
-            off_id = offering.id if offering else src.disk_offering_id
-            min_iops, max_iops = min_iops or src.min_iops, max_iops or src.max_iops
+            src = model.volumes.get(snapshot.volume_id)  # the snapshot may have outlived it
+            size = size or snapshot.size
+            off_id = offering.id if offering else (src.disk_offering_id if src else None)
+            if src is not None:
+                min_iops, max_iops = min_iops or src.min_iops, max_iops or src.max_iops
         else:
             assert offering is not None
             size = size or offering.disk_size_gb * GIB
@@ -331,8 +332,7 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
     with model.lock:
         snap = model.snapshots[snapshot_id]
         vol = model.volumes[volume_id]
-        src = model.volumes.get(snap.volume_id)
-        pool_id = src.storage_id if src is not None else None
+        pool_id = snap.storage_id
     if not pool_id:
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
@@ -465,7 +465,7 @@ def allocate_snapshot(model: m.CloudStackModel, volume_id: str, name: str | None
     with model.lock:
         vol = model.volumes[volume_id]
         snap = model.add_snapshot(volume_id, name or f"{vol.name}_{time_stamp()}")
-        snap.state = "Allocated"
+        snap.state, snap.size = "Allocated", vol.size
         return snap
 
 
@@ -491,7 +491,7 @@ def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
             model.snapshots.pop(snapshot_id, None)
         raise
     with model.lock:
-        snap.path = result["path"]
+        snap.path, snap.storage_id = result["path"], vol.storage_id
         backup = result.get("backup")
         snap.backup_path = backup["path"] if backup else None
         snap.physical_size = int(backup["physical_size"]) if backup else 0
@@ -504,10 +504,8 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
     on the pool of its volume; the image-store copy is CloudStack's to remove (it does)."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
-        vol = model.volumes.get(snap.volume_id)
-        pool_id = vol.storage_id if vol is not None else None
-    if snap.path and pool_id:
-        _plugin(model).call("delete_snapshot", pool=pool_id, snapshot_uuid=snap.id)
+    if snap.path and snap.storage_id:
+        _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id)
     if snap.backup_path and model.image_store:
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
@@ -528,8 +526,8 @@ def allocate_template(model: m.CloudStackModel, name: str, *, snapshot: m.Snapsh
                       volume: m.Volume | None) -> m.Template:
     """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet."""
     with model.lock:
-        source = volume if volume is not None else model.volumes[snapshot.volume_id]  # type: ignore[union-attr]
-        tpl = model.add_template(name, source.size, zone_id=source.zone_id, ready=False)
+        size, zone = (volume.size, volume.zone_id) if volume is not None else (snapshot.size, snapshot.zone_id)  # type: ignore[union-attr]
+        tpl = model.add_template(name, size, zone_id=zone, ready=False)
         tpl.public = tpl.featured = False
         tpl.install_path = f"template/tmpl/{ACCOUNT_ID}/{tpl.id}/{tpl.id}.qcow2"
         return tpl
@@ -543,8 +541,7 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
     the template cached on the source pool (so the pool holds it: a template_spool_ref)."""
     with model.lock:
         tpl = model.templates[template_id]
-        vol = model.volumes[volume_id] if volume_id else model.volumes[model.snapshots[snapshot_id].volume_id]  # type: ignore[index]
-        pool_id = vol.storage_id
+        pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
     try:
         _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
                             snapshot_uuid=snapshot_id, volume_uuid=volume_id,

@@ -307,7 +307,7 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
     offering = _opt_need(model.disk_offerings, p, "diskofferingid")
     if snapshot is None and offering is None:
         raise m.ParamError("Either disk Offering Id or snapshot Id must be passed whilst creating volume")
-    zone = p.get("zoneid") or (model.volumes[snapshot.volume_id].zone_id if snapshot else "")
+    zone = p.get("zoneid") or (snapshot.zone_id if snapshot else "")
     if snapshot is None:
         _need(model.zones, {"zoneid": zone}, "zoneid")
     vm = _opt_need(model.vms, p, "virtualmachineid")

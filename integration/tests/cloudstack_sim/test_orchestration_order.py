@@ -58,3 +58,48 @@ def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack) -> 
     destroy = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vms[0]["id"], expunge=True))
     assert [op for op, _ in destroy] == ["delete_volume", "vm_destroyed"]
     assert destroy[0][1]["volume_uuid"] == root["id"] and destroy[0][1]["path"] == root["path"]
+
+
+def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack) -> None:  # noqa: F811
+    stack.start_service()
+    cloud = cs.CloudStack(stack.cs.endpoint, stack.cs.key, stack.cs.secret, fetch_result=True, poll_interval=0.05,
+                          job_timeout=120)
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "snappy")
+    root = volumes_of(cloud, vm["id"])[0]
+    pool = stack.pool_id("storpool-primary")
+    snaps: list[dict[str, Any]] = []
+
+    take = calls_during(stack, lambda: snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"]))
+    assert [op for op, _ in take] == ["take_snapshot"]
+    assert take[0][1] == {"volume_uuid": root["id"], "snapshot_uuid": snaps[0]["id"],
+                          "secondary": {"store": str(stack.secondary),
+                                        "path": f"snapshots/2/{root['id']}/{snaps[0]['id']}.qcow2"}}
+
+    resize = calls_during(stack, lambda: cloud.resizeVolume(id=root["id"], size=1))
+    assert resize == [("resize_volume", {"volume_uuid": root["id"], "new_size": 1 << 30, "shrink_ok": False})]
+    snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"])  # of the 1 GiB volume
+
+    cloud.stopVirtualMachine(id=vm["id"])
+    made: list[dict[str, Any]] = []
+    template_calls = calls_during(stack, lambda: made.append(cloud.createTemplate(
+        name="t", displaytext="t", ostypeid="1", snapshotid=snaps[0]["id"])["template"]))
+    assert template_calls == [("create_template_from_snapshot", {
+        "pool": pool, "template_uuid": made[0]["id"], "snapshot_uuid": snaps[0]["id"],
+        "secondary": {"store": str(stack.secondary), "path": f"template/tmpl/2/{made[0]['id']}/{made[0]['id']}.qcow2"}})]
+
+    vm_snaps: list[dict[str, Any]] = []
+    group = calls_during(stack, lambda: vm_snaps.append(cloud.createVMSnapshot(virtualmachineid=vm["id"])["vmsnapshot"]))
+    assert group == [("take_vm_snapshot", {"vm_uuid": vm["id"], "vm_snapshot_uuid": vm_snaps[0]["id"],
+                                           "memory": False})]
+    gone = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vm["id"], expunge=True))
+    # VM snapshots go first (VMSnapshotManagerImpl.deleteAllVMSnapshots), then the volumes.
+    assert [op for op, _ in gone] == ["delete_vm_snapshot", "delete_volume", "vm_destroyed"]
+
+    drop = calls_during(stack, lambda: cloud.deleteSnapshot(id=snaps[0]["id"]))
+    assert drop == [("delete_snapshot", {"pool": pool, "snapshot_uuid": snaps[0]["id"]})]
+    # The snapshot outlived its volume; a volume can still be made from it, on its pool.
+    restored = calls_during(stack, lambda: cloud.createVolume(name="again", snapshotid=snaps[1]["id"]))
+    assert [op for op, _ in restored] == ["create_volume_from_snapshot"]
+    assert restored[0][1]["pool"] == pool and restored[0][1]["size"] == 1 << 30
