@@ -10,6 +10,7 @@ import cs
 
 from integration.stack import LocalStack
 from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported fixture)
+from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
 from integration.tests.workflows.support import deploy, offering, template, volumes_of, with_image
 
 
@@ -21,10 +22,7 @@ def calls_during(stack: LocalStack, work: Any) -> list[tuple[str, dict[str, Any]
     return [(c.operation, c.args) for c in plugin.calls[before:]]
 
 
-def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack) -> None:  # noqa: F811
-    stack.start_service()
-    cloud = cs.CloudStack(stack.cs.endpoint, stack.cs.key, stack.cs.secret, fetch_result=True, poll_interval=0.05,
-                          job_timeout=120)
+def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
     tpl = template(cloud)
     with_image(stack, tpl)
     pool = stack.pool_id("storpool-primary")
@@ -60,10 +58,7 @@ def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack) -> 
     assert destroy[0][1]["volume_uuid"] == root["id"] and destroy[0][1]["path"] == root["path"]
 
 
-def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack) -> None:  # noqa: F811
-    stack.start_service()
-    cloud = cs.CloudStack(stack.cs.endpoint, stack.cs.key, stack.cs.secret, fetch_result=True, poll_interval=0.05,
-                          job_timeout=120)
+def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
     tpl = template(cloud)
     with_image(stack, tpl)
     vm = deploy(cloud, tpl, "snappy")
