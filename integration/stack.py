@@ -36,6 +36,7 @@ from cloudstack_storpool.settings.localfile import SETTINGS_FILE_ENV, SettingsFi
 from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.certs import TestCA
+from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -116,6 +117,7 @@ class LocalStack:
         ))
         self.cs: SimHandle = self._exit.enter_context(run_simulator(state=self.root / "cloudstack.json"))
         model = self.cs.model
+        model.image_store = str(self.secondary)  # the zone's image store, as the hosts mount it
         zone = next(iter(model.zones.values()))
         self.zone_id: str = zone.id
         pools_toml = []
@@ -199,6 +201,7 @@ class LocalStack:
 
     def start_service(self) -> str:
         """The driver service over this stack's context, on a loopback port; returns its URL.
+        The simulator is told about it, so users' storage commands reach the plugin.
 
         Its token is written by `write_secrets`, never printed."""
         from cloudstack_storpool.service import make_server, serve_in_thread
@@ -214,7 +217,10 @@ class LocalStack:
 
         self._exit.callback(stop)
         host, port = server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        url = f"http://{host!s}:{port}"
+        # The simulator plays CloudStack: its storage commands call the plugin through this service.
+        self.cs.model.plugin = StoragePlugin(url, self.service_token, self.agent_token)
+        return url
 
     def pools(self) -> PoolsFile:
         return load_pools(self.pools_file)
@@ -259,6 +265,19 @@ class LocalStack:
         finally:
             raw.unlink(missing_ok=True)
         return path
+
+    def publish_template_images(self) -> list[str]:
+        """Put every registered template's image on the image store where CloudStack keeps it
+        (template/tmpl/1/<id>/<id>.<format>), as after its download: for `up`, so that a
+        user's deployVirtualMachine works. Returns the templates that got one."""
+        done = []
+        for tpl in list(self.cs.model.templates.values()):
+            fmt = tpl.format.lower()
+            if (self.secondary / "template" / "tmpl" / "1" / tpl.id / f"{tpl.id}.{fmt}").exists():
+                continue
+            self.template_image(tpl.id, tpl.size, {0: f"{tpl.name} boot sector".encode()}, fmt)
+            done.append(tpl.name)
+        return done
 
     def source_of(self, image: Path, fmt: str = "qcow2") -> TemplateSource:
         """How CloudStack would name `image` (a file under secondary storage) to the driver."""

@@ -105,6 +105,7 @@ def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool) -> None:
     with LocalStack(run_dir / "stack", heartbeat_interval=5.0) as stack:
         java = javacloud.build(stack) if java_cloud else None
         service_url = stack.start_service()
+        stack.publish_template_images()  # deployVirtualMachine by hand needs the images
         state = {
             "pid": os.getpid(),
             "storpool": f"http://{stack.sp.host}:{stack.sp.port}",

@@ -17,6 +17,7 @@ from types import FrameType
 import click
 
 from integration.cloudstack_sim.model import CloudStackModel
+from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.server import make_server
 from integration.cloudstack_sim.testing import DEFAULT_KEY
 
@@ -58,15 +59,27 @@ def _secret(secret: str | None, secret_file: Path | None) -> tuple[str, str]:
 @click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="file with the secret key; a random one is written there when missing")
 @click.option("--no-seed", is_flag=True, help="start empty instead of with the default topology")
+@click.option("--service-url", default=None, envvar="CSSP_SERVICE_URL", show_envvar=True,
+              help="the driver service the storage commands call (its token: CSSP_SERVICE_TOKEN)")
+@click.option("--image-store", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="secondary storage root as the KVM hosts see it")
 def cloudstack_cmd(listen: str, state: Path | None, key: str, secret: str | None, secret_file: Path | None,
-                   no_seed: bool) -> None:
-    """Run the CloudStack API simulator (signature v3, real envelopes, async jobs)."""
+                   no_seed: bool, service_url: str | None, image_store: Path | None) -> None:
+    """Run the CloudStack API simulator (signature v3, real envelopes, async jobs). With
+    --service-url, users' storage commands call the plugin as CloudStack's storage subsystem
+    does (tokens from CSSP_SERVICE_TOKEN and CLOUDSTACK_STORPOOL_AGENT_TOKEN)."""
     host, port = _parse_listen(listen)
     the_secret, origin = _secret(secret, secret_file)
     model = CloudStackModel(state_path=state)
     if not model.load() and not no_seed:
         model.seed()
         model.save()
+    if service_url:
+        token = os.environ.get("CSSP_SERVICE_TOKEN", "")
+        if not token:
+            raise click.BadParameter("CSSP_SERVICE_TOKEN must hold the service's token", param_hint="--service-url")
+        model.plugin = StoragePlugin(service_url, token, os.environ.get("CLOUDSTACK_STORPOOL_AGENT_TOKEN", ""))
+    model.image_store = str(image_store) if image_store else None
     server = make_server(model, {key: the_secret}, host=host, port=port)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -25,10 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 CONFIGURATION_FILE = Path(__file__).with_name("configuration.json")
 """CloudStack's configuration keys the plugin touches (name, Java type, default, scope...)."""
+
+if TYPE_CHECKING:
+    from integration.cloudstack_sim.plugin_calls import StoragePlugin
 
 _NAMESPACE = uuid.UUID("5b0c1a52-3f0e-4c1e-9d7a-6f1d2c3b4a59")
 
@@ -146,6 +149,10 @@ class Template:
     account: str = "admin"
     url: str = ""
     created: str = ""
+    install_path: str = ""
+    """Where the image sits on the image store (secondary storage), relative to its root."""
+    pools: list[str] = field(default_factory=list)
+    """Pools holding a copy (CloudStack's template_spool_ref)."""
 
 
 @dataclass
@@ -186,6 +193,7 @@ class StoragePool:
     used: int = 0
     state: str = "Up"
     tags: str = ""
+    url: str = ""
 
 
 @dataclass
@@ -221,6 +229,8 @@ class Volume:
     state: str = "Ready"
     account: str = "admin"
     created: str = ""
+    template_id: str | None = None
+    """The template a ROOT volume was made from."""
 
 
 @dataclass
@@ -236,6 +246,14 @@ class Snapshot:
     account: str = "admin"
     details: dict[str, str] = field(default_factory=dict)
     """snapshot_details (not in the API): the Java plugin keeps the StorPool path under the snapshot's uuid."""
+    path: str | None = None
+    """Where the primary-storage driver keeps it (what the plugin returned)."""
+    backup_path: str | None = None
+    """Its copy on the image store, relative to the store's root; None: kept on primary only."""
+    storage_id: str | None = None
+    """The primary storage pool holding it (it outlives its volume there)."""
+    size: int = 0
+    """The volume's virtual size when it was taken (a snapshot outlives its volume)."""
 
 
 @dataclass
@@ -372,6 +390,10 @@ class CloudStackModel:
         # Not persisted: runtime-only state.
         self.jobs: dict[str, Job] = {}
         self.calls: list[Call] = []
+        # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
+        self.plugin: StoragePlugin | None = None
+        self.image_store: str | None = None
+        """The image store's root as the KVM hosts see it (secondary storage)."""
         self.job_delay = 0.0
         """Seconds an async job stays pending (jobstatus 0) before its result shows."""
         self._job_failures: dict[str, list[str]] = {}
@@ -418,9 +440,10 @@ class CloudStackModel:
             }
             data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
             data["instance_counter"] = self._instance_counter
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(self.state_path)
+            # Written under the lock too: async jobs save from their own threads.
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            tmp.replace(self.state_path)
 
     def load(self) -> bool:
         """Load the state file if it exists; True when something was loaded."""

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cloudstack_storpool.httpjson import end_headers_with
 from integration.cloudstack_sim import model as m
+from integration.cloudstack_sim import storage_commands
 from integration.cloudstack_sim.signing import SignatureError, verify_request
 
 log = logging.getLogger(__name__)
@@ -525,6 +526,12 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+STORAGE_COMMANDS = storage_commands.HANDLERS
+"""Users' storage commands (storage_commands.py): they call the storage plugin. Known commands
+like any other; `dispatch` runs them before taking the model's lock."""
+COMMANDS.update({name: Command(run, mutates=True) for name, run in STORAGE_COMMANDS.items()})
+
+
 # ---------------------------------------------------------------------------- dispatch
 
 
@@ -551,6 +558,12 @@ def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
 def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[int, Item]:
     """Run one command; returns (HTTP status, body inside the `<cmd>response` envelope)."""
     try:
+        storage = STORAGE_COMMANDS.get(command)
+        if storage is not None:
+            # Outside the lock: the plugin these commands call asks this API while it works.
+            result = storage(model, params)
+            model.save()
+            return 200, result
         with model.lock:
             if command in LIST_COMMANDS:
                 spec = LIST_COMMANDS[command]

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from cloudstack_storpool.driver import volumes
 from cloudstack_storpool.errors import SpExists
 from cloudstack_storpool.heartbeat import check as heartbeat_check
 from cloudstack_storpool.poolconfig import PoolSpec
@@ -52,15 +51,17 @@ def breaks(monkeypatch: pytest.MonkeyPatch, target: object, name: str, broken: o
 
 def test_root_volumes_count_every_storpool_call(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
     demo.template_cache()
-    create = volumes.create_from_template
+    create = StorPoolConn.volume_create
 
-    def with_read_back(ctx: Any, pool: PoolSpec | str, volume_uuid: str, *args: Any, **kw: Any) -> Any:
-        made = create(ctx, pool, volume_uuid, *args, **kw)
-        ctx.conn(pool).volume(made.name)  # one StorPool call more than the VolumeCreate
+    def with_read_back(self: StorPoolConn, **kw: Any) -> Created:
+        """Patched on the class: the deploys reach the driver through the service, in-process."""
+        made = create(self, **kw)
+        if kw.get("parent"):
+            self.volume(made.name)  # one StorPool call more than the VolumeCreate
         return made
 
-    breaks(monkeypatch, volumes, "create_from_template", with_read_back,
-           demo.template_cache, "each root volume is exactly 1 StorPool call")
+    breaks(monkeypatch, StorPoolConn, "volume_create", with_read_back,
+           demo.template_cache, "each VM's root volume is exactly 2 StorPool calls")
 
 
 def test_volume_from_snapshot_must_be_its_child(demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:

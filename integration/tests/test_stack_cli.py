@@ -6,10 +6,13 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import requests
+from storpool import spapi
 
 from integration import dev_command, dev_env, leftovers
 from integration.needs import need_root, need_tool
@@ -40,6 +43,7 @@ def test_up_serves_every_part_and_down_releases_everything(tmp_path: Path) -> No
         agent = requests.get(agent_url + "/v1/facts", verify=secrets["CLOUDSTACK_STORPOOL_AGENT_CA"],
                              headers={"Authorization": f"Bearer {secrets['CLOUDSTACK_STORPOOL_AGENT_TOKEN']}"}, timeout=10)
         assert agent.status_code == 200 and agent.json()["client_id"] in (1, 2)
+        by_hand(secrets)
         again = _cli("up", "--run-dir", str(run_dir), "--json")  # idempotent: the same stack
         assert json.loads(again.stdout)["pid"] == state["pid"]
         status = _cli("stack-status", "--run-dir", str(run_dir))
@@ -95,3 +99,29 @@ def test_up_after_a_killed_up_recovers_and_down_cleans_a_killed_run(tmp_path: Pa
     finally:
         _cli("down", "--run-dir", str(run_dir))
     assert _leftovers(run_dir) == []
+
+
+def by_hand(secrets: dict[str, str]) -> None:
+    """README's "Trying it by hand": the stock `cs` command line against `up`, with the env file,
+    and StorPool's side through the bindings."""
+    env = {**dev_env(), **secrets}
+    cs_bin = str(Path(sys.executable).with_name("cs"))
+
+    def cs(*args: str) -> dict[str, Any]:
+        res = subprocess.run([cs_bin, *args], capture_output=True, text=True, timeout=120, check=False, env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert secrets["CLOUDSTACK_SECRET"] not in res.stdout + res.stderr
+        return cast(dict[str, Any], json.loads(res.stdout))
+
+    vm = cs("deployVirtualMachine", "zoneid=13b40d45-788b-58a5-812a-45070933cf91", "name=web-1",
+            "templateid=55ea65e9-2be3-5d20-a603-e23b2714f30e",
+            "serviceofferingid=65ed5768-ac7d-5670-a66c-5f70342c014a")["virtualmachine"]
+    assert vm["state"] == "Running"
+    root = cs("listVolumes", f"virtualmachineid={vm['id']}")["volume"][0]
+    snap = cs("createSnapshot", f"volumeid={root['id']}")["snapshot"]
+    assert cs("resizeVolume", f"id={root['id']}", "size=2")["volume"]["size"] == 2 << 30
+    api = spapi.Api(secrets["SP_API_HTTP_HOST"], int(secrets["SP_API_HTTP_PORT"]), secrets["SP_AUTH_TOKEN"])
+    gid = root["path"].removeprefix("/dev/storpool-byid/")
+    on_sp = next(v for v in api.volumesList() if v.globalId == gid)
+    assert on_sp.size == 2 << 30 and on_sp.tags["cvm"] == vm["id"]
+    assert any(s.tags.get("uuid") == snap["id"] for s in api.snapshotsList())

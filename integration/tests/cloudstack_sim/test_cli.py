@@ -76,3 +76,31 @@ def test_listen_must_be_loopback(listen: str) -> None:
     result = CliRunner().invoke(cloudstack_cmd, ["--listen", listen, "--secret", "x"])
     assert result.exit_code == 2
     assert "--listen" in result.output
+
+
+@pytest.mark.parametrize("with_service", [False, True])
+def test_storage_commands_reach_the_configured_service_or_fail_as_cloudstack_does(tmp_path: Path,
+                                                                                 with_service: bool) -> None:
+    """With --service-url the storage commands call the plugin (here: nothing listens there);
+    without one they fail their job. Either way a failed async job, errorcode 530, no token shown."""
+    token = "service-token-never-shown"
+    args = ["--key", "k1", "--image-store", str(tmp_path)]
+    if with_service:
+        args += ["--service-url", "http://127.0.0.1:9"]
+    proc = _start(tmp_path, *args, env={"CLOUDSTACK_SIM_SECRET": SECRET, "CSSP_SERVICE_TOKEN": token})
+    try:
+        assert proc.stdout is not None
+        endpoint = proc.stdout.readline().strip().split(" ", 1)[1]
+        api = cs.CloudStack(endpoint, "k1", SECRET, fetch_result=True, poll_interval=0.05, job_timeout=60)
+        zone = api.listZones()["zone"][0]["id"]
+        offering = api.listDiskOfferings(name="sp-small")["diskoffering"][0]["id"]
+        pool = api.listStoragePools(name="storpool-primary")["storagepool"][0]["id"]
+        with pytest.raises(cs.CloudStackApiException) as failed:
+            api.createVolume(name="data", zoneid=zone, diskofferingid=offering, storageid=pool)
+        err = failed.value.error
+    finally:
+        out = _stop(proc)
+    assert err["errorcode"] == 530
+    expected = "plugin unreachable during create_volume" if with_service else "no plugin configured"
+    assert expected in err["errortext"]
+    assert token not in err["errortext"] + out

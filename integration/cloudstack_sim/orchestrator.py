@@ -1,0 +1,625 @@
+"""What the management server's storage subsystem calls on the primary-storage driver, in which
+order and with which data: the simulator's stand-in for CloudStack's orchestration classes.
+
+Each function names the CloudStack classes it follows. The plugin's side is reached through
+`plugin_calls.StoragePlugin` (the driver service's operations, and the KVM agent's commands
+where CloudStack's KVM agent would act on a host). Records change the way CloudStack's
+database does: a volume exists as a record (state Allocated) before the driver creates it,
+and its `path` is what the driver answered (`/dev/storpool-byid/<globalId>`), so that every
+later call names the volume the way CloudStack would.
+
+Model changes happen under the model's lock, plugin calls outside it: the plugin calls back
+into this API (listVirtualMachines, listConfigurations...) while it works.
+
+Calls this branch cannot make yet, and what is done instead (see docs/adapter.md):
+- StopCommand / PrepareForMigrationCommand on a KVM host disconnect or connect the disks
+  there (StorPoolStorageAdaptor.disconnectPhysicalDisk / connectPhysicalDisk). The service has
+  no host connect/disconnect operation on this branch: VM start and live migration use the
+  agent's `prepare_start` (attach on the target host, force-detaching elsewhere) only for a
+  start; stop and live migration change records only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from integration.cloudstack_sim import model as m
+from integration.cloudstack_sim.plugin_calls import StoragePlugin
+
+GIB = 1024**3
+ACCOUNT_ID = "2"
+"""The admin account's id: the first path element CloudStack uses on the image store."""
+BYPASS_SETTING = "sp.bypass.secondary.storage"
+
+
+def _plugin(model: m.CloudStackModel) -> StoragePlugin:
+    if model.plugin is None:
+        raise m.ApiError("Unable to find the storage provider StorPool: the simulator has no plugin configured")
+    return model.plugin
+
+
+def _store(model: m.CloudStackModel) -> str:
+    if not model.image_store:
+        raise m.ApiError("There is no secondary storage (image store) in this zone")
+    return model.image_store
+
+
+def _template_path(tpl: m.Template) -> str:
+    """TemplateConstants' layout on the image store: template/tmpl/<account>/<id>/<file>."""
+    return tpl.install_path or f"template/tmpl/1/{tpl.id}/{tpl.id}.{tpl.format.lower()}"
+
+
+# ---------------------------------------------------------------------------- storage pools
+
+
+def create_storage_pool(model: m.CloudStackModel, name: str, url: str, zone_id: str, tags: str,
+                        capacity: int | None) -> m.StoragePool:
+    """StorageManagerImpl.createPool -> StorPoolPrimaryDataStoreLifeCycle.initialize (parses the
+    URL, checks StorPool) -> attachZone. One plugin call: `register_pool`, with the pool's
+    CloudStack uuid, so both sides name it the same."""
+    pool_id = m.new_id()
+    _plugin(model).call("register_pool", name=name, url=url, uuid=pool_id, zone=zone_id)
+    with model.lock:
+        kw: dict[str, Any] = {"tags": tags, "url": url.split(";SP_AUTH_TOKEN", 1)[0] if ";" in url else ""}
+        if capacity:
+            kw["capacity"] = capacity
+        pool = m.StoragePool(pool_id, name, zone_id, **kw)
+        model.storage_pools[pool.id] = pool
+        model.add_event("STORAGE.POOL.CREATE", f"Created storage pool {name}", pool.id, "StoragePool")
+        return pool
+
+
+def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
+    """StorageManagerImpl.deletePool -> StorPoolPrimaryDataStoreLifeCycle.deleteDataStore:
+    `remove_pool` (which refuses while StorPool still holds the pool's objects)."""
+    _plugin(model).call("remove_pool", pool=pool.id)
+    with model.lock:
+        model.storage_pools.pop(pool.id, None)
+
+
+# ---------------------------------------------------------------------------- VM life cycle
+
+
+def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: m.ServiceOffering, *,
+                root_size: int | None, disk_offering: m.DiskOffering | None, data_size: int | None) -> m.VirtualMachine:
+    """VirtualMachineManagerImpl.allocate: the VM and its volumes as records only (Allocated);
+    the driver is called when the VM first starts (VolumeOrchestrator.prepare)."""
+    with model.lock:
+        vm = model.add_vm(name or f"VM-{m.new_id()[:8]}", template_id=tpl.id, service_offering_id=offering.id,
+                          state="Stopped", storage_id=None, root_size=root_size)
+        if not name:
+            vm.name = vm.instance_name
+        root = next(v for v in model.volumes.values() if v.vm_id == vm.id and v.type == "ROOT")
+        root.state, root.storage_id, root.path, root.template_id = "Allocated", None, None, tpl.id
+        if disk_offering is not None:
+            data = model.add_volume(f"DATA-{vm.instance_name.split('-')[2]}",
+                                    data_size or disk_offering.disk_size_gb * GIB, vm_id=vm.id, device_id=1,
+                                    disk_offering_id=disk_offering.id)
+            data.state = "Allocated"
+        return vm
+
+
+def vm_volumes(model: m.CloudStackModel, vm_id: str) -> list[m.Volume]:
+    with model.lock:
+        return sorted((v for v in model.volumes.values() if v.vm_id == vm_id), key=lambda v: v.device_id or 0)
+
+
+def _pool_for(model: m.CloudStackModel, vm_id: str | None, zone_id: str) -> m.StoragePool:
+    """The storage pool allocator's choice: the pool of the VM's other volumes, else the first
+    StorPool pool of the zone that is Up."""
+    with model.lock:
+        if vm_id:
+            for v in model.volumes.values():
+                if v.vm_id == vm_id and v.storage_id in model.storage_pools:
+                    return model.storage_pools[v.storage_id]
+        for pool in model.storage_pools.values():
+            if pool.zone_id == zone_id and pool.state == "Up" and pool.provider == "StorPool":
+                return pool
+    raise m.ApiError("Unable to find suitable primary storage when creating volume")
+
+
+def _host_for(model: m.CloudStackModel, host_id: str | None, vm: m.VirtualMachine) -> m.Host:
+    with model.lock:
+        if host_id:
+            return model.hosts[host_id]
+        preferred = [vm.last_host_id] if vm.last_host_id else []
+        for hid in [*preferred, *model.hosts]:
+            host = model.hosts.get(hid or "")
+            if host is not None and host.state == "Up" and host.zone_id == vm.zone_id and "agent.port" in host.details:
+                return host
+    raise m.ApiError(f"Unable to create a deployment for VM {vm.name}: no host is Up")
+
+
+def _created(model: m.CloudStackModel, volume_id: str, pool_id: str, result: dict[str, Any]) -> None:
+    """The driver's answer is what CloudStack stores: the path it returned, on that pool."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+        vol.path, vol.storage_id, vol.state = result["path"], pool_id, "Ready"
+        if result.get("size"):
+            vol.size = int(result["size"])
+
+
+def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) -> None:
+    """VolumeServiceImpl.createVolumeFromTemplateAsync:
+    1. no template_spool_ref for this pool -> createBaseImageAsync -> driver.copyAsync(template
+       on the image store -> the pool): `cache_template` (source = its image-store path);
+    2. createVolumeFromBaseImageAsync -> driver.copyAsync(template on the pool -> volume):
+       `create_volume_from_template` (ROOT, the VM's service offering, which carries its
+       IOPS and StorPool template, size = rootdisksize)."""
+    plugin = _plugin(model)
+    pool = _pool_for(model, None, vm.zone_id)
+    with model.lock:
+        tpl = model.templates.get(vol.template_id or vm.template_id)
+        if tpl is None:
+            raise m.ApiError(f"The template of volume {vol.name} no longer exists")
+        cached = pool.id in tpl.pools
+    source = {"store": _store(model), "path": _template_path(tpl), "format": tpl.format.lower()}
+    if not cached:
+        plugin.call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
+        with model.lock:
+            if pool.id not in tpl.pools:
+                tpl.pools.append(pool.id)
+    size = vol.size if vol.size > tpl.size else None
+    result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
+                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id)
+    _created(model, vol.id, pool.id, result)
+    with model.lock:
+        if not vol.size or vol.size < tpl.size:
+            vol.size = tpl.size
+
+
+def create_volume_on_pool(model: m.CloudStackModel, volume_id: str, pool_id: str | None = None) -> None:
+    """VolumeOrchestrator.createVolumeOnPrimaryStorage -> VolumeServiceImpl.createVolumeAsync ->
+    driver.createAsync: `create_volume` (size, disk offering, custom IOPS)."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+        vm = model.vms.get(vol.vm_id or "")
+    pool = model.storage_pools[pool_id] if pool_id else _pool_for(model, vm.id if vm else None, vol.zone_id)
+    off = model.disk_offerings.get(vol.disk_offering_id or "")
+    custom = vol.max_iops if off is not None and off.customized_iops else None
+    result = _plugin(model).call("create_volume", pool=pool.id, volume_uuid=vol.id, size=vol.size,
+                                 volume_type=vol.type, disk_offering_id=vol.disk_offering_id, iops=custom)
+    _created(model, vol.id, pool.id, result)
+
+
+def _tag_attached(model: m.CloudStackModel, vol: m.Volume, vm_id: str) -> None:
+    """The plugin tags a volume with its VM and disk (the Java driver does it as it creates or
+    attaches a volume): `volume_attached`."""
+    _plugin(model).call("volume_attached", pool=vol.storage_id, volume_uuid=vol.id, vm_id=vm_id,
+                        device_id=vol.device_id or 0, path=vol.path)
+
+
+def _connect(model: m.CloudStackModel, host: m.Host, vols: list[m.Volume]) -> None:
+    """The KVM agent's StartCommand / AttachCommand: StorPoolStorageAdaptor.connectPhysicalDisk
+    on the host, here the agent's `prepare_start` (attach here, force-detach elsewhere)."""
+    paths = [v.path for v in vols if v.path]
+    if paths:
+        _plugin(model).agent(host.ip_address, host.details["agent.port"], "prepare_start", volumes=paths, attach=True)
+
+
+def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
+    """VirtualMachineManagerImpl.orchestrateStart:
+    1. the deployment planner picks a host;
+    2. VolumeOrchestrator.prepare: each volume still Allocated is created (ROOT from its
+       template, then data disks), and tagged with its VM and disk;
+    3. StartCommand on the host connects every disk (agent `prepare_start`).
+    A failure leaves the VM Stopped (Error on its first start, as a failed deploy does)."""
+    with model.lock:
+        vm = model.vms[vm_id]
+        first = any(v.state == "Allocated" for v in model.volumes.values() if v.vm_id == vm_id and v.type == "ROOT")
+        vm.state = "Starting"
+    try:
+        host = _host_for(model, host_id, vm)
+        for vol in vm_volumes(model, vm_id):
+            if vol.state == "Allocated":
+                if vol.type == "ROOT":
+                    _create_root(model, vol, vm)
+                else:
+                    create_volume_on_pool(model, vol.id)
+                _tag_attached(model, model.volumes[vol.id], vm_id)
+        _connect(model, host, vm_volumes(model, vm_id))
+    except BaseException:
+        with model.lock:
+            vm.state = "Error" if first else "Stopped"
+        raise
+    with model.lock:
+        model.start_vm(vm_id, host.id)
+
+
+def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
+    """VirtualMachineManagerImpl.orchestrateStop: StopCommand on the host, whose KVM agent
+    disconnects the disks (StorPoolStorageAdaptor.disconnectPhysicalDisk). No plugin call on
+    this branch (no host disconnect operation yet); the next start force-detaches."""
+    with model.lock:
+        if model.vms[vm_id].state != "Stopped":
+            model.stop_vm(vm_id)
+
+
+def reboot_vm(model: m.CloudStackModel, vm_id: str) -> None:
+    """VirtualMachineManagerImpl.orchestrateReboot: RebootCommand inside the hypervisor; the
+    disks stay connected, storage is not called."""
+    with model.lock:
+        model.add_event("VM.REBOOT", f"Rebooted VM {model.vms[vm_id].name}", vm_id, "VirtualMachine")
+
+
+def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
+    """VirtualMachineManagerImpl.migrate: PrepareForMigrationCommand on the target connects the
+    disks, MigrateCommand moves the domain, the source disconnects them. No plugin call on this
+    branch (the agent's `prepare_start` would detach the running source); records only."""
+    with model.lock:
+        model.move_vm(vm_id, host_id)
+
+
+def destroy_vm(model: m.CloudStackModel, vm_id: str, *, expunge: bool) -> None:
+    """UserVmManagerImpl.destroyVm: stop; with expunge (expungeVm):
+    1. VMSnapshotManagerImpl.deleteAllVMSnapshots -> StorPoolVMSnapshotStrategy.deleteVMSnapshot
+       for each of its VM snapshots: `delete_vm_snapshot`;
+    2. VolumeOrchestrator.cleanupVolumes -> VolumeServiceImpl.expungeVolumeAsync ->
+       driver.deleteAsync for the ROOT volume: `delete_volume`;
+    3. data disks are detached (they outlive the VM): `vm_destroyed` clears their VM tags."""
+    stop_vm(model, vm_id)
+    if not expunge:
+        with model.lock:
+            model.vms[vm_id].state = "Destroyed"
+            model.add_event("VM.DESTROY", f"Destroyed VM {model.vms[vm_id].name}", vm_id, "VirtualMachine")
+        return
+    with model.lock:
+        snaps = [s.id for s in model.vm_snapshots.values() if s.vm_id == vm_id]
+    for sid in snaps:
+        delete_vm_snapshot(model, sid)
+    for vol in vm_volumes(model, vm_id):
+        if vol.type == "ROOT" and vol.path:
+            _plugin(model).call("delete_volume", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
+    plugin_needed = any(v.path for v in vm_volumes(model, vm_id))
+    with model.lock:
+        model.delete_vm(vm_id, expunge=True)
+    if plugin_needed:
+        _plugin(model).call("vm_destroyed", vm_id=vm_id)
+
+
+def change_vm_tags(model: m.CloudStackModel, vm_id: str, wanted: dict[str, str], *, remove: bool) -> None:
+    """TaggedResourceManagerImpl.createTags / deleteTags, then the plugin carries the VM's
+    `vc-policy` to its volumes: `vm_tags_changed`."""
+    with model.lock:
+        vm = model.vms[vm_id]
+        for key, value in wanted.items():
+            if remove:
+                if not value or vm.tags.get(key) == value:
+                    vm.tags.pop(key, None)
+            else:
+                vm.tags[key] = value
+        if remove and not wanted:
+            vm.tags.clear()
+        on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
+    if on_storage:
+        _plugin(model).call("vm_tags_changed", vm_id=vm_id)
+
+
+# ---------------------------------------------------------------------------- volumes
+
+
+def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offering: m.DiskOffering | None,
+                    size: int | None, snapshot: m.Snapshot | None, min_iops: int | None,
+                    max_iops: int | None) -> m.Volume:
+    """VolumeApiServiceImpl.allocVolume: a record in state Allocated; no driver call."""
+    with model.lock:
+        if snapshot is not None:
+            src = model.volumes.get(snapshot.volume_id)  # the snapshot may have outlived it
+            size = size or snapshot.size
+            off_id = offering.id if offering else (src.disk_offering_id if src else None)
+            if src is not None:
+                min_iops, max_iops = min_iops or src.min_iops, max_iops or src.max_iops
+        else:
+            assert offering is not None
+            size = size or offering.disk_size_gb * GIB
+            off_id = offering.id
+        vol = model.add_volume(name or f"DATA-{m.new_id()[:8]}", size, disk_offering_id=off_id,
+                               min_iops=min_iops, max_iops=max_iops)
+        vol.zone_id = zone_id or vol.zone_id
+        if min_iops is not None or max_iops is not None:
+            vol.min_iops, vol.max_iops = min_iops, max_iops
+        vol.state = "Allocated"
+        return vol
+
+
+def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapshot_id: str) -> None:
+    """VolumeOrchestrator.createVolumeFromSnapshot -> VolumeServiceImpl.createVolumeFromSnapshot
+    -> DataMotionServiceImpl -> driver.copyAsync(snapshot -> volume):
+    `create_volume_from_snapshot` on the snapshot's pool (with the image-store copy, when there
+    is one, for a snapshot no longer on StorPool)."""
+    with model.lock:
+        snap = model.snapshots[snapshot_id]
+        vol = model.volumes[volume_id]
+        pool_id = snap.storage_id
+    if not pool_id:
+        raise m.ApiError("Unable to find the primary storage holding the snapshot")
+    secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
+    result = _plugin(model).call("create_volume_from_snapshot", pool=pool_id, snapshot_uuid=snap.id,
+                                 volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary)
+    _created(model, vol.id, pool_id, result)
+
+
+def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_id: int | None) -> None:
+    """VolumeApiServiceImpl.attachVolumeToVM:
+    1. an Allocated volume is created first, on the pool of the VM's volumes
+       (VolumeOrchestrator.createVolumeOnPrimaryStorage): `create_volume`;
+    2. a running VM's host gets AttachCommand (connectPhysicalDisk: agent `prepare_start`);
+    3. the record is attached, and the plugin tags the volume: `volume_attached`."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+        vm = model.vms[vm_id]
+        used = {v.device_id for v in model.volumes.values() if v.vm_id == vm_id}
+        if device_id is None:
+            device_id = next(i for i in range(1, 64) if i not in used and i != 3)
+        elif device_id in used:
+            raise m.ParamError(f"deviceId {device_id} is used by VM {vm.name}")
+    if vol.state == "Allocated":
+        create_volume_on_pool(model, volume_id, _pool_for(model, vm_id, vm.zone_id).id)
+    if vm.state == "Running" and vm.host_id:
+        _connect(model, model.hosts[vm.host_id], [vol])
+    with model.lock:
+        vol.vm_id, vol.device_id = vm_id, device_id
+        model.add_event("VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name}", vol.id, "Volume")
+    _tag_attached(model, vol, vm_id)
+
+
+def detach_volume(model: m.CloudStackModel, volume_id: str) -> None:
+    """VolumeApiServiceImpl.detachVolumeFromVM: DettachCommand on a running VM's host
+    (disconnectPhysicalDisk: no call on this branch), then the record, then the plugin drops
+    the VM tags: `volume_detached`."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+        vol.vm_id, vol.device_id = None, None
+        model.add_event("VOLUME.DETACH", f"Volume {vol.name} detached", vol.id, "Volume")
+    if vol.path:
+        _plugin(model).call("volume_detached", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
+
+
+def _iops_args(off: m.DiskOffering | None, min_iops: int | None, max_iops: int | None) -> int | None:
+    return max_iops if off is None or off.customized_iops else None
+
+
+def resize_volume(model: m.CloudStackModel, volume_id: str, new_size: int, *, offering: m.DiskOffering | None,
+                  shrink_ok: bool, min_iops: int | None, max_iops: int | None) -> None:
+    """VolumeApiServiceImpl.resizeVolume -> orchestrateResizeVolume -> VolumeServiceImpl.resize
+    -> driver.resize (ResizeVolumePayload: new size, new offering, IOPS): `resize_volume`,
+    which also tells a running VM's host (the agent's `resize`). An Allocated volume changes
+    its record only."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+    if vol.path:
+        _plugin(model).call("resize_volume", volume_uuid=vol.id, new_size=new_size, shrink_ok=shrink_ok,
+                            disk_offering_id=offering.id if offering else None,
+                            custom_iops=_iops_args(offering, min_iops, max_iops))
+    with model.lock:
+        vol.size = new_size
+        if offering is not None:
+            vol.disk_offering_id = offering.id
+            if not offering.customized_iops:
+                vol.min_iops, vol.max_iops = offering.min_iops, offering.max_iops
+        if max_iops is not None:
+            vol.min_iops, vol.max_iops = min_iops, max_iops
+        model.add_event("VOLUME.RESIZE", f"Volume {vol.name} resized to {new_size}", vol.id, "Volume")
+
+
+def change_volume_offering(model: m.CloudStackModel, volume_id: str, new_size: int, *, offering: m.DiskOffering | None,
+                           shrink_ok: bool, min_iops: int | None, max_iops: int | None) -> None:
+    """VolumeApiServiceImpl.changeDiskOfferingForVolume: a new size goes the resize way with the
+    new offering in the payload (`resize_volume`); the same size re-applies the offering's
+    StorPool template, `qc` and IOPS in place (`change_volume_offering`): StorPool pools suit
+    every offering, so no migration is needed."""
+    assert offering is not None  # required by the command
+    with model.lock:
+        vol = model.volumes[volume_id]
+    if new_size != vol.size:
+        resize_volume(model, volume_id, new_size, offering=offering, shrink_ok=shrink_ok,
+                      min_iops=min_iops, max_iops=max_iops)
+        return
+    if vol.path:
+        _plugin(model).call("change_volume_offering", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path,
+                            volume_type=vol.type, disk_offering_id=offering.id,
+                            iops=_iops_args(offering, min_iops, max_iops))
+    with model.lock:
+        vol.disk_offering_id = offering.id
+        if offering.customized_iops:
+            vol.min_iops, vol.max_iops = min_iops, max_iops
+        else:
+            vol.min_iops, vol.max_iops = offering.min_iops, offering.max_iops
+
+
+def migrate_volume(model: m.CloudStackModel, volume_id: str, pool_id: str) -> None:
+    """VolumeApiServiceImpl.migrateVolume -> VolumeOrchestrator.migrateVolume ->
+    VolumeServiceImpl.copyVolume/migrateVolume -> DataMotionServiceImpl picks the plugin's
+    DataMotionStrategy (both pools are StorPool's): `migrate_volume`; the new path is stored."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+        vm = model.vms.get(vol.vm_id or "")
+        running = vm is not None and vm.state == "Running"
+        service_offering = vm.service_offering_id if vm is not None and vol.type == "ROOT" else None
+    result = _plugin(model).call("migrate_volume", volume_uuid=vol.id, source_pool=vol.storage_id, target_pool=pool_id,
+                                 path=vol.path, vm_running=running, volume_type=vol.type,
+                                 disk_offering_id=vol.disk_offering_id if vol.type != "ROOT" else None,
+                                 service_offering_id=service_offering)
+    _created(model, vol.id, pool_id, result["volume"])
+
+
+def delete_volume(model: m.CloudStackModel, volume_id: str) -> None:
+    """VolumeApiServiceImpl.deleteVolume -> VolumeServiceImpl.expungeVolumeAsync ->
+    driver.deleteAsync: `delete_volume` (an Allocated volume was never on storage)."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+    if vol.path:
+        _plugin(model).call("delete_volume", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
+    with model.lock:
+        model.volumes.pop(volume_id, None)
+        model.add_event("VOLUME.DELETE", f"Volume {vol.name} deleted", vol.id, "Volume")
+
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+def allocate_snapshot(model: m.CloudStackModel, volume_id: str, name: str | None) -> m.Snapshot:
+    """SnapshotManagerImpl.allocSnapshot: the record, state Allocated."""
+    with model.lock:
+        vol = model.volumes[volume_id]
+        snap = model.add_snapshot(volume_id, name or f"{vol.name}_{time_stamp()}")
+        snap.state, snap.size = "Allocated", vol.size
+        return snap
+
+
+def time_stamp() -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime())
+
+
+def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
+    """SnapshotManagerImpl.takeSnapshot -> StorageStrategyFactory.getSnapshotStrategy: the
+    plugin's SnapshotStrategy, whose takeSnapshot is driver.takeSnapshot followed, unless
+    `sp.bypass.secondary.storage`, by the backup to the image store (copyAsync snapshot ->
+    image store). Both are one operation: `take_snapshot`, given where CloudStack wants the
+    backup (snapshots/<account>/<volume>/<snapshot>); the plugin answers whether it bypassed."""
+    with model.lock:
+        snap = model.snapshots[snapshot_id]
+        vol = model.volumes[snap.volume_id]
+        snap.state = "Creating"
+    where = {"store": _store(model), "path": f"snapshots/{ACCOUNT_ID}/{vol.id}/{snap.id}.qcow2"}
+    try:
+        result = _plugin(model).call("take_snapshot", volume_uuid=vol.id, snapshot_uuid=snap.id, secondary=where)
+    except BaseException:
+        with model.lock:
+            model.snapshots.pop(snapshot_id, None)
+        raise
+    with model.lock:
+        snap.path, snap.storage_id = result["path"], vol.storage_id
+        backup = result.get("backup")
+        snap.backup_path = backup["path"] if backup else None
+        snap.physical_size = int(backup["physical_size"]) if backup else 0
+        snap.state = "BackedUp"
+        model.add_event("SNAPSHOT.CREATE", f"Snapshot {snap.name} created", snap.id, "Snapshot")
+
+
+def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
+    """SnapshotManagerImpl.deleteSnapshot -> SnapshotStrategy.deleteSnapshot: `delete_snapshot`
+    on the pool of its volume; the image-store copy is CloudStack's to remove (it does)."""
+    with model.lock:
+        snap = model.snapshots[snapshot_id]
+    if snap.path and snap.storage_id:
+        _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id)
+    if snap.backup_path and model.image_store:
+        (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
+    with model.lock:
+        model.snapshots.pop(snapshot_id, None)
+
+
+def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
+    """SnapshotManagerImpl.revertSnapshot -> SnapshotStrategy.revertSnapshot: `revert_volume`."""
+    with model.lock:
+        snap = model.snapshots[snapshot_id]
+    _plugin(model).call("revert_volume", volume_uuid=snap.volume_id, snapshot_uuid=snap.id)
+
+
+# ---------------------------------------------------------------------------- templates
+
+
+def allocate_template(model: m.CloudStackModel, name: str, *, snapshot: m.Snapshot | None,
+                      volume: m.Volume | None) -> m.Template:
+    """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet."""
+    with model.lock:
+        size, zone = (volume.size, volume.zone_id) if volume is not None else (snapshot.size, snapshot.zone_id)  # type: ignore[union-attr]
+        tpl = model.add_template(name, size, zone_id=zone, ready=False)
+        tpl.public = tpl.featured = False
+        tpl.install_path = f"template/tmpl/{ACCOUNT_ID}/{tpl.id}/{tpl.id}.qcow2"
+        return tpl
+
+
+def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: str | None,
+                    volume_id: str | None) -> None:
+    """TemplateManagerImpl.createPrivateTemplate -> TemplateServiceImpl.createTemplateFromSnapshot
+    / createTemplateFromVolumeAsync -> DataMotionServiceImpl -> driver.copyAsync(snapshot or
+    volume -> template on the image store): `create_template_from_snapshot`, which also keeps
+    the template cached on the source pool (so the pool holds it: a template_spool_ref)."""
+    with model.lock:
+        tpl = model.templates[template_id]
+        pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
+    try:
+        _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
+                            snapshot_uuid=snapshot_id, volume_uuid=volume_id,
+                            secondary={"store": _store(model), "path": tpl.install_path})
+    except BaseException:
+        with model.lock:
+            model.templates.pop(template_id, None)
+        raise
+    with model.lock:
+        tpl.ready = True
+        if pool_id and pool_id not in tpl.pools:
+            tpl.pools.append(pool_id)
+
+
+def delete_template(model: m.CloudStackModel, template_id: str, *, forced: bool) -> None:
+    """TemplateManagerImpl.delete removes the record and the image-store copy; then
+    StorageManagerImpl.cleanupStorage (storage.cleanup.enabled) evicts the template from every
+    pool where no volume uses it any more: driver.deleteAsync(template on the pool) =
+    `drop_cached_template`. Pools still used keep it; the plugin's GC removes it later."""
+    with model.lock:
+        tpl = model.templates[template_id]
+        model.delete_template(template_id, forced=forced)
+        in_use = {v.storage_id for v in model.volumes.values() if v.template_id == template_id}
+        evict = [p for p in tpl.pools if p not in in_use and p in model.storage_pools]
+    if model.image_store and tpl.install_path:
+        (Path(model.image_store) / tpl.install_path).unlink(missing_ok=True)
+    for pool_id in evict:
+        _plugin(model).call("drop_cached_template", pool=pool_id, template_uuid=template_id)
+
+
+# ---------------------------------------------------------------------------- VM snapshots
+
+
+def allocate_vm_snapshot(model: m.CloudStackModel, vm_id: str, name: str | None, description: str, *,
+                         memory: bool) -> m.VMSnapshot:
+    """VMSnapshotManagerImpl.allocVMSnapshot: the record, state Allocated."""
+    with model.lock:
+        vm = model.vms[vm_id]
+        snap = model.add_vm_snapshot(vm_id, name or f"{vm.instance_name}_VS_{time_stamp()}",
+                                     description=description, type="DiskAndMemory" if memory else "Disk")
+        snap.state = "Allocated"
+        return snap
+
+
+def take_vm_snapshot(model: m.CloudStackModel, vm_snapshot_id: str) -> None:
+    """VMSnapshotManagerImpl.createVMSnapshot -> StorageStrategyFactory.getVmSnapshotStrategy ->
+    StorPoolVMSnapshotStrategy.takeVMSnapshot: `take_vm_snapshot` (one group snapshot)."""
+    with model.lock:
+        snap = model.vm_snapshots[vm_snapshot_id]
+        snap.state = "Creating"
+    try:
+        _plugin(model).call("take_vm_snapshot", vm_uuid=snap.vm_id, vm_snapshot_uuid=snap.id,
+                            memory=snap.type != "Disk")
+    except BaseException:
+        with model.lock:
+            model.vm_snapshots.pop(vm_snapshot_id, None)
+        raise
+    with model.lock:
+        snap.state = "Ready"
+
+
+def revert_vm_snapshot(model: m.CloudStackModel, vm_snapshot_id: str) -> None:
+    """VMSnapshotManagerImpl.revertToVMSnapshot -> StorPoolVMSnapshotStrategy.revertVMSnapshot:
+    `revert_vm_snapshot`; the reverted snapshot becomes the current one."""
+    with model.lock:
+        snap = model.vm_snapshots[vm_snapshot_id]
+    _plugin(model).call("revert_vm_snapshot", vm_uuid=snap.vm_id, vm_snapshot_uuid=snap.id)
+    with model.lock:
+        for other in model.vm_snapshots.values():
+            if other.vm_id == snap.vm_id:
+                other.current = other.id == snap.id
+
+
+def delete_vm_snapshot(model: m.CloudStackModel, vm_snapshot_id: str) -> None:
+    """VMSnapshotManagerImpl.deleteVMSnapshot -> StorPoolVMSnapshotStrategy.deleteVMSnapshot:
+    `delete_vm_snapshot`."""
+    with model.lock:
+        snap = model.vm_snapshots[vm_snapshot_id]
+    _plugin(model).call("delete_vm_snapshot", vm_uuid=snap.vm_id, vm_snapshot_uuid=snap.id)
+    with model.lock:
+        model.vm_snapshots.pop(vm_snapshot_id, None)

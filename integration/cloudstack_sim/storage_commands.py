@@ -1,0 +1,576 @@
+"""Users' storage commands: what a CloudStack user (or CloudStack's own integration tests) sends,
+with CloudStack's command and parameter names, answered as CloudStack answers them.
+
+Each handler checks its parameters first (a bad one is 431 before anything changes, as the
+API layer's parameter translation and the command's own checks are), then runs the work as an
+async job: the simulator's records change and, where the management server's storage
+subsystem would call the primary-storage driver, the plugin is called through
+`orchestrator.py`, which documents which CloudStack class makes each call and in which order.
+A plugin failure fails the job with errorcode 530 and the plugin's text, as CloudStack
+reports a `CloudRuntimeException` from a driver callback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
+
+from integration.cloudstack_sim import model as m
+from integration.cloudstack_sim import orchestrator as orch
+
+log = logging.getLogger(__name__)
+
+Params = Mapping[str, str]
+Item = dict[str, Any]
+GIB = 1024**3
+
+
+def _wire() -> ModuleType:
+    """server.py (renderers); imported late because server.py registers these commands."""
+    return importlib.import_module("integration.cloudstack_sim.server")
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def _required(cmd: str, p: Params, *names: str) -> None:
+    _wire()._required(cmd, p, *names)
+
+
+def _need(table: Mapping[str, Any], p: Params, name: str) -> Any:
+    value = p.get(name, "")
+    obj = table.get(value)
+    if obj is None:
+        raise m.no_entity(name, value)
+    return obj
+
+
+def _opt_need(table: Mapping[str, Any], p: Params, name: str) -> Any:
+    return _need(table, p, name) if p.get(name) else None
+
+
+def _long(p: Params, name: str) -> int | None:
+    value: int | None = _wire()._int(p, name)
+    return value
+
+
+def _flag(p: Params, name: str, default: bool = False) -> bool:
+    return default if not p.get(name) else bool(_wire()._flag(p, name))
+
+
+def _tags_param(p: Params) -> dict[str, str]:
+    """`tags[0].key=k&tags[0].value=v`, as the `cs` client spells a list of maps."""
+    found: dict[str, str] = _wire()._tag_filters(p)
+    return found
+
+
+# ---------------------------------------------------------------------------- async jobs
+
+
+def _async(model: m.CloudStackModel, command: str, work: Callable[[], Item], *, instance_type: str | None = None,
+           instance_id: str | None = None) -> Item:
+    """Queue `work` as an async job (AsyncJobManagerImpl): the answer is the job id at once, the
+    outcome shows through queryAsyncJobResult. The work runs on its own thread, outside the
+    model's lock, because the plugin calls back into this API while it works."""
+    now = time.time()
+    job = m.Job(m.new_id(), command, now, float("inf"), 0, 0, {}, instance_type, instance_id)
+    model.jobs[job.id] = job
+
+    def run() -> None:
+        status, code = 1, 0
+        try:
+            result = work()
+        except m.ApiError as exc:
+            # ApiAsyncJobDispatcher: an ExceptionResponse with 431 for a bad parameter, 530 for
+            # anything else (a plugin failure included), and no cserrorcode.
+            status, code = 2, 431 if exc.code == 431 else 530
+            result = {"errorcode": code, "errortext": exc.text}
+        except Exception as exc:
+            log.exception("%s job failed", command)
+            status, code = 2, 530
+            result = {"errorcode": 530, "errortext": f"{command} failed: {type(exc).__name__}"}
+        with model.lock:
+            job.status, job.result_code, job.result = status, code, result
+            job.ready_at = time.time() + model.job_delay
+            model.save()
+
+    threading.Thread(target=run, name=f"cs-job-{command}", daemon=True).start()
+    out: Item = {"jobid": job.id}
+    if instance_id:
+        out["id"] = instance_id
+    return out
+
+
+def _job(model: m.CloudStackModel, command: str, instance_type: str, instance_id: str, action: Callable[[], object],
+         answer: Callable[[], Item]) -> Item:
+    """The common shape: one orchestrator action on one record, then that record as the answer."""
+
+    def work() -> Item:
+        action()
+        return answer()
+
+    return _async(model, command, work, instance_type=instance_type, instance_id=instance_id)
+
+
+def _render(model: m.CloudStackModel, key: str, renderer: str, table: Mapping[str, Any],
+            obj_id: str) -> Callable[[], Item]:
+    """The answer of a job: the record as it is when the job ends, rendered by server.py."""
+
+    def answer() -> Item:
+        with model.lock:
+            return {key: getattr(_wire(), renderer)(model, table[obj_id])}
+
+    return answer
+
+
+def _vm_item(model: m.CloudStackModel, vm_id: str) -> Item:
+    return _render(model, "virtualmachine", "_vm", model.vms, vm_id)()
+
+
+def _volume_item(model: m.CloudStackModel, volume_id: str) -> Item:
+    return _render(model, "volume", "_volume", model.volumes, volume_id)()
+
+
+def _success() -> Item:
+    return {"success": True}
+
+
+# ---------------------------------------------------------------------------- storage pools
+
+
+def create_storage_pool(model: m.CloudStackModel, p: Params) -> Item:
+    """Synchronous, as CreateStoragePoolCmd is."""
+    _required("createStoragePool", p, "name", "url", "zoneid")
+    _need(model.zones, p, "zoneid")
+    provider = p.get("provider") or "DefaultPrimary"
+    if provider != "StorPool":
+        raise m.ParamError(f"Unable to find the storage provider {provider} among the ones this simulator serves")
+    with model.lock:
+        if any(x.name == p["name"] for x in model.storage_pools.values()):
+            raise m.ParamError(f"Storage pool with name {p['name']} already exists")
+    pool = orch.create_storage_pool(model, p["name"], p["url"], p["zoneid"], p.get("tags", ""),
+                                    _long(p, "capacitybytes"))
+    with model.lock:
+        return {"storagepool": _wire()._pool(model, pool)}
+
+
+def delete_storage_pool(model: m.CloudStackModel, p: Params) -> Item:
+    _required("deleteStoragePool", p, "id")
+    pool = _need(model.storage_pools, p, "id")
+    with model.lock:
+        users = [v.name for v in model.volumes.values() if v.storage_id == pool.id]
+    if users and not _flag(p, "forced"):
+        raise m.ApiError(f"Cannot delete pool {pool.name} as there are associated non-destroyed vols for this pool")
+    orch.delete_storage_pool(model, pool)
+    return _success()
+
+
+# ---------------------------------------------------------------------------- VMs
+
+
+def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("deployVirtualMachine", p, "serviceofferingid", "templateid", "zoneid")
+    _need(model.zones, p, "zoneid")
+    offering = _need(model.service_offerings, p, "serviceofferingid")
+    tpl = _need(model.templates, p, "templateid")
+    disk_offering = _opt_need(model.disk_offerings, p, "diskofferingid")
+    host = _opt_need(model.hosts, p, "hostid")
+    root_gb = _long(p, "rootdisksize")
+    if root_gb is not None and root_gb * GIB < tpl.size:
+        raise m.ParamError(f"Root disk size {root_gb} GB is smaller than the template size")
+    data_gb = _long(p, "size")
+    if disk_offering is not None and not disk_offering.disk_size_gb and not data_gb:
+        raise m.ParamError("A custom disk offering needs a size")
+    vm = orch.allocate_vm(model, p.get("name") or p.get("displayname") or "", tpl, offering,
+                          root_size=root_gb * GIB if root_gb else None, disk_offering=disk_offering,
+                          data_size=data_gb * GIB if data_gb else None)
+    start = _flag(p, "startvm", True)
+
+    def action() -> None:
+        if start:  # startvm=false: records only, the volumes are created on the first start
+            orch.start_vm(model, vm.id, host.id if host else None)
+
+    return _job(model, "deployVirtualMachine", "VirtualMachine", vm.id, action, lambda: _vm_item(model, vm.id))
+
+
+def start_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("startVirtualMachine", p, "id")
+    vm = _need(model.vms, p, "id")
+    host = _opt_need(model.hosts, p, "hostid")
+    if vm.state == "Running":
+        raise m.ParamError(f"VM {vm.name} is already running")
+    return _job(model, "startVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.start_vm(model, vm.id, host.id if host else None), lambda: _vm_item(model, vm.id))
+
+
+def stop_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("stopVirtualMachine", p, "id")
+    vm = _need(model.vms, p, "id")
+    return _job(model, "stopVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.stop_vm(model, vm.id), lambda: _vm_item(model, vm.id))
+
+
+def reboot_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("rebootVirtualMachine", p, "id")
+    vm = _need(model.vms, p, "id")
+    if vm.state != "Running":
+        raise m.ParamError(f"Unable to reboot VM {vm.name}: it is {vm.state}")
+    return _job(model, "rebootVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.reboot_vm(model, vm.id), lambda: _vm_item(model, vm.id))
+
+
+def migrate_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("migrateVirtualMachine", p, "virtualmachineid")
+    vm = _need(model.vms, p, "virtualmachineid")
+    host = _opt_need(model.hosts, p, "hostid")
+    if vm.state == "Running" and host is None:
+        raise m.ParamError("hostid is required to migrate a running VM")
+    if host is not None and host.id == vm.host_id:
+        raise m.ParamError(f"VM {vm.name} is already on host {host.name}")
+    pool = _opt_need(model.storage_pools, p, "storageid")
+
+    def work() -> Item:
+        if host is not None:
+            orch.migrate_vm(model, vm.id, host.id)
+        if pool is not None:
+            for vol in orch.vm_volumes(model, vm.id):
+                orch.migrate_volume(model, vol.id, pool.id)
+        return _vm_item(model, vm.id)
+
+    return _async(model, "migrateVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
+
+
+def destroy_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("destroyVirtualMachine", p, "id")
+    vm = _need(model.vms, p, "id")
+    expunge = _flag(p, "expunge")
+
+    def work() -> Item:
+        out = _vm_item(model, vm.id)
+        orch.destroy_vm(model, vm.id, expunge=expunge)
+        out["virtualmachine"]["state"] = "Expunging" if expunge else "Destroyed"
+        return out
+
+    return _async(model, "destroyVirtualMachine", work, instance_type="VirtualMachine", instance_id=vm.id)
+
+
+def expunge_vm(model: m.CloudStackModel, p: Params) -> Item:
+    _required("expungeVirtualMachine", p, "id")
+    vm = _need(model.vms, p, "id")
+    if vm.state != "Destroyed":
+        raise m.ParamError(f"Please specify a VM that is in Destroyed state; {vm.name} is {vm.state}")
+    return _job(model, "expungeVirtualMachine", "VirtualMachine", vm.id,
+                lambda: orch.destroy_vm(model, vm.id, expunge=True), _success)
+
+
+# ---------------------------------------------------------------------------- tags
+
+
+def create_tags(model: m.CloudStackModel, p: Params) -> Item:
+    return _tags(model, p, "createTags", remove=False)
+
+
+def delete_tags(model: m.CloudStackModel, p: Params) -> Item:
+    return _tags(model, p, "deleteTags", remove=True)
+
+
+def _tags(model: m.CloudStackModel, p: Params, cmd: str, *, remove: bool) -> Item:
+    _required(cmd, p, "resourceids", "resourcetype")
+    if not remove and not _tags_param(p):
+        raise m.MissingParam(f"Unable to execute API command {cmd.lower()} due to missing parameter tags")
+    if p["resourcetype"].lower() not in ("uservm", "virtualmachine"):
+        raise m.ParamError(f"Tags on {p['resourcetype']} are not served by this simulator (UserVm only)")
+    vm_ids = [x.strip() for x in p["resourceids"].split(",") if x.strip()]
+    for vid in vm_ids:
+        if vid not in model.vms:
+            raise m.no_entity("resourceids", vid)
+    wanted = _tags_param(p)
+
+    def work() -> Item:
+        for vid in vm_ids:
+            orch.change_vm_tags(model, vid, wanted, remove=remove)
+        return _success()
+
+    return _async(model, cmd, work)
+
+
+# ---------------------------------------------------------------------------- volumes
+
+
+def create_volume(model: m.CloudStackModel, p: Params) -> Item:
+    snapshot = _opt_need(model.snapshots, p, "snapshotid")
+    offering = _opt_need(model.disk_offerings, p, "diskofferingid")
+    if snapshot is None and offering is None:
+        raise m.ParamError("Either disk Offering Id or snapshot Id must be passed whilst creating volume")
+    zone = p.get("zoneid") or (snapshot.zone_id if snapshot else "")
+    if snapshot is None:
+        _need(model.zones, {"zoneid": zone}, "zoneid")
+    vm = _opt_need(model.vms, p, "virtualmachineid")
+    pool = _opt_need(model.storage_pools, p, "storageid")
+    size_gb = _long(p, "size")
+    if offering is not None and snapshot is None:
+        if offering.disk_size_gb and size_gb and not offering.customized:
+            raise m.ParamError("This disk offering has a fixed size; size cannot be given")
+        if not offering.disk_size_gb and not size_gb:
+            raise m.ParamError("This disk offering requires a custom size")
+    if p.get("miniops") or p.get("maxiops"):
+        if offering is None or not offering.customized_iops:
+            raise m.ParamError("Custom IOPS can only be given with a disk offering that has customized IOPS")
+    vol = orch.allocate_volume(
+        model, p.get("name") or "", zone, offering=offering, size=size_gb * GIB if size_gb else None,
+        snapshot=snapshot, min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"),
+    )
+
+    def work() -> Item:
+        try:
+            if snapshot is not None:
+                orch.create_volume_from_snapshot(model, vol.id, snapshot.id)
+            elif pool is not None:
+                orch.create_volume_on_pool(model, vol.id, pool.id)
+            if vm is not None:
+                orch.attach_volume(model, vol.id, vm.id, None)
+        except m.ApiError:
+            if snapshot is not None:
+                # VolumeApiServiceImpl: a failed creation from a snapshot leaves no volume behind.
+                with model.lock:
+                    model.volumes.pop(vol.id, None)
+            raise
+        return _volume_item(model, vol.id)
+
+    return _async(model, "createVolume", work, instance_type="Volume", instance_id=vol.id)
+
+
+def attach_volume(model: m.CloudStackModel, p: Params) -> Item:
+    _required("attachVolume", p, "id", "virtualmachineid")
+    vol = _need(model.volumes, p, "id")
+    vm = _need(model.vms, p, "virtualmachineid")
+    device = _long(p, "deviceid")
+    if vol.vm_id:
+        raise m.ParamError(f"Please specify a volume that is not attached to any VM; {vol.name} is attached")
+    if vol.type == "ROOT":
+        raise m.ParamError("Please specify a volume with the valid type: DATADISK")
+    if vm.state not in ("Running", "Stopped"):
+        raise m.ParamError(f"Please specify a VM that is either running or stopped; {vm.name} is {vm.state}")
+    return _job(model, "attachVolume", "Volume", vol.id,
+                lambda: orch.attach_volume(model, vol.id, vm.id, device), lambda: _volume_item(model, vol.id))
+
+
+def detach_volume(model: m.CloudStackModel, p: Params) -> Item:
+    if p.get("id"):
+        vol = _need(model.volumes, p, "id")
+    else:
+        _required("detachVolume", p, "virtualmachineid", "deviceid")
+        vm = _need(model.vms, p, "virtualmachineid")
+        device = _long(p, "deviceid")
+        found = [v for v in model.volumes.values() if v.vm_id == vm.id and v.device_id == device]
+        if not found:
+            raise m.ParamError("Unable to find volume with ID: null")
+        vol = found[0]
+    if not vol.vm_id:
+        raise m.ParamError("Please specify a volume that is attached to a VM.")
+    if vol.type == "ROOT":
+        raise m.ParamError("Please specify a data volume.")
+    return _job(model, "detachVolume", "Volume", vol.id,
+                lambda: orch.detach_volume(model, vol.id), lambda: _volume_item(model, vol.id))
+
+
+def _new_size(vol: m.Volume, offering: m.DiskOffering | None, p: Params) -> int:
+    """VolumeApiServiceImpl's size rule: `size` (GB), else the new offering's size, else the
+    current one; a smaller size must be signed off with `shrinkok=true`."""
+    size_gb = _long(p, "size")
+    new_size = size_gb * GIB if size_gb else ((offering.disk_size_gb if offering else 0) * GIB or vol.size)
+    if new_size < vol.size and not _flag(p, "shrinkok"):
+        raise m.ParamError(f"Going from existing size of {vol.size} to size of {new_size} would shrink the volume."
+                           "Need to sign off by supplying the shrinkok parameter with value of true.")
+    return new_size
+
+
+def _resize_job(model: m.CloudStackModel, p: Params, command: str, action: Callable[..., None], *,
+                offering_required: bool) -> Item:
+    """resizeVolume and changeOfferingForVolume: the same parameters and size rule."""
+    _required(command, p, "id", *(("diskofferingid",) if offering_required else ()))
+    vol = _need(model.volumes, p, "id")
+    offering = (_need if offering_required else _opt_need)(model.disk_offerings, p, "diskofferingid")
+    new_size = _new_size(vol, offering, p)
+    return _job(model, command, "Volume", vol.id,
+                lambda: action(model, vol.id, new_size, offering=offering, shrink_ok=_flag(p, "shrinkok"),
+                               min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops")),
+                lambda: _volume_item(model, vol.id))
+
+
+def resize_volume(model: m.CloudStackModel, p: Params) -> Item:
+    return _resize_job(model, p, "resizeVolume", orch.resize_volume, offering_required=False)
+
+
+def change_offering_for_volume(model: m.CloudStackModel, p: Params) -> Item:
+    return _resize_job(model, p, "changeOfferingForVolume", orch.change_volume_offering, offering_required=True)
+
+
+def migrate_volume(model: m.CloudStackModel, p: Params) -> Item:
+    _required("migrateVolume", p, "volumeid", "storageid")
+    vol = _need(model.volumes, p, "volumeid")
+    pool = _need(model.storage_pools, p, "storageid")
+    if vol.storage_id == pool.id:
+        raise m.ParamError(f"Volume {vol.name} is already on pool {pool.name}")
+    if vol.state != "Ready" or not vol.storage_id:
+        raise m.ParamError("Volume must be in ready state")
+    vm = model.vms.get(vol.vm_id or "")
+    if vm is not None and vm.state == "Running" and not _flag(p, "livemigrate"):
+        raise m.ParamError("Volume needs to be detached from VM, or pass livemigrate=true")
+    return _job(model, "migrateVolume", "Volume", vol.id,
+                lambda: orch.migrate_volume(model, vol.id, pool.id), lambda: _volume_item(model, vol.id))
+
+
+def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
+    """Synchronous, as DeleteVolumeCmd is (a BaseCmd, not an async one)."""
+    _required("deleteVolume", p, "id")
+    vol = _need(model.volumes, p, "id")
+    if vol.vm_id:
+        raise m.ParamError("Please specify a volume that is not attached to any VM.")
+    orch.delete_volume(model, vol.id)
+    return _success()
+
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    _required("createSnapshot", p, "volumeid")
+    vol = _need(model.volumes, p, "volumeid")
+    if vol.state != "Ready" or not vol.path:
+        raise m.ParamError(f"VolumeId: {vol.id} is not in Ready state but {vol.state}. Cannot take snapshot.")
+    snap = orch.allocate_snapshot(model, vol.id, p.get("name"))
+
+    return _job(model, "createSnapshot", "Snapshot", snap.id, lambda: orch.take_snapshot(model, snap.id),
+                _render(model, "snapshot", "_snapshot", model.snapshots, snap.id))
+
+
+def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    _required("deleteSnapshot", p, "id")
+    snap = _need(model.snapshots, p, "id")
+    return _job(model, "deleteSnapshot", "Snapshot", snap.id, lambda: orch.delete_snapshot(model, snap.id), _success)
+
+
+def revert_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    _required("revertSnapshot", p, "id")
+    snap = _need(model.snapshots, p, "id")
+    vol = model.volumes.get(snap.volume_id)
+    if vol is None:
+        raise m.ParamError("The volume this snapshot was taken of no longer exists")
+    vm = model.vms.get(vol.vm_id or "")
+    if vm is not None and vm.state != "Stopped":
+        raise m.ParamError(f"The VM the specified disk is attached to is not in the shutdown state; it is {vm.state}")
+
+    return _job(model, "revertSnapshot", "Snapshot", snap.id, lambda: orch.revert_snapshot(model, snap.id),
+                _render(model, "snapshot", "_snapshot", model.snapshots, snap.id))
+
+
+# ---------------------------------------------------------------------------- templates
+
+
+def create_template(model: m.CloudStackModel, p: Params) -> Item:
+    _required("createTemplate", p, "name", "ostypeid")
+    snapshot = _opt_need(model.snapshots, p, "snapshotid")
+    volume = _opt_need(model.volumes, p, "volumeid")
+    if (snapshot is None) == (volume is None):
+        raise m.ParamError("Failed to create private template record, please specify only one of volume ID "
+                           "(volumeid) and snapshot ID (snapshotid)")
+    if volume is not None:
+        vm = model.vms.get(volume.vm_id or "")
+        if vm is not None and vm.state != "Stopped":
+            raise m.ParamError(f"VolumeId: {volume.id} please attach this volume to a stopped VM or detach it "
+                               "first to create a template")
+    tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume)
+
+    snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
+    return _job(model, "createTemplate", "Template", tpl.id,
+                lambda: orch.create_template(model, tpl.id, snapshot_id=snapshot_id, volume_id=volume_id),
+                _render(model, "template", "_template", model.templates, tpl.id))
+
+
+def delete_template(model: m.CloudStackModel, p: Params) -> Item:
+    _required("deleteTemplate", p, "id")
+    tpl = _need(model.templates, p, "id")
+    users = [vm.name for vm in model.vms.values() if vm.template_id == tpl.id]
+    forced = _flag(p, "forced")
+
+    def work() -> Item:
+        if users and not forced:
+            raise m.ParamError(f"Unable to delete template with id: {tpl.id} because VM instances: "
+                               f"[{', '.join(users)}] are using it.")
+        orch.delete_template(model, tpl.id, forced=forced)
+        return _success()
+
+    return _async(model, "deleteTemplate", work, instance_type="Template", instance_id=tpl.id)
+
+
+# ---------------------------------------------------------------------------- VM snapshots
+
+
+def create_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    _required("createVMSnapshot", p, "virtualmachineid")
+    vm = _need(model.vms, p, "virtualmachineid")
+    if vm.state not in ("Running", "Stopped"):
+        raise m.ParamError(f"Creating VM snapshot failed due to VM:{vm.id} is not in the running or Stopped state")
+    memory = _flag(p, "snapshotmemory")
+    if memory and vm.state != "Running":
+        raise m.ParamError("Can not snapshot memory when VM is not in Running state")
+    snap = orch.allocate_vm_snapshot(model, vm.id, p.get("name"), p.get("description", ""), memory=memory)
+
+    return _job(model, "createVMSnapshot", "VMSnapshot", snap.id, lambda: orch.take_vm_snapshot(model, snap.id),
+                _render(model, "vmsnapshot", "_vm_snapshot", model.vm_snapshots, snap.id))
+
+
+def revert_to_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    _required("revertToVMSnapshot", p, "vmsnapshotid")
+    snap = _need(model.vm_snapshots, p, "vmsnapshotid")
+    vm = model.vms[snap.vm_id]
+    if snap.state != "Ready":
+        raise m.ParamError(f"VM Snapshot reverting failed due to vm snapshot {snap.name} is not in Ready state")
+    if snap.type == "Disk" and vm.state == "Running":
+        raise m.ParamError("VM Snapshot reverting failed due to vm is not in the state as Shutdown or Running, "
+                           "and a disk-only snapshot needs the VM stopped")
+    return _job(model, "revertToVMSnapshot", "VMSnapshot", snap.id,
+                lambda: orch.revert_vm_snapshot(model, snap.id), lambda: _vm_item(model, vm.id))
+
+
+def delete_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    _required("deleteVMSnapshot", p, "vmsnapshotid")
+    snap = _need(model.vm_snapshots, p, "vmsnapshotid")
+    return _job(model, "deleteVMSnapshot", "VMSnapshot", snap.id, lambda: orch.delete_vm_snapshot(model, snap.id), _success)
+
+
+HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
+    "createStoragePool": create_storage_pool,
+    "deleteStoragePool": delete_storage_pool,
+    "deployVirtualMachine": deploy_vm,
+    "startVirtualMachine": start_vm,
+    "stopVirtualMachine": stop_vm,
+    "rebootVirtualMachine": reboot_vm,
+    "migrateVirtualMachine": migrate_vm,
+    "destroyVirtualMachine": destroy_vm,
+    "expungeVirtualMachine": expunge_vm,
+    "createTags": create_tags,
+    "deleteTags": delete_tags,
+    "createVolume": create_volume,
+    "attachVolume": attach_volume,
+    "detachVolume": detach_volume,
+    "resizeVolume": resize_volume,
+    "changeOfferingForVolume": change_offering_for_volume,
+    "migrateVolume": migrate_volume,
+    "deleteVolume": delete_volume,
+    "createSnapshot": create_snapshot,
+    "deleteSnapshot": delete_snapshot,
+    "revertSnapshot": revert_snapshot,
+    "createTemplate": create_template,
+    "deleteTemplate": delete_template,
+    "createVMSnapshot": create_vm_snapshot,
+    "revertToVMSnapshot": revert_to_vm_snapshot,
+    "deleteVMSnapshot": delete_vm_snapshot,
+}
+"""Command name -> handler; server.py registers them (all change the world: saved after)."""

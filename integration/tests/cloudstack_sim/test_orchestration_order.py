@@ -1,0 +1,100 @@
+"""The simulator's storage subsystem, seen from its call log: which plugin calls a user command
+makes, in which order, with which data (orchestrator.py documents the CloudStack classes each
+order follows). The workflow tests check the outcome on StorPool; this checks the calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cs
+
+from integration.stack import LocalStack
+from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported fixture)
+from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
+from integration.tests.workflows.support import deploy, offering, template, volumes_of, with_image
+
+
+def calls_during(stack: LocalStack, work: Any) -> list[tuple[str, dict[str, Any]]]:  # noqa: F811
+    plugin = stack.cs.model.plugin
+    assert plugin is not None
+    before = len(plugin.calls)
+    work()
+    return [(c.operation, c.args) for c in plugin.calls[before:]]
+
+
+def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    pool = stack.pool_id("storpool-primary")
+    vms: list[dict[str, Any]] = []
+
+    first = calls_during(stack, lambda: vms.append(deploy(cloud, tpl, "one")))
+    # VolumeServiceImpl.createVolumeFromTemplateAsync: the base image on the pool first, then
+    # the volume from it; then provideVmInfo; then the host's StartCommand.
+    assert [op for op, _ in first] == ["cache_template", "create_volume_from_template", "volume_attached",
+                                      "agent:prepare_start"]
+    root = volumes_of(cloud, vms[0]["id"])[0]
+    fill, create, tag, start = (args for _, args in first)
+    assert fill["pool"] == pool and fill["template_uuid"] == tpl["id"]
+    assert fill["source"]["path"] == f"template/tmpl/1/{tpl['id']}/{tpl['id']}.qcow2"
+    assert create["volume_uuid"] == root["id"] and create["volume_type"] == "ROOT"
+    assert create["service_offering_id"] == vms[0]["serviceofferingid"]
+    assert tag == {"pool": pool, "volume_uuid": root["id"], "vm_id": vms[0]["id"], "device_id": 0,
+                   "path": root["path"]}
+    assert start["volumes"] == [root["path"]]
+
+    # The template is on the pool now (template_spool_ref): no second fill.
+    second = calls_during(stack, lambda: vms.append(deploy(cloud, tpl, "two")))
+    assert [op for op, _ in second] == ["create_volume_from_template", "volume_attached", "agent:prepare_start"]
+
+    attach = calls_during(stack, lambda: cloud.createVolume(name="d", zoneid=tpl["zoneid"], virtualmachineid=vms[0]["id"],
+                                                            diskofferingid=offering(cloud, "sp-small")))
+    # allocVolume, then attachVolumeToVM: created on the VM's pool, connected on its host, tagged.
+    assert [op for op, _ in attach] == ["create_volume", "agent:prepare_start", "volume_attached"]
+    assert attach[0][1]["pool"] == pool and attach[0][1]["size"] == 10 << 30
+
+    destroy = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vms[0]["id"], expunge=True))
+    assert [op for op, _ in destroy] == ["delete_volume", "vm_destroyed"]
+    assert destroy[0][1]["volume_uuid"] == root["id"] and destroy[0][1]["path"] == root["path"]
+
+
+def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "snappy")
+    root = volumes_of(cloud, vm["id"])[0]
+    pool = stack.pool_id("storpool-primary")
+    snaps: list[dict[str, Any]] = []
+
+    take = calls_during(stack, lambda: snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"]))
+    assert [op for op, _ in take] == ["take_snapshot"]
+    assert take[0][1] == {"volume_uuid": root["id"], "snapshot_uuid": snaps[0]["id"],
+                          "secondary": {"store": str(stack.secondary),
+                                        "path": f"snapshots/2/{root['id']}/{snaps[0]['id']}.qcow2"}}
+
+    resize = calls_during(stack, lambda: cloud.resizeVolume(id=root["id"], size=1))
+    assert resize == [("resize_volume", {"volume_uuid": root["id"], "new_size": 1 << 30, "shrink_ok": False})]
+    snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"])  # of the 1 GiB volume
+
+    cloud.stopVirtualMachine(id=vm["id"])
+    made: list[dict[str, Any]] = []
+    template_calls = calls_during(stack, lambda: made.append(cloud.createTemplate(
+        name="t", displaytext="t", ostypeid="1", snapshotid=snaps[0]["id"])["template"]))
+    assert template_calls == [("create_template_from_snapshot", {
+        "pool": pool, "template_uuid": made[0]["id"], "snapshot_uuid": snaps[0]["id"],
+        "secondary": {"store": str(stack.secondary), "path": f"template/tmpl/2/{made[0]['id']}/{made[0]['id']}.qcow2"}})]
+
+    vm_snaps: list[dict[str, Any]] = []
+    group = calls_during(stack, lambda: vm_snaps.append(cloud.createVMSnapshot(virtualmachineid=vm["id"])["vmsnapshot"]))
+    assert group == [("take_vm_snapshot", {"vm_uuid": vm["id"], "vm_snapshot_uuid": vm_snaps[0]["id"],
+                                           "memory": False})]
+    gone = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vm["id"], expunge=True))
+    # VM snapshots go first (VMSnapshotManagerImpl.deleteAllVMSnapshots), then the volumes.
+    assert [op for op, _ in gone] == ["delete_vm_snapshot", "delete_volume", "vm_destroyed"]
+
+    drop = calls_during(stack, lambda: cloud.deleteSnapshot(id=snaps[0]["id"]))
+    assert drop == [("delete_snapshot", {"pool": pool, "snapshot_uuid": snaps[0]["id"]})]
+    # The snapshot outlived its volume; a volume can still be made from it, on its pool.
+    restored = calls_during(stack, lambda: cloud.createVolume(name="again", snapshotid=snaps[1]["id"]))
+    assert [op for op, _ in restored] == ["create_volume_from_snapshot"]
+    assert restored[0][1]["pool"] == pool and restored[0][1]["size"] == 1 << 30

@@ -1,0 +1,78 @@
+"""docs/adapter.md is the plugin's contract with CloudStack; the simulator's orchestrator is its
+executable form. Every operation the table names must be one the simulator calls, and every
+operation the service publishes must be accounted for on the page."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from cloudstack_storpool.service.operations import TABLE
+from integration.cloudstack_sim import orchestrator
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "adapter.md"
+CODE = re.compile(r"`([a-z_:]+)`")
+
+
+def simulator_call_map() -> tuple[set[str], set[str]]:
+    """(service operations, agent commands) the orchestrator's code calls, read from its source:
+    `plugin.call("<operation>", ...)` and `plugin.agent(ip, port, "<command>", ...)`."""
+    tree = ast.parse(Path(orchestrator.__file__).read_text())
+    ops: set[str] = set()
+    agent: set[str] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr == "call" and node.args and isinstance(node.args[0], ast.Constant):
+            ops.add(str(node.args[0].value))
+        if node.func.attr == "agent" and len(node.args) >= 3 and isinstance(node.args[2], ast.Constant):
+            agent.add(str(node.args[2].value))
+    return ops, agent
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(title)
+    end = text.find("\n## ", start + len(title))
+    return text[start:] if end < 0 else text[start:end]
+
+
+def table_operations(text: str) -> set[str]:
+    """The "Service operation" column (the third) of the driven-entry-points table."""
+    out: set[str] = set()
+    for line in _section(text, "## Entry points driven by the simulator").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[2] not in ("Service operation", "---"):
+            found = CODE.findall(cells[2])
+            assert found, f"row without an operation: {line}"
+            out.update(found)
+    return out
+
+
+def test_every_row_is_exercised_by_the_simulator() -> None:
+    text = DOC.read_text()
+    rows = table_operations(text)
+    assert len(rows) >= 20
+    unknown = rows - set(TABLE.by_name)
+    assert not unknown, f"the table names operations the service does not have: {sorted(unknown)}"
+    called, _ = simulator_call_map()
+    missing = rows - called
+    assert not missing, f"rows the simulator never calls: {sorted(missing)}"
+    # And nothing the simulator calls is missing from the table.
+    assert called <= rows, sorted(called - rows)
+
+
+def test_agent_commands_the_simulator_runs_are_in_the_kvm_table() -> None:
+    text = DOC.read_text()
+    _, agent = simulator_call_map()
+    assert agent
+    kvm = text[text.index("KVM side"):text.index("## Not yet driven")]
+    for cmd in agent:
+        assert f"`{cmd}`" in kvm, cmd
+
+
+def test_every_service_operation_is_accounted_for() -> None:
+    text = DOC.read_text()
+    named = set(CODE.findall(text))
+    missing = set(TABLE.by_name) - named
+    assert not missing, f"service operations docs/adapter.md does not mention: {sorted(missing)}"
