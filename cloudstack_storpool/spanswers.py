@@ -39,47 +39,29 @@ def _got(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _str(obj: dict[str, Any], key: str) -> str:
+_MISSING: Any = object()
+
+
+def _get(obj: dict[str, Any], key: str, kinds: tuple[type, ...], what: str, default: Any = _MISSING) -> Any:
+    """`obj[key]` when its JSON type is one of `kinds`; `default` when it is null or absent and
+    the field may be left out (a name that is `""` when there is none, a count older servers
+    or other listings do not send)."""
     value = obj.get(key)
-    if type(value) is str:
+    if type(value) in kinds:
         return value
-    raise _Bad(key, f"must be a string, got {_got(value)}")
+    if value is None and default is not _MISSING:
+        return default
+    raise _Bad(key, f"must be {what}, got {_got(value)}")
 
 
-def _opt_str(obj: dict[str, Any], key: str) -> str:
-    """A name that is `""`, null or absent when there is none."""
-    value = obj.get(key)
-    if type(value) is str:
-        return value
-    if value is None:
-        return ""
-    raise _Bad(key, f"must be a string, got {_got(value)}")
+_STR, _INT, _NUMBER, _BOOL = (str,), (int,), (int, float), (bool,)
 
 
-def _int(obj: dict[str, Any], key: str) -> int:
-    value = obj.get(key)
-    if type(value) is int and value >= 0:
-        return value
-    raise _Bad(key, f"must be a non-negative integer, got {_got(value) if type(value) is not int else value}")
-
-
-def _opt_int(obj: dict[str, Any], key: str) -> int:
-    """A count or timestamp that older servers or other listings leave out (0 then)."""
-    value = obj.get(key)
-    if type(value) is int:
-        return value
-    if value is None:
-        return 0
-    raise _Bad(key, f"must be an integer, got {_got(value)}")
-
-
-def _opt_number(obj: dict[str, Any], key: str) -> float:
-    value = obj.get(key)
-    if type(value) is int or type(value) is float:
-        return float(value)
-    if value is None:
-        return 0.0
-    raise _Bad(key, f"must be a number, got {_got(value)}")
+def _size(obj: dict[str, Any]) -> int:
+    value = _get(obj, "size", _INT, "an integer")
+    if value < 0:
+        raise _Bad("size", f"must not be negative, got {value}")
+    return int(value)
 
 
 def _limit(obj: dict[str, Any], key: str) -> int:
@@ -90,13 +72,6 @@ def _limit(obj: dict[str, Any], key: str) -> int:
     if value == "-" or value is None:
         return 0
     raise _Bad(key, f'must be an integer or "-", got {_got(value)}')
-
-
-def _flag(obj: dict[str, Any], key: str) -> bool:
-    value = obj.get(key, False)
-    if type(value) is bool:
-        return value
-    raise _Bad(key, f"must be true or false, got {_got(value)}")
 
 
 def _tags(obj: dict[str, Any]) -> dict[str, str]:
@@ -124,27 +99,30 @@ def _object(obj: Any) -> dict[str, Any]:
     return obj
 
 
+def _common(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields volumes and snapshots share."""
+    return {
+        "name": _get(obj, "name", _STR, "a string"), "global_id": _global_id(obj), "size": _size(obj),
+        "template": _get(obj, "templateName", _STR, "a string", ""),
+        "parent": _get(obj, "parentName", _STR, "a string", ""),
+        "iops": _limit(obj, "iops"), "bw": _limit(obj, "bw"), "tags": _tags(obj),
+        "created": float(_get(obj, "creationTimestamp", _NUMBER, "a number", 0)),
+        "space_used": _get(obj, "spaceUsed", _INT, "an integer", 0),
+        "stored": _get(obj, "storedSize", _INT, "an integer", 0),
+    }
+
+
 def _volume(raw: Any) -> SpVolume:
-    obj = _object(raw)
-    return SpVolume(
-        name=_str(obj, "name"), global_id=_global_id(obj), size=_int(obj, "size"),
-        template=_opt_str(obj, "templateName"), parent=_opt_str(obj, "parentName"),
-        iops=_limit(obj, "iops"), bw=_limit(obj, "bw"), tags=_tags(obj),
-        created=_opt_number(obj, "creationTimestamp"),
-        space_used=_opt_int(obj, "spaceUsed"), stored=_opt_int(obj, "storedSize"),
-    )
+    return SpVolume(**_common(_object(raw)))
 
 
 def _snapshot(raw: Any) -> SpSnapshot:
     obj = _object(raw)
     return SpSnapshot(
-        name=_str(obj, "name"), global_id=_global_id(obj), size=_int(obj, "size"),
-        template=_opt_str(obj, "templateName"), parent=_opt_str(obj, "parentName"),
-        iops=_limit(obj, "iops"), bw=_limit(obj, "bw"), tags=_tags(obj),
-        created=_opt_number(obj, "creationTimestamp"),
-        space_used=_opt_int(obj, "spaceUsed"), stored=_opt_int(obj, "storedSize"),
-        on_volume=_opt_str(obj, "onVolume"), deleted=_flag(obj, "deleted"), transient=_flag(obj, "transient"),
-        delete_at=_opt_number(obj, "targetDeleteDate"),
+        **_common(obj), on_volume=_get(obj, "onVolume", _STR, "a string", ""),
+        deleted=_get(obj, "deleted", _BOOL, "true or false", False),
+        transient=_get(obj, "transient", _BOOL, "true or false", False),
+        delete_at=float(_get(obj, "targetDeleteDate", _NUMBER, "a number", 0)),
     )
 
 
@@ -153,7 +131,7 @@ def _template(raw: Any) -> SpTemplate:
     replication = obj.get("replication")
     if not (type(replication) is int or replication in ("-", None)):
         raise _Bad("replication", f'must be an integer or "-", got {_got(replication)}')
-    return SpTemplate(name=_str(obj, "name"), iops=_limit(obj, "iops"), bw=_limit(obj, "bw"),
+    return SpTemplate(name=_get(obj, "name", _STR, "a string"), iops=_limit(obj, "iops"), bw=_limit(obj, "bw"),
                       replication=replication if type(replication) is int else 0)
 
 
@@ -167,15 +145,13 @@ def _attachment(raw: Any) -> SpAttachment:
     rights = obj.get("rights")
     if rights != "rw" and rights != "ro":
         raise _Bad("rights", f'must be "rw" or "ro", got {rights!r}')
-    snapshot = obj.get("snapshot")
-    if type(snapshot) is not bool:
-        raise _Bad("snapshot", f"must be true or false, got {_got(snapshot)}")
-    return SpAttachment(name=_str(obj, "volume"), global_id=_opt_str(obj, "globalId"),
+    snapshot = _get(obj, "snapshot", _BOOL, "true or false")
+    return SpAttachment(name=_get(obj, "volume", _STR, "a string"), global_id=_get(obj, "globalId", _STR, "a string", ""),
                         kind="snapshot" if snapshot else "volume", client=client, rights=rights)
 
 
 def _active_request(raw: Any) -> SpActiveRequest:
-    return SpActiveRequest(volume=_str(_object(raw), "volume"))
+    return SpActiveRequest(volume=_get(_object(raw), "volume", _STR, "a string"))
 
 
 def _list(build: Callable[[Any], R], data: Any, query: str, where: str = "data") -> list[R]:
