@@ -7,6 +7,10 @@ keeps `id=None`), and raise plain ValueError or KeyError on an HTML error page, 
 or a `data` that is not an object. A heartbeat that raised on those would crash `heartbeat
 status` and leave the host loop's previous `ok` in its status file. Here every such answer is
 "cannot tell", with what was wrong as the reason; "cannot tell" never fences and never reboots.
+
+ClientActiveRequests is read the same way by the host loop's `idle`, the check's I/O samples and
+`vm_activity` (`read_active_requests`): the connection layer refuses an answer without its
+`requests` list (`SpMalformed`), which the bindings used to fill with an empty one, i.e. "no I/O".
 """
 
 from __future__ import annotations
