@@ -100,7 +100,12 @@ class AgentClient:
         return dict(self._request("GET", "/v1/facts")[1])
 
     def start(self, command: str, args: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
-        """Start (or find, by idempotency key) a job; returns its JSON."""
+        """Start (or find, by idempotency key) a job; returns its JSON.
+
+        A 4xx answer to the submission is the agent refusing it (bad field, unknown command,
+        wrong token, key reused): no job was started, so the error says `applied=False`, unless
+        an earlier attempt whose answer was lost may have started it. Only the submission: a
+        404 while polling a job (an agent restarted without it) proves nothing about its work."""
         key = idempotency_key or uuid.uuid4().hex
         body = {"command": command, "args": args, "idempotency_key": key}
         maybe_sent = False
@@ -108,6 +113,8 @@ class AgentClient:
             try:
                 return dict(self._request("POST", "/v1/jobs", body)[1])
             except AgentRequestError as exc:
+                if exc.status is not None and 400 <= exc.status < 500:
+                    exc.applied = False
                 # Same key: re-sending can only find the job the lost answer was about.
                 maybe_sent = maybe_sent or exc.applied is not False
                 if exc.code != "unreachable" or attempt == self.post_retries:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool.cloudstack import CloudStackClient
+from cloudstack_storpool.cloudstack.client import CloudStackClient
 from cloudstack_storpool.driver import gc, pools, templates, vmsnapshots, volumes
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext

@@ -68,6 +68,18 @@ class SpBusy(StorPoolError):
     code = "busy"
 
 
+class SpMalformed(StorPoolError):
+    """StorPool answered, but not with what the project's records need: a field missing or of
+    another type. A version mismatch or a broken proxy, never to be read as "absent" or "no
+    objects". `field` names the part of the answer that was wrong (`data[12].globalId`)."""
+
+    code = "storpool-malformed"
+
+    def __init__(self, field: str, message: str, *, query: str) -> None:
+        super().__init__("malformedAnswer", f"{field}: {message}", query=query)
+        self.field = field
+
+
 class SpTransient(StorPoolError):
     """Retrying later may succeed: StorPool said so, or the connection failed."""
 

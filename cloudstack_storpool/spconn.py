@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from storpool import spapi
 from storpool.spcatch import InvalidArgumentError
 
-from cloudstack_storpool import logs, metrics, names, sprecords
+from cloudstack_storpool import logs, metrics, names, spanswers
 from cloudstack_storpool.errors import (
     SpBusy,
     SpExists,
@@ -47,7 +47,16 @@ from cloudstack_storpool.errors import (
     ValidationError,
 )
 from cloudstack_storpool.poolconfig import PoolSpec, Secret, read_storpool_conf
-from cloudstack_storpool.sprecords import ByGlobalId, Kind, Mode, SpAttachment, SpSnapshot, SpTemplate, SpVolume
+from cloudstack_storpool.sprecords import (
+    ByGlobalId,
+    Kind,
+    Mode,
+    SpActiveRequest,
+    SpAttachment,
+    SpSnapshot,
+    SpTemplate,
+    SpVolume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -406,53 +415,65 @@ class StorPoolConn:
 
     # ---------------------------------------------------------------- reads
 
-    def _first(self, query: str, fn: Callable[[], list[Any]]) -> Any | None:
+    # Every read asks the bindings for the answer's raw `data` (`returnRawAPIData=True`) and
+    # builds the records from it (`spanswers`): the bindings' per-object types cost 20 times the
+    # JSON parsing on big lists, and kept partial objects where a field was missing.
+
+    def _first(self, query: str, fn: Callable[[], Any], read: Callable[[Any, str], list[T]]) -> T | None:
         """The object a by-name list query returns, None when it does not exist."""
         try:
-            found = self._retrying(query, fn)
+            found = read(self._retrying(query, fn), query)
         except SpNotFound:
             return None
         return found[0] if found else None
 
     def volume(self, name: str) -> SpVolume | None:
         names.volume_name(name)
-        found = self._first("Volume", lambda: self.api.volumeList(name))
-        return sprecords.volume(found) if found is not None else None
+        return self._first("Volume", lambda: self.api.volumeList(name, returnRawAPIData=True), spanswers.volumes)
 
     def snapshot(self, name: str) -> SpSnapshot | None:
         names.snapshot_name(name)
-        found = self._first("Snapshot", lambda: self.api.snapshotList(name))
-        return sprecords.snapshot(found) if found is not None else None
+        return self._first("Snapshot", lambda: self.api.snapshotList(name, returnRawAPIData=True),
+                           spanswers.snapshots)
 
     def volumes(self) -> list[SpVolume]:
-        return [sprecords.volume(v) for v in self._retrying("VolumesList", self.api.volumesList)]
+        return spanswers.volumes(self._retrying("VolumesList", lambda: self.api.volumesList(returnRawAPIData=True)),
+                                 "VolumesList")
 
     def snapshots(self) -> list[SpSnapshot]:
-        return [sprecords.snapshot(s) for s in self._retrying("SnapshotsList", self.api.snapshotsList)]
+        raw = self._retrying("SnapshotsList", lambda: self.api.snapshotsList(returnRawAPIData=True))
+        return spanswers.snapshots(raw, "SnapshotsList")
 
     def volumes_space(self) -> list[SpVolume]:
-        return [sprecords.volume(v) for v in self._retrying("VolumesSpace", self.api.volumesSpace)]
+        raw = self._retrying("VolumesSpace", lambda: self.api.volumesSpace(returnRawAPIData=True))
+        return spanswers.volumes(raw, "VolumesSpace")
 
     def template(self, name: str) -> SpTemplate | None:
         names.template_name(name)
         try:
-            found = self._retrying("VolumeTemplateDescribe", lambda: self.api.volumeTemplateDescribe(name))
+            raw = self._retrying("VolumeTemplateDescribe",
+                                 lambda: self.api.volumeTemplateDescribe(name, returnRawAPIData=True))
         except SpNotFound:
             return None
-        return sprecords.template(found)
+        return spanswers.template(raw, "VolumeTemplateDescribe")
 
     def templates_status(self) -> list[Any]:
         return list(self._retrying("VolumeTemplatesStatus", self.api.volumeTemplatesStatus))
 
     def attachments(self) -> list[SpAttachment]:
-        return [sprecords.attachment(a) for a in self._retrying("AttachmentsList", self.api.attachmentsList)]
+        raw = self._retrying("AttachmentsList", lambda: self.api.attachmentsList(returnRawAPIData=True))
+        return spanswers.attachments(raw, "AttachmentsList")
 
     def services(self, *, retry: bool = True) -> Any:
         """ServicesList. The heartbeat asks with retry=False: a slow answer is itself news."""
         return self._call("ServicesList", self.api.servicesList, retry)
 
-    def client_active_requests(self, client_id: int, *, retry: bool = True) -> Any:
-        return self._call("ClientActiveRequests", lambda: self.api.clientActiveRequests(client_id), retry)
+    def client_active_requests(self, client_id: int, *, retry: bool = True) -> list[SpActiveRequest]:
+        """The I/O in flight on a client. An answer without its `requests` list is SpMalformed,
+        never an empty list: the heartbeat must not read it as an idle client."""
+        raw = self._call("ClientActiveRequests",
+                         lambda: self.api.clientActiveRequests(client_id, returnRawAPIData=True), retry)
+        return spanswers.active_requests(raw, "ClientActiveRequests")
 
     def find_volumes(self, tags: Mapping[str, str]) -> list[SpVolume]:
         """Volumes carrying all of `tags` (the driver's identity lookup)."""

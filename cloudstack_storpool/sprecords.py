@@ -14,21 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from cloudstack_storpool import names
 
 Kind = Literal["volume", "snapshot"]
 Mode = Literal["rw", "ro"]
-
-
-def _limit(value: Any) -> int:
-    """StorPool's IOPS/bandwidth limit: an int, or `"-"`/0 for none. 0 means no limit here."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _tags(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (value or {}).items()}
 
 
 class ByGlobalId:
@@ -103,41 +94,11 @@ class SpAttachment(ByGlobalId):
     rights: Mode
 
 
-def _common(obj: Any) -> dict[str, Any]:
-    return {
-        "name": str(obj.name), "global_id": str(obj.globalId), "size": int(obj.size),
-        "template": str(getattr(obj, "templateName", "") or ""),
-        "parent": str(getattr(obj, "parentName", "") or ""),
-        "iops": _limit(getattr(obj, "iops", None)), "bw": _limit(getattr(obj, "bw", None)),
-        "tags": _tags(getattr(obj, "tags", None)),
-        "created": float(getattr(obj, "creationTimestamp", 0) or 0),
-        "space_used": int(getattr(obj, "spaceUsed", 0) or 0),
-        "stored": int(getattr(obj, "storedSize", 0) or 0),
-    }
 
 
-def volume(obj: Any) -> SpVolume:
-    """From the bindings' VolumeSummary (or any of its subclasses)."""
-    return SpVolume(**_common(obj))
+@dataclass(frozen=True)
+class SpActiveRequest:
+    """One I/O request in flight on a client (ClientActiveRequests): the heartbeat's evidence
+    that a host still writes, and on which volume."""
 
-
-def snapshot(obj: Any) -> SpSnapshot:
-    """From the bindings' SnapshotSummary."""
-    return SpSnapshot(**_common(obj), on_volume=str(getattr(obj, "onVolume", "") or ""),
-                      deleted=bool(getattr(obj, "deleted", False)), transient=bool(getattr(obj, "transient", False)),
-                      delete_at=float(getattr(obj, "targetDeleteDate", 0) or 0))
-
-
-def template(obj: Any) -> SpTemplate:
-    replication = getattr(obj, "replication", None)
-    return SpTemplate(name=str(obj.name), iops=_limit(getattr(obj, "iops", None)), bw=_limit(getattr(obj, "bw", None)),
-                      replication=replication if isinstance(replication, int) else 0)
-
-
-def attachment(obj: Any) -> SpAttachment:
-    """From the bindings' AttachmentDesc. An attachment without a global id (old servers) is
-    named by its volume; `~name` is not a valid ref then, so callers match by `global_id` or `name`."""
-    gid = getattr(obj, "globalId", None)
-    return SpAttachment(name=str(obj.volume), global_id=str(gid or ""),
-                        kind="snapshot" if bool(obj.snapshot) else "volume", client=int(obj.client),
-                        rights="rw" if str(obj.rights) == "rw" else "ro")
+    volume: str

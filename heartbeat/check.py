@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloudstack_storpool.errors import SpTransient, StorPoolError
-from cloudstack_storpool.heartbeat.answers import UNREADABLE, Services, read_services
+from cloudstack_storpool.heartbeat.answers import Services, read_active_requests, read_services
 from cloudstack_storpool.heartbeat.policy import (
     CLUSTER_RUNNING,
     RUNNING,
@@ -34,12 +33,6 @@ from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import StorPoolConn
 
 log = logging.getLogger(__name__)
-
-# Non-transient answers of ClientActiveRequests that mean "this client is not running / not
-# known", i.e. agree with a down or absent client in ServicesList. Any other error, and every
-# transient one, leaves the sample unknown.
-NOT_RUNNING_ERRORS = frozenset({"busy", "objectDoesNotExist"})
-
 
 @dataclass(frozen=True)
 class CheckConfig:
@@ -220,24 +213,8 @@ class HeartbeatChecker:
             yield i
 
     def _sample(self, cluster: Cluster, client_id: int) -> IoSample:
-        try:
-            reply = cluster.conn.client_active_requests(client_id, retry=False)
-        except SpTransient as exc:
-            # Unreachable, timed out, or StorPool said "try again": nothing learned.
-            return IoSample(None, f"{exc.name}: {exc.descr}")
-        except StorPoolError as exc:
-            if exc.name in NOT_RUNNING_ERRORS:
-                # The API answered, definitively, that it cannot list requests of this client
-                # because the client is not there / not running: the same fact ServicesList
-                # gave, seen from a second query. There is no I/O it can show.
-                return IoSample(0, f"{exc.name}: {exc.descr}")
-            return IoSample(None, f"{exc.name}: {exc.descr}")
-        except UNREADABLE as exc:
-            return IoSample(None, f"unreadable ClientActiveRequests answer ({type(exc).__name__}: {exc})")
-        requests = getattr(reply, "requests", None)
-        if not isinstance(requests, list):  # missing counts as unreadable, never as "no I/O"
-            return IoSample(None, f"unreadable ClientActiveRequests answer: 'requests' is {type(requests).__name__}")
-        return IoSample(len(requests))
+        seen = read_active_requests(cluster.conn, client_id)
+        return IoSample(None if seen.volumes is None else len(seen.volumes), seen.reason)
 
     def _judge_suspects(self, cluster: Cluster, suspects: dict[int, ClientView]) -> dict[int, Decision]:
         samples: dict[int, list[IoSample]] = {cid: [] for cid in suspects}
@@ -277,14 +254,10 @@ class HeartbeatChecker:
         n = samples or self.config.io_samples
         seen: set[str] = set()
         for _ in self._spaced(n, self.config.io_window if window is None else window):
-            try:
-                reply = cluster.conn.client_active_requests(host.client_id, retry=False)
-            except StorPoolError as exc:
-                if exc.name in NOT_RUNNING_ERRORS and not isinstance(exc, SpTransient):
-                    continue
-                return Activity(None, frozenset(seen), f"StorPool API: {exc.name}: {exc.descr}")
-            on_disk = (str(r.volume).removeprefix("~") for r in reply.requests or [])
-            seen.update(v for v in on_disk if v in wanted)
+            sample = read_active_requests(cluster.conn, host.client_id)
+            if sample.volumes is None:
+                return Activity(None, frozenset(seen), f"StorPool API: {sample.reason}")
+            seen.update(v for v in (r.removeprefix("~") for r in sample.volumes) if v in wanted)
             if seen:
                 return Activity(True, frozenset(seen), f"I/O on {', '.join(sorted(seen))}")
         return Activity(False, frozenset(), f"no I/O on the VM's volumes in {n} samples")

@@ -36,9 +36,7 @@ from typing import Any
 
 from cloudstack_storpool import logs
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
-from cloudstack_storpool.errors import SpTransient, StorPoolError
-from cloudstack_storpool.heartbeat.answers import ServicesSource, read_services
-from cloudstack_storpool.heartbeat.check import NOT_RUNNING_ERRORS
+from cloudstack_storpool.heartbeat.answers import ServicesSource, read_active_requests, read_services
 from cloudstack_storpool.heartbeat.policy import Verdict, first_look
 
 log = logging.getLogger(__name__)
@@ -222,16 +220,12 @@ class HostLoop:
 
     def idle(self) -> bool | None:
         """One look at the client's active requests, read as the management-side check reads
-        them: "not running, cannot list" from the API is idle; an API that cannot be asked says
-        nothing (None)."""
-        sample = getattr(self.conn, "client_active_requests", None)
-        if sample is None:
+        them: "not running, cannot list" from the API is idle; an API that cannot be asked, or
+        an answer that cannot be read, says nothing (None)."""
+        if getattr(self.conn, "client_active_requests", None) is None:
             return None
-        try:
-            reply = sample(self.config.client_id, retry=False)
-        except StorPoolError as exc:
-            return True if exc.name in NOT_RUNNING_ERRORS and not isinstance(exc, SpTransient) else None
-        return not (reply.requests or [])
+        seen = read_active_requests(self.conn, self.config.client_id)  # type: ignore[arg-type]
+        return None if seen.volumes is None else not seen.volumes
 
     def _safe_probe(self) -> Probe:
         """A probe that cannot stop the round: a bug in it is a round that cannot tell, and the

@@ -86,3 +86,56 @@ def test_a_post_whose_answer_was_lost_is_not_vouched_for() -> None:
         server.shutdown()
         server.server_close()
     assert info.value.code == "unreachable" and info.value.applied is None
+
+
+def _scripted_agent(post: list[Any], get_status: int = 404) -> ThreadingHTTPServer:
+    """POST /v1/jobs answers `post` in order (None: read the request, drop the connection);
+    GET answers `get_status` with an error body."""
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, body: Any) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = post.pop(0) if len(post) > 1 else post[0]
+            if answer is None:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self._reply(*answer)
+
+        def do_GET(self) -> None:
+            self._reply(get_status, {"error": {"code": "not-found", "message": "no such resource"}})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+REFUSED = (400, {"error": {"code": "invalid", "message": "vm: unknown field", "field": "vm"}})
+
+
+@pytest.mark.parametrize(("post", "applied"), [
+    ([REFUSED], False),                                    # refused at once: no job started
+    ([None, REFUSED], None),                               # the lost first send may have started it
+    ([(500, {"error": {"code": "internal", "message": "boom"}})], None),  # a 5xx confirms nothing
+    ([(202, {"id": "a" * 32, "state": "running"})], None),  # accepted, then 404 while polling
+], ids=["refused", "lost-then-refused", "server-error", "404-while-polling"])
+def test_only_a_refused_submission_is_vouched_for(post: list[Any], applied: bool | None) -> None:
+    server = _scripted_agent(post)
+    try:
+        client = AgentClient(f"http://127.0.0.1:{server.server_address[1]}", "token", timeout=2, post_retries=1,
+                             poll_interval=0.01)
+        with pytest.raises(AgentRequestError) as info:
+            client.run("resize", {"volume": "v1", "size": 1 << 20})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.value.applied is applied, info.value

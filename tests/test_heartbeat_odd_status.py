@@ -176,3 +176,45 @@ def test_an_unreadable_active_requests_answer_is_no_evidence_of_death(
         script.requests = raw
         verdict = checker.check([HostTarget("h2", 2)])[0]
         assert verdict.verdict is Verdict.UNKNOWN and "unreadable ClientActiveRequests" in verdict.pools[0].reason
+
+
+NO_REQUESTS_FIELD = {
+    "requests missing": json.dumps({"generation": 1, "data": {"clientId": 2}}),
+    "requests null": json.dumps({"generation": 1, "data": {"clientId": 2, "requests": None}}),
+    "request without volume": json.dumps({"generation": 1, "data": {"clientId": 2, "requests": [{"op": "write"}]}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_REQUESTS_FIELD))
+def test_active_requests_without_their_list_are_unknown_not_no_io(
+        storpool: tuple[StorPoolConn, Scripted, int], tmp_path: Path, case: str) -> None:
+    """The bindings filled a missing `requests` with an empty list: a client the cluster lists
+    as down looked idle, and the check called it dead. Every reader says it cannot tell."""
+    conn, script, port = storpool
+    script.bodies = [services("down")]
+    pool = PoolSpec(host="127.0.0.1", port=port, token=Secret(TOKEN), template="ssd",
+                    uuid="0b6c4a52-0000-4000-8000-00000000000a", name="pool-a", zone="z")
+    checker = HeartbeatChecker([pool], CheckConfig(io_window=0, io_samples=1))
+    loop = loop_of(conn, tmp_path, Action.LOG)
+    assert checker.check([HostTarget("h2", 2)])[0].verdict is Verdict.DEAD  # the readable baseline: no I/O
+    assert loop.idle() is True
+    script.requests = NO_REQUESTS_FIELD[case]
+    verdict = checker.check([HostTarget("h2", 2)])[0]
+    assert verdict.verdict is Verdict.UNKNOWN, verdict
+    assert "malformedAnswer" in verdict.pools[0].reason and "data.requests" in verdict.pools[0].reason
+    assert loop.idle() is None
+    assert loop.round().idle is None
+    activity = checker.vm_activity(HostTarget("h2", 2), ["v"], window=0, samples=1)
+    assert activity.active is None and "data.requests" in activity.reason
+
+
+def test_vm_activity_on_an_unreadable_answer_is_none_not_a_crash(storpool: tuple[StorPoolConn, Scripted, int]) -> None:
+    _, script, port = storpool
+    pool = PoolSpec(host="127.0.0.1", port=port, token=Secret(TOKEN), template="ssd",
+                    uuid="0b6c4a52-0000-4000-8000-00000000000a", name="pool-a", zone="z")
+    checker = HeartbeatChecker([pool], CheckConfig(io_window=0, io_samples=1))
+    script.requests = json.dumps({"generation": 1, "data": {"clientId": 2, "requests": [{"volume": "v"}]}})
+    assert checker.vm_activity(HostTarget("h2", 2), ["v"], window=0, samples=1).active is True
+    script.requests = "<html>oops</html>"
+    activity = checker.vm_activity(HostTarget("h2", 2), ["v"], window=0, samples=1)
+    assert activity.active is None and "unreadable ClientActiveRequests" in activity.reason

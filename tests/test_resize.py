@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from pathlib import Path
+
 import pytest
 
-from cloudstack_storpool.agent.client import AgentRequestError
+from cloudstack_storpool.agent import commands
+from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.driver import resize
 from cloudstack_storpool.driver.resize import ResizeFailed
 from cloudstack_storpool.errors import ValidationError
+from tests.agent_support import TOKEN, serve_agent
 from tests.driver_harness import Env, MiB, new_uuid
 
 
@@ -133,3 +139,42 @@ def test_failed_rollback_is_reported(env: Env) -> None:
     with pytest.raises(ResizeFailed) as err:
         resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
     assert not err.value.rolled_back and "FAILED" in str(err.value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ResizeBeforeVmField(commands.Request):
+    """The resize request of an agent older than the driver: it knows no `vm` field."""
+
+    volume: str
+    size: int
+
+
+@pytest.mark.parametrize("refusal", ["older agent: unknown field", "wrong agent token"])
+def test_a_submission_the_real_agent_refuses_rolls_back(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        refusal: str) -> None:
+    """The agent refused the job itself (400 / 401 on POST /v1/jobs): no job ran, nothing on the
+    host changed, so StorPool goes back to the old size and limit."""
+    vm_id, _, host = vm(env, "vm1")
+    vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
+    token = TOKEN
+    if refusal.startswith("older agent"):
+        old = commands.COMMANDS["resize"]
+        monkeypatch.setitem(commands.COMMANDS, "resize", replace(old, request=_ResizeBeforeVmField))
+    else:
+        token = "not-the-agent-token"
+    config = HostConfig(client_id=1, dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
+                        secondary_roots=(str(tmp_path),))
+    with serve_agent(config) as srv:
+        real = AgentClient(f"http://127.0.0.1:{srv.server_address[1]}", token, poll_interval=0.02)
+        env.agents.for_host(host).resize = real.resize  # type: ignore[method-assign]
+        with pytest.raises(ResizeFailed) as err:
+            resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB)
+        assert srv.jobs.list() == []  # the agent started nothing
+    assert err.value.rolled_back, err.value
+    cause = err.value.__cause__
+    assert isinstance(cause, AgentRequestError) and cause.applied is False
+    assert cause.status == (400 if refusal.startswith("older agent") else 401)
+    if refusal.startswith("older agent"):
+        assert cause.field == "vm"
+    vol = env.conn.volume(ref)
+    assert (vol.size, vol.iops) == (8 * MiB, 100)

@@ -19,9 +19,18 @@ from urllib.parse import unquote
 import pytest
 
 from cloudstack_storpool import spconn
-from cloudstack_storpool.errors import SpBusy, SpExists, SpNotFound, SpTransient, SpUnreachable, StorPoolError, ValidationError
+from cloudstack_storpool.errors import (
+    SpBusy,
+    SpExists,
+    SpMalformed,
+    SpNotFound,
+    SpTransient,
+    SpUnreachable,
+    StorPoolError,
+    ValidationError,
+)
 from cloudstack_storpool.spconn import Ref, StorPoolConn
-from cloudstack_storpool.sprecords import SpAttachment, SpVolume
+from cloudstack_storpool.sprecords import SpActiveRequest, SpAttachment, SpSnapshot, SpTemplate, SpVolume
 
 TOKEN = "t0ps3cr3t-token"
 DROP = object()
@@ -299,6 +308,85 @@ def test_records_hide_the_wire_quirks(script: tuple[Script, StorPoolConn]) -> No
     sc.on("AttachmentsList", data([{"volume": "v1", "snapshot": False, "client": 3, "rights": "rw", "pos": 0,
                                     "globalId": "a.b.c"}]))
     assert conn.attachments() == [SpAttachment(name="v1", global_id="a.b.c", kind="volume", client=3, rights="rw")]
+
+
+def snapshot_summary(name: str, gid: str, **extra: Any) -> dict[str, Any]:
+    return summary(name, gid) | {"onVolume": "v1", "autoName": False, "bound": False, "deleted": False,
+                                 "transient": False, "recoveringFromRemote": False} | extra
+
+
+def test_bulk_lists_build_the_same_records(script: tuple[Script, StorPoolConn]) -> None:
+    """The lists are read from the answer's JSON (not the bindings' per-object types): every
+    field a record carries comes through as before, one request per list."""
+    sc, conn = script
+    sc.on("SnapshotsList", data([
+        snapshot_summary("s1", "s.n.a", tags={"uuid": "u", "cs": "template"}),
+        snapshot_summary("s2", "s.n.b", iops=500, bw="-", parentName="s1", deleted=True, transient=True,
+                         targetDeleteDate=1700000600),
+    ]))
+    assert conn.snapshots() == [
+        SpSnapshot(name="s1", global_id="s.n.a", size=1 << 30, template="ssd", tags={"uuid": "u", "cs": "template"},
+                   created=1700000000.0, on_volume="v1"),
+        SpSnapshot(name="s2", global_id="s.n.b", size=1 << 30, template="ssd", parent="s1", iops=500,
+                   created=1700000000.0, on_volume="v1", deleted=True, transient=True, delete_at=1700000600.0),
+    ]
+    sc.on("VolumesSpace", data([summary("v1", "a.b.c") | {"spaceUsed": 4096, "storedSize": 512, "bw": 100}]))
+    assert conn.volumes_space() == [SpVolume(name="v1", global_id="a.b.c", size=1 << 30, template="ssd", bw=100,
+                                             created=1700000000.0, space_used=4096, stored=512)]
+    sc.on("VolumesList", data([summary("v1", "a.b.c"), summary("v2", "a.b.d", {"cs": "volume"})]))
+    assert [(v.name, v.ref, dict(v.tags)) for v in conn.volumes()] == [("v1", "~a.b.c", {}),
+                                                                       ("v2", "~a.b.d", {"cs": "volume"})]
+    sc.on("VolumeTemplateDescribe", data({"name": "ssd", "iops": 1000, "bw": "-", "replication": 3,
+                                          "placeAll": "ssd", "placeTail": "ssd", "placeHead": "ssd",
+                                          "parentName": "", "size": "-"}))
+    assert conn.template("ssd") == SpTemplate(name="ssd", iops=1000, bw=0, replication=3)
+    assert [conn.calls[q] for q in ("SnapshotsList", "VolumesSpace", "VolumesList")] == [1, 1, 1]
+
+
+MALFORMED_LISTS = {
+    # answer of VolumesList -> the field named
+    "globalId missing": ([summary("v1", "a.b.c"), {**summary("v2", "x"), "globalId": None}], "data[1].globalId"),
+    "size a string": ([summary("v1", "a.b.c") | {"size": "1G"}], "data[0].size"),
+    "tag value a number": ([summary("v1", "a.b.c", {"uuid": 7})], "data[0].tags.uuid"),  # type: ignore[dict-item]
+    "iops a word": ([summary("v1", "a.b.c") | {"iops": "many"}], "data[0].iops"),
+    "object a string": (["v1"], "data[0]"),
+    "data an object": ({"v1": summary("v1", "a.b.c")}, "data"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_LISTS))
+def test_a_malformed_list_answer_is_an_error_naming_the_field(script: tuple[Script, StorPoolConn], case: str) -> None:
+    """Not a crash, not a record with globalId "None": SpMalformed, with the field, not retried."""
+    sc, conn = script
+    answer, field = MALFORMED_LISTS[case]
+    sc.on("VolumesList", data(answer))
+    with pytest.raises(SpMalformed) as info:
+        conn.volumes()
+    assert info.value.field == field and info.value.query == "VolumesList"
+    assert str(info.value).startswith(f"StorPool malformedAnswer (VolumesList): {field}: ")
+    assert conn.calls["VolumesList"] == 1
+    sc.on("Volume", data(answer))
+    with pytest.raises(SpMalformed) as one:
+        conn.volume("v1")
+    assert one.value.field == field
+
+
+def test_active_requests_without_their_list_are_malformed_not_idle(script: tuple[Script, StorPoolConn]) -> None:
+    """The bindings filled a missing `requests` with [], which reads as "no I/O"."""
+    sc, conn = script
+    sc.on("ClientActiveRequests", data({"clientId": 3, "requests": [
+        {"requestId": "1", "requestIdx": 0, "volume": "v1", "address": 0, "size": 4096, "op": "write",
+         "msecActive": 10}]}))
+    assert conn.client_active_requests(3) == [SpActiveRequest(volume="v1")]
+    sc.on("ClientActiveRequests", data({"clientId": 3, "requests": []}))
+    assert conn.client_active_requests(3) == []
+    for answer, field in (({"clientId": 3}, "data.requests"), ({"clientId": 3, "requests": None}, "data.requests"),
+                          ({"clientId": 3, "requests": [{"op": "write"}]}, "data.requests[0].volume"),
+                          ("idle", "data")):
+        sc.on("ClientActiveRequests", data(answer))
+        with pytest.raises(SpMalformed) as info:
+            conn.client_active_requests(3)
+        assert info.value.field == field
 
 
 def test_attach_and_detach_are_one_interface(script: tuple[Script, StorPoolConn]) -> None:

@@ -54,7 +54,7 @@ def _vm_with_disks(stack: LocalStack, sizes: tuple[int, ...] = (32 * MiB, 16 * M
 
 def _clients(stack: LocalStack, gid: str) -> list[tuple[int, str]]:
     conn = stack.ctx.conn(stack.pool_id())
-    return sorted((int(a.client), str(a.rights)) for a in conn.attachments() if a.globalId == gid)
+    return sorted((int(a.client), str(a.rights)) for a in conn.attachments() if a.global_id == gid)
 
 
 def test_start_attaches_to_the_host_only_and_stop_detaches(stack: LocalStack) -> None:
