@@ -131,6 +131,11 @@ def _audit(kind: str) -> Callable[[DriverContext], list[adopt.AdoptAction]]:
     return work
 
 
+def audit_task(ctx: DriverContext, kind: str, on_result: Callable[[str, Any], None] | None = None) -> PeriodicTask:
+    """The abandoned-object audit of one kind (`volume`, `snapshot`) on its Java plugin setting."""
+    return PeriodicTask(ctx, f"{kind}-audit", AUDIT_SETTINGS[kind], _audit(kind), on_result=on_result)
+
+
 def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery.ExpiryTracker,
                   on_result: Callable[[str, Any], None] | None = None) -> list[PeriodicTask]:
     """Every periodic task of a service process, not started."""
@@ -140,6 +145,5 @@ def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery
           for kind, setting in stats.INTERVALS.items()),
         PeriodicTask(ctx, "delay-delete", "storpool.list.snapshots.delete.after.interval", tracker.sync,
                      on_result=on_result),
-        *(PeriodicTask(ctx, f"{kind}-audit", setting, _audit(kind), on_result=on_result)
-          for kind, setting in AUDIT_SETTINGS.items()),
+        *(audit_task(ctx, kind, on_result=on_result) for kind in AUDIT_SETTINGS),
     ]

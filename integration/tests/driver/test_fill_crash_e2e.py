@@ -42,7 +42,7 @@ def _watch_fill(stack: LocalStack, fill: str, seconds: float) -> list[str]:
 
 
 def test_kill_9_mid_fill_then_restart_takes_the_fill_over(stack: LocalStack) -> None:
-    stack.cloudstack.update_configuration("storpool.template.fill.timeout", str(LIMIT))
+    stack.settings.set("storpool.template.fill.timeout", LIMIT)  # a file setting: the service reads the stack's file
     tid, src = new_template(stack)
     pool = stack.pool_id()
     fill = templates.fill_name(tid, stack.pools().get(pool))

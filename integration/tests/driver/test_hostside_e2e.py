@@ -19,6 +19,7 @@ import requests
 
 from cloudstack_storpool.driver import connect, encryption, extract, hostconnect, templates, volumes
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
+from cloudstack_storpool.spconn import Ref
 from integration.libvirt_domain import start_domain
 from integration.needs import need
 from integration.stack import LocalStack, new_uuid
@@ -61,7 +62,7 @@ def test_start_attaches_to_the_host_only_and_stop_detaches(stack: LocalStack) ->
     vm, gids = _vm_with_disks(stack)
     conn = stack.ctx.conn(stack.pool_id())
     # A stale attachment on another host (a VM that ran there before and was not cleaned up).
-    conn.reassign_wait([{"volume": "~" + gids[1], "rw": [2]}])
+    conn.attach(Ref("volume", "~" + gids[1]), 2, "rw")
     stack.start_vm(vm.id, _host(stack, 1))
     assert [_clients(stack, g) for g in gids] == [[(1, "rw")], [(1, "rw")]]
     stack.stop_vm(vm.id)

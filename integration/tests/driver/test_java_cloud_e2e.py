@@ -223,13 +223,13 @@ def test_the_service_audit_reports_abandoned_objects_and_deletes_nothing(
     stack: LocalStack, java: JavaCloud, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The Java plugin's abandoned-object collector, on its two settings' periods (one run each here)."""
-    from cloudstack_storpool.service.periodic import PeriodicAudit
+    from cloudstack_storpool.service.periodic import audit_task
 
     stack.cs.model.delete_snapshot(java.snapshot)  # CloudStack forgot it; StorPool still has it
     calls0 = dict(stack.sp.calls)
     with caplog.at_level(logging.WARNING, logger="cloudstack_storpool.service.periodic"):
-        vols = PeriodicAudit(stack.ctx, "volume").once()
-        snaps = PeriodicAudit(stack.ctx, "snapshot").once()
+        vols = audit_task(stack.ctx, "volume").once()
+        snaps = audit_task(stack.ctx, "snapshot").once()
     assert [o.ref for o in vols] == [java.orphan_volume]
     assert [o.ref for o in snaps] == [java.ref(java.snapshot)]
     assert java.orphan_volume in caplog.text and java.ref(java.snapshot) in caplog.text

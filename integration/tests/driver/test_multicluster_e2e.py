@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloudstack_storpool.driver import volumes
+from cloudstack_storpool.driver import identity, volumes
 from integration.stack import STACK_TEMPLATES, LocalStack, new_uuid
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 
@@ -42,8 +42,8 @@ def test_volumes_of_two_cloudstack_clusters_land_on_their_own_storpool_cluster(
     assert east.calls["VolumeCreate"] == 1 and stack.sp.calls["VolumeCreate"] == 1
 
     # Everything after the create goes through the same endpoint and reaches the right cluster.
-    got = volumes.get(stack.ctx, pool, path=there.path)
+    got = identity.get(stack.ctx, pool, path=there.path)
     assert got.size == 8 * MiB and got.name == there.name and got.tags["uuid"] == there.uuid
     assert volumes.delete(stack.ctx, pool, str(there.uuid), path=there.path).deleted
     assert there.global_id not in east.model.objects
-    assert volumes.get(stack.ctx, pool, path=here.path).global_id == here.global_id
+    assert identity.get(stack.ctx, pool, path=here.path).global_id == here.global_id

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloudstack_storpool.cli import cli
-from cloudstack_storpool.driver import recovery, volumes
+from cloudstack_storpool.driver import identity, recovery, volumes
 from cloudstack_storpool.errors import Conflict, NotFound
 from integration.stack import LocalStack, new_uuid
 
@@ -49,7 +49,7 @@ def test_delete_list_restore_then_expiry_reported(stack: LocalStack) -> None:
         "SnapshotsList": 1, "VolumeCreate": 1}
     assert back.path != info.path and back.iops == 300 and back.size == 16 * MiB
     assert stack.sp.read_object(back.global_id, 4096, 13) == b"precious data"
-    assert volumes.get(ctx, p, volume_uuid=vid).global_id == back.global_id
+    assert identity.get(ctx, p, volume_uuid=vid).global_id == back.global_id
     with pytest.raises(Conflict):
         recovery.restore(ctx, p, vid)  # it exists again
 

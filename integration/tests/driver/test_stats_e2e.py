@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloudstack_storpool.cli import cli
-from cloudstack_storpool.driver import pools, stats, volumes
+from cloudstack_storpool.driver import identity, pools, stats, volumes
+from cloudstack_storpool.errors import ValidationError
 from integration.stack import LocalStack, new_uuid
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,9 @@ def test_stored_bytes_follow_the_data_written_and_collections_cost_one_call(stac
     assert by_uuid[b].pool == stack.pool_id("storpool-hybrid")
     assert by_uuid[clone].stored == 512 * 1024
     assert by_uuid[clone].space_used == 4 * MiB + BLOCK + 512 * 1024
-    assert [r.uuid for r in stats.volume_stats(ctx, volume_uuid=b.upper())] == [b]
+    assert [r.uuid for r in stats.volume_stats(ctx, volume_uuid=b)] == [b]
+    with pytest.raises(ValidationError):  # one uuid spelling only (uuids.py)
+        stats.volume_stats(ctx, volume_uuid=b.upper())
 
     rows = {r.name: r for r in stats.pool_stats(ctx, cache=cache)}
     primary, hybrid = rows["storpool-primary"], rows["storpool-hybrid"]
@@ -86,7 +89,7 @@ def test_pool_and_volume_stats_commands(stack: LocalStack) -> None:
     res = runner.invoke(cli, ["volume", "create", "storpool-primary", vid, "--size", "10G", "--json"], env=env)
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["size"] == 10 << 30
-    v = volumes.get(stack.ctx, "storpool-primary", volume_uuid=vid)
+    v = identity.get(stack.ctx, "storpool-primary", volume_uuid=vid)
     stack.sp.write_object(v.global_id, 0, os.urandom(2 * MiB))
     res = runner.invoke(cli, ["volume", "stats", "storpool-primary"], env=env)
     assert res.exit_code == 0, res.output
