@@ -324,7 +324,8 @@ class Demo:
         """The heartbeat status a host's own loop wrote, as its agent serves it (polled until `want`)."""
         from cloudstack_storpool.agent.client import AgentClient
 
-        agent = AgentClient(self.stack.agent_for_client(client_id).url, self.stack.agent_token)
+        agent = AgentClient(self.stack.agent_for_client(client_id).url, self.stack.agent_token,
+                            ca_file=str(self.stack.ca.ca_file))
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:

@@ -219,7 +219,7 @@ class LocalStack:
         host, port = server.server_address[:2]
         url = f"http://{host!s}:{port}"
         # The simulator plays CloudStack: its storage commands call the plugin through this service.
-        self.cs.model.plugin = StoragePlugin(url, self.service_token, self.agent_token)
+        self.cs.model.plugin = StoragePlugin(url, self.service_token, self.agent_token, str(self.ca.ca_file))
         return url
 
     def pools(self) -> PoolsFile:

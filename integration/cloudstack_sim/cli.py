@@ -78,7 +78,8 @@ def cloudstack_cmd(listen: str, state: Path | None, key: str, secret: str | None
         token = os.environ.get("CSSP_SERVICE_TOKEN", "")
         if not token:
             raise click.BadParameter("CSSP_SERVICE_TOKEN must hold the service's token", param_hint="--service-url")
-        model.plugin = StoragePlugin(service_url, token, os.environ.get("CLOUDSTACK_STORPOOL_AGENT_TOKEN", ""))
+        model.plugin = StoragePlugin(service_url, token, os.environ.get("CLOUDSTACK_STORPOOL_AGENT_TOKEN", ""),
+                                     os.environ.get("CLOUDSTACK_STORPOOL_AGENT_CA") or None)
     model.image_store = str(image_store) if image_store else None
     server = make_server(model, {key: the_secret}, host=host, port=port)
 

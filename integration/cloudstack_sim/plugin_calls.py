@@ -45,6 +45,8 @@ class StoragePlugin:
     service_url: str
     token: str = field(repr=False)
     agent_token: str = field(repr=False, default="")
+    agent_ca: str | None = None
+    """The CA that signed the agents' certificates: with it agents are dialled over https."""
     calls: list[PluginCall] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _session: requests.Session = field(default_factory=requests.Session, repr=False)
@@ -116,7 +118,8 @@ class StoragePlugin:
     def agent(self, host_ip: str, port: str | int, command: str, **args: Any) -> dict[str, Any]:
         """One command on a KVM host's agent (what CloudStack's KVM agent runs there)."""
         name = f"agent:{command}"
-        client = AgentClient(f"http://{host_ip}:{port}", self.agent_token, poll_interval=0.05)
+        scheme = "https" if self.agent_ca else "http"
+        client = AgentClient(f"{scheme}://{host_ip}:{port}", self.agent_token, poll_interval=0.05, ca_file=self.agent_ca)
         try:
             result = client.run(command, args)
         except Exception as exc:

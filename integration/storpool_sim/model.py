@@ -442,10 +442,10 @@ class Model:
         return name
 
     def stored(self, o: SpObject) -> int:
-        """`storedSize`: client data written to `o` itself (never more than its size), as of its
-        last reading (see the module docstring)."""
-        if o.gid not in self._stored:
-            self._account(o, restat=True)
+        """`storedSize`: client data written to `o` itself (never more than its size). Read from
+        its file on every report (status, space, template status), as StorPool knows its data at
+        all times; changes only keep the running sum current (see the module docstring)."""
+        self._account(o, restat=True)
         return min(self._stored[o.gid], o.size)
 
     def space_used(self, o: SpObject) -> int:

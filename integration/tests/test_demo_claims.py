@@ -103,8 +103,10 @@ def test_gc_keeping_a_used_template_is_a_real_run(demo: Demo, monkeypatch: pytes
     demo.template_cache()
     demo.template_gc()
     demo.template_cache()
-    # A GC that takes every template for deleted in CloudStack: a dry run deletes nothing either way.
-    breaks(monkeypatch, demo.stack.ctx.cloudstack, "template", lambda template_id: None,
+    # A GC that takes every template for deleted in CloudStack (neither listed nor found by id):
+    # a dry run deletes nothing either way.
+    monkeypatch.setattr(demo.stack.ctx.cloudstack, "template", lambda template_id: None)
+    breaks(monkeypatch, demo.stack.ctx.cloudstack, "templates", lambda *args, **kwargs: [],
            demo.template_gc, "template in use: a real GC run keeps its cache")
 
 

@@ -110,10 +110,11 @@ def test_pool_describe_contents_and_the_pools_file_see_the_java_objects(stack: L
     loaded = load_pools(stack.pools_file)
     spec = loaded.get(java.pool_id)
     assert spec.uuid == java.pool_id and spec.key == java.pool_id.split(";")[1]
+    stack.sp.write_object(java.ref(java.data_volume)[1:], 0, b"j" * 65536)  # a guest's write on the Java volume
     info = pools.describe(stack.ctx, java.pool_id)
     assert info.volumes == 3  # root, data, and the orphan
     assert info.cached_templates == 1 and info.snapshots == 3  # the volume snapshot and two VM-snapshot members
-    assert info.used is not None and info.used > 0
+    assert info.used is not None and info.used >= 65536  # stored bytes of the untagged Java volumes count
     held = pools.contents(stack.ctx, java.pool_id)
     assert {o.global_id for o in held.objects} >= {java.ref(java.root_volume)[1:], java.template_cache[1:]}
     # Objects of the project's own pools are not counted as the Java pool's, nor the reverse.
