@@ -24,9 +24,10 @@ from typing import Any
 
 import requests
 
+from integration.certs import Issued
 from integration.stack import LocalStack
 
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
+LISTENING = re.compile(r"listening on (https?://127\.0\.0\.1:\d+)")
 
 
 class ServerProcess:
@@ -111,12 +112,15 @@ def driver_service(stack: LocalStack, *, settings_ttl: float = 0.5) -> ServerPro
 
 
 def agent(*, client_id: int, sp_host: str, sp_port: int, sp_token_file: str, dev_root: str, mount_root: str,
-          secondary_root: str, status_file: str, token: str | None = None) -> ServerProcess:
+          secondary_root: str, status_file: str, token: str | None = None, tls: Issued | None = None) -> ServerProcess:
     """`cloudstack-storpool agent serve` for one simulated KVM host (a fresh token unless given:
-    a stack's driver dials its agents with the stack's)."""
+    a stack's driver dials its agents with the stack's; `tls`: serve HTTPS with that certificate,
+    as a stack's agents do)."""
     token = token or secrets.token_urlsafe(24)
     argv = [sys.executable, "-m", "cloudstack_storpool", "agent", "serve", "--listen", "127.0.0.1:0",
             "--client-id", str(client_id), "--sp-host", sp_host, "--sp-port", str(sp_port),
             "--sp-token-file", sp_token_file, "--dev-root", dev_root, "--mount-root", mount_root,
             "--secondary-root", secondary_root, "--heartbeat-status-file", status_file]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
     return ServerProcess(argv, {"CLOUDSTACK_STORPOOL_AGENT_TOKEN": token}, token)

@@ -130,7 +130,7 @@ def test_contact_lost_mid_resize_leaves_the_volume_grown(stack: LocalStack, tmp_
     agent = processes.agent(client_id=2, sp_host=stack.sp.host, sp_port=stack.sp.port, sp_token_file=str(token_file),
                             dev_root=str(stack.sp.dev_root / "2"), mount_root=str(tmp_path / "mnt"),
                             secondary_root=str(stack.secondary), status_file=str(tmp_path / "hb.json"),
-                            token=stack.agent_token)
+                            token=stack.agent_token, tls=stack.agent_cert)
     outcome: list[BaseException] = []
     with agent:
         stack.cs.model.set_host_details(vm.host_id, **{"agent.port": agent.url.rsplit(":", 1)[1]})

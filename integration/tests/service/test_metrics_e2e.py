@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,6 +15,12 @@ from cloudstack_storpool.service import ServiceServer
 from integration.stack import LocalStack, new_uuid
 
 MiB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def trust_the_stack_ca(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack's agents serve TLS from the stack's own CA: scrape them trusting it."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(stack.ca.ca_file))
 
 
 def scrape(url: str, token: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
