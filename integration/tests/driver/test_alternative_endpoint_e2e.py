@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from cloudstack_storpool.driver import pools, volumes
+from cloudstack_storpool.driver import identity, pools, volumes
 from cloudstack_storpool.errors import SpUnreachable
 from integration.stack import LocalStack, new_uuid
 
@@ -32,7 +32,7 @@ def test_operations_continue_on_the_alternative_endpoint(stack: LocalStack, capl
     stack.sp.emulator.stop_listening()
     caplog.set_level(logging.WARNING, logger="cloudstack_storpool.spconn")
     made = volumes.create(stack.ctx, pool_id, new_uuid(), 8 * MiB)  # refused by the primary: re-sent
-    assert volumes.get(stack.ctx, pool_id, path=made.path).size == 8 * MiB
+    assert identity.get(stack.ctx, pool_id, path=made.path).size == 8 * MiB
     assert volumes.delete(stack.ctx, pool_id, before.uuid or "", path=before.path).deleted
     assert pools.describe(stack.ctx, pool_id).volumes == 1
     assert sum(stack.sp.calls.values()) > calls0  # the same cluster answered, through the other address

@@ -28,7 +28,7 @@ def test_bad_or_missing_token_is_refused(emu: EmulatorHandle, token: str) -> Non
 @pytest.mark.parametrize(
     "prefix",
     ["/ctrl/1.0/", "/ctrl/1.0/MultiCluster/", "/ctrl/1.0/MultiCluster/AllClusters/",
-     "/ctrl/1.0/RemoteCommand/other/", "/ctrl/1.0/RemoteCommand/other/MultiCluster/"],
+     "/ctrl/1.0/RemoteCommand/sim/", "/ctrl/1.0/RemoteCommand/sim/MultiCluster/"],
 )
 def test_every_path_form_reaches_the_cluster(emu: EmulatorHandle, prefix: str) -> None:
     status, body = raw(emu, "POST", prefix + "VolumeCreate", {"name": "v", "size": GiB, "template": "ssd"})
