@@ -151,11 +151,13 @@ def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient]
     return used[-1], result
 
 
-def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation) -> SecondaryCopy:
-    """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole)."""
+def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation,
+                        global_id: str | None = None) -> SecondaryCopy:
+    """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole);
+    with several StorPool clusters, an agent of a host that sees the snapshot's (`global_id`)."""
     agent, res = on_any_host(
         ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
-                                           progress=ctx.progress))
+                                           progress=ctx.progress), spclusters.holding(ctx, pool, global_id))
     return SecondaryCopy(where.store, where.path, str(res.get("format", "qcow2")), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)
 
@@ -228,7 +230,7 @@ def take_snapshot(
     if not bypass:
         assert secondary is not None
         try:
-            backup = backup_to_secondary(ctx, src.pool, name, secondary)
+            backup = backup_to_secondary(ctx, src.pool, name, secondary, gid)
         except Exception as exc:
             raise undo_and_fail(f"backup of snapshot {snapshot_uuid} to secondary storage failed", exc,
                                 f"the StorPool snapshot {name} was removed", lambda: drop_snapshot(conn, name)) from exc

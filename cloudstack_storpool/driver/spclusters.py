@@ -150,10 +150,27 @@ def targets(ctx: DriverContext, spec: PoolSpec) -> list[Target]:
 def copy_clusters(ctx: DriverContext, spec: PoolSpec, where: Target) -> list[str] | None:
     """The CloudStack clusters whose hosts can attach objects of `where`'s StorPool cluster (a
     host is a client of its own cluster only); None, any host, when the pool has one cluster."""
+    return _hosts_of(ctx, spec, where.sp_cluster)
+
+
+def holding(ctx: DriverContext, spec: PoolSpec, global_id: str | None) -> list[str] | None:
+    """The CloudStack clusters whose hosts can attach the object `global_id`: its StorPool
+    cluster is the id's first two parts (as the Java plugin reads it). None, any host, when the
+    pool has one cluster or the id is not known."""
+    if not global_id:
+        return None
+    return _hosts_of(ctx, spec, ".".join(global_id.removeprefix("~").split(".")[:2]), own_if_unknown=True)
+
+
+def _hosts_of(ctx: DriverContext, spec: PoolSpec, sp_cluster: str | None, *, own_if_unknown: bool = False,
+              ) -> list[str] | None:
     every = [(t.cs_cluster, t.sp_cluster) for t in _all(ctx, spec)]
     if all(sp is None for _cs, sp in every):
         return None
-    return [cs for cs, sp in every if cs is not None and sp == where.sp_cluster]
+    found = [cs for cs, sp in every if cs is not None and sp == sp_cluster]
+    if not found and own_if_unknown:  # not another cluster's: the pool's own
+        found = [cs for cs, sp in every if cs is not None and sp is None]
+    return found
 
 
 def _remote(conn: StorPoolConn, sp_id: str, location: str | None) -> RemoteCluster | None:

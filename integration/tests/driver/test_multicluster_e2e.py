@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from cloudstack_storpool.driver import identity, snapshots, templates, volumes
+from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import SpUnreachable, ValidationError
 from integration.stack import STACK_TEMPLATES, LocalStack, new_uuid
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -112,13 +113,15 @@ def test_root_volumes_and_template_caches_land_on_their_clusters_storpool_cluste
 
 def test_volumes_from_snapshots_land_on_their_clusters_storpool_cluster(stack: LocalStack, clusters: Clusters) -> None:
     pool = stack.pool_id()
-    stack.set_bypass(True, wait=True)
+    stack.set_bypass(False, wait=True)  # each backup is made by a host that sees the snapshot's cluster
     made = {}
-    for where, cs_cluster in (("west", clusters.west_id), ("east", clusters.east_id)):
-        vid = new_uuid()
+    for where, cs_cluster in (("west", clusters.west_id), ("east", clusters.east_id)) * 2:
+        vid, sid = new_uuid(), new_uuid()
         vol = volumes.create(stack.ctx, pool, vid, 8 * MiB, cluster_id=cs_cluster)
         stack.cs.model.add_volume(f"vol-{vid[:6]}", 8 * MiB, storage_id=pool, path=vol.path, volume_id=vid)
-        snap = snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=new_uuid())
+        backup = SecondaryLocation(str(stack.secondary), f"snapshots/{vid}/{sid}.qcow2")
+        snap = snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=backup)
+        assert snap.backup is not None and (stack.secondary / backup.path).is_file()
         assert _on(stack, clusters, snap.global_id) == where
         made[where] = snapshots.volume_from_snapshot(stack.ctx, pool=pool, snapshot_uuid=snap.uuid,
                                                      volume_uuid=new_uuid(), path=snap.path, cluster_id=cs_cluster)
