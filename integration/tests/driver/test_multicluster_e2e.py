@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cloudstack_storpool.driver import identity, snapshots, templates, volumes
+from cloudstack_storpool.driver import extract, identity, snapshots, templates, volumes
 from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.errors import SpUnreachable, ValidationError
 from integration.stack import STACK_TEMPLATES, LocalStack, new_uuid
@@ -111,7 +111,9 @@ def test_root_volumes_and_template_caches_land_on_their_clusters_storpool_cluste
     assert west_cache not in stack.sp.model.by_name and east_cache not in clusters.east.model.by_name
 
 
-def test_volumes_from_snapshots_land_on_their_clusters_storpool_cluster(stack: LocalStack, clusters: Clusters) -> None:
+def test_snapshots_backups_and_volumes_from_snapshots_stay_in_their_clusters_storpool_cluster(
+    stack: LocalStack, clusters: Clusters,
+) -> None:
     pool = stack.pool_id()
     stack.set_bypass(False, wait=True)  # each backup is made by a host that sees the snapshot's cluster
     made = {}
@@ -122,6 +124,8 @@ def test_volumes_from_snapshots_land_on_their_clusters_storpool_cluster(stack: L
         backup = SecondaryLocation(str(stack.secondary), f"snapshots/{vid}/{sid}.qcow2")
         snap = snapshots.take_snapshot(stack.ctx, volume_uuid=vid, snapshot_uuid=sid, secondary=backup)
         assert snap.backup is not None and (stack.secondary / backup.path).is_file()
+        copy = extract.extract_volume(stack.ctx, volume_uuid=vid, store=str(stack.secondary), path=f"volumes/{vid}.qcow2")
+        assert (stack.secondary / copy.path).is_file()
         assert _on(stack, clusters, snap.global_id) == where
         made[where] = snapshots.volume_from_snapshot(stack.ctx, pool=pool, snapshot_uuid=snap.uuid,
                                                      volume_uuid=new_uuid(), path=snap.path, cluster_id=cs_cluster)
