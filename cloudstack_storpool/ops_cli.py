@@ -353,12 +353,14 @@ VOLUME_COLUMNS = ["uuid", "name", "global_id", "size", "template", "iops", "path
 @click.option("--disk-offering", default=None)
 @click.option("--service-offering", default=None)
 @click.option("--iops", type=int, default=None)
+@click.option("--cluster", "cluster_id", default=None,
+              help="CloudStack cluster the volume is for: made in its StorPool cluster (sp.cluster.id).")
 @pools_opt
 @token_opt
 @json_opt
 def volume_create(pool: str, volume_uuid: str, size: int | None, template_uuid: str | None, source_store: str | None,
                   source_path: str | None, disk_offering: str | None, service_offering: str | None, iops: int | None,
-                  pools_file: str | None, agent_token_file: str | None, as_json: bool) -> None:
+                  cluster_id: str | None, pools_file: str | None, agent_token_file: str | None, as_json: bool) -> None:
     """Create VOLUME_UUID on POOL: empty, or from a template (a copy only when it is not cached yet)."""
     from cloudstack_storpool.driver import volumes
     from cloudstack_storpool.driver.secondary import TemplateSource
@@ -369,12 +371,12 @@ def volume_create(pool: str, volume_uuid: str, size: int | None, template_uuid: 
             if size is None:
                 raise ValidationError("size", "required for an empty volume")
             return volumes.create(ctx, pool, volume_uuid, size, disk_offering_id=disk_offering,
-                                  service_offering_id=service_offering, iops=iops)
+                                  service_offering_id=service_offering, iops=iops, cluster_id=cluster_id)
         source = TemplateSource(source_store, source_path) if source_store and source_path else None
         with progress_bar(ctx, "copying template", as_json) as pctx:
             return volumes.create_from_template(pctx, pool, volume_uuid, template_uuid, size=size, source=source,
                                                 disk_offering_id=disk_offering, service_offering_id=service_offering,
-                                                iops=iops)
+                                                iops=iops, cluster_id=cluster_id)
 
     run(go, as_json, VOLUME_COLUMNS)
 

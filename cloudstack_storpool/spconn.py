@@ -93,6 +93,17 @@ class Created(ByGlobalId):
 
 
 @dataclass(frozen=True)
+class RemoteCluster:
+    """One entry of ClustersList: `name` is what `RemoteCommand/<name>/` takes."""
+
+    name: str
+    sub_id: str
+    location: str
+    location_id: str | None
+    """None for a cluster of the endpoint's own location (LocationsList lists remote ones only)."""
+
+
+@dataclass(frozen=True)
 class GroupMember:
     volume: str
     volume_global_id: str
@@ -242,6 +253,7 @@ class StorPoolConn:
         self.host, self.port = host, port
         self.our_id = our_id
         self.calls: Counter[str] = Counter()
+        self._remotes: tuple[float, list[RemoteCluster]] | None = None
         self._token = raw_token
         self._retries, self._backoff, self._max_backoff, self._sleep = retries, backoff, max_backoff, sleep
         self._retry_budget, self._clock = retry_budget, clock
@@ -463,6 +475,23 @@ class StorPoolConn:
     def attachments(self) -> list[SpAttachment]:
         raw = self._retrying("AttachmentsList", lambda: self.api.attachmentsList(returnRawAPIData=True))
         return spanswers.attachments(raw, "AttachmentsList")
+
+    def remote_clusters(self, *, max_age: float | None = None) -> list[RemoteCluster]:
+        """The other clusters this endpoint reaches (ClustersList, with each location's id from
+        LocationsList; clusters of this endpoint's own location have `location_id` None, as the
+        API lists remote locations only). Read once per connection, again only when the caller
+        accepts nothing older than `max_age` seconds: clusters join a location rarely."""
+        now = time.monotonic()
+        if self._remotes is not None and (max_age is None or now - self._remotes[0] <= max_age):
+            return self._remotes[1]
+        clusters = self._retrying("ClustersList", self.api.clustersList)["clusters"]
+        ids: dict[str, str] = {}
+        if clusters:
+            locations = self._retrying("LocationsList", self.api.locationsList)["locations"]
+            ids = {str(loc.name): str(loc.id) for loc in locations}
+        found = [RemoteCluster(str(c.name), str(c.id), str(c.location), ids.get(str(c.location))) for c in clusters]
+        self._remotes = (now, found)
+        return found
 
     def services(self, *, retry: bool = True) -> Any:
         """ServicesList. The heartbeat asks with retry=False: a slow answer is itself news."""

@@ -160,7 +160,15 @@ class LocalStack:
 
         self._exit.callback(stop)
 
-    def _start_agent(self, host_id: str, host_name: str, client_id: int) -> None:
+    def add_kvm_host(self, name: str, cluster_id: str, client_id: int, sp: EmulatorHandle | None = None) -> str:
+        """One more Up KVM host in CloudStack cluster `cluster_id`, a client of StorPool cluster
+        `sp` (default: the stack's), with its agent running. Returns the host id."""
+        host = self.cs.model.add_host(name, sp_ourid=client_id, cluster_id=cluster_id)
+        self._start_agent(host.id, host.name, client_id, sp)
+        return str(host.id)
+
+    def _start_agent(self, host_id: str, host_name: str, client_id: int, sp: EmulatorHandle | None = None) -> None:
+        sp = sp or self.sp
         status_file = self.root / f"heartbeat-{client_id}.json"
         if self.heartbeat_interval:
             # Off in tests by default: the loops' background calls would consume injected
@@ -168,12 +176,12 @@ class LocalStack:
             self._start_heartbeat(client_id, status_file)
         cfg = HostConfig(
             client_id=client_id,
-            dev_root=str(self.sp.dev_root / str(client_id)),
+            dev_root=str(sp.dev_root / str(client_id)),
             mount_root=str(self.root / "mnt"),
             secondary_roots=(str(self.secondary),),
             heartbeat_status_file=str(status_file),
         )
-        conn = StorPoolConn(self.sp.host, self.sp.port, self.sp.token, our_id=client_id)
+        conn = StorPoolConn(sp.host, sp.port, sp.token, our_id=client_id)
         server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn),
                              tls=server_context(str(self.agent_cert.cert), str(self.agent_cert.key)))
         thread = threading.Thread(target=server.serve_forever, name=f"agent-{host_name}", daemon=True)

@@ -253,9 +253,11 @@ _SETTINGS: tuple[Setting, ...] = (
             "Alternative StorPool API endpoint for the pool: SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
             "SP_TEMPLATE=template.", validator=_check_endpoint),
     _plugin("sp.cluster.location", STR, None, Scope.STORAGEPOOL, True,
-            "StorPool location (multi-cluster) the pool's volumes are created in."),
+            "SP_CLUSTER_ID of the StorPool cluster the pool URL's endpoint belongs to (multi-cluster): "
+            "an sp.cluster.id that is neither it nor a cluster the endpoint reaches is refused."),
     _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
-            "StorPool API endpoint of the CloudStack cluster's StorPool cluster (multi-cluster)."),
+            "StorPool API of the CloudStack cluster's StorPool cluster (multi-cluster), "
+            "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;SP_TEMPLATE=template: its creates go there."),
     _plugin("storpool.volumes.stats.interval", INT, 3600, Scope.GLOBAL, False,
             "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s"),
     _plugin("storpool.storage.stats.interval", INT, 3600, Scope.GLOBAL, False,

@@ -102,7 +102,7 @@ class FakeAgents:
     def for_host(self, host_id: str) -> FakeAgent:
         return self.by_host.setdefault(host_id, FakeAgent(f"http://{host_id}", self.emulator))
 
-    def run_on_pool(self, pool: PoolSpec, work: Callable[[FakeAgent], Any]) -> Any:
+    def run_on_pool(self, pool: PoolSpec, work: Callable[[FakeAgent], Any], clusters: Any = None) -> Any:
         return work(self.pool_agent)
 
     def all_calls(self) -> list[tuple[str, dict[str, Any]]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
@@ -115,8 +115,10 @@ class AgentDirectory:
         host = self.host_of_vm(vm_id)
         return self.client(host) if host is not None else None
 
-    def hosts_for_pool(self, pool: PoolSpec) -> list[Host]:
-        """Up KVM hosts that are StorPool clients (have `SP_OURID`) in the pool's zone.
+    def hosts_for_pool(self, pool: PoolSpec, clusters: Collection[str] | None = None) -> list[Host]:
+        """Up KVM hosts that are StorPool clients (have `SP_OURID`) in the pool's zone; only those
+        of the CloudStack `clusters` when given (the hosts that see one StorPool cluster, in a
+        multi-cluster setup).
 
         The list is rotated on each call so that copies (template fills) spread over hosts
         instead of always landing on the first one.
@@ -124,6 +126,7 @@ class AgentDirectory:
         hosts = [
             h for h in self._cloudstack.hosts(zone_id=pool.zone or None)
             if h.sp_client_id is not None and h.state == "Up" and (h.resource_state in (None, "Enabled"))
+            and (clusters is None or h.cluster_id in clusters)
         ]
         hosts.sort(key=lambda h: h.id)
         if not hosts:
@@ -133,24 +136,26 @@ class AgentDirectory:
             self._next += 1
         return hosts[start:] + hosts[:start]
 
-    def _hosts_or_fail(self, pool: PoolSpec) -> list[Host]:
-        hosts = self.hosts_for_pool(pool)
+    def _hosts_or_fail(self, pool: PoolSpec, clusters: Collection[str] | None = None) -> list[Host]:
+        hosts = self.hosts_for_pool(pool, clusters)
         if not hosts:
-            raise NotFound(f"pool: no Up KVM host with a StorPool client id in zone {pool.zone or '(any)'}")
+            where = f"clusters {', '.join(sorted(clusters))}" if clusters is not None else f"zone {pool.zone or '(any)'}"
+            raise NotFound(f"pool: no Up KVM host with a StorPool client id in {where}")
         return hosts
 
     def for_pool(self, pool: PoolSpec) -> AgentClient:
         """Any agent able to reach the pool (the first of the rotation)."""
         return self.client(self._hosts_or_fail(pool)[0])
 
-    def run_on_pool(self, pool: PoolSpec, work: Callable[[AgentClient], T]) -> T:
+    def run_on_pool(self, pool: PoolSpec, work: Callable[[AgentClient], T],
+                    clusters: Collection[str] | None = None) -> T:
         """Run `work` on a host of the pool, moving to the next host while agents are unreachable.
 
         Only "unreachable" moves on: a command the agent ran and failed is the answer, and
         running it elsewhere would hide the failure.
         """
         last: AgentRequestError | None = None
-        for host in self._hosts_or_fail(pool):
+        for host in self._hosts_or_fail(pool, clusters):
             try:
                 return work(self.client(host))
             except AgentRequestError as exc:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from cloudstack_storpool.agent.client import AgentRequestError
 from cloudstack_storpool.agent.luks import check_passphrase
+from cloudstack_storpool.driver import spclusters
 from cloudstack_storpool.driver.connect import storpool_path
 from cloudstack_storpool.driver.identity import locate
 from cloudstack_storpool.driver.revert import refuse_running
@@ -47,7 +48,8 @@ def set_volume_encryption(ctx: DriverContext, *, volume_uuid: str, passphrase: S
     refuse_running(ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None, f"encryption of volume {volume_uuid}")
     try:
         agent, res = on_any_host(ctx, src.pool, lambda c: c.encrypt_volume(
-            volume=src.name, passphrase=passphrase, source=source, progress=ctx.progress))
+            volume=src.name, passphrase=passphrase, source=source, progress=ctx.progress),
+            spclusters.holding(ctx, src.pool, src.global_id))
     except AgentRequestError as exc:
         if exc.code == "not-found":
             raise NotFound(f"{'source_path' if source and source in exc.message else 'volume_uuid'}: "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool.agent import qemu_img
+from cloudstack_storpool.driver import spclusters
 from cloudstack_storpool.driver.identity import locate
 from cloudstack_storpool.driver.revert import refuse_running
 from cloudstack_storpool.driver.secondary import SecondaryLocation
@@ -28,6 +29,7 @@ def extract_volume(ctx: DriverContext, *, volume_uuid: str, store: str, path: st
     src = locate(ctx, volume_uuid)
     refuse_running(ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None, f"download of volume {volume_uuid}")
     agent, res = on_any_host(ctx, src.pool, lambda c: c.copy_volume_out(
-        volume=src.name, store=where.store, path=where.path, format=format, progress=ctx.progress))
+        volume=src.name, store=where.store, path=where.path, format=format, progress=ctx.progress),
+        spclusters.holding(ctx, src.pool, src.global_id))
     return SecondaryCopy(where.store, where.path, str(res.get("format", format)), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)

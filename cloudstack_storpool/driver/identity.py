@@ -59,6 +59,12 @@ class LocatedVolume:
     def uuid(self) -> str:
         return self.cs.id
 
+    @property
+    def global_id(self) -> str | None:
+        """The StorPool global id, when CloudStack's path holds it (it names the cluster)."""
+        path = self.cs.path or ""
+        return path[len(names.BYID_PREFIX):] if path.startswith(names.BYID_PREFIX) else None
+
 
 def ref(*, volume_uuid: str | None = None, path: str | None = None, path_field: str = "path") -> str:
     """The StorPool API name of a CloudStack volume: from its path when known (`~globalId`,

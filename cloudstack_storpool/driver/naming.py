@@ -27,14 +27,18 @@ def snapshot(snapshot_uuid: str) -> str:
     return f"{PREFIX}-snap-{check_uuid(snapshot_uuid, 'snapshot_uuid')}"
 
 
-def template_cache(template_uuid: str, pool_uuid: str) -> str:
-    """The cached template on one pool (a snapshot). Pools in one cluster each have their own."""
-    return f"{PREFIX}-tmpl-{check_uuid(template_uuid, 'template_uuid')}-{check_uuid(pool_uuid, 'pool_uuid')}"
+def template_cache(template_uuid: str, pool_uuid: str, sp_cluster: str | None = None) -> str:
+    """The cached template on one pool (a snapshot). Pools in one cluster each have their own;
+    in another StorPool cluster of a multi-cluster setup (`sp_cluster`, its SP_CLUSTER_ID) the
+    pool has one more, named after that cluster so that names stay unique across the location."""
+    base = f"{PREFIX}-tmpl-{check_uuid(template_uuid, 'template_uuid')}-{check_uuid(pool_uuid, 'pool_uuid')}"
+    return f"{base}.{sp_cluster}" if sp_cluster else base
 
 
-def template_fill(template_uuid: str, pool_uuid: str) -> str:
+def template_fill(template_uuid: str, pool_uuid: str, sp_cluster: str | None = None) -> str:
     """The temporary volume a cache fill copies into; its existence is the fill lock."""
-    return f"{PREFIX}-fill-{check_uuid(template_uuid, 'template_uuid')}-{check_uuid(pool_uuid, 'pool_uuid')}"
+    base = f"{PREFIX}-fill-{check_uuid(template_uuid, 'template_uuid')}-{check_uuid(pool_uuid, 'pool_uuid')}"
+    return f"{base}.{sp_cluster}" if sp_cluster else base
 
 
 def vm_snapshot_member(vm_snapshot_uuid: str, volume_uuid: str) -> str:

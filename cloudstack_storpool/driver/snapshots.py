@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
 from cloudstack_storpool.bounds import Iops
-from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, spclusters, tags, templates
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, revert_volume
 from cloudstack_storpool.driver.secondary import SecondaryLocation, agent_refusals
@@ -136,26 +136,30 @@ class TemplateFromSnapshot:
 # ---------------------------------------------------------------------------- helpers
 
 
-def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient], T]) -> tuple[str, T]:
+def on_any_host(ctx: DriverContext, pool: PoolSpec, work: Callable[[AgentClient], T],
+                clusters: Collection[str] | None = None) -> tuple[str, T]:
     """Run a copy between StorPool and secondary storage on any Up host of the pool's zone
     (the agents' rotation, moving on while agents are unreachable); returns which agent ran it.
-    Any host will do: the object is attached there only for the copy."""
+    Any host will do (of the CloudStack `clusters` when given: the hosts that see the object's
+    StorPool cluster): the object is attached there only for the copy."""
     used: list[str] = []
 
     def run(client: AgentClient) -> T:
         used.append(client.base_url)
         return work(client)
 
-    result = ctx.agents.run_on_pool(pool, run)
+    result = ctx.agents.run_on_pool(pool, run, clusters)
     return used[-1], result
 
 
-def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation) -> SecondaryCopy:
-    """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole)."""
+def backup_to_secondary(ctx: DriverContext, pool: PoolSpec, snapshot: str, where: SecondaryLocation,
+                        global_id: str | None = None) -> SecondaryCopy:
+    """A StorPool snapshot -> qcow2 at `where`, by an agent (temporary file, renamed when whole);
+    with several StorPool clusters, an agent of a host that sees the snapshot's (`global_id`)."""
     with agent_refusals("secondary"):
         agent, res = on_any_host(
             ctx, pool, lambda c: c.backup_snapshot(snapshot=snapshot, store=where.store, path=where.path,
-                                               progress=ctx.progress))
+                                               progress=ctx.progress), spclusters.holding(ctx, pool, global_id))
     return SecondaryCopy(where.store, where.path, str(res.get("format", "qcow2")), int(res.get("virtual_size", 0)),
                          int(res.get("physical_size", 0)), agent)
 
@@ -228,7 +232,7 @@ def take_snapshot(
     if not bypass:
         assert secondary is not None
         try:
-            backup = backup_to_secondary(ctx, src.pool, name, secondary)
+            backup = backup_to_secondary(ctx, src.pool, name, secondary, gid)
         except Exception as exc:
             raise undo_and_fail(f"backup of snapshot {snapshot_uuid} to secondary storage failed", exc,
                                 f"the StorPool snapshot {name} was removed", lambda: drop_snapshot(conn, name)) from exc
@@ -294,6 +298,7 @@ def volume_from_snapshot(
     iops: Iops | None = None,
     secondary: SecondaryLocation | None = None,
     path: str | None = None,
+    cluster_id: str | None = None,
 ) -> VolumeFromSnapshot:
     """A new volume with the snapshot's content, placed like any create.
 
@@ -304,6 +309,8 @@ def volume_from_snapshot(
     gone and `secondary` names its backup, an empty volume is created and an agent copies the
     backup in; a failed copy deletes that volume. `path` is the snapshot's path as CloudStack
     stored it (else the project's name, then the Java plugin's snapshot of that uuid).
+    `cluster_id` (the CloudStack cluster of the VM) picks the StorPool cluster as for
+    `volumes.create`; the snapshot must be in that cluster (StorPool clones within a cluster).
     """
     spec = ctx.pool(pool)
     uuid = check_uuid(volume_uuid, "volume_uuid")
@@ -316,14 +323,16 @@ def volume_from_snapshot(
     # Asked of CloudStack at most once, and only when iops or size must come from it.
     source_volume = functools.cache(lambda: _source_volume_of(ctx, snapshot_uuid))
     limit = placement.iops if placement.iops is not None else _source_iops(source_volume())
-    new = _NewVolume(ctx.conn(spec), uuid, naming.volume(uuid), identity.volume_tags(uuid, spec, placement),
-                     placement.template, limit, placement.qos_class)
+    where = spclusters.target(ctx, spec, cluster_id)
+    new = _NewVolume(where.conn, uuid, naming.volume(uuid), identity.volume_tags(uuid, spec, placement),
+                     where.template_for(spec, placement.template), limit, placement.qos_class, where.remote)
     made = _clone_snapshot(new, snapshot_uuid, path, size, secondary)
     if made is not None:
         return made
     assert secondary is not None
     log.info("snapshot %s is gone from StorPool; restoring volume %s from %s", snapshot_uuid, new.name, secondary.path)
-    return _restore_from_secondary(ctx, spec, new, secondary, size if size is not None else _source_size(source_volume()))
+    return _restore_from_secondary(ctx, spec, new, secondary, size if size is not None else _source_size(source_volume()),
+                                   spclusters.copy_clusters(ctx, spec, where))
 
 
 @dataclass(frozen=True)
@@ -337,12 +346,14 @@ class _NewVolume:
     template: str
     iops: int | None
     qos_class: str | None
+    remote: str | None = None
+    """`RemoteCommand/` cluster name of the target StorPool cluster (`spclusters.Target`)."""
 
     def create(self, source: str, *, size: int | None, parent: str | None = None) -> VolumeFromSnapshot | Created:
         """One VolumeCreate; a volume this request made before is returned as recovered."""
         try:
             return self.conn.volume_create(name=self.name, parent=parent, size=size, iops=self.iops,
-                                           template=self.template, tags=self.tags)
+                                           template=self.template, tags=self.tags, cluster=self.remote)
         except SpExists:
             found = identity.existing_volume(self.conn, self.name, self.uuid)
             return self.result(found.name, found.global_id, source, 0, True)
@@ -374,7 +385,7 @@ def _clone_snapshot(new: _NewVolume, snapshot_uuid: str, path: str | None, size:
 
 
 def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume, where: SecondaryLocation,
-                            size: int) -> VolumeFromSnapshot:
+                            size: int, clusters: Collection[str] | None) -> VolumeFromSnapshot:
     """An empty volume, then an agent copies the snapshot's backup in; a failed copy removes it."""
     made = new.create("secondary", size=size)
     if isinstance(made, VolumeFromSnapshot):
@@ -382,7 +393,8 @@ def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume,
     try:
         with agent_refusals("secondary"):
             agent, res = on_any_host(ctx, spec, lambda c: c.copy_to_volume(
-                store=where.store, path=where.path, volume=made.ref, target_is_zero=True, progress=ctx.progress))
+                store=where.store, path=where.path, volume=made.ref, target_is_zero=True, progress=ctx.progress),
+                clusters)
     except Exception as exc:
         raise undo_and_fail(f"copy of the secondary copy {where.path} into volume {new.uuid} failed", exc,
                             f"the new volume {new.name} was removed",

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import liveness, locate, naming, pools, tags
+from cloudstack_storpool.driver import liveness, locate, naming, pools, spclusters, tags
 from cloudstack_storpool.driver.secondary import TemplateSource, agent_refusals
+from cloudstack_storpool.driver.spclusters import Target
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created, StorPoolConn
@@ -65,22 +66,27 @@ class CachedTemplate:
     """True when this call made the cache (a fill), False when it was already there."""
 
 
-def cache_name(template_uuid: str, pool: PoolSpec) -> str:
-    return naming.template_cache(template_uuid, pool.key)
+def cache_name(template_uuid: str, pool: PoolSpec, where: Target | None = None) -> str:
+    """The pool's cache in its own StorPool cluster, or in the cluster `where` names."""
+    return naming.template_cache(template_uuid, pool.key, where.sp_cluster if where else None)
 
 
-def fill_name(template_uuid: str, pool: PoolSpec) -> str:
-    return naming.template_fill(template_uuid, pool.key)
+def fill_name(template_uuid: str, pool: PoolSpec, where: Target | None = None) -> str:
+    return naming.template_fill(template_uuid, pool.key, where.sp_cluster if where else None)
 
 
 def _cached_from(summary: Any, template_uuid: str, pool: PoolSpec, filled: bool = False) -> CachedTemplate:
     return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.global_id, int(summary.size), filled)
 
 
-def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: str) -> SpSnapshot | None:
+def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: str, where: Target | None = None) -> SpSnapshot | None:
     """The project's cache by its name (one Snapshot read); else, on a pool the Java plugin
-    initialised, the cache the Java plugin made (it is used as is: no second copy)."""
-    return conn.snapshot(cache_name(template_uuid, spec)) or locate.java_template_cache(conn, spec, template_uuid)
+    initialised, the cache the Java plugin made (it is used as is: no second copy). The Java
+    plugin caches in the pool's own cluster only."""
+    found = conn.snapshot(cache_name(template_uuid, spec, where))
+    if found is None and (where is None or where.home):
+        found = locate.java_template_cache(conn, spec, template_uuid)
+    return found
 
 
 def cached(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> CachedTemplate | None:
@@ -103,10 +109,13 @@ def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> bool:
     until its last child is gone)."""
     spec = pools.resolve(ctx, pool)
     conn = ctx.conn(spec)
+    dropped = False
+    for where in spclusters.targets(ctx, spec):  # the pool's caches in other StorPool clusters
+        dropped = where.conn.snapshot_delete(cache_name(template_uuid, spec, where)) or dropped
     if conn.snapshot_delete(cache_name(template_uuid, spec)):
         return True
     java = locate.java_template_cache(conn, spec, template_uuid)
-    return java is not None and conn.snapshot_delete(java.ref)
+    return (java is not None and conn.snapshot_delete(java.ref)) or dropped
 
 
 # ---------------------------------------------------------------------- filling
@@ -138,6 +147,7 @@ def ensure_cached(
     from_snapshot: str | None = None,
     from_volume: str | None = None,
     known_missing: bool = False,
+    cluster_id: str | None = None,
 ) -> CachedTemplate:
     """The template's cached snapshot on `pool`, filling it first if needed.
 
@@ -145,18 +155,20 @@ def ensure_cached(
     or `from_volume` (StorPool names or `~globalId`: clone, no copy) says how to fill. `size` is
     the template's virtual size when known (the fill volume starts at it; the agent grows it to
     the image's virtual size anyway). `known_missing` skips the first lookup when the caller
-    has just seen the cache missing.
+    has just seen the cache missing. `cluster_id` (a CloudStack cluster) picks the StorPool
+    cluster the cache is for (`spclusters.target`); its copy runs on a host of that cluster.
     """
     spec = pools.resolve(ctx, pool)
     tuuid = check_uuid(template_uuid, "template_uuid")
     how = _FillFrom.checked(source, size, from_snapshot, from_volume)
-    conn = ctx.conn(spec)
-    cache = cache_name(tuuid, spec)
-    wait = _Wait(ctx, conn, fill_name(tuuid, spec))
+    where = spclusters.target(ctx, spec, cluster_id)
+    conn = where.conn
+    cache = cache_name(tuuid, spec, where)
+    wait = _Wait(ctx, conn, fill_name(tuuid, spec, where))
     look = not known_missing
     while True:
         if look:
-            found = _find(conn, spec, tuuid)
+            found = _find(conn, spec, tuuid, where)
             if found is not None:
                 return _cached_from(found, tuuid, spec)
         look = True
@@ -164,14 +176,14 @@ def ensure_cached(
             raise ValidationError(
                 "source", f"template {tuuid} is not cached on pool {spec.name} and no secondary-storage location was given",
             )
-        fill = _lock(ctx, spec, tuuid, how)
+        fill = _lock(ctx, spec, tuuid, how, where)
         if fill is None:
             wait.for_other_fill()
             continue
         done = _filled_meanwhile(conn, cache, fill)
         if done is not None:
             return _cached_from(done, tuuid, spec)
-        return _populate(ctx, spec, tuuid, cache, fill, source)
+        return _populate(ctx, spec, tuuid, cache, fill, source, where)
 
 
 def _filled_meanwhile(conn: StorPoolConn, cache: str, fill: Created) -> Any | None:
@@ -213,14 +225,14 @@ class _FillFrom:
         return self.source is None and self.snapshot is None and self.volume is None
 
 
-def _lock(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom) -> Created | None:
+def _lock(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom, where: Target) -> Created | None:
     """Create the fill volume, which is the fill lock; None when another driver holds it."""
     owner = secrets.token_hex(8)
     try:
-        created = _create_fill(ctx, spec, tuuid, fill_name(tuuid, spec), how, owner)
+        created = _create_fill(ctx, spec, tuuid, how, owner, where)
     except SpExists:
         return None
-    if created.recovered and not _is_ours(ctx, spec, created, owner):
+    if created.recovered and not _is_ours(where.conn, created, owner):
         return None  # a lost answer, and the fill found by name is another driver's
     return created
 
@@ -250,32 +262,34 @@ class _Wait:
         self.pause = min(self.pause * 1.5, FILL_POLL_MAX)
 
 
-def _is_ours(ctx: DriverContext, spec: PoolSpec, created: Created, owner: str) -> bool:
-    found = ctx.conn(spec).volume(created.ref)
+def _is_ours(conn: StorPoolConn, created: Created, owner: str) -> bool:
+    found = conn.volume(created.ref)
     return found is not None and found.tags.get(OWNER_TAG) == owner
 
 
-def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, fill: str, how: _FillFrom, owner: str) -> Created:
+def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom, owner: str, where: Target) -> Created:
     stamp = liveness.first_stamp(ctx.clock)
     fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=stamp, alive=stamp)
     fill_tags[OWNER_TAG] = owner
-    conn = ctx.conn(spec)
+    args: dict[str, Any] = where.create_args(spec, {"name": fill_name(tuuid, spec, where), "template": spec.template,
+                                                    "tags": fill_tags})
     if how.snapshot is not None:
-        return conn.volume_create(name=fill, parent=how.snapshot, template=spec.template, tags=fill_tags)
+        return where.conn.volume_create(parent=how.snapshot, **args)
     if how.volume is not None:
-        return conn.volume_create(name=fill, base_on=how.volume, template=spec.template, tags=fill_tags)
-    return conn.volume_create(name=fill, size=_round_up(how.size or 512), template=spec.template, tags=fill_tags)
+        return where.conn.volume_create(base_on=how.volume, **args)
+    return where.conn.volume_create(size=_round_up(how.size or 512), **args)
 
 
 def _populate(
     ctx: DriverContext, spec: PoolSpec, tuuid: str, cache: str, fill: Created, source: TemplateSource | None,
+    where: Target,
 ) -> CachedTemplate:
     """Copy (when from secondary) and snapshot while stamping the fill alive, then delete the
     fill; the fill never outlives a failure."""
-    conn = ctx.conn(spec)
+    conn = where.conn
     try:
         with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock):
-            snap = _copy_and_snapshot(ctx, spec, tuuid, cache, fill, source)
+            snap = _copy_and_snapshot(ctx, spec, tuuid, cache, fill, source, where)
     finally:
         try:
             conn.volume_delete(fill.ref)
@@ -293,6 +307,7 @@ def _populate(
 
 def _copy_and_snapshot(
     ctx: DriverContext, spec: PoolSpec, tuuid: str, cache: str, fill: Created, source: TemplateSource | None,
+    where: Target,
 ) -> Created | None:
     """The agent's copy into the fill (from secondary only), then the cache snapshot; None when
     the cache appeared meanwhile (a taken-over fill finished after all)."""
@@ -302,9 +317,9 @@ def _copy_and_snapshot(
             ctx.agents.run_on_pool(spec, lambda agent: agent.copy_template(
                 store=source.store, path=source.path, volume=fill.path, source_format=source.agent_format,
                 timeout=timeout, idempotency_key=f"fill-{fill.global_id}", progress=ctx.progress,
-            ))
+            ), clusters=spclusters.copy_clusters(ctx, spec, where))
     try:
-        return ctx.conn(spec).snapshot_create(fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec))
+        return where.conn.snapshot_create(fill.ref, name=cache, tags=pools.identity_tags(tuuid, tags.TEMPLATE, spec))
     except SpExists:
         log.info("cache %s appeared while filling (a taken-over fill finished): using it", cache)
         return None

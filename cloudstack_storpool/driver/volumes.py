@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.bounds import Iops
-from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, tags, templates
+from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, spclusters, tags, templates
 from cloudstack_storpool.driver.identity import VolumeInfo, ref, volume_tags
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
-from cloudstack_storpool.spconn import Created
+from cloudstack_storpool.spconn import Created, StorPoolConn
 from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
@@ -56,9 +56,9 @@ def vm_tags_for(ctx: DriverContext, vm_id: str, device_id: int | None) -> dict[s
     return names.tags(out, "vm.tags")
 
 
-def _existing(ctx: DriverContext, spec: PoolSpec, name: str, volume_uuid: str) -> VolumeInfo:
+def _existing(conn: StorPoolConn, spec: PoolSpec, name: str, volume_uuid: str) -> VolumeInfo:
     """A create met `objectExists`: it is ours (a retry) only if it carries our uuid."""
-    found = identity.existing_volume(ctx.conn(spec), name, volume_uuid)
+    found = identity.existing_volume(conn, name, volume_uuid)
     log.info("volume %s already exists (a retried create): returning it", name)
     return identity.info(found, spec)
 
@@ -89,9 +89,9 @@ def create(
 ) -> VolumeInfo:
     """An empty volume: one VolumeCreate (template, iops and tags from the offerings).
 
-    `cluster_id` is the CloudStack cluster the volume is for (its VM's hosts): when that
-    cluster's `sp.cluster.id` names a StorPool cluster, the volume is made there, through the
-    pool's endpoint (StorPool's multi-cluster API), so its VM's hosts have it locally."""
+    `cluster_id` is the CloudStack cluster the volume is for (its VM's hosts): the volume is
+    made in that cluster's StorPool cluster (`spclusters.target`), so its VM's hosts have it
+    locally."""
     spec = pools.resolve(ctx, pool)
     name = naming.volume(volume_uuid)
     uuid = check_uuid(volume_uuid, "volume_uuid")
@@ -100,22 +100,13 @@ def create(
     placement = offerings.resolve(ctx, spec, volume_type=volume_type, disk_offering_id=disk_offering_id,
                                   service_offering_id=service_offering_id, custom_iops=iops, size=real_size)
     vtags = volume_tags(uuid, spec, placement)
+    where = spclusters.target(ctx, spec, cluster_id)
     try:
-        created = ctx.conn(spec).volume_create(name=name, size=real_size, tags=vtags, cluster=storpool_cluster(ctx, cluster_id),
-                                               **placement.create_args())
+        created = where.conn.volume_create(name=name, size=real_size, tags=vtags,
+                                           **where.create_args(spec, placement.create_args()))
     except SpExists:
-        return _existing(ctx, spec, name, uuid)
+        return _existing(where.conn, spec, name, uuid)
     return _created(created, spec, uuid, real_size, placement, vtags)
-
-
-def storpool_cluster(ctx: DriverContext, cluster_id: str | None) -> str | None:
-    """The StorPool cluster of a CloudStack cluster (`sp.cluster.id`, cluster scope); None when
-    unset (the Java plugin's default is "n/a"): the pool endpoint's own cluster."""
-    if not cluster_id:
-        return None
-    value = ctx.settings.get("sp.cluster.id", cluster=cluster_id)
-    text = str(value).strip() if value is not None else ""
-    return None if text in ("", "n/a") else text
 
 
 def create_from_template(
@@ -130,10 +121,14 @@ def create_from_template(
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
     iops: Iops | None = None,
+    cluster_id: str | None = None,
 ) -> VolumeInfo:
     """A (root) volume from a template: one VolumeCreate with `parent` = the pool's cached
     template. When the cache is missing (first use, or deleted out of band) it is filled from
-    `source` (the template's image on secondary storage) and the create is repeated."""
+    `source` (the template's image on secondary storage) and the create is repeated.
+
+    `cluster_id` (the CloudStack cluster of the VM) picks the StorPool cluster as for `create`;
+    in a cluster other than the pool's own, the pool has a cache of its own there."""
     spec = pools.resolve(ctx, pool)
     name = naming.volume(volume_uuid)
     uuid = check_uuid(volume_uuid, "volume_uuid")
@@ -149,26 +144,29 @@ def create_from_template(
                                   service_offering_id=service_offering_id, custom_iops=iops,
                                   size=size or template.size)
     vtags = volume_tags(uuid, spec, placement)
-    cache = parent = templates.cache_name(tuuid, spec)
-    conn = ctx.conn(spec)
+    where = spclusters.target(ctx, spec, cluster_id)
+    cache = parent = templates.cache_name(tuuid, spec, where)
+    conn = where.conn
+    args = where.create_args(spec, placement.create_args())
     for _attempt in range(3):
         try:
-            created = conn.volume_create(name=name, parent=parent, size=size, tags=vtags, **placement.create_args())
+            created = conn.volume_create(name=name, parent=parent, size=size, tags=vtags, **args)
             return _created(created, spec, uuid, size, placement, vtags)
         except SpExists:
-            return _existing(ctx, spec, name, uuid)
+            return _existing(conn, spec, name, uuid)
         except SpNotFound as exc:
             about_cache = parent in exc.descr
-            if not about_cache and placement.template in exc.descr:
+            if not about_cache and args["template"] in exc.descr:
                 raise ValidationError("template", f"StorPool refused the volume: {exc.descr}") from None
-            java = locate.java_template_cache(conn, spec, tuuid) if about_cache and parent == cache else None
+            java = (locate.java_template_cache(conn, spec, tuuid)
+                    if about_cache and parent == cache and where.home else None)
             if java is not None:
                 log.info("template %s is cached on pool %s by the Java plugin (%s): using it", tuuid, spec.name, java.ref)
                 parent = java.ref
                 continue
             log.info("template %s is not cached on pool %s: filling", tuuid, spec.name)
             parent = templates.ensure_cached(ctx, spec, tuuid, source=source, size=template.size,
-                                             known_missing=about_cache).name
+                                             known_missing=about_cache, cluster_id=cluster_id).name
     raise Conflict(f"the cached template {cache} keeps disappearing; giving up")
 
 

@@ -227,6 +227,7 @@ class Model:
         location_id: str = "lab",
         cluster_id: str = "b",
         cluster_name: str = "sim",
+        location_name: str = "lab-location",
         persist: bool = True,
     ) -> None:
         self.dp = dataplane
@@ -236,6 +237,9 @@ class Model:
         self.location_id = location_id
         self.cluster_id = cluster_id
         self.cluster_name = cluster_name
+        self.location_name = location_name
+        self.remotes: list[Model] = []
+        """The other clusters of the multi-cluster setup (`Emulator.join`), for ClustersList."""
         self.persist = persist
         self.started = int(clock())
         self.generation = 1
@@ -812,6 +816,20 @@ class Model:
     def q_template_describe(self, a: str | None, _b: JSON) -> JSON:
         return self.template_desc(self._template(str(a)))
 
+    def q_clusters_list(self, _a: str | None, _b: JSON) -> JSON:
+        """The registered remote clusters: sub-cluster id, location name and cluster name."""
+        return {"clusters": [{"id": m.cluster_id, "location": m.location_name, "name": m.cluster_name}
+                             for m in self.remotes]}
+
+    def q_locations_list(self, _a: str | None, _b: JSON) -> JSON:
+        """The registered remote locations (the local one is not among them)."""
+        seen: dict[str, JSON] = {}
+        for m in self.remotes:
+            if m.location_id != self.location_id:
+                seen[m.location_id] = {"id": m.location_id, "name": m.location_name,
+                                       "sendBufferSize": 0, "recvBufferSize": 0}
+        return {"locations": list(seen.values())}
+
     def q_templates_status(self, _a: str | None, _b: JSON) -> JSON:
         self._refresh_attached()
         return [self.template_status(t) for t in sorted(self.templates.values(), key=lambda t: t.name)]
@@ -1285,6 +1303,8 @@ QUERIES: dict[str, tuple[str, bool, QueryFn]] = {
     "PlacementGroupsList": ("GET", False, Model.q_placement_groups),
     "PlacementGroupDescribe": ("GET", True, Model.q_placement_group),
     "ServicesList": ("GET", False, Model.q_services),
+    "ClustersList": ("GET", False, Model.q_clusters_list),
+    "LocationsList": ("GET", False, Model.q_locations_list),
     "ClientsConfigDump": ("GET", False, Model.q_clients_config),
     "ClientConfigWait": ("GET", True, Model.q_client_config_wait),
     "ClientActiveRequests": ("GET", True, Model.q_client_active_requests),

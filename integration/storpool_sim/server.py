@@ -3,7 +3,8 @@
 Paths: `/ctrl/1.0/<Query>[/<arg>]`, with optional `MultiCluster/`, `MultiCluster/AllClusters/`
 or `RemoteCommand/<cluster>/[MultiCluster/]` prefixes. One emulator is one cluster; emulators
 joined with `Emulator.join` form a multi-cluster location behind each one's endpoint:
-`RemoteCommand/<name or id>/` reaches the named cluster, and a `MultiCluster/` request about one
+`RemoteCommand/<cluster name>/` reaches the named cluster (its human-readable name, as in
+ClustersList; an unknown name is refused), and a `MultiCluster/` request about one
 object (`~<location>.<cluster>.<n>`, or a name) reaches the cluster that holds it; everything else
 is served by the local cluster. GET arguments come as `?json=<quoted JSON>`, POST bodies as JSON.
 Answers: `{"generation": N, "data": ...}` or `{"error": {"name", "descr", "transient"?}}` with a
@@ -119,7 +120,11 @@ class _Handler(BaseHTTPRequestHandler):
             err = SpApiError("invalidParam", f"Invalid JSON: {e}")
             self._send(err.status, err.envelope())
             return
-        emu = emu.route(remote, arg)
+        try:
+            emu = emu.route(remote, arg)
+        except SpApiError as e:
+            self._send(e.status, e.envelope())
+            return
         with emu.calls_lock:
             emu.calls[query] += 1
         faults = emu.faults
@@ -229,16 +234,24 @@ class Emulator:
         return f"{self.model.location_id}.{self.model.cluster_id}"
 
     def join(self, other: Emulator) -> None:
-        """Put two clusters in one multi-cluster location: each one's endpoint reaches both."""
+        """Put two clusters in one multi-cluster location: each one's endpoint reaches both, and
+        each one's ClustersList names the others."""
         group = {self.model.cluster_name: self, other.model.cluster_name: other, **self.peers, **other.peers}
         for emu in group.values():
             emu.peers = {name: e for name, e in group.items() if e is not emu}
+            emu.model.remotes = [e.model for e in emu.peers.values()]
 
     def route(self, remote: str | None, arg: str | None) -> Emulator:
         """The cluster a request is for: the named remote one; else the one holding the object
         the request is about; else this one."""
         if remote is not None:
-            return next((e for e in self.peers.values() if remote in (e.model.cluster_name, e.cluster_key)), self)
+            if remote == self.model.cluster_name:
+                return self
+            found = self.peers.get(remote)
+            if found is None:
+                # RemoteCommand takes the cluster's name; its id (`<location>.<cluster>`) is not a name.
+                raise SpApiError("invalidParam", f"Unknown remote cluster {remote}")
+            return found
         if not self.peers or not arg:
             return self
         if arg.startswith("~"):

@@ -300,6 +300,7 @@ def test_every_supported_query_is_answered_in_a_shape_the_bindings_accept(emu: E
         api.attachmentsList(), api.volumeTemplatesList(), api.volumeTemplateDescribe("t1"),
         api.volumeTemplatesStatus(), api.placementGroupsList(), api.placementGroupDescribe("ssd"),
         api.servicesList(), api.clientsConfigDump(), api.clientConfigWait(1), api.clientActiveRequests(1),
+        api.clustersList(), api.locationsList(),
     ]
     assert all(r is not None for r in reads)
     api.volumeFreeze("c")

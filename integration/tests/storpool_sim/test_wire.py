@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
-from integration.storpool_sim.testing import EmulatorHandle
+from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 
 from .conftest import raw
 
@@ -28,7 +29,7 @@ def test_bad_or_missing_token_is_refused(emu: EmulatorHandle, token: str) -> Non
 @pytest.mark.parametrize(
     "prefix",
     ["/ctrl/1.0/", "/ctrl/1.0/MultiCluster/", "/ctrl/1.0/MultiCluster/AllClusters/",
-     "/ctrl/1.0/RemoteCommand/other/", "/ctrl/1.0/RemoteCommand/other/MultiCluster/"],
+     "/ctrl/1.0/RemoteCommand/sim/", "/ctrl/1.0/RemoteCommand/sim/MultiCluster/"],
 )
 def test_every_path_form_reaches_the_cluster(emu: EmulatorHandle, prefix: str) -> None:
     status, body = raw(emu, "POST", prefix + "VolumeCreate", {"name": "v", "size": GiB, "template": "ssd"})
@@ -111,3 +112,21 @@ def test_calls_are_counted_per_query(emu: EmulatorHandle) -> None:
     assert emu.calls["VolumesList"] == 2 and emu.calls["ServicesList"] == 1
     status, body = raw(emu, "GET", "/_sim/calls")
     assert status == 200 and body["data"]["VolumesList"] == 2
+
+
+def test_remote_command_takes_a_cluster_name_listed_by_clusters_list(emu: EmulatorHandle, tmp_path: Path) -> None:
+    """As in StorPool's API (`RemoteCommand/<clusterName>/`): the name ClustersList shows, never the
+    cluster id (`<location>.<cluster>`, the global-id prefix that SP_CLUSTER_ID holds)."""
+    with run_emulator(tmp_path / "east-data", tmp_path / "east-dev", token=emu.token, use_loop=False,
+                      cluster_name="east", cluster_id="e") as east:
+        emu.emulator.join(east.emulator)
+        listed = emu.strict_api().clustersList()["clusters"]
+        assert [(c.name, c.id, c.location) for c in listed] == [("east", "e", east.model.location_name)]
+        assert emu.strict_api().locationsList()["locations"] == []  # same location: no remote location
+        status, body = raw(emu, "POST", "/ctrl/1.0/RemoteCommand/east/MultiCluster/VolumeCreate",
+                           {"name": "v", "size": GiB, "template": "ssd"})
+        assert status == 200 and "v" in east.model.by_name and "v" not in emu.model.by_name
+        status, body = raw(emu, "POST", "/ctrl/1.0/RemoteCommand/lab.e/MultiCluster/VolumeCreate",
+                           {"name": "w", "size": GiB, "template": "ssd"})
+        assert status == 400 and body["error"]["name"] == "invalidParam" and "lab.e" in body["error"]["descr"]
+        assert "w" not in east.model.by_name and "w" not in emu.model.by_name

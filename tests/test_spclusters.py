@@ -1,0 +1,103 @@
+"""`spclusters.target`: from a CloudStack cluster's settings to a StorPool connection and the
+`RemoteCommand/` cluster name, including clusters of another location (not in the end-to-end
+tests, whose emulators share one location) and every refusal naming its setting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloudstack_storpool.driver import spclusters
+from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.poolconfig import PoolSpec, Secret
+from cloudstack_storpool.spconn import RemoteCluster
+
+POOL = PoolSpec(host="10.0.0.1", port=81, token=Secret("pool-token"), template="ssd", uuid="p-1", name="primary")
+REMOTES = [
+    RemoteCluster("east", "e", "sofia", None),  # the endpoint's own location
+    RemoteCluster("far-east", "e", "plovdiv", "pl0v"),  # same cluster id, another location
+    RemoteCluster("north", "n", "plovdiv", "pl0v"),
+]
+
+
+class FakeConn:
+    def __init__(self, remotes: list[RemoteCluster]) -> None:
+        self.remotes, self.reads = remotes, 0
+
+    def remote_clusters(self, *, max_age: float | None = None) -> list[RemoteCluster]:
+        self.reads += 1
+        return self.remotes
+
+
+class FakeCtx:
+    def __init__(self, values: dict[tuple[str, str], Any], remotes: list[RemoteCluster] = REMOTES) -> None:
+        self.values = values
+        self.conns: dict[tuple[str, int], FakeConn] = {}
+        self.remotes = remotes
+
+    class _Settings:
+        def __init__(self, outer: FakeCtx) -> None:
+            self.outer = outer
+
+        def get(self, name: str, *, cluster: str | None = None, pool: str | None = None) -> Any:
+            return self.outer.values.get((name, cluster or pool or ""))
+
+    @property
+    def settings(self) -> FakeCtx._Settings:
+        return FakeCtx._Settings(self)
+
+    def conn(self, spec: PoolSpec) -> FakeConn:
+        return self.conns.setdefault((spec.host, spec.port), FakeConn(self.remotes))
+
+
+def target(values: dict[tuple[str, str], Any], cs: str | None = "c-1") -> spclusters.Target:
+    return spclusters.target(FakeCtx(values), POOL, cs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("sp_id", "location", "remote"), [
+    ("s0f1a.e", None, "east"),  # own location: listed without a location id
+    ("pl0v.e", None, "far-east"),  # another location: told apart by LocationsList's id
+    ("pl0v.n", "s0f1a.b", "north"),
+    ("s0f1a.e", "s0f1a.b", "east"),
+])
+def test_sp_cluster_id_maps_to_the_name_remote_command_takes(sp_id: str, location: str | None, remote: str) -> None:
+    where = target({("sp.cluster.id", "c-1"): sp_id, ("sp.cluster.location", "p-1"): location})
+    assert where.remote == remote and where.sp_cluster == sp_id and not where.home
+
+
+@pytest.mark.parametrize("value", [None, "", "n/a", " n/a "])
+def test_no_cluster_id_is_the_pools_own_cluster(value: str | None) -> None:
+    where = target({("sp.cluster.id", "c-1"): value})
+    assert where.home and where.remote is None and where.conn.reads == 0  # type: ignore[attr-defined]
+
+
+def test_the_pools_own_cluster_needs_no_remote_command() -> None:
+    assert target({("sp.cluster.id", "c-1"): "s0f1a.b", ("sp.cluster.location", "p-1"): "s0f1a.b"}).home
+    # Unknown to the endpoint and no location said: the endpoint's own (Java single-cluster clouds).
+    assert target({("sp.cluster.id", "c-1"): "s0f1a.b"}).home
+    assert target({}, cs=None).home
+
+
+def test_cluster_endpoint_replaces_the_pools_endpoint_and_template() -> None:
+    where = target({("sp.cluster.id", "c-1"): "s0f1a.e",
+                    ("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=10.0.9.9:8081;SP_AUTH_TOKEN=east-token;SP_TEMPLATE=hdd"})
+    assert where.remote is None and where.sp_cluster == "s0f1a.e" and where.template == "hdd"
+    assert where.create_args(POOL, {"template": "ssd", "iops": 5}) == {"template": "hdd", "iops": 5, "cluster": None}
+    assert where.create_args(POOL, {"template": "gold"})["template"] == "gold"  # an offering's choice stays
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({("sp.cluster.id", "c-1"): "east"}, "sp.cluster.id"),
+    ({("sp.cluster.id", "c-1"): "S0F1A.E"}, "sp.cluster.id"),
+    ({("sp.cluster.id", "c-1"): "pl0v.x", ("sp.cluster.location", "p-1"): "s0f1a.b"}, "sp.cluster.id"),
+    ({("sp.cluster.id", "c-1"): "s0f1a.b", ("sp.cluster.location", "p-1"): "sofia"}, "sp.cluster.location"),
+    ({("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=h:81;SP_AUTH_TOKEN=tok-tok;SP_TEMPLATE=t"}, "sp.cluster.id"),
+    ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "east-api"}, "sp.cluster.endpoint"),
+    ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=h:x;SP_AUTH_TOKEN=tok-tok;"
+                                                                        "SP_TEMPLATE=t"}, "sp.cluster.endpoint"),
+])
+def test_bad_values_name_the_setting(values: dict[tuple[str, str], Any], field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        target(values)
+    assert err.value.field.split(".SP_")[0] == field
