@@ -397,6 +397,9 @@ class CloudStackModel:
         self.job_delay = 0.0
         """Seconds an async job stays pending (jobstatus 0) before its result shows."""
         self._job_failures: dict[str, list[str]] = {}
+        self.migration_faults: list[str] = []
+        """The simulated hypervisor's faults: each fails the next MigrateCommand with its text
+        (as a libvirt migration error would), consumed one per migration."""
         self._instance_counter = 2
         self._seeding = False
         self.domains: dict[str, str] = {seeded_id("domain", "ROOT"): "ROOT"}
@@ -705,6 +708,14 @@ class CloudStackModel:
             vm.last_host_id = host_id
             self.add_event("VM.MIGRATE", f"Migrated VM {vm.name}", vm_id, "VirtualMachine")
             return vm
+
+    def hypervisor_migrate(self, vm_id: str, host_id: str) -> VirtualMachine:
+        """MigrateCommand: the hypervisors move the running guest (a pending entry of
+        `migration_faults` makes it fail instead, the guest left on its source)."""
+        with self.lock:
+            if self.migration_faults:
+                raise ApiError(self.migration_faults.pop(0))
+            return self.move_vm(vm_id, host_id)
 
     def set_vm_tags(self, vm_id: str, tags: dict[str, str]) -> VirtualMachine:
         """Replace the VM's resource tags (an empty dict removes them all)."""
