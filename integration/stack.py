@@ -220,7 +220,7 @@ class LocalStack:
         host, port = server.server_address[:2]
         url = f"http://{host!s}:{port}"
         # The simulator plays CloudStack: its storage commands call the plugin through this service.
-        self.cs.model.plugin = StoragePlugin(url, self.service_token, self.agent_token, str(self.ca.ca_file))
+        self.cs.model.plugin = StoragePlugin(url, self.service_token)
         # Its hosts' agents connect now that the plugin is there: CloudStack's host listener
         # records each host's StorPool client id (`host.parent`).
         for host_id in self.agents:
