@@ -709,13 +709,14 @@ class CloudStackModel:
             self.add_event("VM.MIGRATE", f"Migrated VM {vm.name}", vm_id, "VirtualMachine")
             return vm
 
-    def hypervisor_migrate(self, vm_id: str, host_id: str) -> VirtualMachine:
-        """MigrateCommand: the hypervisors move the running guest (a pending entry of
-        `migration_faults` makes it fail instead, the guest left on its source)."""
+    def hypervisor_migrate(self, vm_id: str, host_id: str) -> None:
+        """MigrateCommand's move of the running guest by the hypervisors: nothing to record
+        here (the VM's host changes once the command answers), unless a pending entry of
+        `migration_faults` fails it, the guest left on its source."""
         with self.lock:
+            self._need(self.hosts, "hostid", host_id)
             if self.migration_faults:
                 raise ApiError(self.migration_faults.pop(0))
-            return self.move_vm(vm_id, host_id)
 
     def set_vm_tags(self, vm_id: str, tags: dict[str, str]) -> VirtualMachine:
         """Replace the VM's resource tags (an empty dict removes them all)."""

@@ -24,19 +24,27 @@ operations, called where the management server sends the host its command:
   `succeeded` says which host lets go: the source after a move (LibvirtMigrateCommandWrapper's
   cleanupDisk), the destination after a failed one (the cleanup CloudStack sends it);
 - AttachCommand / DettachCommand on a running VM's host (KVMStorageProcessor.attachVolume /
-  dettachVolume): `connect_physical_disk` / `disconnect_physical_disk`;
+  dettachVolume): `connect_physical_disk` / `disconnect_physical_disk`.
+A host letting go of disks (stop, a migration's source or failed destination, a detach) is
+the KVM agent's cleanupDisk / disconnectPhysicalDisk, whose result CloudStack ignores: a
+failure there is logged and the command still succeeds (the disk stays attached until the
+next start's hand-over takes it). Connecting is checked: a start, an attach or a migration's
+preparation fails with the plugin's error.
 - a host joining (HostListener.hostConnect, StorPoolHostListener): `host_connected`, whose
   `parent` CloudStack keeps in `host.parent`.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 ACCOUNT_ID = "2"
@@ -245,18 +253,28 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
         model.start_vm(vm_id, host.id)
 
 
+def _let_go(model: m.CloudStackModel, operation: str, **args: Any) -> None:
+    """A host lets go of disks (LibvirtComputingResource.cleanupDisk, KVMStorageProcessor's
+    disconnectPhysicalDisk): CloudStack does not check the result, so neither is this; the
+    failure is logged, and the next start's hand-over detaches what is left."""
+    try:
+        _plugin(model).call(operation, **args)
+    except m.ApiError as exc:
+        log.warning("%s: %s (ignored, as CloudStack's KVM agent ignores a failed disk cleanup)", operation, exc.text)
+
+
 def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
     """VirtualMachineManagerImpl.orchestrateStop: StopCommand on the host, whose KVM agent stops
-    the domain and disconnects its disks (cleanupDisk -> disconnectPhysicalDiskByPath):
-    `vm_stopped` on that host; then the record says Stopped. A failed disconnect fails the
-    stop and the VM stays as it was."""
+    the domain and disconnects its disks (LibvirtStopCommandWrapper: cleanupDisk ->
+    disconnectPhysicalDiskByPath for each): `vm_stopped` on that host; then the record says
+    Stopped."""
     with model.lock:
         vm = model.vms[vm_id]
         if vm.state == "Stopped":
             return
         host_id = vm.host_id
     if host_id and any(v.path for v in vm_volumes(model, vm_id)):
-        _plugin(model).call("vm_stopped", vm_id=vm_id, host_id=host_id)
+        _let_go(model, "vm_stopped", vm_id=vm_id, host_id=host_id)
     with model.lock:
         model.stop_vm(vm_id)
 
@@ -271,28 +289,29 @@ def reboot_vm(model: m.CloudStackModel, vm_id: str) -> None:
 def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
     """VirtualMachineManagerImpl.migrate (a running VM to another host, same storage):
     1. PrepareForMigrationCommand on the destination connects every disk while the source
-       still holds it: `prepare_migration` (a failure here undoes its own connections and fails
-       the job; the guest never moved);
-    2. MigrateCommand on the source moves the guest (the simulated hypervisor: the record);
-    3. the source lets go of the disks: `finish_migration` with `succeeded` true; if the move
-       failed, the destination lets go instead (`succeeded` false) and the job fails with
-       CloudStack's text. A stopped VM only gets a new last host: nothing to connect."""
+       still holds it: `prepare_migration` (a failure undoes its own connections and fails the
+       job; the guest never moved);
+    2. MigrateCommand on the source: the hypervisors move the guest, then the source lets go
+       of the disks (LibvirtMigrateCommandWrapper's cleanupDisk): `finish_migration` with
+       `succeeded` true; then the record names the new host;
+    3. if the move failed, the cleanup CloudStack sends the destination lets go instead
+       (`succeeded` false) and the job fails with the hypervisor's text.
+    A stopped VM only gets a new last host: nothing to connect."""
     with model.lock:
         vm = model.vms[vm_id]
         source = vm.host_id if vm.state == "Running" else None
         on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
-    if source is None or not on_storage:
-        with model.lock:
-            model.move_vm(vm_id, host_id)
-        return
-    plugin = _plugin(model)
-    plugin.call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
-    try:
-        model.hypervisor_migrate(vm_id, host_id)
-    except m.ApiError as exc:
-        plugin.call("finish_migration", vm_id=vm_id, source_host_id=source, dest_host_id=host_id, succeeded=False)
-        raise m.ApiError(f"Failed to migrate VM {vm.name}: {exc.text}") from None
-    plugin.call("finish_migration", vm_id=vm_id, source_host_id=source, dest_host_id=host_id, succeeded=True)
+    if source is not None and on_storage:
+        ends = {"vm_id": vm_id, "source_host_id": source, "dest_host_id": host_id}
+        _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
+        try:
+            model.hypervisor_migrate(vm_id, host_id)
+        except m.ApiError as exc:
+            _let_go(model, "finish_migration", **ends, succeeded=False)
+            raise m.ApiError(f"Failed to migrate VM {vm.name} to host {host_id}: {exc.text}") from None
+        _let_go(model, "finish_migration", **ends, succeeded=True)
+    with model.lock:
+        model.move_vm(vm_id, host_id)
 
 
 def destroy_vm(model: m.CloudStackModel, vm_id: str, *, expunge: bool) -> None:
@@ -412,15 +431,15 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
 def detach_volume(model: m.CloudStackModel, volume_id: str) -> None:
     """VolumeApiServiceImpl.detachVolumeFromVM:
     1. a running VM's host gets DettachCommand (KVMStorageProcessor.dettachVolume: the domain
-       lets go of the disk, then disconnectPhysicalDisk): `disconnect_physical_disk` there
-       (a failure fails the detach; the volume stays attached);
+       lets go of the disk, then disconnectPhysicalDisk, its result unchecked):
+       `disconnect_physical_disk` there;
     2. the record is detached, and the plugin drops the VM tags: `volume_detached`."""
     with model.lock:
         vol = model.volumes[volume_id]
         vm = model.vms.get(vol.vm_id or "")
         host_id = vm.host_id if vm is not None and vm.state == "Running" else None
     if host_id and vol.path:
-        _plugin(model).call("disconnect_physical_disk", host_id=host_id, path=vol.path)
+        _let_go(model, "disconnect_physical_disk", host_id=host_id, path=vol.path)
     with model.lock:
         vol.vm_id, vol.device_id = None, None
         model.add_event("VOLUME.DETACH", f"Volume {vol.name} detached", vol.id, "Volume")

@@ -17,12 +17,19 @@ CODE = re.compile(r"`([a-z_:]+)`")
 
 def simulator_call_map() -> tuple[set[str], set[str]]:
     """(service operations, agent commands) the orchestrator's code calls, read from its source:
-    `plugin.call("<operation>", ...)` and `plugin.agent(ip, port, "<command>", ...)`."""
+    `plugin.call("<operation>", ...)`, `_let_go(model, "<operation>", ...)` (a host letting go
+    of disks, its failure ignored as CloudStack ignores it) and `plugin.agent(ip, port,
+    "<command>", ...)`."""
     tree = ast.parse(Path(orchestrator.__file__).read_text())
     ops: set[str] = set()
     agent: set[str] = set()
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Name) and node.func.id == "_let_go" and len(node.args) >= 2:
+            assert isinstance(node.args[1], ast.Constant), ast.dump(node)
+            ops.add(str(node.args[1].value))
+        if not isinstance(node.func, ast.Attribute):
             continue
         if node.func.attr == "call" and node.args and isinstance(node.args[0], ast.Constant):
             ops.add(str(node.args[0].value))
