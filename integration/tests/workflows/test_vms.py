@@ -123,6 +123,43 @@ def test_a_start_elsewhere_takes_the_disks_from_the_old_host(stack: LocalStack, 
     assert {int(a.client) for a in sp.attachmentsList() if a.volume == disk.name} == {stack.agents[second].client_id}
 
 
+def test_a_destination_that_cannot_attach_leaves_the_vm_on_its_source(stack: LocalStack, cloud: cs.CloudStack,
+                                                                       sp: Any) -> None:
+    """PrepareForMigrationCommand fails (StorPool refuses the destination's attach): the job
+    fails, the VM stays on its source, and its disks are attached there only."""
+    hosts = cloud.listHosts(type="Routing")["host"]
+    first, second = hosts[0]["id"], hosts[1]["id"]
+    vm = vm_with_data_disk(stack, cloud, "stays", hostid=first)
+    names = [sp_volume(sp, v["path"]).name for v in volumes_of(cloud, vm["id"])]
+    stack.sp.faults.fail_next("VolumesReassignWait", error="notAllowed", descr="attach refused for the test")
+    with pytest.raises(cs.CloudStackApiException) as failed:
+        cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=second)
+    assert failed.value.error["errorcode"] == 530 and "prepare_migration failed" in failed.value.error["errortext"]
+    assert one(cloud, "listVirtualMachines", "virtualmachine", id=vm["id"])["hostid"] == first
+    found = sp.attachmentsList()
+    assert [{int(a.client) for a in found if a.volume == n} for n in names] == [{stack.agents[first].client_id}] * 2
+
+
+def test_a_stop_whose_disconnect_fails_still_stops(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    """CloudStack ignores the result of the KVM agent's disk cleanup: the VM stops even when
+    its host cannot let go of a disk, and the next start elsewhere takes the disk over."""
+    hosts = cloud.listHosts(type="Routing")["host"]
+    first, second = hosts[0]["id"], hosts[1]["id"]
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "sticky", hostid=first)
+    name = sp_volume(sp, volumes_of(cloud, vm["id"])[0]["path"]).name
+    stack.sp.faults.fail_next("VolumesReassignWait", 50, error="notAllowed", descr="detach refused for the test")
+    stack.sp.faults.fail_next("VolumesReassign", 50, error="notAllowed", descr="detach refused for the test")
+    try:
+        assert cloud.stopVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Stopped"
+        assert {int(a.client) for a in sp.attachmentsList() if a.volume == name} == {stack.agents[first].client_id}
+    finally:
+        stack.sp.faults.reset()
+    cloud.startVirtualMachine(id=vm["id"], hostid=second)
+    assert {int(a.client) for a in sp.attachmentsList() if a.volume == name} == {stack.agents[second].client_id}
+
+
 def test_attach_and_detach_on_a_running_vm_connect_its_host(stack: LocalStack, cloud: cs.CloudStack,
                                                             sp: Any) -> None:
     tpl = template(cloud)
