@@ -2,8 +2,9 @@
 order and with which data: the simulator's stand-in for CloudStack's orchestration classes.
 
 Each function names the CloudStack classes it follows. The plugin's side is reached through
-`plugin_calls.StoragePlugin` (the driver service's operations, and the KVM agent's commands
-where CloudStack's KVM agent would act on a host). Records change the way CloudStack's
+`plugin_calls.StoragePlugin`: the driver service's operations only (where CloudStack's KVM
+agent would act on a host, a host-side operation of the service picks the host and runs its
+agent; the simulator dials no agent). Records change the way CloudStack's
 database does: a volume exists as a record (state Allocated) before the driver creates it,
 and its `path` is what the driver answered (`/dev/storpool-byid/<globalId>`), so that every
 later call names the volume the way CloudStack would.
@@ -24,14 +25,15 @@ operations, called where the management server sends the host its command:
   `succeeded` says which host lets go: the source after a move (LibvirtMigrateCommandWrapper's
   cleanupDisk), the destination after a failed one (the cleanup CloudStack sends it);
 - AttachCommand / DettachCommand on a running VM's host (KVMStorageProcessor.attachVolume /
-  dettachVolume): `connect_physical_disk` / `disconnect_physical_disk`.
+  dettachVolume): `connect_physical_disk` / `disconnect_physical_disk`;
+- a host joining (HostListener.hostConnect, StorPoolHostListener): `host_connected`, whose
+  `parent` CloudStack keeps in `host.parent`.
+
 A host letting go of disks (stop, a migration's source or failed destination, a detach) is
 the KVM agent's cleanupDisk / disconnectPhysicalDisk, whose result CloudStack ignores: a
 failure there is logged and the command still succeeds (the disk stays attached until the
 next start's hand-over takes it). Connecting is checked: a start, an attach or a migration's
 preparation fails with the plugin's error.
-- a host joining (HostListener.hostConnect, StorPoolHostListener): `host_connected`, whose
-  `parent` CloudStack keeps in `host.parent`.
 """
 
 from __future__ import annotations
@@ -229,7 +231,9 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
     2. VolumeOrchestrator.prepare: each volume still Allocated is created (ROOT from its
        template, then data disks), and tagged with its VM and disk;
     3. StartCommand on the host: `hand_over_vm` (every disk taken from any other host, then
-       connected here; the HA restart of a fenced host's VM is the same call).
+       connected here; the HA restart of a fenced host's VM is the same call). A Java
+       KVM host connects each disk of the VM spec (connectPhysicalDisksViaVmSpec); the
+       detach from other hosts is what the plugin's detachVolumeFromAllStorageNodes adds.
     A failure leaves the VM Stopped (Error on its first start, as a failed deploy does)."""
     with model.lock:
         vm = model.vms[vm_id]
