@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import cs
+import pytest
 
 from integration.stack import LocalStack
 from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported fixture)
 from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
-from integration.tests.workflows.support import deploy, offering, template, volumes_of, with_image
+from integration.tests.workflows.support import deploy, offering, one, template, volumes_of, with_image
 
 
 def calls_during(stack: LocalStack, work: Any) -> list[tuple[str, dict[str, Any]]]:  # noqa: F811
@@ -163,3 +164,18 @@ def test_hosts_connect_when_the_plugin_arrives(stack: LocalStack, cloud: cs.Clou
     for host in cloud.listHosts(type="Routing")["host"]:
         if host["id"] in stack.agents:
             assert host["parent"] == str(stack.agents[host["id"]].client_id)
+
+
+def test_a_host_with_another_hosts_client_id_is_refused(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """A new host whose storpool.conf repeats kvm1's SP_OURID: the listener's call fails naming
+    `client_id`, and CloudStack records nothing for it."""
+    from integration.cloudstack_sim import orchestrator
+    from integration.cloudstack_sim.plugin_calls import PluginError
+
+    dup = stack.cs.model.add_host("kvm-dup", "127.0.0.1")
+    kvm1 = str(cloud.listHosts(type="Routing", name="kvm1")["host"][0]["id"])
+    stack._start_agent(dup.id, dup.name, stack.agents[kvm1].client_id)
+    with pytest.raises(PluginError, match="client_id"):
+        orchestrator.host_connected(stack.cs.model, dup.id)
+    assert one(cloud, "listHosts", "host", id=dup.id).get("parent") is None
+
