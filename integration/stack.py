@@ -36,6 +36,7 @@ from cloudstack_storpool.settings.localfile import SETTINGS_FILE_ENV, SettingsFi
 from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.certs import TestCA
+from integration.cloudstack_sim import orchestrator
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
@@ -227,7 +228,11 @@ class LocalStack:
         host, port = server.server_address[:2]
         url = f"http://{host!s}:{port}"
         # The simulator plays CloudStack: its storage commands call the plugin through this service.
-        self.cs.model.plugin = StoragePlugin(url, self.service_token, self.agent_token, str(self.ca.ca_file))
+        self.cs.model.plugin = StoragePlugin(url, self.service_token)
+        # Its hosts' agents connect now that the plugin is there: CloudStack's host listener
+        # records each host's StorPool client id (`host.parent`).
+        for host_id in self.agents:
+            orchestrator.host_connected(self.cs.model, host_id)
         return url
 
     def pools(self) -> PoolsFile:

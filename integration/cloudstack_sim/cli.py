@@ -67,7 +67,7 @@ def cloudstack_cmd(listen: str, state: Path | None, key: str, secret: str | None
                    no_seed: bool, service_url: str | None, image_store: Path | None) -> None:
     """Run the CloudStack API simulator (signature v3, real envelopes, async jobs). With
     --service-url, users' storage commands call the plugin as CloudStack's storage subsystem
-    does (tokens from CSSP_SERVICE_TOKEN and CLOUDSTACK_STORPOOL_AGENT_TOKEN)."""
+    does (the service's token from CSSP_SERVICE_TOKEN)."""
     host, port = _parse_listen(listen)
     the_secret, origin = _secret(secret, secret_file)
     model = CloudStackModel(state_path=state)
@@ -78,8 +78,7 @@ def cloudstack_cmd(listen: str, state: Path | None, key: str, secret: str | None
         token = os.environ.get("CSSP_SERVICE_TOKEN", "")
         if not token:
             raise click.BadParameter("CSSP_SERVICE_TOKEN must hold the service's token", param_hint="--service-url")
-        model.plugin = StoragePlugin(service_url, token, os.environ.get("CLOUDSTACK_STORPOOL_AGENT_TOKEN", ""),
-                                     os.environ.get("CLOUDSTACK_STORPOOL_AGENT_CA") or None)
+        model.plugin = StoragePlugin(service_url, token)
     model.image_store = str(image_store) if image_store else None
     server = make_server(model, {key: the_secret}, host=host, port=port)
 

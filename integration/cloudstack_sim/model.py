@@ -397,6 +397,9 @@ class CloudStackModel:
         self.job_delay = 0.0
         """Seconds an async job stays pending (jobstatus 0) before its result shows."""
         self._job_failures: dict[str, list[str]] = {}
+        self.migration_faults: list[str] = []
+        """The simulated hypervisor's faults: each fails the next MigrateCommand with its text
+        (as a libvirt migration error would), consumed one per migration."""
         self._instance_counter = 2
         self._seeding = False
         self.domains: dict[str, str] = {seeded_id("domain", "ROOT"): "ROOT"}
@@ -705,6 +708,15 @@ class CloudStackModel:
             vm.last_host_id = host_id
             self.add_event("VM.MIGRATE", f"Migrated VM {vm.name}", vm_id, "VirtualMachine")
             return vm
+
+    def hypervisor_migrate(self, vm_id: str, host_id: str) -> None:
+        """MigrateCommand's move of the running guest by the hypervisors: nothing to record
+        here (the VM's host changes once the command answers), unless a pending entry of
+        `migration_faults` fails it, the guest left on its source."""
+        with self.lock:
+            self._need(self.hosts, "hostid", host_id)
+            if self.migration_faults:
+                raise ApiError(self.migration_faults.pop(0))
 
     def set_vm_tags(self, vm_id: str, tags: dict[str, str]) -> VirtualMachine:
         """Replace the VM's resource tags (an empty dict removes them all)."""

@@ -2,8 +2,9 @@
 order and with which data: the simulator's stand-in for CloudStack's orchestration classes.
 
 Each function names the CloudStack classes it follows. The plugin's side is reached through
-`plugin_calls.StoragePlugin` (the driver service's operations, and the KVM agent's commands
-where CloudStack's KVM agent would act on a host). Records change the way CloudStack's
+`plugin_calls.StoragePlugin`: the driver service's operations only (where CloudStack's KVM
+agent would act on a host, a host-side operation of the service picks the host and runs its
+agent; the simulator dials no agent). Records change the way CloudStack's
 database does: a volume exists as a record (state Allocated) before the driver creates it,
 and its `path` is what the driver answered (`/dev/storpool-byid/<globalId>`), so that every
 later call names the volume the way CloudStack would.
@@ -11,22 +12,41 @@ later call names the volume the way CloudStack would.
 Model changes happen under the model's lock, plugin calls outside it: the plugin calls back
 into this API (listVirtualMachines, listConfigurations...) while it works.
 
-Calls this branch cannot make yet, and what is done instead (see docs/adapter.md):
-- StopCommand / PrepareForMigrationCommand on a KVM host disconnect or connect the disks
-  there (StorPoolStorageAdaptor.disconnectPhysicalDisk / connectPhysicalDisk). The service has
-  no host connect/disconnect operation on this branch: VM start and live migration use the
-  agent's `prepare_start` (attach on the target host, force-detaching elsewhere) only for a
-  start; stop and live migration change records only.
+A VM's disks on its KVM host (CloudStack's KVM agent, LibvirtComputingResource and
+KVMStoragePoolManager, calling the plugin's StorPoolStorageAdaptor) are the service's host-side
+operations, called where the management server sends the host its command:
+- StartCommand (VirtualMachineManagerImpl.orchestrateStart, also the HA restart of a VM whose
+  host was fenced): `hand_over_vm` -- every disk force-detached from every other host
+  (driver.detachVolumeFromAllStorageNodes), then connectPhysicalDisk on the new host;
+- StopCommand (orchestrateStop; LibvirtStopCommandWrapper's cleanupDisk per disk):
+  `vm_stopped` on the host the VM ran on, before the VM's record says Stopped;
+- PrepareForMigrationCommand on the destination (connectPhysicalDisksViaVmSpec):
+  `prepare_migration`; MigrateCommand moves the guest; then `finish_migration`, whose
+  `succeeded` says which host lets go: the source after a move (LibvirtMigrateCommandWrapper's
+  cleanupDisk), the destination after a failed one (the cleanup CloudStack sends it);
+- AttachCommand / DettachCommand on a running VM's host (KVMStorageProcessor.attachVolume /
+  dettachVolume): `connect_physical_disk` / `disconnect_physical_disk`;
+- a host joining (HostListener.hostConnect, StorPoolHostListener): `host_connected`, whose
+  `parent` CloudStack keeps in `host.parent`.
+
+A host letting go of disks (stop, a migration's source or failed destination, a detach) is
+the KVM agent's cleanupDisk / disconnectPhysicalDisk, whose result CloudStack ignores: a
+failure there is logged and the command still succeeds (the disk stays attached until the
+next start's hand-over takes it). Connecting is checked: a start, an attach or a migration's
+preparation fails with the plugin's error.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 ACCOUNT_ID = "2"
@@ -191,12 +211,18 @@ def _tag_attached(model: m.CloudStackModel, vol: m.Volume, vm_id: str) -> None:
                         device_id=vol.device_id or 0, path=vol.path)
 
 
-def _connect(model: m.CloudStackModel, host: m.Host, vols: list[m.Volume]) -> None:
-    """The KVM agent's StartCommand / AttachCommand: StorPoolStorageAdaptor.connectPhysicalDisk
-    on the host, here the agent's `prepare_start` (attach here, force-detach elsewhere)."""
-    paths = [v.path for v in vols if v.path]
-    if paths:
-        _plugin(model).agent(host.ip_address, host.details["agent.port"], "prepare_start", volumes=paths, attach=True)
+def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
+    """StartCommand's disks: force-detached from every other host, connected on this one."""
+    if any(v.path for v in vm_volumes(model, vm_id)):
+        _plugin(model).call("hand_over_vm", vm_id=vm_id, host_id=host.id)
+
+
+def host_connected(model: m.CloudStackModel, host_id: str) -> m.Host:
+    """AgentManagerImpl's connect listeners -> StorPoolHostListener.hostConnect: the plugin asks
+    the host who it is to StorPool (`host_connected`, which refuses a client id another host
+    has) and CloudStack keeps the answer's `parent` in `host.parent`."""
+    result = _plugin(model).call("host_connected", host_id=host_id)
+    return model.host_connected(host_id, str(result["parent"]))
 
 
 def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
@@ -204,7 +230,10 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
     1. the deployment planner picks a host;
     2. VolumeOrchestrator.prepare: each volume still Allocated is created (ROOT from its
        template, then data disks), and tagged with its VM and disk;
-    3. StartCommand on the host connects every disk (agent `prepare_start`).
+    3. StartCommand on the host: `hand_over_vm` (every disk taken from any other host, then
+       connected here; the HA restart of a fenced host's VM is the same call). A Java
+       KVM host connects each disk of the VM spec (connectPhysicalDisksViaVmSpec); the
+       detach from other hosts is what the plugin's detachVolumeFromAllStorageNodes adds.
     A failure leaves the VM Stopped (Error on its first start, as a failed deploy does)."""
     with model.lock:
         vm = model.vms[vm_id]
@@ -219,7 +248,7 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
                 else:
                     create_volume_on_pool(model, vol.id)
                 _tag_attached(model, model.volumes[vol.id], vm_id)
-        _connect(model, host, vm_volumes(model, vm_id))
+        _hand_over(model, vm_id, host)
     except BaseException:
         with model.lock:
             vm.state = "Error" if first else "Stopped"
@@ -228,13 +257,30 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
         model.start_vm(vm_id, host.id)
 
 
+def _let_go(model: m.CloudStackModel, operation: str, **args: Any) -> None:
+    """A host lets go of disks (LibvirtComputingResource.cleanupDisk, KVMStorageProcessor's
+    disconnectPhysicalDisk): CloudStack does not check the result, so neither is this; the
+    failure is logged, and the next start's hand-over detaches what is left."""
+    try:
+        _plugin(model).call(operation, **args)
+    except m.ApiError as exc:
+        log.warning("%s: %s (ignored, as CloudStack's KVM agent ignores a failed disk cleanup)", operation, exc.text)
+
+
 def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
-    """VirtualMachineManagerImpl.orchestrateStop: StopCommand on the host, whose KVM agent
-    disconnects the disks (StorPoolStorageAdaptor.disconnectPhysicalDisk). No plugin call on
-    this branch (no host disconnect operation yet); the next start force-detaches."""
+    """VirtualMachineManagerImpl.orchestrateStop: StopCommand on the host, whose KVM agent stops
+    the domain and disconnects its disks (LibvirtStopCommandWrapper: cleanupDisk ->
+    disconnectPhysicalDiskByPath for each): `vm_stopped` on that host; then the record says
+    Stopped."""
     with model.lock:
-        if model.vms[vm_id].state != "Stopped":
-            model.stop_vm(vm_id)
+        vm = model.vms[vm_id]
+        if vm.state == "Stopped":
+            return
+        host_id = vm.host_id
+    if host_id and any(v.path for v in vm_volumes(model, vm_id)):
+        _let_go(model, "vm_stopped", vm_id=vm_id, host_id=host_id)
+    with model.lock:
+        model.stop_vm(vm_id)
 
 
 def reboot_vm(model: m.CloudStackModel, vm_id: str) -> None:
@@ -245,9 +291,29 @@ def reboot_vm(model: m.CloudStackModel, vm_id: str) -> None:
 
 
 def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
-    """VirtualMachineManagerImpl.migrate: PrepareForMigrationCommand on the target connects the
-    disks, MigrateCommand moves the domain, the source disconnects them. No plugin call on this
-    branch (the agent's `prepare_start` would detach the running source); records only."""
+    """VirtualMachineManagerImpl.migrate (a running VM to another host, same storage):
+    1. PrepareForMigrationCommand on the destination connects every disk while the source
+       still holds it: `prepare_migration` (a failure undoes its own connections and fails the
+       job; the guest never moved);
+    2. MigrateCommand on the source: the hypervisors move the guest, then the source lets go
+       of the disks (LibvirtMigrateCommandWrapper's cleanupDisk): `finish_migration` with
+       `succeeded` true; then the record names the new host;
+    3. if the move failed, the cleanup CloudStack sends the destination lets go instead
+       (`succeeded` false) and the job fails with the hypervisor's text.
+    A stopped VM only gets a new last host: nothing to connect."""
+    with model.lock:
+        vm = model.vms[vm_id]
+        source = vm.host_id if vm.state == "Running" else None
+        on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
+    if source is not None and on_storage:
+        ends = {"vm_id": vm_id, "source_host_id": source, "dest_host_id": host_id}
+        _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
+        try:
+            model.hypervisor_migrate(vm_id, host_id)
+        except m.ApiError as exc:
+            _let_go(model, "finish_migration", **ends, succeeded=False)
+            raise m.ApiError(f"Failed to migrate VM {vm.name} to host {host_id}: {exc.text}") from None
+        _let_go(model, "finish_migration", **ends, succeeded=True)
     with model.lock:
         model.move_vm(vm_id, host_id)
 
@@ -345,7 +411,8 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
     """VolumeApiServiceImpl.attachVolumeToVM:
     1. an Allocated volume is created first, on the pool of the VM's volumes
        (VolumeOrchestrator.createVolumeOnPrimaryStorage): `create_volume`;
-    2. a running VM's host gets AttachCommand (connectPhysicalDisk: agent `prepare_start`);
+    2. a running VM's host gets AttachCommand (KVMStorageProcessor.attachVolume ->
+       connectPhysicalDisk): `connect_physical_disk` on that host;
     3. the record is attached, and the plugin tags the volume: `volume_attached`."""
     with model.lock:
         vol = model.volumes[volume_id]
@@ -358,7 +425,7 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
     if vol.state == "Allocated":
         create_volume_on_pool(model, volume_id, _pool_for(model, vm_id, vm.zone_id).id)
     if vm.state == "Running" and vm.host_id:
-        _connect(model, model.hosts[vm.host_id], [vol])
+        _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=model.volumes[volume_id].path)
     with model.lock:
         vol.vm_id, vol.device_id = vm_id, device_id
         model.add_event("VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name}", vol.id, "Volume")
@@ -366,11 +433,18 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
 
 
 def detach_volume(model: m.CloudStackModel, volume_id: str) -> None:
-    """VolumeApiServiceImpl.detachVolumeFromVM: DettachCommand on a running VM's host
-    (disconnectPhysicalDisk: no call on this branch), then the record, then the plugin drops
-    the VM tags: `volume_detached`."""
+    """VolumeApiServiceImpl.detachVolumeFromVM:
+    1. a running VM's host gets DettachCommand (KVMStorageProcessor.dettachVolume: the domain
+       lets go of the disk, then disconnectPhysicalDisk, its result unchecked):
+       `disconnect_physical_disk` there;
+    2. the record is detached, and the plugin drops the VM tags: `volume_detached`."""
     with model.lock:
         vol = model.volumes[volume_id]
+        vm = model.vms.get(vol.vm_id or "")
+        host_id = vm.host_id if vm is not None and vm.state == "Running" else None
+    if host_id and vol.path:
+        _let_go(model, "disconnect_physical_disk", host_id=host_id, path=vol.path)
+    with model.lock:
         vol.vm_id, vol.device_id = None, None
         model.add_event("VOLUME.DETACH", f"Volume {vol.name} detached", vol.id, "Volume")
     if vol.path:

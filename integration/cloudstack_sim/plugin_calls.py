@@ -1,9 +1,10 @@
-"""How the simulated management server reaches the storage plugin: the driver service over HTTP
-(the primary-storage driver's work) and the KVM agents (what CloudStack's own KVM agent does on
-a host through the storage adaptor), both with their tokens.
+"""How the simulated management server reaches the storage plugin: the driver service over HTTP,
+with its token. What CloudStack's KVM agent does on a host through the storage adaptor goes
+through the service too (its host-side operations pick the host and run the agent there), so
+the simulator never dials an agent itself.
 
 Every call is named by the service's operation name (`cloudstack_storpool/service/operations.py`)
-or `agent:<command>`, and recorded in `calls`, so tests and docs/adapter.md can check which
+and recorded in `calls`, so tests and docs/adapter.md can check which
 entry points the simulator drives. A failed call raises `PluginError` carrying the service's
 message; the storage commands turn it into a failed async job (errorcode 530) as CloudStack
 reports a `CloudRuntimeException` from a driver callback.
@@ -19,7 +20,6 @@ from urllib.parse import quote
 
 import requests
 
-from cloudstack_storpool.agent.client import AgentClient
 from cloudstack_storpool.service.operations import TABLE
 from integration.cloudstack_sim.model import ApiError
 
@@ -39,14 +39,11 @@ class PluginCall:
 
 @dataclass
 class StoragePlugin:
-    """The plugin as the management server knows it: the service URL, its token and the
-    agents' token (never logged, never in an error text)."""
+    """The plugin as the management server knows it: the service URL and its token (never
+    logged, never in an error text)."""
 
     service_url: str
     token: str = field(repr=False)
-    agent_token: str = field(repr=False, default="")
-    agent_ca: str | None = None
-    """The CA that signed the agents' certificates: with it agents are dialled over https."""
     calls: list[PluginCall] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _session: requests.Session = field(default_factory=requests.Session, repr=False)
@@ -114,16 +111,3 @@ class StoragePlugin:
                 raise PluginError(f"{name} failed: {err.get('message', 'unknown error')}")
             time.sleep(0.05)
         raise PluginError(f"{name} did not finish within {JOB_TIMEOUT:.0f} s")
-
-    def agent(self, host_ip: str, port: str | int, command: str, **args: Any) -> dict[str, Any]:
-        """One command on a KVM host's agent (what CloudStack's KVM agent runs there)."""
-        name = f"agent:{command}"
-        scheme = "https" if self.agent_ca else "http"
-        client = AgentClient(f"{scheme}://{host_ip}:{port}", self.agent_token, poll_interval=0.05, ca_file=self.agent_ca)
-        try:
-            result = client.run(command, args)
-        except Exception as exc:
-            self._record(name, args, False)
-            raise PluginError(f"{command} on host {host_ip} failed: {exc}") from None
-        self._record(name, args, True)
-        return result

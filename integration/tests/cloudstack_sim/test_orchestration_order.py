@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import cs
+import pytest
 
 from integration.stack import LocalStack
 from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported fixture)
 from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
-from integration.tests.workflows.support import deploy, offering, template, volumes_of, with_image
+from integration.tests.workflows.support import deploy, offering, one, template, volumes_of, with_image
 
 
 def calls_during(stack: LocalStack, work: Any) -> list[tuple[str, dict[str, Any]]]:  # noqa: F811
@@ -30,9 +31,9 @@ def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack, clo
 
     first = calls_during(stack, lambda: vms.append(deploy(cloud, tpl, "one")))
     # VolumeServiceImpl.createVolumeFromTemplateAsync: the base image on the pool first, then
-    # the volume from it; then provideVmInfo; then the host's StartCommand.
+    # the volume from it; then provideVmInfo; then the host's StartCommand (hand-over).
     assert [op for op, _ in first] == ["cache_template", "create_volume_from_template", "volume_attached",
-                                      "agent:prepare_start"]
+                                      "hand_over_vm"]
     root = volumes_of(cloud, vms[0]["id"])[0]
     fill, create, tag, start = (args for _, args in first)
     assert fill["pool"] == pool and fill["template_uuid"] == tpl["id"]
@@ -41,21 +42,35 @@ def test_calls_in_cloudstacks_order_with_cloudstacks_data(stack: LocalStack, clo
     assert create["service_offering_id"] == vms[0]["serviceofferingid"]
     assert tag == {"pool": pool, "volume_uuid": root["id"], "vm_id": vms[0]["id"], "device_id": 0,
                    "path": root["path"]}
-    assert start["volumes"] == [root["path"]]
+    assert start == {"vm_id": vms[0]["id"], "host_id": vms[0]["hostid"]}
 
     # The template is on the pool now (template_spool_ref): no second fill.
     second = calls_during(stack, lambda: vms.append(deploy(cloud, tpl, "two")))
-    assert [op for op, _ in second] == ["create_volume_from_template", "volume_attached", "agent:prepare_start"]
+    assert [op for op, _ in second] == ["create_volume_from_template", "volume_attached", "hand_over_vm"]
 
     attach = calls_during(stack, lambda: cloud.createVolume(name="d", zoneid=tpl["zoneid"], virtualmachineid=vms[0]["id"],
                                                             diskofferingid=offering(cloud, "sp-small")))
     # allocVolume, then attachVolumeToVM: created on the VM's pool, connected on its host, tagged.
-    assert [op for op, _ in attach] == ["create_volume", "agent:prepare_start", "volume_attached"]
+    assert [op for op, _ in attach] == ["create_volume", "connect_physical_disk", "volume_attached"]
     assert attach[0][1]["pool"] == pool and attach[0][1]["size"] == 10 << 30
+    data = volumes_of(cloud, vms[0]["id"])[1]
+    assert attach[1][1] == {"host_id": vms[0]["hostid"], "path": data["path"]}
+
+    # DettachCommand on the running VM's host, then the record, then the tags.
+    detach = calls_during(stack, lambda: cloud.detachVolume(id=data["id"]))
+    assert detach == [("disconnect_physical_disk", {"host_id": vms[0]["hostid"], "path": data["path"]}),
+                      ("volume_detached", {"pool": pool, "volume_uuid": data["id"], "path": data["path"]})]
+    # A stopped VM's attach and detach touch no host.
+    cloud.stopVirtualMachine(id=vms[1]["id"])
+    cold = calls_during(stack, lambda: (cloud.attachVolume(id=data["id"], virtualmachineid=vms[1]["id"]),
+                                        cloud.detachVolume(id=data["id"])))
+    assert [op for op, _ in cold] == ["volume_attached", "volume_detached"]
 
     destroy = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vms[0]["id"], expunge=True))
-    assert [op for op, _ in destroy] == ["delete_volume", "vm_destroyed"]
-    assert destroy[0][1]["volume_uuid"] == root["id"] and destroy[0][1]["path"] == root["path"]
+    # Running: StopCommand first (its disks let go on its host), then the expunge.
+    assert [op for op, _ in destroy] == ["vm_stopped", "delete_volume", "vm_destroyed"]
+    assert destroy[0][1] == {"vm_id": vms[0]["id"], "host_id": vms[0]["hostid"]}
+    assert destroy[1][1]["volume_uuid"] == root["id"] and destroy[1][1]["path"] == root["path"]
 
 
 def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
@@ -88,7 +103,7 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
     group = calls_during(stack, lambda: vm_snaps.append(cloud.createVMSnapshot(virtualmachineid=vm["id"])["vmsnapshot"]))
     assert group == [("take_vm_snapshot", {"vm_uuid": vm["id"], "vm_snapshot_uuid": vm_snaps[0]["id"],
                                            "memory": False})]
-    gone = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vm["id"], expunge=True))
+    gone = calls_during(stack, lambda: cloud.destroyVirtualMachine(id=vm["id"], expunge=True))  # stopped already
     # VM snapshots go first (VMSnapshotManagerImpl.deleteAllVMSnapshots), then the volumes.
     assert [op for op, _ in gone] == ["delete_vm_snapshot", "delete_volume", "vm_destroyed"]
 
@@ -98,3 +113,69 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
     restored = calls_during(stack, lambda: cloud.createVolume(name="again", snapshotid=snaps[1]["id"]))
     assert [op for op, _ in restored] == ["create_volume_from_snapshot"]
     assert restored[0][1]["pool"] == pool and restored[0][1]["size"] == 1 << 30
+
+
+def test_host_side_calls_for_stop_start_and_live_migration(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    first, second = (h["id"] for h in cloud.listHosts(type="Routing")["host"][:2])
+    vm = deploy(cloud, tpl, "traveller", hostid=first)
+    ident = {"vm_id": vm["id"]}
+
+    stop = calls_during(stack, lambda: cloud.stopVirtualMachine(id=vm["id"]))
+    assert stop == [("vm_stopped", {**ident, "host_id": first})]
+    start = calls_during(stack, lambda: cloud.startVirtualMachine(id=vm["id"], hostid=second))
+    assert start == [("hand_over_vm", {**ident, "host_id": second})]
+
+    # PrepareForMigrationCommand on the destination, MigrateCommand, then the source lets go.
+    move = calls_during(stack, lambda: cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=first))
+    assert move == [("prepare_migration", {**ident, "dest_host_id": first}),
+                    ("finish_migration", {**ident, "source_host_id": second, "dest_host_id": first,
+                                          "succeeded": True})]
+
+    # The move fails: the destination lets go instead, and the job fails.
+    stack.cs.model.migration_faults.append("libvirt: unable to connect to the destination")
+    failed: list[dict[str, Any]] = []
+
+    def migrate_back() -> None:
+        try:
+            cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=second)
+        except cs.CloudStackApiException as exc:
+            failed.append(dict(exc.error or {}))
+
+    back = calls_during(stack, migrate_back)
+    assert back == [("prepare_migration", {**ident, "dest_host_id": second}),
+                    ("finish_migration", {**ident, "source_host_id": first, "dest_host_id": second,
+                                          "succeeded": False})]
+    assert failed and failed[0]["errorcode"] == 530 and "unable to connect" in failed[0]["errortext"]
+    # Reboot stays inside the hypervisor; a stopped VM's migration only moves its record.
+    assert calls_during(stack, lambda: cloud.rebootVirtualMachine(id=vm["id"])) == []
+    cloud.stopVirtualMachine(id=vm["id"])
+    assert calls_during(stack, lambda: cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=second)) == []
+
+
+def test_hosts_connect_when_the_plugin_arrives(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """StorPoolHostListener.hostConnect for every host with an agent: `host_connected`, and the
+    client id it answers is what CloudStack keeps as the host's `parent`."""
+    plugin = stack.cs.model.plugin
+    assert plugin is not None
+    connected = {c.args["host_id"] for c in plugin.calls if c.operation == "host_connected" and c.ok}
+    assert connected == set(stack.agents)
+    for host in cloud.listHosts(type="Routing")["host"]:
+        if host["id"] in stack.agents:
+            assert host["parent"] == str(stack.agents[host["id"]].client_id)
+
+
+def test_a_host_with_another_hosts_client_id_is_refused(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """A new host whose storpool.conf repeats kvm1's SP_OURID: the listener's call fails naming
+    `client_id`, and CloudStack records nothing for it."""
+    from integration.cloudstack_sim import orchestrator
+    from integration.cloudstack_sim.plugin_calls import PluginError
+
+    dup = stack.cs.model.add_host("kvm-dup", "127.0.0.1")
+    kvm1 = str(cloud.listHosts(type="Routing", name="kvm1")["host"][0]["id"])
+    stack._start_agent(dup.id, dup.name, stack.agents[kvm1].client_id)
+    with pytest.raises(PluginError, match="client_id"):
+        orchestrator.host_connected(stack.cs.model, dup.id)
+    assert one(cloud, "listHosts", "host", id=dup.id).get("parent") is None
+

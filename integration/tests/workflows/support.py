@@ -42,11 +42,11 @@ def deploy(cloud: cs.CloudStack, tpl: dict[str, Any], name: str, **extra: Any) -
     return dict(res["virtualmachine"])
 
 
-def vm_with_data_disk(stack: LocalStack, cloud: cs.CloudStack, name: str) -> dict[str, Any]:
+def vm_with_data_disk(stack: LocalStack, cloud: cs.CloudStack, name: str, **extra: Any) -> dict[str, Any]:
     """A running VM from the seeded template with one `sp-small` data disk attached."""
     tpl = template(cloud)
     with_image(stack, tpl)
-    vm = deploy(cloud, tpl, name)
+    vm = deploy(cloud, tpl, name, **extra)
     cloud.createVolume(name=f"{name}-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
                        virtualmachineid=vm["id"])
     return vm

@@ -68,26 +68,116 @@ def test_vm_snapshot_take_revert_delete(stack: LocalStack, cloud: cs.CloudStack,
 
 
 def test_stop_start_and_live_migrate(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
-    tpl = template(cloud)
-    with_image(stack, tpl)
+    """Issue 15's acceptance on StorPool's side: a running VM's volumes are attached to its
+    host's client only; stopped, to none; live-migrated, to the target only; a failed
+    migration leaves them on the source only."""
     hosts = cloud.listHosts(type="Routing")["host"]
     first, second = hosts[0]["id"], hosts[1]["id"]
-    vm = deploy(cloud, tpl, "mover", hostid=first)
-    disk = sp_volume(sp, volumes_of(cloud, vm["id"])[0]["path"])
+    client = {h: stack.agents[h].client_id for h in (first, second)}
+    vm = vm_with_data_disk(stack, cloud, "mover", hostid=first)
+    names = [sp_volume(sp, v["path"]).name for v in volumes_of(cloud, vm["id"])]
+    assert len(names) == 2
 
-    def attached() -> set[int]:
-        return {int(a.client) for a in sp.attachmentsList() if a.volume == disk.name}
+    def attached() -> list[set[int]]:
+        """Per volume of the VM, the StorPool clients it is attached to (AttachmentsList)."""
+        found = sp.attachmentsList()
+        return [{int(a.client) for a in found if a.volume == name} for name in names]
 
-    assert vm["hostid"] == first and attached() == {stack.agents[first].client_id}
+    assert vm["hostid"] == first and attached() == [{client[first]}] * 2
     moved = cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=second)["virtualmachine"]
     assert moved["hostid"] == second and moved["state"] == "Running"
+    assert attached() == [{client[second]}] * 2
+
+    # The hypervisors fail the move: the job fails, the guest and its disks stay on the source.
+    stack.cs.model.migration_faults.append("operation failed: migration job: unexpectedly failed")
+    with pytest.raises(cs.CloudStackApiException) as failed:
+        cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=first)
+    assert failed.value.error["errorcode"] == 530 and "migration job" in failed.value.error["errortext"]
+    assert one(cloud, "listVirtualMachines", "virtualmachine", id=vm["id"])["hostid"] == second
+    assert attached() == [{client[second]}] * 2
+
     stopped = cloud.stopVirtualMachine(id=vm["id"])["virtualmachine"]
     assert stopped["state"] == "Stopped" and "hostid" not in stopped
-    # A start on another host takes the disk over: attached there only, never on two hosts.
+    assert attached() == [set(), set()]
     started = cloud.startVirtualMachine(id=vm["id"], hostid=first)["virtualmachine"]
     assert started["state"] == "Running" and started["hostid"] == first
-    assert attached() == {stack.agents[first].client_id}
+    assert attached() == [{client[first]}] * 2
     assert cloud.rebootVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Running"
+    assert attached() == [{client[first]}] * 2
+
+
+def test_a_start_elsewhere_takes_the_disks_from_the_old_host(stack: LocalStack, cloud: cs.CloudStack,
+                                                             sp: Any) -> None:
+    """The HA case: the disk is still attached to a host the VM no longer runs on (its host was
+    lost before it could let go); a start on another host detaches it there first."""
+    hosts = cloud.listHosts(type="Routing")["host"]
+    first, second = hosts[0]["id"], hosts[1]["id"]
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "survivor", hostid=first)
+    disk = sp_volume(sp, volumes_of(cloud, vm["id"])[0]["path"])
+    cloud.stopVirtualMachine(id=vm["id"])
+    # The old host's client still holds the disk, as after a crash (StorPool's own API).
+    sp.volumesReassign(json=[{"volume": disk.name, "rw": [stack.agents[first].client_id]}])
+    cloud.startVirtualMachine(id=vm["id"], hostid=second)
+    assert {int(a.client) for a in sp.attachmentsList() if a.volume == disk.name} == {stack.agents[second].client_id}
+
+
+def test_a_destination_that_cannot_attach_leaves_the_vm_on_its_source(stack: LocalStack, cloud: cs.CloudStack,
+                                                                       sp: Any) -> None:
+    """PrepareForMigrationCommand fails (StorPool refuses the destination's attach): the job
+    fails, the VM stays on its source, and its disks are attached there only."""
+    hosts = cloud.listHosts(type="Routing")["host"]
+    first, second = hosts[0]["id"], hosts[1]["id"]
+    vm = vm_with_data_disk(stack, cloud, "stays", hostid=first)
+    names = [sp_volume(sp, v["path"]).name for v in volumes_of(cloud, vm["id"])]
+    stack.sp.faults.fail_next("VolumesReassignWait", error="notAllowed", descr="attach refused for the test")
+    with pytest.raises(cs.CloudStackApiException) as failed:
+        cloud.migrateVirtualMachine(virtualmachineid=vm["id"], hostid=second)
+    assert failed.value.error["errorcode"] == 530 and "prepare_migration failed" in failed.value.error["errortext"]
+    assert one(cloud, "listVirtualMachines", "virtualmachine", id=vm["id"])["hostid"] == first
+    found = sp.attachmentsList()
+    assert [{int(a.client) for a in found if a.volume == n} for n in names] == [{stack.agents[first].client_id}] * 2
+
+
+def test_a_stop_whose_disconnect_fails_still_stops(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    """CloudStack ignores the result of the KVM agent's disk cleanup: the VM stops even when
+    its host cannot let go of a disk, and the next start elsewhere takes the disk over."""
+    hosts = cloud.listHosts(type="Routing")["host"]
+    first, second = hosts[0]["id"], hosts[1]["id"]
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "sticky", hostid=first)
+    name = sp_volume(sp, volumes_of(cloud, vm["id"])[0]["path"]).name
+    stack.sp.faults.fail_next("VolumesReassignWait", 50, error="notAllowed", descr="detach refused for the test")
+    stack.sp.faults.fail_next("VolumesReassign", 50, error="notAllowed", descr="detach refused for the test")
+    try:
+        assert cloud.stopVirtualMachine(id=vm["id"])["virtualmachine"]["state"] == "Stopped"
+        assert {int(a.client) for a in sp.attachmentsList() if a.volume == name} == {stack.agents[first].client_id}
+    finally:
+        stack.sp.faults.reset()
+    cloud.startVirtualMachine(id=vm["id"], hostid=second)
+    assert {int(a.client) for a in sp.attachmentsList() if a.volume == name} == {stack.agents[second].client_id}
+
+
+def test_attach_and_detach_on_a_running_vm_connect_its_host(stack: LocalStack, cloud: cs.CloudStack,
+                                                            sp: Any) -> None:
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "hotplug")
+    host_client = stack.agents[vm["hostid"]].client_id
+    vol = cloud.createVolume(name="hot", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                             virtualmachineid=vm["id"])["volume"]
+    name = sp_volume(sp, vol["path"]).name
+
+    def clients() -> set[int]:
+        return {int(a.client) for a in sp.attachmentsList() if a.volume == name}
+
+    assert clients() == {host_client}
+    cloud.detachVolume(id=vol["id"])
+    assert clients() == set()
+    cloud.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    assert clients() == {host_client}
 
 
 def test_destroy_with_expunge_then_delete_the_template(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
