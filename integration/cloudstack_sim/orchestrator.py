@@ -16,8 +16,15 @@ A VM's disks on its KVM host (CloudStack's KVM agent, LibvirtComputingResource a
 KVMStoragePoolManager, calling the plugin's StorPoolStorageAdaptor) are the service's host-side
 operations, called where the management server sends the host its command:
 - StartCommand (VirtualMachineManagerImpl.orchestrateStart, also the HA restart of a VM whose
-  host was fenced): `hand_over_vm` -- every disk force-detached from every other host
-  (driver.detachVolumeFromAllStorageNodes), then connectPhysicalDisk on the new host;
+  host was fenced): `hand_over_vm` -- every disk force-detached from every other host, then
+  connectPhysicalDisk on the new host. CloudStack calls the driver's
+  detachVolumeFromAllStorageNodes (a forced `VolumesReassign` detach-all, from the management
+  server) in two places: orchestrateStart, for each Ready ROOT volume of the VM, before the
+  deployment planner picks a host; HighAvailabilityManagerImpl.restart, for every StorPool
+  volume of a KVM VM, before it starts the VM elsewhere. The project's equivalent needs the
+  target host and connects in the same step, so the simulator plays both at StartCommand, the
+  first point where the host is known; it detaches every disk (data disks too), from every
+  host but the new one;
 - StopCommand (orchestrateStop; LibvirtStopCommandWrapper's cleanupDisk per disk):
   `vm_stopped` on the host the VM ran on, before the VM's record says Stopped;
 - PrepareForMigrationCommand on the destination (connectPhysicalDisksViaVmSpec):
@@ -212,7 +219,8 @@ def _tag_attached(model: m.CloudStackModel, vol: m.Volume, vm_id: str) -> None:
 
 
 def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
-    """StartCommand's disks: force-detached from every other host, connected on this one."""
+    """StartCommand's disks: force-detached from every other host, connected on this one
+    (CloudStack's detachVolumeFromAllStorageNodes and connectPhysicalDisk in one call)."""
     if any(v.path for v in vm_volumes(model, vm_id)):
         _plugin(model).call("hand_over_vm", vm_id=vm_id, host_id=host.id)
 
@@ -233,7 +241,8 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
     3. StartCommand on the host: `hand_over_vm` (every disk taken from any other host, then
        connected here; the HA restart of a fenced host's VM is the same call). A Java
        KVM host connects each disk of the VM spec (connectPhysicalDisksViaVmSpec); the
-       detach from other hosts is what the plugin's detachVolumeFromAllStorageNodes adds.
+       detach from other hosts stands for detachVolumeFromAllStorageNodes, which CloudStack
+       calls earlier (before step 1, Ready ROOT volumes only; see the module docstring).
     A failure leaves the VM Stopped (Error on its first start, as a failed deploy does)."""
     with model.lock:
         vm = model.vms[vm_id]
