@@ -30,7 +30,7 @@ from typing import Any
 
 from cloudstack_storpool.bounds import JAVA_INT_MAX
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.poolconfig import parse_pool_url
+from cloudstack_storpool.poolconfig import parse_cluster_endpoint, parse_pool_url
 
 
 class SettingType(StrEnum):
@@ -106,6 +106,18 @@ def between(low: float, high: float) -> Validator:
         return None if low <= value <= high else f"must be between {low:g} and {high:g}"
 
     return check
+
+
+def _check_cluster_endpoint(value: SettingValue) -> str | None:
+    """`sp.cluster.endpoint`: unset, or what the driver's (and the Java plugin's) reading takes."""
+    text = str(value).strip()
+    if text in ("", "null"):
+        return None
+    try:
+        parse_cluster_endpoint(text, "-", "endpoint")
+    except ValidationError as exc:
+        return f"is not a valid StorPool cluster endpoint ({exc})"
+    return None
 
 
 def _check_endpoint(value: SettingValue) -> str | None:
@@ -208,7 +220,9 @@ class Setting:
         if self.validator is not None:
             problem = self.validator(typed)
             if problem:
-                raise ValidationError(self.name, f"{value!r} {problem}")
+                # A text is not echoed: the endpoint settings carry a StorPool token.
+                shown = "the value" if self.type is SettingType.STR else repr(value)
+                raise ValidationError(self.name, f"{shown} {problem}")
         return typed
 
     def check(self, value: SettingValue | str) -> str:
@@ -253,11 +267,12 @@ _SETTINGS: tuple[Setting, ...] = (
             "Alternative StorPool API endpoint for the pool: SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
             "SP_TEMPLATE=template.", validator=_check_endpoint),
     _plugin("sp.cluster.location", STR, None, Scope.STORAGEPOOL, True,
-            "SP_CLUSTER_ID of the StorPool cluster the pool URL's endpoint belongs to (multi-cluster): "
-            "an sp.cluster.id that is neither it nor a cluster the endpoint reaches is refused."),
+            "StorPool location name of the pool's hosts (`storpool location list`), set by the Java "
+            "plugin's host listener; used to copy snapshots between locations. Not read by this project."),
     _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
-            "StorPool API of the CloudStack cluster's StorPool cluster (multi-cluster), "
-            "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;SP_TEMPLATE=template: its creates go there."),
+            "API of this CloudStack cluster's StorPool cluster (multi-cluster): "
+            "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token, in that order; the template is the pool's. "
+            "Its creates go there.", validator=_check_cluster_endpoint),
     _plugin("storpool.volumes.stats.interval", INT, 3600, Scope.GLOBAL, False,
             "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s"),
     _plugin("storpool.storage.stats.interval", INT, 3600, Scope.GLOBAL, False,
