@@ -30,7 +30,7 @@ from typing import Any
 
 from cloudstack_storpool.bounds import JAVA_INT_MAX
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.poolconfig import parse_cluster_endpoint, parse_pool_url
+from cloudstack_storpool.poolconfig import parse_pool_url
 
 
 class SettingType(StrEnum):
@@ -106,18 +106,6 @@ def between(low: float, high: float) -> Validator:
         return None if low <= value <= high else f"must be between {low:g} and {high:g}"
 
     return check
-
-
-def _check_cluster_endpoint(value: SettingValue) -> str | None:
-    """`sp.cluster.endpoint`: unset, or what the driver's (and the Java plugin's) reading takes."""
-    text = str(value).strip()
-    if text in ("", "null"):
-        return None
-    try:
-        parse_cluster_endpoint(text, "-", "endpoint")
-    except ValidationError as exc:
-        return f"is not a valid StorPool cluster endpoint ({exc})"
-    return None
 
 
 def _check_endpoint(value: SettingValue) -> str | None:
@@ -272,7 +260,7 @@ _SETTINGS: tuple[Setting, ...] = (
     _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
             "API of this CloudStack cluster's StorPool cluster (multi-cluster): "
             "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token, in that order; the template is the pool's. "
-            "Its creates go there.", validator=_check_cluster_endpoint),
+            "Its creates go there."),
     _plugin("storpool.volumes.stats.interval", INT, 3600, Scope.GLOBAL, False,
             "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s"),
     _plugin("storpool.storage.stats.interval", INT, 3600, Scope.GLOBAL, False,
