@@ -228,7 +228,10 @@ def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
 def host_connected(model: m.CloudStackModel, host_id: str) -> m.Host:
     """AgentManagerImpl's connect listeners -> StorPoolHostListener.hostConnect: the plugin asks
     the host who it is to StorPool (`host_connected`, which refuses a client id another host
-    has) and CloudStack keeps the answer's `parent` in `host.parent`."""
+    has) and CloudStack keeps the answer's `parent` in `host.parent`. Not played: the Java
+    listener also writes the host's SP_CLUSTER_ID into its cluster's `sp.cluster.id`
+    (StorPoolHelper.setSpClusterIdIfNeeded) and its location name into the pool's
+    `sp.cluster.location` (setLocationIfNeeded); tests set those explicitly."""
     result = _plugin(model).call("host_connected", host_id=host_id)
     return model.host_connected(host_id, str(result["parent"]))
 
