@@ -195,6 +195,30 @@ def parse_pool_url(url: str, field_name: str = "url") -> PoolSpec:
     return PoolSpec(host=host, port=port, token=token, template=template)
 
 
+def parse_cluster_endpoint(text: str, template: str, field_name: str = "sp.cluster.endpoint") -> PoolSpec:
+    """A StorPool sub-cluster's API as the Java plugin reads `sp.cluster.endpoint`
+    (StorPoolHelper.getSpConnectionDesc): `SP_API_HTTP=host:port;SP_AUTH_TOKEN=token`, by
+    position, the first item's value the address and the second's the token; anything after is
+    not read (a `SP_TEMPLATE` there is ignored). The template stays the pool's (`template`).
+    Stricter than Java, which would index past the end of a short value: both items must be
+    there, with their keys, in that order."""
+    items = [p.strip() for p in text.strip().split(";")]
+    expected = ("SP_API_HTTP", "SP_AUTH_TOKEN")
+    if len(items) < 2:
+        raise ValidationError(field_name, "expected SP_API_HTTP=host:port;SP_AUTH_TOKEN=token")
+    values = []
+    for item, key in zip(items, expected, strict=False):
+        got, sep, value = item.partition("=")
+        if not sep or got.strip() != key:
+            # Never echo the item: a token typed without its key would end up in a log.
+            raise ValidationError(f"{field_name}.{key}", f"expected {key}=... as item {expected.index(key) + 1} "
+                                                         "(SP_API_HTTP=host:port;SP_AUTH_TOKEN=token)")
+        values.append(value.strip())
+    host, port = _host_port(values[0], f"{field_name}.SP_API_HTTP")
+    token = _token(values[1], f"{field_name}.SP_AUTH_TOKEN")
+    return PoolSpec(host=host, port=port, token=token, template=template)
+
+
 def _parse_storpool_scheme(rest: str, field_name: str) -> PoolSpec:
     auth, sep, hostpart = rest.rpartition("@")
     if not sep:

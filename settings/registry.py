@@ -208,7 +208,9 @@ class Setting:
         if self.validator is not None:
             problem = self.validator(typed)
             if problem:
-                raise ValidationError(self.name, f"{value!r} {problem}")
+                # A text is not echoed: the endpoint settings carry a StorPool token.
+                shown = "the value" if self.type is SettingType.STR else repr(value)
+                raise ValidationError(self.name, f"{shown} {problem}")
         return typed
 
     def check(self, value: SettingValue | str) -> str:
@@ -253,11 +255,12 @@ _SETTINGS: tuple[Setting, ...] = (
             "Alternative StorPool API endpoint for the pool: SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
             "SP_TEMPLATE=template.", validator=_check_endpoint),
     _plugin("sp.cluster.location", STR, None, Scope.STORAGEPOOL, True,
-            "SP_CLUSTER_ID of the StorPool cluster the pool URL's endpoint belongs to (multi-cluster): "
-            "an sp.cluster.id that is neither it nor a cluster the endpoint reaches is refused."),
+            "StorPool location name of the pool's hosts (`storpool location list`), set by the Java "
+            "plugin's host listener; used to copy snapshots between locations. Not read by this project."),
     _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
-            "StorPool API of the CloudStack cluster's StorPool cluster (multi-cluster), "
-            "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;SP_TEMPLATE=template: its creates go there."),
+            "API of this CloudStack cluster's StorPool cluster (multi-cluster): "
+            "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token, in that order; the template is the pool's. "
+            "Its creates go there."),
     _plugin("storpool.volumes.stats.interval", INT, 3600, Scope.GLOBAL, False,
             "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s"),
     _plugin("storpool.storage.stats.interval", INT, 3600, Scope.GLOBAL, False,

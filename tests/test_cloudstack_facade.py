@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import cs
 import pytest
 
 from cloudstack_storpool.cloudstack.client import CloudStackClient
@@ -51,14 +52,18 @@ def test_hosts_carry_storpool_client_id_and_agent_port(cs_sim: SimHandle) -> Non
     assert client.host("6a1c7d56-0000-4000-8000-000000000000") is None
 
 
-def test_client_id_from_the_host_parent_first(cs_sim: SimHandle) -> None:
-    """Where the Java plugin's host listener keeps it (`parent`), then the `SP_OURID` detail."""
+def test_client_id_from_the_sp_ourid_detail_never_the_host_parent(cs_sim: SimHandle) -> None:
+    """`host.parent`, where the Java plugin's host listener keeps the client id, is not in listHosts
+    (HostResponse has no such field): only the `SP_OURID` detail is, and only with details=all."""
     client = cs_sim.client()
     java = cs_sim.model.add_host("kvm-java", sp_ourid=None, parent="17")
     both = cs_sim.model.add_host("kvm-both", sp_ourid=5, parent="9")
-    odd = cs_sim.model.add_host("kvm-odd", sp_ourid=6, parent="0")  # not a client id: the detail decides
-    assert {h.name: h.sp_client_id for h in client.hosts() if h.id in (java.id, both.id, odd.id)} == {
-        "kvm-java": 17, "kvm-both": 9, "kvm-odd": 6}
+    assert {h.name: h.sp_client_id for h in client.hosts() if h.id in (java.id, both.id)} == {
+        "kvm-java": None, "kvm-both": 5}
+    api = cs.CloudStack(endpoint=cs_sim.endpoint, key=cs_sim.key, secret=cs_sim.secret)
+    raw = api.listHosts(id=both.id)["host"][0]
+    assert "parent" not in raw and raw["details"]["SP_OURID"] == "5"
+    assert "details" not in api.listHosts(id=both.id, details="min")["host"][0]
 
 
 def test_vms_placement_tags_and_accounts(cs_sim: SimHandle) -> None:

@@ -169,3 +169,10 @@ def test_int_settings_beyond_a_java_int_are_refused_naming_the_setting(value: in
     assert exc.value.field == "storpool.volume.tags.checkup"
     assert "outside the range of a Java Integer" in str(exc.value)
     assert setting.validated((1 << 31) - 1) == (1 << 31) - 1
+
+
+def test_a_refused_text_value_is_not_echoed() -> None:
+    """`sp.alternative.endpoint` holds a StorPool token: its error names the setting, not the value."""
+    with pytest.raises(ValidationError) as info:
+        get_setting("sp.alternative.endpoint").check("SP_API_HTTP=h:81;SP_AUTH_TOKEN=secret-tok")
+    assert info.value.field == "sp.alternative.endpoint" and "secret-tok" not in str(info.value)

@@ -1,6 +1,7 @@
 """`spclusters.target`: from a CloudStack cluster's settings to a StorPool connection and the
 `RemoteCommand/` cluster name, including clusters of another location (not in the end-to-end
-tests, whose emulators share one location) and every refusal naming its setting."""
+tests, whose emulators share one location), the settings read as CloudStack's StorPool plugin
+reads them, and every refusal naming its setting."""
 
 from __future__ import annotations
 
@@ -51,19 +52,26 @@ class FakeCtx:
         return self.conns.setdefault((spec.host, spec.port), FakeConn(self.remotes))
 
 
-def target(values: dict[tuple[str, str], Any], cs: str | None = "c-1") -> spclusters.Target:
-    return spclusters.target(FakeCtx(values), POOL, cs)  # type: ignore[arg-type]
+def target(values: dict[tuple[str, str], Any], cs: str | None = "c-1",
+           remotes: list[RemoteCluster] = REMOTES) -> spclusters.Target:
+    return spclusters.target(FakeCtx(values, remotes), POOL, cs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("sp_id", "location", "remote"), [
-    ("s0f1a.e", None, "east"),  # own location: listed without a location id
-    ("pl0v.e", None, "far-east"),  # another location: told apart by LocationsList's id
-    ("pl0v.n", "s0f1a.b", "north"),
-    ("s0f1a.e", "s0f1a.b", "east"),
+@pytest.mark.parametrize(("sp_id", "remote"), [
+    ("s0f1a.e", "east"),  # own location: listed without a location id
+    ("pl0v.e", "far-east"),  # another location: told apart by LocationsList's id
+    ("pl0v.n", "north"),
 ])
-def test_sp_cluster_id_maps_to_the_name_remote_command_takes(sp_id: str, location: str | None, remote: str) -> None:
-    where = target({("sp.cluster.id", "c-1"): sp_id, ("sp.cluster.location", "p-1"): location})
+def test_sp_cluster_id_maps_to_the_name_remote_command_takes(sp_id: str, remote: str) -> None:
+    where = target({("sp.cluster.id", "c-1"): sp_id})
     assert where.remote == remote and where.sp_cluster == sp_id and not where.home
+
+
+def test_sp_cluster_location_is_a_location_name_and_does_not_route() -> None:
+    """The Java host listener writes the location's *name* there (StorPoolHelper.setLocationIfNeeded);
+    it is for copying snapshots between locations, never read for a create."""
+    assert target({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.location", "p-1"): "sofia"}).remote == "east"
+    assert target({("sp.cluster.id", "c-1"): "s0f1a.b", ("sp.cluster.location", "p-1"): "sofia"}).home
 
 
 @pytest.mark.parametrize("value", [None, "", "n/a", " n/a "])
@@ -72,30 +80,43 @@ def test_no_cluster_id_is_the_pools_own_cluster(value: str | None) -> None:
     assert where.home and where.remote is None and where.conn.reads == 0  # type: ignore[attr-defined]
 
 
-def test_the_pools_own_cluster_needs_no_remote_command() -> None:
-    assert target({("sp.cluster.id", "c-1"): "s0f1a.b", ("sp.cluster.location", "p-1"): "s0f1a.b"}).home
-    # Unknown to the endpoint and no location said: the endpoint's own (Java single-cluster clouds).
+def test_an_id_the_endpoint_does_not_list_is_its_own_cluster() -> None:
+    # Java single-cluster clouds: the host listener records SP_CLUSTER_ID on every CloudStack cluster.
     assert target({("sp.cluster.id", "c-1"): "s0f1a.b"}).home
+    # A cluster id of another location that only shares the sub-id with a local cluster is not it.
+    assert target({("sp.cluster.id", "c-1"): "pl0v.e"}, remotes=[RemoteCluster("east", "e", "sofia", None),
+                                                                 RemoteCluster("n", "n", "plovdiv", "pl0v")]).home
     assert target({}, cs=None).home
 
 
-def test_cluster_endpoint_replaces_the_pools_endpoint_and_template() -> None:
-    where = target({("sp.cluster.id", "c-1"): "s0f1a.e",
-                    ("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=10.0.9.9:8081;SP_AUTH_TOKEN=east-token;SP_TEMPLATE=hdd"})
-    assert where.remote is None and where.sp_cluster == "s0f1a.e" and where.template == "hdd"
-    assert where.create_args(POOL, {"template": "ssd", "iops": 5}) == {"template": "hdd", "iops": 5, "cluster": None}
-    assert where.create_args(POOL, {"template": "gold"})["template"] == "gold"  # an offering's choice stays
+def test_cluster_endpoint_is_read_as_the_java_plugin_reads_it() -> None:
+    """StorPoolHelper.getSpConnectionDesc: item 1 is the address, item 2 the token, by position;
+    the template stays the pool's (a SP_TEMPLATE after them is not read)."""
+    for text in ("SP_API_HTTP=10.0.9.9:8081;SP_AUTH_TOKEN=east-token",
+                 "SP_API_HTTP=10.0.9.9:8081;SP_AUTH_TOKEN=east-token;SP_TEMPLATE=hdd"):
+        ctx = FakeCtx({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): text})
+        where = spclusters.target(ctx, POOL, "c-1")  # type: ignore[arg-type]
+        assert list(ctx.conns) == [("10.0.9.9", 8081)]  # the pool's endpoint is not asked
+        assert where.remote is None and where.sp_cluster == "s0f1a.e" and not where.home
+        assert where.create_args({"template": "ssd", "iops": 5}) == {"template": "ssd", "iops": 5, "cluster": None}
+    own = target({("sp.cluster.id", "c-1"): "s0f1a.b",
+                  ("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=10.0.0.1:81;SP_AUTH_TOKEN=pool-token"})
+    assert own.home  # the pool's own API: its own cluster
 
 
 @pytest.mark.parametrize(("values", "field"), [
     ({("sp.cluster.id", "c-1"): "east"}, "sp.cluster.id"),
     ({("sp.cluster.id", "c-1"): "S0F1A.E"}, "sp.cluster.id"),
-    ({("sp.cluster.id", "c-1"): "pl0v.x", ("sp.cluster.location", "p-1"): "s0f1a.b"}, "sp.cluster.id"),
-    ({("sp.cluster.id", "c-1"): "s0f1a.b", ("sp.cluster.location", "p-1"): "sofia"}, "sp.cluster.location"),
-    ({("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=h:81;SP_AUTH_TOKEN=tok-tok;SP_TEMPLATE=t"}, "sp.cluster.id"),
+    ({("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=h:81;SP_AUTH_TOKEN=tok-tok"}, "sp.cluster.id"),
     ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "east-api"}, "sp.cluster.endpoint"),
-    ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=h:x;SP_AUTH_TOKEN=tok-tok;"
-                                                                        "SP_TEMPLATE=t"}, "sp.cluster.endpoint"),
+    ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "SP_API_HTTP=h:x;SP_AUTH_TOKEN=tok-tok"},
+     "sp.cluster.endpoint"),
+    # Java reads by position: the token first would be taken as the address.
+    ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "SP_AUTH_TOKEN=tok-tok;SP_API_HTTP=h:81"},
+     "sp.cluster.endpoint"),
+    # Java splits on `;` and `=`: a storpool:// URL has neither where it looks.
+    ({("sp.cluster.id", "c-1"): "s0f1a.e", ("sp.cluster.endpoint", "c-1"): "storpool://tok-tok@h:81/t"},
+     "sp.cluster.endpoint"),
 ])
 def test_bad_values_name_the_setting(values: dict[tuple[str, str], Any], field: str) -> None:
     with pytest.raises(ValidationError) as err:

@@ -4,8 +4,10 @@ Each row reads `name: type = api("responsekey", converter)`; `fields.py` holds t
 Field order is the constructor's, which the tests' in-memory CloudStack relies on.
 
 Host identity convention (this project's): a KVM host's StorPool client id (`SP_OURID`) is
-kept in the host's CloudStack details (`listHosts` item `details`, key `SP_OURID`); a detail
-`agent.port` overrides the agent port for that host.
+read from the host's CloudStack details (`listHosts` item `details`, key `SP_OURID`); a detail
+`agent.port` overrides the agent port for that host. The Java plugin's host listener keeps the
+client id in `host.parent`, but `listHosts` does not show that column (HostResponse has no
+such field), so it reaches the project only from callers inside CloudStack (HostTO.getParent).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from cloudstack_storpool.cloudstack.fields import (
 
 
 def _client_id(raw: Any) -> int | None:
-    """A StorPool client id (1..4095), or None for anything else (a `parent` that is a host id)."""
+    """A StorPool client id (1..4095), or None for anything else."""
     text = str(raw).strip() if raw is not None else ""
     return int(text) if text.isdigit() and 1 <= int(text) <= 4095 else None
 
@@ -57,18 +59,11 @@ class Host(Record):
     cluster_id: str | None = api("clusterid")
     zone_id: str | None = api("zoneid")
     state: str = api("state", text)
-    detail_client_id: int | None = api("details", _sp_ourid)
-    """An `SP_OURID` host detail (the project's older convention)."""
+    sp_client_id: int | None = api("details", _sp_ourid)
+    """The host's `SP_OURID` detail: the only place `listHosts` can show a StorPool client id."""
     details: dict[str, str] = api("details", str_map, default_factory=dict)
     resource_state: str | None = api("resourcestate", default=None)
     ha_state: str | None = api("hostha.hastate", default=None)
-    parent_client_id: int | None = api("parent", _client_id, default=None)
-    """Where the Java plugin's host listener stores the StorPool client id (`clientNodeId`)."""
-
-    @property
-    def sp_client_id(self) -> int | None:
-        """StorPool client id: the host's `parent` (the Java plugin's place), else its `SP_OURID` detail."""
-        return self.parent_client_id or self.detail_client_id
 
     @property
     def agent_port(self) -> int | None:

@@ -116,16 +116,17 @@ class AgentDirectory:
         return self.client(host) if host is not None else None
 
     def hosts_for_pool(self, pool: PoolSpec, clusters: Collection[str] | None = None) -> list[Host]:
-        """Up KVM hosts that are StorPool clients (have `SP_OURID`) in the pool's zone; only those
-        of the CloudStack `clusters` when given (the hosts that see one StorPool cluster, in a
-        multi-cluster setup).
+        """Up, enabled KVM hosts in the pool's zone; only those of the CloudStack `clusters` when
+        given (the hosts that see one StorPool cluster, in a multi-cluster setup). Not filtered
+        by a known client id: the agent attaches with its own, and the Java plugin's hosts have
+        theirs in `host.parent`, which listHosts does not show.
 
         The list is rotated on each call so that copies (template fills) spread over hosts
         instead of always landing on the first one.
         """
         hosts = [
             h for h in self._cloudstack.hosts(zone_id=pool.zone or None)
-            if h.sp_client_id is not None and h.state == "Up" and (h.resource_state in (None, "Enabled"))
+            if h.state == "Up" and (h.resource_state in (None, "Enabled"))
             and (clusters is None or h.cluster_id in clusters)
         ]
         hosts.sort(key=lambda h: h.id)

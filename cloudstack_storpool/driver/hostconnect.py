@@ -1,9 +1,10 @@
 """A KVM host joins (or its agent restarts): what StorPool client is it, and may it join?
 
 CloudStack's StorPool host listener sends the host a command on connect and keeps the StorPool
-client id (`SP_OURID`) from the answer in the host's `parent` field; the heartbeat and every
-attach address the host by that id. Two hosts claiming one client id would attach each other's
-disks and fence each other, so a host whose id another host already has is refused, with an
+client id (`SP_OURID`) from the answer in the host's `parent` field (a database column listHosts
+does not show; CloudStack's HA code hands it to the heartbeat in HostTO). Two hosts claiming one
+client id would attach each other's disks and fence each other, so a host whose id another
+host already has (as its `SP_OURID` detail: the one place the API shows) is refused, with an
 error naming `client_id`, before anything is recorded.
 """
 

@@ -325,7 +325,7 @@ def volume_from_snapshot(
     limit = placement.iops if placement.iops is not None else _source_iops(source_volume())
     where = spclusters.target(ctx, spec, cluster_id)
     new = _NewVolume(where.conn, uuid, naming.volume(uuid), identity.volume_tags(uuid, spec, placement),
-                     where.template_for(spec, placement.template), limit, placement.qos_class, where.remote)
+                     placement.template, limit, placement.qos_class, where.remote)
     made = _clone_snapshot(new, snapshot_uuid, path, size, secondary)
     if made is not None:
         return made

@@ -7,20 +7,25 @@ forwarded with `RemoteCommand/<cluster name>/`. The KVM hosts of a CloudStack cl
 clients of one StorPool cluster, so their VMs' volumes (and the template caches those are
 cloned from) must be made there.
 
-The settings, as the Java plugin defines them:
+The settings, as CloudStack's StorPool plugin defines and uses them (StorPoolConfigurationManager,
+StorPoolHelper, StorPoolSnapshotStrategy; docs/decisions.md):
 
-* `sp.cluster.id` (cluster scope): the StorPool cluster of the CloudStack cluster, as StorPool
-  names it in `SP_CLUSTER_ID` (`<location id>.<cluster id>`, the prefix of its global ids; the
-  Java host listener records it from each host's `storpool.conf`). It is mapped to the name
-  `RemoteCommand/` takes through the endpoint's ClustersList (and LocationsList).
-* `sp.cluster.endpoint` (cluster scope): that StorPool cluster's own API endpoint
-  (`SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;SP_TEMPLATE=template`, the form of a pool URL).
-  Calls for that cluster go there instead of the pool URL's endpoint, with its template.
-* `sp.cluster.location` (storage-pool scope): the `SP_CLUSTER_ID` of the cluster the pool URL's
-  endpoint belongs to. With it, a CloudStack cluster whose `sp.cluster.id` is neither that
-  cluster nor one the endpoint reaches is an error; without it such a cluster is taken as the
-  endpoint's own (what a single-cluster cloud, whose host listener recorded SP_CLUSTER_ID on
-  every CloudStack cluster, needs).
+* `sp.cluster.id` (cluster scope): the StorPool cluster of the CloudStack cluster, its
+  `SP_CLUSTER_ID` (`<location id>.<cluster id>`, the prefix of its global ids). The Java host
+  listener records it from each connecting host (StorPoolHelper.setSpClusterIdIfNeeded) and
+  matches an object to a CloudStack cluster by `globalId.contains(sp.cluster.id)`
+  (findClusterIdByGlobalId), to pick the hosts that copy it. The Java plugin never forwards a
+  call with `RemoteCommand/`: it creates every volume through the pool's endpoint. Forwarding
+  the create to the CloudStack cluster's StorPool cluster is this project's addition; the id is
+  mapped to the name `RemoteCommand/` takes through the endpoint's ClustersList (and
+  LocationsList). An id the endpoint does not list is the endpoint's own cluster.
+* `sp.cluster.endpoint` (cluster scope): that StorPool cluster's own API, read by position as
+  `SP_API_HTTP=host:port;SP_AUTH_TOKEN=token` (StorPoolHelper.getSpConnectionDesc), always with
+  the pool's template. The Java plugin sends there the SnapshotExport / SnapshotUnexport of a
+  snapshot living in that cluster; here, in addition, the creates for that cluster.
+* `sp.cluster.location` (storage-pool scope) is not read here: it is the StorPool *location
+  name* of the pool's hosts (the host listener sets it from `storpool location list`), used by
+  the Java plugin only to copy snapshots between pools of different locations.
 
 Every bad value is a ValidationError naming the setting, raised before anything is created.
 Cost: none without `sp.cluster.id`/`sp.cluster.endpoint`; otherwise two cached reads of
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.poolconfig import PoolSpec, parse_pool_url
+from cloudstack_storpool.poolconfig import PoolSpec, parse_cluster_endpoint
 from cloudstack_storpool.spconn import RemoteCluster, StorPoolConn
 
 if TYPE_CHECKING:
@@ -45,7 +50,6 @@ log = logging.getLogger(__name__)
 
 CLUSTER_ID = "sp.cluster.id"
 CLUSTER_ENDPOINT = "sp.cluster.endpoint"
-CLUSTER_LOCATION = "sp.cluster.location"
 UNSET = ("", "n/a", "null")
 """Values meaning "not set": empty, the Java default `n/a`, CloudStack's null."""
 REMOTES_MAX_AGE = 60.0
@@ -64,8 +68,6 @@ class Target:
     """The cluster name for `RemoteCommand/`; None: the cluster of `conn`'s endpoint."""
     sp_cluster: str | None = None
     """SP_CLUSTER_ID of the target when it is not the pool's own cluster (names its caches)."""
-    template: str | None = None
-    """The template of `sp.cluster.endpoint`, used in place of the pool's."""
     cs_cluster: str | None = None
     """The CloudStack cluster (its hosts do the copies for this cluster)."""
 
@@ -74,16 +76,9 @@ class Target:
         """The pool's own StorPool cluster: the project's and the Java plugin's caches live there."""
         return self.sp_cluster is None
 
-    def template_for(self, spec: PoolSpec, template: str) -> str:
-        """The endpoint's template replaces the pool's; a template an offering chose stays."""
-        return self.template if self.template and template == spec.template else template
-
-    def create_args(self, spec: PoolSpec, args: dict[str, Any]) -> dict[str, Any]:
+    def create_args(self, args: dict[str, Any]) -> dict[str, Any]:
         """`volume_create` keyword arguments for this target, from the placement's."""
-        out = dict(args, cluster=self.remote)
-        if out.get("template") is not None:
-            out["template"] = self.template_for(spec, out["template"])
-        return out
+        return dict(args, cluster=self.remote)
 
 
 def home(ctx: DriverContext, spec: PoolSpec, cs_cluster: str | None = None) -> Target:
@@ -95,33 +90,24 @@ def target(ctx: DriverContext, spec: PoolSpec, cs_cluster: str | None) -> Target
     if not cs_cluster:
         return home(ctx, spec)
     sp_id = sp_cluster_id(ctx, cs_cluster)
-    endpoint = cluster_endpoint(ctx, cs_cluster)
-    if endpoint is not None:
-        if sp_id is None:
-            raise ValidationError(CLUSTER_ID, f"CloudStack cluster {cs_cluster} has {CLUSTER_ENDPOINT} but no "
-                                              f"{CLUSTER_ID}: set it to that StorPool cluster's SP_CLUSTER_ID")
-        if sp_id == pool_location(ctx, spec):
-            return Target(ctx.conn(endpoint), template=endpoint.template, cs_cluster=cs_cluster)
-        return Target(ctx.conn(endpoint), sp_cluster=sp_id, template=endpoint.template, cs_cluster=cs_cluster)
+    endpoint = cluster_endpoint(ctx, spec, cs_cluster)
+    if endpoint is not None and sp_id is None:
+        raise ValidationError(CLUSTER_ID, f"CloudStack cluster {cs_cluster} has {CLUSTER_ENDPOINT} but no "
+                                          f"{CLUSTER_ID}: set it to that StorPool cluster's SP_CLUSTER_ID")
     if sp_id is None:
         return home(ctx, spec, cs_cluster)
-    location = pool_location(ctx, spec)
-    if sp_id == location:
-        return home(ctx, spec, cs_cluster)
+    if endpoint is not None:  # that cluster's own API, no forwarding; an API serves one cluster
+        own = endpoint.endpoint == spec.endpoint
+        return Target(ctx.conn(endpoint), sp_cluster=None if own else sp_id, cs_cluster=cs_cluster)
     conn = ctx.conn(spec)
-    found = _remote(conn, sp_id, location)
+    found = _remote(conn, sp_id)
     if found is not None:
         return Target(conn, remote=found.name, sp_cluster=sp_id, cs_cluster=cs_cluster)
-    known = ", ".join(sorted(c.name for c in conn.remote_clusters())) or "none"
-    if location is not None:
-        raise ValidationError(CLUSTER_ID, f"{sp_id!r} of CloudStack cluster {cs_cluster} is neither pool "
-                                          f"{spec.name or spec.uuid}'s own StorPool cluster ({CLUSTER_LOCATION} = "
-                                          f"{location!r}) nor one its endpoint reaches (remote clusters: {known})")
     if conn.remote_clusters() and (sp_id, repr(conn)) not in _warned:
         _warned.add((sp_id, repr(conn)))
+        known = ", ".join(sorted(c.name for c in conn.remote_clusters()))
         log.warning("%s %r of CloudStack cluster %s is not a remote cluster of %s (remote clusters: %s): taking it "
-                    "as the endpoint's own cluster; set %s on pool %s to make this an error", CLUSTER_ID, sp_id,
-                    cs_cluster, conn, known, CLUSTER_LOCATION, spec.name or spec.uuid)
+                    "as the endpoint's own cluster", CLUSTER_ID, sp_id, cs_cluster, conn, known)
     return home(ctx, spec, cs_cluster)
 
 
@@ -173,17 +159,17 @@ def _hosts_of(ctx: DriverContext, spec: PoolSpec, sp_cluster: str | None, *, own
     return found
 
 
-def _remote(conn: StorPoolConn, sp_id: str, location: str | None) -> RemoteCluster | None:
+def _remote(conn: StorPoolConn, sp_id: str) -> RemoteCluster | None:
     """The ClustersList entry of SP_CLUSTER_ID `sp_id` (a fresh look on a miss, at most once a
     minute: the pool's own cluster is never in the list)."""
     loc, sub = sp_id.split(".")
-    # A cluster of the endpoint's own location has no location id in the listing; it is that
-    # location only if `sp.cluster.location` (when set) says the location is the same.
-    same_location = location is None or location.split(".")[0] == loc
     for max_age in (None, REMOTES_MAX_AGE):
         clusters = conn.remote_clusters(max_age=max_age)
+        # A cluster of the endpoint's own location has no location id in the listing: it is
+        # `sp_id`'s only when `loc` is none of the remote locations' ids.
+        remote_locations = {c.location_id for c in clusters if c.location_id is not None}
         exact = [c for c in clusters if c.sub_id == sub and c.location_id == loc]
-        local = [c for c in clusters if c.sub_id == sub and c.location_id is None and same_location]
+        local = [c for c in clusters if c.sub_id == sub and c.location_id is None and loc not in remote_locations]
         if exact or local:
             return (exact or local)[0]
     return None
@@ -208,20 +194,8 @@ def sp_cluster_id(ctx: DriverContext, cs_cluster: str) -> str | None:
     return _checked_id(ctx.settings.get(CLUSTER_ID, cluster=cs_cluster), CLUSTER_ID)
 
 
-def pool_location(ctx: DriverContext, spec: PoolSpec) -> str | None:
-    """`sp.cluster.location` of a pool, checked; None when unset (or the pool has no uuid)."""
-    if not spec.uuid:
-        return None
-    return _checked_id(ctx.settings.get(CLUSTER_LOCATION, pool=spec.uuid), CLUSTER_LOCATION)
-
-
-def cluster_endpoint(ctx: DriverContext, cs_cluster: str) -> PoolSpec | None:
-    """`sp.cluster.endpoint` of a CloudStack cluster, parsed; None when unset."""
+def cluster_endpoint(ctx: DriverContext, spec: PoolSpec, cs_cluster: str) -> PoolSpec | None:
+    """`sp.cluster.endpoint` of a CloudStack cluster as a connection with the pool's template;
+    None when unset."""
     text = _text(ctx.settings.get(CLUSTER_ENDPOINT, cluster=cs_cluster))
-    if text is None:
-        return None
-    if "=" not in text and "://" not in text:
-        # A bare word would be read as a template name with this machine's storpool.conf.
-        raise ValidationError(CLUSTER_ENDPOINT, "expected SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
-                                                "SP_TEMPLATE=template (or storpool://token@host:port/template)")
-    return parse_pool_url(text, CLUSTER_ENDPOINT)
+    return None if text is None else parse_cluster_endpoint(text, spec.template, CLUSTER_ENDPOINT)

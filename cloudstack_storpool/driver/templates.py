@@ -271,7 +271,7 @@ def _create_fill(ctx: DriverContext, spec: PoolSpec, tuuid: str, how: _FillFrom,
     stamp = liveness.first_stamp(ctx.clock)
     fill_tags = pools.identity_tags(tuuid, tags.TEMPORARY, spec, started=stamp, alive=stamp)
     fill_tags[OWNER_TAG] = owner
-    args: dict[str, Any] = where.create_args(spec, {"name": fill_name(tuuid, spec, where), "template": spec.template,
+    args: dict[str, Any] = where.create_args({"name": fill_name(tuuid, spec, where), "template": spec.template,
                                                     "tags": fill_tags})
     if how.snapshot is not None:
         return where.conn.volume_create(parent=how.snapshot, **args)

@@ -103,7 +103,7 @@ def create(
     where = spclusters.target(ctx, spec, cluster_id)
     try:
         created = where.conn.volume_create(name=name, size=real_size, tags=vtags,
-                                           **where.create_args(spec, placement.create_args()))
+                                           **where.create_args(placement.create_args()))
     except SpExists:
         return _existing(where.conn, spec, name, uuid)
     return _created(created, spec, uuid, real_size, placement, vtags)
@@ -147,7 +147,7 @@ def create_from_template(
     where = spclusters.target(ctx, spec, cluster_id)
     cache = parent = templates.cache_name(tuuid, spec, where)
     conn = where.conn
-    args = where.create_args(spec, placement.create_args())
+    args = where.create_args(placement.create_args())
     for _attempt in range(3):
         try:
             created = conn.volume_create(name=name, parent=parent, size=size, tags=vtags, **args)

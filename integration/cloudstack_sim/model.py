@@ -564,10 +564,12 @@ class CloudStackModel:
     def host_connected(self, host_id: str, parent: str) -> Host:
         """What CloudStack's StorPool host listener does with the driver's answer when a host
         connects: it writes the client id into `host.parent` through the host DAO (there is no
-        API for it)."""
+        API for it), only while the host has none (StorPoolHostListener.hostConnect:
+        `host.getParent() == null`)."""
         with self.lock:
             host = self.hosts[host_id]
-            host.parent = parent
+            if host.parent is None:
+                host.parent = parent
             return host
 
     def set_host_state(self, host_id: str, state: str) -> Host:

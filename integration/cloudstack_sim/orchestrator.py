@@ -16,8 +16,15 @@ A VM's disks on its KVM host (CloudStack's KVM agent, LibvirtComputingResource a
 KVMStoragePoolManager, calling the plugin's StorPoolStorageAdaptor) are the service's host-side
 operations, called where the management server sends the host its command:
 - StartCommand (VirtualMachineManagerImpl.orchestrateStart, also the HA restart of a VM whose
-  host was fenced): `hand_over_vm` -- every disk force-detached from every other host
-  (driver.detachVolumeFromAllStorageNodes), then connectPhysicalDisk on the new host;
+  host was fenced): `hand_over_vm` -- every disk force-detached from every other host, then
+  connectPhysicalDisk on the new host. CloudStack calls the driver's
+  detachVolumeFromAllStorageNodes (a forced `VolumesReassign` detach-all, from the management
+  server) in two places: orchestrateStart, for each Ready ROOT volume of the VM, before the
+  deployment planner picks a host; HighAvailabilityManagerImpl.restart, for every StorPool
+  volume of a KVM VM, before it starts the VM elsewhere. The project's equivalent needs the
+  target host and connects in the same step, so the simulator plays both at StartCommand, the
+  first point where the host is known; it detaches every disk (data disks too), from every
+  host but the new one;
 - StopCommand (orchestrateStop; LibvirtStopCommandWrapper's cleanupDisk per disk):
   `vm_stopped` on the host the VM ran on, before the VM's record says Stopped;
 - PrepareForMigrationCommand on the destination (connectPhysicalDisksViaVmSpec):
@@ -212,7 +219,8 @@ def _tag_attached(model: m.CloudStackModel, vol: m.Volume, vm_id: str) -> None:
 
 
 def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
-    """StartCommand's disks: force-detached from every other host, connected on this one."""
+    """StartCommand's disks: force-detached from every other host, connected on this one
+    (CloudStack's detachVolumeFromAllStorageNodes and connectPhysicalDisk in one call)."""
     if any(v.path for v in vm_volumes(model, vm_id)):
         _plugin(model).call("hand_over_vm", vm_id=vm_id, host_id=host.id)
 
@@ -220,7 +228,10 @@ def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
 def host_connected(model: m.CloudStackModel, host_id: str) -> m.Host:
     """AgentManagerImpl's connect listeners -> StorPoolHostListener.hostConnect: the plugin asks
     the host who it is to StorPool (`host_connected`, which refuses a client id another host
-    has) and CloudStack keeps the answer's `parent` in `host.parent`."""
+    has) and CloudStack keeps the answer's `parent` in `host.parent`. Not played: the Java
+    listener also writes the host's SP_CLUSTER_ID into its cluster's `sp.cluster.id`
+    (StorPoolHelper.setSpClusterIdIfNeeded) and its location name into the pool's
+    `sp.cluster.location` (setLocationIfNeeded); tests set those explicitly."""
     result = _plugin(model).call("host_connected", host_id=host_id)
     return model.host_connected(host_id, str(result["parent"]))
 
@@ -233,7 +244,8 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
     3. StartCommand on the host: `hand_over_vm` (every disk taken from any other host, then
        connected here; the HA restart of a fenced host's VM is the same call). A Java
        KVM host connects each disk of the VM spec (connectPhysicalDisksViaVmSpec); the
-       detach from other hosts is what the plugin's detachVolumeFromAllStorageNodes adds.
+       detach from other hosts stands for detachVolumeFromAllStorageNodes, which CloudStack
+       calls earlier (before step 1, Ready ROOT volumes only; see the module docstring).
     A failure leaves the VM Stopped (Error on its first start, as a failed deploy does)."""
     with model.lock:
         vm = model.vms[vm_id]

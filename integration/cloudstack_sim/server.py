@@ -130,14 +130,23 @@ def _cluster(model: m.CloudStackModel, c: m.Cluster) -> Item:
             "managedstate": "Managed"}
 
 
-def _host(model: m.CloudStackModel, h: m.Host) -> Item:
+_HOST_DETAILS = ("all", "capacity", "events", "stats", "min")
+"""ApiConstants.HostDetails: what listHosts' `details` may ask for (ListHostsCmd.getDetails)."""
+
+
+def _host(model: m.CloudStackModel, h: m.Host, with_details: bool = True) -> Item:
+    """HostResponse as HostJoinDaoImpl fills it. No `parent`: HostResponse has no such field, so
+    the client id the StorPool host listener keeps in `host.parent` never reaches the API; the
+    host details (`host_details`) only with `details=all` (the default), without username and
+    password (HostResponse.setDetails)."""
     cluster = model.clusters.get(h.cluster_id)
     zone = model.zones.get(h.zone_id)
+    details = {k: v for k, v in h.details.items() if k not in ("username", "password")}
     return _opt({
         "id": h.id, "name": h.name, "ipaddress": h.ip_address, "clusterid": h.cluster_id,
         "clustername": cluster.name if cluster else None, "zoneid": h.zone_id,
         "zonename": zone.name if zone else None, "state": h.state, "resourcestate": h.resource_state,
-        "type": "Routing", "hypervisor": "KVM", "details": dict(h.details), "parent": h.parent,
+        "type": "Routing", "hypervisor": "KVM", "details": details if with_details else None,
         "hostha": {"haenable": h.ha_enabled, "hastate": h.ha_state, "haprovider": "kvmhaprovider"},
     })
 
@@ -260,9 +269,14 @@ def list_hosts(model: m.CloudStackModel, p: Params) -> list[Item]:
     _check_ids(p, [("id", model.hosts), ("zoneid", model.zones), ("clusterid", model.clusters)])
     if p.get("type") and p["type"].lower() != "routing":
         return []
+    asked = [d.strip() for d in p.get("details", "").split(",") if d.strip()]
+    bad = [d for d in asked if d not in _HOST_DETAILS]
+    if bad:
+        raise m.ParamError("The details parameter contains a non permitted value. The allowed values are "
+                           f"[{', '.join(_HOST_DETAILS)}]")
     found = _filter(model.hosts.values(), p, id="id", name="name", zoneid="zone_id", clusterid="cluster_id",
                     state="state")
-    return [_host(model, h) for h in found]
+    return [_host(model, h, not asked or "all" in asked) for h in found]
 
 
 def list_storage_pools(model: m.CloudStackModel, p: Params) -> list[Item]:

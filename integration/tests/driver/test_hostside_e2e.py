@@ -219,6 +219,8 @@ def test_host_connect_records_the_client_id_and_refuses_a_duplicate(stack: Local
     out = hostconnect.host_connected(stack.ctx, host_id=fresh.id)
     model.host_connected(fresh.id, out.parent)
     assert model.hosts[fresh.id].parent == "3"
+    model.host_connected(fresh.id, "9")  # the listener writes `parent` only while it is empty
+    assert model.hosts[fresh.id].parent == "3"
 
 
 # --- the adaptor calls by path -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 
 from cloudstack_storpool.driver import adopt, gc, hosts, pools, snapshots, templates, vmsnapshots, volumes
 from cloudstack_storpool.driver.secondary import TemplateSource
+from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import load_pools
 from integration import javacloud
 from integration.javacloud import JavaCloud
@@ -121,11 +122,18 @@ def test_pool_describe_contents_and_the_pools_file_see_the_java_objects(stack: L
     assert pools.describe(stack.ctx, "storpool-primary").volumes == 0
 
 
-def test_heartbeat_finds_client_ids_in_the_host_parent(stack: LocalStack, java: JavaCloud) -> None:
+def test_heartbeat_takes_the_client_ids_the_caller_has_from_host_parent(stack: LocalStack, java: JavaCloud) -> None:
+    """The Java plugin's client ids live in `host.parent` only, which listHosts does not show:
+    without them nothing can be checked; given by the caller (CloudStack's HA passes HostTO,
+    whose `parent` StorPoolStoragePool.checkingHeartBeat reads), every host is."""
     assert java.client_ids and all("SP_OURID" not in h.details for h in stack.cs.model.hosts.values())
-    found = {h.host_id: h.client_id for h in hosts.check_hosts(stack.ctx, io_window=0)}
-    assert found == java.client_ids
-    assert {h.host_id: h.verdict for h in hosts.check_hosts(stack.ctx, io_window=0)} == dict.fromkeys(found, "alive")
+    assert hosts.check_hosts(stack.ctx, io_window=0) == []
+    given = {hid: int(stack.cs.model.hosts[hid].parent or 0) for hid in java.client_ids}
+    checked = hosts.check_hosts(stack.ctx, io_window=0, client_ids=given)
+    assert {h.host_id: h.client_id for h in checked} == java.client_ids
+    assert {h.host_id: h.verdict for h in checked} == dict.fromkeys(java.client_ids, "alive")
+    with pytest.raises(ValidationError, match="client_ids"):
+        hosts.check_hosts(stack.ctx, io_window=0, client_ids={next(iter(given)): 0})
 
 
 def test_adopt_dry_run_changes_nothing_then_adopt_makes_them_first_class(stack: LocalStack, java: JavaCloud) -> None:

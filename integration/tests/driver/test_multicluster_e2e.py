@@ -2,8 +2,9 @@
 endpoint of the pool. `sp.cluster.id` of each CloudStack cluster (StorPool's SP_CLUSTER_ID, as the
 Java host listener records it) says which StorPool cluster its volumes are made in: the driver maps
 it to the cluster name `RemoteCommand/` takes through ClustersList. Empty, root-from-template and
-from-snapshot creates; `sp.cluster.endpoint` sending a cluster's calls to its own API; bad values
-refused naming the setting. Real bindings against the emulators, real `cs` client against the
+from-snapshot creates; `sp.cluster.endpoint` sending a cluster's calls to its own API (in the
+Java plugin's form); `sp.cluster.location` as the Java plugin fills it; bad values refused naming
+the setting. Real bindings against the emulators, real `cs` client against the
 simulator, real agents and qemu-img for the template copies."""
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def test_snapshots_backups_and_volumes_from_snapshots_stay_in_their_clusters_sto
 
 
 def test_cluster_endpoint_takes_that_clusters_calls(stack: LocalStack, clusters: Clusters) -> None:
-    """With `sp.cluster.endpoint`, creates for that cluster go to its own API: they go on while the
-    pool URL's endpoint is down, and use the endpoint's template."""
+    """With `sp.cluster.endpoint` (read as the Java plugin reads it: address, then token, the
+    pool's template), creates for that cluster go to its own API: they go on while the pool URL's
+    endpoint is down. A SP_TEMPLATE after the two items is not read."""
     pool = stack.pool_id()
     host, port = clusters.east.emulator.add_endpoint()
     stack.cloudstack.update_configuration(
@@ -148,27 +150,33 @@ def test_cluster_endpoint_takes_that_clusters_calls(stack: LocalStack, clusters:
 
     east = volumes.create(stack.ctx, pool, new_uuid(), 8 * MiB, cluster_id=clusters.east_id)
     obj = clusters.east.model.objects[east.global_id]
-    assert obj.template == "hdd"
+    assert obj.template == stack.ctx.pools.get(pool).template != "hdd"
     assert clusters.east.calls["ClustersList"] == 0  # no RemoteCommand needed: that API's own cluster
     with pytest.raises(SpUnreachable):
         volumes.create(stack.ctx, pool, new_uuid(), 8 * MiB, cluster_id=clusters.west_id)
 
 
-@pytest.mark.parametrize(("setting", "value", "scope"), [
-    ("sp.cluster.id", "east", "cluster"),  # a cluster name is not an SP_CLUSTER_ID
-    ("sp.cluster.id", "lab.zz", "cluster"),  # no such cluster, with the pool's location set
-    ("sp.cluster.endpoint", "east-api:81", "cluster"),
-    ("sp.cluster.endpoint", "SP_API_HTTP=east-api:eighty-one;SP_AUTH_TOKEN=east-token;SP_TEMPLATE=ssd", "cluster"),
-    ("sp.cluster.location", "lab", "pool"),
-])
-def test_bad_values_are_refused_naming_the_setting(stack: LocalStack, clusters: Clusters, setting: str, value: str,
-                                                   scope: str) -> None:
+def test_sp_cluster_location_holds_a_location_name_and_does_not_route(stack: LocalStack, clusters: Clusters) -> None:
+    """What the Java host listener writes into `sp.cluster.location` (a `storpool location list`
+    name, StorPoolHelper.setLocationIfNeeded) is accepted and changes no create's cluster."""
     pool = stack.pool_id()
-    stack.cloudstack.update_configuration("sp.cluster.location", stack.sp.emulator.cluster_key, storage_id=pool)
-    if scope == "pool":
-        stack.cloudstack.update_configuration(setting, value, storage_id=pool)
-    else:
-        stack.cloudstack.update_configuration(setting, value, cluster_id=clusters.east_id)
+    stack.cloudstack.update_configuration("sp.cluster.location", "lab", storage_id=pool)
+    made = {where: volumes.create(stack.ctx, pool, new_uuid(), 8 * MiB, cluster_id=cs_id)
+            for where, cs_id in (("west", clusters.west_id), ("east", clusters.east_id))}
+    assert {where: _on(stack, clusters, v.global_id) for where, v in made.items()} == {"west": "west", "east": "east"}
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("sp.cluster.id", "east"),  # a cluster name is not an SP_CLUSTER_ID
+    ("sp.cluster.endpoint", "east-api:81"),
+    ("sp.cluster.endpoint", "SP_API_HTTP=east-api:eighty-one;SP_AUTH_TOKEN=east-token"),
+    ("sp.cluster.endpoint", "SP_AUTH_TOKEN=east-token;SP_API_HTTP=east-api:81"),  # Java reads by position
+    ("sp.cluster.endpoint", "storpool://east-token@east-api:81/ssd"),  # not a form Java reads here
+])
+def test_bad_values_are_refused_naming_the_setting(stack: LocalStack, clusters: Clusters, setting: str,
+                                                   value: str) -> None:
+    pool = stack.pool_id()
+    stack.cloudstack.update_configuration(setting, value, cluster_id=clusters.east_id)
     before = sum(emu.calls["VolumeCreate"] for emu in (stack.sp, clusters.east))
     with pytest.raises(ValidationError) as err:
         volumes.create(stack.ctx, pool, new_uuid(), 8 * MiB, cluster_id=clusters.east_id)
