@@ -379,11 +379,12 @@ def _unlock_failed(stderr: str) -> bool:
     return "invalid password" in text or "cannot unlock" in text
 
 
-# qemu-img times its PBKDF2 rounds with the thread's CPU clock, which the kernel advances in
-# scheduler ticks; on a busy host the first timing can read 0 ms and qemu-img gives up with this
-# message (nothing has been written yet). Another attempt measures again.
+# qemu-img times its first PBKDF2 round (2^15 iterations, a few ms) with the thread's CPU clock,
+# which tick-based accounting may not advance at all in that time; qemu-img then gives up with
+# this message before writing anything. Each attempt measures afresh and a failed one costs
+# milliseconds, so it is tried many times: on this kind of VM one in two or three attempts fails.
 _PBKDF_TIMING = "unable to get accurate cpu usage"
-_FORMAT_ATTEMPTS = 5
+_FORMAT_ATTEMPTS = 20
 
 
 def luks_format(path: str, payload_size: int, passphrase: str, *, timeout: float | None = 120.0) -> None:
