@@ -154,7 +154,11 @@ def attach(
     an object already attached to this client is only waited for, not re-attached."""
     ro = True if obj.kind == "snapshot" else bool(readonly)
     device = device_path(dev_root, obj.global_id)
-    mine = [a for a in attachments_of(conn, obj) if a.client == client_id]
+    # The StorPool client makes the by-id link when it attaches an object on this host and
+    # removes it on detach, so without the link nothing is attached here and the cluster-wide
+    # attachment list (one more API call on every copy) has nothing to tell; with it, the list
+    # says with which rights and so whether this call must attach (and later detach) at all.
+    mine = [a for a in attachments_of(conn, obj) if a.client == client_id] if os.path.lexists(device) else []
     attached_here = False
     if mine and (ro or mine[0].rights == "rw"):
         log.info("%s %s already attached to client %d", obj.kind, obj.ref, client_id)
@@ -166,7 +170,7 @@ def attach(
         wait_for_device(device, timeout=timeout)
     except AttachError:
         if attached_here:
-            detach(conn, obj, client_id=client_id)
+            _detach_attached(conn, obj, client_id=client_id)
         raise
     return Attachment(object=obj, device=device, attached_here=attached_here)
 
@@ -185,10 +189,22 @@ def detach(
     A busy device (still open) is retried `retries` times `delay` apart; only then, and only
     when `force_at_end`, is the detach forced. Returns True if a detach was issued.
     """
+    if not any(a.client == client_id for a in attachments_of(conn, obj)):
+        return False
+    return _detach_attached(conn, obj, client_id=client_id, retries=retries, delay=delay, force_at_end=force_at_end)
+
+
+def _detach_attached(
+    conn: SpConn, obj: StorPoolObject, *, client_id: int, retries: int = 10, delay: float = 0.5,
+    force_at_end: bool = True,
+) -> bool:
+    """`detach` of an object known to be attached here (`attached` made the attachment): the
+    detach is sent at once, and the attachment list is asked only after a busy answer, when
+    something else may have detached it meanwhile."""
     for attempt in range(retries + 1):
         try:
-            if not any(a.client == client_id for a in attachments_of(conn, obj)):
-                return attempt > 0
+            if attempt > 0 and not any(a.client == client_id for a in attachments_of(conn, obj)):
+                return True
             if not conn.detach(obj, client_id):
                 return attempt > 0
             log.info("detached %s %s from client %d", obj.kind, obj.ref, client_id)
@@ -237,4 +253,4 @@ def attached(
         if owner:
             with lock:
                 if HOLDS.release(obj.global_id) == 0:
-                    detach(conn, obj, client_id=client_id, retries=detach_retries)
+                    _detach_attached(conn, obj, client_id=client_id, retries=detach_retries)

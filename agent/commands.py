@@ -27,6 +27,7 @@ from cloudstack_storpool.agent.attach import (
     attached,
     attachments_of,
     detach,
+    device_size,
     lookup,
     wait_for_device,
 )
@@ -286,19 +287,21 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
                   readonly=True, timeout=ctl.step_timeout(60.0)) as att, \
             partials.partial(dest, ctx.host.client_id) as tmp:
         ctl.check()
+        # The image's virtual size is the device's: qcow2 and raw output both keep it, so no
+        # `qemu-img info` on the result is needed to report it.
+        virtual_size = device_size(att.device)
         opts = qemu_img.ConvertOptions(compress=compress, source_cache="none" if _is_block(att.device) else None)
         qemu_img.convert(att.device, tmp, src_format="raw", dst_format=fmt, options=opts,
                          progress=ctl.progress, cancel=ctl.cancel, timeout=ctl.remaining())
         qemu_img.fsync_path(tmp)
         os.replace(tmp, dest)
         qemu_img.fsync_path(os.path.dirname(dest))
-    out = qemu_img.info(dest, fmt=fmt)
     return {
         kind: att.object.ref,
         "global_id": att.object.global_id,
         "path": path,
         "format": fmt,
-        "virtual_size": out.virtual_size,
+        "virtual_size": virtual_size,
         "physical_size": os.path.getsize(dest),
     }
 

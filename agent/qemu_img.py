@@ -80,13 +80,33 @@ def check_format(fmt: str, field: str) -> None:
 
 
 def _run_simple(args: Sequence[str], op: str, timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """Run a short qemu-img command to its end. The deadline is a timer that kills it, not
+    `subprocess.run(timeout=...)`, whose wait polls with sleeps: this runs on every copy (the
+    source's `info`) and must return the moment qemu-img exits."""
+    proc = subprocess.Popen([qemu_img_binary(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill) if timeout is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
-        proc = subprocess.run(
-            [qemu_img_binary(), *args], capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise QemuImgTimeout(f"did not finish within {timeout} s", op=op) from exc
-    return proc
+        out, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if expired.is_set():
+        raise QemuImgTimeout(f"did not finish within {timeout} s", op=op)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def info(path: str, *, fmt: str | None = None, timeout: float | None = 120.0, force_share: bool = False) -> ImageInfo:

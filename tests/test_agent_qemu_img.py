@@ -116,6 +116,21 @@ def test_timeout_stops_qemu_img(tmp_path: Path) -> None:
                          options=ConvertOptions(compress=True), timeout=0.0)
 
 
+def test_info_that_hangs_is_stopped_at_its_deadline(tmp_path: Path) -> None:
+    """`info` runs on every copy without a polling wait; its deadline must still hold: a FIFO
+    with no writer blocks qemu-img's open forever."""
+    fifo = tmp_path / "hangs"
+    os.mkfifo(fifo)
+    with pytest.raises(QemuImgTimeout, match=r"within 0\.3 s"):
+        qemu_img.info(str(fifo), fmt="raw", timeout=0.3)
+
+
+def test_info_reports_qemu_img_error(tmp_path: Path) -> None:
+    with pytest.raises(QemuImgError, match="info failed") as exc:
+        qemu_img.info(str(tmp_path / "missing.qcow2"), fmt="qcow2")
+    assert exc.value.returncode not in (0, None)
+
+
 def test_convert_args_rules() -> None:
     args = build_convert_args("s", "d", "qcow2", "raw",
                               ConvertOptions(existing_target=True, target_is_zero=True, target_cache="none",

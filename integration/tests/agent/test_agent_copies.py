@@ -112,6 +112,25 @@ def test_snapshot_backup_compares_equal(lab: Lab, agent: AgentClient, tmp_path: 
     assert qemu_img.compare(str(dest), str(lab.backing(vol2)), fmt_a="qcow2", fmt_b="raw")
 
 
+def test_a_copy_costs_one_lookup_one_attach_one_detach(lab: Lab, tmp_path: Path) -> None:
+    """Each StorPool call is a round trip on every copy, which small images pay in full: no
+    attachment list when this host has no device for the object, none before detaching what
+    the copy attached itself."""
+    make_qcow2(lab.secondary / "small.qcow2", 8 * MiB, [(0x11, MiB, MiB)])
+    vol = lab.volume(8 * MiB)
+    snap = lab.conn.snapshot_create(vol).ref
+    per_copy = {"Volume": 1, "VolumesReassignWait": 2}
+    for command, args in (
+        ("copy_template", {"store": str(lab.secondary), "path": "small.qcow2", "volume": vol}),
+        ("backup_snapshot", {"store": str(lab.secondary), "path": "b/s.qcow2", "snapshot": snap}),
+    ):
+        lab.conn.calls.clear()
+        execute(lab.ctx(1), command, args)
+        expected = per_copy if command == "copy_template" else {"Snapshot": 1, "VolumesReassignWait": 2}
+        assert dict(lab.conn.calls) == expected, command
+    assert lab.attached_clients(vol) == [] and lab.attached_clients(snap) == []
+
+
 def test_volume_copied_out_as_raw(lab: Lab, tmp_path: Path) -> None:
     vol, seed = _volume_with_data(lab, tmp_path)
     out = execute(lab.ctx(1), "copy_volume_out",
