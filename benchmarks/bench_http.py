@@ -130,10 +130,10 @@ def _wait_http(url: str, headers: dict[str, str]) -> None:
 
 
 @contextmanager
-def _processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[None]:
+def _processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in commands]
     try:
-        yield
+        yield procs
     finally:
         for p in procs:
             p.terminate()
@@ -159,7 +159,7 @@ def _emulator_process(work: Path) -> Iterator[tuple[str, int, str]]:
 
 
 @contextmanager
-def _service_processes(stack: LocalStack, pools_file: Path, n: int) -> Iterator[tuple[list[str], str]]:
+def _service_processes(stack: LocalStack, pools_file: Path, n: int) -> Iterator[tuple[list[str], str, list[int]]]:
     """`n` driver-service processes (`cloudstack-storpool serve`) over the stack's CloudStack."""
     token = secrets.token_urlsafe(24)
     token_file = stack.root / "bench-service-token"
@@ -169,11 +169,21 @@ def _service_processes(stack: LocalStack, pools_file: Path, n: int) -> Iterator[
     ports = [_free_port() for _ in range(n)]
     commands = [[sys.executable, "-m", "cloudstack_storpool", "serve", "--listen", f"127.0.0.1:{port}",
                  "--token-file", str(token_file), "--settings-ttl", "30"] for port in ports]
-    with _processes(commands, env):
+    with _processes(commands, env) as procs:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url in urls:
             _wait_http(url + "/v1/health", {"Authorization": f"Bearer {token}"})
-        yield urls, token
+        yield urls, token, [p.pid for p in procs]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _timed(jobs: list[Any], fn: Callable[[Any], bool]) -> tuple[float, int]:
@@ -226,7 +236,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
         def d_delete(name: str) -> bool:
             return conn().volume_delete(name, on_attached="detachForce")
 
-        with _service_processes(stack, pools_file, 2) as (urls, token):
+        with _service_processes(stack, pools_file, 2) as (urls, token, pids):
             def session() -> requests.Session:
                 s: requests.Session | None = getattr(local, "session", None)
                 if s is None:
@@ -246,10 +256,17 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
             def direct(n: int) -> tuple[float, int]:
                 return _round(d_create, d_delete, [f"bench-direct-{uuid.uuid4().hex[:12]}" for _ in range(n)])
 
+            service_cpu = [0.0]
+
             def service(n: int) -> tuple[float, int]:
-                return _round(s_create, s_delete, [(str(uuid.uuid4()), i % 2) for i in range(n)])
+                cpu = _cpu_seconds(pids)
+                try:
+                    return _round(s_create, s_delete, [(str(uuid.uuid4()), i % 2) for i in range(n)])
+                finally:
+                    service_cpu[0] += _cpu_seconds(pids) - cpu
 
             warm = [direct(WARMUP), service(WARMUP)]
+            service_cpu[0] = 0.0
             direct_ops: list[float] = []
             service_ops: list[float] = []
             errors = {"direct": 0, "service": 0}
@@ -270,6 +287,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
         "direct_ops_per_s_rounds": [round(x, 1) for x in direct_ops],
         "service_ops_per_s_rounds": [round(x, 1) for x in service_ops],
         "ratio_service_over_direct": round(ratio, 2),
+        "service_cpu_ms_per_request": round(service_cpu[0] * 1000 / (ROUNDS * 2 * VOLUMES), 3),
         "goal": "ratio >= 0.8 with 0 errors",
         "goal_met": ratio >= 0.8 and errors["direct"] + errors["service"] == 0,
         "errors_direct": errors["direct"],
