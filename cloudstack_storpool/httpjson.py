@@ -478,6 +478,19 @@ class JsonHandler(BaseHTTPRequestHandler):
     _authed = False
     _body_done = True
     _headers_buffer: list[bytes]
+    _date: tuple[int, str] = (0, "")
+    """The Date header of the current second (shared by the class: one assignment, thread-safe)."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The stdlib formats the Date header afresh for every reply; it only changes once a second.
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        second, text = JsonHandler._date
+        if second != now:
+            text = super().date_time_string(now)
+            JsonHandler._date = (now, text)
+        return text
 
     @classmethod
     def for_connection(cls, conn: _Conn, server: TokenServer) -> JsonHandler:
