@@ -14,13 +14,13 @@ from typing import Any
 
 from cloudstack_storpool.agent.attach import SpConn, device_path
 from cloudstack_storpool.errors import ValidationError
+from cloudstack_storpool.names import MAX_CLIENT_ID, is_client_id
 from cloudstack_storpool.tokens import read_secret_file, read_token
 
 AGENT_TOKEN_ENV = "CLOUDSTACK_STORPOOL_AGENT_TOKEN"
 DEFAULT_MOUNT_ROOT = "/var/lib/cloudstack-storpool/secondary"
 DEFAULT_LIBVIRT_URI = "qemu:///system"
 DEFAULT_HEARTBEAT_STATUS = "/run/cloudstack-storpool/heartbeat.json"
-MAX_CLIENT_ID = 4095
 
 
 def read_agent_token(token_file: str | None, env: dict[str, str] | None = None) -> str:
@@ -29,7 +29,7 @@ def read_agent_token(token_file: str | None, env: dict[str, str] | None = None) 
 
 
 def check_client_id(value: Any, field_name: str = "client_id") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CLIENT_ID:
+    if not is_client_id(value):
         raise ValidationError(field_name, f"StorPool client id must be an integer 1..{MAX_CLIENT_ID}, got {value!r}")
     return value
 

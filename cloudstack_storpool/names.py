@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypeGuard
 
 from cloudstack_storpool.errors import ValidationError
 
@@ -22,6 +23,16 @@ RESERVED = frozenset({"list", "status"})
 
 BYID_PREFIX = "/dev/storpool-byid/"
 LEGACY_PREFIX = "/dev/storpool/"
+
+
+MAX_CLIENT_ID = 4095
+"""StorPool client ids (SP_OURID) are 1..4095."""
+
+
+def is_client_id(value: object) -> TypeGuard[int]:
+    """Whether `value` is a StorPool client id: an int (not a bool) in 1..MAX_CLIENT_ID. One rule
+    for the agent, the heartbeat, the connection layer, answers and CloudStack host records."""
+    return type(value) is int and 1 <= value <= MAX_CLIENT_ID
 
 
 def _check(field: str, value: str, rx: re.Pattern[str], what: str) -> str:

@@ -153,7 +153,7 @@ def read_storpool_conf(path: str | Path | None = None, *, section: str | None = 
     our = cfg.get("SP_OURID")
     our_id = None
     if our:
-        if not str(our).isdigit() or not 1 <= int(our) <= 4095:
+        if not str(our).isdigit() or not names.is_client_id(int(our)):
             raise ValidationError("storpool.conf.SP_OURID", f"must be a client id 1..4095, got {our!r}")
         our_id = int(our)
     return StorPoolConf(str(host), int(port_s), _token(str(token), "storpool.conf.SP_AUTH_TOKEN"), our_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from cloudstack_storpool import names
 from cloudstack_storpool.errors import SpMalformed
 from cloudstack_storpool.sprecords import SpActiveRequest, SpAttachment, SpSnapshot, SpTemplate, SpVolume
 
@@ -140,7 +141,7 @@ def _attachment(raw: Any) -> SpAttachment:
     a valid ref then, so callers match by `global_id` or `name`."""
     obj = _object(raw)
     client = obj.get("client")
-    if type(client) is not int or not 1 <= client <= 4095:
+    if not names.is_client_id(client):
         raise _Bad("client", f"must be a StorPool client id 1..4095, got {client!r}")
     rights = obj.get("rights")
     if rights != "rw" and rights != "ro":

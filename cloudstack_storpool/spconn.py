@@ -748,7 +748,7 @@ class StorPoolConn:
 
 
 def _client(client: int) -> int:
-    if isinstance(client, bool) or not isinstance(client, int) or not 1 <= client <= 4095:
+    if not names.is_client_id(client):
         raise ValidationError("client", f"must be a StorPool client id 1..4095, got {client!r}")
     return client
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import click
 
-from cloudstack_storpool.agent.hostconfig import MAX_CLIENT_ID
 from cloudstack_storpool.daemon import log_format_opt, setup_logging
 from cloudstack_storpool.errors import ProjectError
 from cloudstack_storpool.heartbeat.hostloop import (
@@ -28,6 +27,7 @@ from cloudstack_storpool.heartbeat.hostloop import (
     read_status,
     sysrq_reboot,
 )
+from cloudstack_storpool.names import MAX_CLIENT_ID
 from cloudstack_storpool.settings.cli import settings_file_option
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,10 @@ from types import FrameType
 from typing import Any
 
 from cloudstack_storpool import logs
-from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS, MAX_CLIENT_ID
+from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS
 from cloudstack_storpool.heartbeat.answers import ServicesSource, read_active_requests, read_services
 from cloudstack_storpool.heartbeat.policy import Verdict, first_look
+from cloudstack_storpool.names import MAX_CLIENT_ID, is_client_id
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class LoopConfig:
             raise ValueError("interval must be > 0")
         if self.max_failures < 1:
             raise ValueError("max_failures must be at least 1")
-        if not 1 <= self.client_id <= MAX_CLIENT_ID:
+        if not is_client_id(self.client_id):
             raise ValueError(f"client id must be 1..{MAX_CLIENT_ID}, got {self.client_id}")
 
 

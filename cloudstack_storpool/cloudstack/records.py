@@ -28,12 +28,13 @@ from cloudstack_storpool.cloudstack.fields import (
     text,
     timestamp,
 )
+from cloudstack_storpool.names import is_client_id
 
 
 def _client_id(raw: Any) -> int | None:
     """A StorPool client id (1..4095), or None for anything else."""
     text = str(raw).strip() if raw is not None else ""
-    return int(text) if text.isdigit() and 1 <= int(text) <= 4095 else None
+    return int(text) if text.isdigit() and is_client_id(int(text)) else None
 
 
 def _sp_ourid(details: Any) -> int | None:
