@@ -36,6 +36,7 @@ from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.httpjson import serve_in_thread
 from cloudstack_storpool.spconn import StorPoolConn
+from cloudstack_storpool.sptransport import Transport
 from integration.stack import LocalStack
 from integration.storpool_sim.testing import run_emulator
 
@@ -145,17 +146,17 @@ def _processes(commands: list[list[str]], env: dict[str, str]) -> Iterator[list[
 
 
 @contextmanager
-def _emulator_process(work: Path) -> Iterator[tuple[str, int, str]]:
-    """The StorPool emulator in a process of its own (host, port, token), as a real cluster
+def _emulator_process(work: Path) -> Iterator[tuple[str, int, str, int]]:
+    """The StorPool emulator in a process of its own (host, port, token, pid), as a real cluster
     would be: neither path shares its interpreter with the clients."""
     token = secrets.token_urlsafe(16)
     port = _free_port()
     cmd = [sys.executable, "-m", "integration", "sim", "storpool", "--listen", f"127.0.0.1:{port}",
            "--data-dir", str(work / "sp-data"), "--dev-root", str(work / "sp-dev"), "--no-loop",
            "--capacity", str(1 << 50)]
-    with _processes([cmd], {**os.environ, "SP_AUTH_TOKEN": token}):
+    with _processes([cmd], {**os.environ, "SP_AUTH_TOKEN": token}) as procs:
         _wait_http(f"http://127.0.0.1:{port}/ctrl/1.0/ServicesList", {"Authorization": f"Storpool v1:{token}"})
-        yield "127.0.0.1", port, token
+        yield "127.0.0.1", port, token, procs[0].pid
 
 
 @contextmanager
@@ -215,7 +216,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
     Interleaving (and alternating which path goes first) spreads the load of other processes
     on this machine over both paths; the ratio is of the medians."""
     local = threading.local()
-    with _emulator_process(stack.root / "bench-emulator") as (host, port, sp_token):
+    with _emulator_process(stack.root / "bench-emulator") as (host, port, sp_token, emulator_pid):
         pool = stack.pools().get(stack.pool_id("storpool-primary"))
         pools_file = stack.root / "bench-pools.toml"
         pools_file.write_text(f'[[pool]]\nuuid = "{pool.uuid}"\nname = "{pool.name}"\nzone = "{pool.zone}"\n'
@@ -237,45 +238,52 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
             return conn().volume_delete(name, on_attached="detachForce")
 
         with _service_processes(stack, pools_file, 2) as (urls, token, pids):
-            def session() -> requests.Session:
-                s: requests.Session | None = getattr(local, "session", None)
-                if s is None:
-                    s = local.session = requests.Session()
-                    s.headers["Authorization"] = f"Bearer {token}"
-                return s
+            # The service's clients speak HTTP through the same kept-open connections the direct
+            # path's StorPool calls use (sptransport), so the two paths differ by the service
+            # alone, not by the weight of an HTTP client library.
+            client = Transport()
+            auth = {"Authorization": f"Bearer {token}"}
+            ports = [int(u.rsplit(":", 1)[1]) for u in urls]
 
             def s_create(job: tuple[str, int]) -> bool:
-                r = session().post(f"{urls[job[1]]}/v1/volumes", timeout=60,
-                                   json={"pool": pool.uuid, "volume_uuid": job[0], "size": SIZE})
-                return r.status_code == 200
+                body = json.dumps({"pool": pool.uuid, "volume_uuid": job[0], "size": SIZE}).encode()
+                status, _ = client.request("127.0.0.1", ports[job[1]], "POST", "/v1/volumes", auth, body,
+                                           timeout=60)
+                return status == 200
 
             def s_delete(job: tuple[str, int]) -> bool:
-                r = session().delete(f"{urls[job[1]]}/v1/volumes/{job[0]}", params={"pool": pool.uuid}, timeout=60)
-                return r.status_code == 200 and bool(r.json().get("deleted"))
+                status, raw = client.request("127.0.0.1", ports[job[1]], "DELETE",
+                                             f"/v1/volumes/{job[0]}?pool={pool.uuid}", auth, None, timeout=60)
+                return status == 200 and bool(json.loads(raw).get("deleted"))
 
             def direct(n: int) -> tuple[float, int]:
                 return _round(d_create, d_delete, [f"bench-direct-{uuid.uuid4().hex[:12]}" for _ in range(n)])
 
-            service_cpu = [0.0]
-
             def service(n: int) -> tuple[float, int]:
-                cpu = _cpu_seconds(pids)
+                return _round(s_create, s_delete, [(str(uuid.uuid4()), i % 2) for i in range(n)])
+
+            groups = {"clients": [os.getpid()], "services": pids, "emulator": [emulator_pid]}
+            cpu: dict[str, dict[str, float]] = {p: dict.fromkeys(groups, 0.0) for p in ("direct", "service")}
+
+            def measured(label: str, run: Callable[[int], tuple[float, int]], n: int) -> tuple[float, int]:
+                before = {g: _cpu_seconds(p) for g, p in groups.items()}
                 try:
-                    return _round(s_create, s_delete, [(str(uuid.uuid4()), i % 2) for i in range(n)])
+                    return run(n)
                 finally:
-                    service_cpu[0] += _cpu_seconds(pids) - cpu
+                    for g, p in groups.items():
+                        cpu[label][g] += _cpu_seconds(p) - before[g]
 
             warm = [direct(WARMUP), service(WARMUP)]
-            service_cpu[0] = 0.0
             direct_ops: list[float] = []
             service_ops: list[float] = []
             errors = {"direct": 0, "service": 0}
             for i in range(ROUNDS):
                 order = [("direct", direct), ("service", service)]
                 for label, run in order if i % 2 == 0 else reversed(order):
-                    ops, err = run(VOLUMES)
+                    ops, err = measured(label, run, VOLUMES)
                     (direct_ops if label == "direct" else service_ops).append(ops)
                     errors[label] += err
+            client.close()
     ratio = statistics.median(service_ops) / statistics.median(direct_ops)
     return {
         "clients": CLIENTS,
@@ -287,7 +295,8 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
         "direct_ops_per_s_rounds": [round(x, 1) for x in direct_ops],
         "service_ops_per_s_rounds": [round(x, 1) for x in service_ops],
         "ratio_service_over_direct": round(ratio, 2),
-        "service_cpu_ms_per_request": round(service_cpu[0] * 1000 / (ROUNDS * 2 * VOLUMES), 3),
+        "cpu_ms_per_operation": {label: {g: round(v * 1000 / (ROUNDS * 2 * VOLUMES), 3) for g, v in by.items()}
+                                 for label, by in cpu.items()},
         "goal": "ratio >= 0.8 with 0 errors",
         "goal_met": ratio >= 0.8 and errors["direct"] + errors["service"] == 0,
         "errors_direct": errors["direct"],

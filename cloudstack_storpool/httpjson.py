@@ -3,10 +3,12 @@
 
 Both face the same threats, so they share one implementation of the defences:
 
-* A connection costs a worker thread only while a complete request is being answered. One
-  event-loop thread accepts connections, completes TLS handshakes and collects request heads
-  without blocking; a head is handed to the bounded worker pool only once its blank line has
-  arrived. Half-open or slow-drip connections therefore hold a file descriptor, never a thread.
+* A connection costs a worker thread only while a complete request is being answered. Idle
+  connections wait in one epoll set, each armed for a single event; the worker that takes an
+  event reads what arrived without blocking (or steps the TLS handshake) and re-arms the
+  connection, and answers in that same thread once the head's blank line has arrived, so a
+  request is never passed between threads. Half-open or slow-drip connections therefore hold
+  a file descriptor, never a thread. One more thread accepts, caps and expires connections.
 * Every phase has a deadline: the TLS handshake and the head (`header_timeout`, counted from
   the connection or from the first byte of the next keep-alive request), the body
   (`body_timeout`, total, not per read), an idle keep-alive connection (`idle_timeout`), and a
@@ -22,8 +24,10 @@ Both face the same threats, so they share one implementation of the defences:
 * A reply is one write (head and body together) with Nagle off, so a keep-alive caller never
   waits on delayed ACKs.
 
-Routes and error mapping stay with each server. The stdlib's `BaseHTTPRequestHandler` still
-parses request lines and headers; only its connection loop is replaced.
+Routes and error mapping stay with each server. `BaseHTTPRequestHandler` still runs each
+request (`handle_one_request`, `do_<METHOD>`, replies); its connection loop is replaced, and so
+is its request-head parser, which ran the `email` package over every head (`parse_request`
+here keeps its answers: 400, 431, 505, `Connection` and HTTP/1.0 rules).
 """
 
 from __future__ import annotations
@@ -34,14 +38,13 @@ import http.client
 import ipaddress
 import json
 import logging
-import queue
 import re
+import select
 import selectors
 import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -80,8 +83,8 @@ def is_loopback(host: str) -> bool:
 
 
 class _Reader:
-    """The request side of one connection: a buffer the event loop fills without blocking and
-    the worker reads from with a deadline (total for the phase, not per `recv`)."""
+    """The request side of one connection: a buffer filled without blocking while the head
+    arrives, then read by the worker with a deadline (total for the phase, not per `recv`)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -148,7 +151,8 @@ class _Writer:
 
 
 class _Conn:
-    """One client connection: owned by the event loop while idle, by one worker while served."""
+    """One client connection: armed in the epoll set while idle (waiting for bytes), held by
+    exactly one worker while it reads or answers."""
 
     __slots__ = ("addr", "expires", "handler", "handshaking", "reader", "since", "sock", "trusted")
 
@@ -164,11 +168,22 @@ class _Conn:
         """It carried the right token at least once: evicted only after every untrusted one."""
 
 
+_ARMED_READ = select.EPOLLIN | select.EPOLLONESHOT
+_ARMED_WRITE = select.EPOLLOUT | select.EPOLLONESHOT
+
+
 class TokenServer:
     """A server whose every request must carry `Authorization: Bearer <token>`.
 
     Same surface as the stdlib servers for the callers that matter (`serve_forever`,
-    `shutdown`, `server_close`, `server_address`), with the limits described in the module."""
+    `shutdown`, `server_close`, `server_address`), with the limits described in the module.
+
+    Threads: `serve_forever`'s thread accepts connections, enforces the connection cap and
+    closes connections whose deadline passed; `workers` threads wait on one epoll set of the
+    idle connections, each armed for one event (EPOLLONESHOT), so exactly one worker takes a
+    connection that became readable: it reads what arrived without blocking and, once a head is
+    complete, answers in the same thread, then re-arms the connection. No request is handed
+    from thread to thread."""
 
     role = "http"
     """Who serves ("agent", "service"): names the token in errors and the serving threads."""
@@ -201,12 +216,17 @@ class TokenServer:
         self._conns: dict[int, _Conn] = {}
         """Every open connection, by file descriptor (idle and served)."""
         self._idle: dict[int, _Conn] = {}
-        """The connections the event loop watches."""
-        self._returned: queue.SimpleQueue[_Conn] = queue.SimpleQueue()
+        """The connections armed in the epoll set: no worker holds them."""
+        self._epoll = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self.role}-worker")
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._stop_r.setblocking(False)
+        # Not drained while stopping: every worker's wait returns, until the last one has left.
+        self._epoll.register(self._stop_r.fileno(), select.EPOLLIN)
+        self._threads: list[threading.Thread] = []
+        self._live_workers = 0
         self._stop = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -231,10 +251,19 @@ class TokenServer:
         with self._lock:
             return len(self._conns)
 
-    # -- the event loop --------------------------------------------------------------------------
+    # -- the acceptor ------------------------------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._stopped.clear()
+        with contextlib.suppress(OSError):
+            self._stop_r.recv(4096)  # a previous run's stop
+        self._threads = [w for w in self._threads if w.is_alive()]
+        for i in range(self.workers - len(self._threads)):
+            w = threading.Thread(target=self._work, name=f"{self.role}-worker_{i}", daemon=True)
+            with self._lock:
+                self._live_workers += 1
+            w.start()
+            self._threads.append(w)
         sel = selectors.DefaultSelector()
         sel.register(self.socket, selectors.EVENT_READ, None)
         sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
@@ -243,16 +272,13 @@ class TokenServer:
             while not self._stop:
                 for key, _events in sel.select(poll_interval):
                     if key.data is None:
-                        self._accept(sel)
-                    elif key.data is self._wake_r:
+                        self._accept()
+                    else:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(4096)
-                        self._take_back(sel)
-                    else:
-                        self._readable(sel, key.data)
                 now = time.monotonic()
                 if now >= next_sweep:
-                    self._expire(sel, now)
+                    self._expire(now)
                     next_sweep = now + min(poll_interval, 0.5)
         finally:
             sel.close()
@@ -260,10 +286,16 @@ class TokenServer:
             self._stopped.set()
 
     def shutdown(self) -> None:
-        """Stop the loop and wait until `serve_forever` returned (at once when it is not running)."""
+        """Stop accepting and serving and wait until `serve_forever` returned (at once when it
+        is not running); a request being answered is finished."""
         self._stop = True
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"x")
         self._wake()
         self._stopped.wait()
+        for w in self._threads:
+            w.join(0.5)
+        self._threads = [w for w in self._threads if w.is_alive()]
 
     def server_close(self) -> None:
         """Release the listening socket and every connection; answers being written may fail."""
@@ -273,18 +305,30 @@ class TokenServer:
             self._closed = True
             conns = list(self._conns.values())
             self._conns.clear()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+            self._idle.clear()
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"x")
         for c in conns:
             self._close_sock(c.sock)
         self.socket.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        for s in (self._wake_r, self._wake_w):
+            s.close()
+        with self._lock:
+            if not self._live_workers:
+                self._release()
+
+    def _release(self) -> None:
+        """(Lock held, server closed, no worker left.) What the workers waited on."""
+        self._epoll.close()
+        self._stop_r.close()
+        self._stop_w.close()
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
-    def _accept(self, sel: selectors.BaseSelector) -> None:
+    def _accept(self) -> None:
         for _ in range(64):
             try:
                 sock, addr = self.socket.accept()
@@ -295,10 +339,9 @@ class TokenServer:
                 return
             now = time.monotonic()
             with self._lock:
-                full = len(self._conns) >= self.max_connections
-            if full and not self._evict(sel):
-                self._close_sock(sock)
-                continue
+                if len(self._conns) >= self.max_connections and not self._evict():
+                    self._close_sock(sock)
+                    continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setblocking(False)
             if self.tls is not None:
@@ -309,41 +352,45 @@ class TokenServer:
                     continue
             conn = _Conn(sock, addr, now, self.header_timeout, self.tls is not None)
             with self._lock:
+                if self._closed:
+                    self._close_sock(sock)
+                    return
                 self._conns[sock.fileno()] = conn
-            self._watch(sel, conn, selectors.EVENT_READ)
-            if self.tls is not None:
-                self._handshake(sel, conn)
+                self._idle[sock.fileno()] = conn
+                self._epoll.register(sock.fileno(), _ARMED_READ)
 
-    def _evict(self, sel: selectors.BaseSelector) -> bool:
-        """Make room by closing an idle connection: one that never authenticated first, the one
-        idle the longest among those; False when none is idle."""
+    def _evict(self) -> bool:
+        """(Lock held.) Make room by closing an idle connection: one that never authenticated
+        first, the one idle the longest among those; False when none is idle."""
         if not self._idle:
             return False
         victim = min(self._idle.values(), key=lambda c: (c.trusted, c.since))
-        self._drop(sel, victim)
+        self._drop_locked(victim)
         return True
 
-    def _watch(self, sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
-        fd = conn.sock.fileno()
-        if fd in self._idle:
-            sel.modify(conn.sock, events, conn)
-        else:
-            sel.register(conn.sock, events, conn)
-            self._idle[fd] = conn
+    def _expire(self, now: float) -> None:
+        with self._lock:
+            for conn in [c for c in self._idle.values() if c.expires <= now]:
+                self._drop_locked(conn)
 
-    def _unwatch(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+    def _drop_locked(self, conn: _Conn) -> None:
+        """(Lock held.) Forget and close a connection no worker holds."""
         fd = conn.sock.fileno()
-        if self._idle.pop(fd, None) is not None:
-            sel.unregister(conn.sock)
-
-    def _drop(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
-        self._unwatch(sel, conn)
-        self._forget(conn)
+        self._idle.pop(fd, None)
+        self._conns.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)
+        self._close_sock(conn.sock)
 
     def _forget(self, conn: _Conn) -> None:
+        """Forget and close a connection this worker holds."""
         with self._lock:
             with contextlib.suppress(OSError, ValueError):
-                self._conns.pop(conn.sock.fileno(), None)
+                fd = conn.sock.fileno()
+                if self._conns.get(fd) is conn:
+                    del self._conns[fd]
+                    with contextlib.suppress(OSError, ValueError):
+                        self._epoll.unregister(fd)
         self._close_sock(conn.sock)
 
     @staticmethod
@@ -351,27 +398,51 @@ class TokenServer:
         with contextlib.suppress(OSError):
             sock.close()
 
-    def _handshake(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
-        assert isinstance(conn.sock, ssl.SSLSocket)
-        try:
-            conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._watch(sel, conn, selectors.EVENT_READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._watch(sel, conn, selectors.EVENT_WRITE)
-            return
-        except (OSError, ValueError) as exc:
-            log.info("%s: TLS handshake with %s failed: %s", self.role, conn.addr[0], exc)
-            self._drop(sel, conn)
-            return
-        conn.handshaking = False
-        self._watch(sel, conn, selectors.EVENT_READ)
-        self._readable(sel, conn)
+    # -- a worker ----------------------------------------------------------------------------
 
-    def _readable(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
-        if conn.handshaking:
-            self._handshake(sel, conn)
+    def _work(self) -> None:
+        try:
+            self._work_until_stopped()
+        finally:
+            with self._lock:
+                self._live_workers -= 1
+                if self._closed and not self._live_workers:
+                    self._release()
+
+    def _work_until_stopped(self) -> None:
+        stop_fd = self._stop_r.fileno()
+        while not self._stop:
+            try:
+                events = self._epoll.poll(-1, 1)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return
+            for fd, _ev in events:
+                if fd == stop_fd:
+                    return
+                with self._lock:
+                    conn = self._idle.pop(fd, None)  # an armed connection: now this worker's
+                if conn is not None:
+                    try:
+                        self._ready(conn)
+                    except Exception:
+                        log.exception("%s: connection from %s failed", self.role, conn.addr[0])
+                        self._forget(conn)
+
+    def _arm(self, conn: _Conn, events: int = _ARMED_READ) -> None:
+        """Give the connection back to the epoll set (its deadline already set)."""
+        with self._lock:
+            fd = conn.sock.fileno()
+            if self._conns.get(fd) is not conn:
+                self._close_sock(conn.sock)  # closed meanwhile (server_close)
+                return
+            self._idle[fd] = conn
+            self._epoll.modify(fd, events)
+
+    def _ready(self, conn: _Conn) -> None:
+        """The connection became readable (or writable during a TLS handshake)."""
+        if conn.handshaking and not self._handshake(conn):
             return
         reader = conn.reader
         was_empty = not reader.buf
@@ -379,50 +450,46 @@ class TokenServer:
             while len(reader.buf) <= MAX_HEAD:
                 data = conn.sock.recv(65536)
                 if not data:
-                    self._drop(sel, conn)
+                    self._forget(conn)
                     return
                 reader.buf += data
+                if len(data) < 65536 and not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()):
+                    break  # a short read: the socket is drained
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             pass
         except (OSError, ValueError):
-            self._drop(sel, conn)
+            self._forget(conn)
             return
         if was_empty and reader.buf:
             # The head of a keep-alive connection's next request has its own deadline.
             conn.expires = time.monotonic() + self.header_timeout
         if reader.has_head() or len(reader.buf) > MAX_HEAD:
-            # (An oversized head goes to the worker too, which answers 431 and closes.)
-            self._unwatch(sel, conn)
+            # (An oversized head is answered too: 431, then the connection is closed.)
             conn.expires = float("inf")
-            self._pool.submit(self._serve, conn)
+            self._serve(conn)
+        else:
+            self._arm(conn)
 
-    def _take_back(self, sel: selectors.BaseSelector) -> None:
-        now = time.monotonic()
-        while True:
-            try:
-                conn = self._returned.get_nowait()
-            except queue.Empty:
-                return
-            conn.since = now
-            conn.expires = now + (self.header_timeout if conn.reader.buf else self.idle_timeout)
-            try:
-                conn.sock.setblocking(False)
-                self._watch(sel, conn, selectors.EVENT_READ)
-            except (OSError, ValueError):
-                self._forget(conn)
-                continue
-            # TLS may hold decrypted bytes the selector cannot see.
-            if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
-                self._readable(sel, conn)
-
-    def _expire(self, sel: selectors.BaseSelector, now: float) -> None:
-        for conn in [c for c in self._idle.values() if c.expires <= now]:
-            self._drop(sel, conn)
-
-    # -- a worker ----------------------------------------------------------------------------
+    def _handshake(self, conn: _Conn) -> bool:
+        """One step of the TLS handshake; True when it is complete."""
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._arm(conn)
+            return False
+        except ssl.SSLWantWriteError:
+            self._arm(conn, _ARMED_WRITE)
+            return False
+        except (OSError, ValueError) as exc:
+            log.info("%s: TLS handshake with %s failed: %s", self.role, conn.addr[0], exc)
+            self._forget(conn)
+            return False
+        conn.handshaking = False
+        return True
 
     def _serve(self, conn: _Conn) -> None:
-        """Answer every complete request the connection has buffered, then hand it back."""
+        """Answer every complete request the connection has buffered, then re-arm it."""
         try:
             if conn.handler is None:
                 conn.handler = self.handler_class.for_connection(conn, self)
@@ -434,9 +501,15 @@ class TokenServer:
                 conn.trusted = conn.trusted or h._authed
                 if h.close_connection or self._stop:
                     break
+                if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+                    # Decrypted bytes the epoll set cannot see.
+                    conn.reader.buf += conn.sock.recv(conn.sock.pending())
                 if not conn.reader.has_head():
-                    self._returned.put(conn)
-                    self._wake()
+                    now = time.monotonic()
+                    conn.since = now
+                    conn.expires = now + (self.header_timeout if conn.reader.buf else self.idle_timeout)
+                    conn.sock.setblocking(False)
+                    self._arm(conn)
                     return
         except Exception as exc:
             # A client that vanished or stalled; nothing to answer.
@@ -460,6 +533,57 @@ def serve_in_thread(server: TokenServer) -> threading.Thread:
                          daemon=True)
     t.start()
     return t
+
+
+_HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
+_MAX_HEADERS = 100
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""RFC 9110 token: no spaces (and so no folded continuation lines)."""
+_SINGLE = frozenset({"content-length", "transfer-encoding", "authorization", "host"})
+"""Fields a request may carry once: two differing framings are how requests get smuggled."""
+
+
+class Headers:
+    """A request's header fields by lower-cased name (the first of repeated ones), read with
+    `get` the way the stdlib's message object is."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._fields = fields
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._fields.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._fields.items())
+
+
+def _read_headers(rfile: Any) -> Headers:
+    """Header lines up to the blank one; LineTooLong or HTTPException for what the stdlib
+    answers 431, ValueError for a line that is not a field (400)."""
+    fields: dict[str, str] = {}
+    for _ in range(_MAX_HEADERS + 1):
+        raw = rfile.readline(65537)
+        if len(raw) > 65536:
+            raise http.client.LineTooLong("header line")
+        if raw in (b"\r\n", b"\n", b""):
+            return Headers(fields)
+        text = raw.decode("iso-8859-1").rstrip("\r\n")
+        name, sep, value = text.partition(":")
+        if not sep or _FIELD_NAME.fullmatch(name) is None:
+            raise ValueError(f"Bad header line ({text[:60]!r})")
+        key = name.lower()
+        value = value.strip()
+        if key in fields:
+            if key in _SINGLE and fields[key] != value:
+                raise ValueError(f"Conflicting {name} headers")
+            continue
+        fields[key] = value
+    raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
 
 
 _STATUS_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 408: "timeout",
@@ -505,12 +629,51 @@ class JsonHandler(BaseHTTPRequestHandler):
         return h
 
     def parse_request(self) -> bool:
+        """The stdlib's request-line rules and answers, with the header fields read into a
+        plain mapping (`Headers`) instead of through the `email` parser."""
         self._authed = False
         self._body_done = True
-        ok = super().parse_request()
-        if ok:
-            self._body_done = not (self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"))
-        return ok
+        self.command = None  # type: ignore[assignment]
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if not words:
+            return False
+        if len(words) != 3:
+            what = "HTTP/0.9 request" if len(words) == 2 else "request syntax"
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad {what} ({line[:100]!r})")
+            return False
+        command, path, version = words
+        number = _HTTP_VERSION.fullmatch(version)
+        if number is None:
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version[:30]!r})")
+            return False
+        if (int(number[1]), int(number[2])) >= (2, 0):
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({version[5:]})")
+            return False
+        self.request_version = version
+        self.close_connection = (int(number[1]), int(number[2])) < (1, 1)
+        self.command, self.path = command, "/" + path.lstrip("/") if path.startswith("//") else path
+        try:
+            self.headers = _read_headers(self.rfile)  # type: ignore[assignment]
+        except http.client.LineTooLong as err:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
+            return False
+        except http.client.HTTPException as err:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err))
+            return False
+        except ValueError as err:
+            self.send_error(HTTPStatus.BAD_REQUEST, str(err))
+            return False
+        connection = (self.headers.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        # (Expect: 100-continue is not answered: see handle_expect_100.)
+        self._body_done = not (self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"))
+        return True
 
     def handle_expect_100(self) -> bool:
         # "100 Continue" would invite the body before the token was checked: say nothing and

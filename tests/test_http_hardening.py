@@ -278,6 +278,44 @@ def test_the_stdlib_refusals_are_json_too(server: tuple[TokenServer, str], raw: 
     assert b"<html" not in body.lower()
 
 
+@pytest.mark.parametrize("raw, status", [
+    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"GET / HTTQ/1.1\r\n\r\n", 400),
+    (b"GET /\r\n\r\n", 400),  # HTTP/0.9 is not spoken
+    (b"GET / HTTP/1.1\r\nno-colon\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
+    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nX-A: " + b"b" * 70000 + b"\r\n\r\n", 431),
+], ids=["http2", "bad-version", "http0.9", "no-colon", "folded", "space-in-name", "two-lengths",
+        "too-many", "long-line"])
+def test_the_head_parser_refuses_what_it_cannot_read_safely(server: tuple[TokenServer, str], raw: bytes,
+                                                            status: int) -> None:
+    srv, _path = server
+    s = _connect(srv)
+    s.sendall(raw)
+    got, headers, body = _read_response(s, bytearray())
+    assert got == status, body
+    assert headers["connection"] == "close" and "error" in json.loads(body)
+    assert _closed_by_peer(s, 5)
+
+
+@pytest.mark.parametrize("version, connection, kept", [
+    ("HTTP/1.1", "", True), ("HTTP/1.1", "close", False), ("HTTP/1.0", "", False),
+    ("HTTP/1.0", "keep-alive", True), ("HTTP/1.1", "Keep-Alive", True),
+])
+def test_keep_alive_follows_the_version_and_connection_header(server: tuple[TokenServer, str], version: str,
+                                                              connection: str, kept: bool) -> None:
+    srv, path = server
+    s = _connect(srv)
+    extra = f"Connection: {connection}\r\n" if connection else ""
+    s.sendall(f"GET {path} {version}\r\nhost: x\r\nAUTHORIZATION: Bearer {TOKEN}\r\n{extra}\r\n".encode())
+    status, _headers, _body = _read_response(s, bytearray())
+    assert status == 200  # header names are case-insensitive
+    assert _closed_by_peer(s, 0.5) is not kept
+
+
 def test_replies_are_one_segment_with_nagle_off(server: tuple[TokenServer, str]) -> None:
     srv, path = server
     s = _connect(srv)

@@ -175,6 +175,33 @@ class _Server(ThreadingHTTPServer):
     """The stdlib default (5) resets connections under the bursts the concurrency tests make."""
     emulator: Emulator
 
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Also drop the kept-open connections, as an API server that went down does: a client
+        then finds its connection closed, not still answered by the stopped server."""
+        with self._open_lock:
+            conns, self._open = list(self._open), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().server_close()
+
 
 class Emulator:
     """Model + data plane + faults + HTTP server: one emulated StorPool cluster."""
