@@ -45,6 +45,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -129,6 +130,22 @@ class _Reader:
         out = bytes(self.buf[:n])
         del self.buf[:n]
         return out
+
+    def take_head_lines(self) -> list[str] | None:
+        """After the request line: the rest of the head as lines, if it is all buffered with
+        CRLF line ends; None otherwise (the caller reads line by line)."""
+        if self.buf.startswith(b"\r\n"):
+            del self.buf[:2]
+            return []
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        self.head_left -= end + 4
+        if self.head_left < 0:
+            raise http.client.LineTooLong("request head")
+        text = self.buf[:end].decode("iso-8859-1")
+        del self.buf[:end + 4]
+        return text.split("\r\n")
 
     def has_head(self) -> bool:
         return _HEAD_END.search(self.buf) is not None or (self.buf.startswith((b"\r\n", b"\n")))
@@ -562,17 +579,32 @@ class Headers:
         return list(self._fields.items())
 
 
-def _read_headers(rfile: Any) -> Headers:
-    """Header lines up to the blank one; LineTooLong or HTTPException for what the stdlib
-    answers 431, ValueError for a line that is not a field (400)."""
-    fields: dict[str, str] = {}
-    for _ in range(_MAX_HEADERS + 1):
+def _header_lines(rfile: Any) -> Iterator[str]:
+    """The head's field lines, without line ends: at once from the buffer when the whole head
+    is there (the usual case: a worker starts on a complete head), else line by line."""
+    if isinstance(rfile, _Reader):
+        lines = rfile.take_head_lines()
+        if lines is not None:
+            yield from lines
+            return
+    while True:
         raw = rfile.readline(65537)
         if len(raw) > 65536:
             raise http.client.LineTooLong("header line")
         if raw in (b"\r\n", b"\n", b""):
-            return Headers(fields)
-        text = raw.decode("iso-8859-1").rstrip("\r\n")
+            return
+        yield raw.decode("iso-8859-1").rstrip("\r\n")
+
+
+def _read_headers(rfile: Any) -> Headers:
+    """Header fields up to the blank line; LineTooLong or HTTPException for what the stdlib
+    answers 431, ValueError for a line that is not a field (400)."""
+    fields: dict[str, str] = {}
+    for n, text in enumerate(_header_lines(rfile)):
+        if n >= _MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+        if len(text) > 65536:
+            raise http.client.LineTooLong("header line")
         name, sep, value = text.partition(":")
         if not sep or _FIELD_NAME.fullmatch(name) is None:
             raise ValueError(f"Bad header line ({text[:60]!r})")
@@ -583,7 +615,7 @@ def _read_headers(rfile: Any) -> Headers:
                 raise ValueError(f"Conflicting {name} headers")
             continue
         fields[key] = value
-    raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+    return Headers(fields)
 
 
 _STATUS_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 408: "timeout",

@@ -108,8 +108,20 @@ class ContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
+    _second: tuple[int, str] = (-1, "")
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s%(where)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # strftime once a second, not for every line (the service logs every request).
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return f"{cached[1]},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         job, uuid = getattr(record, "job", None), getattr(record, "uuid", None)

@@ -75,10 +75,24 @@ def outcome(exc: BaseException | None) -> str:
     return "failed"
 
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once: the library checks and locks on every call,
+    which costs more than the increment on the service's per-request path. (Label values of
+    these metrics are bounded: operation and query names, outcomes.)"""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 @contextmanager
 def operation(side: str, name: str) -> Iterator[None]:
     """Count, time and track one operation of the service or of an agent."""
-    gauge = IN_FLIGHT.labels(side, name)
+    gauge = _child(IN_FLIGHT, side, name)
     gauge.inc()
     start = time.monotonic()
     err: BaseException | None = None
@@ -89,18 +103,18 @@ def operation(side: str, name: str) -> Iterator[None]:
         raise
     finally:
         gauge.dec()
-        OPERATION_SECONDS.labels(side, name).observe(time.monotonic() - start)
-        OPERATIONS.labels(side, name, outcome(err)).inc()
+        _child(OPERATION_SECONDS, side, name).observe(time.monotonic() - start)
+        _child(OPERATIONS, side, name, outcome(err)).inc()
 
 
 def storpool_call(query: str, seconds: float, result: str) -> None:
-    STORPOOL_CALLS.labels(query, result).inc()
-    STORPOOL_SECONDS.labels(query).observe(seconds)
+    _child(STORPOOL_CALLS, query, result).inc()
+    _child(STORPOOL_SECONDS, query).observe(seconds)
 
 
 def cloudstack_call(command: str, seconds: float, err: BaseException | None) -> None:
-    CLOUDSTACK_CALLS.labels(command, outcome(err)).inc()
-    CLOUDSTACK_SECONDS.labels(command).observe(seconds)
+    _child(CLOUDSTACK_CALLS, command, outcome(err)).inc()
+    _child(CLOUDSTACK_SECONDS, command).observe(seconds)
 
 
 def heartbeat_verdict(host: str, verdict: str, *, count: bool = True) -> None:

@@ -198,3 +198,16 @@ def active_requests(data: Any, query: str) -> list[SpActiveRequest]:
     if type(data) is not dict:
         raise SpMalformed("data", f"must be an object, got {_got(data)}", query=query)
     return _list(_active_request, data.get("requests"), query, "data.requests")
+
+
+def created_id(data: Any, key: str, query: str) -> str:
+    """The global id a create answered with (`globalId` of VolumeCreate, `snapshotGlobalId` of
+    VolumeSnapshot), read from the raw answer: the bindings' typed answer costs more than the
+    rest of the answer's handling, and only this field is used."""
+    if type(data) is not dict:
+        raise SpMalformed("data", f"must be an object, got {_got(data)}", query=query)
+    value = data.get(key)
+    if type(value) is str and value:
+        return value
+    raise SpMalformed(f"data.{key}", f"must be a non-empty string, got {_got(value) if value != '' else 'an empty one'}",
+                      query=query)

@@ -578,8 +578,8 @@ class StorPoolConn:
         find = self._finder(name, body.get("tags", {}), identity, self.volume, self.find_volumes)
 
         def send() -> Created:
-            res = self.api.volumeCreate(body, clusterName=cluster)
-            gid = res.globalId
+            gid = spanswers.created_id(self.api.volumeCreate(body, clusterName=cluster, returnRawAPIData=True),
+                                       "globalId", "VolumeCreate")
             return Created(name or "~" + gid, gid)
 
         created = self._create("VolumeCreate", send, find)
@@ -656,8 +656,8 @@ class StorPoolConn:
         find = self._finder(name, body.get("tags", {}), identity, self.snapshot, self.find_snapshots)
 
         def send() -> Created:
-            res = self.api.snapshotCreate(volume, body)
-            gid = res.snapshotGlobalId
+            gid = spanswers.created_id(self.api.snapshotCreate(volume, body, returnRawAPIData=True),
+                                       "snapshotGlobalId", "VolumeSnapshot")
             return Created(name or "~" + gid, gid)
 
         created = self._create("VolumeSnapshot", send, find)

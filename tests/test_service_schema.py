@@ -213,3 +213,24 @@ def test_router_prefers_literal_segments_and_reports_allowed_methods() -> None:
     op, _, allowed = table.resolve("DELETE", "/v1/v/x")
     assert op is None and allowed == ["GET"]
     assert table.resolve("GET", "/v1/nothing") == (None, {}, [])
+
+
+def test_every_route_of_the_service_resolves_to_itself_through_the_shape_index() -> None:
+    """The router only tries operations of the request path's shape; for every route of the
+    real table (placeholders filled), and for each method of a path, that agrees with trying
+    every operation."""
+    import re
+
+    from cloudstack_storpool.service.operations import TABLE
+
+    for op in TABLE.operations:
+        path = re.sub(r"\{[^}]+\}", "x-1", op.path)
+        for method in ("GET", "POST", "DELETE", "PUT"):
+            matching = [o for o in TABLE.operations if o.match(path) is not None]
+            same = [o for o in matching if o.method == method]
+            want = min(same, key=lambda o: len(o.match(path) or {}), default=None)
+            got, _args, allowed = TABLE.resolve(method, path)
+            assert got is want, (method, path)
+            if want is None:
+                assert allowed == sorted({o.method for o in matching})
+        assert TABLE.resolve(op.method, path)[0] is op

@@ -244,6 +244,13 @@ def _check_expressible(params: tuple[Param, ...], result_type: Any) -> None:
         probe.schema(result_type, "return")
 
 
+def _shape(path: str, *, template: bool = False) -> tuple[int, str | None]:
+    """Segment count and the segment after the version; None for a template's placeholder."""
+    segments = path.split("/")
+    first = segments[2] if len(segments) > 2 else ""
+    return len(segments), (None if template and "{" in first else first)
+
+
 def _route_pattern(path: str) -> re.Pattern[str]:
     """`/v1/volumes/{volume_uuid}` -> a regex capturing `volume_uuid` from one path segment."""
     pieces = _PLACEHOLDER.split(path)
@@ -287,6 +294,11 @@ class OperationTable:
             seen[op.name] = op
         self.operations = operations
         self.by_name = seen
+        # Candidates by the path's shape (segment count and first segment after `/v1/`): a
+        # placeholder matches within one segment, so no other operation can match.
+        self._by_shape: dict[tuple[int, str | None], list[tuple[int, Operation]]] = {}
+        for i, op in enumerate(operations):
+            self._by_shape.setdefault(_shape(op.path, template=True), []).append((i, op))
 
     def resolve(self, method: str, path: str) -> tuple[Operation | None, dict[str, str], list[str]]:
         """(operation, path arguments, allowed methods): no operation + methods = 405, none = 404.
@@ -294,7 +306,10 @@ class OperationTable:
         A literal segment wins over a placeholder (`/v1/pools/stats` before `/v1/pools/{uuid}`)."""
         allowed: list[str] = []
         best: tuple[int, Operation, dict[str, str]] | None = None
-        for op in self.operations:
+        count, first = _shape(path)
+        candidates = sorted(self._by_shape.get((count, first), []) + self._by_shape.get((count, None), []),
+                            key=lambda c: c[0])
+        for _i, op in candidates:
             args = op.match(path)
             if args is None:
                 continue
