@@ -34,18 +34,22 @@ SUBJECT_KEYS = ("volume_uuid", "snapshot_uuid", "vm_snapshot_uuid", "template_uu
                 "uuid", "pool")
 """Where an operation's arguments name the CloudStack object it concerns, most specific first."""
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()
+"""Longest first, so a secret containing another is masked whole; replaced, never mutated, so
+`redact` reads it without the lock."""
 _secrets_lock = threading.Lock()
 
 
 def register_secret(*secrets: str | None) -> None:
-    """Mask these in every log line from now on (values shorter than 4 characters are ignored)."""
+    """Mask these in every log line from now on (values shorter than 4 characters are ignored:
+    masking them would mask letters of ordinary words)."""
+    global _secrets
     with _secrets_lock:
-        _secrets.update(s for s in secrets if s and len(s) >= 4)
+        _secrets = tuple(sorted({*_secrets, *(s for s in secrets if s and len(s) >= 4)}, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    for s in sorted(_secrets, key=len, reverse=True):
+    for s in _secrets:
         if s in text:
             text = text.replace(s, "***")
     return text

@@ -113,23 +113,18 @@ class GroupMember:
 
 
 class _RedactFilter(logging.Filter):
-    """Masks known tokens in any record of this module's logger, whatever formatted them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
+    """Masks the process's secrets (`logs.register_secret`) in any record of this module's
+    logger, whatever handler formats it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            msg = record.getMessage()
-            for secret in self.secrets:
-                msg = msg.replace(secret, "***")
-            record.msg, record.args = msg, None
+        msg = record.getMessage()
+        masked = logs.redact(msg)
+        if masked is not msg:
+            record.msg, record.args = masked, None
         return True
 
 
-_redactor = _RedactFilter()
-log.addFilter(_redactor)
+log.addFilter(_RedactFilter())
 
 
 Endpoint = tuple[str, int, str]
@@ -211,7 +206,7 @@ class _CountingApi(spapi.Api):
                 if alt is None:
                     return False
                 host, port, token = alt
-                _redactor.secrets.add(token)
+                logs.register_secret(token)
                 target: Endpoint = (host, port, "Storpool v1:" + token)
             else:
                 target = self._primary
@@ -277,7 +272,6 @@ class StorPoolConn:
         self._retry_budget, self._clock = retry_budget, clock
         self._scope = threading.local()
         if raw_token:
-            _redactor.secrets.add(raw_token)
             logs.register_secret(raw_token)
         self.api = _CountingApi(
             host=host, port=port, auth=raw_token, timeout=timeout,

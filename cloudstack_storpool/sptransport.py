@@ -25,6 +25,7 @@ import contextlib
 import http.client
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -38,12 +39,39 @@ Key = tuple[str, int, "tuple[str, int] | None"]
 
 
 class _Conn:
-    __slots__ = ("buf", "sock", "used")
+    """A blocking socket whose reads and writes the kernel times out (SO_RCVTIMEO and
+    SO_SNDTIMEO): one system call per read or write, where a Python socket timeout adds a poll
+    before each, and no mode switch per call."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("buf", "sock", "timeout", "used")
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.used = time.monotonic()
+        self.timeout = -1.0
+        sock.settimeout(None)
+        self.set_timeout(timeout)
+
+    def set_timeout(self, timeout: float) -> None:
+        if timeout != self.timeout:
+            sec = int(timeout)
+            value = struct.pack("ll", sec, int((timeout - sec) * 1e6))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            self.timeout = timeout
+
+    def _recv(self) -> bytes:
+        try:
+            return self.sock.recv(65536)
+        except BlockingIOError:  # SO_RCVTIMEO ran out
+            raise TimeoutError("timed out waiting for the StorPool API") from None
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except BlockingIOError:  # SO_SNDTIMEO ran out
+            raise TimeoutError("timed out sending to the StorPool API") from None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -58,7 +86,7 @@ class _Conn:
         return bool(readable)
 
     def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
+        chunk = self._recv()
         if not chunk:
             raise http.client.RemoteDisconnected("StorPool API closed the connection without an answer"
                                                  if not self.buf else "StorPool API answer cut short")
@@ -98,7 +126,7 @@ class _Conn:
 
     def read_to_end(self) -> bytes:
         while True:
-            chunk = self.sock.recv(65536)
+            chunk = self._recv()
             if not chunk:
                 data = bytes(self.buf)
                 self.buf.clear()
@@ -150,10 +178,10 @@ class Transport:
                 body: bytes | None, *, timeout: float, source: tuple[str, int] | None = None) -> tuple[int, bytes]:
         """One call: the answer's status and body."""
         key: Key = (host, port, source)
-        conn = self._take(key) or _Conn(_connect(host, port, timeout, source))
+        conn = self._take(key) or _Conn(_connect(host, port, timeout, source), timeout)
         try:
-            conn.sock.settimeout(timeout)
-            conn.sock.sendall(_request_bytes(method, path, host, port, headers, body))
+            conn.set_timeout(timeout)
+            conn.send(_request_bytes(method, path, host, port, headers, body))
             status, keep, data = _read_answer(conn)
         except BaseException:
             conn.close()

@@ -202,3 +202,16 @@ def test_storpoolconn_calls_reuse_the_connection_and_map_failures() -> None:
         conn.volume_delete("vol-x")
     assert "secret-token-abc" not in str(err.value)
     dead.close()
+
+
+def test_a_silent_server_times_out_within_the_call_timeout(transport: Transport) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))  # listens, never answers
+    port = silent.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        transport.request("127.0.0.1", port, "GET", "/ctrl/1.0/ServicesList", {}, None, timeout=0.3)
+    assert 0.25 <= time.monotonic() - t0 < 3
+    conn = StorPoolConn("127.0.0.1", port, "secret-token-abc", retries=0, timeout=0.3)
+    with pytest.raises(SpUnreachable):
+        conn.volume_delete("vol-x")
+    silent.close()
