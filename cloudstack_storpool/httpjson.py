@@ -159,8 +159,19 @@ class _Writer:
         self.timeout = timeout
 
     def write(self, data: bytes) -> int:
-        self.sock.settimeout(self.timeout)
-        self.sock.sendall(data)
+        sock = self.sock
+        rest = memoryview(data)
+        if sock.gettimeout() == 0.0 and not isinstance(sock, ssl.SSLSocket):
+            # Still non-blocking (the request was read from the buffer): a reply fits the socket
+            # buffer, so one send usually does it, without switching modes (two system calls).
+            try:
+                rest = rest[sock.send(rest):]
+            except BlockingIOError:
+                pass
+            if not rest:
+                return len(data)
+        sock.settimeout(self.timeout)
+        sock.sendall(rest)
         return len(data)
 
     def flush(self) -> None:
@@ -525,7 +536,8 @@ class TokenServer:
                     now = time.monotonic()
                     conn.since = now
                     conn.expires = now + (self.header_timeout if conn.reader.buf else self.idle_timeout)
-                    conn.sock.setblocking(False)
+                    if conn.sock.gettimeout() != 0.0:
+                        conn.sock.setblocking(False)
                     self._arm(conn)
                     return
         except Exception as exc:

@@ -19,9 +19,11 @@ redactor, which masks the tokens and secrets this process knows.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import threading
 import traceback
 import uuid
@@ -60,6 +62,15 @@ __all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_
 
 log = logging.getLogger(__name__)
 
+class _RequestIds:
+    """Ids for the log lines of synchronous requests: a random prefix per process and a count
+    (unique across the service's processes without a random draw per request)."""
+
+    prefix = secrets.token_hex(3)
+    count = itertools.count(1)
+
+
+_REQUEST_IDS = _RequestIds()
 _JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
@@ -248,7 +259,7 @@ class _Handler(JsonHandler):
             self._start_job(op, args, body)
             return
         try:
-            with logs.context(f"req-{uuid.uuid4().hex[:12]}", logs.subject_of(args)), \
+            with logs.context(f"req-{_REQUEST_IDS.prefix}{next(_REQUEST_IDS.count):06x}", logs.subject_of(args)), \
                     metrics.operation("service", op.name):
                 result = op.call(self.server.ctx, args, self.server.config)
                 metrics.record_result(op.name, result)
