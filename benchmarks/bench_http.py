@@ -43,8 +43,8 @@ from integration.storpool_sim.testing import run_emulator
 REQUESTS = 200
 CLIENTS = 16
 VOLUMES = 160  # live at once: created, then deleted
-BATCHES = 2  # of VOLUMES per round: 640 operations per path per round
-ROUNDS = 9
+BATCHES = 1  # of VOLUMES per round: 320 operations per path per round
+ROUNDS = 21
 WARMUP_BATCHES = 2
 """Of each path, not counted: connections, caches, and the emulator's first changes (cheaper
 than its steady state)."""
