@@ -74,6 +74,64 @@ def test_the_driver_talks_to_an_agent_whose_certificate_its_ca_signed(agent: Age
     assert d.for_host("h1").facts()["client_id"] == 1
 
 
+def test_concurrent_keep_alive_callers_over_tls_are_all_answered_in_step(agent: AgentServer,
+                                                                         cas: tuple[TestCA, TestCA]) -> None:
+    """Workers take TLS connections from the epoll set one event at a time (handshake steps,
+    then requests), and answer every request already buffered before re-arming. Eight callers
+    with a connection each, many requests, then pipelined pairs: every answer arrives, in
+    order, on the connection it was asked on."""
+    import json
+    import ssl
+    import threading
+
+    ctx = ssl.create_default_context(cafile=str(cas[0].ca_file))
+    host, port = agent.server_address[:2]
+    failures: list[str] = []
+
+    def request(path: str) -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+
+    def caller(n: int) -> None:
+        try:
+            with socket.create_connection((host, port), timeout=10) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=host) as s:
+                buf = b""
+
+                def answer() -> tuple[int, Any]:
+                    nonlocal buf
+                    while b"\r\n\r\n" not in buf:
+                        buf += s.recv(65536)
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n")
+                                      if ln.lower().startswith(b"content-length")))
+                    while len(buf) < length:
+                        buf += s.recv(65536)
+                    body, buf = buf[:length], buf[length:]
+                    return int(head.split()[1]), json.loads(body)
+
+                for _ in range(30):
+                    s.sendall(request("/v1/jobs"))
+                    assert answer() == (200, {"jobs": []})
+                # Two requests in one TLS record (both land in the worker's buffer at once), then
+                # in two records sent back to back before any answer.
+                for burst in ([request("/v1/jobs") + request("/v1/jobs/" + "f" * 32)],
+                              [request("/v1/jobs"), request("/v1/jobs/" + "f" * 32)]):
+                    for record in burst:
+                        s.sendall(record)
+                    assert answer() == (200, {"jobs": []})
+                    status, body = answer()
+                    assert status == 404 and body["error"]["code"] == "not-found"
+        except Exception as exc:
+            failures.append(f"caller {n}: {exc!r}")
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+
+
 @pytest.mark.parametrize("case", ["other-ca", "expired", "not-yet-valid", "other-name"])
 def test_the_driver_refuses_an_agent_certificate_that_does_not_verify(tmp_path: Path, cas: tuple[TestCA, TestCA],
                                                                       case: str) -> None:
