@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import select
 import socket
 import struct
@@ -200,6 +201,15 @@ class Transport:
             for c in conns:
                 c.close()
 
+    def _after_fork(self) -> None:
+        """In a forked child: none of the parent's connections (an answer could go to either
+        process), and a fresh lock (another thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for c in conns:
+                c.close()  # the child's copy of the descriptor; the parent's stays open
+
     def _take(self, key: Key) -> _Conn | None:
         now = time.monotonic()
         stale: list[_Conn] = []
@@ -275,3 +285,4 @@ def _read_answer(conn: _Conn) -> tuple[int, bool, bytes]:
 
 TRANSPORT = Transport()
 """The process's connections (one pool, whatever the number of `StorPoolConn` objects)."""
+os.register_at_fork(after_in_child=TRANSPORT._after_fork)

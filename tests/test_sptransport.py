@@ -215,3 +215,20 @@ def test_a_silent_server_times_out_within_the_call_timeout(transport: Transport)
     with pytest.raises(SpUnreachable):
         conn.volume_delete("vol-x")
     silent.close()
+
+
+def test_a_forked_child_does_not_inherit_the_parents_connections() -> None:
+    import os
+
+    srv = Scripted([ok()])
+    t = sptransport.TRANSPORT
+    _get(t, srv)
+    assert srv.port in {k[1] for k in t._idle if t._idle[k]}
+    pid = os.fork()
+    if pid == 0:  # the child: no connection of the parent's left to send on
+        os._exit(0 if not any(t._idle.values()) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _get(t, srv)  # the parent's connection survived the child's close of its copy
+    assert srv.connections == 1
+    srv.close()
