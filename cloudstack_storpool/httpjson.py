@@ -630,6 +630,13 @@ def _read_headers(rfile: Any) -> Headers:
     return Headers(fields)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 _STATUS_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 408: "timeout",
                  413: "too-large", 414: "uri-too-long", 431: "headers-too-large", 501: "not-implemented",
                  505: "http-version"}
@@ -788,20 +795,25 @@ class JsonHandler(BaseHTTPRequestHandler):
             raise ValidationError("body", f"ended after {len(data)} of {n} bytes")
         return data
 
-    def _send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+    def send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None, *,
+                   content_type: str = "application/json") -> None:
+        """Every reply: the head written here in one piece with the body (the stdlib's
+        `send_response`/`send_header` build it a line at a time and add a `Server` header naming
+        the Python version, which tells a scanner nothing it should know)."""
         self._settle_body()
-        self.send_response(status)
+        self.log_request(status)
+        lines = [f"{self.protocol_version} {status} {_phrase(status)}", f"Date: {self.date_time_string()}"]
         if status != 204:
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
+            lines += [f"Content-Type: {content_type}", f"Content-Length: {len(data)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:
-            self.send_header("Connection", "close")
-        end_headers_with(self, data if status != 204 and getattr(self, "command", None) != "HEAD" else b"")
+            lines.append("Connection: close")
+        body = data if status != 204 and getattr(self, "command", None) != "HEAD" else b""
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self._send_bytes(status, json.dumps(body).encode(), headers)
+        self.send_bytes(status, json.dumps(body).encode(), headers)
 
     def _error(self, status: int, code: str, message: str, fld: str | None = None,
                headers: dict[str, str] | None = None) -> None:

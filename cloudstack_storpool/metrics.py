@@ -18,12 +18,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.httpjson import JsonHandler
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -149,11 +151,6 @@ def record_result(name: str, result: Any) -> None:
                     POOL_BYTES.labels(p.uuid, kind).set(value)
 
 
-def send(handler: BaseHTTPRequestHandler) -> None:
+def send(handler: JsonHandler) -> None:
     """Answer a (authenticated) GET /metrics with the registry in the text exposition format."""
-    body = generate_latest(REGISTRY)
-    handler.send_response(200)
-    handler.send_header("Content-Type", CONTENT_TYPE_LATEST)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
+    handler.send_bytes(200, generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

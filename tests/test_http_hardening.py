@@ -316,6 +316,20 @@ def test_keep_alive_follows_the_version_and_connection_header(server: tuple[Toke
     assert _closed_by_peer(s, 0.5) is not kept
 
 
+def test_replies_name_no_server_software(server: tuple[TokenServer, str]) -> None:
+    """No `Server: BaseHTTP/0.6 Python/3.x` (a version for scanners to match), on answers and
+    on refusals alike; the metrics endpoint answers through the same one-write path."""
+    srv, path = server
+    for raw in (f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n", "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                f"GET /metrics HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n"):
+        s = _connect(srv)
+        s.sendall(raw.encode())
+        status, headers, body = _read_response(s, bytearray())
+        assert "server" not in headers and "date" in headers, headers
+        assert len(body) == int(headers["content-length"])
+    assert status == 200 and headers["content-type"].startswith("text/plain") and b"cssp_" in body
+
+
 def test_replies_are_one_segment_with_nagle_off(server: tuple[TokenServer, str]) -> None:
     srv, path = server
     s = _connect(srv)

@@ -268,7 +268,7 @@ class _Handler(JsonHandler):
             self._fail(exc, op.name)
             return
         if op.result_type is None:
-            self._send_bytes(204, b"")
+            self.send_bytes(204, b"")
         else:
             self._send(200, out)
 
@@ -305,7 +305,7 @@ class _Handler(JsonHandler):
             return True
         if path == "/openapi.json":
             if not self._not_get(method):
-                self._send_bytes(200, self.server.openapi())
+                self.send_bytes(200, self.server.openapi())
             return True
         if path == "/v1/health":
             if not self._not_get(method):
