@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import select
 import socket
 import struct
 import threading
@@ -79,12 +78,15 @@ class _Conn:
             self.sock.close()
 
     def dropped(self) -> bool:
-        """Readable before a request was sent: the peer closed (or sent something unasked)."""
+        """Readable before a request was sent: the peer closed (or sent something unasked).
+        A peek that does not wait (not `select`, which cannot watch descriptors past 1023)."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
             return True
-        return bool(readable)
+        return True
 
     def _fill(self) -> None:
         chunk = self._recv()

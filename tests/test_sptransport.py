@@ -232,3 +232,27 @@ def test_a_forked_child_does_not_inherit_the_parents_connections() -> None:
     _get(t, srv)  # the parent's connection survived the child's close of its copy
     assert srv.connections == 1
     srv.close()
+
+
+def test_connections_past_descriptor_1023_are_reused(transport: Transport) -> None:
+    """A busy service holds more than 1,024 descriptors; the idle-close check must still work
+    there (`select` cannot watch them)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    srv = Scripted([ok()])
+    filler = [os.dup(0) for _ in range(1100)]
+    try:
+        for _ in range(3):
+            assert _get(transport, srv)[0] == 200
+        held = [c for conns in transport._idle.values() for c in conns]
+        assert held and held[0].sock.fileno() > 1023
+        assert srv.connections == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
+        srv.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
