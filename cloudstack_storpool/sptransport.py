@@ -55,8 +55,9 @@ class _Conn:
 
     def set_timeout(self, timeout: float) -> None:
         if timeout != self.timeout:
-            sec = int(timeout)
-            value = struct.pack("ll", sec, int((timeout - sec) * 1e6))
+            # A zero timeval means "wait forever" to the kernel: no timeout at all fails at once.
+            sec = int(max(timeout, 1e-3))
+            value = struct.pack("ll", sec, int((max(timeout, 1e-3) - sec) * 1e6))
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
             self.timeout = timeout
