@@ -246,12 +246,10 @@ class TokenServer:
         self._idle: dict[int, _Conn] = {}
         """The connections armed in the epoll set: no worker holds them."""
         self._epoll = select.epoll()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
         self._stop_r, self._stop_w = socket.socketpair()
         self._stop_r.setblocking(False)
-        # Not drained while stopping: every worker's wait returns, until the last one has left.
+        # Not drained while stopping: every wait (the acceptor's, each worker's) returns, until
+        # the last thread has left.
         self._epoll.register(self._stop_r.fileno(), select.EPOLLIN)
         self._threads: list[threading.Thread] = []
         self._live_workers = 0
@@ -294,16 +292,13 @@ class TokenServer:
             self._threads.append(w)
         sel = selectors.DefaultSelector()
         sel.register(self.socket, selectors.EVENT_READ, None)
-        sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        sel.register(self._stop_r, selectors.EVENT_READ, self._stop_r)
         next_sweep = 0.0
         try:
             while not self._stop:
                 for key, _events in sel.select(poll_interval):
                     if key.data is None:
                         self._accept()
-                    else:
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._expire(now)
@@ -316,10 +311,7 @@ class TokenServer:
     def shutdown(self) -> None:
         """Stop accepting and serving and wait until `serve_forever` returned (at once when it
         is not running); a request being answered is finished."""
-        self._stop = True
-        with contextlib.suppress(OSError):
-            self._stop_w.send(b"x")
-        self._wake()
+        self._signal_stop()
         self._stopped.wait()
         for w in self._threads:
             w.join(0.5)
@@ -334,14 +326,10 @@ class TokenServer:
             conns = list(self._conns.values())
             self._conns.clear()
             self._idle.clear()
-        self._stop = True
-        with contextlib.suppress(OSError):
-            self._stop_w.send(b"x")
+        self._signal_stop()
         for c in conns:
             self._close_sock(c.sock)
         self.socket.close()
-        for s in (self._wake_r, self._wake_w):
-            s.close()
         with self._lock:
             if not self._live_workers:
                 self._release()
@@ -352,9 +340,10 @@ class TokenServer:
         self._stop_r.close()
         self._stop_w.close()
 
-    def _wake(self) -> None:
+    def _signal_stop(self) -> None:
+        self._stop = True
         with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+            self._stop_w.send(b"x")
 
     def _accept(self) -> None:
         for _ in range(64):
@@ -402,24 +391,20 @@ class TokenServer:
                 self._drop_locked(conn)
 
     def _drop_locked(self, conn: _Conn) -> None:
-        """(Lock held.) Forget and close a connection no worker holds."""
+        """(Lock held.) Forget and close a connection (its descriptor may by now be another
+        connection's only if it was closed already, so the entries are checked to be its own)."""
         fd = conn.sock.fileno()
-        self._idle.pop(fd, None)
-        self._conns.pop(fd, None)
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.unregister(fd)
+        if self._conns.get(fd) is conn:
+            del self._conns[fd]
+            self._idle.pop(fd, None)
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(fd)
         self._close_sock(conn.sock)
 
     def _forget(self, conn: _Conn) -> None:
         """Forget and close a connection this worker holds."""
         with self._lock:
-            with contextlib.suppress(OSError, ValueError):
-                fd = conn.sock.fileno()
-                if self._conns.get(fd) is conn:
-                    del self._conns[fd]
-                    with contextlib.suppress(OSError, ValueError):
-                        self._epoll.unregister(fd)
-        self._close_sock(conn.sock)
+            self._drop_locked(conn)
 
     @staticmethod
     def _close_sock(sock: socket.socket) -> None:
@@ -583,12 +568,6 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return self._fields.get(name.lower(), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._fields
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._fields.items())
 
 
 def _header_lines(rfile: Any) -> Iterator[str]:

@@ -34,25 +34,41 @@ SUBJECT_KEYS = ("volume_uuid", "snapshot_uuid", "vm_snapshot_uuid", "template_uu
                 "uuid", "pool")
 """Where an operation's arguments name the CloudStack object it concerns, most specific first."""
 
-_secrets: tuple[str, ...] = ()
-"""Longest first, so a secret containing another is masked whole; replaced, never mutated, so
-`redact` reads it without the lock."""
-_secrets_lock = threading.Lock()
+class Redactor:
+    """Masks known secrets in text that leaves the process (log lines, the service's answers).
+    Values shorter than 4 characters are ignored: masking them would mask letters of ordinary
+    words."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+        """Longest first, so a secret containing another is masked whole; replaced, never
+        mutated, so masking reads it without the lock."""
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str | None]) -> None:
+        with self._lock:
+            self._secrets = tuple(sorted({*self._secrets, *(s for s in secrets if s and len(s) >= 4)},
+                                         key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "***")
+        return text
+
+
+_PROCESS = Redactor()
+"""Every secret this process has seen: masked in every log line."""
 
 
 def register_secret(*secrets: str | None) -> None:
-    """Mask these in every log line from now on (values shorter than 4 characters are ignored:
-    masking them would mask letters of ordinary words)."""
-    global _secrets
-    with _secrets_lock:
-        _secrets = tuple(sorted({*_secrets, *(s for s in secrets if s and len(s) >= 4)}, key=len, reverse=True))
+    """Mask these in every log line from now on."""
+    _PROCESS.add(secrets)
 
 
 def redact(text: str) -> str:
-    for s in _secrets:
-        if s in text:
-            text = text.replace(s, "***")
-    return text
+    return _PROCESS(text)
 
 
 def subject_of(args: Mapping[str, Any] | None) -> str | None:

@@ -87,11 +87,15 @@ def _tags(obj: dict[str, Any]) -> dict[str, str]:
     return value  # the answer's own dict: nothing else holds it
 
 
-def _global_id(obj: dict[str, Any]) -> str:
-    value = obj.get("globalId")
+def _id(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key)
     if type(value) is str and value:
         return value
-    raise _Bad("globalId", f"must be a non-empty string, got {_got(value) if value != '' else 'an empty one'}")
+    raise _Bad(key, f"must be a non-empty string, got {_got(value) if value != '' else 'an empty one'}")
+
+
+def _global_id(obj: dict[str, Any]) -> str:
+    return _id(obj, "globalId")
 
 
 def _object(obj: Any) -> dict[str, Any]:
@@ -184,12 +188,17 @@ def attachments(data: Any, query: str) -> list[SpAttachment]:
     return _list(_attachment, data, query)
 
 
-def template(data: Any, query: str) -> SpTemplate:
-    """VolumeTemplateDescribe."""
+def _one(build: Callable[[Any], R], data: Any, query: str) -> R:
+    """One object from an answer's `data`; SpMalformed names the bad field."""
     try:
-        return _template(data)
+        return build(data)
     except _Bad as exc:
         raise SpMalformed(f"data.{exc.key}" if exc.key else "data", exc.message, query=query) from None
+
+
+def template(data: Any, query: str) -> SpTemplate:
+    """VolumeTemplateDescribe."""
+    return _one(_template, data, query)
 
 
 def active_requests(data: Any, query: str) -> list[SpActiveRequest]:
@@ -204,10 +213,4 @@ def created_id(data: Any, key: str, query: str) -> str:
     """The global id a create answered with (`globalId` of VolumeCreate, `snapshotGlobalId` of
     VolumeSnapshot), read from the raw answer: the bindings' typed answer costs more than the
     rest of the answer's handling, and only this field is used."""
-    if type(data) is not dict:
-        raise SpMalformed("data", f"must be an object, got {_got(data)}", query=query)
-    value = data.get(key)
-    if type(value) is str and value:
-        return value
-    raise SpMalformed(f"data.{key}", f"must be a non-empty string, got {_got(value) if value != '' else 'an empty one'}",
-                      query=query)
+    return _one(lambda obj: _id(_object(obj), key), data, query)

@@ -96,15 +96,16 @@ class _Conn:
                                                  if not self.buf else "StorPool API answer cut short")
         self.buf += chunk
 
-    def read_head(self) -> bytes:
+    def read_until(self, delimiter: bytes, what: str) -> bytes:
+        """What comes before `delimiter` (which is consumed), at most MAX_HEAD bytes."""
         while True:
-            end = self.buf.find(b"\r\n\r\n")
+            end = self.buf.find(delimiter)
             if end >= 0:
-                head = bytes(self.buf[:end])
-                del self.buf[:end + 4]
-                return head
+                out = bytes(self.buf[:end])
+                del self.buf[:end + len(delimiter)]
+                return out
             if len(self.buf) > MAX_HEAD:
-                raise http.client.LineTooLong("StorPool API answer head")
+                raise http.client.LineTooLong(f"StorPool API {what}")
             self._fill()
 
     def read_exactly(self, n: int) -> bytes:
@@ -116,17 +117,6 @@ class _Conn:
         data = bytes(self.buf[:n])
         del self.buf[:n]
         return data
-
-    def read_line(self) -> bytes:
-        while True:
-            end = self.buf.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[:end + 2]
-                return line
-            if len(self.buf) > MAX_HEAD:
-                raise http.client.LineTooLong("StorPool API chunk size")
-            self._fill()
 
     def read_to_end(self) -> bytes:
         while True:
@@ -140,13 +130,13 @@ class _Conn:
     def read_chunked(self) -> bytes:
         out = bytearray()
         while True:
-            size_text = self.read_line().split(b";", 1)[0].strip()
+            size_text = self.read_until(b"\r\n", "chunk size").split(b";", 1)[0].strip()
             try:
                 size = int(size_text, 16)
             except ValueError:
                 raise http.client.HTTPException(f"StorPool API sent a bad chunk size {size_text[:20]!r}") from None
             if size == 0:
-                while self.read_line():  # trailers, up to the blank line
+                while self.read_until(b"\r\n", "trailer"):  # up to the blank line
                     pass
                 return bytes(out)
             out += self.read_exactly(size)
@@ -208,10 +198,7 @@ class Transport:
         """In a forked child: none of the parent's connections (an answer could go to either
         process), and a fresh lock (another thread may have held it at the fork)."""
         self._lock = threading.Lock()
-        idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for c in conns:
-                c.close()  # the child's copy of the descriptor; the parent's stays open
+        self.close()  # the child's copies of the descriptors; the parent's stay open
 
     def _take(self, key: Key) -> _Conn | None:
         now = time.monotonic()
@@ -269,7 +256,7 @@ def _request_bytes(method: str, path: str, host: str, port: int, headers: Mappin
 def _read_answer(conn: _Conn) -> tuple[int, bool, bytes]:
     """Status, whether the connection may carry another call, and the body."""
     while True:
-        status, http11, fields = _parse_head(conn.read_head())
+        status, http11, fields = _parse_head(conn.read_until(b"\r\n\r\n", "answer head"))
         if status >= 200:
             break  # 1xx interim answers (never asked for) are skipped
     connection = fields.get(b"connection", b"").lower()

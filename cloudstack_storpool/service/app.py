@@ -52,6 +52,7 @@ from cloudstack_storpool.errors import (
 )
 from cloudstack_storpool.httpjson import JsonHandler, TokenServer, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
+from cloudstack_storpool.logs import Redactor
 from cloudstack_storpool.poolconfig import load_pools
 from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.periodic import PeriodicTask, service_tasks
@@ -62,34 +63,18 @@ __all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_
 
 log = logging.getLogger(__name__)
 
-class _RequestIds:
-    """Ids for the log lines of synchronous requests: a random prefix per process and a count
-    (unique across the service's processes without a random draw per request)."""
-
-    prefix = secrets.token_hex(3)
-    count = itertools.count(1)
+_REQUEST_PREFIX = secrets.token_hex(3)
+_REQUEST_COUNT = itertools.count(1)
 
 
-_REQUEST_IDS = _RequestIds()
+def _request_id() -> str:
+    """The id on the log lines of one synchronous request: a random prefix per process and a
+    count (unique across the service's processes without a random draw per request)."""
+    return f"req-{_REQUEST_PREFIX}{next(_REQUEST_COUNT):06x}"
+
+
 _JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
-
-
-class Redactor:
-    """Masks known secrets in text that leaves the process (responses, logs)."""
-
-    def __init__(self, secrets: Iterable[str | None]) -> None:
-        # Longest first, so a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-
-    def add(self, secrets: Iterable[str | None]) -> None:
-        self._secrets = sorted({*self._secrets, *(s for s in secrets if s and len(s) >= 4)}, key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "***")
-        return text
 
 
 def error_response(exc: BaseException) -> tuple[int, str, str | None]:
@@ -259,7 +244,7 @@ class _Handler(JsonHandler):
             self._start_job(op, args, body)
             return
         try:
-            with logs.context(f"req-{_REQUEST_IDS.prefix}{next(_REQUEST_IDS.count):06x}", logs.subject_of(args)), \
+            with logs.context(_request_id(), logs.subject_of(args)), \
                     metrics.operation("service", op.name):
                 result = op.call(self.server.ctx, args, self.server.config)
                 metrics.record_result(op.name, result)
