@@ -21,9 +21,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 JOB: ContextVar[str | None] = ContextVar("cssp_job", default=None)
@@ -82,19 +81,28 @@ def subject_of(args: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-@contextmanager
-def context(job: str | None = None, subject: str | None = None) -> Iterator[None]:
-    """Lines logged inside carry `job` and `subject` (each kept from the outer context when None)."""
-    tokens = []
-    if job is not None:
-        tokens.append((JOB, JOB.set(job)))
-    if subject is not None:
-        tokens.append((SUBJECT, SUBJECT.set(subject)))
-    try:
-        yield
-    finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
+class context:  # lower case: used as `with logs.context(...)`, like a function
+    """Lines logged inside carry `job` and `subject` (each kept from the outer context when
+    None). A class rather than a generator context manager: it wraps every request."""
+
+    __slots__ = ("_job", "_job_token", "_subject", "_subject_token")
+
+    def __init__(self, job: str | None = None, subject: str | None = None) -> None:
+        self._job, self._subject = job, subject
+        self._job_token: Token[str | None] | None = None
+        self._subject_token: Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        if self._job is not None:
+            self._job_token = JOB.set(self._job)
+        if self._subject is not None:
+            self._subject_token = SUBJECT.set(self._subject)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._subject_token is not None:
+            SUBJECT.reset(self._subject_token)
+        if self._job_token is not None:
+            JOB.reset(self._job_token)
 
 
 SUBJECT_HEADER = "X-CloudStack-Uuid"

@@ -572,8 +572,11 @@ class StorPoolConn:
         find = self._finder(name, body.get("tags", {}), identity, self.volume, self.find_volumes)
 
         def send() -> Created:
-            gid = spanswers.created_id(self.api.volumeCreate(body, clusterName=cluster, returnRawAPIData=True),
-                                       "globalId", "VolumeCreate")
+            # The body as is, not through the bindings' VolumeCreateDesc: `names` checked every
+            # value above, and typing it a second time cost a tenth of the service's CPU for
+            # a volume create request. The wire form is the bindings' own (clear_none, their encoder).
+            gid = spanswers.created_id(self.api("POST", True, "VolumeCreate", body, cluster), "globalId",
+                                       "VolumeCreate")
             return Created(name or "~" + gid, gid)
 
         created = self._create("VolumeCreate", send, find)

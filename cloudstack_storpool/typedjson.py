@@ -225,41 +225,95 @@ def range_of(tp: Any) -> Range | None:
 def parse(tp: Any, value: Any, field_name: str) -> Any:
     """A JSON value checked against `tp` (and the `Range` it may carry) and converted to it;
     ValidationError names the field."""
-    out = _parse_unbounded(tp, value, field_name)
+    return _checker(tp)(value, field_name)
+
+
+Checker = Callable[[Any, str], Any]
+
+
+def _checker(tp: Any) -> Checker:
+    try:
+        return _compiled(tp)
+    except TypeError:  # a type expression that cannot be a cache key (unhashable metadata)
+        return _compile(tp)
+
+
+@functools.cache
+def _compiled(tp: Any) -> Checker:
+    return _compile(tp)
+
+
+def _compile(tp: Any) -> Checker:
+    """The check of one type, worked out once: the service parses every request, and looking
+    the type over again (origins, arguments, metadata) cost more than checking the value."""
+    inner = _compile_unbounded(tp)
     bounds = range_of(tp)
-    if bounds is not None and isinstance(out, int):
-        bounds.check(out, field_name)
-    return out
+    if bounds is None:
+        return inner
+
+    def bounded(value: Any, field_name: str) -> Any:
+        out = inner(value, field_name)
+        if isinstance(out, int):
+            bounds.check(out, field_name)
+        return out
+
+    return bounded
 
 
-def _parse_unbounded(tp: Any, value: Any, field_name: str) -> Any:
+def _compile_unbounded(tp: Any) -> Checker:
     tp = strip_annotated(tp)
     if tp is Any or tp is object:
-        return value
+        return _as_is
     if tp is NoneType or tp is None:
-        if value is not None:
-            raise ValidationError(field_name, "must be null")
-        return None
+        return _parse_null
     args = union_args(tp)
     if args is not None:
-        return _parse_union(args, value, field_name)
-    if value is None:
-        raise ValidationError(field_name, "must not be null")
+        return functools.partial(_parse_union, args)
+    check = _compile_value(tp)
+
+    def not_null(value: Any, field_name: str) -> Any:
+        if value is None:
+            raise ValidationError(field_name, "must not be null")
+        return check(value, field_name)
+
+    return not_null
+
+
+def _compile_value(tp: Any) -> Checker:
+    """The check of a value already known not to be null."""
     if typing.get_origin(tp) is typing.Literal:
-        return _parse_literal(typing.get_args(tp), value, field_name)
+        return functools.partial(_parse_literal, typing.get_args(tp))
     if tp in _SCALARS:
-        return _SCALARS[tp](value, field_name)
+        return _SCALARS[tp]
     if isinstance(tp, type) and issubclass(tp, Secret):
-        return Secret(_parse_text(value, field_name))
+        return _parse_secret
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return _parse_enum(tp, value, field_name)
+        return functools.partial(_parse_enum, tp)
     if is_dataclass_type(tp):
-        return parse_object(tp, value, field_name)
+        return functools.partial(parse_object, tp)
     if is_sequence_type(tp):
-        return _parse_sequence(tp, value, field_name)
+        return functools.partial(_parse_sequence, tp)
     if is_mapping_type(tp):
-        return _parse_mapping(tp, value, field_name)
-    raise UnsupportedType(f"{field_name}: type {tp!r} cannot be carried in JSON")
+        return functools.partial(_parse_mapping, tp)
+
+    def unsupported(_value: Any, field_name: str) -> Any:
+        raise UnsupportedType(f"{field_name}: type {tp!r} cannot be carried in JSON")
+
+    return unsupported
+
+
+def _as_is(value: Any, _field_name: str) -> Any:
+    return value
+
+
+def _parse_null(value: Any, field_name: str) -> None:
+    if value is not None:
+        raise ValidationError(field_name, "must be null")
+    return None
+
+
+def _parse_secret(value: Any, field_name: str) -> Secret:
+    return Secret(_parse_text(value, field_name))
 
 
 def _parse_union(args: tuple[Any, ...], value: Any, field_name: str) -> Any:
@@ -373,16 +427,26 @@ def _parse_mapping(tp: Any, value: Any, field_name: str) -> dict[str, Any]:
 def parse_query(tp: Any, raw: str, field_name: str) -> Any:
     """A query-string or path value: scalars only, converted from text before the usual checks.
     Each candidate keeps its `Annotated` range, so a bound applies to query values too."""
-    args = union_args(strip_annotated(tp))
-    candidates = [a for a in args if a is not NoneType] if args is not None else [tp]
+    try:
+        candidates = _query_candidates(tp)
+    except TypeError:  # unhashable metadata: worked out for this call only
+        candidates = _query_candidates.__wrapped__(tp)
     last: ValidationError | None = None
-    for cand in candidates:
+    for cand, plain in candidates:
         try:
-            return parse(cand, _from_text(strip_annotated(cand), raw, field_name), field_name)
+            return parse(cand, _from_text(plain, raw, field_name), field_name)
         except ValidationError as exc:
             last = exc
     assert last is not None
     raise last
+
+
+@functools.cache
+def _query_candidates(tp: Any) -> tuple[tuple[Any, Any], ...]:
+    """The types a text value may be converted to, each with and without its `Annotated`."""
+    args = union_args(strip_annotated(tp))
+    candidates = [a for a in args if a is not NoneType] if args is not None else [tp]
+    return tuple((c, strip_annotated(c)) for c in candidates)
 
 
 def _from_text(tp: Any, raw: str, field_name: str) -> Any:
@@ -410,6 +474,11 @@ def _from_text(tp: Any, raw: str, field_name: str) -> Any:
 
 # --------------------------------------------------------------------------- Python -> JSON
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def to_json(value: Any) -> Any:
     """A result as JSON: dataclasses field by field, enums by value, secrets masked."""
     if isinstance(value, Secret):
@@ -421,7 +490,7 @@ def to_json(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return to_json(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {name: to_json(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, Mapping):
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, (set, frozenset)):

@@ -77,11 +77,19 @@ class Operation:
             return 202
         return 204 if self.result_type is None else 200
 
-    @property
+    @functools.cached_property
     def body_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.location == "body")
 
-    @property
+    @functools.cached_property
+    def path_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if p.location == "path")
+
+    @functools.cached_property
+    def query_params(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params if p.location == "query"}
+
+    @functools.cached_property
     def body_fields(self) -> tuple[FieldSpec, ...]:
         """The body parameters as the request parser and the schema builder take them."""
         return tuple(FieldSpec(p.name, p.type, p.required, p.default) for p in self.body_params)
@@ -96,7 +104,7 @@ class Operation:
 
     def parse(self, path_args: Mapping[str, str], query: Mapping[str, list[str]], body: Any) -> dict[str, Any]:
         """Typed arguments from one request, or ValidationError naming the first bad field."""
-        args = {p.name: parse_query(p.type, path_args[p.name], p.name) for p in self.params if p.location == "path"}
+        args = {p.name: parse_query(p.type, path_args[p.name], p.name) for p in self.path_params}
         args.update(self._query_args(query))
         if self.accepts_body:
             extra = {IDEMPOTENCY_FIELD} if self.job else set()
@@ -106,7 +114,7 @@ class Operation:
 
     def _query_args(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
         """The query string: only known parameters, each at most once."""
-        params = {p.name: p for p in self.params if p.location == "query"}
+        params = self.query_params
         for key in query:
             if key not in params:
                 raise ValidationError(key, f"unknown query parameter (allowed: {', '.join(sorted(params)) or 'none'})")
@@ -296,9 +304,16 @@ class OperationTable:
         self.by_name = seen
         # Candidates by the path's shape (segment count and first segment after `/v1/`): a
         # placeholder matches within one segment, so no other operation can match.
-        self._by_shape: dict[tuple[int, str | None], list[tuple[int, Operation]]] = {}
+        by_shape: dict[tuple[int, str | None], list[tuple[int, Operation]]] = {}
         for i, op in enumerate(operations):
-            self._by_shape.setdefault(_shape(op.path, template=True), []).append((i, op))
+            by_shape.setdefault(_shape(op.path, template=True), []).append((i, op))
+        # A literal first segment's candidates, merged with the placeholder ones of the same
+        # count in table order, once; a path of no known first segment only has the latter.
+        self._by_shape: dict[tuple[int, str | None], tuple[Operation, ...]] = {
+            (count, first): tuple(op for _i, op in sorted(ops + (by_shape.get((count, None), []) if first else []),
+                                                         key=lambda c: c[0]))
+            for (count, first), ops in by_shape.items()
+        }
 
     def resolve(self, method: str, path: str) -> tuple[Operation | None, dict[str, str], list[str]]:
         """(operation, path arguments, allowed methods): no operation + methods = 405, none = 404.
@@ -307,9 +322,8 @@ class OperationTable:
         allowed: list[str] = []
         best: tuple[int, Operation, dict[str, str]] | None = None
         count, first = _shape(path)
-        candidates = sorted(self._by_shape.get((count, first), []) + self._by_shape.get((count, None), []),
-                            key=lambda c: c[0])
-        for _i, op in candidates:
+        candidates = self._by_shape.get((count, first)) or self._by_shape.get((count, None), ())
+        for op in candidates:
             args = op.match(path)
             if args is None:
                 continue
