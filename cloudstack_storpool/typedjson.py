@@ -479,6 +479,14 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
+_PLAIN = frozenset({str, int, bool, NoneType})
+
+
+def _member(value: Any) -> Any:
+    """A field or mapping value: the common plain ones as they are, without the checks."""
+    return value if type(value) in _PLAIN else to_json(value)
+
+
 def to_json(value: Any) -> Any:
     """A result as JSON: dataclasses field by field, enums by value, secrets masked."""
     if isinstance(value, Secret):
@@ -490,9 +498,9 @@ def to_json(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return to_json(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: to_json(getattr(value, name)) for name in _field_names(type(value))}
+        return {name: _member(getattr(value, name)) for name in _field_names(type(value))}
     if isinstance(value, Mapping):
-        return {str(k): to_json(v) for k, v in value.items()}
+        return {str(k): _member(v) for k, v in value.items()}
     if isinstance(value, (set, frozenset)):
         items = [to_json(v) for v in value]
         try:
