@@ -42,10 +42,14 @@ from integration.storpool_sim.testing import run_emulator
 
 REQUESTS = 200
 CLIENTS = 16
-VOLUMES = 160  # live at once: created, then deleted
-BATCHES = 1  # of VOLUMES per round: 320 operations per path per round
-ROUNDS = 21
-WARMUP_BATCHES = 2
+VOLUMES = 480  # live at once: created, then deleted
+"""Per phase (creates, then deletes): 30 per client. A phase ends with its slowest client, and
+the path with more hops has the wider spread of request times, so short phases measure the
+tail of the latency more than throughput: with 160 (10 per client) the same code measured
+0.81-0.84 where 480 measured 0.87-0.92 (docs/service.md)."""
+BATCHES = 1  # of VOLUMES per round: 960 operations per path per round
+ROUNDS = 11
+WARMUP_BATCHES = 1
 """Of each path, not counted: connections, caches, and the emulator's first changes (cheaper
 than its steady state)."""
 SIZE = 64 << 20
@@ -190,9 +194,9 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _timed(jobs: list[Any], fn: Callable[[Any], bool]) -> tuple[float, int]:
-    """Wall time of `jobs` through CLIENTS threads, and how many failed (a False result or an
-    exception: a refused connection or a timeout is an error, not a crash of the benchmark)."""
+def _timed(clients: ThreadPoolExecutor, jobs: list[Any], fn: Callable[[Any], bool]) -> tuple[float, int]:
+    """Wall time of `jobs` through the CLIENTS threads, and how many failed (a False result or
+    an exception: a refused connection or a timeout is an error, not a crash of the benchmark)."""
     def safe(job: Any) -> bool:
         try:
             return fn(job)
@@ -200,18 +204,18 @@ def _timed(jobs: list[Any], fn: Callable[[Any], bool]) -> tuple[float, int]:
             return False
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        results = list(pool.map(safe, jobs))
+    results = list(clients.map(safe, jobs))
     return time.perf_counter() - t0, sum(1 for ok in results if not ok)
 
 
-def _round(create: Callable[[Any], bool], delete: Callable[[Any], bool], batches: list[list[Any]]) -> tuple[float, int]:
+def _round(clients: ThreadPoolExecutor, create: Callable[[Any], bool], delete: Callable[[Any], bool],
+           batches: list[list[Any]]) -> tuple[float, int]:
     """Operations per second of creating then deleting each batch of jobs in turn (so no more
     than one batch exists at a time), and the errors on the way."""
     seconds, errors = 0.0, 0
     for jobs in batches:
-        t_create, e1 = _timed(jobs, create)
-        t_delete, e2 = _timed(jobs, delete)
+        t_create, e1 = _timed(clients, jobs, create)
+        t_delete, e2 = _timed(clients, jobs, delete)
         seconds, errors = seconds + t_create + t_delete, errors + e1 + e2
     return 2 * sum(len(b) for b in batches) / seconds, errors
 
@@ -221,7 +225,8 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
     and through 2 service processes, in ROUNDS interleaved rounds after a warm-up round of each
     (which warms the services' settings cache, connections and code paths and is not counted).
     Interleaving (and alternating which path goes first) spreads the load of other processes
-    on this machine over both paths; the ratio is of the medians."""
+    on this machine over both paths; the ratio is of the medians. The 16 clients are one pool
+    of threads for the whole run, as 16 long-lived callers would be."""
     local = threading.local()
     with _emulator_process(stack.root / "bench-emulator") as (host, port, sp_token, emulator_pid):
         pool = stack.pools().get(stack.pool_id("storpool-primary"))
@@ -249,6 +254,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
             # path's StorPool calls use (sptransport), so the two paths differ by the service
             # alone, not by the weight of an HTTP client library.
             client = Transport()
+            clients = ThreadPoolExecutor(CLIENTS, thread_name_prefix="bench-client")
             auth = {"Authorization": f"Bearer {token}"}
             ports = [int(u.rsplit(":", 1)[1]) for u in urls]
 
@@ -264,12 +270,12 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
                 return status == 200 and bool(json.loads(raw).get("deleted"))
 
             def direct(n: int, batches: int = BATCHES) -> tuple[float, int]:
-                return _round(d_create, d_delete, [[f"bench-direct-{uuid.uuid4().hex[:12]}" for _ in range(n)]
-                                                   for _ in range(batches)])
+                names = [[f"bench-direct-{uuid.uuid4().hex[:12]}" for _ in range(n)] for _ in range(batches)]
+                return _round(clients, d_create, d_delete, names)
 
             def service(n: int, batches: int = BATCHES) -> tuple[float, int]:
-                return _round(s_create, s_delete, [[(str(uuid.uuid4()), i % 2) for i in range(n)]
-                                                   for _ in range(batches)])
+                jobs = [[(str(uuid.uuid4()), i % 2) for i in range(n)] for _ in range(batches)]
+                return _round(clients, s_create, s_delete, jobs)
 
             groups = {"clients": [os.getpid()], "services": pids, "emulator": [emulator_pid]}
             cpu: dict[str, dict[str, float]] = {p: dict.fromkeys(groups, 0.0) for p in ("direct", "service")}
@@ -292,6 +298,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
                     ops, err = measured(label, run, VOLUMES)
                     (direct_ops if label == "direct" else service_ops).append(ops)
                     errors[label] += err
+            clients.shutdown()
             client.close()
     ratio = statistics.median(service_ops) / statistics.median(direct_ops)
     paired = statistics.median(s / d for s, d in zip(service_ops, direct_ops, strict=True))
@@ -300,6 +307,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
         "service_processes": 2,
         "operations_per_round_per_path": 2 * VOLUMES * BATCHES,
         "volumes_live_at_most": VOLUMES,
+        "operations_per_client_per_phase": VOLUMES // CLIENTS,
         "rounds": ROUNDS,
         "direct_to_emulator_ops_per_s_median": round(statistics.median(direct_ops), 1),
         "two_service_processes_ops_per_s_median": round(statistics.median(service_ops), 1),
