@@ -790,7 +790,6 @@ class JsonHandler(BaseHTTPRequestHandler):
         body = data if status != 204 and getattr(self, "command", None) != "HEAD" else b""
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
-
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self.send_bytes(status, json.dumps(body).encode(), headers)
 

@@ -30,7 +30,7 @@ import types
 import typing
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from cloudstack_storpool.bounds import INT64_MAX, Range
 from cloudstack_storpool.errors import ValidationError
@@ -225,24 +225,23 @@ def range_of(tp: Any) -> Range | None:
 def parse(tp: Any, value: Any, field_name: str) -> Any:
     """A JSON value checked against `tp` (and the `Range` it may carry) and converted to it;
     ValidationError names the field."""
-    return _checker(tp)(value, field_name)
+    return _per_type(_compile, tp)(value, field_name)
 
 
 Checker = Callable[[Any, str], Any]
+T = TypeVar("T")
 
 
-def _checker(tp: Any) -> Checker:
+def _per_type(work: Callable[[Any], T], tp: Any) -> T:
+    """`work(tp)` from its cache (`work` is `functools.cache`d); a type expression that cannot
+    be a cache key (unhashable metadata) is worked out for this call only."""
     try:
-        return _compiled(tp)
-    except TypeError:  # a type expression that cannot be a cache key (unhashable metadata)
-        return _compile(tp)
+        return work(tp)
+    except TypeError:
+        return work.__wrapped__(tp)  # type: ignore[attr-defined]
 
 
 @functools.cache
-def _compiled(tp: Any) -> Checker:
-    return _compile(tp)
-
-
 def _compile(tp: Any) -> Checker:
     """The check of one type, worked out once: the service parses every request, and looking
     the type over again (origins, arguments, metadata) cost more than checking the value."""
@@ -427,12 +426,8 @@ def _parse_mapping(tp: Any, value: Any, field_name: str) -> dict[str, Any]:
 def parse_query(tp: Any, raw: str, field_name: str) -> Any:
     """A query-string or path value: scalars only, converted from text before the usual checks.
     Each candidate keeps its `Annotated` range, so a bound applies to query values too."""
-    try:
-        candidates = _query_candidates(tp)
-    except TypeError:  # unhashable metadata: worked out for this call only
-        candidates = _query_candidates.__wrapped__(tp)
     last: ValidationError | None = None
-    for cand, plain in candidates:
+    for cand, plain in _per_type(_query_candidates, tp):
         try:
             return parse(cand, _from_text(plain, raw, field_name), field_name)
         except ValidationError as exc:
