@@ -153,6 +153,9 @@ class Template:
     """Where the image sits on the image store (secondary storage), relative to its root."""
     pools: list[str] = field(default_factory=list)
     """Pools holding a copy (CloudStack's template_spool_ref)."""
+    project_id: str = ""
+    """The project owning the template ("" for an account's): a listing skips it unless asked
+    with `projectid` (CloudStack's SkipProjectResources), a lookup by id finds it."""
 
 
 @dataclass
@@ -600,11 +603,13 @@ class CloudStackModel:
         template_id: str | None = None,
         ready: bool = True,
         url: str = "",
+        project_id: str = "",
     ) -> Template:
         with self.lock:
             zone = zone_id or self._default(self.zones).id
             tid = template_id or self._oid("template", name)
-            tpl = Template(tid, name, size, format=fmt, zone_id=zone, ready=ready, url=url, created=cs_time())
+            tpl = Template(tid, name, size, format=fmt, zone_id=zone, ready=ready, url=url, created=cs_time(),
+                           project_id=project_id)
             self.templates[tpl.id] = tpl
             self.add_event("TEMPLATE.CREATE", f"Successfully registered template {name}", tpl.id, "Template")
             return tpl
