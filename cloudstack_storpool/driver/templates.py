@@ -288,7 +288,7 @@ def _populate(
     fill; the fill never outlives a failure."""
     conn = where.conn
     try:
-        with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock):
+        with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock, ctx.wait):
             snap = _copy_and_snapshot(ctx, spec, tuuid, cache, fill, source, where)
     finally:
         try:
