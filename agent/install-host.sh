@@ -26,7 +26,11 @@ set -eu
 PREFIX=/opt/cloudstack-storpool
 DEFAULT_PREFIX=/opt/cloudstack-storpool
 HERE=$(cd "$(dirname "$0")" && pwd)
-SOURCE=$(dirname "$HERE")
+# What pip installs by default: the checkout this script is in (the nearest directory above it
+# with a pyproject.toml); none when it runs from an installed package (then --source is needed).
+SOURCE=$HERE
+while [ "$SOURCE" != / ] && [ ! -f "$SOURCE/pyproject.toml" ]; do SOURCE=$(dirname "$SOURCE"); done
+[ -f "$SOURCE/pyproject.toml" ] || SOURCE=""
 AGENT_UNIT=$HERE/cloudstack-storpool-agent.service
 HEARTBEAT_UNIT=$(dirname "$HERE")/heartbeat/cloudstack-storpool-heartbeat.service
 PIP_ARGS=""
@@ -138,6 +142,7 @@ if [ -z "$PYTHON" ]; then
 fi
 echo "install-host.sh: using $PYTHON ($(version_of "$PYTHON" | tr ' ' .))"
 [ "$CHECK_ONLY" = yes ] && exit 0
+[ -n "$SOURCE" ] || die 2 "not in a checkout: say what to install with --source (e.g. --source cloudstack-storpool)"
 
 # --- what building libvirt-python needs (it publishes no wheels) ---------------------------
 
