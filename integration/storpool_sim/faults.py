@@ -57,6 +57,8 @@ class FaultInjector:
         self._drop_after: dict[str, int] = {}
         self._drop_before: dict[str, int] = {}
         self._holds: dict[str, list[Hold]] = {}
+        self._gates: list[Hold] = []
+        """Every gate made since the last reset, waiting or not: reset opens them all."""
 
     def fail_next(
         self,
@@ -97,6 +99,7 @@ class FaultInjector:
         gate = Hold(query)
         with self._lock:
             self._holds.setdefault(query, []).append(gate)
+            self._gates.append(gate)
         return gate
 
     def set_client_status(self, client: int, status: str) -> None:
@@ -120,7 +123,7 @@ class FaultInjector:
             self._latency.clear()
             self._drop_after.clear()
             self._drop_before.clear()
-            holds = [g for gates in self._holds.values() for g in gates]
+            holds, self._gates = self._gates, []
             self._holds.clear()
         for g in holds:
             g.release()

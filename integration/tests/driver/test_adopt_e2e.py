@@ -8,6 +8,8 @@ emulator, the real `cs` client against the simulator.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -131,6 +133,20 @@ def test_only_orphans_older_than_min_age_before_the_run_are_deleted(stack: Local
         assert "made too recently" in report.spared[ref] and ref not in report.done
     assert stack.sp.read_object(young, 0, len(DATA)) == DATA
     assert stack.ctx.conn(java.pool_id).volume(java.orphan_volume) is not None
+
+    # The command's table says why each orphan stays; --min-age 0 then lets the older one go.
+    def cli(*extra: str) -> dict[str, str]:
+        out = subprocess.run([sys.executable, "-m", "cloudstack_storpool", "pool", "adopt", java.pool_id,
+                              "--delete-orphans", *extra], capture_output=True, text=True, env=stack.driver_env(),
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return {ref: line for line in out.stdout.splitlines() for ref in (young, java.orphan_volume) if ref in line}
+
+    rows = cli()
+    assert all("spared: made too recently" in rows[r] for r in (young, java.orphan_volume)), rows
+    rows = cli("--min-age", "0")
+    assert all("done" in rows[r] for r in (young, java.orphan_volume)), rows
+    assert stack.ctx.conn(java.pool_id).volume(young) is None
 
 
 def test_the_java_check_volume_is_kept_and_an_unknown_kind_reported_untouched(
