@@ -110,7 +110,8 @@ class _Live:
     """What CloudStack has, listed once per run (after StorPool)."""
 
     volumes: dict[str, str]
-    """volume uuid and global id of its path -> volume uuid."""
+    """volume uuid, and the global id (or, for an old plugin's `/dev/storpool/<name>`, the
+    name) its path gives -> volume uuid."""
     ids: dict[str, set[str]]
     """record kind (`tags.RECORD_*`) other than volume -> uuids."""
 
@@ -119,8 +120,9 @@ class _Live:
         vols: dict[str, str] = {}
         for v in ctx.cloudstack.volumes():
             vols[v.id] = v.id
-            if v.path and v.path.startswith(names.BYID_PREFIX):
-                vols[v.path.removeprefix(names.BYID_PREFIX)] = v.id
+            for prefix in (names.BYID_PREFIX, names.LEGACY_PREFIX):
+                if v.path and v.path.startswith(prefix):
+                    vols[v.path.removeprefix(prefix)] = v.id
         return cls(vols, {
             tags.RECORD_SNAPSHOT: {s.id for s in ctx.cloudstack.snapshots()},
             tags.RECORD_VM_SNAPSHOT: {s.id for s in ctx.cloudstack.vm_snapshots()},
@@ -130,7 +132,7 @@ class _Live:
     def has(self, record: str, obj: SpVolume) -> bool:
         uuid = obj.tags.get(tags.UUID, "")
         if record == tags.RECORD_VOLUME:
-            return obj.global_id in self.volumes or uuid in self.volumes
+            return any(key in self.volumes for key in (obj.global_id, obj.name, uuid) if key)
         return uuid in self.ids[record]
 
 

@@ -161,8 +161,14 @@ def test_the_java_check_volume_is_kept_and_an_unknown_kind_reported_untouched(
     stranger = "~" + str(wire.post("VolumeCreate", {"name": "", "size": MiB, "template": javacloud.JAVA_TEMPLATE,
                                                     "tags": {"cs": "backup-tool", "uuid": new_uuid()}})["globalId"])
 
+    # An old plugin's named volume, without a uuid tag: CloudStack stores `/dev/storpool/<name>`.
+    legacy = wire.post("VolumeCreate", {"name": "old-plugin-vol", "size": MiB, "template": javacloud.JAVA_TEMPLATE,
+                                        "tags": {"cs": "volume"}})
+    stack.cs.model.add_volume("old-plugin-vol", MiB, storage_id=java.pool_id, path="/dev/storpool/old-plugin-vol")
+
     report = adopt.adopt(stack.ctx, java.pool_id, delete_orphans=True, min_age=0)
     by_ref = {a.ref: a for a in report.actions}
+    assert by_ref["~" + str(legacy["globalId"])].action == adopt.TAG
     assert by_ref[check].action == adopt.TAG and "check volume" in by_ref[check].reason
     assert by_ref[stranger].action == adopt.UNKNOWN and report.unknown == [by_ref[stranger]]
     assert {a.ref for a in report.orphans} == {java.orphan_volume}
