@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
 from cloudstack_storpool.sizes import format_size, parse_size
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.driver import adopt
 
 DEFAULT_POOLS = "/etc/cloudstack-storpool/pools.toml"
 
@@ -192,24 +195,41 @@ def pool_stats(pool: str | None, pools_file: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Change nothing; list what would be done.")
 @click.option("--delete-orphans", is_flag=True,
               help="Also delete the objects no live CloudStack object accounts for (never without this flag).")
+@click.option("--min-age", type=click.IntRange(min=0), default=None, metavar="SECONDS",
+              help="With --delete-orphans, spare orphans made less than this long before the run "
+                   "(default 3600).")
 @pools_opt
 @json_opt
-def pool_adopt(pool: str, dry_run: bool, delete_orphans: bool, pools_file: str | None, as_json: bool) -> None:
+def pool_adopt(pool: str, dry_run: bool, delete_orphans: bool, min_age: int | None, pools_file: str | None,
+               as_json: bool) -> None:
     """Make POOL's objects made by the Java plugin first-class (tag `pool`, the project's snapshot
     names) and list every object no live CloudStack object accounts for (orphans are only
-    listed unless --delete-orphans)."""
+    listed unless --delete-orphans; one CloudStack has again, or too young, is spared)."""
     from cloudstack_storpool.driver import adopt
 
     def go() -> Any:
-        report = adopt.adopt(build_context(pools_file), pool, dry_run=dry_run, delete_orphans=delete_orphans)
+        report = adopt.adopt(build_context(pools_file), pool, dry_run=dry_run, delete_orphans=delete_orphans,
+                             min_age=adopt.MIN_AGE if min_age is None else min_age)
         if as_json:
             return report
-        done = set(report.done)
-        return [{**dataclasses.asdict(a), "state": "error: " + report.errors[a.ref] if a.ref in report.errors
-                 else "done" if a.ref in done else "planned" if a.action == adopt.TAG or delete_orphans else "report"}
-                for a in report.actions]
+        return [{**dataclasses.asdict(a), "state": _adopt_state(report, a)} for a in report.actions]
 
     run(go, as_json, ["action", "kind", "ref", "cs", "uuid", "rename", "reason", "state"])
+
+
+def _adopt_state(report: adopt.AdoptReport, a: adopt.AdoptAction) -> str:
+    """One row's outcome: an orphan `--delete-orphans` spared says why."""
+    from cloudstack_storpool.driver import adopt
+
+    if a.ref in report.errors:
+        return "error: " + report.errors[a.ref]
+    if a.ref in report.spared:
+        return "spared: " + report.spared[a.ref]
+    if a.ref in report.done:
+        return "done"
+    if a.action == adopt.TAG or (a.action == adopt.ORPHAN and report.delete_orphans):
+        return "planned" if report.dry_run else "report"
+    return "report"
 
 
 @pool_group.command("register")

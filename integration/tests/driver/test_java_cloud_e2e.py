@@ -175,7 +175,7 @@ def test_adopt_dry_run_changes_nothing_then_adopt_makes_them_first_class(stack: 
     assert _calls(stack, before) == {"VolumeCreate": 1}  # the Java figure: one call
     stack.cs.model.add_volume("after-adopt", 32 * MiB, storage_id=java.pool_id, path=made.path, volume_id=vid)
 
-    again = adopt.adopt(stack.ctx, java.pool_id, delete_orphans=True)
+    again = adopt.adopt(stack.ctx, java.pool_id, delete_orphans=True, min_age=0)
     assert [a.action for a in again.actions] == [adopt.ORPHAN] and again.done == [java.orphan_volume]
     assert conn.volume(java.orphan_volume) is None
 
