@@ -25,6 +25,9 @@ TEMPLATE: Final = "template"
 GROUP: Final = "group"
 TEMPORARY: Final = "temporary"
 DELAY_DELETE: Final = "delayDelete"
+CHECK_VOLUME: Final = "check-volume-is-on-host"
+"""The Java plugin's host listener's volume, one per CloudStack cluster (512 bytes, no uuid):
+the pool's detail `SP_VOLUME_ON_CLUSTER-<cluster id>` keeps its path."""
 
 VM_TAGS: Final = (VM, DISK, VC_POLICY)
 """Tags that describe the VM a volume is attached to: set on attach, cleared on detach/destroy."""

@@ -153,6 +153,11 @@ class Template:
     """Where the image sits on the image store (secondary storage), relative to its root."""
     pools: list[str] = field(default_factory=list)
     """Pools holding a copy (CloudStack's template_spool_ref)."""
+    pool_paths: dict[str, str] = field(default_factory=dict)
+    """template_spool_ref.install_path per pool: the path of the pool's copy, as the driver answered."""
+    details: dict[str, str] = field(default_factory=dict)
+    """vm_template_details (not in the API): the Java plugin marks a template kept as a StorPool
+    snapshot with `spStoragePoolId` (its pool)."""
 
 
 @dataclass
@@ -194,6 +199,9 @@ class StoragePool:
     state: str = "Up"
     tags: str = ""
     url: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    """storage_pool_details (not in the API): the Java plugin keeps each cluster's check volume
+    under `SP_VOLUME_ON_CLUSTER-<cluster id>` (its path)."""
 
 
 @dataclass
