@@ -69,13 +69,13 @@ def snapshot_name(conn: StorPoolConn, snapshot_uuid: str, path: str | None, fiel
 def java_template_cache(conn: StorPoolConn, spec: PoolSpec, template_uuid: str) -> SpSnapshot | None:
     """The cached template the Java plugin made on a pool: a snapshot tagged `uuid=<template>`,
     `cs=template`, living in the pool's template, and not the template's own StorPool copy
-    (`pools.kept_templates`). Only pools the Java plugin initialised (id `<template>;<uuid>`) are
+    (`pools.templates_kept_as_snapshots`). Only pools the Java plugin initialised (id `<template>;<uuid>`) are
     searched: others cannot hold one, and need not pay the listing."""
     if spec.key == spec.uuid:
         return None
     found = [s for s in conn.find_snapshots({tags.UUID: template_uuid.lower(), tags.KIND: tags.TEMPLATE})
              if pools.owns(spec, s)]
-    kept = pools.kept_templates(found, lambda ref: _volume_or_none(conn, ref))
+    kept = pools.templates_kept_as_snapshots(found, lambda ref: _volume_or_none(conn, ref))
     caches = [s for s in found if s.global_id not in kept]
     return max(caches, key=lambda s: s.created) if caches else None
 

@@ -285,7 +285,7 @@ def _refuse_duplicates(current: PoolsFile, spec: PoolSpec) -> None:
             )
 
 
-def kept_templates(found: Sequence[SpSnapshot], volume: Callable[[str], SpVolume | None]) -> set[str]:
+def templates_kept_as_snapshots(found: Sequence[SpSnapshot], volume: Callable[[str], SpVolume | None]) -> set[str]:
     """The global ids, among the Java plugin's `cs=template` snapshots `found`, of templates
     *kept as StorPool snapshots* rather than caches of a pool.
 
@@ -336,7 +336,7 @@ def removal_plan(ctx: DriverContext, spec: PoolSpec) -> RemovalPlan:
     vols = [v for v in everything if owns(spec, v)]
     snaps = [s for s in conn.snapshots() if not s.deleted and owns(spec, s)]
     java_templates = [s for s in snaps if s.tags.get(tags.KIND) == tags.TEMPLATE and not s.tags.get(tags.POOL)]
-    kept = kept_templates(java_templates, by_name.get)
+    kept = templates_kept_as_snapshots(java_templates, by_name.get)
     plan = RemovalPlan()
     for v in vols:
         (plan.check_volumes if v.tags.get(tags.KIND) == tags.CHECK_VOLUME else plan.blocking).append(v)

@@ -111,7 +111,7 @@ def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, *, path: 
     `path` is the cache's path as CloudStack keeps it for the pool (template_spool_ref): exactly
     that snapshot goes, after checking it is a cache of this template. Without it the cache is
     the project's by name, else the Java plugin's by its tags, never a template the Java plugin
-    keeps as a StorPool snapshot (`locate.kept_templates`): that is the template itself."""
+    keeps as a StorPool snapshot (`pools.templates_kept_as_snapshots`): that is the template itself."""
     spec = pools.resolve(ctx, pool)
     tuuid = check_uuid(template_uuid, "template_uuid")
     conn = ctx.conn(spec)
