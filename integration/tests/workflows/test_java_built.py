@@ -4,14 +4,17 @@ client and checked through the bindings: templates, snapshots, pool removal, del
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import cs
 import pytest
+from click.testing import CliRunner
 
 from cloudstack_storpool import names
-from cloudstack_storpool.driver import gc, pools, recovery, templates
+from cloudstack_storpool.cli import cli
+from cloudstack_storpool.driver import gc, pools, recovery, templates, volumes
 from cloudstack_storpool.errors import Conflict, NotFound
 from cloudstack_storpool.poolconfig import load_pools
 from integration.stack import LocalStack, new_uuid
@@ -149,8 +152,6 @@ def test_a_java_backup_is_listed_with_its_path_and_restored_by_uuid(stack: Local
 def test_a_backup_of_a_volume_that_is_live_again_says_why_not(stack: LocalStack, built: JavaBuilt) -> None:
     """The project's own delay-delete, then a volume of the same uuid made again: listed with why
     `volume restore` cannot bring it back."""
-    from cloudstack_storpool.driver import volumes
-
     stack.settings.set("storpool.delete.after.interval", 3600, pool=built.pool_id)
     time.sleep(stack.settings_ttl + 0.1)  # the driver's settings cache
     vid = new_uuid()
@@ -161,3 +162,18 @@ def test_a_backup_of_a_volume_that_is_live_again_says_why_not(stack: LocalStack,
     volumes.create(stack.ctx, built.pool_id, vid, 1 << 20)
     mine = [d for d in recovery.deleted(stack.ctx, built.pool_id) if d.uuid == vid]
     assert mine[0].not_restorable is not None and "exists" in mine[0].not_restorable
+
+
+def test_the_operator_restores_a_java_backup_with_the_cli(stack: LocalStack, built: JavaBuilt) -> None:
+    """`volume deleted` shows the Java backup's volume path; `volume restore --path` brings it back."""
+    runner, env = CliRunner(), stack.driver_env()
+    res = runner.invoke(cli, ["volume", "deleted", javabuilt.POOL_NAME, "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    rows = [r for r in json.loads(res.output) if r["volume_path"] == built.deleted_volume_path]
+    assert len(rows) == 1 and rows[0]["uuid"] is None and rows[0]["not_restorable"] is None
+    res = runner.invoke(cli, ["volume", "restore", javabuilt.POOL_NAME, built.deleted_volume, "--path",
+                              built.deleted_volume_path, "--json"], env=env)
+    assert res.exit_code == 0, res.output
+    assert _read(stack, json.loads(res.output)["path"], len(javabuilt.DELETED_MARK)) == javabuilt.DELETED_MARK
+    res = runner.invoke(cli, ["volume", "deleted", javabuilt.POOL_NAME], env=env)
+    assert res.exit_code == 0 and "restored already" in res.output, res.output
