@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cloudstack_storpool import names
 from cloudstack_storpool.cli import cli
 from cloudstack_storpool.driver import gc, pools, recovery, templates, volumes
-from cloudstack_storpool.errors import Conflict, NotFound
+from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
 from integration.stack import LocalStack, new_uuid
 from integration.tests import javabuilt
@@ -77,8 +77,9 @@ def test_drop_without_a_path_takes_the_cache_not_the_kept_template(stack: LocalS
     assert _snapshot(sp, built.paths[built.volume_template]) is None
     assert _snapshot(sp, built.volume_template_snapshot) is not None
     # A path that is not this template's cache is refused, and nothing is deleted.
-    with pytest.raises(Exception, match="path"):
+    with pytest.raises(ValidationError) as refused:
         templates.drop(stack.ctx, built.pool_id, built.cached_template, path=built.volume_template_snapshot)
+    assert refused.value.field == "path"
     assert _snapshot(sp, built.volume_template_snapshot) is not None
 
 
