@@ -103,7 +103,8 @@ def create_storage_pool(model: m.CloudStackModel, name: str, url: str, zone_id: 
 
 def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
     """StorageManagerImpl.deletePool -> StorPoolPrimaryDataStoreLifeCycle.deleteDataStore:
-    `remove_pool` (which refuses while StorPool still holds the pool's objects)."""
+    `remove_pool` (which refuses while the pool holds snapshots or templates kept as StorPool
+    snapshots, and otherwise deletes its template caches and the hosts' check volumes)."""
     _plugin(model).call("remove_pool", pool=pool.id)
     with model.lock:
         model.storage_pools.pop(pool.id, None)
