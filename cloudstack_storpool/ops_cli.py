@@ -312,27 +312,33 @@ def volume_stats(pool: str | None, volume_uuid: str | None, pools_file: str | No
 @pools_opt
 @json_opt
 def volume_deleted(pool: str | None, pools_file: str | None, as_json: bool) -> None:
-    """Deleted volumes that can still be restored (their delay-delete backups), newest first."""
+    """Deleted volumes whose delay-delete backups StorPool still holds, newest first; NOT_RESTORABLE
+    says why `volume restore` cannot bring one back (empty: it can). A backup the Java plugin
+    made has no uuid: VOLUME_PATH names its volume (restore it with --path)."""
     from cloudstack_storpool.driver import recovery
 
     def go() -> list[dict[str, Any]]:
         return [{**dataclasses.asdict(d), "deleted": _when(d.deleted_at), "expires": _when(d.expires_at)}
                 for d in recovery.deleted(build_context(pools_file), pool)]
 
-    run(go, as_json, ["uuid", "backup", "size", "deleted", "expires"])
+    run(go, as_json, ["uuid", "volume_path", "backup", "size", "deleted", "expires", "not_restorable"])
 
 
 @volume_group.command("restore")
 @click.argument("pool")
 @click.argument("volume_uuid")
 @click.option("--backup", default=None, help="Restore from this backup (from `volume deleted`) instead of the newest.")
+@click.option("--path", default=None,
+              help="The volume's path as CloudStack kept it (VOLUME_PATH of `volume deleted`): finds the Java plugin's backups.")
 @pools_opt
 @json_opt
-def volume_restore(pool: str, volume_uuid: str, backup: str | None, pools_file: str | None, as_json: bool) -> None:
+def volume_restore(pool: str, volume_uuid: str, backup: str | None, path: str | None, pools_file: str | None,
+                   as_json: bool) -> None:
     """Bring deleted VOLUME_UUID back with the content it had when deleted (a new path: its globalId changes)."""
     from cloudstack_storpool.driver import recovery
 
-    run(lambda: recovery.restore(build_context(pools_file), pool, volume_uuid, backup=backup), as_json, VOLUME_COLUMNS)
+    run(lambda: recovery.restore(build_context(pools_file), pool, volume_uuid, backup=backup, path=path), as_json,
+        VOLUME_COLUMNS)
 
 
 def _when(stamp: int | None) -> str | None:

@@ -28,7 +28,8 @@ GROUP: Final = "group"
 TEMPORARY: Final = "temporary"
 DELAY_DELETE: Final = "delayDelete"
 CHECK_VOLUME: Final = "check-volume-is-on-host"
-
+"""The Java plugin's host listener's volume, one per CloudStack cluster (512 bytes, no uuid):
+the pool's detail `SP_VOLUME_ON_CLUSTER-<cluster id>` keeps its path."""
 
 
 @dataclass(frozen=True)

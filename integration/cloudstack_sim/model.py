@@ -156,6 +156,11 @@ class Template:
     project_id: str = ""
     """The project owning the template ("" for an account's): a listing skips it unless asked
     with `projectid` (CloudStack's SkipProjectResources), a lookup by id finds it."""
+    pool_paths: dict[str, str] = field(default_factory=dict)
+    """template_spool_ref.install_path per pool: the path of the pool's copy, as the driver answered."""
+    details: dict[str, str] = field(default_factory=dict)
+    """vm_template_details (not in the API): the Java plugin marks a template kept as a StorPool
+    snapshot with `spStoragePoolId` (its pool)."""
 
 
 @dataclass
@@ -197,6 +202,9 @@ class StoragePool:
     state: str = "Up"
     tags: str = ""
     url: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    """storage_pool_details (not in the API): the Java plugin keeps each cluster's check volume
+    under `SP_VOLUME_ON_CLUSTER-<cluster id>` (its path)."""
 
 
 @dataclass

@@ -53,6 +53,9 @@ from typing import Any
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 
+BYID = "/dev/storpool-byid/"
+"""The prefix of the paths the driver answers (StorPoolUtil.SP_DEV_PATH)."""
+
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -100,7 +103,8 @@ def create_storage_pool(model: m.CloudStackModel, name: str, url: str, zone_id: 
 
 def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
     """StorageManagerImpl.deletePool -> StorPoolPrimaryDataStoreLifeCycle.deleteDataStore:
-    `remove_pool` (which refuses while StorPool still holds the pool's objects)."""
+    `remove_pool` (which refuses while the pool holds snapshots or templates kept as StorPool
+    snapshots, and otherwise deletes its template caches and the hosts' check volumes)."""
     _plugin(model).call("remove_pool", pool=pool.id)
     with model.lock:
         model.storage_pools.pop(pool.id, None)
@@ -184,10 +188,12 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
         cached = pool.id in tpl.pools
     source = {"store": _store(model), "path": _template_path(tpl), "format": tpl.format.lower()}
     if not cached:
-        plugin.call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
+        made = plugin.call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
         with model.lock:
             if pool.id not in tpl.pools:
                 tpl.pools.append(pool.id)
+            if isinstance(made, dict) and made.get("global_id"):
+                tpl.pool_paths[pool.id] = BYID + str(made["global_id"])
     size = vol.size if vol.size > tpl.size else None
     result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
                          size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id)
@@ -415,7 +421,8 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
     result = _plugin(model).call("create_volume_from_snapshot", pool=pool_id, snapshot_uuid=snap.id,
-                                 volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary)
+                                 volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary,
+                                 path=snapshot_path(snap))
     _created(model, vol.id, pool_id, result)
 
 
@@ -555,6 +562,14 @@ def allocate_snapshot(model: m.CloudStackModel, volume_id: str, name: str | None
         return snap
 
 
+def snapshot_path(snap: m.Snapshot) -> str | None:
+    """The snapshot's StorPool path as CloudStack keeps it: the snapshot_details row under the
+    snapshot's uuid (StorPoolHelper.getSnapshotName reads it first), else the path the driver
+    answered. Every snapshot operation hands it to the plugin, as CloudStack hands it to the
+    Java driver."""
+    return snap.details.get(snap.id) or snap.path
+
+
 def time_stamp() -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime())
 
@@ -578,6 +593,7 @@ def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
         raise
     with model.lock:
         snap.path, snap.storage_id = result["path"], vol.storage_id
+        snap.details[snap.id] = result["path"]  # the Java plugin's snapshot_details row
         backup = result.get("backup")
         snap.backup_path = backup["path"] if backup else None
         snap.physical_size = int(backup["physical_size"]) if backup else 0
@@ -590,8 +606,9 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
     on the pool of its volume; the image-store copy is CloudStack's to remove (it does)."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
-    if snap.path and snap.storage_id:
-        _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id)
+    path = snapshot_path(snap)
+    if path and snap.storage_id:
+        _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id, path=path)
     if snap.backup_path and model.image_store:
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
@@ -602,7 +619,7 @@ def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
     """SnapshotManagerImpl.revertSnapshot -> SnapshotStrategy.revertSnapshot: `revert_volume`."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
-    _plugin(model).call("revert_volume", volume_uuid=snap.volume_id, snapshot_uuid=snap.id)
+    _plugin(model).call("revert_volume", volume_uuid=snap.volume_id, snapshot_uuid=snap.id, path=snapshot_path(snap))
 
 
 # ---------------------------------------------------------------------------- templates
@@ -628,10 +645,12 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
     with model.lock:
         tpl = model.templates[template_id]
         pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
+        snap = model.snapshots[snapshot_id] if snapshot_id else None
     try:
-        _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
-                            snapshot_uuid=snapshot_id, volume_uuid=volume_id,
-                            secondary={"store": _store(model), "path": tpl.install_path})
+        made = _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
+                                   snapshot_uuid=snapshot_id, volume_uuid=volume_id,
+                                   snapshot_path=snapshot_path(snap) if snap is not None else None,
+                                   secondary={"store": _store(model), "path": tpl.install_path})
     except BaseException:
         with model.lock:
             model.templates.pop(template_id, None)
@@ -640,6 +659,8 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
         tpl.ready = True
         if pool_id and pool_id not in tpl.pools:
             tpl.pools.append(pool_id)
+        if pool_id and isinstance(made, dict) and made.get("path"):
+            tpl.pool_paths[pool_id] = str(made["path"])
 
 
 def delete_template(model: m.CloudStackModel, template_id: str, *, forced: bool) -> None:
@@ -651,11 +672,11 @@ def delete_template(model: m.CloudStackModel, template_id: str, *, forced: bool)
         tpl = model.templates[template_id]
         model.delete_template(template_id, forced=forced)
         in_use = {v.storage_id for v in model.volumes.values() if v.template_id == template_id}
-        evict = [p for p in tpl.pools if p not in in_use and p in model.storage_pools]
+        evict = [(p, tpl.pool_paths.get(p)) for p in tpl.pools if p not in in_use and p in model.storage_pools]
     if model.image_store and tpl.install_path:
         (Path(model.image_store) / tpl.install_path).unlink(missing_ok=True)
-    for pool_id in evict:
-        _plugin(model).call("drop_cached_template", pool=pool_id, template_uuid=template_id)
+    for pool_id, path in evict:
+        _plugin(model).call("drop_cached_template", pool=pool_id, template_uuid=template_id, path=path)
 
 
 # ---------------------------------------------------------------------------- VM snapshots
