@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from integration import processes
@@ -32,14 +33,18 @@ def _agent_process(stack: LocalStack, tmp_path: Path, client_id: int) -> process
                            status_file=str(tmp_path / "hb.json"), token=stack.agent_token, tls=stack.agent_cert)
 
 
+@pytest.mark.parametrize("client_id_from", ["detail", "agent"])
 def test_a_prepare_whose_destination_agent_dies_undoes_its_attachments_and_answers_502(
-        stack: LocalStack, tmp_path: Path) -> None:
+        stack: LocalStack, tmp_path: Path, client_id_from: str) -> None:
     """The destination's agent is killed (kill -9) once it has attached the VM's first disk:
     the answer is 502 naming the destination, and by then StorPool holds each disk on the
-    source only, read-write, as before the prepare."""
+    source only, read-write, as before the prepare. The destination's StorPool client id comes
+    from its `SP_OURID` detail, or, for a host without one, from its agent before any connect."""
     vm, gids = _vm_with_disks(stack)
     source, dest = _host(stack, 1), _host(stack, 2)
     stack.start_vm(vm.id, source)
+    if client_id_from == "agent":
+        stack.cs.model.set_host_details(dest, SP_OURID="")
     assert [_attached(stack.sp.api(), g) for g in gids] == [[(1, "rw")], [(1, "rw")]]
     url = stack.start_service()
     assert stack.service_token
@@ -66,6 +71,7 @@ def test_a_prepare_whose_destination_agent_dies_undoes_its_attachments_and_answe
         watcher.join(60)
     assert killed.is_set(), "the destination never attached the first disk"
     assert resp.status_code == 502, resp.text
+    assert resp.json()["error"]["code"] in ("lost", "unreachable"), resp.text
     message = resp.json()["error"]["message"]
     assert dest in message and f"127.0.0.1:{port}" in message, message
     assert "detached on StorPool" in message, message
