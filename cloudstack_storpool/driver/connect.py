@@ -31,6 +31,7 @@ from cloudstack_storpool.spconn import Ref
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.records import Host
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.sprecords import SpAttachment
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def prepare_migration(ctx: DriverContext, *, vm_id: str, dest_host_id: str) -> V
     if not disks:
         return VmDisks(vm_id, dest_host_id, [])
     client = _client_id(host, agent)
-    held = {d.name for d in disks if client in _holders(ctx, d)}
+    held = _held_by(ctx, disks, client)
     done: list[str] = []
     try:
         for d in disks:
@@ -188,20 +189,26 @@ def _client_id(host: Host, agent: AgentClient) -> int:
     return check_client_id(facts.get("client_id"), "client_id")
 
 
-def _holders(ctx: DriverContext, disk: LocatedVolume) -> set[int]:
-    """The StorPool clients the disk is attached to now."""
-    name = disk.name
-    found = ctx.conn(disk.pool).attachments()
-    if name.startswith("~"):
-        return {a.client for a in found if a.global_id == name[1:]}
-    return {a.client for a in found if a.name == name}
+def _held_by(ctx: DriverContext, disks: list[LocatedVolume], client: int) -> set[str]:
+    """The names of the disks `client` holds now: one AttachmentsList per StorPool endpoint."""
+    listed: dict[int, list[SpAttachment]] = {}
+    out = set()
+    for d in disks:
+        conn = ctx.conn(d.pool)
+        found = listed.get(id(conn))
+        if found is None:
+            found = listed[id(conn)] = [a for a in conn.attachments() if a.client == client]
+        if any((a.global_id == d.name[1:]) if d.name.startswith("~") else (a.name == d.name) for a in found):
+            out.add(d.name)
+    return out
 
 
 def _detach_new(ctx: DriverContext, disks: list[LocatedVolume], client: int, held: set[str]) -> None:
     """Detach `client` from every disk it holds now and did not hold before (`held`). Forced:
     nothing on a destination uses a disk before the migration starts."""
+    new = _held_by(ctx, disks, client) - held
     for d in disks:
-        if d.name not in held and client in _holders(ctx, d):
+        if d.name in new:
             ctx.conn(d.pool).detach(Ref("volume", d.name), client, force=True)
             log.warning("prepare_migration failed: detached %s from client %d on StorPool", d.name, client)
 

@@ -14,7 +14,7 @@ import requests
 
 from integration import processes
 from integration.stack import LocalStack, free_port
-from integration.tests.driver.test_hostside_e2e import _auth, _host, _vm_with_disks
+from integration.tests.driver.test_hostside_e2e import MiB, _auth, _host, _vm_with_disks
 
 
 def _attached(sp: Any, gid: str) -> list[tuple[int, str]]:
@@ -33,6 +33,38 @@ def _agent_process(stack: LocalStack, tmp_path: Path, client_id: int) -> process
                            status_file=str(tmp_path / "hb.json"), token=stack.agent_token, tls=stack.agent_cert)
 
 
+def _prepare_killing_the_destination(stack: LocalStack, tmp_path: Path, vm_id: str, dest: str,
+                                     trigger: str) -> tuple[requests.Response, str]:
+    """POST migration/prepare to the service while a real destination agent runs, killed (kill
+    -9) as soon as StorPool shows volume `trigger` attached to the destination (client 2).
+    Returns the answer and the agent's port."""
+    url = stack.start_service()
+    assert stack.service_token
+    sp = stack.sp.api()
+    agent = _agent_process(stack, tmp_path, 2)
+    killed = threading.Event()
+    with agent:
+        port = agent.url.rsplit(":", 1)[1]
+        stack.cs.model.set_host_details(dest, **{"agent.port": port})
+
+        def kill_once_attached() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if (2, "rw") in _attached(sp, trigger):
+                    agent.kill()
+                    killed.set()
+                    return
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=kill_once_attached)
+        watcher.start()
+        resp = requests.post(f"{url}/v1/vms/{vm_id}/migration/prepare", headers=_auth(stack.service_token),
+                             json={"dest_host_id": dest}, timeout=120)
+        watcher.join(60)
+    assert killed.is_set(), f"the destination never attached {trigger}"
+    return resp, port
+
+
 @pytest.mark.parametrize("client_id_from", ["detail", "agent"])
 def test_a_prepare_whose_destination_agent_dies_undoes_its_attachments_and_answers_502(
         stack: LocalStack, tmp_path: Path, client_id_from: str) -> None:
@@ -46,36 +78,25 @@ def test_a_prepare_whose_destination_agent_dies_undoes_its_attachments_and_answe
     if client_id_from == "agent":
         stack.cs.model.set_host_details(dest, SP_OURID="")
     assert [_attached(stack.sp.api(), g) for g in gids] == [[(1, "rw")], [(1, "rw")]]
-    url = stack.start_service()
-    assert stack.service_token
-    sp = stack.sp.api()
-    agent = _agent_process(stack, tmp_path, 2)
-    killed = threading.Event()
-    with agent:
-        port = agent.url.rsplit(":", 1)[1]
-        stack.cs.model.set_host_details(dest, **{"agent.port": port})
-
-        def kill_once_the_first_disk_is_attached() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if (2, "rw") in _attached(sp, gids[0]):
-                    agent.kill()
-                    killed.set()
-                    return
-                time.sleep(0.005)
-
-        watcher = threading.Thread(target=kill_once_the_first_disk_is_attached)
-        watcher.start()
-        resp = requests.post(f"{url}/v1/vms/{vm.id}/migration/prepare", headers=_auth(stack.service_token),
-                             json={"dest_host_id": dest}, timeout=120)
-        watcher.join(60)
-    assert killed.is_set(), "the destination never attached the first disk"
+    resp, port = _prepare_killing_the_destination(stack, tmp_path, vm.id, dest, gids[0])
     assert resp.status_code == 502, resp.text
     assert resp.json()["error"]["code"] in ("lost", "unreachable"), resp.text
     message = resp.json()["error"]["message"]
     assert dest in message and f"127.0.0.1:{port}" in message, message
     assert "detached on StorPool" in message, message
-    assert [_attached(sp, g) for g in gids] == [[(1, "rw")], [(1, "rw")]]
+    assert [_attached(stack.sp.api(), g) for g in gids] == [[(1, "rw")], [(1, "rw")]]
+
+
+def test_the_undo_keeps_what_the_destination_held_before_the_prepare(stack: LocalStack, tmp_path: Path) -> None:
+    """A disk the destination already held before the call (an earlier prepare's) is not this
+    call's to undo: only the disks it attached during the call are detached."""
+    vm, gids = _vm_with_disks(stack, (32 * MiB, 16 * MiB, 16 * MiB))
+    source, dest = _host(stack, 1), _host(stack, 2)
+    stack.start_vm(vm.id, source)
+    stack.sp.api().volumesReassign(json=[{"volume": f"~{gids[0]}", "rw": [2]}])
+    resp, _ = _prepare_killing_the_destination(stack, tmp_path, vm.id, dest, gids[1])
+    assert resp.status_code == 502, resp.text
+    assert [_attached(stack.sp.api(), g) for g in gids] == [[(1, "rw"), (2, "rw")], [(1, "rw")], [(1, "rw")]]
 
 
 def test_connect_hand_over_and_prepare_with_the_agent_down_answer_502_naming_the_host(stack: LocalStack) -> None:
