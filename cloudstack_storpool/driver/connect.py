@@ -173,7 +173,8 @@ def prepare_migration(ctx: DriverContext, *, vm_id: str, dest_host_id: str) -> V
     except BaseException as exc:
         tried = disks[:len(done) + 1]  # the one that failed may have been attached before the failure
         err = undo_and_fail(f"prepare_migration of VM {vm_id} to host {dest_host_id}", exc,
-                            f"what the destination attached was detached on StorPool (client {client})",
+                            f"whatever the destination attached during the call was detached on StorPool "
+                            f"(client {client})",
                             partial(_detach_new, ctx, tried, client, held))
         if not isinstance(exc, Exception):
             raise
