@@ -358,21 +358,26 @@ def destroy_vm(model: m.CloudStackModel, vm_id: str, *, expunge: bool) -> None:
 
 
 def change_vm_tags(model: m.CloudStackModel, vm_id: str, wanted: dict[str, str], *, remove: bool) -> None:
-    """TaggedResourceManagerImpl.createTags / deleteTags, then the plugin carries the VM's
-    `vc-policy` to its volumes: `vm_tags_changed`."""
+    """TaggedResourceManagerImpl.createTags / deleteTags: inside the transaction that writes the
+    tags, the plugin carries the VM's `vc-policy` to its volumes (provideVmTags):
+    `vm_tags_changed` with `vc_policy` as the tag will be ("" once removed). The API shows the
+    new tags only once that transaction commits, after the call."""
     with model.lock:
         vm = model.vms[vm_id]
+        after = dict(vm.tags)
         for key, value in wanted.items():
             if remove:
-                if not value or vm.tags.get(key) == value:
-                    vm.tags.pop(key, None)
+                if not value or after.get(key) == value:
+                    after.pop(key, None)
             else:
-                vm.tags[key] = value
+                after[key] = value
         if remove and not wanted:
-            vm.tags.clear()
+            after.clear()
         on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
-    if on_storage:
-        _plugin(model).call("vm_tags_changed", vm_id=vm_id)
+    if on_storage and after.get("vc-policy", "") != vm.tags.get("vc-policy", ""):
+        _plugin(model).call("vm_tags_changed", vm_id=vm_id, vc_policy=after.get("vc-policy", ""))
+    with model.lock:
+        vm.tags = after
 
 
 # ---------------------------------------------------------------------------- volumes
