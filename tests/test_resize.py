@@ -77,6 +77,9 @@ def test_a_bad_host_id_is_refused_before_anything_changes(env: Env) -> None:
     with pytest.raises(ValidationError) as bad:
         resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=["h1", ""])
     assert bad.value.field == "host_ids[1]"
+    with pytest.raises(ValidationError) as no_vm:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=["h1"], instance_name="none")
+    assert no_vm.value.field == "instance_name"
     with pytest.raises(ValidationError) as not_list:
         resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids="h1")  # type: ignore[arg-type]
     assert not_list.value.field == "host_ids"

@@ -91,6 +91,9 @@ def resize_volume(
     names.size(new_size, "new_size")
     hosts = _hosts(host_ids)
     vm_name = None if instance_name in (None, "", NO_INSTANCE) else instance_name
+    if hosts and vm_name is None:
+        raise ValidationError("instance_name", "is required with host_ids: the VM whose host is told "
+                                               "(CloudStack hands no host for a volume without a VM)")
     src = locate(ctx, volume_uuid)
     conn = ctx.conn(src.pool)
     before = _Before.read(conn, src.name)

@@ -135,7 +135,8 @@ def test_an_unreachable_host_passes_to_the_next_and_unknown_hosts_are_refused(st
     vm = running_vm(stack, client_id=2)
     vid, gid = volume_of(stack, 16 * MiB, vm.id)
     with pytest.raises(NotFound, match="host_ids: CloudStack has no host"):
-        resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[new_uuid()])
+        resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[new_uuid()],
+                             instance_name=vm.instance_name)
     assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 16 * MiB
     # A host whose agent does not answer (nothing listens on its port), Down for everything else.
     down = stack.cs.model.add_host("down-host", "127.0.0.1", details={"agent.port": "1"}, state="Down")
