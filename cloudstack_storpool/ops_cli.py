@@ -423,17 +423,23 @@ def volume_delete(pool: str, volume_uuid: str, pools_file: str | None, as_json: 
 @click.argument("volume_uuid")
 @click.argument("new_size", type=SIZE)
 @click.option("--shrink-ok", is_flag=True, help="Allow shrinking (data past the new end is lost).")
+@click.option("--host-id", "host_ids", multiple=True,
+              help="A host to tell, in the order to try (default: the VM's host while it runs, from CloudStack).")
 @pools_opt
 @token_opt
 @json_opt
-def volume_resize(volume_uuid: str, new_size: int, shrink_ok: bool, pools_file: str | None, agent_token_file: str | None,
-                  as_json: bool) -> None:
+def volume_resize(volume_uuid: str, new_size: int, shrink_ok: bool, host_ids: tuple[str, ...], pools_file: str | None,
+                  agent_token_file: str | None, as_json: bool) -> None:
     """Resize VOLUME_UUID to NEW_SIZE (10G, 10GiB or bytes); a running VM sees it at once (rolled back on failure)."""
     from cloudstack_storpool.driver import resize
 
-    run(lambda: resize.resize_volume(build_context(pools_file, agent_token_file), volume_uuid=volume_uuid,
-                                     new_size=new_size, shrink_ok=shrink_ok),
-        as_json, ["volume_uuid", "old_size", "new_size", "host_id", "notified", "capacity"])
+    def go() -> Any:
+        ctx = build_context(pools_file, agent_token_file)
+        running, instance = resize.running_placement(ctx, volume_uuid)
+        return resize.resize_volume(ctx, volume_uuid=volume_uuid, new_size=new_size, shrink_ok=shrink_ok,
+                                    host_ids=list(host_ids) or running, instance_name=instance)
+
+    run(go, as_json, ["volume_uuid", "old_size", "new_size", "host_id", "notified", "capacity"])
 
 
 @click.group("snapshot")

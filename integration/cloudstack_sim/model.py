@@ -714,13 +714,15 @@ class CloudStackModel:
             return vm
 
     def move_vm(self, vm_id: str, host_id: str) -> VirtualMachine:
-        """Live migration (running VM) or a new last host (stopped VM)."""
+        """Live migration (running VM: VirtualMachineManagerImpl.migrate sets the last host to the
+        source before the move) or a new last host (stopped VM)."""
         with self.lock:
             vm = self.vms[vm_id]
             self._need(self.hosts, "hostid", host_id)
             if vm.state == "Running":
-                vm.host_id = host_id
-            vm.last_host_id = host_id
+                vm.last_host_id, vm.host_id = vm.host_id, host_id
+            else:
+                vm.last_host_id = host_id
             self.add_event("VM.MIGRATE", f"Migrated VM {vm.name}", vm_id, "VirtualMachine")
             return vm
 

@@ -364,21 +364,26 @@ def destroy_vm(model: m.CloudStackModel, vm_id: str, *, expunge: bool) -> None:
 
 
 def change_vm_tags(model: m.CloudStackModel, vm_id: str, wanted: dict[str, str], *, remove: bool) -> None:
-    """TaggedResourceManagerImpl.createTags / deleteTags, then the plugin carries the VM's
-    `vc-policy` to its volumes: `vm_tags_changed`."""
+    """TaggedResourceManagerImpl.createTags / deleteTags: inside the transaction that writes the
+    tags, the plugin carries the VM's `vc-policy` to its volumes (provideVmTags):
+    `vm_tags_changed` with `vc_policy` as the tag will be ("" once removed). The API shows the
+    new tags only once that transaction commits, after the call."""
     with model.lock:
         vm = model.vms[vm_id]
+        after = dict(vm.tags)
         for key, value in wanted.items():
             if remove:
-                if not value or vm.tags.get(key) == value:
-                    vm.tags.pop(key, None)
+                if not value or after.get(key) == value:
+                    after.pop(key, None)
             else:
-                vm.tags[key] = value
+                after[key] = value
         if remove and not wanted:
-            vm.tags.clear()
+            after.clear()
         on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
-    if on_storage:
-        _plugin(model).call("vm_tags_changed", vm_id=vm_id)
+    if on_storage and after.get("vc-policy", "") != vm.tags.get("vc-policy", ""):
+        _plugin(model).call("vm_tags_changed", vm_id=vm_id, vc_policy=after.get("vc-policy", ""))
+    with model.lock:
+        vm.tags = after
 
 
 # ---------------------------------------------------------------------------- volumes
@@ -477,13 +482,18 @@ def _iops_args(off: m.DiskOffering | None, min_iops: int | None, max_iops: int |
 def resize_volume(model: m.CloudStackModel, volume_id: str, new_size: int, *, offering: m.DiskOffering | None,
                   shrink_ok: bool, min_iops: int | None, max_iops: int | None) -> None:
     """VolumeApiServiceImpl.resizeVolume -> orchestrateResizeVolume -> VolumeServiceImpl.resize
-    -> driver.resize (ResizeVolumePayload: new size, new offering, IOPS): `resize_volume`,
-    which also tells a running VM's host (the agent's `resize`). An Allocated volume changes
-    its record only."""
+    -> driver.resize (ResizeVolumePayload: new size, new offering, IOPS, and the hosts to send
+    the command to: the VM's host, else its last host, none without a VM; the VM's instance
+    name, "none" without one): `resize_volume`, which tells the first of those hosts it reaches
+    (the agent's `resize`). An Allocated volume changes its record only."""
     with model.lock:
         vol = model.volumes[volume_id]
+        vm = model.vms.get(vol.vm_id or "")
+        hosts = [h for h in (vm.host_id or vm.last_host_id,) if h] if vm is not None else []
+        instance = vm.instance_name if vm is not None else "none"
     if vol.path:
         _plugin(model).call("resize_volume", volume_uuid=vol.id, new_size=new_size, shrink_ok=shrink_ok,
+                            host_ids=hosts, instance_name=instance,
                             disk_offering_id=offering.id if offering else None,
                             custom_iops=_iops_args(offering, min_iops, max_iops))
     with model.lock:

@@ -95,7 +95,8 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
                                         "path": f"snapshots/2/{root['id']}/{snaps[0]['id']}.qcow2"}}
 
     resize = calls_during(stack, lambda: cloud.resizeVolume(id=root["id"], size=1))
-    assert resize == [("resize_volume", {"volume_uuid": root["id"], "new_size": 1 << 30, "shrink_ok": False})]
+    assert resize == [("resize_volume", {"volume_uuid": root["id"], "new_size": 1 << 30, "shrink_ok": False,
+                                         "host_ids": [vm["hostid"]], "instance_name": vm["instancename"]})]
     snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"])  # of the 1 GiB volume
 
     cloud.stopVirtualMachine(id=vm["id"])
