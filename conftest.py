@@ -1,6 +1,41 @@
-"""Shared pytest fixtures live next to the stand-ins they start; this file only loads them."""
+"""Shared pytest fixtures live next to the stand-ins they start; this file loads them, and checks
+at the end of the run that no file of the checkout was loaded as two modules (two module objects,
+hence two copies of each class: an `except` naming one misses the other's errors)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 pytest_plugins = [
     "integration.storpool_sim.pytest_fixtures",
     "integration.cloudstack_sim.pytest_fixtures",
 ]
+
+CHECKOUT = Path(__file__).resolve().parent
+
+
+def modules_loaded_twice(modules: dict[str, object], root: Path) -> dict[str, list[str]]:
+    """Files under `root` that more than one distinct module object was loaded from, with the
+    names they were loaded under. Aliases of one module object (as `os.path` is of `posixpath`)
+    are one module, not two."""
+    seen: dict[str, dict[int, str]] = {}
+    for name, module in list(modules.items()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str):
+            continue
+        path = os.path.realpath(file)
+        if Path(path).is_relative_to(root):
+            seen.setdefault(path, {}).setdefault(id(module), name)
+    return {path: sorted(names.values()) for path, names in seen.items() if len(names) > 1}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_module_per_file() -> Iterator[None]:
+    yield
+    twice = modules_loaded_twice(dict(sys.modules), CHECKOUT)
+    assert not twice, f"files loaded under two module names: {twice}"

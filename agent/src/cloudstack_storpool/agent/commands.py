@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cloudstack_storpool import __version__, names
+from cloudstack_storpool import names
 from cloudstack_storpool.agent import partials, qemu_img, secondary
 from cloudstack_storpool.agent.attach import (
     Attachment,
@@ -35,6 +35,7 @@ from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.resize import libvirt_version, not_applied, notify_resize
 from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, ValidationError
 from cloudstack_storpool.typedjson import parse_object
+from cloudstack_storpool.version import __version__
 
 log = logging.getLogger(__name__)
 

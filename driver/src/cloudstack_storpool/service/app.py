@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cloudstack_storpool import __version__, logs, metrics
+from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.driver.recovery import ExpiryTracker
 from cloudstack_storpool.driver.stats import StatsCache
@@ -58,6 +58,7 @@ from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.periodic import PeriodicTask, service_tasks
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
 from cloudstack_storpool.typedjson import to_json
+from cloudstack_storpool.version import __version__
 
 __all__ = ["Redactor", "ServiceServer", "error_response", "make_server", "serve_in_thread"]
 

@@ -12,10 +12,10 @@ import re
 import sys
 from typing import Any
 
-from cloudstack_storpool import __version__
 from cloudstack_storpool.service.jobs import JOB_ID_PATTERN, MAX_KEY
 from cloudstack_storpool.service.schema import SchemaBuilder, describe
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
+from cloudstack_storpool.version import __version__
 
 ERROR_STATUSES = {
     "400": "Invalid request; `field` names what was wrong",
