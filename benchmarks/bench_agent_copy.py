@@ -106,8 +106,8 @@ class _Agent:
     """The agent's copy_template command against one emulator with real loop devices."""
 
     def __init__(self, sp: Any, sec: Path) -> None:
-        from cloudstack_storpool.agent.commands import Context
         from cloudstack_storpool.agent.hostconfig import HostConfig
+        from cloudstack_storpool.agent.running import Context
         from cloudstack_storpool.spconn import StorPoolConn
 
         self.sp, self.sec = sp, sec

@@ -31,8 +31,8 @@ from typing import Any
 
 import requests
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.httpjson import serve_in_thread
 from cloudstack_storpool.spconn import StorPoolConn

@@ -15,8 +15,8 @@ from typing import Any, cast
 import pytest
 import requests
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.httpjson import TokenServer, is_loopback, serve_in_thread

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from cloudstack_storpool.agent import commands
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agentapi.command_types import Request
 from cloudstack_storpool.driver import resize
 from cloudstack_storpool.driver.resize import ResizeFailed
 from cloudstack_storpool.errors import ValidationError
@@ -142,7 +143,7 @@ def test_failed_rollback_is_reported(env: Env) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _ResizeBeforeVmField(commands.Request):
+class _ResizeBeforeVmField(Request):
     """The resize request of an agent older than the driver: it knows no `vm` field."""
 
     volume: str

@@ -1,6 +1,7 @@
 """The production wheels: five distributions sharing the `cloudstack_storpool` namespace (no
 `__init__.py` at its top), no stand-ins, no tests; a KVM host installs the core, settings, agent
-and heartbeat without the management driver, and the CLI loads no stand-in."""
+and heartbeat without the management driver, a management server the driver without the agent,
+and the CLI loads no stand-in."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ DISTRIBUTIONS = {
     "driver": "cloudstack_storpool_driver-",
 }
 HOST = (".", "settings", "agent", "heartbeat")
+MANAGEMENT = (".", "settings", "heartbeat", "driver")
 
 
 def _build_wheels(tmp: Path) -> dict[str, Path]:
@@ -115,11 +117,15 @@ def test_wheels_share_one_namespace_and_carry_no_stand_ins(tmp_path: Path) -> No
                              cwd=tmp_path, timeout=60, check=False)
         assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr
 
-    # A management server: all five.
-    py = _venv(tmp_path, "management", list(wheels.values()))
+    # A management server: the driver needs no agent code (what both sides use is in the core).
+    py = _venv(tmp_path, "management", [wheels[f] for f in MANAGEMENT])
     res = subprocess.run([str(py), "-m", "cloudstack_storpool", "serve", "--help"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=60, check=False)
     assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr
+    probe = ("import importlib.util, cloudstack_storpool.service.app, cloudstack_storpool.ops_cli\n"
+             "print(importlib.util.find_spec('cloudstack_storpool.agent') is None)\n")
+    out = subprocess.run([str(py), "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "True"
 
 
 def test_production_cli_imports_no_stand_in_from_a_checkout() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV
+from cloudstack_storpool.agentapi.link import AGENT_TOKEN_ENV
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
 from cloudstack_storpool.sizes import format_size, parse_size
@@ -32,7 +32,7 @@ def pools_path(value: str | None) -> str:
 
 def build_context(pools_file: str | None, agent_token_file: str | None = None) -> Any:
     """A driver context from the operator's configuration files and environment."""
-    from cloudstack_storpool.agent.hostconfig import read_agent_token
+    from cloudstack_storpool.agentapi.link import read_agent_token
     from cloudstack_storpool.driver.context import DriverContext
 
     token = read_agent_token(agent_token_file) if agent_token_file or os.environ.get(AGENT_TOKEN_ENV) else ""

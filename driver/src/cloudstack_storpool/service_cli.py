@@ -68,7 +68,7 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
               agent_ca_file: str | None, region: str | None, max_jobs: int, settings_ttl: float | None,
               settings_file: str | None, verbose: bool, log_format: str) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
-    from cloudstack_storpool.agent.hostconfig import read_agent_token
+    from cloudstack_storpool.agentapi.link import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.service.app import make_server

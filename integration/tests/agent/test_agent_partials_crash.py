@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from cloudstack_storpool.agent import qemu_img
-from cloudstack_storpool.agent.client import AgentClient
 from cloudstack_storpool.agent.commands import execute
+from cloudstack_storpool.agentapi.client import AgentClient
 from integration import processes
 from integration.tests.agent.conftest import Lab, MiB
 

@@ -64,7 +64,7 @@ def _host_config(kw: dict[str, Any]) -> Any:
 
 
 def _context_factory(host: Any) -> Callable[[], Any]:
-    from cloudstack_storpool.agent.commands import Context
+    from cloudstack_storpool.agent.running import Context
 
     def make() -> Context:
         return Context(host=host, conn=host.connect())
@@ -105,9 +105,9 @@ def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, tls_c
               insecure_http: bool, verbose: bool, settings_file: str | None, log_format: str, **kw: Any) -> None:
     """Serve the agent's HTTP JSON API (TLS off loopback) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agent import partials
-    from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
     from cloudstack_storpool.agent.tls import serving_context
+    from cloudstack_storpool.agentapi.link import read_agent_token
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.httpjson import parse_listen
     from cloudstack_storpool.logs import register_secret
@@ -144,7 +144,8 @@ def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, tls_c
 @_host_options
 def run_cmd(command: str, json_in: Any, as_json: bool, verbose: bool, **kw: Any) -> None:
     """Run one command on this host without the service (same commands, same validation)."""
-    from cloudstack_storpool.agent.commands import Context, RunControl, parse
+    from cloudstack_storpool.agent.commands import parse
+    from cloudstack_storpool.agent.running import Context, RunControl
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
     try:
@@ -174,7 +175,9 @@ def run_cmd(command: str, json_in: Any, as_json: bool, verbose: bool, **kw: Any)
 @_host_options
 def status_cmd(as_json: bool, **kw: Any) -> None:
     """Host facts: client id, StorPool reachability and versions."""
-    from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
+    from cloudstack_storpool.agent.commands import facts
+    from cloudstack_storpool.agent.running import Context, RunControl
+    from cloudstack_storpool.agentapi.command_types import FactsRequest
 
     try:
         host = _host_config(kw)

@@ -1,4 +1,6 @@
-"""The agent's commands: one function each, one typed request each.
+"""The agent's commands: one function each, one typed request each (`agentapi.command_types`),
+and the command table: an explicit list of every command the agent runs, its request type and its
+handler (the disk commands' handlers live in `disks`, encryption's in `luks`).
 
 Requests are parsed from JSON and validated before anything is touched, with errors naming
 the field. Every command is idempotent: running it again after a success (or after a failure
@@ -10,18 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-from cloudstack_storpool import names
-from cloudstack_storpool.agent import partials, qemu_img, secondary
+from cloudstack_storpool.agent import disks, luks, partials, qemu_img, secondary
 from cloudstack_storpool.agent.attach import (
     Attachment,
     Kind,
-    SpConn,
     StorPoolObject,
     attach,
     attached,
@@ -31,188 +30,28 @@ from cloudstack_storpool.agent.attach import (
     lookup,
     wait_for_device,
 )
-from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.resize import libvirt_version, not_applied, notify_resize
+from cloudstack_storpool.agent.running import Context, RunControl
+from cloudstack_storpool.agentapi.command_types import (
+    FORMATS,
+    BackupSnapshotRequest,
+    ConnectRequest,
+    CopyTemplateRequest,
+    CopyToVolumeRequest,
+    CopyVolumeOutRequest,
+    DisconnectRequest,
+    EncryptRequest,
+    FactsRequest,
+    PrepareStartRequest,
+    Request,
+    ResizeRequest,
+    snapshot_ref,
+    volume_ref,
+)
 from cloudstack_storpool.errors import NotFound, ProjectError, SpBusy, ValidationError
-from cloudstack_storpool.typedjson import parse_object
 from cloudstack_storpool.version import __version__
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(ProjectError):
-    code = "cancelled"
-
-
-class TimedOut(ProjectError):
-    code = "timeout"
-
-
-@dataclass
-class RunControl:
-    """What a running command is given besides its request: a way to report progress, a
-    cancel flag and a deadline (monotonic seconds) that every blocking step honours."""
-
-    progress: Callable[[float], None] = lambda _pct: None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    deadline: float | None = None
-
-    def remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - time.monotonic())
-
-    def check(self) -> None:
-        if self.cancel.is_set():
-            raise Cancelled("cancelled")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise TimedOut("time limit reached")
-
-    def step_timeout(self, default: float) -> float:
-        rem = self.remaining()
-        return default if rem is None else max(1.0, min(default, rem))
-
-
-@dataclass(frozen=True)
-class Context:
-    host: HostConfig
-    conn: SpConn
-
-
-# --- request parsing -------------------------------------------------------------------------
-
-R = TypeVar("R", bound="Request")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Request:
-    """Base of the commands' requests. `from_json` is the project's one request parser
-    (`typedjson.parse_fields`: unknown fields, required fields, JSON types, each error naming
-    its field); then `validate` applies each command's own rules. A field without a default
-    is required."""
-
-    timeout: float = 3600.0
-
-    @classmethod
-    def from_json(cls: type[R], data: Any) -> R:
-        req: R = parse_object(cls, data, what="args")
-        req.validate()
-        return req
-
-    def validate(self) -> None:
-        if self.timeout <= 0:
-            raise ValidationError("timeout", "must be positive")
-
-
-def _volume_ref(value: str, fname: str) -> str:
-    """A volume named as CloudStack stores it (device path) or as StorPool does."""
-    if value.startswith("/dev/"):
-        return names.path_to_name(value, fname)
-    return names.volume_name(value, fname)
-
-
-def _snapshot_ref(value: str, fname: str) -> str:
-    if value.startswith("/dev/"):
-        return names.path_to_name(value, fname)
-    return names.snapshot_name(value, fname)
-
-
-def _check_location(store: str, path: str) -> None:
-    """The form of a secondary-storage location; its roots are checked when it is resolved."""
-    secondary.check_store(store, None, "store")
-    secondary.check_relative(path, "path")
-
-
-@dataclass(frozen=True, kw_only=True)
-class CopyToVolumeRequest(Request):
-    """An image on secondary storage (`store` + `path`) into an existing StorPool volume."""
-
-    store: str
-    path: str
-    volume: str
-    source_format: str | None = None
-    # The caller guarantees the volume reads as zeros (freshly created): zero areas of the
-    # image are skipped instead of written, which is much faster on big sparse images.
-    target_is_zero: bool = False
-
-    def validate(self) -> None:
-        super().validate()
-        _check_location(self.store, self.path)
-        _volume_ref(self.volume, "volume")
-        if self.source_format is not None:
-            qemu_img.check_format(self.source_format, "source_format")
-
-
-@dataclass(frozen=True, kw_only=True)
-class CopyTemplateRequest(CopyToVolumeRequest):
-    """A template into the (fresh) volume that will become its cached snapshot."""
-
-    target_is_zero: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class BackupSnapshotRequest(Request):
-    snapshot: str
-    store: str
-    path: str
-    compress: bool = False
-
-    def validate(self) -> None:
-        super().validate()
-        _snapshot_ref(self.snapshot, "snapshot")
-        _check_location(self.store, self.path)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CopyVolumeOutRequest(Request):
-    volume: str
-    store: str
-    path: str
-    format: str = "qcow2"
-    compress: bool = False
-
-    def validate(self) -> None:
-        super().validate()
-        _volume_ref(self.volume, "volume")
-        _check_location(self.store, self.path)
-        qemu_img.check_format(self.format, "format")
-        if self.compress and self.format != "qcow2":
-            raise ValidationError("compress", "only qcow2 output can be compressed")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ResizeRequest(Request):
-    volume: str
-    size: int
-    vm: str | None = None
-    timeout: float = 120.0
-
-    def validate(self) -> None:
-        super().validate()
-        _volume_ref(self.volume, "volume")
-        names.size(self.size, "size")
-
-
-@dataclass(frozen=True, kw_only=True)
-class PrepareStartRequest(Request):
-    volumes: list[str]
-    attach: bool = True
-    timeout: float = 120.0
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.volumes:
-            raise ValidationError("volumes", "must be a non-empty list of volumes")
-        for i, v in enumerate(self.volumes):
-            _volume_ref(v, f"volumes[{i}]")
-
-
-@dataclass(frozen=True, kw_only=True)
-class FactsRequest(Request):
-    timeout: float = 30.0
-
-
-# --- commands --------------------------------------------------------------------------------
 
 
 def _is_block(path: str) -> bool:
@@ -232,7 +71,7 @@ def _source_image(ctx: Context, req: CopyToVolumeRequest) -> tuple[str, qemu_img
     if not os.path.isfile(src):
         raise NotFound(f"path: {req.path!r} does not exist in {req.store}")
     info = qemu_img.info(src, fmt=req.source_format)
-    if info.format not in qemu_img.FORMATS:
+    if info.format not in FORMATS:
         raise ValidationError("source_format", f"image is {info.format}; only raw and qcow2 are accepted")
     if info.backing_file:
         # A backing file would make qemu-img open another host path named inside the image.
@@ -247,7 +86,7 @@ def copy_to_volume(ctx: Context, req: CopyToVolumeRequest, ctl: RunControl) -> d
     """Secondary-storage image -> StorPool volume (raw), growing the volume first if needed."""
     src, info = _source_image(ctx, req)
     ctl.check()
-    name = _volume_ref(req.volume, "volume")
+    name = volume_ref(req.volume, "volume")
     obj = lookup(ctx.conn, name, "volume")
     size = obj.size
     if size < info.virtual_size:
@@ -309,13 +148,13 @@ def _copy_out(ctx: Context, name: str, kind: Kind, store: str, path: str, fmt: s
 
 def backup_snapshot(ctx: Context, req: BackupSnapshotRequest, ctl: RunControl) -> dict[str, Any]:
     """StorPool snapshot -> qcow2 on secondary storage (the non-bypass snapshot backup)."""
-    return _copy_out(ctx, _snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
+    return _copy_out(ctx, snapshot_ref(req.snapshot, "snapshot"), "snapshot", req.store, req.path,
                      "qcow2", req.compress, ctl)
 
 
 def copy_volume_out(ctx: Context, req: CopyVolumeOutRequest, ctl: RunControl) -> dict[str, Any]:
     """StorPool volume -> secondary storage (volume export, template from volume)."""
-    return _copy_out(ctx, _volume_ref(req.volume, "volume"), "volume", req.store, req.path,
+    return _copy_out(ctx, volume_ref(req.volume, "volume"), "volume", req.store, req.path,
                      req.format, req.compress, ctl)
 
 
@@ -333,7 +172,7 @@ def resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
 
 
 def _resize(ctx: Context, req: ResizeRequest, ctl: RunControl) -> dict[str, Any]:
-    obj = lookup(ctx.conn, _volume_ref(req.volume, "volume"), "volume")
+    obj = lookup(ctx.conn, volume_ref(req.volume, "volume"), "volume")
     if obj.size < req.size:
         raise ValidationError("size", f"volume {obj.ref} is {obj.size} bytes in StorPool, not {req.size}")
     result: dict[str, Any] = {"volume": obj.ref, "size": req.size, "notified": False}
@@ -375,7 +214,7 @@ def prepare_start(ctx: Context, req: PrepareStartRequest, ctl: RunControl) -> di
     try:
         for i, ref in enumerate(req.volumes):
             ctl.check()
-            obj = lookup(ctx.conn, _volume_ref(ref, f"volumes[{i}]"), "volume")
+            obj = lookup(ctx.conn, volume_ref(ref, f"volumes[{i}]"), "volume")
             others = sorted({a.client for a in attachments_of(ctx.conn, obj) if a.client != cid})
             if others:
                 log.warning("safe start: force-detaching %s from clients %s", obj.ref, others)
@@ -449,24 +288,20 @@ class Command:
     long_running: bool
 
 
-COMMANDS: dict[str, Command] = {
-    c.name: c
-    for c in (
-        # A template fill is a copy into a volume; only its request's defaults differ.
-        Command("copy_template", CopyTemplateRequest, copy_to_volume, True),
-        Command("copy_to_volume", CopyToVolumeRequest, copy_to_volume, True),
-        Command("backup_snapshot", BackupSnapshotRequest, backup_snapshot, True),
-        Command("copy_volume_out", CopyVolumeOutRequest, copy_volume_out, True),
-        Command("resize", ResizeRequest, resize, False),
-        Command("prepare_start", PrepareStartRequest, prepare_start, False),
-        Command("facts", FactsRequest, facts, False),
-    )
-}
-
-
-# The host-side disk commands (connect / disconnect, encrypt_volume) live in their own modules,
-# which build on the request machinery above and add themselves to COMMANDS.
-from cloudstack_storpool.agent import disks, luks  # noqa: E402, F401
+TABLE: tuple[Command, ...] = (
+    # A template fill is a copy into a volume; only its request's defaults differ.
+    Command("copy_template", CopyTemplateRequest, copy_to_volume, True),
+    Command("copy_to_volume", CopyToVolumeRequest, copy_to_volume, True),
+    Command("backup_snapshot", BackupSnapshotRequest, backup_snapshot, True),
+    Command("copy_volume_out", CopyVolumeOutRequest, copy_volume_out, True),
+    Command("resize", ResizeRequest, resize, False),
+    Command("prepare_start", PrepareStartRequest, prepare_start, False),
+    Command("facts", FactsRequest, facts, False),
+    Command("connect", ConnectRequest, disks.connect, False),
+    Command("disconnect", DisconnectRequest, disks.disconnect, False),
+    Command("encrypt_volume", EncryptRequest, luks.encrypt_volume, True),
+)
+COMMANDS: dict[str, Command] = {c.name: c for c in TABLE}
 
 
 def parse(command: str, args: Any) -> tuple[Command, Request]:

@@ -15,45 +15,15 @@ connected volume or disconnecting one that is not attached (or no longer exists)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.attach import attach, attachments_of, detach, lookup, wait_for_device
-from cloudstack_storpool.agent.commands import COMMANDS, Command, Context, Request, RunControl
-from cloudstack_storpool.agent.commands import _volume_ref as volume_ref
+from cloudstack_storpool.agent.running import Context, RunControl
+from cloudstack_storpool.agentapi.command_types import ConnectRequest, DisconnectRequest, volume_ref
 from cloudstack_storpool.errors import NotFound, ValidationError
 
 log = logging.getLogger(__name__)
-
-MAX_DETACH_RETRIES = 60
-
-
-@dataclass(frozen=True, kw_only=True)
-class ConnectRequest(Request):
-    volume: str
-    timeout: float = 120.0
-
-    def validate(self) -> None:
-        super().validate()
-        volume_ref(self.volume, "volume")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DisconnectRequest(Request):
-    volume: str
-    retries: int = 10
-    delay: float = 1.0
-    force: bool = True
-    """Force the detach after the last retry (the Java adaptor's behaviour)."""
-    timeout: float = 300.0
-
-    def validate(self) -> None:
-        super().validate()
-        volume_ref(self.volume, "volume")
-        if not 0 <= self.retries <= MAX_DETACH_RETRIES:
-            raise ValidationError("retries", f"must be between 0 and {MAX_DETACH_RETRIES}")
-
 
 def connect(ctx: Context, req: ConnectRequest, ctl: RunControl) -> dict[str, Any]:
     """Attach rw here and wait until the device has its full size; other clients keep theirs."""
@@ -88,9 +58,3 @@ def is_storpool_path(path: str) -> bool:
     except ValidationError:
         return False
     return True
-
-
-COMMANDS.update({c.name: c for c in (
-    Command("connect", ConnectRequest, connect, False),
-    Command("disconnect", DisconnectRequest, disconnect, False),
-)})

@@ -10,28 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from cloudstack_storpool.agent.attach import SpConn, device_path
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.names import MAX_CLIENT_ID, is_client_id
-from cloudstack_storpool.tokens import read_secret_file, read_token
+from cloudstack_storpool.heartbeat.hostloop import DEFAULT_STATUS_FILE as DEFAULT_HEARTBEAT_STATUS
+from cloudstack_storpool.names import check_client_id
+from cloudstack_storpool.tokens import read_secret_file
 
-AGENT_TOKEN_ENV = "CLOUDSTACK_STORPOOL_AGENT_TOKEN"
 DEFAULT_MOUNT_ROOT = "/var/lib/cloudstack-storpool/secondary"
 DEFAULT_LIBVIRT_URI = "qemu:///system"
-DEFAULT_HEARTBEAT_STATUS = "/run/cloudstack-storpool/heartbeat.json"
-
-
-def read_agent_token(token_file: str | None, env: dict[str, str] | None = None) -> str:
-    """The shared agent token: from `--token-file`, else `$CLOUDSTACK_STORPOOL_AGENT_TOKEN`."""
-    return read_token(token_file, AGENT_TOKEN_ENV, "agent token", env)
-
-
-def check_client_id(value: Any, field_name: str = "client_id") -> int:
-    if not is_client_id(value):
-        raise ValidationError(field_name, f"StorPool client id must be an integer 1..{MAX_CLIENT_ID}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

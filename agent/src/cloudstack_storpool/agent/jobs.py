@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from cloudstack_storpool import logs, metrics
-from cloudstack_storpool.agent.commands import Cancelled, Context, RunControl, parse
+from cloudstack_storpool.agent.commands import parse
+from cloudstack_storpool.agent.running import Cancelled, Context, RunControl
 from cloudstack_storpool.errors import Conflict, ProjectError, ValidationError
 from cloudstack_storpool.jobs import ACTIVE, MAX_KEY, JobManagerBase, fingerprint
 from cloudstack_storpool.jobs import Job as _Job

@@ -16,48 +16,15 @@ written.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from cloudstack_storpool.agent import qemu_img
 from cloudstack_storpool.agent.attach import attached, lookup, wait_for_device
-from cloudstack_storpool.agent.commands import COMMANDS, Command, Context, Request, RunControl
-from cloudstack_storpool.agent.commands import _snapshot_ref as snapshot_ref
-from cloudstack_storpool.agent.commands import _volume_ref as volume_ref
+from cloudstack_storpool.agent.running import Context, RunControl
+from cloudstack_storpool.agentapi.command_types import EncryptRequest, snapshot_ref, volume_ref
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.poolconfig import Secret
 
 log = logging.getLogger(__name__)
-
-MIN_PASSPHRASE = 8
-MAX_PASSPHRASE = 1024
-
-
-def check_passphrase(value: str, fname: str = "passphrase") -> None:
-    """The passphrase's form; the value itself never appears in the error."""
-    if not MIN_PASSPHRASE <= len(value) <= MAX_PASSPHRASE:
-        raise ValidationError(fname, f"must be {MIN_PASSPHRASE} to {MAX_PASSPHRASE} characters")
-    if any(ord(c) < 0x20 for c in value):
-        raise ValidationError(fname, "must not contain control characters")
-
-
-@dataclass(frozen=True, kw_only=True)
-class EncryptRequest(Request):
-    volume: str
-    passphrase: Secret = field(repr=False)
-    """Masked wherever the request is shown or fingerprinted (`Secret`); revealed only as bytes
-    written to qemu-img's memfd."""
-    source: str | None = None
-    """A StorPool snapshot (or volume) to copy into the encrypted payload: a root disk's template."""
-    timeout: float = 3600.0
-
-    def validate(self) -> None:
-        super().validate()
-        volume_ref(self.volume, "volume")
-        check_passphrase(self.passphrase)
-        if self.source is not None:
-            snapshot_ref(self.source, "source")
-
 
 def encrypt_volume(ctx: Context, req: EncryptRequest, ctl: RunControl) -> dict[str, Any]:
     obj = lookup(ctx.conn, volume_ref(req.volume, "volume"), "volume")
@@ -95,6 +62,3 @@ def encrypt_volume(ctx: Context, req: EncryptRequest, ctl: RunControl) -> dict[s
              f", {src.ref} copied in" if src else "")
     return {"volume": obj.ref, "global_id": obj.global_id, "encrypt_format": "LUKS",
             "payload_size": payload, "formatted": formatted, "copied_from": src.ref if copied and src else None}
-
-
-COMMANDS["encrypt_volume"] = Command("encrypt_volume", EncryptRequest, encrypt_volume, True)

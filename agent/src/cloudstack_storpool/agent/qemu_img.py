@@ -20,11 +20,11 @@ from contextlib import ExitStack as contextlib_exit
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from cloudstack_storpool.errors import ProjectError, ValidationError
+from cloudstack_storpool.agentapi.command_types import check_format
+from cloudstack_storpool.errors import ProjectError
 
 ProgressFn = Callable[[float], None]
 
-FORMATS = ("raw", "qcow2")
 _PROGRESS = re.compile(r"\((\d+(?:\.\d+)?)/100%\)")
 # How long a terminated qemu-img gets to exit before it is killed: it flushes on SIGTERM.
 _TERM_GRACE = 5.0
@@ -71,12 +71,6 @@ def version() -> str:
     """qemu-img's version line; reported in host facts so mismatched hosts are easy to spot."""
     out = subprocess.run([qemu_img_binary(), "--version"], capture_output=True, text=True, timeout=30)
     return out.stdout.splitlines()[0].strip() if out.stdout else ""
-
-
-def check_format(fmt: str, field: str) -> None:
-    """The one rule for image formats, shared by request parsing and every qemu-img call."""
-    if fmt not in FORMATS:
-        raise ValidationError(field, f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def _run_simple(args: Sequence[str], op: str, timeout: float | None) -> subprocess.CompletedProcess[str]:

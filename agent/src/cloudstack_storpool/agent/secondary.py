@@ -14,9 +14,8 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
+from cloudstack_storpool.agentapi.locations import check_relative, check_store, parse_nfs_url
 from cloudstack_storpool.errors import ProjectError, ValidationError
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -24,35 +23,6 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 class MountError(ProjectError):
     code = "mount"
-
-
-@dataclass(frozen=True)
-class NfsExport:
-    host: str
-    export: str
-
-    @property
-    def source(self) -> str:
-        return f"{self.host}:{self.export}"
-
-
-def parse_nfs_url(url: str, field: str = "store") -> NfsExport:
-    """`nfs://host[:port]/export/path` -> host and export; the whole path is the export."""
-    parts = urlsplit(url)
-    if parts.scheme != "nfs":
-        raise ValidationError(field, f"{url!r} is not an nfs:// URL")
-    if not parts.hostname:
-        raise ValidationError(field, f"{url!r} has no host")
-    if parts.hostname.startswith("-"):
-        # `host:/export` is an argument of root's `mount`: it must never read as an option.
-        raise ValidationError(field, f"{url!r} has an invalid host")
-    export = unquote(parts.path).rstrip("/") or "/"
-    if not export.startswith("/") or ".." in export.split("/"):
-        raise ValidationError(field, f"{url!r} has an invalid export path")
-    host = parts.hostname
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return NfsExport(host=host, export=export)
 
 
 def mountpoint_for(url: str, mount_root: str, field: str = "store") -> str:
@@ -89,39 +59,6 @@ def ensure_mounted(url: str, mount_root: str, field: str = "store", timeout: flo
     if proc.returncode != 0:
         raise MountError(f"mount {nfs.source} on {mp} failed: {proc.stderr.strip() or proc.returncode}")
     return mp
-
-
-def check_relative(path: str, field: str = "path") -> str:
-    if not isinstance(path, str) or not path:
-        raise ValidationError(field, "must be a non-empty relative path")
-    if path.startswith("/") or "\x00" in path:
-        raise ValidationError(field, f"{path!r} must be relative to the store")
-    if any(p == ".." for p in path.split("/")):
-        raise ValidationError(field, f"{path!r} must not contain '..'")
-    return path
-
-
-def check_store(store: str, allowed_roots: tuple[str, ...] | None, field: str = "store") -> str:
-    """Validate a store without touching the network: nfs URL or an allowed local dir.
-
-    `allowed_roots` None checks the form only: a request is parsed before (and without) the
-    host's configuration, and its local store is held to the roots when it is resolved.
-    """
-    if not isinstance(store, str) or not store:
-        raise ValidationError(field, "must be an nfs:// URL or an absolute directory")
-    if store.startswith("nfs://"):
-        parse_nfs_url(store, field)
-        return store
-    if not os.path.isabs(store):
-        raise ValidationError(field, f"{store!r} must be an nfs:// URL or an absolute directory")
-    if allowed_roots is None:
-        return store
-    real = os.path.realpath(store)
-    for root in allowed_roots:
-        root_real = os.path.realpath(root)
-        if real == root_real or real.startswith(root_real.rstrip("/") + "/"):
-            return store
-    raise ValidationError(field, f"{store!r} is not under a configured secondary-storage root")
 
 
 def resolve(store: str, path: str, *, mount_root: str, allowed_roots: tuple[str, ...],

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from cloudstack_storpool import logs, metrics
-from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
+from cloudstack_storpool.agent.commands import facts
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.jobs import JobManager, error_json
+from cloudstack_storpool.agent.running import Context, RunControl
+from cloudstack_storpool.agentapi.command_types import FactsRequest
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN

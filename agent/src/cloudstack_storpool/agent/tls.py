@@ -25,11 +25,6 @@ CLOUDSTACK_AGENT_CERT = "/etc/cloudstack/agent/cloud.crt"
 CLOUDSTACK_AGENT_KEY = "/etc/cloudstack/agent/cloud.key"
 CLOUDSTACK_CA = "/etc/cloudstack/agent/cloud.ca.crt"
 
-AGENT_CA_ENV = "CLOUDSTACK_STORPOOL_AGENT_CA"
-"""Where the driver reads the CA file that signs the agents' certificates, when not given."""
-AGENT_INSECURE_ENV = "CLOUDSTACK_STORPOOL_AGENT_INSECURE_HTTP"
-"""Set to 1, the driver dials agents off loopback in plain HTTP (a trusted, isolated network only)."""
-
 INSECURE_WARNING = ("agent serving plain HTTP on a non-loopback address (--insecure-http): the agent token and "
                     "every command can be read and replayed by anyone on this network; serve TLS instead "
                     "(--tls-cert/--tls-key)")

@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, TypeVar
 
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
-from cloudstack_storpool.agent.tls import AGENT_CA_ENV
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agentapi.link import AGENT_CA_ENV
 from cloudstack_storpool.errors import NotFound
 from cloudstack_storpool.httpjson import is_loopback
 

@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
 from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
 from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
 

@@ -55,7 +55,7 @@ class DriverContext:
         the file's `storpool.settings.cache.seconds`). Shared by `serve` and the operator commands."""
         import os
 
-        from cloudstack_storpool.agent.tls import AGENT_CA_ENV, AGENT_INSECURE_ENV
+        from cloudstack_storpool.agentapi.link import AGENT_CA_ENV, AGENT_INSECURE_ENV
         from cloudstack_storpool.cloudstack.client import CloudStackClient
         from cloudstack_storpool.driver.agents import AgentDirectory
         from cloudstack_storpool.poolconfig import load_pools

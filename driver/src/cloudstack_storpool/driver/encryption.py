@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cloudstack_storpool.agent.client import AgentRequestError
-from cloudstack_storpool.agent.luks import check_passphrase
+from cloudstack_storpool.agentapi.client import AgentRequestError
+from cloudstack_storpool.agentapi.command_types import check_passphrase
 from cloudstack_storpool.driver import spclusters
 from cloudstack_storpool.driver.connect import storpool_path
 from cloudstack_storpool.driver.identity import locate

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cloudstack_storpool.agent import qemu_img
+from cloudstack_storpool.agentapi.command_types import check_format
 from cloudstack_storpool.driver import spclusters
 from cloudstack_storpool.driver.identity import locate
 from cloudstack_storpool.driver.revert import refuse_running
@@ -25,7 +25,7 @@ def extract_volume(ctx: DriverContext, *, volume_uuid: str, store: str, path: st
                    format: str = "qcow2") -> SecondaryCopy:
     """Copy the volume to `path` on the secondary store `store` (qcow2, or raw)."""
     where = SecondaryLocation(store, path).check("secondary")
-    qemu_img.check_format(format, "format")
+    check_format(format, "format")
     src = locate(ctx, volume_uuid)
     refuse_running(ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None, f"download of volume {volume_uuid}")
     agent, res = on_any_host(ctx, src.pool, lambda c: c.copy_volume_out(

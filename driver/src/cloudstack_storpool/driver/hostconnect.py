@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cloudstack_storpool.agent.hostconfig import check_client_id
 from cloudstack_storpool.driver.connect import host_and_agent
 from cloudstack_storpool.errors import AgentError, ValidationError
+from cloudstack_storpool.names import check_client_id
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext

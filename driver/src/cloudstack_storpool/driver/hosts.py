@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cloudstack_storpool.agent.hostconfig import check_client_id
 from cloudstack_storpool.cloudstack.records import Host
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.errors import NotFound, ValidationError
 from cloudstack_storpool.heartbeat.check import CheckConfig, HeartbeatChecker, HostTarget
+from cloudstack_storpool.names import check_client_id
 
 FENCE_SETTING = "kvm.ha.fence.on.storage.heartbeat.failure"
 

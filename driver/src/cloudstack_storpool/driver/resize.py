@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
-from cloudstack_storpool.agent.client import AgentRequestError
+from cloudstack_storpool.agentapi.client import AgentRequestError
 from cloudstack_storpool.bounds import Bytes, Iops
 from cloudstack_storpool.driver import offerings, tags
 from cloudstack_storpool.driver.identity import LocatedVolume, locate

@@ -11,8 +11,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cloudstack_storpool.agent.client import AgentRequestError
-from cloudstack_storpool.agent.secondary import check_relative, parse_nfs_url
+from cloudstack_storpool.agentapi.client import AgentRequestError
+from cloudstack_storpool.agentapi.locations import check_relative, parse_nfs_url
 from cloudstack_storpool.errors import ValidationError
 
 SOURCE_FORMATS = ("raw", "qcow2")

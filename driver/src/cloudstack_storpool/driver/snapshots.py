@@ -32,7 +32,7 @@ from cloudstack_storpool.errors import NotFound, SpExists, SpNotFound, Validatio
 from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
-    from cloudstack_storpool.agent.client import AgentClient
+    from cloudstack_storpool.agentapi.client import AgentClient
     from cloudstack_storpool.cloudstack.records import Volume
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.poolconfig import PoolSpec

@@ -54,6 +54,7 @@ from cloudstack_storpool.httpjson import JsonHandler, TokenServer, serve_in_thre
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.logs import Redactor
 from cloudstack_storpool.poolconfig import load_pools
+from cloudstack_storpool.service import counted
 from cloudstack_storpool.service.jobs import Job, JobManager
 from cloudstack_storpool.service.periodic import PeriodicTask, service_tasks
 from cloudstack_storpool.service.spec import IDEMPOTENCY_FIELD, Operation, OperationTable
@@ -127,6 +128,7 @@ class ServiceServer(TokenServer):
         self.expiry = ExpiryTracker()
         self.config["cache"] = self.stats
         self.config["tracker"] = self.expiry
+        counted.register()
         self.periodic: list[PeriodicTask] = (
             [t.start() for t in service_tasks(ctx, self.stats, self.expiry, metrics.record_result)] if periodic_gc else []
         )

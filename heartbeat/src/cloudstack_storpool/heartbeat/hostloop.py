@@ -35,15 +35,14 @@ from types import FrameType
 from typing import Any
 
 from cloudstack_storpool import logs
-from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS
 from cloudstack_storpool.heartbeat.answers import ServicesSource, read_active_requests, read_services
 from cloudstack_storpool.heartbeat.policy import Verdict, first_look
 from cloudstack_storpool.names import MAX_CLIENT_ID, is_client_id
 
 log = logging.getLogger(__name__)
 
-# The agent serves this file (GET /v1/heartbeat): one default path, the host config's.
-DEFAULT_STATUS_FILE = DEFAULT_HEARTBEAT_STATUS
+# The loop writes this file; the agent serves it (GET /v1/heartbeat) from the same default path.
+DEFAULT_STATUS_FILE = "/run/cloudstack-storpool/heartbeat.json"
 SYSRQ_TRIGGER = "/proc/sysrq-trigger"
 
 
