@@ -18,6 +18,28 @@ pytest_plugins = [
 
 CHECKOUT = Path(__file__).resolve().parent
 
+# The fixtures that need root (loop devices, XFS mounts) or a running libvirtd. A test using one
+# must carry the matching marker, so that `-m "not root and not libvirt"` selects what runs on a
+# laptop; tests that check for root or libvirtd themselves carry the marker by hand.
+FIXTURES_NEEDING = {"root": {"xfs_dir", "lab"}, "libvirt": {"virt", "vm_conn"}}
+
+
+def unmarked_needs(items: list[pytest.Item]) -> list[str]:
+    """Tests that use a fixture needing root or libvirtd without the marker saying so."""
+    out = []
+    for item in items:
+        for marker, fixtures in FIXTURES_NEEDING.items():
+            used = fixtures & set(getattr(item, "fixturenames", ()))
+            if used and item.get_closest_marker(marker) is None:
+                out.append(f"{item.nodeid} uses {', '.join(sorted(used))} but is not marked `{marker}`")
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = unmarked_needs(items)
+    if missing:
+        raise pytest.UsageError("\n".join(missing))
+
 
 def modules_loaded_twice(modules: dict[str, object], root: Path) -> dict[str, list[str]]:
     """Files under `root` that more than one distinct module object was loaded from, with the

@@ -1,4 +1,4 @@
-"""The HTTP plumbing (issue 13, item 10): keep-alive request latency before and after replying in
+"""The HTTP plumbing: keep-alive request latency before and after replying in
 one write with Nagle off, and throughput of 16 clients through 2 driver-service processes
 against the same creates/deletes sent straight to the StorPool emulator.
 

@@ -109,7 +109,7 @@ def test_agent_confirmed_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
     AgentRequestError("libvirt: block resize failed", code="failed"),  # no confirmation in the answer
 ], ids=["lost", "unreachable", "timeout", "unconfirmed"])
 def test_unconfirmed_failure_leaves_the_volume_grown(env: Env, error: AgentRequestError) -> None:
-    """Issue 13: the host may already have grown the disk under the running guest; shrinking
+    """The host may already have grown the disk under the running guest; shrinking
     StorPool beneath it is worse than leaving it grown."""
     vm_id, _, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)

@@ -21,6 +21,8 @@ from cloudstack_storpool.errors import SpBusy
 from cloudstack_storpool.spconn import Ref
 from integration.tests.agent.conftest import GiB, Lab, MiB, make_qcow2, read_at
 
+pytestmark = pytest.mark.root
+
 TOKEN = "integration-agent-token"
 
 

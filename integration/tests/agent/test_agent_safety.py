@@ -15,6 +15,8 @@ from cloudstack_storpool.errors import NotFound, ValidationError
 from cloudstack_storpool.spconn import Ref
 from integration.tests.agent.conftest import Lab, MiB, read_at
 
+pytestmark = pytest.mark.root
+
 SECRET = b"HOST-ONLY-SECRET-0123456789"
 
 

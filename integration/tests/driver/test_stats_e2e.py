@@ -16,7 +16,7 @@ from cloudstack_storpool.driver import identity, pools, stats, volumes
 from cloudstack_storpool.errors import ValidationError
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 BLOCK = 4096

@@ -14,6 +14,8 @@ from cloudstack_storpool.driver import volumes
 from cloudstack_storpool.service import ServiceServer
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 

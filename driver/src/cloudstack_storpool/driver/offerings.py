@@ -1,6 +1,6 @@
 """From CloudStack offerings to StorPool placement: template, QoS class tag and IOPS limit.
 
-The rules (REFERENCE.md "Volumes", "IOPS"):
+The rules (those of the Java StorPool plugin for volumes and IOPS):
 
 * template: the disk offering's `SP_QOSCLASS` detail wins (tag `qc`, the pool's own template:
   StorPool applies QoS classes by tag); else the disk offering's `SP_TEMPLATE`; else, for ROOT

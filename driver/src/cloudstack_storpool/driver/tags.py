@@ -1,4 +1,4 @@
-"""The tags every StorPool object created by the plugin carries (REFERENCE.md, "Tags").
+"""The tags every StorPool object created by the plugin carries (the Java plugin's tags, and `pool`).
 
 StorPool is the source of truth: these tags are how an object is traced back to CloudStack
 (`uuid`, `cs`), to the VM using it (`cvm`, `disk`, `vc-policy`) and to its QoS tier (`qc`).

@@ -64,7 +64,7 @@ def _int(value: Any) -> int | None:
 class ClientIndex:
     """ServicesList's `clients` map indexed once, so a round over many hosts stays linear.
 
-    REFERENCE.md matches a host on `nodeId`, the host loop on `SP_OURID` (the client id); on a
+    The Java plugin matches a host on `nodeId`, the host loop on `SP_OURID` (the client id); on a
     normal install both are the same number. An exact id wins; otherwise a client on that node
     counts, and two clients on one node that disagree make the answer ambiguous.
 

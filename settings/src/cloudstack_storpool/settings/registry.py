@@ -242,7 +242,7 @@ def _own(name: str, type: SettingType, default: SettingValue, description: str, 
 BOOL, INT, LONG, DOUBLE, STR = SettingType.BOOL, SettingType.INT, SettingType.LONG, SettingType.FLOAT, SettingType.STR
 
 _SETTINGS: tuple[Setting, ...] = (
-    # --- ConfigKeys of CloudStack's StorPool plugin (REFERENCE section 5), category Advanced ---
+    # --- ConfigKeys of CloudStack's StorPool plugin (as its source declares them), category Advanced ---
     _plugin("sp.bypass.secondary.storage", BOOL, False, Scope.GLOBAL, True,
             "Keep volume snapshots only on StorPool (primary). Read together with CloudStack's "
             "snapshot.backup.to.secondary: either one asking for primary only decides."),
