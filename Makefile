@@ -3,6 +3,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The distributions sharing the `cloudstack_storpool` namespace: the core (this folder), then
+# the components, each in its own folder with its own pyproject.toml.
+DISTS   := . settings heartbeat agent driver
 
 .PHONY: setup system venv test lint typecheck demo up down bench clean
 
@@ -11,10 +14,10 @@ setup: system venv
 system:
 	@bash integration/host-setup.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): $(addsuffix /pyproject.toml,$(DISTS))
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/pip install -q -e '.[test]' $(addprefix -e ./,$(filter-out .,$(DISTS)))
 	@touch $(STAMP)
 
 venv: system $(STAMP)
@@ -41,4 +44,4 @@ bench: venv
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info */build */src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -14,7 +14,9 @@
 #                        [--systemd-dir DIR | --no-units] [--no-build-check] [--check-only]
 #   --prefix DIR       the virtualenv (default /opt/cloudstack-storpool; the units and the
 #                      kvmspheartbeat.sh drop-in use /opt/cloudstack-storpool/bin)
-#   --source SPEC      what pip installs (default: the checkout this script is in)
+#   --source SPECS     what pip installs, space-separated (default: the KVM host's distributions
+#                      of the checkout this script is in; from an index:
+#                      "cloudstack-storpool-agent cloudstack-storpool-heartbeat")
 #   --pip-args ARGS    extra pip arguments, word-split (e.g. "--no-index --find-links /srv/wheels")
 #   --systemd-dir DIR  where the units go (default /etc/systemd/system); --no-units: none
 #   --no-build-check   do not check what building libvirt-python needs (a wheelhouse has it)
@@ -26,13 +28,14 @@ set -eu
 PREFIX=/opt/cloudstack-storpool
 DEFAULT_PREFIX=/opt/cloudstack-storpool
 HERE=$(cd "$(dirname "$0")" && pwd)
-# What pip installs by default: the checkout this script is in (the nearest directory above it
-# with a pyproject.toml); none when it runs from an installed package (then --source is needed).
-SOURCE=$HERE
-while [ "$SOURCE" != / ] && [ ! -f "$SOURCE/pyproject.toml" ]; do SOURCE=$(dirname "$SOURCE"); done
-[ -f "$SOURCE/pyproject.toml" ] || SOURCE=""
-AGENT_UNIT=$HERE/cloudstack-storpool-agent.service
-HEARTBEAT_UNIT=$(dirname "$HERE")/heartbeat/cloudstack-storpool-heartbeat.service
+# What pip installs by default: the KVM host's distributions of the checkout this script is in
+# (the core at its root, settings, heartbeat and the agent beside this script); none when the
+# script was copied out of a checkout (then --source is needed).
+CHECKOUT=$(dirname "$HERE")
+SOURCE=""
+if [ -f "$CHECKOUT/pyproject.toml" ] && [ -f "$HERE/pyproject.toml" ]; then
+    SOURCE="$CHECKOUT $CHECKOUT/settings $CHECKOUT/heartbeat $HERE"
+fi
 PIP_ARGS=""
 SYSTEMD_DIR=/etc/systemd/system
 UNITS=yes
@@ -48,7 +51,7 @@ die() { code=$1; shift; printf 'install-host.sh: %s\n' "$*" >&2; exit "$code"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
-        --source) SOURCE=${2:?--source needs a pip requirement or path}; shift 2 ;;
+        --source) SOURCE=${2:?--source needs pip requirements or paths}; shift 2 ;;
         --pip-args) PIP_ARGS=${2?--pip-args needs a value}; shift 2 ;;
         --systemd-dir) SYSTEMD_DIR=${2:?--systemd-dir needs a directory}; shift 2 ;;
         --no-units) UNITS=no; shift ;;
@@ -142,7 +145,8 @@ if [ -z "$PYTHON" ]; then
 fi
 echo "install-host.sh: using $PYTHON ($(version_of "$PYTHON" | tr ' ' .))"
 [ "$CHECK_ONLY" = yes ] && exit 0
-[ -n "$SOURCE" ] || die 2 "not in a checkout: say what to install with --source (e.g. --source cloudstack-storpool)"
+[ -n "$SOURCE" ] || die 2 "not in a checkout: say what to install with --source" \
+    "(e.g. --source 'cloudstack-storpool-agent cloudstack-storpool-heartbeat')"
 
 # --- what building libvirt-python needs (it publishes no wheels) ---------------------------
 
@@ -168,12 +172,19 @@ else
     "$PYTHON" -m venv "$PREFIX"
 fi
 # shellcheck disable=SC2086
-"$PREFIX/bin/python" -m pip install $PIP_ARGS "$SOURCE"
+"$PREFIX/bin/python" -m pip install $PIP_ARGS $SOURCE
 
 # --- the units ----------------------------------------------------------------------------
 
+# The units ship inside the installed packages, so they match what was installed.
+unit_of() {
+    "$PREFIX/bin/python" -c 'import sys; from importlib.resources import files; print(files(sys.argv[1]) / sys.argv[2])' "$1" "$2"
+}
+
 if [ "$UNITS" = yes ]; then
     mkdir -p "$SYSTEMD_DIR"
+    AGENT_UNIT=$(unit_of cloudstack_storpool.agent cloudstack-storpool-agent.service)
+    HEARTBEAT_UNIT=$(unit_of cloudstack_storpool.heartbeat cloudstack-storpool-heartbeat.service)
     for unit in "$AGENT_UNIT" "$HEARTBEAT_UNIT"; do
         sed "s#$DEFAULT_PREFIX/bin/#$PREFIX/bin/#g" "$unit" > "$SYSTEMD_DIR/$(basename "$unit")"
         chmod 0644 "$SYSTEMD_DIR/$(basename "$unit")"

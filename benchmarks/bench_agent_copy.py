@@ -11,7 +11,7 @@ what other processes on the machine wrote (a global `sync` did, and made the fig
 Runs alternate (agent first, then plain first) so a busy machine's drift hits both alike,
 and every run starts with the source image evicted from the page cache (that file only: the
 rest of the machine keeps its cache). The figure is the ratio of the medians; ratios above 1
-mean the agent is faster. Goal (issue 13): >= 0.95 for small and large images alike. Beside
+mean the agent is faster. Goal: >= 0.95 for small and large images alike. Beside
 it: a 90 % bootstrap interval of the ratio (how much it moves on a busy machine) and the
 agent's fixed cost per copy, measured on an image too small for the copy itself to matter.
 
@@ -37,7 +37,7 @@ from typing import Any
 MiB = 1 << 20
 GiB = 1 << 30
 CASES = (
-    # (name, virtual size, chunks, chunk size): issue 13's small image and a larger one.
+    # (name, virtual size, chunks, chunk size): a small image and a larger one.
     ("small: 64 MiB of data in a 4 GiB image", 4 * GiB, 4, 16 * MiB),
     ("large: 256 MiB of data in a 2 GiB image", 2 * GiB, 8, 32 * MiB),
 )
@@ -106,8 +106,8 @@ class _Agent:
     """The agent's copy_template command against one emulator with real loop devices."""
 
     def __init__(self, sp: Any, sec: Path) -> None:
-        from cloudstack_storpool.agent.commands import Context
         from cloudstack_storpool.agent.hostconfig import HostConfig
+        from cloudstack_storpool.agent.running import Context
         from cloudstack_storpool.spconn import StorPoolConn
 
         self.sp, self.sec = sp, sec

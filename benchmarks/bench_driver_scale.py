@@ -1,4 +1,4 @@
-"""The driver's tag scans at scale (issue 13, items 11 and 14): garbage collection over 10,000
+"""The driver's tag scans at scale: garbage collection over 10,000
 cached templates and 50,000 snapshots, `vm_destroyed` among 10,000 volumes, and the other
 operations that find objects by tag. Each row prints the StorPool and CloudStack calls sent and
 the driver's own time beside the goal.

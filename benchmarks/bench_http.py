@@ -1,4 +1,4 @@
-"""The HTTP plumbing (issue 13, item 10): keep-alive request latency before and after replying in
+"""The HTTP plumbing: keep-alive request latency before and after replying in
 one write with Nagle off, and throughput of 16 clients through 2 driver-service processes
 against the same creates/deletes sent straight to the StorPool emulator.
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import requests
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.httpjson import serve_in_thread
 from cloudstack_storpool.spconn import StorPoolConn

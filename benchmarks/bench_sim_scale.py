@@ -1,4 +1,4 @@
-"""The StorPool emulator at scale (issue 13, item 12): the driver's create and delete of one
+"""The StorPool emulator at scale: the driver's create and delete of one
 volume, and a VolumeTemplatesStatus, with 100, 1,000 and 10,000 volumes already in the cluster.
 
 Before, every change rewrote the whole state file and VolumeTemplatesStatus searched every

@@ -1,7 +1,7 @@
 """What the template cache buys: the first root volume from a 1 GiB template (cache fill: agent
 copy with qemu-img) against every later one (one VolumeCreate with `parent`), on the whole local
 stack (emulator, CloudStack simulator, real agents). Also counts the StorPool API calls the
-driver makes per operation and prints them beside the Java plugin's (REFERENCE.md).
+driver makes per operation and prints them beside the Java plugin's (counted from its source).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ MiB = 1 << 20
 TEMPLATE_SIZE = 1 << 30
 LATER = 20
 
-# Management-side StorPool calls of the Java plugin (REFERENCE.md, "calls per operation").
+# Management-side StorPool calls of the Java plugin per operation (counted from its source).
 JAVA = {
     "create empty volume": "1 (VolumeCreate)",
     "root volume from a cached template": "1 (VolumeCreate with parent)",
@@ -36,7 +36,7 @@ JAVA = {
 
 def _content() -> dict[int, bytes]:
     """256 MiB of incompressible data spread over the 1 GiB image (a realistic sparse OS image;
-    the size issue 13's goal is stated for)."""
+    the size the goal is stated for)."""
     out: dict[int, bytes] = {}
     for i in range(16):
         out[i * 64 * MiB] = os.urandom(16 * MiB)

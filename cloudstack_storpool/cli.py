@@ -1,10 +1,16 @@
-"""The one console script. Each package owns its command group; this module only wires them."""
+"""The one console script. Each distribution owns its command groups and declares them as entry
+points (`cloudstack_storpool.commands`); this module only wires in those that are installed, so a
+KVM host with the agent and heartbeat alone gets their commands and no management ones."""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import click
 
-from cloudstack_storpool import __version__
+from cloudstack_storpool.version import __version__
+
+COMMAND_GROUP = "cloudstack_storpool.commands"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,24 +20,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    # Imported here so that `--help` of one group does not pay for importing every other one's
-    # heavy dependencies at module import time of this file.
-    from cloudstack_storpool.agent.cli import agent_group
-    from cloudstack_storpool.heartbeat.cli import heartbeat_group
-    from cloudstack_storpool.ops_cli import (
-        gc_cmd,
-        pool_group,
-        snapshot_group,
-        template_group,
-        vmsnapshot_group,
-        volume_group,
-    )
-    from cloudstack_storpool.service_cli import serve_cmd
-    from cloudstack_storpool.settings.cli import settings_group
-
-    for group in (settings_group, agent_group, heartbeat_group, pool_group, template_group, volume_group, gc_cmd,
-                  serve_cmd, snapshot_group, vmsnapshot_group):
-        cli.add_command(group)
+    for point in entry_points(group=COMMAND_GROUP):
+        command = point.load()
+        if not isinstance(command, click.Command):
+            raise TypeError(f"entry point {point.name} = {point.value} is not a click command")
+        cli.add_command(command, point.name)
 
 
 _register()

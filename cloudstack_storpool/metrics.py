@@ -16,6 +16,7 @@ dispatcher, every agent command the agent's job runner, every periodic task its 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -145,26 +146,31 @@ def agent_certificate(file: str, not_before: float, not_after: float) -> None:
     CERT_VALID.labels(file).set_function(lambda: 1.0 if not_before <= time.time() <= not_after else 0.0)
 
 
+ResultRecorder = Callable[[Any], None]
+_RESULT_RECORDERS: dict[type, ResultRecorder] = {}
+PERIODIC_TASKS = ("gc", "capacity", "volumes", "delay-delete")
+
+
+def count_results(kind: type, recorder: ResultRecorder) -> None:
+    """How a result of type `kind` (alone, or as the items of a list) feeds the metrics. The layer
+    that knows the type registers it (the service, for the driver's reports): this module is used
+    by the connection layers, which sit below the driver, so it imports nothing above them."""
+    _RESULT_RECORDERS[kind] = recorder
+
+
+def _recorder_for(value: Any) -> ResultRecorder | None:
+    return next((_RESULT_RECORDERS[t] for t in type(value).__mro__ if t in _RESULT_RECORDERS), None)
+
+
 def record_result(name: str, result: Any) -> None:
     """What a periodic task or an operation returned, in the metrics it feeds (by its type)."""
-    from cloudstack_storpool.driver import gc, hosts, recovery, stats
-
-    if name in ("gc", "capacity", "volumes", "delay-delete"):
+    if name in PERIODIC_TASKS:
         PERIODIC_RUNS.labels(name, "failed" if isinstance(result, BaseException) else "ok").inc()
-    if isinstance(result, gc.GcReport):
-        GC_DELETED.inc(len(result.done))
-        GC_ERRORS.inc(len(result.errors))
-    elif isinstance(result, recovery.SyncReport):
-        DELAY_DELETE_EXPIRED.inc(len(result.expired))
-    elif isinstance(result, list) and result and isinstance(result[0], hosts.HostHeartbeat):
-        for h in result:
-            heartbeat_verdict(h.host_id, h.verdict)
-    elif isinstance(result, list) and result and isinstance(result[0], stats.PoolStats):
-        for p in result:
-            for kind in ("total", "used", "free", "provisioned", "stored"):
-                value = getattr(p, kind)
-                if value is not None:
-                    POOL_BYTES.labels(p.uuid, kind).set(value)
+    items = result if isinstance(result, list) else [result]
+    recorder = _recorder_for(items[0]) if items else None
+    if recorder is not None:
+        for item in items:
+            recorder(item)
 
 
 def send(handler: JsonHandler) -> None:

@@ -35,6 +35,13 @@ def is_client_id(value: object) -> TypeGuard[int]:
     return type(value) is int and 1 <= value <= MAX_CLIENT_ID
 
 
+def check_client_id(value: object, field_name: str = "client_id") -> int:
+    """A StorPool client id, or ValidationError naming `field_name`."""
+    if not is_client_id(value):
+        raise ValidationError(field_name, f"StorPool client id must be an integer 1..{MAX_CLIENT_ID}, got {value!r}")
+    return value
+
+
 def _check(field: str, value: str, rx: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(field, f"{what} must be a non-empty string")

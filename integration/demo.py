@@ -322,7 +322,7 @@ class Demo:
 
     def host_view(self, client_id: int, want: str, timeout: float = 10.0) -> dict[str, Any]:
         """The heartbeat status a host's own loop wrote, as its agent serves it (polled until `want`)."""
-        from cloudstack_storpool.agent.client import AgentClient
+        from cloudstack_storpool.agentapi.client import AgentClient
 
         agent = AgentClient(self.stack.agent_for_client(client_id).url, self.stack.agent_token,
                             ca_file=str(self.stack.ca.ca_file))

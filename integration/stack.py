@@ -22,10 +22,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer
-from cloudstack_storpool.agent.tls import AGENT_CA_ENV, served_certificate, server_context
+from cloudstack_storpool.agent.tls import served_certificate, server_context
+from cloudstack_storpool.agentapi.link import AGENT_CA_ENV
 from cloudstack_storpool.cloudstack.client import CloudStackClient
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext

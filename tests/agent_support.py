@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.stack import free_port

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool.agent.client import AgentRequestError
+from cloudstack_storpool.agentapi.client import AgentRequestError
 from cloudstack_storpool.cloudstack.records import DiskOffering, ServiceOffering, Template, VirtualMachine
 from cloudstack_storpool.driver import naming, tags
 from cloudstack_storpool.driver.context import DriverContext

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
 from cloudstack_storpool.agent.server import AgentServer
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.errors import NotFound
 from cloudstack_storpool.poolconfig import PoolSpec, Secret

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from cloudstack_storpool.agent import secondary
-from cloudstack_storpool.agent.commands import COMMANDS, CopyTemplateRequest, CopyToVolumeRequest, parse
-from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV, load_host_config, read_agent_token
+from cloudstack_storpool.agent.commands import COMMANDS, parse
+from cloudstack_storpool.agent.hostconfig import load_host_config
+from cloudstack_storpool.agentapi import locations
+from cloudstack_storpool.agentapi.command_types import CopyTemplateRequest, CopyToVolumeRequest
+from cloudstack_storpool.agentapi.link import AGENT_TOKEN_ENV, read_agent_token
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.typedjson import to_json
 
@@ -94,10 +97,10 @@ def test_nfs_url_maps_to_a_stable_unique_mountpoint() -> None:
     assert a.startswith("/mnt/root/10.1.1.5_export_secondary-")
     b = secondary.mountpoint_for("nfs://10.1.1.5/export_secondary", "/mnt/root")
     assert a != b  # same sanitised name, different export
-    assert secondary.parse_nfs_url("nfs://nfs.example:2049/srv/sec").source == "nfs.example:/srv/sec"
-    assert secondary.parse_nfs_url("nfs://[fd00::1]/srv").source == "[fd00::1]:/srv"
+    assert locations.parse_nfs_url("nfs://nfs.example:2049/srv/sec").source == "nfs.example:/srv/sec"
+    assert locations.parse_nfs_url("nfs://[fd00::1]/srv").source == "[fd00::1]:/srv"
     with pytest.raises(ValidationError):
-        secondary.parse_nfs_url("nfs://host/../etc")
+        locations.parse_nfs_url("nfs://host/../etc")
 
 
 def test_mount_fails_clearly_without_an_nfs_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

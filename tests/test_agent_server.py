@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from cloudstack_storpool.agent.client import AgentClient, AgentError, AgentRequestError
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.server import AgentServer, parse_listen
+from cloudstack_storpool.agentapi.client import AgentClient, AgentError, AgentRequestError
 from cloudstack_storpool.errors import ValidationError
 from integration.stack import free_port
 from tests.agent_support import TOKEN, serve_agent

@@ -16,11 +16,11 @@ import requests
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
 from cloudstack_storpool.agent.tls import INSECURE_WARNING, server_context, serving_context
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.spconn import StorPoolConn

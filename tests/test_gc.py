@@ -112,8 +112,8 @@ def test_drop_template_now(env: Env) -> None:
 
 
 def test_cloudstack_is_asked_once_per_run_not_once_per_cache(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 13: GC asked CloudStack about every cached template (10,000 calls at 10k caches).
-    Now one listing per run; only a cache whose template is not listed is confirmed by id."""
+    """Asking CloudStack about every cached template would be 10,000 calls at 10k caches: one
+    listing per run instead; only a cache whose template is not listed is confirmed by id."""
     kept = [env.add_template() for _ in range(12)]
     gone = [env.add_template() for _ in range(3)]
     for t in kept + gone:

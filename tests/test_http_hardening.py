@@ -15,8 +15,8 @@ from typing import Any, cast
 import pytest
 import requests
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.agent.server import AgentServer
 from cloudstack_storpool.driver.context import DriverContext
 from cloudstack_storpool.httpjson import TokenServer, is_loopback, serve_in_thread
@@ -109,7 +109,7 @@ def _get(srv: TokenServer, path: str) -> requests.Response:
     return requests.get(srv.url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
 
 
-# -- item 6: read timeouts, a bounded pool, a connection cap --------------------------------------
+# -- read timeouts, a bounded pool, a connection cap ----------------------------------------------
 
 
 def test_authenticated_callers_are_answered_during_a_flood_of_half_open_connections(
@@ -182,7 +182,7 @@ def test_pipelined_requests_are_all_answered_in_order(server: tuple[TokenServer,
     assert [_read_response(s, buf)[0] for _ in range(4)] == [200, 200, 200, 404]
 
 
-# -- item 7: every method authenticated, errors in JSON, bodies never taken for requests -----------
+# -- every method authenticated, errors in JSON, bodies never taken for requests ------------------
 
 
 @pytest.mark.parametrize("method", ["HEAD", "PATCH", "OPTIONS", "PUT", "DELETE", "TRACE", "BREW", "POST", "GET"])

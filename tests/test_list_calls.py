@@ -1,5 +1,5 @@
 """Operations that find objects by their tags list each StorPool cluster once, whatever the
-number of pools on it or of objects it holds (issue 13: no per-item or per-pool full scans).
+number of pools on it or of objects it holds (no per-item or per-pool full scans).
 Both test pools share one emulator: one cluster."""
 
 from __future__ import annotations

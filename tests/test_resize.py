@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from cloudstack_storpool.agent import commands
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agentapi.command_types import Request
 from cloudstack_storpool.driver import resize
 from cloudstack_storpool.driver.resize import ResizeFailed
 from cloudstack_storpool.errors import ValidationError
@@ -146,7 +147,7 @@ def test_agent_confirmed_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
     AgentRequestError("libvirt: block resize failed", code="failed"),  # no confirmation in the answer
 ], ids=["lost", "unreachable", "timeout", "unconfirmed"])
 def test_unconfirmed_failure_leaves_the_volume_grown(env: Env, error: AgentRequestError) -> None:
-    """Issue 13: the host may already have grown the disk under the running guest; shrinking
+    """The host may already have grown the disk under the running guest; shrinking
     StorPool beneath it is worse than leaving it grown."""
     vm_id, instance, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
@@ -180,7 +181,7 @@ def test_failed_rollback_is_reported(env: Env) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _ResizeBeforeVmField(commands.Request):
+class _ResizeBeforeVmField(Request):
     """The resize request of an agent older than the driver: it knows no `vm` field."""
 
     volume: str

@@ -380,7 +380,7 @@ def test_gc_plan_query_is_range_checked(real: ServiceServer) -> None:
 
 
 def test_an_agents_refusal_of_a_location_is_400_naming_the_request_field() -> None:
-    from cloudstack_storpool.agent.client import AgentRequestError
+    from cloudstack_storpool.agentapi.client import AgentRequestError
     from cloudstack_storpool.driver.secondary import agent_refusals
     from cloudstack_storpool.service.app import error_response
 

@@ -22,7 +22,7 @@ from cloudstack_storpool.settings.registry import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# REFERENCE.md section 5: the plugin's ConfigKeys exactly (type, default, scope, dynamic), category Advanced.
+# The Java plugin's ConfigKeys exactly, as CloudStack's source declares them (type, default, scope, dynamic), category Advanced.
 SECTION_5 = {
     "sp.bypass.secondary.storage": (SettingType.BOOL, "false", Scope.GLOBAL, True),
     "sp.cluster.id": (SettingType.STR, "n/a", Scope.CLUSTER, True),

@@ -208,7 +208,7 @@ def test_volume_from_snapshot_is_one_create_no_copy(env: Env) -> None:
 
 
 def test_volume_from_snapshot_takes_the_offering_like_any_create(env: Env) -> None:
-    """Issue 13: the offering (template, `qc`, iops) was ignored for volumes from snapshots."""
+    """A volume from a snapshot takes its offering (template, `qc`, iops) as any create does."""
     env.set_bypass(True)
     vid, _ = env.volume(max_iops=300)
     sid = env.cs.model.add_snapshot(vid).id

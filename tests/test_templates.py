@@ -81,7 +81,7 @@ def test_a_dead_fill_is_taken_over(env: Env) -> None:
 
 
 def test_a_fresh_fill_without_signs_of_life_is_taken_over_after_the_limit(env: Env) -> None:
-    """Issue 13: a fill judged by age blocked its template for max(fill timeout, copy timeout)
+    """A fill judged by age would block its template for max(fill timeout, copy timeout)
     = 7200 s after its driver died. Judged by liveness, a fill whose stamp stops changing is
     taken over one limit (here 60 s) after the waiter first saw it, whatever the copy timeout."""
     env.set_setting("storpool.template.fill.timeout", 60)
@@ -360,7 +360,7 @@ def test_a_fill_found_by_name_that_is_not_ours_is_waited_for(env: Env) -> None:
 def test_a_fill_finished_between_our_miss_and_our_lock_is_not_copied_again(
     env: Env, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Issue 13: a root volume sees the cache missing (its VolumeCreate fails), another filler
+    """A root volume sees the cache missing (its VolumeCreate fails), another filler
     then finishes the whole fill and releases the lock, and only then does this caller take the
     lock. Having just seen the cache missing, it must still look once more after the lock
     instead of copying the template a second time. The hook runs the other fill exactly inside

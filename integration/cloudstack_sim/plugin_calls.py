@@ -3,7 +3,7 @@ with its token. What CloudStack's KVM agent does on a host through the storage a
 through the service too (its host-side operations pick the host and run the agent there), so
 the simulator never dials an agent itself.
 
-Every call is named by the service's operation name (`cloudstack_storpool/service/operations.py`)
+Every call is named by the service's operation name (`driver/src/cloudstack_storpool/service/operations.py`)
 and recorded in `calls`, so tests and docs/adapter.md can check which
 entry points the simulator drives. A failed call raises `PluginError` carrying the service's
 message; the storage commands turn it into a failed async job (errorcode 530) as CloudStack

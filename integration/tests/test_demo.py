@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from integration import dev_command, dev_env
 from integration.needs import need_root, need_tool
+
+pytestmark = [pytest.mark.root, pytest.mark.libvirt]
 
 
 def test_demo_runs_every_step_and_passes(tmp_path: Path) -> None:

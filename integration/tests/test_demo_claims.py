@@ -29,6 +29,8 @@ from integration.demo import CheckFailed, Demo
 from integration.needs import need_root, need_tool
 from integration.stack import LocalStack
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:

@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import requests
 from storpool import spapi
 
 from integration import dev_command, dev_env, leftovers
 from integration.needs import need_root, need_tool
+
+pytestmark = pytest.mark.root
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,8 +73,8 @@ def _leftovers(run_dir: Path) -> list[str]:
 
 
 def test_up_after_a_killed_up_recovers_and_down_cleans_a_killed_run(tmp_path: Path) -> None:
-    """Issue 13: kill -9 of the stack process left its XFS mount and loop devices; the next `up`
-    failed on its own stale mount, and `down` said "not running" and left them."""
+    """A kill -9 of the stack process leaves its XFS mount and loop devices: the next `up` must not
+    fail on its own stale mount, and `down` must release them rather than say "not running"."""
     need_root()
     need_tool("mkfs.xfs")
     run_dir = tmp_path / "run"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
+from cloudstack_storpool.agent.running import Context
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.needs import need, need_root, need_tool
 from integration.storpool_sim.dataplane import loop_supported

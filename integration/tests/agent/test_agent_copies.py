@@ -12,13 +12,16 @@ import pytest
 
 from cloudstack_storpool.agent import qemu_img
 from cloudstack_storpool.agent.attach import attached, detach, lookup
-from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
-from cloudstack_storpool.agent.commands import RunControl, execute
+from cloudstack_storpool.agent.commands import execute
 from cloudstack_storpool.agent.qemu_img import QemuImgError
+from cloudstack_storpool.agent.running import RunControl
 from cloudstack_storpool.agent.server import AgentServer, serve_in_thread
+from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
 from cloudstack_storpool.errors import SpBusy
 from cloudstack_storpool.spconn import Ref
 from integration.tests.agent.conftest import GiB, Lab, MiB, make_qcow2, read_at
+
+pytestmark = pytest.mark.root
 
 TOKEN = "integration-agent-token"
 

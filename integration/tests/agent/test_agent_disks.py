@@ -16,6 +16,8 @@ from cloudstack_storpool.errors import NotFound, SpBusy, ValidationError
 from integration.tests.agent.conftest import Lab, MiB, qemu_io_write, read_at
 from integration.tests.argv_watch import ArgvWatch
 
+pytestmark = pytest.mark.root
+
 PASS = "correct-horse-" + uuid.uuid4().hex
 MARK = b"PLAINTEXT-MARKER-0123456789abcdef"
 

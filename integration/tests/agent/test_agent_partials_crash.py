@@ -8,11 +8,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from cloudstack_storpool.agent import qemu_img
-from cloudstack_storpool.agent.client import AgentClient
 from cloudstack_storpool.agent.commands import execute
+from cloudstack_storpool.agentapi.client import AgentClient
 from integration import processes
 from integration.tests.agent.conftest import Lab, MiB
+
+pytestmark = pytest.mark.root
 
 SIZE = 256 * MiB
 TARGET = "snapshots/2/7/s1.qcow2"
@@ -56,7 +60,7 @@ def test_kill_9_mid_backup_then_restart_removes_the_partial_file(lab: Lab, tmp_p
             time.sleep(0.005)
         agent.kill()
         left = _partials(dest_dir)
-        assert len(left) == 2 and not (dest_dir / "s1.qcow2").exists(), left  # what issue 13 found
+        assert len(left) == 2 and not (dest_dir / "s1.qcow2").exists(), left  # what a killed agent leaves
 
         agent.start()
         deadline = time.monotonic() + 30

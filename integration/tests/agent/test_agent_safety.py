@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from cloudstack_storpool.agent.commands import RunControl, execute
+from cloudstack_storpool.agent.commands import execute
+from cloudstack_storpool.agent.running import RunControl
 from cloudstack_storpool.errors import NotFound, ValidationError
 from cloudstack_storpool.spconn import Ref
 from integration.tests.agent.conftest import Lab, MiB, read_at
+
+pytestmark = pytest.mark.root
 
 SECRET = b"HOST-ONLY-SECRET-0123456789"
 

@@ -16,6 +16,8 @@ from integration.libvirt_domain import start_domain
 from integration.needs import need, need_tool
 from integration.tests.agent.conftest import Lab, MiB
 
+pytestmark = pytest.mark.root
+
 URI = "qemu:///system"
 
 
@@ -45,6 +47,7 @@ def vm_conn() -> Iterator[Any]:
         conn.close()
 
 
+@pytest.mark.libvirt
 def test_resize_makes_a_running_vm_see_the_new_size(lab: Lab, vm_conn: Any) -> None:
 
     vol = lab.volume(64 * MiB)

@@ -1,5 +1,5 @@
 """The simulator follows CloudStack's ApiServer / ParamProcessWorker / BaseListCmd /
-ConfigurationManagerImpl rules (REFERENCE.md section 5), checked with the stock `cs` client and
+ConfigurationManagerImpl rules (as CloudStack's source has them), checked with the stock `cs` client and
 with raw requests signed here, independently of the simulator's own signing code."""
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported 
 from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
 from integration.tests.workflows.support import deploy, offering, template, volumes_of, with_image
 
+pytestmark = pytest.mark.root
+
 
 def calls_during(stack: LocalStack, work: Any) -> list[tuple[str, dict[str, Any]]]:  # noqa: F811
     plugin = stack.cs.model.plugin

@@ -12,6 +12,8 @@ from cloudstack_storpool.driver import identity, pools, volumes
 from cloudstack_storpool.errors import SpUnreachable
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 

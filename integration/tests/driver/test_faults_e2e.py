@@ -20,6 +20,8 @@ from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from cloudstack_storpool.errors import ProjectError
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 Fault = Callable[[LocalStack], None]
 

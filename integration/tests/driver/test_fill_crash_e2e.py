@@ -13,7 +13,7 @@ from integration.processes import driver_service
 from integration.stack import LocalStack, new_uuid
 from integration.tests.driver.test_templates_e2e import new_template, temporary_objects
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 LIMIT = 6
 """`storpool.template.fill.timeout` for this test: the owner stamps its fill every 1.5 s."""

@@ -10,7 +10,7 @@ from cloudstack_storpool.driver import gc, templates, volumes
 from integration.cloudstack_sim.model import ApiError
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 

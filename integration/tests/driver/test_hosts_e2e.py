@@ -9,6 +9,8 @@ from cloudstack_storpool.driver import hosts, pools
 from cloudstack_storpool.errors import NotFound
 from integration.stack import LocalStack
 
+pytestmark = pytest.mark.root
+
 
 def verdicts(stack: LocalStack, **kw: object) -> dict[str, str]:
     return {h.host: h.verdict for h in hosts.check_hosts(stack.ctx, io_window=0.2, **kw)}  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ from integration.needs import need
 from integration.stack import LocalStack, new_uuid
 from integration.tests.argv_watch import ArgvWatch
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 
@@ -111,6 +113,7 @@ def _verify(dom: Any, pattern: int, offset: int, length: int = 64 * 1024) -> Non
     assert f"read {length}/{length} bytes" in out and "verification failed" not in out.lower(), out
 
 
+@pytest.mark.libvirt
 def test_live_migration_keeps_the_guest_disk_and_ends_on_the_target_only(stack: LocalStack, virt: Any) -> None:
     vm, gids = _vm_with_disks(stack, (32 * MiB,))
     gid = gids[0]
@@ -147,6 +150,7 @@ def test_live_migration_keeps_the_guest_disk_and_ends_on_the_target_only(stack: 
                 dom.destroy()
 
 
+@pytest.mark.libvirt
 def test_failed_live_migration_leaves_the_volume_on_the_source_only(stack: LocalStack, virt: Any) -> None:
     vm, gids = _vm_with_disks(stack, (16 * MiB, 16 * MiB))
     src_host, dst_host = _host(stack, 1), _host(stack, 2)

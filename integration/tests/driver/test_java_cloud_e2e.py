@@ -23,6 +23,8 @@ from integration import javacloud
 from integration.javacloud import JavaCloud
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 

@@ -20,6 +20,8 @@ from cloudstack_storpool.errors import SpUnreachable, ValidationError
 from integration.stack import STACK_TEMPLATES, LocalStack, new_uuid
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 TEMPLATE_SIZE = 16 * MiB
 CONTENT = {0: b"boot sector", 9 * MiB: b"east or west"}

@@ -9,7 +9,7 @@ import pytest
 from cloudstack_storpool.driver import migration, naming, volumes
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 

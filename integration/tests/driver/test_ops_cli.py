@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from cloudstack_storpool.cli import cli
 from cloudstack_storpool.driver import volumes
 from integration.stack import LocalStack, new_uuid
+
+pytestmark = pytest.mark.root
 
 
 def test_pool_list_table_and_json_never_show_the_token(stack: LocalStack) -> None:

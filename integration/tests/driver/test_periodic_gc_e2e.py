@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from cloudstack_storpool.driver import volumes
 from cloudstack_storpool.service.periodic import PeriodicGc
 from integration.stack import LocalStack, new_uuid
+
+pytestmark = pytest.mark.root
 
 
 def test_cache_of_a_deleted_template_goes_by_itself(stack: LocalStack) -> None:

@@ -12,7 +12,7 @@ from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 

@@ -3,8 +3,12 @@ job, a CLI progress bar)."""
 
 from __future__ import annotations
 
+import pytest
+
 from cloudstack_storpool.driver import volumes
 from integration.stack import LocalStack, new_uuid
+
+pytestmark = pytest.mark.root
 
 MiB = 1 << 20
 

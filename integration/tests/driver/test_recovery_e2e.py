@@ -15,7 +15,7 @@ from cloudstack_storpool.driver import identity, recovery, volumes
 from cloudstack_storpool.errors import Conflict, NotFound
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 

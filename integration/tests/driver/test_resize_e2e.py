@@ -21,6 +21,8 @@ from integration import processes
 from integration.libvirt_domain import start_domain
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 
@@ -44,6 +46,7 @@ def volume_of(stack: LocalStack, size: int, vm_id: str | None, iops: int | None 
 
 
 
+@pytest.mark.libvirt
 def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
     vm = running_vm(stack)
     vid, gid = volume_of(stack, 64 * MiB, vm.id)
@@ -64,6 +67,7 @@ def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
         conn.detach(Ref("volume", "~" + gid), force=True)
 
 
+@pytest.mark.libvirt
 def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
     """The domain runs but has not got this disk (libvirt cannot resize it): StorPool goes back."""
     vm = running_vm(stack)
@@ -151,7 +155,7 @@ def test_an_unreachable_host_passes_to_the_next_and_unknown_hosts_are_refused(st
 
 
 def test_contact_lost_mid_resize_leaves_the_volume_grown(stack: LocalStack, tmp_path: Path) -> None:
-    """Issue 13: the agent took the resize job, then died (kill -9) before answering: libvirt
+    """The agent took the resize job, then died (kill -9) before answering: libvirt
     may already have grown the disk, so StorPool is not shrunk back under the guest."""
     vm = running_vm(stack, client_id=2)
     vid, gid = volume_of(stack, 16 * MiB, vm.id)

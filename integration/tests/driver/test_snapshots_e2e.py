@@ -13,6 +13,8 @@ from cloudstack_storpool.driver import naming, snapshots, templates, volumes
 from cloudstack_storpool.driver.snapshots import SecondaryLocation
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 

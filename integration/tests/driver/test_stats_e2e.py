@@ -16,7 +16,7 @@ from cloudstack_storpool.driver import identity, pools, stats, volumes
 from cloudstack_storpool.errors import ValidationError
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 BLOCK = 4096
@@ -111,6 +111,7 @@ def test_service_serves_from_its_cache_and_the_collectors_refresh_it(stack: Loca
 
     from cloudstack_storpool import metrics
     from cloudstack_storpool.driver.recovery import ExpiryTracker
+    from cloudstack_storpool.service import counted
     from cloudstack_storpool.service.periodic import service_tasks
 
     vid = new_uuid()
@@ -128,6 +129,7 @@ def test_service_serves_from_its_cache_and_the_collectors_refresh_it(stack: Loca
 
     # The collectors, on their settings' intervals (here: every 0.2 s), refresh what is served.
     cache = stats.StatsCache()
+    counted.register()
     tasks = [t for t in service_tasks(stack.ctx, cache, ExpiryTracker(), metrics.record_result)
              if t.name in ("capacity", "volumes")]
     for t in tasks:

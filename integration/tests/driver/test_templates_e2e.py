@@ -20,7 +20,7 @@ from cloudstack_storpool.driver import templates, volumes
 from cloudstack_storpool.driver.templates import TemplateSource
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 TEMPLATE_SIZE = 64 * MiB

@@ -11,10 +11,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from cloudstack_storpool.driver import vmsnapshots, volumes
 from cloudstack_storpool.spconn import Ref
 from integration.needs import need_root
 from integration.stack import LocalStack, new_uuid
+
+pytestmark = pytest.mark.root
 
 MiB = 1 << 20
 BLOCK = 4096

@@ -11,7 +11,7 @@ from cloudstack_storpool.driver import naming, volumes
 from cloudstack_storpool.errors import ValidationError
 from integration.stack import LocalStack, new_uuid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MiB = 1 << 20
 

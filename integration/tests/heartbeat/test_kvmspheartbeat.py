@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 from cloudstack_storpool.heartbeat.hostloop import Action, HostLoop, LoopConfig
@@ -16,7 +17,7 @@ from cloudstack_storpool.spconn import StorPoolConn
 from integration.storpool_sim.testing import EmulatorHandle
 from integration.tests.heartbeat.support import dead_port, io_request
 
-SCRIPT = Path(__file__).resolve().parents[3] / "heartbeat" / "kvmspheartbeat.sh"
+SCRIPT = Path(str(files("cloudstack_storpool.heartbeat") / "kvmspheartbeat.sh"))
 
 
 def _loop(conn: StorPoolConn, status: Path, client: int = 2) -> HostLoop:

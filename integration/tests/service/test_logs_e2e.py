@@ -15,6 +15,7 @@ import uuid
 from io import StringIO
 from pathlib import Path
 
+import pytest
 import requests
 
 from cloudstack_storpool import logs
@@ -22,6 +23,7 @@ from integration.stack import LocalStack, free_port
 from integration.tests.service.test_service_cli import SERVE, _secret_file
 
 
+@pytest.mark.root
 def test_json_lines_carry_job_and_uuid_and_never_a_secret(stack: LocalStack, tmp_path: Path) -> None:
     token = uuid.uuid4().hex
     port = free_port()
@@ -94,6 +96,7 @@ def test_secrets_masked_in_messages_and_tracebacks() -> None:
     assert out[2]["job"] is None and out[2]["uuid"] is None
 
 
+@pytest.mark.root
 def test_agent_lines_carry_the_callers_uuid_and_name_its_job(stack: LocalStack) -> None:
     from cloudstack_storpool.driver import volumes
     from integration.stack import new_uuid

@@ -14,6 +14,8 @@ from cloudstack_storpool.driver import volumes
 from cloudstack_storpool.service import ServiceServer
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 
@@ -119,6 +121,7 @@ def test_gc_results_and_failures_are_counted(stack: LocalStack) -> None:
 
     from cloudstack_storpool import metrics
     from cloudstack_storpool.driver import pools
+    from cloudstack_storpool.service import counted
     from cloudstack_storpool.service.periodic import PeriodicGc
 
     spec = stack.ctx.pool("storpool-primary")
@@ -126,6 +129,7 @@ def test_gc_results_and_failures_are_counted(stack: LocalStack) -> None:
         stack.ctx.conn(spec).volume_create(
             size=MiB, template=spec.template,
             tags=pools.identity_tags(new_uuid(), "temporary", spec, started=str(int(time.time()) - 10 * 86400)))
+    counted.register()
     task = PeriodicGc(stack.ctx, interval=lambda: 0.0, on_result=metrics.record_result)
 
     def sample(name: str, **labels: str) -> float:

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 
 from integration.stack import LocalStack, free_port
@@ -25,6 +26,7 @@ def _secret_file(path: Path, value: str) -> str:
     return str(path)
 
 
+@pytest.mark.root
 def test_serve_process_end_to_end(stack: LocalStack, tmp_path: Path) -> None:
     token = uuid.uuid4().hex
     port = free_port()

@@ -11,11 +11,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import requests
 
 from cloudstack_storpool.spconn import StorPoolConn
 from integration.stack import LocalStack
 from integration.tests.service.conftest import ServiceFactory
+
+pytestmark = pytest.mark.root
 
 CLIENT_THREADS = 16
 VOLUMES = 70      # each created twice, once through each service, concurrently: 140 requests

@@ -33,6 +33,8 @@ from schemathesis.specs.openapi.checks import (
 from cloudstack_storpool.service import ServiceServer
 from integration.stack import LocalStack
 
+pytestmark = pytest.mark.root
+
 MAX_EXAMPLES = 30
 POOL_FIELDS = ("pool", "source_pool", "target_pool")
 FUZZ_POOL = "fuzz-pool"

@@ -8,11 +8,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
+import pytest
 import requests
 
 from cloudstack_storpool.service import ServiceServer
 from integration.stack import LocalStack
 from integration.tests.service.conftest import ServiceFactory
+
+pytestmark = pytest.mark.root
 
 MiB = 1 << 20
 
@@ -108,7 +111,7 @@ def test_pool_registered_through_one_service_is_seen_by_another(
 def test_volume_from_snapshot_through_the_service_takes_the_offering(
     stack: LocalStack, service: ServiceServer, service_token: str,
 ) -> None:
-    """The service schema carries the offering of a volume made from a snapshot (issue 13)."""
+    """The service schema carries the offering of a volume made from a snapshot."""
     from integration.tests.driver.test_snapshots_e2e import make_volume
 
     stack.set_bypass(True, wait=True)

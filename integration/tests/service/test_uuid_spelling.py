@@ -13,6 +13,8 @@ from cloudstack_storpool.cli import cli
 from cloudstack_storpool.service import ServiceServer
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 POOL = "storpool-primary"
 

@@ -77,6 +77,7 @@ def _holder(path: Path) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
 
 
+@pytest.mark.root
 def test_attach_exposes_a_loop_device_with_both_links(sp_emulator: EmulatorHandle) -> None:
     api = sp_emulator.api()
     gid = api.volumeCreate({"name": "vol-a", "size": 64 * MiB, "template": "ssd"}).globalId
@@ -92,6 +93,7 @@ def test_attach_exposes_a_loop_device_with_both_links(sp_emulator: EmulatorHandl
         ["losetup", "-a"], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.root
 def test_snapshot_clone_baseon_revert_resize_by_checksum(sp_emulator: EmulatorHandle) -> None:
     api = sp_emulator.api()
     api.volumeCreate({"name": "vol-d", "size": 128 * MiB, "template": "ssd"})
@@ -130,6 +132,7 @@ def test_snapshot_clone_baseon_revert_resize_by_checksum(sp_emulator: EmulatorHa
     assert _digest(dev, 128 * MiB) == before
 
 
+@pytest.mark.root
 def test_detach_of_an_open_device_needs_force(sp_emulator: EmulatorHandle) -> None:
     api = sp_emulator.api()
     gid = api.volumeCreate({"name": "vol-o", "size": 32 * MiB, "template": "ssd"}).globalId
@@ -150,6 +153,7 @@ def test_detach_of_an_open_device_needs_force(sp_emulator: EmulatorHandle) -> No
     assert str(sp_emulator.object_file(gid)) not in out, (loop, out)
 
 
+@pytest.mark.root
 def test_open_detection_sees_this_process_too(sp_emulator: EmulatorHandle) -> None:
     api = sp_emulator.api()
     api.volumeCreate({"name": "vol-self", "size": 32 * MiB, "template": "ssd"})
@@ -169,6 +173,7 @@ def _used(path: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+@pytest.mark.root
 def test_reflink_snapshot_and_clone_copy_no_data(sp_emulator: EmulatorHandle) -> None:
     api = sp_emulator.api()
     gid = api.volumeCreate({"name": "vol-big", "size": GiB, "template": "ssd"}).globalId
@@ -213,6 +218,7 @@ def test_sparse_copies_skip_holes(sp_emulator_sparse: EmulatorHandle) -> None:
         assert copied == fh.read(4 * MiB)
 
 
+@pytest.mark.root
 def test_stop_releases_every_loop_device_and_restart_restores_them(xfs_dir: Path, tmp_path: Path) -> None:
     data = xfs_dir / f"restart-{os.getpid()}-{tmp_path.name}"
     dev_root = tmp_path / "dev"

@@ -1,4 +1,4 @@
-"""Every wire form of the Java plugin (REFERENCE.md section 5), replayed through raw HTTP.
+"""Every wire form of the Java plugin (as its source sends them), replayed through raw HTTP.
 
 A faithful emulator accepts exactly what real StorPool accepts from the Java plugin: anonymous
 objects (`"name": ""`), JSON nulls for fields not given, tags without `pool`, copies with

@@ -116,6 +116,7 @@ def test_unknown_client_for_active_requests(api: StrictApi) -> None:
     assert _name(lambda: api.clientActiveRequests(42)) == "objectDoesNotExist"
 
 
+@pytest.mark.root
 def test_crash_restart_releases_orphan_loop_devices(tmp_path: Path) -> None:
     need_root()
     assert loop_supported()

@@ -129,7 +129,7 @@ def test_bound_snapshot_goes_with_its_last_child(emu: EmulatorHandle, bound: boo
 
 
 def test_a_change_writes_what_it_touched_not_the_whole_state(tmp_path: Path) -> None:
-    """Persistence cost per change does not grow with the cluster (issue 13, item 12); what was
+    """Persistence cost per change does not grow with the cluster; what was
     answered survives a crash (no orderly close), a torn last record is ignored."""
     from integration.storpool_sim.journal import JOURNAL, SNAPSHOT
 

@@ -11,6 +11,8 @@ import pytest
 from integration.stack import LocalStack
 from integration.tests.workflows.support import offering, one, sp_volume
 
+pytestmark = pytest.mark.root
+
 
 def test_create_use_and_delete_a_pool(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
     zone = one(cloud, "listZones", "zone")["id"]

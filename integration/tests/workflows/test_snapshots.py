@@ -21,6 +21,8 @@ from integration.tests.workflows.support import (
     with_image,
 )
 
+pytestmark = pytest.mark.root
+
 
 def set_bypass(stack: LocalStack, cloud: cs.CloudStack, on: bool) -> None:
     cloud.updateConfiguration(name=BYPASS_SETTING, value="true" if on else "false")

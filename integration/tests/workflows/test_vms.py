@@ -20,6 +20,8 @@ from integration.tests.workflows.support import (
     with_image,
 )
 
+pytestmark = pytest.mark.root
+
 
 def test_two_vms_from_one_template_copy_it_once(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
     tpl = template(cloud)
@@ -68,7 +70,7 @@ def test_vm_snapshot_take_revert_delete(stack: LocalStack, cloud: cs.CloudStack,
 
 
 def test_stop_start_and_live_migrate(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
-    """Issue 15's acceptance on StorPool's side: a running VM's volumes are attached to its
+    """On StorPool's side: a running VM's volumes are attached to its
     host's client only; stopped, to none; live-migrated, to the target only; a failed
     migration leaves them on the source only."""
     hosts = cloud.listHosts(type="Routing")["host"]

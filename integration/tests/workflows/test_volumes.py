@@ -20,6 +20,8 @@ from integration.tests.workflows.support import (
     with_image,
 )
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def vm(stack: LocalStack, cloud: cs.CloudStack) -> dict[str, Any]:
