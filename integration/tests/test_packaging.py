@@ -51,6 +51,17 @@ def _build_wheels(tmp: Path) -> dict[str, Path]:
     return wheels
 
 
+def _third_party(tmp: Path, name: str) -> Path:
+    """A folder of links to the development environment's third-party packages: none of this
+    project's own distributions (their editable path entries and entry points) are in it."""
+    deps = tmp / f"{name}-deps"
+    deps.mkdir()
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        if not entry.name.startswith(("__editable__", "cloudstack_storpool")):
+            (deps / entry.name).symlink_to(entry)
+    return deps
+
+
 def _venv(tmp: Path, name: str, wheels: list[Path]) -> Path:
     """A virtualenv holding `wheels`, with their third-party dependencies read from the development
     environment; none of the development environment's own distributions of this project (their
@@ -60,12 +71,7 @@ def _venv(tmp: Path, name: str, wheels: list[Path]) -> Path:
     py = env_dir / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    deps = tmp / f"{name}-deps"
-    deps.mkdir()
-    for entry in Path(sysconfig.get_path("purelib")).iterdir():
-        if not entry.name.startswith(("__editable__", "cloudstack_storpool")):
-            (deps / entry.name).symlink_to(entry)
-    (site / "deps.pth").write_text(f"{deps}\n")
+    (site / "deps.pth").write_text(f"{_third_party(tmp, name)}\n")
     for wheel in wheels:
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(site)
@@ -166,7 +172,7 @@ def test_install_host_script_makes_a_311_virtualenv_and_units_that_run_its_cli(t
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                check=True, capture_output=True, text=True).stdout.strip())
     assert (site / "cloudstack_storpool" / "heartbeat" / "dropin.py").is_file()
-    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")  # the dependencies, as above
+    (site / "deps.pth").write_text(f"{_third_party(tmp_path, 'host')}\n")  # the dependencies, as above
     for name, group in (("cloudstack-storpool-agent.service", "agent"),
                         ("cloudstack-storpool-heartbeat.service", "heartbeat")):
         (exec_line,) = [ln for ln in (units / name).read_text().splitlines() if ln.startswith("ExecStart=")]
