@@ -104,9 +104,10 @@ def test_the_units_run_the_virtualenvs_cli() -> None:
     """The units the script installs start the CLI of the virtualenv it makes (and the drop-in
     tries that virtualenv's python first)."""
     checkout = SCRIPT.parents[1]
-    for unit in (checkout / "agent" / "src" / "cloudstack_storpool" / "agent" / "cloudstack-storpool-agent.service",
-                 checkout / "heartbeat" / "src" / "cloudstack_storpool" / "heartbeat" / "cloudstack-storpool-heartbeat.service"):
+    agent = checkout / "agent" / "src" / "cloudstack_storpool" / "agent"
+    heartbeat = checkout / "heartbeat" / "src" / "cloudstack_storpool" / "heartbeat"
+    for unit in (agent / "cloudstack-storpool-agent.service", heartbeat / "cloudstack-storpool-heartbeat.service"):
         (exec_line,) = [ln for ln in unit.read_text().splitlines() if ln.startswith("ExecStart=")]
         assert exec_line.startswith("ExecStart=/opt/cloudstack-storpool/bin/cloudstack-storpool "), exec_line
-    assert "/opt/cloudstack-storpool/bin/python" in (checkout / "heartbeat" / "src" / "cloudstack_storpool" / "heartbeat" / "kvmspheartbeat.sh").read_text()
+    assert "/opt/cloudstack-storpool/bin/python" in (heartbeat / "kvmspheartbeat.sh").read_text()
     assert os.access(SCRIPT, os.X_OK)
