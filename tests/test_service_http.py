@@ -213,10 +213,13 @@ def test_bad_requests_are_400_naming_the_field(small: ServiceServer, method: str
 def test_unknown_routes_and_methods(small: ServiceServer) -> None:
     r = requests.get(small.url + "/v1/nothing", headers=AUTH, timeout=5)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not-found"
-    for method in ("PUT", "PATCH", "OPTIONS", "HEAD", "BREW"):
+    for method in ("PUT", "PATCH", "OPTIONS", "HEAD", "PROPFIND"):
         r = requests.request(method, f"{small.url}/v1/echo/{UID}", headers=AUTH, timeout=5)
         assert r.status_code == 405, method
         assert r.headers["Allow"] == "DELETE, GET, POST"
+    # A method HTTP does not define cannot be framed: refused before routing.
+    r = requests.request("BREW", f"{small.url}/v1/echo/{UID}", headers=AUTH, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad-request"
     r = requests.post(small.url + "/openapi.json", headers=AUTH, timeout=5)
     assert r.status_code == 405
 
