@@ -161,7 +161,7 @@ class _Parser:
         if req.count > MAX_FIELDS:
             req.problem = req.problem or (431, f"more than {MAX_FIELDS} header fields")
             return
-        key = name.decode("ascii").lower()
+        key = name.lower().decode("ascii")
         text = value.decode("iso-8859-1")
         if key in fields:
             if key in _SINGLE and fields[key] != text:
@@ -247,16 +247,24 @@ class _Conn:
         what follows it: a body is read only when asked for); the request once its head is
         complete, None while it is not. Raises `_Refusal` for a head that is refused."""
         parser = self.parser
-        if not parser.heads and self.buf:
-            window = self.tail + self.buf
-            end = window.find(_HEAD_END)
-            n = len(self.buf) if end < 0 else end + len(_HEAD_END) - len(self.tail)
+        buf = self.buf
+        if not parser.heads and buf:
+            if self.tail:
+                end = (self.tail + buf[:len(_HEAD_END)]).find(_HEAD_END)
+                end = end - len(self.tail) if end >= 0 else buf.find(_HEAD_END)
+            else:
+                end = buf.find(_HEAD_END)
+            n = len(buf) if end < 0 else end + len(_HEAD_END)
             if self.head_size + n > MAX_HEAD:
                 raise _Refusal(431, f"the request head is larger than {MAX_HEAD} bytes")
-            chunk = bytes(self.buf[:n])
-            del self.buf[:n]
+            if n == len(buf):
+                chunk = bytes(buf)
+                buf.clear()
+            else:
+                chunk = bytes(buf[:n])
+                del buf[:n]
             self.head_size += n
-            self.tail = (self.tail + chunk)[-3:]
+            self.tail = (self.tail + chunk)[-3:] if end < 0 else b""
             try:
                 parser.llhttp.feed_data(chunk)
             except httptools.HttpParserUpgrade:

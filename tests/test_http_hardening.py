@@ -460,3 +460,17 @@ def test_an_oversized_head_is_refused_when_its_bytes_are_there_not_at_the_deadli
     assert status == 431 and headers["connection"] == "close"
     assert json.loads(body)["error"]["code"] == "headers-too-large"
     assert _closed_by_peer(s, 5)
+
+
+def test_a_head_whose_end_straddles_reads_is_read_once_and_its_body_not_before_the_token(
+        server: tuple[TokenServer, str]) -> None:
+    """The blank line split over several sends: the head is complete at the last byte, and the
+    bytes after it (a body, here a whole request) are not taken for part of the head."""
+    srv, path = server
+    s = _connect(srv)
+    head = f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode()
+    for piece in (head[:-3], head[-3:-1], head[-1:] + head):
+        s.sendall(piece)
+        time.sleep(0.05)  # (separate reads on the server; the test asserts no timing)
+    buf = bytearray()
+    assert [_read_response(s, buf)[0] for _ in range(2)] == [200, 200]

@@ -41,6 +41,7 @@ from cloudstack_storpool.service import ServiceServer, make_server, serve_in_thr
 from cloudstack_storpool.service.openapi import document
 from cloudstack_storpool.service.operations import TABLE
 from cloudstack_storpool.service.spec import OperationTable, operation
+from cloudstack_storpool.uuids import Uuid
 
 TOKEN = "service-token-0123456789"
 POOL_TOKEN = "pool-secret-token-42"
@@ -88,7 +89,7 @@ def fail(ctx: DriverContext, kind: str) -> dict[str, str]:
     raise RAISE[kind]
 
 
-def echo(ctx: DriverContext, volume_uuid: str, *, size: int = 1) -> dict[str, Any]:
+def echo(ctx: DriverContext, volume_uuid: Uuid, *, size: int = 1) -> dict[str, Any]:
     return {"volume_uuid": volume_uuid, "size": size}
 
 
@@ -101,7 +102,7 @@ def slow(ctx: DriverContext, *, name: str, fail_with: str | None = None) -> dict
     return {"name": name}
 
 
-def gone(ctx: DriverContext, volume_uuid: str) -> None:
+def gone(ctx: DriverContext, volume_uuid: Uuid) -> None:
     return None
 
 

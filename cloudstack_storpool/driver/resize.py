@@ -27,6 +27,7 @@ from cloudstack_storpool.bounds import Bytes, Iops
 from cloudstack_storpool.driver import offerings, tags
 from cloudstack_storpool.driver.identity import LocatedVolume, locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -48,7 +49,7 @@ class ResizeFailed(AgentError):
 
 @dataclass(frozen=True)
 class Resized:
-    volume_uuid: str
+    volume_uuid: Uuid
     volume: str
     old_size: int
     new_size: int
@@ -66,7 +67,7 @@ class Resized:
 def resize_volume(
     ctx: DriverContext,
     *,
-    volume_uuid: str,
+    volume_uuid: Uuid,
     new_size: Bytes,
     shrink_ok: bool = False,
     disk_offering_id: str | None = None,
