@@ -50,7 +50,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Generic, TypeVar
@@ -854,6 +854,3 @@ class Routes(Generic[H]):
                 return fn, match.groups(), []
             allowed.append(m)
         return None, (), sorted(set(allowed))
-
-    def patterns(self) -> Iterable[tuple[str, str]]:
-        return [(m, p.pattern) for m, p, _fn in self._routes]

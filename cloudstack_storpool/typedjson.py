@@ -19,11 +19,9 @@ Rules (documented in docs/service.md and docs/agent.md), all by type, none by na
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import enum
 import functools
-import importlib
 import inspect
 import math
 import re
@@ -80,15 +78,11 @@ class Unresolved:
 
 
 def resolve_hints(obj: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Type hints of a function or dataclass, evaluated even when the module imported some names
-    only under TYPE_CHECKING (`extra` supplies them, e.g. DriverContext)."""
+    """Type hints of a function or dataclass. `extra` names what its module imports only for
+    type checkers (the caller's explicit table, e.g. `DriverContext`); an annotation that
+    still cannot be resolved is `Unresolved`, tolerated only where no request reaches (`ctx`)."""
     module = sys.modules.get(getattr(obj, "__module__", ""), None)
-    globalns: dict[str, Any] = dict(vars(module)) if module is not None else {}
-    if module is not None:
-        for key, value in type_checking_imports(module).items():
-            globalns.setdefault(key, value)
-    for key, value in (extra or {}).items():
-        globalns.setdefault(key, value)
+    globalns: dict[str, Any] = {**(extra or {}), **(vars(module) if module is not None else {})}
     raw: dict[str, Any] = {}
     if isinstance(obj, type):
         for klass in reversed(obj.__mro__):
@@ -99,39 +93,10 @@ def resolve_hints(obj: Any, extra: Mapping[str, Any] | None = None) -> dict[str,
     for name, ann in raw.items():
         if isinstance(ann, str):
             try:
-                ann = eval(ann, globalns)  # noqa: S307 - annotations of our own modules
+                ann = eval(ann, globalns)  # noqa: S307 - annotations of our own modules, as typing.get_type_hints does
             except NameError:
-                # Unresolvable names are only tolerated where no request reaches (ctx).
                 ann = Unresolved(ann)
         out[name] = ann
-    return out
-
-
-@functools.cache
-def type_checking_imports(module: types.ModuleType) -> dict[str, Any]:
-    """Names a module imports only under `if TYPE_CHECKING:` (to avoid import cycles), imported
-    now: the modules are all loaded by the time a request type is inspected."""
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, Any] = {}
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.If):
-            continue
-        test = node.test
-        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
-        if name != "TYPE_CHECKING":
-            continue
-        for stmt in node.body:
-            if isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
-                try:
-                    mod = importlib.import_module(stmt.module)
-                except ImportError:
-                    continue
-                for alias in stmt.names:
-                    if hasattr(mod, alias.name):
-                        out[alias.asname or alias.name] = getattr(mod, alias.name)
     return out
 
 

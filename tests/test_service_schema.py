@@ -193,7 +193,8 @@ def test_unpublishable_signatures_fail_when_the_table_is_built() -> None:
 
 
 def test_type_checking_only_imports_are_resolved() -> None:
-    # volumes.py imports TemplateSource only under TYPE_CHECKING; its signature still publishes.
+    # volumes.py imports TemplateSource only under TYPE_CHECKING; the table names it explicitly
+    # (spec.TYPE_CHECKING_NAMES), so its signature still publishes.
     from cloudstack_storpool.driver import templates, volumes
 
     op = operation("POST /v1/volumes/from-template", volumes.create_from_template)

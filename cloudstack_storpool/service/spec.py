@@ -22,6 +22,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.driver.templates import TemplateSource
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.service.schema import SchemaBuilder
@@ -41,6 +42,11 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 METHODS = frozenset({"GET", "DELETE", *BODY_METHODS})
 IDEMPOTENCY_FIELD = "idempotency_key"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TYPE_CHECKING_NAMES: Mapping[str, Any] = {"DriverContext": DriverContext, "PoolSpec": PoolSpec,
+                                          "TemplateSource": TemplateSource}
+"""Types the driver's modules import only for type checkers (import cycles) and name in the
+signatures this table publishes: resolved here, explicitly. A new one fails the table at import
+(`cannot resolve`), naming the function and parameter."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +160,7 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
     """
     method, path = _split_route(route)
     where = f"{func.__module__}.{getattr(func, '__qualname__', repr(func))}"
-    hints = resolve_hints(func, {"DriverContext": DriverContext})
+    hints = resolve_hints(func, TYPE_CHECKING_NAMES)
     request_class, fields = _published_fields(func, hints, where, exclude, bind)
     params = _place(fields, path, method, where)
     if job and IDEMPOTENCY_FIELD in {p.name for p in params}:
