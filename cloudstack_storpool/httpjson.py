@@ -268,7 +268,10 @@ class _Conn:
             try:
                 parser.llhttp.feed_data(chunk)
             except httptools.HttpParserUpgrade:
-                pass  # (Upgrade: the request is answered as any other, then the connection closed.)
+                # Upgrade or CONNECT: answered as any other request, then the connection closed
+                # (llhttp reads nothing after it).
+                for req in parser.heads:
+                    req.keep_alive = False
             except httptools.HttpParserError as exc:
                 raise _Refusal(400, f"bad request: {exc}") from None
         if not parser.heads:
@@ -301,6 +304,8 @@ class _Conn:
                     raise EOFError(f"ended after {len(req.body)} of {length} bytes")
                 self.buf += data
             n = min(len(self.buf), length - len(req.body))
+            if n <= 0:
+                raise OSError("body: the parser expects more than the declared length")
             chunk = bytes(self.buf[:n])
             del self.buf[:n]
             try:

@@ -474,3 +474,15 @@ def test_a_head_whose_end_straddles_reads_is_read_once_and_its_body_not_before_t
         time.sleep(0.05)  # (separate reads on the server; the test asserts no timing)
     buf = bytearray()
     assert [_read_response(s, buf)[0] for _ in range(2)] == [200, 200]
+
+
+def test_an_upgrade_request_is_answered_and_the_connection_closed(server: tuple[TokenServer, str]) -> None:
+    """The parser reads nothing after an Upgrade: the request gets its answer, and whatever
+    followed is never taken for a request."""
+    srv, path = server
+    s = _connect(srv)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}Connection: upgrade\r\nUpgrade: h2c\r\n\r\n".encode() + _NEXT)
+    buf = bytearray()
+    status, headers, _body = _read_response(s, buf)
+    assert status == 200 and headers["connection"] == "close"
+    assert _closed_by_peer(s, 5) and not buf
