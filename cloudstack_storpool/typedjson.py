@@ -401,15 +401,6 @@ def _tidy(schema: Any) -> Any:
     return schema
 
 
-def check_request_type(fields: Iterable[FieldSpec], where: str) -> None:
-    """Fail now (at import) for a field JSON cannot carry, rather than at the first request."""
-    for f in fields:
-        try:
-            schema_components([f.type])
-        except (TypeError, UnsupportedType) as exc:
-            raise UnsupportedType(f"{where}: {f.name}: {exc}") from None
-
-
 # --------------------------------------------------------------------------- Python -> JSON
 
 @functools.cache
@@ -450,6 +441,6 @@ def to_json(value: Any) -> Any:
     raise TypeError(f"cannot convert {type(value).__name__} to JSON")
 
 
-__all__ = ["FieldSpec", "Int64", "Text", "UnsupportedType", "dataclass_fields", "parse", "parse_fields",
+__all__ = ["FieldSpec", "Finite", "Int64", "Text", "UnsupportedType", "dataclass_fields", "parse", "parse_fields",
            "parse_object", "parse_query", "resolve_hints", "schema_components", "to_json", "wire_type"]
 

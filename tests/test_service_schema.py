@@ -262,3 +262,19 @@ def test_renaming_a_parameter_changes_neither_its_checks_nor_its_schema() -> Non
     assert sa.object_schema(a.body_fields)["properties"]["volume_uuid"] == sb.object_schema(b.body_fields)["properties"]["target"]
     # A name alone carries no rule: a plain `str` named `..._uuid` takes any string.
     assert operation("POST /v1/c", plain).parse({}, {}, {"volume_uuid": "anything"}) == {"volume_uuid": "anything"}
+
+
+def test_the_log_subject_is_the_first_uuid_typed_parameter_whatever_its_name() -> None:
+    def named(ctx: DriverContext, pool: str, volume_uuid: Uuid, size: int) -> None: ...
+    def renamed(ctx: DriverContext, pool: str, target: Uuid, size: int) -> None: ...
+    def no_uuid(ctx: DriverContext, host_id: str, force: bool = False) -> None: ...
+
+    uid = "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"
+    a, b = operation("POST /v1/a", named), operation("POST /v1/b", renamed)
+    assert a.subject_of(a.parse({}, {}, {"pool": "p", "volume_uuid": uid, "size": 1})) == uid
+    assert b.subject_of(b.parse({}, {}, {"pool": "p", "target": uid, "size": 1})) == uid
+    # Without a uuid parameter: the route's placeholder, or what the table names.
+    assert operation("POST /v1/hosts/{host_id}/x", no_uuid).subject == "host_id"
+    assert operation("POST /v1/y", renamed, subject="pool").subject == "pool"
+    with pytest.raises(TypeError, match="subject"):
+        operation("POST /v1/y", renamed, subject="volume_uuid")

@@ -247,7 +247,7 @@ class _Handler(JsonHandler):
             self._start_job(op, args, body)
             return
         try:
-            with logs.context(_request_id(), logs.subject_of(args)), \
+            with logs.context(_request_id(), op.subject_of(args)), \
                     metrics.operation("service", op.name):
                 result = op.call(self.server.ctx, args, self.server.config)
                 metrics.record_result(op.name, result)
@@ -273,7 +273,7 @@ class _Handler(JsonHandler):
                 return to_json(result) if op.result_type is not None else None
 
         try:
-            job, created = self.server.jobs.submit(op.name, to_json(args), key, run, logs.subject_of(args))
+            job, created = self.server.jobs.submit(op.name, to_json(args), key, run, op.subject_of(args))
         except Exception as exc:
             self._fail(exc, f"{op.name} job")
             return

@@ -35,7 +35,9 @@ from cloudstack_storpool.typedjson import (
     parse_fields,
     parse_query,
     resolve_hints,
+    union_args,
 )
+from cloudstack_storpool.uuids import Uuid
 
 Location = Literal["path", "query", "body"]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -76,6 +78,13 @@ class Operation:
     pattern: re.Pattern[str] = dataclasses.field(repr=False, compare=False)
     bound: tuple[str, ...] = ()
     """Parameters filled by the service from its configuration (see `operation(bind=...)`)."""
+    subject: str | None = None
+    """The parameter naming the CloudStack object the operation concerns (log lines and jobs
+    carry its value): see `operation(subject=...)`."""
+
+    def subject_of(self, args: Mapping[str, Any]) -> str | None:
+        value = args.get(self.subject) if self.subject is not None else None
+        return value if isinstance(value, str) and value else None
 
     @property
     def status(self) -> int:
@@ -150,7 +159,8 @@ class Operation:
 
 
 def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: str | None = None,
-              exclude: tuple[str, ...] = (), bind: tuple[str, ...] = (), tag: str | None = None) -> Operation:
+              exclude: tuple[str, ...] = (), bind: tuple[str, ...] = (), tag: str | None = None,
+              subject: str | None = None) -> Operation:
     """Publish `func(ctx, ...)` at `route` ("METHOD /path/{param}").
 
     `exclude` hides parameters that have defaults and make no sense over HTTP (callbacks,
@@ -174,7 +184,22 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
         request_class=request_class, result_type=result_type,
         summary=" ".join(summary.split()) or op_name.replace("_", " "), description=description.strip(),
         tag=tag or _default_tag(path), pattern=_route_pattern(path), bound=tuple(bind),
+        subject=_subject(params, subject, where),
     )
+
+
+def _subject(params: tuple[Param, ...], explicit: str | None, where: str) -> str | None:
+    """The log subject's parameter: the one the table names (`subject=`), else the first of type
+    `Uuid` (the function's most specific object comes first in the driver's signatures), else
+    the first path placeholder. A rule of the types and the table, never of a name."""
+    if explicit is not None:
+        if explicit not in {p.name for p in params}:
+            raise TypeError(f"{where}: subject {explicit!r} is not a parameter")
+        return explicit
+    for p in params:
+        if Uuid in (p.type, *(union_args(p.type) or ())):
+            return p.name
+    return next((p.name for p in params if p.location == "path"), None)
 
 
 def _split_route(route: str) -> tuple[str, str]:
