@@ -1,6 +1,7 @@
-"""Numeric limits of the systems a value travels to, in one place, and the marker that puts
-them on a request field (`Annotated[int, Range(...)]`) so the service refuses an out-of-range
-value with 400 naming the field before a job starts, and documents the range in OpenAPI.
+"""Numeric limits of the systems a value travels to, in one place, as types that put them on a
+request field (`Annotated[int, msgspec.Meta(ge=..., le=...)]`), so the service refuses an
+out-of-range value with 400 naming the field before a job starts, and documents the range in
+OpenAPI.
 
 An integer the project accepts must fit wherever it goes next: StorPool's API for sizes and
 IOPS limits, CloudStack's Java side for settings (a Java `int`) and ids.
@@ -8,10 +9,9 @@ IOPS limits, CloudStack's Java side for settings (a Java `int`) and ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
-from cloudstack_storpool.errors import ValidationError
+from msgspec import Meta
 
 INT64_MAX = (1 << 63) - 1
 JAVA_INT_MAX = (1 << 31) - 1
@@ -20,22 +20,13 @@ STORPOOL_MAX_IOPS = (1 << 32) - 1
 CloudStack offering (a Java long) can carry, are refused rather than truncated or wrapped."""
 
 
-@dataclass(frozen=True)
-class Range:
-    """Inclusive bounds of an integer field."""
-
-    lo: int
-    hi: int
-
-    def check(self, value: int, field: str) -> int:
-        if not self.lo <= value <= self.hi:
-            raise ValidationError(field, f"must be within {self.lo}..{self.hi}, got {value}")
-        return value
+def _within(lo: int, hi: int) -> Meta:
+    return Meta(ge=lo, le=hi, extra_json_schema={"format": "int64"})
 
 
-Seconds = Annotated[int, Range(0, JAVA_INT_MAX)]
+Seconds = Annotated[int, _within(0, JAVA_INT_MAX)]
 """A non-negative duration in seconds."""
-Bytes = Annotated[int, Range(512, INT64_MAX)]
+Bytes = Annotated[int, _within(512, INT64_MAX)]
 """A size in bytes (the driver also checks StorPool's multiple of 512)."""
-Iops = Annotated[int, Range(0, STORPOOL_MAX_IOPS)]
+Iops = Annotated[int, _within(0, STORPOOL_MAX_IOPS)]
 """An IOPS limit; 0 is "no limit"."""

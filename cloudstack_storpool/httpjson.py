@@ -1,14 +1,20 @@
 """The HTTP plumbing shared by the KVM agent's API (agent/server.py) and the driver service's
 (service/app.py): a bounded server behind one bearer token, JSON in and out.
 
-Both face the same threats, so they share one implementation of the defences:
+Request heads and bodies are framed by llhttp (Node.js's HTTP parser, through `httptools`),
+which refuses what a lenient parser would read two ways: signs, underscores or a second value in
+`Content-Length`, `Content-Length` beside `Transfer-Encoding`, a bare LF or CR inside a CRLF
+head, control characters in a field, anything but a token for a field name, a request line
+with stray bytes, a version that is not `HTTP/d.d`. The defences around it are the project's:
 
-* A connection costs a worker thread only while a complete request is being answered. Idle
-  connections wait in one epoll set, each armed for a single event; the worker that takes an
-  event reads what arrived without blocking (or steps the TLS handshake) and re-arms the
-  connection, and answers in that same thread once the head's blank line has arrived, so a
-  request is never passed between threads. Half-open or slow-drip connections therefore hold
-  a file descriptor, never a thread. One more thread accepts, caps and expires connections.
+* A connection costs a worker thread only while a complete request head is being answered.
+  Idle connections wait in one epoll set, each armed for a single event; the worker that takes
+  an event reads what arrived without blocking (or steps the TLS handshake), feeds the head's
+  bytes to the parser and re-arms the connection; once the parser has a whole head it answers
+  in that same thread, so a request is never passed between threads. Half-open, slow-drip or
+  oversized heads therefore hold a file descriptor, never a thread: a head past `MAX_HEAD`
+  bytes is answered 431 as soon as those bytes are there. One more thread accepts, caps and
+  expires connections.
 * Every phase has a deadline: the TLS handshake and the head (`header_timeout`, counted from
   the connection or from the first byte of the next keep-alive request), the body
   (`body_timeout`, total, not per read), an idle keep-alive connection (`idle_timeout`), and a
@@ -16,25 +22,23 @@ Both face the same threats, so they share one implementation of the defences:
 * Connections are capped (`max_connections`); at the cap an idle connection is closed to make
   room (one that never authenticated first, the longest idle of those), so an authenticated
   caller still gets in, and keeps its keep-alive connection, while a flood is held.
-* The token is compared in constant time and checked before the body is read, for every
-  method (unknown methods included); a body is refused unread when it is too big or chunked,
-  and the connection is then closed rather than drained. A body a route did not read is
-  drained (authenticated, small) or the connection is closed, so it is never taken for the
-  next keep-alive request. Every error, the stdlib's own included, is a JSON body.
+* The token is compared in constant time, here, once for every request of every method the
+  parser knows, before the route runs and before one byte of the body is read from the socket
+  or given to the parser; a body is refused unread when it is too big or chunked, and the
+  connection is then closed rather than drained. A body a route did not read is drained
+  (authenticated, small) or the connection is closed, so it is never taken for the next
+  keep-alive request. Every answer, refusals of the head included, is a JSON body.
 * A reply is one write (head and body together) with Nagle off, so a keep-alive caller never
   waits on delayed ACKs.
 
-Routes and error mapping stay with each server. `BaseHTTPRequestHandler` still runs each
-request (`handle_one_request`, `do_<METHOD>`, replies); its connection loop is replaced, and so
-is its request-head parser, which ran the `email` package over every head (`parse_request`
-here keeps its answers: 400, 431, 505, `Connection` and HTTP/1.0 rules).
+Routes and error mapping stay with each server (`Routes`, `JsonHandler.handle`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hmac
-import http.client
 import ipaddress
 import json
 import logging
@@ -45,10 +49,13 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import httptools
 
 from cloudstack_storpool.errors import ValidationError
 
@@ -56,9 +63,11 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 MAX_HEAD = 64 << 10
+"""A request head (request line and fields) is at most this many bytes: 431 beyond."""
+MAX_FIELDS = 100
 RETRY_AFTER = "5"
 
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_HEAD_END = b"\r\n\r\n"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -83,72 +92,104 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Reader:
-    """The request side of one connection: a buffer filled without blocking while the head
-    arrives, then read by the worker with a deadline (total for the phase, not per `recv`)."""
+class Headers:
+    """A request's header fields by lower-cased name (the first of repeated ones), read with
+    `get` the way the stdlib's message object is."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        self.deadline = 0.0
-        self.head_left = 0
-        """Bytes `readline` may still return for this request's head (line and headers)."""
+    __slots__ = ("_fields",)
 
-    def _fill(self) -> bool:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("read deadline passed")
-        self.sock.settimeout(remaining)
-        data = self.sock.recv(65536)
-        if not data:
-            return False
-        self.buf += data
-        return True
+    def __init__(self, fields: dict[str, str]) -> None:
+        self._fields = fields
 
-    def readline(self, limit: int = -1) -> bytes:
-        while True:
-            end = self.buf.find(b"\n", 0, limit if limit > 0 else None)
-            if end >= 0:
-                n = end + 1
-            elif 0 < limit <= len(self.buf):
-                n = limit
-            elif self._fill():
-                continue
-            else:
-                n = len(self.buf)
-            out = bytes(self.buf[:n])
-            del self.buf[:n]
-            self.head_left -= len(out)
-            if self.head_left < 0:
-                # What the stdlib answers with 431 (it would otherwise take 100 lines of 64 KiB).
-                raise http.client.LineTooLong("request head")
-            return out
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._fields.get(name.lower(), default)
 
-    def read(self, n: int) -> bytes:
-        while len(self.buf) < n and self._fill():
-            pass
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
 
-    def take_head_lines(self) -> list[str] | None:
-        """After the request line: the rest of the head as lines, if it is all buffered with
-        CRLF line ends; None otherwise (the caller reads line by line)."""
-        if self.buf.startswith(b"\r\n"):
-            del self.buf[:2]
-            return []
-        end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        self.head_left -= end + 4
-        if self.head_left < 0:
-            raise http.client.LineTooLong("request head")
-        text = self.buf[:end].decode("iso-8859-1")
-        del self.buf[:end + 4]
-        return text.split("\r\n")
+_SINGLE = frozenset({"authorization", "host"})
+"""Fields a request may carry once with one value (llhttp itself refuses a second
+`Content-Length` and `Content-Length` beside `Transfer-Encoding`)."""
 
-    def has_head(self) -> bool:
-        return _HEAD_END.search(self.buf) is not None or (self.buf.startswith((b"\r\n", b"\n")))
+
+class Request:
+    """One request as the parser saw it: head first, then (only once asked for) its body."""
+
+    __slots__ = ("body", "complete", "count", "fields", "keep_alive", "method", "problem", "target", "version")
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.method = ""
+        self.version = (1, 1)
+        self.keep_alive = False
+        self.fields: dict[str, str] = {}
+        self.count = 0
+        """Header fields seen, repeats included."""
+        self.problem: tuple[int, str] | None = None
+        """A refusal the parser's callbacks found (status, message): too many fields, a repeat."""
+        self.body = bytearray()
+        self.complete = False
+        """The parser saw the end of the message (for a request without a body: with its head)."""
+
+    @property
+    def length(self) -> int | None:
+        """The declared body length (llhttp has checked its digits), None without one."""
+        value = self.fields.get("content-length")
+        return None if value is None else int(value)
+
+
+class _Parser:
+    """llhttp's callbacks for one connection: they fill the request being read."""
+
+    __slots__ = ("current", "heads", "llhttp")
+
+    def __init__(self) -> None:
+        self.llhttp = httptools.HttpRequestParser(self)
+        self.current = Request()
+        self.heads: deque[Request] = deque()
+        """Requests whose head is complete, in order (one at a time: bytes past a head's end are
+        fed only once that request asked for its body)."""
+
+    def on_message_begin(self) -> None:
+        self.current = Request()
+
+    def on_url(self, url: bytes) -> None:
+        self.current.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.current
+        fields = req.fields
+        req.count += 1
+        if req.count > MAX_FIELDS:
+            req.problem = req.problem or (431, f"more than {MAX_FIELDS} header fields")
+            return
+        key = name.lower().decode("ascii")
+        text = value.decode("iso-8859-1")
+        if key in fields:
+            if key in _SINGLE and fields[key] != text:
+                req.problem = req.problem or (400, f"conflicting {key} fields")
+            return
+        fields[key] = text
+
+    def on_headers_complete(self) -> None:
+        req, llhttp = self.current, self.llhttp
+        req.method = llhttp.get_method().decode("ascii")
+        major, _, minor = llhttp.get_http_version().partition(".")
+        req.version = (int(major), int(minor or 0))
+        req.keep_alive = llhttp.should_keep_alive()
+        self.heads.append(req)
+
+    def on_body(self, data: bytes) -> None:
+        self.current.body += data
+
+    def on_message_complete(self) -> None:
+        self.current.complete = True
+
+
+class _Refusal(Exception):
+    """A head the server will not serve: answered with `status` and the connection closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Writer:
@@ -174,26 +215,103 @@ class _Writer:
         sock.sendall(rest)
         return len(data)
 
-    def flush(self) -> None:
-        pass
-
 
 class _Conn:
     """One client connection: armed in the epoll set while idle (waiting for bytes), held by
     exactly one worker while it reads or answers."""
 
-    __slots__ = ("addr", "expires", "handler", "handshaking", "reader", "since", "sock", "trusted")
+    __slots__ = ("addr", "buf", "expires", "handler", "handshaking", "head_size", "parser", "since", "sock",
+                 "tail", "trusted", "writer")
 
-    def __init__(self, sock: socket.socket, addr: Any, now: float, header_timeout: float, tls: bool) -> None:
+    def __init__(self, sock: socket.socket, addr: Any, now: float, header_timeout: float, tls: bool,
+                 write_timeout: float) -> None:
         self.sock = sock
         self.addr = addr
         self.since = now
         self.expires = now + header_timeout
-        self.reader = _Reader(sock)
+        self.buf = bytearray()
+        """Bytes received and not yet given to the parser."""
+        self.parser = _Parser()
+        self.head_size = 0
+        """Bytes of the current request's head given to the parser so far."""
+        self.tail = b""
+        """The last bytes of the head given to the parser (a head's end may straddle reads)."""
         self.handler: JsonHandler | None = None
+        self.writer = _Writer(sock, write_timeout)
         self.handshaking = tls
         self.trusted = False
         """It carried the right token at least once: evicted only after every untrusted one."""
+
+    def next_head(self) -> Request | None:
+        """Give the parser the buffered bytes up to the end of the next head (never a byte of
+        what follows it: a body is read only when asked for); the request once its head is
+        complete, None while it is not. Raises `_Refusal` for a head that is refused."""
+        parser = self.parser
+        buf = self.buf
+        if not parser.heads and buf:
+            if self.tail:
+                end = (self.tail + buf[:len(_HEAD_END)]).find(_HEAD_END)
+                end = end - len(self.tail) if end >= 0 else buf.find(_HEAD_END)
+            else:
+                end = buf.find(_HEAD_END)
+            n = len(buf) if end < 0 else end + len(_HEAD_END)
+            if self.head_size + n > MAX_HEAD:
+                raise _Refusal(431, f"the request head is larger than {MAX_HEAD} bytes")
+            if n == len(buf):
+                chunk = bytes(buf)
+                buf.clear()
+            else:
+                chunk = bytes(buf[:n])
+                del buf[:n]
+            self.head_size += n
+            self.tail = (self.tail + chunk)[-3:] if end < 0 else b""
+            try:
+                parser.llhttp.feed_data(chunk)
+            except httptools.HttpParserUpgrade:
+                # Upgrade or CONNECT: answered as any other request, then the connection closed
+                # (llhttp reads nothing after it).
+                for req in parser.heads:
+                    req.keep_alive = False
+            except httptools.HttpParserError as exc:
+                raise _Refusal(400, f"bad request: {exc}") from None
+        if not parser.heads:
+            return None
+        req = parser.heads.popleft()
+        self.head_size = 0
+        self.tail = b""
+        if req.problem is not None:
+            raise _Refusal(*req.problem)
+        if req.version >= (2, 0):
+            raise _Refusal(505, f"HTTP/{req.version[0]}.{req.version[1]} is not spoken here")
+        if req.version < (1, 0):
+            raise _Refusal(400, "HTTP/0.9 is not spoken here")
+        return req
+
+    def feed_body(self, req: Request, deadline: float) -> None:
+        """Read `req`'s body (Content-Length framed) until the parser saw its end: first what is
+        buffered, then from the socket until `deadline`. TimeoutError, EOFError (the peer
+        closed) or OSError when it does not all arrive."""
+        length = req.length or 0
+        llhttp = self.parser.llhttp
+        while not req.complete:
+            if not self.buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("read deadline passed")
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(65536)
+                if not data:
+                    raise EOFError(f"ended after {len(req.body)} of {length} bytes")
+                self.buf += data
+            n = min(len(self.buf), length - len(req.body))
+            if n <= 0:
+                raise OSError("body: the parser expects more than the declared length")
+            chunk = bytes(self.buf[:n])
+            del self.buf[:n]
+            try:
+                llhttp.feed_data(chunk)
+            except httptools.HttpParserError as exc:
+                raise OSError(f"body: {exc}") from None
 
 
 _ARMED_READ = select.EPOLLIN | select.EPOLLONESHOT
@@ -367,7 +485,7 @@ class TokenServer:
                 except (OSError, ValueError):
                     self._close_sock(sock)
                     continue
-            conn = _Conn(sock, addr, now, self.header_timeout, self.tls is not None)
+            conn = _Conn(sock, addr, now, self.header_timeout, self.tls is not None, self.write_timeout)
             with self._lock:
                 if self._closed:
                     self._close_sock(sock)
@@ -457,15 +575,14 @@ class TokenServer:
         """The connection became readable (or writable during a TLS handshake)."""
         if conn.handshaking and not self._handshake(conn):
             return
-        reader = conn.reader
-        was_empty = not reader.buf
+        was_empty = not conn.buf and not conn.head_size
         try:
-            while len(reader.buf) <= MAX_HEAD:
+            while len(conn.buf) <= MAX_HEAD:
                 data = conn.sock.recv(65536)
                 if not data:
                     self._forget(conn)
                     return
-                reader.buf += data
+                conn.buf += data
                 if len(data) < 65536 and not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()):
                     break  # a short read: the socket is drained
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -473,15 +590,10 @@ class TokenServer:
         except (OSError, ValueError):
             self._forget(conn)
             return
-        if was_empty and reader.buf:
+        if was_empty and conn.buf:
             # The head of a keep-alive connection's next request has its own deadline.
             conn.expires = time.monotonic() + self.header_timeout
-        if reader.has_head() or len(reader.buf) > MAX_HEAD:
-            # (An oversized head is answered too: 431, then the connection is closed.)
-            conn.expires = float("inf")
-            self._serve(conn)
-        else:
-            self._arm(conn)
+        self._serve(conn)
 
     def _handshake(self, conn: _Conn) -> bool:
         """One step of the TLS handshake; True when it is complete."""
@@ -502,29 +614,39 @@ class TokenServer:
         return True
 
     def _serve(self, conn: _Conn) -> None:
-        """Answer every complete request the connection has buffered, then re-arm it."""
+        """Answer every complete request the connection has buffered, then re-arm it (or close
+        it: after a refusal, a `Connection: close`, or while stopping)."""
         try:
             if conn.handler is None:
                 conn.handler = self.handler_class.for_connection(conn, self)
             h = conn.handler
             while True:
-                conn.reader.deadline = time.monotonic() + self.header_timeout
-                conn.reader.head_left = 2 * MAX_HEAD
-                h.handle_one_request()
-                conn.trusted = conn.trusted or h._authed
-                if h.close_connection or self._stop:
+                try:
+                    req = conn.next_head()
+                except _Refusal as refusal:
+                    h.refuse(refusal.status, str(refusal))
                     break
-                if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
-                    # Decrypted bytes the epoll set cannot see.
-                    conn.reader.buf += conn.sock.recv(conn.sock.pending())
-                if not conn.reader.has_head():
+                if req is None:
                     now = time.monotonic()
                     conn.since = now
-                    conn.expires = now + (self.header_timeout if conn.reader.buf else self.idle_timeout)
+                    conn.expires = now + (self.header_timeout if conn.buf or conn.head_size else self.idle_timeout)
                     if conn.sock.gettimeout() != 0.0:
                         conn.sock.setblocking(False)
                     self._arm(conn)
                     return
+                conn.expires = float("inf")
+                h.begin(req)
+                if self.authorized(h.headers.get("Authorization")):
+                    conn.trusted = h._authed = True
+                    h.handle()
+                    h.finish()
+                else:
+                    h.unauthorized()
+                if h.close_connection or self._stop:
+                    break
+                if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+                    # Decrypted bytes the epoll set cannot see.
+                    conn.buf += conn.sock.recv(conn.sock.pending())
         except Exception as exc:
             # A client that vanished or stalled; nothing to answer.
             log.debug("%s: connection from %s ended: %s", self.role, conn.addr[0], exc)
@@ -549,66 +671,6 @@ def serve_in_thread(server: TokenServer) -> threading.Thread:
     return t
 
 
-_HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
-_MAX_HEADERS = 100
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""RFC 9110 token: no spaces (and so no folded continuation lines)."""
-_SINGLE = frozenset({"content-length", "transfer-encoding", "authorization", "host"})
-"""Fields a request may carry once: two differing framings are how requests get smuggled."""
-
-
-class Headers:
-    """A request's header fields by lower-cased name (the first of repeated ones), read with
-    `get` the way the stdlib's message object is."""
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        self._fields = fields
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._fields.get(name.lower(), default)
-
-
-def _header_lines(rfile: Any) -> Iterator[str]:
-    """The head's field lines, without line ends: at once from the buffer when the whole head
-    is there (the usual case: a worker starts on a complete head), else line by line."""
-    if isinstance(rfile, _Reader):
-        lines = rfile.take_head_lines()
-        if lines is not None:
-            yield from lines
-            return
-    while True:
-        raw = rfile.readline(65537)
-        if len(raw) > 65536:
-            raise http.client.LineTooLong("header line")
-        if raw in (b"\r\n", b"\n", b""):
-            return
-        yield raw.decode("iso-8859-1").rstrip("\r\n")
-
-
-def _read_headers(rfile: Any) -> Headers:
-    """Header fields up to the blank line; LineTooLong or HTTPException for what the stdlib
-    answers 431, ValueError for a line that is not a field (400)."""
-    fields: dict[str, str] = {}
-    for n, text in enumerate(_header_lines(rfile)):
-        if n >= _MAX_HEADERS:
-            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
-        if len(text) > 65536:
-            raise http.client.LineTooLong("header line")
-        name, sep, value = text.partition(":")
-        if not sep or _FIELD_NAME.fullmatch(name) is None:
-            raise ValueError(f"Bad header line ({text[:60]!r})")
-        key = name.lower()
-        value = value.strip()
-        if key in fields:
-            if key in _SINGLE and fields[key] != value:
-                raise ValueError(f"Conflicting {name} headers")
-            continue
-        fields[key] = value
-    return Headers(fields)
-
-
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -621,164 +683,102 @@ _STATUS_CODES = {400: "bad-request", 404: "not-found", 405: "method-not-allowed"
                  505: "http-version"}
 
 
-class JsonHandler(BaseHTTPRequestHandler):
-    """Responses are JSON objects; errors are `{"error": {"code", "message", "field"?}}`.
+class JsonHandler:
+    """Answers the requests of one connection (the server calls `begin`, then `handle` once the
+    token was checked, or `unauthorized`, or `refuse` for a head it will not serve). Replies are
+    JSON objects; errors are `{"error": {"code", "message", "field"?}}`. Subclasses route in
+    `handle`."""
 
-    Instances live as long as their connection (see `TokenServer._serve`); `handle_one_request`
-    is called once per request."""
-
-    server: TokenServer  # type: ignore[assignment]
+    server: TokenServer
     protocol_version = "HTTP/1.1"
-    _authed = False
-    _body_done = True
-    _headers_buffer: list[bytes]
     _date: tuple[int, str] = (0, "")
     """The Date header of the current second (shared by the class: one assignment, thread-safe)."""
 
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        # The stdlib formats the Date header afresh for every reply; it only changes once a second.
-        if timestamp is not None:
-            return super().date_time_string(timestamp)
-        now = int(time.time())
-        second, text = JsonHandler._date
-        if second != now:
-            text = super().date_time_string(now)
-            JsonHandler._date = (now, text)
-        return text
+    def __init__(self, conn: _Conn, server: TokenServer) -> None:
+        self.conn = conn
+        self.server = server
+        self.client_address = conn.addr
+        self.command = ""
+        self.path = "/"
+        self.request_version = "HTTP/1.1"
+        self.requestline = ""
+        self.headers = Headers({})
+        self.close_connection = True
+        self._authed = False
+        self._request: Request | None = None
 
     @classmethod
     def for_connection(cls, conn: _Conn, server: TokenServer) -> JsonHandler:
-        h = cls.__new__(cls)
-        h.request = conn.sock
-        h.connection = conn.sock
-        h.client_address = conn.addr
-        h.server = server
-        h.rfile = conn.reader  # type: ignore[assignment]
-        h.wfile = _Writer(conn.sock, server.write_timeout)  # type: ignore[assignment]
-        h.close_connection = True
-        return h
+        return cls(conn, server)
 
-    def parse_request(self) -> bool:
-        """The stdlib's request-line rules and answers, with the header fields read into a
-        plain mapping (`Headers`) instead of through the `email` parser."""
+    def begin(self, req: Request) -> None:
+        self._request = req
         self._authed = False
-        self._body_done = True
-        self.command = None  # type: ignore[assignment]
-        self.request_version = self.default_request_version
+        self.command = req.method
+        target = req.target.decode("iso-8859-1")
+        self.path = "/" + target.lstrip("/") if target.startswith("//") else target
+        self.request_version = f"HTTP/{req.version[0]}.{req.version[1]}"
+        self.requestline = f"{req.method} {target} {self.request_version}"
+        self.headers = Headers(req.fields)
+        self.close_connection = not req.keep_alive
+
+    def handle(self) -> None:
+        """Answer the current (authenticated) request."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After `handle`: nothing by default."""
+
+    def unauthorized(self) -> None:
+        # The body is never read: close the connection rather than drain it.
         self.close_connection = True
-        self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = line.split()
-        if not words:
-            return False
-        if len(words) != 3:
-            what = "HTTP/0.9 request" if len(words) == 2 else "request syntax"
-            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad {what} ({line[:100]!r})")
-            return False
-        command, path, version = words
-        number = _HTTP_VERSION.fullmatch(version)
-        if number is None:
-            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version[:30]!r})")
-            return False
-        if (int(number[1]), int(number[2])) >= (2, 0):
-            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({version[5:]})")
-            return False
-        self.request_version = version
-        self.close_connection = (int(number[1]), int(number[2])) < (1, 1)
-        self.command, self.path = command, "/" + path.lstrip("/") if path.startswith("//") else path
-        try:
-            self.headers = _read_headers(self.rfile)  # type: ignore[assignment]
-        except http.client.LineTooLong as err:
-            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", str(err))
-            return False
-        except http.client.HTTPException as err:
-            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers", str(err))
-            return False
-        except ValueError as err:
-            self.send_error(HTTPStatus.BAD_REQUEST, str(err))
-            return False
-        connection = (self.headers.get("Connection") or "").lower()
-        if connection == "close":
-            self.close_connection = True
-        elif connection == "keep-alive":
-            self.close_connection = False
-        # (Expect: 100-continue is not answered: see handle_expect_100.)
-        self._body_done = not (self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"))
-        return True
+        self._error(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    def handle_expect_100(self) -> bool:
-        # "100 Continue" would invite the body before the token was checked: say nothing and
-        # let the client send it after its own wait.
-        return True
-
-    def __getattr__(self, name: str) -> Any:
-        # Any method without a route (HEAD, OPTIONS, PATCH, made up) is authenticated first and
-        # then answered 405 in JSON, instead of the stdlib's unauthenticated 501 HTML page.
-        if name.startswith("do_"):
-            return lambda: self._not_allowed(name[3:])
-        raise AttributeError(name)
-
-    def allowed_methods(self) -> list[str]:
-        return sorted(m[3:] for m in dir(type(self)) if m.startswith("do_"))
-
-    def _not_allowed(self, method: str) -> None:
-        if self._auth():
-            allowed = self.allowed_methods()
-            self._error(405, "method-not-allowed", f"{method} is not supported", headers={"Allow": ", ".join(allowed)})
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # The stdlib's own refusals (bad request line, head too large, bad version): the request
-        # was not understood, so its framing is not either: answer and close.
+    def refuse(self, status: int, message: str) -> None:
+        """A head that was not understood or is too large: its framing is not either, so answer
+        and close."""
+        self._request = None
+        self.command = ""
         self.close_connection = True
-        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
-            # Unparsed or unsupported version: still answer with a head the client can read.
-            self.request_version = "HTTP/1.1"
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        self._error(code, _STATUS_CODES.get(code, "bad-request"), message or phrase)
+        self.requestline = "(refused request head)"
+        self._error(status, _STATUS_CODES.get(status, "bad-request"), message)
+
+    def date_time_string(self) -> str:
+        # Formatted once a second rather than for every reply.
+        now = int(time.time())
+        second, text = JsonHandler._date
+        if second != now:
+            text = email.utils.formatdate(now, usegmt=True)
+            JsonHandler._date = (now, text)
+        return text
+
+    def address_string(self) -> str:
+        return str(self.client_address[0])
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def log_request(self, status: int) -> None:
+        self.log_message('"%s" %s -', self.requestline, status)
 
     def _settle_body(self) -> None:
         """Before replying: a body the route did not read is drained when the caller is
         authenticated and it is small, else the connection is closed after the reply."""
-        if self._body_done:
+        req = self._request
+        if req is None or req.complete:
             return
-        self._body_done = True
-        if not self._authed or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            return
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            n = -1
-        if n < 0 or n > MAX_BODY:
+        if not self._authed or "transfer-encoding" in req.fields or (req.length or 0) > MAX_BODY:
             self.close_connection = True
             return
         try:
-            self._read_exactly(n)
-        except (OSError, ValidationError):
+            self.conn.feed_body(req, time.monotonic() + self.server.body_timeout)
+        except (OSError, EOFError):
             self.close_connection = True
-
-    def _read_exactly(self, n: int) -> bytes:
-        reader = self.rfile
-        assert isinstance(reader, _Reader)
-        limit = self.server.body_timeout
-        reader.deadline = time.monotonic() + limit
-        try:
-            data = reader.read(n)
-        except TimeoutError:
-            self.close_connection = True
-            raise ValidationError("body", f"not received within {limit:g} s") from None
-        if len(data) < n:
-            self.close_connection = True
-            raise ValidationError("body", f"ended after {len(data)} of {n} bytes")
-        return data
 
     def send_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None, *,
                    content_type: str = "application/json") -> None:
-        """Every reply: the head written here in one piece with the body (the stdlib's
-        `send_response`/`send_header` build it a line at a time and add a `Server` header naming
-        the Python version, which tells a scanner nothing it should know)."""
+        """Every reply: the head written in one piece with the body, with no `Server` field (it
+        would tell a scanner the software and its version)."""
         self._settle_body()
         self.log_request(status)
         lines = [f"{self.protocol_version} {status} {_phrase(status)}", f"Date: {self.date_time_string()}"]
@@ -787,8 +787,8 @@ class JsonHandler(BaseHTTPRequestHandler):
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:
             lines.append("Connection: close")
-        body = data if status != 204 and getattr(self, "command", None) != "HEAD" else b""
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        body = data if status != 204 and self.command != "HEAD" else b""
+        self.conn.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self.send_bytes(status, json.dumps(body).encode(), headers)
@@ -802,31 +802,60 @@ class JsonHandler(BaseHTTPRequestHandler):
             headers = {**(headers or {}), "Retry-After": RETRY_AFTER}
         self._send(status, {"error": err}, headers)
 
-    def _auth(self) -> bool:
-        """True when the request may go on; else 401 has been answered."""
-        if self.server.authorized(self.headers.get("Authorization")):
-            self._authed = True
-            return True
-        # The body is never read: close the connection rather than drain it.
-        self.close_connection = True
-        self._error(401, "unauthorized", "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-        return False
-
     def _read_body(self) -> bytes | None:
         """The raw body, None without Content-Length. Refused unread when chunked or too big."""
-        if self.headers.get("Transfer-Encoding"):
+        req = self._request
+        assert req is not None and self._authed, "a body is read only after the token was checked"
+        if "transfer-encoding" in req.fields:
             self.close_connection = True
             raise ValidationError("body", "chunked bodies are not accepted; send Content-Length")
-        length = self.headers.get("Content-Length")
-        if length is None:
+        n = req.length
+        if n is None:
             return None
-        try:
-            n = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise ValidationError("body", "bad Content-Length") from None
-        if n < 0 or n > MAX_BODY:
+        if n > MAX_BODY:
             self.close_connection = True
             raise ValidationError("body", f"must be at most {MAX_BODY} bytes")
-        self._body_done = True
-        return self._read_exactly(n)
+        limit = self.server.body_timeout
+        try:
+            self.conn.feed_body(req, time.monotonic() + limit)
+        except TimeoutError:
+            self.close_connection = True
+            raise ValidationError("body", f"not received within {limit:g} s") from None
+        except (OSError, EOFError) as exc:
+            self.close_connection = True
+            raise ValidationError("body", str(exc)) from None
+        return bytes(req.body)
+
+
+H = TypeVar("H", bound=JsonHandler)
+
+
+class Routes(Generic[H]):
+    """A server's published routes: (method, path pattern) -> the function that answers. The
+    one table a server routes by; `resolve` also says which methods a known path allows (405)."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Callable[..., None]]] = []
+
+    def add(self, method: str, pattern: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+        """Decorator: `fn(handler, *groups)` answers `method` on paths matching `pattern`."""
+        compiled = re.compile(pattern)
+
+        def register(fn: Callable[..., None]) -> Callable[..., None]:
+            self._routes.append((method, compiled, fn))
+            return fn
+
+        return register
+
+    def resolve(self, method: str, path: str) -> tuple[Callable[..., None] | None, tuple[str, ...], list[str]]:
+        """(function, path groups, []) for a route; (None, (), allowed methods) otherwise (an
+        empty list: no such path)."""
+        allowed: list[str] = []
+        for m, pattern, fn in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if m == method:
+                return fn, match.groups(), []
+            allowed.append(m)
+        return None, (), sorted(set(allowed))

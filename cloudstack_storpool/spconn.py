@@ -132,8 +132,12 @@ Endpoint = tuple[str, int, str]
 
 
 class _CountingApi(spapi.Api):
-    """The bindings' Api, counting queries on their way to the wire, and moving to the pool's
-    alternative endpoint when the current one does not answer.
+    """The bindings' typed API (argument checks, paths, bodies, answer types, `ApiError`), on the
+    project's own wire: every typed method ends in `self(method, multiCluster, query, json,
+    clusterName)`, the one call this class answers, through the process's kept-open
+    connections (sptransport.py). Where the call goes (endpoint, token, timeout) is this class's
+    own state, never the bindings' private attributes; it counts queries on their way to the
+    wire, and moves to the pool's alternative endpoint when the current one does not answer.
 
     `alternative` is asked only then (no cost while the primary answers; the operator's setting
     is read at the moment it matters). The call that met the silence is re-sent to the other
@@ -142,12 +146,15 @@ class _CountingApi(spapi.Api):
     the next call goes to the other endpoint. Each switch is logged.
     """
 
-    def __init__(self, *args: Any, counter: Counter[str], alternative: Callable[[], Endpoint | None] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, host: str, port: int, auth: str, timeout: float, multiCluster: bool, counter: Counter[str],
+                 alternative: Callable[[], Endpoint | None] | None = None) -> None:
+        super().__init__(host=host, port=port, auth=auth, timeout=timeout, transientRetries=0,
+                         multiCluster=multiCluster)
         self._counter = counter
         self._alternative = alternative
-        self._primary: Endpoint = (str(kwargs["host"]), int(kwargs["port"]), "Storpool v1:" + str(kwargs["auth"]))
+        self._wire_timeout = timeout
+        self._multi = multiCluster
+        self._primary: Endpoint = (host, int(port), "Storpool v1:" + auth)
         self._current = self._primary
         self._on_primary = True
         self._switch_lock = threading.Lock()
@@ -184,13 +191,14 @@ class _CountingApi(spapi.Api):
         through the process's kept-open connections (sptransport.py) instead of a new one."""
         body = spjson.dumps(spapi.clear_none(json)) if json is not None else None
         path = spapi.SP_API_PREFIX + "/" + (f"RemoteCommand/{clusterName}/" if clusterName is not None else "") \
-            + ("MultiCluster/" if multiCluster and self._multiCluster else "") + query
+            + ("MultiCluster/" if multiCluster and self._multi else "") + query
         if method == "GET" and body:
             path += "?json=" + urllib.parse.quote(body, safe="")
             body = None
+        host, port, auth = self._current
         status, raw = sptransport.TRANSPORT.request(
-            self._host, self._port, method, path, self._authHeader, body.encode() if body is not None else None,
-            timeout=self._timeout, source=self._source.get("source_address"))
+            host, port, method, path, {"Authorization": auth}, body.encode() if body is not None else None,
+            timeout=self._wire_timeout)
         answer = spjson.loads(raw)
         if status != 200 or "error" in answer:
             raise spapi.ApiError(status, answer)
@@ -213,8 +221,6 @@ class _CountingApi(spapi.Api):
             log.warning("StorPool API %s:%s does not answer (%s): switching to the %s endpoint %s:%s",
                         self._current[0], self._current[1], type(exc).__name__,
                         "alternative" if self._on_primary else "primary", target[0], target[1])
-            # The bindings' own attributes: where their next request goes.
-            self.__dict__.update(_host=target[0], _port=target[1], _authHeader={"Authorization": target[2]})
             self._current, self._on_primary = target, not self._on_primary
             return True
 
@@ -274,8 +280,8 @@ class StorPoolConn:
         if raw_token:
             logs.register_secret(raw_token)
         self.api = _CountingApi(
-            host=host, port=port, auth=raw_token, timeout=timeout,
-            transientRetries=0, multiCluster=multicluster, counter=self.calls, alternative=alternative,
+            host=host, port=port, auth=raw_token, timeout=timeout, multiCluster=multicluster, counter=self.calls,
+            alternative=alternative,
         )
 
     def __repr__(self) -> str:

@@ -1,52 +1,58 @@
-"""JSON <-> typed Python values: the one request parser of the project.
+"""JSON <-> typed Python values, on msgspec: the one request parser of the project.
 
 Both HTTP APIs take JSON requests and hand typed values to Python functions: the driver service
 (a driver function's parameters or request dataclass, service/spec.py) and the KVM host agent
 (a command's request dataclass, agent/commands.py). Both parse with `parse_fields`, so a field
 is refused for the same reasons, with the same message naming the same field, whichever API it
-came through. The service's JSON Schema (service/schema.py) is derived from the same type
-inspection, so what is documented is what is checked.
+came through. msgspec does the checking (in C); this module only says which msgspec type checks
+a Python type (`wire_type`), and the service's JSON Schema is msgspec's schema of that same type
+(service/schema.py), so what is documented is what is checked.
 
-Rules (documented in docs/service.md and docs/agent.md):
-- a `str` parameter or field whose name ends in `_uuid` is a CloudStack uuid in its one
-  canonical spelling (`uuids.py`), so a malformed id is refused naming the field before
-  anything runs;
+Rules (documented in docs/service.md and docs/agent.md), all by type, none by name:
+- `Uuid` (uuids.py) is a CloudStack uuid in its one canonical spelling, so a malformed id is
+  refused naming the field before anything runs;
 - `Optional[X]` / `X | None` accepts JSON null; a field with a default may be left out;
 - dataclasses are objects without additional properties; Enums and Literals are enums;
-- integers are 64-bit, numbers finite, strings free of NUL characters.
+- integers are 64-bit (and within the `Meta` bounds a type carries, bounds.py), numbers
+  finite, strings free of NUL characters; a `Secret` is a string kept out of reprs.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import enum
 import functools
-import importlib
 import inspect
 import math
+import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, NamedTuple, TypeVar
+from typing import Annotated, Any, NamedTuple
 
-from cloudstack_storpool.bounds import INT64_MAX, Range
+import msgspec
+
+from cloudstack_storpool.bounds import INT64_MAX
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.poolconfig import Secret
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import PATTERN as UUID_PATTERN
+
+UUID_LENGTH = 36
 
 NoneType = type(None)
 
-UUID_SUFFIX = "_uuid"
 # Integers are 64-bit on the wire: the caller is CloudStack (Java `long`), StorPool sizes are
 # 64-bit, and a bigger number can only be a mistake that should be refused here, not a failure
 # deep in a connection layer.
 INT64_MIN = -(1 << 63)
-
-_SEQUENCES = (list, tuple, set, frozenset, Sequence, AbstractSet)
-_SETS = (set, frozenset, AbstractSet)
+NO_NUL = "^[^\x00]*$"
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX, extra_json_schema={"format": "int64"})]
+Text = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
+_FLOAT_MAX = sys.float_info.max
+Finite = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
+"""A number that is not NaN or infinite (JSON as Python parses it may carry them)."""
 
 
 class UnsupportedType(TypeError):
@@ -72,15 +78,11 @@ class Unresolved:
 
 
 def resolve_hints(obj: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Type hints of a function or dataclass, evaluated even when the module imported some names
-    only under TYPE_CHECKING (`extra` supplies them, e.g. DriverContext)."""
+    """Type hints of a function or dataclass. `extra` names what its module imports only for
+    type checkers (the caller's explicit table, e.g. `DriverContext`); an annotation that
+    still cannot be resolved is `Unresolved`, tolerated only where no request reaches (`ctx`)."""
     module = sys.modules.get(getattr(obj, "__module__", ""), None)
-    globalns: dict[str, Any] = dict(vars(module)) if module is not None else {}
-    if module is not None:
-        for key, value in type_checking_imports(module).items():
-            globalns.setdefault(key, value)
-    for key, value in (extra or {}).items():
-        globalns.setdefault(key, value)
+    globalns: dict[str, Any] = {**(extra or {}), **(vars(module) if module is not None else {})}
     raw: dict[str, Any] = {}
     if isinstance(obj, type):
         for klass in reversed(obj.__mro__):
@@ -91,39 +93,10 @@ def resolve_hints(obj: Any, extra: Mapping[str, Any] | None = None) -> dict[str,
     for name, ann in raw.items():
         if isinstance(ann, str):
             try:
-                ann = eval(ann, globalns)  # noqa: S307 - annotations of our own modules
+                ann = eval(ann, globalns)  # noqa: S307 - annotations of our own modules, as typing.get_type_hints does
             except NameError:
-                # Unresolvable names are only tolerated where no request reaches (ctx).
                 ann = Unresolved(ann)
         out[name] = ann
-    return out
-
-
-@functools.cache
-def type_checking_imports(module: types.ModuleType) -> dict[str, Any]:
-    """Names a module imports only under `if TYPE_CHECKING:` (to avoid import cycles), imported
-    now: the modules are all loaded by the time a request type is inspected."""
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, Any] = {}
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.If):
-            continue
-        test = node.test
-        name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
-        if name != "TYPE_CHECKING":
-            continue
-        for stmt in node.body:
-            if isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.level == 0:
-                try:
-                    mod = importlib.import_module(stmt.module)
-                except ImportError:
-                    continue
-                for alias in stmt.names:
-                    if hasattr(mod, alias.name):
-                        out[alias.asname or alias.name] = getattr(mod, alias.name)
     return out
 
 
@@ -143,14 +116,6 @@ def union_args(tp: Any) -> tuple[Any, ...] | None:
 
 def is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def is_sequence_type(tp: Any) -> bool:
-    return typing.get_origin(tp) in _SEQUENCES or tp in (list, tuple, set, frozenset)
-
-
-def is_mapping_type(tp: Any) -> bool:
-    return typing.get_origin(tp) in (dict, Mapping) or tp in (dict, Mapping)
 
 
 def is_scalar(tp: Any) -> bool:
@@ -178,7 +143,205 @@ def dataclass_fields(cls: type) -> tuple[FieldSpec, ...]:
     return tuple(out)
 
 
+# --------------------------------------------------------------------------- Python type -> msgspec type
+
+_SEQUENCES = {list: list, tuple: tuple, set: frozenset, frozenset: frozenset, Sequence: list, AbstractSet: frozenset}
+
+
+def wire_type(tp: Any) -> Any:
+    """The msgspec type that checks a JSON value for `tp`: the same type, with plain `int` and
+    `str` given the project's bounds (64-bit, no NUL) and each dataclass mirrored by a Struct
+    that refuses unknown fields (msgspec ignores them on dataclasses)."""
+    try:
+        return _wire_type(tp)
+    except TypeError as exc:  # unhashable metadata: worked out for this call only
+        if "unhashable" not in str(exc):
+            raise
+        return _wire_type.__wrapped__(tp)
+
+
+@functools.cache
+def _wire_type(tp: Any) -> Any:
+    if isinstance(tp, Unresolved):
+        raise UnsupportedType(f"cannot resolve annotation {tp.text!r}")
+    if typing.get_origin(tp) is typing.Annotated:
+        inner, *meta = typing.get_args(tp)
+        # A type that states its own bounds or pattern keeps them (two `Meta` of one kind clash).
+        own = any(isinstance(m, msgspec.Meta) for m in meta)
+        return Annotated[(strip_annotated(inner) if own else _wire_type(inner)), *meta]
+    if tp is int:
+        return Int64
+    if tp is str:
+        return Text
+    if tp is float:
+        return Finite
+    if tp in (Any, object, NoneType, None, bool) or typing.get_origin(tp) is typing.Literal:
+        return tp
+    if isinstance(tp, type) and issubclass(tp, (Secret, enum.Enum)):
+        return tp
+    if is_dataclass_type(tp):
+        return mirror(tp)
+    args = union_args(tp)
+    if args is not None:
+        return functools.reduce(lambda a, b: a | b, [_wire_type(a) for a in args])
+    origin = typing.get_origin(tp) or tp
+    items = typing.get_args(tp)
+    if origin in _SEQUENCES:
+        if origin is tuple and items and (len(items) != 2 or items[1] is not Ellipsis):
+            raise UnsupportedType(f"fixed-length tuples are not supported ({tp!r})")
+        return _SEQUENCES[origin][_wire_type(items[0]) if items else Any]  # type: ignore[index]
+    if origin in (dict, Mapping):
+        if items and items[0] is not str:
+            raise UnsupportedType(f"mapping keys must be str ({tp!r})")
+        return dict[str, _wire_type(items[1]) if items else Any]  # type: ignore[misc]
+    raise UnsupportedType(f"type {tp!r} cannot be carried in JSON")
+
+
+_MIRRORED: dict[type, type] = {}
+"""Struct mirror -> the dataclass it stands for."""
+_MIRROR_NAMES: dict[str, type] = {}
+
+
+@functools.cache
+def mirror(cls: type) -> type[msgspec.Struct]:
+    """A Struct with `cls`'s fields (wire types, same defaults) that refuses unknown fields; its
+    name is the component name in the OpenAPI document (module-qualified on a clash)."""
+    name = cls.__name__
+    if _MIRROR_NAMES.setdefault(name, cls) is not cls:
+        name = f"{cls.__module__.rsplit('.', 1)[-1]}_{cls.__name__}"
+        _MIRROR_NAMES[name] = cls
+    struct = msgspec.defstruct(name, [_struct_field(f) for f in dataclass_fields(cls)], kw_only=True,
+                               forbid_unknown_fields=True, module=cls.__module__)
+    doc = inspect.getdoc(cls) or ""
+    struct.__doc__ = "" if doc.startswith(f"{cls.__name__}(") else doc
+    _MIRRORED[struct] = cls
+    return struct
+
+
+def _struct_field(f: FieldSpec) -> tuple[Any, ...]:
+    tp = wire_type(f.type)
+    if f.required:
+        return (f.name, tp)
+    # The callee's own default applies to a field left out; the schema shows it when it is JSON.
+    default = f.default if _jsonable(f.default) else msgspec.UNSET
+    return (f.name, tp | msgspec.UnsetType if default is msgspec.UNSET else tp, default)
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, enum.Enum)) and not isinstance(value, Secret)
+
+
 # --------------------------------------------------------------------------- JSON -> Python
+
+def _dec_hook(tp: type, value: Any) -> Any:
+    if tp is Secret:
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValueError("must be a string without NUL characters")
+        return Secret(value)
+    raise NotImplementedError
+
+
+def _schema_hook(tp: type) -> dict[str, Any]:
+    if tp is Secret:
+        return {"type": "string", "writeOnly": True}
+    raise NotImplementedError
+
+
+def from_wire(value: Any) -> Any:
+    """msgspec's value back in the caller's types: Struct mirrors become their dataclasses."""
+    if isinstance(value, msgspec.Struct):
+        cls = _MIRRORED[type(value)]
+        return cls(**{f: from_wire(v) for f in value.__struct_fields__
+                      if (v := getattr(value, f)) is not msgspec.UNSET})
+    if isinstance(value, list):
+        return [from_wire(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(from_wire(v) for v in value)
+    if isinstance(value, frozenset):
+        return frozenset(from_wire(v) for v in value)
+    if isinstance(value, dict):
+        return {k: from_wire(v) for k, v in value.items()}
+    return value
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_NAMED = re.compile(r"^Object (?P<what>missing required|contains unknown) field `(?P<name>[^`]*)`$")
+
+
+def _refusal(exc: msgspec.ValidationError, data: Any, prefix: str, what: str,
+             allowed: Collection[str] | None = None) -> ValidationError:
+    """msgspec's error as the project's: the field's dotted name and a message a caller reads."""
+    m = _AT.match(str(exc))
+    assert m is not None
+    msg, path = m["msg"], (m["path"] or "").lstrip(".")
+    named = _NAMED.match(msg)
+    if named:
+        path = f"{path}.{named['name']}" if path else named["name"]
+        if named["what"] == "missing required":
+            msg = "is required"
+        else:
+            shown = f" (allowed: {', '.join(sorted(allowed)) or 'none'})" if allowed is not None and "." not in path \
+                and "[" not in path else ""
+            msg = f"unknown field{shown}"
+    elif msg.startswith("Expected `str` matching regex") or msg.startswith("Expected `str` of length"):
+        value = _value_at(data, path)
+        shown = repr(value[:60]) if isinstance(value, str) else type(value).__name__
+        uuid = UUID_PATTERN in msg or msg.endswith(f" {UUID_LENGTH}")
+        msg = (f"{shown} is not a CloudStack uuid (lower-case 8-4-4-4-12 hex digits)" if uuid
+               else "must not contain NUL characters" if NO_NUL in msg else f"{shown}: {msg[len('Expected `str` '):]}")
+    else:
+        bound = re.match(r"^Expected `\w+` (?P<op>[<>]=?) (?P<n>-?\d+(?:\.\d+)?)$", msg)
+        if bound:
+            msg = f"must be {bound['op']} {bound['n']}, got {_value_at(data, path)!r}"
+    if "1.7976931348623157e+308" in msg:
+        msg = "must be a finite number"
+    field = ".".join(p for p in (prefix, path) if p) or what
+    return ValidationError(field.replace(".[", "["), msg)
+
+
+def _value_at(data: Any, path: str) -> Any:
+    """The value at a msgspec path (`a.b[2]`) in the input, for the message; None if not found."""
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        try:
+            data = data[key] if key else data[int(index)]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return data
+
+
+class _FieldSet:
+    """The fields of one request, compiled once into a Struct that msgspec checks."""
+
+    def __init__(self, fields: tuple[FieldSpec, ...], also_allowed: Collection[str]) -> None:
+        self.names = {f.name for f in fields} | set(also_allowed)
+        extra = [(n, Any, msgspec.UNSET) for n in also_allowed if n not in {f.name for f in fields}]
+        self.struct = msgspec.defstruct("Request", [_struct_field(f) for f in fields] + extra, kw_only=True,
+                                        forbid_unknown_fields=True)
+        self.keep = tuple(f.name for f in fields)
+
+    def parse(self, data: Any, prefix: str, what: str, strict: bool = True) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise ValidationError(prefix or what, "must be a JSON object")
+        try:
+            value = msgspec.convert(data, self.struct, strict=strict, dec_hook=_dec_hook)
+        except msgspec.ValidationError as exc:
+            raise _refusal(exc, data, prefix, what, self.names) from None
+        return {name: from_wire(v) for name in self.keep if (v := getattr(value, name)) is not msgspec.UNSET}
+
+
+_FIELD_SETS: dict[Any, _FieldSet] = {}
+
+
+def _field_set(fields: tuple[FieldSpec, ...], also_allowed: Collection[str]) -> _FieldSet:
+    key = (fields, tuple(sorted(also_allowed)))
+    try:
+        found = _FIELD_SETS.get(key)
+    except TypeError:  # unhashable metadata
+        return _FieldSet(fields, also_allowed)
+    if found is None:
+        found = _FIELD_SETS[key] = _FieldSet(fields, also_allowed)
+    return found
+
 
 def parse_fields(fields: Iterable[FieldSpec], data: Any, *, prefix: str = "", what: str = "body",
                  also_allowed: Collection[str] = ()) -> dict[str, Any]:
@@ -189,25 +352,7 @@ def parse_fields(fields: Iterable[FieldSpec], data: Any, *, prefix: str = "", wh
     field left out, a value of the wrong type. Fields left out are left out of the result, so
     the callee's own defaults apply.
     """
-    fields = tuple(fields)
-    if not isinstance(data, dict):
-        raise ValidationError(prefix or what, "must be a JSON object")
-    _refuse_unknown(data, {f.name for f in fields} | set(also_allowed), prefix)
-    out: dict[str, Any] = {}
-    for f in fields:
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in data:
-            out[f.name] = parse(f.type, data[f.name], path)
-        elif f.required:
-            raise ValidationError(path, "is required")
-    return out
-
-
-def _refuse_unknown(data: Mapping[str, Any], allowed: AbstractSet[str], prefix: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ValidationError(f"{prefix}.{key}" if prefix else str(key),
-                                  f"unknown field (allowed: {', '.join(sorted(allowed)) or 'none'})")
+    return _field_set(tuple(fields), also_allowed).parse(data, prefix, what)
 
 
 def parse_object(cls: type, value: Any, field_name: str = "", *, what: str = "body") -> Any:
@@ -215,256 +360,45 @@ def parse_object(cls: type, value: Any, field_name: str = "", *, what: str = "bo
     return cls(**parse_fields(dataclass_fields(cls), value, prefix=field_name, what=what))
 
 
-def range_of(tp: Any) -> Range | None:
-    """The `Range` an `Annotated[int, Range(...)]` carries (bounds.py), if any."""
-    if typing.get_origin(tp) is typing.Annotated:
-        return next((m for m in typing.get_args(tp)[1:] if isinstance(m, Range)), None)
-    return None
-
-
 def parse(tp: Any, value: Any, field_name: str) -> Any:
-    """A JSON value checked against `tp` (and the `Range` it may carry) and converted to it;
-    ValidationError names the field."""
-    return _per_type(_compile, tp)(value, field_name)
-
-
-Checker = Callable[[Any, str], Any]
-T = TypeVar("T")
-
-
-def _per_type(work: Callable[[Any], T], tp: Any) -> T:
-    """`work(tp)` from its cache (`work` is `functools.cache`d); a type expression that cannot
-    be a cache key (unhashable metadata) is worked out for this call only."""
+    """A JSON value checked against `tp` and converted to it; ValidationError names the field."""
     try:
-        return work(tp)
-    except TypeError:
-        return work.__wrapped__(tp)  # type: ignore[attr-defined]
-
-
-@functools.cache
-def _compile(tp: Any) -> Checker:
-    """The check of one type, worked out once: the service parses every request, and looking
-    the type over again (origins, arguments, metadata) cost more than checking the value."""
-    inner = _compile_unbounded(tp)
-    bounds = range_of(tp)
-    if bounds is None:
-        return inner
-
-    def bounded(value: Any, field_name: str) -> Any:
-        out = inner(value, field_name)
-        if isinstance(out, int):
-            bounds.check(out, field_name)
-        return out
-
-    return bounded
-
-
-def _compile_unbounded(tp: Any) -> Checker:
-    tp = strip_annotated(tp)
-    if tp is Any or tp is object:
-        return _as_is
-    if tp is NoneType or tp is None:
-        return _parse_null
-    args = union_args(tp)
-    if args is not None:
-        return functools.partial(_parse_union, args)
-    check = _compile_value(tp)
-
-    def not_null(value: Any, field_name: str) -> Any:
-        if value is None:
-            raise ValidationError(field_name, "must not be null")
-        return check(value, field_name)
-
-    return not_null
-
-
-def _compile_value(tp: Any) -> Checker:
-    """The check of a value already known not to be null."""
-    if typing.get_origin(tp) is typing.Literal:
-        return functools.partial(_parse_literal, typing.get_args(tp))
-    if tp in _SCALARS:
-        return _SCALARS[tp]
-    if isinstance(tp, type) and issubclass(tp, Secret):
-        return _parse_secret
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return functools.partial(_parse_enum, tp)
-    if is_dataclass_type(tp):
-        return functools.partial(parse_object, tp)
-    if is_sequence_type(tp):
-        return functools.partial(_parse_sequence, tp)
-    if is_mapping_type(tp):
-        return functools.partial(_parse_mapping, tp)
-
-    def unsupported(_value: Any, field_name: str) -> Any:
-        raise UnsupportedType(f"{field_name}: type {tp!r} cannot be carried in JSON")
-
-    return unsupported
-
-
-def _as_is(value: Any, _field_name: str) -> Any:
-    return value
-
-
-def _parse_null(value: Any, field_name: str) -> None:
-    if value is not None:
-        raise ValidationError(field_name, "must be null")
-    return None
-
-
-def _parse_secret(value: Any, field_name: str) -> Secret:
-    return Secret(_parse_text(value, field_name))
-
-
-def _parse_union(args: tuple[Any, ...], value: Any, field_name: str) -> Any:
-    if value is None:
-        if NoneType in args:
-            return None
-        raise ValidationError(field_name, "must not be null")
-    errors: list[ValidationError] = []
-    for alt in args:
-        if alt is NoneType:
-            continue
-        try:
-            return parse(alt, value, field_name)
-        except ValidationError as exc:
-            errors.append(exc)
-    # Report the message of the first alternative: the common single-type case.
-    raise errors[0]
-
-
-def _parse_literal(allowed: tuple[Any, ...], value: Any, field_name: str) -> Any:
-    # True == 1 in Python: a boolean matches only a boolean literal, and a number only a number.
-    if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed if a == value):
-        raise ValidationError(field_name, f"must be one of {', '.join(map(repr, allowed))}")
-    return value
-
-
-def _parse_bool(value: Any, field_name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(field_name, "must be true or false")
-    return value
-
-
-def _parse_int(value: Any, field_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(field_name, "must be an integer")
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise ValidationError(field_name, "must fit in a signed 64-bit integer")
-    return value
-
-
-def _parse_float(value: Any, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationError(field_name, "must be a finite number")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too big for a float
-        raise ValidationError(field_name, "must be a finite number") from None
-    # JSON as Python parses it may carry NaN and Infinity.
-    if not math.isfinite(number):
-        raise ValidationError(field_name, "must be a finite number")
-    return number
-
-
-def _parse_text(value: Any, field_name: str) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(field_name, "must be a string")
-    if "\x00" in value:
-        raise ValidationError(field_name, "must not contain NUL characters")
-    return value
-
-
-def _parse_str(value: Any, field_name: str) -> str:
-    text = _parse_text(value, field_name)
-    if _leaf_name(field_name).endswith(UUID_SUFFIX):
-        return check_uuid(text, field_name)
-    return text
-
-
-def _leaf_name(field_name: str) -> str:
-    """`where.items[2]` -> `items`: the name a field was declared with."""
-    return field_name.rsplit(".", 1)[-1].split("[", 1)[0]
-
-
-_SCALARS: dict[Any, Callable[[Any, str], Any]] = {
-    bool: _parse_bool, int: _parse_int, float: _parse_float, str: _parse_str,
-}
-
-
-def _parse_enum(tp: type[enum.Enum], value: Any, field_name: str) -> enum.Enum:
-    for member in tp:
-        if member.value == value and type(member.value) is type(value):
-            return member
-    raise ValidationError(field_name, f"must be one of {', '.join(repr(m.value) for m in tp)}")
-
-
-def _parse_sequence(tp: Any, value: Any, field_name: str) -> Any:
-    if not isinstance(value, list):
-        raise ValidationError(field_name, "must be an array")
-    items = typing.get_args(tp)
-    item_tp = items[0] if items else Any
-    parsed = [parse(item_tp, v, f"{field_name}[{i}]") for i, v in enumerate(value)]
-    kind = typing.get_origin(tp) or tp
-    if kind is tuple:
-        return tuple(parsed)
-    if kind in _SETS:
-        try:
-            return frozenset(parsed)
-        except TypeError:
-            raise ValidationError(field_name, "items must be scalar") from None
-    return parsed
-
-
-def _parse_mapping(tp: Any, value: Any, field_name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValidationError(field_name, "must be an object")
-    kv = typing.get_args(tp)
-    val_tp = kv[1] if kv else Any
-    return {k: parse(val_tp, v, f"{field_name}.{k}") for k, v in value.items()}
+        return from_wire(msgspec.convert(value, wire_type(tp), dec_hook=_dec_hook))
+    except msgspec.ValidationError as exc:
+        raise _refusal(exc, value, field_name, field_name) from None
 
 
 def parse_query(tp: Any, raw: str, field_name: str) -> Any:
-    """A query-string or path value: scalars only, converted from text before the usual checks.
-    Each candidate keeps its `Annotated` range, so a bound applies to query values too."""
-    last: ValidationError | None = None
-    for cand, plain in _per_type(_query_candidates, tp):
-        try:
-            return parse(cand, _from_text(plain, raw, field_name), field_name)
-        except ValidationError as exc:
-            last = exc
-    assert last is not None
-    raise last
-
-
-@functools.cache
-def _query_candidates(tp: Any) -> tuple[tuple[Any, Any], ...]:
-    """The types a text value may be converted to, each with and without its `Annotated`."""
-    args = union_args(strip_annotated(tp))
-    candidates = [a for a in args if a is not NoneType] if args is not None else [tp]
-    return tuple((c, strip_annotated(c)) for c in candidates)
-
-
-def _from_text(tp: Any, raw: str, field_name: str) -> Any:
-    if tp is bool:
-        if raw in ("true", "false"):
-            return raw == "true"
+    """A query-string or path value: scalars only, converted from text (`true`, `3`, `0.5`)
+    before the same checks as a JSON value."""
+    if "\x00" in raw:
+        raise ValidationError(field_name, "must not contain NUL characters")
+    alternatives = union_args(strip_annotated(tp)) or (strip_annotated(tp),)
+    if bool in alternatives and raw not in ("true", "false") and set(alternatives) <= {bool, NoneType}:
+        # (msgspec would also take 1/0 and any case; a query says true or false.)
         raise ValidationError(field_name, "must be true or false")
-    if tp is int or (isinstance(tp, type) and issubclass(tp, enum.Enum) and
-                     all(isinstance(m.value, int) for m in tp)):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValidationError(field_name, "must be an integer") from None
-    if tp is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValidationError(field_name, "must be a number") from None
-    if typing.get_origin(tp) is typing.Literal:
-        for v in typing.get_args(tp):
-            if str(v).lower() == raw or str(v) == raw:
-                return v
-    return raw
+    try:
+        return msgspec.convert(raw, wire_type(tp), strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        raise _refusal(exc, raw, field_name, field_name) from None
+
+
+def schema_components(types_: Sequence[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """msgspec's JSON Schemas of the wire types of `types_`, with references into
+    `#/components/schemas/` (the NUL rule every string carries is not repeated in them)."""
+    schemas, components = msgspec.json.schema_components(
+        [wire_type(t) for t in types_], schema_hook=_schema_hook, ref_template="#/components/schemas/{name}")
+    return [_tidy(s) for s in schemas], {k: _tidy(v) for k, v in components.items()}
+
+
+def _tidy(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _tidy(v) for k, v in schema.items()
+                if k != "title" and not (k == "pattern" and v == NO_NUL)
+                and not (k in ("minimum", "maximum") and v in (-_FLOAT_MAX, _FLOAT_MAX))}
+    if isinstance(schema, list):
+        return [_tidy(v) for v in schema]
+    return schema
 
 
 # --------------------------------------------------------------------------- Python -> JSON
@@ -505,3 +439,8 @@ def to_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
     raise TypeError(f"cannot convert {type(value).__name__} to JSON")
+
+
+__all__ = ["FieldSpec", "Finite", "Int64", "Text", "UnsupportedType", "dataclass_fields", "parse", "parse_fields",
+           "parse_object", "parse_query", "resolve_hints", "schema_components", "to_json", "wire_type"]
+

@@ -12,11 +12,18 @@ one has a bug worth seeing.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from msgspec import Meta
 
 from cloudstack_storpool.errors import ValidationError
 
 PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 """The canonical form (also the `pattern` of `format: uuid` fields in the OpenAPI document)."""
+
+Uuid = Annotated[str, Meta(pattern=PATTERN, min_length=36, max_length=36, extra_json_schema={"format": "uuid"})]
+"""A CloudStack uuid, as a parameter or field type: the service and the agent refuse any other
+spelling naming the field, whatever the field is called (the rule is the type's, not the name's)."""
 _CANONICAL = re.compile(PATTERN)
 
 

@@ -41,6 +41,7 @@ from cloudstack_storpool.service import ServiceServer, make_server, serve_in_thr
 from cloudstack_storpool.service.openapi import document
 from cloudstack_storpool.service.operations import TABLE
 from cloudstack_storpool.service.spec import OperationTable, operation
+from cloudstack_storpool.uuids import Uuid
 
 TOKEN = "service-token-0123456789"
 POOL_TOKEN = "pool-secret-token-42"
@@ -88,7 +89,7 @@ def fail(ctx: DriverContext, kind: str) -> dict[str, str]:
     raise RAISE[kind]
 
 
-def echo(ctx: DriverContext, volume_uuid: str, *, size: int = 1) -> dict[str, Any]:
+def echo(ctx: DriverContext, volume_uuid: Uuid, *, size: int = 1) -> dict[str, Any]:
     return {"volume_uuid": volume_uuid, "size": size}
 
 
@@ -101,7 +102,7 @@ def slow(ctx: DriverContext, *, name: str, fail_with: str | None = None) -> dict
     return {"name": name}
 
 
-def gone(ctx: DriverContext, volume_uuid: str) -> None:
+def gone(ctx: DriverContext, volume_uuid: Uuid) -> None:
     return None
 
 
@@ -213,10 +214,13 @@ def test_bad_requests_are_400_naming_the_field(small: ServiceServer, method: str
 def test_unknown_routes_and_methods(small: ServiceServer) -> None:
     r = requests.get(small.url + "/v1/nothing", headers=AUTH, timeout=5)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not-found"
-    for method in ("PUT", "PATCH", "OPTIONS", "HEAD", "BREW"):
+    for method in ("PUT", "PATCH", "OPTIONS", "HEAD", "PROPFIND"):
         r = requests.request(method, f"{small.url}/v1/echo/{UID}", headers=AUTH, timeout=5)
         assert r.status_code == 405, method
         assert r.headers["Allow"] == "DELETE, GET, POST"
+    # A method HTTP does not define cannot be framed: refused before routing.
+    r = requests.request("BREW", f"{small.url}/v1/echo/{UID}", headers=AUTH, timeout=5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad-request"
     r = requests.post(small.url + "/openapi.json", headers=AUTH, timeout=5)
     assert r.status_code == 405
 

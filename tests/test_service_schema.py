@@ -15,6 +15,7 @@ from cloudstack_storpool.poolconfig import PoolSpec, Secret
 from cloudstack_storpool.service import schema
 from cloudstack_storpool.service.spec import OperationTable, operation
 from cloudstack_storpool.typedjson import to_json
+from cloudstack_storpool.uuids import Uuid
 
 
 class Color(enum.Enum):
@@ -37,14 +38,14 @@ class Where:
 
 @dataclass(frozen=True)
 class Answer:
-    volume_uuid: str
+    volume_uuid: Uuid
     size: int
     tags: dict[str, str] = field(default_factory=dict)
     color: Color = Color.RED
     token: Secret = field(default_factory=lambda: Secret("hidden-token"))
 
 
-def make(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, size: int, *,
+def make(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: Uuid, size: int, *,
          where: Where | None = None, kind: Literal["root", "data"] = "data", ratio: float = 1.0,
          names: list[str] | None = None, color: Color = Color.BLUE) -> Answer:
     """Make a thing.
@@ -53,13 +54,13 @@ def make(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, size: int, 
     return Answer(volume_uuid, size)
 
 
-def nothing(ctx: DriverContext, volume_uuid: str) -> None:
+def nothing(ctx: DriverContext, volume_uuid: Uuid) -> None:
     return None
 
 
 @dataclass(frozen=True)
 class Req:
-    volume_uuid: str
+    volume_uuid: Uuid
     count: int = 1
 
 
@@ -74,12 +75,14 @@ def test_body_schema_and_parse_follow_the_signature() -> None:
         ("kind", "body", False), ("ratio", "body", False), ("names", "body", False), ("color", "body", False)]
     b = schema.SchemaBuilder()
     assert b.schema(op.params[0].type, "pool") == {"type": "string"}  # PoolSpec narrowed away
-    assert b.schema(str, "volume_uuid") == {"type": "string", "format": "uuid", "pattern": uuids.PATTERN}
+    assert b.schema(Uuid, "volume_uuid") == {"type": "string", "format": "uuid", "pattern": uuids.PATTERN,
+                                             "minLength": 36, "maxLength": 36}
+    assert b.schema(str, "volume_uuid") == {"type": "string"}  # a rule of the type, not of the name
     assert b.schema(op.params[3].type, "where") == {"anyOf": [{"$ref": "#/components/schemas/Where"},
                                                               {"type": "null"}]}
     assert b.components["Where"]["required"] == ["store", "path"]
     assert b.components["Where"]["description"] == "Where a copy goes."
-    assert b.schema(op.params[4].type, "kind") == {"enum": ["root", "data"]}
+    assert b.schema(op.params[4].type, "kind") == {"enum": ["data", "root"]}
     assert op.summary == "Make a thing." and op.description == "Longer description."
     uid = "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"
     args = op.parse({}, {}, {"pool": "p", "volume_uuid": uid, "size": 5, "where": {"store": "/s", "path": "a/b"},
@@ -133,7 +136,7 @@ def test_path_parameters_and_non_scalars_in_get() -> None:
 
 
 def test_query_scalars() -> None:
-    def get(ctx: DriverContext, volume_uuid: str, *, count: int = 1, flag: bool = False,
+    def get(ctx: DriverContext, volume_uuid: Uuid, *, count: int = 1, flag: bool = False,
             ratio: float | None = None) -> dict[str, Any]:
         return {}
 
@@ -190,7 +193,8 @@ def test_unpublishable_signatures_fail_when_the_table_is_built() -> None:
 
 
 def test_type_checking_only_imports_are_resolved() -> None:
-    # volumes.py imports TemplateSource only under TYPE_CHECKING; its signature still publishes.
+    # volumes.py imports TemplateSource only under TYPE_CHECKING; the table names it explicitly
+    # (spec.TYPE_CHECKING_NAMES), so its signature still publishes.
     from cloudstack_storpool.driver import templates, volumes
 
     op = operation("POST /v1/volumes/from-template", volumes.create_from_template)
@@ -234,3 +238,43 @@ def test_every_route_of_the_service_resolves_to_itself_through_the_shape_index()
             if want is None:
                 assert allowed == sorted({o.method for o in matching})
         assert TABLE.resolve(op.method, path)[0] is op
+
+
+def test_renaming_a_parameter_changes_neither_its_checks_nor_its_schema() -> None:
+    """The uuid rule, the 64-bit bound and the NUL rule belong to the types: the same signature
+    with other parameter names refuses the same values, naming the new names."""
+    def named(ctx: DriverContext, volume_uuid: Uuid, size: int) -> None: ...
+    def renamed(ctx: DriverContext, target: Uuid, amount: int) -> None: ...
+    def plain(ctx: DriverContext, volume_uuid: str) -> None: ...
+
+    bad_uuid, big = "0B9C8F4E-2C33-4E0B-9E7A-1F6E2B9D1C11", 1 << 63
+    a, b = operation("POST /v1/a", named), operation("POST /v1/b", renamed)
+    for (fa, va), (fb, vb) in ((("volume_uuid", bad_uuid), ("target", bad_uuid)), (("size", big), ("amount", big))):
+        body_a = {"volume_uuid": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "size": 1, fa: va}
+        body_b = {"target": "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11", "amount": 1, fb: vb}
+        with pytest.raises(ValidationError) as ea:
+            a.parse({}, {}, body_a)
+        with pytest.raises(ValidationError) as eb:
+            b.parse({}, {}, body_b)
+        assert (ea.value.field, eb.value.field) == (fa, fb)
+        assert str(ea.value).replace(fa, "?") == str(eb.value).replace(fb, "?")
+    sa, sb = schema.SchemaBuilder(), schema.SchemaBuilder()
+    assert sa.object_schema(a.body_fields)["properties"]["volume_uuid"] == sb.object_schema(b.body_fields)["properties"]["target"]
+    # A name alone carries no rule: a plain `str` named `..._uuid` takes any string.
+    assert operation("POST /v1/c", plain).parse({}, {}, {"volume_uuid": "anything"}) == {"volume_uuid": "anything"}
+
+
+def test_the_log_subject_is_the_first_uuid_typed_parameter_whatever_its_name() -> None:
+    def named(ctx: DriverContext, pool: str, volume_uuid: Uuid, size: int) -> None: ...
+    def renamed(ctx: DriverContext, pool: str, target: Uuid, size: int) -> None: ...
+    def no_uuid(ctx: DriverContext, host_id: str, force: bool = False) -> None: ...
+
+    uid = "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"
+    a, b = operation("POST /v1/a", named), operation("POST /v1/b", renamed)
+    assert a.subject_of(a.parse({}, {}, {"pool": "p", "volume_uuid": uid, "size": 1})) == uid
+    assert b.subject_of(b.parse({}, {}, {"pool": "p", "target": uid, "size": 1})) == uid
+    # Without a uuid parameter: the route's placeholder, or what the table names.
+    assert operation("POST /v1/hosts/{host_id}/x", no_uuid).subject == "host_id"
+    assert operation("POST /v1/y", renamed, subject="pool").subject == "pool"
+    with pytest.raises(TypeError, match="subject"):
+        operation("POST /v1/y", renamed, subject="volume_uuid")

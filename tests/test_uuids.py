@@ -10,6 +10,7 @@ from cloudstack_storpool import uuids
 from cloudstack_storpool.driver import naming
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.typedjson import parse
+from cloudstack_storpool.uuids import Uuid
 
 UID = "0b9c8f4e-2c33-4e0b-9e7a-1f6e2b9d1c11"
 OTHER_SPELLINGS = [UID.replace("-", ""), f"urn:uuid:{UID}", f"{{{UID}}}", UID.upper(), f" {UID}", f"{UID}\n"]
@@ -17,7 +18,7 @@ OTHER_SPELLINGS = [UID.replace("-", ""), f"urn:uuid:{UID}", f"{{{UID}}}", UID.up
 CHECKS: dict[str, Callable[[str], object]] = {
     "uuids": lambda v: uuids.check_uuid(v, "volume_uuid"),
     "driver names": naming.volume,
-    "request parser": lambda v: parse(str, v, "volume_uuid"),
+    "request parser": lambda v: parse(Uuid, v, "volume_uuid"),
 }
 
 

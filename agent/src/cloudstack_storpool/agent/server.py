@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,16 +31,13 @@ from cloudstack_storpool.agent.running import Context, RunControl
 from cloudstack_storpool.agent.tls import ServedCertificate
 from cloudstack_storpool.agentapi.command_types import FactsRequest
 from cloudstack_storpool.errors import Conflict, ValidationError
-from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
+from cloudstack_storpool.httpjson import JsonHandler, Routes, TokenServer, parse_listen, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.typedjson import parse_object
 
 __all__ = ["AgentServer", "heartbeat_status", "parse_listen", "serve_in_thread"]
 
 log = logging.getLogger(__name__)
-
-_JOB_PATH = re.compile(rf"^/v1/jobs/({JOB_ID_PATTERN.strip('^$')})$")
-
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -92,7 +88,6 @@ class AgentServer(TokenServer):
 
 class _Handler(JsonHandler):
     server: AgentServer
-    server_version = "cloudstack-storpool-agent"
 
     def log_message(self, format: str, *args: Any) -> None:
         # Request lines only (never headers: they hold the token).
@@ -107,68 +102,89 @@ class _Handler(JsonHandler):
         except (ValueError, RecursionError) as exc:
             raise ValidationError("body", f"not valid JSON: {exc}") from exc
 
-    def do_GET(self) -> None:
-        if not self._auth():
-            return
+    def handle(self) -> None:
+        """Route an authenticated request by `ROUTES` (the server checked the token)."""
         path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            status = heartbeat_status(self.server.context_factory().host)
-            if status is not None:
-                metrics.heartbeat_verdict(str(status.get("client_id", "self")), _verdict(status), count=False)
-            metrics.send(self)
-            return
-        if path == "/v1/facts":
-            try:
-                ctx = self.server.context_factory()
-                cert = self.server.certificate
-                answer = facts(ctx, FactsRequest(), RunControl())
-                self._send(200, {**answer, "certificate": cert.to_json() if cert is not None else None})
-            except Exception as exc:
-                self._error(500, "internal", str(exc))
-            return
-        if path == "/v1/heartbeat":
-            self._send(200, {"status": heartbeat_status(self.server.context_factory().host)})
-            return
-        if path == "/v1/jobs":
-            self._send(200, {"jobs": [j.to_json() for j in self.server.jobs.list()]})
-            return
-        m = _JOB_PATH.match(path)
-        job = self.server.jobs.get(m.group(1)) if m else None
-        if job is None:
+        route, groups, allowed = ROUTES.resolve(self.command, path)
+        if route is not None:
+            route(self, *groups)
+        elif allowed:
+            self._error(405, "method-not-allowed", f"{self.command} is not supported",
+                        headers={"Allow": ", ".join(allowed)})
+        else:
             self._error(404, "not-found", f"no such resource: {path}")
-            return
-        self._send(200, job.to_json())
 
-    def do_POST(self) -> None:
-        if not self._auth():
-            return
-        if self.path.split("?", 1)[0] != "/v1/jobs":
-            self._error(404, "not-found", f"no such resource: {self.path}")
-            return
-        try:
-            req: JobRequest = parse_object(JobRequest, self._body())
-            key = req.idempotency_key if req.idempotency_key is not None else self.headers.get("Idempotency-Key")
-            job, created = self.server.jobs.submit(
-                req.command, req.args, key, subject=logs.incoming_header(self.headers.get(logs.SUBJECT_HEADER)),
-                caller=logs.incoming_header(self.headers.get(logs.CALLER_HEADER)))
-        except ValidationError as exc:
-            self._error(400, exc.code, str(exc), exc.field)
-            return
-        except Conflict as exc:
-            self._error(409, exc.code, str(exc), "idempotency_key")
-            return
-        except Exception as exc:
-            err = error_json(exc)
-            self._error(500, err["code"], err["message"])
-            return
-        self._send(202 if created else 200, job.to_json())
 
-    def do_DELETE(self) -> None:
-        if not self._auth():
-            return
-        m = _JOB_PATH.match(self.path.split("?", 1)[0])
-        job = self.server.jobs.cancel(m.group(1)) if m else None
-        if job is None:
-            self._error(404, "not-found", f"no such resource: {self.path}")
-            return
-        self._send(200, job.to_json())
+ROUTES: Routes[_Handler] = Routes()
+"""Everything the agent publishes: one line per route; commands are published by
+`POST /v1/jobs` (the command table in commands.py)."""
+
+_JOB = JOB_ID_PATTERN.strip("^$")
+
+
+@ROUTES.add("GET", "/metrics")
+def _metrics(h: _Handler) -> None:
+    status = heartbeat_status(h.server.context_factory().host)
+    if status is not None:
+        metrics.heartbeat_verdict(str(status.get("client_id", "self")), _verdict(status), count=False)
+    metrics.send(h)
+
+
+@ROUTES.add("GET", "/v1/facts")
+def _facts(h: _Handler) -> None:
+    try:
+        ctx = h.server.context_factory()
+        cert = h.server.certificate
+        answer = facts(ctx, FactsRequest(), RunControl())
+        h._send(200, {**answer, "certificate": cert.to_json() if cert is not None else None})
+    except Exception as exc:
+        h._error(500, "internal", str(exc))
+
+
+@ROUTES.add("GET", "/v1/heartbeat")
+def _heartbeat(h: _Handler) -> None:
+    h._send(200, {"status": heartbeat_status(h.server.context_factory().host)})
+
+
+@ROUTES.add("GET", "/v1/jobs")
+def _jobs(h: _Handler) -> None:
+    h._send(200, {"jobs": [j.to_json() for j in h.server.jobs.list()]})
+
+
+@ROUTES.add("POST", "/v1/jobs")
+def _submit(h: _Handler) -> None:
+    try:
+        req: JobRequest = parse_object(JobRequest, h._body())
+        key = req.idempotency_key if req.idempotency_key is not None else h.headers.get("Idempotency-Key")
+        job, created = h.server.jobs.submit(
+            req.command, req.args, key, subject=logs.incoming_header(h.headers.get(logs.SUBJECT_HEADER)),
+            caller=logs.incoming_header(h.headers.get(logs.CALLER_HEADER)))
+    except ValidationError as exc:
+        h._error(400, exc.code, str(exc), exc.field)
+        return
+    except Conflict as exc:
+        h._error(409, exc.code, str(exc), "idempotency_key")
+        return
+    except Exception as exc:
+        err = error_json(exc)
+        h._error(500, err["code"], err["message"])
+        return
+    h._send(202 if created else 200, job.to_json())
+
+
+@ROUTES.add("GET", f"/v1/jobs/({_JOB})")
+def _job(h: _Handler, job_id: str) -> None:
+    job = h.server.jobs.get(job_id)
+    if job is None:
+        h._error(404, "not-found", f"no such resource: {h.path}")
+        return
+    h._send(200, job.to_json())
+
+
+@ROUTES.add("DELETE", f"/v1/jobs/({_JOB})")
+def _cancel(h: _Handler, job_id: str) -> None:
+    job = h.server.jobs.cancel(job_id)
+    if job is None:
+        h._error(404, "not-found", f"no such resource: {h.path}")
+        return
+    h._send(200, job.to_json())

@@ -21,6 +21,7 @@ from cloudstack_storpool.driver.revert import refuse_running
 from cloudstack_storpool.driver.snapshots import on_any_host
 from cloudstack_storpool.errors import NotFound, ValidationError
 from cloudstack_storpool.poolconfig import Secret
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Encrypted:
-    volume_uuid: str
+    volume_uuid: Uuid
     volume: str
     encrypt_format: str
     payload_size: int
@@ -38,7 +39,7 @@ class Encrypted:
     agent: str
 
 
-def set_volume_encryption(ctx: DriverContext, *, volume_uuid: str, passphrase: Secret,
+def set_volume_encryption(ctx: DriverContext, *, volume_uuid: Uuid, passphrase: Secret,
                           source_path: str | None = None) -> Encrypted:
     """LUKS-format the volume with `passphrase`; with `source_path` (a root disk's template
     snapshot, `/dev/storpool-byid/<globalId>`), copy it into the encrypted payload."""

@@ -16,12 +16,13 @@ from cloudstack_storpool.driver.identity import locate
 from cloudstack_storpool.driver.revert import refuse_running
 from cloudstack_storpool.driver.secondary import SecondaryLocation
 from cloudstack_storpool.driver.snapshots import SecondaryCopy, on_any_host
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
 
 
-def extract_volume(ctx: DriverContext, *, volume_uuid: str, store: str, path: str,
+def extract_volume(ctx: DriverContext, *, volume_uuid: Uuid, store: str, path: str,
                    format: str = "qcow2") -> SecondaryCopy:
     """Copy the volume to `path` on the secondary store `store` (qcow2, or raw)."""
     where = SecondaryLocation(store, path).check("secondary")

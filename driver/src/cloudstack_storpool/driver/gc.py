@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from cloudstack_storpool.bounds import Seconds
 from cloudstack_storpool.driver import liveness, pools, tags, templates
 from cloudstack_storpool.errors import ProjectError, ValidationError
-from cloudstack_storpool.uuids import check_uuid, is_uuid
+from cloudstack_storpool.uuids import Uuid, check_uuid, is_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -172,7 +172,7 @@ def run(ctx: DriverContext, *, dry_run: bool = False, temporary_age: Seconds | N
     return report
 
 
-def drop_template(ctx: DriverContext, template_uuid: str) -> list[str]:
+def drop_template(ctx: DriverContext, template_uuid: Uuid) -> list[str]:
     """A template was deleted in CloudStack: delete its caches on every pool now (without
     waiting for the periodic run). Returns the pools whose cache was deleted."""
     tuuid = check_uuid(template_uuid, "template_uuid")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.errors import Conflict, NotFound, ValidationError
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.records import Volume
@@ -66,7 +67,7 @@ class LocatedVolume:
         return path[len(names.BYID_PREFIX):] if path.startswith(names.BYID_PREFIX) else None
 
 
-def ref(*, volume_uuid: str | None = None, path: str | None = None, path_field: str = "path") -> str:
+def ref(*, volume_uuid: Uuid | None = None, path: str | None = None, path_field: str = "path") -> str:
     """The StorPool API name of a CloudStack volume: from its path when known (`~globalId`,
     stable across renames; legacy `/dev/storpool/<name>`), else from its uuid. `path_field`
     names the path in errors (it may come from CloudStack rather than from the request)."""
@@ -77,7 +78,7 @@ def ref(*, volume_uuid: str | None = None, path: str | None = None, path_field: 
     raise ValidationError("volume_uuid", "a volume uuid or path is required")
 
 
-def locate(ctx: DriverContext, volume_uuid: str, field: str = "volume_uuid") -> LocatedVolume:
+def locate(ctx: DriverContext, volume_uuid: Uuid, field: str = "volume_uuid") -> LocatedVolume:
     """Look a CloudStack volume up and make sure it lives on one of our pools."""
     naming.check_uuid(volume_uuid, field)
     vol = ctx.cloudstack.volume(volume_uuid)
@@ -115,14 +116,14 @@ def info(summary: SpVolume, pool: PoolSpec) -> VolumeInfo:
     )
 
 
-def find(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
+def find(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: Uuid | None = None,
          path: str | None = None) -> SpVolume | None:
     """The StorPool summary of a CloudStack volume, or None when it does not exist."""
     spec = pools.resolve(ctx, pool)
     return ctx.conn(spec).volume(ref(volume_uuid=volume_uuid, path=path))
 
 
-def get(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = None,
+def get(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: Uuid | None = None,
         path: str | None = None) -> VolumeInfo:
     """Like `find`, as VolumeInfo; NotFound when the volume does not exist."""
     spec = pools.resolve(ctx, pool)
@@ -132,7 +133,7 @@ def get(ctx: DriverContext, pool: PoolSpec | str, *, volume_uuid: str | None = N
     return info(found, spec)
 
 
-def volume_tags(volume_uuid: str, pool: PoolSpec, placement: Placement | None = None) -> dict[str, str]:
+def volume_tags(volume_uuid: Uuid, pool: PoolSpec, placement: Placement | None = None) -> dict[str, str]:
     """Identity tags of a new volume: `uuid`, `cs`, `pool` (+ `qc`)."""
     return pools.identity_tags(volume_uuid, tags.VOLUME, pool, qc=placement.qos_class if placement is not None else None)
 
@@ -148,6 +149,6 @@ def ours(found: V | None, uuid: str, what: str, field: str) -> V:
     return found
 
 
-def existing_volume(conn: StorPoolConn, name: str, volume_uuid: str) -> SpVolume:
+def existing_volume(conn: StorPoolConn, name: str, volume_uuid: Uuid) -> SpVolume:
     """The volume a create of `volume_uuid` met as `objectExists`, if it is ours (one Volume read)."""
     return ours(conn.volume(name), volume_uuid, f"volume {name}", "volume_uuid")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.errors import SpNotFound, ValidationError
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.poolconfig import PoolSpec
@@ -30,14 +31,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def java_snapshot(conn: StorPoolConn, snapshot_uuid: str) -> SpSnapshot | None:
+def java_snapshot(conn: StorPoolConn, snapshot_uuid: Uuid) -> SpSnapshot | None:
     """A volume snapshot the Java plugin took: anonymous, tagged `uuid=<snapshot uuid>`,
     `cs=snapshot` (the newest, should there be several)."""
     found = conn.find_snapshots({tags.UUID: snapshot_uuid.lower(), tags.KIND: tags.SNAPSHOT})
     return max(found, key=lambda s: s.created) if found else None
 
 
-def on_snapshot(conn: StorPoolConn, snapshot_uuid: str, path: str | None, action: Callable[[str], T],
+def on_snapshot(conn: StorPoolConn, snapshot_uuid: Uuid, path: str | None, action: Callable[[str], T],
                 field: str = "path") -> T:
     """Run `action` with the snapshot's API name: from the path CloudStack stored when given;
     else the project's name, and if StorPool has no object by that name, the Java plugin's
@@ -54,7 +55,7 @@ def on_snapshot(conn: StorPoolConn, snapshot_uuid: str, path: str | None, action
         return action(found.ref)
 
 
-def snapshot_name(conn: StorPoolConn, snapshot_uuid: str, path: str | None, field: str = "path") -> str:
+def snapshot_name(conn: StorPoolConn, snapshot_uuid: Uuid, path: str | None, field: str = "path") -> str:
     """The API name of a snapshot that exists (path, project name or Java-made); the project's
     name when none is found, so the caller's own not-found handling applies."""
     if path:
@@ -66,7 +67,7 @@ def snapshot_name(conn: StorPoolConn, snapshot_uuid: str, path: str | None, fiel
     return found.ref if found is not None else own
 
 
-def java_template_cache(conn: StorPoolConn, spec: PoolSpec, template_uuid: str) -> SpSnapshot | None:
+def java_template_cache(conn: StorPoolConn, spec: PoolSpec, template_uuid: Uuid) -> SpSnapshot | None:
     """The cached template the Java plugin made on a pool: a snapshot tagged `uuid=<template>`,
     `cs=template`, living in the pool's template, and not the template's own StorPool copy
     (`pools.templates_kept_as_snapshots`). Only pools the Java plugin initialised (id `<template>;<uuid>`) are
@@ -87,7 +88,7 @@ def _volume_or_none(conn: StorPoolConn, name: str) -> SpVolume | None:
         return None
 
 
-def group_members(conn: StorPoolConn, vm_snapshot_uuid: str) -> list[SpSnapshot]:
+def group_members(conn: StorPoolConn, vm_snapshot_uuid: Uuid) -> list[SpSnapshot]:
     """Every member of a VM snapshot by its group tags (`uuid=<vm snapshot>`, `cs=group`)."""
     return conn.find_snapshots({tags.UUID: vm_snapshot_uuid.lower(), tags.KIND: tags.GROUP})
 

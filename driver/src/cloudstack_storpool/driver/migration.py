@@ -27,7 +27,7 @@ from cloudstack_storpool.driver.identity import VolumeInfo
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.driver.secondary import agent_refusals
 from cloudstack_storpool.errors import NotFound, ProjectError, SpExists, ValidationError
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import Uuid, check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -53,7 +53,7 @@ class MigrationResult:
     volume: VolumeInfo
 
 
-def _vm_running(ctx: DriverContext, volume_uuid: str) -> bool:
+def _vm_running(ctx: DriverContext, volume_uuid: Uuid) -> bool:
     """Ask CloudStack whether the volume's VM is running (a detached volume is not)."""
     vol = ctx.cloudstack.volume(volume_uuid)
     if vol is None:
@@ -77,7 +77,7 @@ def _placement(
 
 def migrate(
     ctx: DriverContext,
-    volume_uuid: str,
+    volume_uuid: Uuid,
     *,
     source_pool: PoolSpec | str,
     target_pool: PoolSpec | str,
@@ -157,7 +157,7 @@ def _resume(ctx: DriverContext, src: PoolSpec, dst: PoolSpec, uuid: str, path: s
 def import_volume(
     ctx: DriverContext,
     target_pool: PoolSpec | str,
-    volume_uuid: str,
+    volume_uuid: Uuid,
     source: TemplateSource,
     *,
     size: int,

@@ -38,6 +38,7 @@ from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, stats, tags, volumes
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound
 from cloudstack_storpool.poolconfig import PoolSpec
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -152,7 +153,7 @@ def deleted(ctx: DriverContext, pool: str | None = None) -> list[DeletedVolume]:
     return [d for d, _s in _backups(ctx, pools.resolve(ctx, pool) if pool else None)]
 
 
-def restore(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *,
+def restore(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: Uuid, *,
             backup: str | None = None, path: str | None = None) -> volumes.VolumeInfo:
     """Bring a deleted volume back from its newest backup (or from `backup`, a name or
     `~globalId` from `deleted`), with the content it had when deleted. `path` is the volume's

@@ -29,6 +29,7 @@ from cloudstack_storpool.bounds import Bytes, Iops
 from cloudstack_storpool.driver import offerings, tags
 from cloudstack_storpool.driver.identity import LocatedVolume, locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agentapi.client import AgentClient
@@ -51,7 +52,7 @@ class ResizeFailed(AgentError):
 
 @dataclass(frozen=True)
 class Resized:
-    volume_uuid: str
+    volume_uuid: Uuid
     volume: str
     old_size: int
     new_size: int
@@ -69,7 +70,7 @@ class Resized:
 def resize_volume(
     ctx: DriverContext,
     *,
-    volume_uuid: str,
+    volume_uuid: Uuid,
     new_size: Bytes,
     host_ids: list[str],
     instance_name: str | None = None,

@@ -29,7 +29,7 @@ from cloudstack_storpool.driver.revert import refuse_running, revert_volume
 from cloudstack_storpool.driver.secondary import SecondaryLocation, agent_refusals
 from cloudstack_storpool.driver.undo import undo_and_fail
 from cloudstack_storpool.errors import NotFound, SpExists, SpNotFound, ValidationError
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import Uuid, check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.agentapi.client import AgentClient
@@ -91,7 +91,7 @@ class SnapshotDeleted:
 
 @dataclass(frozen=True)
 class Reverted:
-    volume_uuid: str
+    volume_uuid: Uuid
     volume: str
     snapshot: str
     iops: int
@@ -119,7 +119,7 @@ class VolumeFromSnapshot:
 
 @dataclass(frozen=True)
 class TemplateFromSnapshot:
-    template_uuid: str
+    template_uuid: Uuid
     pool: str
     name: str
     """The template's cached snapshot on this pool (`naming.template_cache`)."""
@@ -173,7 +173,7 @@ class BypassDecision:
     decided_by: str
 
 
-def bypass_decision(ctx: DriverContext, pool_uuid: str | None) -> BypassDecision:
+def bypass_decision(ctx: DriverContext, pool_uuid: Uuid | None) -> BypassDecision:
     """Keep the snapshot on StorPool only, or also back it up to secondary storage?
 
     Two keys say it, in opposite senses: the StorPool plugin's `sp.bypass.secondary.storage`
@@ -193,8 +193,8 @@ def bypass_decision(ctx: DriverContext, pool_uuid: str | None) -> BypassDecision
 def take_snapshot(
     ctx: DriverContext,
     *,
-    volume_uuid: str,
-    snapshot_uuid: str,
+    volume_uuid: Uuid,
+    snapshot_uuid: Uuid,
     secondary: SecondaryLocation | None = None,
     encrypted: bool = False,
 ) -> SnapshotInfo:
@@ -240,7 +240,7 @@ def take_snapshot(
                         bypass, decision.decided_by, backup, recovered)
 
 
-def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str, path: str | None = None) -> SnapshotDeleted:
+def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: Uuid, path: str | None = None) -> SnapshotDeleted:
     """Force-detach everywhere, then delete. Already gone is success (the state asked for).
 
     `path` is what CloudStack stored for the snapshot (`/dev/storpool-byid/<globalId>`); without
@@ -257,7 +257,7 @@ def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: str, path: 
     return SnapshotDeleted(snapshot_uuid.lower(), name, existed)
 
 
-def revert_snapshot(ctx: DriverContext, *, volume_uuid: str, snapshot_uuid: str, path: str | None = None) -> Reverted:
+def revert_snapshot(ctx: DriverContext, *, volume_uuid: Uuid, snapshot_uuid: Uuid, path: str | None = None) -> Reverted:
     """Roll a volume back to one of its snapshots, keeping its iops limit and tags.
 
     `path` is the snapshot's path as CloudStack stored it (else the project's name, then the
@@ -289,8 +289,8 @@ def volume_from_snapshot(
     ctx: DriverContext,
     *,
     pool: str,
-    snapshot_uuid: str,
-    volume_uuid: str,
+    snapshot_uuid: Uuid,
+    volume_uuid: Uuid,
     size: int | None = None,
     volume_type: str = offerings.DATADISK,
     disk_offering_id: str | None = None,
@@ -364,7 +364,7 @@ class _NewVolume:
                                   recovered, self.template, self.iops, self.qos_class, agent)
 
 
-def _clone_snapshot(new: _NewVolume, snapshot_uuid: str, path: str | None, size: int | None,
+def _clone_snapshot(new: _NewVolume, snapshot_uuid: Uuid, path: str | None, size: int | None,
                     secondary: SecondaryLocation | None) -> VolumeFromSnapshot | None:
     """The volume as a child of the StorPool snapshot (found by `path`, the project's name or
     the Java plugin's tags); None when the snapshot is gone and its secondary copy can stand in."""
@@ -403,7 +403,7 @@ def _restore_from_secondary(ctx: DriverContext, spec: PoolSpec, new: _NewVolume,
     return new.result(made.name, made.global_id, "secondary", int(res.get("virtual_size", 0)), made.recovered, agent)
 
 
-def _source_volume_of(ctx: DriverContext, snapshot_uuid: str) -> Volume | None:
+def _source_volume_of(ctx: DriverContext, snapshot_uuid: Uuid) -> Volume | None:
     cs_snap = ctx.cloudstack.snapshot(snapshot_uuid)
     if cs_snap is None or not cs_snap.volume_id:
         return None
@@ -425,9 +425,9 @@ def template_from_snapshot(
     ctx: DriverContext,
     *,
     pool: str,
-    template_uuid: str,
-    snapshot_uuid: str | None = None,
-    volume_uuid: str | None = None,
+    template_uuid: Uuid,
+    snapshot_uuid: Uuid | None = None,
+    volume_uuid: Uuid | None = None,
     secondary: SecondaryLocation | None = None,
     snapshot_path: str | None = None,
 ) -> TemplateFromSnapshot:
@@ -462,7 +462,7 @@ def template_from_snapshot(
                                 str(from_volume or from_snapshot), copy, not cached.filled)
 
 
-def _template_source_volume(ctx: DriverContext, spec: PoolSpec, volume_uuid: str | None) -> str | None:
+def _template_source_volume(ctx: DriverContext, spec: PoolSpec, volume_uuid: Uuid | None) -> str | None:
     """The StorPool name of the volume a template is made from; it must be on the pool's cluster."""
     if volume_uuid is None:
         return None

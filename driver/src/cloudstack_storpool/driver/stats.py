@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
 from cloudstack_storpool.poolconfig import PoolSpec
+from cloudstack_storpool.uuids import Uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -215,7 +216,7 @@ def pool_stats(ctx: DriverContext, pool: str | None = None, *, cache: StatsCache
     return [r for r in rows if spec is None or r.uuid == spec.uuid]
 
 
-def volume_stats(ctx: DriverContext, pool: str | None = None, volume_uuid: str | None = None, *,
+def volume_stats(ctx: DriverContext, pool: str | None = None, volume_uuid: Uuid | None = None, *,
                  path: str | None = None, cache: StatsCache | None = None) -> list[VolumeStats]:
     """Allocated and stored bytes and the IOPS limit of the volumes of `pool` (default: every
     pool), or of one CloudStack volume: by uuid, or by the path CloudStack stores

@@ -39,7 +39,7 @@ from cloudstack_storpool.driver.spclusters import Target
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created, StorPoolConn
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import Uuid, check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -57,7 +57,7 @@ volume found by name is ours only if it carries our value (it may be another dri
 
 @dataclass(frozen=True)
 class CachedTemplate:
-    template_uuid: str
+    template_uuid: Uuid
     pool: str
     name: str
     global_id: str
@@ -66,20 +66,20 @@ class CachedTemplate:
     """True when this call made the cache (a fill), False when it was already there."""
 
 
-def cache_name(template_uuid: str, pool: PoolSpec, where: Target | None = None) -> str:
+def cache_name(template_uuid: Uuid, pool: PoolSpec, where: Target | None = None) -> str:
     """The pool's cache in its own StorPool cluster, or in the cluster `where` names."""
     return naming.template_cache(template_uuid, pool.key, where.sp_cluster if where else None)
 
 
-def fill_name(template_uuid: str, pool: PoolSpec, where: Target | None = None) -> str:
+def fill_name(template_uuid: Uuid, pool: PoolSpec, where: Target | None = None) -> str:
     return naming.template_fill(template_uuid, pool.key, where.sp_cluster if where else None)
 
 
-def _cached_from(summary: Any, template_uuid: str, pool: PoolSpec, filled: bool = False) -> CachedTemplate:
+def _cached_from(summary: Any, template_uuid: Uuid, pool: PoolSpec, filled: bool = False) -> CachedTemplate:
     return CachedTemplate(template_uuid, pool.uuid, summary.name, summary.global_id, int(summary.size), filled)
 
 
-def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: str, where: Target | None = None) -> SpSnapshot | None:
+def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: Uuid, where: Target | None = None) -> SpSnapshot | None:
     """The project's cache by its name (one Snapshot read); else, on a pool the Java plugin
     initialised, the cache the Java plugin made (it is used as is: no second copy). The Java
     plugin caches in the pool's own cluster only."""
@@ -89,7 +89,7 @@ def _find(conn: StorPoolConn, spec: PoolSpec, template_uuid: str, where: Target 
     return found
 
 
-def cached(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> CachedTemplate | None:
+def cached(ctx: DriverContext, pool: PoolSpec | str, template_uuid: Uuid) -> CachedTemplate | None:
     """The cached snapshot of a template on a pool, if there is one."""
     spec = pools.resolve(ctx, pool)
     snap = _find(ctx.conn(spec), spec, template_uuid)
@@ -103,7 +103,7 @@ def list_cached(ctx: DriverContext, pool: PoolSpec | str) -> list[CachedTemplate
     return [_cached_from(s, s.tags.get(tags.UUID, ""), spec) for s in found]
 
 
-def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, *, path: str | None = None) -> bool:
+def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: Uuid, *, path: str | None = None) -> bool:
     """Delete a template's cache on a pool (the project's or the Java plugin's); False when
     there was none. Volumes cloned from it keep their data (StorPool keeps a deleted snapshot
     until its last child is gone).
@@ -162,7 +162,7 @@ def _round_up(n: int, to: int = 512) -> int:
 def ensure_cached(
     ctx: DriverContext,
     pool: PoolSpec | str,
-    template_uuid: str,
+    template_uuid: Uuid,
     *,
     source: TemplateSource | None = None,
     size: int | None = None,
@@ -347,11 +347,11 @@ def _copy_and_snapshot(
         return None
 
 
-def cache_from_snapshot(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, snapshot: str) -> CachedTemplate:
+def cache_from_snapshot(ctx: DriverContext, pool: PoolSpec | str, template_uuid: Uuid, snapshot: str) -> CachedTemplate:
     """A template made from a StorPool snapshot: cache it without copying any data."""
     return ensure_cached(ctx, pool, template_uuid, from_snapshot=snapshot)
 
 
-def cache_from_volume(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, volume: str) -> CachedTemplate:
+def cache_from_volume(ctx: DriverContext, pool: PoolSpec | str, template_uuid: Uuid, volume: str) -> CachedTemplate:
     """A template made from a StorPool volume: cache a clone of it without copying any data."""
     return ensure_cached(ctx, pool, template_uuid, from_volume=volume)

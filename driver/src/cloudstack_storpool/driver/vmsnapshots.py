@@ -22,7 +22,7 @@ from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, restore_tags, revert_volume
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import Uuid, check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.records import VirtualMachine
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Member:
-    volume_uuid: str
+    volume_uuid: Uuid
     volume: str
     snapshot: str
     global_id: str
@@ -45,7 +45,7 @@ class Member:
 @dataclass(frozen=True)
 class VMSnapshotInfo:
     uuid: str
-    vm_uuid: str
+    vm_uuid: Uuid
     members: list[Member]
     recovered: bool
 
@@ -53,7 +53,7 @@ class VMSnapshotInfo:
 @dataclass(frozen=True)
 class VMSnapshotReverted:
     uuid: str
-    vm_uuid: str
+    vm_uuid: Uuid
     volumes: list[str]
     """CloudStack uuids of the disks restored."""
 
@@ -61,12 +61,12 @@ class VMSnapshotReverted:
 @dataclass(frozen=True)
 class VMSnapshotDeleted:
     uuid: str
-    vm_uuid: str
+    vm_uuid: Uuid
     deleted: list[str]
     """StorPool names of the member snapshots that were removed (already gone ones are not listed)."""
 
 
-def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[LocatedVolume]]:
+def _disks(ctx: DriverContext, vm_uuid: Uuid) -> tuple[VirtualMachine, list[LocatedVolume]]:
     """The VM and its disks, all of which must be on StorPool pools of one cluster (one group call)."""
     check_uuid(vm_uuid, "vm_uuid")
     vm = ctx.cloudstack.vm(vm_uuid)
@@ -88,12 +88,12 @@ def _disks(ctx: DriverContext, vm_uuid: str) -> tuple[VirtualMachine, list[Locat
     return vm, disks
 
 
-def _member(vm_snapshot_uuid: str, disk: LocatedVolume, snapshot: str, global_id: str) -> Member:
+def _member(vm_snapshot_uuid: Uuid, disk: LocatedVolume, snapshot: str, global_id: str) -> Member:
     return Member(disk.uuid, disk.name, snapshot, global_id, names.BYID_PREFIX + global_id)
 
 
 def take_vm_snapshot(
-    ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: str, memory: bool = False,
+    ctx: DriverContext, *, vm_uuid: Uuid, vm_snapshot_uuid: Uuid, memory: bool = False,
 ) -> VMSnapshotInfo:
     """One VolumesGroupSnapshot over every disk of the VM, tagged `uuid`, `cvm`, `cs=group`."""
     if memory:
@@ -134,7 +134,7 @@ def _existing_members(conn: StorPoolConn, key: str, disks: list[LocatedVolume], 
     return members
 
 
-def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: str) -> VMSnapshotReverted:
+def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: Uuid, vm_snapshot_uuid: Uuid) -> VMSnapshotReverted:
     """Restore every disk of a stopped VM to the snapshot's instant, keeping iops and tags.
 
     Every member is checked to exist before any disk is touched, so a snapshot missing a disk
@@ -170,7 +170,7 @@ def revert_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: st
     return VMSnapshotReverted(key, vm_uuid.lower(), [d.uuid for d, _, _ in plan])
 
 
-def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: str, vm_snapshot_uuid: str) -> VMSnapshotDeleted:
+def delete_vm_snapshot(ctx: DriverContext, *, vm_uuid: Uuid, vm_snapshot_uuid: Uuid) -> VMSnapshotDeleted:
     """Force-detach and delete every member; members already gone are fine.
 
     Members are found by name from the VM's disks (no listing of the whole cluster). When the

@@ -24,7 +24,7 @@ from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.errors import Conflict, NotFound, SpExists, SpNotFound, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.spconn import Created, StorPoolConn
-from cloudstack_storpool.uuids import check_uuid
+from cloudstack_storpool.uuids import Uuid, check_uuid
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -56,14 +56,14 @@ def vm_tags_for(ctx: DriverContext, vm_id: str, device_id: int | None) -> dict[s
     return names.tags(out, "vm.tags")
 
 
-def _existing(conn: StorPoolConn, spec: PoolSpec, name: str, volume_uuid: str) -> VolumeInfo:
+def _existing(conn: StorPoolConn, spec: PoolSpec, name: str, volume_uuid: Uuid) -> VolumeInfo:
     """A create met `objectExists`: it is ours (a retry) only if it carries our uuid."""
     found = identity.existing_volume(conn, name, volume_uuid)
     log.info("volume %s already exists (a retried create): returning it", name)
     return identity.info(found, spec)
 
 
-def _created(created: Created, spec: PoolSpec, volume_uuid: str, size: int | None, placement: Placement,
+def _created(created: Created, spec: PoolSpec, volume_uuid: Uuid, size: int | None, placement: Placement,
              vtags: dict[str, str]) -> VolumeInfo:
     return VolumeInfo(
         uuid=volume_uuid, pool=spec.uuid, name=created.name, global_id=created.global_id, path=created.path,
@@ -77,7 +77,7 @@ def _created(created: Created, spec: PoolSpec, volume_uuid: str, size: int | Non
 def create(
     ctx: DriverContext,
     pool: PoolSpec | str,
-    volume_uuid: str,
+    volume_uuid: Uuid,
     size: int,
     *,
     volume_type: str = offerings.DATADISK,
@@ -112,8 +112,8 @@ def create(
 def create_from_template(
     ctx: DriverContext,
     pool: PoolSpec | str,
-    volume_uuid: str,
-    template_uuid: str,
+    volume_uuid: Uuid,
+    template_uuid: Uuid,
     *,
     size: int | None = None,
     source: TemplateSource | None = None,
@@ -178,7 +178,7 @@ def _delete_after(ctx: DriverContext, spec: PoolSpec) -> int:
     return int(value) if isinstance(value, int) and value > 0 else 0
 
 
-def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: str | None = None) -> DeleteResult:
+def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: Uuid, *, path: str | None = None) -> DeleteResult:
     """VolumeDelete `onAttached=detachForce`; a missing volume is success. With
     `storpool.delete.after.interval` > 0 (pool scope) a snapshot tagged `cs=delayDelete` with
     `deleteAfter` is taken first, so the data can be recovered for that long."""
@@ -207,7 +207,7 @@ def delete(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: 
 def change_offering(
     ctx: DriverContext,
     pool: PoolSpec | str,
-    volume_uuid: str,
+    volume_uuid: Uuid,
     *,
     path: str | None = None,
     volume_type: str = offerings.DATADISK,
@@ -238,7 +238,7 @@ def _update_tags(ctx: DriverContext, spec: PoolSpec, target: str, new: dict[str,
         raise NotFound(f"volume: {what} does not exist on pool {spec.name}") from None
 
 
-def attached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, vm_id: str, device_id: int,
+def attached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: Uuid, *, vm_id: str, device_id: int,
              path: str | None = None) -> dict[str, str]:
     """CloudStack attached the volume to `vm_id` as disk `device_id`: tag `cvm`, `disk` and the
     VM's `vc-policy`. Returns the tags written."""
@@ -251,7 +251,7 @@ def attached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, vm_i
     return new
 
 
-def detached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: str, *, path: str | None = None) -> bool:
+def detached(ctx: DriverContext, pool: PoolSpec | str, volume_uuid: Uuid, *, path: str | None = None) -> bool:
     """CloudStack detached the volume: remove `cvm`, `disk`, `vc-policy`. False if it is gone."""
     spec = pools.resolve(ctx, pool)
     target = ref(volume_uuid=volume_uuid, path=path)

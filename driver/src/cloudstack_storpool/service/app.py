@@ -50,7 +50,7 @@ from cloudstack_storpool.errors import (
     StorPoolError,
     ValidationError,
 )
-from cloudstack_storpool.httpjson import JsonHandler, TokenServer, serve_in_thread
+from cloudstack_storpool.httpjson import JsonHandler, Routes, TokenServer, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
 from cloudstack_storpool.logs import Redactor
 from cloudstack_storpool.poolconfig import load_pools
@@ -75,7 +75,6 @@ def _request_id() -> str:
     return f"req-{_REQUEST_PREFIX}{next(_REQUEST_COUNT):06x}"
 
 
-_JOB_PATH = re.compile(r"^/v1/jobs/([^/]+)$")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
@@ -195,8 +194,6 @@ class ServiceServer(TokenServer):
 
 class _Handler(JsonHandler):
     server: ServiceServer
-    server_version = "cloudstack-storpool-service"
-    sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:
         # The request line and status only: headers carry the token and are never logged.
@@ -216,17 +213,23 @@ class _Handler(JsonHandler):
         except (ValueError, RecursionError):
             raise ValidationError("body", "not valid JSON") from None
 
-    def _dispatch(self, method: str) -> None:
-        if not self._auth():
-            return
+    def handle(self) -> None:
+        """Route an authenticated request: the service's own routes (`ROUTES`), then the
+        operation table."""
+        method = self.command
         try:
             parts = urlsplit(self.path)
             path, query = parts.path, parse_qs(parts.query, keep_blank_values=True, max_num_fields=100)
         except ValueError:
             self._error(400, "invalid", "malformed request target", "path")
             return
-        builtin = self._builtin(method, path)
-        if builtin:
+        own, groups, own_allowed = ROUTES.resolve(method, path)
+        if own is not None:
+            own(self, *groups)
+            return
+        if own_allowed:
+            self._error(405, "method-not-allowed", f"{method} is not allowed here",
+                        headers={"Allow": ", ".join(own_allowed)})
             return
         op, path_args, allowed = self.server.table.resolve(method, path)
         if op is None:
@@ -247,7 +250,7 @@ class _Handler(JsonHandler):
             self._start_job(op, args, body)
             return
         try:
-            with logs.context(_request_id(), logs.subject_of(args)), \
+            with logs.context(_request_id(), op.subject_of(args)), \
                     metrics.operation("service", op.name):
                 result = op.call(self.server.ctx, args, self.server.config)
                 metrics.record_result(op.name, result)
@@ -273,76 +276,49 @@ class _Handler(JsonHandler):
                 return to_json(result) if op.result_type is not None else None
 
         try:
-            job, created = self.server.jobs.submit(op.name, to_json(args), key, run, logs.subject_of(args))
+            job, created = self.server.jobs.submit(op.name, to_json(args), key, run, op.subject_of(args))
         except Exception as exc:
             self._fail(exc, f"{op.name} job")
             return
         self._send(202 if created else 200, job.to_json(), {"Location": f"/v1/jobs/{job.id}"})
 
-    def _not_get(self, method: str) -> bool:
-        """The built-in routes answer GET only: anything else gets 405 here (and True)."""
-        if method == "GET":
-            return False
-        self._error(405, "method-not-allowed", f"{method} is not allowed here", headers={"Allow": "GET"})
-        return True
 
-    def _builtin(self, method: str, path: str) -> bool:
-        if path == "/metrics":
-            if not self._not_get(method):
-                metrics.send(self)
-            return True
-        if path == "/openapi.json":
-            if not self._not_get(method):
-                self.send_bytes(200, self.server.openapi())
-            return True
-        if path == "/v1/health":
-            if not self._not_get(method):
-                pools = [{"uuid": p.uuid, "name": p.name, "endpoint": p.endpoint, "template": p.template}
-                         for p in self.server.ctx.pools.pools]
-                self._send(200, {"status": "ok", "version": __version__, "pools": pools})
-            return True
-        if path == "/v1/jobs" or _JOB_PATH.match(path):
-            if self._not_get(method):
-                return True
-            if path == "/v1/jobs":
-                self._send(200, {"jobs": [j.to_json() for j in self.server.jobs.list()]})
-                return True
-            m = _JOB_PATH.match(path)
-            assert m is not None
-            job_id = m.group(1)
-            if not _JOB_ID.match(job_id):
-                self._error(400, "invalid", "a job id is 32 lower-case hex digits", "job_id")
-                return True
-            job = self.server.jobs.get(job_id)
-            if job is None:
-                self._error(404, "not-found", "no such job on this service process (job ids are per process)")
-            else:
-                self._send(200, job.to_json())
-            return True
-        return False
+ROUTES: Routes[_Handler] = Routes()
+"""The service's own routes (the driver operations come from the operation table)."""
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
 
-    def do_POST(self) -> None:
-        self._dispatch("POST")
+@ROUTES.add("GET", "/metrics")
+def _metrics(h: _Handler) -> None:
+    metrics.send(h)
 
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
 
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
+@ROUTES.add("GET", "/openapi.json")
+def _openapi(h: _Handler) -> None:
+    h.send_bytes(200, h.server.openapi())
 
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
 
-    def __getattr__(self, name: str) -> Any:
-        # Any other method (HEAD, OPTIONS, or made up) goes to the router too, which answers
-        # 405 or 404 after the token check.
-        if name.startswith("do_"):
-            method = name[3:]
-            return lambda: self._dispatch(method)
-        raise AttributeError(name)
+@ROUTES.add("GET", "/v1/health")
+def _health(h: _Handler) -> None:
+    pools = [{"uuid": p.uuid, "name": p.name, "endpoint": p.endpoint, "template": p.template}
+             for p in h.server.ctx.pools.pools]
+    h._send(200, {"status": "ok", "version": __version__, "pools": pools})
+
+
+@ROUTES.add("GET", "/v1/jobs")
+def _jobs(h: _Handler) -> None:
+    h._send(200, {"jobs": [j.to_json() for j in h.server.jobs.list()]})
+
+
+@ROUTES.add("GET", "/v1/jobs/([^/]+)")
+def _job(h: _Handler, job_id: str) -> None:
+    if not _JOB_ID.match(job_id):
+        h._error(400, "invalid", "a job id is 32 lower-case hex digits", "job_id")
+        return
+    job = h.server.jobs.get(job_id)
+    if job is None:
+        h._error(404, "not-found", "no such job on this service process (job ids are per process)")
+    else:
+        h._send(200, job.to_json())
 
 
 def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: int = 0, *,

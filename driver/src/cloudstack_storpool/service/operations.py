@@ -37,7 +37,7 @@ from cloudstack_storpool.service.spec import Operation, OperationTable, operatio
 OPERATIONS: tuple[Operation, ...] = (
     # -- pools ---------------------------------------------------------------------------------
     operation("GET /v1/pools", pools.list_pools, name="list_pools"),
-    operation("POST /v1/pools", pools.register, name="register_pool", bind=("pools_file",)),
+    operation("POST /v1/pools", pools.register, name="register_pool", bind=("pools_file",), subject="uuid"),
     operation("GET /v1/pools/{pool}", pools.describe, name="describe_pool"),
     operation("GET /v1/pools/{pool}/contents", pools.contents, name="pool_contents"),
     operation("DELETE /v1/pools/{pool}", pools.remove, name="remove_pool", bind=("pools_file",)),
@@ -54,7 +54,7 @@ OPERATIONS: tuple[Operation, ...] = (
     operation("POST /v1/volumes/from-template", volumes.create_from_template, name="create_volume_from_template",
               job=True),
     operation("POST /v1/volumes/from-snapshot", snapshots.volume_from_snapshot, name="create_volume_from_snapshot",
-              job=True),
+              job=True, subject="volume_uuid"),
     operation("POST /v1/volumes/import", migration.import_volume, name="import_volume", job=True),
     operation("GET /v1/volumes/{volume_uuid}", identity.get, name="get_volume"),
     operation("DELETE /v1/volumes/{volume_uuid}", volumes.delete, name="delete_volume"),
@@ -73,11 +73,11 @@ OPERATIONS: tuple[Operation, ...] = (
     operation("POST /v1/templates/from-snapshot", snapshots.template_from_snapshot,
               name="create_template_from_snapshot", job=True),
     # -- VM snapshots --------------------------------------------------------------------------
-    operation("POST /v1/vm-snapshots", vmsnapshots.take_vm_snapshot, name="take_vm_snapshot"),
+    operation("POST /v1/vm-snapshots", vmsnapshots.take_vm_snapshot, name="take_vm_snapshot", subject="vm_snapshot_uuid"),
     operation("POST /v1/vm-snapshots/{vm_snapshot_uuid}/revert", vmsnapshots.revert_vm_snapshot,
-              name="revert_vm_snapshot"),
+              name="revert_vm_snapshot", subject="vm_snapshot_uuid"),
     operation("DELETE /v1/vm-snapshots/{vm_snapshot_uuid}", vmsnapshots.delete_vm_snapshot,
-              name="delete_vm_snapshot"),
+              name="delete_vm_snapshot", subject="vm_snapshot_uuid"),
     # -- KVM hosts: disks, migration, HA hand-over, host connect (driver/connect.py, ha.py, ...) --
     operation("POST /v1/hosts/{host_id}/connected", hostconnect.host_connected, name="host_connected"),
     operation("POST /v1/hosts/{host_id}/disks/connect", connect.connect_physical_disk, name="connect_physical_disk"),
@@ -97,10 +97,10 @@ OPERATIONS: tuple[Operation, ...] = (
     operation("POST /v1/heartbeat/check", hosts.check_hosts, name="heartbeat_check"),
     operation("GET /v1/gc/plan", gc.plan, name="gc_plan", exclude=("report",)),
     # -- statistics (served from the periodic collections) -------------------------------------
-    operation("GET /v1/stats/pools", stats.pool_stats, name="pool_stats", bind=("cache",)),
+    operation("GET /v1/stats/pools", stats.pool_stats, name="pool_stats", bind=("cache",), subject="pool"),
     operation("GET /v1/stats/volumes", stats.volume_stats, name="volume_stats", bind=("cache",)),
     # -- deleted volumes (delay-delete backups) ------------------------------------------------
-    operation("GET /v1/deleted-volumes", recovery.deleted, name="list_deleted_volumes"),
+    operation("GET /v1/deleted-volumes", recovery.deleted, name="list_deleted_volumes", subject="pool"),
     operation("GET /v1/deleted-volumes/expired", recovery.expired, name="expired_deleted_volumes", bind=("tracker",)),
     operation("POST /v1/deleted-volumes/{volume_uuid}/restore", recovery.restore, name="restore_volume"),
 )

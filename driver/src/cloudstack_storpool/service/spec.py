@@ -22,6 +22,7 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from cloudstack_storpool.driver.context import DriverContext
+from cloudstack_storpool.driver.templates import TemplateSource
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import PoolSpec
 from cloudstack_storpool.service.schema import SchemaBuilder
@@ -34,13 +35,20 @@ from cloudstack_storpool.typedjson import (
     parse_fields,
     parse_query,
     resolve_hints,
+    union_args,
 )
+from cloudstack_storpool.uuids import Uuid
 
 Location = Literal["path", "query", "body"]
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 METHODS = frozenset({"GET", "DELETE", *BODY_METHODS})
 IDEMPOTENCY_FIELD = "idempotency_key"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+TYPE_CHECKING_NAMES: Mapping[str, Any] = {"DriverContext": DriverContext, "PoolSpec": PoolSpec,
+                                          "TemplateSource": TemplateSource}
+"""Types the driver's modules import only for type checkers (import cycles) and name in the
+signatures this table publishes: resolved here, explicitly. A new one fails the table at import
+(`cannot resolve`), naming the function and parameter."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,13 @@ class Operation:
     pattern: re.Pattern[str] = dataclasses.field(repr=False, compare=False)
     bound: tuple[str, ...] = ()
     """Parameters filled by the service from its configuration (see `operation(bind=...)`)."""
+    subject: str | None = None
+    """The parameter naming the CloudStack object the operation concerns (log lines and jobs
+    carry its value): see `operation(subject=...)`."""
+
+    def subject_of(self, args: Mapping[str, Any]) -> str | None:
+        value = args.get(self.subject) if self.subject is not None else None
+        return value if isinstance(value, str) and value else None
 
     @property
     def status(self) -> int:
@@ -144,7 +159,8 @@ class Operation:
 
 
 def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: str | None = None,
-              exclude: tuple[str, ...] = (), bind: tuple[str, ...] = (), tag: str | None = None) -> Operation:
+              exclude: tuple[str, ...] = (), bind: tuple[str, ...] = (), tag: str | None = None,
+              subject: str | None = None) -> Operation:
     """Publish `func(ctx, ...)` at `route` ("METHOD /path/{param}").
 
     `exclude` hides parameters that have defaults and make no sense over HTTP (callbacks,
@@ -154,7 +170,7 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
     """
     method, path = _split_route(route)
     where = f"{func.__module__}.{getattr(func, '__qualname__', repr(func))}"
-    hints = resolve_hints(func, {"DriverContext": DriverContext})
+    hints = resolve_hints(func, TYPE_CHECKING_NAMES)
     request_class, fields = _published_fields(func, hints, where, exclude, bind)
     params = _place(fields, path, method, where)
     if job and IDEMPOTENCY_FIELD in {p.name for p in params}:
@@ -168,7 +184,22 @@ def operation(route: str, func: Callable[..., Any], *, job: bool = False, name: 
         request_class=request_class, result_type=result_type,
         summary=" ".join(summary.split()) or op_name.replace("_", " "), description=description.strip(),
         tag=tag or _default_tag(path), pattern=_route_pattern(path), bound=tuple(bind),
+        subject=_subject(params, subject, where),
     )
+
+
+def _subject(params: tuple[Param, ...], explicit: str | None, where: str) -> str | None:
+    """The log subject's parameter: the one the table names (`subject=`), else the first of type
+    `Uuid` (the function's most specific object comes first in the driver's signatures), else
+    the first path placeholder. A rule of the types and the table, never of a name."""
+    if explicit is not None:
+        if explicit not in {p.name for p in params}:
+            raise TypeError(f"{where}: subject {explicit!r} is not a parameter")
+        return explicit
+    for p in params:
+        if Uuid in (p.type, *(union_args(p.type) or ())):
+            return p.name
+    return next((p.name for p in params if p.location == "path"), None)
 
 
 def _split_route(route: str) -> tuple[str, str]:
