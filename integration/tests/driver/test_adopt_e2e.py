@@ -22,6 +22,8 @@ from integration import javacloud
 from integration.javacloud import JavaCloud, JavaWire
 from integration.stack import LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 DATA = b"written by a guest"
 

@@ -16,6 +16,8 @@ from integration import processes
 from integration.stack import LocalStack, free_port
 from integration.tests.driver.test_hostside_e2e import MiB, _auth, _host, _vm_with_disks
 
+pytestmark = pytest.mark.root
+
 
 def _attached(sp: Any, gid: str) -> list[tuple[int, str]]:
     """The clients holding one volume and with which rights, as StorPool's AttachmentsList says."""

@@ -21,6 +21,8 @@ from integration.stack import LocalStack, new_uuid
 from integration.tests import javabuilt
 from integration.tests.javabuilt import JavaBuilt
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture
 def built(stack: LocalStack) -> JavaBuilt:
