@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from integration.cloudstack_sim.hypervisor import Hypervisor, NoGuests
+
 CONFIGURATION_FILE = Path(__file__).with_name("configuration.json")
 """CloudStack's configuration keys the plugin touches (name, Java type, default, scope...)."""
 
@@ -392,6 +394,7 @@ class CloudStackModel:
         self.calls: list[Call] = []
         # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
         self.plugin: StoragePlugin | None = None
+        self.hypervisor: Hypervisor = NoGuests()
         self.image_store: str | None = None
         """The image store's root as the KVM hosts see it (secondary storage)."""
         self.job_delay = 0.0

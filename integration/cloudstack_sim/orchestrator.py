@@ -128,6 +128,12 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
         return vm
 
 
+def _disk_paths(model: m.CloudStackModel, vm_id: str) -> list[str]:
+    """The VM's disks as the hypervisor gets them: the root first, then by device id."""
+    vols = sorted(vm_volumes(model, vm_id), key=lambda v: (v.type != "ROOT", v.device_id or 0))
+    return [v.path for v in vols if v.path]
+
+
 def vm_volumes(model: m.CloudStackModel, vm_id: str) -> list[m.Volume]:
     with model.lock:
         return sorted((v for v in model.volumes.values() if v.vm_id == vm_id), key=lambda v: v.device_id or 0)
@@ -261,6 +267,7 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
                     create_volume_on_pool(model, vol.id)
                 _tag_attached(model, model.volumes[vol.id], vm_id)
         _hand_over(model, vm_id, host)
+        model.hypervisor.vm_started(vm_id, host.id, _disk_paths(model, vm_id))
     except BaseException:
         with model.lock:
             vm.state = "Error" if first else "Stopped"
@@ -289,6 +296,7 @@ def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
         if vm.state == "Stopped":
             return
         host_id = vm.host_id
+    model.hypervisor.vm_stopped(vm_id)
     if host_id and any(v.path for v in vm_volumes(model, vm_id)):
         _let_go(model, "vm_stopped", vm_id=vm_id, host_id=host_id)
     with model.lock:
@@ -322,6 +330,7 @@ def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
         _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
         try:
             model.hypervisor_migrate(vm_id, host_id)
+            model.hypervisor.vm_migrated(vm_id, host_id, _disk_paths(model, vm_id))
         except m.ApiError as exc:
             _let_go(model, "finish_migration", **ends, succeeded=False)
             raise m.ApiError(f"Failed to migrate VM {vm.name} to host {host_id}: {exc.text}") from None
@@ -437,7 +446,10 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
     if vol.state == "Allocated":
         create_volume_on_pool(model, volume_id, _pool_for(model, vm_id, vm.zone_id).id)
     if vm.state == "Running" and vm.host_id:
-        _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=model.volumes[volume_id].path)
+        path = model.volumes[volume_id].path
+        _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=path)
+        if path:
+            model.hypervisor.disk_attached(vm_id, vm.host_id, path)
     with model.lock:
         vol.vm_id, vol.device_id = vm_id, device_id
         model.add_event("VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name}", vol.id, "Volume")
@@ -454,7 +466,8 @@ def detach_volume(model: m.CloudStackModel, volume_id: str) -> None:
         vol = model.volumes[volume_id]
         vm = model.vms.get(vol.vm_id or "")
         host_id = vm.host_id if vm is not None and vm.state == "Running" else None
-    if host_id and vol.path:
+    if host_id and vol.path and vm is not None:
+        model.hypervisor.disk_detached(vm.id, host_id, vol.path)
         _let_go(model, "disconnect_physical_disk", host_id=host_id, path=vol.path)
     with model.lock:
         vol.vm_id, vol.device_id = None, None
