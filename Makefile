@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup system venv test lint typecheck demo up down bench clean
+.PHONY: setup system venv test lint typecheck demo up down bench marvin clean
 
 setup: system venv
 
@@ -36,6 +36,9 @@ up: venv
 
 down: venv
 	$(BIN)/python -m integration down
+
+marvin: venv
+	$(BIN)/python -m integration marvin
 
 bench: venv
 	$(BIN)/python -m benchmarks
