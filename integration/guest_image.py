@@ -18,6 +18,7 @@ user libvirt runs QEMU as.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import shutil
@@ -209,11 +210,17 @@ def _password_hash(password: str) -> str:
     return _run("openssl", "passwd", "-6", password).strip()
 
 
+def _recipe() -> str:
+    """A short digest of how the image is made, so a changed recipe builds anew."""
+    parts = (INIT, INITTAB, RC, str(ROOTFS_MIB), ROOT_PASSWORD, *PACKAGES, *BOOT_MODULES)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:10]
+
+
 def build(cache: Path = CACHE) -> GuestImage:
     """The guest's kernel, initramfs and root filesystem, built once per kernel version."""
     kernel_pkg = _kernel_package()
     version = kernel_pkg.removeprefix("linux-image-")
-    out = cache / version
+    out = cache / f"{version}-{_recipe()}"
     image = GuestImage(out / "vmlinuz", out / "initrd.gz", out / "rootfs.raw", version)
     if image.rootfs.exists():
         return image
