@@ -67,6 +67,7 @@ def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str]], ssh_p
     <initrd>{escape(str(image.initrd))}</initrd>
     <cmdline>console=ttyS0 panic=-1</cmdline>
   </os>
+  <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>

@@ -30,6 +30,8 @@ def guest_stack(xfs_dir: Path) -> Iterator[LocalStack]:
             s.publish_template_images()
             yield s
     finally:
+        for console in (root / "consoles").glob("*.log"):  # the guests' consoles, for a failure's report
+            print(f"--- console {console.name}\n{console.read_text(errors='replace')[-3000:]}")
         shutil.rmtree(root, ignore_errors=True)
 
 
