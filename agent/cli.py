@@ -107,7 +107,7 @@ def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, tls_c
     from cloudstack_storpool.agent import partials
     from cloudstack_storpool.agent.hostconfig import read_agent_token
     from cloudstack_storpool.agent.server import AgentServer
-    from cloudstack_storpool.agent.tls import serving_context
+    from cloudstack_storpool.agent.tls import served_certificate, serving_context
     from cloudstack_storpool.daemon import serve_until_stopped, setup_logging
     from cloudstack_storpool.httpjson import parse_listen
     from cloudstack_storpool.logs import register_secret
@@ -119,7 +119,8 @@ def serve_cmd(listen: str | None, token_file: str | None, max_copies: int, tls_c
         host = _host_config(kw)
         address = parse_listen(listen or _default_listen(settings_file))
         tls = serving_context(address[0], tls_cert, tls_key, insecure_http=insecure_http)
-        server = AgentServer(address, token, _context_factory(host), max_copies=max_copies, tls=tls)
+        cert = served_certificate(tls_cert) if tls is not None and tls_cert else None
+        server = AgentServer(address, token, _context_factory(host), max_copies=max_copies, tls=tls, certificate=cert)
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

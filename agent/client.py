@@ -29,13 +29,19 @@ ProgressFn = Callable[[float], None]
 
 
 class AgentRequestError(AgentError):
-    """The agent refused or failed a command. `code`/`field` are the agent's; `status` is the
-    HTTP status (None when the job itself failed)."""
+    """The agent refused or failed a command, or could not be reached. `code`/`field` are the
+    agent's; `status` is the HTTP status (None when the job itself failed). `agent` names the
+    agent (the host's CloudStack id and the address dialled, when the client knows its host):
+    the error's text starts with it, so every answer built from it says which host failed;
+    `message` is the text without it."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str = "agent",
-                 field: str | None = None, job_id: str | None = None, applied: bool | None = None) -> None:
-        super().__init__(message)
+                 field: str | None = None, job_id: str | None = None, applied: bool | None = None,
+                 agent: str | None = None, host_id: str | None = None) -> None:
+        super().__init__(f"{agent}: {message}" if agent else message)
         self.message = message
+        self.agent = agent
+        self.host_id = host_id
         self.status = status
         self.code = code
         self.field = field
@@ -43,11 +49,19 @@ class AgentRequestError(AgentError):
         self.applied = applied
         """False when the agent confirmed the command changed nothing; None: not known."""
 
+    def during(self, what: str) -> AgentRequestError:
+        """The same failure, its message prefixed with the step it interrupted."""
+        return AgentRequestError(f"{what}: {self.message}", status=self.status, code=self.code, field=self.field,
+                                 job_id=self.job_id, applied=self.applied, agent=self.agent, host_id=self.host_id)
+
 
 class AgentClient:
     def __init__(self, base_url: str, token: str, timeout: float = 30.0, *, poll_interval: float = 0.5,
-                 post_retries: int = 3, session: requests.Session | None = None, ca_file: str | None = None) -> None:
+                 post_retries: int = 3, session: requests.Session | None = None, ca_file: str | None = None,
+                 host_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.host_id = host_id
+        """The CloudStack host this agent serves, when known: named in every error."""
         if self.base_url.startswith("https://") and not ca_file:
             raise ValueError("an https agent needs the CA file that signed its certificate")
         self._token = token
@@ -61,6 +75,14 @@ class AgentClient:
     def __repr__(self) -> str:  # never the token
         return f"AgentClient({self.base_url!r})"
 
+    @property
+    def name(self) -> str:
+        """How errors name this agent: its host's CloudStack id and the address dialled."""
+        return f"agent of host {self.host_id} ({self.base_url})" if self.host_id else f"agent {self.base_url}"
+
+    def _error(self, message: str, **kw: Any) -> AgentRequestError:
+        return AgentRequestError(message, agent=self.name, host_id=self.host_id, **kw)
+
     # --- transport -------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -72,10 +94,10 @@ class AgentClient:
         except requests.exceptions.SSLError as exc:
             reason = exc.args[0] if exc.args else exc
             reason = getattr(reason, "reason", reason)
-            raise AgentRequestError(f"agent {self.base_url}: TLS verification failed: {reason}", code="tls") from exc
+            raise self._error(f"TLS verification failed: {reason}", code="tls") from exc
         except requests.RequestException as exc:
-            raise AgentRequestError(f"agent {self.base_url} unreachable: {type(exc).__name__}", code="unreachable",
-                                    applied=False if _never_connected(exc) else None) from exc
+            raise self._error(f"unreachable: {type(exc).__name__}", code="unreachable",
+                              applied=False if _never_connected(exc) else None) from exc
         try:
             data = resp.json()
         except ValueError:
@@ -83,7 +105,7 @@ class AgentClient:
         if resp.status_code >= 400:
             err = (data or {}).get("error") if isinstance(data, dict) else None
             err = err or {}
-            raise AgentRequestError(
+            raise self._error(
                 str(err.get("message") or f"HTTP {resp.status_code}"), status=resp.status_code,
                 code=str(err.get("code") or "agent"), field=err.get("field"),
             )
@@ -148,8 +170,7 @@ class AgentClient:
                     # The job was accepted and may still be running there: its outcome is
                     # unknown, which is not "unreachable" (that would send the work to another
                     # host while this one may still be writing).
-                    raise AgentRequestError(f"lost contact with agent {self.base_url} while job {job_id} ran",
-                                            code="lost", job_id=job_id) from exc
+                    raise self._error(f"lost contact while job {job_id} ran", code="lost", job_id=job_id) from exc
                 time.sleep(self.poll_interval)
                 continue
             pct = float(job.get("progress") or 0.0)
@@ -161,14 +182,13 @@ class AgentClient:
                 return dict(job.get("result") or {})
             if state in ("failed", "cancelled"):
                 err = job.get("error") or {}
-                raise AgentRequestError(str(err.get("message") or state), code=str(err.get("code") or state),
-                                        field=err.get("field"), job_id=job_id,
-                                        applied=False if err.get("applied") is False else None)
+                raise self._error(str(err.get("message") or state), code=str(err.get("code") or state),
+                                  field=err.get("field"), job_id=job_id,
+                                  applied=False if err.get("applied") is False else None)
             if deadline is not None and time.monotonic() >= deadline:
                 with contextlib.suppress(AgentRequestError):
                     self.cancel(job_id)
-                raise AgentRequestError(f"job {job_id} did not finish within {timeout} s",
-                                        code="timeout", job_id=job_id)
+                raise self._error(f"job {job_id} did not finish within {timeout} s", code="timeout", job_id=job_id)
             time.sleep(self.poll_interval)
 
     def run(self, command: str, args: dict[str, Any], *, idempotency_key: str | None = None,

@@ -5,7 +5,7 @@ any method, must carry `Authorization: Bearer <token>`; the token is compared in
 and checked before the body is read, so an unauthenticated client cannot make the agent parse
 anything. Other methods are 405, unknown paths 404, both in JSON. Routes:
 
-  GET    /v1/facts          host facts (synchronous)
+  GET    /v1/facts          host facts (synchronous), with the served certificate's validity
   GET    /v1/heartbeat      the heartbeat loop's last status on this host (null before it ran)
   POST   /v1/jobs           {"command", "args", "idempotency_key"?} -> 202 job (200 if it existed)
   GET    /v1/jobs           all known jobs
@@ -28,6 +28,7 @@ from cloudstack_storpool import logs, metrics
 from cloudstack_storpool.agent.commands import Context, FactsRequest, RunControl, facts
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.jobs import JobManager, error_json
+from cloudstack_storpool.agent.tls import ServedCertificate
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.httpjson import JsonHandler, TokenServer, parse_listen, serve_in_thread
 from cloudstack_storpool.jobs import JOB_ID_PATTERN
@@ -70,10 +71,16 @@ class AgentServer(TokenServer):
     role = "agent"
 
     def __init__(self, address: tuple[str, int], token: str, context_factory: Callable[[], Context],
-                 *, max_copies: int = 2, tls: ssl.SSLContext | None = None) -> None:
+                 *, max_copies: int = 2, tls: ssl.SSLContext | None = None,
+                 certificate: ServedCertificate | None = None) -> None:
         super().__init__(address, token, _Handler, tls=tls)
         self.context_factory = context_factory
         self.jobs = JobManager(context_factory, max_copies=max_copies)
+        self.certificate = certificate
+        """The certificate `tls` serves (None: plain HTTP, or not told): in the facts and metrics."""
+        if certificate is not None:
+            metrics.agent_certificate(certificate.file, certificate.not_before.timestamp(),
+                                      certificate.not_after.timestamp())
 
     def shutdown_all(self) -> None:
         self.shutdown()
@@ -111,7 +118,9 @@ class _Handler(JsonHandler):
         if path == "/v1/facts":
             try:
                 ctx = self.server.context_factory()
-                self._send(200, facts(ctx, FactsRequest(), RunControl()))
+                cert = self.server.certificate
+                answer = facts(ctx, FactsRequest(), RunControl())
+                self._send(200, {**answer, "certificate": cert.to_json() if cert is not None else None})
             except Exception as exc:
                 self._error(500, "internal", str(exc))
             return

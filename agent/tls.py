@@ -8,13 +8,21 @@ agent: /etc/cloudstack/agent/cloud.crt and cloud.key, signed by CloudStack's CA)
 driver verifies that certificate against a CA file (CloudStack's CA: cloud.ca.crt) and the
 address it dials. Plain HTTP is served only on loopback, or behind `--insecure-http`, which
 warns at every start.
+
+Python's TLS loads a certificate outside its validity period without a word, and every client
+that verifies it (the driver first) then refuses the agent. So the period is read at start,
+warned about when the certificate is expired or not yet valid, and shown in the facts and the
+metrics, where an operator sees it before the driver's "TLS verification failed".
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.httpjson import is_loopback
@@ -67,3 +75,47 @@ def serving_context(listen_host: str, cert_file: str | None, key_file: str | Non
                                         "or pass --insecure-http")
     log.warning(INSECURE_WARNING)
     return None
+
+
+@dataclass(frozen=True)
+class ServedCertificate:
+    """The certificate the agent serves (the first one in its file) and its validity period."""
+
+    file: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    def problem(self, now: dt.datetime | None = None) -> str | None:
+        """Why the certificate is not valid at `now` (default: this moment), None when it is."""
+        now = now or dt.datetime.now(dt.UTC)
+        if now < self.not_before:
+            return f"not valid before {self.not_before.isoformat()}"
+        if now > self.not_after:
+            return f"expired at {self.not_after.isoformat()}"
+        return None
+
+    def to_json(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """The facts' `certificate` entry, judged at `now` (a long-running agent may cross notAfter)."""
+        problem = self.problem(now)
+        out: dict[str, Any] = {"file": self.file, "not_before": self.not_before.isoformat(),
+                               "not_after": self.not_after.isoformat(), "valid": problem is None}
+        if problem is not None:
+            out["problem"] = problem
+        return out
+
+
+def served_certificate(cert_file: str) -> ServedCertificate:
+    """The validity period of the certificate in `cert_file`; warned about when it does not hold now."""
+    from cryptography import x509  # here: the driver reads this module's constants and never needs it
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValidationError("tls_cert", f"cannot read the certificate in {cert_file}: {exc}") from None
+    out = ServedCertificate(cert_file, cert.not_valid_before_utc, cert.not_valid_after_utc)
+    problem = out.problem()
+    if problem is not None:
+        log.warning("TLS certificate %s is %s (notBefore %s, notAfter %s): clients that verify it, the driver "
+                    "among them, refuse this agent until it is replaced or the clock is right", cert_file, problem,
+                    out.not_before.isoformat(), out.not_after.isoformat())
+    return out

@@ -58,6 +58,13 @@ GC_DELETED = Counter("cssp_gc_deleted_total", "Objects garbage collection delete
 GC_ERRORS = Counter("cssp_gc_errors_total", "Objects garbage collection failed to delete", registry=REGISTRY)
 DELAY_DELETE_EXPIRED = Counter("cssp_delay_delete_expired_total", "Deleted volumes whose backup expired",
                                registry=REGISTRY)
+CERT_NOT_BEFORE = Gauge("cssp_agent_certificate_not_before_timestamp_seconds", "Start of the validity period "
+                        "(notBefore, Unix time) of the TLS certificate the agent serves", ["file"], registry=REGISTRY)
+CERT_NOT_AFTER = Gauge("cssp_agent_certificate_expiry_timestamp_seconds", "End of the validity period (notAfter, "
+                       "Unix time) of the TLS certificate the agent serves", ["file"], registry=REGISTRY)
+CERT_VALID = Gauge("cssp_agent_certificate_valid", "1 while the agent's TLS certificate is within its validity "
+                   "period (judged at each scrape), 0 when it is expired or not yet valid", ["file"],
+                   registry=REGISTRY)
 POOL_BYTES = Gauge("cssp_pool_bytes", "Pool capacity from the last collection, by kind (total, used, free, "
                    "provisioned, stored)", ["pool", "kind"], registry=REGISTRY)
 
@@ -128,6 +135,14 @@ def heartbeat_verdict(host: str, verdict: str, *, count: bool = True) -> None:
         HEARTBEAT_VERDICTS.labels(host, verdict).inc()
     for v in VERDICTS:
         HEARTBEAT_VERDICT.labels(host, v).set(1 if v == verdict else 0)
+
+
+def agent_certificate(file: str, not_before: float, not_after: float) -> None:
+    """The served certificate's validity period (Unix times); its validity is judged at each
+    scrape, so a certificate that expires while the agent runs shows it."""
+    CERT_NOT_BEFORE.labels(file).set(not_before)
+    CERT_NOT_AFTER.labels(file).set(not_after)
+    CERT_VALID.labels(file).set_function(lambda: 1.0 if not_before <= time.time() <= not_after else 0.0)
 
 
 def record_result(name: str, result: Any) -> None:

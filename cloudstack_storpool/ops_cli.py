@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +22,9 @@ from cloudstack_storpool.agent.hostconfig import AGENT_TOKEN_ENV
 from cloudstack_storpool.errors import ProjectError, ValidationError
 from cloudstack_storpool.poolconfig import POOLS_FILE_ENV
 from cloudstack_storpool.sizes import format_size, parse_size
+
+if TYPE_CHECKING:
+    from cloudstack_storpool.driver import adopt
 
 DEFAULT_POOLS = "/etc/cloudstack-storpool/pools.toml"
 
@@ -192,24 +195,41 @@ def pool_stats(pool: str | None, pools_file: str | None, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Change nothing; list what would be done.")
 @click.option("--delete-orphans", is_flag=True,
               help="Also delete the objects no live CloudStack object accounts for (never without this flag).")
+@click.option("--min-age", type=click.IntRange(min=0), default=None, metavar="SECONDS",
+              help="With --delete-orphans, spare orphans made less than this long before the run "
+                   "(default 3600).")
 @pools_opt
 @json_opt
-def pool_adopt(pool: str, dry_run: bool, delete_orphans: bool, pools_file: str | None, as_json: bool) -> None:
+def pool_adopt(pool: str, dry_run: bool, delete_orphans: bool, min_age: int | None, pools_file: str | None,
+               as_json: bool) -> None:
     """Make POOL's objects made by the Java plugin first-class (tag `pool`, the project's snapshot
     names) and list every object no live CloudStack object accounts for (orphans are only
-    listed unless --delete-orphans)."""
+    listed unless --delete-orphans; one CloudStack has again, or too young, is spared)."""
     from cloudstack_storpool.driver import adopt
 
     def go() -> Any:
-        report = adopt.adopt(build_context(pools_file), pool, dry_run=dry_run, delete_orphans=delete_orphans)
+        report = adopt.adopt(build_context(pools_file), pool, dry_run=dry_run, delete_orphans=delete_orphans,
+                             min_age=adopt.MIN_AGE if min_age is None else min_age)
         if as_json:
             return report
-        done = set(report.done)
-        return [{**dataclasses.asdict(a), "state": "error: " + report.errors[a.ref] if a.ref in report.errors
-                 else "done" if a.ref in done else "planned" if a.action == adopt.TAG or delete_orphans else "report"}
-                for a in report.actions]
+        return [{**dataclasses.asdict(a), "state": _adopt_state(report, a)} for a in report.actions]
 
     run(go, as_json, ["action", "kind", "ref", "cs", "uuid", "rename", "reason", "state"])
+
+
+def _adopt_state(report: adopt.AdoptReport, a: adopt.AdoptAction) -> str:
+    """One row's outcome: an orphan `--delete-orphans` spared says why."""
+    from cloudstack_storpool.driver import adopt
+
+    if a.ref in report.errors:
+        return "error: " + report.errors[a.ref]
+    if a.ref in report.spared:
+        return "spared: " + report.spared[a.ref]
+    if a.ref in report.done:
+        return "done"
+    if a.action == adopt.TAG or (a.action == adopt.ORPHAN and report.delete_orphans):
+        return "planned" if report.dry_run else "report"
+    return "report"
 
 
 @pool_group.command("register")
@@ -292,27 +312,33 @@ def volume_stats(pool: str | None, volume_uuid: str | None, pools_file: str | No
 @pools_opt
 @json_opt
 def volume_deleted(pool: str | None, pools_file: str | None, as_json: bool) -> None:
-    """Deleted volumes that can still be restored (their delay-delete backups), newest first."""
+    """Deleted volumes whose delay-delete backups StorPool still holds, newest first; NOT_RESTORABLE
+    says why `volume restore` cannot bring one back (empty: it can). A backup the Java plugin
+    made has no uuid: VOLUME_PATH names its volume (restore it with --path)."""
     from cloudstack_storpool.driver import recovery
 
     def go() -> list[dict[str, Any]]:
         return [{**dataclasses.asdict(d), "deleted": _when(d.deleted_at), "expires": _when(d.expires_at)}
                 for d in recovery.deleted(build_context(pools_file), pool)]
 
-    run(go, as_json, ["uuid", "backup", "size", "deleted", "expires"])
+    run(go, as_json, ["uuid", "volume_path", "backup", "size", "deleted", "expires", "not_restorable"])
 
 
 @volume_group.command("restore")
 @click.argument("pool")
 @click.argument("volume_uuid")
 @click.option("--backup", default=None, help="Restore from this backup (from `volume deleted`) instead of the newest.")
+@click.option("--path", default=None,
+              help="The volume's path as CloudStack kept it (VOLUME_PATH of `volume deleted`): finds the Java plugin's backups.")
 @pools_opt
 @json_opt
-def volume_restore(pool: str, volume_uuid: str, backup: str | None, pools_file: str | None, as_json: bool) -> None:
+def volume_restore(pool: str, volume_uuid: str, backup: str | None, path: str | None, pools_file: str | None,
+                   as_json: bool) -> None:
     """Bring deleted VOLUME_UUID back with the content it had when deleted (a new path: its globalId changes)."""
     from cloudstack_storpool.driver import recovery
 
-    run(lambda: recovery.restore(build_context(pools_file), pool, volume_uuid, backup=backup), as_json, VOLUME_COLUMNS)
+    run(lambda: recovery.restore(build_context(pools_file), pool, volume_uuid, backup=backup, path=path), as_json,
+        VOLUME_COLUMNS)
 
 
 def _when(stamp: int | None) -> str | None:
@@ -397,17 +423,23 @@ def volume_delete(pool: str, volume_uuid: str, pools_file: str | None, as_json: 
 @click.argument("volume_uuid")
 @click.argument("new_size", type=SIZE)
 @click.option("--shrink-ok", is_flag=True, help="Allow shrinking (data past the new end is lost).")
+@click.option("--host-id", "host_ids", multiple=True,
+              help="A host to tell, in the order to try (default: the VM's host while it runs, from CloudStack).")
 @pools_opt
 @token_opt
 @json_opt
-def volume_resize(volume_uuid: str, new_size: int, shrink_ok: bool, pools_file: str | None, agent_token_file: str | None,
-                  as_json: bool) -> None:
+def volume_resize(volume_uuid: str, new_size: int, shrink_ok: bool, host_ids: tuple[str, ...], pools_file: str | None,
+                  agent_token_file: str | None, as_json: bool) -> None:
     """Resize VOLUME_UUID to NEW_SIZE (10G, 10GiB or bytes); a running VM sees it at once (rolled back on failure)."""
     from cloudstack_storpool.driver import resize
 
-    run(lambda: resize.resize_volume(build_context(pools_file, agent_token_file), volume_uuid=volume_uuid,
-                                     new_size=new_size, shrink_ok=shrink_ok),
-        as_json, ["volume_uuid", "old_size", "new_size", "host_id", "notified", "capacity"])
+    def go() -> Any:
+        ctx = build_context(pools_file, agent_token_file)
+        running, instance = resize.running_placement(ctx, volume_uuid)
+        return resize.resize_volume(ctx, volume_uuid=volume_uuid, new_size=new_size, shrink_ok=shrink_ok,
+                                    host_ids=list(host_ids) or running, instance_name=instance)
+
+    run(go, as_json, ["volume_uuid", "old_size", "new_size", "host_id", "notified", "capacity"])
 
 
 @click.group("snapshot")

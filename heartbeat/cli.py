@@ -135,7 +135,10 @@ def run_cmd(storpool_conf: str | None, client_id: int | None, interval: float | 
 @click.option("--status-file", type=click.Path(dir_okay=False), default=DEFAULT_STATUS_FILE, show_default=True)
 def last_cmd(status_file: str) -> None:
     """Print this host's last heartbeat status (the loop's status file) as JSON."""
-    data = read_status(Path(status_file))
+    try:
+        data = read_status(Path(status_file))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{status_file} is not a heartbeat status: {exc}") from None
     if data is None:
         raise click.ClickException(f"{status_file} does not exist: is the heartbeat loop running?")
     click.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import math
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudstack_storpool.heartbeat.hostloop import DEFAULT_STATUS_FILE, SYSRQ_TRIGGER, read_status
+from cloudstack_storpool.heartbeat.hostloop import DEFAULT_STATUS_FILE, SYSRQ_TRIGGER, parse_status, read_status
 
 log = logging.getLogger("kvmspheartbeat")
 
@@ -43,17 +45,26 @@ class Decision:
     reason: str
 
 
+# What the rule reads; a status without one of them (or with one of the wrong type) is not a verdict.
+DECIDING_FIELDS = ("time", "interval", "result", "consecutive_down", "max_failures", "idle")
+
+
 def decide(status: dict[str, Any] | None, *, now: float, max_age: float | None = None) -> Decision:
-    """The whole rule, without I/O: reboot only on a fresh, confirmed, idle "fail"."""
+    """The whole rule, without I/O: reboot only on a fresh, confirmed, idle "fail".
+
+    A field that is not what the loop writes (NaN, Infinity, a string or a boolean where a number
+    belongs) makes the verdict unknown, never a reason to reboot: with `time: NaN` or
+    `interval: Infinity` every age would pass as fresh."""
     if status is None:
         return Decision(False, "no heartbeat status: is cloudstack-storpool-heartbeat running on this host?")
+    if max_age is not None and not (math.isfinite(max_age) and max_age > 0):
+        return Decision(False, f"the freshness limit must be a finite number of seconds > 0, not {max_age!r}")
     try:
-        when = float(status.get("time") or 0.0)
-        interval = float(status.get("interval") or 0.0)
-        down = int(status.get("consecutive_down") or 0)
-        needed = int(status.get("max_failures") or 0)
-    except (TypeError, ValueError):
-        return Decision(False, "the heartbeat status file cannot be read")
+        status = parse_status(status, required=DECIDING_FIELDS)
+    except ValueError as exc:
+        return Decision(False, f"the heartbeat status file cannot be read: {exc}")
+    when, interval = status["time"], status["interval"]
+    down, needed = status["consecutive_down"], status["max_failures"]
     limit = max_age if max_age is not None else max(3 * interval, MIN_MAX_AGE)
     age = now - when
     if when <= 0 or age > limit or age < -limit:
@@ -91,7 +102,8 @@ def _logging() -> None:
     log.propagate = False
 
 
-def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+def main(argv: list[str] | None = None, env: dict[str, str] | None = None,
+         clock: Callable[[], float] = time.time) -> int:
     args = sys.argv[1:] if argv is None else argv
     env = dict(os.environ) if env is None else env
     _logging()
@@ -105,14 +117,17 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         max_age = float(env["CSSP_HEARTBEAT_MAX_AGE"]) if env.get("CSSP_HEARTBEAT_MAX_AGE") else None
         sync_wait = float(env.get("CSSP_SYNC_WAIT", "5"))
     except ValueError:
-        log.error("CSSP_HEARTBEAT_MAX_AGE / CSSP_SYNC_WAIT must be numbers; refusing to reboot")
+        max_age = sync_wait = math.nan
+    if (max_age is not None and not (math.isfinite(max_age) and max_age > 0)) \
+            or not (math.isfinite(sync_wait) and sync_wait >= 0):
+        log.error("CSSP_HEARTBEAT_MAX_AGE must be a finite number > 0 and CSSP_SYNC_WAIT one >= 0; refusing to reboot")
         return REFUSED
     try:
         status = read_status(Path(status_file))
     except (OSError, ValueError) as exc:
         status = None
         log.error("cannot read %s: %s", status_file, exc)
-    decision = decide(status, now=time.time(), max_age=max_age)
+    decision = decide(status, now=clock(), max_age=max_age)
     if not decision.reboot:
         log.warning("CloudStack asked for a reboot; refused: %s", decision.reason)
         return REFUSED

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -36,9 +37,11 @@ from typing import Any
 
 from cloudstack_storpool import logs
 from cloudstack_storpool.agent.hostconfig import DEFAULT_HEARTBEAT_STATUS
+from cloudstack_storpool.errors import ValidationError
 from cloudstack_storpool.heartbeat.answers import ServicesSource, read_active_requests, read_services
 from cloudstack_storpool.heartbeat.policy import Verdict, first_look
 from cloudstack_storpool.names import MAX_CLIENT_ID, is_client_id
+from cloudstack_storpool.typedjson import parse
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,8 @@ class LoopConfig:
     status_file: Path = Path(DEFAULT_STATUS_FILE)
 
     def __post_init__(self) -> None:
-        if self.interval <= 0:
-            raise ValueError("interval must be > 0")
+        if not math.isfinite(self.interval) or self.interval <= 0:
+            raise ValueError("interval must be a finite number > 0")
         if self.max_failures < 1:
             raise ValueError("max_failures must be at least 1")
         if not is_client_id(self.client_id):
@@ -133,7 +136,7 @@ def write_status(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, sort_keys=True)
+            json.dump(data, fh, sort_keys=True, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -147,13 +150,62 @@ def write_status(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def read_status(path: Path) -> dict[str, Any] | None:
-    """The last status written, or None when the loop has not run yet."""
+# The status file's fields and their JSON types. A reader believes a field only when it has its
+# type: the drop-in reboots on `time`, `interval` and the counts, and Python's json module alone
+# gives NaN, Infinity, true (an int to Python) or a string for any of them.
+STATUS_FIELDS: dict[str, Any] = {
+    "time": float,
+    "interval": float,
+    "consecutive_failures": int,
+    "consecutive_down": int,
+    "max_failures": int,
+    "client_id": int,
+    "result": str,
+    "reason": str,
+    "idle": bool | None,
+}
+
+
+def parse_status(data: Any, *, required: Sequence[str] = ()) -> dict[str, Any]:
+    """The status as a reader may believe it: every field of STATUS_FIELDS that is present has
+    its type (numbers finite, integers 64-bit, booleans not counted as numbers), and `required`
+    ones are present. ValidationError names the first field that is not so."""
+    if not isinstance(data, dict):
+        raise ValidationError("status", f"must be a JSON object, not {type(data).__name__}")
+    for name in required:
+        if name not in data:
+            raise ValidationError(name, "is missing")
+    return {**data, **{name: parse(tp, data[name], name) for name, tp in STATUS_FIELDS.items() if name in data}}
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
+
+
+def loads_strict(text: str) -> Any:
+    """JSON as the standard defines it: Python's json module also takes NaN, Infinity and
+    numbers that overflow to infinity, which no writer of this project produces."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    """The last status written, or None when the loop has not run yet. A file that is not the
+    loop's (not JSON, not an object, a field of the wrong type) raises ValueError saying why."""
+    try:
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    return parse_status(loads_strict(text))
 
 
 def sysrq_reboot(enabled: bool, trigger: str = SYSRQ_TRIGGER) -> Callable[[str], None]:

@@ -1,6 +1,6 @@
 """A throw-away certificate authority for the local stack and the TLS tests: a CA, and server
 certificates it signs for chosen names, with chosen validity. Developer-only (needs the
-`cryptography` package from the test extras)."""
+`cryptography` package, which the agent also uses to read its certificate)."""
 
 from __future__ import annotations
 

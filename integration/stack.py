@@ -26,7 +26,7 @@ from typing import Any
 from cloudstack_storpool.agent.commands import Context
 from cloudstack_storpool.agent.hostconfig import HostConfig
 from cloudstack_storpool.agent.server import AgentServer
-from cloudstack_storpool.agent.tls import AGENT_CA_ENV, server_context
+from cloudstack_storpool.agent.tls import AGENT_CA_ENV, served_certificate, server_context
 from cloudstack_storpool.cloudstack.client import CloudStackClient
 from cloudstack_storpool.driver.agents import AgentDirectory
 from cloudstack_storpool.driver.context import DriverContext
@@ -205,7 +205,8 @@ class LocalStack:
         )
         conn = StorPoolConn(sp.host, sp.port, sp.token, our_id=client_id)
         server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn),
-                             tls=server_context(str(self.agent_cert.cert), str(self.agent_cert.key)))
+                             tls=server_context(str(self.agent_cert.cert), str(self.agent_cert.key)),
+                             certificate=served_certificate(str(self.agent_cert.cert)))
         thread = threading.Thread(target=server.serve_forever, name=f"agent-{host_name}", daemon=True)
         thread.start()
 

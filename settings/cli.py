@@ -77,7 +77,8 @@ def _show(value: SettingValue | None) -> str:
 
 def _describe(s: Setting) -> dict[str, Any]:
     return {"name": s.name, "type": s.type.value, "default": s.default, "scope": s.scope.value,
-            "dynamic": s.dynamic, "lives_in": s.home.value, "origin": s.origin.value, "category": s.category,
+            "dynamic": s.dynamic, "takes_effect": s.reading.value, "lives_in": s.home.value, "origin": s.origin.value,
+            "category": s.category,
             "choices": list(s.choices) or None, "description": s.description}
 
 
@@ -182,11 +183,12 @@ def set_cmd(name: str, value: str, settings_file: str | None, as_json: bool, **s
     where = str(store.file.path) if setting.home is Home.FILE else "cloudstack"
     if as_json:
         click.echo(json.dumps({"name": name, "value": stored, "dynamic": setting.dynamic,
+                               "takes_effect": setting.reading.value, "restart": setting.needs_restart,
                                "lives_in": setting.home.value, "where": where}))
         return
     click.echo(f"{name} = {_show(stored)}  ({where})")
-    if not setting.dynamic:
-        click.echo("note: this setting is read at start-up; restart the services to apply it")
+    if setting.set_note:
+        click.echo(f"note: {setting.set_note}")
 
 
 @settings_group.command("check")

@@ -72,6 +72,21 @@ class Origin(StrEnum):
     """The project's own; lives in the settings file."""
 
 
+class Reading(StrEnum):
+    """When the project reads a setting, which decides when a new value takes effect. CloudStack's
+    `dynamic` flag says how CloudStack's own ConfigKey behaves, not how this project reads it: a
+    key CloudStack marks not dynamic is still read by the driver on each use."""
+
+    EACH_USE = "next use"
+    """Read where it is used, through the settings cache (`storpool.settings.cache.seconds`)."""
+    EACH_CYCLE = "next cycle"
+    """Read by a periodic task before each wait: a new value applies once the wait begun ends."""
+    AT_START = "restart"
+    """Read once when a process starts (`read_by` names which)."""
+    NEVER = "not read"
+    """Kept for CloudStack and its StorPool plugin; this project does not read it."""
+
+
 class Home(StrEnum):
     """Where the value is read and written."""
 
@@ -137,6 +152,27 @@ class Setting:
     choices: tuple[str, ...] = ()
     validator: Validator | None = field(default=None, compare=False)
     unit: str = ""
+    reading: Reading = Reading.EACH_USE
+    read_by: str = ""
+    """For a setting read once at start: the processes that read it (and must be restarted)."""
+
+    @property
+    def needs_restart(self) -> bool:
+        """A new value applies only once the processes reading it restart: not dynamic, and read
+        once at their start."""
+        return not self.dynamic and self.reading is Reading.AT_START
+
+    @property
+    def set_note(self) -> str | None:
+        """What `settings set` tells the operator about when the new value applies (None: at
+        its next use, nothing to say)."""
+        if self.needs_restart:
+            return f"this setting is read at start-up by {self.read_by}: restart {self.read_by} to apply it"
+        if self.reading is Reading.EACH_CYCLE:
+            return "read by its periodic task before each wait: the new value applies from the next cycle"
+        if self.reading is Reading.NEVER:
+            return "this project does not read this setting"
+        return None
 
     @property
     def home(self) -> Home:
@@ -256,29 +292,32 @@ _SETTINGS: tuple[Setting, ...] = (
             "SP_TEMPLATE=template.", validator=_check_endpoint),
     _plugin("sp.cluster.location", STR, None, Scope.STORAGEPOOL, True,
             "StorPool location name of the pool's hosts (`storpool location list`), set by the Java "
-            "plugin's host listener; used to copy snapshots between locations. Not read by this project."),
+            "plugin's host listener; used to copy snapshots between locations. Not read by this project.", reading=Reading.NEVER),
     _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
             "API of this CloudStack cluster's StorPool cluster (multi-cluster): "
             "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token, in that order; the template is the pool's. "
             "Its creates go there."),
     _plugin("storpool.volumes.stats.interval", INT, 3600, Scope.GLOBAL, False,
-            "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s"),
+            "Seconds between collections of per-volume space statistics.", validator=at_least(0), unit="s",
+            reading=Reading.EACH_CYCLE),
     _plugin("storpool.storage.stats.interval", INT, 3600, Scope.GLOBAL, False,
-            "Seconds between collections of template (pool) space statistics.", validator=at_least(0), unit="s"),
+            "Seconds between collections of template (pool) space statistics.", validator=at_least(0), unit="s",
+            reading=Reading.EACH_CYCLE),
     _plugin("storpool.delete.after.interval", INT, 0, Scope.STORAGEPOOL, False,
             "Seconds a deleted volume stays recoverable (a snapshot with deleteAfter is kept); 0: delete "
             "at once.", validator=at_least(0), unit="s"),
     _plugin("storpool.list.snapshots.delete.after.interval", INT, 360, Scope.GLOBAL, False,
-            "Seconds between runs of the delay-delete snapshot sync.", validator=at_least(0), unit="s"),
+            "Seconds between runs of the delay-delete snapshot sync.", validator=at_least(0), unit="s",
+            reading=Reading.EACH_CYCLE),
     _plugin("storpool.volume.tags.checkup", INT, 86400, Scope.GLOBAL, False,
             "Seconds between scans for StorPool volumes CloudStack no longer knows.",
-            validator=at_least(0), unit="s"),
+            validator=at_least(0), unit="s", reading=Reading.EACH_CYCLE),
     _plugin("storpool.snapshot.tags.checkup", INT, 86400, Scope.GLOBAL, False,
             "Seconds between scans for StorPool snapshots CloudStack no longer knows.",
-            validator=at_least(0), unit="s"),
+            validator=at_least(0), unit="s", reading=Reading.EACH_CYCLE),
     _plugin("storpool.snapshot.recovery.from.remote.check", INT, 300, Scope.GLOBAL, False,
             "Seconds between checks of snapshots being recovered from a remote StorPool location.",
-            validator=at_least(0), unit="s"),
+            validator=at_least(0), unit="s", reading=Reading.NEVER),
     # --- CloudStack's own keys the project reads ---
     _cloudstack("kvm.ha.fence.on.storage.heartbeat.failure", BOOL, False, Scope.ZONE, False,
                 "True: one StorPool pool failing the heartbeat is enough to declare a host dead; false: "
@@ -288,45 +327,49 @@ _SETTINGS: tuple[Setting, ...] = (
                 "snapshots on primary only (SnapshotInfo).", category="Snapshots"),
     _cloudstack("kvm.ha.activity.check.interval", LONG, 60, Scope.CLUSTER, True,
                 "CloudStack: seconds between VM activity checks on a suspect host (KVMHAConfig).",
-                validator=at_least(1), unit="s"),
+                validator=at_least(1), unit="s", reading=Reading.NEVER),
     _cloudstack("kvm.ha.activity.check.max.attempts", LONG, 10, Scope.CLUSTER, True,
                 "CloudStack: activity checks before a suspect host is decided on (KVMHAConfig).",
-                validator=at_least(1)),
+                validator=at_least(1), reading=Reading.NEVER),
     _cloudstack("kvm.ha.activity.check.failure.ratio", DOUBLE, 0.7, Scope.CLUSTER, True,
                 "CloudStack: share of failed activity checks that marks a host as dead (KVMHAConfig).",
-                validator=between(0, 1)),
+                validator=between(0, 1), reading=Reading.NEVER),
     _cloudstack("kvm.ha.degraded.max.period", LONG, 300, Scope.CLUSTER, True,
                 "CloudStack: seconds a host may stay Degraded before HA recovers it (KVMHAConfig).",
-                validator=at_least(1), unit="s"),
+                validator=at_least(1), unit="s", reading=Reading.NEVER),
     # --- the project's own: the settings file on each machine ---
     _own("storpool.agent.port", INT, 8259,
          "TCP port of the KVM host agent: the port the agent listens on and the driver dials (a host's "
-         "`agent.port` detail overrides it for that host).", dynamic=False, validator=between(1, 65535)),
+         "`agent.port` detail overrides it for that host).", dynamic=False, validator=between(1, 65535),
+         reading=Reading.AT_START, read_by="the agents and the driver service"),
     _own("storpool.agent.timeout", INT, 60,
          "Seconds the driver waits for a short agent command (attach, detach, resize).",
-         validator=at_least(1), unit="s"),
+         validator=at_least(1), unit="s", reading=Reading.NEVER),
     _own("storpool.agent.copy.timeout", INT, 7200,
          "Seconds the driver waits for a copy on a host (qemu-img convert to or from secondary).",
          validator=at_least(1), unit="s"),
     _own("storpool.heartbeat.interval", INT, 10,
-         "Seconds between this host's storage heartbeat checks.", dynamic=False, validator=at_least(1), unit="s"),
+         "Seconds between this host's storage heartbeat checks.", dynamic=False, validator=at_least(1), unit="s",
+         reading=Reading.AT_START, read_by="the heartbeat loop"),
     _own("storpool.heartbeat.max.failures", INT, 3,
          "Consecutive failed heartbeat checks before the heartbeat action is taken.", dynamic=False,
-         validator=at_least(1)),
+         validator=at_least(1), reading=Reading.AT_START, read_by="the heartbeat loop"),
     _own("storpool.heartbeat.action", STR, "log",
          "What this host does when its own storage heartbeat fails past max.failures: none, log, alert "
          "(a CloudStack alert through generateAlert), reboot (hard reboot, the Java plugin's behaviour).",
-         dynamic=False, choices=("none", "log", "alert", "reboot")),
+         dynamic=False, choices=("none", "log", "alert", "reboot"),
+         reading=Reading.AT_START, read_by="the heartbeat loop"),
     _own("storpool.settings.cache.seconds", INT, 30,
          "Seconds a value read from CloudStack's configuration is reused before it is read again.",
-         dynamic=False, validator=at_least(0), unit="s"),
+         dynamic=False, validator=at_least(0), unit="s", reading=Reading.AT_START,
+         read_by="the driver service"),
     _own("storpool.template.fill.timeout", INT, 60,
          "Seconds a template fill may go without refreshing its liveness stamp (its owner does so every "
          "quarter of this while it copies) before another management server takes it over.",
          validator=at_least(5), unit="s"),
     _own("storpool.gc.interval", INT, 3600,
          "Seconds between garbage collection runs (cached templates of deleted templates, temporary "
-         "objects); 0 disables.", validator=at_least(0), unit="s"),
+         "objects); 0 disables.", validator=at_least(0), unit="s", reading=Reading.EACH_CYCLE),
     _own("storpool.gc.temporary.age", INT, 86400,
          "Seconds after which an object tagged cs=temporary is considered abandoned and removed.",
          validator=at_least(60), unit="s"),

@@ -92,3 +92,28 @@ def test_run_on_pool_skips_unreachable_agents_only(agent_server: AgentServer, wo
     with pytest.raises(AgentRequestError) as exc:
         d.run_on_pool(pool, failing)
     assert exc.value.code == "internal"
+
+
+def test_every_agent_failure_names_the_host_and_answers_502(agent_server: AgentServer, world: SimHandle) -> None:
+    """A command the agent ran and failed (its StorPool is unreachable here), a refusal, and an
+    agent that does not answer: each error's text starts with the host's CloudStack id and the
+    address dialled, and the service answers it 502 (never 500)."""
+    from cloudstack_storpool.service.app import error_response
+
+    live = add_host(world.model, "live", port=agent_server.server_address[1])
+    port = free_port()
+    dead = add_host(world.model, "dead", port=port)
+    d = AgentDirectory(world.client(), TOKEN, timeout=2)
+    d.for_host(dead.id).post_retries = 0
+    url = f"http://127.0.0.1:{agent_server.server_address[1]}"
+    failures = []
+    for call in (lambda: d.for_host(live.id).connect(volume="~a.b.c"),
+                 lambda: d.for_host(live.id).start("no-such-command", {}),
+                 lambda: d.for_host(dead.id).facts()):
+        with pytest.raises(AgentRequestError) as exc:
+            call()
+        failures.append(exc.value)
+    assert [str(e).startswith(f"agent of host {live.id} ({url}): ") for e in failures[:2]] == [True, True]
+    assert str(failures[2]).startswith(f"agent of host {dead.id} (http://127.0.0.1:{port}): unreachable")
+    assert [e.host_id for e in failures] == [live.id, live.id, dead.id]
+    assert [error_response(e)[0] for e in failures] == [502, 502, 502]

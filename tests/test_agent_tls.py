@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
 from cloudstack_storpool.agent.commands import Context
@@ -219,3 +220,49 @@ def test_agent_serve_refuses_plain_http_off_loopback(tmp_path: Path) -> None:
                                               "--client-id", "1", "--sp-host", "127.0.0.1", "--sp-port", "1"])
     assert result.exit_code != 0
     assert "--insecure-http" in result.output and "loopback" in result.output
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+@pytest.mark.parametrize("when", ["expired", "not-yet-valid", "valid"])
+def test_the_agent_says_when_its_certificate_is_outside_its_validity(tmp_path: Path, cas: tuple[TestCA, TestCA],
+                                                                      when: str) -> None:
+    """A real `agent serve` on a certificate its CA signed: expired or not yet valid, it warns at
+    start naming notBefore and notAfter, its facts say `valid: false` and why, and its metrics
+    show the period and 0; a valid one gets no warning, `valid: true` and 1."""
+    from integration import processes
+    from integration.stack import free_port
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    start, end = {"expired": (now - dt.timedelta(days=10), now - dt.timedelta(days=1)),
+                  "not-yet-valid": (now + dt.timedelta(days=1), now + dt.timedelta(days=10)),
+                  "valid": (now - dt.timedelta(days=1), now + dt.timedelta(days=10))}[when]
+    issued = cas[0].issue(when, not_before=start, not_after=end)
+    sp_token = tmp_path / "sp.token"
+    sp_token.write_text("t")
+    sp_token.chmod(0o600)
+    agent = processes.agent(client_id=1, sp_host="127.0.0.1", sp_port=free_port(), sp_token_file=str(sp_token),
+                            dev_root=str(tmp_path / "dev"), mount_root=str(tmp_path / "mnt"),
+                            secondary_root=str(tmp_path), status_file=str(tmp_path / "hb.json"), token=TOKEN,
+                            tls=issued)
+    with agent:
+        started = [line for line in agent.output if "TLS certificate" in line]
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        # Not verified here: an expired or not yet valid certificate cannot be (that is the point).
+        facts = requests.get(f"{agent.url}/v1/facts", headers=auth, verify=False, timeout=30).json()
+        scraped = requests.get(f"{agent.url}/metrics", headers=auth, verify=False, timeout=30).text
+    cert = facts["certificate"]
+    assert cert["file"] == str(issued.cert)
+    assert cert["not_before"] == start.isoformat() and cert["not_after"] == end.isoformat()
+    assert cert["valid"] is (when == "valid")
+    samples = {(s.name, s.labels.get("file")): s.value
+               for family in text_string_to_metric_families(scraped) for s in family.samples}
+    assert samples[("cssp_agent_certificate_not_before_timestamp_seconds", str(issued.cert))] == start.timestamp()
+    assert samples[("cssp_agent_certificate_expiry_timestamp_seconds", str(issued.cert))] == end.timestamp()
+    assert samples[("cssp_agent_certificate_valid", str(issued.cert))] == (1.0 if when == "valid" else 0.0)
+    if when == "valid":
+        assert started == [] and "problem" not in cert
+        return
+    assert len(started) == 1, agent.output
+    assert f"notBefore {start.isoformat()}" in started[0] and f"notAfter {end.isoformat()}" in started[0]
+    problem = f"expired at {end.isoformat()}" if when == "expired" else f"not valid before {start.isoformat()}"
+    assert cert["problem"] == problem and problem in started[0]

@@ -44,6 +44,31 @@ def test_deleted_template_caches_go_on_every_pool(env: Env) -> None:
     assert gc.run(env.ctx).planned == []
 
 
+def test_a_template_the_listing_does_not_show_keeps_its_caches(env: Env) -> None:
+    """CloudStack's listTemplates without an id skips project-owned templates (only a listing
+    with `projectid` shows them), while a lookup by id finds them. A cache whose template is
+    missing from the run's listing is the template of another filter, not a deleted one, until
+    CloudStack says so by id: its caches stay, on every pool, until the template is deleted."""
+    owned = env.cs.model.add_template("project-tmpl", 1 << 20, template_id=new_uuid(), project_id=new_uuid())
+    listed = env.add_template()
+    for t in (owned, listed):
+        volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)
+        volumes.create_from_template(env.ctx, env.pool_b, new_uuid(), t.id, source=SRC)
+    assert owned.id not in {t.id for t in env.ctx.cloudstack.templates()}  # the listing misses it
+    assert env.ctx.cloudstack.template(owned.id) is not None  # CloudStack has it
+
+    report = gc.run(env.ctx)
+    assert report.planned == [] and report.done == [] and report.errors == {}
+    assert report.kept_templates == 4
+    for pool in (env.pool, env.pool_b):
+        assert templates.cached(env.ctx, pool, owned.id) is not None
+
+    env.cs.model.delete_template(owned.id)
+    report = gc.run(env.ctx)
+    assert sorted(report.done) == sorted(templates.cache_name(owned.id, p) for p in (env.pool, env.pool_b))
+    assert templates.cached(env.ctx, env.pool, listed.id) is not None
+
+
 def test_cloudstack_unreachable_deletes_nothing(env: Env) -> None:
     t = env.add_template()
     volumes.create_from_template(env.ctx, env.pool, new_uuid(), t.id, source=SRC)

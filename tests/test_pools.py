@@ -12,6 +12,7 @@ import pytest
 from cloudstack_storpool.driver import pools, volumes
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
+from cloudstack_storpool.sprecords import SpSnapshot, SpVolume
 from tests.driver_harness import Env, new_uuid
 
 
@@ -79,3 +80,23 @@ def test_describe_and_remove(env: Env, tmp_path: Path) -> None:
     assert load_pools(path).pools == ()
     with pytest.raises(ValidationError):
         env.ctx.pool("p")
+
+
+def _tpl(gid: str, *, parent: str = "", on_volume: str = "") -> SpSnapshot:
+    return SpSnapshot(name=f"~{gid}", global_id=gid, size=1 << 20, template="nvme", parent=parent,
+                      tags={"uuid": "a2b3c4d5-0000-4000-8000-000000000001", "cs": "template", "vc-policy": "no"},
+                      on_volume=on_volume, kind="snapshot")
+
+
+def test_templates_kept_as_snapshots_are_told_from_caches() -> None:
+    """The Java plugin tags a template made from a volume and a pool's cache alike."""
+    user_volume = SpVolume(name="~u.1.1", global_id="u.1.1", size=1 << 20, tags={"cs": "volume"})
+    fill = SpVolume(name="~f.1.1", global_id="f.1.1", size=1 << 20, tags={"cs": "template"})
+    live = {v.ref: v for v in (user_volume, fill)}
+    kept = _tpl("k.1.1", on_volume="~u.1.9")                          # a volume's snapshot (volume deleted)
+    cache_of_kept = _tpl("c.1.1", parent="~k.1.1", on_volume="~c.1.1")  # cloned from it, frozen
+    frozen = _tpl("c.1.2", on_volume="~c.1.2")                        # filled from the image store, frozen
+    of_fill = _tpl("c.1.3", on_volume="~f.1.1")                       # a snapshot of a template volume
+    of_live_volume = _tpl("k.1.2", on_volume="~u.1.1")                # a snapshot of a user's live volume
+    found = [kept, cache_of_kept, frozen, of_fill, of_live_volume]
+    assert pools.templates_kept_as_snapshots(found, live.get) == {"k.1.1", "k.1.2"}

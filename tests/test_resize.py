@@ -19,62 +19,99 @@ from tests.driver_harness import Env, MiB, new_uuid
 
 def vm(env: Env, name: str) -> tuple[str, str, str]:
     v = next(v for v in env.cs.model.vms.values() if v.name == name)
-    return v.id, v.instance_name, str(v.host_id)
+    return v.id, v.instance_name, str(v.host_id or v.last_host_id)
 
 
-def test_grow_detached_volume_touches_no_agent(env: Env) -> None:
+def test_no_host_given_touches_no_agent(env: Env) -> None:
+    """A volume without a VM (or whose VM never ran): CloudStack hands no host."""
     vid, ref = env.volume(8 * MiB)
-    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=[], instance_name="none")
     assert env.conn.volume(ref).size == 16 * MiB
     assert res.host_id is None and not res.notified and res.old_size == 8 * MiB
     assert env.agents.all_calls() == []
 
 
-def test_running_vm_goes_to_its_host(env: Env) -> None:
+def test_the_given_host_is_told(env: Env) -> None:
     vm_id, instance, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id)
-    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=24 * MiB)
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=24 * MiB, host_ids=[host], instance_name=instance)
     assert res.host_id == host and res.notified
     assert env.agents.by_host[host].calls == [("resize", {"volume": ref, "size": 24 * MiB, "vm": instance})]
     other = [h for h in env.agents.by_host if h != host]
     assert all(not env.agents.by_host[h].calls for h in other)
 
 
-def test_stopped_vm_is_resized_on_storpool_only(env: Env) -> None:
-    """A stopped VM is on no host (CloudStack tells no last host): no agent, as in the Java plugin."""
-    vm_id, _, _ = vm(env, "vm2")
+def test_a_stopped_vm_s_last_host_is_told(env: Env) -> None:
+    """The public API shows no last host of a stopped VM; the caller (CloudStack) hands it, and
+    the driver tells that host rather than none."""
+    vm_id, instance, _ = vm(env, "vm1")
+    last = env.cs.model.vms[vm_id].host_id
+    assert last is not None
+    env.cs.model.stop_vm(vm_id)
     vid, ref = env.volume(8 * MiB, vm_id=vm_id)
-    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=[last], instance_name=instance)
+    assert env.conn.volume(ref).size == 16 * MiB and res.host_id == last
+    assert env.agents.by_host[last].calls == [("resize", {"volume": ref, "size": 16 * MiB, "vm": instance})]
+
+
+def test_an_unreachable_host_passes_to_the_next(env: Env) -> None:
+    """StorageManagerImpl.sendToPool moves on while a host is unavailable, and only then."""
+    vm_id, instance, first = vm(env, "vm1")
+    second = next(h for h in env.cs.model.hosts if h != first)
+    vid, ref = env.volume(8 * MiB, vm_id=vm_id)
+    env.agents.for_host(first).fail["resize"] = AgentRequestError("agent unreachable", code="unreachable")
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=[first, second],
+                               instance_name=instance)
+    assert res.host_id == second and env.agents.by_host[second].calls[0][0] == "resize"
+    env.agents.for_host(second).fail["resize"] = NOT_APPLIED
+    with pytest.raises(ResizeFailed) as err:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[second, first],
+                             instance_name=instance)
+    assert err.value.rolled_back and f"host {second}" in str(err.value)
+    assert len(env.agents.by_host[first].calls) == 1  # a command that ran and failed is the answer
     assert env.conn.volume(ref).size == 16 * MiB
-    assert res.host_id is None and not res.notified and env.agents.all_calls() == []
+
+
+def test_a_bad_host_id_is_refused_before_anything_changes(env: Env) -> None:
+    vid, ref = env.volume(8 * MiB)
+    with pytest.raises(ValidationError) as bad:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=["h1", ""])
+    assert bad.value.field == "host_ids[1]"
+    with pytest.raises(ValidationError) as no_vm:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=["h1"], instance_name="none")
+    assert no_vm.value.field == "instance_name"
+    with pytest.raises(ValidationError) as not_list:
+        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids="h1")  # type: ignore[arg-type]
+    assert not_list.value.field == "host_ids"
+    assert env.conn.volume(ref).size == 8 * MiB and env.agents.all_calls() == []
 
 
 def test_refusals_before_anything_changes(env: Env) -> None:
     vid, ref = env.volume(16 * MiB)
     before = dict(env.sp.calls)
     with pytest.raises(ValidationError) as e1:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=8 * MiB)
+        resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[], new_size=8 * MiB)
     assert e1.value.field == "new_size" and "shrink" in e1.value.message
     with pytest.raises(ValidationError) as e2:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB + 100)
+        resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[], new_size=16 * MiB + 100)
     assert e2.value.field == "new_size"
     with pytest.raises(ValidationError) as e3:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=new_uuid())
+        resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[], new_size=32 * MiB, disk_offering_id=new_uuid())
     assert e3.value.field == "disk_offering_id"
     assert env.sp.calls.get("VolumeUpdate", 0) == before.get("VolumeUpdate", 0)
     assert env.conn.volume(ref).size == 16 * MiB
-    resize.resize_volume(env.ctx, volume_uuid=vid, new_size=8 * MiB, shrink_ok=True)
+    resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[], new_size=8 * MiB, shrink_ok=True)
     assert env.conn.volume(ref).size == 8 * MiB
 
 
 def test_new_offering_applies_template_qc_and_iops(env: Env) -> None:
     vid, ref = env.volume(8 * MiB, max_iops=100)
     iops_off = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-iops-500")
-    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, disk_offering_id=iops_off.id)
+    res = resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[], new_size=16 * MiB, disk_offering_id=iops_off.id)
     vol = env.conn.volume(ref)
     assert (vol.size, vol.iops, res.iops) == (16 * MiB, 500, 500)
     gold = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-gold")
-    resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, disk_offering_id=gold.id)
+    resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[], new_size=16 * MiB, disk_offering_id=gold.id)
     assert env.conn.volume(ref).tags["qc"] == "gold"
 
 
@@ -89,12 +126,13 @@ NOT_APPLIED = AgentRequestError("libvirt: block resize failed", code="resize", a
 
 
 def test_agent_confirmed_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
-    vm_id, _, host = vm(env, "vm1")
+    vm_id, instance, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
     _agent_fails(env, host, NOT_APPLIED)
     gold = next(o for o in env.cs.model.disk_offerings.values() if o.name == "sp-gold")
     with pytest.raises(ResizeFailed) as err:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB, disk_offering_id=gold.id)
+        resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[host], instance_name=instance, new_size=32 * MiB,
+                             disk_offering_id=gold.id)
     assert err.value.rolled_back
     assert "block resize failed" in str(err.value) and f"restored to {8 * MiB}" in str(err.value)
     vol = env.conn.volume(ref)
@@ -110,12 +148,12 @@ def test_agent_confirmed_failure_rolls_back_size_iops_and_qc(env: Env) -> None:
 def test_unconfirmed_failure_leaves_the_volume_grown(env: Env, error: AgentRequestError) -> None:
     """Issue 13: the host may already have grown the disk under the running guest; shrinking
     StorPool beneath it is worse than leaving it grown."""
-    vm_id, _, host = vm(env, "vm1")
+    vm_id, instance, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
     _agent_fails(env, host, error)
     updates_before = env.sp.calls.get("VolumeUpdate", 0)
     with pytest.raises(ResizeFailed) as err:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB)
+        resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[host], instance_name=instance, new_size=32 * MiB)
     assert not err.value.rolled_back
     assert f"left at {32 * MiB} bytes" in str(err.value)
     assert env.conn.volume(ref).size == 32 * MiB
@@ -123,7 +161,7 @@ def test_unconfirmed_failure_leaves_the_volume_grown(env: Env, error: AgentReque
 
 
 def test_failed_rollback_is_reported(env: Env) -> None:
-    vm_id, _, host = vm(env, "vm1")
+    vm_id, instance, host = vm(env, "vm1")
     vid, _ = env.volume(8 * MiB, vm_id=vm_id)
     _agent_fails(env, host, NOT_APPLIED)
     orig = env.conn.volume_update
@@ -137,7 +175,7 @@ def test_failed_rollback_is_reported(env: Env) -> None:
 
     env.conn.volume_update = flaky  # type: ignore[method-assign]
     with pytest.raises(ResizeFailed) as err:
-        resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB)
+        resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[host], instance_name=instance, new_size=16 * MiB)
     assert not err.value.rolled_back and "FAILED" in str(err.value)
 
 
@@ -154,7 +192,7 @@ def test_a_submission_the_real_agent_refuses_rolls_back(env: Env, tmp_path: Path
                                                         refusal: str) -> None:
     """The agent refused the job itself (400 / 401 on POST /v1/jobs): no job ran, nothing on the
     host changed, so StorPool goes back to the old size and limit."""
-    vm_id, _, host = vm(env, "vm1")
+    vm_id, instance, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id, max_iops=100)
     token = TOKEN
     if refusal.startswith("older agent"):
@@ -168,7 +206,7 @@ def test_a_submission_the_real_agent_refuses_rolls_back(env: Env, tmp_path: Path
         real = AgentClient(f"http://127.0.0.1:{srv.server_address[1]}", token, poll_interval=0.02)
         env.agents.for_host(host).resize = real.resize  # type: ignore[method-assign]
         with pytest.raises(ResizeFailed) as err:
-            resize.resize_volume(env.ctx, volume_uuid=vid, new_size=32 * MiB)
+            resize.resize_volume(env.ctx, volume_uuid=vid, host_ids=[host], instance_name=instance, new_size=32 * MiB)
         assert srv.jobs.list() == []  # the agent started nothing
     assert err.value.rolled_back, err.value
     cause = err.value.__cause__

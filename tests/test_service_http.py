@@ -360,8 +360,8 @@ def test_a_uuid_spelled_another_way_is_400_not_a_second_name(small: ServiceServe
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), [
-    ("POST", f"/v1/volumes/{UID}/resize", {"new_size": -512}, "new_size"),
-    ("POST", f"/v1/volumes/{UID}/resize", {"new_size": 1 << 30, "custom_iops": 1 << 62}, "custom_iops"),
+    ("POST", f"/v1/volumes/{UID}/resize", {"new_size": -512, "host_ids": []}, "new_size"),
+    ("POST", f"/v1/volumes/{UID}/resize", {"new_size": 1 << 30, "host_ids": [], "custom_iops": 1 << 62}, "custom_iops"),
     ("POST", "/v1/gc", {"temporary_age": -1}, "temporary_age"),
     ("POST", "/v1/gc", {"temporary_age": 1 << 40}, "temporary_age"),
     ("POST", "/v1/volumes", {"pool": "p1", "volume_uuid": UID, "size": 1 << 30, "iops": 1 << 62}, "iops"),

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from cloudstack_storpool.errors import ValidationError
-from cloudstack_storpool.settings.registry import REGISTRY, Home, Origin, Scope, SettingType, all_settings, get_setting
+from cloudstack_storpool.settings.registry import (
+    REGISTRY,
+    Home,
+    Origin,
+    Reading,
+    Scope,
+    SettingType,
+    all_settings,
+    get_setting,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +74,23 @@ def test_project_settings_live_in_the_file() -> None:
         "storpool.template.fill.timeout", "storpool.gc.interval", "storpool.gc.temporary.age",
     }
     assert all(REGISTRY[n].scope is Scope.MACHINE and REGISTRY[n].origin is Origin.PROJECT for n in own)
+
+
+def test_a_restart_is_asked_only_for_settings_read_once_at_start() -> None:
+    """CloudStack's dynamic flag is copied as it is; whether a restart applies a new value is
+    how this project reads it. The project's own settings are dynamic exactly when not read once."""
+    for s in REGISTRY.values():
+        if s.reading is Reading.AT_START:
+            assert s.read_by and not s.dynamic, s.name
+        if s.origin is Origin.PROJECT:
+            assert s.dynamic == (s.reading is not Reading.AT_START), s.name
+    assert {s.name for s in REGISTRY.values() if s.needs_restart} == {
+        "storpool.agent.port", "storpool.heartbeat.interval", "storpool.heartbeat.max.failures",
+        "storpool.heartbeat.action", "storpool.settings.cache.seconds"}
+    not_dynamic_read_each_use = {s.name for s in REGISTRY.values() if not s.dynamic and s.reading is Reading.EACH_USE}
+    assert not_dynamic_read_each_use == {"storpool.delete.after.interval", "kvm.ha.fence.on.storage.heartbeat.failure",
+                                         "snapshot.backup.to.secondary"}
+    assert all(get_setting(n).set_note is None for n in not_dynamic_read_each_use)
 
 
 def test_every_setting_is_documented() -> None:

@@ -320,3 +320,24 @@ def test_cli_without_credentials_is_a_clear_error(tmp_path: Path, monkeypatch: p
     runner = CliRunner(env={"HOME": str(tmp_path), "CLOUDSTACK_ENDPOINT": None, "CLOUDSTACK_CONFIG": None})
     result = runner.invoke(settings_group, ["get", "sp.bypass.secondary.storage"])
     assert result.exit_code == 1 and "CLOUDSTACK_ENDPOINT" in result.output
+
+
+def test_cli_set_says_restart_only_for_settings_read_once_at_start(runner: CliRunner, cs_sim: SimHandle) -> None:
+    """CloudStack marks storpool.delete.after.interval, kvm.ha.fence.on.storage.heartbeat.failure
+    and snapshot.backup.to.secondary not dynamic, but the driver reads them on each use: no
+    restart to ask for. The heartbeat loop reads its interval once, when it starts: that one
+    needs it."""
+    zone, _, pool = ids(cs_sim)
+    for args in (["storpool.delete.after.interval", "120", "--pool", pool],
+                 ["kvm.ha.fence.on.storage.heartbeat.failure", "true", "--zone", zone],
+                 ["snapshot.backup.to.secondary", "false"]):
+        result = runner.invoke(settings_group, ["set", *args])
+        assert result.exit_code == 0, result.output
+        assert "restart" not in result.output and "note:" not in result.output, result.output
+        as_json = json.loads(runner.invoke(settings_group, ["set", *args, "--json"]).output)
+        assert as_json["dynamic"] is False and as_json["restart"] is False and as_json["takes_effect"] == "next use"
+    result = runner.invoke(settings_group, ["set", "storpool.heartbeat.interval", "5"])
+    assert result.exit_code == 0, result.output
+    assert "note: this setting is read at start-up by the heartbeat loop: restart the heartbeat loop" in result.output
+    cycle = runner.invoke(settings_group, ["set", "storpool.volume.tags.checkup", "600"])
+    assert cycle.exit_code == 0 and "restart" not in cycle.output and "next cycle" in cycle.output

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-import time
+from collections.abc import Callable
 
 import pytest
 
@@ -97,11 +98,74 @@ def test_a_fresh_fill_without_signs_of_life_is_taken_over_after_the_limit(env: E
     assert leftovers(env) == []
 
 
-def test_a_fill_whose_owner_stamps_it_is_never_taken_over(env: Env) -> None:
-    """The owner refreshes `alive` on StorPool while its copy runs; a waiter watching for
-    several limits sees it change and waits instead of deleting the fill under the copy."""
+class SharedClock:
+    """Fake time for several threads: it moves only when a driver sleeps (`sleep`), and a sleep
+    returns only once every background timer (`wait`) that came due has run and is waiting
+    again. So an owner's liveness thread stamps exactly on schedule, however fast or slow the
+    machine, and a waiter sees what a real one would. `skewed(s)` is the same clock read by a
+    machine whose clock is `s` seconds off."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+        self.on_sleep: Callable[[], None] | None = None
+        self._cond = threading.Condition()
+        self._timers: dict[int, float] = {}  # thread -> the fake time it waits for
+        self._running: set[int] = set()  # threads whose timer came due, not waiting again yet
+
+    def __call__(self) -> float:
+        with self._cond:
+            return self.now
+
+    def skewed(self, offset: float) -> Callable[[], float]:
+        return lambda: self() + offset
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            self._running.discard(me)
+            self._timers[me] = self.now + seconds
+            self._cond.notify_all()
+            while not event.is_set() and self.now < self._timers[me]:
+                self._cond.wait(0.01)  # event.set() does not notify this condition
+            del self._timers[me]
+            if not event.is_set():
+                self._running.add(me)
+            self._cond.notify_all()
+            return event.is_set()
+
+    def timers(self, count: int) -> None:
+        """Return once `count` background timers are running (a thread just started may not be)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._timers) >= count, timeout=30):
+                raise AssertionError("the liveness thread never started waiting")
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if len(self.slept) > 10_000:
+            raise AssertionError("waited forever")
+        with self._cond:
+            self.now += seconds
+            self._cond.notify_all()
+            settled = self._cond.wait_for(
+                lambda: not self._running and all(due > self.now for due in self._timers.values()), timeout=30)
+            if not settled:
+                raise AssertionError("a liveness thread did not come back to its timer")
+        if self.on_sleep is not None:
+            self.on_sleep()
+
+
+@pytest.mark.parametrize("skew", [0, -600, 600], ids=["same clock", "owner 10 min behind", "owner 10 min ahead"])
+def test_a_fill_whose_owner_stamps_it_is_never_taken_over(env: Env, skew: int) -> None:
+    """Two management servers on one StorPool, the owner's clock `skew` seconds off the
+    waiter's. The owner refreshes `alive` on StorPool while its copy runs; a waiter watching for
+    three limits sees it change and waits instead of deleting the fill under the copy. Judging
+    the stamp against the waiter's own clock would take over at once from an owner whose clock
+    is behind by more than the limit."""
     env.set_setting("storpool.template.fill.timeout", 5)  # the owner stamps every 1.25 s
-    env.ctx.clock, env.ctx.sleep = time.time, time.sleep
+    clock = SharedClock()
+    owner_ctx = dataclasses.replace(env.ctx, clock=clock.skewed(skew), sleep=clock.sleep, wait=clock.wait)
+    waiter_ctx = dataclasses.replace(env.ctx, clock=clock, sleep=clock.sleep, wait=clock.wait)
     t = env.add_template()
     fill = templates.fill_name(t.id, env.pool)
     copying, release = threading.Event(), threading.Event()
@@ -110,36 +174,63 @@ def test_a_fill_whose_owner_stamps_it_is_never_taken_over(env: Env) -> None:
 
     def owner() -> None:
         try:
-            owner_result.append(templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC))
+            owner_result.append(templates.ensure_cached(owner_ctx, env.pool, t.id, source=SRC))
         except Exception as exc:
             owner_result.append(exc)
 
     owner_thread = threading.Thread(target=owner)
-    waiter = threading.Thread(target=lambda: waiter_result.append(
-        templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)))
 
     def hold_owner_copy() -> None:
         if threading.current_thread() is owner_thread:
             copying.set()
-            release.wait(30)
+            release.wait(60)
 
     env.agent.hook = hold_owner_copy
     owner_thread.start()
-    assert copying.wait(10)
-    waiter.start()
-    stamps = []
-    for _ in range(3):  # two limits of copying, the stamp read once per limit
+    assert copying.wait(30)
+    clock.timers(1)  # the owner's liveness thread is keeping time
+    start = clock()
+    stamps: list[str] = []
+
+    def look_once_per_limit() -> None:
+        """Runs in the waiter after each of its sleeps: the stamp once per limit of fake time,
+        and after three limits the owner's copy ends (and the owner finishes, fill deleted)."""
+        if release.is_set() or clock() - start < 5 * (len(stamps) + 1):
+            return
         stamps.append(env.sp_volume(fill).tags["alive"])
-        time.sleep(5)
-    release.set()
-    owner_thread.join(20)
-    waiter.join(20)
-    assert len(set(stamps)) == len(stamps), stamps  # the stamp moved between every look
+        if len(stamps) == 3:
+            release.set()
+            owner_thread.join(60)
+
+    clock.on_sleep = look_once_per_limit
+    try:
+        waiter_result.append(templates.ensure_cached(waiter_ctx, env.pool, t.id, source=SRC))
+    finally:
+        release.set()
+        owner_thread.join(60)
+    assert len(stamps) == 3 and len(set(stamps)) == 3, stamps  # the stamp moved between every look
     assert len(owner_result) == 1 and isinstance(owner_result[0], templates.CachedTemplate), owner_result
     assert owner_result[0].filled
     assert len(waiter_result) == 1 and isinstance(waiter_result[0], templates.CachedTemplate), waiter_result
     assert not waiter_result[0].filled
     assert len(env.agent.copies) == 1
+    assert leftovers(env) == []
+
+
+@pytest.mark.parametrize("skew", [-3600, 3600], ids=["owner's clock an hour behind", "owner's clock an hour ahead"])
+def test_a_dead_owner_with_a_skewed_clock_is_taken_over_after_one_limit(env: Env, skew: int) -> None:
+    """An owner on another management server stamped its fill once and died. Its stamp is an
+    hour off the waiter's clock either way: the waiter still takes over after watching it stay
+    unchanged for one limit, not at once and not never."""
+    env.set_setting("storpool.template.fill.timeout", 60)
+    t = env.add_template()
+    fill = templates.fill_name(t.id, env.pool)
+    stamp = str(int(env.clock.now) + skew)
+    env.sp.api().volumeCreate({"name": fill, "size": 1 << 20, "template": "ssd",
+                               "tags": {"uuid": t.id, "cs": "temporary", "started": stamp, "alive": stamp}})
+    cached = templates.ensure_cached(env.ctx, env.pool, t.id, source=SRC)
+    assert cached.filled and len(env.agent.copies) == 1
+    assert 60 < sum(env.clock.slept) <= 60 + templates.FILL_POLL_MAX
     assert leftovers(env) == []
 
 

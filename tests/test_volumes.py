@@ -169,6 +169,24 @@ def test_change_offering_reapplies_template_qc_and_iops(env: Env) -> None:
         volumes.change_offering(env.ctx, env.pool, new_uuid(), disk_offering_id=iops500.id)
 
 
+def test_vm_tags_changed_writes_the_value_the_caller_hands_over(env: Env) -> None:
+    """CloudStack calls provideVmTags inside the transaction writing the tag: its API still shows
+    the old tags, so the value the management server hands over is what is written."""
+    vm = env.add_vm(tags={"vc-policy": "old"})
+    vid = new_uuid()
+    info = volumes.create(env.ctx, env.pool, vid, GIB)
+    volumes.attached(env.ctx, env.pool, vid, vm_id=vm.id, device_id=1, path=info.path)
+    assert volumes.vm_tags_changed(env.ctx, vm.id, vc_policy="gold") == [info.name]
+    assert env.sp_volume(info.name).tags["vc-policy"] == "gold"
+    assert volumes.vm_tags_changed(env.ctx, vm.id, vc_policy="") == [info.name]
+    assert "vc-policy" not in env.sp_volume(info.name).tags
+    with pytest.raises(ValidationError) as bad:
+        volumes.vm_tags_changed(env.ctx, vm.id, vc_policy="two words")
+    assert bad.value.field == "vc_policy"
+    assert volumes.vm_tags_changed(env.ctx, vm.id) == [info.name]  # none handed over: CloudStack's own
+    assert env.sp_volume(info.name).tags["vc-policy"] == "old"
+
+
 def test_attach_detach_and_vm_tag_propagation(env: Env) -> None:
     vm = env.add_vm(tags={"vc-policy": "gold-backup"})
     vid, later = new_uuid(), new_uuid()

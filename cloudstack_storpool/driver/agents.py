@@ -68,31 +68,35 @@ class AgentDirectory:
 
     # ------------------------------------------------------------------ clients
 
-    def for_address(self, ip_address: str, port: int) -> AgentClient:
-        """The (cached) client of the agent listening at ip:port."""
+    def for_address(self, ip_address: str, port: int, *, host_id: str | None = None) -> AgentClient:
+        """The (cached) client of the agent listening at ip:port; `host_id` (the CloudStack host
+        it serves) is named in the client's errors."""
         host = f"[{ip_address}]" if ":" in ip_address else ip_address
         key = (host, port)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
                 client = self._clients[key] = AgentClient(
-                    f"{self._scheme(ip_address)}://{host}:{port}", self._token, timeout=self.timeout,
-                    poll_interval=self.poll_interval, ca_file=self.ca_file,
+                    f"{self._scheme(ip_address, port, host_id)}://{host}:{port}", self._token, timeout=self.timeout,
+                    poll_interval=self.poll_interval, ca_file=self.ca_file, host_id=host_id,
                 )
+            elif host_id is not None:
+                client.host_id = host_id  # the address now serves this host (a host re-added)
             return client
 
-    def _scheme(self, ip_address: str) -> str:
+    def _scheme(self, ip_address: str, port: int, host_id: str | None) -> str:
         if self.ca_file:
             return "https"
         if self.insecure_http or is_loopback(ip_address):
             return "http"
+        where = f"agent of host {host_id}" if host_id else "agent"
         raise AgentRequestError(
-            f"agent at {ip_address}: no CA file to verify its TLS certificate (set ${AGENT_CA_ENV}); "
-            "plain HTTP is used only for loopback agents", code="tls")
+            f"no CA file to verify its TLS certificate (set ${AGENT_CA_ENV}); plain HTTP is used only for "
+            "loopback agents", code="tls", agent=f"{where} ({ip_address}:{port})", host_id=host_id)
 
     def client(self, host: Host) -> AgentClient:
         """The agent of one CloudStack host (its `agent.port` detail overrides the default port)."""
-        return self.for_address(host.ip_address, host.agent_port or self.default_port)
+        return self.for_address(host.ip_address, host.agent_port or self.default_port, host_id=host.id)
 
     def for_host(self, host_id: str) -> AgentClient:
         """The agent of a host by CloudStack id; NotFound when CloudStack does not know it."""

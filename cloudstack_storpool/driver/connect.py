@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agent.client import AgentClient, AgentRequestError
+from cloudstack_storpool.agent.hostconfig import check_client_id
 from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
-from cloudstack_storpool.errors import NotFound, ProjectError, ValidationError
+from cloudstack_storpool.driver.undo import undo_and_fail
+from cloudstack_storpool.errors import NotFound, ValidationError
+from cloudstack_storpool.spconn import Ref
 
 if TYPE_CHECKING:
     from cloudstack_storpool.cloudstack.records import Host
     from cloudstack_storpool.driver.context import DriverContext
+    from cloudstack_storpool.sprecords import SpAttachment
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,9 @@ def agent_of(ctx: DriverContext, host_id: str, fname: str = "host_id") -> AgentC
 
 def on_host(what: str, fname: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run an agent call; the agent's refusals come back naming the caller's field `fname`
-    (the agent knows the volume by its StorPool name, the caller by a path or a VM)."""
+    (the agent knows the volume by its StorPool name, the caller by a path or a VM). Any other
+    failure (the agent down, contact lost mid-job, a command that failed there) stays an agent
+    error, naming the host and the step: an upstream failure, never a bug of the service."""
     try:
         return call()
     except AgentRequestError as exc:
@@ -90,7 +96,7 @@ def on_host(what: str, fname: str, call: Callable[[], dict[str, Any]]) -> dict[s
             raise NotFound(f"{fname}: {exc.message}") from None
         if exc.code == "invalid":
             raise ValidationError(fname if exc.field in (None, "volume") else exc.field, exc.message) from None
-        raise ProjectError(f"{what}: {exc.message}") from exc
+        raise exc.during(what) from exc
 
 
 def connect_physical_disk(ctx: DriverContext, *, host_id: str, path: str) -> DiskConnection:
@@ -98,7 +104,7 @@ def connect_physical_disk(ctx: DriverContext, *, host_id: str, path: str) -> Dis
     device is usable. Other hosts keep their attachments (a live migration's source)."""
     name = storpool_path(path)
     agent = agent_of(ctx, host_id)
-    res = on_host(f"connect {path} on host {host_id}", "path", lambda: agent.connect(volume=name))
+    res = on_host(f"connect {path}", "path", lambda: agent.connect(volume=name))
     others = res.get("also_attached_to") or []
     return DiskConnection(host_id, path, str(res["volume"]), str(res["device"]), [int(c) for c in others])
 
@@ -107,7 +113,7 @@ def disconnect_physical_disk(ctx: DriverContext, *, host_id: str, path: str) -> 
     """Detach the volume at `path` from the host (retried while busy, forced at the end)."""
     name = storpool_path(path)
     agent = agent_of(ctx, host_id)
-    res = on_host(f"disconnect {path} on host {host_id}", "path", lambda: agent.disconnect(volume=name))
+    res = on_host(f"disconnect {path}", "path", lambda: agent.disconnect(volume=name))
     return DiskDisconnection(host_id, path, True, bool(res.get("detached")))
 
 
@@ -139,29 +145,73 @@ def _disconnect_all(ctx: DriverContext, vm_id: str, host_id: str, fname: str) ->
     disks = vm_disks(ctx, vm_id)
     agent = agent_of(ctx, host_id, fname)
     for d in disks:
-        on_host(f"disconnect {d.name} on host {host_id}", "vm_id", partial(agent.disconnect, volume=d.name))
+        on_host(f"disconnect {d.name}", "vm_id", partial(agent.disconnect, volume=d.name))
     return VmDisks(vm_id, host_id, [d.name for d in disks])
 
 
 def prepare_migration(ctx: DriverContext, *, vm_id: str, dest_host_id: str) -> VmDisks:
     """Before a live migration: the destination connects every disk of the VM while the source
-    keeps it (both hosts hold the volume read-write only for the migration). On a failure part
-    way, what the destination connected is disconnected again."""
+    keeps it (both hosts hold the volume read-write only for the migration).
+
+    On a failure part way (the destination's agent died, lost contact, StorPool refused an
+    attach) what the destination attached is detached again on StorPool itself before the
+    answer: the agent that failed cannot be relied on to do it, and a disk left read-write on
+    two hosts outside a migration is what this operation must never leave. Only the
+    destination's client is detached, and only from disks it did not hold before the call; the
+    source keeps its attachments untouched."""
     disks = vm_disks(ctx, vm_id)
-    agent = agent_of(ctx, dest_host_id, "dest_host_id")
+    host, agent = host_and_agent(ctx, dest_host_id, "dest_host_id")
+    if not disks:
+        return VmDisks(vm_id, dest_host_id, [])
+    client = _client_id(host, agent)
+    held = _held_by(ctx, disks, client)
     done: list[str] = []
     try:
         for d in disks:
-            on_host(f"connect {d.name} on host {dest_host_id}", "vm_id", partial(agent.connect, volume=d.name))
+            on_host(f"connect {d.name}", "vm_id", partial(agent.connect, volume=d.name))
             done.append(d.name)
-    except BaseException:
-        for name in done:
-            try:
-                agent.disconnect(volume=name)
-            except Exception:
-                log.exception("prepare_migration: cannot disconnect %s from %s after a failure", name, dest_host_id)
-        raise
+    except BaseException as exc:
+        tried = disks[:len(done) + 1]  # the one that failed may have been attached before the failure
+        err = undo_and_fail(f"prepare_migration of VM {vm_id} to host {dest_host_id}", exc,
+                            f"whatever the destination attached during the call was detached on StorPool "
+                            f"(client {client})",
+                            partial(_detach_new, ctx, tried, client, held))
+        if not isinstance(exc, Exception):
+            raise
+        raise err from exc
     return VmDisks(vm_id, dest_host_id, done)
+
+
+def _client_id(host: Host, agent: AgentClient) -> int:
+    """The host's StorPool client id: its `SP_OURID` detail, else what its agent reports."""
+    if host.sp_client_id is not None:
+        return host.sp_client_id
+    facts = on_host("facts", "dest_host_id", agent.facts)
+    return check_client_id(facts.get("client_id"), "client_id")
+
+
+def _held_by(ctx: DriverContext, disks: list[LocatedVolume], client: int) -> set[str]:
+    """The names of the disks `client` holds now: one AttachmentsList per StorPool endpoint."""
+    listed: dict[int, list[SpAttachment]] = {}
+    out = set()
+    for d in disks:
+        conn = ctx.conn(d.pool)
+        found = listed.get(id(conn))
+        if found is None:
+            found = listed[id(conn)] = [a for a in conn.attachments() if a.client == client]
+        if any((a.global_id == d.name[1:]) if d.name.startswith("~") else (a.name == d.name) for a in found):
+            out.add(d.name)
+    return out
+
+
+def _detach_new(ctx: DriverContext, disks: list[LocatedVolume], client: int, held: set[str]) -> None:
+    """Detach `client` from every disk it holds now and did not hold before (`held`). Forced:
+    nothing on a destination uses a disk before the migration starts."""
+    new = _held_by(ctx, disks, client) - held
+    for d in disks:
+        if d.name in new:
+            ctx.conn(d.pool).detach(Ref("volume", d.name), client, force=True)
+            log.warning("prepare_migration failed: detached %s from client %d on StorPool", d.name, client)
 
 
 def finish_migration(ctx: DriverContext, *, vm_id: str, source_host_id: str, dest_host_id: str,

@@ -37,6 +37,10 @@ class DriverContext:
     agents: AgentDirectory
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    wait: Callable[[threading.Event, float], bool] = threading.Event.wait
+    """A background thread's pause: up to the seconds given, or until the event is set (True).
+    Work that stamps its liveness while it runs (liveness.Heartbeat) keeps time with it, so a
+    test drives owner and waiter on one fake clock."""
     conn_options: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[float], None] | None = None
     """Where agent copies report their percentage (a service job, a CLI progress bar)."""

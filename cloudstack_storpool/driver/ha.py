@@ -34,7 +34,7 @@ def hand_over(ctx: DriverContext, *, vm_id: str, host_id: str) -> HandedOver:
     agent = agent_of(ctx, host_id)
     if not disks:
         return HandedOver(vm_id, host_id, [])
-    res = on_host(f"hand-over of VM {vm_id} to host {host_id}", "vm_id",
+    res = on_host(f"hand-over of VM {vm_id}", "vm_id",
                   lambda: agent.prepare_start(volumes=[d.name for d in disks]))
     entries = res.get("volumes") or []
     detached = {str(e["volume"]): [int(c) for c in e.get("detached_from") or []] for e in entries}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cloudstack_storpool.agent.hostconfig import check_client_id
-from cloudstack_storpool.driver.connect import host_and_agent
-from cloudstack_storpool.errors import AgentError, ValidationError
+from cloudstack_storpool.driver.connect import host_and_agent, on_host
+from cloudstack_storpool.errors import ValidationError
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -42,10 +42,7 @@ class HostConnected:
 def host_connected(ctx: DriverContext, *, host_id: str) -> HostConnected:
     """Ask the host's agent who it is to StorPool; refuse a client id another host has."""
     host, agent = host_and_agent(ctx, host_id)
-    try:
-        facts = agent.facts()
-    except AgentError as exc:
-        raise AgentError(f"host {host.name}: its agent did not answer ({exc})") from exc
+    facts = on_host(f"facts of host {host.name}", "host_id", agent.facts)
     client_id = check_client_id(facts.get("client_id"), "client_id")
     for other in ctx.cloudstack.hosts():
         if other.id != host.id and other.sp_client_id == client_id:

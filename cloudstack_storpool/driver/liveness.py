@@ -56,10 +56,13 @@ def last_sign_of_life(summary: SpVolume) -> float:
 class Heartbeat:
     """`with Heartbeat(conn, ref, limit, clock):` refreshes `ref`'s `alive` tag in a background
     thread until the block ends. A failed refresh is logged, not raised: the owner's work is
-    what matters, and a waiter needs several missed refreshes in a row before it takes over."""
+    what matters, and a waiter needs several missed refreshes in a row before it takes over.
+    `wait` is the thread's pause between refreshes (`threading.Event.wait` unless a test keeps
+    fake time)."""
 
-    def __init__(self, conn: StorPoolConn, ref: str, limit: float, clock: Callable[[], float]) -> None:
-        self.conn, self.ref, self.clock = conn, ref, clock
+    def __init__(self, conn: StorPoolConn, ref: str, limit: float, clock: Callable[[], float],
+                 wait: Callable[[threading.Event, float], bool] = threading.Event.wait) -> None:
+        self.conn, self.ref, self.clock, self.wait = conn, ref, clock, wait
         self.interval = max(limit / BEATS_PER_LIMIT, 0.05)
         self.beats = 0
         self._last = 0
@@ -80,7 +83,7 @@ class Heartbeat:
         return str(self._last)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self.wait(self._stop, self.interval):
             try:
                 self.conn.volume_update(self.ref, tags={tags.ALIVE: self._stamp()})
                 self.beats += 1

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, pools, tags
-from cloudstack_storpool.errors import SpNotFound
+from cloudstack_storpool.errors import SpNotFound, ValidationError
 
 if TYPE_CHECKING:
     from cloudstack_storpool.poolconfig import PoolSpec
     from cloudstack_storpool.spconn import StorPoolConn
-    from cloudstack_storpool.sprecords import SpSnapshot
+    from cloudstack_storpool.sprecords import SpSnapshot, SpVolume
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,23 @@ def snapshot_name(conn: StorPoolConn, snapshot_uuid: str, path: str | None, fiel
 
 def java_template_cache(conn: StorPoolConn, spec: PoolSpec, template_uuid: str) -> SpSnapshot | None:
     """The cached template the Java plugin made on a pool: a snapshot tagged `uuid=<template>`,
-    `cs=template`, living in the pool's template. Only pools the Java plugin initialised (id
-    `<template>;<uuid>`) are searched: others cannot hold one, and need not pay the listing."""
+    `cs=template`, living in the pool's template, and not the template's own StorPool copy
+    (`pools.templates_kept_as_snapshots`). Only pools the Java plugin initialised (id `<template>;<uuid>`) are
+    searched: others cannot hold one, and need not pay the listing."""
     if spec.key == spec.uuid:
         return None
     found = [s for s in conn.find_snapshots({tags.UUID: template_uuid.lower(), tags.KIND: tags.TEMPLATE})
              if pools.owns(spec, s)]
-    return max(found, key=lambda s: s.created) if found else None
+    kept = pools.templates_kept_as_snapshots(found, lambda ref: _volume_or_none(conn, ref))
+    caches = [s for s in found if s.global_id not in kept]
+    return max(caches, key=lambda s: s.created) if caches else None
+
+
+def _volume_or_none(conn: StorPoolConn, name: str) -> SpVolume | None:
+    try:
+        return conn.volume(name)
+    except ValidationError:  # not a volume name (`*name`: being deleted)
+        return None
 
 
 def group_members(conn: StorPoolConn, vm_snapshot_uuid: str) -> list[SpSnapshot]:

@@ -19,7 +19,7 @@ import os
 import tempfile
 import tomllib
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,7 @@ from cloudstack_storpool.driver import tags
 from cloudstack_storpool.errors import Conflict, StorPoolError, ValidationError
 from cloudstack_storpool.poolconfig import PoolsFile, PoolSpec, check_pool_id, load_pools, parse_pool_url, parse_pools
 from cloudstack_storpool.spconn import StorPoolConn
-from cloudstack_storpool.sprecords import SpVolume
+from cloudstack_storpool.sprecords import SpSnapshot, SpVolume
 
 if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
@@ -285,15 +285,89 @@ def _refuse_duplicates(current: PoolsFile, spec: PoolSpec) -> None:
             )
 
 
+def templates_kept_as_snapshots(found: Sequence[SpSnapshot], volume: Callable[[str], SpVolume | None]) -> set[str]:
+    """The global ids, among the Java plugin's `cs=template` snapshots `found`, of templates
+    *kept as StorPool snapshots* rather than caches of a pool.
+
+    The Java plugin tags both alike (`uuid=<template>`, `cs=template`). A template made from a
+    volume (copyAsync volume -> template) is a VolumeSnapshot of that volume, recorded as the
+    template's image-store copy (template_store_ref, detail `spStoragePoolId`); a pool's cache
+    (template_spool_ref) is a volume made for the template (`cs=template`), filled or cloned
+    from that copy, then frozen or snapshotted. So a kept template is the parent of a cache of
+    the same template, or a snapshot of a user's volume (`onVolume` names a live `cs=volume`
+    volume). `volume` reads a volume by name (asked only for a snapshot no cache descends from)."""
+    parents = {s.parent for s in found if s.parent}
+    kept: set[str] = set()
+    for s in found:
+        if s.ref in parents or (s.name and s.name in parents):
+            kept.add(s.global_id)
+            continue
+        if not s.on_volume or s.on_volume in (s.ref, s.name, s.global_id):
+            continue  # a frozen volume: the cache itself
+        source = volume(s.on_volume)
+        if source is not None and source.tags.get(tags.KIND) == tags.VOLUME:
+            kept.add(s.global_id)
+    return kept
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What removing a pool does to StorPool: what refuses it, and what it deletes first."""
+
+    blocking: list[SpVolume] = field(default_factory=list)
+    """Volumes, snapshots (volume and VM snapshots), templates kept as StorPool snapshots and
+    temporary objects: while any is left the pool stays."""
+    caches: list[SpVolume] = field(default_factory=list)
+    """Cached templates (the project's and the Java plugin's template_spool_ref copies)."""
+    check_volumes: list[SpVolume] = field(default_factory=list)
+    """The Java host listener's `cs=check-volume-is-on-host` volumes."""
+
+
+def removal_plan(ctx: DriverContext, spec: PoolSpec) -> RemovalPlan:
+    """Sort what the pool holds as the Java plugin's deleteDataStore does (two list calls).
+
+    deleteDataStore refuses while CloudStack snapshots or templates kept as StorPool snapshots
+    belong to the pool (CloudStack itself refuses while volumes do), and otherwise deletes the
+    pool's template caches and the hosts' check volumes. Delay-delete backups neither refuse nor
+    go: StorPool deletes them when their time is up."""
+    conn = ctx.conn(spec)
+    everything = conn.volumes()
+    by_name = {n: v for v in everything for n in (v.ref, v.name) if n}
+    vols = [v for v in everything if owns(spec, v)]
+    snaps = [s for s in conn.snapshots() if not s.deleted and owns(spec, s)]
+    java_templates = [s for s in snaps if s.tags.get(tags.KIND) == tags.TEMPLATE and not s.tags.get(tags.POOL)]
+    kept = templates_kept_as_snapshots(java_templates, by_name.get)
+    plan = RemovalPlan()
+    for v in vols:
+        (plan.check_volumes if v.tags.get(tags.KIND) == tags.CHECK_VOLUME else plan.blocking).append(v)
+    for s in snaps:
+        kind = s.tags.get(tags.KIND)
+        if kind == tags.DELAY_DELETE:
+            continue
+        (plan.caches if kind == tags.TEMPLATE and s.global_id not in kept else plan.blocking).append(s)
+    return plan
+
+
 def remove(ctx: DriverContext, pools_file: str | Path, pool: str) -> PoolInfo:
-    """Remove a pool from the file; refused (Conflict, listing them) while it holds objects."""
+    """Remove a pool from the file. Refused (Conflict, listing them) while it holds volumes,
+    snapshots, templates kept as StorPool snapshots or temporary objects; otherwise its cached
+    templates and check volumes are deleted first (`removal_plan`), then the file entry."""
     spec = resolve(ctx, pool)
-    held = contents(ctx, spec)
-    if not held.empty:
-        listed = ", ".join(f"{o.name} ({o.cs or o.kind})" for o in held.objects[:20])
-        more = f" and {len(held.objects) - 20} more" if len(held.objects) > 20 else ""
-        raise Conflict(f"pool {spec.name!r} still holds {len(held.objects)} StorPool objects: {listed}{more}")
+    plan = removal_plan(ctx, spec)
+    if plan.blocking:
+        listed = ", ".join(f"{o.name or o.ref} ({o.tags.get(tags.KIND) or o.kind})" for o in plan.blocking[:20])
+        more = f" and {len(plan.blocking) - 20} more" if len(plan.blocking) > 20 else ""
+        raise Conflict(f"pool {spec.name!r} still holds {len(plan.blocking)} StorPool objects: {listed}{more}")
     path = Path(pools_file)
+    with _locked(path):
+        _text, current = _read(path)
+        if not any(p.uuid == spec.uuid for p in current.pools):
+            raise ValidationError("pool", f"pool {spec.name!r} is not in {path}")
+    conn = ctx.conn(spec)
+    for cache in plan.caches:
+        conn.snapshot_delete(cache.ref)
+    for check in plan.check_volumes:
+        conn.volume_delete(check.ref, on_attached="detachForce")
     with _locked(path):
         _text, current = _read(path)
         rest = [p for p in current.pools if p.uuid != spec.uuid]

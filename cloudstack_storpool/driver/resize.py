@@ -2,9 +2,11 @@
 
 StorPool changes the size of the volume on every host at once, but a running qemu caches its
 disk's size: the host running the VM must call libvirt's block resize so the guest sees the new
-size now rather than after a restart. Where the VM runs is asked from CloudStack at the moment
-of the resize (running: its host; stopped: the host it last ran on, which attaches the volume
-if needed; no VM: no host at all).
+size now rather than after a restart. Which host that is comes from the caller, as CloudStack
+hands it to the Java driver (ResizeVolumePayload.hosts: the VM's host, else its last host; none
+for a volume without a VM): the public API does not show a stopped VM's last host, so the
+service cannot work it out itself. The hosts are tried in order, moving on only while an agent
+is unreachable, as StorageManagerImpl.sendToPool does; the first that answers is told.
 
 When the host fails after StorPool accepted the new size, what happens next depends on what
 the host can vouch for. If its agent confirms the guest's disk was not changed (every error of
@@ -29,6 +31,7 @@ from cloudstack_storpool.driver.identity import LocatedVolume, locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
 
 if TYPE_CHECKING:
+    from cloudstack_storpool.agent.client import AgentClient
     from cloudstack_storpool.driver.context import DriverContext
     from cloudstack_storpool.spconn import StorPoolConn
 
@@ -56,7 +59,7 @@ class Resized:
     """The iops limit written (None: unchanged)."""
     template: str | None
     host_id: str | None
-    """The host told about it (None: the volume belongs to no VM)."""
+    """The host told about it (None: no host was given)."""
     notified: bool
     """True when a running domain's disk was block-resized."""
     capacity: int | None
@@ -68,6 +71,8 @@ def resize_volume(
     *,
     volume_uuid: str,
     new_size: Bytes,
+    host_ids: list[str],
+    instance_name: str | None = None,
     shrink_ok: bool = False,
     disk_offering_id: str | None = None,
     service_offering_id: str | None = None,
@@ -76,10 +81,19 @@ def resize_volume(
     """Resize to `new_size` bytes, applying the new offering's template / `qc` / iops when one is
     given (`offerings.resolve`, as volume creation does; custom IOPS alone re-applies only the limit).
 
+    `host_ids` are the hosts to tell, in the order to try them (ResizeVolumePayload.hosts; empty:
+    no host, the volume belongs to no VM or its VM never ran), and `instance_name` the VM's
+    domain (ResizeVolumePayload.instanceName; None, or CloudStack's "none", without a VM).
+
     Shrinking must be allowed explicitly (`shrink_ok`): data past the new end is lost. Every
     refusal happens before StorPool is touched.
     """
     names.size(new_size, "new_size")
+    hosts = _hosts(host_ids)
+    vm_name = None if instance_name in (None, "", NO_INSTANCE) else instance_name
+    if hosts and vm_name is None:
+        raise ValidationError("instance_name", "is required with host_ids: the VM whose host is told "
+                                               "(CloudStack hands no host for a volume without a VM)")
     src = locate(ctx, volume_uuid)
     conn = ctx.conn(src.pool)
     before = _Before.read(conn, src.name)
@@ -88,22 +102,84 @@ def resize_volume(
         raise ValidationError("new_size", f"{new_size} is smaller than the volume's {before.size} bytes; "
                                           "shrinking loses data and must be allowed with shrink_ok")
     update = _offering_update(ctx, src, new_size, disk_offering_id, service_offering_id, custom_iops)
-    # Where the VM runs is asked before anything changes: a CloudStack failure here costs nothing.
-    host_id, vm_name = _placement(ctx, src)
-    agent = ctx.agents.for_host(host_id) if host_id is not None else None
+    # The hosts' agents are found before anything changes: an unknown host costs nothing.
+    agents = [(hid, _agent_of(ctx, hid)) for hid in hosts]
     conn.volume_update(src.name, size=new_size, shrink_ok=shrinking, **update)
-    notified, capacity = False, None
-    if agent is not None:
+    host_id, notified, capacity = None, False, None
+    if agents:
         try:
-            res = agent.resize(volume=src.name, size=new_size, vm=vm_name)
+            host_id, res = _tell_first_reachable(agents, src.name, new_size, vm_name)
             notified, capacity = bool(res.get("notified")), res.get("capacity")
-        except Exception as exc:
-            what = f"resize of {src.name} to {new_size} bytes failed on host {host_id}: {exc}"
+        except _HostFailed as failed:
+            exc = failed.__cause__
+            assert exc is not None
+            what = f"resize of {src.name} to {new_size} bytes failed on host {failed.host_id}: {exc}"
             if not _confirmed_not_applied(exc):
                 raise _left_as_asked(what, new_size) from exc
             raise _roll_back(conn, src.name, what, before, new_size, update) from exc
     return Resized(volume_uuid.lower(), src.name, before.size, new_size, update.get("iops"), update.get("template"),
                    host_id, notified, int(capacity) if isinstance(capacity, int) else None)
+
+
+def running_placement(ctx: DriverContext, volume_uuid: str) -> tuple[list[str], str | None]:
+    """The hosts and instance name a caller outside the management server (the operator CLI)
+    can give: the host of the volume's VM while it runs, read through the public API. A stopped
+    VM's last host is not in that API, so none is given for it; its guest reads the new size
+    when it next starts."""
+    vol = ctx.cloudstack.volume(volume_uuid)
+    vm = ctx.cloudstack.vm(vol.vm_id) if vol is not None and vol.vm_id else None
+    if vm is None:
+        return [], None
+    return ([vm.host_id] if vm.host_id else []), vm.instance_name or None
+
+
+NO_INSTANCE = "none"
+"""What VolumeApiServiceImpl puts in ResizeVolumePayload.instanceName for a volume without a VM."""
+
+
+def _hosts(host_ids: object) -> list[str]:
+    """The host ids as given, each a non-empty string, no repeats (CloudStack sends at most one)."""
+    if not isinstance(host_ids, list):
+        raise ValidationError("host_ids", "must be a list of CloudStack host ids (empty: no host to tell)")
+    out: list[str] = []
+    for i, hid in enumerate(host_ids):
+        if not isinstance(hid, str) or not hid.strip():
+            raise ValidationError(f"host_ids[{i}]", "must be a CloudStack host id")
+        if hid not in out:
+            out.append(hid)
+    return out
+
+
+def _agent_of(ctx: DriverContext, host_id: str) -> AgentClient:
+    try:
+        return ctx.agents.for_host(host_id)
+    except NotFound:
+        raise NotFound(f"host_ids: CloudStack has no host {host_id}") from None
+
+
+class _HostFailed(Exception):
+    """The host that answered (or the last one tried) failed; the cause is its error."""
+
+    def __init__(self, host_id: str) -> None:
+        super().__init__(host_id)
+        self.host_id = host_id
+
+
+def _tell_first_reachable(agents: list[tuple[str, AgentClient]], volume: str, size: int,
+                          vm_name: str | None) -> tuple[str, dict[str, Any]]:
+    """Tell the first agent that can be reached (StorageManagerImpl.sendToPool moves on only
+    while a host is unavailable: a command that ran and failed is the answer)."""
+    for i, (hid, agent) in enumerate(agents):
+        try:
+            return hid, agent.resize(volume=volume, size=size, vm=vm_name)
+        except AgentRequestError as exc:
+            if exc.code == "unreachable" and i + 1 < len(agents):
+                log.warning("agent of host %s unreachable; telling the next host of the resize", hid)
+                continue
+            raise _HostFailed(hid) from exc
+        except Exception as exc:
+            raise _HostFailed(hid) from exc
+    raise AssertionError("no agents")  # pragma: no cover - callers pass at least one
 
 
 @dataclass(frozen=True)
@@ -135,16 +211,6 @@ def _offering_update(ctx: DriverContext, src: LocatedVolume, new_size: int, disk
     if custom_iops is not None:
         return {"iops": offerings.check_iops(custom_iops, "custom_iops") or 0}
     return {}
-
-
-def _placement(ctx: DriverContext, src: LocatedVolume) -> tuple[str | None, str | None]:
-    """The host to tell (running: its host; stopped: its last host) and the domain's name."""
-    if not src.cs.vm_id:
-        return None, None
-    vm = ctx.cloudstack.vm(src.cs.vm_id)
-    if vm is None:
-        return None, None
-    return vm.placement_host_id, vm.instance_name or None
 
 
 def _confirmed_not_applied(exc: BaseException) -> bool:

@@ -374,7 +374,8 @@ def _clone_snapshot(new: _NewVolume, snapshot_uuid: str, path: str | None, size:
         made = locate.on_snapshot(new.conn, snapshot_uuid, path,
                                   lambda parent: new.create("storpool", size=size, parent=parent))
     except SpNotFound:
-        if new.conn.snapshot(snap) is not None:
+        there = new.conn.snapshot(snap)
+        if there is not None and not there.deleted:
             raise  # something else is missing (the template): not a case for the secondary copy
         if secondary is None:
             raise NotFound(f"snapshot_uuid: snapshot {snap} is not on StorPool and no secondary copy was given") from None

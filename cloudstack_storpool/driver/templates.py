@@ -103,19 +103,41 @@ def list_cached(ctx: DriverContext, pool: PoolSpec | str) -> list[CachedTemplate
     return [_cached_from(s, s.tags.get(tags.UUID, ""), spec) for s in found]
 
 
-def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str) -> bool:
+def drop(ctx: DriverContext, pool: PoolSpec | str, template_uuid: str, *, path: str | None = None) -> bool:
     """Delete a template's cache on a pool (the project's or the Java plugin's); False when
     there was none. Volumes cloned from it keep their data (StorPool keeps a deleted snapshot
-    until its last child is gone)."""
+    until its last child is gone).
+
+    `path` is the cache's path as CloudStack keeps it for the pool (template_spool_ref): exactly
+    that snapshot goes, after checking it is a cache of this template. Without it the cache is
+    the project's by name, else the Java plugin's by its tags, never a template the Java plugin
+    keeps as a StorPool snapshot (`pools.templates_kept_as_snapshots`): that is the template itself."""
     spec = pools.resolve(ctx, pool)
+    tuuid = check_uuid(template_uuid, "template_uuid")
     conn = ctx.conn(spec)
+    exact = _cache_at(conn, spec, tuuid, path) if path else None
     dropped = False
     for where in spclusters.targets(ctx, spec):  # the pool's caches in other StorPool clusters
-        dropped = where.conn.snapshot_delete(cache_name(template_uuid, spec, where)) or dropped
-    if conn.snapshot_delete(cache_name(template_uuid, spec)):
+        dropped = where.conn.snapshot_delete(cache_name(tuuid, spec, where)) or dropped
+    if path:
+        return (exact is not None and conn.snapshot_delete(exact)) or dropped
+    if conn.snapshot_delete(cache_name(tuuid, spec)):
         return True
-    java = locate.java_template_cache(conn, spec, template_uuid)
+    java = locate.java_template_cache(conn, spec, tuuid)
     return (java is not None and conn.snapshot_delete(java.ref)) or dropped
+
+
+def _cache_at(conn: StorPoolConn, spec: PoolSpec, template_uuid: str, path: str) -> str | None:
+    """The API name of the cache at `path`; None when it is gone already. A snapshot that is not
+    a cache of this template on this pool is refused (ValidationError naming `path`)."""
+    name = names.path_to_name(path, "path")
+    snap = conn.snapshot(name)
+    if snap is None or snap.deleted:
+        return None
+    if (snap.tags.get(tags.UUID, "").lower() != template_uuid or snap.tags.get(tags.KIND) != tags.TEMPLATE
+            or not pools.owns(spec, snap)):
+        raise ValidationError("path", f"{path} is not a cached template {template_uuid} of pool {spec.name}")
+    return name
 
 
 # ---------------------------------------------------------------------- filling
@@ -288,7 +310,7 @@ def _populate(
     fill; the fill never outlives a failure."""
     conn = where.conn
     try:
-        with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock):
+        with liveness.Heartbeat(conn, fill.ref, fill_timeout(ctx), ctx.clock, ctx.wait):
             snap = _copy_and_snapshot(ctx, spec, tuuid, cache, fill, source, where)
     finally:
         try:

@@ -48,7 +48,9 @@ def undo_and_fail(failure: str, cause: BaseException, undone: str, undo: Callabl
     if isinstance(cause, CloudStackNoAnswer):  # still "no answer": the caller may retry
         return type(cause)(cause.command, text)
     if isinstance(cause, AgentError):
-        return AgentError(text)
+        err = AgentError(text)
+        err.code = cause.code  # "lost", "unreachable", ...: what the caller may do next depends on it
+        return err
     if isinstance(cause, (NotFound, Conflict)):
         return type(cause)(text)
     return ProjectError(text)

@@ -270,15 +270,27 @@ def vm_volumes(ctx: DriverContext, vm_id: str) -> list[tuple[PoolSpec, Any]]:
     return out
 
 
-def vm_tags_changed(ctx: DriverContext, vm_id: str) -> list[str]:
+def vm_tags_changed(ctx: DriverContext, vm_id: str, *, vc_policy: str | None = None) -> list[str]:
     """The VM's resource tags changed: propagate `vc-policy` to all of its volumes (set, changed
-    or removed). Returns the names of the volumes updated."""
-    vm = ctx.cloudstack.vm(vm_id)
-    if vm is None:
-        raise ValidationError("vm_id", f"CloudStack has no VM {vm_id}")
-    policy = names.tags({tags.VC_POLICY: vm.tags.get(tags.VC_POLICY, "")}, "vm.tags")[tags.VC_POLICY]
+    or removed). Returns the names of the volumes updated.
+
+    `vc_policy` is the VM's `vc-policy` tag after the change ("" once removed), as the
+    management server hands it over: CloudStack calls the driver (provideVmTags) inside the
+    transaction that writes the tag, so listVirtualMachines shows the change only after the
+    call returns. None (a caller outside the management server): read it from CloudStack."""
+    vm_id = check_uuid(vm_id, "vm_id")
+    if vc_policy is None:
+        vm = ctx.cloudstack.vm(vm_id)
+        if vm is None:
+            raise ValidationError("vm_id", f"CloudStack has no VM {vm_id}")
+        policy = names.tags({tags.VC_POLICY: vm.tags.get(tags.VC_POLICY, "")}, "vm.tags")[tags.VC_POLICY]
+    else:
+        try:
+            policy = names.tags({tags.VC_POLICY: vc_policy})[tags.VC_POLICY]
+        except ValidationError as exc:
+            raise ValidationError("vc_policy", exc.message) from None
     updated = []
-    for spec, v in vm_volumes(ctx, vm.id):
+    for spec, v in vm_volumes(ctx, vm_id):
         if v.tags.get(tags.VC_POLICY, "") != policy:
             ctx.conn(spec).volume_update(v.ref, tags={tags.VC_POLICY: policy})
             updated.append(v.name)

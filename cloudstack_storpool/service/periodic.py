@@ -126,6 +126,9 @@ def _audit(kind: str) -> Callable[[DriverContext], list[adopt.AdoptAction]]:
             for o in report.orphans:
                 log.warning("abandoned StorPool %s %s on pool %s (cs=%s, uuid=%s): %s", o.kind, o.ref, pool.name,
                             o.cs, o.uuid, o.reason)
+            for o in report.unknown:
+                log.warning("unclassified StorPool %s %s on pool %s (cs=%s, uuid=%s): %s", o.kind, o.ref, pool.name,
+                            o.cs, o.uuid, o.reason)
             orphans.extend(report.orphans)
         return orphans
     return work

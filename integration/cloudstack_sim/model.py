@@ -155,6 +155,14 @@ class Template:
     """Where the image sits on the image store (secondary storage), relative to its root."""
     pools: list[str] = field(default_factory=list)
     """Pools holding a copy (CloudStack's template_spool_ref)."""
+    project_id: str = ""
+    """The project owning the template ("" for an account's): a listing skips it unless asked
+    with `projectid` (CloudStack's SkipProjectResources), a lookup by id finds it."""
+    pool_paths: dict[str, str] = field(default_factory=dict)
+    """template_spool_ref.install_path per pool: the path of the pool's copy, as the driver answered."""
+    details: dict[str, str] = field(default_factory=dict)
+    """vm_template_details (not in the API): the Java plugin marks a template kept as a StorPool
+    snapshot with `spStoragePoolId` (its pool)."""
 
 
 @dataclass
@@ -212,6 +220,9 @@ class StoragePool:
     state: str = "Up"
     tags: str = ""
     url: str = ""
+    details: dict[str, str] = field(default_factory=dict)
+    """storage_pool_details (not in the API): the Java plugin keeps each cluster's check volume
+    under `SP_VOLUME_ON_CLUSTER-<cluster id>` (its path)."""
 
 
 @dataclass
@@ -742,11 +753,13 @@ class CloudStackModel:
         template_id: str | None = None,
         ready: bool = True,
         url: str = "",
+        project_id: str = "",
     ) -> Template:
         with self.lock:
             zone = zone_id or self._default(self.zones).id
             tid = template_id or self._oid("template", name)
-            tpl = Template(tid, name, size, format=fmt, zone_id=zone, ready=ready, url=url, created=cs_time())
+            tpl = Template(tid, name, size, format=fmt, zone_id=zone, ready=ready, url=url, created=cs_time(),
+                           project_id=project_id)
             self.templates[tpl.id] = tpl
             self.add_event("TEMPLATE.CREATE", f"Successfully registered template {name}", tpl.id, "Template")
             return tpl
@@ -844,13 +857,15 @@ class CloudStackModel:
             return vm
 
     def move_vm(self, vm_id: str, host_id: str) -> VirtualMachine:
-        """Live migration (running VM) or a new last host (stopped VM)."""
+        """Live migration (running VM: VirtualMachineManagerImpl.migrate sets the last host to the
+        source before the move) or a new last host (stopped VM)."""
         with self.lock:
             vm = self.vms[vm_id]
             self._need(self.hosts, "hostid", host_id)
             if vm.state == "Running":
-                vm.host_id = host_id
-            vm.last_host_id = host_id
+                vm.last_host_id, vm.host_id = vm.host_id, host_id
+            else:
+                vm.last_host_id = host_id
             self.add_event("VM.MIGRATE", f"Migrated VM {vm.name}", vm_id, "VirtualMachine")
             return vm
 

@@ -53,6 +53,9 @@ from typing import Any
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 
+BYID = "/dev/storpool-byid/"
+"""The prefix of the paths the driver answers (StorPoolUtil.SP_DEV_PATH)."""
+
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -102,7 +105,8 @@ def create_storage_pool(model: m.CloudStackModel, name: str, url: str, zone_id: 
 
 def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
     """StorageManagerImpl.deletePool -> StorPoolPrimaryDataStoreLifeCycle.deleteDataStore:
-    `remove_pool` (which refuses while StorPool still holds the pool's objects)."""
+    `remove_pool` (which refuses while the pool holds snapshots or templates kept as StorPool
+    snapshots, and otherwise deletes its template caches and the hosts' check volumes)."""
     _plugin(model).call("remove_pool", pool=pool.id)
     with model.lock:
         model.storage_pools.pop(pool.id, None)
@@ -214,10 +218,12 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
         cached = pool.id in tpl.pools
     source = {"store": _store(model), "path": _template_path(tpl), "format": tpl.format.lower()}
     if not cached:
-        plugin.call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
+        made = plugin.call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
         with model.lock:
             if pool.id not in tpl.pools:
                 tpl.pools.append(pool.id)
+            if isinstance(made, dict) and made.get("global_id"):
+                tpl.pool_paths[pool.id] = BYID + str(made["global_id"])
     size = vol.size if vol.size > tpl.size else None
     result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
                          size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id)
@@ -392,21 +398,26 @@ def destroy_vm(model: m.CloudStackModel, vm_id: str, *, expunge: bool) -> None:
 
 
 def change_vm_tags(model: m.CloudStackModel, vm_id: str, wanted: dict[str, str], *, remove: bool) -> None:
-    """TaggedResourceManagerImpl.createTags / deleteTags, then the plugin carries the VM's
-    `vc-policy` to its volumes: `vm_tags_changed`."""
+    """TaggedResourceManagerImpl.createTags / deleteTags: inside the transaction that writes the
+    tags, the plugin carries the VM's `vc-policy` to its volumes (provideVmTags):
+    `vm_tags_changed` with `vc_policy` as the tag will be ("" once removed). The API shows the
+    new tags only once that transaction commits, after the call."""
     with model.lock:
         vm = model.vms[vm_id]
+        after = dict(vm.tags)
         for key, value in wanted.items():
             if remove:
-                if not value or vm.tags.get(key) == value:
-                    vm.tags.pop(key, None)
+                if not value or after.get(key) == value:
+                    after.pop(key, None)
             else:
-                vm.tags[key] = value
+                after[key] = value
         if remove and not wanted:
-            vm.tags.clear()
+            after.clear()
         on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
-    if on_storage:
-        _plugin(model).call("vm_tags_changed", vm_id=vm_id)
+    if on_storage and after.get("vc-policy", "") != vm.tags.get("vc-policy", ""):
+        _plugin(model).call("vm_tags_changed", vm_id=vm_id, vc_policy=after.get("vc-policy", ""))
+    with model.lock:
+        vm.tags = after
 
 
 # ---------------------------------------------------------------------------- volumes
@@ -449,7 +460,8 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
     result = _plugin(model).call("create_volume_from_snapshot", pool=pool_id, snapshot_uuid=snap.id,
-                                 volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary)
+                                 volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary,
+                                 path=snapshot_path(snap))
     _created(model, vol.id, pool_id, result)
 
 
@@ -508,13 +520,18 @@ def _iops_args(off: m.DiskOffering | None, min_iops: int | None, max_iops: int |
 def resize_volume(model: m.CloudStackModel, volume_id: str, new_size: int, *, offering: m.DiskOffering | None,
                   shrink_ok: bool, min_iops: int | None, max_iops: int | None) -> None:
     """VolumeApiServiceImpl.resizeVolume -> orchestrateResizeVolume -> VolumeServiceImpl.resize
-    -> driver.resize (ResizeVolumePayload: new size, new offering, IOPS): `resize_volume`,
-    which also tells a running VM's host (the agent's `resize`). An Allocated volume changes
-    its record only."""
+    -> driver.resize (ResizeVolumePayload: new size, new offering, IOPS, and the hosts to send
+    the command to: the VM's host, else its last host, none without a VM; the VM's instance
+    name, "none" without one): `resize_volume`, which tells the first of those hosts it reaches
+    (the agent's `resize`). An Allocated volume changes its record only."""
     with model.lock:
         vol = model.volumes[volume_id]
+        vm = model.vms.get(vol.vm_id or "")
+        hosts = [h for h in (vm.host_id or vm.last_host_id,) if h] if vm is not None else []
+        instance = vm.instance_name if vm is not None else "none"
     if vol.path:
         _plugin(model).call("resize_volume", volume_uuid=vol.id, new_size=new_size, shrink_ok=shrink_ok,
+                            host_ids=hosts, instance_name=instance,
                             disk_offering_id=offering.id if offering else None,
                             custom_iops=_iops_args(offering, min_iops, max_iops))
     with model.lock:
@@ -593,6 +610,14 @@ def allocate_snapshot(model: m.CloudStackModel, volume_id: str, name: str | None
         return snap
 
 
+def snapshot_path(snap: m.Snapshot) -> str | None:
+    """The snapshot's StorPool path as CloudStack keeps it: the snapshot_details row under the
+    snapshot's uuid (StorPoolHelper.getSnapshotName reads it first), else the path the driver
+    answered. Every snapshot operation hands it to the plugin, as CloudStack hands it to the
+    Java driver."""
+    return snap.details.get(snap.id) or snap.path
+
+
 def time_stamp() -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime())
 
@@ -616,6 +641,7 @@ def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
         raise
     with model.lock:
         snap.path, snap.storage_id = result["path"], vol.storage_id
+        snap.details[snap.id] = result["path"]  # the Java plugin's snapshot_details row
         backup = result.get("backup")
         snap.backup_path = backup["path"] if backup else None
         snap.physical_size = int(backup["physical_size"]) if backup else 0
@@ -628,8 +654,9 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
     on the pool of its volume; the image-store copy is CloudStack's to remove (it does)."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
-    if snap.path and snap.storage_id:
-        _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id)
+    path = snapshot_path(snap)
+    if path and snap.storage_id:
+        _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id, path=path)
     if snap.backup_path and model.image_store:
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
@@ -640,7 +667,7 @@ def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
     """SnapshotManagerImpl.revertSnapshot -> SnapshotStrategy.revertSnapshot: `revert_volume`."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
-    _plugin(model).call("revert_volume", volume_uuid=snap.volume_id, snapshot_uuid=snap.id)
+    _plugin(model).call("revert_volume", volume_uuid=snap.volume_id, snapshot_uuid=snap.id, path=snapshot_path(snap))
 
 
 # ---------------------------------------------------------------------------- templates
@@ -666,10 +693,12 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
     with model.lock:
         tpl = model.templates[template_id]
         pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
+        snap = model.snapshots[snapshot_id] if snapshot_id else None
     try:
-        _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
-                            snapshot_uuid=snapshot_id, volume_uuid=volume_id,
-                            secondary={"store": _store(model), "path": tpl.install_path})
+        made = _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
+                                   snapshot_uuid=snapshot_id, volume_uuid=volume_id,
+                                   snapshot_path=snapshot_path(snap) if snap is not None else None,
+                                   secondary={"store": _store(model), "path": tpl.install_path})
     except BaseException:
         with model.lock:
             model.templates.pop(template_id, None)
@@ -678,6 +707,8 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
         tpl.ready = True
         if pool_id and pool_id not in tpl.pools:
             tpl.pools.append(pool_id)
+        if pool_id and isinstance(made, dict) and made.get("path"):
+            tpl.pool_paths[pool_id] = str(made["path"])
 
 
 def delete_template(model: m.CloudStackModel, template_id: str, *, forced: bool) -> None:
@@ -689,11 +720,11 @@ def delete_template(model: m.CloudStackModel, template_id: str, *, forced: bool)
         tpl = model.templates[template_id]
         model.delete_template(template_id, forced=forced)
         in_use = {v.storage_id for v in model.volumes.values() if v.template_id == template_id}
-        evict = [p for p in tpl.pools if p not in in_use and p in model.storage_pools]
+        evict = [(p, tpl.pool_paths.get(p)) for p in tpl.pools if p not in in_use and p in model.storage_pools]
     if model.image_store and tpl.install_path:
         (Path(model.image_store) / tpl.install_path).unlink(missing_ok=True)
-    for pool_id in evict:
-        _plugin(model).call("drop_cached_template", pool=pool_id, template_uuid=template_id)
+    for pool_id, path in evict:
+        _plugin(model).call("drop_cached_template", pool=pool_id, template_uuid=template_id, path=path)
 
 
 # ---------------------------------------------------------------------------- VM snapshots

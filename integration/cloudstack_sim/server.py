@@ -150,7 +150,8 @@ def _template(model: m.CloudStackModel, t: m.Template) -> Item:
             "zoneid": t.zone_id, "zonename": zone.name if zone else None, "templatetype": "USER",
             "hypervisor": "KVM", "isfeatured": t.featured, "ispublic": t.public, "account": t.account,
             "crossZones": False, "created": t.created, "ostypename": catalog.DEFAULT_OS,
-            "ostypeid": catalog.os_type_id(catalog.DEFAULT_OS)}
+            "ostypeid": catalog.os_type_id(catalog.DEFAULT_OS),
+            **({"projectid": t.project_id} if t.project_id else {})}
 
 
 def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
@@ -318,6 +319,11 @@ def list_templates(model: m.CloudStackModel, p: Params) -> list[Item]:
                            f"parameter templatefilter value={flt}")
     _check_ids(p, [("id", model.templates), ("zoneid", model.zones)])
     found = _filter(model.templates.values(), p, id="id", name="name", zoneid="zone_id")
+    if not p.get("id"):
+        # AccountManagerImpl.buildACLSearchParameters: without an id or a projectid a listing
+        # skips project-owned templates; projectid=-1 lists only them. By id, any template.
+        project = p.get("projectid")
+        found = [t for t in found if (t.project_id != "" if project == "-1" else t.project_id == (project or ""))]
     if flt == "featured":
         found = [t for t in found if t.featured]
     elif flt in ("self", "selfexecutable"):

@@ -23,6 +23,29 @@ class _FailRule:
     status: int | None
 
 
+class Hold:
+    """A one-shot gate on one query: the next call of it stops before it is handled, sets
+    `arrived`, and goes on once `release()` is called. A test makes a race happen at that exact
+    point (something else changes the cluster while that call waits), with events, not sleeps."""
+
+    TIMEOUT = 60.0
+    """A held call never waits longer than this: a test that forgets to release fails, it does
+    not hang."""
+
+    def __init__(self, query: str) -> None:
+        self.query = query
+        self.arrived = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def pass_through(self) -> None:
+        """Called by the held request: announce it, then wait for the release."""
+        self.arrived.set()
+        self._released.wait(self.TIMEOUT)
+
+
 class FaultInjector:
     """Thread-safe set of pending faults; every `fail_next`/`drop_*` rule is consumed per call."""
 
@@ -33,6 +56,9 @@ class FaultInjector:
         self._latency: dict[str, float] = {}
         self._drop_after: dict[str, int] = {}
         self._drop_before: dict[str, int] = {}
+        self._holds: dict[str, list[Hold]] = {}
+        self._gates: list[Hold] = []
+        """Every gate made since the last reset, waiting or not: reset opens them all."""
 
     def fail_next(
         self,
@@ -67,6 +93,15 @@ class FaultInjector:
         with self._lock:
             self._drop_before[query] = self._drop_before.get(query, 0) + n
 
+    def hold(self, query: str) -> Hold:
+        """The next call of `query` waits, before it is handled, until the returned gate is
+        released (in-process only: the caller needs the gate's events)."""
+        gate = Hold(query)
+        with self._lock:
+            self._holds.setdefault(query, []).append(gate)
+            self._gates.append(gate)
+        return gate
+
     def set_client_status(self, client: int, status: str) -> None:
         """Mark a client `running` or `down` in ServicesList / ClientsConfigDump."""
         self._model.set_client_status(client, status)
@@ -88,6 +123,10 @@ class FaultInjector:
             self._latency.clear()
             self._drop_after.clear()
             self._drop_before.clear()
+            holds, self._gates = self._gates, []
+            self._holds.clear()
+        for g in holds:
+            g.release()
         for c in list(self._model.clients):
             self._model.set_client_status(c, "running")
             self._model.set_active_requests(c, [])
@@ -96,6 +135,11 @@ class FaultInjector:
     def latency(self, query: str) -> float:
         with self._lock:
             return self._latency.get(query, 0.0) + self._latency.get("*", 0.0)
+
+    def take_hold(self, query: str) -> Hold | None:
+        with self._lock:
+            gates = self._holds.get(query)
+            return gates.pop(0) if gates else None
 
     def take_error(self, query: str) -> SpApiError | None:
         with self._lock:

@@ -131,6 +131,9 @@ class _Handler(BaseHTTPRequestHandler):
         delay = faults.latency(query)
         if delay:
             time.sleep(delay)
+        gate = faults.take_hold(query)
+        if gate is not None:
+            gate.pass_through()
         if faults.take_drop_before(query):
             self._drop()
             return

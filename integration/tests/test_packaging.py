@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -90,3 +91,33 @@ def test_production_cli_imports_no_stand_in_from_a_checkout() -> None:
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=CHECKOUT)
     assert out.stdout.strip() == "[]"
     assert subprocess.run([sys.executable, "-c", "import integration"], cwd=CHECKOUT, check=False).returncode == 0
+
+
+def test_install_host_script_makes_a_311_virtualenv_and_units_that_run_its_cli(tmp_path: Path) -> None:
+    """`agent/install-host.sh` with the machine's Python (3.11+), from a wheelhouse (no network):
+    the virtualenv in its prefix holds the package, and the units it writes start that
+    virtualenv's CLI, which runs."""
+    wheel = _build_wheel(tmp_path)
+    prefix, units = tmp_path / "opt" / "cloudstack-storpool", tmp_path / "systemd"
+    proc = subprocess.run(
+        ["/bin/sh", str(CHECKOUT / "agent" / "install-host.sh"), "--prefix", str(prefix), "--systemd-dir", str(units),
+         "--source", "cloudstack-storpool", "--no-build-check",
+         "--pip-args", f"-q --no-deps --no-index --find-links {wheel.parent}"],
+        env={**os.environ, "CSSP_PYTHON": sys.executable}, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    py = prefix / "bin" / "python"
+    version = subprocess.run([str(py), "-c", "import sys; print(sys.version_info >= (3, 11))"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    assert version == "True"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    assert (site / "cloudstack_storpool" / "heartbeat" / "dropin.py").is_file()
+    (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")  # the dependencies, as above
+    for name, group in (("cloudstack-storpool-agent.service", "agent"),
+                        ("cloudstack-storpool-heartbeat.service", "heartbeat")):
+        (exec_line,) = [ln for ln in (units / name).read_text().splitlines() if ln.startswith("ExecStart=")]
+        command = exec_line.removeprefix("ExecStart=").split()[0]
+        assert command == str(prefix / "bin" / "cloudstack-storpool"), exec_line
+        res = subprocess.run([command, group, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                             check=False)
+        assert res.returncode == 0 and "Usage:" in res.stdout, res.stderr

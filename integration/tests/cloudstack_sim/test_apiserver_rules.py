@@ -187,6 +187,22 @@ def test_pagesize_above_the_maximum_is_431(cs_sim: SimHandle) -> None:
     assert status == 431 and "max allowed page size value: 500" in error["errortext"]
 
 
+def test_a_project_template_is_listed_only_with_projectid_and_found_by_id(cs_sim: SimHandle) -> None:
+    """AccountManagerImpl.buildACLSearchParameters: without an id or a projectid the listing
+    skips project-owned resources; projectid=-1 lists only them; by id any template is found."""
+    own = cs_sim.model.add_template("own", 1 << 20)
+    project = cs_sim.model.add_template("in-project", 1 << 20, project_id="9f0c1e2a-1111-4c2d-8e3f-000000000001")
+    c = stock(cs_sim)
+
+    def ids(**params: str) -> set[str]:
+        return {t["id"] for t in c.listTemplates(templatefilter="all", **params).get("template", [])}
+
+    assert own.id in ids() and project.id not in ids()
+    assert ids(projectid="-1") == {project.id}
+    assert ids(id=project.id) == {project.id}
+    assert c.listTemplates(templatefilter="all", id=project.id)["template"][0]["projectid"] == project.project_id
+
+
 # ---------------------------------------------------------------- updateConfiguration
 
 

@@ -81,6 +81,13 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
     pool = stack.pool_id("storpool-primary")
     snaps: list[dict[str, Any]] = []
 
+    def kept_path(snapshot_id: str) -> str:
+        """What CloudStack keeps for the snapshot (snapshot_details, key: its uuid): every
+        later operation on it hands the plugin that path."""
+        path = stack.cs.model.snapshots[snapshot_id].details[snapshot_id]
+        assert path.startswith("/dev/storpool-byid/")
+        return path
+
     take = calls_during(stack, lambda: snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"]))
     assert [op for op, _ in take] == ["take_snapshot"]
     assert take[0][1] == {"volume_uuid": root["id"], "snapshot_uuid": snaps[0]["id"],
@@ -88,7 +95,8 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
                                         "path": f"snapshots/2/{root['id']}/{snaps[0]['id']}.qcow2"}}
 
     resize = calls_during(stack, lambda: cloud.resizeVolume(id=root["id"], size=1))
-    assert resize == [("resize_volume", {"volume_uuid": root["id"], "new_size": 1 << 30, "shrink_ok": False})]
+    assert resize == [("resize_volume", {"volume_uuid": root["id"], "new_size": 1 << 30, "shrink_ok": False,
+                                         "host_ids": [vm["hostid"]], "instance_name": vm["instancename"]})]
     snaps.append(cloud.createSnapshot(volumeid=root["id"])["snapshot"])  # of the 1 GiB volume
 
     cloud.stopVirtualMachine(id=vm["id"])
@@ -97,6 +105,7 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
         name="t", displaytext="t", ostypeid="1", snapshotid=snaps[0]["id"])["template"]))
     assert template_calls == [("create_template_from_snapshot", {
         "pool": pool, "template_uuid": made[0]["id"], "snapshot_uuid": snaps[0]["id"],
+        "snapshot_path": kept_path(snaps[0]["id"]),
         "secondary": {"store": str(stack.secondary), "path": f"template/tmpl/2/{made[0]['id']}/{made[0]['id']}.qcow2"}})]
 
     vm_snaps: list[dict[str, Any]] = []
@@ -107,12 +116,14 @@ def test_snapshot_template_and_vm_snapshot_calls(stack: LocalStack, cloud: cs.Cl
     # VM snapshots go first (VMSnapshotManagerImpl.deleteAllVMSnapshots), then the volumes.
     assert [op for op, _ in gone] == ["delete_vm_snapshot", "delete_volume", "vm_destroyed"]
 
+    first_path = kept_path(snaps[0]["id"])
     drop = calls_during(stack, lambda: cloud.deleteSnapshot(id=snaps[0]["id"]))
-    assert drop == [("delete_snapshot", {"pool": pool, "snapshot_uuid": snaps[0]["id"]})]
+    assert drop == [("delete_snapshot", {"pool": pool, "snapshot_uuid": snaps[0]["id"], "path": first_path})]
     # The snapshot outlived its volume; a volume can still be made from it, on its pool.
     restored = calls_during(stack, lambda: cloud.createVolume(name="again", snapshotid=snaps[1]["id"]))
     assert [op for op, _ in restored] == ["create_volume_from_snapshot"]
     assert restored[0][1]["pool"] == pool and restored[0][1]["size"] == 1 << 30
+    assert restored[0][1]["path"] == kept_path(snaps[1]["id"])
 
 
 def test_host_side_calls_for_stop_start_and_live_migration(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811

@@ -70,3 +70,28 @@ def test_volume_from_template_shows_progress_then_snapshot_and_resize(stack: Loc
     assert json.loads(res.output)["new_size"] == tmpl.size + (1 << 20)
     res = runner.invoke(cli, ["volume", "resize", vid, "1024", "--json"], env=e)
     assert res.exit_code == 1 and "shrink" in res.output.lower()
+
+
+def test_volume_resize_tells_the_running_vms_host_or_the_hosts_given(stack: LocalStack) -> None:
+    """Outside the management server only a running VM's host is known (the API shows no last
+    host); `--host-id` names the hosts to tell for a stopped VM."""
+    runner = CliRunner()
+    model = stack.cs.model
+    host = next(iter(stack.agents))
+    vm = model.add_vm(f"cli-{new_uuid()[:6]}", host_id=host, state="Running", storage_id=stack.pool_id())
+    vid = new_uuid()
+    info = volumes.create(stack.ctx, stack.pool_id(), vid, 8 << 20)
+    model.add_volume("cli-rs", 8 << 20, vm_id=vm.id, storage_id=stack.pool_id(), path=info.path, volume_id=vid)
+    res = runner.invoke(cli, ["volume", "resize", vid, str(16 << 20), "--json"], env=stack.driver_env())
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["host_id"] == host
+    model.stop_vm(vm.id)
+    res = runner.invoke(cli, ["volume", "resize", vid, str(24 << 20), "--json"], env=stack.driver_env())
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["host_id"] is None
+    res = runner.invoke(cli, ["volume", "resize", vid, str(32 << 20), "--host-id", host, "--json"],
+                        env=stack.driver_env())
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["host_id"] == host
+    assert [j.result["size"] for j in stack.agents[host].server.jobs.list() if j.command == "resize"] == [
+        16 << 20, 32 << 20]

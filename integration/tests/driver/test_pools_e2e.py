@@ -1,5 +1,5 @@
-"""Pool lifecycle end to end: register against the stack's emulator, hold a cached template,
-removal refused until garbage collection has removed it."""
+"""Pool lifecycle end to end: register against the stack's emulator, hold a volume and a cached
+template; removal refused while the volume is there, then allowed, deleting the cache."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudstack_storpool.driver import gc, pools, volumes
+from cloudstack_storpool.driver import pools, templates, volumes
 from cloudstack_storpool.errors import Conflict, ValidationError
 from cloudstack_storpool.poolconfig import load_pools
 from integration.stack import LocalStack, new_uuid
@@ -40,10 +40,15 @@ def test_register_use_and_remove_a_pool(stack: LocalStack, tmp_path: Path) -> No
     assert (d.volumes, d.cached_templates, d.snapshots) == (1, 1, 0)
     assert d.capacity and d.free and d.used is not None
 
-    volumes.delete(ctx, "nvme-pool", vid)
-    with pytest.raises(Conflict, match="cs-tmpl-"):  # the cached template is still there
+    with pytest.raises(Conflict, match="cs-vol-"):  # the volume is still there; nothing changes
         pools.remove(ctx, path, "nvme-pool")
-    stack.cs.model.delete_template(tpl.id)
-    assert gc.run(ctx).done
+    assert templates.cached(ctx, "nvme-pool", tpl.id) is not None
+    volumes.delete(ctx, "nvme-pool", vid)
+    # Only the cached template is left: it goes with the pool (deleteDataStore deletes the
+    # pool's template_spool_ref copies), whether CloudStack still has the template or not.
+    cache = templates.cached(ctx, "nvme-pool", tpl.id)
+    assert cache is not None
     pools.remove(ctx, path, "nvme-pool")
     assert [p.name for p in load_pools(path).pools] == ["storpool-primary", "storpool-hybrid"]
+    left = stack.sp.api().snapshotsList()
+    assert not [s for s in left if s.globalId == cache.global_id and not s.deleted]

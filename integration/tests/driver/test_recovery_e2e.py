@@ -46,7 +46,7 @@ def test_delete_list_restore_then_expiry_reported(stack: LocalStack) -> None:
     before = dict(stack.sp.calls)
     back = recovery.restore(ctx, p, vid)
     assert {q: n - before.get(q, 0) for q, n in stack.sp.calls.items() if n != before.get(q, 0)} == {
-        "SnapshotsList": 1, "VolumeCreate": 1}
+        "SnapshotsList": 1, "VolumesList": 1, "VolumeCreate": 1}
     assert back.path != info.path and back.iops == 300 and back.size == 16 * MiB
     assert stack.sp.read_object(back.global_id, 4096, 13) == b"precious data"
     assert identity.get(ctx, p, volume_uuid=vid).global_id == back.global_id

@@ -15,6 +15,7 @@ import pytest
 from cloudstack_storpool.agent.attach import device_size
 from cloudstack_storpool.driver import resize, volumes
 from cloudstack_storpool.driver.resize import ResizeFailed
+from cloudstack_storpool.errors import NotFound
 from cloudstack_storpool.spconn import Ref
 from integration import processes
 from integration.libvirt_domain import start_domain
@@ -52,7 +53,8 @@ def test_running_domain_sees_the_new_size(stack: LocalStack, virt: Any) -> None:
     dom = start_domain(virt, vm.instance_name, device)
     try:
         assert dom.blockInfo("vdb", 0)[0] == 64 * MiB
-        out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=192 * MiB)
+        out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=192 * MiB, host_ids=[vm.host_id],
+                                   instance_name=vm.instance_name)
         assert out.notified and out.capacity == 192 * MiB
         assert conn.volume("~" + gid).size == 192 * MiB
         assert device_size(device) == 192 * MiB
@@ -74,7 +76,8 @@ def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
     try:
         iops_off = next(o for o in stack.cs.model.disk_offerings.values() if o.name == "sp-iops-500")
         with pytest.raises(ResizeFailed) as err:
-            resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=128 * MiB, disk_offering_id=iops_off.id)
+            resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=128 * MiB, disk_offering_id=iops_off.id,
+                                 host_ids=[vm.host_id], instance_name=vm.instance_name)
         assert err.value.rolled_back and "has no disk backed by" in str(err.value)
         summary = conn.volume("~" + gid)
         assert summary.size == 64 * MiB and summary.iops == 300
@@ -88,7 +91,7 @@ def test_host_failure_leaves_the_old_size(stack: LocalStack, virt: Any) -> None:
 def test_detached_volume_touches_no_agent(stack: LocalStack) -> None:
     vid, gid = volume_of(stack, 16 * MiB, None)
     jobs = len(stack.agent_jobs())
-    out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB)
+    out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB, host_ids=[], instance_name="none")
     assert out.host_id is None and len(stack.agent_jobs()) == jobs
     assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 48 * MiB
 
@@ -100,22 +103,50 @@ def test_unreachable_host_rolls_back(stack: LocalStack) -> None:
     stack.cs.model.set_host_details(vm.host_id, **{"agent.port": "1"})  # nothing listens there
     stack.ctx.agents.for_address("127.0.0.1", 1).post_retries = 0
     with pytest.raises(ResizeFailed, match="unreachable") as err:
-        resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB)
+        resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[vm.host_id],
+                             instance_name=vm.instance_name)
     assert err.value.rolled_back and f"restored to {16 * MiB}" in str(err.value)
     assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 16 * MiB
 
 
-def test_stopped_vm_is_resized_on_storpool_only(stack: LocalStack) -> None:
-    """A stopped VM is on no host: CloudStack's listVirtualMachines gives no hostid (and no last
-    host), so no agent is asked; StorPool alone changes the size, as in the Java plugin."""
+def test_a_stopped_vm_s_last_host_is_told(stack: LocalStack) -> None:
+    """A stopped VM is on no host, and CloudStack's API shows no last host: the caller hands it
+    (ResizeVolumePayload.hosts), and the resize reaches that host's agent, which finds the
+    domain not running there (it reads the new size when it starts)."""
     vm = running_vm(stack, client_id=2)
+    last = vm.host_id
     stack.cs.model.stop_vm(vm.id)
+    assert stack.ctx.cloudstack.vm(vm.id).host_id is None  # type: ignore[union-attr]
     vid, gid = volume_of(stack, 16 * MiB, vm.id)
     before = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
-    out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB)
-    assert out.host_id is None and not out.notified
-    after = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
-    assert after == before
+    out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[last],
+                               instance_name=vm.instance_name)
+    assert out.host_id == last and not out.notified
+    told = [j for j in stack.agents[last].server.jobs.list()[before[last]:] if j.command == "resize"]
+    assert len(told) == 1 and told[0].state == "succeeded"
+    assert told[0].result["volume"] == "~" + gid and told[0].result["size"] == 32 * MiB
+    assert told[0].result["reason"] in ("domain is not running", f"domain {vm.instance_name} is not on this host")
+    others = {h: len(a.server.jobs.list()) for h, a in stack.agents.items() if h != last}
+    assert others == {h: n for h, n in before.items() if h != last}
+    assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 32 * MiB
+
+
+def test_an_unreachable_host_passes_to_the_next_and_unknown_hosts_are_refused(stack: LocalStack) -> None:
+    vm = running_vm(stack, client_id=2)
+    vid, gid = volume_of(stack, 16 * MiB, vm.id)
+    with pytest.raises(NotFound, match="host_ids: CloudStack has no host"):
+        resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[new_uuid()],
+                             instance_name=vm.instance_name)
+    assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 16 * MiB
+    # A host whose agent does not answer (nothing listens on its port), Down for everything else.
+    down = stack.cs.model.add_host("down-host", "127.0.0.1", details={"agent.port": "1"}, state="Down")
+    stack.ctx.agents.for_address("127.0.0.1", 1).post_retries = 0
+    try:
+        out = resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=32 * MiB, host_ids=[down.id, vm.host_id],
+                                   instance_name=vm.instance_name)
+    finally:
+        stack.cs.model.delete_host(down.id)
+    assert out.host_id == vm.host_id and not out.notified  # told; no domain of that name runs there
     assert stack.ctx.conn(stack.pool_id()).volume("~" + gid).size == 32 * MiB
 
 
@@ -138,7 +169,8 @@ def test_contact_lost_mid_resize_leaves_the_volume_grown(stack: LocalStack, tmp_
 
         def run() -> None:
             try:
-                resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB)
+                resize.resize_volume(stack.ctx, volume_uuid=vid, new_size=48 * MiB, host_ids=[vm.host_id],
+                                     instance_name=vm.instance_name)
             except BaseException as exc:
                 outcome.append(exc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 
 import pytest
@@ -55,6 +56,31 @@ def test_latency(emu: EmulatorHandle) -> None:
     t0 = time.monotonic()
     emu.api().volumesList()
     assert time.monotonic() - t0 < 0.3
+
+
+def test_hold_answers_what_is_there_when_released(emu: EmulatorHandle) -> None:
+    """A held listing waits at a known point: what is made meanwhile is in its answer; the gate
+    is one-shot, and reset opens any left."""
+    api = emu.api()
+    gate = emu.faults.hold("VolumesList")
+    answers: list[list[str]] = []
+    worker = threading.Thread(target=lambda: answers.append([v.name for v in api.volumesList()]))
+    worker.start()
+    assert gate.arrived.wait(30)
+    emu.api().volumeCreate({"name": "made-meanwhile", "size": GiB, "template": "ssd"})
+    assert answers == []  # still held
+    gate.release()
+    worker.join(30)
+    assert answers == [["made-meanwhile"]]
+    assert [v.name for v in api.volumesList()] == ["made-meanwhile"]  # one-shot: not held again
+
+    left = emu.faults.hold("VolumesList")
+    worker = threading.Thread(target=lambda: answers.append([v.name for v in api.volumesList()]))
+    worker.start()
+    assert left.arrived.wait(30)
+    emu.faults.reset()  # opens the waiting call
+    worker.join(30)
+    assert answers[-1] == ["made-meanwhile"] and len(answers) == 2
 
 
 def test_lost_response_after_apply(emu: EmulatorHandle) -> None:

@@ -140,3 +140,23 @@ def test_live_volume_migration_of_a_running_vms_disk(stack: LocalStack, cloud: c
     assert on_sp.templateName == "hybrid" and on_sp.tags["cvm"] == vm["id"]
     client = stack.agents[vm["hostid"]].client_id
     assert {int(a.client) for a in sp.attachmentsList() if a.volume == on_sp.name} == {client}
+
+
+def test_resize_of_a_stopped_vms_disk_reaches_its_last_host(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                            vm: dict[str, Any]) -> None:
+    """CloudStack hands the driver the VM's host, else its last host (ResizeVolumePayload.hosts);
+    the API shows a stopped VM no host at all, so only the caller can say where it last ran."""
+    vol = cloud.createVolume(name="data-6", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                             virtualmachineid=vm["id"])["volume"]
+    last = vm["hostid"]
+    cloud.stopVirtualMachine(id=vm["id"])
+    stopped = one(cloud, "listVirtualMachines", "virtualmachine", id=vm["id"])
+    assert "hostid" not in stopped and "lasthostid" not in stopped
+    before = {h: len(a.server.jobs.list()) for h, a in stack.agents.items()}
+    vol = cloud.resizeVolume(id=vol["id"], size=11)["volume"]
+    on_sp = sp_volume(sp, vol["path"])
+    assert vol["size"] == 11 * GiB and on_sp.size == 11 * GiB
+    told = [j for j in stack.agents[last].server.jobs.list()[before[last]:] if j.command == "resize"]
+    assert len(told) == 1 and told[0].state == "succeeded"
+    assert told[0].result["volume"] == "~" + on_sp.globalId and told[0].result["notified"] is False
+    assert all(len(a.server.jobs.list()) == before[h] for h, a in stack.agents.items() if h != last)
