@@ -250,3 +250,21 @@ def test_volume_snapshot_details_are_its_snapshot_details_rows(cs_sim: SimHandle
     rows = client(cs_sim).getVolumeSnapshotDetails(snapshotid=snap.id)["apivolumesnapshotdetails"]
     assert [(r["snapshotDetailsName"], r["snapshotDetailsValue"]) for r in rows] == [
         (snap.id, "/dev/storpool-byid/abc.b.c")]
+
+
+def test_extract_volume_of_a_stopped_vm_or_detached(cs_sim: SimHandle) -> None:
+    """VolumeApiServiceImpl.extractVolume: HTTP_DOWNLOAD, only while no running VM uses it."""
+    cloud = client(cs_sim)
+    zone = cloud.listZones()["zone"][0]["id"]
+    stopped = cloud.listVirtualMachines(name="vm2")["virtualmachine"][0]
+    root = cloud.listVolumes(virtualmachineid=stopped["id"])["volume"][0]
+    raw = cs.CloudStack(cs_sim.endpoint, cs_sim.key, cs_sim.secret).extractVolume(id=root["id"], zoneid=zone,
+                                                                                  mode="HTTP_DOWNLOAD")
+    assert list(raw) == ["jobid"]
+    extracted = job(cs_sim, raw["jobid"])["jobresult"]["volume"]
+    assert extracted["id"] == root["id"] and extracted["extractMode"] == "HTTP_DOWNLOAD" and extracted["url"]
+    running = cloud.listVirtualMachines(name="vm1")["virtualmachine"][0]
+    busy = cloud.listVolumes(virtualmachineid=running["id"])["volume"][0]
+    status, text = refused(cloud.extractVolume, id=busy["id"], zoneid=zone, mode="HTTP_DOWNLOAD")
+    assert status == 431 and "either detached or the VM should be in stopped state" in text
+    assert refused(cloud.extractVolume, id=root["id"], zoneid=zone, mode="FTP")[0] == 431
