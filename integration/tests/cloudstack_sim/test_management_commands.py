@@ -268,3 +268,16 @@ def test_extract_volume_of_a_stopped_vm_or_detached(cs_sim: SimHandle) -> None:
     status, text = refused(cloud.extractVolume, id=busy["id"], zoneid=zone, mode="HTTP_DOWNLOAD")
     assert status == 431 and "either detached or the VM should be in stopped state" in text
     assert refused(cloud.extractVolume, id=root["id"], zoneid=zone, mode="FTP")[0] == 431
+
+
+def test_only_a_command_that_creates_answers_an_id_beside_its_job(cs_sim: SimHandle) -> None:
+    """ApiServer.queueCommand: a BaseAsyncCreateCmd answers `id` and `jobid`, any other async
+    command only `jobid`."""
+    raw = cs.CloudStack(cs_sim.endpoint, cs_sim.key, cs_sim.secret)
+    stopped = raw.listVirtualMachines(name="vm2")["virtualmachine"][0]
+    assert list(raw.startVirtualMachine(id=stopped["id"])) == ["jobid"]
+    offering = raw.listDiskOfferings(name="sp-small")["diskoffering"][0]
+    zone = raw.listZones()["zone"][0]["id"]
+    created = raw.createVolume(name="new", zoneid=zone, diskofferingid=offering["id"])
+    assert sorted(created) == ["id", "jobid"]
+    assert job(cs_sim, created["jobid"])["jobresult"]["volume"]["id"] == created["id"]
