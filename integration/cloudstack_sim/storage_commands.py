@@ -177,6 +177,7 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
     offering = _need(model.service_offerings, p, "serviceofferingid")
     tpl = _need(model.templates, p, "templateid")
     disk_offering = _opt_need(model.disk_offerings, p, "diskofferingid")
+    root_offering = _opt_need(model.disk_offerings, p, "overridediskofferingid")
     host = _opt_need(model.hosts, p, "hostid")
     owner = params_mod.owner_of(model, p)
     # `rootdisksize`, or the `details` map's rootdisksize (UserVmManagerImpl reads either).
@@ -190,7 +191,7 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("A custom disk offering needs a size")
     vm = orch.allocate_vm(model, p.get("name") or p.get("displayname") or "", tpl, offering,
                           root_size=root_gb * GIB if root_gb else None, disk_offering=disk_offering,
-                          data_size=data_gb * GIB if data_gb else None, account=owner)
+                          data_size=data_gb * GIB if data_gb else None, account=owner, root_offering=root_offering)
     start = _flag(p, "startvm", True)
 
     def action() -> None:
