@@ -180,10 +180,10 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
     root_offering = _opt_need(model.disk_offerings, p, "overridediskofferingid")
     host = _opt_need(model.hosts, p, "hostid")
     owner = params_mod.owner_of(model, p)
-    # `rootdisksize`, or the `details` map's rootdisksize (UserVmManagerImpl reads either).
-    root_gb = _long(p, "rootdisksize")
+    # The `details` map's rootdisksize, else `rootdisksize` (DeployVMCmd: the map's takes precedence).
+    root_gb = params_mod.int_param(params_mod.details_param(p, "details"), "rootdisksize", 64)
     if root_gb is None:
-        root_gb = params_mod.int_param(params_mod.details_param(p, "details"), "rootdisksize", 64)
+        root_gb = _long(p, "rootdisksize")
     if root_gb is not None and root_gb * GIB < tpl.size:
         raise m.ParamError(f"Root disk size {root_gb} GB is smaller than the template size")
     data_gb = _long(p, "size")
