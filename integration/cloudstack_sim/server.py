@@ -103,7 +103,8 @@ def _tag_items(resource_type: str, resource_id: str, tags: Mapping[str, str], ac
 
 
 def _zone(model: m.CloudStackModel, z: m.Zone) -> Item:
-    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced",
+    """ZoneResponse: a Core zone (not Edge) with security groups."""
+    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced", "type": "Core",
             "securitygroupsenabled": True, "localstorageenabled": False}
 
 

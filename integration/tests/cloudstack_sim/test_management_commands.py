@@ -40,6 +40,11 @@ ACCOUNT = {"email": "u@example.org", "firstname": "Ann", "lastname": "Smith", "p
 # ---------------------------------------------------------------- domains, accounts, roles, users
 
 
+def test_the_zone_is_a_core_zone_with_security_groups(cs_sim: SimHandle) -> None:
+    zone = client(cs_sim).listZones()["zone"][0]
+    assert (zone["type"], zone["securitygroupsenabled"], zone["allocationstate"]) == ("Core", True, "Enabled")
+
+
 def test_one_root_domain(cs_sim: SimHandle) -> None:
     domains = client(cs_sim).listDomains()["domain"]
     assert [(d["name"], d["level"], d["path"]) for d in domains] == [("ROOT", 0, "ROOT")]
