@@ -7,12 +7,13 @@ ResourceMetaDataManagerImpl, StorageManagerImpl, ApiDiscoveryServiceImpl), throu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import cs
 import pytest
 
-from integration.cloudstack_sim.testing import SimHandle
+from integration.cloudstack_sim.testing import SimHandle, run_simulator
 
 
 def client(sim: SimHandle) -> cs.CloudStack:
@@ -286,3 +287,21 @@ def test_only_a_command_that_creates_answers_an_id_beside_its_job(cs_sim: SimHan
     created = raw.createVolume(name="new", zoneid=zone, diskofferingid=offering["id"])
     assert sorted(created) == ["id", "jobid"]
     assert job(cs_sim, created["jobid"])["jobresult"]["volume"]["id"] == created["id"]
+
+
+def test_accounts_groups_and_offerings_survive_a_restart(tmp_path: Path) -> None:
+    """The state file keeps what these commands made (`--state`)."""
+    state = tmp_path / "cs.json"
+    with run_simulator(state=state) as sim:
+        cloud = client(sim)
+        cloud.createAccount(username="kim", roleid="4", **ACCOUNT)
+        group = cloud.listSecurityGroups(account="kim")["securitygroup"][0]
+        cloud.authorizeSecurityGroupIngress(securitygroupid=group["id"], protocol="tcp", startport=22, endport=22,
+                                            cidrlist="0.0.0.0/0")
+        off = cloud.createDiskOffering(name="kept", disksize=1, tags="ssd")["diskoffering"]
+    with run_simulator(state=state) as again:
+        cloud = client(again)
+        assert [u["username"] for u in cloud.listUsers(account="kim")["user"]] == ["kim"]
+        rules = cloud.listSecurityGroups(account="kim")["securitygroup"][0]["ingressrule"]
+        assert [(r["protocol"], r["startport"]) for r in rules] == [("tcp", 22)]
+        assert cloud.listDiskOfferings(id=off["id"])["diskoffering"][0]["tags"] == "ssd"
