@@ -172,8 +172,9 @@ def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
     })
 
 
-GUEST_NETWORK_NAME = "guestNetworkForBasicZone"
-"""The zone's shared guest network (a zone with security groups has one)."""
+GUEST_NETWORK_NAME = "defaultGuestNetwork"
+"""The zone's shared guest network, with security groups (an advanced zone with security groups
+has one shared network its VMs join)."""
 
 
 def guest_network_id(zone_id: str) -> str:
