@@ -63,7 +63,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"))
+STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"),
+                   Template("ssd2", 3, "ssd", "ssd", "ssd"))
+"""The emulated cluster's templates: ssd2 is the second template CloudStack's own StorPool tests
+name in their offerings (SP_TEMPLATE=ssd2), beside ssd."""
 POOLS = (("storpool-primary", "ssd"), ("storpool-hybrid", "hybrid"))
 
 

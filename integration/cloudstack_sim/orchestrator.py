@@ -117,7 +117,7 @@ def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
 
 def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: m.ServiceOffering, *,
                 root_size: int | None, disk_offering: m.DiskOffering | None, data_size: int | None,
-                account: str = "admin") -> m.VirtualMachine:
+                account: str = "admin", root_offering: m.DiskOffering | None = None) -> m.VirtualMachine:
     """VirtualMachineManagerImpl.allocate: the VM and its volumes as records only (Allocated);
     the driver is called when the VM first starts (VolumeOrchestrator.prepare)."""
     with model.lock:
@@ -127,6 +127,9 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
             vm.name = vm.instance_name
         root = next(v for v in model.volumes.values() if v.vm_id == vm.id and v.type == "ROOT")
         root.state, root.storage_id, root.path, root.template_id = "Allocated", None, None, tpl.id
+        if root_offering is not None:  # overridediskofferingid: the ROOT disk's own offering
+            root.disk_offering_id = root_offering.id
+            root.min_iops, root.max_iops = root_offering.min_iops, root_offering.max_iops
         if disk_offering is not None:
             data = model.add_volume(f"DATA-{vm.instance_name.split('-')[2]}",
                                     data_size or disk_offering.disk_size_gb * GIB, vm_id=vm.id, device_id=1,
@@ -171,10 +174,11 @@ def _pool_for(model: m.CloudStackModel, vm_id: str | None, zone_id: str, tags: s
 
 
 def _offering_tags(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine | None) -> str:
-    """The storage tags a volume needs: its disk offering's, or for a ROOT volume its VM's
-    service offering's (the disk offering CloudStack makes behind it carries them)."""
+    """The storage tags a volume needs: its disk offering's, or for a ROOT volume without one of
+    its own (overridediskofferingid) its VM's service offering's (the disk offering CloudStack
+    makes behind it carries them)."""
     with model.lock:
-        if vol.type == "ROOT" and vm is not None:
+        if vol.type == "ROOT" and vm is not None and not vol.disk_offering_id:
             service = model.service_offerings.get(vm.service_offering_id)
             return service.tags if service else ""
         off = model.disk_offerings.get(vol.disk_offering_id or "")
@@ -226,7 +230,8 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
                 tpl.pool_paths[pool.id] = BYID + str(made["global_id"])
     size = vol.size if vol.size > tpl.size else None
     result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
-                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id)
+                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id,
+                         **({"disk_offering_id": vol.disk_offering_id} if vol.disk_offering_id else {}))
     _created(model, vol.id, pool.id, result)
     with model.lock:
         if not vol.size or vol.size < tpl.size:

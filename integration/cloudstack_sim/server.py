@@ -103,7 +103,8 @@ def _tag_items(resource_type: str, resource_id: str, tags: Mapping[str, str], ac
 
 
 def _zone(model: m.CloudStackModel, z: m.Zone) -> Item:
-    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced",
+    """ZoneResponse: a Core zone (not Edge) with security groups."""
+    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced", "type": "Core",
             "securitygroupsenabled": True, "localstorageenabled": False}
 
 
@@ -172,8 +173,9 @@ def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
     })
 
 
-GUEST_NETWORK_NAME = "guestNetworkForBasicZone"
-"""The zone's shared guest network (a zone with security groups has one)."""
+GUEST_NETWORK_NAME = "defaultGuestNetwork"
+"""The zone's shared guest network, with security groups (an advanced zone with security groups
+has one shared network its VMs join)."""
 
 
 def guest_network_id(zone_id: str) -> str:

@@ -177,12 +177,13 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
     offering = _need(model.service_offerings, p, "serviceofferingid")
     tpl = _need(model.templates, p, "templateid")
     disk_offering = _opt_need(model.disk_offerings, p, "diskofferingid")
+    root_offering = _opt_need(model.disk_offerings, p, "overridediskofferingid")
     host = _opt_need(model.hosts, p, "hostid")
     owner = params_mod.owner_of(model, p)
-    # `rootdisksize`, or the `details` map's rootdisksize (UserVmManagerImpl reads either).
-    root_gb = _long(p, "rootdisksize")
+    # The `details` map's rootdisksize, else `rootdisksize` (DeployVMCmd: the map's takes precedence).
+    root_gb = params_mod.int_param(params_mod.details_param(p, "details"), "rootdisksize", 64)
     if root_gb is None:
-        root_gb = params_mod.int_param(params_mod.details_param(p, "details"), "rootdisksize", 64)
+        root_gb = _long(p, "rootdisksize")
     if root_gb is not None and root_gb * GIB < tpl.size:
         raise m.ParamError(f"Root disk size {root_gb} GB is smaller than the template size")
     data_gb = _long(p, "size")
@@ -190,7 +191,7 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("A custom disk offering needs a size")
     vm = orch.allocate_vm(model, p.get("name") or p.get("displayname") or "", tpl, offering,
                           root_size=root_gb * GIB if root_gb else None, disk_offering=disk_offering,
-                          data_size=data_gb * GIB if data_gb else None, account=owner)
+                          data_size=data_gb * GIB if data_gb else None, account=owner, root_offering=root_offering)
     start = _flag(p, "startvm", True)
 
     def action() -> None:

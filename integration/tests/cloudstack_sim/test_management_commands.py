@@ -7,12 +7,13 @@ ResourceMetaDataManagerImpl, StorageManagerImpl, ApiDiscoveryServiceImpl), throu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import cs
 import pytest
 
-from integration.cloudstack_sim.testing import SimHandle
+from integration.cloudstack_sim.testing import SimHandle, run_simulator
 
 
 def client(sim: SimHandle) -> cs.CloudStack:
@@ -38,6 +39,11 @@ ACCOUNT = {"email": "u@example.org", "firstname": "Ann", "lastname": "Smith", "p
 
 
 # ---------------------------------------------------------------- domains, accounts, roles, users
+
+
+def test_the_zone_is_a_core_zone_with_security_groups(cs_sim: SimHandle) -> None:
+    zone = client(cs_sim).listZones()["zone"][0]
+    assert (zone["type"], zone["securitygroupsenabled"], zone["allocationstate"]) == ("Core", True, "Enabled")
 
 
 def test_one_root_domain(cs_sim: SimHandle) -> None:
@@ -250,3 +256,52 @@ def test_volume_snapshot_details_are_its_snapshot_details_rows(cs_sim: SimHandle
     rows = client(cs_sim).getVolumeSnapshotDetails(snapshotid=snap.id)["apivolumesnapshotdetails"]
     assert [(r["snapshotDetailsName"], r["snapshotDetailsValue"]) for r in rows] == [
         (snap.id, "/dev/storpool-byid/abc.b.c")]
+
+
+def test_extract_volume_of_a_stopped_vm_or_detached(cs_sim: SimHandle) -> None:
+    """VolumeApiServiceImpl.extractVolume: HTTP_DOWNLOAD, only while no running VM uses it."""
+    cloud = client(cs_sim)
+    zone = cloud.listZones()["zone"][0]["id"]
+    stopped = cloud.listVirtualMachines(name="vm2")["virtualmachine"][0]
+    root = cloud.listVolumes(virtualmachineid=stopped["id"])["volume"][0]
+    raw = cs.CloudStack(cs_sim.endpoint, cs_sim.key, cs_sim.secret).extractVolume(id=root["id"], zoneid=zone,
+                                                                                  mode="HTTP_DOWNLOAD")
+    assert list(raw) == ["jobid"]
+    extracted = job(cs_sim, raw["jobid"])["jobresult"]["volume"]
+    assert extracted["id"] == root["id"] and extracted["extractMode"] == "HTTP_DOWNLOAD" and extracted["url"]
+    running = cloud.listVirtualMachines(name="vm1")["virtualmachine"][0]
+    busy = cloud.listVolumes(virtualmachineid=running["id"])["volume"][0]
+    status, text = refused(cloud.extractVolume, id=busy["id"], zoneid=zone, mode="HTTP_DOWNLOAD")
+    assert status == 431 and "either detached or the VM should be in stopped state" in text
+    assert refused(cloud.extractVolume, id=root["id"], zoneid=zone, mode="FTP")[0] == 431
+
+
+def test_only_a_command_that_creates_answers_an_id_beside_its_job(cs_sim: SimHandle) -> None:
+    """ApiServer.queueCommand: a BaseAsyncCreateCmd answers `id` and `jobid`, any other async
+    command only `jobid`."""
+    raw = cs.CloudStack(cs_sim.endpoint, cs_sim.key, cs_sim.secret)
+    stopped = raw.listVirtualMachines(name="vm2")["virtualmachine"][0]
+    assert list(raw.startVirtualMachine(id=stopped["id"])) == ["jobid"]
+    offering = raw.listDiskOfferings(name="sp-small")["diskoffering"][0]
+    zone = raw.listZones()["zone"][0]["id"]
+    created = raw.createVolume(name="new", zoneid=zone, diskofferingid=offering["id"])
+    assert sorted(created) == ["id", "jobid"]
+    assert job(cs_sim, created["jobid"])["jobresult"]["volume"]["id"] == created["id"]
+
+
+def test_accounts_groups_and_offerings_survive_a_restart(tmp_path: Path) -> None:
+    """The state file keeps what these commands made (`--state`)."""
+    state = tmp_path / "cs.json"
+    with run_simulator(state=state) as sim:
+        cloud = client(sim)
+        cloud.createAccount(username="kim", roleid="4", **ACCOUNT)
+        group = cloud.listSecurityGroups(account="kim")["securitygroup"][0]
+        cloud.authorizeSecurityGroupIngress(securitygroupid=group["id"], protocol="tcp", startport=22, endport=22,
+                                            cidrlist="0.0.0.0/0")
+        off = cloud.createDiskOffering(name="kept", disksize=1, tags="ssd")["diskoffering"]
+    with run_simulator(state=state) as again:
+        cloud = client(again)
+        assert [u["username"] for u in cloud.listUsers(account="kim")["user"]] == ["kim"]
+        rules = cloud.listSecurityGroups(account="kim")["securitygroup"][0]["ingressrule"]
+        assert [(r["protocol"], r["startport"]) for r in rules] == [("tcp", 22)]
+        assert cloud.listDiskOfferings(id=off["id"])["diskoffering"][0]["tags"] == "ssd"

@@ -59,14 +59,14 @@ def test_deleting_an_account_removes_its_vms_and_volumes(stack: LocalStack, clou
     svc = cloud.createServiceOffering(name="svc", cpunumber=1, cpuspeed=500, memory=512)["serviceoffering"]
     vm = cloud.deployVirtualMachine(zoneid=tpl["zoneid"], templateid=tpl["id"], serviceofferingid=svc["id"],
                                     name="owned", account="owner", domainid=acc["domainid"],
-                                    details=[{"rootdisksize": "1"}])["virtualmachine"]
+                                    rootdisksize=2, details=[{"rootdisksize": "1"}])["virtualmachine"]
     assert vm["account"] == "owner" and vm["nic"][0]["ipaddress"].startswith("127.10.")
     assert one(cloud, "listVirtualMachines", "virtualmachine", id=vm["id"])["nic"] == vm["nic"]
     data = cloud.createVolume(name="owned-data", zoneid=tpl["zoneid"], account="owner", domainid=acc["domainid"],
                               diskofferingid=one(cloud, "listDiskOfferings", "diskoffering", name="sp-small")["id"],
                               virtualmachineid=vm["id"])["volume"]
     root = one(cloud, "listVolumes", "volume", virtualmachineid=vm["id"], type="ROOT", listall=True)
-    assert root["size"] == 1 * GiB  # rootdisksize from the details map, in GB
+    assert root["size"] == 1 * GiB  # GB; the details map's rootdisksize before the parameter
     paths = [root["path"], data["path"]]
     assert all(sp_volume(sp, p) is not None for p in paths)
 
@@ -75,3 +75,20 @@ def test_deleting_an_account_removes_its_vms_and_volumes(stack: LocalStack, clou
     assert cloud.listVirtualMachines(listall=True, name="owned") == {}
     assert cloud.listVolumes(listall=True, name="owned-data") == {}
     assert all(sp_volume(sp, p) is None for p in paths)
+
+
+def test_override_disk_offering_is_the_root_disks_offering(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    """deployVirtualMachine's `overridediskofferingid` replaces the service offering's disk
+    offering for the ROOT disk: its details (SP_TEMPLATE) reach the plugin, its tags place it."""
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    svc = cloud.createServiceOffering(name="svc", cpunumber=1, cpuspeed=500, memory=512)["serviceoffering"]
+    tier = cloud.createDiskOffering(name="tier2", customized=True, tags="storpool-primary")["diskoffering"]
+    cloud.addResourceDetail(resourceid=tier["id"], resourcetype="DiskOffering",
+                            details=[{"key": "SP_TEMPLATE", "value": "ssd2"}])
+    vm = cloud.deployVirtualMachine(zoneid=tpl["zoneid"], templateid=tpl["id"], serviceofferingid=svc["id"],
+                                    name="tiered", overridediskofferingid=tier["id"],
+                                    details=[{"rootdisksize": "1"}])["virtualmachine"]
+    root = one(cloud, "listVolumes", "volume", virtualmachineid=vm["id"], type="ROOT")
+    assert root["diskofferingid"] == tier["id"] and root["storageid"] == stack.pool_id("storpool-primary")
+    assert sp_volume(sp, root["path"]).templateName == "ssd2"
