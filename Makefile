@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # the components, each in its own folder with its own pyproject.toml.
 DISTS   := . settings heartbeat agent driver
 
-.PHONY: setup system venv test lint typecheck demo up down bench clean
+.PHONY: setup system venv test lint typecheck demo up down bench marvin clean
 
 setup: system venv
 
@@ -39,6 +39,9 @@ up: venv
 
 down: venv
 	$(BIN)/python -m integration down
+
+marvin: venv
+	$(BIN)/python -m integration marvin
 
 bench: venv
 	$(BIN)/python -m benchmarks

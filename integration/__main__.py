@@ -11,6 +11,7 @@ import click
 
 from integration.cloudstack_sim.cli import cloudstack_cmd
 from integration.demo import demo_cmd
+from integration.marvin import marvin_cmd
 from integration.stack_cli import down_cmd, status_cmd, up_cmd
 from integration.storpool_sim.cli import storpool_cmd
 
@@ -29,7 +30,7 @@ def dev() -> None:
     """Developer commands of cloudstack-storpool: the stand-ins, the local stack and the demo."""
 
 
-for _cmd in (sim_group, up_cmd, down_cmd, status_cmd, demo_cmd):
+for _cmd in (sim_group, up_cmd, down_cmd, status_cmd, demo_cmd, marvin_cmd):
     dev.add_command(_cmd)
 
 

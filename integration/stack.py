@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -36,10 +37,12 @@ from cloudstack_storpool.poolconfig import PoolsFile, load_pools
 from cloudstack_storpool.settings.localfile import SETTINGS_FILE_ENV, SettingsFile
 from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
+from integration import guest_image
 from integration.certs import TestCA
 from integration.cloudstack_sim import orchestrator
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
+from integration.guests import Guests, StackGuests
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
 from integration.xfs import can_make_xfs, xfs_mount
@@ -61,7 +64,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"))
+STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme"),
+                   Template("ssd2", 3, "ssd", "ssd", "ssd"))
+"""The emulated cluster's templates: ssd2 is the second template CloudStack's own StorPool tests
+name in their offerings (SP_TEMPLATE=ssd2), beside ssd."""
 POOLS = (("storpool-primary", "ssd"), ("storpool-hybrid", "hybrid"))
 
 
@@ -82,12 +88,14 @@ class LocalStack:
     """Start with `with LocalStack(root) as stack:`; everything stops and is released on exit."""
 
     def __init__(self, root: Path, *, make_xfs: bool | None = None, settings_ttl: float = 0.5,
-                 xfs_size: int = 8 << 30, heartbeat_interval: float | None = None) -> None:
+                 xfs_size: int = 8 << 30, heartbeat_interval: float | None = None, guests: bool = False) -> None:
         self.root = Path(root)
         self.make_xfs = can_make_xfs() if make_xfs is None else make_xfs
         self.settings_ttl = settings_ttl
         self.xfs_size = xfs_size
         self.heartbeat_interval = heartbeat_interval
+        self.with_guests = guests
+        self.guests: StackGuests | None = None
         self.agent_token = secrets.token_urlsafe(24)
         self.service_token: str | None = None
         self._exit = ExitStack()
@@ -142,11 +150,27 @@ class LocalStack:
             client_id = int(host.details.get("SP_OURID", "0") or 0)
             if client_id:
                 self._start_agent(host.id, host.name, client_id)
+        if self.with_guests:
+            self._start_guests()
         self.cloudstack: CloudStackClient = self.cs.client()
         # The project's own settings live in a settings file, as on a real machine.
         self.settings_file = self.root / "settings.toml"
         self.settings = Settings(self.cloudstack, file=SettingsFile(self.settings_file), ttl=self.settings_ttl)
         self.ctx = self.driver_context()
+
+    def _start_guests(self) -> None:
+        """Real guests for the simulator's VMs (see `integration.guests`)."""
+        dev_root = self.sp.dev_root
+
+        def device_of(client_id: int, path: str) -> str:
+            return str(dev_root / str(client_id) / path.removeprefix("/dev/"))
+
+        guests = Guests(guest_image.build(), device_of, console_dir=self.root / "consoles")
+        (self.root / "consoles").mkdir(exist_ok=True)
+        (self.root / "consoles").chmod(0o777)  # QEMU, as libvirt's user, writes the consoles
+        self._exit.callback(guests.close)
+        self.guests = StackGuests(self.cs.model, guests)
+        self.cs.model.hypervisor = self.guests
 
     def _start_heartbeat(self, client_id: int, status_file: Path) -> None:
         """The host's heartbeat loop, as `heartbeat run` would run it on a KVM host (action: log)."""
@@ -264,12 +288,16 @@ class LocalStack:
         if wait:
             time.sleep(self.settings_ttl + 0.1)
 
-    def template_image(self, template_id: str, size: int, writes: dict[int, bytes], fmt: str = "qcow2") -> Path:
-        """A template file on "secondary storage" with known content at known offsets."""
+    def template_image(self, template_id: str, size: int, writes: dict[int, bytes], fmt: str = "qcow2",
+                       base: Path | None = None) -> Path:
+        """A template file on "secondary storage" with known content at known offsets (over the
+        content of the raw image `base`, when given)."""
         path = self.secondary / "template" / "tmpl" / "1" / template_id / f"{template_id}.{fmt}"
         path.parent.mkdir(parents=True, exist_ok=True)
         raw = path.with_suffix(".raw.tmp")
-        with open(raw, "wb") as f:
+        if base is not None:
+            shutil.copyfile(base, raw)
+        with open(raw, "r+b" if base is not None else "wb") as f:
             f.truncate(size)
             for offset, data in writes.items():
                 f.seek(offset)
@@ -284,13 +312,17 @@ class LocalStack:
     def publish_template_images(self) -> list[str]:
         """Put every registered template's image on the image store where CloudStack keeps it
         (template/tmpl/1/<id>/<id>.<format>), as after its download: for `up`, so that a
-        user's deployVirtualMachine works. Returns the templates that got one."""
+        user's deployVirtualMachine works. With guests, every template is the guest's root
+        filesystem, so each VM boots. Returns the templates that got one."""
         done = []
         for tpl in list(self.cs.model.templates.values()):
             fmt = tpl.format.lower()
             if (self.secondary / "template" / "tmpl" / "1" / tpl.id / f"{tpl.id}.{fmt}").exists():
                 continue
-            self.template_image(tpl.id, tpl.size, {0: f"{tpl.name} boot sector".encode()}, fmt)
+            if self.guests is not None:
+                self.template_image(tpl.id, tpl.size, {}, fmt, base=self.guests.image.rootfs)
+            else:
+                self.template_image(tpl.id, tpl.size, {0: f"{tpl.name} boot sector".encode()}, fmt)
             done.append(tpl.name)
         return done
 

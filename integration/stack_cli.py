@@ -81,9 +81,10 @@ def recover(run_dir: Path) -> list[str]:
     return done
 
 
-def serve_stack(run_dir: Path, java_cloud: bool = False) -> None:
+def serve_stack(run_dir: Path, java_cloud: bool = False, guests: bool = True) -> None:
     """The body of the background process: start, publish endpoints, wait for SIGTERM.
-    `java_cloud` first fills the stack with a cloud the Java plugin built (integration/javacloud.py)."""
+    `java_cloud` first fills the stack with a cloud the Java plugin built (integration/javacloud.py);
+    `guests` boots a real guest for each running VM (integration/guests.py)."""
     stopping = False
 
     def stop(_sig: int, _frame: Any) -> None:
@@ -93,16 +94,16 @@ def serve_stack(run_dir: Path, java_cloud: bool = False) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        _run(run_dir, lambda: stopping, java_cloud)
+        _run(run_dir, lambda: stopping, java_cloud, guests)
     finally:
         _pid_file(run_dir).unlink(missing_ok=True)
 
 
-def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool) -> None:
+def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool, guests: bool) -> None:
     from integration import javacloud
     from integration.stack import LocalStack
 
-    with LocalStack(run_dir / "stack", heartbeat_interval=5.0) as stack:
+    with LocalStack(run_dir / "stack", heartbeat_interval=5.0, guests=guests) as stack:
         java = javacloud.build(stack) if java_cloud else None
         service_url = stack.start_service()
         stack.publish_template_images()  # deployVirtualMachine by hand needs the images
@@ -132,7 +133,9 @@ def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--java-cloud", is_flag=True,
               help="Fill the stack with a cloud the Java plugin built (anonymous objects, Java pool id), to try a takeover.")
-def up_cmd(run_dir: Path, timeout: float, as_json: bool, java_cloud: bool) -> None:
+@click.option("--guests/--no-guests", default=True, show_default=True,
+              help="Boot a real guest (SSH as root at the VM's IP) for every running VM.")
+def up_cmd(run_dir: Path, timeout: float, as_json: bool, java_cloud: bool, guests: bool) -> None:
     """Start the local stack (StorPool emulator, CloudStack simulator, agents, driver service)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = read_state(run_dir)
@@ -146,8 +149,8 @@ def up_cmd(run_dir: Path, timeout: float, as_json: bool, java_cloud: bool) -> No
         with open(run_dir / "stack.log", "ab") as log:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from integration.stack_cli import serve_stack; "
-                 "from pathlib import Path; serve_stack(Path(sys.argv[1]), sys.argv[2] == '1')", str(run_dir.resolve()),
-                 "1" if java_cloud else "0"],
+                 "from pathlib import Path; serve_stack(Path(sys.argv[1]), sys.argv[2] == '1', sys.argv[3] == '1')",
+                 str(run_dir.resolve()), "1" if java_cloud else "0", "1" if guests else "0"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=dev_env(),
             )
         _pid_file(run_dir).write_text(f"{proc.pid}\n")

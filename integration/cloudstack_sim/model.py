@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from integration.cloudstack_sim.hypervisor import Hypervisor, NoGuests
+
 CONFIGURATION_FILE = Path(__file__).with_name("configuration.json")
 """CloudStack's configuration keys the plugin touches (name, Java type, default, scope...)."""
 
@@ -173,6 +175,15 @@ class DiskOffering:
     customized_iops: bool = False
     customized: bool = False
     details: dict[str, str] = field(default_factory=dict)
+    tags: str = ""
+    """Storage tags (comma-separated): a volume of this offering goes only to a pool holding all of them."""
+    encrypt: bool = False
+    display_text: str = ""
+    hypervisor_snapshot_reserve: int | None = None
+    created: str = ""
+    state: str = "Active"
+    """Inactive once deleted: CloudStack keeps a deleted offering's row (its volumes still name it)
+    but lists it no more."""
 
 
 @dataclass
@@ -186,6 +197,13 @@ class ServiceOffering:
     max_iops: int | None = None
     customized_iops: bool = False
     details: dict[str, str] = field(default_factory=dict)
+    tags: str = ""
+    """Storage tags of the ROOT disk (kept on the offering's disk offering in CloudStack)."""
+    encrypt_root: bool = False
+    display_text: str = ""
+    hypervisor_snapshot_reserve: int | None = None
+    created: str = ""
+    state: str = "Active"
 
 
 @dataclass
@@ -195,8 +213,8 @@ class StoragePool:
     zone_id: str
     provider: str = "StorPool"
     scope: str = "ZONE"
-    type: str = "SharedMountPoint"
-    path: str = "/dev/storpool"
+    type: str = "StorPool"
+    path: str = "/dev/storpool-byid/"
     capacity: int = 100 * 1024 * GIB
     used: int = 0
     state: str = "Up"
@@ -221,6 +239,10 @@ class VirtualMachine:
     tags: dict[str, str] = field(default_factory=dict)
     account: str = "admin"
     created: str = ""
+    ip_address: str = ""
+    """The VM's address on the zone's guest network: its own loopback address (127.10.x.y), where
+    a guest of the local stack listens."""
+    mac_address: str = ""
 
 
 @dataclass
@@ -295,6 +317,76 @@ class Event:
     resource_id: str | None = None
     resource_type: str | None = None
     account: str = "admin"
+
+
+@dataclass
+class Account:
+    """An account (AccountVO) in a domain; its type follows its role (AccountManagerImpl)."""
+
+    id: str
+    name: str
+    domain_id: str
+    role_id: str
+    state: str = "enabled"
+    created: str = ""
+    network_domain: str | None = None
+
+
+@dataclass
+class User:
+    """A user of an account (UserVO). The password is not kept: nothing here logs in with it."""
+
+    id: str
+    username: str
+    account_id: str
+    firstname: str = ""
+    lastname: str = ""
+    email: str = ""
+    state: str = "enabled"
+    created: str = ""
+    timezone: str | None = None
+
+
+@dataclass
+class SecurityGroup:
+    """A security group (SecurityGroupVO) and its rules; every account has a `default` one."""
+
+    id: str
+    name: str
+    account: str
+    domain_id: str
+    description: str = ""
+    ingress: list[dict[str, Any]] = field(default_factory=list)
+    egress: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One of CloudStack's default roles (the `roles` table as the schema seeds it)."""
+
+    internal_id: int
+    name: str
+    type: str
+    description: str
+
+    @property
+    def id(self) -> str:
+        return seeded_id("role", self.name)
+
+
+ROLES = (
+    Role(1, "Root Admin", "Admin", "Default root admin role"),
+    Role(2, "Resource Admin", "ResourceAdmin", "Default resource admin role"),
+    Role(3, "Domain Admin", "DomainAdmin", "Default domain admin role"),
+    Role(4, "User", "User", "Default Root Admin role"),
+)
+ACCOUNT_TYPES = {"User": 0, "Admin": 1, "DomainAdmin": 2, "ResourceAdmin": 3}
+"""Account.Type by role type (RoleType.getAccountType)."""
+
+
+def role_by_id(value: str) -> Role | None:
+    """A role by uuid or by internal id: the API layer takes either for a uuid parameter."""
+    return next((r for r in ROLES if value in (r.id, str(r.internal_id))), None)
 
 
 @dataclass
@@ -373,6 +465,9 @@ _TABLES: dict[str, type] = {
     "events": Event,
     "alerts": Alert,
     "configs": ConfigEntry,
+    "accounts": Account,
+    "users": User,
+    "security_groups": SecurityGroup,
 }
 
 
@@ -396,6 +491,9 @@ class CloudStackModel:
         self.events: dict[str, Event] = {}
         self.alerts: dict[str, Alert] = {}
         self.configs: dict[str, ConfigEntry] = {}
+        self.accounts: dict[str, Account] = {}
+        self.users: dict[str, User] = {}
+        self.security_groups: dict[str, SecurityGroup] = {}
         # (scope, scope id, name) -> value
         self.scoped_values: dict[tuple[str, str, str], str] = {}
         # Not persisted: runtime-only state.
@@ -403,6 +501,7 @@ class CloudStackModel:
         self.calls: list[Call] = []
         # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
         self.plugin: StoragePlugin | None = None
+        self.hypervisor: Hypervisor = NoGuests()
         self.image_store: str | None = None
         """The image store's root as the KVM hosts see it (secondary storage)."""
         self.job_delay = 0.0
@@ -421,7 +520,13 @@ class CloudStackModel:
         with self.lock:
             names = {"admin"} | {o.account for table in (self.vms, self.volumes, self.snapshots, self.templates)
                                  for o in table.values()}
-            return {seeded_id("account", n): n for n in names}
+            out = {seeded_id("account", n): n for n in names if n not in self.account_names()}
+            out.update({a.id: a.name for a in self.accounts.values()})
+            return out
+
+    def account_names(self) -> set[str]:
+        with self.lock:
+            return {a.name for a in self.accounts.values()}
 
     # ------------------------------------------------------------------ helpers
 
@@ -490,6 +595,8 @@ class CloudStackModel:
 
     def _seed(self) -> None:
         with self.lock:
+            for account_name, role in (("system", ROLES[0]), ("admin", ROLES[0]), ("user1", ROLES[3])):
+                self.add_account(account_name, role.id)
             zone = self.add_zone("zone1")
             cluster = self.add_cluster("cluster1", zone.id)
             kvm1 = self.add_host("kvm1", "127.0.0.1", sp_ourid=1, cluster_id=cluster.id)
@@ -529,6 +636,39 @@ class CloudStackModel:
                 )
 
     # ------------------------------------------------------------------ topology API for tests
+
+    def add_account(self, name: str, role_id: str, *, domain_id: str | None = None, username: str | None = None,
+                    firstname: str = "", lastname: str = "", email: str = "", account_id: str | None = None,
+                    user_id: str | None = None) -> Account:
+        """AccountManagerImpl.createUserAccount: the account, its first user and (in a zone with
+        security groups) its `default` security group (SecurityGroupManagerImpl)."""
+        with self.lock:
+            acc = Account(account_id or (seeded_id("account", name) if self._seeding else new_id()), name,
+                          domain_id or seeded_id("domain", "ROOT"), role_id, created=cs_time())
+            self.accounts[acc.id] = acc
+            user = User(user_id or self._oid("user", username or name), username or name, acc.id, firstname,
+                        lastname, email, created=cs_time())
+            self.users[user.id] = user
+            group = SecurityGroup(self._oid("securitygroup", name), "default", acc.name, acc.domain_id,
+                                  "Default Security Group")
+            self.security_groups[group.id] = group
+            return acc
+
+    def account_by_name(self, name: str, domain_id: str | None = None) -> Account | None:
+        with self.lock:
+            return next((a for a in self.accounts.values()
+                         if a.name == name and (domain_id is None or a.domain_id == domain_id)), None)
+
+    def _next_guest_address(self) -> tuple[str, str]:
+        """The next free address on the guest network (127.10.0.1 onwards) and a MAC made from it."""
+        used = {vm.ip_address for vm in self.vms.values()}
+        n = 0
+        while True:
+            ip = f"127.10.{n // 254}.{n % 254 + 1}"
+            if ip not in used:
+                octets = [int(x) for x in ip.split(".")]
+                return ip, "1e:00:" + ":".join(f"{o:02x}" for o in octets)
+            n += 1
 
     def add_zone(self, name: str) -> Zone:
         with self.lock:
@@ -597,6 +737,8 @@ class CloudStackModel:
         """`pool_id` as CloudStack stores it; the Java plugin's pools have `<SP_TEMPLATE>;<uuid>`."""
         with self.lock:
             zone = zone_id or self._default(self.zones).id
+            if kw.get("provider", "StorPool") == "StorPool":
+                kw.setdefault("tags", name)  # StorPoolPrimaryDataStoreLifeCycle.initialize: no tags -> the name
             pool = StoragePool(pool_id or self._oid("pool", name), name, zone, **kw)
             self.storage_pools[pool.id] = pool
             return pool
@@ -674,6 +816,7 @@ class CloudStackModel:
                 state=state, host_id=host_id if running else None, last_host_id=host_id,
                 tags=dict(tags or {}), account=account, created=cs_time(),
             )
+            vm.ip_address, vm.mac_address = self._next_guest_address()
             self.vms[vm.id] = vm
             pool = storage_id or (self._default(self.storage_pools).id if self.storage_pools else None)
             self.add_volume(

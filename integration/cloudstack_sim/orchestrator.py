@@ -92,7 +92,9 @@ def create_storage_pool(model: m.CloudStackModel, name: str, url: str, zone_id: 
     pool_id = m.new_id()
     _plugin(model).call("register_pool", name=name, url=url, uuid=pool_id, zone=zone_id)
     with model.lock:
-        kw: dict[str, Any] = {"tags": tags, "url": url.split(";SP_AUTH_TOKEN", 1)[0] if ";" in url else ""}
+        # StorPoolPrimaryDataStoreLifeCycle.initialize: type StorPool, path SP_DEV_PATH, tags = the
+        # pool's name unless given (the StoragePool defaults hold the first two).
+        kw: dict[str, Any] = {"tags": tags or name, "url": url.split(";SP_AUTH_TOKEN", 1)[0] if ";" in url else ""}
         if capacity:
             kw["capacity"] = capacity
         pool = m.StoragePool(pool_id, name, zone_id, **kw)
@@ -114,22 +116,32 @@ def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
 
 
 def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: m.ServiceOffering, *,
-                root_size: int | None, disk_offering: m.DiskOffering | None, data_size: int | None) -> m.VirtualMachine:
+                root_size: int | None, disk_offering: m.DiskOffering | None, data_size: int | None,
+                account: str = "admin", root_offering: m.DiskOffering | None = None) -> m.VirtualMachine:
     """VirtualMachineManagerImpl.allocate: the VM and its volumes as records only (Allocated);
     the driver is called when the VM first starts (VolumeOrchestrator.prepare)."""
     with model.lock:
         vm = model.add_vm(name or f"VM-{m.new_id()[:8]}", template_id=tpl.id, service_offering_id=offering.id,
-                          state="Stopped", storage_id=None, root_size=root_size)
+                          state="Stopped", storage_id=None, root_size=root_size, account=account)
         if not name:
             vm.name = vm.instance_name
         root = next(v for v in model.volumes.values() if v.vm_id == vm.id and v.type == "ROOT")
         root.state, root.storage_id, root.path, root.template_id = "Allocated", None, None, tpl.id
+        if root_offering is not None:  # overridediskofferingid: the ROOT disk's own offering
+            root.disk_offering_id = root_offering.id
+            root.min_iops, root.max_iops = root_offering.min_iops, root_offering.max_iops
         if disk_offering is not None:
             data = model.add_volume(f"DATA-{vm.instance_name.split('-')[2]}",
                                     data_size or disk_offering.disk_size_gb * GIB, vm_id=vm.id, device_id=1,
-                                    disk_offering_id=disk_offering.id)
+                                    disk_offering_id=disk_offering.id, account=account)
             data.state = "Allocated"
         return vm
+
+
+def _disk_paths(model: m.CloudStackModel, vm_id: str) -> list[str]:
+    """The VM's disks as the hypervisor gets them: the root first, then by device id."""
+    vols = sorted(vm_volumes(model, vm_id), key=lambda v: (v.type != "ROOT", v.device_id or 0))
+    return [v.path for v in vols if v.path]
 
 
 def vm_volumes(model: m.CloudStackModel, vm_id: str) -> list[m.Volume]:
@@ -137,18 +149,40 @@ def vm_volumes(model: m.CloudStackModel, vm_id: str) -> list[m.Volume]:
         return sorted((v for v in model.volumes.values() if v.vm_id == vm_id), key=lambda v: v.device_id or 0)
 
 
-def _pool_for(model: m.CloudStackModel, vm_id: str | None, zone_id: str) -> m.StoragePool:
-    """The storage pool allocator's choice: the pool of the VM's other volumes, else the first
-    StorPool pool of the zone that is Up."""
+def _pool_for(model: m.CloudStackModel, vm_id: str | None, zone_id: str, tags: str = "") -> m.StoragePool:
+    """The storage pool allocator's choice (AbstractStoragePoolAllocator, ZoneWideStoragePoolAllocator):
+    a StorPool pool of the zone that is Up and holds every storage tag of the volume's offering
+    (an offering without tags fits any pool); the pool of the VM's other volumes first when it
+    fits, else the first that does."""
+    wanted = {t.strip() for t in tags.split(",") if t.strip()}
+
+    def fits(pool: m.StoragePool) -> bool:
+        held = {t.strip() for t in pool.tags.split(",") if t.strip()}
+        return pool.zone_id == zone_id and pool.state == "Up" and pool.provider == "StorPool" and wanted <= held
+
     with model.lock:
         if vm_id:
             for v in model.volumes.values():
-                if v.vm_id == vm_id and v.storage_id in model.storage_pools:
-                    return model.storage_pools[v.storage_id]
+                pool = model.storage_pools.get(v.storage_id or "")
+                if v.vm_id == vm_id and pool is not None and fits(pool):
+                    return pool
         for pool in model.storage_pools.values():
-            if pool.zone_id == zone_id and pool.state == "Up" and pool.provider == "StorPool":
+            if fits(pool):
                 return pool
-    raise m.ApiError("Unable to find suitable primary storage when creating volume")
+    raise m.ApiError("Unable to find suitable primary storage when creating volume"
+                     + (f" (storage tags {','.join(sorted(wanted))})" if wanted else ""))
+
+
+def _offering_tags(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine | None) -> str:
+    """The storage tags a volume needs: its disk offering's, or for a ROOT volume without one of
+    its own (overridediskofferingid) its VM's service offering's (the disk offering CloudStack
+    makes behind it carries them)."""
+    with model.lock:
+        if vol.type == "ROOT" and vm is not None and not vol.disk_offering_id:
+            service = model.service_offerings.get(vm.service_offering_id)
+            return service.tags if service else ""
+        off = model.disk_offerings.get(vol.disk_offering_id or "")
+        return off.tags if off else ""
 
 
 def _host_for(model: m.CloudStackModel, host_id: str | None, vm: m.VirtualMachine) -> m.Host:
@@ -180,7 +214,7 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
        `create_volume_from_template` (ROOT, the VM's service offering, which carries its
        IOPS and StorPool template, size = rootdisksize)."""
     plugin = _plugin(model)
-    pool = _pool_for(model, None, vm.zone_id)
+    pool = _pool_for(model, None, vm.zone_id, _offering_tags(model, vol, vm))
     with model.lock:
         tpl = model.templates.get(vol.template_id or vm.template_id)
         if tpl is None:
@@ -196,7 +230,8 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
                 tpl.pool_paths[pool.id] = BYID + str(made["global_id"])
     size = vol.size if vol.size > tpl.size else None
     result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
-                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id)
+                         size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id,
+                         **({"disk_offering_id": vol.disk_offering_id} if vol.disk_offering_id else {}))
     _created(model, vol.id, pool.id, result)
     with model.lock:
         if not vol.size or vol.size < tpl.size:
@@ -209,7 +244,8 @@ def create_volume_on_pool(model: m.CloudStackModel, volume_id: str, pool_id: str
     with model.lock:
         vol = model.volumes[volume_id]
         vm = model.vms.get(vol.vm_id or "")
-    pool = model.storage_pools[pool_id] if pool_id else _pool_for(model, vm.id if vm else None, vol.zone_id)
+    pool = (model.storage_pools[pool_id] if pool_id
+            else _pool_for(model, vm.id if vm else None, vol.zone_id, _offering_tags(model, vol, vm)))
     off = model.disk_offerings.get(vol.disk_offering_id or "")
     custom = vol.max_iops if off is not None and off.customized_iops else None
     result = _plugin(model).call("create_volume", pool=pool.id, volume_uuid=vol.id, size=vol.size,
@@ -267,6 +303,7 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
                     create_volume_on_pool(model, vol.id)
                 _tag_attached(model, model.volumes[vol.id], vm_id)
         _hand_over(model, vm_id, host)
+        model.hypervisor.vm_started(vm_id, host.id, _disk_paths(model, vm_id))
     except BaseException:
         with model.lock:
             vm.state = "Error" if first else "Stopped"
@@ -295,6 +332,7 @@ def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
         if vm.state == "Stopped":
             return
         host_id = vm.host_id
+    model.hypervisor.vm_stopped(vm_id)
     if host_id and any(v.path for v in vm_volumes(model, vm_id)):
         _let_go(model, "vm_stopped", vm_id=vm_id, host_id=host_id)
     with model.lock:
@@ -328,6 +366,7 @@ def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
         _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
         try:
             model.hypervisor_migrate(vm_id, host_id)
+            model.hypervisor.vm_migrated(vm_id, host_id, _disk_paths(model, vm_id))
         except m.ApiError as exc:
             _let_go(model, "finish_migration", **ends, succeeded=False)
             raise m.ApiError(f"Failed to migrate VM {vm.name} to host {host_id}: {exc.text}") from None
@@ -391,7 +430,7 @@ def change_vm_tags(model: m.CloudStackModel, vm_id: str, wanted: dict[str, str],
 
 def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offering: m.DiskOffering | None,
                     size: int | None, snapshot: m.Snapshot | None, min_iops: int | None,
-                    max_iops: int | None) -> m.Volume:
+                    max_iops: int | None, account: str = "admin") -> m.Volume:
     """VolumeApiServiceImpl.allocVolume: a record in state Allocated; no driver call."""
     with model.lock:
         if snapshot is not None:
@@ -405,7 +444,7 @@ def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offeri
             size = size or offering.disk_size_gb * GIB
             off_id = offering.id
         vol = model.add_volume(name or f"DATA-{m.new_id()[:8]}", size, disk_offering_id=off_id,
-                               min_iops=min_iops, max_iops=max_iops)
+                               min_iops=min_iops, max_iops=max_iops, account=account)
         vol.zone_id = zone_id or vol.zone_id
         if min_iops is not None or max_iops is not None:
             vol.min_iops, vol.max_iops = min_iops, max_iops
@@ -447,9 +486,12 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
         elif device_id in used:
             raise m.ParamError(f"deviceId {device_id} is used by VM {vm.name}")
     if vol.state == "Allocated":
-        create_volume_on_pool(model, volume_id, _pool_for(model, vm_id, vm.zone_id).id)
+        create_volume_on_pool(model, volume_id, _pool_for(model, vm_id, vm.zone_id, _offering_tags(model, vol, vm)).id)
     if vm.state == "Running" and vm.host_id:
-        _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=model.volumes[volume_id].path)
+        path = model.volumes[volume_id].path
+        _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=path)
+        if path:
+            model.hypervisor.disk_attached(vm_id, vm.host_id, path)
     with model.lock:
         vol.vm_id, vol.device_id = vm_id, device_id
         model.add_event("VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name}", vol.id, "Volume")
@@ -466,7 +508,8 @@ def detach_volume(model: m.CloudStackModel, volume_id: str) -> None:
         vol = model.volumes[volume_id]
         vm = model.vms.get(vol.vm_id or "")
         host_id = vm.host_id if vm is not None and vm.state == "Running" else None
-    if host_id and vol.path:
+    if host_id and vol.path and vm is not None:
+        model.hypervisor.disk_detached(vm.id, host_id, vol.path)
         _let_go(model, "disconnect_physical_disk", host_id=host_id, path=vol.path)
     with model.lock:
         vol.vm_id, vol.device_id = None, None

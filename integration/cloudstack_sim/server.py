@@ -3,8 +3,9 @@
 What a client sees is what a real management server sends (ApiServlet, ApiServer,
 ParamProcessWorker, BaseListCmd, ApiAsyncJobDispatcher in CloudStack main):
 
-- GET (query string) and POST (form body) both work; a key given twice counts with its last
-  value; parameters are verified with signature version 3 (see signing.py), whose control
+- GET (query string) and POST (form body) both work; a key given twice counts with its first
+  value (the query string's before the form body's); parameter names are read lower-cased;
+  parameters are verified with signature version 3 (see signing.py), whose control
   parameters (`apiKey`, `signature`, `signatureVersion`, `expires`) are matched in any case;
   a failed check is HTTP 401 with errorcode 401;
 - a command the server does not have is 401 too, in the `errorresponse` envelope (ApiServer
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,8 +36,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cloudstack_storpool.httpjson import end_headers_with
+from integration.cloudstack_sim import catalog, identity, offerings, storage_commands
 from integration.cloudstack_sim import model as m
-from integration.cloudstack_sim import storage_commands
+from integration.cloudstack_sim import params as params_mod
 from integration.cloudstack_sim.signing import SignatureError, verify_request
 
 log = logging.getLogger(__name__)
@@ -63,26 +64,9 @@ class Command:
 # ---------------------------------------------------------------------------- parameter helpers
 
 
-def _required(cmd: str, params: Params, *names: str) -> None:
-    for name in names:
-        if not params.get(name):
-            raise m.MissingParam(f"Unable to execute API command {cmd.lower()} due to missing parameter {name}")
-
-
-def _flag(params: Params, name: str) -> bool:
-    return params.get(name, "").lower() == "true"
-
-
-def _int(params: Params, name: str) -> int | None:
-    """An INTEGER parameter, as ParamProcessWorker parses it (Integer.parseInt)."""
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None
-    if not re.fullmatch(r"[+-]?[0-9]+", raw) or not -(2**31) <= int(raw) <= 2**31 - 1:
-        raise m.InvalidValue(f"Invalid parameter {name} value={raw} due to incorrect long value format, or entity "
-                             "does not exist or due to incorrect parameter annotation for the field in api cmd "
-                             "class.")
-    return int(raw)
+_required = params_mod.required
+_flag = params_mod.flag
+_int = params_mod.int_param
 
 
 def _check_ids(params: Params, checks: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -119,8 +103,9 @@ def _tag_items(resource_type: str, resource_id: str, tags: Mapping[str, str], ac
 
 
 def _zone(model: m.CloudStackModel, z: m.Zone) -> Item:
-    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced",
-            "securitygroupsenabled": False, "localstorageenabled": False}
+    """ZoneResponse: a Core zone (not Edge) with security groups."""
+    return {"id": z.id, "name": z.name, "allocationstate": "Enabled", "networktype": "Advanced", "type": "Core",
+            "securitygroupsenabled": True, "localstorageenabled": False}
 
 
 def _cluster(model: m.CloudStackModel, c: m.Cluster) -> Item:
@@ -165,7 +150,8 @@ def _template(model: m.CloudStackModel, t: m.Template) -> Item:
             "isready": t.ready, "status": "Download Complete" if t.ready else "Downloading",
             "zoneid": t.zone_id, "zonename": zone.name if zone else None, "templatetype": "USER",
             "hypervisor": "KVM", "isfeatured": t.featured, "ispublic": t.public, "account": t.account,
-            "crossZones": False, "created": t.created, "ostypename": "Other Linux (64-bit)",
+            "crossZones": False, "created": t.created, "ostypename": catalog.DEFAULT_OS,
+            "ostypeid": catalog.os_type_id(catalog.DEFAULT_OS),
             **({"projectid": t.project_id} if t.project_id else {})}
 
 
@@ -180,8 +166,33 @@ def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
         "zoneid": v.zone_id, "templateid": v.template_id,
         "templatename": tpl.name if tpl else None, "serviceofferingid": v.service_offering_id,
         "serviceofferingname": off.name if off else None, "hypervisor": "KVM", "account": v.account,
+        "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT",
         "created": v.created, "tags": _tag_items("UserVm", v.id, v.tags, v.account),
+        "nic": [_nic(model, v)] if v.ip_address else None,
+        "securitygroup": _vm_security_groups(model, v),
     })
+
+
+GUEST_NETWORK_NAME = "defaultGuestNetwork"
+"""The zone's shared guest network, with security groups (an advanced zone with security groups
+has one shared network its VMs join)."""
+
+
+def guest_network_id(zone_id: str) -> str:
+    return m.seeded_id("network", f"guest:{zone_id}")
+
+
+def _nic(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
+    """NicResponse of the VM's one NIC on the zone's guest network: its own loopback address."""
+    return {"id": m.seeded_id("nic", v.id), "networkid": guest_network_id(v.zone_id),
+            "networkname": GUEST_NETWORK_NAME, "ipaddress": v.ip_address, "macaddress": v.mac_address,
+            "netmask": "255.0.0.0", "gateway": "127.0.0.1", "isdefault": True, "traffictype": "Guest",
+            "type": "Shared", "deviceid": "0", "virtualmachineid": v.id}
+
+
+def _vm_security_groups(model: m.CloudStackModel, v: m.VirtualMachine) -> list[Item]:
+    return [{"id": g.id, "name": g.name, "description": g.description}
+            for g in model.security_groups.values() if g.account == v.account and g.name == "default"]
 
 
 def _volume(model: m.CloudStackModel, v: m.Volume) -> Item:
@@ -193,6 +204,7 @@ def _volume(model: m.CloudStackModel, v: m.Volume) -> Item:
         "vmname": vm.name if vm else None, "vmstate": vm.state if vm else None, "deviceid": v.device_id,
         "diskofferingid": v.disk_offering_id, "miniops": v.min_iops, "maxiops": v.max_iops,
         "state": v.state, "account": v.account, "created": v.created, "hypervisor": "KVM",
+        "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT",
     })
 
 
@@ -212,17 +224,29 @@ def _vm_snapshot(model: m.CloudStackModel, s: m.VMSnapshot) -> Item:
 
 
 def _disk_offering(model: m.CloudStackModel, o: m.DiskOffering) -> Item:
-    return _opt({"id": o.id, "name": o.name, "displaytext": o.name, "disksize": o.disk_size_gb,
+    """DiskOfferingResponse (DiskOfferingJoinDaoImpl): storage tags in `tags`, details in `details`."""
+    return _opt({"id": o.id, "name": o.name, "displaytext": o.display_text or o.name, "disksize": o.disk_size_gb,
                  "miniops": o.min_iops, "maxiops": o.max_iops, "iscustomizediops": o.customized_iops,
                  "iscustomized": o.customized, "storagetype": "shared", "provisioningtype": "thin",
+                 "tags": o.tags or None, "encrypt": o.encrypt, "hypervisorsnapshotreserve": o.hypervisor_snapshot_reserve,
+                 "created": o.created or None, "state": o.state, "displayoffering": True,
                  "details": dict(o.details) if o.details else None})
 
 
 def _service_offering(model: m.CloudStackModel, o: m.ServiceOffering) -> Item:
-    return _opt({"id": o.id, "name": o.name, "displaytext": o.name, "cpunumber": o.cpu_number,
+    """ServiceOfferingResponse (ServiceOfferingJoinDaoImpl): the ROOT disk's storage tags in
+    `storagetags`, details in `serviceofferingdetails`."""
+    return _opt({"id": o.id, "name": o.name, "displaytext": o.display_text or o.name, "cpunumber": o.cpu_number,
                  "cpuspeed": o.cpu_speed, "memory": o.memory, "miniops": o.min_iops, "maxiops": o.max_iops,
-                 "iscustomizediops": o.customized_iops, "storagetype": "shared",
+                 "iscustomizediops": o.customized_iops, "storagetype": "shared", "storagetags": o.tags or None,
+                 "encryptroot": o.encrypt_root, "hypervisorsnapshotreserve": o.hypervisor_snapshot_reserve,
+                 "iscustomized": not (o.cpu_number and o.cpu_speed and o.memory), "created": o.created or None,
+                 "state": o.state, "issystem": False, "provisioningtype": "thin",
                  "serviceofferingdetails": dict(o.details) if o.details else None})
+
+
+disk_offering_item = _disk_offering
+service_offering_item = _service_offering
 
 
 def _event(model: m.CloudStackModel, e: m.Event) -> Item:
@@ -356,13 +380,14 @@ def list_vms(model: m.CloudStackModel, p: Params) -> list[Item]:
 
 def list_disk_offerings(model: m.CloudStackModel, p: Params) -> list[Item]:
     _check_ids(p, [("id", model.disk_offerings)])
-    return [_disk_offering(model, o) for o in _filter(model.disk_offerings.values(), p, id="id", name="name")]
+    found = _filter(model.disk_offerings.values(), p, id="id", name="name")
+    return [_disk_offering(model, o) for o in found if o.state == "Active"]
 
 
 def list_service_offerings(model: m.CloudStackModel, p: Params) -> list[Item]:
     _check_ids(p, [("id", model.service_offerings)])
     found = _filter(model.service_offerings.values(), p, id="id", name="name")
-    return [_service_offering(model, o) for o in found]
+    return [_service_offering(model, o) for o in found if o.state == "Active"]
 
 
 def _config_scope(p: Params) -> tuple[str, str | None, str | None]:
@@ -463,6 +488,8 @@ LIST_COMMANDS: dict[str, ListCommand] = {
     "listTags": ListCommand("tag", list_tags),
     "listAlerts": ListCommand("alert", list_alerts),
 }
+for _lists in (identity.LISTS, offerings.LISTS, catalog.LISTS):
+    LIST_COMMANDS.update({name: ListCommand(item, produce) for name, (item, produce) in _lists.items()})
 
 
 # ---------------------------------------------------------------------------- other commands
@@ -550,6 +577,34 @@ STORAGE_COMMANDS = storage_commands.HANDLERS
 """Users' storage commands (storage_commands.py): they call the storage plugin. Known commands
 like any other; `dispatch` runs them before taking the model's lock."""
 COMMANDS.update({name: Command(run, mutates=True) for name, run in STORAGE_COMMANDS.items()})
+for _commands in (identity.COMMANDS, offerings.COMMANDS, catalog.COMMANDS):
+    COMMANDS.update({name: Command(run, mutates=True) for name, run in _commands.items()})
+
+ASYNC_COMMANDS = frozenset({
+    "deployVirtualMachine", "startVirtualMachine", "stopVirtualMachine", "rebootVirtualMachine",
+    "migrateVirtualMachine", "destroyVirtualMachine", "expungeVirtualMachine", "createTags", "deleteTags",
+    "createVolume", "attachVolume", "detachVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
+    "createSnapshot", "deleteSnapshot", "revertSnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
+    "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",
+    "addResourceDetail", "removeResourceDetail", "extractVolume",
+})
+"""The commands here that CloudStack runs as async jobs (their @APICommand classes are BaseAsyncCmd)."""
+
+
+def list_apis(model: m.CloudStackModel, p: Params) -> list[Item]:
+    """ListApisCmd (ApiDiscoveryServiceImpl): one entry per command this server has, by `name`.
+    The simulator knows its commands' names and whether they are async, not their parameter
+    annotations: `params` and `response` are left empty."""
+    names = sorted(set(LIST_COMMANDS) | set(COMMANDS) | {"listApis"})
+    if p.get("name"):
+        if p["name"] not in names:
+            raise m.ParamError("Api Discovery plugin was unable to find an api by that name or process any apis")
+        names = [p["name"]]
+    return [{"name": n, "description": "", "isasync": n in ASYNC_COMMANDS, "related": "", "params": [],
+             "response": []} for n in names]
+
+
+LIST_COMMANDS["listApis"] = ListCommand("api", list_apis)
 
 
 # ---------------------------------------------------------------------------- dispatch
@@ -670,7 +725,9 @@ class _Handler(BaseHTTPRequestHandler):
             ctype = self.headers.get("Content-Type", "")
             if ctype.startswith("application/x-www-form-urlencoded"):
                 pairs += parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
-        params = dict(pairs)  # a key given twice: its last value counts (ApiServlet)
+        params: dict[str, str] = {}
+        for key, value in pairs:  # a key given twice: its first value counts (ApiServlet)
+            params.setdefault(key, value)
         command = params.get("command", "")
         known = command in LIST_COMMANDS or command in COMMANDS
         envelope = f"{command.lower()}response" if known else "errorresponse"
@@ -683,7 +740,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, {envelope: {"uuidList": [], "errorcode": 401,
                                         "errortext": "unable to verify user credentials and/or request signature"}})
             return
-        clean = {k: v for k, v in params.items() if k.lower() not in _CONTROL_PARAMS}
+        # CloudStack reads a command's parameters by their lower-cased names (ApiServer).
+        clean: dict[str, str] = {}
+        for k, v in params.items():
+            if k.lower() not in _CONTROL_PARAMS:
+                clean.setdefault(k.lower(), v)
         model = self.server.model
         model.record_call(command, clean, self.command)
         status, result = dispatch(model, command, clean)

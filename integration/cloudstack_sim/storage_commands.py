@@ -22,6 +22,7 @@ from typing import Any
 
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import orchestrator as orch
+from integration.cloudstack_sim import params as params_mod
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,7 @@ def _required(cmd: str, p: Params, *names: str) -> None:
     _wire()._required(cmd, p, *names)
 
 
-def _need(table: Mapping[str, Any], p: Params, name: str) -> Any:
-    value = p.get(name, "")
-    obj = table.get(value)
-    if obj is None:
-        raise m.no_entity(name, value)
-    return obj
+_need = params_mod.need
 
 
 def _opt_need(table: Mapping[str, Any], p: Params, name: str) -> Any:
@@ -55,8 +51,8 @@ def _opt_need(table: Mapping[str, Any], p: Params, name: str) -> Any:
 
 
 def _long(p: Params, name: str) -> int | None:
-    value: int | None = _wire()._int(p, name)
-    return value
+    """A LONG parameter (sizes, capacities, IOPS): Long.parseLong's range."""
+    return params_mod.int_param(p, name, 64)
 
 
 def _flag(p: Params, name: str, default: bool = False) -> bool:
@@ -73,10 +69,12 @@ def _tags_param(p: Params) -> dict[str, str]:
 
 
 def _async(model: m.CloudStackModel, command: str, work: Callable[[], Item], *, instance_type: str | None = None,
-           instance_id: str | None = None) -> Item:
+           instance_id: str | None = None, create: bool = False) -> Item:
     """Queue `work` as an async job (AsyncJobManagerImpl): the answer is the job id at once, the
     outcome shows through queryAsyncJobResult. The work runs on its own thread, outside the
-    model's lock, because the plugin calls back into this API while it works."""
+    model's lock, because the plugin calls back into this API while it works. Only a command
+    that creates something (a BaseAsyncCreateCmd) answers the new object's `id` beside `jobid`
+    (ApiServer.queueCommand: getBaseAsyncCreateResponse / getBaseAsyncResponse)."""
     now = time.time()
     job = m.Job(m.new_id(), command, now, float("inf"), 0, 0, {}, instance_type, instance_id)
     model.jobs[job.id] = job
@@ -101,20 +99,20 @@ def _async(model: m.CloudStackModel, command: str, work: Callable[[], Item], *, 
 
     threading.Thread(target=run, name=f"cs-job-{command}", daemon=True).start()
     out: Item = {"jobid": job.id}
-    if instance_id:
+    if create and instance_id:
         out["id"] = instance_id
     return out
 
 
 def _job(model: m.CloudStackModel, command: str, instance_type: str, instance_id: str, action: Callable[[], object],
-         answer: Callable[[], Item]) -> Item:
+         answer: Callable[[], Item], *, create: bool = False) -> Item:
     """The common shape: one orchestrator action on one record, then that record as the answer."""
 
     def work() -> Item:
         action()
         return answer()
 
-    return _async(model, command, work, instance_type=instance_type, instance_id=instance_id)
+    return _async(model, command, work, instance_type=instance_type, instance_id=instance_id, create=create)
 
 
 def _render(model: m.CloudStackModel, key: str, renderer: str, table: Mapping[str, Any],
@@ -179,8 +177,13 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
     offering = _need(model.service_offerings, p, "serviceofferingid")
     tpl = _need(model.templates, p, "templateid")
     disk_offering = _opt_need(model.disk_offerings, p, "diskofferingid")
+    root_offering = _opt_need(model.disk_offerings, p, "overridediskofferingid")
     host = _opt_need(model.hosts, p, "hostid")
-    root_gb = _long(p, "rootdisksize")
+    owner = params_mod.owner_of(model, p)
+    # The `details` map's rootdisksize, else `rootdisksize` (DeployVMCmd: the map's takes precedence).
+    root_gb = params_mod.int_param(params_mod.details_param(p, "details"), "rootdisksize", 64)
+    if root_gb is None:
+        root_gb = _long(p, "rootdisksize")
     if root_gb is not None and root_gb * GIB < tpl.size:
         raise m.ParamError(f"Root disk size {root_gb} GB is smaller than the template size")
     data_gb = _long(p, "size")
@@ -188,14 +191,15 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("A custom disk offering needs a size")
     vm = orch.allocate_vm(model, p.get("name") or p.get("displayname") or "", tpl, offering,
                           root_size=root_gb * GIB if root_gb else None, disk_offering=disk_offering,
-                          data_size=data_gb * GIB if data_gb else None)
+                          data_size=data_gb * GIB if data_gb else None, account=owner, root_offering=root_offering)
     start = _flag(p, "startvm", True)
 
     def action() -> None:
         if start:  # startvm=false: records only, the volumes are created on the first start
             orch.start_vm(model, vm.id, host.id if host else None)
 
-    return _job(model, "deployVirtualMachine", "VirtualMachine", vm.id, action, lambda: _vm_item(model, vm.id))
+    return _job(model, "deployVirtualMachine", "VirtualMachine", vm.id, action, lambda: _vm_item(model, vm.id),
+                create=True)
 
 
 def start_vm(model: m.CloudStackModel, p: Params) -> Item:
@@ -321,9 +325,10 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
     if p.get("miniops") or p.get("maxiops"):
         if offering is None or not offering.customized_iops:
             raise m.ParamError("Custom IOPS can only be given with a disk offering that has customized IOPS")
+    owner = params_mod.owner_of(model, p) if p.get("account") else (snapshot.account if snapshot else "admin")
     vol = orch.allocate_volume(
         model, p.get("name") or "", zone, offering=offering, size=size_gb * GIB if size_gb else None,
-        snapshot=snapshot, min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"),
+        snapshot=snapshot, min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"), account=owner,
     )
 
     def work() -> Item:
@@ -342,7 +347,7 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
             raise
         return _volume_item(model, vol.id)
 
-    return _async(model, "createVolume", work, instance_type="Volume", instance_id=vol.id)
+    return _async(model, "createVolume", work, instance_type="Volume", instance_id=vol.id, create=True)
 
 
 def attach_volume(model: m.CloudStackModel, p: Params) -> Item:
@@ -447,7 +452,7 @@ def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     snap = orch.allocate_snapshot(model, vol.id, p.get("name"))
 
     return _job(model, "createSnapshot", "Snapshot", snap.id, lambda: orch.take_snapshot(model, snap.id),
-                _render(model, "snapshot", "_snapshot", model.snapshots, snap.id))
+                _render(model, "snapshot", "_snapshot", model.snapshots, snap.id), create=True)
 
 
 def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
@@ -490,7 +495,7 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
     snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
     return _job(model, "createTemplate", "Template", tpl.id,
                 lambda: orch.create_template(model, tpl.id, snapshot_id=snapshot_id, volume_id=volume_id),
-                _render(model, "template", "_template", model.templates, tpl.id))
+                _render(model, "template", "_template", model.templates, tpl.id), create=True)
 
 
 def delete_template(model: m.CloudStackModel, p: Params) -> Item:
@@ -523,7 +528,7 @@ def create_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     snap = orch.allocate_vm_snapshot(model, vm.id, p.get("name"), p.get("description", ""), memory=memory)
 
     return _job(model, "createVMSnapshot", "VMSnapshot", snap.id, lambda: orch.take_vm_snapshot(model, snap.id),
-                _render(model, "vmsnapshot", "_vm_snapshot", model.vm_snapshots, snap.id))
+                _render(model, "vmsnapshot", "_vm_snapshot", model.vm_snapshots, snap.id), create=True)
 
 
 def revert_to_vm_snapshot(model: m.CloudStackModel, p: Params) -> Item:

@@ -22,9 +22,12 @@ Pairs = list[tuple[str, str]]
 
 
 def _sign(pairs: Pairs, secret: str) -> str:
-    """Signature version 3 as a client computes it: the last value of each name, sorted by name,
-    Java-encoded (`~` as %7E, space as %20), lower-cased, HMAC-SHA1, base64."""
-    params = dict(pairs)
+    """Signature version 3 as the server checks it: the first value of each name (ApiServer reads
+    element 0 of the servlet's values), sorted by name, Java-encoded (`~` as %7E, space as %20),
+    lower-cased, HMAC-SHA1, base64."""
+    params: dict[str, str] = {}
+    for k, v in pairs:
+        params.setdefault(k, v)
     text = "&".join(f"{k}={quote(params[k], safe='*').replace('~', '%7E')}" for k in sorted(params)).lower()
     return base64.b64encode(hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()).decode()
 
@@ -82,10 +85,29 @@ def test_expires_in_dateutil_formats(cs_sim: SimHandle, fmt: str) -> None:
     assert raw(cs_sim, "listZones", expires="tomorrow").status_code == 401
 
 
-def test_repeated_key_last_value_wins(cs_sim: SimHandle) -> None:
+def test_repeated_key_first_value_wins(cs_sim: SimHandle) -> None:
     r = raw(cs_sim, "listHosts", ("name", "kvm1"), ("name", "kvm2"))
     assert r.status_code == 200, r.text
+    assert [h["name"] for h in body(r, "listHosts")["host"]] == ["kvm1"]
+
+
+def test_repeated_key_in_a_post_body_first_value_wins(cs_sim: SimHandle) -> None:
+    """ApiServlet hands ApiServer the servlet's values of a name, and ApiServer reads the first:
+    a POST form repeating `name` is read (and signed) with its first value."""
+    pairs: Pairs = [("command", "listHosts"), ("response", "json"), ("name", "kvm2"), ("name", "kvm1"),
+                    ("apiKey", cs_sim.key), ("signatureVersion", "3"), ("expires", _expires())]
+    pairs.append(("signature", _sign(pairs, cs_sim.secret)))
+    r = requests.post(cs_sim.endpoint, data=pairs, timeout=5)
+    assert r.status_code == 200, r.text
     assert [h["name"] for h in body(r, "listHosts")["host"]] == ["kvm2"]
+
+
+def test_parameter_names_in_any_case(cs_sim: SimHandle) -> None:
+    """ApiServer lower-cases the names before the command reads them: `Name` is `name`."""
+    r = raw(cs_sim, "listHosts", ("Name", "kvm2"))
+    assert r.status_code == 200, r.text
+    assert [h["name"] for h in body(r, "listHosts")["host"]] == ["kvm2"]
+    assert cs_sim.model.calls[-1].params == {"name": "kvm2"}
 
 
 # ---------------------------------------------------------------- errors

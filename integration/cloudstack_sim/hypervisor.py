@@ -1,0 +1,43 @@
+"""The KVM hypervisor's side of a VM, as the simulator's orchestration calls it.
+
+CloudStack's KVM agent starts a domain after the storage plugin connected its disks, hot-plugs
+a data disk after connecting it, unplugs it before disconnecting, and stops the domain before
+the host lets go of the disks. The simulator calls these hooks at the same points; by default
+nothing runs (the model's VMs are records), and the local stack installs real guests
+(`integration.guests`). Paths are the ones CloudStack stored for the volumes, root first.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Hypervisor(Protocol):
+    def vm_started(self, vm_id: str, host_id: str, paths: list[str]) -> None: ...
+
+    def vm_stopped(self, vm_id: str) -> None: ...
+
+    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None: ...
+
+    def disk_attached(self, vm_id: str, host_id: str, path: str) -> None: ...
+
+    def disk_detached(self, vm_id: str, host_id: str, path: str) -> None: ...
+
+
+class NoGuests:
+    """VMs without guests: every hook does nothing."""
+
+    def vm_started(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+        return None
+
+    def vm_stopped(self, vm_id: str) -> None:
+        return None
+
+    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+        return None
+
+    def disk_attached(self, vm_id: str, host_id: str, path: str) -> None:
+        return None
+
+    def disk_detached(self, vm_id: str, host_id: str, path: str) -> None:
+        return None

@@ -1,0 +1,274 @@
+"""The hypervisor's part of the local stack's VMs: each running VM is a real guest under libvirt.
+
+CloudStack's KVM agent starts a domain whose disks are the host's StorPool devices; the guest
+writes its own files there, so what a test writes over SSH before a snapshot is on StorPool and
+comes back after a revert. Here one libvirtd plays every simulated host: a VM's disks are the
+devices the StorPool emulator exposes for the client id of the host the VM runs on.
+
+Network: QEMU's user-mode stack (no bridge, no root inside the guest's network), with the guest's
+SSH port forwarded to a free loopback port, and a small forwarder on the VM's own loopback
+address (the IP the simulator reports in `nic[]`), port 22, as a test expects to reach a guest.
+QEMU runs as libvirt's unprivileged user, which may not bind port 22 itself.
+
+The guest runs under TCG unless `CSSP_GUEST_KVM=1`: nested KVM on the machines this was built on
+fails to run a booting guest (QEMU asserts on an MSR), while a paused domain is fine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from integration.guest_image import GuestImage
+from integration.libvirt_domain import URI, open_libvirt
+
+log = logging.getLogger(__name__)
+
+MEMORY_MIB = 160
+DOMAIN_PREFIX = "cssp-guest-"
+# virtio disks from vda on, at PCI slots 0x04.. (the NIC sits at 0x1f, out of libvirt's way).
+TARGETS = [f"vd{chr(ord('a') + i)}" for i in range(16)]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str]], ssh_port: int, kind: str,
+               console: Path | None) -> str:
+    """A domain booting the guest's kernel with its first disk as root; `disks` are (device,
+    target) pairs, the root first."""
+    disk_xml = "".join(
+        f"""<disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>
+      <source dev='{escape(os.path.realpath(dev))}'/>
+      <target dev='{target}' bus='virtio'/>
+    </disk>"""
+        for dev, target in disks
+    )
+    serial = (f"<serial type='file'><source path='{escape(str(console))}'/><target port='0'/></serial>"
+              if console else "")
+    return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{escape(name)}</name>
+  <memory unit='MiB'>{MEMORY_MIB}</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{escape(str(image.kernel))}</kernel>
+    <initrd>{escape(str(image.initrd))}</initrd>
+    <cmdline>console=ttyS0 panic=-1</cmdline>
+  </os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    {disk_xml}
+    {serial}
+    <memballoon model='none'/>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-netdev'/><qemu:arg value='user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22'/>
+    <qemu:arg value='-device'/><qemu:arg value='virtio-net-pci,netdev=net0,addr=0x1f'/>
+  </qemu:commandline>
+</domain>"""
+
+
+class Forwarder:
+    """TCP from (ip, port) to 127.0.0.1:target, a thread per direction of each connection."""
+
+    def __init__(self, ip: str, port: int, target: int) -> None:
+        self.target = target
+        self.sock = socket.create_server((ip, port), reuse_port=False)
+        self.sock.settimeout(0.5)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, name=f"guest-ssh-{ip}", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()  # the guest is not up yet: the caller retries, as against a booting VM
+                continue
+            upstream.settimeout(None)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        self.thread.join(timeout=2)
+
+
+@dataclass
+class Guest:
+    name: str
+    ip: str
+    ssh_port: int
+    forwarder: Forwarder
+    disks: dict[str, str] = field(default_factory=dict)  # target -> device
+
+
+class Guests:
+    """Domains for VMs, keyed by VM id. `device_of(client_id, path)` turns the path CloudStack
+    stored for a volume into that host's device for it."""
+
+    def __init__(self, image: GuestImage, device_of: Callable[[int, str], str], *, uri: str = URI,
+                 console_dir: Path | None = None) -> None:
+        self.image = image
+        self.device_of = device_of
+        self.uri = uri
+        self.console_dir = console_dir
+        self.kind = "kvm" if os.environ.get("CSSP_GUEST_KVM") == "1" else "qemu"
+        self.lock = threading.Lock()
+        self.guests: dict[str, Guest] = {}
+        self._conn: Any = None
+
+    def _libvirt(self) -> Any:
+        if self._conn is None:
+            self._conn = open_libvirt(self.uri)
+        return self._conn
+
+    def start(self, vm_id: str, ip: str, client_id: int, paths: list[str]) -> None:
+        """Boot the VM's guest; `paths` are its volumes' paths, the root first."""
+        with self.lock:
+            if vm_id in self.guests:
+                return
+            disks = [(self.device_of(client_id, p), TARGETS[i]) for i, p in enumerate(paths)]
+            port = free_port()
+            name = DOMAIN_PREFIX + vm_id
+            console = self.console_dir / f"{vm_id}.log" if self.console_dir else None
+            self._libvirt().createXML(domain_xml(name, self.image, disks, port, self.kind, console), 0)
+            guest = Guest(name, ip, port, Forwarder(ip, 22, port), {t: d for d, t in disks})
+            self.guests[vm_id] = guest
+            log.info("guest %s booting on %s (ssh %s:22)", name, disks[0][0] if disks else "-", ip)
+
+    def stop(self, vm_id: str) -> None:
+        """Power the guest off (a stop, a destroy, or before a revert)."""
+        import libvirt
+
+        with self.lock:
+            guest = self.guests.pop(vm_id, None)
+        if guest is None:
+            return
+        guest.forwarder.close()
+        try:
+            self._libvirt().lookupByName(guest.name).destroy()
+        except libvirt.libvirtError as exc:
+            log.warning("guest %s: %s", guest.name, exc)
+
+    def attach(self, vm_id: str, client_id: int, path: str) -> None:
+        """Hot-plug a data disk at the first free target (KVM's AttachCommand)."""
+        with self.lock:
+            guest = self.guests.get(vm_id)
+            if guest is None:
+                return
+            target = next(t for t in TARGETS if t not in guest.disks)
+            device = self.device_of(client_id, path)
+            xml = (f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none' io='native'/>"
+                   f"<source dev='{escape(os.path.realpath(device))}'/><target dev='{target}' bus='virtio'/></disk>")
+            self._libvirt().lookupByName(guest.name).attachDevice(xml)
+            guest.disks[target] = device
+
+    def detach(self, vm_id: str, client_id: int, path: str) -> None:
+        """Unplug a data disk (KVM's DettachCommand)."""
+        with self.lock:
+            guest = self.guests.get(vm_id)
+            if guest is None:
+                return
+            device = self.device_of(client_id, path)
+            target = next((t for t, d in guest.disks.items() if d == device), None)
+            if target is None:
+                return
+            xml = (f"<disk type='block' device='disk'><source dev='{escape(os.path.realpath(device))}'/>"
+                   f"<target dev='{target}' bus='virtio'/></disk>")
+            self._libvirt().lookupByName(guest.name).detachDevice(xml)
+            del guest.disks[target]
+
+    def close(self) -> None:
+        for vm_id in list(self.guests):
+            self.stop(vm_id)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def wait_for_ssh(ip: str, timeout: float = 120.0) -> None:
+    """Until the guest's SSH server greets (a booting guest under TCG takes a few seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((ip, 22), timeout=3) as s:
+                s.settimeout(5)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"guest at {ip}: no SSH greeting in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+class StackGuests:
+    """The simulator's hypervisor hooks played with real guests: a host's devices are the ones
+    the StorPool emulator exposes for that host's client id (`SP_OURID`), a VM's address is the
+    one the simulator reports in its `nic[]`."""
+
+    def __init__(self, model: Any, guests: Guests) -> None:
+        self.model = model
+        self.guests = guests
+        self.image = guests.image
+
+    def _client(self, host_id: str) -> int:
+        return int(self.model.hosts[host_id].details["SP_OURID"])
+
+    def vm_started(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+        if paths:
+            self.guests.start(vm_id, self.model.vms[vm_id].ip_address, self._client(host_id), paths)
+
+    def vm_stopped(self, vm_id: str) -> None:
+        self.guests.stop(vm_id)
+
+    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+        """One libvirtd plays every host, so the guest cannot move between two of them: it
+        restarts on the destination's devices (what a test wrote and synced is on its disks)."""
+        self.guests.stop(vm_id)
+        self.vm_started(vm_id, host_id, paths)
+
+    def disk_attached(self, vm_id: str, host_id: str, path: str) -> None:
+        self.guests.attach(vm_id, self._client(host_id), path)
+
+    def disk_detached(self, vm_id: str, host_id: str, path: str) -> None:
+        self.guests.detach(vm_id, self._client(host_id), path)
