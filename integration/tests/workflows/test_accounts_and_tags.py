@@ -7,9 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import cs
+import pytest
 
 from integration.stack import LocalStack
 from integration.tests.workflows.support import GiB, one, sp_volume, template, with_image
+
+pytestmark = pytest.mark.root
 
 ACCOUNT = {"email": "t@example.org", "firstname": "T", "lastname": "User", "password": "password"}
 
