@@ -455,13 +455,18 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
     with model.lock:
         snap = model.snapshots[snapshot_id]
         vol = model.volumes[volume_id]
-        pool_id = snap.storage_id
+        pool_id, path = snap.storage_id, snapshot_path(snap)
+        # In another zone, the snapshot's copy on that zone's primary storage (copySnapshot).
+        for copy_pool, copy_path in snap.copies.items():
+            pool = model.storage_pools.get(copy_pool)
+            if pool is not None and pool.zone_id == vol.zone_id and vol.zone_id != snap.zone_id:
+                pool_id, path = copy_pool, copy_path
     if not pool_id:
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
     result = _plugin(model).call("create_volume_from_snapshot", pool=pool_id, snapshot_uuid=snap.id,
                                  volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary,
-                                 path=snapshot_path(snap))
+                                 path=path)
     _created(model, vol.id, pool_id, result)
 
 
@@ -649,11 +654,20 @@ def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
         model.add_event("SNAPSHOT.CREATE", f"Snapshot {snap.name} created", snap.id, "Snapshot")
 
 
-def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
+def delete_snapshot(model: m.CloudStackModel, snapshot_id: str, zone_id: str | None = None) -> None:
     """SnapshotManagerImpl.deleteSnapshot -> SnapshotStrategy.deleteSnapshot: `delete_snapshot`
-    on the pool of its volume; the image-store copy is CloudStack's to remove (it does)."""
+    on the pool of its volume, and on each pool of another zone holding a copy (with `zone_id`:
+    only that zone's); the image-store copy is CloudStack's to remove (it does)."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
+        copies = {pid: path for pid, path in snap.copies.items()
+                  if zone_id is None or (pid in model.storage_pools and model.storage_pools[pid].zone_id == zone_id)}
+    for pool_id, copy_path in copies.items():
+        _plugin(model).call("delete_snapshot", pool=pool_id, snapshot_uuid=snap.id, path=copy_path)
+        with model.lock:
+            snap.copies.pop(pool_id, None)
+    if zone_id is not None and zone_id != snap.zone_id:
+        return
     path = snapshot_path(snap)
     if path and snap.storage_id:
         _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id, path=path)
@@ -661,6 +675,32 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
         model.snapshots.pop(snapshot_id, None)
+
+
+def copy_snapshot_to_pools(model: m.CloudStackModel, snapshot_id: str, pool_ids: list[str]) -> None:
+    """SnapshotManagerImpl.copySnapshotToPrimaryDifferentZone -> copySnapshotOnPool for each
+    pool: SnapshotStrategy.copySnapshot (StorPoolSnapshotStrategy) is `copy_snapshot`, given the
+    snapshot's pool and path; the answer's path becomes the snapshot_store_ref of that pool and
+    the snapshot is then in that pool's zone (snapshot_zone_ref). A pool whose copy fails is
+    logged and skipped, as copySnapshotOnPool does."""
+    with model.lock:
+        snap = model.snapshots[snapshot_id]
+        source, path = snap.storage_id, snapshot_path(snap)
+    if not source or not path:
+        raise m.ApiError(f"Snapshot {snap.id} is not on primary storage")
+    for pool_id in pool_ids:
+        with model.lock:
+            if pool_id in snap.copies:
+                continue  # SnapshotManagerImpl.isSnapshotExistsOnPool
+        try:
+            result = _plugin(model).call("copy_snapshot", snapshot_uuid=snap.id, source_pool=source, pool=pool_id,
+                                         path=path)
+        except m.ApiError as exc:
+            log.warning("copy of snapshot %s to pool %s failed: %s", snap.id, pool_id, exc.text)
+            continue
+        with model.lock:
+            snap.copies[pool_id] = result["path"]
+            model.add_event("SNAPSHOT.COPY", f"Snapshot {snap.name} copied to pool {pool_id}", snap.id, "Snapshot")
 
 
 def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:

@@ -455,9 +455,83 @@ def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
 
 
 def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    """DeleteSnapshotCmd: with `zoneid`, only that zone's copy goes (the record stays while
+    another zone holds one)."""
     _required("deleteSnapshot", p, "id")
     snap = _need(model.snapshots, p, "id")
-    return _job(model, "deleteSnapshot", "Snapshot", snap.id, lambda: orch.delete_snapshot(model, snap.id), _success)
+    zone = _opt_need(model.zones, p, "zoneid")
+
+    def action() -> None:
+        orch.delete_snapshot(model, snap.id, zone.id if zone is not None else None)
+        if zone is not None and zone.id == snap.zone_id and snap.copies:
+            with model.lock:
+                model.snapshots[snap.id] = snap  # still held in another zone
+                snap.storage_id = None
+
+    return _job(model, "deleteSnapshot", "Snapshot", snap.id, action, _success)
+
+
+def _uuid_list(model: m.CloudStackModel, table: Mapping[str, Any], p: Params, name: str) -> list[str]:
+    """A CommandType.LIST of UUIDs: comma-separated, each one an existing entity."""
+    out = []
+    for item in (x.strip() for x in (p.get(name) or "").split(",")):
+        if item:
+            _need(table, {name: item}, name)
+            out.append(item)
+    return out
+
+
+def copy_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    """CopySnapshotCmd -> SnapshotManagerImpl.copySnapshot, for the copy between StorPool
+    primary storages of different zones (`usestoragereplication`). The API layer checks the ids;
+    the rest runs in the job, in CloudStack's order: then each pool (`storageids`, else in each
+    destination zone the first StorPool pool with `use.storage.replication` true, SnapshotHelper.
+    addStoragePoolsForCopyToPrimary) gets the copy. Copies between image stores are not simulated."""
+    _required("copySnapshot", p, "id")
+    snap = _need(model.snapshots, p, "id")
+    replication = _flag(p, "usestoragereplication")
+    dest = _uuid_list(model, model.zones, p, "destzoneids")
+    one = _opt_need(model.zones, p, "destzoneid")
+    source = _opt_need(model.zones, p, "sourcezoneid")
+    pools = _uuid_list(model, model.storage_pools, p, "storageids")
+
+    def work() -> Item:
+        targets = list(dest)
+        if one is not None and not targets and replication:
+            targets = [one.id]
+        if one is None and not targets and replication:
+            raise m.MissingParam("Either destzoneid or destzoneids parameters have to be specified.")
+        if one is not None and dest:
+            raise m.MissingParam("Both destzoneid and destzoneids cannot be specified at the same time.")
+        if one is not None:
+            targets = [one.id]
+        if snap.state != "BackedUp" and not replication:
+            raise m.ParamError("Snapshot is not backed up")
+        source_zone = source.id if source is not None else snap.zone_id
+        if not targets:
+            raise m.ParamError("Please specify valid destination zone(s).")
+        if source_zone in targets:
+            raise m.ParamError("Please specify different source and destination zones.")
+        if not replication:
+            raise m.Unsupported("copySnapshot between image stores is not simulated: use usestoragereplication=true")
+        chosen = list(pools)
+        if not chosen:
+            with model.lock:
+                for zone_id in targets:
+                    found = [pool.id for pool in model.storage_pools.values() if pool.zone_id == zone_id
+                             and pool.provider == "StorPool"
+                             and model.config_value("use.storage.replication", "storagepool", pool.id) == "true"]
+                    chosen.extend(found[:1])
+            if not chosen:
+                raise m.ParamError("Cannot copy snapshot to primary storage. There aren't storage pools that "
+                                   "support this operation")
+        zones = [model.storage_pools[pid].zone_id for pid in chosen]
+        if any(zones.count(z) > 1 for z in zones):
+            raise m.ApiError("Cannot copy the snapshot on multiple storage pools in one zone")
+        orch.copy_snapshot_to_pools(model, snap.id, chosen)
+        return _render(model, "snapshot", "_snapshot", model.snapshots, snap.id)()
+
+    return _async(model, "copySnapshot", work, instance_type="Snapshot", instance_id=snap.id)
 
 
 def revert_snapshot(model: m.CloudStackModel, p: Params) -> Item:
@@ -570,6 +644,7 @@ HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
     "deleteVolume": delete_volume,
     "createSnapshot": create_snapshot,
     "deleteSnapshot": delete_snapshot,
+    "copySnapshot": copy_snapshot,
     "revertSnapshot": revert_snapshot,
     "createTemplate": create_template,
     "deleteTemplate": delete_template,

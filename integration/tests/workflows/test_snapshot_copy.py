@@ -1,0 +1,128 @@
+"""copySnapshot to another zone's StorPool (another StorPool location), through the real `cs`
+client against the simulator, checked on both StorPool clusters through the official bindings:
+the copy has the snapshot's global id and data, the Java plugin's tags, a volume of the second
+zone is made from it, and the export is released once the copy is complete."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cs
+import pytest
+
+from integration.needs import need_tool
+from integration.stack import ZONE2_LOCATION, ZONE2_POOL, LocalStack
+from integration.tests.workflows.support import MiB, deploy, offering, sp_volume, template, with_image
+
+RECOVERY_SETTING = "storpool.snapshot.recovery.from.remote.check"
+
+
+@pytest.fixture
+def stack(xfs_dir: Path) -> Iterator[LocalStack]:
+    """The local stack with its second zone (its own StorPool cluster in another location)."""
+    need_tool("qemu-img")
+    root = xfs_dir / f"stack-{uuid.uuid4().hex[:10]}"
+    try:
+        with LocalStack(root, make_xfs=False, second_zone=True) as s:
+            # The operator's interval of the export check, set before the service starts (its
+            # periodic task reads it again after each wait).
+            s.cs.model.set_configuration(RECOVERY_SETTING, "1")
+            yield s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def snapshot(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> dict[str, Any]:
+    """A data disk in the first zone with known bytes, and a StorPool-only snapshot of it."""
+    cloud.updateConfiguration(name="sp.bypass.secondary.storage", value="true")
+    time.sleep(stack.settings_ttl + 0.1)  # past the plugin's settings cache
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "copy-1")
+    vol = cloud.createVolume(name="copy-data", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
+                             virtualmachineid=vm["id"])["volume"]
+    stack.sp.write_object(sp_volume(sp, vol["path"]).globalId, 5 * MiB, b"copied across locations")
+    snap = cloud.createSnapshot(volumeid=vol["id"], name="to-copy")["snapshot"]
+    stack.sp.write_object(sp_volume(sp, vol["path"]).globalId, 5 * MiB, b"written after the snapshot")
+    return dict(snap)
+
+
+def _zone2(cloud: cs.CloudStack) -> str:
+    return str(next(z["id"] for z in cloud.listZones()["zone"] if z["name"] == "zone2"))
+
+
+def _on(api: Any, tags: dict[str, str]) -> list[Any]:
+    """Live snapshots with these tags (a deleted one that still has children stays, marked deleted)."""
+    return [s for s in api.snapshotsList() if not s.deleted and all(s.tags.get(k) == v for k, v in tags.items())]
+
+
+def test_copy_to_the_second_zone_then_a_volume_there(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                      snapshot: dict[str, Any]) -> None:
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    source = _on(sp, {"uuid": snapshot["id"], "cs": "snapshot"})
+    assert len(source) == 1
+    gid = str(source[0].globalId)
+
+    copied = cloud.copySnapshot(id=snapshot["id"], destzoneids=_zone2(cloud), usestoragereplication="true")
+    assert copied["snapshot"]["id"] == snapshot["id"]
+
+    # On the second location: the same global id, the Java plugin's tags, the destination pool's
+    # template, and the snapshot's bytes (not what was written after it).
+    copy = far.snapshotList(f"~{gid}")[0]
+    assert copy.tags == {"cs": "snapshot", "uuid": snapshot["id"]}
+    assert copy.templateName == "ssd" and not copy.recoveringFromRemote
+    assert stack.sp2.read_object(gid, 5 * MiB, 23) == b"copied across locations"
+    assert [(e.globalId, e.location) for e in sp.exportsList()["exports"]] == [(gid, ZONE2_LOCATION)]
+
+    # A volume of the second zone from the snapshot: made on the second cluster, from the copy.
+    vol = cloud.createVolume(name="restored", snapshotid=snapshot["id"], zoneid=_zone2(cloud))["volume"]
+    assert vol["zoneid"] == _zone2(cloud)
+    made = sp_volume(far, vol["path"])
+    assert made.parentName == f"~{gid}"
+    assert stack.sp2.read_object(str(made.globalId), 5 * MiB, 23) == b"copied across locations"
+    zone2_pool = next(p for p in cloud.listStoragePools()["storagepool"] if p["name"] == ZONE2_POOL)
+    assert vol["storageid"] == zone2_pool["id"]
+
+
+def test_export_released_then_snapshot_deleted_in_both_locations(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                                 snapshot: dict[str, Any]) -> None:
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    cloud.copySnapshot(id=snapshot["id"], destzoneid=_zone2(cloud), usestoragereplication="true")
+    gid = str(_on(far, {"uuid": snapshot["id"]})[0].globalId)
+    # StorPool refuses to delete a snapshot still exported: the plugin's check releases it.
+    deadline = time.monotonic() + 60
+    while sp.exportsList()["exports"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sp.exportsList()["exports"] == []
+    cloud.deleteSnapshot(id=snapshot["id"])
+    assert _on(sp, {"uuid": snapshot["id"]}) == [] and _on(far, {"uuid": snapshot["id"]}) == []
+    assert not any(str(s.globalId) == gid for s in far.snapshotsList())
+    assert snapshot["id"] not in {s["id"] for s in cloud.listSnapshots().get("snapshot", [])}
+
+
+def test_refusals(stack: LocalStack, cloud: cs.CloudStack, sp: Any, snapshot: dict[str, Any]) -> None:
+    """CloudStack's own checks (failed jobs, 431) and the plugin's: nothing is exported."""
+    zone1 = snapshot["zoneid"]
+    with pytest.raises(cs.CloudStackApiException) as same:
+        cloud.copySnapshot(id=snapshot["id"], destzoneid=zone1, usestoragereplication="true")
+    assert "different source and destination zones" in str(same.value)
+    with pytest.raises(cs.CloudStackApiException) as both:
+        cloud.copySnapshot(id=snapshot["id"], destzoneid=_zone2(cloud), destzoneids=_zone2(cloud),
+                           usestoragereplication="true")
+    assert "cannot be specified at the same time" in str(both.value)
+    # A destination pool whose StorPool location is unknown: the plugin refuses, naming it.
+    zone2_pool = next(p for p in cloud.listStoragePools()["storagepool"] if p["name"] == ZONE2_POOL)
+    stack.cs.model.set_configuration("sp.cluster.location", "", "storagepool", zone2_pool["id"])
+    time.sleep(stack.settings_ttl + 0.1)
+    cloud.copySnapshot(id=snapshot["id"], destzoneid=_zone2(cloud), usestoragereplication="true")
+    assert sp.exportsList()["exports"] == []
+    plugin_calls = [c for c in stack.cs.model.plugin.calls if c.operation == "copy_snapshot"]  # type: ignore[union-attr]
+    assert plugin_calls and not plugin_calls[-1].ok
