@@ -126,3 +126,16 @@ def test_refusals(stack: LocalStack, cloud: cs.CloudStack, sp: Any, snapshot: di
     assert sp.exportsList()["exports"] == []
     plugin_calls = [c for c in stack.cs.model.plugin.calls if c.operation == "copy_snapshot"]  # type: ignore[union-attr]
     assert plugin_calls and not plugin_calls[-1].ok
+
+
+def test_delete_in_one_zone_keeps_the_other(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                             snapshot: dict[str, Any]) -> None:
+    """deleteSnapshot with `zoneid` (DeleteSnapshotCmd): only that zone's copy goes."""
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    cloud.copySnapshot(id=snapshot["id"], destzoneid=_zone2(cloud), usestoragereplication="true")
+    assert len(_on(far, {"uuid": snapshot["id"]})) == 1
+    cloud.deleteSnapshot(id=snapshot["id"], zoneid=_zone2(cloud))
+    assert _on(far, {"uuid": snapshot["id"]}) == []
+    assert len(_on(sp, {"uuid": snapshot["id"], "cs": "snapshot"})) == 1
+    assert snapshot["id"] in {s["id"] for s in cloud.listSnapshots()["snapshot"]}
