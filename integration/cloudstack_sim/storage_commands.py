@@ -448,9 +448,23 @@ def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     vol = _need(model.volumes, p, "volumeid")
     if vol.state != "Ready" or not vol.path:
         raise m.ParamError(f"VolumeId: {vol.id} is not in Ready state but {vol.state}. Cannot take snapshot.")
+    zones = _uuid_list(model, model.zones, p, "zoneids")
+    pools = _uuid_list(model, model.storage_pools, p, "storageids")
+    replication = _flag(p, "usestoragereplication")
+    if replication and not zones:
+        raise m.ParamError("There is no destination zone provided")
+    # CreateSnapshotCmd.create (allocSnapshot, before the job): the pools of the other zones.
+    targets = _replication_pools(model, [z for z in zones if z != vol.zone_id], pools) if replication else []
     snap = orch.allocate_snapshot(model, vol.id, p.get("name"))
 
-    return _job(model, "createSnapshot", "Snapshot", snap.id, lambda: orch.take_snapshot(model, snap.id),
+    def action() -> None:
+        # SnapshotManagerImpl.takeSnapshot: with `usestoragereplication` the snapshot is then
+        # copied to a pool of each zone of `zoneids` (copyNewSnapshotToZonesOnPrimary).
+        orch.take_snapshot(model, snap.id)
+        if targets:
+            orch.copy_snapshot_to_pools(model, snap.id, targets)
+
+    return _job(model, "createSnapshot", "Snapshot", snap.id, action,
                 _render(model, "snapshot", "_snapshot", model.snapshots, snap.id), create=True)
 
 
@@ -479,6 +493,27 @@ def _uuid_list(model: m.CloudStackModel, table: Mapping[str, Any], p: Params, na
             _need(table, {name: item}, name)
             out.append(item)
     return out
+
+
+def _replication_pools(model: m.CloudStackModel, zone_ids: list[str], pool_ids: list[str]) -> list[str]:
+    """SnapshotHelper.addStoragePoolsForCopyToPrimary + checkIfThereAreMoreThanOnePoolInTheZone:
+    the pools given, else in each zone the first StorPool pool whose `use.storage.replication`
+    is true."""
+    chosen = list(pool_ids)
+    if not chosen:
+        with model.lock:
+            for zone_id in zone_ids:
+                found = [pool.id for pool in model.storage_pools.values() if pool.zone_id == zone_id
+                         and pool.provider == "StorPool"
+                         and model.config_value("use.storage.replication", "storagepool", pool.id) == "true"]
+                chosen.extend(found[:1])
+        if not chosen:
+            raise m.ParamError("Cannot copy snapshot to primary storage. There aren't storage pools that "
+                               "support this operation")
+    zones = [model.storage_pools[pid].zone_id for pid in chosen]
+    if any(zones.count(z) > 1 for z in zones):
+        raise m.ApiError("Cannot copy the snapshot on multiple storage pools in one zone")
+    return chosen
 
 
 def copy_snapshot(model: m.CloudStackModel, p: Params) -> Item:
@@ -514,21 +549,7 @@ def copy_snapshot(model: m.CloudStackModel, p: Params) -> Item:
             raise m.ParamError("Please specify different source and destination zones.")
         if not replication:
             raise m.Unsupported("copySnapshot between image stores is not simulated: use usestoragereplication=true")
-        chosen = list(pools)
-        if not chosen:
-            with model.lock:
-                for zone_id in targets:
-                    found = [pool.id for pool in model.storage_pools.values() if pool.zone_id == zone_id
-                             and pool.provider == "StorPool"
-                             and model.config_value("use.storage.replication", "storagepool", pool.id) == "true"]
-                    chosen.extend(found[:1])
-            if not chosen:
-                raise m.ParamError("Cannot copy snapshot to primary storage. There aren't storage pools that "
-                                   "support this operation")
-        zones = [model.storage_pools[pid].zone_id for pid in chosen]
-        if any(zones.count(z) > 1 for z in zones):
-            raise m.ApiError("Cannot copy the snapshot on multiple storage pools in one zone")
-        orch.copy_snapshot_to_pools(model, snap.id, chosen)
+        orch.copy_snapshot_to_pools(model, snap.id, _replication_pools(model, targets, pools))
         return _render(model, "snapshot", "_snapshot", model.snapshots, snap.id)()
 
     return _async(model, "copySnapshot", work, instance_type="Snapshot", instance_id=snap.id)

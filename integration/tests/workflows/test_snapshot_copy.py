@@ -139,3 +139,22 @@ def test_delete_in_one_zone_keeps_the_other(stack: LocalStack, cloud: cs.CloudSt
     assert _on(far, {"uuid": snapshot["id"]}) == []
     assert len(_on(sp, {"uuid": snapshot["id"], "cs": "snapshot"})) == 1
     assert snapshot["id"] in {s["id"] for s in cloud.listSnapshots()["snapshot"]}
+
+
+def test_snapshot_taken_in_both_zones_and_listed_per_zone(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                          snapshot: dict[str, Any]) -> None:
+    """createSnapshot with `zoneids` and `usestoragereplication` (what CloudStack's StorPool
+    tests do): taken, then copied to the other zone's StorPool; listSnapshots with
+    `showunique=false` lists it in both zones, with `zoneid` it is found in either."""
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    vol = cloud.listVolumes(id=snapshot["volumeid"])["volume"][0]
+    snap = cloud.createSnapshot(volumeid=vol["id"], zoneids=_zone2(cloud), usestoragereplication="true")["snapshot"]
+    copy = _on(far, {"uuid": snap["id"]})
+    assert len(copy) == 1 and copy[0].tags == {"cs": "snapshot", "uuid": snap["id"]}
+    assert str(copy[0].globalId) == str(_on(sp, {"uuid": snap["id"], "cs": "snapshot"})[0].globalId)
+    entries = cloud.listSnapshots(id=snap["id"], showunique="false")["snapshot"]
+    assert {e["zoneid"] for e in entries} == {vol["zoneid"], _zone2(cloud)}
+    assert all(e["datastoretype"] == "Primary" and e["datastorestate"] == "Ready" for e in entries)
+    assert [s["id"] for s in cloud.listSnapshots(id=snap["id"], zoneid=_zone2(cloud))["snapshot"]] == [snap["id"]]
+    assert len(cloud.listSnapshots(id=snap["id"])["snapshot"]) == 1
