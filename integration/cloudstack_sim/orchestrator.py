@@ -714,10 +714,12 @@ def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
 
 
 def allocate_template(model: m.CloudStackModel, name: str, *, snapshot: m.Snapshot | None,
-                      volume: m.Volume | None) -> m.Template:
-    """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet."""
+                      volume: m.Volume | None, zone_id: str | None = None) -> m.Template:
+    """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet (in `zone_id`
+    when given: a snapshot's zone, CreateTemplateCmd's `zoneid`)."""
     with model.lock:
         size, zone = (volume.size, volume.zone_id) if volume is not None else (snapshot.size, snapshot.zone_id)  # type: ignore[union-attr]
+        zone = zone_id or zone
         tpl = model.add_template(name, size, zone_id=zone, ready=False)
         tpl.public = tpl.featured = False
         tpl.install_path = f"template/tmpl/{ACCOUNT_ID}/{tpl.id}/{tpl.id}.qcow2"
@@ -734,10 +736,19 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
         tpl = model.templates[template_id]
         pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
         snap = model.snapshots[snapshot_id] if snapshot_id else None
+        path = snapshot_path(snap) if snap is not None else None
+        if snap is not None and tpl.zone_id != snap.zone_id:
+            # A template of another zone is made from the snapshot's copy there.
+            there = [(pid, cp) for pid, cp in snap.copies.items()
+                     if pid in model.storage_pools and model.storage_pools[pid].zone_id == tpl.zone_id]
+            if not there:
+                model.templates.pop(template_id, None)
+                raise m.ApiError(f"Unable to find snapshot {snap.id} in zone {tpl.zone_id}")
+            pool_id, path = there[0]
     try:
         made = _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
                                    snapshot_uuid=snapshot_id, volume_uuid=volume_id,
-                                   snapshot_path=snapshot_path(snap) if snap is not None else None,
+                                   snapshot_path=path,
                                    secondary={"store": _store(model), "path": tpl.install_path})
     except BaseException:
         with model.lock:

@@ -576,6 +576,10 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
     _required("createTemplate", p, "name", "ostypeid")
     snapshot = _opt_need(model.snapshots, p, "snapshotid")
     volume = _opt_need(model.volumes, p, "volumeid")
+    zone = _opt_need(model.zones, p, "zoneid")
+    if zone is not None and snapshot is None:
+        raise m.ParamError("Failed to create private template record, zone ID can only be specified together with "
+                           "snapshot ID.")
     if (snapshot is None) == (volume is None):
         raise m.ParamError("Failed to create private template record, please specify only one of volume ID "
                            "(volumeid) and snapshot ID (snapshotid)")
@@ -584,7 +588,8 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
         if vm is not None and vm.state != "Stopped":
             raise m.ParamError(f"VolumeId: {volume.id} please attach this volume to a stopped VM or detach it "
                                "first to create a template")
-    tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume)
+    tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume,
+                                 zone_id=zone.id if zone is not None else None)
 
     snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
     return _job(model, "createTemplate", "Template", tpl.id,

@@ -158,3 +158,28 @@ def test_snapshot_taken_in_both_zones_and_listed_per_zone(stack: LocalStack, clo
     assert all(e["datastoretype"] == "Primary" and e["datastorestate"] == "Ready" for e in entries)
     assert [s["id"] for s in cloud.listSnapshots(id=snap["id"], zoneid=_zone2(cloud))["snapshot"]] == [snap["id"]]
     assert len(cloud.listSnapshots(id=snap["id"])["snapshot"]) == 1
+
+
+def test_template_from_the_copy_in_the_second_zone(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                   snapshot: dict[str, Any]) -> None:
+    """createTemplate with `snapshotid` and the second zone's `zoneid`: made from that zone's
+    copy, on the second StorPool cluster, with the snapshot's data."""
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    os_type = cloud.listOsTypes()["ostype"][0]["id"]
+    with pytest.raises(cs.CloudStackApiException) as missing:
+        cloud.createTemplate(name="from-far", displaytext="from-far", ostypeid=os_type, snapshotid=snapshot["id"],
+                             zoneid=_zone2(cloud))
+    assert "Unable to find snapshot" in str(missing.value)
+    cloud.copySnapshot(id=snapshot["id"], destzoneid=_zone2(cloud), usestoragereplication="true")
+    tpl = cloud.createTemplate(name="from-far", displaytext="from-far", ostypeid=os_type, snapshotid=snapshot["id"],
+                               zoneid=_zone2(cloud))["template"]
+    assert tpl["zoneid"] == _zone2(cloud)
+    gid = str(_on(far, {"uuid": snapshot["id"]})[0].globalId)
+    cached = [s for s in far.snapshotsList() if s.tags.get("uuid") == tpl["id"] and not s.deleted]
+    assert len(cached) == 1 and cached[0].parentName in (f"~{gid}", "")
+    assert stack.sp2.read_object(str(cached[0].globalId), 5 * MiB, 23) == b"copied across locations"
+    with pytest.raises(cs.CloudStackApiException) as no_snapshot:
+        vol = cloud.listVolumes(id=snapshot["volumeid"])["volume"][0]
+        cloud.createTemplate(name="bad", displaytext="bad", ostypeid=os_type, volumeid=vol["id"], zoneid=_zone2(cloud))
+    assert "zone ID can only be specified together with snapshot ID" in str(no_snapshot.value)
