@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import naming, tags
 from cloudstack_storpool.driver.undo import undo_and_fail
-from cloudstack_storpool.errors import NotFound, StorPoolError, ValidationError
+from cloudstack_storpool.errors import NotFound, SpBusy, StorPoolError, ValidationError
 from cloudstack_storpool.uuids import check_uuid
 
 if TYPE_CHECKING:
@@ -134,6 +134,34 @@ def _receive(dst_conn: StorPoolConn, gid: str, src_loc: str, template: str, uuid
 def _drop_copy(src_conn: StorPoolConn, dst_conn: StorPoolConn, ref: str, dst_loc: str) -> None:
     dst_conn.snapshot_delete(ref)
     src_conn.snapshot_unexport(ref, dst_loc, force=True)
+
+
+STILL_EXPORTED = "still exported"
+"""What StorPool's refusal to delete an exported snapshot says (the Java plugin looks for it too)."""
+
+
+def is_still_exported(exc: StorPoolError) -> bool:
+    return STILL_EXPORTED in exc.descr
+
+
+def release_for_delete(conn: StorPoolConn, name: str) -> list[str]:
+    """Before deleting a snapshot StorPool keeps because it is exported: revoke its exports
+    whose copies are complete (StorPool refuses, `busy`, while a copy is still arriving: that
+    is reported, naming the location). Returns the locations released."""
+    found = conn.snapshot(name)
+    if found is None:
+        return []
+    released = []
+    for export in conn.exports():
+        if export.global_id != found.global_id:
+            continue
+        try:
+            conn.snapshot_unexport("~" + found.global_id, export.location)
+        except SpBusy:
+            raise SpBusy("busy", f"snapshot {name} is still being copied to location {export.location}: "
+                                 "delete it once the copy is complete", query="SnapshotUnexport") from None
+        released.append(export.location)
+    return released
 
 
 def release_exports(ctx: DriverContext) -> list[ExportReleased]:

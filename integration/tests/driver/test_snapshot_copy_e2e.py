@@ -125,3 +125,20 @@ def test_exports_released_only_when_the_copy_is_complete_and_ours(stack: LocalSt
     assert [(r.global_id, r.location) for r in released] == [(gid, ZONE2_LOCATION)]
     assert [e.globalId for e in api.exportsList()["exports"]] == [other]
     snapshots.delete_snapshot(stack.ctx, pool=stack.pool_id(), snapshot_uuid=sid, path=path)
+
+
+def test_delete_of_a_copied_snapshot_releases_its_export_once_the_copy_is_complete(stack: LocalStack) -> None:
+    """StorPool refuses to delete an exported snapshot: the delete revokes the export when the
+    copy is complete, and reports the location while it is still arriving (nothing deleted)."""
+    assert stack.sp2 is not None
+    sid, path, gid = _snapshot(stack)
+    stack.sp2.model.transfer_seconds = 3600
+    _copy(stack, sid, path)
+    with pytest.raises(StorPoolError) as busy:
+        snapshots.delete_snapshot(stack.ctx, pool=stack.pool_id(), snapshot_uuid=sid, path=path)
+    assert busy.value.name == "busy" and ZONE2_LOCATION in str(busy.value)
+    assert stack.sp.model.lookup(f"~{gid}", "snapshot") is not None
+    stack.sp2.model.lookup(f"~{gid}", "snapshot").recovering_until = None
+    assert snapshots.delete_snapshot(stack.ctx, pool=stack.pool_id(), snapshot_uuid=sid, path=path).existed
+    assert stack.sp.api().exportsList()["exports"] == []
+    assert stack.sp2.read_object(gid, 0, 14) == b"first location", "the copy stays in its location"
