@@ -113,3 +113,21 @@ def test_unexport_waits_for_a_copy_still_arriving(pair: tuple[EmulatorHandle, Em
     assert busy.value.name == "busy"
     api_a.snapshotUnexport({"snapshot": "s", "all": True, "force": True})
     assert api_a.exportsList()["exports"] == []
+
+
+def test_exports_and_copies_survive_a_restart(tmp_path: Path) -> None:
+    with run_emulator(tmp_path / "a", tmp_path / "adev", use_loop=False) as a, \
+            run_emulator(tmp_path / "b", tmp_path / "bdev", use_loop=False, location_id="far",
+                         location_name="far-location") as b:
+        a.emulator.link_location(b.emulator)
+        gid = _exported_snapshot(a)
+        a.strict_api().snapshotExport({"snapshot": "s", "location": "far-location"})
+        b.model.transfer_seconds = 3600
+        b.strict_api().snapshotFromRemote({"remoteLocation": "lab-location", "remoteId": gid, "template": "ssd"})
+    with run_emulator(tmp_path / "a", tmp_path / "adev", use_loop=False) as a, \
+            run_emulator(tmp_path / "b", tmp_path / "bdev", use_loop=False, location_id="far",
+                         location_name="far-location") as b:
+        assert [e.globalId for e in a.strict_api().exportsList()["exports"]] == [gid]
+        copy = b.strict_api().snapshotList(f"~{gid}")[0]
+        assert copy.recoveringFromRemote is True
+        assert b.read_object(gid, 4096, 27) == b"written before the snapshot"
