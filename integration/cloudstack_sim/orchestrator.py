@@ -447,6 +447,15 @@ def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offeri
         return vol
 
 
+def _copy_in_zone(model: m.CloudStackModel, snap: m.Snapshot, zone_id: str) -> tuple[str, str] | None:
+    """The snapshot's copy on primary storage of `zone_id` (pool id, path), if it has one there."""
+    for pool_id, path in snap.copies.items():
+        pool = model.storage_pools.get(pool_id)
+        if pool is not None and pool.zone_id == zone_id:
+            return pool_id, path
+    return None
+
+
 def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapshot_id: str) -> None:
     """VolumeOrchestrator.createVolumeFromSnapshot -> VolumeServiceImpl.createVolumeFromSnapshot
     -> DataMotionServiceImpl -> driver.copyAsync(snapshot -> volume):
@@ -456,11 +465,10 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
         snap = model.snapshots[snapshot_id]
         vol = model.volumes[volume_id]
         pool_id, path = snap.storage_id, snapshot_path(snap)
-        # In another zone, the snapshot's copy on that zone's primary storage (copySnapshot).
-        for copy_pool, copy_path in snap.copies.items():
-            pool = model.storage_pools.get(copy_pool)
-            if pool is not None and pool.zone_id == vol.zone_id and vol.zone_id != snap.zone_id:
-                pool_id, path = copy_pool, copy_path
+        home = model.storage_pools.get(pool_id or "")
+        if home is None or home.zone_id != vol.zone_id:
+            # In another zone, the snapshot's copy on that zone's primary storage (copySnapshot).
+            pool_id, path = _copy_in_zone(model, snap, vol.zone_id) or (pool_id, path)
     if not pool_id:
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
@@ -737,14 +745,14 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
         pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
         snap = model.snapshots[snapshot_id] if snapshot_id else None
         path = snapshot_path(snap) if snap is not None else None
-        if snap is not None and tpl.zone_id != snap.zone_id:
+        home = model.storage_pools.get(pool_id or "")
+        if snap is not None and (home is None or home.zone_id != tpl.zone_id):
             # A template of another zone is made from the snapshot's copy there.
-            there = [(pid, cp) for pid, cp in snap.copies.items()
-                     if pid in model.storage_pools and model.storage_pools[pid].zone_id == tpl.zone_id]
-            if not there:
+            there = _copy_in_zone(model, snap, tpl.zone_id)
+            if there is None:
                 model.templates.pop(template_id, None)
                 raise m.ApiError(f"Unable to find snapshot {snap.id} in zone {tpl.zone_id}")
-            pool_id, path = there[0]
+            pool_id, path = there
     try:
         made = _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
                                    snapshot_uuid=snapshot_id, volume_uuid=volume_id,

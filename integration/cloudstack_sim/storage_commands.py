@@ -479,8 +479,12 @@ def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
         orch.delete_snapshot(model, snap.id, zone.id if zone is not None else None)
         if zone is not None and zone.id == snap.zone_id and snap.copies:
             with model.lock:
-                model.snapshots[snap.id] = snap  # still held in another zone
-                snap.storage_id = None
+                # Still held in another zone: the record stays, in the zone of a copy.
+                model.snapshots[snap.id] = snap
+                snap.storage_id, snap.backup_path = None, None
+                first = model.storage_pools.get(next(iter(snap.copies)))
+                if first is not None:
+                    snap.zone_id = first.zone_id
 
     return _job(model, "deleteSnapshot", "Snapshot", snap.id, action, _success)
 

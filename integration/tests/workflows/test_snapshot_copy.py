@@ -183,3 +183,20 @@ def test_template_from_the_copy_in_the_second_zone(stack: LocalStack, cloud: cs.
         vol = cloud.listVolumes(id=snapshot["volumeid"])["volume"][0]
         cloud.createTemplate(name="bad", displaytext="bad", ostypeid=os_type, volumeid=vol["id"], zoneid=_zone2(cloud))
     assert "zone ID can only be specified together with snapshot ID" in str(no_snapshot.value)
+
+
+def test_delete_in_the_first_zone_keeps_the_copy_usable(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
+                                                         snapshot: dict[str, Any]) -> None:
+    """deleteSnapshot with the first zone's `zoneid` (CloudStack's StorPool test_03): the source
+    goes from StorPool (its export revoked first, the copy being complete), the snapshot is then
+    listed in the second zone only, and a volume is still made there from the copy."""
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    cloud.copySnapshot(id=snapshot["id"], destzoneid=_zone2(cloud), usestoragereplication="true")
+    cloud.deleteSnapshot(id=snapshot["id"], zoneid=snapshot["zoneid"])
+    assert _on(sp, {"uuid": snapshot["id"], "cs": "snapshot"}) == []
+    assert sp.exportsList()["exports"] == []
+    entries = cloud.listSnapshots(id=snapshot["id"], showunique="false")["snapshot"]
+    assert {e["zoneid"] for e in entries} == {_zone2(cloud)}
+    vol = cloud.createVolume(name="after", snapshotid=snapshot["id"], zoneid=_zone2(cloud))["volume"]
+    assert stack.sp2.read_object(str(sp_volume(far, vol["path"]).globalId), 5 * MiB, 23) == b"copied across locations"
