@@ -203,9 +203,12 @@ class LocalStack:
             if pool.provider != "StorPool":
                 continue
             far = self.sp2 is not None and pool.zone_id == self.zone2_id
-            model.set_configuration("sp.cluster.location", ZONE2_LOCATION if far else LOCATION, "storagepool", pool.id)
+            values = {"sp.cluster.location": ZONE2_LOCATION if far else LOCATION}
             if self.sp2 is not None:
-                model.set_configuration("use.storage.replication", "true", "storagepool", pool.id)
+                values["use.storage.replication"] = "true"
+            for key, value in values.items():
+                if key in model.configs:  # a state saved by a CloudStack without the key keeps none
+                    model.set_configuration(key, value, "storagepool", pool.id)
 
     def _start_guests(self) -> None:
         """Real guests for the simulator's VMs (see `integration.guests`)."""
