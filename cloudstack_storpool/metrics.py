@@ -149,7 +149,7 @@ def record_result(name: str, result: Any) -> None:
     """What a periodic task or an operation returned, in the metrics it feeds (by its type)."""
     from cloudstack_storpool.driver import gc, hosts, recovery, stats
 
-    if name in ("gc", "capacity", "volumes", "delay-delete"):
+    if name in ("gc", "capacity", "volumes", "delay-delete", "snapshot-exports"):
         PERIODIC_RUNS.labels(name, "failed" if isinstance(result, BaseException) else "ok").inc()
     if isinstance(result, gc.GcReport):
         GC_DELETED.inc(len(result.done))

@@ -142,3 +142,31 @@ def test_delete_of_a_copied_snapshot_releases_its_export_once_the_copy_is_comple
     assert snapshots.delete_snapshot(stack.ctx, pool=stack.pool_id(), snapshot_uuid=sid, path=path).existed
     assert stack.sp.api().exportsList()["exports"] == []
     assert stack.sp2.read_object(gid, 0, 14) == b"first location", "the copy stays in its location"
+
+
+def test_the_services_export_task_runs_on_its_setting_and_is_counted(stack: LocalStack) -> None:
+    """`snapshot-exports` among the service's periodic tasks: its interval is
+    storpool.snapshot.recovery.from.remote.check (CloudStack's key), a cycle releases a
+    complete copy's export, and each run shows in cssp_periodic_runs_total."""
+    from cloudstack_storpool import metrics
+    from cloudstack_storpool.driver.recovery import ExpiryTracker
+    from cloudstack_storpool.driver.stats import StatsCache
+    from cloudstack_storpool.service.periodic import service_tasks
+
+    task = next(t for t in service_tasks(stack.ctx, StatsCache(), ExpiryTracker(), metrics.record_result)
+                if t.name == "snapshot-exports")
+    assert task.setting == snapshotcopy.RECOVERY_SETTING and task._interval() == 300.0
+    stack.cs.model.set_configuration(snapshotcopy.RECOVERY_SETTING, "7")
+    stack.settings.invalidate()
+    assert task._interval() == 7.0
+    sid, path, gid = _snapshot(stack)
+    _copy(stack, sid, path)
+
+    def runs(outcome: str) -> float:
+        return metrics.REGISTRY.get_sample_value("cssp_periodic_runs_total",
+                                                 {"task": "snapshot-exports", "outcome": outcome}) or 0.0
+
+    before = runs("ok")
+    released = task.once()
+    assert [r.global_id for r in released] == [gid]
+    assert runs("ok") == before + 1
