@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storpool.spapi import ApiError, ApiOk
@@ -131,3 +132,30 @@ def test_exports_and_copies_survive_a_restart(tmp_path: Path) -> None:
         copy = b.strict_api().snapshotList(f"~{gid}")[0]
         assert copy.recoveringFromRemote is True
         assert b.read_object(gid, 4096, 27) == b"written before the snapshot"
+
+
+def test_the_java_plugins_wire_forms_between_locations(pair: tuple[EmulatorHandle, EmulatorHandle]) -> None:
+    """StorPoolSnapshotStrategy.copySnapshot and the abandon collector's recovery check, as
+    StorPoolUtil sends them (raw HTTP): SnapshotUpdate for the cluster id, SnapshotExport,
+    SnapshotFromRemote with `"name": ""`, SnapshotReconcile with no body, the MultiCluster
+    SnapshotsList it reads `recoveringFromRemote` from, SnapshotUnexport with force and all."""
+    a, b = pair
+    gid = _exported_snapshot(a)
+
+    def ok(handle: EmulatorHandle, path: str, body: Any = None) -> Any:
+        status, answer = handle.raw("POST" if body is not None or "Reconcile" in path else "GET",
+                                    f"/ctrl/1.0/{path}", body)
+        assert status == 200, answer
+        return answer
+
+    assert ok(a, f"MultiCluster/SnapshotUpdate/~{gid}", {})["data"]["clusterId"] == "lab.b"
+    ok(a, "SnapshotExport", {"snapshot": f"~{gid}", "location": "far-location"})
+    ok(b, "SnapshotFromRemote", {"remoteId": gid, "remoteLocation": "lab-location", "template": "ssd", "name": "",
+                                 "tags": {"cs": "snapshot", "uuid": "0b3f5a52-0000-4000-8000-000000000009"}})
+    ok(b, f"SnapshotReconcile/~{gid}")
+    listed = ok(b, "MultiCluster/SnapshotsList")["data"]
+    assert [(s["name"], s["recoveringFromRemote"]) for s in listed] == [(f"~{gid}", False)]
+    status, refused = a.raw("POST", f"/ctrl/1.0/MultiCluster/SnapshotDelete/~{gid}")
+    assert status == 400 and "still exported" in refused["error"]["descr"]
+    ok(a, "SnapshotUnexport", {"snapshot": f"~{gid}", "force": True, "all": True})
+    ok(a, f"MultiCluster/SnapshotDelete/~{gid}", {})
