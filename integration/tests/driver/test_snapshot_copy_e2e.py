@@ -50,7 +50,15 @@ def _copy(stack: LocalStack, sid: str, path: str) -> snapshotcopy.SnapshotCopied
 def test_copy_keeps_global_id_and_data_and_a_retry_finishes_it(stack: LocalStack) -> None:
     assert stack.sp2 is not None
     sid, path, gid = _snapshot(stack)
+    before_a, before_b = dict(stack.sp.calls), dict(stack.sp2.calls)
     done = _copy(stack, sid, path)
+    spent = {f"{side}:{q}": n - before.get(q, 0) for side, emu, before in (("a", stack.sp, before_a),
+                                                                          ("b", stack.sp2, before_b))
+             for q, n in emu.calls.items() if n != before.get(q, 0)}
+    # Export, copy and reconcile (the Java plugin adds a SnapshotUpdate for the snapshot's cluster),
+    # plus one lookup of the source and two of the copy.
+    assert spent == {"a:Snapshot": 1, "a:SnapshotExport": 1, "b:Snapshot": 2, "b:SnapshotFromRemote": 1,
+                     "b:SnapshotReconcile": 1}
     assert (done.path, done.global_id, done.location, done.source_location, done.recovered) == (
         path, gid, ZONE2_LOCATION, "lab-location", False)
     assert stack.sp2.read_object(gid, 0, 14) == b"first location"
