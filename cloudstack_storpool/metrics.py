@@ -148,7 +148,7 @@ def agent_certificate(file: str, not_before: float, not_after: float) -> None:
 
 ResultRecorder = Callable[[Any], None]
 _RESULT_RECORDERS: dict[type, ResultRecorder] = {}
-PERIODIC_TASKS = ("gc", "capacity", "volumes", "delay-delete")
+PERIODIC_TASKS = ("gc", "capacity", "volumes", "delay-delete", "snapshot-exports")
 
 
 def count_results(kind: type, recorder: ResultRecorder) -> None:

@@ -76,6 +76,20 @@ def template_name(value: str, field: str = "template") -> str:
     return value
 
 
+LOCATION_NAME = re.compile(r"^[A-Za-z0-9_\-.:]+$")
+LOCATION_MAX_LEN = 64
+
+
+def location_name(value: str, field: str = "location") -> str:
+    """A StorPool location name (`storpool location list`; what `sp.cluster.location` holds)."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, "location name must be a non-empty string")
+    if len(value) > LOCATION_MAX_LEN or not LOCATION_NAME.match(value):
+        raise ValidationError(field, f"{value!r} is not a valid StorPool location name "
+                                     f"(allowed: {LOCATION_NAME.pattern}, at most {LOCATION_MAX_LEN} characters)")
+    return value
+
+
 def tags(values: Mapping[str, str], field: str = "tags") -> dict[str, str]:
     """Validate a tag map; an empty value is allowed (it removes the tag on update)."""
     out: dict[str, str] = {}

@@ -128,6 +128,7 @@ def _snapshot(raw: Any) -> SpSnapshot:
         deleted=_get(obj, "deleted", _BOOL, "true or false", False),
         transient=_get(obj, "transient", _BOOL, "true or false", False),
         delete_at=float(_get(obj, "targetDeleteDate", _NUMBER, "a number", 0)),
+        recovering=_get(obj, "recoveringFromRemote", _BOOL, "true or false", False),
     )
 
 

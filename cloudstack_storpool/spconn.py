@@ -54,6 +54,7 @@ from cloudstack_storpool.sprecords import (
     Mode,
     SpActiveRequest,
     SpAttachment,
+    SpExport,
     SpSnapshot,
     SpTemplate,
     SpVolume,
@@ -766,6 +767,47 @@ class StorPoolConn:
         except SpNotFound:
             return False
         return True
+
+    # ---------------------------------------------------------------- between locations
+
+    def snapshot_export(self, name: str, location: str) -> None:
+        """Allow another StorPool location to copy a snapshot (SnapshotExport; again is harmless)."""
+        body = {"snapshot": names.snapshot_name(name, "snapshot"), "location": names.location_name(location)}
+        self._retrying("SnapshotExport", lambda: self.api.snapshotExport(body))
+        log.info("snapshot %s exported to location %s", name, location)
+
+    def snapshot_unexport(self, name: str, location: str, *, force: bool = False) -> bool:
+        """Revoke a location's access to a snapshot; False when it was not exported there (or is
+        gone). Without `force` StorPool refuses while that location's copy is still arriving."""
+        body: dict[str, Any] = {"snapshot": names.snapshot_name(name, "snapshot"), "location": names.location_name(location)}
+        if force:
+            body["force"] = True
+        try:
+            self._retrying("SnapshotUnexport", lambda: self.api.snapshotUnexport(body))
+        except SpNotFound:
+            return False
+        log.info("snapshot %s no longer exported to location %s", name, location)
+        return True
+
+    def exports(self) -> list[SpExport]:
+        """The snapshots of this endpoint's cluster that other locations may copy (ExportsList)."""
+        found = self._retrying("ExportsList", self.api.exportsList)["exports"]
+        return [SpExport(str(e.globalId), str(e.location)) for e in found]
+
+    def snapshot_from_remote(self, global_id: str, location: str, *, template: str,
+                             tags: Mapping[str, str]) -> None:
+        """Copy a snapshot another location exported to this one (SnapshotFromRemote): an
+        anonymous snapshot here with the same global id, in `template`. Not retried: a lost
+        answer is settled by looking for `~global_id`, which the caller does."""
+        body = {"remoteId": names.global_id_name(global_id, "remoteId")[1:], "remoteLocation": names.location_name(location),
+                "template": names.template_name(template, "template"), "tags": names.tags(tags)}
+        self._once("SnapshotFromRemote", lambda: self.api.snapshotFromRemote(body))
+        log.info("snapshot ~%s copied from location %s", global_id, location)
+
+    def snapshot_reconcile(self, name: str) -> None:
+        """SnapshotReconcile of a copied snapshot (the bindings have no method for it)."""
+        query = f"SnapshotReconcile/{names.snapshot_name(name)}"
+        self._retrying("SnapshotReconcile", lambda: self.api("POST", True, query, None))
 
 
 def _client(client: int) -> int:

@@ -69,7 +69,17 @@ class SpSnapshot(SpVolume):
     transient: bool = False
     delete_at: float = 0.0
     """When StorPool deletes it by itself (`targetDeleteDate`, from a delay-delete); 0: never."""
+    recovering: bool = False
+    """A copy from another location whose data is still arriving (`recoveringFromRemote`)."""
     kind: Kind = "snapshot"
+
+
+@dataclass(frozen=True)
+class SpExport:
+    """A snapshot another location may copy (ExportsList)."""
+
+    global_id: str
+    location: str
 
 
 SpObject = SpVolume  # a volume or a snapshot (SpSnapshot is a subclass); `kind` says which

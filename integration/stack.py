@@ -69,6 +69,15 @@ STACK_TEMPLATES = (*DEFAULT_TEMPLATES, Template("nvme", 3, "nvme", "nvme", "nvme
 """The emulated cluster's templates: ssd2 is the second template CloudStack's own StorPool tests
 name in their offerings (SP_TEMPLATE=ssd2), beside ssd."""
 POOLS = (("storpool-primary", "ssd"), ("storpool-hybrid", "hybrid"))
+LOCATION = "lab-location"
+"""The StorPool location of the first zone's cluster (the emulator's default)."""
+ZONE2 = "zone2"
+ZONE2_POOL = "storpool-zone2"
+ZONE2_HOST = "kvm-zone2"
+ZONE2_CLIENT = 4
+"""SP_OURID of the second zone's host, in its own StorPool cluster (unique in the stack, so that
+`agent_for_client` stays unambiguous)."""
+ZONE2_LOCATION = "far-location"
 
 
 @dataclass
@@ -88,13 +97,18 @@ class LocalStack:
     """Start with `with LocalStack(root) as stack:`; everything stops and is released on exit."""
 
     def __init__(self, root: Path, *, make_xfs: bool | None = None, settings_ttl: float = 0.5,
-                 xfs_size: int = 8 << 30, heartbeat_interval: float | None = None, guests: bool = False) -> None:
+                 xfs_size: int = 8 << 30, heartbeat_interval: float | None = None, guests: bool = False,
+                 second_zone: bool = False) -> None:
         self.root = Path(root)
         self.make_xfs = can_make_xfs() if make_xfs is None else make_xfs
         self.settings_ttl = settings_ttl
         self.xfs_size = xfs_size
         self.heartbeat_interval = heartbeat_interval
         self.with_guests = guests
+        self.second_zone = second_zone
+        self.sp2: EmulatorHandle | None = None
+        """The second zone's StorPool cluster, in a location of its own (`second_zone`)."""
+        self.zone2_id: str | None = None
         self.guests: StackGuests | None = None
         self.agent_token = secrets.token_urlsafe(24)
         self.service_token: str | None = None
@@ -139,6 +153,8 @@ class LocalStack:
                 f'[[pool]]\nuuid = "{sim_pool.id}"\nname = "{name}"\nzone = "{zone.id}"\n'
                 f'url = "{self.sp.pool_url(template)}"\n'
             )
+        if self.second_zone:
+            pools_toml.append(self._start_second_zone(data_base))
         self.pools_file = self.root / "pools.toml"
         self.pools_file.write_text("\n".join(pools_toml))
         self.pools_file.chmod(0o600)
@@ -149,7 +165,9 @@ class LocalStack:
         for host in list(model.hosts.values()):
             client_id = int(host.details.get("SP_OURID", "0") or 0)
             if client_id:
-                self._start_agent(host.id, host.name, client_id)
+                zone2 = self.sp2 is not None and host.zone_id == self.zone2_id
+                self._start_agent(host.id, host.name, client_id, self.sp2 if zone2 else None)
+        self._set_locations()
         if self.with_guests:
             self._start_guests()
         self.cloudstack: CloudStackClient = self.cs.client()
@@ -157,6 +175,44 @@ class LocalStack:
         self.settings_file = self.root / "settings.toml"
         self.settings = Settings(self.cloudstack, file=SettingsFile(self.settings_file), ttl=self.settings_ttl)
         self.ctx = self.driver_context()
+
+    def _start_second_zone(self, data_base: Path) -> str:
+        """A second zone with its own StorPool cluster in another location, linked to the first
+        (as StorPool's LocationAdd links two sites): its cluster, a KVM host whose agent is a
+        client of that cluster, and a StorPool pool on it. Returns the pool's pools-file entry."""
+        self.sp2 = self._exit.enter_context(run_emulator(
+            data_base / "storpool-zone2", self.root / "dev-zone2", token=secrets.token_urlsafe(16),
+            clients=(ZONE2_CLIENT,), templates=STACK_TEMPLATES, cluster_name="far", cluster_id="c",
+            location_id="far", location_name=ZONE2_LOCATION,
+        ))
+        self.sp.emulator.link_location(self.sp2.emulator)
+        model = self.cs.model
+        zone = next((z for z in model.zones.values() if z.name == ZONE2), None) or model.add_zone(ZONE2)
+        self.zone2_id = zone.id
+        if not any(h.name == ZONE2_HOST for h in model.hosts.values()):
+            cluster = next((c for c in model.clusters.values() if c.zone_id == zone.id), None) \
+                or model.add_cluster("cluster-zone2", zone.id)
+            model.add_host(ZONE2_HOST, sp_ourid=ZONE2_CLIENT, cluster_id=cluster.id)
+        pool = next((p for p in model.storage_pools.values() if p.name == ZONE2_POOL), None) \
+            or model.add_storage_pool(ZONE2_POOL, zone.id)
+        return (f'[[pool]]\nuuid = "{pool.id}"\nname = "{ZONE2_POOL}"\nzone = "{zone.id}"\n'
+                f'url = "{self.sp2.pool_url("ssd")}"\n')
+
+    def _set_locations(self) -> None:
+        """What the StorPool host listener records when a host connects: each pool's StorPool
+        location name (`sp.cluster.location`, from `storpool location list` on the host). With a
+        second zone, its pools may take snapshot copies (`use.storage.replication`)."""
+        model = self.cs.model
+        for pool in list(model.storage_pools.values()):
+            if pool.provider != "StorPool":
+                continue
+            far = self.sp2 is not None and pool.zone_id == self.zone2_id
+            values = {"sp.cluster.location": ZONE2_LOCATION if far else LOCATION}
+            if self.sp2 is not None:
+                values["use.storage.replication"] = "true"
+            for key, value in values.items():
+                if key in model.configs:  # a state saved by a CloudStack without the key keeps none
+                    model.set_configuration(key, value, "storagepool", pool.id)
 
     def _start_guests(self) -> None:
         """Real guests for the simulator's VMs (see `integration.guests`)."""

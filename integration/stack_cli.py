@@ -103,13 +103,14 @@ def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool, guests: 
     from integration import javacloud
     from integration.stack import LocalStack
 
-    with LocalStack(run_dir / "stack", heartbeat_interval=5.0, guests=guests) as stack:
+    with LocalStack(run_dir / "stack", heartbeat_interval=5.0, guests=guests, second_zone=True) as stack:
         java = javacloud.build(stack) if java_cloud else None
         service_url = stack.start_service()
         stack.publish_template_images()  # deployVirtualMachine by hand needs the images
         state = {
             "pid": os.getpid(),
             "storpool": f"http://{stack.sp.host}:{stack.sp.port}",
+            "storpool_zone2": f"http://{stack.sp2.host}:{stack.sp2.port}" if stack.sp2 else None,
             "cloudstack": stack.cs.endpoint,
             "agents": {a.host_name: a.url for a in stack.agents.values()},
             "service": service_url,

@@ -287,6 +287,9 @@ class Snapshot:
     """The primary storage pool holding it (it outlives its volume there)."""
     size: int = 0
     """The volume's virtual size when it was taken (a snapshot outlives its volume)."""
+    copies: dict[str, str] = field(default_factory=dict)
+    """snapshot_store_ref rows on primary storage of other zones (copySnapshot with
+    `usestoragereplication`): pool id -> the path the plugin answered."""
 
 
 @dataclass

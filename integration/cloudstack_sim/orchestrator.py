@@ -452,6 +452,15 @@ def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offeri
         return vol
 
 
+def _copy_in_zone(model: m.CloudStackModel, snap: m.Snapshot, zone_id: str) -> tuple[str, str] | None:
+    """The snapshot's copy on primary storage of `zone_id` (pool id, path), if it has one there."""
+    for pool_id, path in snap.copies.items():
+        pool = model.storage_pools.get(pool_id)
+        if pool is not None and pool.zone_id == zone_id:
+            return pool_id, path
+    return None
+
+
 def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapshot_id: str) -> None:
     """VolumeOrchestrator.createVolumeFromSnapshot -> VolumeServiceImpl.createVolumeFromSnapshot
     -> DataMotionServiceImpl -> driver.copyAsync(snapshot -> volume):
@@ -460,13 +469,17 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
     with model.lock:
         snap = model.snapshots[snapshot_id]
         vol = model.volumes[volume_id]
-        pool_id = snap.storage_id
+        pool_id, path = snap.storage_id, snapshot_path(snap)
+        home = model.storage_pools.get(pool_id or "")
+        if home is None or home.zone_id != vol.zone_id:
+            # In another zone, the snapshot's copy on that zone's primary storage (copySnapshot).
+            pool_id, path = _copy_in_zone(model, snap, vol.zone_id) or (pool_id, path)
     if not pool_id:
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
     result = _plugin(model).call("create_volume_from_snapshot", pool=pool_id, snapshot_uuid=snap.id,
                                  volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary,
-                                 path=snapshot_path(snap))
+                                 path=path)
     _created(model, vol.id, pool_id, result)
 
 
@@ -654,11 +667,20 @@ def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
         model.add_event("SNAPSHOT.CREATE", f"Snapshot {snap.name} created", snap.id, "Snapshot")
 
 
-def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
+def delete_snapshot(model: m.CloudStackModel, snapshot_id: str, zone_id: str | None = None) -> None:
     """SnapshotManagerImpl.deleteSnapshot -> SnapshotStrategy.deleteSnapshot: `delete_snapshot`
-    on the pool of its volume; the image-store copy is CloudStack's to remove (it does)."""
+    on the pool of its volume, and on each pool of another zone holding a copy (with `zone_id`:
+    only that zone's); the image-store copy is CloudStack's to remove (it does)."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
+        copies = {pid: path for pid, path in snap.copies.items()
+                  if zone_id is None or (pid in model.storage_pools and model.storage_pools[pid].zone_id == zone_id)}
+    for pool_id, copy_path in copies.items():
+        _plugin(model).call("delete_snapshot", pool=pool_id, snapshot_uuid=snap.id, path=copy_path)
+        with model.lock:
+            snap.copies.pop(pool_id, None)
+    if zone_id is not None and zone_id != snap.zone_id:
+        return
     path = snapshot_path(snap)
     if path and snap.storage_id:
         _plugin(model).call("delete_snapshot", pool=snap.storage_id, snapshot_uuid=snap.id, path=path)
@@ -666,6 +688,32 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
         model.snapshots.pop(snapshot_id, None)
+
+
+def copy_snapshot_to_pools(model: m.CloudStackModel, snapshot_id: str, pool_ids: list[str]) -> None:
+    """SnapshotManagerImpl.copySnapshotToPrimaryDifferentZone -> copySnapshotOnPool for each
+    pool: SnapshotStrategy.copySnapshot (StorPoolSnapshotStrategy) is `copy_snapshot`, given the
+    snapshot's pool and path; the answer's path becomes the snapshot_store_ref of that pool and
+    the snapshot is then in that pool's zone (snapshot_zone_ref). A pool whose copy fails is
+    logged and skipped, as copySnapshotOnPool does."""
+    with model.lock:
+        snap = model.snapshots[snapshot_id]
+        source, path = snap.storage_id, snapshot_path(snap)
+    if not source or not path:
+        raise m.ApiError(f"Snapshot {snap.id} is not on primary storage")
+    for pool_id in pool_ids:
+        with model.lock:
+            if pool_id in snap.copies:
+                continue  # SnapshotManagerImpl.isSnapshotExistsOnPool
+        try:
+            result = _plugin(model).call("copy_snapshot", snapshot_uuid=snap.id, source_pool=source, pool=pool_id,
+                                         path=path)
+        except m.ApiError as exc:
+            log.warning("copy of snapshot %s to pool %s failed: %s", snap.id, pool_id, exc.text)
+            continue
+        with model.lock:
+            snap.copies[pool_id] = result["path"]
+            model.add_event("SNAPSHOT.COPY", f"Snapshot {snap.name} copied to pool {pool_id}", snap.id, "Snapshot")
 
 
 def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
@@ -679,10 +727,12 @@ def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
 
 
 def allocate_template(model: m.CloudStackModel, name: str, *, snapshot: m.Snapshot | None,
-                      volume: m.Volume | None) -> m.Template:
-    """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet."""
+                      volume: m.Volume | None, zone_id: str | None = None) -> m.Template:
+    """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet (in `zone_id`
+    when given: a snapshot's zone, CreateTemplateCmd's `zoneid`)."""
     with model.lock:
         size, zone = (volume.size, volume.zone_id) if volume is not None else (snapshot.size, snapshot.zone_id)  # type: ignore[union-attr]
+        zone = zone_id or zone
         tpl = model.add_template(name, size, zone_id=zone, ready=False)
         tpl.public = tpl.featured = False
         tpl.install_path = f"template/tmpl/{ACCOUNT_ID}/{tpl.id}/{tpl.id}.qcow2"
@@ -699,10 +749,19 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
         tpl = model.templates[template_id]
         pool_id = model.volumes[volume_id].storage_id if volume_id else model.snapshots[snapshot_id].storage_id  # type: ignore[index]
         snap = model.snapshots[snapshot_id] if snapshot_id else None
+        path = snapshot_path(snap) if snap is not None else None
+        home = model.storage_pools.get(pool_id or "")
+        if snap is not None and (home is None or home.zone_id != tpl.zone_id):
+            # A template of another zone is made from the snapshot's copy there.
+            there = _copy_in_zone(model, snap, tpl.zone_id)
+            if there is None:
+                model.templates.pop(template_id, None)
+                raise m.ApiError(f"Unable to find snapshot {snap.id} in zone {tpl.zone_id}")
+            pool_id, path = there
     try:
         made = _plugin(model).call("create_template_from_snapshot", pool=pool_id, template_uuid=tpl.id,
                                    snapshot_uuid=snapshot_id, volume_uuid=volume_id,
-                                   snapshot_path=snapshot_path(snap) if snap is not None else None,
+                                   snapshot_path=path,
                                    secondary={"store": _store(model), "path": tpl.install_path})
     except BaseException:
         with model.lock:

@@ -345,10 +345,47 @@ def list_volumes(model: m.CloudStackModel, p: Params) -> list[Item]:
     return [_volume(model, v) for v in found if _visible(p, v.account)]
 
 
+def _snapshot_stores(model: m.CloudStackModel, s: m.Snapshot) -> list[tuple[str, str, str, str]]:
+    """Where a snapshot is (snapshot_store_ref): (zone id, store id, store name, role) for its
+    primary pool, its image-store copy, and its copies on other zones' primary storage."""
+    out = []
+    if s.storage_id and s.storage_id in model.storage_pools:
+        pool = model.storage_pools[s.storage_id]
+        out.append((pool.zone_id, pool.id, pool.name, "Primary"))
+    if s.backup_path:
+        out.append((s.zone_id, m.seeded_id("imagestore", "secondary"), "secondary", "Image"))
+    for pid in s.copies:
+        if pid in model.storage_pools:
+            pool = model.storage_pools[pid]
+            out.append((pool.zone_id, pool.id, pool.name, "Primary"))
+    return out
+
+
 def list_snapshots(model: m.CloudStackModel, p: Params) -> list[Item]:
+    """ListSnapshotsCmd: `zoneid` matches a snapshot held in that zone (snapshot_zone_ref);
+    `showunique=false` lists it once per store, with that store's zone and `datastore*` fields
+    (SnapshotJoinDaoImpl.newSnapshotResponse)."""
     _check_ids(p, [("id", model.snapshots), ("volumeid", model.volumes), ("zoneid", model.zones)])
-    found = _filter(model.snapshots.values(), p, id="id", name="name", volumeid="volume_id", zoneid="zone_id")
-    return [_snapshot(model, s) for s in found if _visible(p, s.account)]
+    found = _filter(model.snapshots.values(), p, id="id", name="name", volumeid="volume_id")
+    unique = str(p.get("showunique", "true")).lower() != "false"
+    out = []
+    for s in found:
+        if not _visible(p, s.account):
+            continue
+        stores = _snapshot_stores(model, s)
+        if p.get("zoneid") and p["zoneid"] not in {z for z, *_ in stores} | ({s.zone_id} if not stores else set()):
+            continue
+        if unique or not stores:
+            out.append(_snapshot(model, s))
+            continue
+        for zone_id, store_id, store_name, role in stores:
+            if p.get("zoneid") and zone_id != p["zoneid"]:
+                continue
+            zone = model.zones.get(zone_id)
+            out.append({**_snapshot(model, s), "zoneid": zone_id, "zonename": zone.name if zone else None,
+                        "datastoreid": store_id, "datastorename": store_name, "datastoretype": role,
+                        "datastorestate": "Ready"})
+    return out
 
 
 def list_vm_snapshots(model: m.CloudStackModel, p: Params) -> list[Item]:
@@ -584,7 +621,7 @@ ASYNC_COMMANDS = frozenset({
     "deployVirtualMachine", "startVirtualMachine", "stopVirtualMachine", "rebootVirtualMachine",
     "migrateVirtualMachine", "destroyVirtualMachine", "expungeVirtualMachine", "createTags", "deleteTags",
     "createVolume", "attachVolume", "detachVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
-    "createSnapshot", "deleteSnapshot", "revertSnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
+    "createSnapshot", "deleteSnapshot", "revertSnapshot", "copySnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
     "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",
     "addResourceDetail", "removeResourceDetail", "extractVolume",
 })

@@ -449,16 +449,115 @@ def create_snapshot(model: m.CloudStackModel, p: Params) -> Item:
     vol = _need(model.volumes, p, "volumeid")
     if vol.state != "Ready" or not vol.path:
         raise m.ParamError(f"VolumeId: {vol.id} is not in Ready state but {vol.state}. Cannot take snapshot.")
+    zones = _uuid_list(model, model.zones, p, "zoneids")
+    pools = _uuid_list(model, model.storage_pools, p, "storageids")
+    replication = _flag(p, "usestoragereplication")
+    if replication and not zones:
+        raise m.ParamError("There is no destination zone provided")
+    # CreateSnapshotCmd.create (allocSnapshot, before the job): the pools of the other zones.
+    targets = _replication_pools(model, [z for z in zones if z != vol.zone_id], pools) if replication else []
     snap = orch.allocate_snapshot(model, vol.id, p.get("name"))
 
-    return _job(model, "createSnapshot", "Snapshot", snap.id, lambda: orch.take_snapshot(model, snap.id),
+    def action() -> None:
+        # SnapshotManagerImpl.takeSnapshot: with `usestoragereplication` the snapshot is then
+        # copied to a pool of each zone of `zoneids` (copyNewSnapshotToZonesOnPrimary).
+        orch.take_snapshot(model, snap.id)
+        if targets:
+            orch.copy_snapshot_to_pools(model, snap.id, targets)
+
+    return _job(model, "createSnapshot", "Snapshot", snap.id, action,
                 _render(model, "snapshot", "_snapshot", model.snapshots, snap.id), create=True)
 
 
 def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    """DeleteSnapshotCmd: with `zoneid`, only that zone's copy goes (the record stays while
+    another zone holds one)."""
     _required("deleteSnapshot", p, "id")
     snap = _need(model.snapshots, p, "id")
-    return _job(model, "deleteSnapshot", "Snapshot", snap.id, lambda: orch.delete_snapshot(model, snap.id), _success)
+    zone = _opt_need(model.zones, p, "zoneid")
+
+    def action() -> None:
+        orch.delete_snapshot(model, snap.id, zone.id if zone is not None else None)
+        if zone is not None and zone.id == snap.zone_id and snap.copies:
+            with model.lock:
+                # Still held in another zone: the record stays, in the zone of a copy.
+                model.snapshots[snap.id] = snap
+                snap.storage_id, snap.backup_path = None, None
+                first = model.storage_pools.get(next(iter(snap.copies)))
+                if first is not None:
+                    snap.zone_id = first.zone_id
+
+    return _job(model, "deleteSnapshot", "Snapshot", snap.id, action, _success)
+
+
+def _uuid_list(model: m.CloudStackModel, table: Mapping[str, Any], p: Params, name: str) -> list[str]:
+    """A CommandType.LIST of UUIDs: comma-separated, each one an existing entity."""
+    out = []
+    for item in (x.strip() for x in (p.get(name) or "").split(",")):
+        if item:
+            _need(table, {name: item}, name)
+            out.append(item)
+    return out
+
+
+def _replication_pools(model: m.CloudStackModel, zone_ids: list[str], pool_ids: list[str]) -> list[str]:
+    """SnapshotHelper.addStoragePoolsForCopyToPrimary + checkIfThereAreMoreThanOnePoolInTheZone:
+    the pools given, else in each zone the first StorPool pool whose `use.storage.replication`
+    is true."""
+    chosen = list(pool_ids)
+    if not chosen:
+        with model.lock:
+            for zone_id in zone_ids:
+                found = [pool.id for pool in model.storage_pools.values() if pool.zone_id == zone_id
+                         and pool.provider == "StorPool"
+                         and model.config_value("use.storage.replication", "storagepool", pool.id) == "true"]
+                chosen.extend(found[:1])
+        if not chosen:
+            raise m.ParamError("Cannot copy snapshot to primary storage. There aren't storage pools that "
+                               "support this operation")
+    zones = [model.storage_pools[pid].zone_id for pid in chosen]
+    if any(zones.count(z) > 1 for z in zones):
+        raise m.ApiError("Cannot copy the snapshot on multiple storage pools in one zone")
+    return chosen
+
+
+def copy_snapshot(model: m.CloudStackModel, p: Params) -> Item:
+    """CopySnapshotCmd -> SnapshotManagerImpl.copySnapshot, for the copy between StorPool
+    primary storages of different zones (`usestoragereplication`). The API layer checks the ids;
+    the rest runs in the job, in CloudStack's order: then each pool (`storageids`, else in each
+    destination zone the first StorPool pool with `use.storage.replication` true, SnapshotHelper.
+    addStoragePoolsForCopyToPrimary) gets the copy. Copies between image stores are not simulated."""
+    _required("copySnapshot", p, "id")
+    snap = _need(model.snapshots, p, "id")
+    replication = _flag(p, "usestoragereplication")
+    dest = _uuid_list(model, model.zones, p, "destzoneids")
+    one = _opt_need(model.zones, p, "destzoneid")
+    source = _opt_need(model.zones, p, "sourcezoneid")
+    pools = _uuid_list(model, model.storage_pools, p, "storageids")
+
+    def work() -> Item:
+        targets = list(dest)
+        if one is not None and not targets and replication:
+            targets = [one.id]
+        if one is None and not targets and replication:
+            raise m.MissingParam("Either destzoneid or destzoneids parameters have to be specified.")
+        if one is not None and dest:
+            raise m.MissingParam("Both destzoneid and destzoneids cannot be specified at the same time.")
+        if one is not None:
+            targets = [one.id]
+        if snap.state != "BackedUp" and not replication:
+            raise m.ParamError("Snapshot is not backed up")
+        source_zone = source.id if source is not None else snap.zone_id
+        if not targets:
+            raise m.ParamError("Please specify valid destination zone(s).")
+        if source_zone in targets:
+            raise m.ParamError("Please specify different source and destination zones.")
+        if not replication:
+            raise m.Unsupported("copySnapshot between image stores is not simulated: use usestoragereplication=true")
+        orch.copy_snapshot_to_pools(model, snap.id, _replication_pools(model, targets, pools))
+        return _render(model, "snapshot", "_snapshot", model.snapshots, snap.id)()
+
+    return _async(model, "copySnapshot", work, instance_type="Snapshot", instance_id=snap.id)
 
 
 def revert_snapshot(model: m.CloudStackModel, p: Params) -> Item:
@@ -482,6 +581,10 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
     _required("createTemplate", p, "name", "ostypeid")
     snapshot = _opt_need(model.snapshots, p, "snapshotid")
     volume = _opt_need(model.volumes, p, "volumeid")
+    zone = _opt_need(model.zones, p, "zoneid")
+    if zone is not None and snapshot is None:
+        raise m.ParamError("Failed to create private template record, zone ID can only be specified together with "
+                           "snapshot ID.")
     if (snapshot is None) == (volume is None):
         raise m.ParamError("Failed to create private template record, please specify only one of volume ID "
                            "(volumeid) and snapshot ID (snapshotid)")
@@ -490,7 +593,8 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
         if vm is not None and vm.state != "Stopped":
             raise m.ParamError(f"VolumeId: {volume.id} please attach this volume to a stopped VM or detach it "
                                "first to create a template")
-    tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume)
+    tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume,
+                                 zone_id=zone.id if zone is not None else None)
 
     snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
     return _job(model, "createTemplate", "Template", tpl.id,
@@ -571,6 +675,7 @@ HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
     "deleteVolume": delete_volume,
     "createSnapshot": create_snapshot,
     "deleteSnapshot": delete_snapshot,
+    "copySnapshot": copy_snapshot,
     "revertSnapshot": revert_snapshot,
     "createTemplate": create_template,
     "deleteTemplate": delete_template,

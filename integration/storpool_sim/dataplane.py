@@ -249,6 +249,15 @@ class DataPlane:
             os.truncate(dst, size)
         return how
 
+    def copy_in(self, src: Path, gid: str) -> str:
+        """A new object with the content of a file outside this data plane (another location's
+        object); returns "reflink" or "sparse". Does not change what `clone` tries first."""
+        dst = self.path(gid)
+        if reflink_file(src, dst):
+            return "reflink"
+        sparse_copy(src, dst)
+        return "sparse"
+
     def make_readonly(self, gid: str) -> None:
         """Snapshots are immutable: in plain-file mode (no loop device) the mode bits say so."""
         os.chmod(self.path(gid), 0o444)

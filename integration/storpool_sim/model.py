@@ -114,6 +114,13 @@ class SpObject:
     target_delete_date: int | None = None
     created_from: str | None = None
     created_from_vid: int | None = None
+    exported_to: list[str] = field(default_factory=list)
+    """Remote locations allowed to copy this snapshot (SnapshotExport); reassigned, never mutated
+    in place, so that the change is journaled."""
+    remote_location: str | None = None
+    """The location a snapshot was copied from (SnapshotFromRemote)."""
+    recovering_until: int | None = None
+    """Until then the copy reports `recoveringFromRemote` (its data still arriving)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Once the model adopted the object, every change is reported to it (journal, indexes).
@@ -240,6 +247,10 @@ class Model:
         self.location_name = location_name
         self.remotes: list[Model] = []
         """The other clusters of the multi-cluster setup (`Emulator.join`), for ClustersList."""
+        self.locations: dict[str, Model] = {}
+        """Other locations this one is linked to (`Emulator.link_location`), by location name."""
+        self.transfer_seconds = 0
+        """How long a snapshot copied from a remote location reports `recoveringFromRemote`."""
         self.persist = persist
         self.started = int(clock())
         self.generation = 1
@@ -608,7 +619,7 @@ class Model:
                 bound=o.bound,
                 deleted=o.deleted,
                 transient=o.transient,
-                recoveringFromRemote=False,
+                recoveringFromRemote=self.recovering(o),
             )
             if o.target_delete_date is not None:
                 d["targetDeleteDate"] = o.target_delete_date
@@ -616,6 +627,10 @@ class Model:
                 d["createdFromGlobalId"] = o.created_from
                 d["createdFromVisibleVolumeId"] = o.created_from_vid
         return d
+
+    def recovering(self, o: SpObject) -> bool:
+        """A snapshot copied from a remote location whose data is still arriving."""
+        return o.recovering_until is not None and self.now() < o.recovering_until
 
     def describe(self, o: SpObject) -> dict[str, JSON]:
         d = self.summary(o)
@@ -828,7 +843,14 @@ class Model:
             if m.location_id != self.location_id:
                 seen[m.location_id] = {"id": m.location_id, "name": m.location_name,
                                        "sendBufferSize": 0, "recvBufferSize": 0}
+        for loc in self.linked_locations():
+            seen.setdefault(loc["id"], loc)
         return {"locations": list(seen.values())}
+
+    def linked_locations(self) -> list[JSON]:
+        """LocationsList entries of the locations linked to this one."""
+        return [{"id": m.location_id, "name": m.location_name, "sendBufferSize": 0, "recvBufferSize": 0}
+                for m in self.locations.values()]
 
     def q_templates_status(self, _a: str | None, _b: JSON) -> JSON:
         self._refresh_attached()
@@ -1099,6 +1121,8 @@ class Model:
         return self._snapshot_delete(self.lookup(f"~{a}", "snapshot"))
 
     def _snapshot_delete(self, o: SpObject) -> JSON:
+        if o.exported_to:
+            raise SpApiError("invalidParam", f"Snapshot {o.display} is still exported to {', '.join(o.exported_to)}")
         if self.attached(o):
             clients = ", ".join(map(str, sorted(self.attached(o))))
             raise SpApiError("busy", f"Snapshot {o.display} is attached to client(s) {clients}")
@@ -1325,5 +1349,9 @@ QUERIES: dict[str, tuple[str, bool, QueryFn]] = {
     "VolumeTemplateDelete": ("POST", True, Model.q_template_delete),
 }
 """Every supported query: (HTTP method, takes a path argument, handler)."""
+
+from integration.storpool_sim import locations as _locations  # noqa: E402 - its handlers take a Model
+
+QUERIES.update(_locations.QUERIES)
 
 MUTATIONS = frozenset(q for q, (m, _a, _f) in QUERIES.items() if m == "POST")

@@ -224,13 +224,16 @@ class Emulator:
         clock: Callable[[], float] = time.time,
         cluster_name: str = "sim",
         cluster_id: str = "b",
+        location_id: str = "lab",
+        location_name: str = "lab-location",
     ) -> None:
         if not token:
             raise ValueError("an API token is required")
         self.token = token
         self.dataplane = DataPlane(Path(data_dir), Path(dev_root), use_loop)
         self.model = Model(self.dataplane, clients=clients, templates=templates, capacity=capacity, clock=clock,
-                           cluster_name=cluster_name, cluster_id=cluster_id)
+                           cluster_name=cluster_name, cluster_id=cluster_id, location_id=location_id,
+                           location_name=location_name)
         self.peers: dict[str, Emulator] = {}
         self.faults = FaultInjector(self.model)
         self.calls: Counter[str] = Counter()
@@ -270,6 +273,15 @@ class Emulator:
         for emu in group.values():
             emu.peers = {name: e for name, e in group.items() if e is not emu}
             emu.model.remotes = [e.model for e in emu.peers.values()]
+
+    def link_location(self, other: Emulator) -> None:
+        """Register two locations with each other (StorPool's LocationAdd on both sides): each
+        lists the other in LocationsList, and snapshots one exports the other can copy."""
+        a, b = self.model, other.model
+        if a.location_id == b.location_id or a.location_name == b.location_name:
+            raise ValueError(f"locations must differ in id and name: {a.location_id}/{a.location_name}")
+        a.locations[b.location_name] = b
+        b.locations[a.location_name] = a
 
     def route(self, remote: str | None, arg: str | None) -> Emulator:
         """The cluster a request is for: the named remote one; else the one holding the object

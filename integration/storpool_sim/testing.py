@@ -176,11 +176,14 @@ def run_emulator(
     clock: Callable[[], float] | None = None,
     cluster_name: str = "sim",
     cluster_id: str = "b",
+    location_id: str = "lab",
+    location_name: str = "lab-location",
 ) -> Iterator[EmulatorHandle]:
     """Start an emulator on a loopback port; on exit stop it and release its devices."""
     emu = Emulator(Path(data_dir), Path(dev_root), token=token, clients=list(clients), templates=list(templates),
                    capacity=capacity, use_loop=use_loop, host=host, port=port, clock=clock or time.time,
-                   cluster_name=cluster_name, cluster_id=cluster_id)
+                   cluster_name=cluster_name, cluster_id=cluster_id, location_id=location_id,
+                   location_name=location_name)
     emu.start()
     try:
         yield EmulatorHandle(emu, Path(data_dir), Path(dev_root))

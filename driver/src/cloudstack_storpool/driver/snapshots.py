@@ -23,12 +23,22 @@ from typing import TYPE_CHECKING, TypeVar
 
 from cloudstack_storpool import names
 from cloudstack_storpool.bounds import Iops
-from cloudstack_storpool.driver import identity, locate, naming, offerings, pools, spclusters, tags, templates
+from cloudstack_storpool.driver import (
+    identity,
+    locate,
+    naming,
+    offerings,
+    pools,
+    snapshotcopy,
+    spclusters,
+    tags,
+    templates,
+)
 from cloudstack_storpool.driver.removal import drop_snapshot
 from cloudstack_storpool.driver.revert import refuse_running, revert_volume
 from cloudstack_storpool.driver.secondary import SecondaryLocation, agent_refusals
 from cloudstack_storpool.driver.undo import undo_and_fail
-from cloudstack_storpool.errors import NotFound, SpExists, SpNotFound, ValidationError
+from cloudstack_storpool.errors import NotFound, SpExists, SpNotFound, StorPoolError, ValidationError
 from cloudstack_storpool.uuids import Uuid, check_uuid
 
 if TYPE_CHECKING:
@@ -245,11 +255,19 @@ def delete_snapshot(ctx: DriverContext, *, pool: str, snapshot_uuid: Uuid, path:
 
     `path` is what CloudStack stored for the snapshot (`/dev/storpool-byid/<globalId>`); without
     it the project's name is tried, then the Java plugin's snapshot of that uuid. The secondary
-    copy, if any, is CloudStack's to remove (its storage cleanup owns it).
+    copy, if any, is CloudStack's to remove (its storage cleanup owns it). A snapshot copied to
+    another location is exported, which StorPool refuses to delete: its exports whose copies are
+    complete are revoked first (a copy still arriving is reported, `busy`).
     """
     conn = ctx.conn(ctx.pool(pool))
     name = names.path_to_name(path) if path else naming.snapshot(snapshot_uuid)
-    existed = drop_snapshot(conn, name)
+    try:
+        existed = drop_snapshot(conn, name)
+    except StorPoolError as exc:
+        # Copied to another location (copy_snapshot): StorPool keeps it while it is exported.
+        if not snapshotcopy.is_still_exported(exc) or not snapshotcopy.release_for_delete(conn, name):
+            raise
+        existed = drop_snapshot(conn, name)
     if not existed and not path:
         java = locate.java_snapshot(conn, snapshot_uuid)
         if java is not None:

@@ -26,6 +26,7 @@ from cloudstack_storpool.driver import (
     pools,
     recovery,
     resize,
+    snapshotcopy,
     snapshots,
     stats,
     templates,
@@ -70,6 +71,7 @@ OPERATIONS: tuple[Operation, ...] = (
     # -- snapshots -----------------------------------------------------------------------------
     operation("POST /v1/snapshots", snapshots.take_snapshot, name="take_snapshot", job=True),
     operation("DELETE /v1/snapshots/{snapshot_uuid}", snapshots.delete_snapshot, name="delete_snapshot"),
+    operation("POST /v1/snapshots/{snapshot_uuid}/copy", snapshotcopy.copy_snapshot, name="copy_snapshot", job=True),
     operation("POST /v1/templates/from-snapshot", snapshots.template_from_snapshot,
               name="create_template_from_snapshot", job=True),
     # -- VM snapshots --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ only reads, so the worst case is a wasted list call, never a wrong deletion.
 | `volumes` | `storpool.volumes.stats.interval` | one VolumesSpace per cluster into the stats cache |
 | `delay-delete` | `storpool.list.snapshots.delete.after.interval` | reports the deleted volumes whose backups expired |
 | `volume-audit`, `snapshot-audit` | `storpool.volume.tags.checkup`, `...snapshot...` | orphans logged (`adopt` dry run) |
+| `snapshot-exports` | `storpool.snapshot.recovery.from.remote.check` | revokes exports whose remote copy is complete |
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from functools import partial
 from typing import Any
 
 from cloudstack_storpool import logs
-from cloudstack_storpool.driver import adopt, gc, recovery, stats
+from cloudstack_storpool.driver import adopt, gc, recovery, snapshotcopy, stats
 from cloudstack_storpool.driver.context import DriverContext
 
 log = logging.getLogger(__name__)
@@ -149,4 +150,6 @@ def service_tasks(ctx: DriverContext, cache: stats.StatsCache, tracker: recovery
         PeriodicTask(ctx, "delay-delete", "storpool.list.snapshots.delete.after.interval", tracker.sync,
                      on_result=on_result),
         *(audit_task(ctx, kind, on_result=on_result) for kind in AUDIT_SETTINGS),
+        PeriodicTask(ctx, "snapshot-exports", snapshotcopy.RECOVERY_SETTING, snapshotcopy.release_exports,
+                     on_result=on_result),
     ]

@@ -291,8 +291,9 @@ _SETTINGS: tuple[Setting, ...] = (
             "Alternative StorPool API endpoint for the pool: SP_API_HTTP=host:port;SP_AUTH_TOKEN=token;"
             "SP_TEMPLATE=template.", validator=_check_endpoint),
     _plugin("sp.cluster.location", STR, None, Scope.STORAGEPOOL, True,
-            "StorPool location name of the pool's hosts (`storpool location list`), set by the Java "
-            "plugin's host listener; used to copy snapshots between locations. Not read by this project.", reading=Reading.NEVER),
+            "StorPool location name of the pool's hosts (`storpool location list`), set by the StorPool "
+            "host listener; a snapshot copied to a pool of another location is exported to this name and "
+            "copied from the source pool's."),
     _plugin("sp.cluster.endpoint", STR, None, Scope.CLUSTER, True,
             "API of this CloudStack cluster's StorPool cluster (multi-cluster): "
             "SP_API_HTTP=host:port;SP_AUTH_TOKEN=token, in that order; the template is the pool's. "
@@ -316,8 +317,9 @@ _SETTINGS: tuple[Setting, ...] = (
             "Seconds between scans for StorPool snapshots CloudStack no longer knows.",
             validator=at_least(0), unit="s", reading=Reading.EACH_CYCLE),
     _plugin("storpool.snapshot.recovery.from.remote.check", INT, 300, Scope.GLOBAL, False,
-            "Seconds between checks of snapshots being recovered from a remote StorPool location.",
-            validator=at_least(0), unit="s", reading=Reading.NEVER),
+            "Seconds between checks of snapshots copied to another StorPool location: an export whose "
+            "copy is complete is revoked, so that the source snapshot can be deleted (0 pauses the check).",
+            validator=at_least(0), unit="s", reading=Reading.EACH_CYCLE),
     # --- CloudStack's own keys the project reads ---
     _cloudstack("kvm.ha.fence.on.storage.heartbeat.failure", BOOL, False, Scope.ZONE, False,
                 "True: one StorPool pool failing the heartbeat is enough to declare a host dead; false: "
