@@ -291,12 +291,20 @@ def _refusal(exc: msgspec.ValidationError, data: Any, prefix: str, what: str,
                else "must not contain NUL characters" if NO_NUL in msg else f"{shown}: {msg[len('Expected `str` '):]}")
     else:
         bound = re.match(r"^Expected `\w+` (?P<op>[<>]=?) (?P<n>-?\d+(?:\.\d+)?)$", msg)
+        typed = re.match(r"^Expected `(?P<want>\w+)`, got `(?P<got>\w+)`$", msg)
         if bound:
             msg = f"must be {bound['op']} {bound['n']}, got {_value_at(data, path)!r}"
-    if "1.7976931348623157e+308" in msg:
-        msg = "must be a finite number"
+        elif typed and typed["want"] in _KINDS:
+            msg = f"must be {_KINDS[typed['want']]}, got {typed['got']}"
+    if "1.7976931348623157e+308" in msg or msg == "Number out of range":
+        msg = "must be a finite number in range"
     field = ".".join(p for p in (prefix, path) if p) or what
     return ValidationError(field.replace(".[", "["), msg)
+
+
+_KINDS = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+          "object": "a JSON object", "array": "a JSON array"}
+"""msgspec's type names as a caller reads them, in "Expected `int`, got `str`"."""
 
 
 def _value_at(data: Any, path: str) -> Any:
