@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -155,6 +156,9 @@ class Template:
     """Where the image sits on the image store (secondary storage), relative to its root."""
     pools: list[str] = field(default_factory=list)
     """Pools holding a copy (CloudStack's template_spool_ref)."""
+    spool_paths: dict[str, str] = field(default_factory=dict)
+    """Per pool, the path of its copy as the plugin answered (template_spool_ref's install path):
+    the source an encrypted root disk's content is copied from."""
 
 
 @dataclass
@@ -253,6 +257,11 @@ class Volume:
     created: str = ""
     template_id: str | None = None
     """The template a ROOT volume was made from."""
+    passphrase: str | None = field(default=None, repr=False)
+    """The volume's encryption passphrase (CloudStack's `passphrase` row behind `passphrase_id`):
+    generated when a volume of an encrypting offering is created; never in an API answer."""
+    encrypt_format: str | None = None
+    """`encryptformat` of the answers: the format the plugin reported after encrypting (`luks`)."""
 
 
 @dataclass
@@ -548,9 +557,12 @@ class CloudStackModel:
             }
             data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
             data["instance_counter"] = self._instance_counter
-            # Written under the lock too: async jobs save from their own threads.
+            # Written under the lock too: async jobs save from their own threads. Owner-only: it
+            # holds the volumes' encryption passphrases, as CloudStack's database does.
             tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=1, sort_keys=True))
             tmp.replace(self.state_path)
 
     def load(self) -> bool:
