@@ -69,7 +69,9 @@ def disk_xml(device: str, target: str, secret_uuid: str | None = None) -> str:
 def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str, str | None]], ssh_port: int, kind: str,
                console: Path | None) -> str:
     """A domain booting the guest's kernel with its first disk as root; `disks` are (device,
-    target, secret uuid of an encrypted disk or None) triples, the root first."""
+    target, secret uuid of an encrypted disk or None) triples, the root first. ACPI is on: on
+    the `pc` machine a disk hot-plugged into the running guest (AttachCommand) arrives through
+    ACPI PCI hot-plug, which QEMU refuses without it."""
     disks_xml = "\n    ".join(disk_xml(dev, target, secret) for dev, target, secret in disks)
     serial = (f"<serial type='file'><source path='{escape(str(console))}'/><target port='0'/></serial>"
               if console else "")
@@ -82,6 +84,7 @@ def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str, str | N
     <initrd>{escape(str(image.initrd))}</initrd>
     <cmdline>console=ttyS0 panic=-1</cmdline>
   </os>
+  <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
@@ -220,11 +223,16 @@ class Guests:
                 port = free_port()
                 name = DOMAIN_PREFIX + vm_id
                 console = self.console_dir / f"{vm_id}.log" if self.console_dir else None
-                self._libvirt().createXML(domain_xml(name, self.image, disks, port, self.kind, console), 0)
+                domain = self._libvirt().createXML(domain_xml(name, self.image, disks, port, self.kind, console), 0)
+                try:
+                    forwarder = Forwarder(ip, 22, port)
+                except BaseException:
+                    domain.destroy()
+                    raise
             except BaseException:
                 self._drop_secrets(list(secrets.values()))
                 raise
-            guest = Guest(name, ip, port, Forwarder(ip, 22, port), {t: d for d, t, _ in disks}, secrets)
+            guest = Guest(name, ip, port, forwarder, {t: d for d, t, _ in disks}, secrets)
             self.guests[vm_id] = guest
             log.info("guest %s booting on %s (ssh %s:22)", name, disks[0][0] if disks else "-", ip)
 

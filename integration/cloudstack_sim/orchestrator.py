@@ -281,11 +281,12 @@ def _cache_template(model: m.CloudStackModel, tpl: m.Template, pool: m.StoragePo
 
 
 def _created(model: m.CloudStackModel, volume_id: str, pool_id: str, result: dict[str, Any]) -> None:
-    """The driver's answer is what CloudStack stores: the path it returned, on that pool."""
+    """The driver's answer is what CloudStack stores: the path it returned, on that pool. An
+    encrypted volume keeps its size: StorPool's includes the LUKS header."""
     with model.lock:
         vol = model.volumes[volume_id]
         vol.path, vol.storage_id, vol.state = result["path"], pool_id, "Ready"
-        if result.get("size"):
+        if result.get("size") and not vol.passphrase:
             vol.size = int(result["size"])
 
 

@@ -27,6 +27,7 @@ from integration.tests.workflows.support import (
     volumes_of,
     with_image,
 )
+from integration.tests.workflows.test_guests import gcloud, guest_stack, nic_ip, ssh  # noqa: F401  (fixtures)
 from integration.tests.workflows.test_snapshots import set_bypass
 
 LUKS_MAGIC = b"LUKS\xba\xbe"
@@ -178,3 +179,42 @@ def test_failed_encryption_leaves_nothing_on_storpool(stack: LocalStack, cloud: 
     assert again["state"] == "Allocated" and "path" not in again and "virtualmachineid" not in again
     attached = cloud.attachVolume(id=vol["id"], virtualmachineid=vm["id"])["volume"]
     check_luks(stack, sp, attached, GiB)
+
+
+@pytest.mark.libvirt
+@pytest.mark.root
+@pytest.mark.slow
+def test_guest_sees_plaintext_of_encrypted_root_and_data_disks(guest_stack: LocalStack,  # noqa: F811
+                                                               gcloud: cs.CloudStack,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    """A real guest boots from its encrypted root (the KVM side opens it with the passphrase
+    through QEMU's LUKS driver), writes a file and a hot-plugged encrypted data disk; StorPool
+    holds only ciphertext, which CloudStack's passphrase turns back into what the guest wrote."""
+    sp = guest_stack.sp.api()
+    tpl = template(gcloud)
+    svc, disk = encrypted_offerings(gcloud)
+    vm = gcloud.deployVirtualMachine(zoneid=tpl["zoneid"], templateid=tpl["id"], serviceofferingid=svc,
+                                     name="enc-guest")["virtualmachine"]
+    ip = nic_ip(gcloud, vm["id"])
+    root = volumes_of(gcloud, vm["id"])[0]
+    root_file = check_luks(guest_stack, sp, root, int(tpl["size"]))
+    assert "/dev/vda" in ssh(ip, "mount")
+    assert ssh(ip, "echo on-encrypted-root > /tmp/random.data; sync; cat /tmp/random.data").strip() == \
+        "on-encrypted-root"
+
+    vol = gcloud.createVolume(name="enc-guest-data", zoneid=tpl["zoneid"], diskofferingid=disk)["volume"]
+    gcloud.attachVolume(id=vol["id"], virtualmachineid=vm["id"])
+    out = ssh(ip, "for i in $(seq 1 50); do [ -b /dev/vdb ] && break; sleep 0.2; done; "
+                  "echo guest-wrote-plaintext | dd of=/dev/vdb bs=512 count=1 conv=sync 2>/dev/null; sync; "
+                  "blockdev --getsize64 /dev/vdb")
+    assert GiB <= int(out.strip()) < GiB + HEADER  # the guest sees the payload, not the header
+    data = one(gcloud, "listVolumes", "volume", id=vol["id"])
+    data_file = check_luks(guest_stack, sp, data, GiB)
+    assert b"guest-wrote-plaintext" not in guest_stack.sp.read_object(sp_volume(sp, data["path"]).globalId, 0, 4 * MiB)
+    assert plaintext(tmp_path, data_file, passphrase_of(guest_stack, vol["id"]), MiB)[:21] == b"guest-wrote-plaintext"
+
+    # After a stop and a start the guest opens its encrypted root again and finds its file.
+    gcloud.stopVirtualMachine(id=vm["id"])
+    assert plaintext(tmp_path, root_file, passphrase_of(guest_stack, root["id"]), 64 * 1024)[1080:1082] == b"\x53\xef"
+    gcloud.startVirtualMachine(id=vm["id"])
+    assert ssh(ip, "cat /tmp/random.data").strip() == "on-encrypted-root"
