@@ -128,6 +128,14 @@ def test_encrypted_root_and_data_volumes_by_offering(stack: LocalStack, cloud: c
     assert "encryptformat" not in plain and stack.cs.model.volumes[plain["id"]].passphrase is None
     assert stack.sp.read_object(sp_volume(sp, plain["path"]).globalId, 0, len(LUKS_MAGIC)) != LUKS_MAGIC
 
+    # A live migration to another pool (the Marvin test's last step): the ciphertext moves, the
+    # same passphrase opens it, CloudStack's size stays the volume's own.
+    target = one(cloud, "listStoragePools", "storagepool", name="storpool-hybrid")
+    moved = cloud.migrateVolume(volumeid=root["id"], storageid=target["id"], livemigrate=True)["volume"]
+    assert moved["storageid"] == target["id"] and moved["size"] == tpl["size"]
+    root_file = check_luks(stack, sp, moved, int(tpl["size"]))
+    assert plaintext(tmp_path, root_file, passphrase_of(stack, root["id"]), MiB)[:len(marker)] == marker
+
     # Snapshots of an encrypted volume stay on StorPool: refused with the backup to secondary
     # storage on, taken with the bypass (ciphertext, the same passphrase opens it).
     set_bypass(stack, cloud, False)
