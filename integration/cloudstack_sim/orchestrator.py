@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloudstack_storpool.names import BYID_PREFIX
 from cloudstack_storpool.poolconfig import Secret
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
@@ -277,7 +278,7 @@ def _cache_template(model: m.CloudStackModel, tpl: m.Template, pool: m.StoragePo
         if pool.id not in tpl.pools:
             tpl.pools.append(pool.id)
         if result and result.get("global_id"):
-            tpl.spool_paths[pool.id] = f"/dev/storpool-byid/{result['global_id']}"
+            tpl.spool_paths[pool.id] = BYID_PREFIX + str(result["global_id"])
 
 
 def _created(model: m.CloudStackModel, volume_id: str, pool_id: str, result: dict[str, Any]) -> None:
