@@ -12,6 +12,12 @@ QEMU runs as libvirt's unprivileged user, which may not bind port 22 itself.
 
 The guest runs under TCG unless `CSSP_GUEST_KVM=1`: nested KVM on the machines this was built on
 fails to run a booting guest (QEMU asserts on an MSR), while a paused domain is fine.
+
+An encrypted disk (a LUKS header on StorPool, the passphrase CloudStack generated) is opened as
+CloudStack's KVM agent opens it (LibvirtComputingResource): a libvirt secret holding the
+passphrase and `<encryption format='luks'>` on the disk, so QEMU's LUKS driver decrypts and the
+guest sees the plaintext. The secret is ephemeral and private (libvirt keeps it in memory and
+never hands the value back) and is removed when the guest stops or the disk is unplugged.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,18 +51,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str]], ssh_port: int, kind: str,
+def encryption_xml(secret_uuid: str | None) -> str:
+    """A disk's `<encryption>` element as CloudStack's DiskDef writes it (empty for a plain disk)."""
+    if secret_uuid is None:
+        return ""
+    return f"<encryption format='luks'><secret type='passphrase' uuid='{escape(secret_uuid)}'/></encryption>"
+
+
+def disk_xml(device: str, target: str, secret_uuid: str | None = None) -> str:
+    """A StorPool device as the guest's virtio disk `target`, encrypted when `secret_uuid` is given."""
+    return (f"<disk type='block' device='disk'>"
+            f"<driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>"
+            f"<source dev='{escape(os.path.realpath(device))}'/><target dev='{target}' bus='virtio'/>"
+            f"{encryption_xml(secret_uuid)}</disk>")
+
+
+def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str, str | None]], ssh_port: int, kind: str,
                console: Path | None) -> str:
     """A domain booting the guest's kernel with its first disk as root; `disks` are (device,
-    target) pairs, the root first."""
-    disk_xml = "".join(
-        f"""<disk type='block' device='disk'>
-      <driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>
-      <source dev='{escape(os.path.realpath(dev))}'/>
-      <target dev='{target}' bus='virtio'/>
-    </disk>"""
-        for dev, target in disks
-    )
+    target, secret uuid of an encrypted disk or None) triples, the root first. ACPI is on: on
+    the `pc` machine a disk hot-plugged into the running guest (AttachCommand) arrives through
+    ACPI PCI hot-plug, which QEMU refuses without it."""
+    disks_xml = "\n    ".join(disk_xml(dev, target, secret) for dev, target, secret in disks)
     serial = (f"<serial type='file'><source path='{escape(str(console))}'/><target port='0'/></serial>"
               if console else "")
     return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -73,7 +90,7 @@ def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str]], ssh_p
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    {disk_xml}
+    {disks_xml}
     {serial}
     <memballoon model='none'/>
   </devices>
@@ -139,6 +156,7 @@ class Guest:
     ssh_port: int
     forwarder: Forwarder
     disks: dict[str, str] = field(default_factory=dict)  # target -> device
+    secrets: dict[str, str] = field(default_factory=dict)  # target -> libvirt secret uuid (encrypted disks)
 
 
 class Guests:
@@ -161,17 +179,60 @@ class Guests:
             self._conn = open_libvirt(self.uri)
         return self._conn
 
-    def start(self, vm_id: str, ip: str, client_id: int, paths: list[str]) -> None:
-        """Boot the VM's guest; `paths` are its volumes' paths, the root first."""
+    def _secret(self, vm_id: str, target: str, passphrase: str | None) -> str | None:
+        """A libvirt secret holding an encrypted disk's passphrase (CloudStack's
+        createLibvirtVolumeSecret); None for a plain disk."""
+        if passphrase is None:
+            return None
+        secret_uuid = str(uuid.uuid4())
+        secret = self._libvirt().secretDefineXML(
+            f"<secret ephemeral='yes' private='yes'><uuid>{secret_uuid}</uuid>"
+            f"<description>{escape(DOMAIN_PREFIX + vm_id)} {target}</description></secret>", 0)
+        try:
+            secret.setValue(passphrase.encode(), 0)
+        except BaseException:
+            secret.undefine()
+            raise
+        return secret_uuid
+
+    def _drop_secrets(self, secret_uuids: list[str]) -> None:
+        import libvirt
+
+        for secret_uuid in secret_uuids:
+            try:
+                self._libvirt().secretLookupByUUIDString(secret_uuid).undefine()
+            except libvirt.libvirtError as exc:
+                log.warning("secret %s: %s", secret_uuid, exc.get_error_message())
+
+    def start(self, vm_id: str, ip: str, client_id: int, paths: list[str],
+              passphrases: Mapping[str, str] | None = None) -> None:
+        """Boot the VM's guest; `paths` are its volumes' paths, the root first; `passphrases`
+        those of its encrypted volumes, by path."""
+        keys = passphrases or {}
         with self.lock:
             if vm_id in self.guests:
                 return
-            disks = [(self.device_of(client_id, p), TARGETS[i]) for i, p in enumerate(paths)]
-            port = free_port()
-            name = DOMAIN_PREFIX + vm_id
-            console = self.console_dir / f"{vm_id}.log" if self.console_dir else None
-            self._libvirt().createXML(domain_xml(name, self.image, disks, port, self.kind, console), 0)
-            guest = Guest(name, ip, port, Forwarder(ip, 22, port), {t: d for d, t in disks})
+            secrets: dict[str, str] = {}
+            try:
+                disks: list[tuple[str, str, str | None]] = []
+                for i, p in enumerate(paths):
+                    secret = self._secret(vm_id, TARGETS[i], keys.get(p))
+                    if secret is not None:
+                        secrets[TARGETS[i]] = secret
+                    disks.append((self.device_of(client_id, p), TARGETS[i], secret))
+                port = free_port()
+                name = DOMAIN_PREFIX + vm_id
+                console = self.console_dir / f"{vm_id}.log" if self.console_dir else None
+                domain = self._libvirt().createXML(domain_xml(name, self.image, disks, port, self.kind, console), 0)
+                try:
+                    forwarder = Forwarder(ip, 22, port)
+                except BaseException:
+                    domain.destroy()
+                    raise
+            except BaseException:
+                self._drop_secrets(list(secrets.values()))
+                raise
+            guest = Guest(name, ip, port, forwarder, {t: d for d, t, _ in disks}, secrets)
             self.guests[vm_id] = guest
             log.info("guest %s booting on %s (ssh %s:22)", name, disks[0][0] if disks else "-", ip)
 
@@ -188,19 +249,26 @@ class Guests:
             self._libvirt().lookupByName(guest.name).destroy()
         except libvirt.libvirtError as exc:
             log.warning("guest %s: %s", guest.name, exc)
+        self._drop_secrets(list(guest.secrets.values()))
 
-    def attach(self, vm_id: str, client_id: int, path: str) -> None:
-        """Hot-plug a data disk at the first free target (KVM's AttachCommand)."""
+    def attach(self, vm_id: str, client_id: int, path: str, passphrase: str | None = None) -> None:
+        """Hot-plug a data disk at the first free target (KVM's AttachCommand); `passphrase`
+        for an encrypted one."""
         with self.lock:
             guest = self.guests.get(vm_id)
             if guest is None:
                 return
             target = next(t for t in TARGETS if t not in guest.disks)
             device = self.device_of(client_id, path)
-            xml = (f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none' io='native'/>"
-                   f"<source dev='{escape(os.path.realpath(device))}'/><target dev='{target}' bus='virtio'/></disk>")
-            self._libvirt().lookupByName(guest.name).attachDevice(xml)
+            secret = self._secret(vm_id, target, passphrase)
+            try:
+                self._libvirt().lookupByName(guest.name).attachDevice(disk_xml(device, target, secret))
+            except BaseException:
+                self._drop_secrets([secret] if secret else [])
+                raise
             guest.disks[target] = device
+            if secret is not None:
+                guest.secrets[target] = secret
 
     def detach(self, vm_id: str, client_id: int, path: str) -> None:
         """Unplug a data disk (KVM's DettachCommand)."""
@@ -216,6 +284,9 @@ class Guests:
                    f"<target dev='{target}' bus='virtio'/></disk>")
             self._libvirt().lookupByName(guest.name).detachDevice(xml)
             del guest.disks[target]
+            secret = guest.secrets.pop(target, None)
+            if secret is not None:
+                self._drop_secrets([secret])
 
     def close(self) -> None:
         for vm_id in list(self.guests):
@@ -254,21 +325,23 @@ class StackGuests:
     def _client(self, host_id: str) -> int:
         return int(self.model.hosts[host_id].details["SP_OURID"])
 
-    def vm_started(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+    def vm_started(self, vm_id: str, host_id: str, paths: list[str],
+                   passphrases: Mapping[str, str] | None = None) -> None:
         if paths:
-            self.guests.start(vm_id, self.model.vms[vm_id].ip_address, self._client(host_id), paths)
+            self.guests.start(vm_id, self.model.vms[vm_id].ip_address, self._client(host_id), paths, passphrases)
 
     def vm_stopped(self, vm_id: str) -> None:
         self.guests.stop(vm_id)
 
-    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str],
+                    passphrases: Mapping[str, str] | None = None) -> None:
         """One libvirtd plays every host, so the guest cannot move between two of them: it
         restarts on the destination's devices (what a test wrote and synced is on its disks)."""
         self.guests.stop(vm_id)
-        self.vm_started(vm_id, host_id, paths)
+        self.vm_started(vm_id, host_id, paths, passphrases)
 
-    def disk_attached(self, vm_id: str, host_id: str, path: str) -> None:
-        self.guests.attach(vm_id, self._client(host_id), path)
+    def disk_attached(self, vm_id: str, host_id: str, path: str, passphrase: str | None = None) -> None:
+        self.guests.attach(vm_id, self._client(host_id), path, passphrase)
 
     def disk_detached(self, vm_id: str, host_id: str, path: str) -> None:
         self.guests.detach(vm_id, self._client(host_id), path)

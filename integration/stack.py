@@ -227,6 +227,7 @@ class LocalStack:
         self._exit.callback(guests.close)
         self.guests = StackGuests(self.cs.model, guests)
         self.cs.model.hypervisor = self.guests
+        self.cs.model.guest_network = f"127.{secrets.randbelow(200) + 20}"
 
     def _start_heartbeat(self, client_id: int, status_file: Path) -> None:
         """The host's heartbeat loop, as `heartbeat run` would run it on a KVM host (action: log)."""

@@ -5,21 +5,30 @@ a data disk after connecting it, unplugs it before disconnecting, and stops the 
 the host lets go of the disks. The simulator calls these hooks at the same points; by default
 nothing runs (the model's VMs are records), and the local stack installs real guests
 (`integration.guests`). Paths are the ones CloudStack stored for the volumes, root first.
+
+An encrypted volume's passphrase travels with its path, as the VolumeObjectTO of CloudStack's
+StartCommand / AttachCommand carries it: the KVM agent gives it to libvirt as a secret and opens
+the disk through QEMU's LUKS driver (LibvirtComputingResource, `<encryption format='luks'>`), so
+the guest sees the plaintext. `passphrases` maps such a path to its passphrase; a path not in
+it is a plain disk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 
 class Hypervisor(Protocol):
-    def vm_started(self, vm_id: str, host_id: str, paths: list[str]) -> None: ...
+    def vm_started(self, vm_id: str, host_id: str, paths: list[str],
+                   passphrases: Mapping[str, str] | None = None) -> None: ...
 
     def vm_stopped(self, vm_id: str) -> None: ...
 
-    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None: ...
+    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str],
+                    passphrases: Mapping[str, str] | None = None) -> None: ...
 
-    def disk_attached(self, vm_id: str, host_id: str, path: str) -> None: ...
+    def disk_attached(self, vm_id: str, host_id: str, path: str, passphrase: str | None = None) -> None: ...
 
     def disk_detached(self, vm_id: str, host_id: str, path: str) -> None: ...
 
@@ -27,16 +36,18 @@ class Hypervisor(Protocol):
 class NoGuests:
     """VMs without guests: every hook does nothing."""
 
-    def vm_started(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+    def vm_started(self, vm_id: str, host_id: str, paths: list[str],
+                   passphrases: Mapping[str, str] | None = None) -> None:
         return None
 
     def vm_stopped(self, vm_id: str) -> None:
         return None
 
-    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+    def vm_migrated(self, vm_id: str, host_id: str, paths: list[str],
+                    passphrases: Mapping[str, str] | None = None) -> None:
         return None
 
-    def disk_attached(self, vm_id: str, host_id: str, path: str) -> None:
+    def disk_attached(self, vm_id: str, host_id: str, path: str, passphrase: str | None = None) -> None:
         return None
 
     def disk_detached(self, vm_id: str, host_id: str, path: str) -> None:

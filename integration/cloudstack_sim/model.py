@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -264,6 +265,11 @@ class Volume:
     created: str = ""
     template_id: str | None = None
     """The template a ROOT volume was made from."""
+    passphrase: str | None = field(default=None, repr=False)
+    """The volume's encryption passphrase (CloudStack's `passphrase` row behind `passphrase_id`):
+    generated when a volume of an encrypting offering is created; never in an API answer."""
+    encrypt_format: str | None = None
+    """`encryptformat` of the answers: the format the plugin reported after encrypting (`luks`)."""
 
 
 @dataclass
@@ -505,6 +511,9 @@ class CloudStackModel:
         # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
         self.plugin: StoragePlugin | None = None
         self.hypervisor: Hypervisor = NoGuests()
+        self.guest_network = "127.10"
+        """The first two octets of the VMs' addresses: a stack with real guests takes its own, so
+        that two stacks on one machine never listen on the same address."""
         self.image_store: str | None = None
         """The image store's root as the KVM hosts see it (secondary storage)."""
         self.job_delay = 0.0
@@ -562,9 +571,12 @@ class CloudStackModel:
             }
             data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
             data["instance_counter"] = self._instance_counter
-            # Written under the lock too: async jobs save from their own threads.
+            # Written under the lock too: async jobs save from their own threads. Owner-only: it
+            # holds the volumes' encryption passphrases, as CloudStack's database does.
             tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=1, sort_keys=True))
             tmp.replace(self.state_path)
 
     def load(self) -> bool:
@@ -663,11 +675,12 @@ class CloudStackModel:
                          if a.name == name and (domain_id is None or a.domain_id == domain_id)), None)
 
     def _next_guest_address(self) -> tuple[str, str]:
-        """The next free address on the guest network (127.10.0.1 onwards) and a MAC made from it."""
+        """The next free address on the guest network (`guest_network`.0.1 onwards, 127.10.0.1 by
+        default) and a MAC made from it."""
         used = {vm.ip_address for vm in self.vms.values()}
         n = 0
         while True:
-            ip = f"127.10.{n // 254}.{n % 254 + 1}"
+            ip = f"{self.guest_network}.{n // 254}.{n % 254 + 1}"
             if ip not in used:
                 octets = [int(x) for x in ip.split(".")]
                 return ip, "1e:00:" + ":".join(f"{o:02x}" for o in octets)

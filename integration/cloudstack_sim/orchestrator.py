@@ -45,15 +45,18 @@ preparation fails with the plugin's error.
 
 from __future__ import annotations
 
+import base64
 import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+from cloudstack_storpool.names import BYID_PREFIX
+from cloudstack_storpool.poolconfig import Secret
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 
-BYID = "/dev/storpool-byid/"
 """The prefix of the paths the driver answers (StorPoolUtil.SP_DEV_PATH)."""
 
 log = logging.getLogger(__name__)
@@ -144,6 +147,12 @@ def _disk_paths(model: m.CloudStackModel, vm_id: str) -> list[str]:
     return [v.path for v in vols if v.path]
 
 
+def _disk_passphrases(model: m.CloudStackModel, vm_id: str) -> dict[str, str]:
+    """The passphrases of the VM's encrypted disks, by path (what StartCommand's VolumeObjectTOs
+    carry to the KVM agent)."""
+    return {v.path: v.passphrase for v in vm_volumes(model, vm_id) if v.path and v.passphrase}
+
+
 def vm_volumes(model: m.CloudStackModel, vm_id: str) -> list[m.Volume]:
     with model.lock:
         return sorted((v for v in model.volumes.values() if v.vm_id == vm_id), key=lambda v: v.device_id or 0)
@@ -197,12 +206,95 @@ def _host_for(model: m.CloudStackModel, host_id: str | None, vm: m.VirtualMachin
     raise m.ApiError(f"Unable to create a deployment for VM {vm.name}: no host is Up")
 
 
+def _encrypts(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine | None) -> bool:
+    """DiskOffering.getEncrypt() of the volume's offering (VolumeOrchestrator.createVolume /
+    recreateVolume): a disk offering's `encrypt`, for a ROOT volume its VM's service offering's
+    `encryptroot` (which CloudStack keeps on the disk offering it makes behind the service
+    offering). A volume that already has a passphrase keeps it."""
+    with model.lock:
+        if vol.passphrase:
+            return True
+        if vol.type == "ROOT" and vm is not None:
+            service = model.service_offerings.get(vm.service_offering_id)
+            return bool(service and service.encrypt_root)
+        off = model.disk_offerings.get(vol.disk_offering_id or "")
+        return bool(off and off.encrypt)
+
+
+def _passphrase(model: m.CloudStackModel, vol: m.Volume) -> Secret:
+    """VolumeOrchestrator.setPassphraseForVolumeEncryption: a new PassphraseVO (48 random bytes,
+    base64: 64 characters) unless the volume has one already."""
+    with model.lock:
+        if not vol.passphrase:
+            vol.passphrase = base64.b64encode(secrets.token_bytes(48)).decode()
+        return Secret(vol.passphrase)
+
+
+def _create_encrypted(model: m.CloudStackModel, vol: m.Volume, pool: m.StoragePool, *, size: int,
+                      source_path: str | None = None, **offering: Any) -> None:
+    """StorPoolPrimaryDataStoreDriver.createAsync (a data disk) or copyAsync(template on the pool
+    -> volume) (a root disk) for a volume with a passphrase:
+    1. `create_volume` with `encrypted` (the StorPool volume 2 MiB larger, for the LUKS header);
+       CloudStack keeps its path at once (the driver's updateVolume);
+    2. StorPoolSetVolumeEncryptionCommand on a host of the pool: `set_volume_encryption` with the
+       passphrase and, for a root disk, the template's copy on the pool as `source_path`, whose
+       content goes into the encrypted payload. The answer's format is the volume's
+       `encryptformat`.
+    When step 2 fails the volume step 1 made is deleted (`delete_volume`) and the record is
+    Allocated again, so nothing stays on StorPool that CloudStack does not know; a new attempt
+    starts over with the same passphrase. The passphrase is sent as a `Secret`, so the call log
+    shows it masked."""
+    passphrase = _passphrase(model, vol)
+    plugin = _plugin(model)
+    result = plugin.call("create_volume", pool=pool.id, volume_uuid=vol.id, size=size, volume_type=vol.type,
+                         encrypted=True, **offering)
+    with model.lock:
+        vol.path, vol.storage_id, vol.state = result["path"], pool.id, "Creating"
+    try:
+        answer = plugin.call("set_volume_encryption", volume_uuid=vol.id, passphrase=passphrase,
+                             source_path=source_path)
+    except BaseException:
+        try:
+            plugin.call("delete_volume", pool=pool.id, volume_uuid=vol.id, path=result["path"])
+        except m.ApiError as exc:
+            log.warning("delete_volume after a failed encryption of %s: %s", vol.id, exc.text)
+        with model.lock:
+            vol.path, vol.storage_id, vol.state = None, None, "Allocated"
+        raise
+    with model.lock:
+        vol.state, vol.encrypt_format = "Ready", str(answer["encrypt_format"])
+
+
+def _template_path_on(model: m.CloudStackModel, tpl: m.Template, pool: m.StoragePool, source: dict[str, str]) -> str:
+    """The template's copy on the pool (template_spool_ref's install path). A pool that holds the
+    template from before its path was recorded asks the plugin again: `cache_template` answers
+    the copy that is there."""
+    with model.lock:
+        known = tpl.pool_paths.get(pool.id)
+    if known:
+        return known
+    _cache_template(model, tpl, pool, source)
+    return tpl.pool_paths[pool.id]
+
+
+def _cache_template(model: m.CloudStackModel, tpl: m.Template, pool: m.StoragePool, source: dict[str, str]) -> None:
+    """createBaseImageAsync -> driver.copyAsync(template on the image store -> the pool):
+    `cache_template`; CloudStack records the copy (template_spool_ref) with its path."""
+    result = _plugin(model).call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
+    with model.lock:
+        if pool.id not in tpl.pools:
+            tpl.pools.append(pool.id)
+        if result and result.get("global_id"):
+            tpl.pool_paths[pool.id] = BYID_PREFIX + str(result["global_id"])
+
+
 def _created(model: m.CloudStackModel, volume_id: str, pool_id: str, result: dict[str, Any]) -> None:
-    """The driver's answer is what CloudStack stores: the path it returned, on that pool."""
+    """The driver's answer is what CloudStack stores: the path it returned, on that pool. An
+    encrypted volume keeps its size: StorPool's includes the LUKS header."""
     with model.lock:
         vol = model.volumes[volume_id]
         vol.path, vol.storage_id, vol.state = result["path"], pool_id, "Ready"
-        if result.get("size"):
+        if result.get("size") and not vol.passphrase:
             vol.size = int(result["size"])
 
 
@@ -212,7 +304,10 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
        on the image store -> the pool): `cache_template` (source = its image-store path);
     2. createVolumeFromBaseImageAsync -> driver.copyAsync(template on the pool -> volume):
        `create_volume_from_template` (ROOT, the VM's service offering, which carries its
-       IOPS and StorPool template, size = rootdisksize)."""
+       IOPS and StorPool template, size = rootdisksize).
+    With `encryptroot` on the service offering, step 2 is the encrypted copy (`_create_encrypted`:
+    `create_volume` of the template's size or rootdisksize, then `set_volume_encryption` with the
+    template's copy on the pool as its source)."""
     plugin = _plugin(model)
     pool = _pool_for(model, None, vm.zone_id, _offering_tags(model, vol, vm))
     with model.lock:
@@ -222,12 +317,14 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
         cached = pool.id in tpl.pools
     source = {"store": _store(model), "path": _template_path(tpl), "format": tpl.format.lower()}
     if not cached:
-        made = plugin.call("cache_template", pool=pool.id, template_uuid=tpl.id, source=source, size=tpl.size)
+        _cache_template(model, tpl, pool, source)
+    if _encrypts(model, vol, vm):
+        _create_encrypted(model, vol, pool, size=max(vol.size, tpl.size),
+                          source_path=_template_path_on(model, tpl, pool, source),
+                          service_offering_id=vm.service_offering_id)
         with model.lock:
-            if pool.id not in tpl.pools:
-                tpl.pools.append(pool.id)
-            if isinstance(made, dict) and made.get("global_id"):
-                tpl.pool_paths[pool.id] = BYID + str(made["global_id"])
+            vol.size = max(vol.size, tpl.size)
+        return
     size = vol.size if vol.size > tpl.size else None
     result = plugin.call("create_volume_from_template", pool=pool.id, volume_uuid=vol.id, template_uuid=tpl.id,
                          size=size, source=source, volume_type="ROOT", service_offering_id=vm.service_offering_id,
@@ -240,7 +337,8 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
 
 def create_volume_on_pool(model: m.CloudStackModel, volume_id: str, pool_id: str | None = None) -> None:
     """VolumeOrchestrator.createVolumeOnPrimaryStorage -> VolumeServiceImpl.createVolumeAsync ->
-    driver.createAsync: `create_volume` (size, disk offering, custom IOPS)."""
+    driver.createAsync: `create_volume` (size, disk offering, custom IOPS); for a disk offering
+    with `encrypt`, the encrypted create (`_create_encrypted`)."""
     with model.lock:
         vol = model.volumes[volume_id]
         vm = model.vms.get(vol.vm_id or "")
@@ -248,6 +346,9 @@ def create_volume_on_pool(model: m.CloudStackModel, volume_id: str, pool_id: str
             else _pool_for(model, vm.id if vm else None, vol.zone_id, _offering_tags(model, vol, vm)))
     off = model.disk_offerings.get(vol.disk_offering_id or "")
     custom = vol.max_iops if off is not None and off.customized_iops else None
+    if _encrypts(model, vol, vm):
+        _create_encrypted(model, vol, pool, size=vol.size, disk_offering_id=vol.disk_offering_id, iops=custom)
+        return
     result = _plugin(model).call("create_volume", pool=pool.id, volume_uuid=vol.id, size=vol.size,
                                  volume_type=vol.type, disk_offering_id=vol.disk_offering_id, iops=custom)
     _created(model, vol.id, pool.id, result)
@@ -303,7 +404,7 @@ def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:
                     create_volume_on_pool(model, vol.id)
                 _tag_attached(model, model.volumes[vol.id], vm_id)
         _hand_over(model, vm_id, host)
-        model.hypervisor.vm_started(vm_id, host.id, _disk_paths(model, vm_id))
+        model.hypervisor.vm_started(vm_id, host.id, _disk_paths(model, vm_id), _disk_passphrases(model, vm_id))
     except BaseException:
         with model.lock:
             vm.state = "Error" if first else "Stopped"
@@ -366,7 +467,7 @@ def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
         _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
         try:
             model.hypervisor_migrate(vm_id, host_id)
-            model.hypervisor.vm_migrated(vm_id, host_id, _disk_paths(model, vm_id))
+            model.hypervisor.vm_migrated(vm_id, host_id, _disk_paths(model, vm_id), _disk_passphrases(model, vm_id))
         except m.ApiError as exc:
             _let_go(model, "finish_migration", **ends, succeeded=False)
             raise m.ApiError(f"Failed to migrate VM {vm.name} to host {host_id}: {exc.text}") from None
@@ -504,7 +605,7 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
         path = model.volumes[volume_id].path
         _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=path)
         if path:
-            model.hypervisor.disk_attached(vm_id, vm.host_id, path)
+            model.hypervisor.disk_attached(vm_id, vm.host_id, path, model.volumes[volume_id].passphrase)
     with model.lock:
         vol.vm_id, vol.device_id = vm_id, device_id
         model.add_event("VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name}", vol.id, "Volume")
@@ -645,14 +746,17 @@ def take_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
     plugin's SnapshotStrategy, whose takeSnapshot is driver.takeSnapshot followed, unless
     `sp.bypass.secondary.storage`, by the backup to the image store (copyAsync snapshot ->
     image store). Both are one operation: `take_snapshot`, given where CloudStack wants the
-    backup (snapshots/<account>/<volume>/<snapshot>); the plugin answers whether it bypassed."""
+    backup (snapshots/<account>/<volume>/<snapshot>); the plugin answers whether it bypassed.
+    An encrypted volume's snapshot says so (`encrypted`): a backup would hold ciphertext
+    CloudStack cannot read back, so the plugin refuses it unless the bypass is on."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
         vol = model.volumes[snap.volume_id]
         snap.state = "Creating"
     where = {"store": _store(model), "path": f"snapshots/{ACCOUNT_ID}/{vol.id}/{snap.id}.qcow2"}
     try:
-        result = _plugin(model).call("take_snapshot", volume_uuid=vol.id, snapshot_uuid=snap.id, secondary=where)
+        result = _plugin(model).call("take_snapshot", volume_uuid=vol.id, snapshot_uuid=snap.id, secondary=where,
+                                     encrypted=bool(vol.passphrase) or None)
     except BaseException:
         with model.lock:
             model.snapshots.pop(snapshot_id, None)

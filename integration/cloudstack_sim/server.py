@@ -204,7 +204,7 @@ def _volume(model: m.CloudStackModel, v: m.Volume) -> Item:
         "vmname": vm.name if vm else None, "vmstate": vm.state if vm else None, "deviceid": v.device_id,
         "diskofferingid": v.disk_offering_id, "miniops": v.min_iops, "maxiops": v.max_iops,
         "state": v.state, "account": v.account, "created": v.created, "hypervisor": "KVM",
-        "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT",
+        "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT", "encryptformat": v.encrypt_format,
     })
 
 

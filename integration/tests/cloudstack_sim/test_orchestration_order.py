@@ -9,6 +9,7 @@ from typing import Any
 import cs
 import pytest
 
+from cloudstack_storpool.driver import templates
 from integration.stack import LocalStack
 from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported fixture)
 from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
@@ -193,3 +194,39 @@ def test_a_host_with_another_hosts_client_id_is_refused(stack: LocalStack, cloud
         orchestrator.host_connected(stack.cs.model, dup.id)
     assert stack.cs.model.hosts[dup.id].parent is None
 
+
+
+def test_encrypted_volume_calls(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """VolumeOrchestrator gives a volume of an encrypting offering a passphrase; the plugin then
+    gets CloudStack's StorPoolPrimaryDataStoreDriver flow: the volume 2 MiB larger, then
+    SetVolumeEncryption on a host (a root disk with the template's copy on the pool as source)."""
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    pool = stack.pool_id("storpool-primary")
+    svc = cloud.createServiceOffering(name="enc", cpunumber=1, cpuspeed=1000, memory=256,
+                                      encryptroot=True)["serviceoffering"]
+    disk = cloud.createDiskOffering(name="enc-disk", disksize=1, encrypt=True)["diskoffering"]
+    vms: list[dict[str, Any]] = []
+    deployed = calls_during(stack, lambda: vms.append(cloud.deployVirtualMachine(
+        zoneid=tpl["zoneid"], templateid=tpl["id"], serviceofferingid=svc["id"], diskofferingid=disk["id"],
+        name="enc")["virtualmachine"]))
+    assert [op for op, _ in deployed] == ["cache_template", "create_volume", "set_volume_encryption", "volume_attached",
+                                         "create_volume", "set_volume_encryption", "volume_attached", "hand_over_vm"]
+    root, data = volumes_of(cloud, vms[0]["id"])
+    fill, root_create, root_enc = (args for _, args in deployed[:3])
+    data_create, data_enc = deployed[4][1], deployed[5][1]
+    cache = templates.cached(stack.ctx, pool, tpl["id"])
+    assert fill["template_uuid"] == tpl["id"] and cache is not None
+    assert root_create == {"pool": pool, "volume_uuid": root["id"], "size": tpl["size"], "volume_type": "ROOT",
+                           "encrypted": True, "service_offering_id": svc["id"]}
+    assert root_enc == {"volume_uuid": root["id"], "passphrase": stack.cs.model.volumes[root["id"]].passphrase,
+                        "source_path": f"/dev/storpool-byid/{cache.global_id}"}
+    assert data_create == {"pool": pool, "volume_uuid": data["id"], "size": 1 << 30, "volume_type": "DATADISK",
+                           "encrypted": True, "disk_offering_id": disk["id"]}
+    assert data_enc == {"volume_uuid": data["id"], "passphrase": stack.cs.model.volumes[data["id"]].passphrase}
+    assert "'***'" in repr(root_enc) and str(stack.cs.model.volumes[root["id"]].passphrase) not in repr(deployed)
+
+    # A snapshot of an encrypted volume tells the plugin so.
+    stack.set_bypass(True, wait=True)
+    take = calls_during(stack, lambda: cloud.createSnapshot(volumeid=data["id"]))
+    assert [op for op, _ in take] == ["take_snapshot"] and take[0][1]["encrypted"] is True

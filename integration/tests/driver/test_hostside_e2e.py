@@ -263,7 +263,7 @@ def test_encrypted_volume_through_the_driver(stack: LocalStack) -> None:
     stack.cs.model.add_volume(f"enc-{vid[:6]}", 16 * MiB, storage_id=stack.pool_id(), path=info.path, volume_id=vid)
     passphrase = "cs-generated-" + uuid.uuid4().hex
     out = encryption.set_volume_encryption(stack.ctx, volume_uuid=vid, passphrase=passphrase)
-    assert out.formatted and out.payload_size == 16 * MiB and out.encrypt_format == "LUKS"
+    assert out.formatted and out.payload_size == 16 * MiB and out.encrypt_format == "luks"
     assert stack.sp.read_object(info.global_id, 0, 6) == b"LUKS\xba\xbe"
     with pytest.raises(ValidationError) as exc:
         encryption.set_volume_encryption(stack.ctx, volume_uuid=vid, passphrase="another-" + passphrase)

@@ -27,11 +27,18 @@ if TYPE_CHECKING:
     from cloudstack_storpool.driver.context import DriverContext
 
 
+STARTING = "Starting"
+"""CloudStack creates and encrypts a VM's new volumes in VolumeOrchestrator.prepare, while the VM
+is Starting and before its host gets StartCommand: no guest has the disk open yet."""
+
+
 @dataclass(frozen=True)
 class Encrypted:
     volume_uuid: Uuid
     volume: str
     encrypt_format: str
+    """CloudStack's name of the format (QemuObject.EncryptFormat: `luks`), which it keeps as the
+    volume's `encrypt_format` and shows as `encryptformat`."""
     payload_size: int
     formatted: bool
     """False when the volume already had a header the passphrase opens (a retry)."""
@@ -46,7 +53,9 @@ def set_volume_encryption(ctx: DriverContext, *, volume_uuid: Uuid, passphrase: 
     check_passphrase(passphrase)
     source = storpool_path(source_path, "source_path") if source_path is not None else None
     src = locate(ctx, volume_uuid)
-    refuse_running(ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None, f"encryption of volume {volume_uuid}")
+    vm = ctx.cloudstack.vm(src.cs.vm_id) if src.cs.vm_id else None
+    if vm is None or vm.state != STARTING:
+        refuse_running(vm, f"encryption of volume {volume_uuid}")
     try:
         agent, res = on_any_host(ctx, src.pool, lambda c: c.encrypt_volume(
             volume=src.name, passphrase=passphrase, source=source, progress=ctx.progress),
@@ -60,6 +69,6 @@ def set_volume_encryption(ctx: DriverContext, *, volume_uuid: Uuid, passphrase: 
             raise ValidationError(fname, exc.message.removeprefix(f"{exc.field}: ")) from None
         raise
     copied = res.get("copied_from")
-    return Encrypted(volume_uuid.lower(), src.name, str(res.get("encrypt_format", "LUKS")),
+    return Encrypted(volume_uuid.lower(), src.name, str(res.get("encrypt_format", "luks")).lower(),
                      int(res.get("payload_size", 0)), bool(res.get("formatted")),
                      str(copied) if copied else None, agent)
