@@ -16,6 +16,8 @@ from cloudstack_storpool.errors import NotFound, StorPoolError, ValidationError
 from integration.needs import need_tool
 from integration.stack import ZONE2_LOCATION, ZONE2_POOL, LocalStack, new_uuid
 
+pytestmark = pytest.mark.root
+
 MiB = 1 << 20
 
 

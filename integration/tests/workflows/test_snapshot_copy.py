@@ -19,6 +19,8 @@ from integration.needs import need_tool
 from integration.stack import ZONE2_LOCATION, ZONE2_POOL, LocalStack
 from integration.tests.workflows.support import MiB, deploy, offering, sp_volume, template, with_image
 
+pytestmark = pytest.mark.root
+
 RECOVERY_SETTING = "storpool.snapshot.recovery.from.remote.check"
 
 
