@@ -75,3 +75,41 @@ def test_the_config_names_the_stacks_seeded_objects(tmp_path: Path) -> None:
     assert (server["mgtSvrIp"], server["port"], server["apiKey"], server["securityKey"]) == (
         "127.0.0.1", 8096, "key", "secret")
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+DOC = """# x
+
+### TestA (3 tests)
+
+Passing (2): `test_01_a`,
+`test_02_b`.
+
+Not passing: `test_03_c`.
+
+### TestB (2 tests)
+
+Passing: none. Guest over SSH: `test_01_x`.
+"""
+
+
+def test_the_passing_lists_are_read_per_file() -> None:
+    from integration.marvin import listed_passing
+
+    assert listed_passing(DOC) == {"TestA": {"test_01_a", "test_02_b"}, "TestB": set()}
+
+
+def test_a_listed_test_that_did_not_pass_is_a_regression() -> None:
+    from integration.marvin import regressions
+
+    out = "PASSED 2: TestA.TestCls.test_01_a, TestB.TestCls.test_01_x\nTOTAL {}"
+    assert regressions(DOC, out, ("TestA", "TestB")) == ["TestA.test_02_b"]
+    assert regressions(DOC, out, ("TestB",)) == []
+    assert regressions(DOC, "PASSED 0: \nTOTAL {}", ("TestA",)) == ["TestA.test_01_a", "TestA.test_02_b"]
+
+
+def test_the_project_doc_lists_something_for_every_file() -> None:
+    from integration.marvin import DOC as PROJECT_DOC
+    from integration.marvin import TEST_FILES, listed_passing
+
+    listed = listed_passing(PROJECT_DOC.read_text())
+    assert set(TEST_FILES) <= set(listed)
