@@ -44,18 +44,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def is_file_disk(source: str) -> bool:
+    """A volume on a pool of another kind than StorPool (an NFS or RBD stand-in) is a file; a
+    StorPool volume is a block device."""
+    return not source.startswith("/dev/")
+
+
+def file_format(path: str) -> str:
+    """qcow2 or raw, by the file's magic (as QEMU probes an image)."""
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def disk_xml(source: str, target: str, *, extra: str = "") -> str:
+    """One virtio disk: a StorPool device (`<disk type='block'>`), or a file-backed volume
+    (`<disk type='file'>`, qcow2 or raw)."""
+    if is_file_disk(source):
+        return (f"<disk type='file' device='disk'><driver name='qemu' type='{file_format(source)}'{extra}/>"
+                f"<source file='{escape(source)}'/><target dev='{target}' bus='virtio'/></disk>")
+    return (f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none' io='native'{extra}/>"
+            f"<source dev='{escape(os.path.realpath(source))}'/><target dev='{target}' bus='virtio'/></disk>")
+
+
 def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str]], ssh_port: int, kind: str,
                console: Path | None) -> str:
-    """A domain booting the guest's kernel with its first disk as root; `disks` are (device,
-    target) pairs, the root first."""
-    disk_xml = "".join(
-        f"""<disk type='block' device='disk'>
-      <driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>
-      <source dev='{escape(os.path.realpath(dev))}'/>
-      <target dev='{target}' bus='virtio'/>
-    </disk>"""
-        for dev, target in disks
-    )
+    """A domain booting the guest's kernel with its first disk as root; `disks` are (device or
+    file, target) pairs, the root first."""
+    disk_xml_all = "".join(disk_xml(dev, target, extra=" discard='unmap'") for dev, target in disks)
     serial = (f"<serial type='file'><source path='{escape(str(console))}'/><target port='0'/></serial>"
               if console else "")
     return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
@@ -73,7 +88,7 @@ def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str]], ssh_p
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    {disk_xml}
+    {disk_xml_all}
     {serial}
     <memballoon model='none'/>
   </devices>
@@ -138,7 +153,8 @@ class Guest:
     ip: str
     ssh_port: int
     forwarder: Forwarder
-    disks: dict[str, str] = field(default_factory=dict)  # target -> device
+    disks: dict[str, str] = field(default_factory=dict)  # target -> device or file
+    paths: dict[str, str] = field(default_factory=dict)  # target -> the path the host was given
 
 
 class Guests:
@@ -156,6 +172,11 @@ class Guests:
         self.guests: dict[str, Guest] = {}
         self._conn: Any = None
 
+    def source(self, client_id: int, path: str) -> str:
+        """What the domain opens for a disk: the file of a file-backed volume, else the host's
+        StorPool device for the path."""
+        return path if is_file_disk(path) else self.device_of(client_id, path)
+
     def _libvirt(self) -> Any:
         if self._conn is None:
             self._conn = open_libvirt(self.uri)
@@ -166,12 +187,13 @@ class Guests:
         with self.lock:
             if vm_id in self.guests:
                 return
-            disks = [(self.device_of(client_id, p), TARGETS[i]) for i, p in enumerate(paths)]
+            disks = [(self.source(client_id, p), TARGETS[i]) for i, p in enumerate(paths)]
             port = free_port()
             name = DOMAIN_PREFIX + vm_id
             console = self.console_dir / f"{vm_id}.log" if self.console_dir else None
             self._libvirt().createXML(domain_xml(name, self.image, disks, port, self.kind, console), 0)
-            guest = Guest(name, ip, port, Forwarder(ip, 22, port), {t: d for d, t in disks})
+            guest = Guest(name, ip, port, Forwarder(ip, 22, port), {t: d for d, t in disks},
+                          {TARGETS[i]: p for i, p in enumerate(paths)})
             self.guests[vm_id] = guest
             log.info("guest %s booting on %s (ssh %s:22)", name, disks[0][0] if disks else "-", ip)
 
@@ -196,11 +218,10 @@ class Guests:
             if guest is None:
                 return
             target = next(t for t in TARGETS if t not in guest.disks)
-            device = self.device_of(client_id, path)
-            xml = (f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none' io='native'/>"
-                   f"<source dev='{escape(os.path.realpath(device))}'/><target dev='{target}' bus='virtio'/></disk>")
-            self._libvirt().lookupByName(guest.name).attachDevice(xml)
+            device = self.source(client_id, path)
+            self._libvirt().lookupByName(guest.name).attachDevice(disk_xml(device, target))
             guest.disks[target] = device
+            guest.paths[target] = path
 
     def detach(self, vm_id: str, client_id: int, path: str) -> None:
         """Unplug a data disk (KVM's DettachCommand)."""
@@ -208,14 +229,58 @@ class Guests:
             guest = self.guests.get(vm_id)
             if guest is None:
                 return
-            device = self.device_of(client_id, path)
+            device = self.source(client_id, path)
             target = next((t for t, d in guest.disks.items() if d == device), None)
             if target is None:
                 return
-            xml = (f"<disk type='block' device='disk'><source dev='{escape(os.path.realpath(device))}'/>"
-                   f"<target dev='{target}' bus='virtio'/></disk>")
-            self._libvirt().lookupByName(guest.name).detachDevice(xml)
+            self._libvirt().lookupByName(guest.name).detachDevice(disk_xml(device, target))
             del guest.disks[target]
+            guest.paths.pop(target, None)
+
+    def block_copy(self, vm_id: str, client_id: int, copies: dict[str, str], timeout: float = 600.0) -> None:
+        """Copy each disk (its path on the source -> the new path) onto the destination host's
+        device while the guest runs, as CloudStack's KVM agent has libvirt do it: a block copy
+        job (virDomainBlockCopy onto the existing device), waited for until the copy has caught
+        up and mirrors every new write, then the pivot (virDomainBlockJobAbort with PIVOT): the
+        guest's disk is the new device from then on, with every write made during the copy."""
+        import libvirt
+
+        with self.lock:
+            guest = self.guests.get(vm_id)
+            if guest is None:
+                return
+            dom = self._libvirt().lookupByName(guest.name)
+            for old, new in copies.items():
+                target = next(t for t, p in guest.paths.items() if p == old)
+                device = self.source(client_id, new)
+                dest = (f"<disk type='block'><driver type='raw'/>"
+                        f"<source dev='{escape(os.path.realpath(device))}'/></disk>")
+                dom.blockCopy(target, dest, None, libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+                self._pivot(dom, target, timeout)
+                guest.disks[target], guest.paths[target] = device, new
+                log.info("guest %s: %s copied onto %s and switched to it", guest.name, target, device)
+
+    @staticmethod
+    def _pivot(dom: Any, target: str, timeout: float) -> None:
+        """Pivot once the job is ready (the copy caught up); a job that ends otherwise, or
+        never gets there, is aborted and reported."""
+        import libvirt
+
+        deadline = time.monotonic() + timeout
+        while True:
+            info = dom.blockJobInfo(target, 0)
+            if not info:
+                raise RuntimeError(f"block copy of {target} ended before it could switch over")
+            if info["end"] and info["cur"] == info["end"]:
+                try:
+                    dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    return
+                except libvirt.libvirtError as exc:  # not ready yet: the mirror phase starts shortly
+                    log.debug("pivot of %s: %s", target, exc)
+            if time.monotonic() > deadline:
+                dom.blockJobAbort(target, 0)
+                raise TimeoutError(f"block copy of {target} not ready in {timeout:.0f} s")
+            time.sleep(0.2)
 
     def close(self) -> None:
         for vm_id in list(self.guests):
@@ -266,6 +331,20 @@ class StackGuests:
         restarts on the destination's devices (what a test wrote and synced is on its disks)."""
         self.guests.stop(vm_id)
         self.vm_started(vm_id, host_id, paths)
+
+    def vm_migrated_with_storage(self, vm_id: str, host_id: str, copies: dict[str, str]) -> None:
+        """The moving disks are block-copied while the guest runs. Its other StorPool disks are
+        the same volumes on the destination host; one libvirtd cannot hand a running guest's
+        block device over to another host's, so when it has such disks the guest restarts on
+        the destination's devices after the copies (as `vm_migrated` does)."""
+        client = self._client(host_id)
+        self.guests.block_copy(vm_id, client, copies)
+        guest = self.guests.guests.get(vm_id)
+        if guest is None:
+            return
+        paths = [guest.paths[t] for t in sorted(guest.paths, key=TARGETS.index)]
+        if any(guest.disks[t] != self.guests.source(client, p) for t, p in guest.paths.items()):
+            self.vm_migrated(vm_id, host_id, paths)
 
     def disk_attached(self, vm_id: str, host_id: str, path: str) -> None:
         self.guests.attach(vm_id, self._client(host_id), path)

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -91,6 +92,7 @@ class LocalStack:
         self.xfs_size = xfs_size
         self.heartbeat_interval = heartbeat_interval
         self.with_guests = guests
+        self.file_pools: Path = root / "primary"
         self.guests: StackGuests | None = None
         self.agent_token = secrets.token_urlsafe(24)
         self.service_token: str | None = None
@@ -124,6 +126,7 @@ class LocalStack:
         self.cs: SimHandle = self._exit.enter_context(run_simulator(state=self.root / "cloudstack.json"))
         model = self.cs.model
         model.image_store = str(self.secondary)  # the zone's image store, as the hosts mount it
+        model.file_pools = str(self._file_pools())  # where the hosts mount NFS / see RBD pools
         zone = next(iter(model.zones.values()))
         self.zone_id: str = zone.id
         pools_toml = []
@@ -153,6 +156,19 @@ class LocalStack:
         self.settings_file = self.root / "settings.toml"
         self.settings = Settings(self.cloudstack, file=SettingsFile(self.settings_file), ttl=self.settings_ttl)
         self.ctx = self.driver_context()
+
+    def _file_pools(self) -> Path:
+        """The directory of the pools of other kinds (NFS, Ceph RBD; `cloudstack_sim.file_pools`):
+        under the stack's root; with guests, a directory of this run that QEMU, as libvirt's
+        unprivileged user, can reach (the stack's root may sit in a private directory), removed
+        when the stack stops."""
+        if not self.with_guests:
+            self.file_pools = self.root / "primary"
+            return self.file_pools
+        self.file_pools = Path(tempfile.mkdtemp(prefix="cssp-primary-", dir="/var/tmp"))
+        self.file_pools.chmod(0o755)
+        self._exit.callback(shutil.rmtree, self.file_pools, ignore_errors=True)
+        return self.file_pools
 
     def _start_guests(self) -> None:
         """Real guests for the simulator's VMs (see `integration.guests`)."""

@@ -2,9 +2,12 @@
 
 CloudStack's KVM agent starts a domain after the storage plugin connected its disks, hot-plugs
 a data disk after connecting it, unplugs it before disconnecting, and stops the domain before
-the host lets go of the disks. The simulator calls these hooks at the same points; by default
+the host lets go of the disks; a migration with storage copies each moving disk onto its new
+device while the guest runs (`copies`: the disk's path on the source -> its new path on the
+destination host). The simulator calls these hooks at the same points; by default
 nothing runs (the model's VMs are records), and the local stack installs real guests
-(`integration.guests`). Paths are the ones CloudStack stored for the volumes, root first.
+(`integration.guests`). Paths are the ones CloudStack stored for the volumes (a volume on a pool of another kind: its
+file under the pool's mount point), root first.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ class Hypervisor(Protocol):
     def vm_stopped(self, vm_id: str) -> None: ...
 
     def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None: ...
+
+    def vm_migrated_with_storage(self, vm_id: str, host_id: str, copies: dict[str, str]) -> None: ...
 
     def disk_attached(self, vm_id: str, host_id: str, path: str) -> None: ...
 
@@ -34,6 +39,9 @@ class NoGuests:
         return None
 
     def vm_migrated(self, vm_id: str, host_id: str, paths: list[str]) -> None:
+        return None
+
+    def vm_migrated_with_storage(self, vm_id: str, host_id: str, copies: dict[str, str]) -> None:
         return None
 
     def disk_attached(self, vm_id: str, host_id: str, path: str) -> None:

@@ -582,6 +582,7 @@ ASYNC_COMMANDS = frozenset({
     "deployVirtualMachine", "startVirtualMachine", "stopVirtualMachine", "rebootVirtualMachine",
     "migrateVirtualMachine", "destroyVirtualMachine", "expungeVirtualMachine", "createTags", "deleteTags",
     "createVolume", "attachVolume", "detachVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
+    "migrateVirtualMachineWithVolume",
     "createSnapshot", "deleteSnapshot", "revertSnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
     "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",
     "addResourceDetail", "removeResourceDetail", "extractVolume",
