@@ -141,3 +141,12 @@ def test_a_failed_move_leaves_the_volume_on_nfs_and_nothing_on_storpool(stack: L
     assert pool_file(stack, pool, root).exists()
     assert {v.name for v in sp.volumesList()} == before
     assert one(cloud, "listVirtualMachines", "virtualmachine", id=vm["id"])["hostid"] == vm["hostid"]
+
+
+def test_the_stack_seeds_an_nfs_and_a_ceph_pool_once(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """`python -m integration up` adds the pools CloudStack's StorPool tests look up by name."""
+    assert stack.seed_file_pools() == ["nfs", "ceph"]
+    assert stack.seed_file_pools() == []
+    pools = {p["name"]: p for p in cloud.listStoragePools()["storagepool"]}
+    assert (pools["nfs"]["type"], pools["nfs"]["tags"]) == ("NetworkFilesystem", "nfs")
+    assert (pools["ceph"]["type"], pools["ceph"]["tags"]) == ("RBD", "ceph")
