@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -58,8 +59,8 @@ def file_format(path: str) -> str:
 
 def disk_xml(source: str, target: str, *, extra: str = "") -> str:
     """One virtio disk: a StorPool device (`<disk type='block'>`), or a file-backed volume
-    (`<disk type='file'>`, qcow2 or raw)."""
-    if is_file_disk(source):
+    (`<disk type='file'>`, qcow2 or raw): by what `source` is, a block device or a file."""
+    if not stat.S_ISBLK(os.stat(source).st_mode):
         return (f"<disk type='file' device='disk'><driver name='qemu' type='{file_format(source)}'{extra}/>"
                 f"<source file='{escape(source)}'/><target dev='{target}' bus='virtio'/></disk>")
     return (f"<disk type='block' device='disk'><driver name='qemu' type='raw' cache='none' io='native'{extra}/>"
@@ -250,15 +251,16 @@ class Guests:
             if guest is None:
                 return
             dom = self._libvirt().lookupByName(guest.name)
-            for old, new in copies.items():
-                target = next(t for t, p in guest.paths.items() if p == old)
-                device = self.source(client_id, new)
-                dest = (f"<disk type='block'><driver type='raw'/>"
-                        f"<source dev='{escape(os.path.realpath(device))}'/></disk>")
-                dom.blockCopy(target, dest, None, libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
-                self._pivot(dom, target, timeout)
+            targets = {old: next(t for t, p in guest.paths.items() if p == old) for old in copies}
+        for old, new in copies.items():  # outside the lock: other guests go on meanwhile
+            target, device = targets[old], self.source(client_id, new)
+            dest = (f"<disk type='block'><driver type='raw'/>"
+                    f"<source dev='{escape(os.path.realpath(device))}'/></disk>")
+            dom.blockCopy(target, dest, None, libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+            self._pivot(dom, target, timeout)
+            with self.lock:
                 guest.disks[target], guest.paths[target] = device, new
-                log.info("guest %s: %s copied onto %s and switched to it", guest.name, target, device)
+            log.info("guest %s: %s copied onto %s and switched to it", guest.name, target, device)
 
     @staticmethod
     def _pivot(dom: Any, target: str, timeout: float) -> None:

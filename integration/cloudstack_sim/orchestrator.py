@@ -725,11 +725,12 @@ def migrate_vm_with_volumes(model: m.CloudStackModel, vm_id: str, host_id: str, 
             model.hypervisor_migrate(vm_id, host_id)
             copies = {_host_path(model, vols[vid]): path for vid, path in created.items()}
             model.hypervisor.vm_migrated_with_storage(vm_id, host_id, copies)
-        except m.ApiError as exc:
+        except Exception as exc:  # MigrateAnswer with result false: whatever the hypervisor hit
             if prepared:
                 _let_go(model, "finish_migration", **ends, succeeded=False)
+            text = exc.text if isinstance(exc, m.ApiError) else f"{type(exc).__name__}: {exc}"
             raise m.ApiError(f"Copy volume(s) of VM [{vm.instance_name}] to storage(s) and VM to host [{host_id}] "
-                             f"failed in StorPoolDataMotionStrategy.copyAsync. Error message: [{exc.text}].") from None
+                             f"failed in StorPoolDataMotionStrategy.copyAsync. Error message: [{text}].") from None
     except BaseException:
         for path in created.values():
             _let_go(model, "disconnect_physical_disk", host_id=host_id, path=path)
