@@ -150,3 +150,19 @@ def test_the_stack_seeds_an_nfs_and_a_ceph_pool_once(stack: LocalStack, cloud: c
     pools = {p["name"]: p for p in cloud.listStoragePools()["storagepool"]}
     assert (pools["nfs"]["type"], pools["nfs"]["tags"]) == ("NetworkFilesystem", "nfs")
     assert (pools["ceph"]["type"], pools["ceph"]["tags"]) == ("RBD", "ceph")
+
+
+def test_stopped_vm_moves_from_nfs_onto_storpool_with_migrate_virtual_machine(
+        stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:  # noqa: F811
+    """migrateVirtualMachine with `storageid` moves a stopped VM's volumes (CloudStack's StorPool
+    tests do it from their NFS pool), each the offline way."""
+    pool, vm = nfs_vm(stack, cloud, "nfs-stopped")
+    cloud.stopVirtualMachine(id=vm["id"], forced=True)
+    root = volumes_of(cloud, vm["id"])[0]
+    mark(pool_file(stack, pool, root))
+    cloud.migrateVirtualMachine(virtualmachineid=vm["id"], storageid=stack.pool_id())
+    for vol in volumes_of(cloud, vm["id"]):
+        assert vol["storageid"] == stack.pool_id()
+        assert sp.volumeList(volumeName="~" + vol["path"].split("/")[3])  # as the tests look it up
+    moved = volumes_of(cloud, vm["id"])[0]
+    assert stack.sp.read_object(moved["path"][len(BYID):], 1 << 20, 4096) == b"\x5a" * 4096
