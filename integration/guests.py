@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -58,18 +59,36 @@ def encryption_xml(secret_uuid: str | None) -> str:
     return f"<encryption format='luks'><secret type='passphrase' uuid='{escape(secret_uuid)}'/></encryption>"
 
 
-def disk_xml(device: str, target: str, secret_uuid: str | None = None) -> str:
-    """A StorPool device as the guest's virtio disk `target`, encrypted when `secret_uuid` is given."""
+def is_file_disk(source: str) -> bool:
+    """A volume on a pool of another kind than StorPool (an NFS or RBD stand-in) is a file; a
+    StorPool volume is a block device."""
+    return not source.startswith("/dev/")
+
+
+def file_format(path: str) -> str:
+    """qcow2 or raw, by the file's magic (as QEMU probes an image)."""
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def disk_xml(source: str, target: str, secret_uuid: str | None = None) -> str:
+    """One virtio disk `target`: a StorPool device (`<disk type='block'>`) or a file-backed volume
+    (`<disk type='file'>`, qcow2 or raw), by what `source` is; encrypted when `secret_uuid` is
+    given."""
+    if not stat.S_ISBLK(os.stat(source).st_mode):
+        return (f"<disk type='file' device='disk'><driver name='qemu' type='{file_format(source)}' discard='unmap'/>"
+                f"<source file='{escape(source)}'/><target dev='{target}' bus='virtio'/>"
+                f"{encryption_xml(secret_uuid)}</disk>")
     return (f"<disk type='block' device='disk'>"
             f"<driver name='qemu' type='raw' cache='none' io='native' discard='unmap'/>"
-            f"<source dev='{escape(os.path.realpath(device))}'/><target dev='{target}' bus='virtio'/>"
+            f"<source dev='{escape(os.path.realpath(source))}'/><target dev='{target}' bus='virtio'/>"
             f"{encryption_xml(secret_uuid)}</disk>")
 
 
 def domain_xml(name: str, image: GuestImage, disks: list[tuple[str, str, str | None]], ssh_port: int, kind: str,
                console: Path | None) -> str:
-    """A domain booting the guest's kernel with its first disk as root; `disks` are (device,
-    target, secret uuid of an encrypted disk or None) triples, the root first. ACPI is on: on
+    """A domain booting the guest's kernel with its first disk as root; `disks` are (device or
+    file, target, secret uuid of an encrypted disk or None) triples, the root first. ACPI is on: on
     the `pc` machine a disk hot-plugged into the running guest (AttachCommand) arrives through
     ACPI PCI hot-plug, which QEMU refuses without it."""
     disks_xml = "\n    ".join(disk_xml(dev, target, secret) for dev, target, secret in disks)
@@ -155,7 +174,8 @@ class Guest:
     ip: str
     ssh_port: int
     forwarder: Forwarder
-    disks: dict[str, str] = field(default_factory=dict)  # target -> device
+    disks: dict[str, str] = field(default_factory=dict)  # target -> device or file
+    paths: dict[str, str] = field(default_factory=dict)  # target -> the path the host was given
     secrets: dict[str, str] = field(default_factory=dict)  # target -> libvirt secret uuid (encrypted disks)
 
 
@@ -173,6 +193,11 @@ class Guests:
         self.lock = threading.Lock()
         self.guests: dict[str, Guest] = {}
         self._conn: Any = None
+
+    def source(self, client_id: int, path: str) -> str:
+        """What the domain opens for a disk: the file of a file-backed volume, else the host's
+        StorPool device for the path."""
+        return path if is_file_disk(path) else self.device_of(client_id, path)
 
     def _libvirt(self) -> Any:
         if self._conn is None:
@@ -219,7 +244,7 @@ class Guests:
                     secret = self._secret(vm_id, TARGETS[i], keys.get(p))
                     if secret is not None:
                         secrets[TARGETS[i]] = secret
-                    disks.append((self.device_of(client_id, p), TARGETS[i], secret))
+                    disks.append((self.source(client_id, p), TARGETS[i], secret))
                 port = free_port()
                 name = DOMAIN_PREFIX + vm_id
                 console = self.console_dir / f"{vm_id}.log" if self.console_dir else None
@@ -232,7 +257,8 @@ class Guests:
             except BaseException:
                 self._drop_secrets(list(secrets.values()))
                 raise
-            guest = Guest(name, ip, port, forwarder, {t: d for d, t, _ in disks}, secrets)
+            guest = Guest(name, ip, port, forwarder, {t: d for d, t, _ in disks},
+                          {TARGETS[i]: p for i, p in enumerate(paths)}, secrets)
             self.guests[vm_id] = guest
             log.info("guest %s booting on %s (ssh %s:22)", name, disks[0][0] if disks else "-", ip)
 
@@ -259,7 +285,7 @@ class Guests:
             if guest is None:
                 return
             target = next(t for t in TARGETS if t not in guest.disks)
-            device = self.device_of(client_id, path)
+            device = self.source(client_id, path)
             secret = self._secret(vm_id, target, passphrase)
             try:
                 self._libvirt().lookupByName(guest.name).attachDevice(disk_xml(device, target, secret))
@@ -267,6 +293,7 @@ class Guests:
                 self._drop_secrets([secret] if secret else [])
                 raise
             guest.disks[target] = device
+            guest.paths[target] = path
             if secret is not None:
                 guest.secrets[target] = secret
 
@@ -276,17 +303,62 @@ class Guests:
             guest = self.guests.get(vm_id)
             if guest is None:
                 return
-            device = self.device_of(client_id, path)
+            device = self.source(client_id, path)
             target = next((t for t, d in guest.disks.items() if d == device), None)
             if target is None:
                 return
-            xml = (f"<disk type='block' device='disk'><source dev='{escape(os.path.realpath(device))}'/>"
-                   f"<target dev='{target}' bus='virtio'/></disk>")
-            self._libvirt().lookupByName(guest.name).detachDevice(xml)
+            self._libvirt().lookupByName(guest.name).detachDevice(disk_xml(device, target))
             del guest.disks[target]
+            guest.paths.pop(target, None)
             secret = guest.secrets.pop(target, None)
             if secret is not None:
                 self._drop_secrets([secret])
+
+    def block_copy(self, vm_id: str, client_id: int, copies: dict[str, str], timeout: float = 600.0) -> None:
+        """Copy each disk (its path on the source -> the new path) onto the destination host's
+        device while the guest runs, as CloudStack's KVM agent has libvirt do it: a block copy
+        job (virDomainBlockCopy onto the existing device), waited for until the copy has caught
+        up and mirrors every new write, then the pivot (virDomainBlockJobAbort with PIVOT): the
+        guest's disk is the new device from then on, with every write made during the copy."""
+        import libvirt
+
+        with self.lock:
+            guest = self.guests.get(vm_id)
+            if guest is None:
+                return
+            dom = self._libvirt().lookupByName(guest.name)
+            targets = {old: next(t for t, p in guest.paths.items() if p == old) for old in copies}
+        for old, new in copies.items():  # outside the lock: other guests go on meanwhile
+            target, device = targets[old], self.source(client_id, new)
+            dest = (f"<disk type='block'><driver type='raw'/>"
+                    f"<source dev='{escape(os.path.realpath(device))}'/></disk>")
+            dom.blockCopy(target, dest, None, libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+            self._pivot(dom, target, timeout)
+            with self.lock:
+                guest.disks[target], guest.paths[target] = device, new
+            log.info("guest %s: %s copied onto %s and switched to it", guest.name, target, device)
+
+    @staticmethod
+    def _pivot(dom: Any, target: str, timeout: float) -> None:
+        """Pivot once the job is ready (the copy caught up); a job that ends otherwise, or
+        never gets there, is aborted and reported."""
+        import libvirt
+
+        deadline = time.monotonic() + timeout
+        while True:
+            info = dom.blockJobInfo(target, 0)
+            if not info:
+                raise RuntimeError(f"block copy of {target} ended before it could switch over")
+            if info["end"] and info["cur"] == info["end"]:
+                try:
+                    dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    return
+                except libvirt.libvirtError as exc:  # not ready yet: the mirror phase starts shortly
+                    log.debug("pivot of %s: %s", target, exc)
+            if time.monotonic() > deadline:
+                dom.blockJobAbort(target, 0)
+                raise TimeoutError(f"block copy of {target} not ready in {timeout:.0f} s")
+            time.sleep(0.2)
 
     def close(self) -> None:
         for vm_id in list(self.guests):
@@ -339,6 +411,20 @@ class StackGuests:
         restarts on the destination's devices (what a test wrote and synced is on its disks)."""
         self.guests.stop(vm_id)
         self.vm_started(vm_id, host_id, paths, passphrases)
+
+    def vm_migrated_with_storage(self, vm_id: str, host_id: str, copies: dict[str, str]) -> None:
+        """The moving disks are block-copied while the guest runs. Its other StorPool disks are
+        the same volumes on the destination host; one libvirtd cannot hand a running guest's
+        block device over to another host's, so when it has such disks the guest restarts on
+        the destination's devices after the copies (as `vm_migrated` does)."""
+        client = self._client(host_id)
+        self.guests.block_copy(vm_id, client, copies)
+        guest = self.guests.guests.get(vm_id)
+        if guest is None:
+            return
+        paths = [guest.paths[t] for t in sorted(guest.paths, key=TARGETS.index)]
+        if any(guest.disks[t] != self.guests.source(client, p) for t, p in guest.paths.items()):
+            self.vm_migrated(vm_id, host_id, paths)
 
     def disk_attached(self, vm_id: str, host_id: str, path: str, passphrase: str | None = None) -> None:
         self.guests.attach(vm_id, self._client(host_id), path, passphrase)

@@ -13,6 +13,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
 from integration import guest_image
 from integration.certs import TestCA
-from integration.cloudstack_sim import orchestrator
+from integration.cloudstack_sim import file_pools, orchestrator
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.guests import Guests, StackGuests
@@ -50,6 +51,10 @@ from integration.xfs import can_make_xfs, xfs_mount
 log = logging.getLogger(__name__)
 
 BYPASS_SETTING = "sp.bypass.secondary.storage"
+
+
+FILE_POOLS = (("nfs", "nfs://127.0.0.1/export/primary"), ("ceph", "rbd://127.0.0.1/cloudstack"))
+"""The pools of other kinds `seed_file_pools` adds: name (also its storage tag) and URL."""
 
 
 def new_uuid() -> str:
@@ -109,6 +114,7 @@ class LocalStack:
         self.sp2: EmulatorHandle | None = None
         """The second zone's StorPool cluster, in a location of its own (`second_zone`)."""
         self.zone2_id: str | None = None
+        self.file_pools: Path = root / "primary"
         self.guests: StackGuests | None = None
         self.agent_token = secrets.token_urlsafe(24)
         self.service_token: str | None = None
@@ -142,6 +148,10 @@ class LocalStack:
         self.cs: SimHandle = self._exit.enter_context(run_simulator(state=self.root / "cloudstack.json"))
         model = self.cs.model
         model.image_store = str(self.secondary)  # the zone's image store, as the hosts mount it
+        model.file_pools = str(self._file_pools())  # where the hosts mount NFS / see RBD pools
+        for pool in list(model.storage_pools.values()):  # the hosts mount the pools they have
+            if file_pools.is_file_pool(pool):
+                file_pools.mount(model, pool.id)
         zone = next(iter(model.zones.values()))
         self.zone_id: str = zone.id
         pools_toml = []
@@ -213,6 +223,32 @@ class LocalStack:
             for key, value in values.items():
                 if key in model.configs:  # a state saved by a CloudStack without the key keeps none
                     model.set_configuration(key, value, "storagepool", pool.id)
+    def _file_pools(self) -> Path:
+        """The directory of the pools of other kinds (NFS, Ceph RBD; `cloudstack_sim.file_pools`):
+        under the stack's root; with guests, a directory of this run that QEMU, as libvirt's
+        unprivileged user, can reach (the stack's root may sit in a private directory), removed
+        when the stack stops (a restarted stack mounts its pools again, empty)."""
+        if not self.with_guests:
+            self.file_pools = self.root / "primary"
+            return self.file_pools
+        self.file_pools = Path(tempfile.mkdtemp(prefix="cssp-primary-", dir="/var/tmp"))
+        self.file_pools.chmod(0o755)
+        self._exit.callback(shutil.rmtree, self.file_pools, ignore_errors=True)
+        return self.file_pools
+
+    def seed_file_pools(self) -> list[str]:
+        """An NFS pool `nfs` and a Ceph RBD pool `ceph`, tagged with their names, as an operator
+        adds them (createStoragePool with the default provider): the pools CloudStack's
+        StorPool tests move volumes from (they look them up by these names). Pools already
+        there are kept; returns the names added."""
+        added = []
+        for name, url in FILE_POOLS:
+            if any(p.name == name for p in self.cs.model.storage_pools.values()):
+                continue
+            orchestrator.create_file_pool(self.cs.model, name, url, self.zone_id, name, None)
+            added.append(name)
+        self.cs.model.save()
+        return added
 
     def _start_guests(self) -> None:
         """Real guests for the simulator's VMs (see `integration.guests`)."""

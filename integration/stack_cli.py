@@ -107,6 +107,7 @@ def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool, guests: 
         java = javacloud.build(stack) if java_cloud else None
         service_url = stack.start_service()
         stack.publish_template_images()  # deployVirtualMachine by hand needs the images
+        stack.seed_file_pools()  # the NFS and Ceph pools volumes can be moved from onto StorPool
         state = {
             "pid": os.getpid(),
             "storpool": f"http://{stack.sp.host}:{stack.sp.port}",

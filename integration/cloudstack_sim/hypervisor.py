@@ -2,9 +2,12 @@
 
 CloudStack's KVM agent starts a domain after the storage plugin connected its disks, hot-plugs
 a data disk after connecting it, unplugs it before disconnecting, and stops the domain before
-the host lets go of the disks. The simulator calls these hooks at the same points; by default
+the host lets go of the disks; a migration with storage copies each moving disk onto its new
+device while the guest runs (`copies`: the disk's path on the source -> its new path on the
+destination host). The simulator calls these hooks at the same points; by default
 nothing runs (the model's VMs are records), and the local stack installs real guests
-(`integration.guests`). Paths are the ones CloudStack stored for the volumes, root first.
+(`integration.guests`). Paths are the ones CloudStack stored for the volumes (a volume on a
+pool of another kind: its file under the pool's mount point), root first.
 
 An encrypted volume's passphrase travels with its path, as the VolumeObjectTO of CloudStack's
 StartCommand / AttachCommand carries it: the KVM agent gives it to libvirt as a secret and opens
@@ -28,6 +31,8 @@ class Hypervisor(Protocol):
     def vm_migrated(self, vm_id: str, host_id: str, paths: list[str],
                     passphrases: Mapping[str, str] | None = None) -> None: ...
 
+    def vm_migrated_with_storage(self, vm_id: str, host_id: str, copies: dict[str, str]) -> None: ...
+
     def disk_attached(self, vm_id: str, host_id: str, path: str, passphrase: str | None = None) -> None: ...
 
     def disk_detached(self, vm_id: str, host_id: str, path: str) -> None: ...
@@ -45,6 +50,9 @@ class NoGuests:
 
     def vm_migrated(self, vm_id: str, host_id: str, paths: list[str],
                     passphrases: Mapping[str, str] | None = None) -> None:
+        return None
+
+    def vm_migrated_with_storage(self, vm_id: str, host_id: str, copies: dict[str, str]) -> None:
         return None
 
     def disk_attached(self, vm_id: str, host_id: str, path: str, passphrase: str | None = None) -> None:

@@ -516,6 +516,9 @@ class CloudStackModel:
         that two stacks on one machine never listen on the same address."""
         self.image_store: str | None = None
         """The image store's root as the KVM hosts see it (secondary storage)."""
+        self.file_pools: str | None = str(state_path.parent / "primary") if state_path else None
+        """Where the KVM hosts see the pools of other kinds (NFS, Ceph RBD): a directory per pool
+        (`file_pools.py`); beside the state file unless the stack says otherwise."""
         self.job_delay = 0.0
         """Seconds an async job stays pending (jobstatus 0) before its result shows."""
         self._job_failures: dict[str, list[str]] = {}

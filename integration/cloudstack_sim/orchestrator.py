@@ -54,6 +54,7 @@ from typing import Any
 
 from cloudstack_storpool.names import BYID_PREFIX
 from cloudstack_storpool.poolconfig import Secret
+from integration.cloudstack_sim import file_pools
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 
@@ -106,10 +107,37 @@ def create_storage_pool(model: m.CloudStackModel, name: str, url: str, zone_id: 
         return pool
 
 
+def create_file_pool(model: m.CloudStackModel, name: str, url: str, zone_id: str, tags: str,
+                     capacity: int | None) -> m.StoragePool:
+    """StorageManagerImpl.createPool with the default provider ->
+    CloudStackPrimaryDataStoreLifeCycleImpl.initialize (the URL gives type, host, port, path) ->
+    attachZone: every host mounts the pool (ModifyStoragePoolCommand). No storage plugin is
+    involved (see `file_pools`). The URL is kept without its user part (an RBD secret)."""
+    where = file_pools.parse_url(url)
+    assert where is not None
+    parts = url.split("://", 1)
+    shown = f"{parts[0]}://{parts[1].rsplit('@', 1)[-1]}"
+    with model.lock:
+        kw: dict[str, Any] = {"capacity": capacity} if capacity else {}
+        pool = m.StoragePool(m.new_id(), name, zone_id, provider=file_pools.DEFAULT_PROVIDER, type=where.type,
+                             path=where.path, tags=tags, url=shown, **kw)
+    file_pools.mount(model, pool.id)
+    with model.lock:
+        model.storage_pools[pool.id] = pool
+        model.add_event("STORAGE.POOL.CREATE", f"Created storage pool {name}", pool.id, "StoragePool")
+        return pool
+
+
 def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
     """StorageManagerImpl.deletePool -> StorPoolPrimaryDataStoreLifeCycle.deleteDataStore:
     `remove_pool` (which refuses while the pool holds snapshots or templates kept as StorPool
-    snapshots, and otherwise deletes its template caches and the hosts' check volumes)."""
+    snapshots, and otherwise deletes its template caches and the hosts' check volumes). A pool
+    of another kind is unmounted by the hosts (DeleteStoragePoolCommand), no plugin call."""
+    if file_pools.is_file_pool(pool):
+        file_pools.unmount(model, pool.id)
+        with model.lock:
+            model.storage_pools.pop(pool.id, None)
+        return
     _plugin(model).call("remove_pool", pool=pool.id)
     with model.lock:
         model.storage_pools.pop(pool.id, None)
@@ -144,7 +172,27 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
 def _disk_paths(model: m.CloudStackModel, vm_id: str) -> list[str]:
     """The VM's disks as the hypervisor gets them: the root first, then by device id."""
     vols = sorted(vm_volumes(model, vm_id), key=lambda v: (v.type != "ROOT", v.device_id or 0))
-    return [v.path for v in vols if v.path]
+    return [_host_path(model, v) for v in vols if v.path]
+
+
+def _host_path(model: m.CloudStackModel, vol: m.Volume) -> str:
+    """A disk as the KVM host names it: the StorPool device path CloudStack stored, or, for a
+    volume on a pool of another kind, its file under the pool's mount point."""
+    if on_file_pool(model, vol):
+        return str(file_pools.volume_file(model, vol))
+    return vol.path or ""
+
+
+def on_file_pool(model: m.CloudStackModel, vol: m.Volume) -> bool:
+    """The volume lives on a pool of another kind than StorPool (its KVM agent's business, not
+    the plugin's)."""
+    return file_pools.is_file_pool(model.storage_pools.get(vol.storage_id or ""))
+
+
+def _storpool_disks(model: m.CloudStackModel, vm_id: str) -> bool:
+    """The VM has a volume on StorPool: only then does a host-side step reach the plugin (the KVM
+    agent hands each disk to the adaptor of its pool's type)."""
+    return any(v.path and not on_file_pool(model, v) for v in vm_volumes(model, vm_id))
 
 
 def _disk_passphrases(model: m.CloudStackModel, vm_id: str) -> dict[str, str]:
@@ -160,14 +208,14 @@ def vm_volumes(model: m.CloudStackModel, vm_id: str) -> list[m.Volume]:
 
 def _pool_for(model: m.CloudStackModel, vm_id: str | None, zone_id: str, tags: str = "") -> m.StoragePool:
     """The storage pool allocator's choice (AbstractStoragePoolAllocator, ZoneWideStoragePoolAllocator):
-    a StorPool pool of the zone that is Up and holds every storage tag of the volume's offering
+    a pool of the zone (StorPool or another kind) that is Up and holds every storage tag of the volume's offering
     (an offering without tags fits any pool); the pool of the VM's other volumes first when it
     fits, else the first that does."""
     wanted = {t.strip() for t in tags.split(",") if t.strip()}
 
     def fits(pool: m.StoragePool) -> bool:
         held = {t.strip() for t in pool.tags.split(",") if t.strip()}
-        return pool.zone_id == zone_id and pool.state == "Up" and pool.provider == "StorPool" and wanted <= held
+        return pool.zone_id == zone_id and pool.state == "Up" and wanted <= held
 
     with model.lock:
         if vm_id:
@@ -308,7 +356,6 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
     With `encryptroot` on the service offering, step 2 is the encrypted copy (`_create_encrypted`:
     `create_volume` of the template's size or rootdisksize, then `set_volume_encryption` with the
     template's copy on the pool as its source)."""
-    plugin = _plugin(model)
     pool = _pool_for(model, None, vm.zone_id, _offering_tags(model, vol, vm))
     with model.lock:
         tpl = model.templates.get(vol.template_id or vm.template_id)
@@ -316,6 +363,12 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
             raise m.ApiError(f"The template of volume {vol.name} no longer exists")
         cached = pool.id in tpl.pools
     source = {"store": _store(model), "path": _template_path(tpl), "format": tpl.format.lower()}
+    if file_pools.is_file_pool(pool):  # the KVM agent copies the template onto the pool itself
+        path = file_pools.create_from_template(model, pool, vol.id, Path(source["store"]) / source["path"],
+                                               tpl.format, max(vol.size, tpl.size))
+        _created(model, vol.id, pool.id, {"path": path, "size": max(vol.size, tpl.size)})
+        return
+    plugin = _plugin(model)
     if not cached:
         _cache_template(model, tpl, pool, source)
     if _encrypts(model, vol, vm):
@@ -344,6 +397,9 @@ def create_volume_on_pool(model: m.CloudStackModel, volume_id: str, pool_id: str
         vm = model.vms.get(vol.vm_id or "")
     pool = (model.storage_pools[pool_id] if pool_id
             else _pool_for(model, vm.id if vm else None, vol.zone_id, _offering_tags(model, vol, vm)))
+    if file_pools.is_file_pool(pool):  # CreateCommand to a host of the pool: a new file
+        _created(model, vol.id, pool.id, {"path": file_pools.create_blank(model, pool, vol.id, vol.size)})
+        return
     off = model.disk_offerings.get(vol.disk_offering_id or "")
     custom = vol.max_iops if off is not None and off.customized_iops else None
     if _encrypts(model, vol, vm):
@@ -356,7 +412,9 @@ def create_volume_on_pool(model: m.CloudStackModel, volume_id: str, pool_id: str
 
 def _tag_attached(model: m.CloudStackModel, vol: m.Volume, vm_id: str) -> None:
     """The plugin tags a volume with its VM and disk (the Java driver does it as it creates or
-    attaches a volume): `volume_attached`."""
+    attaches a volume): `volume_attached`. A volume on a pool of another kind is not its own."""
+    if on_file_pool(model, vol):
+        return
     _plugin(model).call("volume_attached", pool=vol.storage_id, volume_uuid=vol.id, vm_id=vm_id,
                         device_id=vol.device_id or 0, path=vol.path)
 
@@ -364,7 +422,7 @@ def _tag_attached(model: m.CloudStackModel, vol: m.Volume, vm_id: str) -> None:
 def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
     """StartCommand's disks: force-detached from every other host, connected on this one
     (CloudStack's detachVolumeFromAllStorageNodes and connectPhysicalDisk in one call)."""
-    if any(v.path for v in vm_volumes(model, vm_id)):
+    if _storpool_disks(model, vm_id):
         _plugin(model).call("hand_over_vm", vm_id=vm_id, host_id=host.id)
 
 
@@ -434,7 +492,7 @@ def stop_vm(model: m.CloudStackModel, vm_id: str) -> None:
             return
         host_id = vm.host_id
     model.hypervisor.vm_stopped(vm_id)
-    if host_id and any(v.path for v in vm_volumes(model, vm_id)):
+    if host_id and _storpool_disks(model, vm_id):
         _let_go(model, "vm_stopped", vm_id=vm_id, host_id=host_id)
     with model.lock:
         model.stop_vm(vm_id)
@@ -461,8 +519,7 @@ def migrate_vm(model: m.CloudStackModel, vm_id: str, host_id: str) -> None:
     with model.lock:
         vm = model.vms[vm_id]
         source = vm.host_id if vm.state == "Running" else None
-        on_storage = any(v.path for v in model.volumes.values() if v.vm_id == vm_id)
-    if source is not None and on_storage:
+    if source is not None and _storpool_disks(model, vm_id):
         ends = {"vm_id": vm_id, "source_host_id": source, "dest_host_id": host_id}
         _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
         try:
@@ -493,10 +550,10 @@ def destroy_vm(model: m.CloudStackModel, vm_id: str, *, expunge: bool) -> None:
         snaps = [s.id for s in model.vm_snapshots.values() if s.vm_id == vm_id]
     for sid in snaps:
         delete_vm_snapshot(model, sid)
+    plugin_needed = _storpool_disks(model, vm_id)
     for vol in vm_volumes(model, vm_id):
         if vol.type == "ROOT" and vol.path:
-            _plugin(model).call("delete_volume", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
-    plugin_needed = any(v.path for v in vm_volumes(model, vm_id))
+            _delete_on_storage(model, vol)
     with model.lock:
         model.delete_vm(vm_id, expunge=True)
     if plugin_needed:
@@ -603,9 +660,10 @@ def attach_volume(model: m.CloudStackModel, volume_id: str, vm_id: str, device_i
         create_volume_on_pool(model, volume_id, _pool_for(model, vm_id, vm.zone_id, _offering_tags(model, vol, vm)).id)
     if vm.state == "Running" and vm.host_id:
         path = model.volumes[volume_id].path
-        _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=path)
+        if not on_file_pool(model, vol):
+            _plugin(model).call("connect_physical_disk", host_id=vm.host_id, path=path)
         if path:
-            model.hypervisor.disk_attached(vm_id, vm.host_id, path, model.volumes[volume_id].passphrase)
+            model.hypervisor.disk_attached(vm_id, vm.host_id, _host_path(model, vol), model.volumes[volume_id].passphrase)
     with model.lock:
         vol.vm_id, vol.device_id = vm_id, device_id
         model.add_event("VOLUME.ATTACH", f"Volume {vol.name} attached to VM {vm.name}", vol.id, "Volume")
@@ -623,12 +681,13 @@ def detach_volume(model: m.CloudStackModel, volume_id: str) -> None:
         vm = model.vms.get(vol.vm_id or "")
         host_id = vm.host_id if vm is not None and vm.state == "Running" else None
     if host_id and vol.path and vm is not None:
-        model.hypervisor.disk_detached(vm.id, host_id, vol.path)
-        _let_go(model, "disconnect_physical_disk", host_id=host_id, path=vol.path)
+        model.hypervisor.disk_detached(vm.id, host_id, _host_path(model, vol))
+        if not on_file_pool(model, vol):
+            _let_go(model, "disconnect_physical_disk", host_id=host_id, path=vol.path)
     with model.lock:
         vol.vm_id, vol.device_id = None, None
         model.add_event("VOLUME.DETACH", f"Volume {vol.name} detached", vol.id, "Volume")
-    if vol.path:
+    if vol.path and not on_file_pool(model, vol):
         _plugin(model).call("volume_detached", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
 
 
@@ -692,9 +751,20 @@ def change_volume_offering(model: m.CloudStackModel, volume_id: str, new_size: i
 def migrate_volume(model: m.CloudStackModel, volume_id: str, pool_id: str) -> None:
     """VolumeApiServiceImpl.migrateVolume -> VolumeOrchestrator.migrateVolume ->
     VolumeServiceImpl.copyVolume/migrateVolume -> DataMotionServiceImpl picks the plugin's
-    DataMotionStrategy (both pools are StorPool's): `migrate_volume`; the new path is stored."""
+    DataMotionStrategy (both pools are StorPool's): `migrate_volume`; the new path is stored.
+    From a pool of another kind see `_copy_from_file_pool`."""
     with model.lock:
         vol = model.volumes[volume_id]
+        target = model.storage_pools[pool_id]
+    if on_file_pool(model, vol):
+        if file_pools.is_file_pool(target):
+            raise m.ApiError("Moving a volume between two pools of other kinds than StorPool is not served by "
+                             "this simulator")
+        _copy_from_file_pool(model, vol, target)
+        return
+    if file_pools.is_file_pool(target):
+        raise m.ApiError("Moving a volume from StorPool to a pool of another kind is not served by this simulator")
+    with model.lock:
         vm = model.vms.get(vol.vm_id or "")
         running = vm is not None and vm.state == "Running"
         service_offering = vm.service_offering_id if vm is not None and vol.type == "ROOT" else None
@@ -705,16 +775,121 @@ def migrate_volume(model: m.CloudStackModel, volume_id: str, pool_id: str) -> No
     _created(model, vol.id, pool_id, result["volume"])
 
 
+def _copy_from_file_pool(model: m.CloudStackModel, vol: m.Volume, target: m.StoragePool) -> None:
+    """An offline move from a pool of another kind onto StorPool (AncientDataMotionStrategy's
+    copy between pools through the image store, VolumeServiceImpl.copyVolume):
+    1. CopyCommand on a host: the volume's file is copied to the image store
+       (volumes/<account>/<volume>/<volume>.qcow2);
+    2. driver.copyAsync(that copy -> the StorPool pool): `import_volume` (the volume created, an
+       agent copies the image in);
+    3. the image-store copy goes, the source volume is expunged (its file deleted) and the
+       record names the StorPool pool and path."""
+    store = Path(_store(model))
+    relative = f"volumes/{ACCOUNT_ID}/{vol.id}/{vol.id}.qcow2"
+    with model.lock:
+        vm = model.vms.get(vol.vm_id or "")
+    fmt = file_pools.copy_out(model, vol, store, relative)
+    try:
+        result = _plugin(model).call(
+            "import_volume", target_pool=target.id, volume_uuid=vol.id, size=vol.size,
+            source={"store": str(store), "path": relative, "format": fmt}, volume_type=vol.type,
+            disk_offering_id=vol.disk_offering_id if vol.type != "ROOT" else None,
+            service_offering_id=vm.service_offering_id if vm is not None and vol.type == "ROOT" else None)
+    finally:
+        (store / relative).unlink(missing_ok=True)
+    file_pools.delete(model, vol)
+    _created(model, vol.id, target.id, result["volume"])
+    if vm is not None:
+        _tag_attached(model, vol, vm.id)
+
+
+def migrate_vm_with_volumes(model: m.CloudStackModel, vm_id: str, host_id: str, moves: dict[str, str]) -> None:
+    """migrateVirtualMachineWithVolume of a running VM (VirtualMachineManagerImpl.
+    orchestrateMigrateWithStorage -> VolumeOrchestrator / VolumeServiceImpl.migrateVolumes ->
+    DataMotionServiceImpl), `moves` = volume id -> StorPool pool id. With every destination on
+    StorPool and another host, StorPoolDataMotionStrategy.copyAsync does it, in this order:
+    1. per volume: the StorPool volume is created, named by the source volume's uuid
+       (`create_volume`), and connected on the destination host (ModifyTargetsCommand:
+       `connect_physical_disk`);
+    2. PrepareForMigrationCommand on the destination connects the VM's disks already on StorPool
+       (`prepare_migration`, only when it has some);
+    3. MigrateCommand on the source: the hypervisor copies each moving disk onto its new device
+       while the guest runs, then switches the guest to it and the destination host
+       (`hypervisor.vm_migrated_with_storage`);
+    4. success (handlePostMigration): the record takes the new pool and path, the source volume
+       is expunged (a file pool's file deleted by a host), the plugin tags the new volume with
+       its VM (`volume_attached`), and the source host lets go of the VM's other StorPool disks
+       (`finish_migration`);
+    5. failure: the destination's preparation is rolled back (`finish_migration` with
+       `succeeded` false), the new volume disconnected there and deleted; the job fails with the
+       hypervisor's text."""
+    with model.lock:
+        vm = model.vms[vm_id]
+        source_host = vm.host_id
+        vols = {vid: model.volumes[vid] for vid in moves}
+    assert source_host is not None
+    prepared = _storpool_disks(model, vm_id)
+    created: dict[str, str] = {}  # volume id -> new StorPool path
+    try:
+        for vid, pool_id in moves.items():
+            vol = vols[vid]
+            result = _plugin(model).call("create_volume", pool=pool_id, volume_uuid=vol.id, size=vol.size,
+                                         volume_type=vol.type, iops=vol.max_iops)
+            created[vid] = str(result["path"])
+            _plugin(model).call("connect_physical_disk", host_id=host_id, path=created[vid])
+        if prepared:
+            _plugin(model).call("prepare_migration", vm_id=vm_id, dest_host_id=host_id)
+        ends = {"vm_id": vm_id, "source_host_id": source_host, "dest_host_id": host_id}
+        try:
+            model.hypervisor_migrate(vm_id, host_id)
+            copies = {_host_path(model, vols[vid]): path for vid, path in created.items()}
+            model.hypervisor.vm_migrated_with_storage(vm_id, host_id, copies)
+        except Exception as exc:  # MigrateAnswer with result false: whatever the hypervisor hit
+            if prepared:
+                _let_go(model, "finish_migration", **ends, succeeded=False)
+            text = exc.text if isinstance(exc, m.ApiError) else f"{type(exc).__name__}: {exc}"
+            raise m.ApiError(f"Copy volume(s) of VM [{vm.instance_name}] to storage(s) and VM to host [{host_id}] "
+                             f"failed in StorPoolDataMotionStrategy.copyAsync. Error message: [{text}].") from None
+    except BaseException:
+        for path in created.values():
+            _let_go(model, "disconnect_physical_disk", host_id=host_id, path=path)
+        for vid, path in created.items():
+            _let_go(model, "delete_volume", pool=moves[vid], volume_uuid=vid, path=path)
+        raise
+    for vid, path in created.items():
+        vol = vols[vid]
+        if on_file_pool(model, vol):
+            file_pools.delete(model, vol)
+        else:
+            _let_go(model, "delete_volume", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
+        _created(model, vid, moves[vid], {"path": path})
+        _tag_attached(model, vol, vm_id)
+    if prepared:
+        _let_go(model, "finish_migration", vm_id=vm_id, source_host_id=source_host, dest_host_id=host_id,
+                succeeded=True)
+    with model.lock:
+        model.move_vm(vm_id, host_id)
+
+
 def delete_volume(model: m.CloudStackModel, volume_id: str) -> None:
     """VolumeApiServiceImpl.deleteVolume -> VolumeServiceImpl.expungeVolumeAsync ->
     driver.deleteAsync: `delete_volume` (an Allocated volume was never on storage)."""
     with model.lock:
         vol = model.volumes[volume_id]
     if vol.path:
-        _plugin(model).call("delete_volume", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
+        _delete_on_storage(model, vol)
     with model.lock:
         model.volumes.pop(volume_id, None)
         model.add_event("VOLUME.DELETE", f"Volume {vol.name} deleted", vol.id, "Volume")
+
+
+def _delete_on_storage(model: m.CloudStackModel, vol: m.Volume) -> None:
+    """driver.deleteAsync: `delete_volume` on StorPool; on a pool of another kind the KVM agent
+    deletes the file (DeleteCommand)."""
+    if on_file_pool(model, vol):
+        file_pools.delete(model, vol)
+    else:
+        _plugin(model).call("delete_volume", pool=vol.storage_id, volume_uuid=vol.id, path=vol.path)
 
 
 # ---------------------------------------------------------------------------- snapshots

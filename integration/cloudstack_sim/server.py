@@ -621,6 +621,7 @@ ASYNC_COMMANDS = frozenset({
     "deployVirtualMachine", "startVirtualMachine", "stopVirtualMachine", "rebootVirtualMachine",
     "migrateVirtualMachine", "destroyVirtualMachine", "expungeVirtualMachine", "createTags", "deleteTags",
     "createVolume", "attachVolume", "detachVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
+    "migrateVirtualMachineWithVolume",
     "createSnapshot", "deleteSnapshot", "revertSnapshot", "copySnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
     "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",
     "addResourceDetail", "removeResourceDetail", "extractVolume",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from integration.cloudstack_sim import file_pools
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import orchestrator as orch
 from integration.cloudstack_sim import params as params_mod
@@ -145,12 +146,19 @@ def create_storage_pool(model: m.CloudStackModel, p: Params) -> Item:
     """Synchronous, as CreateStoragePoolCmd is."""
     _required("createStoragePool", p, "name", "url", "zoneid")
     _need(model.zones, p, "zoneid")
-    provider = p.get("provider") or "DefaultPrimary"
-    if provider != "StorPool":
-        raise m.ParamError(f"Unable to find the storage provider {provider} among the ones this simulator serves")
+    provider = p.get("provider") or file_pools.DEFAULT_PROVIDER
+    other_kind = file_pools.parse_url(p["url"])
+    if provider != ("StorPool" if other_kind is None else file_pools.DEFAULT_PROVIDER):
+        raise m.ParamError(f"Unable to find the storage provider {provider} among the ones this simulator serves "
+                           "(StorPool, and DefaultPrimary for nfs:// and rbd:// URLs)")
     with model.lock:
         if any(x.name == p["name"] for x in model.storage_pools.values()):
             raise m.ParamError(f"Storage pool with name {p['name']} already exists")
+    if other_kind is not None:
+        pool = orch.create_file_pool(model, p["name"], p["url"], p["zoneid"], p.get("tags", ""),
+                                     _long(p, "capacitybytes"))
+        with model.lock:
+            return {"storagepool": _wire()._pool(model, pool)}
     pool = orch.create_storage_pool(model, p["name"], p["url"], p["zoneid"], p.get("tags", ""),
                                     _long(p, "capacitybytes"))
     with model.lock:
@@ -425,10 +433,68 @@ def migrate_volume(model: m.CloudStackModel, p: Params) -> Item:
     if vol.state != "Ready" or not vol.storage_id:
         raise m.ParamError("Volume must be in ready state")
     vm = model.vms.get(vol.vm_id or "")
-    if vm is not None and vm.state == "Running" and not _flag(p, "livemigrate"):
-        raise m.ParamError("Volume needs to be detached from VM, or pass livemigrate=true")
+    if vm is not None and vm.state == "Running":
+        # VolumeApiServiceImpl.migrateVolume: on KVM a running VM's volume moves in place only
+        # between StorPool pools; anything else moves with its VM to another host.
+        if file_pools.is_file_pool(model.storage_pools.get(vol.storage_id or "")) or file_pools.is_file_pool(pool):
+            raise m.ParamError(
+                "KVM does not support volume live migration due to the limited possibility to refresh VM XML "
+                "domain. Therefore, to live migrate a volume between storage pools, one must migrate the VM to a "
+                "different host as well to force the VM XML domain update. Use 'migrateVirtualMachineWithVolumes' "
+                "instead.")
+        if not _flag(p, "livemigrate"):
+            raise m.ParamError(f"The volume {vol.name}is attached to a vm and for migrating it the parameter "
+                               "livemigrate should be specified")
     return _job(model, "migrateVolume", "Volume", vol.id,
                 lambda: orch.migrate_volume(model, vol.id, pool.id), lambda: _volume_item(model, vol.id))
+
+
+def migrate_vm_with_volume(model: m.CloudStackModel, p: Params) -> Item:
+    """migrateVirtualMachineWithVolume (MigrateVirtualMachineWithVolumeCmd, an async command: its
+    checks run in the job): a running VM to another host, its volumes named in `migrateto`
+    (`migrateto[N].volume`, `migrateto[N].pool`) onto those pools. Served: volumes on pools of
+    other kinds moving onto StorPool (StorPoolDataMotionStrategy, `orchestrator.
+    migrate_vm_with_volumes`). `autoselect` and a stopped VM's storage-only move are not."""
+    _required("migrateVirtualMachineWithVolume", p, "virtualmachineid")
+    vm = _need(model.vms, p, "virtualmachineid")
+    host = _opt_need(model.hosts, p, "hostid")
+    entries = params_mod.map_param(p, "migrateto")
+    moves: dict[str, str] = {}
+    for entry in entries:
+        vol = _need(model.volumes, entry, "volume")
+        pool = _need(model.storage_pools, entry, "pool")
+        moves[vol.id] = pool.id
+
+    def work() -> Item:
+        if host is None and not moves:
+            raise m.ParamError("Either hostid or migrateto must be passed or autoselect must be true for "
+                               "migrating the VM.")
+        if vm.state != "Running" and host is not None:
+            raise m.ParamError(f"VM instance {vm.instance_name} is not in the Running state to migrate it to the "
+                               "new host.")
+        if host is None:
+            raise m.ParamError("Migrating a stopped VM's volumes (no hostid) is not served by this simulator")
+        if vm.state != "Running":
+            raise m.ApiError(f"Unable to migrate the VM {vm.instance_name} (ID: {vm.id}) as it is not in Running state")
+        if any(s.vm_id == vm.id for s in model.vm_snapshots.values()):
+            raise m.ParamError("VM with VM Snapshots cannot be migrated with storage, please remove all VM snapshots")
+        if host.id == vm.host_id:
+            raise m.ParamError(f"Migration of the VM: {vm.instance_name} (ID: {vm.id}) from host {host.name} "
+                               f"(ID: {host.id}) to destination host  {host.name} (ID: {host.id}) doesn't involve "
+                               "migrating the volumes")
+        for vid, pid in moves.items():
+            vol, pool = model.volumes[vid], model.storage_pools[pid]
+            if vol.vm_id != vm.id:
+                raise m.ParamError(f"Volume {vol.name} is not attached to VM {vm.name}")
+            if not file_pools.is_file_pool(model.storage_pools.get(vol.storage_id or "")) or \
+                    file_pools.is_file_pool(pool):
+                raise m.ParamError(f"Volume {vol.name}: only a move from an NFS or RBD pool onto StorPool is "
+                                   "served by this simulator")
+        orch.migrate_vm_with_volumes(model, vm.id, host.id, moves)
+        return _vm_item(model, vm.id)
+
+    return _async(model, "migrateVirtualMachineWithVolume", work, instance_type="VirtualMachine",
+                  instance_id=vm.id)
 
 
 def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
@@ -672,6 +738,7 @@ HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
     "resizeVolume": resize_volume,
     "changeOfferingForVolume": change_offering_for_volume,
     "migrateVolume": migrate_volume,
+    "migrateVirtualMachineWithVolume": migrate_vm_with_volume,
     "deleteVolume": delete_volume,
     "createSnapshot": create_snapshot,
     "deleteSnapshot": delete_snapshot,
