@@ -14,7 +14,7 @@ from typing import Any
 import cs
 import pytest
 
-from agent import qemu_img
+from cloudstack_storpool.agent import qemu_img
 from integration.stack import LocalStack
 from integration.tests.workflows.support import (
     GiB,
