@@ -30,6 +30,8 @@ from integration.tests.workflows.support import (
 from integration.tests.workflows.test_guests import gcloud, guest_stack, nic_ip, ssh  # noqa: F401  (fixtures)
 from integration.tests.workflows.test_snapshots import set_bypass
 
+pytestmark = pytest.mark.root
+
 LUKS_MAGIC = b"LUKS\xba\xbe"
 HEADER = 2 * MiB
 
