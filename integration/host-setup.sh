@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-      libvirt-dev pkg-config xfsprogs util-linux procps)
+      libvirt-dev pkg-config xfsprogs util-linux procps e2fsprogs openssl)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "host-setup: not root; skipping system packages and services (loop, XFS and libvirt tests will skip)" >&2
