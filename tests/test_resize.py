@@ -33,11 +33,18 @@ def test_no_host_given_touches_no_agent(env: Env) -> None:
 
 
 def test_the_given_host_is_told(env: Env) -> None:
+    """Within `storpool.agent.timeout`, read at this use: the agent stops the command there too."""
     vm_id, instance, host = vm(env, "vm1")
     vid, ref = env.volume(8 * MiB, vm_id=vm_id)
-    res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=24 * MiB, host_ids=[host], instance_name=instance)
+    env.set_setting("storpool.agent.timeout", 7)
+    try:
+        res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=24 * MiB, host_ids=[host],
+                                   instance_name=instance)
+    finally:
+        env.set_setting("storpool.agent.timeout", 60)
     assert res.host_id == host and res.notified
-    assert env.agents.by_host[host].calls == [("resize", {"volume": ref, "size": 24 * MiB, "vm": instance})]
+    assert env.agents.by_host[host].calls == [("resize", {"volume": ref, "size": 24 * MiB, "vm": instance,
+                                                          "timeout": 7.0})]
     other = [h for h in env.agents.by_host if h != host]
     assert all(not env.agents.by_host[h].calls for h in other)
 
@@ -52,7 +59,8 @@ def test_a_stopped_vm_s_last_host_is_told(env: Env) -> None:
     vid, ref = env.volume(8 * MiB, vm_id=vm_id)
     res = resize.resize_volume(env.ctx, volume_uuid=vid, new_size=16 * MiB, host_ids=[last], instance_name=instance)
     assert env.conn.volume(ref).size == 16 * MiB and res.host_id == last
-    assert env.agents.by_host[last].calls == [("resize", {"volume": ref, "size": 16 * MiB, "vm": instance})]
+    assert env.agents.by_host[last].calls == [("resize", {"volume": ref, "size": 16 * MiB, "vm": instance,
+                                                          "timeout": 60.0})]
 
 
 def test_an_unreachable_host_passes_to_the_next(env: Env) -> None:

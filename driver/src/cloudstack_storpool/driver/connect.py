@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.agentapi.client import AgentClient, AgentRequestError
+from cloudstack_storpool.driver.agenttimeouts import command_timeout
 from cloudstack_storpool.driver.identity import LocatedVolume, on_storpool
 from cloudstack_storpool.driver.undo import undo_and_fail
 from cloudstack_storpool.errors import NotFound, ValidationError
@@ -104,7 +105,7 @@ def connect_physical_disk(ctx: DriverContext, *, host_id: str, path: str) -> Dis
     device is usable. Other hosts keep their attachments (a live migration's source)."""
     name = storpool_path(path)
     agent = agent_of(ctx, host_id)
-    res = on_host(f"connect {path}", "path", lambda: agent.connect(volume=name))
+    res = on_host(f"connect {path}", "path", lambda: agent.connect(volume=name, timeout=command_timeout(ctx)))
     others = res.get("also_attached_to") or []
     return DiskConnection(host_id, path, str(res["volume"]), str(res["device"]), [int(c) for c in others])
 
@@ -113,7 +114,7 @@ def disconnect_physical_disk(ctx: DriverContext, *, host_id: str, path: str) -> 
     """Detach the volume at `path` from the host (retried while busy, forced at the end)."""
     name = storpool_path(path)
     agent = agent_of(ctx, host_id)
-    res = on_host(f"disconnect {path}", "path", lambda: agent.disconnect(volume=name))
+    res = on_host(f"disconnect {path}", "path", lambda: agent.disconnect(volume=name, timeout=command_timeout(ctx)))
     return DiskDisconnection(host_id, path, True, bool(res.get("detached")))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cloudstack_storpool.driver.agenttimeouts import command_timeout
 from cloudstack_storpool.driver.connect import agent_of, on_host, vm_disks
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def hand_over(ctx: DriverContext, *, vm_id: str, host_id: str) -> HandedOver:
     if not disks:
         return HandedOver(vm_id, host_id, [])
     res = on_host(f"hand-over of VM {vm_id}", "vm_id",
-                  lambda: agent.prepare_start(volumes=[d.name for d in disks]))
+                  lambda: agent.prepare_start(volumes=[d.name for d in disks], timeout=command_timeout(ctx)))
     entries = res.get("volumes") or []
     detached = {str(e["volume"]): [int(c) for c in e.get("detached_from") or []] for e in entries}
     return HandedOver(vm_id, host_id, [d.name for d in disks], detached)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool.bounds import Iops
-from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, templates, volumes
+from cloudstack_storpool.driver import identity, naming, offerings, pools, tags, volumes
+from cloudstack_storpool.driver.agenttimeouts import copy_timeout
 from cloudstack_storpool.driver.identity import VolumeInfo
 from cloudstack_storpool.driver.offerings import Placement
 from cloudstack_storpool.driver.secondary import agent_refusals
@@ -171,7 +172,7 @@ def import_volume(
     dst = pools.resolve(ctx, target_pool)
     created = volumes.create(ctx, dst, volume_uuid, size, volume_type=volume_type,
                              disk_offering_id=disk_offering_id, service_offering_id=service_offering_id, iops=iops)
-    timeout = templates.copy_timeout(ctx)
+    timeout = copy_timeout(ctx)
     try:
         with agent_refusals("source"):
             ctx.agents.run_on_pool(dst, lambda agent: agent.copy_to_volume(

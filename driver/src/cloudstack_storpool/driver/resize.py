@@ -27,6 +27,7 @@ from cloudstack_storpool import names
 from cloudstack_storpool.agentapi.client import AgentRequestError
 from cloudstack_storpool.bounds import Bytes, Iops
 from cloudstack_storpool.driver import offerings, tags
+from cloudstack_storpool.driver.agenttimeouts import command_timeout
 from cloudstack_storpool.driver.identity import LocatedVolume, locate
 from cloudstack_storpool.errors import AgentError, NotFound, ValidationError
 from cloudstack_storpool.uuids import Uuid
@@ -109,7 +110,7 @@ def resize_volume(
     host_id, notified, capacity = None, False, None
     if agents:
         try:
-            host_id, res = _tell_first_reachable(agents, src.name, new_size, vm_name)
+            host_id, res = _tell_first_reachable(agents, src.name, new_size, vm_name, command_timeout(ctx))
             notified, capacity = bool(res.get("notified")), res.get("capacity")
         except _HostFailed as failed:
             exc = failed.__cause__
@@ -167,12 +168,12 @@ class _HostFailed(Exception):
 
 
 def _tell_first_reachable(agents: list[tuple[str, AgentClient]], volume: str, size: int,
-                          vm_name: str | None) -> tuple[str, dict[str, Any]]:
+                          vm_name: str | None, timeout: float) -> tuple[str, dict[str, Any]]:
     """Tell the first agent that can be reached (StorageManagerImpl.sendToPool moves on only
     while a host is unavailable: a command that ran and failed is the answer)."""
     for i, (hid, agent) in enumerate(agents):
         try:
-            return hid, agent.resize(volume=volume, size=size, vm=vm_name)
+            return hid, agent.resize(volume=volume, size=size, vm=vm_name, timeout=timeout)
         except AgentRequestError as exc:
             if exc.code == "unreachable" and i + 1 < len(agents):
                 log.warning("agent of host %s unreachable; telling the next host of the resize", hid)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudstack_storpool import names
 from cloudstack_storpool.driver import liveness, locate, naming, pools, spclusters, tags
+from cloudstack_storpool.driver.agenttimeouts import copy_timeout
 from cloudstack_storpool.driver.secondary import TemplateSource, agent_refusals
 from cloudstack_storpool.driver.spclusters import Target
 from cloudstack_storpool.errors import SpExists, SpNotFound, ValidationError
@@ -147,12 +148,6 @@ def fill_timeout(ctx: DriverContext) -> int:
     """Seconds a fill may go without refreshing its `alive` stamp before it is taken over."""
     value = ctx.settings.get("storpool.template.fill.timeout")
     return int(value) if isinstance(value, int) else 60
-
-
-def copy_timeout(ctx: DriverContext) -> float:
-    """How long an agent copy may take (`storpool.agent.copy.timeout`): fills and imports alike."""
-    value = ctx.settings.get("storpool.agent.copy.timeout")
-    return float(value) if isinstance(value, int) else 7200.0
 
 
 def _round_up(n: int, to: int = 512) -> int:

@@ -345,8 +345,9 @@ _SETTINGS: tuple[Setting, ...] = (
          "`agent.port` detail overrides it for that host).", dynamic=False, validator=between(1, 65535),
          reading=Reading.AT_START, read_by="the agents and the driver service"),
     _own("storpool.agent.timeout", INT, 60,
-         "Seconds the driver waits for a short agent command (attach, detach, resize).",
-         validator=at_least(1), unit="s", reading=Reading.NEVER),
+         "Seconds the driver waits for a short agent command (attach, detach, resize, the hand-over of a "
+         "VM's disks); the agent stops the command at the same limit.",
+         validator=at_least(1), unit="s"),
     _own("storpool.agent.copy.timeout", INT, 7200,
          "Seconds the driver waits for a copy on a host (qemu-img convert to or from secondary).",
          validator=at_least(1), unit="s"),
