@@ -169,7 +169,7 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
         if root_volume is not None:
             del model.volumes[root.id]
             root = root_volume
-            root.vm_id, root.device_id, root.type, root.account = vm.id, 0, "ROOT", account
+            root.vm_id, root.device_id, root.type = vm.id, 0, "ROOT"
         elif root_snapshot is not None:
             src = model.volumes.get(root_snapshot.volume_id)
             root.source_snapshot_id = root_snapshot.id

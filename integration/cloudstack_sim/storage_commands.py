@@ -261,10 +261,12 @@ def _usable_source(model: m.CloudStackModel, vol: m.Volume) -> None:
 
 
 def _source_template(model: m.CloudStackModel, vol: m.Volume | None, snap: m.Snapshot | None) -> m.Template:
-    """The template of the source volume (EntityManager.findByIdIncludingRemoved: a deleted
-    template still names the VM's template)."""
+    """The template of the source volume (for a snapshot, of its volume): the VM's template.
+    CloudStack looks it up including removed templates; the simulator keeps no deleted template,
+    so a VM whose source's template is gone is refused with CloudStack's text for a missing one."""
     with model.lock:
-        template_id = vol.template_id if vol is not None else model.volumes[snap.volume_id].template_id if snap else None
+        src = vol if vol is not None else model.volumes.get(snap.volume_id) if snap is not None else None
+        template_id = src.template_id if src is not None else None
         tpl = model.templates.get(template_id or "")
     if tpl is None:
         raise m.ParamError(f"Unable to use template {template_id}")
