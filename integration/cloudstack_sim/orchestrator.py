@@ -156,8 +156,10 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
     Deployed from an existing volume (`root_volume`), the VM gets no new root: that volume
     becomes its ROOT disk (device 0) with its own offering, and the plugin tags it with its VM
     as for any attach (`volume_attached`). Deployed from a snapshot (`root_snapshot`), the ROOT
-    record is Allocated with the snapshot's size and its volume's disk offering (unless
-    `overridediskofferingid` names another), and the first start creates it from the snapshot
+    record is Allocated with the snapshot's size and, as any new root, the root disk offering:
+    the service offering's, or `overridediskofferingid` (UserVmManagerImpl picks it before the
+    source is looked at; VolumeOrchestrator.allocateTemplatedVolume gives it to the new volume,
+    whatever the snapshot's volume had); the first start creates it from the snapshot
     (`_create_root`)."""
     with model.lock:
         vm = model.add_vm(name or f"VM-{m.new_id()[:8]}", template_id=tpl.id, service_offering_id=offering.id,
@@ -171,12 +173,8 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
             root = root_volume
             root.vm_id, root.device_id, root.type = vm.id, 0, "ROOT"
         elif root_snapshot is not None:
-            src = model.volumes.get(root_snapshot.volume_id)
             root.source_snapshot_id = root_snapshot.id
             root.size = max(root_size or 0, root_snapshot.size)
-            if src is not None and src.disk_offering_id and root_offering is None:
-                root.disk_offering_id = src.disk_offering_id
-                root.min_iops, root.max_iops = src.min_iops, src.max_iops
         if root_offering is not None and root_volume is None:  # overridediskofferingid: the ROOT disk's own offering
             root.disk_offering_id = root_offering.id
             root.min_iops, root.max_iops = root_offering.min_iops, root_offering.max_iops

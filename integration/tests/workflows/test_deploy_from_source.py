@@ -49,12 +49,13 @@ def _deploy_from(cloud: cs.CloudStack, zone: str, name: str, **source: str) -> d
 
 def test_a_vm_from_a_snapshot_gets_a_new_root_cloned_from_it(stack: LocalStack, cloud: cs.CloudStack, sp: Any,
                                                              source: dict[str, Any]) -> None:
+    """With `overridediskofferingid`, the new root's offering (and so its `qc` tag) is that one."""
     snap, tpl = source["snapshot"], source["template"]
-    vm = _deploy_from(cloud, tpl["zoneid"], "from-snapshot", snapshotid=snap["id"])
+    vm = _deploy_from(cloud, tpl["zoneid"], "from-snapshot", snapshotid=snap["id"],
+                      overridediskofferingid=offering(cloud, "sp-gold"))
     assert vm["state"] == "Running" and vm["templateid"] == tpl["id"]
     [root] = volumes_of(cloud, vm["id"])
     assert root["type"] == "ROOT" and root["state"] == "Ready" and root["id"] != source["root"]["id"]
-    # The snapshot's volume's offering, as CloudStack keeps a snapshot's disk offering.
     assert root["diskofferingid"] == offering(cloud, "sp-gold")
     on_sp = sp_volume(sp, root["path"])
     # The driver's create-from-snapshot: a child of the StorPool snapshot, nothing copied.
@@ -65,6 +66,21 @@ def test_a_vm_from_a_snapshot_gets_a_new_root_cloned_from_it(stack: LocalStack, 
     assert {int(a.client) for a in sp.attachmentsList() if a.volume == on_sp.name} == {client}
     # The source VM's root is untouched.
     assert stack.sp.read_object(sp_volume(sp, source["root"]["path"]).globalId, 5 * MiB, 19) == b"after the snapshot!"
+
+
+def test_a_root_from_a_snapshot_takes_the_root_disk_offering_not_the_snapshot_s(
+        stack: LocalStack, cloud: cs.CloudStack, sp: Any, source: dict[str, Any]) -> None:
+    """CloudStack picks the root disk offering (the service offering's, unless overridden) before
+    it looks at the source, and gives it to the new volume: the snapshot's volume's offering
+    (`sp-gold`, SP_QOSCLASS gold) does not follow, so neither does its `qc` tag."""
+    snap, tpl = source["snapshot"], source["template"]
+    vm = _deploy_from(cloud, tpl["zoneid"], "from-snapshot-plain", snapshotid=snap["id"])
+    [root] = volumes_of(cloud, vm["id"])
+    assert root.get("diskofferingid") != offering(cloud, "sp-gold")
+    on_sp = sp_volume(sp, root["path"])
+    assert on_sp.parentName == sp_snapshot(sp, snap_path(sp, snap["id"])).name
+    assert "qc" not in on_sp.tags and on_sp.tags["cvm"] == vm["id"]
+    cloud.destroyVirtualMachine(id=vm["id"], expunge=True)
 
 
 def snap_path(sp: Any, snapshot_id: str) -> str:
