@@ -270,6 +270,9 @@ class Volume:
     generated when a volume of an encrypting offering is created; never in an API answer."""
     encrypt_format: str | None = None
     """`encryptformat` of the answers: the format the plugin reported after encrypting (`luks`)."""
+    source_snapshot_id: str | None = None
+    """The snapshot an Allocated ROOT volume is to be made from (deployVirtualMachine with
+    `snapshotid`): its first start creates it from that snapshot instead of from the template."""
 
 
 @dataclass

@@ -148,9 +148,19 @@ def delete_storage_pool(model: m.CloudStackModel, pool: m.StoragePool) -> None:
 
 def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: m.ServiceOffering, *,
                 root_size: int | None, disk_offering: m.DiskOffering | None, data_size: int | None,
-                account: str = "admin", root_offering: m.DiskOffering | None = None) -> m.VirtualMachine:
+                account: str = "admin", root_offering: m.DiskOffering | None = None,
+                root_volume: m.Volume | None = None, root_snapshot: m.Snapshot | None = None) -> m.VirtualMachine:
     """VirtualMachineManagerImpl.allocate: the VM and its volumes as records only (Allocated);
-    the driver is called when the VM first starts (VolumeOrchestrator.prepare)."""
+    the driver is called when the VM first starts (VolumeOrchestrator.prepare).
+
+    Deployed from an existing volume (`root_volume`), the VM gets no new root: that volume
+    becomes its ROOT disk (device 0) with its own offering, and the plugin tags it with its VM
+    as for any attach (`volume_attached`). Deployed from a snapshot (`root_snapshot`), the ROOT
+    record is Allocated with the snapshot's size and, as any new root, the root disk offering:
+    the service offering's, or `overridediskofferingid` (UserVmManagerImpl picks it before the
+    source is looked at; VolumeOrchestrator.allocateTemplatedVolume gives it to the new volume,
+    whatever the snapshot's volume had); the first start creates it from the snapshot
+    (`_create_root`)."""
     with model.lock:
         vm = model.add_vm(name or f"VM-{m.new_id()[:8]}", template_id=tpl.id, service_offering_id=offering.id,
                           state="Stopped", storage_id=None, root_size=root_size, account=account)
@@ -158,7 +168,14 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
             vm.name = vm.instance_name
         root = next(v for v in model.volumes.values() if v.vm_id == vm.id and v.type == "ROOT")
         root.state, root.storage_id, root.path, root.template_id = "Allocated", None, None, tpl.id
-        if root_offering is not None:  # overridediskofferingid: the ROOT disk's own offering
+        if root_volume is not None:
+            del model.volumes[root.id]
+            root = root_volume
+            root.vm_id, root.device_id, root.type = vm.id, 0, "ROOT"
+        elif root_snapshot is not None:
+            root.source_snapshot_id = root_snapshot.id
+            root.size = max(root_size or 0, root_snapshot.size)
+        if root_offering is not None and root_volume is None:  # overridediskofferingid: the ROOT disk's own offering
             root.disk_offering_id = root_offering.id
             root.min_iops, root.max_iops = root_offering.min_iops, root_offering.max_iops
         if disk_offering is not None:
@@ -167,6 +184,13 @@ def allocate_vm(model: m.CloudStackModel, name: str, tpl: m.Template, offering: 
                                     disk_offering_id=disk_offering.id, account=account)
             data.state = "Allocated"
         return vm
+
+
+def root_adopted(model: m.CloudStackModel, vm_id: str) -> None:
+    """A VM deployed from an existing volume: the plugin tags that volume, now its ROOT disk,
+    with its VM (`volume_attached`), as for any volume attached to a VM."""
+    root = next(v for v in vm_volumes(model, vm_id) if v.type == "ROOT")
+    _tag_attached(model, root, vm_id)
 
 
 def _disk_paths(model: m.CloudStackModel, vm_id: str) -> list[str]:
@@ -356,6 +380,11 @@ def _create_root(model: m.CloudStackModel, vol: m.Volume, vm: m.VirtualMachine) 
     With `encryptroot` on the service offering, step 2 is the encrypted copy (`_create_encrypted`:
     `create_volume` of the template's size or rootdisksize, then `set_volume_encryption` with the
     template's copy on the pool as its source)."""
+    if vol.source_snapshot_id:
+        create_volume_from_snapshot(model, vol.id, vol.source_snapshot_id)
+        with model.lock:
+            vol.source_snapshot_id = None
+        return
     pool = _pool_for(model, None, vm.zone_id, _offering_tags(model, vol, vm))
     with model.lock:
         tpl = model.templates.get(vol.template_id or vm.template_id)
@@ -591,6 +620,7 @@ def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offeri
                     max_iops: int | None, account: str = "admin") -> m.Volume:
     """VolumeApiServiceImpl.allocVolume: a record in state Allocated; no driver call."""
     with model.lock:
+        src: m.Volume | None = None
         if snapshot is not None:
             src = model.volumes.get(snapshot.volume_id)  # the snapshot may have outlived it
             size = size or snapshot.size
@@ -606,11 +636,15 @@ def allocate_volume(model: m.CloudStackModel, name: str, zone_id: str, *, offeri
         vol.zone_id = zone_id or vol.zone_id
         if min_iops is not None or max_iops is not None:
             vol.min_iops, vol.max_iops = min_iops, max_iops
+        if src is not None:
+            # VolumeApiServiceImpl.commitVolume: a volume from a snapshot keeps the template of the
+            # snapshot's volume (what deployVirtualMachine with `volumeid` deploys).
+            vol.template_id = src.template_id
         vol.state = "Allocated"
         return vol
 
 
-def _copy_in_zone(model: m.CloudStackModel, snap: m.Snapshot, zone_id: str) -> tuple[str, str] | None:
+def copy_in_zone(model: m.CloudStackModel, snap: m.Snapshot, zone_id: str) -> tuple[str, str] | None:
     """The snapshot's copy on primary storage of `zone_id` (pool id, path), if it has one there."""
     for pool_id, path in snap.copies.items():
         pool = model.storage_pools.get(pool_id)
@@ -623,21 +657,27 @@ def create_volume_from_snapshot(model: m.CloudStackModel, volume_id: str, snapsh
     """VolumeOrchestrator.createVolumeFromSnapshot -> VolumeServiceImpl.createVolumeFromSnapshot
     -> DataMotionServiceImpl -> driver.copyAsync(snapshot -> volume):
     `create_volume_from_snapshot` on the snapshot's pool (with the image-store copy, when there
-    is one, for a snapshot no longer on StorPool)."""
+    is one, for a snapshot no longer on StorPool). The driver gets the new volume as CloudStack
+    hands it over (a VolumeInfo): its type and disk offering, for a ROOT volume its VM's service
+    offering too, from which the plugin takes the StorPool template and `qc` tag."""
     with model.lock:
         snap = model.snapshots[snapshot_id]
         vol = model.volumes[volume_id]
+        vm = model.vms.get(vol.vm_id or "")
         pool_id, path = snap.storage_id, snapshot_path(snap)
         home = model.storage_pools.get(pool_id or "")
         if home is None or home.zone_id != vol.zone_id:
             # In another zone, the snapshot's copy on that zone's primary storage (copySnapshot).
-            pool_id, path = _copy_in_zone(model, snap, vol.zone_id) or (pool_id, path)
+            pool_id, path = copy_in_zone(model, snap, vol.zone_id) or (pool_id, path)
     if not pool_id:
         raise m.ApiError("Unable to find the primary storage holding the snapshot")
     secondary = {"store": _store(model), "path": snap.backup_path} if snap.backup_path else None
+    offerings: dict[str, str] = {"disk_offering_id": vol.disk_offering_id} if vol.disk_offering_id else {}
+    if vol.type == "ROOT" and vm is not None:
+        offerings["service_offering_id"] = vm.service_offering_id
     result = _plugin(model).call("create_volume_from_snapshot", pool=pool_id, snapshot_uuid=snap.id,
                                  volume_uuid=vol.id, size=vol.size, iops=vol.max_iops, secondary=secondary,
-                                 path=path)
+                                 path=path, volume_type=vol.type, **offerings)
     _created(model, vol.id, pool_id, result)
 
 
@@ -1032,7 +1072,7 @@ def create_template(model: m.CloudStackModel, template_id: str, *, snapshot_id: 
         home = model.storage_pools.get(pool_id or "")
         if snap is not None and (home is None or home.zone_id != tpl.zone_id):
             # A template of another zone is made from the snapshot's copy there.
-            there = _copy_in_zone(model, snap, tpl.zone_id)
+            there = copy_in_zone(model, snap, tpl.zone_id)
             if there is None:
                 model.templates.pop(template_id, None)
                 raise m.ApiError(f"Unable to find snapshot {snap.id} in zone {tpl.zone_id}")

@@ -180,10 +180,17 @@ def delete_storage_pool(model: m.CloudStackModel, p: Params) -> Item:
 
 
 def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
-    _required("deployVirtualMachine", p, "serviceofferingid", "templateid", "zoneid")
-    _need(model.zones, p, "zoneid")
+    """DeployVMCmd: a VM from a template, or (CloudStack 4.21, KVM) from an existing volume or a
+    snapshot (`_deploy_source`); exactly one of `templateid`, `volumeid`, `snapshotid`."""
+    _required("deployVirtualMachine", p, "serviceofferingid", "zoneid")
+    zone = _need(model.zones, p, "zoneid")
     offering = _need(model.service_offerings, p, "serviceofferingid")
-    tpl = _need(model.templates, p, "templateid")
+    given = [name for name in ("templateid", "volumeid", "snapshotid") if p.get(name)]
+    if len(given) != 1:
+        raise m.ApiError("Please provide only one of the following parameters - template ID, volume ID or snapshot ID")
+    source_volume, source_snapshot = _deploy_source(model, p, zone.id)
+    tpl = (_need(model.templates, p, "templateid") if p.get("templateid")
+           else _source_template(model, source_volume, source_snapshot))
     disk_offering = _opt_need(model.disk_offerings, p, "diskofferingid")
     root_offering = _opt_need(model.disk_offerings, p, "overridediskofferingid")
     host = _opt_need(model.hosts, p, "hostid")
@@ -199,15 +206,71 @@ def deploy_vm(model: m.CloudStackModel, p: Params) -> Item:
         raise m.ParamError("A custom disk offering needs a size")
     vm = orch.allocate_vm(model, p.get("name") or p.get("displayname") or "", tpl, offering,
                           root_size=root_gb * GIB if root_gb else None, disk_offering=disk_offering,
-                          data_size=data_gb * GIB if data_gb else None, account=owner, root_offering=root_offering)
+                          data_size=data_gb * GIB if data_gb else None, account=owner, root_offering=root_offering,
+                          root_volume=source_volume, root_snapshot=source_snapshot)
     start = _flag(p, "startvm", True)
 
     def action() -> None:
+        if source_volume is not None:
+            orch.root_adopted(model, vm.id)
         if start:  # startvm=false: records only, the volumes are created on the first start
             orch.start_vm(model, vm.id, host.id if host else None)
 
     return _job(model, "deployVirtualMachine", "VirtualMachine", vm.id, action, lambda: _vm_item(model, vm.id),
                 create=True)
+
+
+def _deploy_source(model: m.CloudStackModel, p: Params,
+                   zone_id: str) -> tuple[m.Volume | None, m.Snapshot | None]:
+    """The volume or snapshot a VM is deployed from, checked as UserVmManagerImpl.createVirtualMachine
+    checks it (CloudStack 4.21): a volume on zone-wide primary storage, in the VM's zone, attached
+    to no VM, made from a template (a ROOT volume, or a volume from a ROOT volume's snapshot); a
+    snapshot with a copy in the VM's zone, whose volume was made from a template. (The caller is
+    the admin, whom AccountManager.checkAccess lets use any account's volume or snapshot.)"""
+    with model.lock:
+        if p.get("volumeid"):
+            vol: m.Volume = _need(model.volumes, p, "volumeid")
+            _usable_source(model, vol)
+            if vol.vm_id:
+                raise m.ParamError(f"The volume {vol.name} is already attached to a VM {vol.vm_id}")
+            if vol.zone_id != zone_id:
+                raise m.ParamError(f"The volume's zone [{vol.zone_id}] is not the same as the provided zone [{zone_id}]")
+            return vol, None
+        if p.get("snapshotid"):
+            snap: m.Snapshot = _need(model.snapshots, p, "snapshotid")
+            src = model.volumes.get(snap.volume_id)
+            if src is None:  # the simulator keeps no record of a deleted volume's template
+                raise m.ParamError("The provided volume/snapshot doesn't have a template to deploy a VM")
+            _usable_source(model, src)
+            home = model.storage_pools.get(snap.storage_id or "")
+            on_primary = home is not None and home.zone_id == zone_id and snap.path
+            on_store = snap.backup_path and snap.zone_id == zone_id
+            if not (on_primary or on_store or orch.copy_in_zone(model, snap, zone_id)):
+                raise m.ParamError(f"The snapshot does not exist on zone {zone_id}")
+            return None, snap
+    return None, None
+
+
+def _usable_source(model: m.CloudStackModel, vol: m.Volume) -> None:
+    """UserVmManagerImpl.getVolume's checks, in its order, for a volume or a snapshot's volume."""
+    pool = model.storage_pools.get(vol.storage_id or "")
+    if pool is None or pool.scope != "ZONE" or vol.state != "Ready":
+        raise m.ParamError("Deployment of virtual machine is supported only for Zone-wide storage pools")
+    if not vol.template_id:
+        raise m.ParamError("The provided volume/snapshot doesn't have a template to deploy a VM")
+
+
+def _source_template(model: m.CloudStackModel, vol: m.Volume | None, snap: m.Snapshot | None) -> m.Template:
+    """The template of the source volume (for a snapshot, of its volume): the VM's template.
+    CloudStack looks it up including removed templates; the simulator keeps no deleted template,
+    so a VM whose source's template is gone is refused with CloudStack's text for a missing one."""
+    with model.lock:
+        src = vol if vol is not None else model.volumes.get(snap.volume_id) if snap is not None else None
+        template_id = src.template_id if src is not None else None
+        tpl = model.templates.get(template_id or "")
+    if tpl is None:
+        raise m.ParamError(f"Unable to use template {template_id}")
+    return tpl
 
 
 def start_vm(model: m.CloudStackModel, p: Params) -> Item:
