@@ -224,6 +224,11 @@ def test_recorded_cluster_id_of_the_pools_own_cluster_keeps_volumes_at_home(
     assert not [n for n in stack.sp.model.by_name if n.endswith("." + stack.sp.emulator.cluster_key)]
     for vol in volumes_of(cloud, vm["id"]):
         assert vol["path"].split("/")[3] in stack.sp.model.objects
+    # The cache's create showed the endpoint's own id: the next VMs need no look at its clusters.
+    assert stack.ctx.conn(pool).home_cluster == stack.sp.emulator.cluster_key
+    looks = stack.sp.calls["ClustersList"]
+    deploy(cloud, tpl, "home-2")
+    assert stack.sp.calls["ClustersList"] == looks
 
 
 def test_a_host_with_another_hosts_client_id_is_refused(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
