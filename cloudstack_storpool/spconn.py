@@ -274,6 +274,9 @@ class StorPoolConn:
         self.our_id = our_id
         self.calls: Counter[str] = Counter()
         self._remotes: tuple[float, list[RemoteCluster]] | None = None
+        self.home_cluster: str | None = None
+        """SP_CLUSTER_ID of this endpoint's own cluster, once a create answered here shows it
+        (see `volume_create`); None until then."""
         self._token = raw_token
         self._retries, self._backoff, self._max_backoff, self._sleep = retries, backoff, max_backoff, sleep
         self._retry_budget, self._clock = retry_budget, clock
@@ -584,6 +587,10 @@ class StorPoolConn:
             # a volume create request. The wire form is the bindings' own (clear_none, their encoder).
             gid = spanswers.created_id(self.api("POST", True, "VolumeCreate", body, cluster), "globalId",
                                        "VolumeCreate")
+            if cluster is None and parent is None and base_on is None and names.GLOBAL_ID.match(gid):
+                # Nothing forwarded it and no object elsewhere drew it: it is in this endpoint's
+                # own cluster, the first two parts of its global id (`<location>.<cluster>.<n>`).
+                self.home_cluster = gid.rsplit(".", 1)[0]
             return Created(name or "~" + gid, gid)
 
         created = self._create("VolumeCreate", send, find)

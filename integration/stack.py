@@ -40,7 +40,7 @@ from cloudstack_storpool.settings.store import Settings
 from cloudstack_storpool.spconn import StorPoolConn
 from integration import guest_image
 from integration.certs import TestCA
-from integration.cloudstack_sim import file_pools, orchestrator
+from integration.cloudstack_sim import file_pools, offerings, orchestrator
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
 from integration.cloudstack_sim.testing import SimHandle, run_simulator
 from integration.guests import Guests, StackGuests
@@ -55,6 +55,9 @@ BYPASS_SETTING = "sp.bypass.secondary.storage"
 
 FILE_POOLS = (("nfs", "nfs://127.0.0.1/export/primary"), ("ceph", "rbd://127.0.0.1/cloudstack"))
 """The pools of other kinds `seed_file_pools` adds: name (also its storage tag) and URL."""
+SEEDED_DISK_OFFERINGS = (("ssd", {"displaytext": "SSD on StorPool, custom size", "customized": "true",
+                                  "storagetype": "shared", "tags": "ssd"}),)
+"""The disk offerings `seed_disk_offerings` adds: name and createDiskOffering's parameters."""
 
 
 def new_uuid() -> str:
@@ -250,6 +253,20 @@ class LocalStack:
         self.cs.model.save()
         return added
 
+    def seed_disk_offerings(self) -> list[str]:
+        """The disk offering `ssd` an operator of a StorPool cloud has (custom size, storage tag
+        `ssd`, the tag CloudStack's StorPool tests give their StorPool pool), made with
+        createDiskOffering: MigrateVolumeToStorPool looks it up by name before it makes anything.
+        An offering already there is kept; returns the names added."""
+        added = []
+        for name, params in SEEDED_DISK_OFFERINGS:
+            if any(o.name == name and o.state == "Active" for o in self.cs.model.disk_offerings.values()):
+                continue
+            offerings.create_disk_offering(self.cs.model, {"name": name, **params})
+            added.append(name)
+        self.cs.model.save()
+        return added
+
     def _start_guests(self) -> None:
         """Real guests for the simulator's VMs (see `integration.guests`)."""
         dev_root = self.sp.dev_root
@@ -299,6 +316,7 @@ class LocalStack:
             mount_root=str(self.root / "mnt"),
             secondary_roots=(str(self.secondary),),
             heartbeat_status_file=str(status_file),
+            cluster_id=sp.emulator.cluster_key,  # SP_CLUSTER_ID of the host's storpool.conf
         )
         conn = StorPoolConn(sp.host, sp.port, sp.token, our_id=client_id)
         server = AgentServer(("127.0.0.1", 0), self.agent_token, lambda: Context(host=cfg, conn=conn),
@@ -440,11 +458,13 @@ class LocalStack:
 
     def connect_hosts(self) -> None:
         """Every host with an agent joins as CloudStack's StorPool host listener makes it: the
-        driver asks the agent who it is and the listener keeps the client id in `host.parent`."""
+        driver asks the agent who it is and the listener keeps the client id in `host.parent`
+        and the host's StorPool cluster id as its cluster's `sp.cluster.id`."""
         from cloudstack_storpool.driver.hostconnect import host_connected
 
         for host_id in self.agents:
-            self.cs.model.host_connected(host_id, host_connected(self.ctx, host_id=host_id).parent)
+            answer = host_connected(self.ctx, host_id=host_id)
+            orchestrator.listener_records(self.cs.model, host_id, answer.parent, answer.cluster_id)
 
     def start_vm(self, vm_id: str, host_id: str) -> None:
         """VM start: the disks are handed to the host (and taken from every other), then it runs."""

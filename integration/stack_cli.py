@@ -108,6 +108,7 @@ def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool, guests: 
         service_url = stack.start_service()
         stack.publish_template_images()  # deployVirtualMachine by hand needs the images
         stack.seed_file_pools()  # the NFS and Ceph pools volumes can be moved from onto StorPool
+        stack.seed_disk_offerings()  # what CloudStack's StorPool tests expect an operator to have
         state = {
             "pid": os.getpid(),
             "storpool": f"http://{stack.sp.host}:{stack.sp.port}",

@@ -25,6 +25,7 @@ REMOTES = [
 class FakeConn:
     def __init__(self, remotes: list[RemoteCluster]) -> None:
         self.remotes, self.reads = remotes, 0
+        self.home_cluster: str | None = None
 
     def remote_clusters(self, *, max_age: float | None = None) -> list[RemoteCluster]:
         self.reads += 1
@@ -87,6 +88,17 @@ def test_an_id_the_endpoint_does_not_list_is_its_own_cluster() -> None:
     assert target({("sp.cluster.id", "c-1"): "pl0v.e"}, remotes=[RemoteCluster("east", "e", "sofia", None),
                                                                  RemoteCluster("n", "n", "plovdiv", "pl0v")]).home
     assert target({}, cs=None).home
+
+
+def test_the_endpoints_own_id_once_a_create_showed_it_needs_no_look_at_its_clusters() -> None:
+    """The host listener records the pool's own SP_CLUSTER_ID on every CloudStack cluster whose
+    hosts are its clients: once known, that id is home with no ClustersList read (and no warning);
+    another id is still looked up."""
+    ctx = FakeCtx({("sp.cluster.id", "c-1"): "s0f1a.b", ("sp.cluster.id", "c-2"): "pl0v.n"})
+    conn = ctx.conn(POOL)
+    conn.home_cluster = "s0f1a.b"
+    assert spclusters.target(ctx, POOL, "c-1").home and conn.reads == 0  # type: ignore[arg-type]
+    assert spclusters.target(ctx, POOL, "c-2").remote == "north" and conn.reads == 1  # type: ignore[arg-type]
 
 
 def test_cluster_endpoint_is_read_as_the_java_plugin_reads_it() -> None:

@@ -493,3 +493,22 @@ def test_a_delete_whose_answer_was_lost_reports_that_it_deleted(script: tuple[Sc
     assert len(sc.sent("VolumeDelete")) == 2
     sc.on("SnapshotDelete", DROP, err("objectDoesNotExist", "gone", status=404))
     assert conn.snapshot_delete("snap1", missing_ok=False) is True
+
+
+def test_a_create_made_here_shows_the_endpoints_own_cluster(script: tuple[Script, StorPoolConn]) -> None:
+    """An empty volume nothing forwarded is in the endpoint's own cluster: its global id's first
+    two parts are that cluster's SP_CLUSTER_ID. A forwarded create, a clone (its parent may be
+    elsewhere) or a recovered answer (found anywhere) says nothing about it."""
+    sc, conn = script
+    sc.on("VolumeCreate", ok(name="~ab.e.1", globalId="ab.e.1", autoName=True))
+    sc.on("RemoteCommand", ok(name="~ab.e.1", globalId="ab.e.1", autoName=True))  # RemoteCommand/east/VolumeCreate
+    conn.volume_create(size=1 << 20, template="ssd", cluster="east")
+    conn.volume_create(parent="snap", template="ssd")
+    assert conn.home_cluster is None
+    sc.on("VolumeCreate", DROP)
+    sc.on("Volume", data([summary("found", "ab.e.2")]))
+    conn.volume_create(name="found", size=1 << 20, template="ssd")
+    assert conn.home_cluster is None
+    sc.on("VolumeCreate", ok(name="~ab.w.3", globalId="ab.w.3", autoName=True))
+    conn.volume_create(size=1 << 20, template="ssd")
+    assert conn.home_cluster == "ab.w"

@@ -745,6 +745,26 @@ class CloudStackModel:
                 host.parent = parent
             return host
 
+    def cluster_details(self, cluster_id: str) -> dict[str, str]:
+        """The cluster's `cluster_details` rows (ClusterDetailsDao.findDetails). They hold the
+        values of cluster-scoped settings (the cluster scope's config storage:
+        updateConfiguration with `clusterid` writes here) and what plugins record directly."""
+        with self.lock:
+            return {name: value for (scope, sid, name), value in self.scoped_values.items()
+                    if scope == "cluster" and sid == cluster_id}
+
+    def set_cluster_detail(self, cluster_id: str, name: str, value: str | None) -> None:
+        """ClusterDetailsDao.persist / update: a row written by code, not by the API (no event,
+        no check of the value). None is a NULL value: the API never shows it and a setting reads
+        its global value instead, as if the row were not there, so none is kept."""
+        with self.lock:
+            if cluster_id not in self.clusters:
+                raise KeyError(cluster_id)
+            if value is None:
+                self.scoped_values.pop(("cluster", cluster_id, name), None)
+            else:
+                self.scoped_values[("cluster", cluster_id, name)] = value
+
     def set_host_state(self, host_id: str, state: str) -> Host:
         with self.lock:
             self.hosts[host_id].state = state

@@ -458,12 +458,29 @@ def _hand_over(model: m.CloudStackModel, vm_id: str, host: m.Host) -> None:
 def host_connected(model: m.CloudStackModel, host_id: str) -> m.Host:
     """AgentManagerImpl's connect listeners -> StorPoolHostListener.hostConnect: the plugin asks
     the host who it is to StorPool (`host_connected`, which refuses a client id another host
-    has) and CloudStack keeps the answer's `parent` in `host.parent`. Not played: the Java
-    listener also writes the host's SP_CLUSTER_ID into its cluster's `sp.cluster.id`
-    (StorPoolHelper.setSpClusterIdIfNeeded) and its location name into the pool's
-    `sp.cluster.location` (setLocationIfNeeded); tests set those explicitly."""
+    has); the listener records the answer (`listener_records`). Not played: the Java listener
+    also writes the host's location name into the pool's `sp.cluster.location`
+    (setLocationIfNeeded); the stack sets it as it starts."""
     result = _plugin(model).call("host_connected", host_id=host_id)
-    return model.host_connected(host_id, str(result["parent"]))
+    cluster = result.get("cluster_id")
+    return listener_records(model, host_id, str(result["parent"]), str(cluster) if cluster else None)
+
+
+SP_CLUSTER_ID = "sp.cluster.id"
+"""StorPoolConfigurationManager.StorPoolClusterId: the cluster detail naming the StorPool cluster
+of a CloudStack cluster's hosts."""
+
+
+def listener_records(model: m.CloudStackModel, host_id: str, parent: str, sp_cluster_id: str | None) -> m.Host:
+    """What StorPoolHostListener.hostConnect keeps from a connected host: its client id in
+    `host.parent`, and its StorPool cluster id (`SP_CLUSTER_ID` of its storpool.conf) as its
+    cluster's `sp.cluster.id` detail, added or changed when it differs
+    (StorPoolHelper.setSpClusterIdIfNeeded, through the cluster details DAO). A host reporting
+    no cluster id sets the detail to NULL, as the Java helper does (its `equals` differs)."""
+    host = model.host_connected(host_id, parent)
+    if model.cluster_details(host.cluster_id).get(SP_CLUSTER_ID) != sp_cluster_id:
+        model.set_cluster_detail(host.cluster_id, SP_CLUSTER_ID, sp_cluster_id)
+    return host
 
 
 def start_vm(model: m.CloudStackModel, vm_id: str, host_id: str | None) -> None:

@@ -108,11 +108,18 @@ def _zone(model: m.CloudStackModel, z: m.Zone) -> Item:
             "securitygroupsenabled": True, "localstorageenabled": False}
 
 
+_HIDDEN_CLUSTER_DETAILS = ("username", "password")
+"""ClusterResponse.setResourceDetails drops these from the cluster's details."""
+
+
 def _cluster(model: m.CloudStackModel, c: m.Cluster) -> Item:
+    """ClusterResponse as ApiResponseHelper.createClusterResponse fills it: `resourcedetails` is
+    every row of the cluster's details (an object, `{}` when there is none), credentials left out."""
     zone = model.zones.get(c.zone_id)
+    details = {k: v for k, v in model.cluster_details(c.id).items() if k not in _HIDDEN_CLUSTER_DETAILS}
     return {"id": c.id, "name": c.name, "zoneid": c.zone_id, "zonename": zone.name if zone else None,
             "hypervisortype": "KVM", "clustertype": "CloudManaged", "allocationstate": "Enabled",
-            "managedstate": "Managed"}
+            "managedstate": "Managed", "resourcedetails": details}
 
 
 _HOST_DETAILS = ("all", "capacity", "events", "stats", "min")

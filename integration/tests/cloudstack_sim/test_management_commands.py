@@ -213,6 +213,23 @@ def test_update_storage_pool_tags(cs_sim: SimHandle) -> None:
     assert cloud.listStoragePools(id=pool["id"])["storagepool"][0]["tags"] == "ssd,fast"
 
 
+def test_list_clusters_answers_each_clusters_details(cs_sim: SimHandle) -> None:
+    """ClusterResponse.resourcedetails (ApiResponseHelper.createClusterResponse): every row of the
+    cluster's details, `{}` when it has none. A cluster-scoped setting's value is such a row
+    (updateConfiguration with `clusterid` writes the cluster details); credentials are left out."""
+    cloud = client(cs_sim)
+    cluster = cloud.listClusters()["cluster"][0]
+    assert cluster["resourcedetails"] == {}
+    cloud.updateConfiguration(name="sp.cluster.id", value="abcd.b", clusterid=cluster["id"])
+    cs_sim.model.set_cluster_detail(cluster["id"], "password", "secret")
+    cs_sim.model.set_cluster_detail(cluster["id"], "username", "root")
+    shown = cloud.listClusters(id=cluster["id"])["cluster"]
+    assert [c["resourcedetails"] for c in shown] == [{"sp.cluster.id": "abcd.b"}]
+    # A global value is no cluster's detail.
+    cloud.updateConfiguration(name="sp.cluster.endpoint", value="SP_API_HTTP=10.0.0.1:81;SP_AUTH_TOKEN=t")
+    assert cloud.listClusters(id=cluster["id"])["cluster"][0]["resourcedetails"] == {"sp.cluster.id": "abcd.b"}
+
+
 def test_list_os_types(cs_sim: SimHandle) -> None:
     cloud = client(cs_sim)
     every = cloud.listOsTypes()["ostype"]

@@ -9,7 +9,7 @@ from typing import Any
 import cs
 import pytest
 
-from cloudstack_storpool.driver import templates
+from cloudstack_storpool.driver import spclusters, templates
 from integration.stack import LocalStack
 from integration.tests.driver.conftest import stack  # noqa: F401  (re-exported fixture)
 from integration.tests.workflows.conftest import cloud  # noqa: F401  (re-exported fixture)
@@ -179,6 +179,56 @@ def test_hosts_connect_when_the_plugin_arrives(stack: LocalStack, cloud: cs.Clou
     for host_id, agent in stack.agents.items():
         assert stack.cs.model.hosts[host_id].parent == str(agent.client_id)
     assert all("parent" not in h for h in cloud.listHosts(type="Routing")["host"])
+
+
+def test_a_connecting_host_records_its_storpool_cluster_on_its_cluster(
+        stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """StorPoolHelper.setSpClusterIdIfNeeded: the host's SP_CLUSTER_ID becomes its cluster's
+    `sp.cluster.id` detail, which listClusters shows in `resourcedetails` and the cluster-scoped
+    setting reads; a host reporting another id changes it, one reporting none clears it."""
+    from integration.cloudstack_sim import orchestrator
+
+    kvm1 = cloud.listHosts(type="Routing", name="kvm1")["host"][0]
+    cluster = cloud.listClusters(id=kvm1["clusterid"])["cluster"][0]
+    assert cluster["resourcedetails"] == {"sp.cluster.id": stack.sp.emulator.cluster_key}
+    setting = cloud.listConfigurations(name="sp.cluster.id", clusterid=cluster["id"])["configuration"][0]
+    assert setting["value"] == stack.sp.emulator.cluster_key
+
+    # A host of a new cluster: its cluster gets the detail when the host connects, not before.
+    second = stack.cs.model.add_cluster("cluster2", stack.zone_id)
+    host = stack.add_kvm_host("kvm3", second.id, 3)
+    assert cloud.listClusters(id=second.id)["cluster"][0]["resourcedetails"] == {}
+    orchestrator.host_connected(stack.cs.model, host)
+    assert cloud.listClusters(id=second.id)["cluster"][0]["resourcedetails"] == {
+        "sp.cluster.id": stack.sp.emulator.cluster_key}
+
+    orchestrator.listener_records(stack.cs.model, host, "3", "lab.x")
+    assert cloud.listClusters(id=second.id)["cluster"][0]["resourcedetails"] == {"sp.cluster.id": "lab.x"}
+    orchestrator.listener_records(stack.cs.model, host, "3", None)
+    assert cloud.listClusters(id=second.id)["cluster"][0]["resourcedetails"] == {}
+
+
+def test_recorded_cluster_id_of_the_pools_own_cluster_keeps_volumes_at_home(
+        stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """With `sp.cluster.id` recorded by the host listener (the pool endpoint's own SP_CLUSTER_ID),
+    a VM's volumes and its template's cache are made as with no setting: through the pool's
+    endpoint, no `RemoteCommand/`, the cache under its usual name."""
+    cluster = cloud.listClusters()["cluster"][0]
+    assert cluster["resourcedetails"]["sp.cluster.id"] == stack.sp.emulator.cluster_key
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    vm = deploy(cloud, tpl, "home")
+    pool = stack.ctx.pool(stack.pool_id())
+    assert spclusters.target(stack.ctx, pool, cluster["id"]).home
+    assert stack.sp.model.by_name.get(templates.cache_name(tpl["id"], pool))
+    assert not [n for n in stack.sp.model.by_name if n.endswith("." + stack.sp.emulator.cluster_key)]
+    for vol in volumes_of(cloud, vm["id"]):
+        assert vol["path"].split("/")[3] in stack.sp.model.objects
+    # The cache's create showed the endpoint's own id: the next VMs need no look at its clusters.
+    assert stack.ctx.conn(pool).home_cluster == stack.sp.emulator.cluster_key
+    looks = stack.sp.calls["ClustersList"]
+    deploy(cloud, tpl, "home-2")
+    assert stack.sp.calls["ClustersList"] == looks
 
 
 def test_a_host_with_another_hosts_client_id_is_refused(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811

@@ -154,6 +154,16 @@ def test_the_stack_seeds_an_nfs_and_a_ceph_pool_once(stack: LocalStack, cloud: c
     assert (pools["ceph"]["type"], pools["ceph"]["tags"]) == ("RBD", "ceph")
 
 
+def test_the_stack_seeds_an_ssd_disk_offering_once(stack: LocalStack, cloud: cs.CloudStack) -> None:  # noqa: F811
+    """`python -m integration up` adds the disk offering `ssd` CloudStack's StorPool tests look up
+    by name (MigrateVolumeToStorPool), as an operator makes it: custom size, storage tag `ssd`."""
+    assert cloud.listDiskOfferings(name="ssd") == {}
+    assert stack.seed_disk_offerings() == ["ssd"]
+    assert stack.seed_disk_offerings() == []
+    found = cloud.listDiskOfferings(name="ssd")["diskoffering"]
+    assert [(o["tags"], o["iscustomized"], o["storagetype"]) for o in found] == [("ssd", True, "shared")]
+
+
 def test_stopped_vm_moves_from_nfs_onto_storpool_with_migrate_virtual_machine(
         stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:  # noqa: F811
     """migrateVirtualMachine with `storageid` moves a stopped VM's volumes (CloudStack's StorPool

@@ -18,7 +18,10 @@ StorPoolHelper, StorPoolSnapshotStrategy; docs/decisions.md):
   call with `RemoteCommand/`: it creates every volume through the pool's endpoint. Forwarding
   the create to the CloudStack cluster's StorPool cluster is this project's addition; the id is
   mapped to the name `RemoteCommand/` takes through the endpoint's ClustersList (and
-  LocationsList). An id the endpoint does not list is the endpoint's own cluster.
+  LocationsList). An id the endpoint does not list is the endpoint's own cluster; once a create
+  on the connection has shown the endpoint's own id (`StorPoolConn.home_cluster`), that id is
+  home without a look at the list: the listener records it on every CloudStack cluster whose
+  hosts are clients of the pool's cluster.
 * `sp.cluster.endpoint` (cluster scope): that StorPool cluster's own API, read by position as
   `SP_API_HTTP=host:port;SP_AUTH_TOKEN=token` (StorPoolHelper.getSpConnectionDesc), always with
   the pool's template. The Java plugin sends there the SnapshotExport / SnapshotUnexport of a
@@ -100,6 +103,8 @@ def target(ctx: DriverContext, spec: PoolSpec, cs_cluster: str | None) -> Target
         own = endpoint.endpoint == spec.endpoint
         return Target(ctx.conn(endpoint), sp_cluster=None if own else sp_id, cs_cluster=cs_cluster)
     conn = ctx.conn(spec)
+    if sp_id == conn.home_cluster:  # the endpoint's own cluster, known from a create made there
+        return home(ctx, spec, cs_cluster)
     found = _remote(conn, sp_id)
     if found is not None:
         return Target(conn, remote=found.name, sp_cluster=sp_id, cs_cluster=cs_cluster)
