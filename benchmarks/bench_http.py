@@ -153,16 +153,18 @@ def _wait_http(url: str, headers: dict[str, str]) -> None:
 
 
 @contextmanager
-def _processes(commands: list[list[str]], env: dict[str, str],
-               log: Path | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`commands` running (their output in `log`, else discarded), stopped on the way out."""
+def _processes(commands: list[list[str]], env: dict[str, str], log: Path | None = None,
+               signal: int = 15) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`commands` running (their output in `log`, else discarded), stopped on the way out with
+    `signal`."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL
     procs = [subprocess.Popen(c, env=env, stdout=out, stderr=out) for c in commands]
     try:
         yield procs
     finally:
         for p in procs:
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal)
         for p in procs:
             try:
                 p.wait(30)
@@ -200,8 +202,9 @@ STACKS = tuple(os.environ.get("BENCH_HTTP_STACKS", "project,granian,uvicorn").sp
 """The stacks measured, interleaved round by round, each `name` or `name:knob=value:...`:
 
   project   `cloudstack-storpool serve`, 2 processes as they ship; with knobs (`workers`,
-            `switch` for sys.setswitchinterval) the same server built the same way by
-            `benchmarks.http_adapters project`
+            `switch` for sys.setswitchinterval, `gc` for a frozen heap and a gen-0 threshold,
+            `json=msgspec` for msgspec's JSON codec on replies and bodies) the same server built
+            the same way by `benchmarks.http_adapters project`
   granian   granian in WSGI mode, 2 worker processes (`threads`: blocking threads per worker,
             `backpressure`: requests at once per worker, `rt`: runtime threads per worker)
   uvicorn   uvicorn, 2 worker processes, httptools and uvloop (`threads`: the pool the blocking
@@ -223,7 +226,9 @@ def _stack_commands(spec: str, token_file: Path) -> tuple[list[list[str]], list[
     if name == "project":
         ports = [_free_port() for _ in range(2)]
         extra = [*(["--workers", opts["workers"]] if "workers" in opts else []),
-                 *(["--switch-interval", opts["switch"]] if "switch" in opts else [])]
+                 *(["--switch-interval", opts["switch"]] if "switch" in opts else []),
+                 *(["--gc-threshold", opts["gc"]] if "gc" in opts else []),
+                 *(["--msgspec-json"] if opts.get("json") == "msgspec" else [])]
         return ([[py, "-m", "benchmarks.http_adapters", "project", "--listen", f"127.0.0.1:{port}", *extra]
                  for port in ports], ports, {})
     port = _free_port()
@@ -261,6 +266,28 @@ def _stack_processes(stack: LocalStack, pools_file: Path, spec: str,
         yield ports, token, [pid for p in procs for pid in _tree(p.pid)]
 
 
+PROFILE_DIR = os.environ.get("BENCH_HTTP_PROFILE")
+"""When set: a folder where py-spy writes, for every server process, the stacks it sampled
+during the measured rounds (collapsed, one `frames count` line per stack)."""
+
+
+@contextmanager
+def _profiled(groups: dict[str, list[int]], stacks: tuple[str, ...]) -> Iterator[contextlib.ExitStack]:
+    """py-spy on every server process while the measured rounds run (when PROFILE_DIR is set);
+    closing the returned stack stops it and writes the profiles."""
+    with contextlib.ExitStack() as spies:
+        if PROFILE_DIR:
+            folder = Path(PROFILE_DIR)
+            folder.mkdir(parents=True, exist_ok=True)
+            spy = str(Path(sys.executable).parent / "py-spy")
+            for n, spec in enumerate(stacks):
+                commands = [[spy, "record", "--pid", str(pid), "--rate", "100", "--gil", "--format", "raw",
+                             "-o", str(folder / f"{n}-{spec.replace(':', '_')}-{pid}.txt")]
+                            for pid in groups[spec]]
+                spies.enter_context(_processes(commands, dict(os.environ), folder / "py-spy.log", signal=2))
+        yield spies
+
+
 @contextmanager
 def _cpu_hogs(n: int) -> Iterator[None]:
     """`n` CPU-bound processes beside the stack (the "loaded" condition): a busy management
@@ -276,13 +303,14 @@ def _spread(values: list[float]) -> dict[str, float]:
             "q1": round(qs[0], 3), "q3": round(qs[2], 3), "max": round(max(values), 3)}
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU the processes have used so far (Linux /proc)."""
+def _cpu_seconds(pids: list[int], system_only: bool = False) -> float:
+    """User + system CPU (or system CPU only: the kernel's, on the processes' behalf) the
+    processes have used so far (Linux /proc)."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
+        total += int(fields[12]) + (0 if system_only else int(fields[11]))  # stime, utime
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -385,22 +413,27 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
             runs[spec] = service_path(ports, token)
             groups[spec] = pids
         paths = list(runs)
-        cpu: dict[str, dict[str, float]] = {p: {"clients": 0.0, "emulator": 0.0, "server": 0.0} for p in paths}
+        cpu: dict[str, dict[str, float]] = {p: {"clients": 0.0, "emulator": 0.0, "server": 0.0, "server_system": 0.0}
+                                            for p in paths}
 
         def measured(label: str, n: int, batches: int = BATCHES) -> tuple[float, int]:
             watched = {"clients": groups["clients"], "emulator": groups["emulator"],
                        **({"server": groups[label]} if label != "direct" else {})}
             before = {g: _cpu_seconds(p) for g, p in watched.items()}
+            kernel = _cpu_seconds(groups[label], system_only=True) if label != "direct" else 0.0
             try:
                 return runs[label](n, batches)
             finally:
                 for g, p in watched.items():
                     cpu[label][g] += _cpu_seconds(p) - before[g]
+                if label != "direct":
+                    cpu[label]["server_system"] += _cpu_seconds(groups[label], system_only=True) - kernel
 
         warm = [runs[label](VOLUMES, WARMUP_BATCHES) for label in paths]
         cpu = {p: dict.fromkeys(cpu[p], 0.0) for p in paths}
         ops_of: dict[tuple[str, str], list[float]] = {(c, p): [] for c in CONDITIONS for p in paths}
         errors = dict.fromkeys(paths, 0)
+        profiling = servers.enter_context(_profiled(groups, STACKS))
         started = time.monotonic()
         for i in range(ROUNDS):
             # Both conditions in alternating order, and within each every path in an order that
@@ -413,6 +446,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
                         ops_of[condition, label].append(ops)
                         errors[label] += err
         seconds = time.monotonic() - started
+        profiling.close()
         # What a stack with errors said about them (its last lines of output).
         said = {spec: logs_of[spec].read_text(errors="replace").splitlines()[-5:]
                 for spec in STACKS if errors[spec] and logs_of[spec].exists()}
@@ -456,7 +490,7 @@ def throughput(stack: LocalStack) -> dict[str, Any]:
         "stacks": stacks,
         "best_worse_condition_ratio": best,
         "direct_cpu_ms_per_operation": {g: round(v * 1000 / per_op, 3) for g, v in cpu["direct"].items()
-                                        if g != "server"},
+                                        if not g.startswith("server")},
         "goal": "ratio >= 0.8 in both conditions with 0 errors",
         "errors_direct": errors["direct"],
         "errors_warmup": sum(e for _, e in warm),

@@ -184,6 +184,31 @@ def asgi_app() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
     return app
 
 
+def _msgspec_json() -> None:
+    """(A knob tried, not the product's.) JSON in and out through msgspec's C codec."""
+    import msgspec
+
+    from cloudstack_storpool.errors import ValidationError
+
+    encode = msgspec.json.Encoder().encode
+    decode = msgspec.json.Decoder().decode
+
+    def send(self: JsonHandler, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, encode(body), headers)
+
+    def body(self: _Handler) -> Any:
+        raw = self._read_body()
+        if raw is None or not raw.strip():
+            return None
+        try:
+            return decode(raw)
+        except msgspec.DecodeError:
+            raise ValidationError("body", "not valid JSON") from None
+
+    JsonHandler._send = send  # type: ignore[method-assign]
+    _Handler._body = body  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     """The project's own server with the knobs `bench_http` tunes."""
     from cloudstack_storpool.daemon import serve_until_stopped
@@ -194,11 +219,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--switch-interval", type=float, default=None)
+    parser.add_argument("--gc-threshold", type=int, default=None,
+                        help="freeze what start-up built and collect the youngest generation every N allocations")
+    parser.add_argument("--msgspec-json", action="store_true",
+                        help="encode replies (and decode request bodies) with msgspec instead of the json module")
     args = parser.parse_args(argv)
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
+    if args.msgspec_json:
+        _msgspec_json()
     host, port = parse_listen(args.listen)
     server = build_service(host, port, args.workers)
+    if args.gc_threshold is not None:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(args.gc_threshold, 50, 100)
     try:
         serve_until_stopped(server, f"driver service listening on {server.url}")
     finally:
