@@ -201,8 +201,8 @@ def _tree(pid: int) -> list[int]:
 STACKS = tuple(os.environ.get("BENCH_HTTP_STACKS", "project,granian,uvicorn").split(","))
 """The stacks measured, interleaved round by round, each `name` or `name:knob=value:...`:
 
-  project   `cloudstack-storpool serve`, 2 processes as they ship; with knobs (`workers`,
-            `switch` for sys.setswitchinterval, `gc` for a frozen heap and a gen-0 threshold,
+  project   `cloudstack-storpool serve`, 2 processes as they ship (`workers`: its `--workers`);
+            with other knobs (`switch` for sys.setswitchinterval, `gc` for a frozen heap and a gen-0 threshold,
             `json=msgspec` for msgspec's JSON codec on replies and bodies) the same server built
             the same way by `benchmarks.http_adapters project`
   granian   granian in WSGI mode, 2 worker processes (`threads`: blocking threads per worker,
@@ -219,10 +219,11 @@ def _stack_commands(spec: str, token_file: Path) -> tuple[list[list[str]], list[
     name, *knobs = spec.split(":")
     opts = dict(k.split("=", 1) for k in knobs)
     py = sys.executable
-    if name == "project" and not opts:
+    if name == "project" and set(opts) <= {"workers"}:
         ports = [_free_port() for _ in range(2)]
         return ([[py, "-m", "cloudstack_storpool", "serve", "--listen", f"127.0.0.1:{port}", "--token-file",
-                  str(token_file), "--settings-ttl", "30"] for port in ports], ports, {})
+                  str(token_file), "--settings-ttl", "30", *(["--workers", opts["workers"]] if opts else [])]
+                 for port in ports], ports, {})
     if name == "project":
         ports = [_free_port() for _ in range(2)]
         extra = [*(["--workers", opts["workers"]] if "workers" in opts else []),

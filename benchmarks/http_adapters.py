@@ -53,9 +53,8 @@ def build_service(host: str = "127.0.0.1", port: int = 0, workers: int | None = 
     pools_path = os.environ[POOLS_FILE_ENV]
     ctx = DriverContext.from_config(pools_path, agent_token, settings_ttl=30,
                                     settings_file=os.environ.get(SETTINGS_FILE_ENV))
-    if workers is not None:
-        ServiceServer.workers = workers
-    return make_server(ctx, token, host, port, pools_file=pools_path, periodic_gc=True, secrets=(agent_token,))
+    return make_server(ctx, token, host, port, pools_file=pools_path, periodic_gc=True, secrets=(agent_token,),
+                       workers=workers)
 
 
 class _Exchange(_Handler):
