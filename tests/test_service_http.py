@@ -196,13 +196,14 @@ def test_sync_operation_round_trip(small: ServiceServer) -> None:
 def test_the_number_of_workers_is_the_callers_to_choose() -> None:
     """`serve --workers`: the threads that answer requests (synchronous driver calls included)
     are as many as asked, and a number below one is refused naming the field."""
+    before = set(threading.enumerate())  # other tests' servers may still be serving
     server = make_server(_ctx(), TOKEN, table=SMALL, workers=3)
     serve_in_thread(server)
     try:
         r = requests.get(f"{server.url}/v1/echo/{UID}", params={"size": "7"}, headers=AUTH, timeout=5)
         assert r.status_code == 200
-        names = [t.name for t in threading.enumerate() if t.is_alive()]
-        assert sorted(n for n in names if n.startswith("service-worker_")) == [f"service-worker_{i}" for i in range(3)]
+        started = sorted(t.name for t in set(threading.enumerate()) - before if t.name.startswith("service-worker_"))
+        assert started == [f"service-worker_{i}" for i in range(3)]
     finally:
         server.close(job_timeout=5)
     with pytest.raises(ValidationError) as refused:
