@@ -18,6 +18,7 @@ granian and uvicorn are the `bench` extra (`pip install -e '.[bench]'`).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -217,6 +218,8 @@ granian and uvicorn run the service's own handler, tables and driver context thr
 def _stack_commands(spec: str, token_file: Path) -> tuple[list[list[str]], list[int], dict[str, str]]:
     """(commands, ports, extra environment) of one stack spec (see STACKS)."""
     name, *knobs = spec.split(":")
+    if name in ("granian", "uvicorn") and importlib.util.find_spec(name) is None:
+        raise RuntimeError(f"{name} is not installed: pip install -e '.[bench]' (make bench does)")
     opts = dict(k.split("=", 1) for k in knobs)
     py = sys.executable
     if name == "project" and set(opts) <= {"workers"}:
