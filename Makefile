@@ -43,7 +43,10 @@ down: venv
 marvin: venv
 	$(BIN)/python -m integration marvin
 
+# The other HTTP stacks bench_http measures the service behind (granian, uvicorn) are the
+# `bench` extra, installed here only.
 bench: venv
+	@$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -193,6 +193,24 @@ def test_sync_operation_round_trip(small: ServiceServer) -> None:
     assert r.status_code == 204 and r.content == b""
 
 
+def test_the_number_of_workers_is_the_callers_to_choose() -> None:
+    """`serve --workers`: the threads that answer requests (synchronous driver calls included)
+    are as many as asked, and a number below one is refused naming the field."""
+    before = set(threading.enumerate())  # other tests' servers may still be serving
+    server = make_server(_ctx(), TOKEN, table=SMALL, workers=3)
+    serve_in_thread(server)
+    try:
+        r = requests.get(f"{server.url}/v1/echo/{UID}", params={"size": "7"}, headers=AUTH, timeout=5)
+        assert r.status_code == 200
+        started = sorted(t.name for t in set(threading.enumerate()) - before if t.name.startswith("service-worker_"))
+        assert started == [f"service-worker_{i}" for i in range(3)]
+    finally:
+        server.close(job_timeout=5)
+    with pytest.raises(ValidationError) as refused:
+        make_server(_ctx(), TOKEN, table=SMALL, workers=0)
+    assert refused.value.field == "workers"
+
+
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "field_name"), [
     ("GET", f"/v1/echo/{UID}", {"params": {"size": "x"}}, 400, "size"),
     ("GET", f"/v1/echo/{UID}", {"params": {"other": "1"}}, 400, "other"),

@@ -23,6 +23,8 @@ from cloudstack_storpool.tokens import read_token
 
 SERVICE_TOKEN_ENV = "CSSP_SERVICE_TOKEN"
 DEFAULT_LISTEN = "127.0.0.1:8260"
+DEFAULT_WORKERS = 32
+"""Mirrors `ServiceServer.workers` (not imported: the CLI loads the service only when it runs)."""
 
 
 def read_service_token(token_file: str | None, env: dict[str, str] | None = None) -> str:
@@ -59,13 +61,17 @@ def loopback_address(listen: str) -> tuple[str, int]:
 @click.option("--region", default=None, help="cloudstack.ini section to read CloudStack credentials from.")
 @click.option("--max-jobs", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Background jobs that may run at once in this process.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Threads that answer requests, synchronous driver calls included "
+                   f"[default: {DEFAULT_WORKERS}].")
 @click.option("--settings-ttl", type=click.FloatRange(0), default=None,
               help="Seconds a setting read from CloudStack is cached (default: storpool.settings.cache.seconds).")
 @settings_file_option
 @click.option("-v", "--verbose", is_flag=True)
 @log_format_opt
 def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent_token_file: str | None,
-              agent_ca_file: str | None, region: str | None, max_jobs: int, settings_ttl: float | None,
+              agent_ca_file: str | None, region: str | None, max_jobs: int, workers: int | None,
+              settings_ttl: float | None,
               settings_file: str | None, verbose: bool, log_format: str) -> None:
     """Serve the driver's HTTP JSON API (OpenAPI at /openapi.json) until SIGTERM/SIGINT."""
     from cloudstack_storpool.agentapi.link import read_agent_token
@@ -84,14 +90,15 @@ def serve_cmd(listen: str, token_file: str | None, pools_file: str | None, agent
         ctx = DriverContext.from_config(pools_path, agent_token, region=region, settings_ttl=settings_ttl,
                                         settings_file=settings_file, agent_ca=agent_ca_file)
         server = make_server(ctx, token, host, port, pools_file=pools_path, max_jobs=max_jobs, periodic_gc=True,
-                             secrets=(agent_token, _cloudstack_secret(region)))
+                             secrets=(agent_token, _cloudstack_secret(region)), workers=workers)
     except ProjectError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
 
     try:
-        serve_until_stopped(server, f"driver service listening on {server.url} ({len(ctx.pools.pools)} pools)")
+        serve_until_stopped(server, f"driver service listening on {server.url} ({len(ctx.pools.pools)} pools, "
+                                    f"{server.workers} workers)")
     finally:
         server.server_close()
         if not server.jobs.wait_all(30.0):

@@ -79,3 +79,12 @@ def test_serve_refuses_a_non_loopback_address_and_missing_secrets(tmp_path: Path
     res = subprocess.run([sys.executable, "-c", SERVE, "--listen", "127.0.0.1:0"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode != 0 and "CSSP_SERVICE_TOKEN" in res.stderr
+
+
+def test_serve_takes_a_worker_count_in_range_and_defaults_to_the_services() -> None:
+    from cloudstack_storpool.service.app import ServiceServer
+    from cloudstack_storpool.service_cli import DEFAULT_WORKERS
+
+    assert DEFAULT_WORKERS == ServiceServer.workers
+    res = subprocess.run([sys.executable, "-c", SERVE, "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "--workers" in res.stderr and "not in the range" in res.stderr

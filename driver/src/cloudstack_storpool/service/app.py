@@ -108,8 +108,12 @@ class ServiceServer(TokenServer):
 
     def __init__(self, address: tuple[str, int], token: str, ctx: DriverContext, table: OperationTable, *,
                  pools_file: str | Path | None = None, max_jobs: int = 8, job_retention: float = 3600.0,
-                 secrets: Iterable[str | None] = (), periodic_gc: bool = False) -> None:
+                 secrets: Iterable[str | None] = (), periodic_gc: bool = False, workers: int | None = None) -> None:
         super().__init__(address, token, _Handler)
+        if workers is not None:
+            if workers < 1:
+                raise ValidationError("workers", "must be at least 1")
+            self.workers = workers
         self.ctx = ctx
         self.table = table
         self.pools_file = Path(pools_file) if pools_file is not None else None
@@ -323,7 +327,8 @@ def _job(h: _Handler, job_id: str) -> None:
 
 def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: int = 0, *,
                 table: OperationTable | None = None, pools_file: str | Path | None = None, max_jobs: int = 8,
-                secrets: Iterable[str | None] = (), periodic_gc: bool = False) -> ServiceServer:
+                secrets: Iterable[str | None] = (), periodic_gc: bool = False,
+                workers: int | None = None) -> ServiceServer:
     """A service over an already-built driver context (tests, the local stack, the CLI).
 
     Not started: call `serve_forever()` (or `serve_in_thread`)."""
@@ -332,4 +337,4 @@ def make_server(ctx: DriverContext, token: str, host: str = "127.0.0.1", port: i
 
         table = TABLE
     return ServiceServer((host, port), token, ctx, table, pools_file=pools_file, max_jobs=max_jobs, secrets=secrets,
-                         periodic_gc=periodic_gc)
+                         periodic_gc=periodic_gc, workers=workers)
