@@ -93,6 +93,13 @@ class InvalidValue(ApiError):
     cserrorcode = 9999
 
 
+class PermissionDenied(ApiError):
+    """PermissionDeniedException: the caller may not use the entity (ApiErrorCode.ACCOUNT_ERROR)."""
+
+    code = 531
+    cserrorcode = 4365
+
+
 class Unsupported(ApiError):
     code = 432
     cserrorcode = 9999
@@ -507,6 +514,9 @@ class CloudStackModel:
         self.scoped_values: dict[tuple[str, str, str], str] = {}
         # Not persisted: runtime-only state.
         self.jobs: dict[str, Job] = {}
+        self.user_keys: dict[str, tuple[str, str]] = {}
+        """User uuid -> (API key, secret key), made by registerUserKeys. Kept in memory only: the
+        secret keys never reach the state file (a restarted simulator has none; register again)."""
         self.calls: list[Call] = []
         # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
         self.plugin: StoragePlugin | None = None
@@ -671,6 +681,11 @@ class CloudStackModel:
                                   "Default Security Group")
             self.security_groups[group.id] = group
             return acc
+
+    def user_by_api_key(self, api_key: str) -> tuple[str, str] | None:
+        """(user uuid, secret key) of the user an API key belongs to (AccountDao.findUserAccountByApiKey)."""
+        with self.lock:
+            return next(((uid, secret) for uid, (key, secret) in self.user_keys.items() if key == api_key), None)
 
     def account_by_name(self, name: str, domain_id: str | None = None) -> Account | None:
         with self.lock:

@@ -26,6 +26,7 @@ The secret keys live only in this process (never in the state file, never logged
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -36,9 +37,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cloudstack_storpool.httpjson import end_headers_with
-from integration.cloudstack_sim import catalog, identity, offerings, storage_commands
+from integration.cloudstack_sim import callers, catalog, identity, network, offerings, storage_commands
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import params as params_mod
+from integration.cloudstack_sim.network import GUEST_NETWORK_NAME, guest_network_id
 from integration.cloudstack_sim.signing import SignatureError, verify_request
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,11 @@ def _check_ids(params: Params, checks: Iterable[tuple[str, Mapping[str, Any]]]) 
 
 
 def _visible(params: Params, account: str) -> bool:
-    """Admins see other accounts' resources only with listall=true or account=..."""
+    """Admins see other accounts' resources only with listall=true or account=...; a user of the
+    `User` role sees its own account's, whatever it asks (buildACLSearchParameters)."""
+    caller = callers.current()
+    if not caller.is_root_admin:
+        return account == caller.account
     if params.get("id"):
         return True
     if params.get("account"):
@@ -171,15 +177,6 @@ def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
         "nic": [_nic(model, v)] if v.ip_address else None,
         "securitygroup": _vm_security_groups(model, v),
     })
-
-
-GUEST_NETWORK_NAME = "defaultGuestNetwork"
-"""The zone's shared guest network, with security groups (an advanced zone with security groups
-has one shared network its VMs join)."""
-
-
-def guest_network_id(zone_id: str) -> str:
-    return m.seeded_id("network", f"guest:{zone_id}")
 
 
 def _nic(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
@@ -329,9 +326,11 @@ def list_templates(model: m.CloudStackModel, p: Params) -> list[Item]:
     if flt == "featured":
         found = [t for t in found if t.featured]
     elif flt in ("self", "selfexecutable"):
-        found = [t for t in found if t.account == "admin"]
+        found = [t for t in found if t.account == callers.current().account]
     elif flt in ("community", "executable"):
-        found = [t for t in found if t.public or t.account == "admin"]
+        found = [t for t in found if t.public or t.account == callers.current().account]
+    if not callers.current().is_root_admin:  # a user sees public templates and its own
+        found = [t for t in found if t.public or t.account == callers.current().account]
     if flt.endswith("executable"):
         found = [t for t in found if t.ready]
     return [_template(model, t) for t in found]
@@ -614,7 +613,7 @@ STORAGE_COMMANDS = storage_commands.HANDLERS
 """Users' storage commands (storage_commands.py): they call the storage plugin. Known commands
 like any other; `dispatch` runs them before taking the model's lock."""
 COMMANDS.update({name: Command(run, mutates=True) for name, run in STORAGE_COMMANDS.items()})
-for _commands in (identity.COMMANDS, offerings.COMMANDS, catalog.COMMANDS):
+for _commands in (identity.COMMANDS, offerings.COMMANDS, catalog.COMMANDS, network.COMMANDS):
     COMMANDS.update({name: Command(run, mutates=True) for name, run in _commands.items()})
 
 ASYNC_COMMANDS = frozenset({
@@ -624,7 +623,7 @@ ASYNC_COMMANDS = frozenset({
     "migrateVirtualMachineWithVolume",
     "createSnapshot", "deleteSnapshot", "revertSnapshot", "copySnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
     "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",
-    "addResourceDetail", "removeResourceDetail", "extractVolume",
+    "addResourceDetail", "removeResourceDetail", "extractVolume", "associateIpAddress",
 })
 """The commands here that CloudStack runs as async jobs (their @APICommand classes are BaseAsyncCmd)."""
 
@@ -671,6 +670,8 @@ def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
 def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[int, Item]:
     """Run one command; returns (HTTP status, body inside the `<cmd>response` envelope)."""
     try:
+        if command not in LIST_COMMANDS:
+            callers.check_entities(model, dict(params))
         storage = STORAGE_COMMANDS.get(command)
         if storage is not None:
             # Outside the lock: the plugin these commands call asks this API while it works.
@@ -718,7 +719,19 @@ class SimHTTPServer(ThreadingHTTPServer):
         self._credentials = dict(credentials)  # fixed at start: read by every handler thread, never written
 
     def secret_for_key(self, api_key: str) -> str | None:
-        return self._credentials.get(api_key)
+        """The secret of the stack's admin key, else of a user's key (registerUserKeys)."""
+        if api_key in self._credentials:
+            return self._credentials[api_key]
+        found = self.model.user_by_api_key(api_key)
+        return found[1] if found else None
+
+    def caller_for_key(self, api_key: str) -> callers.Caller | None:
+        """Who signed with `api_key`: the root admin for the stack's keys, else the key's user
+        (None once the user or its account is gone)."""
+        if api_key in self._credentials:
+            return callers.ADMIN
+        found = self.model.user_by_api_key(api_key)
+        return callers.caller_of(self.model, found[0]) if found else None
 
     @property
     def endpoint(self) -> str:
@@ -772,7 +785,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not known:  # ApiServer.verifyRequest refuses it before looking at the signature
                 raise SignatureError(f"unknown command {command!r}")
-            verify_request(params, self.server.secret_for_key)
+            caller = self.server.caller_for_key(verify_request(params, self.server.secret_for_key))
+            if caller is None:
+                raise SignatureError("the key's user is gone")
+            if not callers.command_available(caller, command):  # the role's API checker
+                raise SignatureError(f"{command!r} is not available to role {caller.role_type}")
         except SignatureError as exc:
             log.info("refused %s: %s", command or "(no command)", exc)
             self._send(401, {envelope: {"uuidList": [], "errorcode": 401,
@@ -785,7 +802,8 @@ class _Handler(BaseHTTPRequestHandler):
                 clean.setdefault(k.lower(), v)
         model = self.server.model
         model.record_call(command, clean, self.command)
-        status, result = dispatch(model, command, clean)
+        with callers.acting_as(caller):
+            status, result = dispatch(model, command, clean)
         self._send(status, {envelope: result})
 
 
@@ -793,6 +811,6 @@ def make_server(
     model: m.CloudStackModel, credentials: dict[str, str], host: str = "127.0.0.1", port: int = 0
 ) -> SimHTTPServer:
     """Bind (port 0: a free port). Only loopback addresses: the simulator has no business elsewhere."""
-    if host not in ("127.0.0.1", "::1", "localhost"):
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"the simulator listens on loopback only, not {host}")
     return SimHTTPServer((host, port), model, credentials)

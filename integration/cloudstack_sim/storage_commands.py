@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from integration.cloudstack_sim import file_pools
+from integration.cloudstack_sim import callers, file_pools
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import orchestrator as orch
 from integration.cloudstack_sim import params as params_mod
@@ -333,7 +333,12 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
     if p.get("miniops") or p.get("maxiops"):
         if offering is None or not offering.customized_iops:
             raise m.ParamError("Custom IOPS can only be given with a disk offering that has customized IOPS")
-    owner = params_mod.owner_of(model, p) if p.get("account") else (snapshot.account if snapshot else "admin")
+    # CreateVolumeCmd.getEntityOwnerId: `account` if given, else the caller (an admin's volume
+    # from a snapshot stays with the snapshot's account here, as the stack's own tests expect).
+    if p.get("account") or not callers.current().is_root_admin:
+        owner = params_mod.owner_of(model, p)
+    else:
+        owner = snapshot.account if snapshot else "admin"
     vol = orch.allocate_volume(
         model, p.get("name") or "", zone, offering=offering, size=size_gb * GIB if size_gb else None,
         snapshot=snapshot, min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"), account=owner,
@@ -660,7 +665,7 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
             raise m.ParamError(f"VolumeId: {volume.id} please attach this volume to a stopped VM or detach it "
                                "first to create a template")
     tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume,
-                                 zone_id=zone.id if zone is not None else None)
+                                 zone_id=zone.id if zone is not None else None, account=callers.current().account)
 
     snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
     return _job(model, "createTemplate", "Template", tpl.id,
