@@ -512,6 +512,10 @@ class CloudStackModel:
         self.security_groups: dict[str, SecurityGroup] = {}
         # (scope, scope id, name) -> value
         self.scoped_values: dict[tuple[str, str, str], str] = {}
+        self.removed_snapshots: set[str] = set()
+        """Uuids of deleted snapshots: CloudStack keeps their rows (`removed` set), so the API layer
+        still translates the uuid (ParamProcessWorker, findByUuidIncludingRemoved) and a listing
+        by that id is empty rather than refused."""
         # Not persisted: runtime-only state.
         self.jobs: dict[str, Job] = {}
         self.user_keys: dict[str, tuple[str, str]] = {}
@@ -584,6 +588,7 @@ class CloudStackModel:
             }
             data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
             data["instance_counter"] = self._instance_counter
+            data["removed_snapshots"] = sorted(self.removed_snapshots)
             # Written under the lock too: async jobs save from their own threads. Owner-only: it
             # holds the volumes' encryption passphrases, as CloudStack's database does.
             tmp = self.state_path.with_suffix(".tmp")
@@ -608,6 +613,7 @@ class CloudStackModel:
                     table[obj.name if name == "configs" else obj.id] = obj
             self.scoped_values = {(s, i, n): v for s, i, n, v in data.get("scoped_values", [])}
             self._instance_counter = int(data.get("instance_counter", 2))
+            self.removed_snapshots = set(data.get("removed_snapshots", []))
         return True
 
     # ------------------------------------------------------------------ seed

@@ -968,6 +968,7 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str, zone_id: str | N
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
         model.snapshots.pop(snapshot_id, None)
+        model.removed_snapshots.add(snapshot_id)
 
 
 def copy_snapshot_to_pools(model: m.CloudStackModel, snapshot_id: str, pool_ids: list[str]) -> None:

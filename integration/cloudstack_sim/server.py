@@ -364,6 +364,8 @@ def list_snapshots(model: m.CloudStackModel, p: Params) -> list[Item]:
     """ListSnapshotsCmd: `zoneid` matches a snapshot held in that zone (snapshot_zone_ref);
     `showunique=false` lists it once per store, with that store's zone and `datastore*` fields
     (SnapshotJoinDaoImpl.newSnapshotResponse)."""
+    if p.get("id") in model.removed_snapshots:
+        return []  # a removed snapshot's uuid still translates: nothing to list
     _check_ids(p, [("id", model.snapshots), ("volumeid", model.volumes), ("zoneid", model.zones)])
     found = _filter(model.snapshots.values(), p, id="id", name="name", volumeid="volume_id")
     unique = str(p.get("showunique", "true")).lower() != "false"

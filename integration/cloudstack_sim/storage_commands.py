@@ -553,6 +553,7 @@ def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
             with model.lock:
                 # Still held in another zone: the record stays, in the zone of a copy.
                 model.snapshots[snap.id] = snap
+                model.removed_snapshots.discard(snap.id)
                 snap.storage_id, snap.backup_path = None, None
                 first = model.storage_pools.get(next(iter(snap.copies)))
                 if first is not None:

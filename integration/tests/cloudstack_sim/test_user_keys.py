@@ -206,3 +206,21 @@ def test_the_marvin_config_names_the_api_port(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(CONFIG_WRITER), str(run_dir), str(out), str(tmp_path / "logs")], check=True)
     server = json.loads(out.read_text())["mgtSvr"][0]
     assert (server["mgtSvrIp"], server["port"]) == ("127.77.255.254", 8080)
+
+
+def test_a_deleted_snapshot_listed_by_id_is_an_empty_list(tmp_path: Path) -> None:
+    """ParamProcessWorker translates the uuid of a removed entity too (findByUuidIncludingRemoved):
+    listing a deleted snapshot by id answers an empty list (CloudStack's StorPool test_04 checks
+    this), while an id that never existed is refused; it holds across a restart."""
+    from integration.cloudstack_sim import orchestrator as orch
+    from integration.cloudstack_sim.testing import run_simulator
+
+    with run_simulator(state=tmp_path / "cs.json") as sim:
+        vol = next(v for v in sim.model.volumes.values())
+        snap = sim.model.add_snapshot(vol.id, "gone")
+        orch.delete_snapshot(sim.model, snap.id)
+        sim.model.save()
+        assert admin(sim).listSnapshots(id=snap.id) == {}
+        assert refused(admin(sim).listSnapshots, id="4e1c2f1a-0000-4000-8000-000000000000")[0] == 431
+    with run_simulator(state=tmp_path / "cs.json") as sim:
+        assert admin(sim).listSnapshots(id=snap.id) == {}
