@@ -210,7 +210,8 @@ def _snapshot(model: m.CloudStackModel, s: m.Snapshot) -> Item:
     return _opt({"id": s.id, "name": s.name, "volumeid": s.volume_id, "volumename": vol.name if vol else None,
                  "volumetype": vol.type if vol else None, "zoneid": s.zone_id, "state": s.state,
                  "snapshottype": s.snapshot_type, "intervaltype": s.snapshot_type, "created": s.created,
-                 "physicalsize": s.physical_size, "account": s.account})
+                 "physicalsize": s.physical_size, "virtualsize": s.size or None, "account": s.account,
+                 "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT"})
 
 
 def _vm_snapshot(model: m.CloudStackModel, s: m.VMSnapshot) -> Item:

@@ -226,6 +226,8 @@ def test_a_user_copies_its_snapshot_with_its_own_keys(stack: LocalStack, cloud: 
 
     snap = user.createSnapshot(volumeid=root["id"], zoneids=_zone2(cloud), usestoragereplication="true")["snapshot"]
     assert snap["account"] == "marvin-user"
+    # SnapshotResponse's virtualsize is the volume's size (test_05 sizes a disk offering by it).
+    assert (snap["volumetype"], snap["virtualsize"]) == ("ROOT", root["size"])
     entries = user.listSnapshots(id=snap["id"], showunique="false")["snapshot"]
     assert {e["zoneid"] for e in entries} == {root["zoneid"], _zone2(cloud)}
     copy = _on(far, {"uuid": snap["id"]})
