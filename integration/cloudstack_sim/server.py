@@ -342,7 +342,9 @@ def list_volumes(model: m.CloudStackModel, p: Params) -> list[Item]:
                    ("zoneid", model.zones)])
     found = _filter(model.volumes.values(), p, id="id", name="name", virtualmachineid="vm_id",
                     storageid="storage_id", type="type", zoneid="zone_id")
-    return [_volume(model, v) for v in found if _visible(p, v.account)]
+    # A user's listing leaves destroyed volumes out (ListVolumesCmd for a non-admin caller).
+    hidden = () if callers.current().is_root_admin else ("Destroy", "Expunged")
+    return [_volume(model, v) for v in found if _visible(p, v.account) and v.state not in hidden]
 
 
 def _snapshot_stores(model: m.CloudStackModel, s: m.Snapshot) -> list[tuple[str, str, str, str]]:
@@ -622,7 +624,7 @@ for _commands in (identity.COMMANDS, offerings.COMMANDS, catalog.COMMANDS, netwo
 ASYNC_COMMANDS = frozenset({
     "deployVirtualMachine", "startVirtualMachine", "stopVirtualMachine", "rebootVirtualMachine",
     "migrateVirtualMachine", "destroyVirtualMachine", "expungeVirtualMachine", "createTags", "deleteTags",
-    "createVolume", "attachVolume", "detachVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
+    "createVolume", "attachVolume", "detachVolume", "destroyVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
     "migrateVirtualMachineWithVolume",
     "createSnapshot", "deleteSnapshot", "revertSnapshot", "copySnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
     "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",

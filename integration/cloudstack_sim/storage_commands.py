@@ -512,6 +512,35 @@ def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
     return _success()
 
 
+def destroy_volume(model: m.CloudStackModel, p: Params) -> Item:
+    """DestroyVolumeCmd (async): VolumeApiServiceImpl.destroyVolume, in the job. An attached
+    volume is refused; with `expunge` the volume goes from storage at once, as deleteVolume's
+    does, and is answered Expunged; without, it is marked Destroy and keeps its storage (CloudStack's
+    expunge thread removes it later: the simulator has none), and an Allocated volume can only
+    be expunged. A user may expunge its own (allow.user.expunge.recover.volume's default)."""
+    _required("destroyVolume", p, "id")
+    vol = _need(model.volumes, p, "id")
+    expunge = _flag(p, "expunge")
+
+    def work() -> Item:
+        with model.lock:
+            if vol.vm_id:
+                raise m.ParamError("Please specify a volume that is not attached to any VM.")
+            if not expunge and vol.state in ("Allocated", "Uploaded"):
+                raise m.ParamError("The volume in Allocated/Uploaded state can only be expunged not "
+                                   "destroyed/recovered")
+            if not expunge:
+                vol.state = "Destroy"
+                model.add_event("VOLUME.DESTROY", f"Volume {vol.name} destroyed", vol.id, "Volume")
+                return _volume_item(model, vol.id)
+            item = _volume_item(model, vol.id)
+        orch.delete_volume(model, vol.id)
+        item["volume"]["state"] = "Expunged"
+        return item
+
+    return _async(model, "destroyVolume", work, instance_type="Volume", instance_id=vol.id)
+
+
 # ---------------------------------------------------------------------------- snapshots
 
 
@@ -746,6 +775,7 @@ HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
     "migrateVolume": migrate_volume,
     "migrateVirtualMachineWithVolume": migrate_vm_with_volume,
     "deleteVolume": delete_volume,
+    "destroyVolume": destroy_volume,
     "createSnapshot": create_snapshot,
     "deleteSnapshot": delete_snapshot,
     "copySnapshot": copy_snapshot,

@@ -224,3 +224,13 @@ def test_a_deleted_snapshot_listed_by_id_is_an_empty_list(tmp_path: Path) -> Non
         assert refused(admin(sim).listSnapshots, id="4e1c2f1a-0000-4000-8000-000000000000")[0] == 431
     with run_simulator(state=tmp_path / "cs.json") as sim:
         assert admin(sim).listSnapshots(id=snap.id) == {}
+
+
+def test_a_user_does_not_list_its_destroyed_volumes(cs_sim: SimHandle) -> None:
+    """ListVolumesCmd for a non-admin caller leaves Destroy volumes out; the admin still lists them."""
+    user = as_user(cs_sim, seeded_user(cs_sim))
+    vol = next(v for v in cs_sim.model.volumes.values() if v.account == "user1")
+    assert [v["id"] for v in user.listVolumes()["volume"]] == [vol.id]
+    vol.state = "Destroy"
+    assert user.listVolumes() == {}
+    assert admin(cs_sim).listVolumes(id=vol.id)["volume"][0]["state"] == "Destroy"
