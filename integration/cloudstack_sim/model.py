@@ -442,6 +442,10 @@ class Job:
     result: dict[str, Any]
     instance_type: str | None = None
     instance_id: str | None = None
+    account_id: str = ""
+    """The caller who started it (the job's owner): queryAsyncJobResult answers its ids, and a
+    user sees its own jobs only. Empty: the root admin."""
+    user_id: str = ""
 
 
 @dataclass

@@ -588,11 +588,16 @@ def query_async_job_result(model: m.CloudStackModel, p: Params) -> Item:
     job = model.jobs.get(p["jobid"])
     if job is None:
         raise m.no_entity("jobid", p["jobid"])
+    caller = callers.current()
+    owner_account = job.account_id or callers.ADMIN.account_id
+    if caller.role_type == "User" and caller.account_id != owner_account:
+        # Regular users see only the jobs they own (QueryAsyncJobResult's permission check).
+        raise m.PermissionDenied(f"Account {caller.account} is not authorized to see job id={job.id}")
     import time
 
     done = time.time() >= job.ready_at
     out: Item = {
-        "jobid": job.id, "accountid": m.seeded_id("account", "admin"), "userid": m.seeded_id("user", "admin"),
+        "jobid": job.id, "accountid": owner_account, "userid": job.user_id or callers.ADMIN.user_id,
         "cmd": _JOB_CLASSES.get(job.command.lower(), job.command), "created": m.cs_time(job.created),
         "jobprocstatus": 0, "jobstatus": job.status if done else 0, "jobresultcode": job.result_code if done else 0,
         "jobresulttype": "object",
@@ -672,6 +677,14 @@ def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
     return items[start : start + size], total
 
 
+def _own_job(model: m.CloudStackModel, result: Item) -> None:
+    """The job a command started belongs to its caller (AsyncJobVO's user and account)."""
+    job = model.jobs.get(str(result.get("jobid", "")))
+    if job is not None:
+        caller = callers.current()
+        job.account_id, job.user_id = caller.account_id, caller.user_id
+
+
 def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[int, Item]:
     """Run one command; returns (HTTP status, body inside the `<cmd>response` envelope)."""
     try:
@@ -681,6 +694,7 @@ def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[in
         if storage is not None:
             # Outside the lock: the plugin these commands call asks this API while it works.
             result = storage(model, params)
+            _own_job(model, result)
             model.save()
             return 200, result
         with model.lock:
@@ -696,6 +710,7 @@ def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[in
             if command in COMMANDS:
                 cmd = COMMANDS[command]
                 result = cmd.run(model, params)
+                _own_job(model, result)
                 if cmd.mutates:
                     model.save()
                 return 200, result

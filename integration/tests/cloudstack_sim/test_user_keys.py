@@ -234,3 +234,21 @@ def test_a_user_does_not_list_its_destroyed_volumes(cs_sim: SimHandle) -> None:
     vol.state = "Destroy"
     assert user.listVolumes() == {}
     assert admin(cs_sim).listVolumes(id=vol.id)["volume"][0]["state"] == "Destroy"
+
+
+def test_a_users_job_is_its_own(cs_sim: SimHandle) -> None:
+    """A job belongs to the user who started it: queryAsyncJobResult answers that user's and
+    account's ids, and another user may not see it (531); the admin may."""
+    kim_id, kim = new_user(cs_sim, "kim")
+    _, lee = new_user(cs_sim, "lee")
+    raw = cs.CloudStack(cs_sim.endpoint, kim["apikey"], kim["secretkey"])
+    group = raw.listSecurityGroups()["securitygroup"][0]["id"]
+    job_id = raw.authorizeSecurityGroupIngress(securitygroupid=group, protocol="TCP", startport=22, endport=22,
+                                               cidrlist="0.0.0.0/0")["jobid"]
+    acc_id = cs_sim.model.users[kim_id].account_id
+    answer = raw.queryAsyncJobResult(jobid=job_id)
+    assert (answer["userid"], answer["accountid"]) == (kim_id, acc_id)
+    status, text = refused(cs.CloudStack(cs_sim.endpoint, lee["apikey"], lee["secretkey"]).queryAsyncJobResult,
+                           jobid=job_id)
+    assert status == 531 and text == f"Account lee is not authorized to see job id={job_id}"
+    assert cs.CloudStack(cs_sim.endpoint, cs_sim.key, cs_sim.secret).queryAsyncJobResult(jobid=job_id)["userid"] == kim_id
