@@ -7,7 +7,9 @@ ParamProcessWorker, BaseListCmd, ApiAsyncJobDispatcher in CloudStack main):
   value (the query string's before the form body's); parameter names are read lower-cased;
   parameters are verified with signature version 3 (see signing.py), whose control
   parameters (`apiKey`, `signature`, `signatureVersion`, `expires`) are matched in any case;
-  a failed check is HTTP 401 with errorcode 401;
+  a failed check is HTTP 401 with errorcode 401; a request runs as the user whose key signed it
+  (the stack's admin key: the root admin; a key from registerUserKeys: that user, callers.py),
+  and a command the user's role lacks is refused like an unknown one;
 - a command the server does not have is 401 too, in the `errorresponse` envelope (ApiServer
   refuses it while verifying the request);
 - answers are `{"<command lower-cased>response": {...}}`; a list is
