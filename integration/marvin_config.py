@@ -33,7 +33,9 @@ def read_env(path: Path) -> dict[str, str]:
 def config(run_dir: Path, log_dir: str) -> dict[str, Any]:
     env = read_env(run_dir / "secrets.env")
     pools = tomllib.loads((run_dir / "stack" / "pools.toml").read_text())["pool"]
-    endpoint = urllib.parse.urlsplit(env["CLOUDSTACK_ENDPOINT"])
+    # The simulator at CloudStack's API port (8080): Marvin's user API clients take the config's
+    # address and connect to port 8080 of it, whatever port the config names.
+    endpoint = urllib.parse.urlsplit(env.get("CLOUDSTACK_API_PORT_ENDPOINT") or env["CLOUDSTACK_ENDPOINT"])
     return {
         "zones": [{
             "name": ZONE,

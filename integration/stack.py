@@ -42,7 +42,7 @@ from integration import guest_image
 from integration.certs import TestCA
 from integration.cloudstack_sim import file_pools, offerings, orchestrator
 from integration.cloudstack_sim.plugin_calls import StoragePlugin
-from integration.cloudstack_sim.testing import SimHandle, run_simulator
+from integration.cloudstack_sim.testing import SimHandle, run_simulator, serve_api_port
 from integration.guests import Guests, StackGuests
 from integration.storpool_sim.model import DEFAULT_TEMPLATES, Template
 from integration.storpool_sim.testing import EmulatorHandle, run_emulator
@@ -123,6 +123,8 @@ class LocalStack:
         self.service_token: str | None = None
         self._exit = ExitStack()
         self.agents: dict[str, AgentHandle] = {}
+        self.api_port_endpoint: str | None = None
+        """The simulator at CloudStack's API port too (`serve_api_port`), when asked for."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -510,6 +512,13 @@ class LocalStack:
             self.cs.model.stop_vm(vm_id)
         self.cs.model.start_vm(vm_id, new_host_id)
 
+    def serve_api_port(self) -> str:
+        """Serve the simulator also at port 8080 of a loopback address of its own, as a management
+        server serves its API: clients that build their URL from that port (Marvin's user API
+        clients) reach it. Returns the endpoint."""
+        self.api_port_endpoint = self._exit.enter_context(serve_api_port(self.cs))
+        return self.api_port_endpoint
+
     def write_secrets(self, path: Path) -> Path:
         """An env file (mode 0600) with every credential of the stack, for scripts and the CLI.
 
@@ -522,6 +531,8 @@ class LocalStack:
         }
         if self.service_token:
             lines["CSSP_SERVICE_TOKEN"] = self.service_token
+        if self.api_port_endpoint:
+            lines["CLOUDSTACK_API_PORT_ENDPOINT"] = self.api_port_endpoint
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.writelines(f"{k}={v}\n" for k, v in lines.items())

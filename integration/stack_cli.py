@@ -109,11 +109,13 @@ def _run(run_dir: Path, stopping: Callable[[], bool], java_cloud: bool, guests: 
         stack.publish_template_images()  # deployVirtualMachine by hand needs the images
         stack.seed_file_pools()  # the NFS and Ceph pools volumes can be moved from onto StorPool
         stack.seed_disk_offerings()  # what CloudStack's StorPool tests expect an operator to have
+        stack.serve_api_port()  # Marvin's user API clients call port 8080 of the config's address
         state = {
             "pid": os.getpid(),
             "storpool": f"http://{stack.sp.host}:{stack.sp.port}",
             "storpool_zone2": f"http://{stack.sp2.host}:{stack.sp2.port}" if stack.sp2 else None,
             "cloudstack": stack.cs.endpoint,
+            "cloudstack_api_port": stack.api_port_endpoint,
             "agents": {a.host_name: a.url for a in stack.agents.values()},
             "service": service_url,
             "pools_file": str(stack.pools_file),

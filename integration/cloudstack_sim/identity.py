@@ -7,13 +7,20 @@ uuid or by its internal id, as the API layer takes either for a uuid parameter),
 a `default` security group. Deleting an account removes what it owns, in AccountManagerImpl's
 order (VM snapshots, VMs expunged, volumes, snapshots, templates), through the storage plugin
 like any other removal, as an async job.
+
+A user's API key pair is made by `registerUserKeys` and read back by `getUserKeys`
+(AccountManagerImpl.createApiKeyAndSecretKey / getKeys); requests signed with it run as that user
+(callers.py). A user of the `User` role lists only its own account and users.
 """
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Callable
 from typing import Any
 
+from integration.cloudstack_sim import callers
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import orchestrator as orch
 from integration.cloudstack_sim.params import Params, flag, map_param, need, required
@@ -123,6 +130,8 @@ def list_accounts(model: m.CloudStackModel, p: Params) -> list[Item]:
             continue
         if p.get("accounttype") and str(m.ACCOUNT_TYPES[_role(acc).type]) != p["accounttype"]:
             continue
+        if not callers.sees(acc.name):
+            continue  # a user's listing holds its own account only
         out.append(account_item(model, acc))
     return out
 
@@ -142,6 +151,8 @@ def list_users(model: m.CloudStackModel, p: Params) -> list[Item]:
             continue
         if p.get("domainid") and owner.domain_id != p["domainid"]:
             continue
+        if not callers.sees(owner.name):
+            continue  # a user's listing holds its own account's users only
         out.append(user_item(model, user))
     return out
 
@@ -168,8 +179,10 @@ def list_security_groups(model: m.CloudStackModel, p: Params) -> list[Item]:
             continue
         if acc is not None and group.account != acc.name:
             continue
-        if acc is None and not p.get("id") and not flag(p, "listall") and group.account != "admin":
+        if acc is None and not p.get("id") and not flag(p, "listall") and group.account != callers.current().account:
             continue  # an admin sees other accounts' groups with listall=true or account=...
+        if not callers.sees(group.account):
+            continue  # a user sees its own account's groups only
         if p.get("virtualmachineid") and not any(v.id == p["virtualmachineid"] and v.account == group.account
                                                  for v in model.vms.values()):
             continue
@@ -276,6 +289,7 @@ def _cleanup_account(model: m.CloudStackModel, acc: m.Account) -> None:
             for key in [k for k, o in table.items() if getattr(o, "account_id", None) == acc.id
                         or getattr(o, "account", None) == acc.name]:
                 del table[key]
+                model.user_keys.pop(key, None)  # a removed user's keys sign nothing any more
         model.accounts.pop(acc.id, None)
         model.add_event("ACCOUNT.DELETE", f"Successfully completed deleting account. Account Id: {acc.id}",
                         acc.id, "Account")
@@ -338,7 +352,54 @@ def authorize_security_group_ingress(model: m.CloudStackModel, p: Params) -> Ite
                   instance_id=group.id, create=False)
 
 
+# ---------------------------------------------------------------------------- API keys
+
+
+def _new_key() -> str:
+    """AccountManagerImpl.createUserApiKey / createUserSecretKey: an HmacSHA1 KeyGenerator key
+    (64 random bytes), URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"=").decode("ascii")
+
+
+def _keys_user(model: m.CloudStackModel, p: Params, command: str) -> m.User:
+    """The user whose keys a command reads or makes: it must exist, and the caller must have
+    access to its account (checkAccess: a user only to its own)."""
+    required(command, p, "id")
+    user = need(model.users, p, "id")
+    acc = model.accounts[user.account_id]
+    if acc.name == "system":
+        raise m.PermissionDenied(f"user id : {user.id} is system account, update is not allowed")
+    callers.check_access(acc.name, acc.id)
+    return user
+
+
+def _userkeys(keys: tuple[str, str] | None) -> Item:
+    """RegisterResponse, object name `userkeys`; no keys: an empty object (nulls are left out)."""
+    return {"userkeys": {"apikey": keys[0], "secretkey": keys[1]} if keys else {}}
+
+
+def register_user_keys(model: m.CloudStackModel, p: Params) -> Item:
+    """RegisterCmd (`registerUserKeys`, synchronous): a new API key and secret key for the user,
+    replacing any it had (the old key signs nothing any more)."""
+    with model.lock:
+        user = _keys_user(model, p, "registerUserKeys")
+        keys = (_new_key(), _new_key())
+        model.user_keys[user.id] = keys
+        model.add_event("USER.UPDATE", f"Successfully completed updating user keys. User Id: {user.id}",
+                        user.id, "User")
+        return _userkeys(keys)
+
+
+def get_user_keys(model: m.CloudStackModel, p: Params) -> Item:
+    """GetUserKeysCmd (synchronous): the user's API key and secret key, none if it has none."""
+    with model.lock:
+        user = _keys_user(model, p, "getUserKeys")
+        return _userkeys(model.user_keys.get(user.id))
+
+
 COMMANDS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
+    "registerUserKeys": register_user_keys,
+    "getUserKeys": get_user_keys,
     "createAccount": create_account,
     "deleteAccount": delete_account,
     "authorizeSecurityGroupIngress": authorize_security_group_ingress,

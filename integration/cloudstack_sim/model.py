@@ -93,6 +93,13 @@ class InvalidValue(ApiError):
     cserrorcode = 9999
 
 
+class PermissionDenied(ApiError):
+    """PermissionDeniedException: the caller may not use the entity (ApiErrorCode.ACCOUNT_ERROR)."""
+
+    code = 531
+    cserrorcode = 4365
+
+
 class Unsupported(ApiError):
     code = 432
     cserrorcode = 9999
@@ -438,6 +445,10 @@ class Job:
     result: dict[str, Any]
     instance_type: str | None = None
     instance_id: str | None = None
+    account_id: str = ""
+    """The caller who started it (the job's owner): queryAsyncJobResult answers its ids, and a
+    user sees its own jobs only. Empty: the root admin."""
+    user_id: str = ""
 
 
 @dataclass
@@ -508,8 +519,15 @@ class CloudStackModel:
         self.security_groups: dict[str, SecurityGroup] = {}
         # (scope, scope id, name) -> value
         self.scoped_values: dict[tuple[str, str, str], str] = {}
+        self.removed_snapshots: set[str] = set()
+        """Uuids of deleted snapshots: CloudStack keeps their rows (`removed` set), so the API layer
+        still translates the uuid (ParamProcessWorker, findByUuidIncludingRemoved) and a listing
+        by that id is empty rather than refused."""
         # Not persisted: runtime-only state.
         self.jobs: dict[str, Job] = {}
+        self.user_keys: dict[str, tuple[str, str]] = {}
+        """User uuid -> (API key, secret key), made by registerUserKeys. Kept in memory only: the
+        secret keys never reach the state file (a restarted simulator has none; register again)."""
         self.calls: list[Call] = []
         # How the storage commands reach the plugin (storage_commands.py); None: no plugin.
         self.plugin: StoragePlugin | None = None
@@ -577,6 +595,7 @@ class CloudStackModel:
             }
             data["scoped_values"] = [[*key, value] for key, value in self.scoped_values.items()]
             data["instance_counter"] = self._instance_counter
+            data["removed_snapshots"] = sorted(self.removed_snapshots)
             # Written under the lock too: async jobs save from their own threads. Owner-only: it
             # holds the volumes' encryption passphrases, as CloudStack's database does.
             tmp = self.state_path.with_suffix(".tmp")
@@ -601,6 +620,7 @@ class CloudStackModel:
                     table[obj.name if name == "configs" else obj.id] = obj
             self.scoped_values = {(s, i, n): v for s, i, n, v in data.get("scoped_values", [])}
             self._instance_counter = int(data.get("instance_counter", 2))
+            self.removed_snapshots = set(data.get("removed_snapshots", []))
         return True
 
     # ------------------------------------------------------------------ seed
@@ -674,6 +694,11 @@ class CloudStackModel:
                                   "Default Security Group")
             self.security_groups[group.id] = group
             return acc
+
+    def user_by_api_key(self, api_key: str) -> tuple[str, str] | None:
+        """(user uuid, secret key) of the user an API key belongs to (AccountDao.findUserAccountByApiKey)."""
+        with self.lock:
+            return next(((uid, secret) for uid, (key, secret) in self.user_keys.items() if key == api_key), None)
 
     def account_by_name(self, name: str, domain_id: str | None = None) -> Account | None:
         with self.lock:

@@ -953,10 +953,11 @@ def _delete_on_storage(model: m.CloudStackModel, vol: m.Volume) -> None:
 
 
 def allocate_snapshot(model: m.CloudStackModel, volume_id: str, name: str | None) -> m.Snapshot:
-    """SnapshotManagerImpl.allocSnapshot: the record, state Allocated."""
+    """SnapshotManagerImpl.allocSnapshot: the record, state Allocated, owned by the volume's
+    account (whoever asked for it)."""
     with model.lock:
         vol = model.volumes[volume_id]
-        snap = model.add_snapshot(volume_id, name or f"{vol.name}_{time_stamp()}")
+        snap = model.add_snapshot(volume_id, name or f"{vol.name}_{time_stamp()}", account=vol.account)
         snap.state, snap.size = "Allocated", vol.size
         return snap
 
@@ -1024,6 +1025,7 @@ def delete_snapshot(model: m.CloudStackModel, snapshot_id: str, zone_id: str | N
         (Path(model.image_store) / snap.backup_path).unlink(missing_ok=True)
     with model.lock:
         model.snapshots.pop(snapshot_id, None)
+        model.removed_snapshots.add(snapshot_id)
 
 
 def copy_snapshot_to_pools(model: m.CloudStackModel, snapshot_id: str, pool_ids: list[str]) -> None:
@@ -1063,14 +1065,16 @@ def revert_snapshot(model: m.CloudStackModel, snapshot_id: str) -> None:
 
 
 def allocate_template(model: m.CloudStackModel, name: str, *, snapshot: m.Snapshot | None,
-                      volume: m.Volume | None, zone_id: str | None = None) -> m.Template:
+                      volume: m.Volume | None, zone_id: str | None = None, account: str = "admin") -> m.Template:
     """TemplateManagerImpl.createPrivateTemplateRecord: the record, not ready yet (in `zone_id`
-    when given: a snapshot's zone, CreateTemplateCmd's `zoneid`)."""
+    when given: a snapshot's zone, CreateTemplateCmd's `zoneid`), owned by `account` (the
+    caller: CreateTemplateCmd.getEntityOwnerId)."""
     with model.lock:
         size, zone = (volume.size, volume.zone_id) if volume is not None else (snapshot.size, snapshot.zone_id)  # type: ignore[union-attr]
         zone = zone_id or zone
         tpl = model.add_template(name, size, zone_id=zone, ready=False)
         tpl.public = tpl.featured = False
+        tpl.account = account
         tpl.install_path = f"template/tmpl/{ACCOUNT_ID}/{tpl.id}/{tpl.id}.qcow2"
         return tpl
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from integration.cloudstack_sim import callers
 from integration.cloudstack_sim import model as m
 
 Params = Mapping[str, str]
@@ -72,10 +73,14 @@ def details_param(params: Params, name: str) -> dict[str, str]:
 
 def owner_of(model: m.CloudStackModel, params: Params) -> str:
     """The account a new resource belongs to (BaseAsyncCreateCmd's `account` + `domainid`, else the
-    caller, admin); an account the domain does not have is refused as AccountManagerImpl does."""
+    caller); an account the domain does not have is refused as AccountManagerImpl does, and a
+    user naming another account is refused (AccountManagerImpl.finalizeOwner -> checkAccess)."""
+    caller = callers.current()
     name = params.get("account")
     if not name:
-        return "admin"
+        return caller.account
+    if not caller.is_root_admin and name != caller.account:
+        raise m.PermissionDenied(f"Account {caller.account} does not have permission to operate within account {name}")
     domain = params.get("domainid") or m.seeded_id("domain", "ROOT")
     if domain not in model.domains:
         raise m.no_entity("domainid", domain)

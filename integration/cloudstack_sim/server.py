@@ -7,7 +7,9 @@ ParamProcessWorker, BaseListCmd, ApiAsyncJobDispatcher in CloudStack main):
   value (the query string's before the form body's); parameter names are read lower-cased;
   parameters are verified with signature version 3 (see signing.py), whose control
   parameters (`apiKey`, `signature`, `signatureVersion`, `expires`) are matched in any case;
-  a failed check is HTTP 401 with errorcode 401;
+  a failed check is HTTP 401 with errorcode 401; a request runs as the user whose key signed it
+  (the stack's admin key: the root admin; a key from registerUserKeys: that user, callers.py),
+  and a command the user's role lacks is refused like an unknown one;
 - a command the server does not have is 401 too, in the `errorresponse` envelope (ApiServer
   refuses it while verifying the request);
 - answers are `{"<command lower-cased>response": {...}}`; a list is
@@ -26,6 +28,7 @@ The secret keys live only in this process (never in the state file, never logged
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -36,9 +39,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cloudstack_storpool.httpjson import end_headers_with
-from integration.cloudstack_sim import catalog, identity, offerings, storage_commands
+from integration.cloudstack_sim import callers, catalog, identity, network, offerings, storage_commands
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import params as params_mod
+from integration.cloudstack_sim.network import GUEST_NETWORK_NAME, guest_network_id
 from integration.cloudstack_sim.signing import SignatureError, verify_request
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,11 @@ def _check_ids(params: Params, checks: Iterable[tuple[str, Mapping[str, Any]]]) 
 
 
 def _visible(params: Params, account: str) -> bool:
-    """Admins see other accounts' resources only with listall=true or account=..."""
+    """Admins see other accounts' resources only with listall=true or account=...; a user of the
+    `User` role sees its own account's, whatever it asks (buildACLSearchParameters)."""
+    caller = callers.current()
+    if not caller.is_root_admin:
+        return account == caller.account
     if params.get("id"):
         return True
     if params.get("account"):
@@ -180,15 +188,6 @@ def _vm(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
     })
 
 
-GUEST_NETWORK_NAME = "defaultGuestNetwork"
-"""The zone's shared guest network, with security groups (an advanced zone with security groups
-has one shared network its VMs join)."""
-
-
-def guest_network_id(zone_id: str) -> str:
-    return m.seeded_id("network", f"guest:{zone_id}")
-
-
 def _nic(model: m.CloudStackModel, v: m.VirtualMachine) -> Item:
     """NicResponse of the VM's one NIC on the zone's guest network: its own loopback address."""
     return {"id": m.seeded_id("nic", v.id), "networkid": guest_network_id(v.zone_id),
@@ -220,7 +219,8 @@ def _snapshot(model: m.CloudStackModel, s: m.Snapshot) -> Item:
     return _opt({"id": s.id, "name": s.name, "volumeid": s.volume_id, "volumename": vol.name if vol else None,
                  "volumetype": vol.type if vol else None, "zoneid": s.zone_id, "state": s.state,
                  "snapshottype": s.snapshot_type, "intervaltype": s.snapshot_type, "created": s.created,
-                 "physicalsize": s.physical_size, "account": s.account})
+                 "physicalsize": s.physical_size, "virtualsize": s.size or None, "account": s.account,
+                 "domainid": m.seeded_id("domain", "ROOT"), "domain": "ROOT"})
 
 
 def _vm_snapshot(model: m.CloudStackModel, s: m.VMSnapshot) -> Item:
@@ -336,9 +336,11 @@ def list_templates(model: m.CloudStackModel, p: Params) -> list[Item]:
     if flt == "featured":
         found = [t for t in found if t.featured]
     elif flt in ("self", "selfexecutable"):
-        found = [t for t in found if t.account == "admin"]
+        found = [t for t in found if t.account == callers.current().account]
     elif flt in ("community", "executable"):
-        found = [t for t in found if t.public or t.account == "admin"]
+        found = [t for t in found if t.public or t.account == callers.current().account]
+    if not callers.current().is_root_admin:  # a user sees public templates and its own
+        found = [t for t in found if t.public or t.account == callers.current().account]
     if flt.endswith("executable"):
         found = [t for t in found if t.ready]
     return [_template(model, t) for t in found]
@@ -349,7 +351,9 @@ def list_volumes(model: m.CloudStackModel, p: Params) -> list[Item]:
                    ("zoneid", model.zones)])
     found = _filter(model.volumes.values(), p, id="id", name="name", virtualmachineid="vm_id",
                     storageid="storage_id", type="type", zoneid="zone_id")
-    return [_volume(model, v) for v in found if _visible(p, v.account)]
+    # A user's listing leaves destroyed volumes out (ListVolumesCmd for a non-admin caller).
+    hidden = () if callers.current().is_root_admin else ("Destroy", "Expunged")
+    return [_volume(model, v) for v in found if _visible(p, v.account) and v.state not in hidden]
 
 
 def _snapshot_stores(model: m.CloudStackModel, s: m.Snapshot) -> list[tuple[str, str, str, str]]:
@@ -372,6 +376,8 @@ def list_snapshots(model: m.CloudStackModel, p: Params) -> list[Item]:
     """ListSnapshotsCmd: `zoneid` matches a snapshot held in that zone (snapshot_zone_ref);
     `showunique=false` lists it once per store, with that store's zone and `datastore*` fields
     (SnapshotJoinDaoImpl.newSnapshotResponse)."""
+    if p.get("id") in model.removed_snapshots:
+        return []  # a removed snapshot's uuid still translates: nothing to list
     _check_ids(p, [("id", model.snapshots), ("volumeid", model.volumes), ("zoneid", model.zones)])
     found = _filter(model.snapshots.values(), p, id="id", name="name", volumeid="volume_id")
     unique = str(p.get("showunique", "true")).lower() != "false"
@@ -591,11 +597,16 @@ def query_async_job_result(model: m.CloudStackModel, p: Params) -> Item:
     job = model.jobs.get(p["jobid"])
     if job is None:
         raise m.no_entity("jobid", p["jobid"])
+    caller = callers.current()
+    owner_account = job.account_id or callers.ADMIN.account_id
+    if caller.role_type == "User" and caller.account_id != owner_account:
+        # Regular users see only the jobs they own (QueryAsyncJobResult's permission check).
+        raise m.PermissionDenied(f"Account {caller.account} is not authorized to see job id={job.id}")
     import time
 
     done = time.time() >= job.ready_at
     out: Item = {
-        "jobid": job.id, "accountid": m.seeded_id("account", "admin"), "userid": m.seeded_id("user", "admin"),
+        "jobid": job.id, "accountid": owner_account, "userid": job.user_id or callers.ADMIN.user_id,
         "cmd": _JOB_CLASSES.get(job.command.lower(), job.command), "created": m.cs_time(job.created),
         "jobprocstatus": 0, "jobstatus": job.status if done else 0, "jobresultcode": job.result_code if done else 0,
         "jobresulttype": "object",
@@ -621,17 +632,17 @@ STORAGE_COMMANDS = storage_commands.HANDLERS
 """Users' storage commands (storage_commands.py): they call the storage plugin. Known commands
 like any other; `dispatch` runs them before taking the model's lock."""
 COMMANDS.update({name: Command(run, mutates=True) for name, run in STORAGE_COMMANDS.items()})
-for _commands in (identity.COMMANDS, offerings.COMMANDS, catalog.COMMANDS):
+for _commands in (identity.COMMANDS, offerings.COMMANDS, catalog.COMMANDS, network.COMMANDS):
     COMMANDS.update({name: Command(run, mutates=True) for name, run in _commands.items()})
 
 ASYNC_COMMANDS = frozenset({
     "deployVirtualMachine", "startVirtualMachine", "stopVirtualMachine", "rebootVirtualMachine",
     "migrateVirtualMachine", "destroyVirtualMachine", "expungeVirtualMachine", "createTags", "deleteTags",
-    "createVolume", "attachVolume", "detachVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
+    "createVolume", "attachVolume", "detachVolume", "destroyVolume", "resizeVolume", "changeOfferingForVolume", "migrateVolume",
     "migrateVirtualMachineWithVolume",
     "createSnapshot", "deleteSnapshot", "revertSnapshot", "copySnapshot", "createTemplate", "deleteTemplate", "createVMSnapshot",
     "revertToVMSnapshot", "deleteVMSnapshot", "generateAlert", "deleteAccount", "authorizeSecurityGroupIngress",
-    "addResourceDetail", "removeResourceDetail", "extractVolume",
+    "addResourceDetail", "removeResourceDetail", "extractVolume", "associateIpAddress",
 })
 """The commands here that CloudStack runs as async jobs (their @APICommand classes are BaseAsyncCmd)."""
 
@@ -675,13 +686,24 @@ def _page(items: list[Item], p: Params) -> tuple[list[Item], int]:
     return items[start : start + size], total
 
 
+def _own_job(model: m.CloudStackModel, result: Item) -> None:
+    """The job a command started belongs to its caller (AsyncJobVO's user and account)."""
+    job = model.jobs.get(str(result.get("jobid", "")))
+    if job is not None:
+        caller = callers.current()
+        job.account_id, job.user_id = caller.account_id, caller.user_id
+
+
 def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[int, Item]:
     """Run one command; returns (HTTP status, body inside the `<cmd>response` envelope)."""
     try:
+        if command not in LIST_COMMANDS:
+            callers.check_entities(model, dict(params))
         storage = STORAGE_COMMANDS.get(command)
         if storage is not None:
             # Outside the lock: the plugin these commands call asks this API while it works.
             result = storage(model, params)
+            _own_job(model, result)
             model.save()
             return 200, result
         with model.lock:
@@ -697,6 +719,7 @@ def dispatch(model: m.CloudStackModel, command: str, params: Params) -> tuple[in
             if command in COMMANDS:
                 cmd = COMMANDS[command]
                 result = cmd.run(model, params)
+                _own_job(model, result)
                 if cmd.mutates:
                     model.save()
                 return 200, result
@@ -725,7 +748,19 @@ class SimHTTPServer(ThreadingHTTPServer):
         self._credentials = dict(credentials)  # fixed at start: read by every handler thread, never written
 
     def secret_for_key(self, api_key: str) -> str | None:
-        return self._credentials.get(api_key)
+        """The secret of the stack's admin key, else of a user's key (registerUserKeys)."""
+        if api_key in self._credentials:
+            return self._credentials[api_key]
+        found = self.model.user_by_api_key(api_key)
+        return found[1] if found else None
+
+    def caller_for_key(self, api_key: str) -> callers.Caller | None:
+        """Who signed with `api_key`: the root admin for the stack's keys, else the key's user
+        (None once the user or its account is gone)."""
+        if api_key in self._credentials:
+            return callers.ADMIN
+        found = self.model.user_by_api_key(api_key)
+        return callers.caller_of(self.model, found[0]) if found else None
 
     @property
     def endpoint(self) -> str:
@@ -779,7 +814,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not known:  # ApiServer.verifyRequest refuses it before looking at the signature
                 raise SignatureError(f"unknown command {command!r}")
-            verify_request(params, self.server.secret_for_key)
+            caller = self.server.caller_for_key(verify_request(params, self.server.secret_for_key))
+            if caller is None:
+                raise SignatureError("the key's user is gone")
+            if not callers.command_available(caller, command):  # the role's API checker
+                raise SignatureError(f"{command!r} is not available to role {caller.role_type}")
         except SignatureError as exc:
             log.info("refused %s: %s", command or "(no command)", exc)
             self._send(401, {envelope: {"uuidList": [], "errorcode": 401,
@@ -792,7 +831,8 @@ class _Handler(BaseHTTPRequestHandler):
                 clean.setdefault(k.lower(), v)
         model = self.server.model
         model.record_call(command, clean, self.command)
-        status, result = dispatch(model, command, clean)
+        with callers.acting_as(caller):
+            status, result = dispatch(model, command, clean)
         self._send(status, {envelope: result})
 
 
@@ -800,6 +840,6 @@ def make_server(
     model: m.CloudStackModel, credentials: dict[str, str], host: str = "127.0.0.1", port: int = 0
 ) -> SimHTTPServer:
     """Bind (port 0: a free port). Only loopback addresses: the simulator has no business elsewhere."""
-    if host not in ("127.0.0.1", "::1", "localhost"):
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"the simulator listens on loopback only, not {host}")
     return SimHTTPServer((host, port), model, credentials)

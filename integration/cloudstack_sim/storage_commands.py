@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from integration.cloudstack_sim import file_pools
+from integration.cloudstack_sim import callers, file_pools
 from integration.cloudstack_sim import model as m
 from integration.cloudstack_sim import orchestrator as orch
 from integration.cloudstack_sim import params as params_mod
@@ -396,7 +396,12 @@ def create_volume(model: m.CloudStackModel, p: Params) -> Item:
     if p.get("miniops") or p.get("maxiops"):
         if offering is None or not offering.customized_iops:
             raise m.ParamError("Custom IOPS can only be given with a disk offering that has customized IOPS")
-    owner = params_mod.owner_of(model, p) if p.get("account") else (snapshot.account if snapshot else "admin")
+    # CreateVolumeCmd.getEntityOwnerId: `account` if given, else the caller (an admin's volume
+    # from a snapshot stays with the snapshot's account here, as the stack's own tests expect).
+    if p.get("account") or not callers.current().is_root_admin:
+        owner = params_mod.owner_of(model, p)
+    else:
+        owner = snapshot.account if snapshot else "admin"
     vol = orch.allocate_volume(
         model, p.get("name") or "", zone, offering=offering, size=size_gb * GIB if size_gb else None,
         snapshot=snapshot, min_iops=_long(p, "miniops"), max_iops=_long(p, "maxiops"), account=owner,
@@ -570,6 +575,35 @@ def delete_volume(model: m.CloudStackModel, p: Params) -> Item:
     return _success()
 
 
+def destroy_volume(model: m.CloudStackModel, p: Params) -> Item:
+    """DestroyVolumeCmd (async): VolumeApiServiceImpl.destroyVolume, in the job. An attached
+    volume is refused; with `expunge` the volume goes from storage at once, as deleteVolume's
+    does, and is answered Expunged; without, it is marked Destroy and keeps its storage (CloudStack's
+    expunge thread removes it later: the simulator has none), and an Allocated volume can only
+    be expunged. A user may expunge its own (allow.user.expunge.recover.volume's default)."""
+    _required("destroyVolume", p, "id")
+    vol = _need(model.volumes, p, "id")
+    expunge = _flag(p, "expunge")
+
+    def work() -> Item:
+        with model.lock:
+            if vol.vm_id:
+                raise m.ParamError("Please specify a volume that is not attached to any VM.")
+            if not expunge and vol.state in ("Allocated", "Uploaded"):
+                raise m.ParamError("The volume in Allocated/Uploaded state can only be expunged not "
+                                   "destroyed/recovered")
+            if not expunge:
+                vol.state = "Destroy"
+                model.add_event("VOLUME.DESTROY", f"Volume {vol.name} destroyed", vol.id, "Volume")
+                return _volume_item(model, vol.id)
+            item = _volume_item(model, vol.id)
+        orch.delete_volume(model, vol.id)
+        item["volume"]["state"] = "Expunged"
+        return item
+
+    return _async(model, "destroyVolume", work, instance_type="Volume", instance_id=vol.id)
+
+
 # ---------------------------------------------------------------------------- snapshots
 
 
@@ -611,6 +645,7 @@ def delete_snapshot(model: m.CloudStackModel, p: Params) -> Item:
             with model.lock:
                 # Still held in another zone: the record stays, in the zone of a copy.
                 model.snapshots[snap.id] = snap
+                model.removed_snapshots.discard(snap.id)
                 snap.storage_id, snap.backup_path = None, None
                 first = model.storage_pools.get(next(iter(snap.copies)))
                 if first is not None:
@@ -723,7 +758,7 @@ def create_template(model: m.CloudStackModel, p: Params) -> Item:
             raise m.ParamError(f"VolumeId: {volume.id} please attach this volume to a stopped VM or detach it "
                                "first to create a template")
     tpl = orch.allocate_template(model, p["name"], snapshot=snapshot, volume=volume,
-                                 zone_id=zone.id if zone is not None else None)
+                                 zone_id=zone.id if zone is not None else None, account=callers.current().account)
 
     snapshot_id, volume_id = (snapshot.id if snapshot else None), (volume.id if volume else None)
     return _job(model, "createTemplate", "Template", tpl.id,
@@ -803,6 +838,7 @@ HANDLERS: dict[str, Callable[[m.CloudStackModel, Params], Item]] = {
     "migrateVolume": migrate_volume,
     "migrateVirtualMachineWithVolume": migrate_vm_with_volume,
     "deleteVolume": delete_volume,
+    "destroyVolume": destroy_volume,
     "createSnapshot": create_snapshot,
     "deleteSnapshot": delete_snapshot,
     "copySnapshot": copy_snapshot,

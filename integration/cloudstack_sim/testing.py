@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import secrets
 import threading
 from collections.abc import Iterator
@@ -32,6 +33,43 @@ class SimHandle:
         return CloudStackClient(self.endpoint, self.key, self.secret, **kwargs)
 
 
+API_PORT = 8080
+"""The port a CloudStack management server serves its API on (client.api.port's default). A client
+that builds its own URL to it uses this port: Marvin's user API clients do."""
+
+
+@contextmanager
+def _serving(server: SimHTTPServer) -> Iterator[SimHTTPServer]:
+    # A short poll interval: shutdown() waits up to one interval, and tests start many simulators.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="cloudstack-sim",
+                              daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def serve_api_port(handle: SimHandle, *, port: int = API_PORT, tries: int = 20) -> Iterator[str]:
+    """The same simulator also at CloudStack's API port, on a loopback address of its own
+    (127.N.255.254), so that stacks side by side each have one; yields its endpoint."""
+    for _ in range(tries):
+        host = f"127.{secrets.randbelow(200) + 20}.255.254"
+        try:
+            server = make_server(handle.model, {handle.key: handle.secret}, host=host, port=port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        with _serving(server):
+            yield server.endpoint
+        return
+    raise OSError(errno.EADDRINUSE, f"no free loopback address for port {port} after {tries} tries")
+
+
 @contextmanager
 def run_simulator(
     *,
@@ -53,13 +91,5 @@ def run_simulator(
         model.save()
     the_secret = secret if secret is not None else secrets.token_urlsafe(24)
     server = make_server(model, {key: the_secret}, host=host, port=port)
-    # A short poll interval: shutdown() waits up to one interval, and tests start many simulators.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="cloudstack-sim",
-                              daemon=True)
-    thread.start()
-    try:
+    with _serving(server):
         yield SimHandle(server.endpoint, key, the_secret, model, server)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

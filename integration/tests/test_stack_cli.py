@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+import cs
 import pytest
 import requests
 from storpool import spapi
@@ -47,6 +48,13 @@ def test_up_serves_every_part_and_down_releases_everything(tmp_path: Path) -> No
                              headers={"Authorization": f"Bearer {secrets['CLOUDSTACK_STORPOOL_AGENT_TOKEN']}"}, timeout=10)
         assert agent.status_code == 200 and agent.json()["client_id"] in (1, 2)
         by_hand(secrets)
+        # The simulator also at CloudStack's API port (8080), on the stack's own loopback address:
+        # where Marvin's user API clients connect.
+        api_port = state["cloudstack_api_port"]
+        assert api_port == secrets["CLOUDSTACK_API_PORT_ENDPOINT"] and ":8080/" in api_port
+        assert api_port != state["cloudstack"]
+        zones = cs.CloudStack(api_port, secrets["CLOUDSTACK_KEY"], secrets["CLOUDSTACK_SECRET"]).listZones()
+        assert zones["count"] >= 1
         again = _cli("up", "--run-dir", str(run_dir), "--json")  # idempotent: the same stack
         assert json.loads(again.stdout)["pid"] == state["pid"]
         status = _cli("stack-status", "--run-dir", str(run_dir))

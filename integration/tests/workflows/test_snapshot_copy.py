@@ -202,3 +202,45 @@ def test_delete_in_the_first_zone_keeps_the_copy_usable(stack: LocalStack, cloud
     assert {e["zoneid"] for e in entries} == {_zone2(cloud)}
     vol = cloud.createVolume(name="after", snapshotid=snapshot["id"], zoneid=_zone2(cloud))["volume"]
     assert stack.sp2.read_object(str(sp_volume(far, vol["path"]).globalId), 5 * MiB, 23) == b"copied across locations"
+
+
+def test_a_user_copies_its_snapshot_with_its_own_keys(stack: LocalStack, cloud: cs.CloudStack, sp: Any) -> None:
+    """CloudStack's StorPool tests take, copy and use the snapshot as the account's user, with
+    the user's own API keys (Marvin's getUserApiClient: registerUserKeys, then requests signed
+    with them): the snapshot is the account's, listed to that user in both zones, its copy on the
+    second StorPool cluster; the volume and the template made from it are the account's too."""
+    assert stack.sp2 is not None
+    far = stack.sp2.api()
+    tpl = template(cloud)
+    with_image(stack, tpl)
+    domain = cloud.listDomains()["domain"][0]["id"]
+    acc = cloud.createAccount(username="marvin-user", accounttype=0, domainid=domain, email="m@example.org",
+                              firstname="m", lastname="u", password="password")["account"]
+    vm = deploy(cloud, tpl, "user-vm-1", account="marvin-user", domainid=domain)
+    root = cloud.listVolumes(virtualmachineid=vm["id"], type="ROOT", listall=True)["volume"][0]
+    assert root["account"] == "marvin-user"
+    stack.sp.write_object(sp_volume(sp, root["path"]).globalId, 5 * MiB, b"the user's own bytes")
+    keys = cloud.registerUserKeys(id=acc["user"][0]["id"])["userkeys"]
+    user = cs.CloudStack(stack.cs.endpoint, keys["apikey"], keys["secretkey"], fetch_result=True, poll_interval=0.05,
+                         job_timeout=180)
+
+    snap = user.createSnapshot(volumeid=root["id"], zoneids=_zone2(cloud), usestoragereplication="true")["snapshot"]
+    assert snap["account"] == "marvin-user"
+    # SnapshotResponse's virtualsize is the volume's size (test_05 sizes a disk offering by it).
+    assert (snap["volumetype"], snap["virtualsize"]) == ("ROOT", root["size"])
+    entries = user.listSnapshots(id=snap["id"], showunique="false")["snapshot"]
+    assert {e["zoneid"] for e in entries} == {root["zoneid"], _zone2(cloud)}
+    copy = _on(far, {"uuid": snap["id"]})
+    assert len(copy) == 1 and stack.sp2.read_object(str(copy[0].globalId), 5 * MiB, 20) == b"the user's own bytes"
+
+    vol = user.createVolume(name="from-user-snap", snapshotid=snap["id"], zoneid=root["zoneid"])["volume"]
+    assert (vol["account"], vol["zoneid"]) == ("marvin-user", root["zoneid"])
+    os_type = user.listOsTypes()["ostype"][0]["id"]
+    made = user.createTemplate(name="user-tpl", displaytext="user-tpl", ostypeid=os_type, snapshotid=snap["id"],
+                               zoneid=_zone2(cloud))["template"]
+    assert (made["account"], made["zoneid"]) == ("marvin-user", _zone2(cloud))
+    assert [t["id"] for t in user.listTemplates(templatefilter="self", name="user-tpl")["template"]] == [made["id"]]
+
+    user.deleteSnapshot(id=snap["id"])
+    assert user.listSnapshots(id=snap["id"]) == {}
+    assert _on(far, {"uuid": snap["id"]}) == [] and _on(sp, {"uuid": snap["id"], "cs": "snapshot"}) == []

@@ -73,6 +73,38 @@ def test_deleting_an_attached_volume_is_refused(cloud: cs.CloudStack, sp: Any, v
     assert sp_volume(sp, vol["path"]) is not None
 
 
+def _job_refusal(call: Any, **params: Any) -> dict[str, Any]:
+    with pytest.raises(cs.CloudStackApiException) as refused:
+        call(**params)
+    return job_error(refused.value)
+
+
+def test_destroy_volume_with_and_without_expunge(cloud: cs.CloudStack, sp: Any, vm: dict[str, Any]) -> None:
+    """destroyVolume (async, VolumeApiServiceImpl.destroyVolume; Marvin's cleanup destroys
+    volumes with expunge=true): attached is refused in the job; with `expunge` the volume goes
+    from StorPool and from the listings; without, it is Destroy and keeps its storage; an
+    Allocated volume can only be expunged."""
+    small = offering(cloud, "sp-small")
+    attached = cloud.createVolume(name="d-att", zoneid=vm["zoneid"], diskofferingid=small,
+                                  virtualmachineid=vm["id"])["volume"]
+    assert "not attached to any VM" in _job_refusal(cloud.destroyVolume, id=attached["id"], expunge="true")["errortext"]
+    cloud.detachVolume(id=attached["id"])
+    gone = cloud.destroyVolume(id=attached["id"], expunge="true")["volume"]
+    assert (gone["id"], gone["state"]) == (attached["id"], "Expunged")
+    assert sp_volume(sp, attached["path"]) is None and cloud.listVolumes(name="d-att") == {}
+
+    kept = cloud.createVolume(name="d-keep", zoneid=vm["zoneid"], diskofferingid=small,
+                              virtualmachineid=vm["id"])["volume"]
+    cloud.detachVolume(id=kept["id"])
+    assert cloud.destroyVolume(id=kept["id"])["volume"]["state"] == "Destroy"
+    assert sp_volume(sp, kept["path"]) is not None  # the expunge thread's work, later
+    assert one(cloud, "listVolumes", "volume", id=kept["id"])["state"] == "Destroy"
+
+    fresh = cloud.createVolume(name="d-new", zoneid=vm["zoneid"], diskofferingid=small)["volume"]
+    assert "can only be expunged" in _job_refusal(cloud.destroyVolume, id=fresh["id"])["errortext"]
+    assert cloud.destroyVolume(id=fresh["id"], expunge="true")["volume"]["state"] == "Expunged"
+
+
 def test_change_of_disk_offering_applies_qc_template_and_iops(cloud: cs.CloudStack, sp: Any,
                                                              vm: dict[str, Any]) -> None:
     vol = cloud.createVolume(name="data-3", zoneid=vm["zoneid"], diskofferingid=offering(cloud, "sp-small"),
