@@ -119,21 +119,30 @@ def wsgi_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]
         query = environ.get("QUERY_STRING", "")
         target = environ.get("PATH_INFO", "/") + (f"?{query}" if query else "")
         ex = _Exchange(service, environ["REQUEST_METHOD"], target, fields, environ.get("REMOTE_ADDR", "-"))
-        if not service.authorized(fields.get("authorization")):
-            ex.unauthorized()
-        else:
-            ex._authed = True
-            n = _declared_length(fields.get("content-length"))
-            if n is not None and n > MAX_BODY:
-                ex.too_large()
-            else:
-                if n:
-                    ex.body = environ["wsgi.input"].read(n)
-                ex.handle()
+        n = _admit(service, ex, fields)
+        if n is not None:
+            if n:
+                ex.body = environ["wsgi.input"].read(n)
+            ex.handle()
         start_response(_phrase(ex.reply[0]), ex.head())
         return [ex.reply[1]]
 
     return app
+
+
+def _admit(service: ServiceServer, ex: _Exchange, fields: dict[str, str]) -> int | None:
+    """The token, then the declared length, before a byte of the body is read (the project's
+    server's order): None when the exchange was answered here, else the declared length (0 when
+    none was declared)."""
+    if not service.authorized(fields.get("authorization")):
+        ex.unauthorized()
+        return None
+    ex._authed = True
+    n = _declared_length(fields.get("content-length"))
+    if n is not None and n > MAX_BODY:
+        ex.too_large()
+        return None
+    return n or 0
 
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -156,25 +165,18 @@ def asgi_app() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
         raw = scope.get("raw_path") or scope["path"].encode()
         target = raw.decode("latin-1") + (f"?{query}" if query else "")
         ex = _Exchange(service, scope["method"], target, fields, (scope.get("client") or ("-",))[0])
-        if not service.authorized(fields.get("authorization")):
-            ex.unauthorized()
-        else:
-            ex._authed = True
-            n = _declared_length(fields.get("content-length"))
-            if n is not None and n > MAX_BODY:
+        if _admit(service, ex, fields) is not None:
+            body = bytearray()
+            more = True
+            while more and len(body) <= MAX_BODY:
+                msg = await receive()
+                body += msg.get("body", b"")
+                more = msg.get("more_body", False)
+            if len(body) > MAX_BODY:
                 ex.too_large()
             else:
-                body = bytearray()
-                more = True
-                while more and len(body) <= MAX_BODY:
-                    msg = await receive()
-                    body += msg.get("body", b"")
-                    more = msg.get("more_body", False)
-                if len(body) > MAX_BODY:
-                    ex.too_large()
-                else:
-                    ex.body = bytes(body) if body else None
-                    await asyncio.get_running_loop().run_in_executor(pool, ex.handle)
+                ex.body = bytes(body) if body else None
+                await asyncio.get_running_loop().run_in_executor(pool, ex.handle)
         status, data = ex.reply[0], ex.reply[1]
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in ex.head()]})
